@@ -1,0 +1,66 @@
+"""``gradus`` command line: the only place argv is read.
+
+Each subcommand lives in ``gradus.commands.<name>`` and is imported only when used. Errors meant for
+people (:class:`gradus.errors.GradusError`) print as ``gradus: error: ...`` with a non-zero exit code
+and no traceback (``--debug`` shows it).
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+from gradus import __version__
+from gradus.errors import GradusError
+
+COMMANDS = {
+    "train": ("train", "train a model through a staged curriculum"),
+    "schedule": ("schedule", "print the stage table of a curriculum"),
+    "data": ("data", "test the data stream: sources, mix, shapes, stage transitions"),
+    "plan": ("plan", "compute-optimal worksheet and per-stage timeline"),
+    "lr-find": ("lr_find", "LR range test per sequence length"),
+    "tokenizer": ("tokenizer", "train a byte-level BPE tokenizer on configured sources"),
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The full parser, every subcommand included."""
+    parser = argparse.ArgumentParser(prog="gradus", description="Curriculum pretraining for GPT-style models.")
+    parser.add_argument("--version", action="version", version=f"gradus {__version__}")
+    parser.add_argument("--debug", action="store_true", help="show tracebacks for errors")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name, (module, help_text) in COMMANDS.items():
+        p = sub.add_parser(name, help=help_text, description=help_text)
+        p.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help="show tracebacks")
+        importlib.import_module(f"gradus.commands.{module}").add_arguments(p)
+        p.set_defaults(_module=module)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the ``gradus`` console script; returns the exit code."""
+    argv = sys.argv[1:] if argv is None else argv
+    if not argv:
+        argv = ["train"]  # `gradus` alone runs the offline demo, like `gradus train`.
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.command is None:
+        parser.print_help()
+        return 2
+    module = importlib.import_module(f"gradus.commands.{args._module}")
+    try:
+        return int(module.run(args) or 0)
+    except GradusError as err:
+        if getattr(args, "debug", False):
+            raise
+        for line in err.problems:
+            print(f"gradus: error: {line}", file=sys.stderr)
+        return err.exit_code
+    except KeyboardInterrupt:
+        print("gradus: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

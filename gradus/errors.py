@@ -1,0 +1,35 @@
+"""Errors meant for people: one line each, naming the file, field or value and how to fix it.
+
+The CLI catches :class:`GradusError`, prints ``gradus: error: <message>`` (one line per problem) and exits
+with :attr:`GradusError.exit_code`; no traceback unless ``--debug``.
+"""
+
+from __future__ import annotations
+
+
+class GradusError(Exception):
+    """A problem the user can fix. ``problems`` holds one line per problem (all reported at once)."""
+
+    exit_code: int = 1
+
+    def __init__(self, *problems: str):
+        self.problems = [p for p in problems if p] or ["unknown error"]
+        super().__init__("\n".join(self.problems))
+
+
+class ConfigError(GradusError):
+    """Bad input: a config file, a field value, a preset name, a command-line flag. Exit code 2."""
+
+    exit_code = 2
+
+
+class DataError(GradusError):
+    """A data source that cannot be read, is empty, or holds malformed records."""
+
+    exit_code = 2
+
+
+class CheckpointError(GradusError):
+    """A missing, corrupt or incompatible checkpoint, or one that could not be written."""
+
+    exit_code = 1

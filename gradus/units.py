@@ -1,0 +1,62 @@
+"""Token counts with units: ``10M``, ``1.5B``, ``32_768``, ``32k``; and their human-readable form.
+
+Pure Python (layer 0): used by the config schema, the curriculum engine and the planner.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+
+_SUFFIX = {"": 1, "K": 10**3, "M": 10**6, "B": 10**9, "G": 10**9, "T": 10**12}
+_PATTERN = re.compile(r"^\s*([0-9][0-9_]*(?:\.[0-9_]+)?(?:[eE][+-]?[0-9]+)?)\s*([kKmMbBgGtT]?)\s*$")
+
+
+def parse_count(value: int | float | str, what: str = "token count") -> int:
+    """Parse a count such as ``10M``, ``1.5B``, ``32_768``, ``2e9`` or ``32k`` into an int.
+
+    Raises ValueError with a message that says which forms are accepted.
+    """
+    if isinstance(value, bool):
+        raise ValueError(f"{what} must be a number such as 10M, 1.5B or 32_768, got {value!r}")
+    if isinstance(value, int):
+        return value
+    if isinstance(value, float):
+        if not math.isfinite(value) or value != int(value):
+            raise ValueError(f"{what} must be a whole number, got {value!r}")
+        return int(value)
+    if isinstance(value, str):
+        m = _PATTERN.match(value)
+        if m:
+            number = float(m.group(1).replace("_", ""))
+            result = number * _SUFFIX[m.group(2).upper()]
+            if result == int(result):
+                return int(result)
+    raise ValueError(f"{what} must be a number such as 10M, 1.5B or 32_768, got {value!r}")
+
+
+def format_count(n: float, digits: int = 3) -> str:
+    """Short human form: 32768 -> '32.8K', 1_000_000_000 -> '1B', 999 -> '999'."""
+    n = float(n)
+    for suffix, scale in (("T", 1e12), ("B", 1e9), ("M", 1e6), ("K", 1e3)):
+        if abs(n) >= scale:
+            text = f"{n / scale:.{digits}g}"
+            return f"{text}{suffix}"
+    return f"{n:.{digits}g}" if n != int(n) else str(int(n))
+
+
+def format_duration(seconds: float) -> str:
+    """'1h 02m', '3m 05s', '12.0s', '2d 04h'."""
+    if not math.isfinite(seconds):
+        return "inf"
+    seconds = max(0.0, seconds)
+    if seconds < 60:
+        return f"{seconds:.1f}s"
+    minutes, s = divmod(int(round(seconds)), 60)
+    hours, m = divmod(minutes, 60)
+    days, h = divmod(hours, 24)
+    if days:
+        return f"{days}d {h:02d}h"
+    if hours:
+        return f"{hours}h {m:02d}m"
+    return f"{m}m {s:02d}s"
