@@ -1,0 +1,195 @@
+"""Atomic checkpoints: weights (safetensors), optimizer, counters and every stateful part.
+
+A checkpoint is a folder ``checkpoints/step_00001234/`` holding
+``model.safetensors``, ``optimizer.pt``, ``state.pt`` (counters, data pipeline, RNG, guard, early
+stopping: whatever the caller passes), ``config.yaml`` and ``meta.json`` (step, tokens, losses, stage,
+tokenizer identity). It is written to a hidden temporary folder and renamed into place, so a crash or a
+full disk mid-write never leaves a broken latest checkpoint. ``best/`` holds a copy of the best one.
+
+This module never imports the trainer: it takes objects with ``state_dict()``/``load_state_dict()``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load_model, save_model
+
+from gradus.errors import CheckpointError
+
+_STEP_DIR = re.compile(r"^step_(\d+)$")
+FILES = ("model.safetensors", "optimizer.pt", "state.pt", "config.yaml", "meta.json")
+
+
+def _fsync_dir(path: Path) -> None:
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def _fsync_tree(path: Path) -> None:
+    for f in path.iterdir():
+        with open(f, "rb") as fh:
+            os.fsync(fh.fileno())
+    _fsync_dir(path)
+
+
+class CheckpointManager:
+    """Saves, lists, prunes and loads the checkpoints of one run directory."""
+
+    def __init__(self, directory: str | Path, keep_last: int = 3):
+        self.dir = Path(directory)
+        self.keep_last = keep_last
+
+    # ----------------------------------------------------------------------------------- listing
+    def steps(self) -> list[tuple[int, Path]]:
+        """Complete step checkpoints, oldest first (a folder is complete once renamed into place)."""
+        if not self.dir.is_dir():
+            return []
+        found = []
+        for p in self.dir.iterdir():
+            m = _STEP_DIR.match(p.name)
+            if m and p.is_dir():
+                found.append((int(m.group(1)), p))
+        return sorted(found)
+
+    def latest(self) -> Path | None:
+        """The newest step checkpoint, or None."""
+        steps = self.steps()
+        return steps[-1][1] if steps else None
+
+    def best(self) -> Path | None:
+        """The best checkpoint by validation loss, or None."""
+        p = self.dir / "best"
+        return p if (p / "meta.json").is_file() else None
+
+    # ------------------------------------------------------------------------------------ saving
+    def save(
+        self,
+        step: int,
+        *,
+        model: torch.nn.Module,
+        optimizer: torch.optim.Optimizer,
+        state: dict[str, Any],
+        meta: dict[str, Any],
+        config_yaml: str,
+    ) -> Path:
+        """Write ``step_<step>`` atomically and prune old ones. On failure (a full disk, say) the
+        temporary folder is removed, earlier checkpoints are untouched, and a CheckpointError says why."""
+        final = self.dir / f"step_{step:08d}"
+        tmp = self.dir / f".tmp-step_{step:08d}-{os.getpid()}"
+        try:
+            self.dir.mkdir(parents=True, exist_ok=True)
+            if tmp.exists():
+                shutil.rmtree(tmp)
+            tmp.mkdir()
+            save_model(model, str(tmp / "model.safetensors"))
+            torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
+            torch.save(state, tmp / "state.pt")
+            (tmp / "config.yaml").write_text(config_yaml, encoding="utf-8")
+            # meta.json last: a reader that finds it knows the rest is there.
+            (tmp / "meta.json").write_text(json.dumps(meta, indent=2, sort_keys=True), encoding="utf-8")
+            _fsync_tree(tmp)
+            if final.exists():  # re-saving the same step (e.g. after a rollback): replace it
+                shutil.rmtree(final)
+            os.replace(tmp, final)
+            _fsync_dir(self.dir)
+        except OSError as exc:
+            shutil.rmtree(tmp, ignore_errors=True)
+            prev = self.latest()
+            kept = f"the previous checkpoint {prev.name} is intact" if prev else "no earlier checkpoint exists"
+            raise CheckpointError(
+                f"could not write checkpoint {final}: {exc.strerror or exc}; {kept}; free disk space or "
+                f"choose another --out"
+            ) from None
+        self._prune()
+        return final
+
+    def mark_best(self, source: Path) -> Path:
+        """Make ``best/`` a copy of a saved checkpoint (hard links where possible), atomically."""
+        tmp = self.dir / f".tmp-best-{os.getpid()}"
+        best = self.dir / "best"
+        old = self.dir / f".old-best-{os.getpid()}"
+        try:
+            if tmp.exists():
+                shutil.rmtree(tmp)
+
+            def link_or_copy(src: str, dst: str) -> None:
+                try:
+                    os.link(src, dst)
+                except OSError:
+                    shutil.copy2(src, dst)
+
+            shutil.copytree(source, tmp, copy_function=link_or_copy)
+            if best.exists():
+                os.replace(best, old)
+            os.replace(tmp, best)
+            shutil.rmtree(old, ignore_errors=True)
+        except OSError as exc:
+            shutil.rmtree(tmp, ignore_errors=True)
+            if old.exists() and not best.exists():
+                os.replace(old, best)
+            raise CheckpointError(f"could not update {best}: {exc.strerror or exc}; free disk space") from None
+        return best
+
+    def _prune(self) -> None:
+        steps = self.steps()
+        for _, path in steps[: max(0, len(steps) - self.keep_last)]:
+            shutil.rmtree(path, ignore_errors=True)
+
+    # ----------------------------------------------------------------------------------- loading
+    @staticmethod
+    def read_meta(path: Path) -> dict:
+        """The meta.json of a checkpoint; a missing or unreadable one is a CheckpointError."""
+        try:
+            return json.loads((Path(path) / "meta.json").read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            raise CheckpointError(f"{path}: not a checkpoint (meta.json missing)") from None
+        except (OSError, ValueError) as exc:
+            raise CheckpointError(f"{path}/meta.json is corrupt ({exc}); delete {path} to resume from an earlier one") from None
+
+    def load(
+        self, path: Path, *, model: torch.nn.Module, optimizer: torch.optim.Optimizer | None
+    ) -> tuple[dict[str, Any], dict[str, Any]]:
+        """Load weights (and optimizer) in place; returns (state, meta). Any unreadable part is a
+        one-line CheckpointError naming the file; nothing on disk is changed."""
+        path = Path(path)
+        meta = self.read_meta(path)
+        missing = [f for f in FILES if not (path / f).is_file()]
+        if missing:
+            raise CheckpointError(f"{path}: incomplete checkpoint, missing {', '.join(missing)}")
+        try:
+            missing_keys, unexpected = load_model(model, str(path / "model.safetensors"), strict=False)
+        except Exception as exc:  # safetensors raises several types for truncated/garbled files
+            raise CheckpointError(
+                f"{path}/model.safetensors is corrupt or does not match the model ({type(exc).__name__}: "
+                f"{str(exc).splitlines()[0][:120]}); delete {path} to resume from an earlier checkpoint"
+            ) from None
+        if missing_keys or unexpected:
+            raise CheckpointError(
+                f"{path}/model.safetensors does not match the model (missing {sorted(missing_keys)[:3]}, "
+                f"unexpected {sorted(unexpected)[:3]}); was model.* changed?"
+            )
+        try:
+            state = torch.load(path / "state.pt", map_location="cpu", weights_only=False)
+            if optimizer is not None:
+                optimizer.load_state_dict(torch.load(path / "optimizer.pt", map_location="cpu", weights_only=False))
+        except Exception as exc:
+            raise CheckpointError(
+                f"{path}: corrupt checkpoint ({type(exc).__name__}: {str(exc).splitlines()[0][:120] if str(exc) else ''}); "
+                f"delete {path} to resume from an earlier checkpoint"
+            ) from None
+        return state, meta

@@ -1,0 +1,114 @@
+"""Loss-spike and NaN guard (no torch: it sees plain floats).
+
+* A finite loss above ``spike_factor`` × the running mean of recent good losses is a spike: the LR is
+  multiplied by ``lr_backoff`` and recovers linearly to full over ``recover_steps`` steps.
+* A NaN/Inf loss or gradient norm: the step is skipped (the trainer zeroes the gradients).
+* ``max_bad_steps`` bad steps in a row: roll back to the last good checkpoint with the LR halved for the
+  rest of the run (``rollback_factor``), since replaying the same data at the same LR would diverge again.
+
+Every event is returned to the trainer, which logs it with its step.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import deque
+from dataclasses import dataclass
+
+from gradus.config import GuardConfig
+
+
+@dataclass(frozen=True)
+class GuardEvent:
+    """Something the guard decided at a step: ``kind`` is spike, skip or rollback."""
+
+    step: int
+    kind: str
+    loss: float
+    detail: str
+
+
+class LossGuard:
+    """Watches the training loss; tells the trainer to back off, skip, or roll back."""
+
+    def __init__(self, cfg: GuardConfig):
+        self.cfg = cfg
+        self.history: deque[float] = deque(maxlen=cfg.window)
+        self.bad_in_row = 0
+        self.spike_step: int | None = None
+        self.rollback_factor = 1.0
+        self.events_total = {"spike": 0, "skip": 0, "rollback": 0}
+
+    def lr_factor(self, step: int) -> float:
+        """Multiplier on the scheduled LR for ``step``: spike back-off recovering linearly, times the
+        permanent factor left by rollbacks."""
+        factor = self.rollback_factor
+        if self.spike_step is not None:
+            since = step - self.spike_step
+            if since < self.cfg.recover_steps:
+                back = self.cfg.lr_backoff
+                factor *= back + (1.0 - back) * since / self.cfg.recover_steps
+        return factor
+
+    def running_mean(self) -> float | None:
+        """Mean of the recent good losses, or None before any."""
+        return sum(self.history) / len(self.history) if self.history else None
+
+    def observe(self, step: int, loss: float, grad_norm: float) -> GuardEvent | None:
+        """Judge the step that just ran. Returns an event, or None when all is well.
+
+        ``skip`` means: do not apply this step's update. ``rollback`` means: restore the last good
+        checkpoint (the guard has already halved ``rollback_factor``).
+        """
+        if not self.cfg.enabled:
+            self.history.append(loss)
+            return None
+        if not (math.isfinite(loss) and math.isfinite(grad_norm)):
+            self.bad_in_row += 1
+            if self.bad_in_row >= self.cfg.max_bad_steps:
+                self.bad_in_row = 0
+                self.rollback_factor *= 0.5
+                self.events_total["rollback"] += 1
+                return GuardEvent(
+                    step, "rollback", loss,
+                    f"{self.cfg.max_bad_steps} non-finite steps in a row; LR factor now {self.rollback_factor:g}",
+                )
+            self.events_total["skip"] += 1
+            return GuardEvent(step, "skip", loss, f"non-finite loss={loss} grad_norm={grad_norm}; step skipped")
+        self.bad_in_row = 0
+        mean = self.running_mean()
+        event = None
+        if (
+            mean is not None
+            and len(self.history) >= max(2, self.cfg.warmup_steps)
+            and loss > self.cfg.spike_factor * mean
+        ):
+            self.spike_step = step + 1  # the back-off applies from the next step on
+            self.events_total["spike"] += 1
+            event = GuardEvent(
+                step, "spike", loss,
+                f"loss {loss:.4f} > {self.cfg.spike_factor:g} × running mean {mean:.4f}; LR × {self.cfg.lr_backoff:g}, "
+                f"recovering over {self.cfg.recover_steps} steps",
+            )
+        else:
+            # Spikes stay out of the running mean, so one spike does not raise the bar for the next.
+            self.history.append(loss)
+        return event
+
+    def state_dict(self) -> dict:
+        """Everything needed to resume the guard exactly."""
+        return {
+            "history": list(self.history),
+            "bad_in_row": self.bad_in_row,
+            "spike_step": self.spike_step,
+            "rollback_factor": self.rollback_factor,
+            "events_total": dict(self.events_total),
+        }
+
+    def load_state_dict(self, state: dict) -> None:
+        """Restore from :meth:`state_dict`."""
+        self.history = deque(state["history"], maxlen=self.cfg.window)
+        self.bad_in_row = state["bad_in_row"]
+        self.spike_step = state["spike_step"]
+        self.rollback_factor = state["rollback_factor"]
+        self.events_total = dict(state["events_total"])

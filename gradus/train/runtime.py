@@ -1,0 +1,163 @@
+"""Where and how the math runs: device, precision, seeds, and the torchrun process group.
+
+Kept apart from the loop so that the trainer reads as a sequence of decisions, not set-up code.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import random
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.distributed as dist
+
+from gradus.config import TrainConfig
+from gradus.errors import ConfigError
+
+# Peak dense bf16 tensor-core FLOP/s by device name fragment, for MFU (vendor data sheets, no sparsity).
+GPU_PEAK_BF16 = {
+    "H200": 989e12,
+    "H100": 989e12,
+    "A100": 312e12,
+    "L40S": 362e12,
+    "4090": 165e12,
+    "A10G": 70e12,
+}
+
+
+@dataclass
+class Runtime:
+    """Device, precision and process-group facts for one process."""
+
+    device: torch.device
+    precision: str  # fp32 | bf16 | fp16
+    rank: int = 0
+    local_rank: int = 0
+    world_size: int = 1
+
+    @property
+    def is_main(self) -> bool:
+        """Rank 0 writes files and prints."""
+        return self.rank == 0
+
+    @property
+    def distributed(self) -> bool:
+        """More than one process."""
+        return self.world_size > 1
+
+    def autocast(self):
+        """Autocast context for the forward pass (a no-op in fp32)."""
+        if self.precision == "fp32":
+            return contextlib.nullcontext()
+        dtype = torch.bfloat16 if self.precision == "bf16" else torch.float16
+        return torch.autocast(device_type=self.device.type, dtype=dtype)
+
+    def barrier(self) -> None:
+        """Wait for every rank (no-op when alone)."""
+        if self.distributed:
+            dist.barrier()
+
+    def mean(self, value: float) -> float:
+        """Mean of a float over ranks."""
+        if not self.distributed:
+            return value
+        t = torch.tensor([value], dtype=torch.float64, device=self.device)
+        dist.all_reduce(t)
+        return float(t.item()) / self.world_size
+
+
+def setup_runtime(cfg: TrainConfig) -> Runtime:
+    """Pick the device and precision and, under torchrun, join the process group (gloo on CPU, NCCL on
+    GPU). Each rank of a GPU run takes the GPU of its LOCAL_RANK."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    rank = int(os.environ.get("RANK", "0"))
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    want = cfg.device
+    if want == "auto":
+        want = "cuda" if torch.cuda.is_available() else "cpu"
+    if want.startswith("cuda") and not torch.cuda.is_available():
+        raise ConfigError(f"train.device={cfg.device!r} but no CUDA device is visible; use --set train.device=cpu")
+    if want == "cuda":
+        device = torch.device("cuda", local_rank)
+    else:
+        try:
+            device = torch.device(want)
+        except RuntimeError:
+            raise ConfigError(f"train.device={cfg.device!r} is not a device; use auto, cpu, cuda or cuda:N") from None
+    if device.type == "cuda":
+        torch.cuda.set_device(device)
+    precision = cfg.precision
+    if precision == "auto":
+        precision = "bf16" if device.type == "cuda" and torch.cuda.is_bf16_supported() else "fp32"
+    if precision == "fp16" and device.type != "cuda":
+        raise ConfigError("train.precision=fp16 needs a CUDA device; use fp32 or bf16 on CPU")
+    if world > 1 and not dist.is_initialized():
+        dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo")
+    return Runtime(device=device, precision=precision, rank=rank, local_rank=local_rank, world_size=world)
+
+
+def teardown_runtime(rt: Runtime) -> None:
+    """Leave the process group."""
+    if rt.distributed and dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def seed_everything(seed: int) -> None:
+    """One seed for Python, NumPy and torch (CPU and CUDA)."""
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def rng_state() -> dict:
+    """Every RNG state, for a checkpoint."""
+    state = {
+        "python": random.getstate(),
+        "numpy": np.random.get_state(),
+        "torch": torch.get_rng_state(),
+    }
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict) -> None:
+    """Restore :func:`rng_state`."""
+    random.setstate(state["python"])
+    np.random.set_state(state["numpy"])
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def peak_flops(device: torch.device, configured: float | None, precision: str) -> tuple[float, str]:
+    """Peak FLOP/s for MFU and where the figure comes from: the config, a GPU table, or (CPU) a
+    measured matmul rate, since CPUs have no data-sheet figure worth trusting."""
+    if configured:
+        return configured, "logging.peak_flops"
+    if device.type == "cuda":
+        name = torch.cuda.get_device_name(device)
+        for key, value in GPU_PEAK_BF16.items():
+            if key in name:
+                scale = 1.0 if precision in ("bf16", "fp16") else 0.5  # TF32 is about half the bf16 rate
+                return value * scale, f"table ({name}, {'bf16' if scale == 1 else 'tf32'})"
+    return measure_matmul_flops(device), "measured matmul"
+
+
+def measure_matmul_flops(device: torch.device, n: int = 1024, repeats: int = 8) -> float:
+    """FLOP/s of a square fp32 matmul on this device (best of a few)."""
+    import time
+
+    a = torch.randn(n, n, device=device)
+    b = torch.randn(n, n, device=device)
+    best = float("inf")
+    for _ in range(repeats):
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        t0 = time.perf_counter()
+        (a @ b).sum().item()
+        best = min(best, time.perf_counter() - t0)
+    return 2 * n**3 / best

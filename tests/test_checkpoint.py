@@ -1,0 +1,90 @@
+"""Atomic checkpoints: round trip, pruning, best copy, full disk and corrupt files."""
+
+import errno
+import json
+
+import pytest
+import torch
+
+from gradus.errors import CheckpointError
+from gradus.train import checkpoint as ckpt_mod
+from gradus.train.checkpoint import CheckpointManager
+
+
+def make():
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.Linear(8, 2))
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    model(torch.randn(3, 4)).sum().backward()
+    opt.step()
+    return model, opt
+
+
+def save(mgr, step, model, opt):
+    return mgr.save(step, model=model, optimizer=opt, state={"progress": {"step": step}}, meta={"step": step},
+                    config_yaml="x: 1\n")
+
+
+def test_round_trip_restores_weights_and_optimizer(tmp_path):
+    model, opt = make()
+    mgr = CheckpointManager(tmp_path, keep_last=2)
+    path = save(mgr, 7, model, opt)
+    assert path.name == "step_00000007" and mgr.latest() == path
+    other, other_opt = make()
+    with torch.no_grad():
+        for p in other.parameters():
+            p.add_(1.0)
+    state, meta = mgr.load(path, model=other, optimizer=other_opt)
+    assert state["progress"]["step"] == 7 and meta["step"] == 7
+    for a, b in zip(model.parameters(), other.parameters()):
+        assert torch.equal(a, b)
+    assert torch.equal(opt.state_dict()["state"][0]["exp_avg"], other_opt.state_dict()["state"][0]["exp_avg"])
+
+
+def test_keeps_last_k_and_best(tmp_path):
+    model, opt = make()
+    mgr = CheckpointManager(tmp_path, keep_last=2)
+    paths = [save(mgr, s, model, opt) for s in (1, 2, 3)]
+    mgr.mark_best(paths[1])
+    assert [s for s, _ in mgr.steps()] == [2, 3]
+    save(mgr, 4, model, opt)
+    assert [s for s, _ in mgr.steps()] == [3, 4]
+    assert json.loads((mgr.best() / "meta.json").read_text())["step"] == 2  # best survives pruning
+
+
+def test_full_disk_keeps_previous_checkpoint(tmp_path, monkeypatch):
+    model, opt = make()
+    mgr = CheckpointManager(tmp_path, keep_last=3)
+    good = save(mgr, 1, model, opt)
+    before = {p.name: p.read_bytes() for p in good.iterdir()}
+
+    def no_space(*_a, **_k):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(ckpt_mod.torch, "save", no_space)
+    with pytest.raises(CheckpointError, match="No space left on device.*step_00000001 is intact"):
+        save(mgr, 2, model, opt)
+    assert mgr.latest() == good
+    assert {p.name: p.read_bytes() for p in good.iterdir()} == before
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".tmp")] == []
+
+
+def test_corrupt_weights_is_a_one_line_error(tmp_path):
+    model, opt = make()
+    mgr = CheckpointManager(tmp_path)
+    path = save(mgr, 1, model, opt)
+    (path / "model.safetensors").write_bytes(b"garbage")
+    with pytest.raises(CheckpointError) as err:
+        mgr.load(path, model=model, optimizer=opt)
+    assert "model.safetensors is corrupt" in str(err.value) and "\n" not in str(err.value)
+    (path / "meta.json").write_text("{not json")
+    with pytest.raises(CheckpointError, match="meta.json is corrupt"):
+        mgr.load(path, model=model, optimizer=opt)
+
+
+def test_incomplete_folder_is_not_listed(tmp_path):
+    model, opt = make()
+    mgr = CheckpointManager(tmp_path)
+    save(mgr, 1, model, opt)
+    (tmp_path / ".tmp-step_00000002-99").mkdir()  # what a crash mid-write leaves
+    assert [s for s, _ in mgr.steps()] == [1]
