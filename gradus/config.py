@@ -2,16 +2,21 @@
 
 Layer 0: imports nothing from gradus but ``units`` and ``errors``. Every field carries a description
 (shown by ``gradus schedule`` and in error messages). Problems are collected and reported at once, each
-as ``<file>: <field.path>=<value>: <what is wrong and how to fix it>``.
+as ``<file>: line N: <field.path>=<value>: <what is wrong and how to fix it>`` (``<file> (--set): ...``
+when a ``--set`` override made the value). "At once" includes the checks pydantic would skip after a
+field error (a stage's own rules, the cross-section rules): :func:`stage_problems` and
+:func:`cross_check` also run on the raw mapping.
 """
 
 from __future__ import annotations
 
 import copy
 import difflib
+import math
 import re
 import types
 import typing
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -22,9 +27,11 @@ from pydantic import (
     BeforeValidator,
     ConfigDict,
     Field,
+    ModelWrapValidatorHandler,
     ValidationError,
     model_validator,
 )
+from pydantic_core import to_jsonable_python
 
 from gradus.errors import ConfigError
 from gradus.units import parse_count
@@ -36,6 +43,18 @@ def _count(value: Any) -> int:
 
 TokenCount = Annotated[int, BeforeValidator(_count)]
 """An int that also accepts ``10M``, ``1.5B``, ``32_768`` in YAML and on the command line."""
+
+
+def _step_count(value: Any) -> int:
+    return parse_count(value, "step count")
+
+
+StepCount = Annotated[int, BeforeValidator(_step_count)]
+"""A step number that also accepts ``2k``, ``40_000``."""
+
+MODEL_PRESETS = ("tiny", "small", "124M", "270M", "1B")
+"""Model size presets defined by ``gradus.model`` (kept here too, so a typo is caught with the rest of the
+config instead of when the model is built; keep the two lists in step)."""
 
 
 class Strict(BaseModel):
@@ -82,6 +101,11 @@ class SourceConfig(Strict):
     )
     builtin: Literal["python-docs", "python-stdlib", "arithmetic"] | None = Field(
         None, description="Offline text: interpreter docs (prose), stdlib sources (code), generated word problems (math)."
+    )
+    text_unit: Literal["file", "paragraph", "line"] = Field(
+        "file",
+        description="Plain-text files: one document per file (streamed in pieces, any size), per blank-line "
+        "paragraph, or per line.",
     )
     text_field: str = Field("text", description="Record field holding the text.")
     template: str | None = Field(
@@ -170,7 +194,9 @@ class StageConfig(Strict):
     budget); its shape is ``seq_len`` × (``batch_size`` or ``tokens_per_batch`` / seq_len)."""
 
     name: str | None = Field(None, description="Optional label shown in tables and logs.")
-    step: int | None = Field(None, ge=0, description="Start step (the plans' {step: 0, seq_len: 64, ...} form).")
+    step: StepCount | None = Field(
+        None, ge=0, description="Start step (the plans' {step: 0, seq_len: 64, ...} form); accepts 2k."
+    )
     tokens: TokenCount | None = Field(None, gt=0, description="Token budget of this stage (the streaming plan's form).")
     seq_len: int = Field(..., gt=0, description="Sequence length of every example in this stage.")
     batch_size: int | None = Field(None, gt=0, description="Global examples per optimizer step.")
@@ -205,28 +231,94 @@ class StageConfig(Strict):
         None, description="Source weights by name (normalised); default: the previous stage's, else uniform."
     )
 
-    @model_validator(mode="after")
-    def _check(self) -> StageConfig:
-        problems = []
-        if (self.batch_size is None) == (self.tokens_per_batch is None):
-            problems.append("give exactly one of batch_size or tokens_per_batch")
-        if self.step is not None and self.tokens is not None:
-            problems.append("give either step (a start step) or tokens (a token budget), not both")
-        lr_forms = [k for k in ("peak_lr", "lr_multiplier", "lr_rule") if getattr(self, k) is not None]
-        if len(lr_forms) > 1:
-            problems.append(f"give at most one of peak_lr, lr_multiplier, lr_rule (got {', '.join(lr_forms)})")
-        if self.warmup_steps is not None and self.warmup_tokens is not None:
-            problems.append("give either warmup_steps or warmup_tokens, not both")
-        if self.grad_clip is not None and self.clip_rule is not None:
-            problems.append("give either grad_clip or clip_rule, not both")
-        for source, weight in (self.mix or {}).items():
-            if not weight >= 0:
-                problems.append(f"mix weight of {source!r} is {weight}; weights must be ≥ 0")
-        if self.mix is not None and self.mix and sum(self.mix.values()) <= 0:
-            problems.append("mix weights sum to 0; give at least one positive weight")
+    @model_validator(mode="wrap")
+    @classmethod
+    def _check(cls, data: Any, handler: ModelWrapValidatorHandler[StageConfig]) -> StageConfig:
+        stage = handler(data)  # field errors propagate as they are
+        # Judge the values as written (tokens: 1M, not 1000000) so the lines match the raw-data check
+        # that from_dict runs on stages whose fields failed.
+        problems = stage_problems(data if isinstance(data, Mapping) else stage.model_dump())
         if problems:
-            raise ValueError("; ".join(problems))
-        return self
+            raise ValueError("\n".join(problems))
+        return stage
+
+
+def _given(d: Mapping, key: str) -> bool:
+    return d.get(key) is not None
+
+
+def _number(value: Any) -> float | None:
+    """A raw YAML value as a number, or None when it is not one (the schema reports that itself)."""
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, int | float):
+        return float(value)
+    if isinstance(value, str):
+        try:
+            return float(value)
+        except ValueError:
+            return None
+    return None
+
+
+def _int(value: Any) -> int | None:
+    number = _number(value)
+    return int(number) if number is not None and math.isfinite(number) and number == int(number) else None
+
+
+def _counted(value: Any) -> int | None:
+    try:
+        return parse_count(value)
+    except (ValueError, TypeError):
+        return None
+
+
+def stage_problems(stage: Mapping) -> list[str]:
+    """Checks inside one stage, on its raw mapping or on a validated stage's ``model_dump()``.
+
+    Works on raw data so that these problems are reported together with field errors (pydantic skips a
+    model's own validator once a field fails). A line starting with ``.`` names a field of the stage; the
+    caller puts the stage's path in front.
+    """
+    problems: list[str] = []
+    has_batch, has_tpb = _given(stage, "batch_size"), _given(stage, "tokens_per_batch")
+    if has_batch and has_tpb:
+        problems.append(
+            f"both batch_size={stage['batch_size']} and tokens_per_batch={stage['tokens_per_batch']} are given; "
+            "keep one (batch_size fixes the examples per step, tokens_per_batch derives them from seq_len)"
+        )
+    elif not has_batch and not has_tpb:
+        problems.append(
+            "neither batch_size nor tokens_per_batch is given; add one, e.g. batch_size: 32 or tokens_per_batch: 32768"
+        )
+    if _given(stage, "step") and _given(stage, "tokens"):
+        problems.append(
+            f"both step={stage['step']} and tokens={stage['tokens']} are given; a stage starts at a step or lasts "
+            "a token budget, keep one"
+        )
+    lr_keys = ("peak_lr", "lr_multiplier", "lr_scale", "lr_rule")
+    lr_forms = [k for k in lr_keys if _given(stage, k)]
+    if len(lr_forms) > 1:
+        problems.append(
+            f"{' and '.join(lr_forms)} are given; the peak LR comes from one of peak_lr, lr_multiplier "
+            "(alias lr_scale) or lr_rule, keep one"
+        )
+    if _given(stage, "warmup_steps") and _given(stage, "warmup_tokens"):
+        problems.append("both warmup_steps and warmup_tokens are given; keep one")
+    if _given(stage, "warmup_cap") and not _given(stage, "warmup_tokens"):
+        problems.append(f".warmup_cap={stage['warmup_cap']}: only bounds a warmup_tokens warmup; add warmup_tokens or drop it")
+    if _given(stage, "grad_clip") and _given(stage, "clip_rule"):
+        problems.append(f"both grad_clip={stage['grad_clip']} and clip_rule={stage['clip_rule']} are given; keep one")
+    mix = stage.get("mix")
+    if isinstance(mix, Mapping) and mix:
+        weights = {str(k): _number(v) for k, v in mix.items()}
+        for source, weight in weights.items():
+            if weight is not None and not weight >= 0:
+                problems.append(f".mix.{source}={mix[source]}: mix weights must be ≥ 0; use 0 to leave a source out")
+        usable = [w for w in weights.values() if w is not None]
+        if len(usable) == len(weights) and all(w >= 0 for w in usable) and sum(usable) <= 0:
+            problems.append(".mix: the weights sum to 0; give at least one source a positive weight")
+    return problems
 
 
 class CurriculumConfig(Strict):
@@ -277,7 +369,9 @@ class TrainConfig(Strict):
     """The loop: stopping, evaluation, checkpoints, precision, determinism."""
 
     seed: int = Field(0, description="One seed for model init, data order and sampling.")
-    max_steps: int | None = Field(None, gt=0, description="Stop after this many steps (also when tokens remain).")
+    max_steps: StepCount | None = Field(
+        None, gt=0, description="Stop after this many steps (also when tokens remain); accepts 10k."
+    )
     eval_every: int = Field(2000, gt=0, description="Steps between evaluations (also at every stage change).")
     eval_reference_seq_len: int | None = Field(
         None, gt=0, description="Fixed evaluation length for comparable curves; default the longest stage's seq_len."
@@ -330,26 +424,60 @@ class GradusConfig(Strict):
         return self
 
 
-def cross_check(cfg: GradusConfig) -> list[str]:
-    """Checks that span sections; each problem is one line ``field=value: why; how to fix``."""
+def _section(data: Mapping, key: str) -> Mapping:
+    value = data.get(key)
+    return value if isinstance(value, Mapping) else {}
+
+
+def cross_check(cfg: GradusConfig | Mapping) -> list[str]:
+    """Checks that span sections; each problem is one line ``field=value: why; how to fix``.
+
+    Takes a validated config or the raw mapping: on raw data it checks whatever values are usable, so these
+    problems are reported together with the schema's own (every problem at once).
+    """
+    data: Mapping = cfg.model_dump() if isinstance(cfg, BaseModel) else cfg
     problems: list[str] = []
-    stages = cfg.curriculum.stages
-    names = {s.name for s in cfg.data.sources}
-    max_len = cfg.model.max_seq_len
+    model, cur, train = _section(data, "model"), _section(data, "curriculum"), _section(data, "train")
+    raw_sources = _section(data, "data").get("sources")
+    sources = raw_sources if isinstance(raw_sources, list) else []
+    names = [src.get("name") for src in sources if isinstance(src, Mapping)]
+    # Unknown mix sources can only be judged when every source has a readable name.
+    names_known = bool(names) and len(names) == len(sources) and all(isinstance(n, str) for n in names)
+    raw_stages = cur.get("stages")
+    stages = [st if isinstance(st, Mapping) else {} for st in raw_stages] if isinstance(raw_stages, list) else []
+
+    max_len = _int(model.get("max_seq_len", ModelConfig.model_fields["max_seq_len"].default))
+    preset = model.get("preset", ModelConfig.model_fields["preset"].default)
+    if isinstance(preset, str) and preset not in MODEL_PRESETS:
+        close = difflib.get_close_matches(preset, MODEL_PRESETS, n=1)
+        hint = f"did you mean {close[0]!r}? " if close else ""
+        problems.append(f"model.preset={preset!r}: unknown model preset; {hint}known: {', '.join(MODEL_PRESETS)}")
+    d_model, n_heads, n_kv = (_int(model.get(k)) for k in ("d_model", "n_heads", "n_kv_heads"))
+    if d_model and n_heads and d_model % n_heads:
+        problems.append(f"model.d_model={d_model} is not divisible by model.n_heads={n_heads}; pick a divisor")
+    if n_heads and n_kv and n_heads % n_kv:
+        problems.append(f"model.n_heads={n_heads} is not divisible by model.n_kv_heads={n_kv}; pick a divisor")
+
     for i, st in enumerate(stages):
         where = f"curriculum.stages[{i}]"
-        if st.seq_len > max_len:
+        seq_len = _int(st.get("seq_len"))
+        if seq_len is not None and max_len is not None and 0 < max_len < seq_len:
             problems.append(
-                f"{where}.seq_len={st.seq_len} exceeds model.max_seq_len={max_len}; "
+                f"{where}.seq_len={seq_len} exceeds model.max_seq_len={max_len}; "
                 f"lower the stage's seq_len or raise model.max_seq_len"
             )
-        for source in (st.mix or {}):
-            if source not in names:
-                hint = difflib.get_close_matches(source, sorted(names), n=1)
-                fix = f"did you mean {hint[0]!r}?" if hint else f"known sources: {', '.join(sorted(names))}"
-                problems.append(f"{where}.mix.{source}: unknown source {source!r}; {fix}")
-    step_based = [st.step is not None for st in stages]
-    token_based = [st.tokens is not None for st in stages]
+        mix = st.get("mix")
+        if names_known and isinstance(mix, Mapping):
+            for source in mix:
+                if source not in names:
+                    hint = difflib.get_close_matches(str(source), sorted(names), n=1)
+                    fix = f"did you mean {hint[0]!r}?" if hint else f"known sources: {', '.join(sorted(names))}"
+                    problems.append(f"{where}.mix.{source}: unknown source {source!r}; {fix}")
+
+    step_based = [_given(st, "step") for st in stages]
+    token_based = [_given(st, "tokens") for st in stages]
+    target = cur.get("target_tokens")
+    max_steps = train.get("max_steps")
     if any(step_based) and any(token_based):
         problems.append(
             "curriculum.stages: mix of step starts and token budgets; give every stage a start step, "
@@ -358,32 +486,38 @@ def cross_check(cfg: GradusConfig) -> list[str]:
     elif any(step_based):
         missing = [i for i, s in enumerate(step_based) if not s]
         if missing:
-            problems.append(f"curriculum.stages[{missing[0]}].step is missing; every stage needs a start step")
-        elif stages[0].step != 0:
-            problems.append(f"curriculum.stages[0].step={stages[0].step}: the first stage must start at step 0")
+            problems.append(
+                f"curriculum.stages[{missing[0]}].step is missing; every stage needs a start step "
+                "once one has one"
+            )
+        else:
+            first = _int(stages[0].get("step"))
+            if first is not None and first != 0:
+                problems.append(
+                    f"curriculum.stages[0].step={stages[0].get('step')}: the first stage must start at step 0"
+                )
         for i in range(1, len(stages)):
-            a, b = stages[i - 1].step, stages[i].step
+            a, b = _counted(stages[i - 1].get("step")), _counted(stages[i].get("step"))
             if a is not None and b is not None and b <= a:
                 problems.append(
-                    f"curriculum.stages[{i}].step={b} is not after stages[{i - 1}].step={a}; "
-                    f"stage starts must increase"
+                    f"curriculum.stages[{i}].step={stages[i].get('step')} is not after "
+                    f"stages[{i - 1}].step={stages[i - 1].get('step')}; stage starts must increase"
                 )
-        if cfg.curriculum.target_tokens is None and cfg.train.max_steps is None:
+        if target is None and max_steps is None:
             problems.append(
                 "curriculum.target_tokens is missing; step-based stages need a target_tokens "
                 "(or train.max_steps) to know when to stop"
             )
-    else:
+    elif stages:
         missing = [i for i, s in enumerate(token_based) if not s]
         if len(stages) > 1 and missing:
             problems.append(
                 f"curriculum.stages[{missing[0]}] has neither step nor tokens; give every stage one of them"
             )
-        if len(stages) == 1 and not token_based[0] and cfg.curriculum.target_tokens is None:
-            if cfg.train.max_steps is None:
-                problems.append("curriculum.target_tokens is missing; give target_tokens or train.max_steps")
-    ref = cfg.train.eval_reference_seq_len
-    if ref is not None and ref > max_len:
+        if len(stages) == 1 and not token_based[0] and target is None and max_steps is None:
+            problems.append("curriculum.target_tokens is missing; give target_tokens or train.max_steps")
+    ref = _int(train.get("eval_reference_seq_len"))
+    if ref is not None and max_len is not None and 0 < max_len < ref:
         problems.append(
             f"train.eval_reference_seq_len={ref} exceeds model.max_seq_len={max_len}; lower it or raise max_seq_len"
         )
@@ -437,11 +571,38 @@ def _short(value: Any) -> str:
     return text if len(text) <= 60 else text[:57] + "..."
 
 
+def _field_names(cls: type[BaseModel]) -> list[str]:
+    """Keys a section accepts: field names and their aliases (``lr_scale``)."""
+    names: list[str] = []
+    for name, info in cls.model_fields.items():
+        names.append(name)
+        if isinstance(info.validation_alias, AliasChoices):
+            names += [c for c in info.validation_alias.choices if isinstance(c, str) and c != name]
+    return names
+
+
+_SECTIONS = ("curriculum.", "model.", "data.", "train.", "optim.", "logging.")
+
+
+def _join(path: str, sub: str) -> str:
+    """Put a validator's problem line under the path of the object it checked."""
+    if sub.startswith(_SECTIONS):  # cross-section lines carry their own full path
+        return sub
+    if sub.startswith("."):  # a field of the checked object: ".mix.code=-1: ..."
+        return f"{path}{sub}" if path else sub[1:]
+    return f"{path or '(config)'}: {sub}"
+
+
 def format_validation_error(err: ValidationError) -> list[str]:
     """One human line per pydantic error: field path, value, and how to fix it."""
+    errors = err.errors()
+    unknown: dict[tuple, list[str]] = {}
+    for e in errors:
+        if e["type"] == "extra_forbidden":
+            unknown.setdefault(tuple(e["loc"][:-1]), []).append(str(e["loc"][-1]))
     lines = []
-    for e in err.errors():
-        loc = tuple(p for p in e["loc"] if p not in ("function-after[_check(), StageConfig]",))
+    for e in errors:
+        loc = tuple(e["loc"])
         path = _path(loc)
         kind = e["type"]
         if kind == "extra_forbidden":
@@ -449,23 +610,57 @@ def format_validation_error(err: ValidationError) -> list[str]:
             key = str(loc[-1])
             hint = ""
             if parent is not None:
-                close = difflib.get_close_matches(key, list(parent.model_fields), n=1)
-                hint = f"; did you mean {close[0]!r}?" if close else f"; known keys: {', '.join(parent.model_fields)}"
+                known = _field_names(parent)
+                close = difflib.get_close_matches(key, known, n=1)
+                hint = f"; did you mean {close[0]!r}?" if close else f"; known keys: {', '.join(known)}"
             lines.append(f"{path}: unknown key {key!r}{hint}")
         elif kind == "missing":
-            lines.append(f"{path}: required field is missing")
+            # `curriculm:` gives an unknown key *and* a missing `curriculum`; the did-you-mean says both.
+            siblings = unknown.get(loc[:-1], [])
+            if any(difflib.get_close_matches(k, [str(loc[-1])], n=1) for k in siblings):
+                continue
+            parent = _parent_model(loc)
+            info = parent.model_fields.get(str(loc[-1])) if parent is not None else None
+            what = f" ({info.description.rstrip('.')})" if info is not None and info.description else ""
+            lines.append(f"{path}: required field is missing{what}; add it")
         elif kind in ("value_error", "assertion_error"):
             msg = str(e.get("ctx", {}).get("error", e["msg"]))
+            value = e.get("input")
             for sub in msg.split("\n"):
-                # Cross-section messages already carry their own field path.
-                if sub.startswith(("curriculum.", "model.", "data.", "train.", "optim.", "logging.")):
-                    lines.append(sub)
-                else:
-                    lines.append(f"{path or '(config)'}: {sub}")
+                if isinstance(value, Mapping) or not loc:  # a model's own check
+                    lines.append(_join(path, sub))
+                else:  # a field's parser, e.g. a token count: show the value it got
+                    lines.append(f"{path}={_short(value)}: {sub}")
         else:
             value = e.get("input")
-            lines.append(f"{path}={_short(value)}: {e['msg'].lower()}")
+            msg = e["msg"].replace("Input should be", "must be")
+            lines.append(f"{path or '(config)'}={_short(value)}: {msg[:1].lower()}{msg[1:]}")
     return lines
+
+
+def _all_problems(data: Any, err: ValidationError) -> list[str]:
+    """The schema's errors plus the checks pydantic skipped because a field failed first."""
+    lines = format_validation_error(err)
+    if isinstance(data, Mapping):
+        # A stage's own validator runs only when all its fields are valid; check the others on raw data.
+        failed = {e["loc"][2] for e in err.errors() if e["loc"][:2] == ("curriculum", "stages") and len(e["loc"]) > 3}
+        stages = _section(data, "curriculum").get("stages")
+        if isinstance(stages, list):
+            for i, stage in enumerate(stages):
+                if i in failed and isinstance(stage, Mapping):
+                    lines += [_join(f"curriculum.stages[{i}]", p) for p in stage_problems(stage)]
+        # The whole-config check never ran (some section failed): run it on whatever is usable.
+        lines += cross_check(data)
+    return list(dict.fromkeys(lines))  # de-duplicated, in order
+
+
+def config_problems(data: Any) -> list[str]:
+    """Every problem of a config mapping, one line each (empty when it is valid)."""
+    try:
+        GradusConfig.model_validate(data)
+    except ValidationError as err:
+        return _all_problems(data, err)
+    return []
 
 
 _INDEX = re.compile(r"^(.*?)\[(\d+)\]$")
@@ -522,25 +717,89 @@ def apply_overrides(data: dict, overrides: list[str]) -> dict:
     return data
 
 
-def read_yaml(path: str | Path) -> dict:
-    """Read a YAML mapping; a missing file or malformed YAML is a one-line ConfigError with the line."""
+_LEADING_PATH = re.compile(r"^[A-Za-z_][\w\-]*(?:\[\d+\]|\.[^\s=:.\[]+)*")
+
+
+class _YamlIndex:
+    """Line numbers of every key and list item of a YAML text, and its duplicated keys."""
+
+    def __init__(self, text: str):
+        self.lines: dict[tuple, int] = {}
+        self.duplicates: list[tuple[tuple, int, int]] = []
+        try:
+            root = yaml.compose(text, Loader=yaml.SafeLoader)
+        except yaml.YAMLError:
+            root = None
+        if root is not None:
+            self._walk(root, (), 0)
+
+    def _walk(self, node: yaml.Node, path: tuple, depth: int) -> None:
+        if depth > 64:  # anchors can nest deeply; line numbers there are not worth a recursion error
+            return
+        if isinstance(node, yaml.MappingNode):
+            seen: dict[str, int] = {}
+            for key_node, value_node in node.value:
+                if not isinstance(key_node, yaml.ScalarNode):
+                    continue
+                key, line = key_node.value, key_node.start_mark.line + 1
+                if key in seen and key != "<<":
+                    self.duplicates.append((path + (key,), seen[key], line))
+                seen[key] = line
+                self.lines[path + (key,)] = line
+                self._walk(value_node, path + (key,), depth + 1)
+        elif isinstance(node, yaml.SequenceNode):
+            for i, item in enumerate(node.value):
+                self.lines[path + (i,)] = item.start_mark.line + 1
+                self._walk(item, path + (i,), depth + 1)
+
+    def line_of(self, parts: tuple) -> int | None:
+        """Line of the deepest key of ``parts`` present in the file."""
+        for n in range(len(parts), 0, -1):
+            if parts[:n] in self.lines:
+                return self.lines[parts[:n]]
+        return None
+
+
+def _place(problems: list[str], origin: str, index: _YamlIndex | None, set_keys: list[str]) -> list[str]:
+    """Prefix each problem with where it comes from: the file and line, or the --set that made it."""
+    set_paths = [tuple(_split_key(k)) for k in set_keys]
+    out = []
+    for line in problems:
+        m = _LEADING_PATH.match(line)
+        parts = tuple(_split_key(m.group(0))) if m else ()
+        if parts and any(parts[: len(sp)] == sp for sp in set_paths):
+            out.append(f"{origin} (--set): {line}")
+            continue
+        number = index.line_of(parts) if index is not None and parts else None
+        out.append(f"{origin}: line {number}: {line}" if number else f"{origin}: {line}")
+    return out
+
+
+def _read_yaml(path: str | Path) -> tuple[dict, _YamlIndex]:
     p = Path(path)
     if not p.is_file():
-        raise ConfigError(f"{p}: config file not found; check the path (or use --preset NAME)")
+        what = "is a directory, not a config file" if p.is_dir() else "config file not found"
+        raise ConfigError(f"{p}: {what}; check the path (or use --preset NAME)")
     try:
-        data = yaml.safe_load(p.read_text(encoding="utf-8"))
+        text = p.read_text(encoding="utf-8")
+        data = yaml.safe_load(text)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
-        where = f" line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+        where = f" line {mark.line + 1}, column {mark.column + 1}:" if mark is not None else ""
         problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
-        raise ConfigError(f"{p}:{where}: malformed YAML: {problem}; fix the syntax there") from None
+        raise ConfigError(f"{p}:{where} malformed YAML: {problem}; fix the syntax there") from None
     except UnicodeDecodeError:
         raise ConfigError(f"{p}: not UTF-8 text; save the config as UTF-8 YAML") from None
     if data is None:
         raise ConfigError(f"{p}: the file is empty; a config needs data: and curriculum: sections")
     if not isinstance(data, dict):
         raise ConfigError(f"{p}: expected a mapping at the top (model:, data:, curriculum:, ...)")
-    return data
+    return data, _YamlIndex(text)
+
+
+def read_yaml(path: str | Path) -> dict:
+    """Read a YAML mapping; a missing file or malformed YAML is a one-line ConfigError with the line."""
+    return _read_yaml(path)[0]
 
 
 def from_dict(data: dict, origin: str = "config") -> GradusConfig:
@@ -548,22 +807,59 @@ def from_dict(data: dict, origin: str = "config") -> GradusConfig:
     try:
         return GradusConfig.model_validate(data)
     except ValidationError as err:
-        raise ConfigError(*[f"{origin}: {line}" for line in format_validation_error(err)]) from None
+        raise ConfigError(*[f"{origin}: {line}" for line in _all_problems(data, err)]) from None
 
 
-def load_config(path: str | Path, overrides: list[str] | None = None) -> GradusConfig:
-    """Load a YAML file, apply ``--set`` overrides, validate."""
-    data = apply_overrides(read_yaml(path), overrides or [])
-    return from_dict(data, origin=str(path))
+def load_config(path: str | Path, overrides: list[str] | None = None, origin: str | None = None) -> GradusConfig:
+    """Load a YAML file, apply ``--set`` overrides, validate.
+
+    Every problem is reported at once as ``<origin>: line N: <field.path>=<value>: <why; how to fix>``
+    (``<origin> (--set): ...`` when an override made the value). ``origin`` defaults to the path.
+    """
+    data, index = _read_yaml(path)
+    overrides = overrides or []
+    data = apply_overrides(data, overrides)
+    origin = origin or str(path)
+    problems = [
+        f"{_path(where)}: duplicate key (lines {first} and {second}); YAML keeps only the last, delete one"
+        for where, first, second in index.duplicates
+    ]
+    cfg = None
+    try:
+        cfg = GradusConfig.model_validate(data)
+    except ValidationError as err:
+        problems += _all_problems(data, err)
+    if problems or cfg is None:
+        set_keys = [item.split("=", 1)[0].strip() for item in overrides]
+        raise ConfigError(*_place(problems, origin, index, set_keys))
+    return cfg
+
+
+def _plain(value: Any) -> Any:
+    """Plain data of a config object: optional fields that are unset (None by default) are left out, but a
+    None that overrides a default (``early_stopping_patience: null``) is kept, so the dump reloads equal."""
+    if isinstance(value, BaseModel):
+        out = {}
+        for name, info in type(value).model_fields.items():
+            item = getattr(value, name)
+            if item is None and info.default is None:
+                continue
+            out[name] = _plain(item)
+        return out
+    if isinstance(value, list | tuple):
+        return [_plain(v) for v in value]
+    if isinstance(value, dict):
+        return {str(k): _plain(v) for k, v in value.items()}
+    return to_jsonable_python(value)
 
 
 def to_dict(cfg: GradusConfig) -> dict:
     """Plain data (field names, not aliases; unset optional fields left out) that reloads to ``cfg``."""
-    return cfg.model_dump(mode="json", exclude_none=True)
+    return _plain(cfg)
 
 
 def dump_yaml(cfg: GradusConfig) -> str:
-    """The resolved config as YAML (what a run directory's config.yaml holds)."""
+    """The resolved config as YAML (what a run directory's config.yaml holds); reloads to ``cfg``."""
     return yaml.safe_dump(to_dict(cfg), sort_keys=False, allow_unicode=True)
 
 

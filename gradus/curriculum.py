@@ -9,8 +9,9 @@ Conventions
 * ``tokens`` counts training tokens consumed so far (batch × seq_len per step, summed).
 * Step-based stages switch when ``step`` reaches the stage's start step; token-budget stages switch
   when ``tokens`` reaches the running sum of budgets. Because every step of a stage has the same shape,
-  both counters are deterministic, and :meth:`Curriculum.table` simulates them to give each stage its
-  step range and token range.
+  both counters are deterministic, and the constructor simulates them to give each stage its step range
+  and token range (:attr:`Curriculum.stages`). This is exact as long as the trainer counts
+  batch × seq_len tokens per step (padding included), which is what ``tokens_per_step`` says.
 * Stage 0 warms up from 0; a later stage with a warmup ramps linearly from where the previous stage
   ended to its own peak, so a switch never jumps the LR up in one step.
 """
@@ -21,11 +22,16 @@ import math
 from dataclasses import asdict, dataclass, field
 
 from gradus.config import GradusConfig, StageConfig
-from gradus.units import format_count
+from gradus.units import format_count, format_lr
 
 CLIP_BY_LENGTH = ((128, 5.0), (512, 1.0))
 """clip_rule by_length: (max seq_len, clip) pairs; longer sequences get 0.5."""
 CLIP_BY_LENGTH_LONG = 0.5
+
+
+def _round_half_up(x: float) -> int:
+    # Python's round() goes to the even neighbour (round(2.5) == 2); a batch size should not depend on that.
+    return math.floor(x + 0.5)
 
 
 def derive_batch(tokens_per_batch: int, seq_len: int, multiple: int) -> int:
@@ -33,8 +39,8 @@ def derive_batch(tokens_per_batch: int, seq_len: int, multiple: int) -> int:
     when that budget holds fewer than ``multiple`` examples, the nearest whole number (never below 1)."""
     raw = tokens_per_batch / seq_len
     if raw >= multiple:
-        return max(multiple, int(round(raw / multiple)) * multiple)
-    return max(1, int(round(raw)))
+        return max(multiple, _round_half_up(raw / multiple) * multiple)
+    return max(1, _round_half_up(raw))
 
 
 def seq_batch_multiplier(seq_len: int, batch: int, max_seq_len: int) -> float:
@@ -73,6 +79,10 @@ class StagePlan:
     end_tokens: int
     token_threshold: int | None
     """Token-budget stages: the running budget sum at which this stage begins (exact switch point)."""
+    warmup_note: str = ""
+    """How warmup_steps was derived (given, from warmup_tokens, or the default)."""
+    lr_source: str = "base"
+    """Which form set the peak: peak_lr, lr_multiplier, seq_batch (the rule) or base (optim.base_lr)."""
 
     @property
     def steps(self) -> int:
@@ -92,7 +102,6 @@ class StagePlan:
     def to_json(self) -> dict:
         """The shape ``gradus schedule --json`` prints."""
         out = asdict(self)
-        out.pop("token_threshold")
         out["steps"] = self.steps
         out["tokens"] = self.tokens
         out["examples"] = self.examples
@@ -143,9 +152,10 @@ class Curriculum:
         plans: list[StagePlan] = []
         for i, st in enumerate(cur.stages):
             seq_len, batch, tps = shapes[i]
-            peak, lr_note = self._peak_lr(st, seq_len, batch)
+            peak, lr_note, lr_source = self._peak_lr(st, seq_len, batch)
             clip, clip_note = self._clip(st, seq_len)
             start_step, end_step, start_tok, end_tok, threshold = bounds[i]
+            warmup, warmup_note = self._warmup(i, st, tps)
             plans.append(
                 StagePlan(
                     index=i,
@@ -155,7 +165,9 @@ class Curriculum:
                     tokens_per_step=tps,
                     peak_lr=peak,
                     lr_note=lr_note,
-                    warmup_steps=self._warmup(i, st, tps),
+                    warmup_steps=warmup,
+                    warmup_note=warmup_note,
+                    lr_source=lr_source,
                     decay=st.decay or cur.decay,
                     min_lr_ratio=cur.min_lr_ratio if st.min_lr_ratio is None else st.min_lr_ratio,
                     grad_clip=clip,
@@ -169,6 +181,7 @@ class Curriculum:
                 )
             )
         self.stages = plans
+        self._end_lrs: dict[int, float] = {}
         self._check_warnings()
 
     # ------------------------------------------------------------------------------ resolution
@@ -181,8 +194,8 @@ class Curriculum:
             exact = st.tokens_per_batch / st.seq_len
             if batch != exact:
                 self.warnings.append(
-                    f"stages[{i}]: tokens_per_batch={st.tokens_per_batch} / seq_len={st.seq_len} = {exact:g}, "
-                    f"rounded to batch {batch} ({batch * st.seq_len} tokens/step)"
+                    f"curriculum.stages[{i}]: tokens_per_batch={st.tokens_per_batch} / seq_len={st.seq_len} "
+                    f"= {exact:g}, rounded to batch {batch} ({batch * st.seq_len} tokens/step)"
                 )
         return st.seq_len, batch, batch * st.seq_len
 
@@ -195,7 +208,9 @@ class Curriculum:
             else:
                 total = sum(st.mix.values())
                 if abs(total - 1.0) > 1e-6:
-                    self.warnings.append(f"stages[{i}].mix sums to {total:g}; normalised to 1")
+                    self.warnings.append(
+                        f"curriculum.stages[{i}].mix sums to {total:g}; weights normalised to sum to 1"
+                    )
                 mix = {s: st.mix.get(s, 0.0) / total for s in sources}
             out.append(mix)
             previous = mix
@@ -209,7 +224,7 @@ class Curriculum:
                 return budget
             if target > budget:
                 self.warnings.append(
-                    f"target_tokens={format_count(target)} exceeds the stages' budgets "
+                    f"curriculum.target_tokens={format_count(target)} exceeds the stages' budgets "
                     f"({format_count(budget)}); the last stage runs on to the target"
                 )
         return target
@@ -250,45 +265,55 @@ class Curriculum:
             out.append((start_step, step, start_tokens, tokens, this_threshold))
         return out
 
-    def _peak_lr(self, st: StageConfig, seq_len: int, batch: int) -> tuple[float, str]:
+    def _peak_lr(self, st: StageConfig, seq_len: int, batch: int) -> tuple[float, str, str]:
+        """(peak LR, how it was derived in words, which form: peak_lr | lr_multiplier | seq_batch | base)."""
         base = self.cfg.optim.base_lr
         if st.peak_lr is not None:
-            return st.peak_lr, "peak_lr"
+            return st.peak_lr, f"peak_lr {format_lr(st.peak_lr)}", "peak_lr"
         if st.lr_multiplier is not None:
-            return base * st.lr_multiplier, f"{st.lr_multiplier:g}× base {base:g}"
+            return base * st.lr_multiplier, f"{st.lr_multiplier:g}× base {format_lr(base)}", "lr_multiplier"
         if st.lr_rule == "seq_batch":
             max_len = self.cfg.model.max_seq_len
             mult = seq_batch_multiplier(seq_len, batch, max_len)
+            length, width = min(max_len / seq_len, 4.0), math.sqrt(batch / 32.0)
             return base * mult, (
-                f"seq_batch: {base:g} × min({max_len}/{seq_len}, 4) × sqrt({batch}/32) = {mult:.2f}×"
-            )
-        return base, f"base {base:g}"
+                f"{mult:.3g}× base {format_lr(base)} (seq_batch: min({max_len}/{seq_len}, 4) × "
+                f"sqrt({batch}/32) = {length:.3g} × {width:.3g})"
+            ), "seq_batch"
+        return base, f"base {format_lr(base)}", "base"
 
     def _clip(self, st: StageConfig, seq_len: int) -> tuple[float, str]:
         if st.grad_clip is not None:
             return st.grad_clip, "grad_clip"
         if st.clip_rule == "by_length":
-            return clip_by_length(seq_len), f"by_length(seq_len={seq_len})"
+            return clip_by_length(seq_len), "by_length"
         return self.cfg.curriculum.grad_clip, "default"
 
-    def _warmup(self, i: int, st: StageConfig, tps: int) -> int:
+    def _warmup(self, i: int, st: StageConfig, tps: int) -> tuple[int, str]:
         if st.warmup_steps is not None:
-            return st.warmup_steps
+            return st.warmup_steps, "warmup_steps"
         if st.warmup_tokens is not None:
+            # Token-based adaptive warmup: the same number of tokens whatever the batch shape.
             steps = math.ceil(st.warmup_tokens / tps)
-            return min(steps, st.warmup_cap) if st.warmup_cap is not None else steps
+            if st.warmup_cap is not None and steps > st.warmup_cap:
+                return st.warmup_cap, f"warmup_tokens {format_count(st.warmup_tokens)} capped at {st.warmup_cap}"
+            return steps, f"warmup_tokens {format_count(st.warmup_tokens)} / {tps}"
         if i == 0 and self.cfg.curriculum.schedule == "per_stage":
             # An AdamW run started at its peak LR without warmup tends to diverge: default to the
             # global warmup fraction of the whole run.
-            return max(1, round(self.cfg.curriculum.global_warmup_fraction * self.total_steps))
-        return 0
+            fraction = self.cfg.curriculum.global_warmup_fraction
+            return max(1, round(fraction * self.total_steps)), f"default {fraction:g} of all steps"
+        return 0, "none"
 
     def _check_warnings(self) -> None:
-        rule_stages = [s for s, st in zip(self.stages, self.cfg.curriculum.stages) if st.lr_rule == "seq_batch"]
-        if len(rule_stages) > 1 and len({s.tokens_per_step for s in rule_stages}) == 1:
+        rule_stages = [s for s, st in zip(self.stages, self.cfg.curriculum.stages, strict=True) if st.lr_rule == "seq_batch"]
+        tps = [s.tokens_per_step for s in rule_stages]
+        # "Constant" allows the few percent that rounding batches to whole examples costs (21 × 768).
+        if len(rule_stages) > 1 and len({s.seq_len for s in rule_stages}) > 1 and max(tps) <= 1.1 * min(tps):
             self.warnings.append(
-                "lr_rule seq_batch at constant tokens per batch counts the same effect twice "
-                "(shorter sequences already mean proportionally larger batches); consider lr_multiplier"
+                "lr_rule seq_batch at constant tokens per batch counts the same effect twice: a shorter "
+                "sequence already means a proportionally larger batch, so both factors of "
+                "min(max_seq_len/seq_len, 4) × sqrt(batch/32) grow together; consider lr_multiplier"
             )
         for s in self.stages:
             if s.steps == 0:
@@ -301,10 +326,13 @@ class Curriculum:
 
     # ------------------------------------------------------------------------------- queries
     def stage_index_at(self, step: int, tokens: int) -> int:
-        """The stage the next step belongs to. Token-budget stages switch exactly at their budget sums."""
+        """The stage the next step belongs to. Token-budget stages switch exactly at their budget sums.
+
+        Stages that never run (training stops first, or an earlier stage overshot their whole budget) are
+        skipped, so a finished run reports the stage it finished in."""
         index = 0
         for s in self.stages:
-            if s.steps == 0 and s.index != len(self.stages) - 1:
+            if s.steps == 0:
                 continue
             reached = tokens >= s.token_threshold if s.token_threshold is not None else step >= s.start_step
             if reached:
@@ -346,21 +374,38 @@ class Curriculum:
         return s.peak_lr
 
     def _global_factor(self, step: int) -> float:
-        """One warmup + cosine over the whole run, in [min_lr_ratio, 1]."""
+        """One linear warmup, then curriculum.decay (cosine by default) over the whole run: a factor in
+        [min_lr_ratio, 1] that scales each stage's peak. Stage 0's warmup is this global one."""
         cur = self.cfg.curriculum
         total = max(1, self.total_steps)
-        warm = max(1, math.ceil(cur.global_warmup_fraction * total)) if cur.global_warmup_fraction else 0
+        warm = self.global_warmup_steps()
         if step < warm:
             return (step + 1) / warm
         p = min(1.0, (step - warm) / max(1, total - warm))
-        return cur.min_lr_ratio + (1 - cur.min_lr_ratio) * 0.5 * (1.0 + math.cos(math.pi * p))
+        if cur.decay == "cosine":
+            return cur.min_lr_ratio + (1 - cur.min_lr_ratio) * 0.5 * (1.0 + math.cos(math.pi * p))
+        if cur.decay == "linear":
+            return 1.0 - (1 - cur.min_lr_ratio) * p
+        return 1.0
 
     def _end_lr(self, k: int) -> float:
-        """LR at the last step of stage k (where the next stage's warmup starts from)."""
-        s = self.stages[k]
-        if s.steps == 0:
-            return 0.0 if k == 0 else self._end_lr(k - 1)
-        return self.lr_at(s.end_step - 1, k)
+        """LR at the last step of stage k (where the next stage's warmup starts from); cached, because
+        every warmup step of stage k+1 asks for it."""
+        if k not in self._end_lrs:
+            s = self.stages[k]
+            if s.steps == 0:
+                value = 0.0 if k == 0 else self._end_lr(k - 1)
+            else:
+                value = self.lr_at(s.end_step - 1, k)
+            self._end_lrs[k] = value
+        return self._end_lrs[k]
+
+    def global_warmup_steps(self) -> int:
+        """Warmup steps of the global schedule (0 in per_stage mode)."""
+        cur = self.cfg.curriculum
+        if cur.schedule != "global" or not cur.global_warmup_fraction:
+            return 0
+        return max(1, math.ceil(cur.global_warmup_fraction * max(1, self.total_steps)))
 
     def state_at(self, step: int, tokens: int) -> StageState:
         """The curriculum state for the step about to run, from the two saved counters."""
@@ -374,6 +419,10 @@ class Curriculum:
         elif step >= self.total_steps:
             done_reason = "reached the end of the last stage"
         i = step - s.start_step
+        if k == 0 and self.cfg.curriculum.schedule == "global" and self.global_warmup_steps():
+            warmup_progress = min(1.0, (step + 1) / self.global_warmup_steps())
+        else:
+            warmup_progress = 1.0 if s.warmup_steps == 0 else min(1.0, max(0, i + 1) / s.warmup_steps)
         return StageState(
             step=step,
             tokens=tokens,
@@ -385,7 +434,7 @@ class Curriculum:
             tokens_per_step=s.tokens_per_step,
             lr=self.lr_at(step, k),
             peak_lr=s.peak_lr,
-            warmup_progress=1.0 if s.warmup_steps == 0 else min(1.0, (i + 1) / s.warmup_steps),
+            warmup_progress=warmup_progress,
             grad_clip=s.grad_clip,
             mix=dict(s.mix),
             done=done_reason is not None,
@@ -401,6 +450,11 @@ class Curriculum:
             "target_tokens": self.target_tokens,
             "total_steps": self.total_steps,
             "total_tokens": self.total_tokens,
+            "max_steps": self.max_steps,
             "schedule": self.cfg.curriculum.schedule,
+            "global_warmup_steps": self.global_warmup_steps(),
+            "base_lr": self.cfg.optim.base_lr,
+            "max_seq_len": self.cfg.model.max_seq_len,
+            "sources": [src.name for src in self.cfg.data.sources],
             "warnings": list(self.warnings),
         }

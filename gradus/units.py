@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import math
 import re
+from decimal import Decimal, InvalidOperation
 
 _SUFFIX = {"": 1, "K": 10**3, "M": 10**6, "B": 10**9, "G": 10**9, "T": 10**12}
 _PATTERN = re.compile(r"^\s*([0-9][0-9_]*(?:\.[0-9_]+)?(?:[eE][+-]?[0-9]+)?)\s*([kKmMbBgGtT]?)\s*$")
@@ -28,11 +29,29 @@ def parse_count(value: int | float | str, what: str = "token count") -> int:
     if isinstance(value, str):
         m = _PATTERN.match(value)
         if m:
-            number = float(m.group(1).replace("_", ""))
-            result = number * _SUFFIX[m.group(2).upper()]
-            if result == int(result):
+            # Decimal, not float: 1.005K must be exactly 1005, which binary floating point misses.
+            try:
+                result = Decimal(m.group(1).replace("_", "")) * _SUFFIX[m.group(2).upper()]
+            except InvalidOperation:
+                result = Decimal("NaN")
+            if result.is_finite() and result == result.to_integral_value():
                 return int(result)
+            raise ValueError(f"{what} must be a whole number, got {value!r}")
     raise ValueError(f"{what} must be a number such as 10M, 1.5B or 32_768, got {value!r}")
+
+
+def parse_rate(value: int | float | str, what: str = "rate") -> float:
+    """Parse a positive quantity that may be fractional: ``1500``, ``12.5k``, ``2.1M`` (tokens per second)."""
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        number = float(value)
+    else:
+        m = _PATTERN.match(str(value))
+        if not m:
+            raise ValueError(f"{what} must be a number such as 1500, 12.5k or 2M, got {value!r}")
+        number = float(m.group(1).replace("_", "")) * _SUFFIX[m.group(2).upper()]
+    if not (math.isfinite(number) and number > 0):
+        raise ValueError(f"{what} must be a positive number, got {value!r}")
+    return number
 
 
 def format_count(n: float, digits: int = 3) -> str:
@@ -43,6 +62,12 @@ def format_count(n: float, digits: int = 3) -> str:
             text = f"{n / scale:.{digits}g}"
             return f"{text}{suffix}"
     return f"{n:.{digits}g}" if n != int(n) else str(int(n))
+
+
+def format_lr(lr: float) -> str:
+    """Compact scientific form, as the plans write learning rates: 0.00678 -> '6.78e-3', 0.0006 -> '6e-4'."""
+    mantissa, exponent = f"{lr:.2e}".split("e")
+    return f"{float(mantissa):g}e{int(exponent)}"
 
 
 def format_duration(seconds: float) -> str:

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
 from gradus.config import GradusConfig, load_config
 from gradus.errors import ConfigError
-from gradus.presets import preset_path
+from gradus.presets import list_presets, preset_path
 
 
 def add_config_arguments(parser: argparse.ArgumentParser, required: bool = True) -> None:
@@ -40,8 +41,15 @@ def config_source(args: argparse.Namespace, default_preset: str | None = None) -
 
 
 def load_from_args(args: argparse.Namespace, default_preset: str | None = None) -> GradusConfig:
-    """Load and validate the config the arguments name, with ``--set`` overrides applied."""
+    """Load and validate the config the arguments name, with ``--set`` overrides applied.
+
+    Problems name their origin: the file (with line numbers), or ``preset NAME`` for a shipped preset.
+    """
     source = config_source(args, default_preset)
     if source is None:
-        raise ConfigError("no config given; pass a YAML file or --preset NAME")
-    return load_config(source, args.overrides)
+        raise ConfigError(
+            f"no config given; pass a YAML file or --preset NAME (presets: {', '.join(list_presets())})"
+        )
+    preset = args.preset or (None if (args.config or getattr(args, "config_flag", None)) else default_preset)
+    origin = f"preset {Path(source).stem}" if preset else None
+    return load_config(source, getattr(args, "overrides", None) or [], origin=origin)

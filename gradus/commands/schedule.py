@@ -1,16 +1,208 @@
-"""`gradus schedule` (not built yet)."""
+"""``gradus schedule CONFIG | --preset NAME``: the stage table, as the plans print it.
+
+Pure: loads the config and asks :class:`gradus.curriculum.Curriculum` for the resolved stages; no torch,
+no data, so it runs anywhere in well under a second.
+"""
 
 from __future__ import annotations
 
 import argparse
+import json
+import math
 
-from gradus.errors import GradusError
+from gradus.commands.common import add_config_arguments, config_source, load_from_args
+from gradus.curriculum import Curriculum, StagePlan
+from gradus.errors import ConfigError
+from gradus.presets import list_presets, preset_description
+from gradus.units import format_count, format_duration, format_lr, parse_count, parse_rate
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Arguments of this command."""
+    add_config_arguments(parser)
+    parser.add_argument("--json", action="store_true", help="print the schedule as JSON instead of a table")
+    parser.add_argument(
+        "--tokens-per-sec",
+        metavar="N",
+        help="training throughput (e.g. 150k): adds the time each stage takes",
+    )
+    parser.add_argument(
+        "--dataset-tokens",
+        metavar="N",
+        help="size of the training data in tokens, all sources together (e.g. 3B): adds how much of it "
+        "each stage has read, in epochs",
+    )
+    parser.add_argument("--list", action="store_true", help="list the shipped presets and exit")
 
 
 def run(args: argparse.Namespace) -> int:
-    """Run the command."""
-    raise GradusError("gradus schedule is not built yet")
+    """Print the stage table (or JSON) of the config the arguments name."""
+    if args.list:
+        return _list(args.json)
+    tokens_per_sec = _parsed(args.tokens_per_sec, "--tokens-per-sec", parse_rate)
+    dataset_tokens = _parsed(args.dataset_tokens, "--dataset-tokens", parse_count)
+    if dataset_tokens is not None and dataset_tokens <= 0:
+        raise ConfigError(f"--dataset-tokens={args.dataset_tokens}: must be a positive token count, e.g. 3B")
+    cfg = load_from_args(args)
+    curriculum = Curriculum(cfg)
+    report = schedule_report(curriculum, tokens_per_sec, dataset_tokens)
+    if args.json:
+        print(json.dumps(report, indent=2))
+        return 0
+    title = cfg.name or (f"preset {args.preset}" if args.preset else config_source(args))
+    print(format_table(curriculum, report, title=str(title)))
+    return 0
+
+
+def _parsed(value, flag, parse):
+    if value is None:
+        return None
+    try:
+        return parse(value, flag)
+    except ValueError as err:
+        raise ConfigError(f"{flag}={value}: {err}") from None
+
+
+def _list(as_json: bool) -> int:
+    names = list_presets()
+    if as_json:
+        print(json.dumps({name: preset_description(name) for name in names}, indent=2))
+        return 0
+    width = max(len(n) for n in names)
+    for name in names:
+        print(f"{name:<{width}}  {preset_description(name)}")
+    return 0
+
+
+def schedule_report(cur: Curriculum, tokens_per_sec: float | None = None, dataset_tokens: int | None = None) -> dict:
+    """The schedule as data (``--json``): :meth:`Curriculum.to_json` plus time and dataset coverage when
+    throughput or dataset size are given."""
+    report = cur.to_json()
+    report["tokens_per_sec"] = tokens_per_sec
+    report["dataset_tokens"] = dataset_tokens
+    elapsed = 0.0
+    for stage in report["stages"]:
+        if tokens_per_sec:
+            stage["seconds"] = stage["tokens"] / tokens_per_sec
+            elapsed += stage["seconds"]
+            stage["elapsed_seconds"] = elapsed
+        if dataset_tokens:
+            stage["dataset_fraction"] = stage["tokens"] / dataset_tokens
+            stage["dataset_epochs_after"] = stage["end_tokens"] / dataset_tokens
+    if tokens_per_sec:
+        report["total_seconds"] = elapsed
+    if dataset_tokens:
+        epochs = cur.total_tokens / dataset_tokens
+        report["dataset_epochs"] = epochs
+        if epochs > 1:
+            repeat_at = format_count(dataset_tokens)
+            report["warnings"].append(
+                f"the run reads {format_count(cur.total_tokens)} tokens from a {repeat_at}-token dataset: "
+                f"{epochs:.2f} epochs, so data repeats after {repeat_at} tokens"
+            )
+    return report
+
+
+def _percent(weight: float) -> str:
+    pct = weight * 100
+    return f"{pct:.0f}" if abs(pct - round(pct)) < 0.05 else f"{pct:.1f}"
+
+
+def format_table(cur: Curriculum, report: dict, title: str = "") -> str:
+    """The human table: one row per stage, a total row, then the warnings."""
+    cfg = cur.cfg
+    names = [s.name for s in cfg.data.sources]
+    c = cfg.curriculum
+    lines = []
+    stops = []
+    if cur.target_tokens is not None:
+        stops.append(f"target_tokens {cur.target_tokens:,}")
+    if cur.max_steps is not None:
+        stops.append(f"max_steps {cur.max_steps:,}")
+    lines.append(
+        f"{title}: {len(cur.stages)} stages, {cur.total_steps:,} steps, {cur.total_tokens:,} tokens "
+        f"(stops at {' or '.join(stops) or 'the end of the last stage'})"
+    )
+    model = cfg.model.preset or "custom"
+    if c.schedule == "global":
+        sched = (
+            f"one global schedule: warmup {cur.global_warmup_steps():,} steps "
+            f"({c.global_warmup_fraction:g} of the run), {c.decay} to {c.min_lr_ratio:g}× each stage's peak"
+        )
+    else:
+        sched = f"per stage: warmup, then {c.decay} to {c.min_lr_ratio:g}× the stage's peak"
+    lines.append(
+        f"model {model}, max_seq_len {cfg.model.max_seq_len} · base LR {format_lr(cfg.optim.base_lr)} · LR {sched}"
+    )
+    lines.append("")
+    mix_head = "mix % " + "/".join(names) if len(names) > 1 else f"mix ({names[0]})"
+    header = ["#", "name", "steps", "seq_len", "batch", "tokens/step", "peak LR", "LR from", "warmup", "clip",
+              mix_head, "examples", "tokens"]
+    with_time = report.get("tokens_per_sec") is not None
+    with_data = report.get("dataset_tokens") is not None
+    if with_time:
+        header.append("time")
+    if with_data:
+        header.append("data epochs")
+    right = {"#", "steps", "seq_len", "batch", "tokens/step", "warmup", "examples", "tokens", "time", "data epochs"}
+    rows = []
+    for s, js in zip(cur.stages, report["stages"], strict=True):
+        rows.append(_row(s, js, cfg.optim.base_lr, cfg.model.max_seq_len, with_time, with_data))
+    total = ["", "total", f"{cur.total_steps:,}", "", "", "", "", "", "", "", "",
+             f"{sum(s.examples for s in cur.stages):,}", format_count(cur.total_tokens)]
+    if with_time:
+        total.append(format_duration(report["total_seconds"]))
+    if with_data:
+        total.append(f"{report['dataset_epochs']:.3g}")
+    widths = [max(len(r[i]) for r in [header, *rows, total]) for i in range(len(header))]
+
+    def fmt(row: list[str]) -> str:
+        cells = [cell.rjust(w) if head in right else cell.ljust(w) for cell, w, head in zip(row, widths, header, strict=True)]
+        return "  ".join(cells).rstrip()
+
+    lines.append(fmt(header))
+    lines += [fmt(r) for r in rows]
+    lines.append(fmt(total))
+    if any(s.lr_source == "seq_batch" for s in cur.stages):
+        lines.append("LR rule seq_batch: base × min(max_seq_len / seq_len, 4) × sqrt(batch / 32)")
+    if any(s.clip_note == "by_length" for s in cur.stages):
+        lines.append("clip rule by_length: seq_len ≤ 128 → 5.0, ≤ 512 → 1.0, else 0.5")
+    for warning in report["warnings"]:
+        lines.append(f"warning: {warning}")
+    return "\n".join(lines)
+
+
+def _row(s: StagePlan, js: dict, base: float, max_seq_len: int, with_time: bool, with_data: bool) -> list[str]:
+    mix = "/".join(_percent(w) for w in s.mix.values())
+    clip = f"{s.grad_clip:g}" + ("" if s.clip_note in ("grad_clip",) else f" ({s.clip_note})")
+    row = [
+        str(s.index),
+        s.name,
+        f"{s.start_step:,}–{s.end_step:,}",
+        str(s.seq_len),
+        str(s.batch_size),
+        f"{s.tokens_per_step:,}",
+        format_lr(s.peak_lr),
+        _lr_from(s, base, max_seq_len),
+        f"{s.warmup_steps:,}",
+        clip,
+        mix,
+        f"{s.examples:,}",
+        format_count(s.tokens),
+    ]
+    if with_time:
+        row.append(format_duration(js["seconds"]))
+    if with_data:
+        row.append(f"{js['dataset_epochs_after']:.3g}")
+    return row
+
+
+def _lr_from(s: StagePlan, base: float, max_seq_len: int) -> str:
+    """Short 'how the peak was derived' for the table (the JSON's lr_note has the whole formula)."""
+    if s.lr_source in ("peak_lr", "base"):
+        return s.lr_source
+    mult = s.peak_lr / base
+    if s.lr_source == "seq_batch":
+        length, width = min(max_seq_len / s.seq_len, 4.0), math.sqrt(s.batch_size / 32)
+        return f"{mult:.3g}× = {length:.3g} × {width:.3g} (seq_batch)"
+    return f"{mult:.3g}× base"

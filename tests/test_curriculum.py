@@ -1,0 +1,288 @@
+"""The pure schedule engine: shapes, boundaries, LR (warmup, cosine, global), clip, mix, stopping.
+
+Expected values are worked out by hand in the comments, not recomputed with the engine's formulas.
+"""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+
+from gradus.config import from_dict
+from gradus.curriculum import Curriculum, clip_by_length, derive_batch, seq_batch_multiplier
+from gradus.presets import load_preset
+
+
+def make(stages, target=None, sources=("prose",), schedule="per_stage", max_seq_len=256, **extra) -> Curriculum:
+    curriculum = {"stages": stages, "schedule": schedule}
+    if target is not None:
+        curriculum["target_tokens"] = target
+    curriculum.update(extra.pop("curriculum", {}))
+    data = {
+        "model": {"preset": "tiny", "max_seq_len": max_seq_len},
+        "data": {"sources": [{"name": n, "builtin": "python-docs"} for n in sources]},
+        "curriculum": curriculum,
+        **extra,
+    }
+    return Curriculum(from_dict(data))
+
+
+# ---------------------------------------------------------------------------------------- the rules
+@pytest.mark.parametrize(
+    ("tokens", "seq_len", "multiple", "batch"),
+    [
+        (32_768, 64, 8, 512),
+        (32_768, 2048, 8, 16),
+        (4096, 768, 8, 5),  # 5.33 examples: fewer than one multiple, nearest whole number
+        (20, 1, 8, 24),  # 2.5 multiples rounds half up (Python's round() would give 16)
+        (12, 1, 8, 16),
+        (1, 64, 8, 1),  # never below 1
+        (16_384, 768, 8, 24),
+        (1000, 10, 1, 100),
+    ],
+)
+def test_derive_batch(tokens, seq_len, multiple, batch):
+    assert derive_batch(tokens, seq_len, multiple) == batch
+
+
+def test_seq_batch_rule_gives_11_3_at_64_256():
+    # min(2048/64, 4) × sqrt(256/32) = 4 × 2.828 = 11.31
+    assert round(seq_batch_multiplier(64, 256, 2048), 1) == 11.3
+    assert seq_batch_multiplier(64, 256, 2048) == pytest.approx(11.3137085, rel=1e-8)
+    assert seq_batch_multiplier(1024, 32, 2048) == pytest.approx(2.0)  # min(2, 4) × 1
+    assert seq_batch_multiplier(2048, 16, 2048) == pytest.approx(0.70710678)
+
+
+@pytest.mark.parametrize(("seq_len", "clip"), [(8, 5.0), (128, 5.0), (129, 1.0), (512, 1.0), (513, 0.5), (2048, 0.5)])
+def test_clip_by_length(seq_len, clip):
+    assert clip_by_length(seq_len) == clip
+
+
+def test_seq_batch_in_the_engine_and_its_warning():
+    cur = make(
+        [
+            {"step": 0, "seq_len": 64, "batch_size": 256, "lr_rule": "seq_batch"},
+            {"step": 10, "seq_len": 128, "batch_size": 128, "lr_rule": "seq_batch"},
+        ],
+        target=100 * 16_384,
+        max_seq_len=2048,
+    )
+    assert cur.stages[0].peak_lr == pytest.approx(6e-4 * 11.3137085)
+    assert cur.stages[1].peak_lr == pytest.approx(6e-4 * 8.0)  # 4 × sqrt(4)
+    assert "11.3× base 6e-4" in cur.stages[0].lr_note
+    assert any("counts the same effect twice" in w for w in cur.warnings)
+
+
+def test_no_double_count_warning_with_multipliers():
+    cur = make(
+        [
+            {"step": 0, "seq_len": 64, "batch_size": 256, "lr_multiplier": 11.3},
+            {"step": 10, "seq_len": 128, "batch_size": 128, "lr_multiplier": 7.0},
+        ],
+        target=100 * 16_384,
+    )
+    assert not any("twice" in w for w in cur.warnings)
+
+
+def test_rounded_batch_is_noted():
+    cur = make([{"seq_len": 192, "tokens_per_batch": 4096}], target="1M")
+    assert cur.stages[0].batch_size == 24  # 21.33 examples, rounded to the nearest multiple of 8
+    assert (
+        "curriculum.stages[0]: tokens_per_batch=4096 / seq_len=192 = 21.3333, rounded to batch 24 "
+        "(4608 tokens/step)" in cur.warnings
+    )
+
+
+# ---------------------------------------------------------------------------------- per-stage LR
+@pytest.fixture(scope="module")
+def two_stage() -> Curriculum:
+    # 256 tokens per step in both stages; the target ends stage 2 at step 200.
+    return make(
+        [
+            {"step": 0, "seq_len": 64, "batch_size": 4, "peak_lr": 1e-3, "warmup_steps": 10},
+            {"step": 100, "seq_len": 128, "batch_size": 2, "peak_lr": 5e-4, "warmup_steps": 20},
+        ],
+        target=51_200,
+    )
+
+
+def test_step_boundaries(two_stage):
+    s0, s1 = two_stage.stages
+    assert (s0.start_step, s0.end_step, s0.start_tokens, s0.end_tokens) == (0, 100, 0, 25_600)
+    assert (s1.start_step, s1.end_step, s1.start_tokens, s1.end_tokens) == (100, 200, 25_600, 51_200)
+    assert two_stage.state_at(99, 99 * 256).stage_index == 0
+    state = two_stage.state_at(100, 100 * 256)  # the switch happens exactly at the start step
+    assert (state.stage_index, state.seq_len, state.batch_size, state.tokens_per_step) == (1, 128, 2, 256)
+    assert not two_stage.state_at(199, 199 * 256).done
+    end = two_stage.state_at(200, 51_200)
+    assert end.done and "target_tokens=51200" in end.done_reason
+
+
+def test_warmup_from_zero(two_stage):
+    lr = two_stage.lr_at
+    assert lr(0) == pytest.approx(1e-4)  # 1e-3 × 1/10
+    assert lr(4) == pytest.approx(5e-4)  # 1e-3 × 5/10
+    assert lr(9) == pytest.approx(1e-3)
+    assert two_stage.state_at(4, 4 * 256).warmup_progress == pytest.approx(0.5)
+
+
+def test_cosine_inside_the_stage(two_stage):
+    lr = two_stage.lr_at
+    # floor = 0.1 × 1e-3; the cosine spans the 90 steps after warmup
+    assert lr(10) == pytest.approx(1e-3)
+    assert lr(55) == pytest.approx(5.5e-4)  # half way: 1e-4 + 9e-4 × 0.5
+    assert lr(99) == pytest.approx(1.00274128e-4, rel=1e-7)  # 1e-4 + 9e-4 × 0.5 × (1 - cos(π/90))
+
+
+def test_next_stage_warms_up_from_where_the_last_ended(two_stage):
+    lr = two_stage.lr_at
+    # start 1.00274128e-4, ramp to 5e-4 over 20 steps: + (5e-4 - start) / 20 per step
+    assert lr(100) == pytest.approx(1.20260422e-4, rel=1e-7)
+    assert lr(119) == pytest.approx(5e-4)
+    assert lr(120) == pytest.approx(5e-4)
+    assert lr(199) == pytest.approx(5.0173466e-5, rel=1e-6)  # 5e-5 + 4.5e-4 × 0.5 × (1 - cos(π/80))
+    state = two_stage.state_at(110, 110 * 256)
+    assert state.lr == pytest.approx(lr(110)) and state.peak_lr == 5e-4
+
+
+def test_default_warmup_of_the_first_stage():
+    cur = make([{"seq_len": 64, "batch_size": 4}], target=256_000)  # 1000 steps
+    assert cur.stages[0].warmup_steps == 20  # global_warmup_fraction 0.02 × 1000
+
+
+def test_linear_and_constant_decay():
+    cur = make(
+        [
+            {"step": 0, "seq_len": 64, "batch_size": 4, "peak_lr": 1e-3, "warmup_steps": 0, "decay": "linear"},
+            {"step": 100, "seq_len": 64, "batch_size": 4, "peak_lr": 1e-3, "decay": "constant"},
+        ],
+        target=200 * 256,
+    )
+    assert cur.lr_at(50) == pytest.approx(1e-3 - 9e-4 * 0.5)
+    assert cur.lr_at(150) == pytest.approx(1e-3)
+
+
+# -------------------------------------------------------------------------------------- global LR
+def test_global_schedule():
+    cur = make([{"seq_len": 64, "batch_size": 4, "peak_lr": 1e-3}], target=256_000, schedule="global")
+    lr = cur.lr_at
+    assert cur.total_steps == 1000 and cur.global_warmup_steps() == 20
+    assert lr(0) == pytest.approx(5e-5)  # 1e-3 × 1/20
+    assert lr(19) == pytest.approx(1e-3)
+    assert lr(20) == pytest.approx(1e-3)
+    assert lr(510) == pytest.approx(5.5e-4)  # half way through the 980 cosine steps
+    assert lr(999) == pytest.approx(1.0000231e-4, rel=1e-6)  # 1e-4 + 9e-4 × 0.5 × (1 - cos(π/980))
+    assert cur.state_at(9, 9 * 256).warmup_progress == pytest.approx(0.5)
+
+
+def test_global_schedule_scales_each_stage_peak():
+    cur = make(
+        [
+            {"step": 0, "seq_len": 64, "batch_size": 4, "peak_lr": 1e-3},
+            {"step": 500, "seq_len": 128, "batch_size": 2, "peak_lr": 5e-4},
+        ],
+        target=256_000,
+        schedule="global",
+    )
+    assert cur.lr_at(510) == pytest.approx(2.75e-4)  # 5e-4 × 0.55, no jump-up warmup needed
+    expected = 5e-4 * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * 580 / 980)))
+    assert cur.lr_at(600) == pytest.approx(expected)
+
+
+# ------------------------------------------------------------------------------ token boundaries
+def test_token_budget_boundaries():
+    cur = make(
+        [
+            {"tokens": 1000, "seq_len": 8, "batch_size": 16},  # 128 tokens/step
+            {"tokens": 1000, "seq_len": 16, "tokens_per_batch": 256},  # batch 16, 256 tokens/step
+        ]
+    )
+    s0, s1 = cur.stages
+    assert cur.target_tokens == 2000  # the sum of the budgets
+    # stage 1 needs ceil(1000/128) = 8 steps (1024 tokens); stage 2 ceil((2000-1024)/256) = 4 steps
+    assert (s0.start_step, s0.end_step, s0.end_tokens) == (0, 8, 1024)
+    assert (s1.start_step, s1.end_step, s1.start_tokens, s1.end_tokens) == (8, 12, 1024, 2048)
+    assert (s0.token_threshold, s1.token_threshold) == (0, 1000)
+    assert cur.state_at(7, 896).stage_index == 0
+    assert cur.state_at(8, 999).stage_index == 0  # the token counter decides, not the step
+    assert cur.state_at(8, 1000).stage_index == 1
+    assert cur.state_at(8, 1024).seq_len == 16
+    assert cur.state_at(12, 2048).done
+
+
+def test_streaming_preset_switches_at_its_token_thresholds():
+    cur = Curriculum(load_preset("streaming-1b"))
+    first, second = cur.stages[:2]
+    # 10M / 65,536 = 152.6: the switch is the first step at which 10M tokens have been seen
+    assert (first.end_step, second.start_step, second.start_tokens) == (153, 153, 153 * 65_536)
+    assert second.token_threshold == 10_000_000
+    assert cur.state_at(152, 152 * 65_536).stage_index == 0
+    assert cur.state_at(153, 153 * 65_536).stage_index == 1
+    # running sums of 10M/20M/30M/40M/75M/100M/125M/150M/200M/250M
+    assert [s.token_threshold for s in cur.stages] == [
+        n * 1_000_000 for n in (0, 10, 30, 60, 100, 175, 275, 400, 550, 750)
+    ]
+
+
+def test_walking_the_counters_matches_the_table():
+    """Run the counters as a trainer would: the stage from state_at always matches the table."""
+    cur = Curriculum(load_preset("streaming-1b"))
+    step, tokens = 0, 0
+    while not (state := cur.state_at(step, tokens)).done:
+        plan = cur.stages[state.stage_index]
+        assert plan.start_step <= step < plan.end_step
+        step, tokens = step + 1, tokens + state.tokens_per_step
+    assert (step, tokens) == (cur.total_steps, cur.total_tokens)
+    assert tokens >= 1_000_000_000 > tokens - cur.stages[-1].tokens_per_step
+
+
+# ------------------------------------------------------------------------------- stopping, mix
+def test_max_steps_cuts_the_schedule():
+    cur = Curriculum(load_preset("aggressive", ["train.max_steps=3000"]))
+    assert cur.total_steps == 3000
+    assert [s.steps for s in cur.stages] == [2000, 1000, 0, 0, 0, 0]
+    assert sum("never runs" in w for w in cur.warnings) == 4
+    assert cur.state_at(2999, 2999 * 32_768).stage_index == 1
+    end = cur.state_at(3000, 3000 * 32_768)
+    assert end.done and end.done_reason == "reached max_steps=3000" and end.stage_index == 1
+
+
+def test_mix_normalised_inherited_and_uniform():
+    cur = make(
+        [
+            {"step": 0, "seq_len": 64, "batch_size": 4, "mix": {"a": 3, "b": 1}},
+            {"step": 10, "seq_len": 64, "batch_size": 4},
+            {"step": 20, "seq_len": 64, "batch_size": 4, "mix": {"c": 1.0}},
+        ],
+        target=30 * 256,
+        sources=("a", "b", "c"),
+    )
+    assert cur.stages[0].mix == {"a": 0.75, "b": 0.25, "c": 0.0}
+    assert cur.stages[1].mix == cur.stages[0].mix
+    assert cur.stages[2].mix == {"a": 0.0, "b": 0.0, "c": 1.0}
+    assert "curriculum.stages[0].mix sums to 4; weights normalised to sum to 1" in cur.warnings
+    assert cur.state_at(5, 5 * 256).mix == {"a": 0.75, "b": 0.25, "c": 0.0}
+    uniform = make([{"seq_len": 64, "batch_size": 4}], target=256, sources=("a", "b"))
+    assert uniform.stages[0].mix == {"a": 0.5, "b": 0.5}
+
+
+def test_warmup_tokens_is_adaptive_and_capped():
+    cur = make(
+        [
+            {"tokens": "1M", "seq_len": 64, "batch_size": 16, "warmup_tokens": 10_240},  # 1024/step: 10 steps
+            {"tokens": "1M", "seq_len": 64, "batch_size": 4, "warmup_tokens": 10_240, "warmup_cap": 25},  # 40 → 25
+        ]
+    )
+    assert [s.warmup_steps for s in cur.stages] == [10, 25]
+    assert "capped at 25" in cur.stages[1].warmup_note
+
+
+def test_state_carries_what_the_trainer_needs():
+    cur = Curriculum(load_preset("lr-extreme"))
+    state = cur.state_at(2500, 2500 * 16_384)
+    assert (state.stage_index, state.stage_name, state.num_stages) == (1, "high", 5)
+    assert (state.seq_len, state.batch_size, state.tokens_per_step, state.grad_clip) == (128, 128, 16_384, 2.0)
+    assert state.peak_lr == pytest.approx(4.2e-3)
+    assert (state.stage_start_step, state.stage_end_step) == (2000, 5000)
+    assert state.mix == {"wiki": 1.0} and not state.done
