@@ -1,0 +1,139 @@
+"""Measure training throughput of one stage shape: real forward + backward + AdamW steps of :class:`GPT`.
+
+Used by ``gradus plan --measure``. torch is imported inside the function, so importing this module (and
+listing commands) stays cheap.
+"""
+
+from __future__ import annotations
+
+import gc
+import os
+import threading
+import time
+from typing import Any
+
+from gradus.model.sizes import ModelShape
+
+_PRECISIONS = ("fp32", "bf16", "fp16")
+
+
+class _RssSampler:
+    """Peak resident memory of this process while a block runs (CPU has no allocator statistics):
+    samples /proc/self/statm every 2 ms. Process-wide, so it is an upper bound for the model's share."""
+
+    def __init__(self) -> None:
+        self.peak = 0
+        self._stop = threading.Event()
+        self._page = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def rss(self) -> int:
+        """Current resident set size in bytes (0 where /proc is missing)."""
+        try:
+            with open("/proc/self/statm") as f:
+                return int(f.read().split()[1]) * self._page
+        except OSError:
+            return 0
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            self.peak = max(self.peak, self.rss())
+            self._stop.wait(0.002)
+
+    def __enter__(self) -> _RssSampler:
+        self.peak = self.rss()
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+        self.peak = max(self.peak, self.rss())
+
+
+def measure_stage_throughput(
+    shape: ModelShape,
+    seq_len: int,
+    micro_batch: int,
+    *,
+    device: str = "cpu",
+    precision: str = "fp32",
+    steps: int = 3,
+    warmup: int = 1,
+    seed: int = 0,
+) -> dict[str, Any]:
+    """Time ``steps`` training steps (after ``warmup`` untimed ones) of a fresh GPT at one micro-batch of
+    ``micro_batch`` × ``seq_len`` random tokens: forward, loss, backward, gradient clip and an AdamW step.
+
+    Returns ``tokens_per_sec`` (micro_batch·seq_len / median step time), ``step_time_s`` (that median)
+    and ``peak_memory_bytes``: on CUDA the allocator's peak (weights, optimizer state, activations); on CPU
+    the growth of the process's resident memory during the run, an approximation.
+    ``precision``: fp32, bf16 (autocast) or fp16 (autocast with a gradient scaler).
+    """
+    import torch
+
+    from gradus.model.gpt import GPT, param_groups
+
+    if precision not in _PRECISIONS:
+        raise ValueError(f"precision {precision!r}: expected one of {', '.join(_PRECISIONS)}")
+    if steps < 1 or warmup < 0 or micro_batch < 1:
+        raise ValueError("steps ≥ 1, warmup ≥ 0 and micro_batch ≥ 1 are required")
+    dev = torch.device(device)
+    cuda = dev.type == "cuda"
+    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision)
+
+    def run() -> tuple[list[float], int | None]:
+        # Everything the steps allocate lives in this frame and is freed when it returns.
+        generator = torch.Generator().manual_seed(seed)
+        torch.manual_seed(seed)
+        model = GPT(shape).to(dev)
+        model.train()
+        # fused AdamW exists for CUDA tensors; on CPU the default (foreach) implementation is used.
+        opt = torch.optim.AdamW(param_groups(model, 0.1), lr=1e-4, betas=(0.9, 0.95), fused=cuda or None)
+        scaler = torch.amp.GradScaler(dev.type, enabled=precision == "fp16")
+        tokens = torch.randint(0, shape.vocab_size, (micro_batch, seq_len + 1), generator=generator).to(dev)
+        inputs, labels = tokens[:, :-1], tokens[:, 1:]
+
+        def step() -> None:
+            with torch.autocast(dev.type, dtype=dtype or torch.float32, enabled=dtype is not None):
+                _, loss = model(inputs, labels)
+            assert loss is not None
+            scaler.scale(loss).backward()
+            scaler.unscale_(opt)
+            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+            scaler.step(opt)
+            scaler.update()
+            opt.zero_grad(set_to_none=True)
+
+        for _ in range(warmup):
+            step()
+        times = []
+        for _ in range(steps):
+            if cuda:
+                torch.cuda.synchronize(dev)
+            t0 = time.perf_counter()
+            step()
+            if cuda:
+                torch.cuda.synchronize(dev)
+            times.append(time.perf_counter() - t0)
+        return times, (torch.cuda.max_memory_allocated(dev) if cuda else None)
+
+    gc.collect()
+    base = 0
+    if cuda:
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats(dev)
+        base = torch.cuda.memory_allocated(dev)
+    with _RssSampler() as sampler:
+        start_rss = sampler.peak
+        times, cuda_peak = run()
+    peak = cuda_peak - base if cuda_peak is not None else max(0, sampler.peak - start_rss)
+    gc.collect()
+    if cuda:
+        torch.cuda.empty_cache()
+    step_time = sorted(times)[len(times) // 2]
+    return {
+        "tokens_per_sec": micro_batch * seq_len / step_time,
+        "step_time_s": step_time,
+        "peak_memory_bytes": int(peak),
+    }
