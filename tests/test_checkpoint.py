@@ -36,7 +36,7 @@ def test_round_trip_restores_weights_and_optimizer(tmp_path):
             p.add_(1.0)
     state, meta = mgr.load(path, model=other, optimizer=other_opt)
     assert state["progress"]["step"] == 7 and meta["step"] == 7
-    for a, b in zip(model.parameters(), other.parameters()):
+    for a, b in zip(model.parameters(), other.parameters(), strict=True):
         assert torch.equal(a, b)
     assert torch.equal(opt.state_dict()["state"][0]["exp_avg"], other_opt.state_dict()["state"][0]["exp_avg"])
 

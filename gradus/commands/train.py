@@ -1,16 +1,72 @@
-"""`gradus train` (not built yet)."""
+"""``gradus train [--config FILE | --preset NAME] [--set k=v ...] [--out DIR] [--resume]``.
+
+With no config the offline ``demo`` preset runs. An ``--out`` directory that already holds checkpoints is
+continued (its config.yaml is used when no config is given); ``--resume`` alone continues the newest run
+under ./runs.
+"""
 
 from __future__ import annotations
 
 import argparse
+import time
+from pathlib import Path
 
-from gradus.errors import GradusError
+from gradus.commands.common import add_config_arguments, config_source
+from gradus.config import load_config
+from gradus.errors import ConfigError
+
+DEFAULT_PRESET = "demo"
+RUNS_DIR = Path("runs")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """Arguments of this command."""
+    """Arguments of ``gradus train``."""
+    add_config_arguments(parser, required=False)
+    parser.add_argument("--out", metavar="DIR", help="run directory (default: runs/<name>-<time>)")
+    parser.add_argument("--resume", action="store_true", help="continue the run in --out (default: the newest under ./runs)")
+    parser.add_argument("--allow-config-change", action="store_true",
+                        help="continue even if the stage table, world size or tokenizer changed")
+    parser.add_argument("--stop-at-step", type=int, metavar="N",
+                        help="stop cleanly with a checkpoint after step N (as if preempted)")
+    parser.add_argument("--quiet", action="store_true", help="no console output")
+
+
+def _has_checkpoints(run_dir: Path) -> bool:
+    ckpt = run_dir / "checkpoints"
+    return ckpt.is_dir() and any(p.name.startswith("step_") for p in ckpt.iterdir())
+
+
+def _newest_run() -> Path:
+    candidates = [p for p in RUNS_DIR.glob("*") if p.is_dir() and _has_checkpoints(p)] if RUNS_DIR.is_dir() else []
+    if not candidates:
+        raise ConfigError("--resume: no run with checkpoints under ./runs; give the run with --out DIR")
+    return max(candidates, key=lambda p: p.stat().st_mtime)
 
 
 def run(args: argparse.Namespace) -> int:
-    """Run the command."""
-    raise GradusError("gradus train is not built yet")
+    """Resolve the config and the run directory, then train."""
+    from gradus.train.trainer import train  # torch only when training
+
+    out = Path(args.out) if args.out else None
+    if args.resume and out is None:
+        out = _newest_run()
+    continuing = out is not None and _has_checkpoints(out)
+    if args.resume and not continuing:
+        raise ConfigError(f"--resume: {out} holds no checkpoints to continue; drop --resume to start a new run there")
+    explicit = args.config or args.config_flag or args.preset
+    if continuing and not explicit:
+        saved = out / "config.yaml"
+        if not saved.is_file():
+            raise ConfigError(f"{saved} is missing; give the run's config with --config FILE")
+        cfg = load_config(saved, args.overrides)
+    else:
+        source = config_source(args, default_preset=DEFAULT_PRESET)
+        cfg = load_config(source, args.overrides)
+    if out is None:
+        name = cfg.name or args.preset or (Path(explicit).stem if explicit else DEFAULT_PRESET)
+        out = RUNS_DIR / f"{name}-{time.strftime('%Y%m%d-%H%M%S')}"
+    if args.stop_at_step is not None and args.stop_at_step <= 0:
+        raise ConfigError(f"--stop-at-step={args.stop_at_step}: give a positive step number")
+    train(cfg, out, resume=True, allow_config_change=args.allow_config_change,
+          stop_at_step=args.stop_at_step, quiet=args.quiet)
+    return 0

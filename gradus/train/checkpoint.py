@@ -66,9 +66,9 @@ class CheckpointManager:
                 found.append((int(m.group(1)), p))
         return sorted(found)
 
-    def latest(self) -> Path | None:
-        """The newest step checkpoint, or None."""
-        steps = self.steps()
+    def latest(self, at_most: int | None = None) -> Path | None:
+        """The newest step checkpoint (no later than step ``at_most`` when given), or None."""
+        steps = [(s, p) for s, p in self.steps() if at_most is None or s <= at_most]
         return steps[-1][1] if steps else None
 
     def best(self) -> Path | None:

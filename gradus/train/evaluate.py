@@ -29,7 +29,7 @@ def evaluate(model: torch.nn.Module, batches: Iterable, device: torch.device, au
             if n == 0:
                 continue
             loss = torch.nn.functional.cross_entropy(
-                logits.view(-1, logits.size(-1)), labels.view(-1), ignore_index=-100, reduction="sum"
+                logits.reshape(-1, logits.size(-1)), labels.reshape(-1), ignore_index=-100, reduction="sum"
             )
             total_loss += float(loss)
             total_correct += int(((logits.argmax(-1) == labels) & mask).sum())

@@ -26,6 +26,8 @@ class GuardEvent:
     kind: str
     loss: float
     detail: str
+    since: int | None = None
+    """For skip/rollback: the first step of the current run of non-finite steps."""
 
 
 class LossGuard:
@@ -35,6 +37,7 @@ class LossGuard:
         self.cfg = cfg
         self.history: deque[float] = deque(maxlen=cfg.window)
         self.bad_in_row = 0
+        self.bad_since: int | None = None
         self.spike_step: int | None = None
         self.rollback_factor = 1.0
         self.events_total = {"spike": 0, "skip": 0, "rollback": 0}
@@ -64,18 +67,24 @@ class LossGuard:
             self.history.append(loss)
             return None
         if not (math.isfinite(loss) and math.isfinite(grad_norm)):
+            if self.bad_in_row == 0:
+                self.bad_since = step
             self.bad_in_row += 1
             if self.bad_in_row >= self.cfg.max_bad_steps:
-                self.bad_in_row = 0
+                since = self.bad_since
+                self.bad_in_row, self.bad_since = 0, None
                 self.rollback_factor *= 0.5
                 self.events_total["rollback"] += 1
                 return GuardEvent(
                     step, "rollback", loss,
-                    f"{self.cfg.max_bad_steps} non-finite steps in a row; LR factor now {self.rollback_factor:g}",
+                    f"{self.cfg.max_bad_steps} non-finite steps in a row since step {since}; "
+                    f"LR factor now {self.rollback_factor:g}",
+                    since,
                 )
             self.events_total["skip"] += 1
-            return GuardEvent(step, "skip", loss, f"non-finite loss={loss} grad_norm={grad_norm}; step skipped")
-        self.bad_in_row = 0
+            return GuardEvent(step, "skip", loss, f"non-finite loss={loss} grad_norm={grad_norm}; step skipped",
+                              self.bad_since)
+        self.bad_in_row, self.bad_since = 0, None
         mean = self.running_mean()
         event = None
         if (
@@ -100,6 +109,7 @@ class LossGuard:
         return {
             "history": list(self.history),
             "bad_in_row": self.bad_in_row,
+            "bad_since": self.bad_since,
             "spike_step": self.spike_step,
             "rollback_factor": self.rollback_factor,
             "events_total": dict(self.events_total),
@@ -109,6 +119,7 @@ class LossGuard:
         """Restore from :meth:`state_dict`."""
         self.history = deque(state["history"], maxlen=self.cfg.window)
         self.bad_in_row = state["bad_in_row"]
+        self.bad_since = state.get("bad_since")
         self.spike_step = state["spike_step"]
         self.rollback_factor = state["rollback_factor"]
         self.events_total = dict(state["events_total"])

@@ -1,0 +1,259 @@
+"""The trainer end to end on tiny models and the shared corpora (CPU)."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from gradus.cli import main
+from gradus.config import from_dict
+from gradus.curriculum import Curriculum
+from gradus.data import load_tokenizer
+from gradus.train import trainer as trainer_mod
+from gradus.train.metrics import losses_by_step, read_metrics
+from gradus.train.trainer import train
+
+# Three token-budget stages 16 -> 32 -> 64 at 256 tokens per step: 6 + 5 + 5 steps.
+STAGES = [
+    {"name": "s16", "tokens": 6 * 256, "seq_len": 16, "tokens_per_batch": 256, "mix": {"wiki": 0.8, "math": 0.2}},
+    {"name": "s32", "tokens": 5 * 256, "seq_len": 32, "tokens_per_batch": 256, "mix": {"wiki": 0.5, "math": 0.5}},
+    {"name": "s64", "tokens": 5 * 256, "seq_len": 64, "tokens_per_batch": 256, "mix": {"wiki": 0.3, "math": 0.7}},
+]
+TOTAL_STEPS = 16
+
+
+@pytest.fixture(scope="session")
+def tokenizer_json(tmp_path_factory, shared_data) -> str:
+    """A 512-token byte-level BPE trained once on the test sources."""
+    out = tmp_path_factory.mktemp("tok")
+    load_tokenizer(from_dict(raw_config(None, shared_data)).data, run_dir=out)
+    path = out / "tokenizer.json"
+    assert path.is_file()
+    return str(path)
+
+
+def raw_config(tok: str | None, shared: Path, **train) -> dict:
+    """A tiny three-stage config as plain data (so tests can tweak it)."""
+    return {
+        "model": {"preset": "tiny", "max_seq_len": 64},
+        "data": {
+            "sources": [
+                {"name": "wiki", "path": str(shared / "wikitext-2" / "train.jsonl")},
+                {"name": "math", "path": str(shared / "gsm8k" / "train.jsonl"), "template": "{question}\n{answer}"},
+            ],
+            "tokenizer": {"name_or_path": tok} if tok
+            else {"name_or_path": None, "train_vocab_size": 512, "train_max_documents": 200},
+            "shuffle_buffer": 8,
+            "validation": {"tokens": 1024, "max_documents": 20},
+        },
+        "curriculum": {"stages": [dict(s) for s in STAGES], "schedule": "per_stage"},
+        "optim": {"base_lr": 3e-3},
+        "train": {"seed": 3, "eval_every": 5, "checkpoint_every": 4, "early_stopping_patience": None, **train},
+        "logging": {"log_every": 1, "tensorboard": False, "progress_bar": False},
+    }
+
+
+def weights(run: Path) -> dict[str, torch.Tensor]:
+    ckpts = sorted((run / "checkpoints").glob("step_*"))
+    return load_file(str(ckpts[-1] / "model.safetensors"))
+
+
+@pytest.fixture(scope="module")
+def full_run(tmp_path_factory, tokenizer_json, shared_data) -> Path:
+    """One uninterrupted run that other tests compare against."""
+    run = tmp_path_factory.mktemp("full")
+    result = train(from_dict(raw_config(tokenizer_json, shared_data)), run, quiet=True)
+    assert result.step == TOTAL_STEPS
+    return run
+
+
+def test_every_step_has_its_stage_shape(full_run, tokenizer_json, shared_data):
+    cfg = from_dict(raw_config(tokenizer_json, shared_data))
+    plan = Curriculum(cfg)
+    records = [r for r in read_metrics(full_run / "metrics.jsonl") if "loss" in r and "event" not in r]
+    assert [r["step"] for r in records] == list(range(1, TOTAL_STEPS + 1))
+    for r in records:
+        stage = plan.stages[plan.stages_index_by_step(r["step"] - 1)]
+        assert r["curriculum/current_seq_len"] == stage.seq_len
+        assert r["curriculum/current_batch_size"] == stage.batch_size == 256 // stage.seq_len
+        assert r["curriculum/tokens_per_step"] == 256
+        assert r["curriculum/stage"] == stage.index
+        assert math.isfinite(r["loss"]) and r["tokens_per_sec"] > 0
+        assert r["lr"] == pytest.approx(plan.lr_at(r["step"] - 1))
+    assert records[-1]["tokens"] == 16 * 256
+    # The batch really changed: 16, 8, 4 examples per step.
+    assert sorted({r["curriculum/current_batch_size"] for r in records}) == [4, 8, 16]
+    stage_events = [r for r in read_metrics(full_run / "metrics.jsonl") if r.get("event") == "stage"]
+    assert [(e["step"], e["seq_len"]) for e in stage_events] == [(0, 16), (6, 32), (11, 64)]
+
+
+def test_evaluates_at_stage_changes_and_reference_length(full_run):
+    evals = [r for r in read_metrics(full_run / "metrics.jsonl") if "val/loss" in r]
+    steps = [r["step"] for r in evals]
+    assert {6, 11, 16} <= set(steps) and 5 in steps and 10 in steps  # stage ends and every eval_every
+    for r in evals:
+        assert r["val/seq_len"] == 64  # the longest stage's length by default
+        assert r["val/ppl"] == pytest.approx(math.exp(r["val/loss"]))
+        assert 0 <= r["val/accuracy"] <= 1
+    by_step = {r["step"]: r for r in evals}
+    assert by_step[6]["val/stage_seq_len"] == 16 and by_step[11]["val/stage_seq_len"] == 32
+    assert by_step[16]["val/loss"] < by_step[5]["val/loss"]  # it learns
+    best = json.loads((full_run / "checkpoints" / "best" / "meta.json").read_text())
+    assert best["best_val_loss"] == pytest.approx(min(r["val/loss"] for r in evals))
+
+
+@pytest.mark.parametrize("stop", [3, 6], ids=["inside-stage", "at-boundary"])
+def test_resume_repeats_uninterrupted_run_bit_for_bit(stop, full_run, tmp_path, tokenizer_json, shared_data):
+    cfg = from_dict(raw_config(tokenizer_json, shared_data))
+    first = train(cfg, tmp_path, quiet=True, stop_at_step=stop)
+    assert first.step == stop
+    second = train(cfg, tmp_path, quiet=True)
+    assert second.step == TOTAL_STEPS
+    expected = losses_by_step(full_run / "metrics.jsonl")
+    got = losses_by_step(tmp_path / "metrics.jsonl")
+    assert got == expected  # exact float equality, every step
+    a, b = weights(full_run), weights(tmp_path)
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_config_change_on_resume_is_refused(tmp_path, tokenizer_json, shared_data, capsys):
+    cfg = raw_config(tokenizer_json, shared_data)
+    train(from_dict(cfg), tmp_path, quiet=True, stop_at_step=2)
+    cfg["curriculum"]["stages"][1]["seq_len"] = 16
+    path = tmp_path / "changed.yaml"
+    path.write_text(json.dumps(cfg))
+    code = main(["train", str(path), "--out", str(tmp_path), "--quiet"])
+    err = capsys.readouterr().err
+    assert code == 2
+    assert "cannot continue this run" in err and "stages[1] seq_len 32 → 16" in err
+    assert "Traceback" not in err and err.count("\n") == 1
+    assert main(["train", str(path), "--out", str(tmp_path), "--quiet", "--allow-config-change"]) == 0
+
+
+def test_corrupt_checkpoint_is_one_line_and_untouched(tmp_path, tokenizer_json, shared_data, capsys):
+    cfg = from_dict(raw_config(tokenizer_json, shared_data))
+    train(cfg, tmp_path, quiet=True, stop_at_step=4)
+    latest = sorted((tmp_path / "checkpoints").glob("step_*"))[-1]
+    (latest / "model.safetensors").write_bytes(b"\x00" * 100)
+    before = sorted(p.name for p in (tmp_path / "checkpoints").rglob("*"))
+    assert main(["train", "--out", str(tmp_path), "--quiet"]) != 0
+    err = capsys.readouterr().err
+    assert err.startswith("gradus: error: ") and "model.safetensors is corrupt" in err and err.count("\n") == 1
+    assert sorted(p.name for p in (tmp_path / "checkpoints").rglob("*")) == before
+
+
+def test_unwritable_output_directory(tmp_path, tokenizer_json, shared_data, capsys):
+    blocker = tmp_path / "file"
+    blocker.write_text("not a directory")
+    cfg_path = tmp_path / "c.yaml"
+    cfg_path.write_text(json.dumps(raw_config(tokenizer_json, shared_data)))
+    assert main(["train", str(cfg_path), "--out", str(blocker / "run"), "--quiet"]) != 0
+    err = capsys.readouterr().err
+    assert "cannot write to the output directory" in err and "Traceback" not in err
+
+
+def test_nan_steps_are_skipped_then_rolled_back(tmp_path, tokenizer_json, shared_data, monkeypatch):
+    real = trainer_mod.Trainer._train_step
+    poisoned = {9, 10, 11}  # three non-finite steps in a row after the step-8 checkpoint
+    seen: list[int] = []
+
+    def step(self, state, batch):
+        loss, norm, applied = real(self, state, batch)
+        seen.append(state.step)
+        if state.step in poisoned and seen.count(state.step) == 1:
+            return float("nan"), norm, False
+        return loss, norm, applied
+
+    monkeypatch.setattr(trainer_mod.Trainer, "_train_step", step)
+    result = train(from_dict(raw_config(tokenizer_json, shared_data)), tmp_path, quiet=True)
+    assert result.step == TOTAL_STEPS
+    events = [(r["event"], r["step"]) for r in read_metrics(tmp_path / "metrics.jsonl")
+              if str(r.get("event", "")).startswith("guard/")]
+    assert events == [("guard/skip", 9), ("guard/skip", 10), ("guard/rollback", 11)]
+    assert seen.count(8) == 2  # step 8 ran again after rolling back to the step-8 checkpoint
+    lrs = {r["step"]: r for r in read_metrics(tmp_path / "metrics.jsonl") if "lr" in r and "event" not in r}
+    assert lrs[TOTAL_STEPS]["guard/lr_factor"] == 0.5
+    assert lrs[TOTAL_STEPS]["lr"] == pytest.approx(0.5 * lrs[TOTAL_STEPS]["lr_scheduled"])
+
+
+def test_early_stopping_keeps_best(tmp_path, tokenizer_json, shared_data, monkeypatch):
+    fake = iter([5.0, 4.0, 4.5, 4.6, 4.7, 4.8])
+
+    def scripted(model, batches, device, autocast):
+        loss = next(fake)
+        return {"loss": loss, "ppl": math.exp(loss), "accuracy": 0.1, "tokens": 10}
+
+    monkeypatch.setattr(trainer_mod, "evaluate", scripted)
+    raw = raw_config(tokenizer_json, shared_data, eval_every=2, early_stopping_patience=2, eval_at_stage_change=False,
+                     eval_reference_seq_len=16)
+    result = train(from_dict(raw), tmp_path, quiet=True)
+    assert result.reason.startswith("early stopping") and result.step == 8
+    assert result.best_val_loss == 4.0
+    assert json.loads((tmp_path / "checkpoints" / "best" / "meta.json").read_text())["step"] == 4
+
+
+def test_sigterm_saves_and_exits_cleanly(tmp_path, tokenizer_json, shared_data):
+    raw = raw_config(tokenizer_json, shared_data)
+    for s in raw["curriculum"]["stages"]:
+        s["tokens"] *= 40  # long enough to be interrupted
+    cfg_path = tmp_path / "c.yaml"
+    cfg_path.write_text(json.dumps(raw))
+    run = tmp_path / "run"
+    proc = subprocess.Popen([sys.executable, "-m", "gradus.cli", "train", str(cfg_path), "--out", str(run)],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    deadline = time.time() + 120
+    while time.time() < deadline:
+        m = run / "metrics.jsonl"
+        if m.is_file() and sum(1 for r in read_metrics(m) if "loss" in r) >= 3:
+            break
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGTERM)
+    out, _ = proc.communicate(timeout=120)
+    assert proc.returncode == 0, out
+    assert "stopped by SIGTERM" in out
+    meta = json.loads((sorted((run / "checkpoints").glob("step_*"))[-1] / "meta.json").read_text())
+    assert 3 <= meta["step"] < 16 * 40
+
+
+def test_demo_runs_offline_through_four_stages(tmp_path, capsys):
+    # The embedded default, shortened: two steps per stage (the budgets are 4096 tokens per step).
+    sets = [f"curriculum.stages[{i}].tokens=8192" for i in range(4)]
+    args = ["train", "--out", str(tmp_path), "--set", "curriculum.target_tokens=32768", "--set", "train.eval_every=4",
+            "--set", "logging.log_every=1"]
+    for s in sets:
+        args += ["--set", s]
+    env_before = dict(os.environ)
+    assert main(args) == 0
+    assert dict(os.environ) == env_before
+    out = capsys.readouterr().out
+    assert f"run directory: {tmp_path}" in out
+    records = [r for r in read_metrics(tmp_path / "metrics.jsonl") if "loss" in r and "event" not in r]
+    assert [r["curriculum/current_seq_len"] for r in records[1::2]] == [32, 64, 128, 256]
+    assert {r["curriculum/current_batch_size"] for r in records} == {128, 64, 32, 16}
+    assert (tmp_path / "checkpoints" / "best" / "model.safetensors").is_file()
+
+
+def test_two_processes_keep_identical_weights(tmp_path, tokenizer_json, shared_data):
+    raw = raw_config(tokenizer_json, shared_data)
+    raw["curriculum"]["stages"] = raw["curriculum"]["stages"][:2]
+    cfg_path = tmp_path / "c.yaml"
+    cfg_path.write_text(json.dumps(raw))
+    run = tmp_path / "run"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port=29517",
+           "-m", "gradus.cli", "train", str(cfg_path), "--out", str(run), "--quiet"]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    (event,) = [r for r in read_metrics(run / "metrics.jsonl") if r.get("event") == "dist/weights_checksum"]
+    assert event["in_sync"] is True and len(event["checksums"]) == 2
+    steps = [r for r in read_metrics(run / "metrics.jsonl") if "loss" in r and "event" not in r]
+    assert steps[-1]["step"] == 11 and steps[-1]["tokens"] == 11 * 256
