@@ -227,6 +227,10 @@ class StageConfig(Strict):
     clip_rule: Literal["by_length"] | None = Field(
         None, description="by_length: seq_len ≤128 → 5.0, ≤512 → 1.0, else 0.5."
     )
+    rope_scaling: float | None = Field(
+        None, ge=1.0, description="RoPE position-interpolation factor from this stage on (long-context "
+        "adaptation); default: the previous stage's, else model.rope_scaling."
+    )
     mix: dict[str, float] | None = Field(
         None, description="Source weights by name (normalised); default: the previous stage's, else uniform."
     )

@@ -83,6 +83,8 @@ class StagePlan:
     """How warmup_steps was derived (given, from warmup_tokens, or the default)."""
     lr_source: str = "base"
     """Which form set the peak: peak_lr, lr_multiplier, seq_batch (the rule) or base (optim.base_lr)."""
+    rope_scaling: float = 1.0
+    """RoPE position-interpolation factor in effect during this stage."""
 
     @property
     def steps(self) -> int:
@@ -129,6 +131,7 @@ class StageState:
     done_reason: str | None = None
     stage_start_step: int = 0
     stage_end_step: int = 0
+    rope_scaling: float = 1.0
 
 
 class Curriculum:
@@ -150,7 +153,9 @@ class Curriculum:
         self.total_tokens = bounds[-1][3]
 
         plans: list[StagePlan] = []
+        rope = cfg.model.rope_scaling
         for i, st in enumerate(cur.stages):
+            rope = st.rope_scaling if st.rope_scaling is not None else rope
             seq_len, batch, tps = shapes[i]
             peak, lr_note, lr_source = self._peak_lr(st, seq_len, batch)
             clip, clip_note = self._clip(st, seq_len)
@@ -178,6 +183,7 @@ class Curriculum:
                     start_tokens=start_tok,
                     end_tokens=end_tok,
                     token_threshold=threshold,
+                    rope_scaling=rope,
                 )
             )
         self.stages = plans
@@ -441,6 +447,7 @@ class Curriculum:
             done_reason=done_reason,
             stage_start_step=s.start_step,
             stage_end_step=s.end_step,
+            rope_scaling=s.rope_scaling,
         )
 
     def to_json(self) -> dict:

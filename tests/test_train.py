@@ -257,3 +257,19 @@ def test_two_processes_keep_identical_weights(tmp_path, tokenizer_json, shared_d
     assert event["in_sync"] is True and len(event["checksums"]) == 2
     steps = [r for r in read_metrics(run / "metrics.jsonl") if "loss" in r and "event" not in r]
     assert steps[-1]["step"] == 11 and steps[-1]["tokens"] == 11 * 256
+
+
+def test_long_context_stage_switches_rope_scaling(tmp_path, tokenizer_json, shared_data, monkeypatch):
+    raw = raw_config(tokenizer_json, shared_data)
+    raw["curriculum"]["stages"][2]["rope_scaling"] = 4.0
+    seen: dict[int, float] = {}
+    real = trainer_mod.Trainer._train_step
+
+    def spy(self, state, batch):
+        out = real(self, state, batch)
+        seen[state.step] = self.model.shape.rope_scaling
+        return out
+
+    monkeypatch.setattr(trainer_mod.Trainer, "_train_step", spy)
+    train(from_dict(raw), tmp_path, quiet=True)
+    assert [seen[s] for s in (0, 10, 11, 15)] == [1.0, 1.0, 4.0, 4.0]

@@ -535,6 +535,8 @@ def _config_dict(inp: PlanInputs, shape: ModelShape, peak: float, tps: int, leng
             "tokens_per_batch": tps,
             "peak_lr": peak,
             "mix": dict(t.mix),
+            # Long-context adaptation interpolates RoPE positions by long/base from this stage on.
+            **({"rope_scaling": lengths["long"] / lengths["base"]} if t.length == "long" else {}),
         })
     return {
         "name": f"plan-{format_count(n)}-{format_count(d)}tok",
@@ -643,9 +645,7 @@ def plan_config_yaml(plan: Plan, command: str = "gradus plan") -> str:
         f"κ·N·D = {format_flops(plan.train_flops)} FLOPs; peak LR {plan.peak_lr:.2e}, "
         f"{plan.tokens_per_step:,} tokens per step.",
         "# Stages A–C as a sequence-length curriculum, one warmup + cosine over the run.",
-        f"# Stage C should train with RoPE position interpolation ×{c.rope_scaling:g} (model.rope_scaling); the "
-        "schema has no per-stage factor yet,",
-        "# so model.rope_scaling stays 1 here: set it when resuming stage C as its own run.",
+        f"# Stage C trains with RoPE position interpolation ×{c.rope_scaling:g} (its rope_scaling).",
         f"# Stage D ({plan.stages[3].title}, {format_count(plan.stages[3].tokens)} tokens at "
         f"{plan.stages[3].peak_lr:.1e}) is a separate run on instruction data.",
     ]

@@ -169,7 +169,8 @@ class Trainer:
         resumed_from = self._maybe_resume()
         if rt.is_main and resumed_from is None:
             (self.run_dir / "config.yaml").write_text(dump_yaml(cfg), encoding="utf-8")
-            self.tokenizer.save(self.run_dir / "tokenizer")
+            if not (self.run_dir / "tokenizer.json").is_file():  # a trained BPE is already saved there
+                self.tokenizer.save(self.run_dir)
         self.metrics = MetricsWriter(self.run_dir, tensorboard=cfg.logging.tensorboard, enabled=rt.is_main)
         if resumed_from is not None:
             self.metrics.write({"event": "resume", "step": self.progress.step, "checkpoint": resumed_from.name})
@@ -373,6 +374,9 @@ class Trainer:
         """Forward/backward over micro-batches, clip, and (unless the loss or gradient is not finite)
         an optimizer step at the stage's LR × the guard's factor. Returns (loss, grad_norm, applied)."""
         rt = self.rt
+        if state.rope_scaling != self.model.shape.rope_scaling:
+            # A long-context stage interpolates positions (RoPE scaling) from its first step on.
+            self.model.set_rope_scaling(state.rope_scaling)
         lr = state.lr * self.guard.lr_factor(state.step)
         for group in self.optimizer.param_groups:
             group["lr"] = lr
