@@ -38,6 +38,7 @@ from gradus.train.runtime import (
     setup_runtime,
     teardown_runtime,
 )
+from gradus.train.step import optimizer_step
 
 
 @dataclass
@@ -123,7 +124,7 @@ class Trainer:
         # Heavy imports here so `gradus schedule`/`plan` never pay for them.
         from gradus.data import DataPipeline, load_tokenizer
         from gradus.model import GPT, resolve_shape
-        from gradus.model.gpt import param_groups
+        from gradus.train.step import build_optimizer
 
         cfg = self.cfg
         self.rt: Runtime = setup_runtime(cfg.train)
@@ -145,14 +146,7 @@ class Trainer:
 
         seed_everything(cfg.train.seed)  # the model's init does not depend on what the tokenizer consumed
         self.model = GPT(self.shape).to(rt.device)
-        fused = {"auto": rt.device.type == "cuda", "on": True, "off": False}[cfg.optim.fused]
-        self.optimizer = torch.optim.AdamW(
-            param_groups(self.model, cfg.optim.weight_decay),
-            lr=cfg.optim.base_lr,
-            betas=(cfg.optim.beta1, cfg.optim.beta2),
-            eps=cfg.optim.eps,
-            fused=fused or None,
-        )
+        self.optimizer = build_optimizer(self.model, cfg.optim, rt.device)
         self.scaler = torch.amp.GradScaler(rt.device.type) if rt.precision == "fp16" else None
         self.data = DataPipeline(cfg.data, self.tokenizer, self.curriculum, seed=cfg.train.seed,
                                  rank=rt.rank, world_size=rt.world_size)
@@ -378,8 +372,6 @@ class Trainer:
             # A long-context stage interpolates positions (RoPE scaling) from its first step on.
             self.model.set_rope_scaling(state.rope_scaling)
         lr = state.lr * self.guard.lr_factor(state.step)
-        for group in self.optimizer.param_groups:
-            group["lr"] = lr
         inputs = torch.from_numpy(batch.inputs)
         labels = torch.from_numpy(batch.labels)
         if inputs.shape != (state.batch_size // rt.world_size, state.seq_len):
@@ -389,44 +381,8 @@ class Trainer:
             )
         if rt.device.type == "cuda":
             inputs, labels = inputs.pin_memory(), labels.pin_memory()
-        valid_total = max(1, int((labels != -100).sum()))
-        micro = self.micro_batches[state.stage_index]
-        starts = list(range(0, inputs.shape[0], micro))
-        loss_sum = torch.zeros((), device=rt.device)
-        for j, s in enumerate(starts):
-            x = inputs[s : s + micro].to(rt.device, non_blocking=True)
-            y = labels[s : s + micro].to(rt.device, non_blocking=True)
-            # Weight each micro-batch by its share of the label tokens, so accumulation gives the same
-            # gradient as one pass over the whole batch, whatever the masking.
-            weight = int((labels[s : s + micro] != -100).sum()) / valid_total
-            last = j == len(starts) - 1
-            sync = contextlib.nullcontext() if (last or not rt.distributed) else self.net.no_sync()
-            with sync:
-                with rt.autocast():
-                    _, loss = self.net(x, y)
-                scaled = loss * weight
-                if self.scaler is not None:
-                    self.scaler.scale(scaled).backward()
-                else:
-                    scaled.backward()
-            loss_sum += loss.detach().float() * weight
-        if self.scaler is not None:
-            self.scaler.unscale_(self.optimizer)
-        grad_norm = float(torch.nn.utils.clip_grad_norm_(self.model.parameters(), state.grad_clip))
-        loss_value = rt.mean(float(loss_sum))
-        if self.scaler is not None:
-            # With fp16 an overflowing gradient is routine: the scaler skips that step and lowers its scale.
-            self.scaler.step(self.optimizer)
-            self.scaler.update()
-            applied = math.isfinite(grad_norm)
-            grad_norm = grad_norm if math.isfinite(grad_norm) else 0.0
-        elif math.isfinite(loss_value) and math.isfinite(grad_norm):
-            self.optimizer.step()
-            applied = True
-        else:
-            applied = False  # the guard counts it; the update is skipped
-        self.optimizer.zero_grad(set_to_none=True)
-        return loss_value, grad_norm, applied
+        return optimizer_step(self.net, self.model, self.optimizer, self.scaler, inputs, labels, lr=lr,
+                              clip=state.grad_clip, micro=self.micro_batches[state.stage_index], rt=rt)
 
     # ============================================================================ loop helpers
     def _stage_banner(self, state: StageState) -> None:
