@@ -395,6 +395,10 @@ class TrainConfig(Strict):
     )
     compile: Literal["auto", "on", "off"] = Field("auto", description="torch.compile (auto: on for CUDA).")
     device: str = Field("auto", description="auto, cpu, cuda, cuda:1, ...")
+    threads: int | None = Field(
+        None, gt=0, description="CPU threads for torch (torch.set_num_threads); default: torch's own choice. "
+        "On a shared CPU box, fewer threads than cores avoids stalls."
+    )
     guard: GuardConfig = Field(default_factory=GuardConfig, description="Loss-spike and NaN guard.")
 
 

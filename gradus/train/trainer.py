@@ -15,6 +15,7 @@ import math
 import os
 import resource
 import signal
+import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -128,6 +129,8 @@ class Trainer:
 
         cfg = self.cfg
         self.rt: Runtime = setup_runtime(cfg.train)
+        if cfg.train.threads:
+            torch.set_num_threads(cfg.train.threads)
         rt = self.rt
         self._prepare_run_dir()
         self.console = Console(enabled=rt.is_main and not self.quiet, progress_bar=cfg.logging.progress_bar,
@@ -244,8 +247,11 @@ class Trainer:
         while True:
             try:
                 x = torch.randint(0, self.shape.vocab_size, (micro, seq_len), device=self.rt.device)
+                # Separate label tensor: compiled with (x, x), the graph would assume aliased inputs and
+                # the first real step (two tensors) would recompile after the clock has started.
+                y = torch.randint(0, self.shape.vocab_size, (micro, seq_len), device=self.rt.device)
                 with self.rt.autocast():
-                    _, loss = self.net(x, x)
+                    _, loss = self.net(x, y)
                 loss.backward()
                 self.optimizer.zero_grad(set_to_none=True)
                 torch.cuda.synchronize(self.rt.device)
@@ -300,6 +306,10 @@ class Trainer:
                                total_tokens=self.curriculum.total_tokens)
         self.console.advance(0, pr.tokens)
         previous_handlers = self._install_signal_handlers()
+        # The data thread packs in Python; with the default 5 ms GIL switch interval a short training
+        # step can stall that long waiting for it (measured by benchmarks/stage_throughput.py).
+        switch_interval = sys.getswitchinterval()
+        sys.setswitchinterval(min(switch_interval, 0.0005))
         reason = "done"
         window = {"loss": 0.0, "n": 0, "tokens": 0, "seconds": 0.0}
         last_val: dict[str, float] = {}
@@ -353,6 +363,7 @@ class Trainer:
                     self._stage_banner(nxt)
                 state = nxt
         finally:
+            sys.setswitchinterval(switch_interval)
             self._restore_signal_handlers(previous_handlers)
             self.console.close()
         self._final_sync_check()
