@@ -11,32 +11,10 @@ from pathlib import Path
 
 import pytest
 import yaml
+from builders import tiny_config
 
 REPO = Path(__file__).resolve().parents[1]
 SCRIPT = REPO / "benchmarks" / "stage_throughput.py"
-
-
-def tiny_config(shared: Path) -> dict:
-    """Three stages 16 → 32 → 64 at 256 tokens per step on WikiText-2 and GSM8K, a 512-token BPE."""
-    return {
-        "model": {"preset": "tiny", "max_seq_len": 64},
-        "data": {
-            "sources": [
-                {"name": "wiki", "path": str(shared / "wikitext-2" / "train.jsonl")},
-                {"name": "math", "path": str(shared / "gsm8k" / "train.jsonl"), "template": "{question}\n{answer}"},
-            ],
-            "tokenizer": {"name_or_path": None, "train_vocab_size": 512, "train_max_documents": 200},
-            "shuffle_buffer": 8,
-        },
-        "curriculum": {
-            "stages": [
-                {"name": "s16", "tokens": 1536, "seq_len": 16, "tokens_per_batch": 256, "mix": {"wiki": 0.8, "math": 0.2}},
-                {"name": "s32", "tokens": 1280, "seq_len": 32, "tokens_per_batch": 256},
-                {"name": "s64", "tokens": 1280, "seq_len": 64, "tokens_per_batch": 256, "mix": {"wiki": 0.3, "math": 0.7}},
-            ],
-        },
-        "train": {"seed": 1},
-    }
 
 
 def test_stage_throughput_quick_writes_real_numbers(tmp_path, shared_data):

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from builders import tiny_config
 
 from gradus.cli import main
 from gradus.config import from_dict, load_config
@@ -98,24 +99,8 @@ STAGES = [
 
 
 def raw_config(tok: str | None, shared: Path) -> dict:
-    """The tests' tiny three-stage config (tests/test_train.py's data section, so the BPE cache is shared)."""
-    return {
-        "model": {"preset": "tiny", "max_seq_len": 64},
-        "data": {
-            "sources": [
-                {"name": "wiki", "path": str(shared / "wikitext-2" / "train.jsonl")},
-                {"name": "math", "path": str(shared / "gsm8k" / "train.jsonl"), "template": "{question}\n{answer}"},
-            ],
-            "tokenizer": {"name_or_path": tok} if tok
-            else {"name_or_path": None, "train_vocab_size": 512, "train_max_documents": 200},
-            "shuffle_buffer": 8,
-            "validation": {"tokens": 1024, "max_documents": 20},
-        },
-        "curriculum": {"stages": [dict(s) for s in STAGES], "schedule": "per_stage"},
-        "optim": {"base_lr": 3e-3},
-        "train": {"seed": 3, "device": "cpu"},
-        "logging": {"tensorboard": False, "progress_bar": False},
-    }
+    """The shared tiny config with this file's stages (several LR forms, a clip rule)."""
+    return tiny_config(shared, tok, STAGES)
 
 
 @pytest.fixture(scope="module")

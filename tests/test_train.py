@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from builders import tiny_config
 from safetensors.torch import load_file
 
 from gradus.cli import main
@@ -23,12 +24,6 @@ from gradus.train import trainer as trainer_mod
 from gradus.train.metrics import losses_by_step, read_metrics
 from gradus.train.trainer import train
 
-# Three token-budget stages 16 -> 32 -> 64 at 256 tokens per step: 6 + 5 + 5 steps.
-STAGES = [
-    {"name": "s16", "tokens": 6 * 256, "seq_len": 16, "tokens_per_batch": 256, "mix": {"wiki": 0.8, "math": 0.2}},
-    {"name": "s32", "tokens": 5 * 256, "seq_len": 32, "tokens_per_batch": 256, "mix": {"wiki": 0.5, "math": 0.5}},
-    {"name": "s64", "tokens": 5 * 256, "seq_len": 64, "tokens_per_batch": 256, "mix": {"wiki": 0.3, "math": 0.7}},
-]
 TOTAL_STEPS = 16
 
 
@@ -43,24 +38,11 @@ def tokenizer_json(tmp_path_factory, shared_data) -> str:
 
 
 def raw_config(tok: str | None, shared: Path, **train) -> dict:
-    """A tiny three-stage config as plain data (so tests can tweak it)."""
-    return {
-        "model": {"preset": "tiny", "max_seq_len": 64},
-        "data": {
-            "sources": [
-                {"name": "wiki", "path": str(shared / "wikitext-2" / "train.jsonl")},
-                {"name": "math", "path": str(shared / "gsm8k" / "train.jsonl"), "template": "{question}\n{answer}"},
-            ],
-            "tokenizer": {"name_or_path": tok} if tok
-            else {"name_or_path": None, "train_vocab_size": 512, "train_max_documents": 200},
-            "shuffle_buffer": 8,
-            "validation": {"tokens": 1024, "max_documents": 20},
-        },
-        "curriculum": {"stages": [dict(s) for s in STAGES], "schedule": "per_stage"},
-        "optim": {"base_lr": 3e-3},
-        "train": {"seed": 3, "eval_every": 5, "checkpoint_every": 4, "early_stopping_patience": None, **train},
-        "logging": {"log_every": 1, "tensorboard": False, "progress_bar": False},
-    }
+    """The shared tiny config with this file's loop settings (log every step, eval every 5, ...)."""
+    cfg = tiny_config(shared, tok)
+    cfg["train"].update({"eval_every": 5, "checkpoint_every": 4, "early_stopping_patience": None, **train})
+    cfg["logging"]["log_every"] = 1
+    return cfg
 
 
 def weights(run: Path) -> dict[str, torch.Tensor]:

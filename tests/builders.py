@@ -1,0 +1,37 @@
+"""The tests' tiny configs over ../shared/data, in one place (tests import it as ``builders``)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+# Three token-budget stages 16 -> 32 -> 64 at 256 tokens per step: 6 + 5 + 5 steps.
+TINY_STAGES = [
+    {"name": "s16", "tokens": 6 * 256, "seq_len": 16, "tokens_per_batch": 256, "mix": {"wiki": 0.8, "math": 0.2}},
+    {"name": "s32", "tokens": 5 * 256, "seq_len": 32, "tokens_per_batch": 256, "mix": {"wiki": 0.5, "math": 0.5}},
+    {"name": "s64", "tokens": 5 * 256, "seq_len": 64, "tokens_per_batch": 256, "mix": {"wiki": 0.3, "math": 0.7}},
+]
+
+TINY_BPE = {"name_or_path": None, "train_vocab_size": 512, "train_max_documents": 200}
+"""A 512-token byte-level BPE trained on the two sources (cached after the first test trains it)."""
+
+
+def tiny_config(shared: Path, tokenizer: str | None = None, stages: list[dict] | None = None) -> dict:
+    """A tiny GPT on WikiText-2 + GSM8K as plain data, so tests can tweak it before validating.
+
+    ``tokenizer``: a tokenizer.json path, or None to train :data:`TINY_BPE`."""
+    return {
+        "model": {"preset": "tiny", "max_seq_len": 64},
+        "data": {
+            "sources": [
+                {"name": "wiki", "path": str(shared / "wikitext-2" / "train.jsonl")},
+                {"name": "math", "path": str(shared / "gsm8k" / "train.jsonl"), "template": "{question}\n{answer}"},
+            ],
+            "tokenizer": {"name_or_path": tokenizer} if tokenizer else dict(TINY_BPE),
+            "shuffle_buffer": 8,
+            "validation": {"tokens": 1024, "max_documents": 20},
+        },
+        "curriculum": {"stages": [dict(s) for s in (stages or TINY_STAGES)], "schedule": "per_stage"},
+        "optim": {"base_lr": 3e-3},
+        "train": {"seed": 3, "device": "cpu"},
+        "logging": {"tensorboard": False, "progress_bar": False},
+    }
