@@ -1,0 +1,20 @@
+"""The streaming data pipeline: sources → tokenizer → per-stage mix → packing → batches (layer 2).
+
+What the trainer uses::
+
+    tok = load_tokenizer(cfg.data, run_dir)                  # fixed for the run; tok.identity() goes in checkpoints
+    pipe = DataPipeline(cfg.data, tok, curriculum, seed=cfg.train.seed, rank=0, world_size=1)
+    batch = pipe.next_batch(curriculum.state_at(step, tokens))   # Batch: inputs, labels [rows, seq_len]
+    pipe.state_dict() / pipe.load_state_dict(d)               # exact resume
+    pipe.validation_batches(seq_len, tokens, batch_size)      # held-out documents only
+    pipe.metrics(); pipe.close()
+
+Modules: ``sources`` (readers and cursors), ``builtin`` (offline corpora), ``tokenizer``, ``workers``
+(tokenising processes), ``mixture`` (feeds, shuffle buffer, mixer), ``packing``, ``validation``,
+``pipeline``. Nothing here imports the model or the trainer, and torch is not needed (numpy arrays out).
+"""
+
+from gradus.data.pipeline import Batch, DataPipeline
+from gradus.data.tokenizer import Tokenizer, check_identity, load_tokenizer, train_tokenizer
+
+__all__ = ["Batch", "DataPipeline", "Tokenizer", "check_identity", "load_tokenizer", "train_tokenizer"]

@@ -1,0 +1,475 @@
+"""The streaming loader: sources → tokenise → mix (stage weights) → pack (stage seq_len) → batches.
+
+:class:`DataPipeline` is what the trainer holds. ``next_batch(state)`` returns the batch for the
+curriculum state of the step about to run; a background thread prepares the following batches ahead,
+predicting their shapes and mixes from the curriculum (a pure function of the step). When a state does not
+match the prediction (the trainer resumed, or skipped), the pipeline rewinds to the last batch it
+returned and produces the right one: prefetching never changes what the trainer sees.
+
+Exactness: everything that decides the stream — each source's cursor, shuffle buffer and RNG, the
+mixer's RNG and counters, the packer's leftover tokens — lives in :class:`_Stream` and is captured after
+every batch. ``state_dict()`` returns the capture taken after the *last batch returned*, however far the
+thread has run ahead, and ``load_state_dict()`` restores it, after which the batches are bit-identical to
+those of the uninterrupted pipeline.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import queue
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from gradus.config import DataConfig
+from gradus.data.mixture import Mixer, SourceFeed, name_key, rng_from
+from gradus.data.packing import make_packer, resolve_stride
+from gradus.data.sources import Shard, open_reader
+from gradus.data.validation import heldout_tokens, windows
+from gradus.errors import DataError
+
+if TYPE_CHECKING:
+    from gradus.curriculum import Curriculum, StageState
+    from gradus.data.tokenizer import Tokenizer
+
+log = logging.getLogger("gradus.data")
+
+STATE_VERSION = 1
+
+
+@dataclass
+class Batch:
+    """One step's data for this rank: ``inputs`` and ``labels`` int64 ``[rows, seq_len]`` (labels are the
+    inputs shifted by one, -100 where masked), tokens per source (input positions that hold real tokens),
+    and the step and stage it was made for (-1 for validation batches)."""
+
+    inputs: np.ndarray
+    labels: np.ndarray
+    tokens_by_source: dict[str, int]
+    step: int
+    stage_index: int
+    source: str | None = field(default=None)
+    """Validation batches: the one source they come from."""
+
+    @property
+    def rows(self) -> int:
+        """Sequences in the batch."""
+        return int(self.inputs.shape[0])
+
+    @property
+    def seq_len(self) -> int:
+        """Tokens per sequence."""
+        return int(self.inputs.shape[1])
+
+    @property
+    def num_tokens(self) -> int:
+        """Input positions (rows × seq_len), padding included."""
+        return int(self.inputs.size)
+
+
+@dataclass(frozen=True)
+class _Spec:
+    """What a batch must look like: decided by the curriculum state alone."""
+
+    stage_index: int
+    seq_len: int
+    rows: int
+    mix: tuple[tuple[str, float], ...]
+
+
+# ----------------------------------------------------------------------------------------- the core
+class _Stream:
+    """The deterministic producer: call ``make(spec)`` repeatedly; ``snapshot()``/``restore()`` its state."""
+
+    def __init__(self, cfg: DataConfig, tok: Tokenizer, encoder, seed: int, rank: int, world_size: int):
+        self.cfg = cfg
+        self.names = [s.name for s in cfg.sources]
+        self.index = {n: i for i, n in enumerate(self.names)}
+        depth = 1 if encoder.workers == 0 else 2 * encoder.workers
+        self.feeds: dict[str, SourceFeed] = {}
+        for src in cfg.sources:
+            reader = open_reader(src, shard=Shard(rank, world_size), role="train", holdout=cfg.validation.fraction,
+                                 retries=cfg.retries, backoff=cfg.retry_backoff)
+            self.feeds[src.name] = SourceFeed(
+                src.name, reader, encoder, buffer_size=cfg.shuffle_buffer,
+                rng=rng_from(seed, rank, name_key(src.name)), on_exhausted=src.on_exhausted, depth=depth,
+            )
+        self.mixer = Mixer(self.names, rng_from(seed, rank, 0x6D6978))
+        self.packer = make_packer(cfg.packing, len(self.names), tok.dtype, tok.eos_id)
+        self.tokens = {n: 0 for n in self.names}
+        self.batches = 0
+        self.encoder = encoder
+        self.pause: Callable[[], None] = _nothing
+
+    def set_pause(self, pause: Callable[[], None]) -> None:
+        """Install the function called between documents (the thread's courtesy; a no-op otherwise)."""
+        self.pause = pause
+        self.encoder.pause = pause
+        for feed in self.feeds.values():
+            feed.pause = pause
+
+    def make(self, spec: _Spec) -> Batch:
+        """The next batch of shape ``spec``."""
+        if spec.stage_index != self.mixer.stage:
+            pending = self.packer.pending()
+            self.mixer.begin_stage(spec.stage_index, {n: int(pending[i]) for i, n in enumerate(self.names)})
+        weights = dict(spec.mix)
+        stride = resolve_stride(self.cfg.packing, spec.seq_len)
+
+        def pull() -> tuple[np.ndarray, int, bool]:
+            self.pause()
+            while True:
+                name = self.mixer.choose(weights, lambda n: self.feeds[n].peek_length())
+                got = self.feeds[name].pop()
+                if got is None:  # only a sticky source can get here, and it cannot be exhausted mid-document
+                    self.mixer.drop(name, weights)
+                    self.mixer.sticky = None
+                    continue
+                toks, last = got
+                self.mixer.record(name, len(toks), last)
+                return toks, self.index[name], last
+
+        inputs, labels, counts = self.packer.batch(spec.rows, spec.seq_len, stride, pull)
+        by_source = {n: int(counts[i]) for i, n in enumerate(self.names)}
+        for n, c in by_source.items():
+            self.tokens[n] += c
+        self.batches += 1
+        return Batch(inputs, labels, by_source, -1, spec.stage_index)
+
+    def snapshot(self) -> dict:
+        """The full state after the last ``make``: independent of later calls (nothing is mutated in place)."""
+        return {
+            "version": STATE_VERSION,
+            "feeds": {n: f.state() for n, f in self.feeds.items()},
+            "mixer": self.mixer.state(),
+            "packer": self.packer.state(),
+            "tokens": dict(self.tokens),
+            "batches": self.batches,
+        }
+
+    def restore(self, snap: dict) -> None:
+        """Back to a snapshot."""
+        for n, f in self.feeds.items():
+            f.restore(snap["feeds"][n])
+        self.mixer.restore(snap["mixer"])
+        self.packer.restore(snap["packer"])
+        self.tokens = dict(snap["tokens"])
+        self.batches = snap["batches"]
+
+
+# ------------------------------------------------------------------------------------ the pipeline
+class _Stop(Exception):
+    pass
+
+
+def _nothing() -> None:
+    return None
+
+
+class _Courtesy:
+    """Called by the data thread between documents: while it is ahead (a batch is ready), it naps briefly
+    after every ``slice_s`` of work, so the trainer's thread gets the GIL (and, on a busy core, the CPU)
+    within about a millisecond instead of waiting out the interpreter's 5 ms switch interval.
+
+    Why: reading, packing and converting ids are Python and hold the GIL; a trainer that wakes up (a
+    finished GPU step, a sleep) would otherwise stall behind them. When the queue is empty the consumer
+    is waiting for data, and the thread runs flat out."""
+
+    def __init__(self, ahead: Callable[[], bool], slice_s: float = 0.001, nap_s: float = 0.0001):
+        self.ahead = ahead
+        self.slice_s = slice_s
+        self.nap_s = nap_s
+        self.last = time.perf_counter()
+
+    def __call__(self) -> None:
+        now = time.perf_counter()
+        if now - self.last >= self.slice_s:
+            if self.ahead():
+                time.sleep(self.nap_s)
+            self.last = time.perf_counter()
+
+
+class DataPipeline:
+    """Batches for curriculum states, prepared ahead in a background thread; exact ``state_dict``.
+
+    ``prefetch`` (default ``cfg.prefetch_batches``; 0 = make each batch on the caller's thread) and
+    ``num_workers`` (default ``cfg.num_workers``; tokenising processes) change speed, never content."""
+
+    def __init__(self, cfg: DataConfig, tokenizer: Tokenizer, curriculum: Curriculum | None = None, seed: int = 0,
+                 rank: int = 0, world_size: int = 1, *, prefetch: int | None = None,
+                 num_workers: int | None = None):
+        if not 0 <= rank < world_size:
+            raise DataError(f"rank {rank} is outside world_size {world_size}")
+        self.cfg = cfg
+        self.tok = tokenizer
+        self.curriculum = curriculum
+        self.seed = seed
+        self.rank = rank
+        self.world_size = world_size
+        self.prefetch = cfg.prefetch_batches if prefetch is None else prefetch
+        workers = cfg.num_workers if num_workers is None else num_workers
+        from gradus.data.workers import InlineEncoder, PoolEncoder
+
+        self._encoder = PoolEncoder(tokenizer, workers) if workers > 0 else InlineEncoder(tokenizer)
+        try:
+            self._stream = _Stream(cfg, tokenizer, self._encoder, seed, rank, world_size)
+        except BaseException:
+            self._encoder.close()
+            raise
+        self._committed = self._stream.snapshot()
+        self._fingerprint = self._make_fingerprint()
+        self._thread: threading.Thread | None = None
+        self._queue: queue.Queue | None = None
+        self._stop_event: threading.Event | None = None
+        self._validation: dict[str, np.ndarray] | None = None
+        self._wait = 0.0
+        self._t0: float | None = None
+        self._t_last = 0.0
+        self._rewinds = 0
+        self._dirty = False
+        self._closed = False
+
+    # --------------------------------------------------------------------------------- specs
+    def _spec(self, seq_len: int, batch_size: int, stage_index: int, mix: dict[str, float]) -> _Spec:
+        if batch_size % self.world_size:
+            raise DataError(
+                f"stage {stage_index}: batch_size={batch_size} does not divide by world_size={self.world_size}; "
+                f"make the stage's batch a multiple of the number of ranks"
+            )
+        unknown = [n for n, w in mix.items() if w > 0 and n not in self._stream.feeds]
+        if unknown:
+            raise DataError(f"stage {stage_index}: mix names unknown source(s) {', '.join(unknown)}")
+        ordered = tuple((n, float(mix.get(n, 0.0))) for n in self._stream.names)
+        return _Spec(stage_index, seq_len, batch_size // self.world_size, ordered)
+
+    def _spec_of_state(self, state: StageState) -> _Spec:
+        return self._spec(state.seq_len, state.batch_size, state.stage_index, state.mix)
+
+    def _predict(self, step: int, previous: _Spec) -> _Spec:
+        if self.curriculum is None:
+            return previous
+        k = self.curriculum.stages_index_by_step(step)
+        s = self.curriculum.stages[k]
+        return self._spec(s.seq_len, s.batch_size, k, s.mix)
+
+    # --------------------------------------------------------------------------------- batches
+    def next_batch(self, state: StageState) -> Batch:
+        """The batch for ``state`` (the curriculum state of the step about to run), for this rank:
+        ``[state.batch_size // world_size, state.seq_len]``."""
+        if self._closed:
+            raise DataError("the data pipeline is closed")
+        spec = self._spec_of_state(state)
+        start = time.perf_counter()
+        if self._t0 is None:
+            self._t0 = start
+        if self._dirty:
+            # A batch failed half-way (e.g. a source became unreachable): start again from the last
+            # batch returned, not from wherever the failure left the stream.
+            self._stream.restore(self._committed)
+            self._dirty = False
+        if self.prefetch <= 0:
+            try:
+                batch = self._stream.make(spec)
+            except BaseException:
+                self._dirty = True
+                raise
+            self._committed = self._stream.snapshot()
+        else:
+            if self._thread is None:
+                self._start(spec, state.step + 1)
+            got_spec, batch, snap = self._get()
+            if got_spec != spec:
+                # The prediction was wrong (resume at another step, or an unusual caller): rewind to the
+                # last batch returned and make the one asked for.
+                self._rewinds += 1
+                self._halt()
+                self._stream.restore(self._committed)
+                self._start(spec, state.step + 1)
+                got_spec, batch, snap = self._get()
+            self._committed = snap
+        end = time.perf_counter()
+        self._wait += end - start
+        self._t_last = end
+        batch.step = state.step
+        return batch
+
+    def _start(self, spec: _Spec, next_step: int) -> None:
+        self._queue = queue.Queue(maxsize=max(1, self.prefetch))
+        self._stop_event = threading.Event()
+        self._thread = threading.Thread(
+            target=self._produce, args=(spec, next_step, self._queue, self._stop_event),
+            name="gradus-data", daemon=True,
+        )
+        self._thread.start()
+
+    def _produce(self, spec: _Spec, step: int, q: queue.Queue, stop: threading.Event) -> None:
+        def put(item: Any) -> None:
+            while not stop.is_set():
+                try:
+                    q.put(item, timeout=0.1)
+                    return
+                except queue.Full:
+                    continue
+            raise _Stop
+
+        self._stream.set_pause(_Courtesy(lambda: q.qsize() > 0))
+        try:
+            while not stop.is_set():
+                batch = self._stream.make(spec)
+                put((spec, batch, self._stream.snapshot()))
+                spec = self._predict(step, spec)
+                step += 1
+        except _Stop:
+            return
+        except BaseException as exc:  # noqa: BLE001 - handed to the consumer, raised there
+            try:
+                put(("error", exc, None))
+            except _Stop:
+                return
+
+    def _get(self) -> tuple[Any, Batch, dict]:
+        assert self._queue is not None and self._thread is not None
+        while True:
+            try:
+                item = self._queue.get(timeout=1.0)
+                break
+            except queue.Empty:
+                if not self._thread.is_alive() and self._queue.empty():
+                    self._thread = None
+                    raise DataError("the data thread stopped unexpectedly") from None
+        if item[0] == "error":
+            self._halt()
+            self._dirty = True
+            raise item[1]
+        return item
+
+    def _halt(self) -> None:
+        """Stop the producer thread (it finishes the batch it is making) and drop what it prepared."""
+        if self._thread is None:
+            return
+        assert self._stop_event is not None and self._queue is not None
+        self._stop_event.set()
+        while self._thread.is_alive():
+            try:
+                self._queue.get(timeout=0.05)
+            except queue.Empty:
+                pass
+        self._thread.join()
+        self._thread = None
+        self._queue = None
+        self._stream.set_pause(_nothing)
+
+    # --------------------------------------------------------------------------------- state
+    def _make_fingerprint(self) -> dict:
+        return {
+            "sources": [s.name for s in self.cfg.sources],
+            "tokenizer": self.tok.identity()["sha256"],
+            "seed": self.seed,
+            "rank": self.rank,
+            "world_size": self.world_size,
+            "packing": self.cfg.packing.mode,
+            "shuffle_buffer": self.cfg.shuffle_buffer,
+        }
+
+    def state_dict(self) -> dict:
+        """The position after the last batch returned by ``next_batch`` (plain Python and numpy, picklable)."""
+        out = copy.deepcopy(self._committed)
+        out["fingerprint"] = dict(self._fingerprint)
+        return out
+
+    def load_state_dict(self, state: dict) -> None:
+        """Continue from a ``state_dict()``: the next batches are those the saved pipeline would have made."""
+        if state.get("version") != STATE_VERSION:
+            raise DataError(f"data state version {state.get('version')} is not {STATE_VERSION}; cannot resume it")
+        saved = state.get("fingerprint", {})
+        diff = [k for k, v in self._fingerprint.items() if saved.get(k) != v]
+        if diff:
+            what = ", ".join(f"{k}: saved {saved.get(k)!r}, now {self._fingerprint[k]!r}" for k in diff)
+            raise DataError(f"the data state was saved with other settings ({what}); resume with the same data config")
+        self._halt()
+        snap = copy.deepcopy({k: v for k, v in state.items() if k != "fingerprint"})
+        self._stream.restore(snap)
+        self._committed = self._stream.snapshot()
+        self._dirty = False
+
+    # --------------------------------------------------------------------------------- validation
+    def validation_batches(self, seq_len: int, tokens: int, batch_size: int) -> list[Batch]:
+        """Batches of held-out documents only: about ``tokens`` input tokens shared equally among the
+        sources that have held-out documents, windows of ``seq_len`` (+1) without overlap, each batch from
+        one source (``batch.source``). The same on every call and every rank."""
+        if self._validation is None:
+            self._validation = heldout_tokens(self.cfg, self.tok)
+        usable = {n: t for n, t in self._validation.items() if len(t) > seq_len}
+        if not usable:
+            return []
+        per_source = max(seq_len, tokens // len(usable))
+        out: list[Batch] = []
+        for name, toks in usable.items():
+            count = min(max(1, per_source // seq_len), (len(toks) - 1) // seq_len)
+            inputs, labels = windows(toks, seq_len, count)
+            for i in range(0, count, batch_size):
+                x, y = inputs[i : i + batch_size], labels[i : i + batch_size]
+                out.append(Batch(x, y, {n: (x.size if n == name else 0) for n in self._stream.names}, -1, -1, name))
+        return out
+
+    # --------------------------------------------------------------------------------- metrics
+    def metrics(self) -> dict[str, float]:
+        """Counters as of the last batch returned: tokens per source and in total, epochs per source,
+        documents skipped for being empty, invalid UTF-8 replaced, and the share of time the consumer
+        waited inside ``next_batch``."""
+        snap = self._committed
+        out: dict[str, float] = {}
+        total = 0
+        empty = utf8 = docs = 0
+        for name in self._stream.names:
+            t = snap["tokens"][name]
+            total += t
+            out[f"data/tokens/{name}"] = float(t)
+            cur = snap["feeds"][name]["cursor"]
+            out[f"data/epochs/{name}"] = float(cur.get("epoch", 0))
+            empty += cur.get("empty", 0)
+            utf8 += cur.get("utf8", 0)
+            docs += cur.get("docs", 0)
+        out["data/tokens_total"] = float(total)
+        out["data/documents"] = float(docs)
+        out["data/skipped_empty"] = float(empty)
+        out["data/replaced_utf8"] = float(utf8)
+        out["data/dropped_sources"] = float(len(snap["mixer"]["dropped"]))
+        if "dropped" in snap["packer"]:
+            out["data/dropped_tokens"] = float(snap["packer"]["dropped"])
+        elapsed = (self._t_last - self._t0) if self._t0 is not None else 0.0
+        out["data/wait_fraction"] = float(self._wait / elapsed) if elapsed > 0 else 0.0
+        out["data/wait_seconds"] = float(self._wait)
+        out["data/rewinds"] = float(self._rewinds)
+        return out
+
+    def reset_wait_clock(self) -> None:
+        """Start measuring ``data/wait_fraction`` afresh (e.g. after warm-up)."""
+        self._wait = 0.0
+        self._t0 = None
+
+    # --------------------------------------------------------------------------------- lifecycle
+    def close(self) -> None:
+        """Stop the thread and the worker processes."""
+        if self._closed:
+            return
+        self._closed = True
+        self._halt()
+        self._encoder.close()
+
+    def __enter__(self) -> DataPipeline:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __del__(self) -> None:
+        try:
+            self.close()
+        except Exception:  # noqa: BLE001 - never raise from a finaliser
+            pass

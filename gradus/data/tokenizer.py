@@ -1,0 +1,338 @@
+"""The run's tokenizer: a fast (Rust) Hugging Face ``tokenizers`` tokenizer, fixed for the run.
+
+:func:`load_tokenizer` resolves ``data.tokenizer``:
+
+* ``train_vocab_size`` set: a byte-level BPE trained on the configured sources (the first
+  ``train_max_documents`` documents of each, held-out documents excluded), loaded from the run directory
+  if it already holds one (resume), else from a cache keyed by a hash of the sources and sizes;
+* ``name_or_path`` a ``tokenizer.json`` file, or a folder with ``tokenizer.json`` or with GPT-2 style
+  ``vocab.json`` + ``merges.txt`` (byte-level BPE);
+* otherwise a Hugging Face Hub repository (``tokenizer.json``, or ``vocab.json`` + ``merges.txt``).
+
+Documents are encoded in batches with ``encode_batch_fast`` (no offsets: about twice as fast) and with
+``encode_special_tokens`` on, so a document that happens to contain the text ``<|endoftext|>`` cannot
+inject an EOS: the only EOS tokens in the stream are the ones placed between documents.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import sys
+import tempfile
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+
+import numpy as np
+
+from gradus.config import DataConfig
+from gradus.errors import DataError
+
+log = logging.getLogger("gradus.data")
+
+DEFAULT_EOS = "<|endoftext|>"
+_EOS_CANDIDATES = ("<|endoftext|>", "</s>", "<eos>", "<|end_of_text|>", "<|eot_id|>", "[SEP]", "<|im_end|>")
+IDENTITY_FILE = "tokenizer_identity.json"
+
+
+class Tokenizer:
+    """A tokenizer fixed for a run: batch encoding, the EOS id, decoding, and an identity to check on resume.
+
+    Wraps a ``tokenizers.Tokenizer`` (``backend``)."""
+
+    def __init__(self, backend, *, eos_id: int, kind: str, name_or_path: str):
+        self.backend = backend
+        self.eos_id = int(eos_id)
+        self.kind = kind
+        self.name_or_path = name_or_path
+        self._json = backend.to_str()
+        self._sha256 = hashlib.sha256(self._json.encode("utf-8")).hexdigest()
+        # Not part of the serialised tokenizer (the identity above is unaffected): special-token text
+        # inside a document is encoded as plain text.
+        self.backend.encode_special_tokens = True
+        self.vocab_size = int(backend.get_vocab_size(with_added_tokens=True))
+        self.dtype = np.uint16 if self.vocab_size <= np.iinfo(np.uint16).max + 1 else np.uint32
+
+    @property
+    def eos_token(self) -> str:
+        """The end-of-document token's text."""
+        return self.backend.id_to_token(self.eos_id)
+
+    def encode(self, text: str) -> list[int]:
+        """Token ids of one text (no EOS added)."""
+        return self.backend.encode(text, add_special_tokens=False).ids
+
+    def encode_batch(self, texts: Sequence[str]) -> list[list[int]]:
+        """Token ids of many texts at once (no EOS added); parallel in Rust unless TOKENIZERS_PARALLELISM=false."""
+        return [e.ids for e in self.backend.encode_batch_fast(list(texts), add_special_tokens=False)]
+
+    def encode_arrays(self, texts: Sequence[str], eos: Sequence[bool] | None = None) -> list[np.ndarray]:
+        """Token ids as compact numpy arrays (uint16 when the vocabulary fits), EOS appended where ``eos``."""
+        encs = self.backend.encode_batch_fast(list(texts), add_special_tokens=False)
+        out = []
+        for i, e in enumerate(encs):
+            ids = e.ids
+            if eos is not None and eos[i]:
+                ids.append(self.eos_id)
+            out.append(np.array(ids, dtype=self.dtype))
+        return out
+
+    def decode(self, ids: Sequence[int]) -> str:
+        """Text of token ids (special tokens shown)."""
+        return self.backend.decode([int(i) for i in ids], skip_special_tokens=False)
+
+    def to_json(self) -> str:
+        """The serialised tokenizer (``tokenizer.json`` content)."""
+        return self._json
+
+    def identity(self) -> dict:
+        """What a checkpoint records: kind, name_or_path, vocab_size, eos, sha256 of the serialised
+        tokenizer. Compare with :func:`check_identity` on resume."""
+        return {
+            "kind": self.kind,
+            "name_or_path": self.name_or_path,
+            "vocab_size": self.vocab_size,
+            "eos_id": self.eos_id,
+            "eos_token": self.eos_token,
+            "sha256": self._sha256,
+        }
+
+    def save(self, directory: str | Path) -> Path:
+        """Write ``tokenizer.json`` and ``tokenizer_identity.json`` into ``directory``; returns the json path."""
+        d = Path(directory)
+        d.mkdir(parents=True, exist_ok=True)
+        path = d / "tokenizer.json"
+        _atomic_write(path, self._json)
+        _atomic_write(d / IDENTITY_FILE, json.dumps(self.identity(), indent=2) + "\n")
+        return path
+
+    def __repr__(self) -> str:
+        return f"Tokenizer({self.kind}: {self.name_or_path}, vocab {self.vocab_size}, eos {self.eos_id})"
+
+
+def check_identity(saved: dict, tok: Tokenizer) -> None:
+    """Raise a one-line DataError when ``saved`` (from a checkpoint) is not this tokenizer."""
+    now = tok.identity()
+    if saved.get("sha256") != now["sha256"]:
+        raise DataError(
+            f"tokenizer mismatch: the checkpoint was trained with {saved.get('name_or_path')!r} "
+            f"(vocab {saved.get('vocab_size')}, sha256 {str(saved.get('sha256'))[:12]}) but the config gives "
+            f"{now['name_or_path']!r} (vocab {now['vocab_size']}, sha256 {now['sha256'][:12]}); resume with "
+            f"the original data.tokenizer settings"
+        )
+
+
+def _atomic_write(path: Path, text: str) -> None:
+    # Several processes (ranks, tests) may write the same cache entry: write aside, then rename.
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+# ------------------------------------------------------------------------------------------ loading
+def _eos_id(backend, configured: str | None, where: str) -> int:
+    if configured:
+        tid = backend.token_to_id(configured)
+        if tid is None:
+            raise DataError(f"data.tokenizer.eos_token={configured!r} is not in the vocabulary of {where}")
+        return tid
+    for cand in _EOS_CANDIDATES:
+        tid = backend.token_to_id(cand)
+        if tid is not None:
+            return tid
+    raise DataError(f"{where} has no end-of-document token I recognise; set data.tokenizer.eos_token")
+
+
+def _byte_level_bpe(vocab: Path, merges: Path):
+    from tokenizers import AddedToken, decoders, models, pre_tokenizers
+    from tokenizers import Tokenizer as HFTokenizer
+
+    backend = HFTokenizer(models.BPE.from_file(str(vocab), str(merges)))
+    backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    backend.decoder = decoders.ByteLevel()
+    # GPT-2's vocab.json has <|endoftext|>; registering it as special makes it one token, never merged.
+    specials = [t for t in _EOS_CANDIDATES if backend.token_to_id(t) is not None]
+    if specials:
+        backend.add_special_tokens([AddedToken(t, special=True) for t in specials])
+    return backend
+
+
+def _from_local(path: Path):
+    from tokenizers import Tokenizer as HFTokenizer
+
+    if path.is_file():
+        return HFTokenizer.from_file(str(path)), "file"
+    if (path / "tokenizer.json").is_file():
+        return HFTokenizer.from_file(str(path / "tokenizer.json")), "file"
+    if (path / "vocab.json").is_file() and (path / "merges.txt").is_file():
+        return _byte_level_bpe(path / "vocab.json", path / "merges.txt"), "vocab-merges"
+    raise DataError(
+        f"data.tokenizer.name_or_path={str(path)!r}: the folder has neither tokenizer.json nor "
+        f"vocab.json + merges.txt"
+    )
+
+
+def _from_hub(name: str):
+    """``tokenizer.json`` from a Hub repository, else its ``vocab.json`` + ``merges.txt``."""
+    try:
+        from huggingface_hub import hf_hub_download
+        from huggingface_hub.errors import EntryNotFoundError
+    except ImportError as exc:  # pragma: no cover - huggingface_hub comes with datasets
+        raise DataError(f"tokenizer {name!r}: huggingface_hub is not installed ({exc})") from None
+    hint = (
+        "give data.tokenizer.name_or_path a local tokenizer.json or a folder with vocab.json + merges.txt "
+        "(e.g. ../shared/data/gpt2-tokenizer), or set data.tokenizer.train_vocab_size"
+    )
+    try:
+        try:
+            from tokenizers import Tokenizer as HFTokenizer
+
+            return HFTokenizer.from_file(hf_hub_download(name, "tokenizer.json")), "hub"
+        except EntryNotFoundError:
+            vocab = hf_hub_download(name, "vocab.json")
+            merges = hf_hub_download(name, "merges.txt")
+            return _byte_level_bpe(Path(vocab), Path(merges)), "hub"
+    except Exception as exc:  # noqa: BLE001 - offline, unknown repo, network: all one line for people
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        offline = any(os.environ.get(v, "") not in ("", "0", "false") for v in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"))
+        why = "offline mode is on and it is not in the local cache" if offline else first[:160]
+        raise DataError(f"tokenizer {name!r} could not be loaded from the Hugging Face Hub ({why}); {hint}") from None
+
+
+def load_tokenizer(cfg: DataConfig, run_dir: str | Path | None = None) -> Tokenizer:
+    """The tokenizer ``cfg.tokenizer`` names (see the module docstring); a trained one is saved into
+    ``run_dir`` when given, so the run directory always holds the tokenizer it was trained with."""
+    tcfg = cfg.tokenizer
+    if tcfg.train_vocab_size is not None:
+        return _trained(cfg, Path(run_dir) if run_dir is not None else None)
+    name = tcfg.name_or_path
+    if not name:
+        raise DataError("data.tokenizer: give name_or_path (a Hub name or local path) or train_vocab_size")
+    path = Path(os.path.expanduser(name))
+    if path.exists():
+        backend, kind = _from_local(path)
+        where = str(path)
+    elif "/" in name and (name.startswith((".", "/", "~")) or name.endswith(".json")):
+        raise DataError(f"data.tokenizer.name_or_path={name!r}: no such file or folder")
+    else:
+        backend, kind = _from_hub(name)
+        where = f"Hub tokenizer {name!r}"
+    return Tokenizer(backend, eos_id=_eos_id(backend, tcfg.eos_token, where), kind=kind, name_or_path=name)
+
+
+# ----------------------------------------------------------------------------------------- training
+def training_texts(cfg: DataConfig, max_documents: int | None = None) -> Iterator[str]:
+    """Texts a BPE is trained on: the first ``max_documents`` training documents of each source (held-out
+    documents excluded, pieces of huge documents as separate texts)."""
+    from gradus.data.sources import open_reader
+
+    limit = max_documents or cfg.tokenizer.train_max_documents
+    for src in cfg.sources:
+        reader = open_reader(src, role="train", holdout=cfg.validation.fraction, retries=cfg.retries,
+                             backoff=cfg.retry_backoff)
+        docs = 0
+        for piece in reader.scan(None):
+            if piece.end_of_pass:
+                break
+            if piece.first:
+                docs += 1
+                if docs > limit:
+                    break
+            yield piece.text  # type: ignore[misc]
+
+
+def train_tokenizer(cfg: DataConfig, vocab_size: int, max_documents: int | None = None) -> Tokenizer:
+    """Train a byte-level BPE of ``vocab_size`` (EOS ``<|endoftext|>`` included) on the configured sources."""
+    from tokenizers import Tokenizer as HFTokenizer
+    from tokenizers import decoders, models, pre_tokenizers, trainers
+
+    backend = HFTokenizer(models.BPE())
+    backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    backend.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        min_frequency=2,
+        special_tokens=[cfg.tokenizer.eos_token or DEFAULT_EOS],
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    backend.train_from_iterator(training_texts(cfg, max_documents), trainer)
+    eos = _eos_id(backend, cfg.tokenizer.eos_token, "the trained BPE")
+    return Tokenizer(backend, eos_id=eos, kind="trained", name_or_path=f"bpe-{vocab_size}")
+
+
+def cache_dir() -> Path:
+    """Where trained tokenizers are cached: ``$GRADUS_CACHE_DIR`` or ``~/.cache/gradus``, then ``tokenizers/``."""
+    root = os.environ.get("GRADUS_CACHE_DIR") or os.path.join(
+        os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "gradus"
+    )
+    return Path(root) / "tokenizers"
+
+
+def training_key(cfg: DataConfig) -> str:
+    """Hash of everything a trained BPE depends on: sources (and their files' sizes and times), vocab
+    size, documents per source, held-out fraction, library and (for builtin corpora) Python versions."""
+    import tokenizers
+
+    from gradus.data.sources import expand_paths
+
+    files = []
+    for src in cfg.sources:
+        if src.path:
+            try:
+                for f in expand_paths(src.path, src.name):
+                    st = f.stat()
+                    files.append([str(f.resolve()), st.st_size, st.st_mtime_ns])
+            except DataError:
+                files.append([src.path, None, None])
+    payload = {
+        "v": 1,
+        "sources": [s.model_dump(mode="json") for s in cfg.sources],
+        "files": files,
+        "vocab_size": cfg.tokenizer.train_vocab_size,
+        "max_documents": cfg.tokenizer.train_max_documents,
+        "eos": cfg.tokenizer.eos_token or DEFAULT_EOS,
+        "holdout": cfg.validation.fraction,
+        "tokenizers": tokenizers.__version__,
+        "python": list(sys.version_info[:2]) if any(s.builtin for s in cfg.sources) else None,
+    }
+    return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()
+
+
+def _trained(cfg: DataConfig, run_dir: Path | None) -> Tokenizer:
+    from tokenizers import Tokenizer as HFTokenizer
+
+    vocab = cfg.tokenizer.train_vocab_size
+    assert vocab is not None
+    if run_dir is not None and (run_dir / "tokenizer.json").is_file():
+        # Resume: the run directory's tokenizer is the one its checkpoints were trained with.
+        backend = HFTokenizer.from_file(str(run_dir / "tokenizer.json"))
+        eos = _eos_id(backend, cfg.tokenizer.eos_token, f"{run_dir / 'tokenizer.json'}")
+        tok = Tokenizer(backend, eos_id=eos, kind="trained", name_or_path=f"bpe-{vocab}")
+        if tok.vocab_size != vocab:
+            log.warning("%s has %d tokens but data.tokenizer.train_vocab_size=%d; using the run's own tokenizer",
+                        run_dir / "tokenizer.json", tok.vocab_size, vocab)
+        return tok
+    key = training_key(cfg)
+    cached = cache_dir() / key[:24] / "tokenizer.json"
+    if cached.is_file():
+        backend = HFTokenizer.from_file(str(cached))
+        tok = Tokenizer(backend, eos_id=_eos_id(backend, cfg.tokenizer.eos_token, str(cached)), kind="trained",
+                        name_or_path=f"bpe-{vocab}")
+    else:
+        log.info("training a byte-level BPE of %d tokens on %d sources", vocab, len(cfg.sources))
+        tok = train_tokenizer(cfg, vocab)
+        try:
+            tok.save(cached.parent)
+        except OSError as exc:  # a read-only cache is no reason to stop; the run dir keeps a copy
+            log.warning("could not cache the trained tokenizer in %s: %s", cached.parent, exc)
+    if run_dir is not None:
+        tok.save(run_dir)
+    return tok

@@ -1,0 +1,70 @@
+"""The validation split: held-out documents, never trained on, cut into windows of any length.
+
+A document is held out when a hash of its text falls below ``validation.fraction``
+(:func:`gradus.data.sources.is_heldout`); training readers skip exactly those documents, so no held-out
+document is ever trained on. A source with ``validation_split`` (a split name for a hub dataset, a path or
+glob for local files) uses that instead, and its training reader skips nothing.
+
+The first ``validation.max_documents`` held-out documents of each source (in source order, whatever the
+rank) are tokenised once; every call cuts the same tokens into windows, so evaluations are comparable.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+
+from gradus.config import DataConfig
+from gradus.data.sources import open_reader
+
+log = logging.getLogger("gradus.data")
+
+MAX_TOKENS_PER_SOURCE = 1 << 22
+"""Held-out tokens kept per source at most (a huge held-out document is cut there)."""
+
+
+def heldout_tokens(cfg: DataConfig, tokenizer) -> dict[str, np.ndarray]:
+    """Per source: its held-out documents tokenised and joined (each followed by EOS); sources without
+    held-out documents are left out."""
+    out: dict[str, np.ndarray] = {}
+    vcfg = cfg.validation
+    for src in cfg.sources:
+        if vcfg.fraction <= 0 and not src.validation_split:
+            continue
+        reader = open_reader(src, role="validation", holdout=vcfg.fraction, retries=cfg.retries,
+                             backoff=cfg.retry_backoff)
+        # Finding max_documents held-out documents takes about max_documents / fraction records; stop
+        # looking after twice that (a streamed hub dataset is not read to its end for this).
+        scan_limit = None if src.validation_split else int(2 * vcfg.max_documents / vcfg.fraction) + 1
+        texts: list[str] = []
+        eos: list[bool] = []
+        docs = chars = 0
+        for piece in reader.scan(None):
+            if piece.end_of_pass:
+                break
+            if piece.first:
+                if docs >= vcfg.max_documents:
+                    break
+                docs += 1
+            texts.append(piece.text)  # type: ignore[arg-type]
+            eos.append(piece.last)
+            chars += len(piece.text)  # type: ignore[arg-type]
+            if chars > 8 * MAX_TOKENS_PER_SOURCE:
+                break
+            if scan_limit is not None and piece.cursor.get("seen", 0) >= scan_limit:
+                break
+        if not texts:
+            log.warning("source %s: no held-out documents for validation", src.name)
+            continue
+        arrays = tokenizer.encode_arrays(texts, eos)
+        tokens = np.concatenate(arrays)[:MAX_TOKENS_PER_SOURCE]
+        out[src.name] = tokens
+    return out
+
+
+def windows(tokens: np.ndarray, seq_len: int, count: int) -> tuple[np.ndarray, np.ndarray]:
+    """The first ``count`` non-overlapping windows of ``seq_len + 1`` tokens: (inputs, labels) int64."""
+    idx = (np.arange(count) * seq_len)[:, None] + np.arange(seq_len + 1)[None, :]
+    win = tokens[idx].astype(np.int64)
+    return win[:, :-1], win[:, 1:]

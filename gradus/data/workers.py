@@ -1,0 +1,133 @@
+"""Tokenisation in the producer thread or in worker processes, with the same results either way.
+
+The producer reads documents in order and hands chunks of texts to an encoder; :class:`InlineEncoder`
+tokenises at once in the calling thread (the Rust tokenizer releases the GIL while it works, so the
+trainer's thread keeps running), :class:`PoolEncoder` sends chunks to ``num_workers`` processes and
+returns handles that are collected in submission order. Each worker therefore tokenises a disjoint share
+of the documents, and the stream is bit-identical to the single-process one (results are pure functions
+of the text), whatever the number of workers.
+
+This module is imported by the spawned workers: it imports only numpy and ``tokenizers``.
+"""
+
+from __future__ import annotations
+
+import multiprocessing as mp
+import os
+from collections.abc import Sequence
+
+import numpy as np
+
+_WORKER: dict = {}
+
+
+def _nothing() -> None:
+    return None
+
+
+def encode_chunk(backend, texts: Sequence[str], eos: Sequence[bool], eos_id: int, dtype,
+                 pause=_nothing) -> tuple[np.ndarray, np.ndarray]:
+    """Token ids of ``texts`` (EOS appended where ``eos``) as one flat array plus per-text lengths.
+
+    One flat array keeps pickling between processes cheap (one buffer instead of one per document).
+    ``pause`` is called between documents (see :class:`gradus.data.pipeline._Courtesy`)."""
+    encs = backend.encode_batch_fast(list(texts), add_special_tokens=False)  # releases the GIL
+    lengths = np.empty(len(encs), dtype=np.int64)
+    parts = []
+    for i, e in enumerate(encs):
+        pause()
+        ids = e.ids
+        if eos[i]:
+            ids.append(eos_id)
+        lengths[i] = len(ids)
+        parts.append(np.array(ids, dtype=dtype))
+    flat = np.concatenate(parts) if parts else np.empty(0, dtype=dtype)
+    return flat, lengths
+
+
+def split_chunk(flat: np.ndarray, lengths: np.ndarray) -> list[np.ndarray]:
+    """Per-text arrays (views) of an :func:`encode_chunk` result."""
+    if len(lengths) == 0:
+        return []
+    return np.split(flat, np.cumsum(lengths)[:-1])
+
+
+class _Done:
+    """A handle whose result is already there (the inline encoder)."""
+
+    __slots__ = ("value",)
+
+    def __init__(self, value):
+        self.value = value
+
+    def get(self, timeout: float | None = None):
+        """The result."""
+        return self.value
+
+
+class InlineEncoder:
+    """Tokenises in the calling thread."""
+
+    workers = 0
+
+    def __init__(self, tokenizer):
+        self.tok = tokenizer
+        self.pause = _nothing
+
+    def submit(self, texts: Sequence[str], eos: Sequence[bool]) -> _Done:
+        """Tokenise now; the handle's ``get()`` returns per-text arrays."""
+        flat, lengths = encode_chunk(self.tok.backend, texts, eos, self.tok.eos_id, self.tok.dtype, self.pause)
+        return _Done(split_chunk(flat, lengths))
+
+    def close(self) -> None:
+        """Nothing to release."""
+
+
+def _init_worker(tokenizer_json: str, eos_id: int, dtype_name: str) -> None:
+    # Each worker is one core's worth of tokenising: Rust-side threads would only fight each other.
+    os.environ["TOKENIZERS_PARALLELISM"] = "false"
+    os.environ["RAYON_NUM_THREADS"] = "1"
+    from tokenizers import Tokenizer
+
+    backend = Tokenizer.from_str(tokenizer_json)
+    backend.encode_special_tokens = True
+    _WORKER.update(backend=backend, eos_id=eos_id, dtype=np.dtype(dtype_name))
+
+
+def _work(texts: list[str], eos: list[bool]) -> tuple[np.ndarray, np.ndarray]:
+    return encode_chunk(_WORKER["backend"], texts, eos, _WORKER["eos_id"], _WORKER["dtype"])
+
+
+class _PoolHandle:
+    __slots__ = ("result",)
+
+    def __init__(self, result):
+        self.result = result
+
+    def get(self, timeout: float | None = None) -> list[np.ndarray]:
+        """Wait for the worker; per-text arrays."""
+        flat, lengths = self.result.get(timeout)
+        return split_chunk(flat, lengths)
+
+
+class PoolEncoder:
+    """Tokenises in ``workers`` spawned processes (spawn, not fork: the trainer has threads)."""
+
+    def __init__(self, tokenizer, workers: int):
+        self.workers = workers
+        self.pause = _nothing
+        ctx = mp.get_context("spawn")
+        self.pool = ctx.Pool(
+            workers,
+            initializer=_init_worker,
+            initargs=(tokenizer.to_json(), tokenizer.eos_id, np.dtype(tokenizer.dtype).name),
+        )
+
+    def submit(self, texts: Sequence[str], eos: Sequence[bool]) -> _PoolHandle:
+        """Queue a chunk; the handle's ``get()`` waits for its per-text arrays."""
+        return _PoolHandle(self.pool.apply_async(_work, (list(texts), list(eos))))
+
+    def close(self) -> None:
+        """Stop the worker processes."""
+        self.pool.terminate()
+        self.pool.join()

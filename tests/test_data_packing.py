@@ -1,0 +1,141 @@
+"""Packing: concat windows across stage changes (token accounting), strides, document mode, huge documents."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from gradus.config import from_dict
+from gradus.curriculum import Curriculum
+from gradus.data import DataPipeline, load_tokenizer
+from gradus.data import sources as sources_mod
+from gradus.data.packing import IGNORE
+from gradus.data.sources import open_reader
+
+
+def make(shared: Path, stages, max_steps, sources=None, **data):
+    srcs = sources or [{"name": "gsm8k", "path": str(shared / "gsm8k" / "test.jsonl"), "template": "{question}\n{answer}"}]
+    d = {"sources": srcs, "tokenizer": {"name_or_path": str(shared / "gpt2-tokenizer")}, "shuffle_buffer": 0,
+         "validation": {"fraction": 0}}
+    d.update(data)
+    cfg = from_dict({"data": d, "curriculum": {"stages": stages}, "train": {"max_steps": max_steps}})
+    return cfg, Curriculum(cfg)
+
+
+@pytest.fixture(scope="module")
+def tok(gpt2_tokenizer_dir: Path):
+    cfg, _ = make(gpt2_tokenizer_dir.parent, [{"step": 0, "seq_len": 8, "batch_size": 1}], 1)
+    return load_tokenizer(cfg.data)
+
+
+def drive(pipe, cur, steps):
+    out, tokens = [], 0
+    for step in range(steps):
+        st = cur.state_at(step, tokens)
+        out.append(pipe.next_batch(st))
+        tokens += st.tokens_per_step
+    return out
+
+
+def doc_tokens(cfg, tok) -> list[np.ndarray]:
+    texts = [p.text for p in open_reader(cfg.data.sources[0]).scan(None) if not p.end_of_pass]
+    return [a.astype(np.int64) for a in tok.encode_arrays(texts, eos=[True] * len(texts))]
+
+
+STAGES = [
+    {"step": 0, "seq_len": 16, "batch_size": 4},
+    {"step": 5, "seq_len": 40, "batch_size": 3},
+    {"step": 9, "seq_len": 8, "batch_size": 5},
+]
+
+
+def test_concat_accounting_across_stage_changes(shared_data: Path, tok):
+    cfg, cur = make(shared_data, STAGES, 14)
+    stream = np.concatenate(doc_tokens(cfg, tok))
+    with DataPipeline(cfg.data, tok, cur, prefetch=2) as pipe:
+        batches = drive(pipe, cur, 14)
+    assert [b.inputs.shape for b in batches] == [(4, 16)] * 5 + [(3, 40)] * 4 + [(5, 8)] * 5
+    # The inputs, row after row and batch after batch, are the document stream itself: no token lost or
+    # repeated at either stage boundary; each label is the next token of the stream.
+    pos = 0
+    for b in batches:
+        for x, y in zip(b.inputs, b.labels, strict=True):
+            n = len(x)
+            assert np.array_equal(x, stream[pos : pos + n]) and np.array_equal(y, stream[pos + 1 : pos + n + 1])
+            pos += n
+        assert sum(b.tokens_by_source.values()) == b.num_tokens
+    assert pos == 5 * 64 + 4 * 120 + 5 * 40
+    assert int((stream[:pos] == tok.eos_id).sum()) >= 4  # EOS between documents
+
+
+def test_stride_fraction_overlaps_windows(shared_data: Path, tok):
+    cfg, cur = make(shared_data, [{"step": 0, "seq_len": 32, "batch_size": 4}, {"step": 2, "seq_len": 16, "batch_size": 4}],
+                    4, packing={"stride_fraction": 0.5})
+    stream = np.concatenate(doc_tokens(cfg, tok))
+    with DataPipeline(cfg.data, tok, cur, prefetch=0) as pipe:
+        batches = drive(pipe, cur, 4)
+    starts = [0, 16, 32, 48, 64, 80, 96, 112, 128, 136, 144, 152, 160, 168, 176, 184]
+    rows = [(x, y) for b in batches for x, y in zip(b.inputs, b.labels, strict=True)]
+    for s, (x, y) in zip(starts, rows, strict=True):
+        assert np.array_equal(x, stream[s : s + len(x)]) and np.array_equal(y, stream[s + 1 : s + 1 + len(x)])
+
+
+def _expected_document_windows(docs, seq_len, count, remainder):
+    out = []
+    for d in docs:
+        start = 0
+        while start + seq_len + 1 <= len(d):
+            out.append((d[start : start + seq_len], d[start + 1 : start + seq_len + 1]))
+            start += seq_len
+        tail = d[start:]
+        if remainder == "pad" and len(tail) >= 2:
+            x = np.full(seq_len, -1, dtype=np.int64)
+            y = np.full(seq_len, IGNORE, dtype=np.int64)
+            x[: len(tail) - 1], y[: len(tail) - 1] = tail[:-1], tail[1:]
+            out.append((x, y))
+        if len(out) >= count:
+            return out[:count]
+    return out
+
+
+@pytest.mark.parametrize("remainder", ["drop", "pad"])
+def test_document_mode_windows_stay_inside_documents(shared_data: Path, tok, remainder: str):
+    cfg, cur = make(shared_data, [{"step": 0, "seq_len": 64, "batch_size": 8}], 12,
+                    packing={"mode": "document", "remainder": remainder})
+    docs = doc_tokens(cfg, tok)
+    with DataPipeline(cfg.data, tok, cur, prefetch=0) as pipe:
+        batches = drive(pipe, cur, 12)
+        m = pipe.metrics()
+    rows = [(x, y) for b in batches for x, y in zip(b.inputs, b.labels, strict=True)]
+    expected = _expected_document_windows(docs, 64, len(rows), remainder)
+    for (x, y), (ex, ey) in zip(rows, expected, strict=True):
+        real = ey != IGNORE
+        assert np.array_equal(x[real], ex[real]) and np.array_equal(y, ey)
+        assert tok.eos_id not in x[real]  # an input never runs past its document's end
+    if remainder == "pad":
+        assert any((y == IGNORE).any() for _, y in rows)
+        assert all(np.all(x[y == IGNORE] == tok.eos_id) for x, y in rows)  # padding uses the EOS id
+    else:
+        assert all((y != IGNORE).all() for _, y in rows) and m["data/dropped_tokens"] > 0
+
+
+def test_huge_document_streams_through_the_pipeline(shared_data: Path, tok, tmp_path: Path, monkeypatch):
+    monkeypatch.setattr(sources_mod, "PIECE_BYTES", 16 * 1024)
+    text = (shared_data / "tinyshakespeare" / "input.txt").read_text()[:300_000]
+    path = tmp_path / "play.txt"
+    path.write_text(text)
+    whole = np.array(tok.encode(text) + [tok.eos_id], dtype=np.int64)
+    srcs = [{"name": "play", "path": str(path)},
+            {"name": "gsm8k", "path": str(shared_data / "gsm8k" / "test.jsonl"), "template": "{question}\n{answer}"}]
+    cfg, cur = make(shared_data, [{"step": 0, "seq_len": 128, "batch_size": 16, "mix": {"play": 0.5, "gsm8k": 0.5}}],
+                    80, sources=srcs, shuffle_buffer=4)
+    with DataPipeline(cfg.data, tok, cur, prefetch=2) as pipe:
+        batches = drive(pipe, cur, 80)
+    stream = np.concatenate([b.inputs.ravel() for b in batches])
+    # The ~75k-token document arrives in ~19 pieces, never interleaved with another source's documents.
+    first = int(np.flatnonzero(stream == whole[0])[0])
+    while not np.array_equal(stream[first : first + 16], whole[:16]):
+        first = int(np.flatnonzero(stream[first + 1 :] == whole[0])[0]) + first + 1
+    assert np.array_equal(stream[first : first + len(whole)], whole)

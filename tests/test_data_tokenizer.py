@@ -1,0 +1,110 @@
+"""Tokenizer: GPT-2 from local files, identity on resume, hub errors offline, BPE training and its cache."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import yaml
+
+from gradus.cli import main
+from gradus.config import DataConfig
+from gradus.data import check_identity, load_tokenizer
+from gradus.data.sources import is_heldout
+from gradus.data.tokenizer import training_texts
+from gradus.errors import DataError
+
+
+def gpt2_cfg(path: Path) -> DataConfig:
+    return DataConfig(sources=[{"name": "x", "builtin": "arithmetic"}], tokenizer={"name_or_path": str(path)})
+
+
+def test_gpt2_from_vocab_and_merges(gpt2_tokenizer_dir: Path):
+    tok = load_tokenizer(gpt2_cfg(gpt2_tokenizer_dir))
+    assert tok.vocab_size == 50257 and tok.eos_id == 50256 and tok.eos_token == "<|endoftext|>"
+    assert tok.encode("Hello world") == [15496, 995]  # the reference value in SOURCE.md
+    assert tok.encode_batch(["Hello world", " the"]) == [[15496, 995], [262]]
+    text = "Ünïcode, code: def f(x):\n    return x**2  # ok"
+    assert tok.decode(tok.encode(text)) == text
+    # EOS is only ever placed between documents: its text inside a document stays plain text.
+    assert 50256 not in tok.encode_batch(["a <|endoftext|> b"])[0]
+    arrays = tok.encode_arrays(["Hello world", "x"], eos=[True, False])
+    assert arrays[0].dtype.name == "uint16" and arrays[0].tolist() == [15496, 995, 50256]
+
+
+def test_identity_is_stable_and_survives_save(gpt2_tokenizer_dir: Path, tmp_path: Path):
+    a = load_tokenizer(gpt2_cfg(gpt2_tokenizer_dir))
+    b = load_tokenizer(gpt2_cfg(gpt2_tokenizer_dir))
+    ident = a.identity()
+    json.dumps(ident)
+    assert ident == b.identity() and len(ident["sha256"]) == 64
+    path = a.save(tmp_path / "run")
+    assert json.loads((tmp_path / "run" / "tokenizer_identity.json").read_text()) == ident
+    c = load_tokenizer(gpt2_cfg(path))  # tokenizer.json file
+    assert c.identity()["sha256"] == ident["sha256"] and c.encode("Hello world") == [15496, 995]
+    check_identity(ident, c)
+    other = dict(ident, sha256="0" * 64, name_or_path="gpt2-other")
+    with pytest.raises(DataError, match="tokenizer mismatch.*gpt2-other"):
+        check_identity(other, c)
+
+
+def test_hub_name_offline_is_one_line():
+    cfg = DataConfig(sources=[{"name": "x", "builtin": "arithmetic"}], tokenizer={"name_or_path": "gradus-tests/no-such-tokenizer"})
+    with pytest.raises(DataError) as err:
+        load_tokenizer(cfg)
+    (line,) = err.value.problems
+    assert "gradus-tests/no-such-tokenizer" in line and "offline" in line and "name_or_path" in line
+
+
+def small_training_cfg(shared_data: Path, fraction: float = 0.005) -> DataConfig:
+    return DataConfig(
+        sources=[
+            {"name": "math", "path": str(shared_data / "gsm8k" / "test.jsonl"), "template": "{question}\n{answer}"},
+            {"name": "plays", "path": str(shared_data / "tinyshakespeare" / "input.jsonl")},
+        ],
+        tokenizer={"name_or_path": None, "train_vocab_size": 400, "train_max_documents": 300},
+        validation={"fraction": fraction},
+    )
+
+
+def test_trained_bpe_is_cached_and_kept_in_the_run_dir(shared_data: Path, tmp_path: Path, monkeypatch):
+    monkeypatch.setenv("GRADUS_CACHE_DIR", str(tmp_path / "cache"))
+    cfg = small_training_cfg(shared_data)
+    run = tmp_path / "run"
+    tok = load_tokenizer(cfg, run_dir=run)
+    assert tok.kind == "trained" and tok.vocab_size == 400
+    assert tok.eos_token == "<|endoftext|>" and tok.decode(tok.encode("Natalia sold clips")) == "Natalia sold clips"
+    assert (run / "tokenizer.json").is_file()
+    cached = list((tmp_path / "cache" / "tokenizers").glob("*/tokenizer.json"))
+    assert len(cached) == 1
+    again = load_tokenizer(cfg, run_dir=run)  # resume: from the run dir
+    from_cache = load_tokenizer(cfg)  # another run: from the cache, not retrained
+    assert again.identity() == tok.identity() == from_cache.identity()
+    bigger = load_tokenizer(small_training_cfg(shared_data).model_copy(
+        update={"tokenizer": cfg.tokenizer.model_copy(update={"train_vocab_size": 500})}))
+    assert bigger.vocab_size == 500 and len(list((tmp_path / "cache" / "tokenizers").glob("*"))) == 2
+
+
+def test_training_texts_exclude_heldout_documents(shared_data: Path):
+    cfg = small_training_cfg(shared_data, fraction=0.2)
+    texts = list(training_texts(cfg, max_documents=10_000))
+    assert texts and not any(is_heldout(t, 0.2) for t in texts)
+    assert len([t for t in texts if "####" in t]) < 1319 * 0.9  # ~20% of GSM8K test held out
+
+
+def test_cli_tokenizer_train(shared_data: Path, tmp_path: Path, capsys):
+    cfg = {
+        "data": small_training_cfg(shared_data).model_dump(mode="json", exclude_none=True),
+        "curriculum": {"stages": [{"tokens": 1000, "seq_len": 32, "batch_size": 4}]},
+    }
+    path = tmp_path / "cfg.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    out = tmp_path / "tok"
+    rc = main(["tokenizer", "train", str(path), "--vocab-size", "300", "--out", str(out), "--json"])
+    assert rc == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["vocab_size"] == 300 and Path(result["path"]) == out / "tokenizer.json"
+    loaded = load_tokenizer(gpt2_cfg(out / "tokenizer.json"))
+    assert loaded.identity()["sha256"] == result["sha256"]
+    assert main(["tokenizer", "train", str(path), "--vocab-size", "100", "--out", str(out)]) == 2
