@@ -32,6 +32,7 @@ def tiny_config(shared: Path, tokenizer: str | None = None, stages: list[dict] |
         },
         "curriculum": {"stages": [dict(s) for s in (stages or TINY_STAGES)], "schedule": "per_stage"},
         "optim": {"base_lr": 3e-3},
-        "train": {"seed": 3, "device": "cpu"},
+        # One torch thread: tiny models gain nothing from two, and on a busy 2-core box two threads stall.
+        "train": {"seed": 3, "device": "cpu", "threads": 1},
         "logging": {"tensorboard": False, "progress_bar": False},
     }

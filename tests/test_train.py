@@ -211,7 +211,7 @@ def test_demo_runs_offline_through_four_stages(tmp_path, capsys):
     # The embedded default, shortened: two steps per stage (the budgets are 4096 tokens per step).
     sets = [f"curriculum.stages[{i}].tokens=8192" for i in range(4)]
     args = ["train", "--out", str(tmp_path), "--set", "curriculum.target_tokens=32768", "--set", "train.eval_every=4",
-            "--set", "logging.log_every=1"]
+            "--set", "logging.log_every=1", "--set", "train.threads=1"]
     for s in sets:
         args += ["--set", s]
     env_before = dict(os.environ)

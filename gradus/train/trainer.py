@@ -129,6 +129,7 @@ class Trainer:
 
         cfg = self.cfg
         self.rt: Runtime = setup_runtime(cfg.train)
+        self._threads_before = torch.get_num_threads()
         if cfg.train.threads:
             torch.set_num_threads(cfg.train.threads)
         rt = self.rt
@@ -632,6 +633,8 @@ class Trainer:
                     obj.close()
         if hasattr(self, "rt"):
             teardown_runtime(self.rt)
+        if hasattr(self, "_threads_before"):  # a library call should not leave the process changed
+            torch.set_num_threads(self._threads_before)
 
 
 def _compile_graphs() -> int:
