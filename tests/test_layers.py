@@ -89,8 +89,7 @@ def test_there_is_something_to_check():
 def test_imports_only_from_lower_layers(path):
     own = part_of(module_name(path))
     layer = LAYER.get(own)
-    if layer is None:
-        pytest.skip(f"{own} has no layer in DESIGN.md yet")
+    assert layer is not None, f"{own} has no layer: add it to LAYER here (and to DESIGN.md)"
     bad = []
     for line, module in imports(path):
         other = part_of(module)
@@ -128,8 +127,6 @@ def test_data_never_imports_model_or_train():
 
 def test_checkpoint_never_imports_the_trainer():
     path = PACKAGE / "train" / "checkpoint.py"
-    if not path.exists():
-        pytest.skip("no gradus/train/checkpoint.py yet")
     bad = [f"checkpoint.py:{line} imports {m}" for line, m in imports(path) if m.startswith("gradus.train.trainer")]
     assert not bad, "\n".join(bad)
 
