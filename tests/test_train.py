@@ -252,3 +252,20 @@ def test_long_context_stage_switches_rope_scaling(tmp_path, tokenizer_json, shar
     monkeypatch.setattr(trainer_mod.Trainer, "_train_step", spy)
     train(from_dict(raw), tmp_path, quiet=True)
     assert [seen[s] for s in (0, 10, 11, 15)] == [1.0, 1.0, 4.0, 4.0]
+
+
+def test_bf16_autocast_trains_on_cpu(tmp_path, tokenizer_json, shared_data):
+    raw = raw_config(tokenizer_json, shared_data, precision="bf16")
+    raw["curriculum"]["stages"] = raw["curriculum"]["stages"][:1]
+    result = train(from_dict(raw), tmp_path, quiet=True)
+    losses = losses_by_step(tmp_path / "metrics.jsonl")
+    assert result.step == 6 and all(math.isfinite(v) for v in losses.values())
+    assert losses[6] < losses[1]
+
+
+def test_fp16_without_cuda_is_a_config_error(tmp_path, tokenizer_json, shared_data, capsys):
+    cfg_path = tmp_path / "c.yaml"
+    cfg_path.write_text(json.dumps(raw_config(tokenizer_json, shared_data, precision="fp16")))
+    assert main(["train", str(cfg_path), "--out", str(tmp_path / "run"), "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("gradus: error: train.precision=fp16 needs a CUDA device") and err.count("\n") == 1
