@@ -1,0 +1,1018 @@
+#!/usr/bin/env python
+"""How much faster does a sequence-length curriculum reach a tuned baseline's loss? (issue 6)
+
+Every arm trains the same tiny GPT on WikiText-2 through the real trainer (:func:`gradus.train.trainer.train`,
+the code path of ``gradus train``), with the same token budget, the same tokens per step within a regime, and
+the same evaluation: validation loss at the reference length (the baseline's, 256) on the same held-out
+articles (WikiText-2 ``valid.jsonl``, through ``SourceConfig.validation_split``) every ``budget / eval_points``
+tokens. The tokenizer is a byte-level BPE trained on the train split with ``gradus tokenizer train``.
+
+Method (DESIGN.md, "Benchmarks that can be trusted"):
+
+* every arm's learning rate is tuned the same way: a grid of at least three values at seed 0, extended by ×2
+  at an edge until the best value lies strictly inside (up to ``--max-extensions`` times); the best LR is then
+  run at the other seeds;
+* the target is the final validation loss of the tuned baseline (the median over seeds, i.e. the last point
+  of its median curve);
+* per arm, on its median curve over seeds: tokens and training seconds to the target, linearly interpolated
+  between the two evaluations that bracket the first crossing (the first evaluation counts as is when it is
+  already below the target); the same per seed gives the spread;
+* seconds are ``time/train_seconds`` (training steps and data waits, evaluation and checkpoints excluded);
+  they depend on the machine's load, which is recorded with every run; tokens do not. So the wall-clock is
+  also given *calibrated*: each stage's tokens × that stage shape's seconds per token, read as the
+  90th-percentile throughput of the shape's logging windows over all runs of the benchmark (load only ever
+  slows a window down, and every shape's windows are spread over the whole benchmark). The best arm is
+  chosen by calibrated wall-clock;
+* an arm that never reaches the target gets the slowdown the other way round: the baseline's tokens
+  (seconds) to reach *that arm's* final loss / the arm's whole run (below 1).
+
+Two regimes (DESIGN.md: the literature's gains come from stability at large tokens-per-step and high LR):
+``A`` at the baseline's own tokens per step, and ``B`` at ``--big-factor`` times as many, where the curricula
+face a baseline tuned at the same large batch. Every speedup is against the regime-A baseline (the target);
+regime-B arms also report their speedup against the regime-B baseline (to its own final loss).
+
+Runs execute ``--jobs`` at a time (default 2: one per core), each in its own process with ``--threads`` torch
+threads (default 1: on a shared 2-core box two OpenMP threads per process collapse whenever another process
+holds a core). Runs on CPU repeat bit for bit, so ``--work DIR --reuse`` reads back finished runs with an
+identical config instead of training them again (attempts that add arms reuse the baseline's runs; their
+measured seconds are then from the earlier invocation, and the JSON says which runs were reused).
+
+Usage::
+
+    python benchmarks/curriculum_speedup.py             # the full benchmark (~28 minutes on 2 idle CPU cores)
+    python benchmarks/curriculum_speedup.py --quick     # a few minutes: half the budget, baseline and textbook
+    python benchmarks/curriculum_speedup.py --arms baseline,seqwarm-textbook --tag attempt2
+
+Outputs: a table on stdout, ``benchmarks/results/curriculum_speedup[_TAG].json`` and ``.png``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import datetime as dt
+import json
+import math
+import os
+import platform
+import shutil
+import statistics
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+
+# The benchmark never needs the network; make Hugging Face libraries fail fast if something asks.
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+REPO = Path(__file__).resolve().parents[1]
+DEFAULT_DATA = REPO.parent / "shared" / "data" / "wikitext-2"
+RESULTS = REPO / "benchmarks" / "results"
+
+
+# =================================================================================== settings
+@dataclass(frozen=True)
+class Settings:
+    """Everything that is the same for every arm (the benchmark's fixed conditions)."""
+
+    model: str = "small"
+    """Model size preset (gradus.model.sizes): small = 4 layers × 128."""
+    vocab_size: int = 8192
+    """Byte-level BPE trained on the train split."""
+    final_len: int = 256
+    """The baseline's sequence length, and the reference length of every evaluation."""
+    budget: int = 524_288
+    """Training tokens of every run."""
+    tokens_per_step: int = 2048
+    """Regime A: tokens per optimizer step (the baseline's own setting)."""
+    big_factor: int = 4
+    """Regime B: tokens per step = this × tokens_per_step."""
+    eval_points: int = 16
+    """Evaluations per run, evenly spaced in tokens (the fixed cadence)."""
+    eval_tokens: int = 16_384
+    """Validation tokens per evaluation (the same windows of valid.jsonl every time)."""
+    warmup_fraction: float = 0.05
+    """Linear warmup as a fraction of all steps (global schedules; first stage of per-stage schedules)."""
+    min_lr_ratio: float = 0.1
+    """Cosine floor as a fraction of the peak."""
+    seeds: tuple[int, ...] = (0, 1)
+    """Seeds of the tuned setting; the LR grid runs at the first."""
+    max_extensions: int = 2
+    """Times a grid may grow by ×2 at an edge before giving up (reported when it does)."""
+    tokenizer_documents: int = 100_000
+    """Train-split documents the BPE is trained on (all of WikiText-2's 600 articles by default)."""
+
+    def tps(self, regime: str) -> int:
+        """Tokens per step of a regime."""
+        return self.tokens_per_step * (self.big_factor if regime == "B" else 1)
+
+    def steps(self, regime: str) -> int:
+        """Optimizer steps of a run in a regime."""
+        return self.budget // self.tps(regime)
+
+    def eval_every(self, regime: str) -> int:
+        """Steps between evaluations: the same token cadence in both regimes."""
+        return max(1, self.steps(regime) // self.eval_points)
+
+
+# ======================================================================================= arms
+def split_steps(total: int, fractions: Sequence[float]) -> list[int]:
+    """Whole steps per stage for token fractions (cumulative rounding: the sum is exact, each stage ≥ 1)."""
+    acc, bounds = 0.0, []
+    for f in fractions:
+        acc += f
+        bounds.append(round(total * acc / sum(fractions)))
+    bounds[-1] = total
+    steps, prev = [], 0
+    for b in bounds:
+        steps.append(max(1, b - prev))
+        prev += steps[-1]
+    steps[-1] = total - sum(steps[:-1])
+    if steps[-1] < 1:
+        raise ValueError(f"{total} steps cannot be split into {len(fractions)} stages")
+    return steps
+
+
+def token_stages(s: Settings, regime: str, lengths: Sequence[int], fractions: Sequence[float],
+                 extra: Sequence[dict] | None = None) -> list[dict]:
+    """Token-budget stages at a constant tokens per step, each budget a whole number of steps (so every
+    switch lands on a step and every arm spends exactly the same tokens)."""
+    tps = s.tps(regime)
+    steps = split_steps(s.steps(regime), fractions)
+    out = []
+    for i, (length, n) in enumerate(zip(lengths, steps, strict=True)):
+        stage = {"name": f"s{length}", "tokens": n * tps, "seq_len": length, "tokens_per_batch": tps}
+        if extra is not None:
+            stage.update(extra[i])
+        out.append(stage)
+    return out
+
+
+def global_schedule(s: Settings, stages: list[dict]) -> dict:
+    """One warmup + cosine over the run; each stage's peak = base LR × its multiplier (1 by default)."""
+    return {"schedule": "global", "global_warmup_fraction": s.warmup_fraction, "decay": "cosine",
+            "min_lr_ratio": s.min_lr_ratio, "grad_clip": 1.0, "stages": stages}
+
+
+def per_stage_schedule(s: Settings, stages: list[dict]) -> dict:
+    """Each stage warms up (from where the previous one ended) and decays on its own."""
+    return {"schedule": "per_stage", "global_warmup_fraction": s.warmup_fraction, "decay": "cosine",
+            "min_lr_ratio": s.min_lr_ratio, "grad_clip": 1.0, "stages": stages}
+
+
+@dataclass(frozen=True)
+class Arm:
+    """One way to train: a regime, a curriculum built from the settings, and the LR grid its tuning starts from."""
+
+    name: str
+    regime: str
+    description: str
+    lr_grid: tuple[float, ...]
+    build: Callable[[Settings], dict]
+    """Settings -> the ``curriculum`` section (stages and schedule); the LR grid sets ``optim.base_lr``."""
+    baseline: bool = False
+
+
+def _baseline(regime: str) -> Callable[[Settings], dict]:
+    def build(s: Settings) -> dict:
+        return global_schedule(s, token_stages(s, regime, [s.final_len], [1.0]))
+    return build
+
+
+def _textbook(regime: str) -> Callable[[Settings], dict]:
+    # DESIGN.md's first measurement and the demo preset's shape: 32 → 64 → 128 → 256 over 10/15/20/55% of
+    # the tokens, one global warmup + cosine, the same peak in every stage.
+    def build(s: Settings) -> dict:
+        lengths = [s.final_len // 8, s.final_len // 4, s.final_len // 2, s.final_len]
+        return global_schedule(s, token_stages(s, regime, lengths, [0.10, 0.15, 0.20, 0.55]))
+    return build
+
+
+def _presets_rules(regime: str) -> Callable[[Settings], dict]:
+    # The 124M presets' rules scaled to this size: aggressive's shape (short stages first, the final length
+    # for the last 60%: stage starts at 0 / 5 / 10 / 20 / 40% of the steps), its per-stage schedule (warmup,
+    # then cosine to 0.1 × peak inside each stage, a switch ramping from where the previous stage ended), the
+    # by_length clip rule, and lr-extreme's tempered multipliers 11.3 / 7 / 3.5 / 1.5 / 0.7, renormalised so the
+    # final stage runs at the base LR (the grid then tunes the base as it tunes the baseline's LR).
+    def build(s: Settings) -> dict:
+        lengths = [s.final_len // 16, s.final_len // 8, s.final_len // 4, s.final_len // 2, s.final_len]
+        mult = [11.3 / 0.7, 7.0 / 0.7, 3.5 / 0.7, 1.5 / 0.7, 1.0]
+        warm = max(1, round(0.02 * s.steps(regime)))
+        extra = [{"lr_multiplier": round(m, 3), "clip_rule": "by_length", **({"warmup_steps": warm} if i else {})}
+                 for i, m in enumerate(mult)]
+        return per_stage_schedule(s, token_stages(s, regime, lengths, [0.05, 0.05, 0.10, 0.20, 0.60], extra))
+    return build
+
+
+def _presets_ablation(regime: str, schedule: str, multipliers: bool) -> Callable[[Settings], dict]:
+    # presets-rules with one ingredient changed, to see which one costs: the per-stage restarts (each stage
+    # warms up again and decays to 0.1 × its own peak) or the 16× → 1× multipliers.
+    def build(s: Settings) -> dict:
+        cur = _presets_rules(regime)(s)
+        for st in cur["stages"]:
+            if not multipliers:
+                st.pop("lr_multiplier", None)
+            if schedule == "global":
+                st.pop("warmup_steps", None)
+        return (global_schedule if schedule == "global" else per_stage_schedule)(s, cur["stages"])
+    return build
+
+
+def _boosted(regime: str) -> Callable[[Settings], dict]:
+    # The textbook shape, but the short stages at a higher peak (DESIGN.md: a curriculum is more stable at a
+    # high LR): multipliers 2 / 1.6 / 1.25 / 1 under the one global warmup + cosine.
+    def build(s: Settings) -> dict:
+        lengths = [s.final_len // 8, s.final_len // 4, s.final_len // 2, s.final_len]
+        extra = [{"lr_multiplier": m} for m in (2.0, 1.6, 1.25, 1.0)]
+        return global_schedule(s, token_stages(s, regime, lengths, [0.10, 0.15, 0.20, 0.55], extra))
+    return build
+
+
+def _short_warmup(regime: str) -> Callable[[Settings], dict]:
+    # Short stages first, the final length for most of the run: 64 → 128 → 256 over 10/15/75%, one global
+    # schedule; a switch changes only the shape, never the LR.
+    def build(s: Settings) -> dict:
+        lengths = [s.final_len // 4, s.final_len // 2, s.final_len]
+        return global_schedule(s, token_stages(s, regime, lengths, [0.10, 0.15, 0.75]))
+    return build
+
+
+LR_A = (2e-3, 4e-3, 8e-3)
+LR_B = LR_A  # the same grid: tuning has found the best LR below 8e-3 in both regimes
+ARMS: dict[str, Arm] = {a.name: a for a in [
+    Arm("baseline", "A", "one stage at 256, warmup + cosine", LR_A, _baseline("A"), baseline=True),
+    Arm("seqwarm-textbook", "A", "32→64→128→256 over 10/15/20/55%, global cosine", LR_A, _textbook("A")),
+    Arm("seqwarm-short", "A", "64→128→256 over 10/15/75%, global cosine", LR_A, _short_warmup("A")),
+    Arm("presets-rules", "A", "16→256 in 5 stages (aggressive's shape), per-stage LR 16×→1× base, by_length clip",
+        (5e-4, 1e-3, 2e-3), _presets_rules("A")),
+    Arm("seqwarm-boost", "A", "32→256 textbook, short stages at 2/1.6/1.25× the peak, global cosine", LR_A,
+        _boosted("A")),
+    Arm("presets-flat-lr", "A", "presets-rules with every stage at the base LR (per-stage restarts kept)", LR_A,
+        _presets_ablation("A", "per_stage", multipliers=False)),
+    Arm("presets-global", "A", "presets-rules' 16×→1× multipliers under one global cosine (no restarts)",
+        (5e-4, 1e-3, 2e-3), _presets_ablation("A", "global", multipliers=True)),
+    Arm("baseline-big", "B", "one stage at 256 at 4× tokens/step, warmup + cosine", LR_B, _baseline("B"),
+        baseline=True),
+    Arm("seqwarm-textbook-big", "B", "32→256 textbook at 4× tokens/step, global cosine", LR_B, _textbook("B")),
+    Arm("presets-rules-big", "B", "presets-rules at 4× tokens/step", (1e-3, 2e-3, 4e-3), _presets_rules("B")),
+]}
+DEFAULT_ARMS = ("baseline", "seqwarm-textbook", "seqwarm-short", "presets-rules", "baseline-big",
+                "seqwarm-textbook-big")
+QUICK_ARMS = ("baseline", "seqwarm-textbook")
+
+
+# ==================================================================================== configs
+def make_config(s: Settings, arm: Arm, lr: float, seed: int, data: Path, tokenizer: Path):
+    """The full gradus config of one run (validated by gradus itself)."""
+    from gradus.config import from_dict
+
+    regime = arm.regime
+    curriculum = arm.build(s)
+    curriculum["target_tokens"] = s.budget
+    raw = {
+        "name": f"{arm.name}-lr{lr:g}-seed{seed}",
+        "model": {"preset": s.model, "max_seq_len": s.final_len},
+        "data": {
+            "sources": [{"name": "wiki", "path": str(data / "train.jsonl"),
+                         "validation_split": str(data / "valid.jsonl")}],
+            "tokenizer": {"name_or_path": str(tokenizer)},
+            # valid.jsonl is the held-out split, so no training document needs to be held out by hash.
+            "validation": {"fraction": 0.0, "max_documents": 1000, "tokens": s.eval_tokens},
+        },
+        "curriculum": curriculum,
+        "optim": {"base_lr": lr},
+        "train": {
+            "seed": seed,
+            "eval_every": s.eval_every(regime),
+            "eval_reference_seq_len": s.final_len,
+            # The same cadence for every arm: no extra evaluations at stage changes.
+            "eval_at_stage_change": False,
+            "early_stopping_patience": None,
+            "checkpoint_every": None,
+            "device": "cpu",
+            "compile": "off",
+        },
+        "logging": {"log_every": max(1, s.eval_every(regime) // 4), "tensorboard": False, "progress_bar": False},
+    }
+    return from_dict(raw, origin=f"curriculum_speedup:{arm.name}")
+
+
+def train_tokenizer(s: Settings, data: Path, work: Path) -> Path:
+    """``gradus tokenizer train`` on the train split (a few seconds); returns the tokenizer.json path."""
+    from gradus.cli import main as gradus_main
+
+    out = work / f"bpe-{s.vocab_size}"
+    if (out / "tokenizer.json").is_file():
+        return out / "tokenizer.json"
+    cfg = work / "tokenizer-config.json"  # JSON is YAML: the CLI reads it as a config file
+    cfg.write_text(json.dumps({
+        "model": {"preset": s.model, "max_seq_len": s.final_len},
+        "data": {"sources": [{"name": "wiki", "path": str(data / "train.jsonl"),
+                              "validation_split": str(data / "valid.jsonl")}],
+                 "validation": {"fraction": 0.0}},
+        "curriculum": {"target_tokens": s.budget, "stages": [{"seq_len": s.final_len, "tokens_per_batch": 4096}]},
+    }))
+    with contextlib.redirect_stdout(sys.stderr):
+        code = gradus_main(["tokenizer", "train", str(cfg), "--vocab-size", str(s.vocab_size), "--out", str(out),
+                            "--max-documents", str(s.tokenizer_documents)])
+    if code != 0:
+        raise SystemExit(f"curriculum_speedup: gradus tokenizer train failed (exit {code})")
+    return out / "tokenizer.json"
+
+
+# ======================================================================================= runs
+@dataclass
+class Run:
+    """One training run and its validation curve."""
+
+    arm: str
+    lr: float
+    seed: int
+    tokens: list[int] = field(default_factory=list)
+    seconds: list[float] = field(default_factory=list)
+    val_loss: list[float] = field(default_factory=list)
+    final_val_loss: float = math.inf
+    train_seconds: float = 0.0
+    wall_seconds: float = 0.0
+    tokens_trained: int = 0
+    guard_events: int = 0
+    diverged: str | None = None
+    load_before: float = 0.0
+    load_after: float = 0.0
+    reused: bool = False
+    """Read back from an earlier invocation's identical run (``--reuse``): its seconds come from then."""
+    windows: list[tuple[int, int, float]] = field(default_factory=list)
+    """(seq_len, tokens per step, tokens/s) of every logging window that lies inside one stage: the
+    samples the calibrated clock is built from."""
+
+    @property
+    def tokens_per_sec(self) -> float:
+        """Training throughput (evaluation excluded)."""
+        return self.tokens_trained / self.train_seconds if self.train_seconds else 0.0
+
+
+def run_one(s: Settings, arm: Arm, lr: float, seed: int, data: Path, tokenizer: Path, work: Path,
+            reuse: bool = False) -> Run:
+    """Train one (arm, LR, seed) through gradus's trainer and read its curve from metrics.jsonl.
+
+    With ``reuse``, a finished run in ``work`` whose resolved config is identical is read back instead of
+    trained again (CPU runs repeat bit for bit, so its curve is the same; its seconds are from then)."""
+    from gradus.config import dump_yaml
+    from gradus.errors import GradusError
+    from gradus.train.metrics import read_metrics
+    from gradus.train.trainer import train
+
+    cfg = make_config(s, arm, lr, seed, data, tokenizer)
+    config_text = dump_yaml(cfg)
+    run_dir = work / "runs" / arm.name / f"lr{lr:g}-seed{seed}"
+    saved = run_dir / "benchmark_run.json"
+    if reuse and saved.is_file():
+        old = json.loads(saved.read_text(encoding="utf-8"))
+        if old.pop("config", None) == config_text and (run_dir / "metrics.jsonl").is_file():
+            old["final_val_loss"] = math.inf if old["final_val_loss"] is None else old["final_val_loss"]
+            old["val_loss"] = [math.inf if x is None else x for x in old["val_loss"]]
+            old["reused"] = True
+            old["windows"] = stage_windows(read_metrics(run_dir / "metrics.jsonl"))
+            return Run(**old)
+    shutil.rmtree(run_dir, ignore_errors=True)
+    run = Run(arm.name, lr, seed, load_before=os.getloadavg()[0])
+    t0 = time.perf_counter()
+    try:
+        result = train(cfg, run_dir, resume=False, quiet=True)
+        run.tokens_trained = result.tokens
+    except GradusError as exc:  # the guard gave up (non-finite losses, nothing to roll back to)
+        run.diverged = str(exc).splitlines()[0][:200]
+    run.wall_seconds = time.perf_counter() - t0
+    run.load_after = os.getloadavg()[0]
+    metrics = run_dir / "metrics.jsonl"
+    records = read_metrics(metrics) if metrics.is_file() else []
+    for r in records:
+        if "val/loss" in r:
+            loss = r["val/loss"]
+            run.tokens.append(int(r["tokens"]))
+            run.seconds.append(float(r["time/train_seconds"]))
+            run.val_loss.append(math.inf if loss is None or not math.isfinite(loss) else float(loss))
+        elif str(r.get("event", "")).startswith("guard/"):
+            run.guard_events += 1
+        elif "time/train_seconds" in r:
+            run.train_seconds = float(r["time/train_seconds"])
+            run.tokens_trained = max(run.tokens_trained, int(r["tokens"]))
+    run.windows = stage_windows(records)
+    if run.seconds:
+        run.train_seconds = max(run.train_seconds, run.seconds[-1])
+    complete = run.diverged is None and run.tokens and run.tokens[-1] >= s.budget
+    run.final_val_loss = run.val_loss[-1] if complete else math.inf
+    if run.diverged is None and not complete:
+        run.diverged = "stopped before the end of the budget"
+    shutil.rmtree(run_dir / "checkpoints", ignore_errors=True)  # keep metrics and config, not weights
+    record = asdict(run)
+    record["final_val_loss"] = _finite(run.final_val_loss)
+    record["val_loss"] = [_finite(x) for x in run.val_loss]
+    del record["windows"]  # re-read from metrics.jsonl on reuse
+    saved.write_text(json.dumps({**record, "config": config_text}), encoding="utf-8")
+    return run
+
+
+def stage_windows(records: Sequence[dict]) -> list[tuple[int, int, float]]:
+    """(seq_len, tokens per step, tokens/s) of each logging window wholly inside one stage: the previous step
+    record is in the same stage (so neither a run's start-up nor a switch is inside it)."""
+    out, prev = [], None
+    for r in records:
+        if "tokens_per_sec" not in r or "event" in r:
+            continue
+        if prev is not None and prev["curriculum/stage"] == r["curriculum/stage"] and r["tokens_per_sec"] > 0:
+            out.append((int(r["curriculum/current_seq_len"]), int(r["curriculum/tokens_per_step"]),
+                        float(r["tokens_per_sec"])))
+        prev = r
+    return out
+
+
+CALIBRATION_PERCENTILE = 0.9
+
+
+def calibrate(runs: Sequence[Run]) -> tuple[dict[tuple[int, int], float], dict[tuple[int, int], int]]:
+    """Seconds per token of each stage shape: the inverse of the 90th-percentile throughput of its logging
+    windows over every run of the benchmark. Load only ever slows a window down, and every shape's windows are
+    spread over the whole benchmark (all arms, LRs and seeds), so a high percentile reads each shape at the
+    same quiet moments: their ratio is the machine's, not the load's. Returns (cost, samples per shape)."""
+    by_shape: dict[tuple[int, int], list[float]] = {}
+    for run in runs:
+        for seq_len, tps, rate in run.windows:
+            by_shape.setdefault((seq_len, tps), []).append(rate)
+    cost, count = {}, {}
+    for shape, rates in by_shape.items():
+        rates.sort()
+        cost[shape] = 1.0 / rates[min(len(rates) - 1, int(CALIBRATION_PERCENTILE * len(rates)))]
+        count[shape] = len(rates)
+    return cost, count
+
+
+def describe(run: Run) -> str:
+    """One progress line."""
+    final = f"{run.final_val_loss:.4f}" if math.isfinite(run.final_val_loss) else "diverged"
+    extra = f", {run.guard_events} guard events" if run.guard_events else ""
+    return (f"  {run.arm:<22} lr {run.lr:<8g} seed {run.seed}: final val {final}, {run.train_seconds:6.1f}s train "
+            f"({run.tokens_per_sec:,.0f} tok/s), {run.wall_seconds:5.1f}s wall, load {run.load_before:.1f}"
+            f"→{run.load_after:.1f}{extra}")
+
+
+@dataclass
+class Tuned:
+    """An arm after tuning: every grid run (first seed) and the best LR's runs at all seeds."""
+
+    arm: Arm
+    grid: dict[float, Run]
+    best_lr: float
+    runs: list[Run]
+    inside: bool
+    """Whether the best LR lies strictly inside the grid."""
+
+
+class Tuner:
+    """The tuning of one arm as a small state machine, so that runs of all arms can share a worker pool:
+    the LR grid at the first seed; once every grid run is in, a ×2 extension at an edge (up to
+    ``max_extensions``) or, when the best LR lies inside, the best LR at the other seeds."""
+
+    def __init__(self, s: Settings, arm: Arm):
+        self.s, self.arm = s, arm
+        self.grid: dict[float, Run] = {}
+        self.pending: set[tuple[float, int]] = set()
+        self.extensions = 0
+        self.best: float | None = None
+        self.seed_runs: dict[int, Run] = {}
+
+    def start(self) -> list[tuple[float, int]]:
+        """The first tasks: (lr, seed) for every grid value."""
+        tasks = [(lr, self.s.seeds[0]) for lr in sorted(self.arm.lr_grid)]
+        self.pending.update(tasks)
+        return tasks
+
+    def finish(self, run: Run) -> list[tuple[float, int]]:
+        """Record a finished run; return the tasks it unlocks."""
+        self.pending.discard((run.lr, run.seed))
+        if self.best is None:
+            self.grid[run.lr] = run
+            if self.pending:
+                return []
+            ordered = sorted(self.grid)
+            best = min(ordered, key=lambda lr: self.grid[lr].final_val_loss)
+            inside = ordered[0] < best < ordered[-1]
+            if not inside and self.extensions < self.s.max_extensions and math.isfinite(self.grid[best].final_val_loss):
+                self.extensions += 1
+                new = float(f"{(best / 2 if best == ordered[0] else best * 2):.3g}")
+                self.pending.add((new, self.s.seeds[0]))
+                return [(new, self.s.seeds[0])]
+            self.best = best
+            self.seed_runs[self.s.seeds[0]] = self.grid[best]
+            tasks = [(best, seed) for seed in self.s.seeds[1:]]
+            self.pending.update(tasks)
+            return tasks
+        self.seed_runs[run.seed] = run
+        return []
+
+    @property
+    def done(self) -> bool:
+        """Every run this arm needs is in."""
+        return self.best is not None and not self.pending
+
+    def result(self) -> Tuned:
+        """The tuned arm."""
+        assert self.best is not None
+        ordered = sorted(self.grid)
+        return Tuned(self.arm, dict(self.grid), self.best, [self.seed_runs[k] for k in self.s.seeds],
+                     ordered[0] < self.best < ordered[-1])
+
+
+def _task(s: Settings, arm_name: str, lr: float, seed: int, data: Path, tokenizer: Path, work: Path,
+          reuse: bool, threads: int) -> Run:
+    """One run in a worker process (module level, arm by name, so a spawned process can run it)."""
+    import torch
+
+    # On a shared 2-core box, two OpenMP threads per process collapse whenever another process holds a core
+    # (every parallel region waits for the descheduled thread; measured 2-80x slower), so each run gets one.
+    torch.set_num_threads(threads)
+    return run_one(s, ARMS[arm_name], lr, seed, data, tokenizer, work, reuse)
+
+
+def execute(s: Settings, arms: Sequence[Arm], data: Path, tokenizer: Path, work: Path, *, jobs: int, threads: int,
+            reuse: bool, log: Callable[[str], None]) -> dict[str, Tuned]:
+    """Tune every arm, ``jobs`` runs at a time (each in its own process when jobs > 1)."""
+    tuners = {a.name: Tuner(s, a) for a in arms}
+    queue: list[tuple[str, float, int]] = [(a.name, lr, seed) for a in arms for lr, seed in tuners[a.name].start()]
+
+    def finished(run: Run) -> None:
+        log(describe(run))
+        queue.extend((run.arm, lr, seed) for lr, seed in tuners[run.arm].finish(run))
+
+    if jobs <= 1:
+        while queue:
+            name, lr, seed = queue.pop(0)
+            finished(_task(s, name, lr, seed, data, tokenizer, work, reuse, threads))
+    else:
+        import multiprocessing
+        from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+
+        with ProcessPoolExecutor(max_workers=jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
+            running: set = set()
+            while queue or running:
+                while queue and len(running) < jobs:
+                    name, lr, seed = queue.pop(0)
+                    running.add(pool.submit(_task, s, name, lr, seed, data, tokenizer, work, reuse, threads))
+                done, running = wait(running, return_when=FIRST_COMPLETED)
+                for fut in done:
+                    finished(fut.result())
+    unfinished = [n for n, t in tuners.items() if not t.done]
+    assert not unfinished, f"tuning did not finish for {unfinished}"
+    return {n: t.result() for n, t in tuners.items()}
+
+
+# =================================================================================== analysis
+def median_curve(runs: Sequence[Run]) -> tuple[list[int], list[float], list[float]]:
+    """Pointwise median over seeds of (seconds, loss) at each evaluation (every run shares the cadence; a run
+    that stopped early counts as infinite loss from there on)."""
+    longest = max(runs, key=lambda r: len(r.tokens))
+    tokens = list(longest.tokens)
+    secs, losses = [], []
+    for i in range(len(tokens)):
+        secs.append(statistics.median(r.seconds[i] if i < len(r.seconds) else math.inf for r in runs))
+        losses.append(statistics.median(r.val_loss[i] if i < len(r.val_loss) else math.inf for r in runs))
+    return tokens, secs, losses
+
+
+def to_target(tokens: Sequence[float], seconds: Sequence[float], losses: Sequence[float],
+              target: float) -> tuple[float | None, float | None]:
+    """(tokens, seconds) where the curve first reaches ``target``: interpolated linearly between the two
+    evaluations around the crossing; the first evaluation as is when it is already at or below the target;
+    (None, None) when the curve never gets there."""
+    # A tiny tolerance so the baseline's own median curve reaches its own final value despite rounding.
+    eps = 1e-9
+    for i, loss in enumerate(losses):
+        if loss <= target + eps:
+            if i == 0 or not math.isfinite(losses[i - 1]):
+                return float(tokens[i]), float(seconds[i])
+            hi, lo = losses[i - 1], loss
+            frac = 1.0 if hi == lo else (hi - target) / (hi - lo)
+            frac = min(1.0, max(0.0, frac))
+            return (tokens[i - 1] + frac * (tokens[i] - tokens[i - 1]),
+                    seconds[i - 1] + frac * (seconds[i] - seconds[i - 1]))
+    return None, None
+
+
+def _finite(x: float) -> float | None:
+    return x if x is not None and math.isfinite(x) else None
+
+
+def stage_plan(s: Settings, arm: Arm, data: Path, tokenizer: Path) -> list[dict]:
+    """Each stage's shape and token range, from the pure curriculum: what the plot marks and the
+    calibrated clock weighs."""
+    from gradus.curriculum import Curriculum
+
+    cur = Curriculum(make_config(s, arm, arm.lr_grid[0], 0, data, tokenizer))
+    return [{"stage": st.name, "seq_len": st.seq_len, "batch_size": st.batch_size,
+             "tokens_per_step": st.tokens_per_step, "start_tokens": st.start_tokens, "end_tokens": st.end_tokens,
+             "peak_lr_per_unit_base": st.peak_lr / arm.lr_grid[0]} for st in cur.stages]
+
+
+def calibrated_seconds(stages: Sequence[dict], cost: dict[tuple[int, int], float], tokens: float) -> float:
+    """Seconds to train ``tokens`` through these stages at the calibrated seconds per token of each shape."""
+    total = 0.0
+    for st in stages:
+        span = min(max(0.0, tokens - st["start_tokens"]), st["end_tokens"] - st["start_tokens"])
+        if span <= 0:
+            continue
+        # A shape with no logging window (a stage too short to log, as in --smoke) gets the slowest
+        # measured rate: conservative, so it can only lower a curriculum's calibrated speedup.
+        key = (st["seq_len"], st["tokens_per_step"])
+        total += span * cost.get(key, max(cost.values()))
+    return total
+
+
+def summarise(t: Tuned, target: float, stages: list[dict], cost: dict[tuple[int, int], float]) -> dict:
+    """The JSON record of one arm (speedups are filled in by :func:`add_speedups`)."""
+    tokens, secs, losses = median_curve(t.runs)
+    tok, sec = to_target(tokens, secs, losses, target)
+    per_seed = []
+    for r in t.runs:
+        st, ss = to_target(r.tokens, r.seconds, r.val_loss, target)
+        per_seed.append({"seed": r.seed, "tokens_to_target": st, "seconds_to_target": ss,
+                         "final_val_loss": _finite(r.final_val_loss), "train_seconds": r.train_seconds,
+                         "tokens_per_sec": r.tokens_per_sec, "guard_events": r.guard_events,
+                         "diverged": r.diverged, "load_before": r.load_before, "load_after": r.load_after,
+                         "reused": r.reused})
+    finals = [r.final_val_loss for r in t.runs]
+    return {
+        "name": t.arm.name,
+        "regime": t.arm.regime,
+        "description": t.arm.description,
+        "tokens_per_step": stages[0]["tokens_per_step"],
+        "lr": t.best_lr,
+        "lr_inside_grid": t.inside,
+        "lr_grid": {f"{lr:g}": _finite(run.final_val_loss) for lr, run in sorted(t.grid.items())},
+        "lr_grid_guard_events": {f"{lr:g}": run.guard_events for lr, run in sorted(t.grid.items())},
+        "tokens_to_target": tok,
+        "seconds_to_target": sec,
+        "seconds_to_target_calibrated": calibrated_seconds(stages, cost, tok) if tok else None,
+        "final_val_loss": _finite(statistics.median(finals)),
+        "final_val_loss_seeds": [_finite(f) for f in finals],
+        "final_val_loss_spread": _finite(max(finals) - min(finals)),
+        "tokens_to_target_seeds": [p["tokens_to_target"] for p in per_seed],
+        "train_seconds_median": statistics.median(r.train_seconds for r in t.runs),
+        "train_seconds_calibrated": calibrated_seconds(stages, cost, stages[-1]["end_tokens"]),
+        "tokens_per_sec_median": statistics.median(r.tokens_per_sec for r in t.runs),
+        "per_seed": per_seed,
+        "curve": {"tokens": tokens, "seconds": secs, "val_loss": [_finite(x) for x in losses]},
+        "seed_curves": [{"seed": r.seed, "tokens": r.tokens, "seconds": r.seconds,
+                         "val_loss": [_finite(x) for x in r.val_loss]} for r in t.runs],
+        "stages": stages,
+    }
+
+
+def _clean(values: Sequence[float | None]) -> list[float]:
+    return [math.inf if x is None else x for x in values]
+
+
+def add_speedups(rec: dict, ref: dict, cost: dict[tuple[int, int], float], suffix: str = "") -> None:
+    """Speedups of ``rec`` against a baseline record ``ref``, to ``ref``'s final loss, in tokens, measured
+    seconds and calibrated seconds.
+
+    When ``rec`` reaches that loss: ref's cost to it / rec's. When it does not, the slowdown the other way
+    round: ref's cost to reach *rec's* final loss / rec's whole run (below 1). ``speedup_kind`` says which."""
+    rc, fc = rec["curve"], ref["curve"]
+    target = _clean(fc["val_loss"])[-1]
+    names = [k + suffix for k in ("speedup_tokens", "speedup_wallclock", "speedup_wallclock_calibrated")]
+    if not math.isfinite(target):
+        rec.update(dict.fromkeys(names))
+        rec["speedup_kind" + suffix] = "the reference diverged"
+        return
+    r_tok, r_sec = to_target(rc["tokens"], rc["seconds"], _clean(rc["val_loss"]), target)
+    if r_tok is not None and r_sec is not None:
+        f_tok, f_sec = to_target(fc["tokens"], fc["seconds"], _clean(fc["val_loss"]), target)
+        assert f_tok is not None and f_sec is not None
+        values = (f_tok / r_tok, f_sec / r_sec if r_sec else None,
+                  calibrated_seconds(ref["stages"], cost, f_tok) / calibrated_seconds(rec["stages"], cost, r_tok))
+        rec.update(zip(names, values, strict=True))
+        rec["speedup_kind" + suffix] = "to the reference's final loss: reference's cost / this arm's"
+        return
+    final = _clean(rc["val_loss"])[-1]
+    f_tok, f_sec = to_target(fc["tokens"], fc["seconds"], _clean(fc["val_loss"]), final)
+    if f_tok is None or f_sec is None or not math.isfinite(final):
+        rec.update(dict.fromkeys(names))
+        rec["speedup_kind" + suffix] = "reference's final loss not reached; the reference was never as bad"
+        return
+    values = (f_tok / rc["tokens"][-1], f_sec / rc["seconds"][-1] if rc["seconds"][-1] else None,
+              calibrated_seconds(ref["stages"], cost, f_tok) / rec["train_seconds_calibrated"])
+    rec.update(zip(names, values, strict=True))
+    rec["speedup_kind" + suffix] = ("reference's final loss not reached: reference's cost to this arm's final "
+                                    "loss / this arm's whole run")
+
+
+def seconds_at(curve: dict, tokens: float) -> float | None:
+    """Training seconds at a token count, interpolated on a curve (for marking boundaries on the time axis)."""
+    xs, ys = curve["tokens"], curve["seconds"]
+    if not xs:
+        return None
+    if tokens <= xs[0]:
+        return ys[0] * tokens / xs[0] if xs[0] else 0.0
+    for i in range(1, len(xs)):
+        if tokens <= xs[i]:
+            f = (tokens - xs[i - 1]) / (xs[i] - xs[i - 1])
+            return ys[i - 1] + f * (ys[i] - ys[i - 1])
+    return ys[-1]
+
+
+# ====================================================================================== output
+def table(report: dict) -> str:
+    """The stdout table."""
+    n_seeds = len(report["settings"]["seeds"])
+    lines = [
+        f"target: val loss {report['target']:.4f} at length {report['settings']['final_len']} "
+        f"(final loss of the tuned baseline, median of {n_seeds} seed(s))",
+        f"{'arm':<22} {'reg':<3} {'LR':>7} {'grid':>4} {'final loss (seeds)':>26} {'tokens→tgt':>11} "
+        f"{'s→tgt':>6} {'cal s':>6} {'×tok':>5} {'×wall':>5} {'×cal':>5} {'tok/s':>6}",
+    ]
+
+    def num(x: float | None, fmt: str) -> str:
+        return format(x, fmt) if x else "—"
+
+    for rec in [report["baseline"], *report["arms"]]:
+        seeds = "/".join(f"{x:.3f}" if x is not None else "div" for x in rec["final_val_loss_seeds"])
+        fl = rec["final_val_loss"]
+        final = f"{fl:.4f} ({seeds})" if fl is not None else f"diverged ({seeds})"
+        tok = f"{rec['tokens_to_target'] / 1e6:.3f}M" if rec["tokens_to_target"] else "not reached*"
+        inside = "in" if rec["lr_inside_grid"] else "EDGE"
+        lines.append(
+            f"{rec['name']:<22} {rec['regime']:<3} {rec['lr']:>7.2g} {inside:>4} {final:>26} {tok:>11} "
+            f"{num(rec['seconds_to_target'], '.0f'):>6} {num(rec['seconds_to_target_calibrated'], '.0f'):>6} "
+            f"{num(rec['speedup_tokens'], '.2f'):>5} {num(rec['speedup_wallclock'], '.2f'):>5} "
+            f"{num(rec['speedup_wallclock_calibrated'], '.2f'):>5} {rec['tokens_per_sec_median']:>6,.0f}")
+    lines.append("×tok, ×wall, ×cal: speedups to the target against the regime-A baseline in tokens, measured "
+                 "training seconds, and calibrated seconds (per-shape cost × tokens; independent of load)")
+    lines.append("* target not reached: the speedups are then the baseline's cost to reach this arm's final loss "
+                 "divided by this arm's whole run (below 1: a slowdown)")
+    for rec in report["arms"]:
+        if rec.get("speedup_tokens_vs_regime_baseline") and rec["name"] != "baseline-big":
+            cal = rec.get("speedup_wallclock_calibrated_vs_regime_baseline")
+            lines.append(f"  {rec['name']} against baseline-big (regime B's own tuned baseline): "
+                         f"×{rec['speedup_tokens_vs_regime_baseline']:.2f} tokens"
+                         + (f", ×{cal:.2f} calibrated wall-clock" if cal else ""))
+    lines.append(f"best arm: {report['best_arm']}: ×{report['best_speedup_wallclock']} wall-clock measured, "
+                 f"×{report['best_speedup_wallclock_calibrated']} calibrated, ×{report['best_speedup_tokens']} tokens")
+    return "\n".join(lines)
+
+
+def plot(report: dict, path: Path) -> None:
+    """Validation loss against tokens, measured seconds and calibrated seconds; one row per regime; stage
+    switches marked."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    records = [report["baseline"], *report["arms"]]
+    regimes = sorted({r["regime"] for r in records})
+    fig, axes = plt.subplots(len(regimes), 3, figsize=(18, 4.8 * len(regimes)), squeeze=False)
+    colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    color = {r["name"]: colors[i % len(colors)] for i, r in enumerate(records)}
+    target = report["target"]
+    cost = {tuple(int(x) for x in k.split("x")): v for k, v in report["calibration"]["seconds_per_token"].items()}
+    cost = {(L, L * b): v for (L, b), v in cost.items()}
+    titles = {"tokens": "training tokens (M)", "seconds": "measured training seconds (evaluation excluded)",
+              "calibrated": "calibrated training seconds (per-shape cost × tokens)"}
+    for row, regime in enumerate(regimes):
+        shown = [r for r in records if r["regime"] == regime or r is report["baseline"]]
+        for col, axis in enumerate(("tokens", "seconds", "calibrated")):
+            ax = axes[row][col]
+            for r in shown:
+                def xs_of(curve: dict, r: dict = r, axis: str = axis) -> list[float]:
+                    if axis == "tokens":
+                        return [x / 1e6 for x in curve["tokens"]]
+                    if axis == "seconds":
+                        return list(curve["seconds"])
+                    return [calibrated_seconds(r["stages"], cost, x) for x in curve["tokens"]]
+
+                c = r["curve"]
+                ys = [y if y is not None else float("nan") for y in c["val_loss"]]
+                ax.plot(xs_of(c), ys, "-o", ms=3, color=color[r["name"]], label=f"{r['name']} (lr {r['lr']:g})")
+                for sc in r["seed_curves"]:
+                    sy = [y if y is not None else float("nan") for y in sc["val_loss"]]
+                    ax.plot(xs_of(sc), sy, "-", lw=0.6, alpha=0.35, color=color[r["name"]])
+                for b in r["stages"][1:]:
+                    t = b["start_tokens"]
+                    x = (t / 1e6 if axis == "tokens" else seconds_at(c, t) if axis == "seconds"
+                         else calibrated_seconds(r["stages"], cost, t))
+                    if x is not None:
+                        ax.axvline(x, ls=":", lw=0.9, color=color[r["name"]], alpha=0.8)
+            ax.axhline(target, ls="--", lw=0.8, color="black", label=f"target {target:.3f}")
+            ax.set_xlabel(titles[axis])
+            ax.set_ylabel(f"val loss at length {report['settings']['final_len']}")
+            lo = min((y for r in shown for y in r["curve"]["val_loss"] if y is not None), default=target)
+            ax.set_ylim(lo - 0.1, target + 1.2)
+            ax.set_title(f"regime {regime} ({'baseline tokens/step' if regime == 'A' else 'large tokens/step'}); "
+                         "dotted: stage switches", fontsize=9)
+            ax.grid(alpha=0.3)
+            ax.legend(fontsize=7)
+    fig.suptitle(f"gradus curriculum speedup — {report['machine']['summary']}, {report['date']}", fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def machine() -> dict:
+    """What the figures were measured on."""
+    import torch
+
+    cpu = platform.processor() or ""
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    cores = os.cpu_count()
+    return {"cpu": cpu, "cores": cores, "torch": torch.__version__,
+            "python": platform.python_version(), "platform": platform.platform(),
+            "summary": f"{cores}-core {cpu} CPU, torch {torch.__version__}"}
+
+
+# ========================================================================================= main
+def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--quick", action="store_true", help="a few minutes: half the budget, regime A's baseline and "
+                   "textbook curriculum only")
+    p.add_argument("--smoke", action="store_true", help="seconds: a toy model and budget (for the test suite)")
+    p.add_argument("--arms", help=f"comma-separated arms (default: {','.join(DEFAULT_ARMS)}; known: "
+                   f"{', '.join(ARMS)}); the baseline is always included")
+    p.add_argument("--budget", type=int, help="training tokens per run")
+    p.add_argument("--tokens-per-step", type=int, help="regime A tokens per step")
+    p.add_argument("--big-factor", type=int, help="regime B tokens per step = this × regime A's")
+    p.add_argument("--model", help="model preset (default small = 4 layers × 128)")
+    p.add_argument("--vocab-size", type=int, help="BPE vocabulary (default 8192)")
+    p.add_argument("--eval-points", type=int, help="evaluations per run")
+    p.add_argument("--eval-tokens", type=int, help="validation tokens per evaluation")
+    p.add_argument("--seeds", help="comma-separated seeds (default 0,1)")
+    p.add_argument("--max-extensions", type=int, help="times an LR grid may grow at an edge")
+    p.add_argument("--lr-grid", action="append", default=[], metavar="ARM=LR,LR,LR",
+                   help="override an arm's starting grid, e.g. baseline=2e-3,4e-3,8e-3")
+    p.add_argument("--data", type=Path, default=DEFAULT_DATA, help="WikiText-2 folder (train.jsonl, valid.jsonl)")
+    p.add_argument("--out", type=Path, default=RESULTS, help="folder for the JSON and PNG")
+    p.add_argument("--tag", help="suffix of the output names: curriculum_speedup_TAG.json")
+    p.add_argument("--work", type=Path, help="folder for run directories (default: a temporary one, removed)")
+    p.add_argument("--jobs", type=int, default=min(2, os.cpu_count() or 1),
+                   help="runs at a time, each in its own process (default: 2 on a 2-core box)")
+    p.add_argument("--threads", type=int, default=1, help="torch threads per run (default 1)")
+    p.add_argument("--reuse", action="store_true", help="with --work: read back finished runs whose config is "
+                   "identical instead of training them again (their seconds are from then)")
+    p.add_argument("--no-plot", action="store_true", help="skip the PNG")
+    return p.parse_args(argv)
+
+
+def settings_from(args: argparse.Namespace) -> Settings:
+    s = Settings()
+    if args.quick:
+        s = replace(s, budget=262_144, eval_points=8)
+    if args.smoke:
+        s = replace(s, model="tiny", vocab_size=512, final_len=64, budget=8 * 512, tokens_per_step=512, big_factor=2,
+                    eval_points=4, eval_tokens=1024, max_extensions=0, tokenizer_documents=60)
+    overrides = {"budget": args.budget, "tokens_per_step": args.tokens_per_step, "big_factor": args.big_factor,
+                 "model": args.model, "vocab_size": args.vocab_size, "eval_points": args.eval_points,
+                 "eval_tokens": args.eval_tokens, "max_extensions": args.max_extensions}
+    s = replace(s, **{k: v for k, v in overrides.items() if v is not None})
+    if args.seeds:
+        s = replace(s, seeds=tuple(int(x) for x in args.seeds.split(",")))
+    for regime in ("A", "B"):
+        if s.budget % s.tps(regime):
+            raise SystemExit(f"curriculum_speedup: --budget {s.budget} is not a whole number of steps of "
+                             f"{s.tps(regime)} tokens (regime {regime})")
+    return s
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(argv)
+    s = settings_from(args)
+    names = args.arms.split(",") if args.arms else list(QUICK_ARMS if (args.quick or args.smoke) else DEFAULT_ARMS)
+    unknown = [n for n in names if n not in ARMS]
+    if unknown:
+        raise SystemExit(f"curriculum_speedup: unknown arm(s) {', '.join(unknown)}; known: {', '.join(ARMS)}")
+    if "baseline" not in names:
+        names.insert(0, "baseline")
+    arms = [ARMS[n] for n in names]
+    for item in args.lr_grid:
+        name, _, values = item.partition("=")
+        if name not in ARMS or not values:
+            raise SystemExit(f"curriculum_speedup: --lr-grid {item!r}: expected ARM=LR,LR,LR with a known arm")
+        grid = tuple(sorted(float(v) for v in values.split(",")))
+        arms = [replace(a, lr_grid=grid) if a.name == name else a for a in arms]
+    if any(len(a.lr_grid) < 3 for a in arms):
+        raise SystemExit("curriculum_speedup: every LR grid needs at least three values")
+    if not (args.data / "train.jsonl").is_file() or not (args.data / "valid.jsonl").is_file():
+        raise SystemExit(f"curriculum_speedup: {args.data} lacks train.jsonl / valid.jsonl")
+
+    started = time.perf_counter()
+    date = dt.datetime.now().astimezone().isoformat(timespec="seconds")
+    command = "python benchmarks/curriculum_speedup.py" + ("" if argv is None and len(sys.argv) < 2
+                                                           else " " + " ".join(argv if argv is not None else sys.argv[1:]))
+    cleanup = args.work is None
+    work = Path(tempfile.mkdtemp(prefix="curriculum_speedup-")) if args.work is None else args.work
+    work.mkdir(parents=True, exist_ok=True)
+    load_start = os.getloadavg()
+    log = print
+    try:
+        tokenizer = train_tokenizer(s, args.data, work)
+        log(f"curriculum_speedup: {s.model} model, BPE {s.vocab_size}, {s.budget:,} tokens per run, "
+            f"{s.tokens_per_step:,} tokens/step (regime B ×{s.big_factor}), eval every "
+            f"{s.budget // s.eval_points:,} tokens at length {s.final_len} on {s.eval_tokens:,} valid.jsonl tokens, "
+            f"seeds {list(s.seeds)}; {args.jobs} run(s) at a time, {args.threads} torch thread(s) each; "
+            f"load average {load_start[0]:.1f}")
+        for arm in arms:
+            log(f"  arm {arm.name} (regime {arm.regime}, {s.tps(arm.regime):,} tokens/step, grid "
+                f"{', '.join(f'{x:g}' for x in arm.lr_grid)}): {arm.description}")
+        tuned = execute(s, arms, args.data, tokenizer, work, jobs=args.jobs, threads=args.threads,
+                        reuse=args.reuse, log=log)
+        all_runs = [r for t in tuned.values() for r in [*t.grid.values(), *t.runs]]
+        cost, samples = calibrate(all_runs)
+
+        b_tokens, b_secs, b_losses = median_curve(tuned["baseline"].runs)
+        target = b_losses[-1]
+        if not math.isfinite(target):
+            raise SystemExit("curriculum_speedup: the baseline diverged at every LR; nothing to compare against")
+        records = {name: summarise(t, target, stage_plan(s, t.arm, args.data, tokenizer), cost)
+                   for name, t in tuned.items()}
+        base = records["baseline"]
+        for rec in records.values():
+            add_speedups(rec, base, cost)
+            if rec["regime"] == "B" and "baseline-big" in records:
+                add_speedups(rec, records["baseline-big"], cost, "_vs_regime_baseline")
+        arms_out = [r for n, r in records.items() if n != "baseline"]
+        # The best arm by the load-independent measures (calibrated seconds, then tokens); measured seconds
+        # ride on whatever else the machine was doing.
+        contenders = [r for r in arms_out if not ARMS[r["name"]].baseline]
+        best = max(contenders, key=lambda r: (r["speedup_wallclock_calibrated"] or 0, r["speedup_tokens"] or 0,
+                                              -(r["final_val_loss"] or math.inf)), default=None)
+        report = {
+            "benchmark": "curriculum_speedup",
+            "command": command,
+            "date": date,
+            "machine": machine(),
+            "execution": {"jobs": args.jobs, "threads_per_run": args.threads,
+                          "note": "runs execute in parallel worker processes (one core each); seconds are per run"},
+            "load_average": {"start": list(load_start), "end": list(os.getloadavg()),
+                             "runs_min": min(min(r.load_before, r.load_after) for r in all_runs),
+                             "runs_max": max(max(r.load_before, r.load_after) for r in all_runs),
+                             "runs_reused": sum(r.reused for r in all_runs)},
+            "calibration": {"seconds_per_token": {f"{L}x{tps // L}": v for (L, tps), v in cost.items()},
+                            "tokens_per_sec": {f"{L}x{tps // L}": 1 / v for (L, tps), v in cost.items()},
+                            "windows": {f"{L}x{tps // L}": n for (L, tps), n in samples.items()},
+                            "percentile": CALIBRATION_PERCENTILE},
+            "wall_seconds_total": time.perf_counter() - started,
+            "settings": asdict(s),
+            "method": {
+                "target": "final val loss of the tuned baseline's median curve over seeds",
+                "to_target": "first crossing of the arm's median curve, linearly interpolated between the two "
+                             "evaluations that bracket it (the first evaluation as is if already below)",
+                "seconds": "time/train_seconds from gradus's trainer: training steps incl. data waits; evaluation "
+                           "and checkpoints excluded; depends on machine load (recorded), tokens do not",
+                "seconds_calibrated": "the tokens of each stage up to the target × that stage shape's seconds per "
+                                      "token, read as the 90th-percentile throughput of the shape's logging windows "
+                                      "over all runs: the wall-clock at one steady load, independent of when each "
+                                      "run happened to run",
+                "best_arm": "highest calibrated wall-clock speedup (then tokens) among the curricula",
+                "tuning": "LR grid at the first seed, ×2 extension at an edge, best LR rerun at the other seeds",
+                "validation": "WikiText-2 valid.jsonl via SourceConfig.validation_split, the same windows each time",
+            },
+            "target": target,
+            "baseline": records["baseline"],
+            "arms": arms_out,
+            "best_arm": best["name"] if best else None,
+            "best_speedup_wallclock": (round(best["speedup_wallclock"], 3)
+                                       if best and best["speedup_wallclock"] else None),
+            "best_speedup_tokens": round(best["speedup_tokens"], 3) if best and best["speedup_tokens"] else None,
+            "best_speedup_wallclock_calibrated": (round(best["speedup_wallclock_calibrated"], 3)
+                                                  if best and best["speedup_wallclock_calibrated"] else None),
+        }
+        args.out.mkdir(parents=True, exist_ok=True)
+        stem = "curriculum_speedup" + (f"_{args.tag}" if args.tag else "")
+        json_path = args.out / f"{stem}.json"
+        json_path.write_text(json.dumps(report, indent=1) + "\n", encoding="utf-8")
+        print()
+        print(table(report))
+        print(f"wrote {json_path}")
+        if not args.no_plot:
+            try:
+                plot(report, args.out / f"{stem}.png")
+                print(f"wrote {args.out / f'{stem}.png'}")
+            except ImportError:
+                print("matplotlib is not installed: no PNG (pip install matplotlib)")
+        print(f"total {report['wall_seconds_total']:.0f}s wall; load average {load_start[0]:.1f} at start, "
+              f"{os.getloadavg()[0]:.1f} at end")
+    finally:
+        if cleanup:
+            shutil.rmtree(work, ignore_errors=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

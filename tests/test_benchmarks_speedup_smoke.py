@@ -1,0 +1,97 @@
+"""benchmarks/curriculum_speedup.py: its smoke mode runs end to end through the trainer and writes the JSON
+the issue asks for; its measuring helpers (stage splits, time to target, calibrated clock) on tables."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import math
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+SCRIPT = REPO / "benchmarks" / "curriculum_speedup.py"
+
+
+def _module():
+    spec = importlib.util.spec_from_file_location("curriculum_speedup", SCRIPT)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up by name
+    spec.loader.exec_module(module)
+    return module
+
+
+cs = _module()
+
+
+def _real(x) -> bool:
+    return isinstance(x, int | float) and not isinstance(x, bool) and math.isfinite(x)
+
+
+def test_split_steps_is_exact_and_never_empty():
+    assert cs.split_steps(256, [0.10, 0.15, 0.20, 0.55]) == [26, 38, 51, 141]
+    assert sum(cs.split_steps(7, [0.1, 0.1, 0.8])) == 7
+    assert min(cs.split_steps(5, [0.01, 0.01, 0.98])) >= 1
+
+
+def test_to_target_interpolates_between_bracketing_evaluations():
+    tokens, secs = [100, 200, 300], [10.0, 20.0, 30.0]
+    assert cs.to_target(tokens, secs, [6.0, 5.0, 4.0], 4.5) == pytest.approx((250.0, 25.0))
+    assert cs.to_target(tokens, secs, [4.0, 3.0, 2.0], 5.0) == (100.0, 10.0)  # first evaluation already below
+    assert cs.to_target(tokens, secs, [6.0, 5.5, 5.1], 5.0) == (None, None)  # never reached
+    assert cs.to_target(tokens, secs, [6.0, 5.5, 5.0], 5.0) == (300.0, 30.0)  # the baseline's own end
+
+
+def test_calibrated_seconds_weigh_each_stage_by_its_shape():
+    stages = [{"seq_len": 32, "tokens_per_step": 64, "start_tokens": 0, "end_tokens": 640},
+              {"seq_len": 64, "tokens_per_step": 64, "start_tokens": 640, "end_tokens": 1280}]
+    cost = {(32, 64): 1.0, (64, 64): 2.0}
+    assert cs.calibrated_seconds(stages, cost, 320) == 320
+    assert cs.calibrated_seconds(stages, cost, 1280) == 640 + 2 * 640
+
+
+def test_every_arm_builds_a_valid_config(shared_data, tmp_path):
+    s = cs.Settings()
+    for arm in cs.ARMS.values():
+        cfg = cs.make_config(s, arm, arm.lr_grid[1], 0, shared_data / "wikitext-2", tmp_path / "tokenizer.json")
+        stages = cfg.curriculum.stages
+        assert stages[-1].seq_len == s.final_len
+        assert sum(st.tokens for st in stages) == s.budget
+        assert {st.tokens_per_batch for st in stages} == {s.tps(arm.regime)}  # constant tokens per step
+        assert cfg.train.eval_reference_seq_len == s.final_len
+        assert cfg.data.sources[0].validation_split.endswith("valid.jsonl")
+
+
+def test_smoke_mode_writes_the_required_json(tmp_path, shared_data):
+    cmd = [sys.executable, str(SCRIPT), "--smoke", "--data", str(shared_data / "wikitext-2"), "--out", str(tmp_path),
+           "--work", str(tmp_path / "work")]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, cwd=REPO)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
+    assert "target: val loss" in proc.stdout and "best arm:" in proc.stdout
+    report = json.loads((tmp_path / "curriculum_speedup.json").read_text())
+    for key in ("baseline", "arms", "best_arm", "best_speedup_wallclock", "best_speedup_tokens", "target",
+                "machine", "command", "date", "calibration"):
+        assert key in report, key
+    assert _real(report["target"])
+    base = report["baseline"]
+    assert base["final_val_loss"] == pytest.approx(report["target"])
+    assert base["tokens_to_target"] == report["settings"]["budget"]  # the baseline reaches its own loss at its end
+    assert base["speedup_tokens"] == pytest.approx(1.0) and base["lr_grid"] and len(base["lr_grid"]) >= 3
+    assert report["arms"], "no curriculum arm"
+    for arm in report["arms"]:
+        for key in ("name", "tokens_to_target", "seconds_to_target", "final_val_loss", "speedup_tokens",
+                    "speedup_wallclock", "speedup_wallclock_calibrated", "stages"):
+            assert key in arm, key
+        assert _real(arm["final_val_loss"]) and len(arm["final_val_loss_seeds"]) == 2
+        # The smoke setting is deterministic and its curriculum reaches the target: every figure is a number.
+        for key in ("tokens_to_target", "seconds_to_target", "speedup_tokens", "speedup_wallclock"):
+            assert _real(arm[key]) and arm[key] > 0, (key, arm[key])
+        assert len(arm["stages"]) > 1 and arm["stages"][-1]["seq_len"] == report["settings"]["final_len"]
+    assert report["best_arm"] in {a["name"] for a in report["arms"]}
+    assert _real(report["best_speedup_wallclock"]) and _real(report["best_speedup_tokens"])
+    pytest.importorskip("matplotlib")
+    assert (tmp_path / "curriculum_speedup.png").stat().st_size > 10_000
