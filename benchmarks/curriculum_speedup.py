@@ -222,6 +222,24 @@ def _presets_ablation(regime: str, schedule: str, multipliers: bool) -> Callable
     return build
 
 
+def _restarts_control(regime: str) -> Callable[[Settings], dict]:
+    # The control for presets-flat-lr: the same five stages, the same per-stage schedule (warmups, cosine to
+    # 0.1 × inside each stage) and the same clip per stage (by_length's values, given explicitly), but every
+    # stage at the final length. It is no curriculum: what presets-flat-lr gains over it is the sequence
+    # lengths' doing; what it gains over the baseline is the schedule's.
+    def build(s: Settings) -> dict:
+        cur = _presets_ablation(regime, "per_stage", multipliers=False)(s)
+        from gradus.curriculum import clip_by_length
+
+        for st in cur["stages"]:
+            st["grad_clip"] = clip_by_length(st["seq_len"])
+            st.pop("clip_rule")
+            st["seq_len"] = s.final_len
+            st["name"] = f"{st['name']}-at-{s.final_len}"
+        return cur
+    return build
+
+
 def _boosted(regime: str) -> Callable[[Settings], dict]:
     # The textbook shape, but the short stages at a higher peak (DESIGN.md: a curriculum is more stable at a
     # high LR): multipliers 2 / 1.6 / 1.25 / 1 under the one global warmup + cosine.
@@ -242,7 +260,7 @@ def _short_warmup(regime: str) -> Callable[[Settings], dict]:
 
 
 LR_A = (2e-3, 4e-3, 8e-3)
-LR_B = LR_A  # the same grid: tuning has found the best LR below 8e-3 in both regimes
+LR_B = LR_A  # a first grid of 4e-3 / 8e-3 / 1.6e-2 put regime B's best at its low edge: start where A does
 ARMS: dict[str, Arm] = {a.name: a for a in [
     Arm("baseline", "A", "one stage at 256, warmup + cosine", LR_A, _baseline("A"), baseline=True),
     Arm("seqwarm-textbook", "A", "32→64→128→256 over 10/15/20/55%, global cosine", LR_A, _textbook("A")),
@@ -255,6 +273,8 @@ ARMS: dict[str, Arm] = {a.name: a for a in [
         _presets_ablation("A", "per_stage", multipliers=False)),
     Arm("presets-global", "A", "presets-rules' 16×→1× multipliers under one global cosine (no restarts)",
         (5e-4, 1e-3, 2e-3), _presets_ablation("A", "global", multipliers=True)),
+    Arm("restarts-control", "A", "no curriculum: presets-flat-lr's five per-stage schedules and clips, all at 256",
+        LR_A, _restarts_control("A"), baseline=True),
     Arm("baseline-big", "B", "one stage at 256 at 4× tokens/step, warmup + cosine", LR_B, _baseline("B"),
         baseline=True),
     Arm("seqwarm-textbook-big", "B", "32→256 textbook at 4× tokens/step, global cosine", LR_B, _textbook("B")),
@@ -932,7 +952,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                 f"{', '.join(f'{x:g}' for x in arm.lr_grid)}): {arm.description}")
         tuned = execute(s, arms, args.data, tokenizer, work, jobs=args.jobs, threads=args.threads,
                         reuse=args.reuse, log=log)
-        all_runs = [r for t in tuned.values() for r in [*t.grid.values(), *t.runs]]
+        all_runs = list({(r.arm, r.lr, r.seed): r for t in tuned.values() for r in [*t.grid.values(), *t.runs]}
+                        .values())
         cost, samples = calibrate(all_runs)
 
         b_tokens, b_secs, b_losses = median_curve(tuned["baseline"].runs)
