@@ -156,6 +156,20 @@ class PackingConfig(Strict):
     remainder: Literal["drop", "pad"] = Field(
         "drop", description="document mode: drop a document's short tail, or pad it with masked labels."
     )
+    lanes: int = Field(
+        256, ge=1, le=65536,
+        description="concat mode: token streams the rows of a batch are cut from, one per row up to this many "
+        "(a row continues its stream in the next step). 1 = every batch is consecutive windows of one "
+        "stream, so a small batch holds about one document. More lanes keep about lanes x half a document "
+        "waiting, which lags a mix change by as much. Document mode always uses one.",
+    )
+
+    @model_validator(mode="after")
+    def _lanes_need_concat(self) -> PackingConfig:
+        if "lanes" in self.model_fields_set and self.lanes > 1 and self.mode != "concat":
+            raise ValueError("lanes > 1 needs mode: concat (document mode cuts one document at a time); "
+                             "set lanes: 1 or mode: concat")
+        return self
 
 
 class ValidationConfig(Strict):

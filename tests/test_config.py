@@ -343,3 +343,11 @@ def test_model_preset_names_match_the_model_package():
     from gradus.config import MODEL_PRESETS
 
     assert set(MODEL_PRESETS) == set(sizes.SIZE_PRESETS)
+
+
+def test_lanes_default_and_document_mode():
+    assert from_dict(BASE).data.packing.lanes == 256
+    doc = config(data={**BASE["data"], "packing": {"mode": "document"}})
+    assert from_dict(doc).data.packing.mode == "document"  # the default lanes do not apply to document mode
+    doc["data"]["packing"]["lanes"] = 8
+    assert any("lanes > 1 needs mode: concat" in p and "data.packing" in p for p in problems_of(doc)), problems_of(doc)

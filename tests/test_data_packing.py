@@ -52,7 +52,7 @@ STAGES = [
 
 
 def test_concat_accounting_across_stage_changes(shared_data: Path, tok):
-    cfg, cur = make(shared_data, STAGES, 14)
+    cfg, cur = make(shared_data, STAGES, 14, packing={"lanes": 1})  # one stream; several: see the lanes tests
     stream = np.concatenate(doc_tokens(cfg, tok))
     with DataPipeline(cfg.data, tok, cur, prefetch=2) as pipe:
         batches = drive(pipe, cur, 14)
@@ -72,7 +72,7 @@ def test_concat_accounting_across_stage_changes(shared_data: Path, tok):
 
 def test_stride_fraction_overlaps_windows(shared_data: Path, tok):
     cfg, cur = make(shared_data, [{"step": 0, "seq_len": 32, "batch_size": 4}, {"step": 2, "seq_len": 16, "batch_size": 4}],
-                    4, packing={"stride_fraction": 0.5})
+                    4, packing={"stride_fraction": 0.5, "lanes": 1})
     stream = np.concatenate(doc_tokens(cfg, tok))
     with DataPipeline(cfg.data, tok, cur, prefetch=0) as pipe:
         batches = drive(pipe, cur, 4)
@@ -130,7 +130,7 @@ def test_huge_document_streams_through_the_pipeline(shared_data: Path, tok, tmp_
     srcs = [{"name": "play", "path": str(path)},
             {"name": "gsm8k", "path": str(shared_data / "gsm8k" / "test.jsonl"), "template": "{question}\n{answer}"}]
     cfg, cur = make(shared_data, [{"step": 0, "seq_len": 128, "batch_size": 16, "mix": {"play": 0.5, "gsm8k": 0.5}}],
-                    80, sources=srcs, shuffle_buffer=4)
+                    80, sources=srcs, shuffle_buffer=4, packing={"lanes": 1})
     with DataPipeline(cfg.data, tok, cur, prefetch=2) as pipe:
         batches = drive(pipe, cur, 80)
     stream = np.concatenate([b.inputs.ravel() for b in batches])
@@ -139,3 +139,83 @@ def test_huge_document_streams_through_the_pipeline(shared_data: Path, tok, tmp_
     while not np.array_equal(stream[first : first + 16], whole[:16]):
         first = int(np.flatnonzero(stream[first + 1 :] == whole[0])[0]) + first + 1
     assert np.array_equal(stream[first : first + len(whole)], whole)
+
+
+def _lanes_oracle(docs, shapes, lanes, chunk):
+    """The lanes rule written out row by row with Python lists: a batch of ``rows`` uses
+    ``active = min(rows, lanes)`` lanes, row r comes from lane (next + r) % active, a lane serving several
+    rows cuts them one after another, a lane that runs short takes from the queue (lanes dropped when
+    ``active`` shrank, then the next document; at most ``chunk`` tokens of a long one at a time)."""
+    it = iter(d.tolist() for d in docs)
+    lane_tokens: list[list[int]] = [[] for _ in range(lanes)]
+    queue: list[list[int]] = []
+    nxt, out = 0, []
+    for rows, seq_len in shapes:
+        span, rows_out, active = seq_len + 1, [None] * rows, min(rows, lanes)
+        queue = [lane_tokens[i] for i in range(active, lanes) if lane_tokens[i]] + queue
+        lane_tokens[active:] = [[] for _ in range(active, lanes)]
+        nxt %= active
+        for q in range(active):
+            lane = (nxt + q) % active
+            for r in range(q, rows, active):
+                while len(lane_tokens[lane]) < span:
+                    if not queue:
+                        queue.append(next(it))
+                    take = len(queue[0]) if lanes == 1 else max(chunk, span - len(lane_tokens[lane]))
+                    lane_tokens[lane] += queue[0][:take]
+                    queue[0] = queue[0][take:]
+                    if not queue[0]:
+                        queue.pop(0)
+                rows_out[r] = lane_tokens[lane][:span]
+                lane_tokens[lane] = lane_tokens[lane][seq_len:]
+        nxt = (nxt + rows) % active
+        out.append(np.array(rows_out, dtype=np.int64))
+    return out
+
+
+@pytest.mark.parametrize("lanes", [3, 8])
+def test_lanes_cut_rows_from_separate_streams_across_stage_changes(shared_data: Path, tok, lanes: int):
+    # Stages of 4, 3 and 5 rows: with 3 lanes some lanes serve two rows of a batch; with 8 every row has a
+    # lane of its own, and the 4th lane's rest is queued when the second stage has only 3 rows.
+    cfg, cur = make(shared_data, STAGES, 14, packing={"lanes": lanes})
+    docs = doc_tokens(cfg, tok)
+    with DataPipeline(cfg.data, tok, cur, prefetch=2) as pipe:
+        batches = drive(pipe, cur, 14)
+    expected = _lanes_oracle(docs, [b.inputs.shape for b in batches], lanes, chunk=16384)
+    for b, win in zip(batches, expected, strict=True):
+        assert np.array_equal(b.inputs, win[:, :-1]) and np.array_equal(b.labels, win[:, 1:])
+        assert sum(b.tokens_by_source.values()) == b.num_tokens
+    # The first batch's rows open the first documents, one each (with one lane they are one document's
+    # consecutive windows: see test_concat_accounting_across_stage_changes).
+    first = batches[0].inputs
+    for r in range(min(len(first), lanes)):
+        assert np.array_equal(first[r], docs[r][:16])
+
+
+def test_lanes_deal_a_huge_document_in_chunks(shared_data: Path, tok, tmp_path: Path, monkeypatch):
+    from gradus.data import packing
+
+    monkeypatch.setattr(packing, "LANE_CHUNK", 500)
+    text = (shared_data / "tinyshakespeare" / "input.txt").read_text()[:100_000]
+    path = tmp_path / "play.txt"
+    path.write_text(text)
+    whole = np.array(tok.encode(text) + [tok.eos_id], dtype=np.int64)
+    cfg, cur = make(shared_data, [{"step": 0, "seq_len": 64, "batch_size": 4}], 130,
+                    sources=[{"name": "play", "path": str(path)}], packing={"lanes": 4})
+    with DataPipeline(cfg.data, tok, cur, prefetch=0) as pipe:
+        batches, longest = [], 0
+        for step in range(130):
+            batches.append(pipe.next_batch(cur.state_at(step, 0)))
+            longest = max(longest, *(len(t) for t in pipe._stream.packer.tokens))
+        pending = int(pipe._stream.packer.pending().sum())
+    # No lane ever holds more than a chunk and a window, although the play is one ~25k-token document.
+    assert longest <= 500 + 65
+    # Lane l's rows, in order, read chunk l, l+4, l+8, ... of the play (all chunks are 500 tokens here).
+    for lane in range(4):
+        rows = np.concatenate([b.inputs[lane] for b in batches])
+        chunks = [whole[c * 500 : (c + 1) * 500] for c in range(lane, len(whole) // 500, 4)]
+        stream = np.concatenate(chunks)
+        assert np.array_equal(rows[: len(stream)], stream[: len(rows)])
+    # Nothing lost or repeated: what the batches hold plus what waits in the lanes is whole passes.
+    drawn = sum(b.num_tokens for b in batches) + pending
+    assert drawn % len(whole) == 0 and drawn > len(whole)

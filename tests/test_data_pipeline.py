@@ -69,8 +69,10 @@ def same(a, b) -> bool:
             and a.tokens_by_source == b.tokens_by_source and a.stage_index == b.stage_index and a.step == b.step)
 
 
-def test_exact_resume_mid_stage_and_across_boundaries(shared_data: Path, tok):
-    cfg, cur = make(shared_data, prefetch_batches=3)
+@pytest.mark.parametrize("lanes", [1, 24])
+def test_exact_resume_mid_stage_and_across_boundaries(shared_data: Path, tok, lanes: int):
+    # 24 lanes: fewer than stage 0's and stage 2's rows, more than stage 1's.
+    cfg, cur = make(shared_data, prefetch_batches=3, packing={"lanes": lanes})
     sts = states(cur, STEPS)
     assert [s.stage_index for s in sts] == [0] * 6 + [1] * 6 + [2] * 6
     with DataPipeline(cfg.data, tok, cur, seed=7) as pipe:
@@ -136,12 +138,16 @@ def test_resume_with_other_settings_is_refused(shared_data: Path, tok):
         state = pipe.state_dict()
     with DataPipeline(cfg.data, tok, cur, seed=8, prefetch=0) as other, pytest.raises(DataError, match="seed"):
         other.load_state_dict(state)
+    laned, _ = make(shared_data, packing={"lanes": 4})
+    with DataPipeline(laned.data, tok, cur, seed=7, prefetch=0) as other, pytest.raises(DataError, match="lanes"):
+        other.load_state_dict(state)
 
 
 def test_ranks_read_disjoint_shares(shared_data: Path, tok):
     src = [{"name": "gsm8k", "path": str(shared_data / "gsm8k" / "test.jsonl"), "template": "{question}\n{answer}"}]
     stages = [{"step": 0, "seq_len": 32, "batch_size": 8}]
-    cfg, cur = make(shared_data, stages=stages, sources=src, shuffle_buffer=0, validation={"fraction": 0})
+    cfg, cur = make(shared_data, stages=stages, sources=src, shuffle_buffer=0, validation={"fraction": 0},
+                    packing={"lanes": 1})  # one stream per rank, so each rank's stream reads as its documents
     docs = [p.text for p in open_reader(cfg.data.sources[0]).scan(None) if not p.end_of_pass]
     sts = states(cur, 6)
     for rank in range(2):
@@ -160,7 +166,7 @@ def test_validation_documents_are_never_trained_on(shared_data: Path, tok):
     src = [{"name": "gsm8k", "path": str(shared_data / "gsm8k" / "test.jsonl"), "template": "{question}\n{answer}"}]
     stages = [{"step": 0, "seq_len": 256, "batch_size": 32}]
     cfg, cur = make(shared_data, stages=stages, sources=src, shuffle_buffer=0,
-                    validation={"fraction": 0.2, "max_documents": 1000})
+                    validation={"fraction": 0.2, "max_documents": 1000}, packing={"lanes": 1})
     reader_all = open_reader(cfg.data.sources[0], role="all")
     every = [p.text for p in reader_all.scan(None) if not p.end_of_pass]
     train = [p.text for p in open_reader(cfg.data.sources[0], role="train", holdout=0.2).scan(None) if not p.end_of_pass]
@@ -233,7 +239,8 @@ def test_explicit_validation_split_replaces_the_hash(shared_data: Path, tok):
     wiki = shared_data / "wikitext-2"
     src = [{"name": "wiki", "path": str(wiki / "test.jsonl"), "validation_split": str(wiki / "valid.jsonl")}]
     stages = [{"step": 0, "seq_len": 128, "batch_size": 8}]
-    cfg, cur = make(shared_data, stages=stages, sources=src, shuffle_buffer=0, validation={"fraction": 0.5})
+    cfg, cur = make(shared_data, stages=stages, sources=src, shuffle_buffer=0, validation={"fraction": 0.5},
+                    packing={"lanes": 1})
     import json
 
     train_docs = [json.loads(line)["text"] for line in (wiki / "test.jsonl").read_text().splitlines()]

@@ -163,7 +163,7 @@ def _sample(tok, row, limit: int = 160) -> str:
 def transitions(pipe, curriculum, tok) -> list[dict]:
     """For each stage boundary: the two steps before and after it, drawn in order, with their shapes and
     mixes, and whether the token stream continues across the boundary without a gap or repeat."""
-    from gradus.data.packing import resolve_stride
+    from gradus.data.packing import resolve_stride, row_lanes
 
     out = []
     running = [s for s in curriculum.stages if s.steps > 0]
@@ -178,6 +178,7 @@ def transitions(pipe, curriculum, tok) -> list[dict]:
             k = curriculum.stages_index_by_step(step)
             plan = curriculum.stages[k]
             state = curriculum.state_at(step, plan.start_tokens + (step - plan.start_step) * plan.tokens_per_step)
+            packer = pipe.state_dict()["packer"]
             batch = pipe.next_batch(state)
             total = sum(batch.tokens_by_source.values()) or 1
             steps.append({
@@ -188,10 +189,15 @@ def transitions(pipe, curriculum, tok) -> list[dict]:
                 "mix_realized": {n: round(c / total, 6) for n, c in batch.tokens_by_source.items()},
             })
             concat = pipe.cfg.packing.mode == "concat" and resolve_stride(pipe.cfg.packing, state.seq_len) == state.seq_len
-            if previous is not None and concat:
-                # With stride == seq_len the last label of a batch is the first input of the next one.
-                continuous &= bool(previous.labels[-1, -1] == batch.inputs[0, 0])
-            previous = batch
+            if concat:
+                lanes = row_lanes(packer["next"], batch.rows, len(packer["tokens"]))
+                # With stride == seq_len a lane's last label in one batch is its first input in the next
+                # (lanes dropped when a stage has fewer rows hand their tokens on through the queue).
+                if previous is not None:
+                    last_label = {lane: previous[0].labels[r, -1] for r, lane in enumerate(previous[1])}
+                    first_input = {lane: batch.inputs[r, 0] for r, lane in reversed(list(enumerate(lanes)))}
+                    continuous &= all(bool(last_label[q] == first_input[q]) for q in last_label if q in first_input)
+                previous = (batch, lanes)
         switch = next((s["step"] for s in steps if s["stage_index"] == b.index), None)
         out.append({
             "from_stage": a.index,

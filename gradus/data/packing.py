@@ -5,7 +5,8 @@ A window is ``seq_len + 1`` tokens; ``inputs`` are its first ``seq_len``, ``labe
 token is an input exactly once and consecutive windows share one token (the last label of a window is the
 first input of the next), so the stream of inputs *is* the document stream: nothing lost, nothing seen
 twice, also when the window length changes at a stage boundary — the packer keeps its position and simply
-cuts the next window at the new length. A stride below ``seq_len`` overlaps windows.
+cuts the next window at the new length. A stride below ``seq_len`` overlaps windows. With ``lanes`` > 1
+the same holds for each lane: the rows of a batch come from several such streams in turn.
 
 Why hand-written: a packer that changes window length and batch size between two calls, keeps its
 leftover tokens in the saved state and attributes every token to its source is a few lines of numpy;
@@ -37,47 +38,137 @@ def resolve_stride(cfg: PackingConfig, seq_len: int) -> int:
     return seq_len
 
 
-class ConcatPacker:
-    """Documents joined (each ends with EOS) and cut into windows; windows may span documents."""
+LANE_CHUNK = 16384
+"""With several lanes, the most tokens one lane takes from a document at a time: a long document (a 1 MB
+plain-text piece is ~250k tokens) is dealt to lanes in chunks of this size, so no lane holds a whole book
+and the lanes' memory stays below ``lanes × (LANE_CHUNK + seq_len)`` tokens."""
 
-    def __init__(self, n_sources: int, dtype):
+
+def row_lanes(next_lane: int, rows: int, lanes: int) -> list[int]:
+    """The lane each row of a concat batch is cut from, given the packer's ``next`` before the batch."""
+    active = min(rows, lanes)
+    start = next_lane % active
+    return [(start + r) % active for r in range(rows)]
+
+
+class ConcatPacker:
+    """Documents joined (each ends with EOS) and cut into windows; windows may span documents.
+
+    Rows come from up to ``lanes`` independent token streams. A batch of ``rows`` uses
+    ``active = min(lanes, rows)`` of them: row ``r`` is cut from lane ``(next + r) % active`` and ``next``
+    moves on by ``rows``, so with ``rows <= lanes`` row ``r`` is always lane ``r``, a stream of its own that
+    continues in the next step (also across a change of length), and with more rows than lanes a lane
+    serves several rows of a batch, consecutive windows of its stream.
+
+    Why lanes: with one lane a batch is consecutive windows of one stream, so a small batch (2,048 tokens
+    of 256-token rows) holds about one document, and a short stage's many rows hold the same few documents
+    cut finer. With a lane per row every row of a batch comes from another document, and a short stage's
+    many rows are as many documents: the independent samples per step that a short-sequence stage is meant
+    to buy. The price is a pool of about ``active`` × half a document waiting in the lanes, which lags a mix
+    change by as much (counted by :meth:`pending`; the mixer makes up for it).
+
+    When ``active`` shrinks at a stage change, the dropped lanes' tokens go to a queue that refills take
+    from before pulling new documents: nothing is lost or repeated. Each lane is a contiguous stream of
+    whole documents with EOS between them, except where a long document is dealt out in
+    :data:`LANE_CHUNK`-token chunks or a queued remainder continues in another lane (one cut context
+    each)."""
+
+    def __init__(self, n_sources: int, dtype, lanes: int = 1):
         self.n_sources = n_sources
-        self.tokens = np.empty(0, dtype=dtype)
-        self.src = np.empty(0, dtype=np.uint8)
+        self.lanes = lanes
+        self.empty_t, self.empty_s = np.empty(0, dtype=dtype), np.empty(0, dtype=np.uint8)
+        self.tokens: list[np.ndarray] = [self.empty_t] * lanes
+        self.src: list[np.ndarray] = [self.empty_s] * lanes
+        self.next = 0
+        # Tokens drawn but in no lane: the rest of the last document pulled, the lanes dropped at a
+        # shrink. Refills take from the front.
+        self.queue: list[tuple[np.ndarray, np.ndarray]] = []
+        # Tokens per source pulled but not yet cut, kept up to date (derived from the state, not saved).
+        self._pending = np.zeros(n_sources, dtype=np.int64)
 
     def state(self) -> dict:
-        """Leftover tokens (and their sources) not yet cut into windows."""
-        return {"tokens": self.tokens, "src": self.src}
+        """Leftover tokens (and their sources) per lane not yet cut into windows, the next lane, and the
+        queue of drawn tokens in no lane."""
+        return {"tokens": list(self.tokens), "src": list(self.src), "next": self.next, "queue": list(self.queue)}
 
     def restore(self, state: dict) -> None:
         """Back to saved leftovers."""
-        self.tokens = np.asarray(state["tokens"])
-        self.src = np.asarray(state["src"])
+        self.tokens = [np.asarray(t) for t in state["tokens"]]
+        self.src = [np.asarray(s) for s in state["src"]]
+        self.next = int(state["next"])
+        self.queue = [(np.asarray(t), np.asarray(s)) for t, s in state["queue"]]
+        self._pending = np.zeros(self.n_sources, dtype=np.int64)
+        for s in [*self.src, *(q[1] for q in self.queue)]:
+            self._pending += np.bincount(s, minlength=self.n_sources)
 
     def pending(self) -> np.ndarray:
         """Tokens per source index drawn but not yet in a window."""
-        return np.bincount(self.src, minlength=self.n_sources)
+        return self._pending.copy()
+
+    def _fill(self, lane: int, need: int, pull: Pull) -> tuple[np.ndarray, np.ndarray]:
+        """Lane ``lane``'s tokens and sources, topped up to at least ``need`` tokens."""
+        parts, srcs = [self.tokens[lane]], [self.src[lane]]
+        have = len(parts[0])
+        while have < need:
+            if not self.queue:
+                toks, si, _ = pull()
+                self.queue.append((toks, np.full(len(toks), si, dtype=np.uint8)))
+                self._pending[si] += len(toks)
+            toks, src = self.queue[0]
+            # One lane is one stream: it takes everything. Several lanes deal long documents out in chunks.
+            take = len(toks) if self.lanes == 1 else max(LANE_CHUNK, need - have)
+            parts.append(toks[:take])
+            srcs.append(src[:take])
+            have += len(parts[-1])
+            if take >= len(toks):
+                self.queue.pop(0)
+            else:
+                self.queue[0] = (toks[take:], src[take:])
+        if len(parts) == 1:
+            return parts[0], srcs[0]
+        return np.concatenate(parts), np.concatenate(srcs)
+
+    def _shrink(self, active: int) -> None:
+        """Move the tokens of lanes ``active`` and up to the front of the queue (in lane order), ahead of
+        any undealt document: the oldest tokens are used first."""
+        dropped = [(self.tokens[i], self.src[i]) for i in range(active, self.lanes) if len(self.tokens[i])]
+        if dropped:
+            self.queue = dropped + self.queue
+            for i in range(active, self.lanes):
+                self.tokens[i], self.src[i] = self.empty_t, self.empty_s
+        self.next %= active
 
     def batch(self, rows: int, seq_len: int, stride: int, pull: Pull) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """``rows`` windows: (inputs, labels) int64 ``[rows, seq_len]`` and tokens per source index."""
         span = seq_len + 1
-        need = max((rows - 1) * stride + span, rows * stride)
-        parts, srcs = [self.tokens], [self.src]
-        have = len(self.tokens)
-        while have < need:
-            toks, si, _ = pull()
-            parts.append(toks)
-            srcs.append(np.full(len(toks), si, dtype=np.uint8))
-            have += len(toks)
-        tokens = np.concatenate(parts) if len(parts) > 1 else self.tokens
-        src = np.concatenate(srcs) if len(srcs) > 1 else self.src
-        idx = (np.arange(rows) * stride)[:, None] + np.arange(span)[None, :]
-        win = tokens[idx].astype(np.int64)
-        counts = np.bincount(src[idx[:, :-1]].ravel(), minlength=self.n_sources)
-        advance = rows * stride
-        # Views are fine: arrays are never written in place, and pickling a view copies only its part.
-        self.tokens = tokens[advance:]
-        self.src = src[advance:]
+        active = min(rows, self.lanes)
+        self._shrink(active)
+        win = np.empty((rows, span), dtype=np.int64)
+        counts = np.zeros(self.n_sources, dtype=np.int64)
+        # Lanes q < extra serve base + 1 rows of this batch (rows q, q + active, ...), the others base rows.
+        base, extra = divmod(rows, active)
+        for first, last, k in ((0, extra, base + 1), (extra, active, base)):
+            if k == 0 or first == last:
+                continue
+            need = max((k - 1) * stride + span, k * stride)
+            lanes = [(self.next + q) % active for q in range(first, last)]
+            for lane in lanes:  # refills, in lane order: the only per-document Python work
+                if len(self.tokens[lane]) < need:
+                    self.tokens[lane], self.src[lane] = self._fill(lane, need, pull)
+            # Every lane of the group now holds >= need tokens: cut all their windows with one gather
+            # rather than a numpy call per lane (256 lanes of 8-token rows would otherwise be Python-bound).
+            toks = np.stack([self.tokens[lane][:need] for lane in lanes])
+            srcs = np.stack([self.src[lane][:need] for lane in lanes])
+            idx = (np.arange(k) * stride)[:, None] + np.arange(span)[None, :]  # [k, span]
+            # Row first + q + j * active is the group's q-th lane's j-th window.
+            win[first + np.arange(last - first)[:, None] + active * np.arange(k)[None, :]] = toks[:, idx]
+            counts += np.bincount(srcs[:, idx[:, :-1]].ravel(), minlength=self.n_sources)
+            self._pending -= np.bincount(srcs[:, : k * stride].ravel(), minlength=self.n_sources)
+            # Views are fine: arrays are never written in place, and pickling a view copies only its part.
+            for lane in lanes:
+                self.tokens[lane] = self.tokens[lane][k * stride :]
+                self.src[lane] = self.src[lane][k * stride :]
+        self.next = (self.next + rows) % active
         return win[:, :-1], win[:, 1:], counts
 
 
@@ -157,4 +248,4 @@ def make_packer(cfg: PackingConfig, n_sources: int, dtype, eos_id: int) -> Conca
     """The packer ``cfg.mode`` names."""
     if cfg.mode == "document":
         return DocumentPacker(n_sources, dtype, eos_id, cfg.remainder)
-    return ConcatPacker(n_sources, dtype)
+    return ConcatPacker(n_sources, dtype, cfg.lanes)

@@ -39,7 +39,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("gradus.data")
 
-STATE_VERSION = 1
+STATE_VERSION = 2
 
 
 @dataclass
@@ -120,11 +120,17 @@ class _Stream:
             self.mixer.begin_stage(spec.stage_index, {n: int(pending[i]) for i, n in enumerate(self.names)})
         weights = dict(spec.mix)
         stride = resolve_stride(self.cfg.packing, spec.seq_len)
+        # What waits in the packer as this batch starts: the pool that stays in the lanes from batch to
+        # batch. Taken once per batch, not per document: during the batch's own fill the packer also holds
+        # the tokens this batch is about to take, and counting those as waiting would make the mixer pick
+        # one source for a whole batch.
+        pending = self.packer.pending()
+        waiting = {n: int(pending[i]) for i, n in enumerate(self.names)}
 
         def pull() -> tuple[np.ndarray, int, bool]:
             self.pause()
             while True:
-                name = self.mixer.choose(weights, lambda n: self.feeds[n].peek_length())
+                name = self.mixer.choose(weights, lambda n: self.feeds[n].peek_length(), waiting)
                 got = self.feeds[name].pop()
                 if got is None:  # only a sticky source can get here, and it cannot be exhausted mid-document
                     self.mixer.drop(name, weights)
@@ -373,6 +379,7 @@ class DataPipeline:
             "rank": self.rank,
             "world_size": self.world_size,
             "packing": self.cfg.packing.mode,
+            "lanes": self.cfg.packing.lanes,
             "shuffle_buffer": self.cfg.shuffle_buffer,
         }
 
