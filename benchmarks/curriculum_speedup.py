@@ -105,6 +105,9 @@ class Settings:
     """Times a grid may grow by ×2 at an edge before giving up (reported when it does)."""
     tokenizer_documents: int = 100_000
     """Train-split documents the BPE is trained on (all of WikiText-2's 600 articles by default)."""
+    lanes: int = 256
+    """``data.packing.lanes`` of every run (gradus's default): each row of a batch from its own stream, up to
+    this many; 1 = a batch is consecutive windows of one stream (attempts 1-3 below, in BENCHMARKS.md)."""
 
     def tps(self, regime: str) -> int:
         """Tokens per step of a regime."""
@@ -259,12 +262,24 @@ def _short_warmup(regime: str) -> Callable[[Settings], dict]:
     return build
 
 
+def _ladder(regime: str, divisors: Sequence[int], fractions: Sequence[float]) -> Callable[[Settings], dict]:
+    # A sequence-length ladder (final_len // divisor per stage) over the given token fractions under one
+    # global warmup + cosine: a switch changes only the shape, never the LR.
+    def build(s: Settings) -> dict:
+        return global_schedule(s, token_stages(s, regime, [s.final_len // d for d in divisors], fractions))
+    return build
+
+
 LR_A = (2e-3, 4e-3, 8e-3)
 LR_B = LR_A  # a first grid of 4e-3 / 8e-3 / 1.6e-2 put regime B's best at its low edge: start where A does
 ARMS: dict[str, Arm] = {a.name: a for a in [
     Arm("baseline", "A", "one stage at 256, warmup + cosine", LR_A, _baseline("A"), baseline=True),
     Arm("seqwarm-textbook", "A", "32→64→128→256 over 10/15/20/55%, global cosine", LR_A, _textbook("A")),
     Arm("seqwarm-short", "A", "64→128→256 over 10/15/75%, global cosine", LR_A, _short_warmup("A")),
+    Arm("seqwarm-half", "A", "32→64→128→256 over 15/20/25/40%, global cosine", LR_A,
+        _ladder("A", [8, 4, 2, 1], [0.15, 0.20, 0.25, 0.40])),
+    Arm("seqwarm-long", "A", "16→32→64→128→256 over 10/10/15/20/45%, global cosine", LR_A,
+        _ladder("A", [16, 8, 4, 2, 1], [0.10, 0.10, 0.15, 0.20, 0.45])),
     Arm("presets-rules", "A", "16→256 in 5 stages (aggressive's shape), per-stage LR 16×→1× base, by_length clip",
         (5e-4, 1e-3, 2e-3), _presets_rules("A")),
     Arm("seqwarm-boost", "A", "32→256 textbook, short stages at 2/1.6/1.25× the peak, global cosine", LR_A,
@@ -280,7 +295,7 @@ ARMS: dict[str, Arm] = {a.name: a for a in [
     Arm("seqwarm-textbook-big", "B", "32→256 textbook at 4× tokens/step, global cosine", LR_B, _textbook("B")),
     Arm("presets-rules-big", "B", "presets-rules at 4× tokens/step", (1e-3, 2e-3, 4e-3), _presets_rules("B")),
 ]}
-DEFAULT_ARMS = ("baseline", "seqwarm-textbook", "seqwarm-short", "presets-rules", "baseline-big",
+DEFAULT_ARMS = ("baseline", "seqwarm-textbook", "seqwarm-long", "presets-rules", "baseline-big",
                 "seqwarm-textbook-big")
 QUICK_ARMS = ("baseline", "seqwarm-textbook")
 
@@ -302,6 +317,7 @@ def make_config(s: Settings, arm: Arm, lr: float, seed: int, data: Path, tokeniz
             "tokenizer": {"name_or_path": str(tokenizer)},
             # valid.jsonl is the held-out split, so no training document needs to be held out by hash.
             "validation": {"fraction": 0.0, "max_documents": 1000, "tokens": s.eval_tokens},
+            "packing": {"lanes": s.lanes},
         },
         "curriculum": curriculum,
         "optim": {"base_lr": lr},
@@ -874,6 +890,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--eval-points", type=int, help="evaluations per run")
     p.add_argument("--eval-tokens", type=int, help="validation tokens per evaluation")
     p.add_argument("--seeds", help="comma-separated seeds (default 0,1)")
+    p.add_argument("--lanes", type=int, help="data.packing.lanes of every run (default 256, gradus's default)")
     p.add_argument("--max-extensions", type=int, help="times an LR grid may grow at an edge")
     p.add_argument("--lr-grid", action="append", default=[], metavar="ARM=LR,LR,LR",
                    help="override an arm's starting grid, e.g. baseline=2e-3,4e-3,8e-3")
@@ -899,7 +916,7 @@ def settings_from(args: argparse.Namespace) -> Settings:
                     eval_points=4, eval_tokens=1024, max_extensions=0, tokenizer_documents=60)
     overrides = {"budget": args.budget, "tokens_per_step": args.tokens_per_step, "big_factor": args.big_factor,
                  "model": args.model, "vocab_size": args.vocab_size, "eval_points": args.eval_points,
-                 "eval_tokens": args.eval_tokens, "max_extensions": args.max_extensions}
+                 "eval_tokens": args.eval_tokens, "max_extensions": args.max_extensions, "lanes": args.lanes}
     s = replace(s, **{k: v for k, v in overrides.items() if v is not None})
     if args.seeds:
         s = replace(s, seeds=tuple(int(x) for x in args.seeds.split(",")))
