@@ -105,6 +105,11 @@ class Settings:
     """Times a grid may grow by ×2 at an edge before giving up (reported when it does)."""
     tokenizer_documents: int = 100_000
     """Train-split documents the BPE is trained on (all of WikiText-2's 600 articles by default)."""
+    lr_find: tuple[tuple[int, float], ...] = ()
+    """(seq_len, suggested peak LR) from ``gradus lr-find`` on this model and data, filled in by :func:`main`
+    when an arm needs it (the ``seqwarm-lrfind`` arm's per-stage multipliers)."""
+    lr_find_steps: int = 100
+    """Steps of each length's LR sweep (1e-6 → 1)."""
     lanes: int = 256
     """``data.packing.lanes`` of every run (gradus's default): each row of a batch from its own stream, up to
     this many; 1 = a batch is consecutive windows of one stream (attempts 1-3 below, in BENCHMARKS.md)."""
@@ -262,6 +267,54 @@ def _short_warmup(regime: str) -> Callable[[Settings], dict]:
     return build
 
 
+def _lr_found(regime: str) -> Callable[[Settings], dict]:
+    # The textbook shape with each stage's peak from `gradus lr-find` at its length: multiplier = the
+    # suggestion at that length / the suggestion at the final length, so the grid tunes the base LR exactly
+    # as it tunes the baseline's (lr-find decides the ratios between stages, the grid the level).
+    def build(s: Settings) -> dict:
+        lengths = [s.final_len // 8, s.final_len // 4, s.final_len // 2, s.final_len]
+        found = dict(s.lr_find)
+        if not all(L in found for L in lengths):  # only make_config for the smoke test's schema checks
+            found = {L: 1.0 for L in lengths}
+        extra = [{"lr_multiplier": round(found[L] / found[s.final_len], 4)} for L in lengths]
+        return global_schedule(s, token_stages(s, regime, lengths, [0.10, 0.15, 0.20, 0.55], extra))
+    return build
+
+
+LR_FIND_ARMS = ("seqwarm-lrfind",)
+
+
+def find_lrs(s: Settings, data: Path, tokenizer: Path, work: Path, threads: int,
+             log: Callable[[str], None]) -> Settings:
+    """Run ``gradus lr-find``'s sweep (:func:`gradus.train.lr_find.run_lr_find`) at the textbook lengths on
+    this model and data (seed 0), cache it in ``work``, and return the settings with its suggestions."""
+    from gradus.train.lr_find import run_lr_find
+
+    lengths = [s.final_len // 8, s.final_len // 4, s.final_len // 2, s.final_len]
+    cache = work / f"lr_find-{s.model}-{s.vocab_size}-{s.tokens_per_step}-{s.lr_find_steps}-lanes{s.lanes}.json"
+    if cache.is_file():
+        found = {int(k): v for k, v in json.loads(cache.read_text())["suggested"].items()}
+    else:
+        cfg = make_config(s, ARMS["seqwarm-textbook"], LR_A[1], s.seeds[0], data, tokenizer)
+        import torch
+
+        t0 = time.perf_counter()
+        before = torch.get_num_threads()
+        torch.set_num_threads(threads)  # as the runs (see _task): OpenMP threads collapse on a shared box
+        try:
+            result = run_lr_find(cfg, lengths, steps=s.lr_find_steps)
+        finally:
+            torch.set_num_threads(before)
+        found = result.suggestions()
+        cache.write_text(json.dumps({"suggested": found, "report": result.to_json(),
+                                     "seconds": time.perf_counter() - t0}, default=str))
+    missing = [L for L in lengths if L not in found]
+    if missing:
+        raise SystemExit(f"curriculum_speedup: lr-find gave no suggestion at length(s) {missing}")
+    log("  lr-find suggestions: " + ", ".join(f"{L}: {found[L]:.3g}" for L in lengths))
+    return replace(s, lr_find=tuple((L, float(found[L])) for L in lengths))
+
+
 def _ladder(regime: str, divisors: Sequence[int], fractions: Sequence[float]) -> Callable[[Settings], dict]:
     # A sequence-length ladder (final_len // divisor per stage) over the given token fractions under one
     # global warmup + cosine: a switch changes only the shape, never the LR.
@@ -276,6 +329,8 @@ ARMS: dict[str, Arm] = {a.name: a for a in [
     Arm("baseline", "A", "one stage at 256, warmup + cosine", LR_A, _baseline("A"), baseline=True),
     Arm("seqwarm-textbook", "A", "32→64→128→256 over 10/15/20/55%, global cosine", LR_A, _textbook("A")),
     Arm("seqwarm-short", "A", "64→128→256 over 10/15/75%, global cosine", LR_A, _short_warmup("A")),
+    Arm("seqwarm-lrfind", "A", "32→256 textbook, each stage's peak × (lr-find at its length / lr-find at 256)",
+        LR_A, _lr_found("A")),
     Arm("seqwarm-half", "A", "32→64→128→256 over 15/20/25/40%, global cosine", LR_A,
         _ladder("A", [8, 4, 2, 1], [0.15, 0.20, 0.25, 0.40])),
     Arm("seqwarm-long", "A", "16→32→64→128→256 over 10/10/15/20/45%, global cosine", LR_A,
@@ -964,6 +1019,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             f"{s.budget // s.eval_points:,} tokens at length {s.final_len} on {s.eval_tokens:,} valid.jsonl tokens, "
             f"seeds {list(s.seeds)}; {args.jobs} run(s) at a time, {args.threads} torch thread(s) each; "
             f"load average {load_start[0]:.1f}")
+        if any(a.name in LR_FIND_ARMS for a in arms):
+            s = find_lrs(s, args.data, tokenizer, work, args.threads, log)
         for arm in arms:
             log(f"  arm {arm.name} (regime {arm.regime}, {s.tps(arm.regime):,} tokens/step, grid "
                 f"{', '.join(f'{x:g}' for x in arm.lr_grid)}): {arm.description}")

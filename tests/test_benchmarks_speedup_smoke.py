@@ -100,3 +100,21 @@ def test_smoke_mode_writes_the_required_json(tmp_path, shared_data):
     assert _real(report["best_speedup_wallclock"]) and _real(report["best_speedup_tokens"])
     pytest.importorskip("matplotlib")
     assert (tmp_path / "curriculum_speedup.png").stat().st_size > 10_000
+
+
+def test_lr_find_arm_takes_its_stage_ratios_from_gradus_lr_find(tmp_path, shared_data):
+    cmd = [sys.executable, str(SCRIPT), "--smoke", "--arms", "baseline,seqwarm-lrfind", "--data",
+           str(shared_data / "wikitext-2"), "--out", str(tmp_path), "--work", str(tmp_path / "work"), "--no-plot"]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, cwd=REPO)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
+    report = json.loads((tmp_path / "curriculum_speedup.json").read_text())
+    found = dict(report["settings"]["lr_find"])
+    final = report["settings"]["final_len"]
+    assert sorted(found) == [final // 8, final // 4, final // 2, final]
+    assert all(_real(v) and 1e-6 < v < 1 for v in found.values())  # inside the sweep
+    # The sweep's report is cached beside the runs, as gradus lr-find writes it.
+    cached = list((tmp_path / "work").glob("lr_find-*.json"))
+    assert len(cached) == 1 and len(json.loads(cached[0].read_text())["report"]["lengths"]) == 4
+    arm = next(a for a in report["arms"] if a["name"] == "seqwarm-lrfind")
+    for stage in arm["stages"]:
+        assert stage["peak_lr_per_unit_base"] == pytest.approx(round(found[stage["seq_len"]] / found[final], 4))
