@@ -39,7 +39,7 @@ measured seconds are then from the earlier invocation, and the JSON says which r
 
 Usage::
 
-    python benchmarks/curriculum_speedup.py             # the full benchmark (~28 minutes on 2 idle CPU cores)
+    python benchmarks/curriculum_speedup.py             # the default arms, 2 seeds (~22 minutes, 2 idle cores)
     python benchmarks/curriculum_speedup.py --quick     # a few minutes: half the budget, baseline and textbook
     python benchmarks/curriculum_speedup.py --arms baseline,seqwarm-textbook --tag attempt2
 
@@ -350,8 +350,9 @@ ARMS: dict[str, Arm] = {a.name: a for a in [
     Arm("seqwarm-textbook-big", "B", "32→256 textbook at 4× tokens/step, global cosine", LR_B, _textbook("B")),
     Arm("presets-rules-big", "B", "presets-rules at 4× tokens/step", (1e-3, 2e-3, 4e-3), _presets_rules("B")),
 ]}
-DEFAULT_ARMS = ("baseline", "seqwarm-textbook", "seqwarm-long", "presets-rules", "baseline-big",
-                "seqwarm-textbook-big")
+# The issue's arms: the baseline, curricula scaled from the presets, per-stage LR from the presets' rules and
+# from lr-find. Regime B (baseline-big, seqwarm-textbook-big) and the other variants run with --arms.
+DEFAULT_ARMS = ("baseline", "seqwarm-textbook", "seqwarm-short", "presets-rules", "seqwarm-lrfind")
 QUICK_ARMS = ("baseline", "seqwarm-textbook")
 
 
