@@ -194,10 +194,7 @@ def _baseline(regime: str) -> Callable[[Settings], dict]:
 def _textbook(regime: str) -> Callable[[Settings], dict]:
     # DESIGN.md's first measurement and the demo preset's shape: 32 → 64 → 128 → 256 over 10/15/20/55% of
     # the tokens, one global warmup + cosine, the same peak in every stage.
-    def build(s: Settings) -> dict:
-        lengths = [s.final_len // 8, s.final_len // 4, s.final_len // 2, s.final_len]
-        return global_schedule(s, token_stages(s, regime, lengths, [0.10, 0.15, 0.20, 0.55]))
-    return build
+    return _ladder(regime, [8, 4, 2, 1], [0.10, 0.15, 0.20, 0.55])
 
 
 def _presets_rules(regime: str) -> Callable[[Settings], dict]:
@@ -261,10 +258,7 @@ def _boosted(regime: str) -> Callable[[Settings], dict]:
 def _short_warmup(regime: str) -> Callable[[Settings], dict]:
     # Short stages first, the final length for most of the run: 64 → 128 → 256 over 10/15/75%, one global
     # schedule; a switch changes only the shape, never the LR.
-    def build(s: Settings) -> dict:
-        lengths = [s.final_len // 4, s.final_len // 2, s.final_len]
-        return global_schedule(s, token_stages(s, regime, lengths, [0.10, 0.15, 0.75]))
-    return build
+    return _ladder(regime, [4, 2, 1], [0.10, 0.15, 0.75])
 
 
 def _lr_found(regime: str) -> Callable[[Settings], dict]:
