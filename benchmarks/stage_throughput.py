@@ -76,7 +76,10 @@ import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from gradus.train.measure import RssSampler
 
 REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "benchmarks" / "results"
@@ -283,47 +286,6 @@ def resolve_peak(spec: str, device, precision: str) -> tuple[float, str, dict]:
             return value, source, {}
     value = measure_peak(device, precision)
     return value, f"measured {precision} matmul (best of before/after the arms)", {"before": value}
-
-
-# ============================================================================================ sampling
-class RssSampler:
-    """Resident memory of this process every 10 ms, timestamped, so each stage's peak can be read off
-    afterwards (CPU only: there are no allocator statistics)."""
-
-    def __init__(self, period: float = 0.01) -> None:
-        self.samples: list[tuple[float, int]] = []
-        self.period = period
-        self._page = os.sysconf("SC_PAGE_SIZE")
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="rss-sampler", daemon=True)
-
-    def rss(self) -> int:
-        """Current resident set size in bytes (0 where /proc is missing)."""
-        try:
-            with open("/proc/self/statm") as f:
-                return int(f.read().split()[1]) * self._page
-        except OSError:
-            return 0
-
-    def _run(self) -> None:
-        while not self._stop.is_set():
-            self.samples.append((time.perf_counter(), self.rss()))
-            self._stop.wait(self.period)
-
-    def peak_between(self, t0: float, t1: float) -> int:
-        """Highest sample in [t0, t1] (the nearest sample when none falls inside)."""
-        inside = [r for t, r in self.samples if t0 <= t <= t1]
-        if inside:
-            return max(inside)
-        return min(self.samples, key=lambda s: abs(s[0] - t1))[1] if self.samples else 0
-
-    def __enter__(self) -> RssSampler:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        self._thread.join()
 
 
 @dataclass
@@ -836,6 +798,7 @@ def main(argv: list[str] | None = None) -> int:
     from gradus.data import load_tokenizer
     from gradus.errors import GradusError
     from gradus.model import resolve_shape
+    from gradus.train.measure import RssSampler
 
     device_name = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     if device_name == "cuda" and not torch.cuda.is_available():
@@ -870,7 +833,7 @@ def main(argv: list[str] | None = None) -> int:
               f"compile {'on' if compile_on else 'off'}", flush=True)
 
         warmup_compile_s = prepare_compile(device, args.cold_compile) if compile_on else None
-        sampler = RssSampler() if device.type == "cpu" else None
+        sampler = RssSampler(period=0.01, keep=True) if device.type == "cpu" else None
         per_repeat: list[dict[int, dict]] = []
         raw_runs = []
         setup: dict[str, list[float]] = {"framework": [], "plain": []}

@@ -17,15 +17,21 @@ from gradus.model.sizes import ModelShape
 _PRECISIONS = ("fp32", "bf16", "fp16")
 
 
-class _RssSampler:
-    """Peak resident memory of this process while a block runs (CPU has no allocator statistics):
-    samples /proc/self/statm every 2 ms. Process-wide, so it is an upper bound for the model's share."""
+class RssSampler:
+    """Resident memory of this process while a block runs (CPU has no allocator statistics): samples
+    /proc/self/statm every ``period`` seconds. Process-wide, so it is an upper bound for the model's share.
 
-    def __init__(self) -> None:
+    ``peak`` is the highest sample; with ``keep=True`` every sample is kept, timestamped, so the peak of
+    any stretch of the block can be read off afterwards (:meth:`peak_between`)."""
+
+    def __init__(self, period: float = 0.002, keep: bool = False) -> None:
         self.peak = 0
+        self.period = period
+        self.samples: list[tuple[float, int]] = []
+        self._keep = keep
         self._stop = threading.Event()
         self._page = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
-        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread = threading.Thread(target=self._run, name="rss-sampler", daemon=True)
 
     def rss(self) -> int:
         """Current resident set size in bytes (0 where /proc is missing)."""
@@ -35,20 +41,33 @@ class _RssSampler:
         except OSError:
             return 0
 
+    def _sample(self) -> None:
+        value = self.rss()
+        self.peak = max(self.peak, value)
+        if self._keep:
+            self.samples.append((time.perf_counter(), value))
+
     def _run(self) -> None:
         while not self._stop.is_set():
-            self.peak = max(self.peak, self.rss())
-            self._stop.wait(0.002)
+            self._sample()
+            self._stop.wait(self.period)
 
-    def __enter__(self) -> _RssSampler:
-        self.peak = self.rss()
+    def peak_between(self, t0: float, t1: float) -> int:
+        """Highest kept sample in [t0, t1] (the one nearest to ``t1`` when none falls inside)."""
+        inside = [r for t, r in self.samples if t0 <= t <= t1]
+        if inside:
+            return max(inside)
+        return min(self.samples, key=lambda s: abs(s[0] - t1))[1] if self.samples else 0
+
+    def __enter__(self) -> RssSampler:
+        self._sample()
         self._thread.start()
         return self
 
     def __exit__(self, *exc: object) -> None:
         self._stop.set()
         self._thread.join()
-        self.peak = max(self.peak, self.rss())
+        self._sample()
 
 
 def measure_stage_throughput(
@@ -124,7 +143,7 @@ def measure_stage_throughput(
         torch.cuda.empty_cache()
         torch.cuda.reset_peak_memory_stats(dev)
         base = torch.cuda.memory_allocated(dev)
-    with _RssSampler() as sampler:
+    with RssSampler() as sampler:
         start_rss = sampler.peak
         times, cuda_peak = run()
     peak = cuda_peak - base if cuda_peak is not None else max(0, sampler.peak - start_rss)
