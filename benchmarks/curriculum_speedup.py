@@ -81,6 +81,9 @@ class Settings:
 
     model: str = "small"
     """Model size preset (gradus.model.sizes): small = 4 layers × 128."""
+    d_model: int | None = None
+    """Residual width instead of the preset's (heads and SwiGLU width follow from the preset's rules), to see
+    whether the curriculum's gain grows with the model."""
     vocab_size: int = 8192
     """Byte-level BPE trained on the train split."""
     final_len: int = 256
@@ -285,7 +288,7 @@ def find_lrs(s: Settings, data: Path, tokenizer: Path, work: Path, threads: int,
     from gradus.train.lr_find import run_lr_find
 
     lengths = [s.final_len // 8, s.final_len // 4, s.final_len // 2, s.final_len]
-    cache = work / f"lr_find-{s.model}-{s.vocab_size}-{s.tokens_per_step}-{s.lr_find_steps}-lanes{s.lanes}.json"
+    cache = work / f"lr_find-{s.model}{f'-d{s.d_model}' if s.d_model else ''}-{s.vocab_size}-{s.tokens_per_step}-{s.lr_find_steps}-lanes{s.lanes}.json"
     if cache.is_file():
         found = {int(k): v for k, v in json.loads(cache.read_text())["suggested"].items()}
     else:
@@ -360,7 +363,8 @@ def make_config(s: Settings, arm: Arm, lr: float, seed: int, data: Path, tokeniz
     curriculum["target_tokens"] = s.budget
     raw = {
         "name": f"{arm.name}-lr{lr:g}-seed{seed}",
-        "model": {"preset": s.model, "max_seq_len": s.final_len},
+        "model": {"preset": s.model, "max_seq_len": s.final_len,
+                  **({"d_model": s.d_model} if s.d_model is not None else {})},
         "data": {
             "sources": [{"name": "wiki", "path": str(data / "train.jsonl"),
                          "validation_split": str(data / "valid.jsonl")}],
@@ -936,6 +940,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--tokens-per-step", type=int, help="regime A tokens per step")
     p.add_argument("--big-factor", type=int, help="regime B tokens per step = this × regime A's")
     p.add_argument("--model", help="model preset (default small = 4 layers × 128)")
+    p.add_argument("--d-model", type=int, help="residual width instead of the model preset's (e.g. 256)")
     p.add_argument("--vocab-size", type=int, help="BPE vocabulary (default 8192)")
     p.add_argument("--eval-points", type=int, help="evaluations per run")
     p.add_argument("--eval-tokens", type=int, help="validation tokens per evaluation")
@@ -965,7 +970,8 @@ def settings_from(args: argparse.Namespace) -> Settings:
         s = replace(s, model="tiny", vocab_size=512, final_len=64, budget=8 * 512, tokens_per_step=512, big_factor=2,
                     eval_points=4, eval_tokens=1024, max_extensions=0, tokenizer_documents=60)
     overrides = {"budget": args.budget, "tokens_per_step": args.tokens_per_step, "big_factor": args.big_factor,
-                 "model": args.model, "vocab_size": args.vocab_size, "eval_points": args.eval_points,
+                 "model": args.model, "d_model": args.d_model, "vocab_size": args.vocab_size,
+                 "eval_points": args.eval_points,
                  "eval_tokens": args.eval_tokens, "max_extensions": args.max_extensions, "lanes": args.lanes}
     s = replace(s, **{k: v for k, v in overrides.items() if v is not None})
     if args.seeds:
@@ -1009,7 +1015,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     log = print
     try:
         tokenizer = train_tokenizer(s, args.data, work)
-        log(f"curriculum_speedup: {s.model} model, BPE {s.vocab_size}, {s.budget:,} tokens per run, "
+        log(f"curriculum_speedup: {s.model} model{f' at width {s.d_model}' if s.d_model else ''}, BPE {s.vocab_size}, {s.budget:,} tokens per run, "
             f"{s.tokens_per_step:,} tokens/step (regime B ×{s.big_factor}), eval every "
             f"{s.budget // s.eval_points:,} tokens at length {s.final_len} on {s.eval_tokens:,} valid.jsonl tokens, "
             f"seeds {list(s.seeds)}; {args.jobs} run(s) at a time, {args.threads} torch thread(s) each; "
