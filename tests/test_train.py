@@ -269,3 +269,42 @@ def test_fp16_without_cuda_is_a_config_error(tmp_path, tokenizer_json, shared_da
     assert main(["train", str(cfg_path), "--out", str(tmp_path / "run"), "--quiet"]) == 2
     err = capsys.readouterr().err
     assert err.startswith("gradus: error: train.precision=fp16 needs a CUDA device") and err.count("\n") == 1
+
+
+def test_cuda_probe_halves_on_oom_and_holds_adamw_moments_aside(tmp_path, tokenizer_json, shared_data, monkeypatch):
+    # The probe runs on CUDA only; here its CUDA calls are no-ops and the "GPU" holds 4 rows of 16 tokens
+    # next to AdamW's moments: a forward at more rows, or without the moments' bytes held, must not count.
+    trainer = trainer_mod.Trainer(from_dict(raw_config(tokenizer_json, shared_data)), tmp_path, resume=False,
+                                  quiet=True)
+    try:
+        trainer.setup()
+        for name in ("synchronize", "empty_cache", "reset_peak_memory_stats"):
+            monkeypatch.setattr(torch.cuda, name, lambda *a, **k: None)
+        moments = 2 * 4 * sum(p.numel() for p in trainer.model.parameters())
+        held: list[int] = []
+        real_empty = torch.empty
+
+        def empty(*size, **kw):
+            t = real_empty(*size, **kw)
+            if kw.get("dtype") is torch.uint8:
+                held.append(t.numel())
+            return t
+
+        monkeypatch.setattr(torch, "empty", empty)
+        real_net, tried = trainer.net, []
+
+        def net(x, y):
+            tried.append(x.shape[0])
+            if x.shape[0] > 4 or sum(held) < moments:
+                raise torch.OutOfMemoryError("fake: CUDA out of memory")
+            return real_net(x, y)
+
+        trainer.net = net
+        assert trainer._probe(16, 16) == 4
+        assert tried == [16, 8, 4] and held == [moments] * 3
+        assert all(p.grad is None for p in trainer.model.parameters())  # nothing left behind
+        held.clear()
+        trainer.optimizer.state[next(trainer.model.parameters())] = {"step": torch.tensor(1.0)}  # moments exist
+        assert trainer._probe(16, 2) is None and held == []  # nothing held aside: fails for lack of the bytes
+    finally:
+        trainer.close()

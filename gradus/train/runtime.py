@@ -60,6 +60,15 @@ class Runtime:
         if self.distributed:
             dist.barrier()
 
+    def min_over_ranks(self, value: int) -> int:
+        """The smallest of an integer over ranks (itself when alone): what every rank can agree on, e.g.
+        a micro-batch that fits on every GPU, so all ranks run the same number of gradient all-reduces."""
+        if not self.distributed:
+            return value
+        t = torch.tensor([value], dtype=torch.int64, device=self.device)
+        dist.all_reduce(t, op=dist.ReduceOp.MIN)
+        return int(t.item())
+
     def mean(self, value: float) -> float:
         """Mean of a float over ranks."""
         if not self.distributed:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+from collections.abc import Callable
 
 import torch
 
@@ -23,6 +24,33 @@ def build_optimizer(model: torch.nn.Module, optim: OptimConfig, device: torch.de
         eps=optim.eps,
         fused=fused or None,
     )
+
+
+def adamw_state_bytes(optimizer: torch.optim.Optimizer) -> int:
+    """Bytes AdamW will allocate for its two moments (``exp_avg``, ``exp_avg_sq``: one tensor of each
+    parameter's size and dtype) at its first step. The micro-batch probe runs before that step, so it must
+    hold this much aside or it picks a micro-batch that fits only until the moments exist."""
+    seen: set[int] = set()
+    total = 0
+    for group in optimizer.param_groups:
+        for p in group["params"]:
+            if id(p) in seen or not p.requires_grad:
+                continue
+            seen.add(id(p))
+            total += 2 * p.numel() * p.element_size()
+    return total
+
+
+def largest_fitting_micro_batch(micro: int, fits: Callable[[int], bool]) -> int | None:
+    """Halve ``micro`` until ``fits(micro)`` (one forward + backward at that micro-batch did not run out of
+    memory); the micro-batch found, or None when not even 1 fits. Halving keeps the micro-batch a divisor
+    of a power-of-two batch, so accumulation needs no ragged last micro-batch."""
+    while True:
+        if fits(micro):
+            return micro
+        if micro == 1:
+            return None
+        micro = max(1, micro // 2)
 
 
 def optimizer_step(

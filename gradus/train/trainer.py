@@ -39,7 +39,7 @@ from gradus.train.runtime import (
     setup_runtime,
     teardown_runtime,
 )
-from gradus.train.step import optimizer_step
+from gradus.train.step import adamw_state_bytes, largest_fitting_micro_batch, optimizer_step
 
 
 @dataclass
@@ -231,7 +231,9 @@ class Trainer:
     def _plan_micro_batches(self) -> dict[int, int]:
         """Micro-batch per stage. On CUDA each stage's shape is run once (forward + backward), halving the
         micro-batch on out-of-memory, so no stage change can run out of memory later; this also compiles
-        every stage's graph before the clock starts. On CPU memory is not the limit: the whole local batch."""
+        every stage's graph before the clock starts. Under DDP every rank takes the smallest micro-batch
+        any rank found (different accumulation counts would hang the gradient all-reduce). On CPU memory
+        is not the limit: the whole local batch."""
         rt = self.rt
         chosen: dict[int, int] = {}
         configured = self.cfg.train.micro_batch_size
@@ -239,37 +241,53 @@ class Trainer:
             local = s.batch_size // rt.world_size
             micro = min(local, configured) if configured else local
             if rt.device.type == "cuda" and s.steps > 0:
-                micro = self._probe(s.index, s.seq_len, micro)
+                # 0 = "not even 1 fits" on some rank: every rank learns it from the same all-reduce, so
+                # all of them stop with the error instead of some waiting for the others forever.
+                micro = rt.min_over_ranks(self._probe(s.seq_len, micro) or 0)
+                if micro == 0:
+                    raise GradusError(
+                        f"curriculum.stages[{s.index}] (seq_len {s.seq_len}) does not fit in memory even at "
+                        f"micro-batch 1 on {torch.cuda.get_device_name(rt.device)}; use a smaller model, "
+                        f"a shorter seq_len, or more GPUs"
+                    )
             chosen[s.index] = micro
         return chosen
 
-    def _probe(self, index: int, seq_len: int, micro: int) -> int:
+    def _probe(self, seq_len: int, micro: int) -> int | None:
+        """The largest micro-batch ≤ ``micro`` (halving) whose forward + backward fits on this GPU, with
+        AdamW's moments held aside when they do not exist yet (a fresh run: they appear at the first step);
+        None when not even 1 fits. Runs under ``no_sync``: a rank that runs out of memory must not leave
+        the others waiting in a gradient all-reduce."""
         saved_rng = rng_state()
-        while True:
+        rt = self.rt
+        reserve_bytes = 0 if self.optimizer.state else adamw_state_bytes(self.optimizer)
+
+        def fits(m: int) -> bool:
+            reserve = None
             try:
-                x = torch.randint(0, self.shape.vocab_size, (micro, seq_len), device=self.rt.device)
+                if reserve_bytes:
+                    reserve = torch.empty(reserve_bytes, dtype=torch.uint8, device=rt.device)
+                x = torch.randint(0, self.shape.vocab_size, (m, seq_len), device=rt.device)
                 # Separate label tensor: compiled with (x, x), the graph would assume aliased inputs and
                 # the first real step (two tensors) would recompile after the clock has started.
-                y = torch.randint(0, self.shape.vocab_size, (micro, seq_len), device=self.rt.device)
-                with self.rt.autocast():
-                    _, loss = self.net(x, y)
-                loss.backward()
-                self.optimizer.zero_grad(set_to_none=True)
-                torch.cuda.synchronize(self.rt.device)
-                break
+                y = torch.randint(0, self.shape.vocab_size, (m, seq_len), device=rt.device)
+                with self.net.no_sync() if rt.distributed else contextlib.nullcontext():
+                    with rt.autocast():
+                        _, loss = self.net(x, y)
+                    loss.backward()
+                torch.cuda.synchronize(rt.device)
+                return True
             except torch.OutOfMemoryError:
+                return False
+            finally:
+                del reserve
                 self.optimizer.zero_grad(set_to_none=True)
                 torch.cuda.empty_cache()
-                if micro == 1:
-                    raise GradusError(
-                        f"curriculum.stages[{index}] (seq_len {seq_len}) does not fit in memory even at "
-                        f"micro-batch 1 on {torch.cuda.get_device_name(self.rt.device)}; use a smaller model, "
-                        f"a shorter seq_len, or more GPUs"
-                    ) from None
-                micro = max(1, micro // 2)
+
+        micro_found = largest_fitting_micro_batch(micro, fits)
         set_rng_state(saved_rng)
-        torch.cuda.reset_peak_memory_stats(self.rt.device)
-        return micro
+        torch.cuda.reset_peak_memory_stats(rt.device)
+        return micro_found
 
     def _announce(self, resumed_from: Path | None) -> None:
         p = self.console.print

@@ -1,0 +1,60 @@
+"""The optimizer-step helpers behind the CUDA micro-batch probe, checked on CPU."""
+
+from __future__ import annotations
+
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+
+from gradus.config import OptimConfig
+from gradus.model import GPT, ModelShape
+from gradus.train.runtime import Runtime
+from gradus.train.step import adamw_state_bytes, build_optimizer, largest_fitting_micro_batch
+
+
+def test_adamw_state_bytes_is_what_the_first_step_allocates():
+    torch.manual_seed(0)
+    model = GPT(ModelShape(n_layers=2, d_model=32, n_heads=4, vocab_size=97, max_seq_len=16))
+    optimizer = build_optimizer(model, OptimConfig(), torch.device("cpu"))
+    predicted = adamw_state_bytes(optimizer)
+    assert not optimizer.state
+    x = torch.randint(0, 97, (2, 16))
+    _, loss = model(x, x)
+    loss.backward()
+    optimizer.step()
+    moments = sum(t.nbytes for st in optimizer.state.values() for k, t in st.items() if k.startswith("exp_avg"))
+    # A tied head is one tensor (counted once); every moment is fp32 like its parameter.
+    assert predicted == moments == 2 * 4 * sum(p.numel() for p in model.parameters())
+
+
+def test_largest_fitting_micro_batch_halves_until_it_fits():
+    tried: list[int] = []
+
+    def fits(m: int) -> bool:
+        tried.append(m)
+        return m <= 12
+
+    assert largest_fitting_micro_batch(64, fits) == 8
+    assert tried == [64, 32, 16, 8]
+    assert largest_fitting_micro_batch(6, lambda m: m <= 1) == 1
+    assert largest_fitting_micro_batch(5, lambda m: False) is None
+
+
+def _min_worker(rank: int, world: int, init: str, values: list[int], out: str) -> None:
+    dist.init_process_group("gloo", init_method=init, rank=rank, world_size=world)
+    try:
+        rt = Runtime(device=torch.device("cpu"), precision="fp32", rank=rank, world_size=world)
+        agreed = rt.min_over_ranks(values[rank])
+        with open(f"{out}.{rank}", "w") as f:
+            f.write(str(agreed))
+    finally:
+        dist.destroy_process_group()
+
+
+def test_min_over_ranks_agrees_on_the_smallest(tmp_path):
+    assert Runtime(device=torch.device("cpu"), precision="fp32").min_over_ranks(48) == 48
+    init = f"file://{tmp_path / 'store'}"
+    out = str(tmp_path / "agreed")
+    mp.spawn(_min_worker, args=(2, init, [64, 0], out), nprocs=2, join=True)
+    assert [open(f"{out}.{r}").read() for r in range(2)] == ["0", "0"]
+
