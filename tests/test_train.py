@@ -308,3 +308,37 @@ def test_cuda_probe_halves_on_oom_and_holds_adamw_moments_aside(tmp_path, tokeni
         assert trainer._probe(16, 2) is None and held == []  # nothing held aside: fails for lack of the bytes
     finally:
         trainer.close()
+
+
+def _signalled_rank_worker(rank: int, raw: dict, run: str, port: int) -> None:
+    import datetime
+    import os
+
+    import torch.distributed as dist
+
+    os.environ.update({"RANK": str(rank), "LOCAL_RANK": str(rank), "WORLD_SIZE": "2"})
+    # A short timeout: ranks that disagree fail the test within a minute instead of hanging it.
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=2,
+                            timeout=datetime.timedelta(seconds=60))
+    real = trainer_mod.Trainer._train_step
+
+    def step(self, state, batch):
+        out = real(self, state, batch)
+        if rank == 1 and state.step == 2:
+            self.stop_requested = "stopped by SIGTERM; checkpoint saved"  # the signal reached rank 1 only
+        return out
+
+    trainer_mod.Trainer._train_step = step
+    result = train(from_dict(raw), run, quiet=True)
+    Path(run, f"result.{rank}").write_text(json.dumps([result.step, result.reason]))
+
+
+def test_a_signal_on_one_rank_stops_every_rank_at_the_same_step(tmp_path, tokenizer_json, shared_data):
+    import torch.multiprocessing as mp
+
+    raw = raw_config(tokenizer_json, shared_data, checkpoint_every=None)
+    mp.spawn(_signalled_rank_worker, args=(raw, str(tmp_path), 29531), nprocs=2, join=True)
+    results = [json.loads((tmp_path / f"result.{r}").read_text()) for r in range(2)]
+    assert [r[0] for r in results] == [3, 3]
+    assert results[1][1].startswith("stopped by SIGTERM") and results[0][1].startswith("stopped: another rank")
+    assert json.loads((tmp_path / "checkpoints" / "step_00000003" / "meta.json").read_text())["step"] == 3

@@ -69,6 +69,14 @@ class Runtime:
         dist.all_reduce(t, op=dist.ReduceOp.MIN)
         return int(t.item())
 
+    def any_over_ranks(self, flag: bool) -> bool:
+        """True when the flag is set on any rank (itself when alone)."""
+        if not self.distributed:
+            return flag
+        t = torch.tensor([int(flag)], dtype=torch.int64, device=self.device)
+        dist.all_reduce(t, op=dist.ReduceOp.MAX)
+        return bool(t.item())
+
     def mean(self, value: float) -> float:
         """Mean of a float over ranks."""
         if not self.distributed:

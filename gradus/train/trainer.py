@@ -373,7 +373,7 @@ class Trainer:
                 if nxt.done:
                     reason = nxt.done_reason or "done"
                     break
-                if self.stop_requested or (stop_at_step is not None and pr.step >= stop_at_step):
+                if self._stop_agreed() or (stop_at_step is not None and pr.step >= stop_at_step):
                     reason = self.stop_requested or f"stopped at step {pr.step} (--stop-at-step)"
                     if not self._just_saved():
                         self._save_checkpoint(state)
@@ -624,6 +624,17 @@ class Trainer:
         return RunResult(self.run_dir, pr.step, pr.tokens, reason, pr.best_val_loss, last_val or {}, pr.train_seconds)
 
     # ================================================================================== signals
+    def _stop_agreed(self) -> bool:
+        """Whether to stop after this step. Under DDP a signal can reach one rank a step before another:
+        every rank asks all the others, every step, so all stop at the same step (a rank that stopped alone
+        would wait in the checkpoint's all-gather while the others waited in the next step's all-reduce)."""
+        if not self.rt.distributed:
+            return self.stop_requested is not None
+        stop = self.rt.any_over_ranks(self.stop_requested is not None)
+        if stop and self.stop_requested is None:
+            self.stop_requested = "stopped: another rank was signalled; checkpoint saved"
+        return stop
+
     def _install_signal_handlers(self) -> dict:
         def handler(signum, _frame):
             name = signal.Signals(signum).name
