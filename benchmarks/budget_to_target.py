@@ -1,0 +1,162 @@
+#!/usr/bin/env python
+"""Budget to target: how many tokens does each arm need when every run is a complete, annealed run?
+
+``curriculum_speedup.py`` measures an arm's tokens to the target where its loss curve first crosses it, in
+the middle of its own schedule (its learning rate not yet decayed), while the target is the baseline's
+loss at the *end* of its schedule. This script gives the other standard reading: run every arm to
+completion at several budgets (``curriculum_speedup.py --budget B``, each with its own LR tuning), and find
+the budget at which an arm's final loss reaches the target (the baseline's final loss at the largest budget),
+interpolated linearly in log(budget) between the two budgets that bracket it. Speedup = the largest budget /
+that budget. A budget below the smallest one run is not extrapolated: the speedup is then reported as at
+least largest / smallest.
+
+Usage::
+
+    python benchmarks/budget_to_target.py benchmarks/results/curriculum_speedup.json \\
+        benchmarks/results/curriculum_speedup_b262144.json benchmarks/results/curriculum_speedup_b393216.json
+
+Inputs are ``curriculum_speedup.py`` JSONs that differ only in the budget (and so in the evaluation cadence)
+and ran the same seeds. Output: a table on stdout and ``benchmarks/results/budget_to_target.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import statistics
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+RESULTS = Path(__file__).resolve().parents[1] / "benchmarks" / "results"
+# Settings that may differ between the inputs: the budget and what follows from it.
+VARYING = {"budget", "lr_find"}
+
+
+def budget_to_target(points: Sequence[tuple[int, float]], target: float) -> tuple[float | None, str]:
+    """The budget at which the final loss first reaches ``target`` on (budget, final loss) points, linearly
+    interpolated in log(budget); with how it was found: ``interpolated``, ``at most`` (already reached at
+    the smallest budget: that budget is an upper bound) or ``not reached`` (None)."""
+    pts = sorted((b, loss) for b, loss in points if loss is not None and math.isfinite(loss))
+    if not pts:
+        return None, "not reached"
+    if pts[0][1] <= target:
+        return float(pts[0][0]), "at most"
+    for (b0, l0), (b1, l1) in zip(pts, pts[1:], strict=False):
+        if l1 <= target:
+            frac = (l0 - target) / (l0 - l1)
+            return math.exp(math.log(b0) + frac * (math.log(b1) - math.log(b0))), "interpolated"
+    return None, "not reached"
+
+
+def load(paths: Sequence[Path]) -> list[dict]:
+    """The reports, smallest budget first; exits with a one-line message when they do not belong together."""
+    reports = []
+    for p in paths:
+        try:
+            reports.append(json.loads(p.read_text(encoding="utf-8")))
+        except (OSError, ValueError) as exc:
+            raise SystemExit(f"budget_to_target: cannot read {p}: {exc}") from None
+    reports.sort(key=lambda r: r["settings"]["budget"])
+    budgets = [r["settings"]["budget"] for r in reports]
+    if len(set(budgets)) != len(budgets) or len(budgets) < 2:
+        raise SystemExit(f"budget_to_target: need reports at two or more different budgets, got {budgets}")
+    first = {k: v for k, v in reports[0]["settings"].items() if k not in VARYING}
+    for p, r in zip(paths, reports, strict=True):
+        other = {k: v for k, v in r["settings"].items() if k not in VARYING}
+        diff = sorted(k for k in first.keys() | other.keys() if first.get(k) != other.get(k))
+        if diff:
+            raise SystemExit(f"budget_to_target: {p} differs from the others in {', '.join(diff)}; only the "
+                             "budget may differ")
+    return reports
+
+
+def arms_by_name(report: dict) -> dict[str, dict]:
+    """Baseline and arms of one report by name."""
+    return {a["name"]: a for a in [report["baseline"], *report["arms"]]}
+
+
+def analyse(reports: list[dict]) -> dict:
+    """Per arm: final loss at each budget (median and per seed), budget to the target and the speedup."""
+    largest = reports[-1]
+    target = largest["target"]
+    top = largest["settings"]["budget"]
+    smallest = reports[0]["settings"]["budget"]
+    seeds = list(largest["settings"]["seeds"])
+    names = [n for n in arms_by_name(largest) if all(n in arms_by_name(r) for r in reports)]
+    rows = []
+    for name in names:
+        per = [arms_by_name(r)[name] for r in reports]
+        points = [(r["settings"]["budget"], a["final_val_loss"]) for r, a in zip(reports, per, strict=True)]
+        b, how = budget_to_target(points, target)
+        seed_b = []
+        for i in range(len(seeds)):
+            pts = [(r["settings"]["budget"], (a.get("final_val_loss_seeds") or [None] * len(seeds))[i])
+                   for r, a in zip(reports, per, strict=True)]
+            seed_b.append(budget_to_target(pts, target))
+        seed_speedups = [top / sb for sb, _ in seed_b if sb]
+        rows.append({
+            "name": name,
+            "lr_by_budget": {str(r["settings"]["budget"]): a["lr"] for r, a in zip(reports, per, strict=True)},
+            "final_val_loss_by_budget": {str(bud): loss for bud, loss in points},
+            "budget_to_target": b,
+            "budget_to_target_kind": how,
+            "speedup_budget": top / b if b else None,
+            "speedup_budget_is_lower_bound": how == "at most",
+            "speedup_budget_seeds": [top / sb if sb else None for sb, _ in seed_b],
+            "speedup_budget_seeds_reaching": f"{len(seed_speedups)}/{len(seeds)}",
+            "speedup_tokens_crossing": arms_by_name(largest)[name].get("speedup_tokens"),
+        })
+    return {
+        "benchmark": "budget_to_target",
+        "inputs": [{"budget": r["settings"]["budget"], "command": r.get("command"), "date": r.get("date")}
+                   for r in reports],
+        "target": target,
+        "target_from": f"the baseline's final val loss at the largest budget ({top:,} tokens), median over seeds",
+        "seeds": seeds,
+        "method": "every run complete (warmup + cosine to its own budget) with its LR tuned at that budget; the "
+                  "budget where an arm's median final loss reaches the target, linear in log(budget) between "
+                  "the bracketing budgets; speedup = largest budget / that budget (a lower bound when the "
+                  f"smallest budget, {smallest:,}, already reaches it)",
+        "arms": rows,
+    }
+
+
+def table(report: dict) -> str:
+    """The rows as text."""
+    budgets = [i["budget"] for i in report["inputs"]]
+    head = f"{'arm':<20}" + "".join(f"{f'final@{b // 1024}k':>12}" for b in budgets)
+    head += f"{'to target':>12}{'speedup':>10}{'seeds':>22}{'crossing':>10}"
+    lines = [f"target {report['target']:.4f} ({report['target_from']})", head]
+    for a in report["arms"]:
+        finals = "".join(f"{a['final_val_loss_by_budget'][str(b)]:>12.4f}" for b in budgets)
+        to = (f"{'≤' if a['speedup_budget_is_lower_bound'] else ''}{a['budget_to_target'] / 1024:.0f}k"
+              if a["budget_to_target"] else "—")
+        sp = (f"{'≥' if a['speedup_budget_is_lower_bound'] else ''}{a['speedup_budget']:.2f}×"
+              if a["speedup_budget"] else "<1")
+        seeds = ", ".join(f"{s:.2f}" if s else "—" for s in a["speedup_budget_seeds"])
+        cross = f"{a['speedup_tokens_crossing']:.2f}×" if a["speedup_tokens_crossing"] else "—"
+        lines.append(f"{a['name']:<20}{finals}{to:>12}{sp:>10}{seeds:>22}{cross:>10}")
+    ok = [a["speedup_budget"] for a in report["arms"] if a["speedup_budget"] and a["name"] != "baseline"]
+    if ok:
+        lines.append(f"median speedup over the curricula that reach the target: {statistics.median(ok):.2f}×")
+    return "\n".join(lines)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("reports", nargs="+", type=Path, help="curriculum_speedup.py JSONs at different budgets")
+    p.add_argument("--out", type=Path, default=RESULTS / "budget_to_target.json", help="the JSON written")
+    args = p.parse_args(argv)
+    report = analyse(load(args.reports))
+    report["command"] = "python benchmarks/budget_to_target.py " + " ".join(str(r) for r in args.reports)
+    print(table(report))
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(report, indent=1) + "\n", encoding="utf-8")
+    print(f"wrote {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,64 @@
+"""benchmarks/budget_to_target.py: the log-budget interpolation and the report over synthetic inputs."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import math
+import sys
+from pathlib import Path
+
+import pytest
+
+SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "budget_to_target.py"
+spec = importlib.util.spec_from_file_location("budget_to_target", SCRIPT)
+assert spec is not None and spec.loader is not None
+bt = importlib.util.module_from_spec(spec)
+sys.modules[spec.name] = bt
+spec.loader.exec_module(bt)
+
+
+def test_interpolates_in_log_budget():
+    b, how = bt.budget_to_target([(1000, 6.0), (4000, 5.0)], 5.5)
+    assert how == "interpolated" and b == pytest.approx(2000.0)  # halfway in log(budget)
+    assert bt.budget_to_target([(4000, 5.0), (1000, 4.9)], 5.5) == (1000.0, "at most")
+    assert bt.budget_to_target([(1000, 6.0), (4000, 5.6)], 5.5) == (None, "not reached")
+    assert bt.budget_to_target([(1000, 6.0), (2000, 5.4), (4000, 5.0)], 5.5)[0] == pytest.approx(
+        math.exp(math.log(1000) + (0.5 / 0.6) * math.log(2)))
+
+
+def _report(budget: int, finals: dict[str, list[float]], target: float | None = None) -> dict:
+    def arm(name):
+        seeds = finals[name]
+        return {"name": name, "lr": 4e-3, "final_val_loss": sorted(seeds)[1], "final_val_loss_seeds": seeds,
+                "speedup_tokens": 1.0}
+
+    base = arm("baseline")
+    return {"settings": {"budget": budget, "seeds": [0, 1, 2], "model": "small", "lr_find": []},
+            "target": target if target is not None else base["final_val_loss"], "baseline": base,
+            "arms": [arm(n) for n in finals if n != "baseline"]}
+
+
+def test_report_speedups_against_the_largest_budgets_baseline(tmp_path, capsys):
+    paths = []
+    for budget, finals in [(1000, {"baseline": [6.0, 6.1, 6.2], "curr": [5.7, 5.8, 5.9]}),
+                           (4000, {"baseline": [5.4, 5.5, 5.6], "curr": [5.1, 5.2, 5.3]})]:
+        paths.append(tmp_path / f"r{budget}.json")
+        paths[-1].write_text(json.dumps(_report(budget, finals)))
+    out = tmp_path / "bt.json"
+    assert bt.main([str(p) for p in reversed(paths)] + ["--out", str(out)]) == 0
+    rows = {a["name"]: a for a in json.loads(out.read_text())["arms"]}
+    assert rows["baseline"]["speedup_budget"] == pytest.approx(1.0)
+    # curr: 5.8 at 1000, 5.2 at 4000; target 5.5 is halfway -> 2000 tokens -> 2x.
+    assert rows["curr"]["budget_to_target"] == pytest.approx(2000.0) and rows["curr"]["speedup_budget"] == pytest.approx(2.0)
+    assert rows["curr"]["speedup_budget_seeds_reaching"] == "3/3"
+    assert "curr" in capsys.readouterr().out
+
+
+def test_reports_that_differ_in_more_than_the_budget_are_refused(tmp_path):
+    a, b = _report(1000, {"baseline": [6, 6, 6]}), _report(4000, {"baseline": [5, 5, 5]})
+    b["settings"]["model"] = "tiny"
+    for name, r in (("a.json", a), ("b.json", b)):
+        (tmp_path / name).write_text(json.dumps(r))
+    with pytest.raises(SystemExit, match="differs from the others in model"):
+        bt.main([str(tmp_path / "a.json"), str(tmp_path / "b.json"), "--out", str(tmp_path / "o.json")])
