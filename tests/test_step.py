@@ -8,8 +8,9 @@ import torch.multiprocessing as mp
 
 from gradus.config import OptimConfig
 from gradus.model import GPT, ModelShape
-from gradus.train.runtime import Runtime
-from gradus.train.step import adamw_state_bytes, build_optimizer, largest_fitting_micro_batch
+from gradus.plan.memory import HEADROOM, estimate_memory
+from gradus.train.runtime import Runtime, host_memory_budget
+from gradus.train.step import adamw_state_bytes, build_optimizer, halve_until_fits, host_micro_batch
 
 
 def test_adamw_state_bytes_is_what_the_first_step_allocates():
@@ -27,17 +28,17 @@ def test_adamw_state_bytes_is_what_the_first_step_allocates():
     assert predicted == moments == 2 * 4 * sum(p.numel() for p in model.parameters())
 
 
-def test_largest_fitting_micro_batch_halves_until_it_fits():
+def test_halve_until_fits_halves_until_it_fits():
     tried: list[int] = []
 
     def fits(m: int) -> bool:
         tried.append(m)
         return m <= 12
 
-    assert largest_fitting_micro_batch(64, fits) == 8
+    assert halve_until_fits(64, fits) == 8
     assert tried == [64, 32, 16, 8]
-    assert largest_fitting_micro_batch(6, lambda m: m <= 1) == 1
-    assert largest_fitting_micro_batch(5, lambda m: False) is None
+    assert halve_until_fits(6, lambda m: m <= 1) == 1
+    assert halve_until_fits(5, lambda m: False) is None
 
 
 def _min_worker(rank: int, world: int, init: str, values: list[int], out: str) -> None:
@@ -58,3 +59,20 @@ def test_min_over_ranks_agrees_on_the_smallest(tmp_path):
     mp.spawn(_min_worker, args=(2, init, [64, 0], out), nprocs=2, join=True)
     assert [open(f"{out}.{r}").read() for r in range(2)] == ["0", "0"]
 
+
+
+def test_host_micro_batch_keeps_a_cpu_step_inside_the_machines_memory():
+    # GPT-2's vocabulary at 2,048 tokens per row: about 0.4 GB of activations per row, mostly logits.
+    shape = ModelShape(n_layers=4, d_model=64, n_heads=4, vocab_size=50257, max_seq_len=2048)
+    per_row = estimate_memory(shape, 2048, 1, "fp32").activations
+    fixed = estimate_memory(shape, 2048, 1, "fp32").total - per_row
+    assert host_micro_batch(shape, 2048, 32, "fp32", None) == 32  # budget unknown: as configured
+    assert host_micro_batch(shape, 2048, 32, "fp32", 10**13) == 32
+    budget = int((fixed + 5 * per_row) / HEADROOM) + 1  # room for 5 rows: the largest divisor of 32 is 4
+    assert host_micro_batch(shape, 2048, 32, "fp32", budget) == 4
+    assert host_micro_batch(shape, 2048, 32, "fp32", fixed) is None
+
+
+def test_host_memory_budget_is_available_plus_resident():
+    budget = host_memory_budget()
+    assert budget is not None and 2**20 < budget < 2**50

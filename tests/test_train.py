@@ -342,3 +342,35 @@ def test_a_signal_on_one_rank_stops_every_rank_at_the_same_step(tmp_path, tokeni
     assert [r[0] for r in results] == [3, 3]
     assert results[1][1].startswith("stopped by SIGTERM") and results[0][1].startswith("stopped: another rank")
     assert json.loads((tmp_path / "checkpoints" / "step_00000003" / "meta.json").read_text())["step"] == 3
+
+
+def test_cpu_micro_batch_follows_the_hosts_free_memory(tmp_path, tokenizer_json, shared_data, monkeypatch, full_run):
+    # A host with room for the model and 3 rows of the longest stage: that stage accumulates over smaller
+    # micro-batches, and the run matches the whole-batch one up to float rounding.
+    from gradus.model import resolve_shape
+    from gradus.plan.memory import HEADROOM, estimate_memory
+
+    cfg = from_dict(raw_config(tokenizer_json, shared_data))
+    shape = resolve_shape(cfg.model, load_tokenizer(cfg.data).vocab_size)
+    longest = max(Curriculum(cfg).stages, key=lambda s: s.seq_len)
+    one = estimate_memory(shape, longest.seq_len, 1, "fp32")
+    budget = int((one.total + 2 * one.activations) / HEADROOM)
+    monkeypatch.setattr(trainer_mod, "host_memory_budget", lambda: budget)
+    train(cfg, tmp_path, quiet=True)
+    micro = {r["curriculum/current_seq_len"]: r["curriculum/micro_batch_size"]
+             for r in read_metrics(tmp_path / "metrics.jsonl") if "curriculum/micro_batch_size" in r}
+    assert micro[longest.seq_len] == 2 < longest.batch_size  # the largest divisor of the batch within 3 rows
+    ours, whole = losses_by_step(tmp_path / "metrics.jsonl"), losses_by_step(full_run / "metrics.jsonl")
+    assert ours.keys() == whole.keys()
+    assert all(abs(ours[k] - whole[k]) < 1e-4 for k in ours)
+
+
+def test_a_stage_that_cannot_fit_the_hosts_memory_is_a_one_line_error(tmp_path, tokenizer_json, shared_data,
+                                                                    monkeypatch, capsys):
+    monkeypatch.setattr(trainer_mod, "host_memory_budget", lambda: 1024)
+    cfg_path = tmp_path / "c.yaml"
+    cfg_path.write_text(json.dumps(raw_config(tokenizer_json, shared_data)))
+    assert main(["train", str(cfg_path), "--out", str(tmp_path / "run"), "--quiet"]) != 0
+    err = capsys.readouterr().err
+    assert err.startswith("gradus: error: curriculum.stages[0]") and "GiB even at micro-batch 1" in err
+    assert err.count("\n") == 1 and "Traceback" not in err

@@ -380,8 +380,8 @@ def run_lr_find(
 
     from gradus.data import DataPipeline, load_tokenizer
     from gradus.model import GPT, resolve_shape
-    from gradus.train.runtime import seed_everything, setup_runtime
-    from gradus.train.step import build_optimizer, optimizer_step
+    from gradus.train.runtime import host_memory_budget, seed_everything, setup_runtime
+    from gradus.train.step import build_optimizer, host_micro_batch, optimizer_step
 
     check_sweep(min_lr, max_lr, steps)
     if int(os.environ.get("WORLD_SIZE", "1")) > 1:
@@ -404,6 +404,12 @@ def run_lr_find(
         optimizer = build_optimizer(model, cfg.optim, rt.device)
         scaler = torch.amp.GradScaler(rt.device.type) if rt.precision == "fp16" else None
         micro = min(probe.batch_size, cfg.train.micro_batch_size or probe.batch_size)
+        if rt.device.type == "cpu":  # as the trainer: a CPU that runs out of memory kills the process
+            fitted = host_micro_batch(shape, probe.seq_len, micro, rt.precision, host_memory_budget())
+            if fitted is None:
+                raise GradusError(f"seq_len {probe.seq_len} does not fit in this machine's free memory even at "
+                                  f"micro-batch 1; use a smaller model or a shorter length")
+            micro = fitted
         s = curriculum.stages[probe.stage_index]
         base = replace(
             curriculum.state_at(s.start_step, s.start_tokens),

@@ -116,6 +116,22 @@ def setup_runtime(cfg: TrainConfig) -> Runtime:
     return Runtime(device=device, precision=precision, rank=rank, local_rank=local_rank, world_size=world)
 
 
+def host_memory_budget() -> int | None:
+    """Bytes of host memory this process may fill: what the OS reports available (``MemAvailable``),
+    shared equally among the processes torchrun started on this machine, plus what this process already
+    holds (its resident set, where the model's weights already are). None where ``/proc`` is missing."""
+    try:
+        with open("/proc/meminfo") as f:
+            info = {line.split(":")[0]: line.split()[1] for line in f}
+        available = int(info["MemAvailable"]) * 1024
+        with open("/proc/self/statm") as f:
+            resident = int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    except (OSError, KeyError, ValueError, IndexError):
+        return None
+    local = max(1, int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
+    return available // local + resident
+
+
 def teardown_runtime(rt: Runtime) -> None:
     """Leave the process group."""
     if rt.distributed and dist.is_initialized():

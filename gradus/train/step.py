@@ -10,6 +10,8 @@ import torch
 
 from gradus.config import OptimConfig
 from gradus.model.gpt import param_groups
+from gradus.model.sizes import ModelShape
+from gradus.plan.memory import largest_fitting_micro_batch
 from gradus.train.runtime import Runtime
 
 
@@ -41,7 +43,7 @@ def adamw_state_bytes(optimizer: torch.optim.Optimizer) -> int:
     return total
 
 
-def largest_fitting_micro_batch(micro: int, fits: Callable[[int], bool]) -> int | None:
+def halve_until_fits(micro: int, fits: Callable[[int], bool]) -> int | None:
     """Halve ``micro`` until ``fits(micro)`` (one forward + backward at that micro-batch did not run out of
     memory); the micro-batch found, or None when not even 1 fits. Halving keeps the micro-batch a divisor
     of a power-of-two batch, so accumulation needs no ragged last micro-batch."""
@@ -51,6 +53,17 @@ def largest_fitting_micro_batch(micro: int, fits: Callable[[int], bool]) -> int 
         if micro == 1:
             return None
         micro = max(1, micro // 2)
+
+
+def host_micro_batch(shape: ModelShape, seq_len: int, micro: int, precision: str, budget: int | None) -> int | None:
+    """On CPU, where running out of memory kills the process instead of raising: the largest divisor of
+    ``micro`` whose estimated training memory (:func:`gradus.plan.memory.estimate_memory`: weights,
+    gradients, AdamW's moments, activations and the logits, with :data:`~gradus.plan.memory.HEADROOM`) fits
+    in ``budget`` bytes; ``micro`` itself when the budget is unknown; None when not even 1 fits. A 50k
+    vocabulary at 65k tokens per step needs ~40 GB for the logits alone as one micro-batch."""
+    if budget is None:
+        return micro
+    return largest_fitting_micro_batch(shape, seq_len, micro, budget, precision)
 
 
 def optimizer_step(

@@ -26,12 +26,14 @@ import torch
 from gradus.config import GradusConfig, dump_yaml
 from gradus.curriculum import Curriculum, StageState
 from gradus.errors import CheckpointError, ConfigError, GradusError
+from gradus.plan.memory import estimate_memory
 from gradus.train.checkpoint import CheckpointManager
 from gradus.train.evaluate import evaluate
 from gradus.train.guard import LossGuard
 from gradus.train.metrics import Console, MetricsWriter, console_line
 from gradus.train.runtime import (
     Runtime,
+    host_memory_budget,
     peak_flops,
     rng_state,
     seed_everything,
@@ -39,7 +41,7 @@ from gradus.train.runtime import (
     setup_runtime,
     teardown_runtime,
 )
-from gradus.train.step import adamw_state_bytes, largest_fitting_micro_batch, optimizer_step
+from gradus.train.step import adamw_state_bytes, halve_until_fits, host_micro_batch, optimizer_step
 
 
 @dataclass
@@ -232,15 +234,27 @@ class Trainer:
         """Micro-batch per stage. On CUDA each stage's shape is run once (forward + backward), halving the
         micro-batch on out-of-memory, so no stage change can run out of memory later; this also compiles
         every stage's graph before the clock starts. Under DDP every rank takes the smallest micro-batch
-        any rank found (different accumulation counts would hang the gradient all-reduce). On CPU memory
-        is not the limit: the whole local batch."""
+        any rank found (different accumulation counts would hang the gradient all-reduce). On CPU, where
+        running out of memory kills the process without a word, the largest divisor of the local batch
+        whose estimated memory fits in the host's (:func:`host_micro_batch`): the whole batch for any
+        model and shape a CPU trains at a useful speed."""
         rt = self.rt
         chosen: dict[int, int] = {}
         configured = self.cfg.train.micro_batch_size
+        budget = host_memory_budget() if rt.device.type == "cpu" else None
         for s in self.curriculum.stages:
             local = s.batch_size // rt.world_size
             micro = min(local, configured) if configured else local
-            if rt.device.type == "cuda" and s.steps > 0:
+            if rt.device.type == "cpu" and s.steps > 0:
+                micro = rt.min_over_ranks(host_micro_batch(self.shape, s.seq_len, micro, rt.precision, budget) or 0)
+                if micro == 0:
+                    need = estimate_memory(self.shape, s.seq_len, 1, rt.precision).total
+                    raise GradusError(
+                        f"curriculum.stages[{s.index}] (seq_len {s.seq_len}) needs about {need / 2**30:.1f} GiB "
+                        f"even at micro-batch 1, more than the {(budget or 0) / 2**30:.1f} GiB this machine has "
+                        f"free; use a smaller model or a shorter seq_len, or train on a GPU"
+                    )
+            elif rt.device.type == "cuda" and s.steps > 0:
                 # 0 = "not even 1 fits" on some rank: every rank learns it from the same all-reduce, so
                 # all of them stop with the error instead of some waiting for the others forever.
                 micro = rt.min_over_ranks(self._probe(s.seq_len, micro) or 0)
@@ -284,7 +298,7 @@ class Trainer:
                 self.optimizer.zero_grad(set_to_none=True)
                 torch.cuda.empty_cache()
 
-        micro_found = largest_fitting_micro_batch(micro, fits)
+        micro_found = halve_until_fits(micro, fits)
         set_rng_state(saved_rng)
         torch.cuda.reset_peak_memory_stats(rt.device)
         return micro_found

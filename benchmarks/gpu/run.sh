@@ -1,0 +1,21 @@
+#!/usr/bin/env bash
+# Run ON the lent GPU machine (through the device tool, with carry=[".gpu"] from prepare.sh): installs the
+# carried wheels and measures stage throughput (tokens/s, MFU, memory, transition seconds, framework vs a
+# plain loop) at bf16 with torch.compile. One model per call, to stay inside the 10-minute command limit:
+#   bash benchmarks/gpu/run.sh 124M     # the aggressive preset's six stages, 64 -> 2048
+#   bash benchmarks/gpu/run.sh 270M     # streaming-1b's stages 1, 4, 7 and 10 (8 -> 2048)
+# Results land in $OUT (the device tool brings them back), the log beside them.
+set -uo pipefail
+model=${1:?usage: run.sh 124M|270M}
+out=${OUT:-benchmarks/results}
+pip install -q --no-index --no-deps .gpu/wheels/*.whl 2>&1 | grep -v -i warning || true
+export PYTHONPATH=$PWD GRADUS_SHARED_DATA=$PWD/.gpu/data
+nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
+python3 -c "import torch, pydantic; print('torch', torch.__version__, 'pydantic', pydantic.__version__)"
+case $model in
+  124M) args=(--preset aggressive --model-preset 124M --steps-per-stage 20 --repeats 1) ;;
+  270M) args=(--preset streaming-1b --model-preset 270M --stages 0,3,6,-1 --steps-per-stage 15 --repeats 1) ;;
+  *) echo "run.sh: unknown model $model (124M or 270M)" >&2; exit 2 ;;
+esac
+timeout 560 python3 benchmarks/stage_throughput.py "${args[@]}" --data local --device cuda --precision bf16 \
+    --compile on --peak measured --out "$out/stage_throughput_${model}_gpu.json" 2>&1 | tee "$out/stage_throughput_${model}_gpu.log"
