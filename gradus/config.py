@@ -402,7 +402,8 @@ class TrainConfig(Strict):
         10, ge=1, description="Evaluations without improvement of the reference loss before stopping (None = off)."
     )
     micro_batch_size: int | None = Field(
-        None, gt=0, description="Examples per forward pass; default: found per stage by a memory probe."
+        None, gt=0, description="Examples per forward pass (an upper bound); default: found per stage, on CUDA by "
+        "a memory probe, on CPU from a memory estimate against the host's free memory."
     )
     precision: Literal["auto", "fp32", "bf16", "fp16"] = Field(
         "auto", description="auto: bf16 autocast on CUDA, fp32 on CPU."
