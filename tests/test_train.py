@@ -374,3 +374,39 @@ def test_a_stage_that_cannot_fit_the_hosts_memory_is_a_one_line_error(tmp_path, 
     err = capsys.readouterr().err
     assert err.startswith("gradus: error: curriculum.stages[0]") and "GiB even at micro-batch 1" in err
     assert err.count("\n") == 1 and "Traceback" not in err
+
+
+def _disagreeing_eval_worker(rank: int, raw: dict, run: str, port: int) -> None:
+    import datetime
+    import os
+
+    import torch.distributed as dist
+
+    os.environ.update({"RANK": str(rank), "LOCAL_RANK": str(rank), "WORLD_SIZE": "2"})
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=2,
+                            timeout=datetime.timedelta(seconds=60))
+    # Rank 1's evaluations come out a hair different (as GPU kernels may): at step 10 it alone would see an
+    # improvement, save a checkpoint (an all-gather) and wait there for rank 0.
+    reference = iter([[5.0, 5.0], [5.0, 4.99999]])  # the evaluations at steps 5 and 10, per rank
+
+    def fake(model, batches, device, autocast):
+        at_reference = batches[0].inputs.shape[1] == 16  # (the stage-length evaluation is not decided on)
+        loss = next(reference)[rank] if at_reference else 6.0
+        return {"loss": loss, "ppl": math.exp(loss), "accuracy": 0.1, "tokens": 10}
+
+    trainer_mod.evaluate = fake
+    result = train(from_dict(raw), run, quiet=True)
+    Path(run, f"result.{rank}").write_text(json.dumps([result.step, result.best_val_loss]))
+
+
+def test_ranks_decide_on_the_mean_validation_loss(tmp_path, tokenizer_json, shared_data):
+    import torch.multiprocessing as mp
+
+    raw = raw_config(tokenizer_json, shared_data, checkpoint_every=None, eval_at_stage_change=False,
+                     eval_every=5, eval_reference_seq_len=16)
+    raw["curriculum"]["stages"] = raw["curriculum"]["stages"][:2]  # 11 steps: evaluations at 5 and 10
+    mp.spawn(_disagreeing_eval_worker, args=(raw, str(tmp_path), 29533), nprocs=2, join=True)
+    results = [json.loads((tmp_path / f"result.{r}").read_text()) for r in range(2)]
+    assert results[0] == results[1] and results[0][0] == 11
+    assert results[0][1] == pytest.approx(4.999995)  # the mean improved: both saved the best together
+    assert json.loads((tmp_path / "checkpoints" / "best" / "meta.json").read_text())["step"] == 10

@@ -533,7 +533,10 @@ class Trainer:
     def _early_stop_check(self, val: dict[str, float]) -> bool:
         """Track the best reference loss (saving the best checkpoint); True when patience is used up."""
         pr = self.progress
-        loss = val.get("val/loss", float("nan"))
+        # Every rank evaluates the same held-out windows, but GPU kernels need not give bit-identical
+        # losses on every rank; decide on the mean, so no rank saves the "best" checkpoint (a collective)
+        # or stops early without the others.
+        loss = self.rt.mean(val.get("val/loss", float("nan")))
         if math.isfinite(loss) and (pr.best_val_loss is None or loss < pr.best_val_loss):
             pr.best_val_loss = loss
             pr.evals_since_best = 0
