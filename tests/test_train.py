@@ -310,7 +310,7 @@ def test_cuda_probe_halves_on_oom_and_holds_adamw_moments_aside(tmp_path, tokeni
         trainer.close()
 
 
-def _signalled_rank_worker(rank: int, raw: dict, run: str, port: int) -> None:
+def _signalled_rank_worker(rank: int, raw: dict, run: str, init: str) -> None:
     import datetime
     import os
 
@@ -318,7 +318,7 @@ def _signalled_rank_worker(rank: int, raw: dict, run: str, port: int) -> None:
 
     os.environ.update({"RANK": str(rank), "LOCAL_RANK": str(rank), "WORLD_SIZE": "2"})
     # A short timeout: ranks that disagree fail the test within a minute instead of hanging it.
-    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=2,
+    dist.init_process_group("gloo", init_method=init, rank=rank, world_size=2,
                             timeout=datetime.timedelta(seconds=60))
     real = trainer_mod.Trainer._train_step
 
@@ -337,7 +337,8 @@ def test_a_signal_on_one_rank_stops_every_rank_at_the_same_step(tmp_path, tokeni
     import torch.multiprocessing as mp
 
     raw = raw_config(tokenizer_json, shared_data, checkpoint_every=None)
-    mp.spawn(_signalled_rank_worker, args=(raw, str(tmp_path), 29531), nprocs=2, join=True)
+    mp.spawn(_signalled_rank_worker, args=(raw, str(tmp_path), f"file://{tmp_path / 'rendezvous'}"), nprocs=2,
+             join=True)
     results = [json.loads((tmp_path / f"result.{r}").read_text()) for r in range(2)]
     assert [r[0] for r in results] == [3, 3]
     assert results[1][1].startswith("stopped by SIGTERM") and results[0][1].startswith("stopped: another rank")
@@ -376,14 +377,14 @@ def test_a_stage_that_cannot_fit_the_hosts_memory_is_a_one_line_error(tmp_path, 
     assert err.count("\n") == 1 and "Traceback" not in err
 
 
-def _disagreeing_eval_worker(rank: int, raw: dict, run: str, port: int) -> None:
+def _disagreeing_eval_worker(rank: int, raw: dict, run: str, init: str) -> None:
     import datetime
     import os
 
     import torch.distributed as dist
 
     os.environ.update({"RANK": str(rank), "LOCAL_RANK": str(rank), "WORLD_SIZE": "2"})
-    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=2,
+    dist.init_process_group("gloo", init_method=init, rank=rank, world_size=2,
                             timeout=datetime.timedelta(seconds=60))
     # Rank 1's evaluations come out a hair different (as GPU kernels may): at step 10 it alone would see an
     # improvement, save a checkpoint (an all-gather) and wait there for rank 0.
@@ -405,8 +406,49 @@ def test_ranks_decide_on_the_mean_validation_loss(tmp_path, tokenizer_json, shar
     raw = raw_config(tokenizer_json, shared_data, checkpoint_every=None, eval_at_stage_change=False,
                      eval_every=5, eval_reference_seq_len=16)
     raw["curriculum"]["stages"] = raw["curriculum"]["stages"][:2]  # 11 steps: evaluations at 5 and 10
-    mp.spawn(_disagreeing_eval_worker, args=(raw, str(tmp_path), 29533), nprocs=2, join=True)
+    mp.spawn(_disagreeing_eval_worker, args=(raw, str(tmp_path), f"file://{tmp_path / 'rendezvous'}"), nprocs=2,
+             join=True)
     results = [json.loads((tmp_path / f"result.{r}").read_text()) for r in range(2)]
     assert results[0] == results[1] and results[0][0] == 11
     assert results[0][1] == pytest.approx(4.999995)  # the mean improved: both saved the best together
     assert json.loads((tmp_path / "checkpoints" / "best" / "meta.json").read_text())["step"] == 10
+
+
+def _probe_oom_on_one_rank_worker(rank: int, raw: dict, run: str, init: str) -> None:
+    import datetime
+    import os
+
+    import torch.distributed as dist
+
+    os.environ.update({"RANK": str(rank), "LOCAL_RANK": str(rank), "WORLD_SIZE": "2"})
+    dist.init_process_group("gloo", init_method=init, rank=rank, world_size=2, timeout=datetime.timedelta(seconds=30))
+    trainer = trainer_mod.Trainer(from_dict(raw), Path(run) / f"r{rank}", resume=False, quiet=True)
+    try:
+        trainer.setup()
+        for name in ("synchronize", "empty_cache", "reset_peak_memory_stats"):
+            setattr(torch.cuda, name, lambda *a, **k: None)
+        real_forward = trainer.model.forward
+
+        def forward(x, y=None):  # rank 1's "GPU" takes 4 rows, rank 0's all 16
+            if rank == 1 and x.shape[0] > 4:
+                raise torch.OutOfMemoryError("fake: CUDA out of memory")
+            return real_forward(x, y)
+
+        trainer.model.forward = forward  # inside DDP's forward, after its pre-forward collectives
+        found = trainer._probe(16, 16)
+        agreed = trainer.rt.min_over_ranks(found or 0)
+        Path(run, f"result.{rank}").write_text(json.dumps([found, agreed]))
+    finally:
+        trainer.close()
+
+
+def test_probe_out_of_memory_on_one_rank_keeps_the_ranks_in_step(tmp_path, tokenizer_json, shared_data):
+    # The CUDA probe's logic (its CUDA calls stubbed) inside real DDP on gloo: rank 1 runs out of memory
+    # at 16 and 8 rows, rank 0 does not. With DDP's per-forward buffer broadcast on, rank 1 broadcast again
+    # on every retry and the ranks hung; now both agree on 4.
+    import torch.multiprocessing as mp
+
+    raw = raw_config(tokenizer_json, shared_data)
+    mp.spawn(_probe_oom_on_one_rank_worker, args=(raw, str(tmp_path), f"file://{tmp_path / 'rendezvous'}"),
+             nprocs=2, join=True)
+    assert [json.loads((tmp_path / f"result.{r}").read_text()) for r in range(2)] == [[16, 4], [4, 4]]

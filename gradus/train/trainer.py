@@ -181,7 +181,8 @@ class Trainer:
             from torch.nn.parallel import DistributedDataParallel
 
             self.net = DistributedDataParallel(
-                self.model, device_ids=[rt.device.index] if rt.device.type == "cuda" else None
+                self.model, device_ids=[rt.device.index] if rt.device.type == "cuda" else None,
+                **_no_forward_buffer_sync(DistributedDataParallel),
             )
         use_compile = {"auto": rt.device.type == "cuda", "on": True, "off": False}[cfg.train.compile]
         self.compiled = use_compile
@@ -257,7 +258,12 @@ class Trainer:
             elif rt.device.type == "cuda" and s.steps > 0:
                 # 0 = "not even 1 fits" on some rank: every rank learns it from the same all-reduce, so
                 # all of them stop with the error instead of some waiting for the others forever.
-                micro = rt.min_over_ranks(self._probe(s.seq_len, micro) or 0)
+                found = self._probe(s.seq_len, micro) or 0
+                micro = rt.min_over_ranks(found)
+                if 0 < micro < found:
+                    # Run the agreed shape once too: the graph is specialised on it (dynamic=False), and
+                    # compiling it here keeps the compile out of the first timed step.
+                    self._probe(s.seq_len, micro)
                 if micro == 0:
                     raise GradusError(
                         f"curriculum.stages[{s.index}] (seq_len {s.seq_len}) does not fit in memory even at "
@@ -277,7 +283,7 @@ class Trainer:
         reserve_bytes = 0 if self.optimizer.state else adamw_state_bytes(self.optimizer)
 
         def fits(m: int) -> bool:
-            reserve = None
+            reserve = x = y = loss = None
             try:
                 if reserve_bytes:
                     reserve = torch.empty(reserve_bytes, dtype=torch.uint8, device=rt.device)
@@ -294,7 +300,9 @@ class Trainer:
             except torch.OutOfMemoryError:
                 return False
             finally:
-                del reserve
+                # Drop every reference first (a failed backward's graph holds its activations), so that
+                # empty_cache can give the memory back before the next, smaller try.
+                reserve = x = y = loss = None  # noqa: F841
                 self.optimizer.zero_grad(set_to_none=True)
                 torch.cuda.empty_cache()
 
@@ -681,6 +689,19 @@ class Trainer:
             teardown_runtime(self.rt)
         if hasattr(self, "_threads_before"):  # a library call should not leave the process changed
             torch.set_num_threads(self._threads_before)
+
+
+def _no_forward_buffer_sync(ddp_class) -> dict:
+    """DDP arguments that switch off its buffer broadcast before every forward. GPT's only buffers (the RoPE
+    tables) are computed alike on every rank, so the broadcast is one wasted collective per step, and in
+    the micro-batch probe it breaks the ranks' lockstep: DDP repeats it until a forward completes, so a
+    rank whose forward ran out of memory broadcasts again while the others do not, and they hang.
+    Newer torch releases name this ``forward_sync_buffers`` and deprecate ``broadcast_buffers``."""
+    import inspect
+
+    if "forward_sync_buffers" in inspect.signature(ddp_class.__init__).parameters:
+        return {"forward_sync_buffers": False}
+    return {"broadcast_buffers": False}
 
 
 def _compile_graphs() -> int:
