@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
@@ -9,7 +11,7 @@ import torch.multiprocessing as mp
 from gradus.config import OptimConfig
 from gradus.model import GPT, ModelShape
 from gradus.plan.memory import HEADROOM, estimate_memory
-from gradus.train.runtime import Runtime, host_memory_budget
+from gradus.train.runtime import Runtime, cgroup_free_bytes, host_memory_budget
 from gradus.train.step import adamw_state_bytes, build_optimizer, halve_until_fits, host_micro_batch
 
 
@@ -74,5 +76,33 @@ def test_host_micro_batch_keeps_a_cpu_step_inside_the_machines_memory():
 
 
 def test_host_memory_budget_is_available_plus_resident():
+    with open("/proc/meminfo") as f:
+        available = {ln.split(":")[0]: int(ln.split()[1]) * 1024 for ln in f}["MemAvailable"]
+    with open("/proc/self/statm") as f:
+        resident = int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
     budget = host_memory_budget()
-    assert budget is not None and 2**20 < budget < 2**50
+    assert budget is not None and budget >= resident
+    assert 0.5 * available < budget - resident < 2 * available  # bytes, not KiB; the machine's, not zero
+
+
+def test_cgroup_limits_cap_the_free_memory(tmp_path):
+    proc = tmp_path / "cgroup"
+    v2 = tmp_path / "sys" / "job"
+    v2.mkdir(parents=True)
+    (v2 / "memory.max").write_text("8000000000\n")
+    (v2 / "memory.current").write_text("3000000000\n")
+    (v2 / "memory.stat").write_text("anon 2000000000\ninactive_file 500000000\n")
+    proc.write_text("0::/job\n")
+    assert cgroup_free_bytes(proc, tmp_path / "sys") == 8_000_000_000 - 3_000_000_000 + 500_000_000
+    (v2 / "memory.max").write_text("max\n")
+    assert cgroup_free_bytes(proc, tmp_path / "sys") is None  # no limit
+    v1 = tmp_path / "sys" / "memory" / "slurm"
+    v1.mkdir(parents=True)
+    (v1 / "memory.limit_in_bytes").write_text("4000000000\n")
+    (v1 / "memory.usage_in_bytes").write_text("1000000000\n")
+    (v1 / "memory.stat").write_text("total_inactive_file 0\n")
+    proc.write_text("4:memory:/slurm\n3:cpu:/\n0::/job\n")
+    assert cgroup_free_bytes(proc, tmp_path / "sys") == 3_000_000_000
+    (v1 / "memory.limit_in_bytes").write_text("9223372036854771712\n")  # v1's "unlimited"
+    assert cgroup_free_bytes(proc, tmp_path / "sys") is None
+    assert cgroup_free_bytes(tmp_path / "missing", tmp_path / "sys") is None

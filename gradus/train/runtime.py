@@ -9,6 +9,7 @@ import contextlib
 import os
 import random
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -116,10 +117,50 @@ def setup_runtime(cfg: TrainConfig) -> Runtime:
     return Runtime(device=device, precision=precision, rank=rank, local_rank=local_rank, world_size=world)
 
 
+def cgroup_free_bytes(proc_cgroup: Path = Path("/proc/self/cgroup"),
+                      root: Path = Path("/sys/fs/cgroup")) -> int | None:
+    """Bytes left under this process's cgroup memory limit (a container's, a Slurm job's), counting the
+    reclaimable page cache as free; None when no limit is set or none can be read. MemAvailable describes
+    the whole machine, so inside a limit it promises memory the kernel will not give (cgroup v2's
+    ``memory.max``, or v1's ``memory.limit_in_bytes``; the tightest when several apply)."""
+    try:
+        lines = proc_cgroup.read_text().splitlines()
+    except OSError:
+        return None
+    free: int | None = None
+    for line in lines:
+        parts = line.split(":", 2)
+        if len(parts) != 3:
+            continue
+        _, controllers, path = parts
+        if controllers == "":
+            base, files = root / path.lstrip("/"), ("memory.max", "memory.current", "inactive_file")
+        elif "memory" in controllers.split(","):
+            base = root / "memory" / path.lstrip("/")
+            files = ("memory.limit_in_bytes", "memory.usage_in_bytes", "total_inactive_file")
+        else:
+            continue
+        try:
+            raw = (base / files[0]).read_text().strip()
+            if raw == "max" or int(raw) >= 2**60:  # v1 writes "unlimited" as a huge number
+                continue
+            usage = int((base / files[1]).read_text())
+        except (OSError, ValueError):
+            continue
+        reclaimable = 0
+        with contextlib.suppress(OSError, ValueError):
+            stat = dict(ln.split(maxsplit=1) for ln in (base / "memory.stat").read_text().splitlines() if " " in ln)
+            reclaimable = int(stat.get(files[2], 0))
+        left = max(0, int(raw) - usage + reclaimable)
+        free = left if free is None else min(free, left)
+    return free
+
+
 def host_memory_budget() -> int | None:
-    """Bytes of host memory this process may fill: what the OS reports available (``MemAvailable``),
-    shared equally among the processes torchrun started on this machine, plus what this process already
-    holds (its resident set, where the model's weights already are). None where ``/proc`` is missing."""
+    """Bytes of host memory this process may fill: what the OS reports available (``MemAvailable``, or
+    what is left under the process's cgroup limit when that is less), shared equally among the processes
+    torchrun started on this machine, plus what this process already holds (its resident set, where the
+    model's weights already are). None where ``/proc`` is missing."""
     try:
         with open("/proc/meminfo") as f:
             info = {line.split(":")[0]: line.split()[1] for line in f}
@@ -128,6 +169,9 @@ def host_memory_budget() -> int | None:
             resident = int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
     except (OSError, KeyError, ValueError, IndexError):
         return None
+    limited = cgroup_free_bytes()
+    if limited is not None:
+        available = min(available, limited)
     local = max(1, int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
     return available // local + resident
 
