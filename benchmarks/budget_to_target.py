@@ -52,25 +52,31 @@ def budget_to_target(points: Sequence[tuple[int, float]], target: float) -> tupl
 
 def load(paths: Sequence[Path]) -> list[dict]:
     """The reports, smallest budget first; exits with a one-line message when they do not belong together."""
-    reports = []
+    pairs = []
     for p in paths:
         try:
-            reports.append(json.loads(p.read_text(encoding="utf-8")))
+            pairs.append((p, json.loads(p.read_text(encoding="utf-8"))))
         except (OSError, ValueError) as exc:
             raise SystemExit(f"budget_to_target: cannot read {p}: {exc}") from None
-    reports.sort(key=lambda r: r["settings"]["budget"])
+    pairs.sort(key=lambda pr: pr[1]["settings"]["budget"])
+    reports = [r for _, r in pairs]
     budgets = [r["settings"]["budget"] for r in reports]
     if len(set(budgets)) != len(budgets) or len(budgets) < 2:
         raise SystemExit(f"budget_to_target: need reports at two or more different budgets, got {budgets}")
     first = {k: v for k, v in reports[0]["settings"].items() if k not in VARYING}
-    for p, r in zip(paths, reports, strict=True):
+    for p, r in pairs:
         other = {k: v for k, v in r["settings"].items() if k not in VARYING}
         # Keys only one report has are settings added to the benchmark later, at their defaults.
         diff = sorted(k for k in first.keys() & other.keys() if first[k] != other[k])
         if diff:
-            raise SystemExit(f"budget_to_target: {p} differs from the others in {', '.join(diff)}; only the "
+            raise SystemExit(f"budget_to_target: {p} differs from {pairs[0][0]} in {', '.join(diff)}; only the "
                              "budget may differ")
     return reports
+
+
+def _at(values: Sequence[float | None] | None, i: int) -> float | None:
+    """The ``i``-th seed's value, None when that seed has none (diverged, or not run)."""
+    return values[i] if values is not None and i < len(values) else None
 
 
 def arms_by_name(report: dict) -> dict[str, dict]:
@@ -93,7 +99,7 @@ def analyse(reports: list[dict]) -> dict:
         b, how = budget_to_target(points, target)
         seed_b = []
         for i in range(len(seeds)):
-            pts = [(r["settings"]["budget"], (a.get("final_val_loss_seeds") or [None] * len(seeds))[i])
+            pts = [(r["settings"]["budget"], _at(a.get("final_val_loss_seeds"), i))
                    for r, a in zip(reports, per, strict=True)]
             seed_b.append(budget_to_target(pts, target))
         seed_speedups = [top / sb for sb, _ in seed_b if sb]
@@ -131,7 +137,8 @@ def table(report: dict) -> str:
     head += f"{'to target':>12}{'speedup':>10}{'seeds':>22}{'crossing':>10}"
     lines = [f"target {report['target']:.4f} ({report['target_from']})", head]
     for a in report["arms"]:
-        finals = "".join(f"{a['final_val_loss_by_budget'][str(b)]:>12.4f}" for b in budgets)
+        finals = "".join(f"{v:>12.4f}" if (v := a["final_val_loss_by_budget"][str(b)]) is not None else f"{'—':>12}"
+                         for b in budgets)
         to = (f"{'≤' if a['speedup_budget_is_lower_bound'] else ''}{a['budget_to_target'] / 1024:.0f}k"
               if a["budget_to_target"] else "—")
         sp = (f"{'≥' if a['speedup_budget_is_lower_bound'] else ''}{a['speedup_budget']:.2f}×"

@@ -60,5 +60,29 @@ def test_reports_that_differ_in_more_than_the_budget_are_refused(tmp_path):
     b["settings"]["model"] = "tiny"
     for name, r in (("a.json", a), ("b.json", b)):
         (tmp_path / name).write_text(json.dumps(r))
-    with pytest.raises(SystemExit, match="differs from the others in model"):
+    with pytest.raises(SystemExit, match=r"b\.json differs from .*a\.json in model"):
         bt.main([str(tmp_path / "a.json"), str(tmp_path / "b.json"), "--out", str(tmp_path / "o.json")])
+
+
+def test_a_diverged_arm_and_a_missing_seed_are_reported_not_crashed_on(tmp_path, capsys):
+    small = _report(1000, {"baseline": [6.0, 6.1, 6.2], "curr": [5.7, 5.8, 5.9]})
+    big = _report(4000, {"baseline": [5.4, 5.5, 5.6], "curr": [5.1, 5.2, 5.3]})
+    small["arms"][0]["final_val_loss"] = None  # diverged at the median
+    big["arms"][0]["final_val_loss_seeds"] = [5.1, 5.2]  # the third seed has no value
+    for name, r in (("s.json", small), ("b.json", big)):
+        (tmp_path / name).write_text(json.dumps(r))
+    out = tmp_path / "o.json"
+    assert bt.main([str(tmp_path / "b.json"), str(tmp_path / "s.json"), "--out", str(out)]) == 0
+    curr = {a["name"]: a for a in json.loads(out.read_text())["arms"]}["curr"]
+    assert curr["budget_to_target"] == pytest.approx(4000.0) and curr["speedup_budget_seeds"][2] is None
+    assert "—" in capsys.readouterr().out
+
+
+def test_the_refusal_names_the_file_that_differs(tmp_path):
+    # Given largest budget first: the message names both files (each with its own settings).
+    a, b = _report(4000, {"baseline": [5, 5, 5]}), _report(1000, {"baseline": [6, 6, 6]})
+    b["settings"]["model"] = "tiny"
+    (tmp_path / "big.json").write_text(json.dumps(a))
+    (tmp_path / "odd.json").write_text(json.dumps(b))
+    with pytest.raises(SystemExit, match=r"big\.json differs from .*odd\.json in model"):
+        bt.main([str(tmp_path / "big.json"), str(tmp_path / "odd.json"), "--out", str(tmp_path / "o.json")])

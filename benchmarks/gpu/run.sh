@@ -8,7 +8,11 @@
 set -uo pipefail
 model=${1:?usage: run.sh 124M|270M}
 out=${OUT:-benchmarks/results}
-pip install -q --no-index --no-deps .gpu/wheels/*.whl 2>&1 | grep -v -i warning || true
+# The pip of the python3 that holds torch; a Python that refuses system-wide installs gets --break-system-packages
+# (the machine is thrown away after the session).
+python3 -m pip install -q --no-index --no-deps .gpu/wheels/*.whl \
+  || python3 -m pip install -q --no-index --no-deps --break-system-packages .gpu/wheels/*.whl \
+  || { echo "run.sh: could not install the carried wheels (did prepare.sh run, and is .gpu carried?)" >&2; exit 2; }
 export PYTHONPATH=$PWD GRADUS_SHARED_DATA=$PWD/.gpu/data
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
 python3 -c "import torch, pydantic; print('torch', torch.__version__, 'pydantic', pydantic.__version__)"
