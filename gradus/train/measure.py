@@ -17,6 +17,15 @@ from gradus.model.sizes import ModelShape
 _PRECISIONS = ("fp32", "bf16", "fp16")
 
 
+def resident_bytes() -> int:
+    """This process's resident set size in bytes (0 where /proc is missing)."""
+    try:
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    except (OSError, ValueError, IndexError):
+        return 0
+
+
 class RssSampler:
     """Resident memory of this process while a block runs (CPU has no allocator statistics): samples
     /proc/self/statm every ``period`` seconds. Process-wide, so it is an upper bound for the model's share.
@@ -30,16 +39,11 @@ class RssSampler:
         self.samples: list[tuple[float, int]] = []
         self._keep = keep
         self._stop = threading.Event()
-        self._page = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
         self._thread = threading.Thread(target=self._run, name="rss-sampler", daemon=True)
 
     def rss(self) -> int:
         """Current resident set size in bytes (0 where /proc is missing)."""
-        try:
-            with open("/proc/self/statm") as f:
-                return int(f.read().split()[1]) * self._page
-        except OSError:
-            return 0
+        return resident_bytes()
 
     def _sample(self) -> None:
         value = self.rss()

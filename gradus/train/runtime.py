@@ -17,6 +17,7 @@ import torch.distributed as dist
 
 from gradus.config import TrainConfig
 from gradus.errors import ConfigError
+from gradus.train.measure import resident_bytes
 
 # Peak dense bf16 tensor-core FLOP/s by device name fragment, for MFU (vendor data sheets, no sparsity).
 GPU_PEAK_BF16 = {
@@ -165,15 +166,13 @@ def host_memory_budget() -> int | None:
         with open("/proc/meminfo") as f:
             info = {line.split(":")[0]: line.split()[1] for line in f}
         available = int(info["MemAvailable"]) * 1024
-        with open("/proc/self/statm") as f:
-            resident = int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
     except (OSError, KeyError, ValueError, IndexError):
         return None
     limited = cgroup_free_bytes()
     if limited is not None:
         available = min(available, limited)
     local = max(1, int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
-    return available // local + resident
+    return available // local + resident_bytes()
 
 
 def teardown_runtime(rt: Runtime) -> None:
