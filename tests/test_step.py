@@ -52,6 +52,7 @@ def _min_worker(rank: int, world: int, init: str, values: list[int], out: str) -
             f.write(str(agreed))
     finally:
         dist.destroy_process_group()
+    os._exit(0)  # skip interpreter shutdown: see test_train._exit_spawned_worker
 
 
 def test_min_over_ranks_agrees_on_the_smallest(tmp_path):
