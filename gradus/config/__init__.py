@@ -1,0 +1,61 @@
+"""Typed, validated configuration: YAML in, objects out, and back.
+
+Layer 0: imports nothing from gradus but ``units`` and ``errors``. Three modules, one job each:
+
+- :mod:`gradus.config.schema`: the sections and fields (types, bounds, descriptions, the model presets);
+- :mod:`gradus.config.checks`: rules across fields, and every problem as one line (all reported at once);
+- :mod:`gradus.config.io`: YAML with line numbers, ``--set`` overrides, dump.
+
+Callers import from here (``from gradus.config import GradusConfig, load_config``).
+"""
+
+from __future__ import annotations
+
+from gradus.config.checks import (
+    config_problems,
+    cross_check,
+    field_path,
+    field_value,
+    format_validation_error,
+    stage_problems,
+    validate,
+)
+from gradus.config.io import (
+    apply_overrides,
+    dump_yaml,
+    from_dict,
+    load_config,
+    read_yaml,
+    save_config,
+    to_dict,
+)
+from gradus.config.schema import (
+    MODEL_PRESETS,
+    SIZE_PRESETS,
+    CurriculumConfig,
+    DataConfig,
+    GradusConfig,
+    GuardConfig,
+    LoggingConfig,
+    MixWeight,
+    ModelConfig,
+    OptimConfig,
+    PackingConfig,
+    SourceConfig,
+    StageConfig,
+    StepCount,
+    Strict,
+    TokenCount,
+    TokenizerConfig,
+    TrainConfig,
+    ValidationConfig,
+)
+
+__all__ = [
+    "MODEL_PRESETS", "SIZE_PRESETS", "CurriculumConfig", "DataConfig", "GradusConfig", "GuardConfig",
+    "LoggingConfig", "MixWeight", "ModelConfig", "OptimConfig", "PackingConfig", "SourceConfig", "StageConfig",
+    "StepCount", "Strict", "TokenCount", "TokenizerConfig", "TrainConfig", "ValidationConfig",
+    "apply_overrides", "config_problems", "cross_check", "dump_yaml", "field_path", "field_value",
+    "format_validation_error", "from_dict", "load_config", "read_yaml", "save_config", "stage_problems",
+    "to_dict", "validate",
+]

@@ -1,0 +1,354 @@
+"""Rules that relate several fields, and every problem of a config as one line each.
+
+The schema (:mod:`gradus.config.schema`) checks each field by its type and bounds. What pydantic cannot
+express on one field is here: two fields of a stage that exclude each other, a stage's ``seq_len`` against
+``model.max_seq_len``, stage starts that must increase, mix weights naming known sources.
+
+Every problem is reported at once, including these: pydantic skips a model's own validator once one of
+its fields fails, so :func:`validate` runs the same checks again on the raw mapping. They read each raw
+value through the schema's own field type (:func:`field_value`), so nothing here parses a value a second
+way, and a value the schema rejects is left to the schema's message. Each problem is one line
+``<field.path>=<value>: <what is wrong>; <how to fix it>``; :mod:`gradus.config.io` puts the file and line
+in front.
+"""
+
+from __future__ import annotations
+
+import difflib
+import functools
+import types
+import typing
+from collections.abc import Mapping
+from typing import Annotated, Any
+
+from pydantic import AliasChoices, BaseModel, TypeAdapter, ValidationError
+
+from gradus.config.schema import GradusConfig, ModelConfig, SourceConfig, StageConfig, TrainConfig
+
+
+# ------------------------------------------------------------------------------- reading raw values
+@functools.cache
+def _adapter(cls: type[BaseModel], name: str) -> TypeAdapter:
+    info = cls.model_fields[name]
+    # The field's type with its bounds (gt=0, ...) and parsers (10M, 2k): the schema's reading of it.
+    kind = Annotated[(info.annotation, *info.metadata)] if info.metadata else info.annotation
+    return TypeAdapter(kind)
+
+
+def field_value(cls: type[BaseModel], section: Mapping, name: str) -> Any:
+    """Field ``name`` of a raw ``section`` of type ``cls``, read as the schema reads it: the field's default
+    when the key is absent, the validated value (``2k`` -> 2000) when it is valid on its own, None when it
+    is not (the schema reports that)."""
+    info = cls.model_fields[name]
+    if name not in section:
+        return None if info.is_required() else info.get_default(call_default_factory=True)
+    try:
+        return _adapter(cls, name).validate_python(section[name])
+    except ValidationError:
+        return None
+
+
+def _given(d: Mapping, key: str) -> bool:
+    return d.get(key) is not None
+
+
+def _section(data: Mapping, key: str) -> Mapping:
+    value = data.get(key)
+    return value if isinstance(value, Mapping) else {}
+
+
+# ------------------------------------------------------------------------------------ one stage
+def stage_problems(stage: Mapping) -> list[str]:
+    """Fields of one stage that exclude or need each other, on its raw mapping or a stage's ``model_dump()``.
+
+    Only which fields are given matters here (each value is the schema's to judge), so it runs on raw
+    data too and its problems are reported together with field errors. The values are shown as written
+    (``tokens=1M``). A line starting with ``.`` names a field of the stage; the caller puts the stage's
+    path in front.
+    """
+    problems: list[str] = []
+    has_batch, has_tpb = _given(stage, "batch_size"), _given(stage, "tokens_per_batch")
+    if has_batch and has_tpb:
+        problems.append(
+            f"both batch_size={stage['batch_size']} and tokens_per_batch={stage['tokens_per_batch']} are given; "
+            "keep one (batch_size fixes the examples per step, tokens_per_batch derives them from seq_len)"
+        )
+    elif not has_batch and not has_tpb:
+        problems.append(
+            "neither batch_size nor tokens_per_batch is given; add one, e.g. batch_size: 32 or tokens_per_batch: 32768"
+        )
+    if _given(stage, "step") and _given(stage, "tokens"):
+        problems.append(
+            f"both step={stage['step']} and tokens={stage['tokens']} are given; a stage starts at a step or lasts "
+            "a token budget, keep one"
+        )
+    lr_keys = ("peak_lr", "lr_multiplier", "lr_scale", "lr_rule")
+    lr_forms = [k for k in lr_keys if _given(stage, k)]
+    if len(lr_forms) > 1:
+        problems.append(
+            f"{' and '.join(lr_forms)} are given; the peak LR comes from one of peak_lr, lr_multiplier "
+            "(alias lr_scale) or lr_rule, keep one"
+        )
+    if _given(stage, "warmup_steps") and _given(stage, "warmup_tokens"):
+        problems.append("both warmup_steps and warmup_tokens are given; keep one")
+    if _given(stage, "warmup_cap") and not _given(stage, "warmup_tokens"):
+        problems.append(f".warmup_cap={stage['warmup_cap']}: only bounds a warmup_tokens warmup; add warmup_tokens or drop it")
+    if _given(stage, "grad_clip") and _given(stage, "clip_rule"):
+        problems.append(f"both grad_clip={stage['grad_clip']} and clip_rule={stage['clip_rule']} are given; keep one")
+    return problems
+
+
+# ----------------------------------------------------------------------------------- across sections
+def cross_check(cfg: GradusConfig | Mapping) -> list[str]:
+    """Checks that span sections; each problem is one line ``field=value: why; how to fix``.
+
+    Takes a validated config or the raw mapping: on raw data it checks whatever values the schema can read
+    (:func:`field_value`), so these problems are reported together with the schema's own.
+    """
+    data: Mapping = cfg.model_dump() if isinstance(cfg, BaseModel) else cfg
+    model, cur, train = _section(data, "model"), _section(data, "curriculum"), _section(data, "train")
+    raw_stages = cur.get("stages")
+    stages = [st if isinstance(st, Mapping) else {} for st in raw_stages] if isinstance(raw_stages, list) else []
+    max_len = field_value(ModelConfig, model, "max_seq_len")
+    problems = _head_problems(model)
+    problems += _stage_fit_problems(stages, max_len, _source_names(data))
+    problems += _stage_order_problems(stages, cur, train)
+    ref = field_value(TrainConfig, train, "eval_reference_seq_len")
+    if ref is not None and max_len is not None and max_len < ref:
+        problems.append(
+            f"train.eval_reference_seq_len={ref} exceeds model.max_seq_len={max_len}; lower it or raise max_seq_len"
+        )
+    return problems
+
+
+def _head_problems(model: Mapping) -> list[str]:
+    """Attention heads that do not divide the width, or key/value heads that do not divide the heads."""
+    problems: list[str] = []
+    d_model, n_heads, n_kv = (field_value(ModelConfig, model, k) for k in ("d_model", "n_heads", "n_kv_heads"))
+    if d_model and n_heads and d_model % n_heads:
+        problems.append(f"model.d_model={d_model} is not divisible by model.n_heads={n_heads}; pick a divisor")
+    if n_heads and n_kv and n_heads % n_kv:
+        problems.append(f"model.n_heads={n_heads} is not divisible by model.n_kv_heads={n_kv}; pick a divisor")
+    return problems
+
+
+def _source_names(data: Mapping) -> list[str] | None:
+    """Names of the data sources, or None unless every source has a valid one (only then can a mix name
+    be called unknown)."""
+    raw = _section(data, "data").get("sources")
+    if not isinstance(raw, list) or not raw:
+        return None
+    names = [field_value(SourceConfig, src, "name") if isinstance(src, Mapping) else None for src in raw]
+    return names if all(n is not None for n in names) else None
+
+
+def _stage_fit_problems(stages: list[Mapping], max_len: int | None, names: list[str] | None) -> list[str]:
+    """Each stage against the rest of the config: its seq_len within model.max_seq_len, its mix naming
+    known sources."""
+    problems: list[str] = []
+    for i, st in enumerate(stages):
+        where = f"curriculum.stages[{i}]"
+        seq_len = field_value(StageConfig, st, "seq_len")
+        if seq_len is not None and max_len is not None and max_len < seq_len:
+            problems.append(
+                f"{where}.seq_len={seq_len} exceeds model.max_seq_len={max_len}; "
+                f"lower the stage's seq_len or raise model.max_seq_len"
+            )
+        mix = st.get("mix")
+        if names is not None and isinstance(mix, Mapping):
+            for source in mix:
+                if source not in names:
+                    hint = difflib.get_close_matches(str(source), sorted(names), n=1)
+                    fix = f"did you mean {hint[0]!r}?" if hint else f"known sources: {', '.join(sorted(names))}"
+                    problems.append(f"{where}.mix.{source}: unknown source {source!r}; {fix}")
+    return problems
+
+
+def _stage_order_problems(stages: list[Mapping], cur: Mapping, train: Mapping) -> list[str]:
+    """Stages all start at a step (0 first, increasing) or all last a token budget, and the run has an end."""
+    problems: list[str] = []
+    step_based = [_given(st, "step") for st in stages]
+    token_based = [_given(st, "tokens") for st in stages]
+    # Whether a stopping rule is given at all; a given but invalid one is the schema's to report.
+    has_end = cur.get("target_tokens") is not None or train.get("max_steps") is not None
+    if any(step_based) and any(token_based):
+        problems.append(
+            "curriculum.stages: mix of step starts and token budgets; give every stage a start step, "
+            "or every stage a tokens budget"
+        )
+    elif any(step_based):
+        missing = [i for i, s in enumerate(step_based) if not s]
+        if missing:
+            problems.append(
+                f"curriculum.stages[{missing[0]}].step is missing; every stage needs a start step "
+                "once one has one"
+            )
+        elif field_value(StageConfig, stages[0], "step") not in (None, 0):
+            problems.append(
+                f"curriculum.stages[0].step={stages[0].get('step')}: the first stage must start at step 0"
+            )
+        for i in range(1, len(stages)):
+            a, b = (field_value(StageConfig, stages[j], "step") for j in (i - 1, i))
+            if a is not None and b is not None and b <= a:
+                problems.append(
+                    f"curriculum.stages[{i}].step={stages[i].get('step')} is not after "
+                    f"stages[{i - 1}].step={stages[i - 1].get('step')}; stage starts must increase"
+                )
+        if not has_end:
+            problems.append(
+                "curriculum.target_tokens is missing; step-based stages need a target_tokens "
+                "(or train.max_steps) to know when to stop"
+            )
+    elif stages:
+        missing = [i for i, s in enumerate(token_based) if not s]
+        if len(stages) > 1 and missing:
+            problems.append(
+                f"curriculum.stages[{missing[0]}] has neither step nor tokens; give every stage one of them"
+            )
+        if len(stages) == 1 and not token_based[0] and not has_end:
+            problems.append("curriculum.target_tokens is missing; give target_tokens or train.max_steps")
+    return problems
+
+
+# ------------------------------------------------------------------------- one line per problem
+def _unwrap(annotation: Any) -> Any:
+    """The model class inside Optional[...], list[...], dict[..., X], Annotated[...]."""
+    origin = typing.get_origin(annotation)
+    if origin is Annotated:
+        return _unwrap(typing.get_args(annotation)[0])
+    if origin in (list, tuple):
+        return _unwrap(typing.get_args(annotation)[0])
+    if origin is dict:
+        return _unwrap(typing.get_args(annotation)[1])
+    if origin in (typing.Union, types.UnionType):
+        for arg in typing.get_args(annotation):
+            if arg is not type(None):
+                found = _unwrap(arg)
+                if isinstance(found, type) and issubclass(found, BaseModel):
+                    return found
+        return None
+    return annotation
+
+
+def _parent_model(loc: tuple) -> type[BaseModel] | None:
+    """The config class that owns the last key of an error location."""
+    cls: Any = GradusConfig
+    for part in loc[:-1]:
+        if isinstance(part, int):
+            continue
+        if not (isinstance(cls, type) and issubclass(cls, BaseModel)) or part not in cls.model_fields:
+            return None
+        cls = _unwrap(cls.model_fields[part].annotation)
+    return cls if isinstance(cls, type) and issubclass(cls, BaseModel) else None
+
+
+def field_path(loc: tuple) -> str:
+    """A field's path as written in messages and ``--set``: ``curriculum.stages[2].seq_len``."""
+    out = ""
+    for part in loc:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        else:
+            out += ("." if out else "") + str(part)
+    return out
+
+
+def _short(value: Any) -> str:
+    text = repr(value) if isinstance(value, str) else str(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def _field_names(cls: type[BaseModel]) -> list[str]:
+    """Keys a section accepts: field names and their aliases (``lr_scale``)."""
+    names: list[str] = []
+    for name, info in cls.model_fields.items():
+        names.append(name)
+        if isinstance(info.validation_alias, AliasChoices):
+            names += [c for c in info.validation_alias.choices if isinstance(c, str) and c != name]
+    return names
+
+
+_SECTIONS = ("curriculum.", "model.", "data.", "train.", "optim.", "logging.")
+
+
+def _join(path: str, sub: str) -> str:
+    """Put a validator's problem line under the path of the object it checked."""
+    if sub.startswith(_SECTIONS):  # cross-section lines carry their own full path
+        return sub
+    if sub.startswith("."):  # a field of the checked object: ".mix.code=-1: ..."
+        return f"{path}{sub}" if path else sub[1:]
+    return f"{path or '(config)'}: {sub}"
+
+
+def format_validation_error(err: ValidationError) -> list[str]:
+    """One human line per pydantic error: field path, value, and how to fix it."""
+    errors = err.errors()
+    unknown: dict[tuple, list[str]] = {}
+    for e in errors:
+        if e["type"] == "extra_forbidden":
+            unknown.setdefault(tuple(e["loc"][:-1]), []).append(str(e["loc"][-1]))
+    lines = []
+    for e in errors:
+        loc = tuple(e["loc"])
+        path = field_path(loc)
+        kind = e["type"]
+        if kind == "extra_forbidden":
+            parent = _parent_model(loc)
+            key = str(loc[-1])
+            hint = ""
+            if parent is not None:
+                known = _field_names(parent)
+                close = difflib.get_close_matches(key, known, n=1)
+                hint = f"; did you mean {close[0]!r}?" if close else f"; known keys: {', '.join(known)}"
+            lines.append(f"{path}: unknown key {key!r}{hint}")
+        elif kind == "missing":
+            # `curriculm:` gives an unknown key *and* a missing `curriculum`; the did-you-mean says both.
+            siblings = unknown.get(loc[:-1], [])
+            if any(difflib.get_close_matches(k, [str(loc[-1])], n=1) for k in siblings):
+                continue
+            parent = _parent_model(loc)
+            info = parent.model_fields.get(str(loc[-1])) if parent is not None else None
+            what = f" ({info.description.rstrip('.')})" if info is not None and info.description else ""
+            lines.append(f"{path}: required field is missing{what}; add it")
+        elif kind in ("value_error", "assertion_error"):
+            msg = str(e.get("ctx", {}).get("error", e["msg"]))
+            value = e.get("input")
+            for sub in msg.split("\n"):
+                if isinstance(value, Mapping) or not loc:  # a model's own check
+                    lines.append(_join(path, sub))
+                else:  # a field's parser, e.g. a token count: show the value it got
+                    lines.append(f"{path}={_short(value)}: {sub}")
+        else:
+            value = e.get("input")
+            msg = e["msg"].replace("Input should be", "must be")
+            lines.append(f"{path or '(config)'}={_short(value)}: {msg[:1].lower()}{msg[1:]}")
+    return lines
+
+
+def _all_problems(data: Any, err: ValidationError) -> list[str]:
+    """The schema's errors plus the checks pydantic skipped because a field failed first."""
+    lines = format_validation_error(err)
+    if isinstance(data, Mapping):
+        # A stage's own validator runs only when all its fields are valid; check the others on raw data.
+        failed = {e["loc"][2] for e in err.errors() if e["loc"][:2] == ("curriculum", "stages") and len(e["loc"]) > 3}
+        stages = _section(data, "curriculum").get("stages")
+        if isinstance(stages, list):
+            for i, stage in enumerate(stages):
+                if i in failed and isinstance(stage, Mapping):
+                    lines += [_join(f"curriculum.stages[{i}]", p) for p in stage_problems(stage)]
+        # The whole-config check never ran (some section failed): run it on whatever is usable.
+        lines += cross_check(data)
+    return list(dict.fromkeys(lines))  # de-duplicated, in order
+
+
+def validate(data: Any) -> tuple[GradusConfig | None, list[str]]:
+    """A config mapping validated: ``(config, [])``, or ``(None, problems)`` with every problem, one line each."""
+    try:
+        return GradusConfig.model_validate(data), []
+    except ValidationError as err:
+        return None, _all_problems(data, err)
+
+
+def config_problems(data: Any) -> list[str]:
+    """Every problem of a config mapping, one line each (empty when it is valid)."""
+    return validate(data)[1]
