@@ -1,13 +1,13 @@
-"""The layering of DESIGN.md, checked by parsing imports (no module is imported to check it).
+"""The layering of ARCHITECTURE.md, checked by parsing imports (no module is imported to check it).
 
-    L0 config, units, errors      L1 curriculum, presets      L2 plan | model | data (siblings)
+    L0 config, units, errors      L1 curriculum, presets, sizes      L2 plan | model | data (siblings)
     L3 train                      L4 cli, commands
 
 A module imports only from layers below it, from its own layer (L0, L1, L3, L4) or from inside its own
-package; the L2 packages are siblings and do not import each other, with one named exception:
-`gradus.model.sizes` is pure shape arithmetic (no torch) that the planner reads, and is held to the
-pure rules itself. The pure layers (config, units, errors, curriculum, presets, plan) never import torch
-nor anything from data/model/train/cli; `gradus.data` never imports `gradus.model` or `gradus.train`;
+package; the L2 packages are siblings and do not import each other, without exceptions (the shape
+arithmetic that both the planner and the model read is `gradus.sizes`, a layer below them). The pure
+layers (config, units, errors, curriculum, presets, sizes, plan) never import torch nor anything from
+data/model/train/cli; `gradus.data` never imports `gradus.model` or `gradus.train`;
 the checkpoint code never imports the trainer; only `gradus/cli.py` reads `sys.argv`.
 """
 
@@ -23,14 +23,12 @@ import pytest
 PACKAGE = Path(__file__).resolve().parents[1] / "gradus"
 LAYER = {
     "config": 0, "units": 0, "errors": 0, "": 0,
-    "curriculum": 1, "presets": 1,
+    "curriculum": 1, "presets": 1, "sizes": 1,
     "plan": 2, "model": 2, "data": 2,
     "train": 3,
     "cli": 4, "commands": 4,
 }
-PURE = ("config", "units", "errors", "curriculum", "presets", "plan")
-SHARED_PURE = ("gradus.model.sizes",)
-"""Modules of a sibling L2 package that the pure layers may read (each must itself be pure)."""
+PURE = ("config", "units", "errors", "curriculum", "presets", "sizes", "plan")
 
 
 def module_name(path: Path) -> str:
@@ -65,10 +63,6 @@ def imports(path: Path) -> list[tuple[int, str]]:
     return found
 
 
-def shared_pure(module: str) -> bool:
-    return any(module == m or module.startswith(m + ".") for m in SHARED_PURE)
-
-
 def part_of(module: str) -> str | None:
     """The top-level part of gradus a module belongs to ('' for gradus itself), None outside gradus."""
     if module == "gradus":
@@ -82,27 +76,27 @@ FILES = sorted(p for p in PACKAGE.rglob("*.py") if "__pycache__" not in p.parts)
 
 
 def test_there_is_something_to_check():
-    assert PACKAGE / "config.py" in FILES and PACKAGE / "curriculum.py" in FILES
+    assert PACKAGE / "config" / "schema.py" in FILES and PACKAGE / "sizes.py" in FILES
 
 
 @pytest.mark.parametrize("path", FILES, ids=lambda p: str(p.relative_to(PACKAGE.parent)))
 def test_imports_only_from_lower_layers(path):
     own = part_of(module_name(path))
     layer = LAYER.get(own)
-    assert layer is not None, f"{own} has no layer: add it to LAYER here (and to DESIGN.md)"
+    assert layer is not None, f"{own} has no layer: add it to LAYER here (and to ARCHITECTURE.md)"
     bad = []
     for line, module in imports(path):
         other = part_of(module)
         if other is None or other == own or other == "":
             continue
         other_layer = LAYER.get(other, 99)
-        if other_layer < layer or (other_layer == layer != 2) or (other_layer == 2 and shared_pure(module)):
+        if other_layer < layer or (other_layer == layer != 2):
             continue
         bad.append(f"{path.name}:{line} imports {module} (layer {other_layer}) from layer {layer}")
     assert not bad, "\n".join(bad)
 
 
-PURE_FILES = [p for p in FILES if part_of(module_name(p)) in PURE or shared_pure(module_name(p))]
+PURE_FILES = [p for p in FILES if part_of(module_name(p)) in PURE]
 
 
 @pytest.mark.parametrize("path", PURE_FILES, ids=lambda p: str(p.relative_to(PACKAGE.parent)))
@@ -111,7 +105,7 @@ def test_pure_layers_import_no_torch_and_nothing_above(path):
     for line, module in imports(path):
         if module == "torch" or module.startswith("torch."):
             bad.append(f"{path.name}:{line} imports {module}")
-        elif part_of(module) in ("data", "model", "train", "cli", "commands") and not shared_pure(module):
+        elif part_of(module) in ("data", "model", "train", "cli", "commands"):
             bad.append(f"{path.name}:{line} imports {module}")
     assert not bad, "\n".join(bad)
 
@@ -148,9 +142,7 @@ def test_only_cli_reads_argv():
 
 def test_pure_modules_load_without_torch():
     """The same at run time: importing the pure layers pulls in no torch (fast `gradus schedule`, `plan`)."""
-    modules = ["gradus.config", "gradus.units", "gradus.curriculum", "gradus.presets"]
-    modules += [m for m in ("gradus.plan", *SHARED_PURE) if PACKAGE.parent.joinpath(*m.split(".")).exists()
-                or PACKAGE.parent.joinpath(*m.split(".")).with_suffix(".py").exists()]
+    modules = ["gradus.config", "gradus.units", "gradus.curriculum", "gradus.presets", "gradus.sizes", "gradus.plan"]
     code = f"import sys, {', '.join(modules)}; sys.exit('torch' in sys.modules)"
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert done.returncode == 0, done.stderr or "importing the pure layers loaded torch"

@@ -16,10 +16,10 @@ from gradus.cli import main
 from gradus.config import load_config
 from gradus.curriculum import Curriculum
 from gradus.errors import ConfigError
-from gradus.model.sizes import ModelShape, resolve_shape
 from gradus.plan import GPUS, Hardware, PlanInputs, make_plan, parse_bytes, peak_lr_for_params
 from gradus.plan.memory import estimate_memory, largest_fitting_micro_batch
 from gradus.plan.timeline import build_timeline
+from gradus.sizes import ModelShape, resolve_shape
 
 
 def plan_json(capsys, *argv: str) -> dict:

@@ -23,7 +23,15 @@ from typing import Annotated, Any
 
 from pydantic import AliasChoices, BaseModel, TypeAdapter, ValidationError
 
-from gradus.config.schema import GradusConfig, ModelConfig, SourceConfig, StageConfig, TrainConfig
+from gradus.config.schema import (
+    MODEL_PRESETS,
+    SIZE_PRESETS,
+    GradusConfig,
+    ModelConfig,
+    SourceConfig,
+    StageConfig,
+    TrainConfig,
+)
 
 
 # ------------------------------------------------------------------------------- reading raw values
@@ -110,7 +118,7 @@ def cross_check(cfg: GradusConfig | Mapping) -> list[str]:
     raw_stages = cur.get("stages")
     stages = [st if isinstance(st, Mapping) else {} for st in raw_stages] if isinstance(raw_stages, list) else []
     max_len = field_value(ModelConfig, model, "max_seq_len")
-    problems = _head_problems(model)
+    problems = _model_problems(model)
     problems += _stage_fit_problems(stages, max_len, _source_names(data))
     problems += _stage_order_problems(stages, cur, train)
     ref = field_value(TrainConfig, train, "eval_reference_seq_len")
@@ -121,9 +129,17 @@ def cross_check(cfg: GradusConfig | Mapping) -> list[str]:
     return problems
 
 
-def _head_problems(model: Mapping) -> list[str]:
-    """Attention heads that do not divide the width, or key/value heads that do not divide the heads."""
+def _model_problems(model: Mapping) -> list[str]:
+    """An unknown size preset; attention heads that do not divide the width, or key/value heads that do
+    not divide the heads."""
     problems: list[str] = []
+    # Checked with the whole config, not on ModelConfig alone: a bare ModelConfig with an unknown preset
+    # is refused later, by gradus.sizes.resolve_shape, with the same list of names.
+    preset = field_value(ModelConfig, model, "preset")
+    if preset is not None and preset not in SIZE_PRESETS:
+        close = difflib.get_close_matches(preset, MODEL_PRESETS, n=1)
+        hint = f"did you mean {close[0]!r}? " if close else ""
+        problems.append(f"model.preset={preset!r}: unknown model preset; {hint}known: {', '.join(MODEL_PRESETS)}")
     d_model, n_heads, n_kv = (field_value(ModelConfig, model, k) for k in ("d_model", "n_heads", "n_kv_heads"))
     if d_model and n_heads and d_model % n_heads:
         problems.append(f"model.d_model={d_model} is not divisible by model.n_heads={n_heads}; pick a divisor")

@@ -8,7 +8,6 @@ validators; rules that relate several fields live in :mod:`gradus.config.checks`
 
 from __future__ import annotations
 
-import difflib
 from collections.abc import Mapping
 from typing import Annotated, Any, Literal
 
@@ -55,7 +54,8 @@ SIZE_PRESETS: dict[str, dict[str, int]] = {
     "1B": {"n_layers": 16, "d_model": 2048, "n_heads": 32, "n_kv_heads": 8, "ffn_hidden": 8192},
 }
 """Model size presets by name: the :class:`ModelConfig` shape fields each one sets. The one list of presets:
-the schema checks ``model.preset`` against it and :func:`gradus.sizes.resolve_shape` fills shapes from it.
+the config checks ``model.preset`` against it (:func:`gradus.config.checks.cross_check`) and
+:func:`gradus.sizes.resolve_shape` fills shapes from it.
 Names are approximate parameter counts at the GPT-2 vocabulary (50,257); ``vocab_size``, ``max_seq_len``
 and the RoPE/dropout settings come from the config."""
 
@@ -90,15 +90,6 @@ class ModelConfig(Strict):
     tie_embeddings: bool = Field(True, description="Share the input embedding with the output head.")
     dropout: float = Field(0.0, ge=0.0, lt=1.0, description="Dropout on attention and residual outputs.")
     norm_eps: float = Field(1e-5, gt=0, description="RMSNorm epsilon.")
-
-    @field_validator("preset")
-    @classmethod
-    def _known_preset(cls, name: str | None) -> str | None:
-        if name is not None and name not in SIZE_PRESETS:
-            close = difflib.get_close_matches(name, MODEL_PRESETS, n=1)
-            hint = f"did you mean {close[0]!r}? " if close else ""
-            raise ValueError(f"unknown model preset; {hint}known: {', '.join(MODEL_PRESETS)}")
-        return name
 
 
 # ---------------------------------------------------------------------------------------------- data

@@ -1,6 +1,6 @@
-"""The model: a GPT-style decoder (:mod:`gradus.model.gpt`) and its shapes (:mod:`gradus.model.sizes`).
+"""The model: a GPT-style decoder (:mod:`gradus.model.gpt`) and its shapes (:mod:`gradus.sizes`, re-exported).
 
-``sizes`` is pure Python; ``GPT`` (and torch with it) is imported only when first used, so the planner
+The shapes are pure Python; ``GPT`` (and torch with it) is imported only when first used, so the planner
 and ``gradus schedule`` can read shapes without torch: ``from gradus.model import ModelShape`` stays light.
 """
 
@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from gradus.model.sizes import SIZE_PRESETS, ModelShape, resolve_shape, shape_for_params
+from gradus.sizes import SIZE_PRESETS, ModelShape, resolve_shape, shape_for_params
 
 if TYPE_CHECKING:
     from gradus.model.gpt import GPT, param_groups

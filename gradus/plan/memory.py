@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from gradus.model.sizes import ModelShape
+from gradus.sizes import ModelShape
 
 ACT_BYTES = {"fp32": 4, "bf16": 2, "fp16": 2}
 """Bytes per activation element by training precision (autocast computes matmuls in 16 bits)."""

@@ -13,10 +13,10 @@ from typing import Any
 
 from gradus.config import GradusConfig
 from gradus.curriculum import Curriculum, StagePlan
-from gradus.model.sizes import ModelShape
 from gradus.plan.hardware import format_bytes
 from gradus.plan.memory import HEADROOM, MemoryEstimate, estimate_memory, fits, largest_fitting_micro_batch
 from gradus.plan.worksheet import Hardware
+from gradus.sizes import ModelShape
 from gradus.units import format_count, format_duration
 
 Measure = Callable[[StagePlan, int], dict[str, Any]]

@@ -25,8 +25,8 @@ import yaml
 from gradus.config import from_dict
 from gradus.curriculum import Curriculum
 from gradus.errors import ConfigError
-from gradus.model.sizes import GPT2_VOCAB_SIZE, ModelShape, shape_for_params
 from gradus.plan.hardware import GPUSpec, format_flops
+from gradus.sizes import GPT2_VOCAB_SIZE, ModelShape, shape_for_params
 from gradus.units import format_count, format_duration
 
 # ------------------------------------------------------------------------------------ constants
