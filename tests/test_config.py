@@ -338,11 +338,59 @@ def test_missing_file(tmp_path):
         load_config(tmp_path / "nope.yaml")
 
 
-def test_model_preset_names_match_the_model_package():
-    sizes = pytest.importorskip("gradus.model.sizes")
-    from gradus.config import MODEL_PRESETS
+def test_model_presets_come_from_one_table():
+    import gradus.model
+    import gradus.sizes
+    from gradus.config import MODEL_PRESETS, SIZE_PRESETS, ModelConfig
 
-    assert set(MODEL_PRESETS) == set(sizes.SIZE_PRESETS)
+    assert MODEL_PRESETS == ("tiny", "small", "124M", "270M", "1B") == tuple(SIZE_PRESETS)
+    assert gradus.model.SIZE_PRESETS is SIZE_PRESETS and gradus.sizes.SIZE_PRESETS is SIZE_PRESETS
+    description = ModelConfig.model_fields["preset"].description
+    assert description == "Size preset (tiny, small, 124M, 270M, 1B) filling unset shape fields."
+    assert SIZE_PRESETS["124M"] == {"n_layers": 12, "d_model": 768, "n_heads": 12, "ffn_hidden": 2048}
+
+
+def test_field_value_reads_a_raw_value_as_the_schema_does():
+    from gradus.config import ModelConfig, StageConfig, field_value
+
+    assert field_value(StageConfig, {"step": "2k"}, "step") == 2000  # the schema's unit parser
+    assert field_value(StageConfig, {"tokens_per_batch": "4K"}, "tokens_per_batch") == 4000
+    assert field_value(ModelConfig, {}, "max_seq_len") == 2048  # absent: the field's default
+    assert field_value(StageConfig, {}, "seq_len") is None  # absent and required
+    assert field_value(StageConfig, {"seq_len": -5}, "seq_len") is None  # invalid: the schema reports it
+    assert field_value(StageConfig, {"step": "ten"}, "step") is None
+    assert field_value(ModelConfig, {"max_seq_len": "256"}, "max_seq_len") == 256
+
+
+def test_cross_checks_read_unit_counts_when_another_field_fails():
+    # optim.base_lr fails, so the whole-config check runs on the raw mapping: "1k" is still read as 1000.
+    data = config(optim={"base_lr": 0}, curriculum={"target_tokens": "1M", "stages": [
+        {"step": "1k", "seq_len": 64, "batch_size": 8}, {"step": "500", "seq_len": 64, "batch_size": 8}]})
+    problems = problems_of(data)
+    assert "cfg: curriculum.stages[0].step=1k: the first stage must start at step 0" in problems
+    assert "cfg: curriculum.stages[1].step=500 is not after stages[0].step=1k; stage starts must increase" in problems
+    assert "cfg: optim.base_lr=0: must be greater than 0" in problems
+
+
+def test_mix_weights_are_checked_by_the_schema():
+    from pydantic import ValidationError
+
+    from gradus.config import StageConfig
+
+    with pytest.raises(ValidationError, match="mix weights must be ≥ 0"):
+        StageConfig(seq_len=64, batch_size=8, mix={"a": float("nan")})
+    with pytest.raises(ValidationError, match="the weights sum to 0"):
+        StageConfig(seq_len=64, batch_size=8, mix={"a": 0, "b": 0.0})
+    assert StageConfig(seq_len=64, batch_size=8, mix={"a": 0, "b": 2}).mix == {"a": 0.0, "b": 2.0}
+    # beside another stage's field error, every mix problem is still one line with its path
+    data = config()
+    data["curriculum"]["stages"][0]["mix"] = {"prose": -0.5, "code": 1}
+    data["curriculum"]["stages"][1].update(mix={"prose": 0, "code": 0}, seq_len=0)
+    problems = problems_of(data)
+    assert "cfg: curriculum.stages[0].mix.prose=-0.5: mix weights must be ≥ 0; use 0 to leave a source out" in problems
+    assert ("cfg: curriculum.stages[1].mix: the weights sum to 0; give at least one source a positive weight"
+            in problems)
+    assert "cfg: curriculum.stages[1].seq_len=0: must be greater than 0" in problems
 
 
 def test_lanes_default_and_document_mode():

@@ -284,3 +284,15 @@ def test_sizes_import_without_torch():
     code = "import sys, gradus.model, gradus.model.sizes; from gradus.model import ModelShape; print('torch' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
+
+
+def test_shapes_live_below_the_model_and_the_old_paths_still_work():
+    import gradus.model.sizes as old_path
+    import gradus.sizes as sizes
+
+    # One implementation, three import paths: gradus.sizes (what plan/ reads), gradus.model, gradus.model.sizes.
+    assert resolve_shape is sizes.resolve_shape is old_path.resolve_shape
+    assert ModelShape is sizes.ModelShape is old_path.ModelShape
+    assert shape_for_params is sizes.shape_for_params and default_ffn_hidden is sizes.default_ffn_hidden
+    assert resolve_shape(ModelConfig(preset="small"), 1000).params_non_embedding == 4 * (
+        4 * 128 * 128 + 3 * 128 * 352 + 2 * 128) + 128
