@@ -2,7 +2,9 @@
 
 The schema (:mod:`gradus.config.schema`) checks each field by its type and bounds. What pydantic cannot
 express on one field is here: two fields of a stage that exclude each other, a stage's ``seq_len`` against
-``model.max_seq_len``, stage starts that must increase, mix weights naming known sources.
+``model.max_seq_len``, stage starts that must increase, mix weights naming known sources, a model preset
+from :data:`gradus.config.schema.SIZE_PRESETS` (checked with the whole config, so that a bare
+``ModelConfig`` stays buildable and is refused by :func:`gradus.sizes.resolve_shape` instead).
 
 Every problem is reported at once, including these: pydantic skips a model's own validator once one of
 its fields fails, so :func:`validate` runs the same checks again on the raw mapping. They read each raw
