@@ -284,5 +284,5 @@ def test_state_carries_what_the_trainer_needs():
     assert (state.stage_index, state.stage_name, state.num_stages) == (1, "high", 5)
     assert (state.seq_len, state.batch_size, state.tokens_per_step, state.grad_clip) == (128, 128, 16_384, 2.0)
     assert state.peak_lr == pytest.approx(4.2e-3)
-    assert (state.stage_start_step, state.stage_end_step) == (2000, 5000)
+    assert (state.stage_start_step, state.stage_end_step) == (2000, 4000)
     assert state.mix == {"wiki": 1.0} and not state.done

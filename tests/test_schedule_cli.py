@@ -64,6 +64,13 @@ def test_table_for_aggressive(capsys):
     assert len(rows) == 6
     assert all("32,768" in row for row in rows)
     assert "40,000–100,000" in rows[-1] and "2048" in rows[-1]
+    assert "6e-4" in rows[0] and "1× base" in rows[0]  # the plan's linear rule: 6e-4 × 32,768 / 32,768
+    # The seq_batch rule's own column and warning, on the first two stages switched to it.
+    rule = ["--set", "curriculum.stages[0].lr_multiplier=null", "--set", "curriculum.stages[0].lr_rule=seq_batch",
+            "--set", "curriculum.stages[1].lr_multiplier=null", "--set", "curriculum.stages[1].lr_rule=seq_batch"]
+    code, out, err = run_cli(capsys, "--preset", "aggressive", *rule)
+    rows = [line for line in out.splitlines() if line[:1].isdigit()]
+    assert code == 0 and err == ""
     assert "9.6e-3" in rows[0] and "16× = 4 × 4 (seq_batch)" in rows[0]
     assert any(line.startswith("warning: lr_rule seq_batch") and "twice" in line for line in out.splitlines())
 
