@@ -15,7 +15,7 @@ import json
 import pytest
 
 from gradus.cli import main
-from gradus.model.sizes import GPT2_VOCAB_SIZE, resolve_shape
+from gradus.sizes import GPT2_VOCAB_SIZE, resolve_shape
 from gradus.presets import load_preset
 
 M, B = 1_000_000, 1_000_000_000
