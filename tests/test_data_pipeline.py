@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from gradus.config import from_dict
-from gradus.curriculum import Curriculum
+from gradus.curriculum import Schedule, resolve_schedule, state_at
 from gradus.data import DataPipeline, load_tokenizer
 from gradus.data.sources import open_reader
 from gradus.errors import DataError
@@ -36,7 +36,7 @@ def make(shared: Path, stages=STAGES, max_steps=STEPS, sources=None, **data):
     d = {"sources": srcs, "tokenizer": {"name_or_path": str(shared / "gpt2-tokenizer")}, "shuffle_buffer": 8}
     d.update(data)
     cfg = from_dict({"data": d, "curriculum": {"stages": stages}, "train": {"max_steps": max_steps, "seed": 7}})
-    return cfg, Curriculum(cfg)
+    return cfg, resolve_schedule(cfg)
 
 
 @pytest.fixture(scope="module")
@@ -45,11 +45,11 @@ def tok(gpt2_tokenizer_dir: Path):
     return load_tokenizer(cfg.data)
 
 
-def states(cur: Curriculum, steps: int):
+def states(cur: Schedule, steps: int):
     """Curriculum states for steps 0..steps-1, as the trainer advances its counters."""
     out, tokens = [], 0
     for step in range(steps):
-        st = cur.state_at(step, tokens)
+        st = state_at(cur, step, tokens)
         out.append(st)
         tokens += st.tokens_per_step
     return out
