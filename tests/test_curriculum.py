@@ -5,16 +5,30 @@ Expected values are worked out by hand in the comments, not recomputed with the 
 
 from __future__ import annotations
 
+import dataclasses
 import math
+from functools import partial
 
 import pytest
 
 from gradus.config import from_dict
-from gradus.curriculum import Curriculum, clip_by_length, derive_batch, seq_batch_multiplier
+from gradus.curriculum import (
+    Curriculum,
+    Schedule,
+    clip_by_length,
+    derive_batch,
+    lr_at,
+    resolve_schedule,
+    seq_batch_multiplier,
+    stage_index_at,
+    stage_of_step,
+    state_at,
+    tokens_at_step,
+)
 from gradus.presets import load_preset
 
 
-def make(stages, target=None, sources=("prose",), schedule="per_stage", max_seq_len=256, **extra) -> Curriculum:
+def make(stages, target=None, sources=("prose",), schedule="per_stage", max_seq_len=256, **extra) -> Schedule:
     curriculum = {"stages": stages, "schedule": schedule}
     if target is not None:
         curriculum["target_tokens"] = target
@@ -25,7 +39,7 @@ def make(stages, target=None, sources=("prose",), schedule="per_stage", max_seq_
         "curriculum": curriculum,
         **extra,
     }
-    return Curriculum(from_dict(data))
+    return resolve_schedule(from_dict(data))
 
 
 # ---------------------------------------------------------------------------------------- the rules
@@ -96,7 +110,7 @@ def test_rounded_batch_is_noted():
 
 # ---------------------------------------------------------------------------------- per-stage LR
 @pytest.fixture(scope="module")
-def two_stage() -> Curriculum:
+def two_stage() -> Schedule:
     # 256 tokens per step in both stages; the target ends stage 2 at step 200.
     return make(
         [
@@ -111,24 +125,24 @@ def test_step_boundaries(two_stage):
     s0, s1 = two_stage.stages
     assert (s0.start_step, s0.end_step, s0.start_tokens, s0.end_tokens) == (0, 100, 0, 25_600)
     assert (s1.start_step, s1.end_step, s1.start_tokens, s1.end_tokens) == (100, 200, 25_600, 51_200)
-    assert two_stage.state_at(99, 99 * 256).stage_index == 0
-    state = two_stage.state_at(100, 100 * 256)  # the switch happens exactly at the start step
+    assert state_at(two_stage, 99, 99 * 256).stage_index == 0
+    state = state_at(two_stage, 100, 100 * 256)  # the switch happens exactly at the start step
     assert (state.stage_index, state.seq_len, state.batch_size, state.tokens_per_step) == (1, 128, 2, 256)
-    assert not two_stage.state_at(199, 199 * 256).done
-    end = two_stage.state_at(200, 51_200)
+    assert not state_at(two_stage, 199, 199 * 256).done
+    end = state_at(two_stage, 200, 51_200)
     assert end.done and "target_tokens=51200" in end.done_reason
 
 
 def test_warmup_from_zero(two_stage):
-    lr = two_stage.lr_at
+    lr = partial(lr_at, two_stage)
     assert lr(0) == pytest.approx(1e-4)  # 1e-3 × 1/10
     assert lr(4) == pytest.approx(5e-4)  # 1e-3 × 5/10
     assert lr(9) == pytest.approx(1e-3)
-    assert two_stage.state_at(4, 4 * 256).warmup_progress == pytest.approx(0.5)
+    assert state_at(two_stage, 4, 4 * 256).warmup_progress == pytest.approx(0.5)
 
 
 def test_cosine_inside_the_stage(two_stage):
-    lr = two_stage.lr_at
+    lr = partial(lr_at, two_stage)
     # floor = 0.1 × 1e-3; the cosine spans the 90 steps after warmup
     assert lr(10) == pytest.approx(1e-3)
     assert lr(55) == pytest.approx(5.5e-4)  # half way: 1e-4 + 9e-4 × 0.5
@@ -136,13 +150,13 @@ def test_cosine_inside_the_stage(two_stage):
 
 
 def test_next_stage_warms_up_from_where_the_last_ended(two_stage):
-    lr = two_stage.lr_at
+    lr = partial(lr_at, two_stage)
     # start 1.00274128e-4, ramp to 5e-4 over 20 steps: + (5e-4 - start) / 20 per step
     assert lr(100) == pytest.approx(1.20260422e-4, rel=1e-7)
     assert lr(119) == pytest.approx(5e-4)
     assert lr(120) == pytest.approx(5e-4)
     assert lr(199) == pytest.approx(5.0173466e-5, rel=1e-6)  # 5e-5 + 4.5e-4 × 0.5 × (1 - cos(π/80))
-    state = two_stage.state_at(110, 110 * 256)
+    state = state_at(two_stage, 110, 110 * 256)
     assert state.lr == pytest.approx(lr(110)) and state.peak_lr == 5e-4
 
 
@@ -159,21 +173,21 @@ def test_linear_and_constant_decay():
         ],
         target=200 * 256,
     )
-    assert cur.lr_at(50) == pytest.approx(1e-3 - 9e-4 * 0.5)
-    assert cur.lr_at(150) == pytest.approx(1e-3)
+    assert lr_at(cur, 50) == pytest.approx(1e-3 - 9e-4 * 0.5)
+    assert lr_at(cur, 150) == pytest.approx(1e-3)
 
 
 # -------------------------------------------------------------------------------------- global LR
 def test_global_schedule():
     cur = make([{"seq_len": 64, "batch_size": 4, "peak_lr": 1e-3}], target=256_000, schedule="global")
-    lr = cur.lr_at
-    assert cur.total_steps == 1000 and cur.global_warmup_steps() == 20
+    lr = partial(lr_at, cur)
+    assert cur.total_steps == 1000 and cur.global_warmup_steps == 20
     assert lr(0) == pytest.approx(5e-5)  # 1e-3 × 1/20
     assert lr(19) == pytest.approx(1e-3)
     assert lr(20) == pytest.approx(1e-3)
     assert lr(510) == pytest.approx(5.5e-4)  # half way through the 980 cosine steps
     assert lr(999) == pytest.approx(1.0000231e-4, rel=1e-6)  # 1e-4 + 9e-4 × 0.5 × (1 - cos(π/980))
-    assert cur.state_at(9, 9 * 256).warmup_progress == pytest.approx(0.5)
+    assert state_at(cur, 9, 9 * 256).warmup_progress == pytest.approx(0.5)
 
 
 def test_global_schedule_scales_each_stage_peak():
@@ -185,9 +199,9 @@ def test_global_schedule_scales_each_stage_peak():
         target=256_000,
         schedule="global",
     )
-    assert cur.lr_at(510) == pytest.approx(2.75e-4)  # 5e-4 × 0.55, no jump-up warmup needed
+    assert lr_at(cur, 510) == pytest.approx(2.75e-4)  # 5e-4 × 0.55, no jump-up warmup needed
     expected = 5e-4 * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * 580 / 980)))
-    assert cur.lr_at(600) == pytest.approx(expected)
+    assert lr_at(cur, 600) == pytest.approx(expected)
 
 
 # ------------------------------------------------------------------------------ token boundaries
@@ -204,21 +218,21 @@ def test_token_budget_boundaries():
     assert (s0.start_step, s0.end_step, s0.end_tokens) == (0, 8, 1024)
     assert (s1.start_step, s1.end_step, s1.start_tokens, s1.end_tokens) == (8, 12, 1024, 2048)
     assert (s0.token_threshold, s1.token_threshold) == (0, 1000)
-    assert cur.state_at(7, 896).stage_index == 0
-    assert cur.state_at(8, 999).stage_index == 0  # the token counter decides, not the step
-    assert cur.state_at(8, 1000).stage_index == 1
-    assert cur.state_at(8, 1024).seq_len == 16
-    assert cur.state_at(12, 2048).done
+    assert state_at(cur, 7, 896).stage_index == 0
+    assert state_at(cur, 8, 999).stage_index == 0  # the token counter decides, not the step
+    assert state_at(cur, 8, 1000).stage_index == 1
+    assert state_at(cur, 8, 1024).seq_len == 16
+    assert state_at(cur, 12, 2048).done
 
 
 def test_streaming_preset_switches_at_its_token_thresholds():
-    cur = Curriculum(load_preset("streaming-1b"))
+    cur = resolve_schedule(load_preset("streaming-1b"))
     first, second = cur.stages[:2]
     # 10M / 65,536 = 152.6: the switch is the first step at which 10M tokens have been seen
     assert (first.end_step, second.start_step, second.start_tokens) == (153, 153, 153 * 65_536)
     assert second.token_threshold == 10_000_000
-    assert cur.state_at(152, 152 * 65_536).stage_index == 0
-    assert cur.state_at(153, 153 * 65_536).stage_index == 1
+    assert state_at(cur, 152, 152 * 65_536).stage_index == 0
+    assert state_at(cur, 153, 153 * 65_536).stage_index == 1
     # running sums of 10M/20M/30M/40M/75M/100M/125M/150M/200M/250M
     assert [s.token_threshold for s in cur.stages] == [
         n * 1_000_000 for n in (0, 10, 30, 60, 100, 175, 275, 400, 550, 750)
@@ -227,9 +241,9 @@ def test_streaming_preset_switches_at_its_token_thresholds():
 
 def test_walking_the_counters_matches_the_table():
     """Run the counters as a trainer would: the stage from state_at always matches the table."""
-    cur = Curriculum(load_preset("streaming-1b"))
+    cur = resolve_schedule(load_preset("streaming-1b"))
     step, tokens = 0, 0
-    while not (state := cur.state_at(step, tokens)).done:
+    while not (state := state_at(cur, step, tokens)).done:
         plan = cur.stages[state.stage_index]
         assert plan.start_step <= step < plan.end_step
         step, tokens = step + 1, tokens + state.tokens_per_step
@@ -237,14 +251,80 @@ def test_walking_the_counters_matches_the_table():
     assert tokens >= 1_000_000_000 > tokens - cur.stages[-1].tokens_per_step
 
 
+def test_the_two_lookups_and_the_token_counter_at_a_step():
+    cur = make(
+        [
+            {"tokens": 1000, "seq_len": 8, "batch_size": 16},  # 128 tokens/step, steps 0..7
+            {"tokens": 1000, "seq_len": 16, "tokens_per_batch": 256},  # 256 tokens/step, steps 8..11
+        ]
+    )
+    # Tokens before step k: 128 per step up to step 8 (1024), then 256 per step.
+    assert [tokens_at_step(cur, k) for k in (0, 7, 8, 10, 12)] == [0, 896, 1024, 1536, 2048]
+    assert [stage_of_step(cur, k) for k in (0, 7, 8, 11, 50)] == [0, 0, 1, 1, 1]
+    # On counters a run never has (step 8 with 999 tokens) only the real lookup answers by tokens.
+    assert (stage_index_at(cur, 8, 999), stage_of_step(cur, 8)) == (0, 1)
+
+
+@pytest.mark.parametrize(
+    "overrides", [["curriculum.target_tokens=20M"], ["train.max_steps=3000"]], ids=["tokens", "max-steps"]
+)
+def test_both_lookups_agree_wherever_the_counters_are_a_runs(overrides):
+    """Token budgets (streaming-1b) and a max_steps cut that leaves stages unrun (aggressive): at the token
+    counter of every step, past the end too, the real lookup and the table's agree."""
+    preset = "streaming-1b" if "tokens" in overrides[0] else "aggressive"
+    cur = resolve_schedule(load_preset(preset, overrides))
+    switches = [k for k in range(1, cur.total_steps + 5) if stage_of_step(cur, k) != stage_of_step(cur, k - 1)]
+    assert switches == ([153] if preset == "streaming-1b" else [2000])  # 10M / 65,536 → 153; aggressive: step 2000
+    for k in range(cur.total_steps + 5):
+        assert stage_index_at(cur, k, tokens_at_step(cur, k)) == stage_of_step(cur, k), k
+
+
+def test_the_schedule_is_frozen_and_resolves_its_end_lrs_once(two_stage):
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        two_stage.total_steps = 1  # type: ignore[misc]
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        two_stage.stages[0].peak_lr = 1.0  # type: ignore[misc]
+    assert isinstance(two_stage.stages, tuple)
+    # Stage 0 ends at 1e-4 + 9e-4 × 0.5 × (1 - cos(π/90)); stage 1 at 5e-5 + 4.5e-4 × 0.5 × (1 - cos(π/80)).
+    assert two_stage.end_lrs == pytest.approx((1.00274128e-4, 5.0173466e-5), rel=1e-6)
+    # No cache to warm: a fresh schedule asked for stage 1's warmup first gives the same LR.
+    fresh = make(
+        [
+            {"step": 0, "seq_len": 64, "batch_size": 4, "peak_lr": 1e-3, "warmup_steps": 10},
+            {"step": 100, "seq_len": 128, "batch_size": 2, "peak_lr": 5e-4, "warmup_steps": 20},
+        ],
+        target=51_200,
+    )
+    assert lr_at(fresh, 100) == pytest.approx(1.20260422e-4, rel=1e-7) and fresh == two_stage
+
+
+def test_a_stage_that_never_runs_passes_its_end_lr_on():
+    cur = resolve_schedule(load_preset("aggressive", ["train.max_steps=3000"]))
+    assert [s.steps for s in cur.stages] == [2000, 1000, 0, 0, 0, 0]
+    assert cur.end_lrs[2:] == (cur.end_lrs[1],) * 4
+    assert cur.end_lrs[1] == lr_at(cur, 2999)
+
+
+def test_the_compatibility_shim_delegates():
+    """Curriculum (kept until the trainer is switched) answers exactly what the pure functions do."""
+    cfg = load_preset("streaming-1b")
+    shim, cur = Curriculum(cfg), resolve_schedule(cfg)
+    assert shim.schedule == cur and shim.stages == cur.stages and shim.to_json() == cur.to_json()
+    assert (shim.total_steps, shim.total_tokens, shim.target_tokens) == (cur.total_steps, cur.total_tokens, 1_000_000_000)
+    assert shim.state_at(153, 153 * 65_536) == state_at(cur, 153, 153 * 65_536)
+    assert shim.stages_index_by_step(152) == 0 and shim.stages_index_by_step(153) == 1
+    # global schedule: ceil(0.02 × 15,259 steps) = 306 warmup steps
+    assert shim.lr_at(200) == lr_at(cur, 200) and shim.global_warmup_steps() == cur.global_warmup_steps == 306
+
+
 # ------------------------------------------------------------------------------- stopping, mix
 def test_max_steps_cuts_the_schedule():
-    cur = Curriculum(load_preset("aggressive", ["train.max_steps=3000"]))
+    cur = resolve_schedule(load_preset("aggressive", ["train.max_steps=3000"]))
     assert cur.total_steps == 3000
     assert [s.steps for s in cur.stages] == [2000, 1000, 0, 0, 0, 0]
     assert sum("never runs" in w for w in cur.warnings) == 4
-    assert cur.state_at(2999, 2999 * 32_768).stage_index == 1
-    end = cur.state_at(3000, 3000 * 32_768)
+    assert state_at(cur, 2999, 2999 * 32_768).stage_index == 1
+    end = state_at(cur, 3000, 3000 * 32_768)
     assert end.done and end.done_reason == "reached max_steps=3000" and end.stage_index == 1
 
 
@@ -262,7 +342,7 @@ def test_mix_normalised_inherited_and_uniform():
     assert cur.stages[1].mix == cur.stages[0].mix
     assert cur.stages[2].mix == {"a": 0.0, "b": 0.0, "c": 1.0}
     assert "curriculum.stages[0].mix sums to 4; weights normalised to sum to 1" in cur.warnings
-    assert cur.state_at(5, 5 * 256).mix == {"a": 0.75, "b": 0.25, "c": 0.0}
+    assert state_at(cur, 5, 5 * 256).mix == {"a": 0.75, "b": 0.25, "c": 0.0}
     uniform = make([{"seq_len": 64, "batch_size": 4}], target=256, sources=("a", "b"))
     assert uniform.stages[0].mix == {"a": 0.5, "b": 0.5}
 
@@ -279,8 +359,8 @@ def test_warmup_tokens_is_adaptive_and_capped():
 
 
 def test_state_carries_what_the_trainer_needs():
-    cur = Curriculum(load_preset("lr-extreme"))
-    state = cur.state_at(2500, 2500 * 16_384)
+    cur = resolve_schedule(load_preset("lr-extreme"))
+    state = state_at(cur, 2500, 2500 * 16_384)
     assert (state.stage_index, state.stage_name, state.num_stages) == (1, "high", 5)
     assert (state.seq_len, state.batch_size, state.tokens_per_step, state.grad_clip) == (128, 128, 16_384, 2.0)
     assert state.peak_lr == pytest.approx(4.2e-3)

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from gradus.config import from_dict
-from gradus.curriculum import Curriculum
+from gradus.curriculum import Schedule, resolve_schedule, state_at
 from gradus.data import DataPipeline, load_tokenizer
 from gradus.data.mixture import Mixer, rng_from
 from gradus.errors import DataError
@@ -20,7 +20,7 @@ def make(shared: Path, sources, stages, max_steps, **data):
     d = {"sources": sources, "tokenizer": {"name_or_path": str(shared / "gpt2-tokenizer")}}
     d.update(data)
     cfg = from_dict({"data": d, "curriculum": {"stages": stages}, "train": {"max_steps": max_steps}})
-    return cfg, Curriculum(cfg)
+    return cfg, resolve_schedule(cfg)
 
 
 def corpora(shared: Path) -> list[dict]:
@@ -37,11 +37,11 @@ def tok(gpt2_tokenizer_dir: Path):
     return load_tokenizer(cfg.data)
 
 
-def drive(pipe: DataPipeline, cur: Curriculum, steps: int, start: int = 0):
-    tokens = sum(cur.state_at(s, 0).tokens_per_step for s in range(start))
+def drive(pipe: DataPipeline, cur: Schedule, steps: int, start: int = 0):
+    tokens = sum(state_at(cur, s, 0).tokens_per_step for s in range(start))
     out = []
     for step in range(start, start + steps):
-        st = cur.state_at(step, tokens)
+        st = state_at(cur, step, tokens)
         out.append(pipe.next_batch(st))
         tokens += st.tokens_per_step
     return out

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from gradus.config import from_dict
-from gradus.curriculum import Curriculum
+from gradus.curriculum import resolve_schedule, state_at
 from gradus.data import DataPipeline, load_tokenizer
 from gradus.data import sources as sources_mod
 from gradus.data.packing import IGNORE
@@ -21,7 +21,7 @@ def make(shared: Path, stages, max_steps, sources=None, **data):
          "validation": {"fraction": 0}}
     d.update(data)
     cfg = from_dict({"data": d, "curriculum": {"stages": stages}, "train": {"max_steps": max_steps}})
-    return cfg, Curriculum(cfg)
+    return cfg, resolve_schedule(cfg)
 
 
 @pytest.fixture(scope="module")
@@ -33,7 +33,7 @@ def tok(gpt2_tokenizer_dir: Path):
 def drive(pipe, cur, steps):
     out, tokens = [], 0
     for step in range(steps):
-        st = cur.state_at(step, tokens)
+        st = state_at(cur, step, tokens)
         out.append(pipe.next_batch(st))
         tokens += st.tokens_per_step
     return out
@@ -205,7 +205,7 @@ def test_lanes_deal_a_huge_document_in_chunks(shared_data: Path, tok, tmp_path: 
     with DataPipeline(cfg.data, tok, cur, prefetch=0) as pipe:
         batches, longest = [], 0
         for step in range(130):
-            batches.append(pipe.next_batch(cur.state_at(step, 0)))
+            batches.append(pipe.next_batch(state_at(cur, step, 0)))
             longest = max(longest, *(len(t) for t in pipe._stream.packer.tokens))
         pending = int(pipe._stream.packer.pending().sum())
     # No lane ever holds more than a chunk and a window, although the play is one ~25k-token document.

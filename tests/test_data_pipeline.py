@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from gradus.config import from_dict
-from gradus.curriculum import Curriculum
+from gradus.curriculum import Schedule, resolve_schedule, state_at
 from gradus.data import DataPipeline, load_tokenizer
 from gradus.data.sources import open_reader
 from gradus.errors import DataError
@@ -36,7 +36,7 @@ def make(shared: Path, stages=STAGES, max_steps=STEPS, sources=None, **data):
     d = {"sources": srcs, "tokenizer": {"name_or_path": str(shared / "gpt2-tokenizer")}, "shuffle_buffer": 8}
     d.update(data)
     cfg = from_dict({"data": d, "curriculum": {"stages": stages}, "train": {"max_steps": max_steps, "seed": 7}})
-    return cfg, Curriculum(cfg)
+    return cfg, resolve_schedule(cfg)
 
 
 @pytest.fixture(scope="module")
@@ -45,11 +45,11 @@ def tok(gpt2_tokenizer_dir: Path):
     return load_tokenizer(cfg.data)
 
 
-def states(cur: Curriculum, steps: int):
+def states(cur: Schedule, steps: int):
     """Curriculum states for steps 0..steps-1, as the trainer advances its counters."""
     out, tokens = [], 0
     for step in range(steps):
-        st = cur.state_at(step, tokens)
+        st = state_at(cur, step, tokens)
         out.append(st)
         tokens += st.tokens_per_step
     return out
@@ -253,3 +253,23 @@ def test_explicit_validation_split_replaces_the_hash(shared_data: Path, tok):
     assert np.array_equal(stream[: len(first)], first[: len(stream)])
     held = tok.encode_arrays(valid_docs[:1], eos=[True])[0].astype(np.int64)
     assert np.array_equal(val[0].inputs[0], held[:128]) and len(val) == 4
+
+
+def test_the_prefetcher_asks_the_schedule_what_each_step_needs(shared_data: Path, tok):
+    """Token-budget stages switch on the token counter: the thread predicts every shape and mix from
+    state_at(schedule, k, tokens_at_step(k)), so a run through two switches never rewinds."""
+    stages = [
+        {"tokens": 3000, "seq_len": 64, "batch_size": 16, "mix": {"plays": 1.0}},  # 1024/step: steps 0..2
+        {"tokens": 2000, "seq_len": 32, "batch_size": 16, "mix": {"gsm8k": 1.0}},  # 512/step: 3072 → steps 3..6
+        {"tokens": 1000, "seq_len": 128, "batch_size": 8, "mix": {"code": 1.0}},  # 1024/step: 5120 → steps 7..7
+    ]
+    cfg, cur = make(shared_data, stages=stages, max_steps=None, prefetch_batches=3)
+    sts = states(cur, 8)
+    assert [s.stage_index for s in sts] == [0, 0, 0, 1, 1, 1, 1, 2]
+    with DataPipeline(cfg.data, tok, cur, seed=7) as pipe:
+        got, _ = run(pipe, sts)
+        assert pipe.metrics()["data/rewinds"] == 0
+    assert [b.inputs.shape for b in got] == [(16, 64)] * 3 + [(16, 32)] * 4 + [(8, 128)]
+    assert [b.stage_index for b in got] == [0, 0, 0, 1, 1, 1, 1, 2]
+    stage1 = {n: sum(b.tokens_by_source[n] for b in got[3:7]) for n in ("plays", "gsm8k", "code")}
+    assert stage1["code"] == 0 and stage1["gsm8k"] > 0.75 * sum(stage1.values())  # the rest: plays left in the packer

@@ -77,6 +77,7 @@ FILES = sorted(p for p in PACKAGE.rglob("*.py") if "__pycache__" not in p.parts)
 
 def test_there_is_something_to_check():
     assert PACKAGE / "config" / "schema.py" in FILES and PACKAGE / "sizes.py" in FILES
+    assert PACKAGE / "curriculum" / "state.py" in FILES
 
 
 @pytest.mark.parametrize("path", FILES, ids=lambda p: str(p.relative_to(PACKAGE.parent)))

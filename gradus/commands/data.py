@@ -35,7 +35,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Check the sources, draw batches, print the report; 2 when a source is unreachable."""
-    from gradus.curriculum import Curriculum
+    from gradus.curriculum import resolve_schedule
 
     if args.batches < 1:
         raise ConfigError(f"--batches={args.batches}: must be at least 1")
@@ -46,8 +46,8 @@ def run(args: argparse.Namespace) -> int:
         except ValueError as err:
             raise ConfigError(f"--tokens-per-sec={args.tokens_per_sec}: {err}") from None
     cfg = load_from_args(args)
-    curriculum = Curriculum(cfg)
-    n = len(curriculum.stages)
+    schedule = resolve_schedule(cfg)
+    n = len(schedule.stages)
     if args.stage is not None and not 0 <= args.stage < n:
         raise ConfigError(f"--stage {args.stage}: the curriculum has stages 0..{n - 1}")
 
@@ -62,9 +62,9 @@ def run(args: argparse.Namespace) -> int:
     tok = load_tokenizer(cfg.data)
     report["tokenizer"] = tok.identity()
     # prefetch 0: the tester measures the producer itself, and jumps between stages freely.
-    with DataPipeline(cfg.data, tok, curriculum, seed=cfg.train.seed, prefetch=0) as pipe:
+    with DataPipeline(cfg.data, tok, schedule, seed=cfg.train.seed, prefetch=0) as pipe:
         if args.transitions:
-            report["transitions"] = transitions(pipe, curriculum, tok)
+            report["transitions"] = transitions(pipe, schedule, tok)
         else:
             if args.stage is not None:
                 chosen = [args.stage]
@@ -73,7 +73,7 @@ def run(args: argparse.Namespace) -> int:
             else:
                 chosen = sorted({0, n - 1})
             for k in chosen:
-                report["stages"].append(draw_stage(pipe, curriculum, tok, k, args.batches, tps_flag))
+                report["stages"].append(draw_stage(pipe, schedule, tok, k, args.batches, tps_flag))
         report["metrics"] = pipe.metrics()
     _emit(report, args.json)
     return 0
@@ -107,15 +107,17 @@ def check_sources(data_cfg) -> list[dict]:
         return list(pool.map(check, data_cfg.sources))
 
 
-def draw_stage(pipe, curriculum, tok, k: int, batches: int, tokens_per_sec: float | None) -> dict:
+def draw_stage(pipe, schedule, tok, k: int, batches: int, tokens_per_sec: float | None) -> dict:
     """Draw ``batches`` batches at the start of stage ``k`` and describe them."""
-    plan = curriculum.stages[k]
+    from gradus.curriculum import state_at
+
+    plan = schedule.stages[k]
     by_source = {n: 0 for n in pipe._stream.names}
     eos = windows = tokens = 0
     seconds = 0.0
     shape = None
     sample = ""
-    first = curriculum.state_at(plan.start_step, plan.start_tokens)
+    first = state_at(schedule, plan.start_step, plan.start_tokens)
     for i in range(batches):
         # Every step of a stage has its shape and mix; a stage that never runs (zero steps) is shown too.
         state = dataclasses.replace(first, step=plan.start_step + i, stage_index=k, seq_len=plan.seq_len,
@@ -160,13 +162,14 @@ def _sample(tok, row, limit: int = 160) -> str:
     return text if len(text) <= limit else text[:limit] + "…"
 
 
-def transitions(pipe, curriculum, tok) -> list[dict]:
+def transitions(pipe, schedule, tok) -> list[dict]:
     """For each stage boundary: the two steps before and after it, drawn in order, with their shapes and
     mixes, and whether the token stream continues across the boundary without a gap or repeat."""
+    from gradus.curriculum import state_at, tokens_at_step
     from gradus.data.packing import resolve_stride, row_lanes
 
     out = []
-    running = [s for s in curriculum.stages if s.steps > 0]
+    running = [s for s in schedule.stages if s.steps > 0]
     for a, b in zip(running, running[1:], strict=False):
         steps = []
         previous = None
@@ -175,9 +178,7 @@ def transitions(pipe, curriculum, tok) -> list[dict]:
             step = b.start_step + offset
             if step < a.start_step or step >= b.end_step:
                 continue
-            k = curriculum.stages_index_by_step(step)
-            plan = curriculum.stages[k]
-            state = curriculum.state_at(step, plan.start_tokens + (step - plan.start_step) * plan.tokens_per_step)
+            state = state_at(schedule, step, tokens_at_step(schedule, step))
             packer = pipe.state_dict()["packer"]
             batch = pipe.next_batch(state)
             total = sum(batch.tokens_by_source.values()) or 1

@@ -22,7 +22,7 @@ import yaml
 
 from gradus.commands.common import add_config_arguments, config_source, load_from_args
 from gradus.config import apply_overrides, load_config, read_yaml
-from gradus.curriculum import Curriculum
+from gradus.curriculum import Curriculum, resolve_schedule
 from gradus.errors import ConfigError, GradusError
 from gradus.units import format_lr
 
@@ -214,7 +214,7 @@ def _write_config(args: argparse.Namespace, curriculum: Curriculum, suggestions:
         path.write_text(text, encoding="utf-8")
     except OSError as err:
         raise ConfigError(f"--write {path}: cannot write the config ({err.strerror}); choose another path") from None
-    Curriculum(load_config(path))  # what gradus train will do with it: fail here, not there
+    resolve_schedule(load_config(path))  # what gradus train will do with it: fail here, not there
     summary = ", ".join(f"{c.name} {format_lr(c.new_lr)}" for c in changes if c.new_lr is not None) or "no stage"
     return {"path": str(path), "summary": summary,
             "stages": [{"index": c.index, "name": c.name, "seq_len": c.seq_len, "old_lr": c.old_lr,

@@ -1,6 +1,6 @@
 """``gradus schedule CONFIG | --preset NAME``: the stage table, as the plans print it.
 
-Pure: loads the config and asks :class:`gradus.curriculum.Curriculum` for the resolved stages; no torch,
+Pure: loads the config and resolves its :class:`gradus.curriculum.Schedule`; no torch,
 no data, so it runs anywhere in well under a second.
 """
 
@@ -11,7 +11,8 @@ import json
 import math
 
 from gradus.commands.common import add_config_arguments, config_source, load_from_args
-from gradus.curriculum import Curriculum, StagePlan
+from gradus.config import GradusConfig
+from gradus.curriculum import Schedule, StagePlan, resolve_schedule
 from gradus.errors import ConfigError
 from gradus.presets import list_presets, preset_description
 from gradus.units import format_count, format_duration, format_lr, parse_count, parse_rate
@@ -44,13 +45,13 @@ def run(args: argparse.Namespace) -> int:
     if dataset_tokens is not None and dataset_tokens <= 0:
         raise ConfigError(f"--dataset-tokens={args.dataset_tokens}: must be a positive token count, e.g. 3B")
     cfg = load_from_args(args)
-    curriculum = Curriculum(cfg)
-    report = schedule_report(curriculum, tokens_per_sec, dataset_tokens)
+    schedule = resolve_schedule(cfg)
+    report = schedule_report(schedule, tokens_per_sec, dataset_tokens)
     if args.json:
         print(json.dumps(report, indent=2))
         return 0
     title = cfg.name or (f"preset {args.preset}" if args.preset else config_source(args))
-    print(format_table(curriculum, report, title=str(title)))
+    print(format_table(cfg, schedule, report, title=str(title)))
     return 0
 
 
@@ -74,8 +75,8 @@ def _list(as_json: bool) -> int:
     return 0
 
 
-def schedule_report(cur: Curriculum, tokens_per_sec: float | None = None, dataset_tokens: int | None = None) -> dict:
-    """The schedule as data (``--json``): :meth:`Curriculum.to_json` plus time and dataset coverage when
+def schedule_report(cur: Schedule, tokens_per_sec: float | None = None, dataset_tokens: int | None = None) -> dict:
+    """The schedule as data (``--json``): :meth:`Schedule.to_json` plus time and dataset coverage when
     throughput or dataset size are given."""
     report = cur.to_json()
     report["tokens_per_sec"] = tokens_per_sec
@@ -108,9 +109,8 @@ def _percent(weight: float) -> str:
     return f"{pct:.0f}" if abs(pct - round(pct)) < 0.05 else f"{pct:.1f}"
 
 
-def format_table(cur: Curriculum, report: dict, title: str = "") -> str:
-    """The human table: one row per stage, a total row, then the warnings."""
-    cfg = cur.cfg
+def format_table(cfg: GradusConfig, cur: Schedule, report: dict, title: str = "") -> str:
+    """The human table of ``cfg``'s schedule: one row per stage, a total row, then the warnings."""
     names = [s.name for s in cfg.data.sources]
     c = cfg.curriculum
     lines = []
@@ -126,7 +126,7 @@ def format_table(cur: Curriculum, report: dict, title: str = "") -> str:
     model = cfg.model.preset or "custom"
     if c.schedule == "global":
         sched = (
-            f"one global schedule: warmup {cur.global_warmup_steps():,} steps "
+            f"one global schedule: warmup {cur.global_warmup_steps:,} steps "
             f"({c.global_warmup_fraction:g} of the run), {c.decay} to {c.min_lr_ratio:g}× each stage's peak"
         )
     else:

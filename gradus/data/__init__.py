@@ -3,8 +3,9 @@
 What the trainer uses::
 
     tok = load_tokenizer(cfg.data, run_dir)                  # fixed for the run; tok.identity() goes in checkpoints
-    pipe = DataPipeline(cfg.data, tok, curriculum, seed=cfg.train.seed, rank=0, world_size=1)
-    batch = pipe.next_batch(curriculum.state_at(step, tokens))   # Batch: inputs, labels [rows, seq_len]
+    schedule = resolve_schedule(cfg)                         # gradus.curriculum: frozen, pure
+    pipe = DataPipeline(cfg.data, tok, schedule, seed=cfg.train.seed, rank=0, world_size=1)
+    batch = pipe.next_batch(state_at(schedule, step, tokens))    # Batch: inputs, labels [rows, seq_len]
     pipe.state_dict() / pipe.load_state_dict(d)               # exact resume
     pipe.validation_batches(seq_len, tokens, batch_size)      # held-out documents only
     pipe.metrics(); pipe.close()

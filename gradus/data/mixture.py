@@ -1,6 +1,6 @@
 """Per-source document feeds (read-ahead, tokenisation, shuffle buffer, epochs) and the seeded mixer.
 
-State that is saved (``state()`` / ``restore()``) versus state that is rebuilt: a feed saves its
+State that is saved (``state_dict()`` / ``load_state_dict()``) versus state that is rebuilt: a feed saves its
 *committed* cursor (just after the last document that entered the shuffle buffer or went downstream),
 the buffer's documents (as token arrays), its RNG and counters. Documents read and tokenised ahead of that
 cursor are not saved; after a restore they are read again from the cursor, which gives the same tokens.
@@ -80,7 +80,7 @@ class SourceFeed:
         self._reset_ahead()
 
     # ------------------------------------------------------------------------------- state
-    def state(self) -> dict:
+    def state_dict(self) -> dict:
         """The committed state: plain data and numpy arrays, independent of later changes."""
         return {
             "cursor": self.cursor,
@@ -92,7 +92,7 @@ class SourceFeed:
             "peeked": self.peeked,
         }
 
-    def restore(self, state: dict) -> None:
+    def load_state_dict(self, state: dict) -> None:
         """Go back to a saved state; read-ahead is dropped and redone from the saved cursor."""
         self.cursor = state["cursor"]
         self.buffer = list(state["buffer"])
@@ -246,8 +246,8 @@ class Mixer:
         self.dropped: list[str] = []
         self.sticky: str | None = None
 
-    def state(self) -> dict:
-        """Plain-data state."""
+    def state_dict(self) -> dict:
+        """Plain-data state: the stage, tokens drawn per source, the RNG, dropped and sticky sources."""
         return {
             "stage": self.stage,
             "drawn": dict(self.drawn),
@@ -256,7 +256,7 @@ class Mixer:
             "sticky": self.sticky,
         }
 
-    def restore(self, state: dict) -> None:
+    def load_state_dict(self, state: dict) -> None:
         """Back to a saved state."""
         self.stage = state["stage"]
         self.drawn = dict(state["drawn"])

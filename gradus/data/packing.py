@@ -86,12 +86,12 @@ class ConcatPacker:
         # Tokens per source pulled but not yet cut, kept up to date (derived from the state, not saved).
         self._pending = np.zeros(n_sources, dtype=np.int64)
 
-    def state(self) -> dict:
+    def state_dict(self) -> dict:
         """Leftover tokens (and their sources) per lane not yet cut into windows, the next lane, and the
         queue of drawn tokens in no lane."""
         return {"tokens": list(self.tokens), "src": list(self.src), "next": self.next, "queue": list(self.queue)}
 
-    def restore(self, state: dict) -> None:
+    def load_state_dict(self, state: dict) -> None:
         """Back to saved leftovers."""
         self.tokens = [np.asarray(t) for t in state["tokens"]]
         self.src = [np.asarray(s) for s in state["src"]]
@@ -186,11 +186,11 @@ class DocumentPacker:
         self.complete = True
         self.dropped = 0
 
-    def state(self) -> dict:
+    def state_dict(self) -> dict:
         """The current document's remaining tokens, its source, whether it is complete, tokens dropped."""
         return {"cur": self.cur, "src": self.src, "complete": self.complete, "dropped": self.dropped}
 
-    def restore(self, state: dict) -> None:
+    def load_state_dict(self, state: dict) -> None:
         """Back to a saved state."""
         self.cur = None if state["cur"] is None else np.asarray(state["cur"])
         self.src = state["src"]

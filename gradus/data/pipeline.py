@@ -2,13 +2,14 @@
 
 :class:`DataPipeline` is what the trainer holds. ``next_batch(state)`` returns the batch for the
 curriculum state of the step about to run; a background thread prepares the following batches ahead,
-predicting their shapes and mixes from the curriculum (a pure function of the step). When a state does not
+asking the schedule what each next step needs (``state_at(schedule, k, tokens_at_step(schedule, k))``,
+a pure function of the step). When a state does not
 match the prediction (the trainer resumed, or skipped), the pipeline rewinds to the last batch it
 returned and produces the right one: prefetching never changes what the trainer sees.
 
 Exactness: everything that decides the stream — each source's cursor, shuffle buffer and RNG, the
 mixer's RNG and counters, the packer's leftover tokens — lives in :class:`_Stream` and is captured after
-every batch. ``state_dict()`` returns the capture taken after the *last batch returned*, however far the
+every batch (each of those parts has ``state_dict()``/``load_state_dict()``, the one Stateful protocol). ``state_dict()`` returns the capture taken after the *last batch returned*, however far the
 thread has run ahead, and ``load_state_dict()`` restores it, after which the batches are bit-identical to
 those of the uninterrupted pipeline.
 """
@@ -27,6 +28,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from gradus.config import DataConfig
+from gradus.curriculum import state_at, tokens_at_step
 from gradus.data.mixture import Mixer, SourceFeed, name_key, rng_from
 from gradus.data.packing import make_packer, resolve_stride
 from gradus.data.sources import Shard, open_reader
@@ -34,7 +36,7 @@ from gradus.data.validation import heldout_tokens, windows
 from gradus.errors import DataError
 
 if TYPE_CHECKING:
-    from gradus.curriculum import Curriculum, StageState
+    from gradus.curriculum import Curriculum, Schedule, StageState
     from gradus.data.tokenizer import Tokenizer
 
 log = logging.getLogger("gradus.data")
@@ -84,7 +86,8 @@ class _Spec:
 
 # ----------------------------------------------------------------------------------------- the core
 class _Stream:
-    """The deterministic producer: call ``make(spec)`` repeatedly; ``snapshot()``/``restore()`` its state."""
+    """The deterministic producer: call ``make(spec)`` repeatedly; ``state_dict()``/``load_state_dict()``
+    its state (every feed's, the mixer's, the packer's and the counters)."""
 
     def __init__(self, cfg: DataConfig, tok: Tokenizer, encoder, seed: int, rank: int, world_size: int):
         self.cfg = cfg
@@ -147,25 +150,25 @@ class _Stream:
         self.batches += 1
         return Batch(inputs, labels, by_source, -1, spec.stage_index)
 
-    def snapshot(self) -> dict:
+    def state_dict(self) -> dict:
         """The full state after the last ``make``: independent of later calls (nothing is mutated in place)."""
         return {
             "version": STATE_VERSION,
-            "feeds": {n: f.state() for n, f in self.feeds.items()},
-            "mixer": self.mixer.state(),
-            "packer": self.packer.state(),
+            "feeds": {n: f.state_dict() for n, f in self.feeds.items()},
+            "mixer": self.mixer.state_dict(),
+            "packer": self.packer.state_dict(),
             "tokens": dict(self.tokens),
             "batches": self.batches,
         }
 
-    def restore(self, snap: dict) -> None:
-        """Back to a snapshot."""
+    def load_state_dict(self, state: dict) -> None:
+        """Back to a ``state_dict()``."""
         for n, f in self.feeds.items():
-            f.restore(snap["feeds"][n])
-        self.mixer.restore(snap["mixer"])
-        self.packer.restore(snap["packer"])
-        self.tokens = dict(snap["tokens"])
-        self.batches = snap["batches"]
+            f.load_state_dict(state["feeds"][n])
+        self.mixer.load_state_dict(state["mixer"])
+        self.packer.load_state_dict(state["packer"])
+        self.tokens = dict(state["tokens"])
+        self.batches = state["batches"]
 
 
 # ------------------------------------------------------------------------------------ the pipeline
@@ -203,17 +206,20 @@ class _Courtesy:
 class DataPipeline:
     """Batches for curriculum states, prepared ahead in a background thread; exact ``state_dict``.
 
+    ``schedule`` is what the thread asks for the shape and mix of the steps ahead (None: every next batch
+    is predicted to look like the last; a wrong prediction only costs a rewind, never content).
     ``prefetch`` (default ``cfg.prefetch_batches``; 0 = make each batch on the caller's thread) and
     ``num_workers`` (default ``cfg.num_workers``; tokenising processes) change speed, never content."""
 
-    def __init__(self, cfg: DataConfig, tokenizer: Tokenizer, curriculum: Curriculum | None = None, seed: int = 0,
+    def __init__(self, cfg: DataConfig, tokenizer: Tokenizer, schedule: Schedule | Curriculum | None = None, seed: int = 0,
                  rank: int = 0, world_size: int = 1, *, prefetch: int | None = None,
                  num_workers: int | None = None):
         if not 0 <= rank < world_size:
             raise DataError(f"rank {rank} is outside world_size {world_size}")
         self.cfg = cfg
         self.tok = tokenizer
-        self.curriculum = curriculum
+        # TEMPORARY: the Curriculum shim is accepted as its frozen schedule until the trainer passes one.
+        self.schedule: Schedule | None = getattr(schedule, "schedule", schedule)
         self.seed = seed
         self.rank = rank
         self.world_size = world_size
@@ -227,7 +233,7 @@ class DataPipeline:
         except BaseException:
             self._encoder.close()
             raise
-        self._committed = self._stream.snapshot()
+        self._committed = self._stream.state_dict()
         self._fingerprint = self._make_fingerprint()
         self._thread: threading.Thread | None = None
         self._queue: queue.Queue | None = None
@@ -257,11 +263,10 @@ class DataPipeline:
         return self._spec(state.seq_len, state.batch_size, state.stage_index, state.mix)
 
     def _predict(self, step: int, previous: _Spec) -> _Spec:
-        if self.curriculum is None:
+        """The spec of step ``step``, asked of the schedule at the token counter that step will have."""
+        if self.schedule is None:
             return previous
-        k = self.curriculum.stages_index_by_step(step)
-        s = self.curriculum.stages[k]
-        return self._spec(s.seq_len, s.batch_size, k, s.mix)
+        return self._spec_of_state(state_at(self.schedule, step, tokens_at_step(self.schedule, step)))
 
     # --------------------------------------------------------------------------------- batches
     def next_batch(self, state: StageState) -> Batch:
@@ -276,7 +281,7 @@ class DataPipeline:
         if self._dirty:
             # A batch failed half-way (e.g. a source became unreachable): start again from the last
             # batch returned, not from wherever the failure left the stream.
-            self._stream.restore(self._committed)
+            self._stream.load_state_dict(self._committed)
             self._dirty = False
         if self.prefetch <= 0:
             try:
@@ -284,7 +289,7 @@ class DataPipeline:
             except BaseException:
                 self._dirty = True
                 raise
-            self._committed = self._stream.snapshot()
+            self._committed = self._stream.state_dict()
         else:
             if self._thread is None:
                 self._start(spec, state.step + 1)
@@ -294,7 +299,7 @@ class DataPipeline:
                 # last batch returned and make the one asked for.
                 self._rewinds += 1
                 self._halt()
-                self._stream.restore(self._committed)
+                self._stream.load_state_dict(self._committed)
                 self._start(spec, state.step + 1)
                 got_spec, batch, snap = self._get()
             self._committed = snap
@@ -327,7 +332,7 @@ class DataPipeline:
         try:
             while not stop.is_set():
                 batch = self._stream.make(spec)
-                put((spec, batch, self._stream.snapshot()))
+                put((spec, batch, self._stream.state_dict()))
                 spec = self._predict(step, spec)
                 step += 1
         except _Stop:
@@ -400,8 +405,8 @@ class DataPipeline:
             raise DataError(f"the data state was saved with other settings ({what}); resume with the same data config")
         self._halt()
         snap = copy.deepcopy({k: v for k, v in state.items() if k != "fingerprint"})
-        self._stream.restore(snap)
-        self._committed = self._stream.snapshot()
+        self._stream.load_state_dict(snap)
+        self._committed = self._stream.state_dict()
         self._dirty = False
 
     # --------------------------------------------------------------------------------- validation

@@ -1,6 +1,6 @@
 """The per-stage timeline of a config: examples, tokens, dataset coverage, time, and memory per stage.
 
-Pure Python: the stage table comes from :class:`gradus.curriculum.Curriculum`; throughput is given
+Pure Python: the stage table comes from :func:`gradus.curriculum.resolve_schedule`; throughput is given
 (tokens/s), derived from hardware (peak × MFU / FLOPs per token at the stage's length), or measured by a
 callback the command supplies (``gradus plan --measure`` times real steps with torch).
 """
@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from gradus.config import GradusConfig
-from gradus.curriculum import Curriculum, StagePlan
+from gradus.curriculum import StagePlan, resolve_schedule
 from gradus.plan.hardware import format_bytes
 from gradus.plan.memory import HEADROOM, MemoryEstimate, estimate_memory, fits, largest_fitting_micro_batch
 from gradus.plan.worksheet import Hardware
@@ -169,7 +169,7 @@ def build_timeline(
 ) -> Timeline:
     """Per-stage timeline of ``cfg`` for the model ``shape``. Throughput: ``measure`` (a callback timing
     real steps) over ``tokens_per_sec`` over ``hardware`` (gpus × peak × MFU / FLOPs per token)."""
-    cur = Curriculum(cfg)
+    cur = resolve_schedule(cfg)
     warnings = list(cur.warnings)
     configured = micro_batch if micro_batch is not None else cfg.train.micro_batch_size
     if measure is not None:

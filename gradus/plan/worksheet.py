@@ -11,7 +11,7 @@ Worked example (a test): with C = 2e22 FLOPs, N = 1B → D = 20B → 6·1e9·20e
 D = 140B → 5.9e21 FLOPs, both within budget; the budget's own optimum is N ≈ 12.9B, D ≈ 258B.
 
 Pure Python: no torch. The stage table is checked by building the config it writes and scheduling it
-with :class:`gradus.curriculum.Curriculum`, so what the worksheet prints is what ``gradus train`` runs.
+with :func:`gradus.curriculum.resolve_schedule`, so what the worksheet prints is what ``gradus train`` runs.
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ from typing import Any
 import yaml
 
 from gradus.config import from_dict
-from gradus.curriculum import Curriculum
+from gradus.curriculum import lr_at, resolve_schedule
 from gradus.errors import ConfigError
 from gradus.plan.hardware import GPUSpec, format_flops
 from gradus.sizes import GPT2_VOCAB_SIZE, ModelShape, shape_for_params
@@ -469,11 +469,11 @@ def make_plan(inp: PlanInputs) -> Plan:
     stage_tokens = [max(1, round(t.fraction * d / tps)) * tps for t in STAGE_TEMPLATES]
     cfg_dict = _config_dict(inp, shape, peak, tps, lengths, stage_tokens, n, d, regime)
     cfg = from_dict(cfg_dict, origin="gradus plan --write")
-    cur = Curriculum(cfg)
+    cur = resolve_schedule(cfg)
     warnings.extend(f"schedule: {w}" for w in cur.warnings)
 
     rope_long = long / base
-    warmup = max(1, math.ceil(inp.warmup_fraction * cur.total_steps))  # as Curriculum's global schedule
+    warmup = max(1, math.ceil(inp.warmup_fraction * cur.total_steps))  # as the schedule's global warmup
     stages: list[PlanStage] = []
     for i, t in enumerate(STAGE_TEMPLATES):
         seq = lengths[t.length]
@@ -482,9 +482,9 @@ def make_plan(inp: PlanInputs) -> Plan:
             # The LR rises during the warmup and falls after it: a stage's highest LR is at its first
             # step, or at the warmup's last step when that falls inside the stage.
             candidates = [sp.start_step] + ([warmup - 1] if sp.start_step <= warmup - 1 < sp.end_step else [])
-            top = max(cur.lr_at(step, i) for step in candidates)
+            top = max(lr_at(cur, step, i) for step in candidates)
             stages.append(PlanStage(t.key, sp.name, t.title, sp.tokens, sp.seq_len, sp.batch_size, sp.steps,
-                                    top, cur.lr_at(sp.end_step - 1, i),
+                                    top, lr_at(cur, sp.end_step - 1, i),
                                     rope_long if t.length == "long" else 1.0, dict(sp.mix), True, t.note))
         else:
             lr = D_LR_FACTOR * peak
