@@ -15,8 +15,8 @@ import json
 import pytest
 
 from gradus.cli import main
-from gradus.sizes import GPT2_VOCAB_SIZE, resolve_shape
 from gradus.presets import load_preset
+from gradus.sizes import GPT2_VOCAB_SIZE, resolve_shape
 
 M, B = 1_000_000, 1_000_000_000
 
