@@ -72,11 +72,12 @@ def gpt2_tokenizer_dir(shared_data: Path) -> Path:
     return folder
 
 
+@pytest.hookimpl(trylast=True)
 def pytest_terminal_summary(terminalreporter, exitstatus, config):
     """Say in one line how many tests skipped for want of ../shared/data, and how to make that fail."""
     skipped = [r for r in terminalreporter.stats.get("skipped", [])
                if isinstance(r.longrepr, tuple) and SKIP_MARK in str(r.longrepr[-1])]
     if skipped:
         terminalreporter.write_line(
-            f"gradus: {len(skipped)} test(s) skipped because {SHARED_DATA} is missing (they need the real "
-            f"GPT-2 tokenizer files); {REQUIRE_SHARED_ENV}=1 makes that a failure", yellow=True)
+            f"gradus: {len(skipped)} test(s) skipped because {SHARED_DATA} is missing (they read the team's "
+            f"real files, such as GPT-2's tokenizer); {REQUIRE_SHARED_ENV}=1 makes that a failure", yellow=True)
