@@ -1,4 +1,5 @@
-"""The tests' tiny configs over ../shared/data, in one place (tests import it as ``builders``)."""
+"""The tests' tiny configs over a corpora folder laid out like ../shared/data (the ``offline_data`` fixture),
+in one place (tests import it as ``builders``)."""
 
 from __future__ import annotations
 
@@ -16,7 +17,7 @@ TINY_BPE = {"name_or_path": None, "train_vocab_size": 512, "train_max_documents"
 
 
 def tiny_config(shared: Path, tokenizer: str | None = None, stages: list[dict] | None = None) -> dict:
-    """A tiny GPT on WikiText-2 + GSM8K as plain data, so tests can tweak it before validating.
+    """A tiny GPT on ``shared``'s WikiText-2 + GSM8K as plain data, so tests can tweak it before validating.
 
     ``tokenizer``: a tokenizer.json path, or None to train :data:`TINY_BPE`."""
     return {

@@ -17,9 +17,9 @@ REPO = Path(__file__).resolve().parents[1]
 SCRIPT = REPO / "benchmarks" / "stage_throughput.py"
 
 
-def test_stage_throughput_quick_writes_real_numbers(tmp_path, shared_data):
+def test_stage_throughput_quick_writes_real_numbers(tmp_path, offline_data):
     config = tmp_path / "tiny.yaml"
-    config.write_text(yaml.safe_dump(tiny_config(shared_data)), encoding="utf-8")
+    config.write_text(yaml.safe_dump(tiny_config(offline_data)), encoding="utf-8")
     out = tmp_path / "result.json"
     started = time.perf_counter()
     proc = subprocess.run(

@@ -54,10 +54,10 @@ def test_calibrated_seconds_weigh_each_stage_by_its_shape():
     assert cs.calibrated_seconds(stages, cost, 1280) == 640 + 2 * 640
 
 
-def test_every_arm_builds_a_valid_config(shared_data, tmp_path):
+def test_every_arm_builds_a_valid_config(offline_data, tmp_path):
     s = cs.Settings()
     for arm in cs.ARMS.values():
-        cfg = cs.make_config(s, arm, arm.lr_grid[1], 0, shared_data / "wikitext-2", tmp_path / "tokenizer.json")
+        cfg = cs.make_config(s, arm, arm.lr_grid[1], 0, offline_data / "wikitext-2", tmp_path / "tokenizer.json")
         stages = cfg.curriculum.stages
         assert stages[-1].seq_len == s.final_len
         assert sum(st.tokens for st in stages) == s.budget
@@ -66,8 +66,8 @@ def test_every_arm_builds_a_valid_config(shared_data, tmp_path):
         assert cfg.data.sources[0].validation_split.endswith("valid.jsonl")
 
 
-def test_smoke_mode_writes_the_required_json(tmp_path, shared_data):
-    cmd = [sys.executable, str(SCRIPT), "--smoke", "--data", str(shared_data / "wikitext-2"), "--out", str(tmp_path),
+def test_smoke_mode_writes_the_required_json(tmp_path, offline_data):
+    cmd = [sys.executable, str(SCRIPT), "--smoke", "--data", str(offline_data / "wikitext-2"), "--out", str(tmp_path),
            "--work", str(tmp_path / "work")]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, cwd=REPO)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
@@ -102,9 +102,9 @@ def test_smoke_mode_writes_the_required_json(tmp_path, shared_data):
     assert (tmp_path / "curriculum_speedup.png").stat().st_size > 10_000
 
 
-def test_lr_find_arm_takes_its_stage_ratios_from_gradus_lr_find(tmp_path, shared_data):
+def test_lr_find_arm_takes_its_stage_ratios_from_gradus_lr_find(tmp_path, offline_data):
     cmd = [sys.executable, str(SCRIPT), "--smoke", "--arms", "baseline,seqwarm-lrfind", "--data",
-           str(shared_data / "wikitext-2"), "--out", str(tmp_path), "--work", str(tmp_path / "work"), "--no-plot"]
+           str(offline_data / "wikitext-2"), "--out", str(tmp_path), "--work", str(tmp_path / "work"), "--no-plot"]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, cwd=REPO)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
     report = json.loads((tmp_path / "curriculum_speedup.json").read_text())

@@ -33,8 +33,8 @@ def write_config(tmp_path: Path, shared: Path, extra_source: dict | None = None)
     return path
 
 
-def test_json_report_first_and_last_stage(tmp_path: Path, shared_data: Path, capsys):
-    path = write_config(tmp_path, shared_data)
+def test_json_report_first_and_last_stage(tmp_path: Path, offline_data: Path, capsys):
+    path = write_config(tmp_path, offline_data)
     assert main(["data", str(path), "--json", "--batches", "2", "--tokens-per-sec", "10k"]) == 0
     report = json.loads(capsys.readouterr().out)
     assert [s["index"] for s in report["stages"]] == [0, 2]
@@ -48,8 +48,8 @@ def test_json_report_first_and_last_stage(tmp_path: Path, shared_data: Path, cap
     assert [s["ok"] for s in report["sources"]] == [True, True]
 
 
-def test_transitions_switch_exactly_at_the_boundary(tmp_path: Path, shared_data: Path, capsys):
-    path = write_config(tmp_path, shared_data)
+def test_transitions_switch_exactly_at_the_boundary(tmp_path: Path, offline_data: Path, capsys):
+    path = write_config(tmp_path, offline_data)
     assert main(["data", str(path), "--transitions", "--json"]) == 0
     report = json.loads(capsys.readouterr().out)
     trs = report["transitions"]
@@ -62,9 +62,9 @@ def test_transitions_switch_exactly_at_the_boundary(tmp_path: Path, shared_data:
     assert "switched exactly at the boundary; no token lost or repeated" in capsys.readouterr().out
 
 
-def test_unreachable_source_exits_non_zero(tmp_path: Path, shared_data: Path, capsys):
+def test_unreachable_source_exits_non_zero(tmp_path: Path, offline_data: Path, capsys):
     hub = {"name": "web", "dataset": "HuggingFaceFW/fineweb-edu", "dataset_config": "sample-10BT"}
-    path = write_config(tmp_path, shared_data, extra_source=hub)
+    path = write_config(tmp_path, offline_data, extra_source=hub)
     assert main(["data", str(path), "--json"]) == 2
     report = json.loads(capsys.readouterr().out)
     status = {s["name"]: s for s in report["sources"]}
@@ -74,8 +74,8 @@ def test_unreachable_source_exits_non_zero(tmp_path: Path, shared_data: Path, ca
     assert "web    ERROR  source 'web'" in capsys.readouterr().out
 
 
-def test_single_stage_and_human_output(tmp_path: Path, shared_data: Path, capsys):
-    path = write_config(tmp_path, shared_data)
+def test_single_stage_and_human_output(tmp_path: Path, offline_data: Path, capsys):
+    path = write_config(tmp_path, offline_data)
     assert main(["data", str(path), "--stage", "1", "--batches", "1"]) == 0
     out = capsys.readouterr().out
     assert "stage 1 (stage2): seq_len 64 × batch 32 → shape [32, 64]" in out and "configured  realized" in out

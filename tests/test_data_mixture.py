@@ -32,8 +32,8 @@ def corpora(shared: Path) -> list[dict]:
 
 
 @pytest.fixture(scope="module")
-def tok(gpt2_tokenizer_dir: Path):
-    cfg, _ = make(gpt2_tokenizer_dir.parent, corpora(gpt2_tokenizer_dir.parent), [{"step": 0, "seq_len": 8, "batch_size": 1}], 1)
+def tok(bpe_tokenizer_dir: Path):
+    cfg, _ = make(bpe_tokenizer_dir.parent, corpora(bpe_tokenizer_dir.parent), [{"step": 0, "seq_len": 8, "batch_size": 1}], 1)
     return load_tokenizer(cfg.data)
 
 
@@ -48,13 +48,13 @@ def drive(pipe: DataPipeline, cur: Schedule, steps: int, start: int = 0):
 
 
 @pytest.mark.parametrize("lanes", [1, 64])
-def test_realised_shares_within_two_points_over_1m_tokens_per_stage(shared_data: Path, tok, lanes: int):
+def test_realised_shares_within_two_points_over_1m_tokens_per_stage(offline_data: Path, tok, lanes: int):
     # With 64 lanes the second stage starts with ~64 half documents of the first stage's mix in the lanes;
     # the mixer counts them as the new stage's and makes up for them.
     mixes = [{"wiki": 0.5, "gsm8k": 0.2, "code": 0.3}, {"wiki": 0.15, "gsm8k": 0.6, "code": 0.25}]
     stages = [{"step": 0, "seq_len": 512, "batch_size": 32, "mix": mixes[0]},
               {"step": 62, "seq_len": 1024, "batch_size": 16, "mix": mixes[1]}]
-    cfg, cur = make(shared_data, corpora(shared_data), stages, 124, packing={"lanes": lanes})
+    cfg, cur = make(offline_data, corpora(offline_data), stages, 124, packing={"lanes": lanes})
     with DataPipeline(cfg.data, tok, cur, seed=0, prefetch=2) as pipe:
         batches = drive(pipe, cur, 124)
     for k, mix in enumerate(mixes):
@@ -86,9 +86,9 @@ def test_mixer_keeps_every_source_near_its_share():
     assert all(abs(mixer.drawn[n] / total - w) < 0.002 for n, w in weights.items())
 
 
-def test_same_seed_same_stream_other_seed_other_order(shared_data: Path, tok):
+def test_same_seed_same_stream_other_seed_other_order(offline_data: Path, tok):
     stages = [{"step": 0, "seq_len": 64, "batch_size": 16, "mix": {"wiki": 0.3, "gsm8k": 0.5, "code": 0.2}}]
-    cfg, cur = make(shared_data, corpora(shared_data), stages, 10, shuffle_buffer=50)
+    cfg, cur = make(offline_data, corpora(offline_data), stages, 10, shuffle_buffer=50)
     runs = {}
     for seed in (0, 0, 1):
         with DataPipeline(cfg.data, tok, cur, seed=seed, prefetch=0) as pipe:
@@ -108,11 +108,11 @@ def _tiny_tokens(shared: Path, tok) -> int:
     return sum(len(a) for a in tok.encode_arrays(texts, eos=[True] * len(texts)))
 
 
-def test_drop_renormalises_and_logs(shared_data: Path, tok, caplog):
-    gsm = corpora(shared_data)[1]
+def test_drop_renormalises_and_logs(offline_data: Path, tok, caplog):
+    gsm = corpora(offline_data)[1]
     stages = [{"step": 0, "seq_len": 64, "batch_size": 8, "mix": {"tiny": 0.5, "gsm8k": 0.5}},
               {"step": 40, "seq_len": 64, "batch_size": 8, "mix": {"tiny": 1.0, "gsm8k": 0.0}}]
-    cfg, cur = make(shared_data, [_tiny(shared_data, "drop"), gsm], stages, 41, shuffle_buffer=4,
+    cfg, cur = make(offline_data, [_tiny(offline_data, "drop"), gsm], stages, 41, shuffle_buffer=4,
                     validation={"fraction": 0})
     caplog.set_level(logging.INFO, logger="gradus.data")
     with DataPipeline(cfg.data, tok, cur, seed=0, prefetch=0) as pipe:
@@ -126,16 +126,16 @@ def test_drop_renormalises_and_logs(shared_data: Path, tok, caplog):
     assert first_zero > 2 and not any(tiny[first_zero + 1 :])
     # Every token of the 10 documents was used once: nothing lost, nothing repeated (the partial window at
     # the switch holds the rest of the last tiny document).
-    assert abs(sum(tiny) - _tiny_tokens(shared_data, tok)) <= 64
+    assert abs(sum(tiny) - _tiny_tokens(offline_data, tok)) <= 64
     assert m["data/dropped_sources"] == 1 and m["data/epochs/tiny"] == 1
 
 
-def test_repeat_counts_epochs(shared_data: Path, tok):
-    gsm = corpora(shared_data)[1]
+def test_repeat_counts_epochs(offline_data: Path, tok):
+    gsm = corpora(offline_data)[1]
     stages = [{"step": 0, "seq_len": 64, "batch_size": 8, "mix": {"tiny": 0.5, "gsm8k": 0.5}}]
-    cfg, cur = make(shared_data, [_tiny(shared_data, "repeat"), gsm], stages, 60, shuffle_buffer=4,
+    cfg, cur = make(offline_data, [_tiny(offline_data, "repeat"), gsm], stages, 60, shuffle_buffer=4,
                     validation={"fraction": 0})
-    per_epoch = _tiny_tokens(shared_data, tok)
+    per_epoch = _tiny_tokens(offline_data, tok)
     with DataPipeline(cfg.data, tok, cur, seed=0, prefetch=0) as pipe:
         batches = drive(pipe, cur, 60)
         m = pipe.metrics()

@@ -25,8 +25,8 @@ def make(shared: Path, stages, max_steps, sources=None, **data):
 
 
 @pytest.fixture(scope="module")
-def tok(gpt2_tokenizer_dir: Path):
-    cfg, _ = make(gpt2_tokenizer_dir.parent, [{"step": 0, "seq_len": 8, "batch_size": 1}], 1)
+def tok(bpe_tokenizer_dir: Path):
+    cfg, _ = make(bpe_tokenizer_dir.parent, [{"step": 0, "seq_len": 8, "batch_size": 1}], 1)
     return load_tokenizer(cfg.data)
 
 
@@ -51,8 +51,8 @@ STAGES = [
 ]
 
 
-def test_concat_accounting_across_stage_changes(shared_data: Path, tok):
-    cfg, cur = make(shared_data, STAGES, 14, packing={"lanes": 1})  # one stream; several: see the lanes tests
+def test_concat_accounting_across_stage_changes(offline_data: Path, tok):
+    cfg, cur = make(offline_data, STAGES, 14, packing={"lanes": 1})  # one stream; several: see the lanes tests
     stream = np.concatenate(doc_tokens(cfg, tok))
     with DataPipeline(cfg.data, tok, cur, prefetch=2) as pipe:
         batches = drive(pipe, cur, 14)
@@ -70,8 +70,8 @@ def test_concat_accounting_across_stage_changes(shared_data: Path, tok):
     assert int((stream[:pos] == tok.eos_id).sum()) >= 4  # EOS between documents
 
 
-def test_stride_fraction_overlaps_windows(shared_data: Path, tok):
-    cfg, cur = make(shared_data, [{"step": 0, "seq_len": 32, "batch_size": 4}, {"step": 2, "seq_len": 16, "batch_size": 4}],
+def test_stride_fraction_overlaps_windows(offline_data: Path, tok):
+    cfg, cur = make(offline_data, [{"step": 0, "seq_len": 32, "batch_size": 4}, {"step": 2, "seq_len": 16, "batch_size": 4}],
                     4, packing={"stride_fraction": 0.5, "lanes": 1})
     stream = np.concatenate(doc_tokens(cfg, tok))
     with DataPipeline(cfg.data, tok, cur, prefetch=0) as pipe:
@@ -101,8 +101,8 @@ def _expected_document_windows(docs, seq_len, count, remainder):
 
 
 @pytest.mark.parametrize("remainder", ["drop", "pad"])
-def test_document_mode_windows_stay_inside_documents(shared_data: Path, tok, remainder: str):
-    cfg, cur = make(shared_data, [{"step": 0, "seq_len": 64, "batch_size": 8}], 12,
+def test_document_mode_windows_stay_inside_documents(offline_data: Path, tok, remainder: str):
+    cfg, cur = make(offline_data, [{"step": 0, "seq_len": 64, "batch_size": 8}], 12,
                     packing={"mode": "document", "remainder": remainder})
     docs = doc_tokens(cfg, tok)
     with DataPipeline(cfg.data, tok, cur, prefetch=0) as pipe:
@@ -121,20 +121,20 @@ def test_document_mode_windows_stay_inside_documents(shared_data: Path, tok, rem
         assert all((y != IGNORE).all() for _, y in rows) and m["data/dropped_tokens"] > 0
 
 
-def test_huge_document_streams_through_the_pipeline(shared_data: Path, tok, tmp_path: Path, monkeypatch):
+def test_huge_document_streams_through_the_pipeline(offline_data: Path, tok, tmp_path: Path, monkeypatch):
     monkeypatch.setattr(sources_mod, "PIECE_BYTES", 16 * 1024)
-    text = (shared_data / "tinyshakespeare" / "input.txt").read_text()[:300_000]
+    text = (offline_data / "tinyshakespeare" / "input.txt").read_text()[:300_000]
     path = tmp_path / "play.txt"
     path.write_text(text)
     whole = np.array(tok.encode(text) + [tok.eos_id], dtype=np.int64)
     srcs = [{"name": "play", "path": str(path)},
-            {"name": "gsm8k", "path": str(shared_data / "gsm8k" / "test.jsonl"), "template": "{question}\n{answer}"}]
-    cfg, cur = make(shared_data, [{"step": 0, "seq_len": 128, "batch_size": 16, "mix": {"play": 0.5, "gsm8k": 0.5}}],
+            {"name": "gsm8k", "path": str(offline_data / "gsm8k" / "test.jsonl"), "template": "{question}\n{answer}"}]
+    cfg, cur = make(offline_data, [{"step": 0, "seq_len": 128, "batch_size": 16, "mix": {"play": 0.5, "gsm8k": 0.5}}],
                     80, sources=srcs, shuffle_buffer=4, packing={"lanes": 1})
     with DataPipeline(cfg.data, tok, cur, prefetch=2) as pipe:
         batches = drive(pipe, cur, 80)
     stream = np.concatenate([b.inputs.ravel() for b in batches])
-    # The ~75k-token document arrives in ~19 pieces, never interleaved with another source's documents.
+    # The ~70k-token document arrives in ~16 pieces, never interleaved with another source's documents.
     first = int(np.flatnonzero(stream == whole[0])[0])
     while not np.array_equal(stream[first : first + 16], whole[:16]):
         first = int(np.flatnonzero(stream[first + 1 :] == whole[0])[0]) + first + 1
@@ -174,10 +174,10 @@ def _lanes_oracle(docs, shapes, lanes, chunk):
 
 
 @pytest.mark.parametrize("lanes", [3, 8])
-def test_lanes_cut_rows_from_separate_streams_across_stage_changes(shared_data: Path, tok, lanes: int):
+def test_lanes_cut_rows_from_separate_streams_across_stage_changes(offline_data: Path, tok, lanes: int):
     # Stages of 4, 3 and 5 rows: with 3 lanes some lanes serve two rows of a batch; with 8 every row has a
     # lane of its own, and the 4th lane's rest is queued when the second stage has only 3 rows.
-    cfg, cur = make(shared_data, STAGES, 14, packing={"lanes": lanes})
+    cfg, cur = make(offline_data, STAGES, 14, packing={"lanes": lanes})
     docs = doc_tokens(cfg, tok)
     with DataPipeline(cfg.data, tok, cur, prefetch=2) as pipe:
         batches = drive(pipe, cur, 14)
@@ -192,15 +192,15 @@ def test_lanes_cut_rows_from_separate_streams_across_stage_changes(shared_data: 
         assert np.array_equal(first[r], docs[r][:16])
 
 
-def test_lanes_deal_a_huge_document_in_chunks(shared_data: Path, tok, tmp_path: Path, monkeypatch):
+def test_lanes_deal_a_huge_document_in_chunks(offline_data: Path, tok, tmp_path: Path, monkeypatch):
     from gradus.data import packing
 
     monkeypatch.setattr(packing, "LANE_CHUNK", 500)
-    text = (shared_data / "tinyshakespeare" / "input.txt").read_text()[:100_000]
+    text = (offline_data / "tinyshakespeare" / "input.txt").read_text()[:100_000]
     path = tmp_path / "play.txt"
     path.write_text(text)
     whole = np.array(tok.encode(text) + [tok.eos_id], dtype=np.int64)
-    cfg, cur = make(shared_data, [{"step": 0, "seq_len": 64, "batch_size": 4}], 130,
+    cfg, cur = make(offline_data, [{"step": 0, "seq_len": 64, "batch_size": 4}], 130,
                     sources=[{"name": "play", "path": str(path)}], packing={"lanes": 4})
     with DataPipeline(cfg.data, tok, cur, prefetch=0) as pipe:
         batches, longest = [], 0

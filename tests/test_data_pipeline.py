@@ -40,8 +40,8 @@ def make(shared: Path, stages=STAGES, max_steps=STEPS, sources=None, **data):
 
 
 @pytest.fixture(scope="module")
-def tok(gpt2_tokenizer_dir: Path):
-    cfg, _ = make(gpt2_tokenizer_dir.parent)
+def tok(bpe_tokenizer_dir: Path):
+    cfg, _ = make(bpe_tokenizer_dir.parent)
     return load_tokenizer(cfg.data)
 
 
@@ -70,9 +70,9 @@ def same(a, b) -> bool:
 
 
 @pytest.mark.parametrize("lanes", [1, 24])
-def test_exact_resume_mid_stage_and_across_boundaries(shared_data: Path, tok, lanes: int):
+def test_exact_resume_mid_stage_and_across_boundaries(offline_data: Path, tok, lanes: int):
     # 24 lanes: fewer than stage 0's and stage 2's rows, more than stage 1's.
-    cfg, cur = make(shared_data, prefetch_batches=3, packing={"lanes": lanes})
+    cfg, cur = make(offline_data, prefetch_batches=3, packing={"lanes": lanes})
     sts = states(cur, STEPS)
     assert [s.stage_index for s in sts] == [0] * 6 + [1] * 6 + [2] * 6
     with DataPipeline(cfg.data, tok, cur, seed=7) as pipe:
@@ -88,8 +88,8 @@ def test_exact_resume_mid_stage_and_across_boundaries(shared_data: Path, tok, la
         assert all(same(a, b) for a, b in zip(got, ref[k + 1 :], strict=True)), f"resume after step {k}"
 
 
-def test_state_dict_reflects_last_returned_batch_despite_prefetch(shared_data: Path, tok):
-    cfg, cur = make(shared_data, prefetch_batches=6)
+def test_state_dict_reflects_last_returned_batch_despite_prefetch(offline_data: Path, tok):
+    cfg, cur = make(offline_data, prefetch_batches=6)
     sts = states(cur, 8)
     with DataPipeline(cfg.data, tok, cur, seed=7, prefetch=0) as plain:
         ref, _ = run(plain, sts)
@@ -105,8 +105,8 @@ def test_state_dict_reflects_last_returned_batch_despite_prefetch(shared_data: P
     assert all(same(a, b) for a, b in zip(got, ref[3:], strict=True))
 
 
-def test_prefetch_and_workers_never_change_content(shared_data: Path, tok):
-    cfg, cur = make(shared_data)
+def test_prefetch_and_workers_never_change_content(offline_data: Path, tok):
+    cfg, cur = make(offline_data)
     sts = states(cur, STEPS)
     with DataPipeline(cfg.data, tok, cur, seed=7, prefetch=0) as plain:
         ref, _ = run(plain, sts)
@@ -119,8 +119,8 @@ def test_prefetch_and_workers_never_change_content(shared_data: Path, tok):
     assert all(same(a, b) for a, b in zip(tail, ref[10:], strict=True))
 
 
-def test_unpredicted_states_rewind_to_the_right_batch(shared_data: Path, tok):
-    cfg, cur = make(shared_data)
+def test_unpredicted_states_rewind_to_the_right_batch(offline_data: Path, tok):
+    cfg, cur = make(offline_data)
     sts = states(cur, STEPS)
     order = [sts[0], sts[1], sts[9], sts[14], sts[2]]  # jumps the prefetcher cannot predict
     with DataPipeline(cfg.data, tok, cur, seed=7, prefetch=0) as plain:
@@ -131,22 +131,22 @@ def test_unpredicted_states_rewind_to_the_right_batch(shared_data: Path, tok):
     assert all(same(a, b) for a, b in zip(got, ref, strict=True))
 
 
-def test_resume_with_other_settings_is_refused(shared_data: Path, tok):
-    cfg, cur = make(shared_data)
+def test_resume_with_other_settings_is_refused(offline_data: Path, tok):
+    cfg, cur = make(offline_data)
     with DataPipeline(cfg.data, tok, cur, seed=7, prefetch=0) as pipe:
         pipe.next_batch(states(cur, 1)[0])
         state = pipe.state_dict()
     with DataPipeline(cfg.data, tok, cur, seed=8, prefetch=0) as other, pytest.raises(DataError, match="seed"):
         other.load_state_dict(state)
-    laned, _ = make(shared_data, packing={"lanes": 4})
+    laned, _ = make(offline_data, packing={"lanes": 4})
     with DataPipeline(laned.data, tok, cur, seed=7, prefetch=0) as other, pytest.raises(DataError, match="lanes"):
         other.load_state_dict(state)
 
 
-def test_ranks_read_disjoint_shares(shared_data: Path, tok):
-    src = [{"name": "gsm8k", "path": str(shared_data / "gsm8k" / "test.jsonl"), "template": "{question}\n{answer}"}]
+def test_ranks_read_disjoint_shares(offline_data: Path, tok):
+    src = [{"name": "gsm8k", "path": str(offline_data / "gsm8k" / "test.jsonl"), "template": "{question}\n{answer}"}]
     stages = [{"step": 0, "seq_len": 32, "batch_size": 8}]
-    cfg, cur = make(shared_data, stages=stages, sources=src, shuffle_buffer=0, validation={"fraction": 0},
+    cfg, cur = make(offline_data, stages=stages, sources=src, shuffle_buffer=0, validation={"fraction": 0},
                     packing={"lanes": 1})  # one stream per rank, so each rank's stream reads as its documents
     docs = [p.text for p in open_reader(cfg.data.sources[0]).scan(None) if not p.end_of_pass]
     sts = states(cur, 6)
@@ -162,10 +162,10 @@ def test_ranks_read_disjoint_shares(shared_data: Path, tok):
             pipe.next_batch(sts[0])
 
 
-def test_validation_documents_are_never_trained_on(shared_data: Path, tok):
-    src = [{"name": "gsm8k", "path": str(shared_data / "gsm8k" / "test.jsonl"), "template": "{question}\n{answer}"}]
+def test_validation_documents_are_never_trained_on(offline_data: Path, tok):
+    src = [{"name": "gsm8k", "path": str(offline_data / "gsm8k" / "test.jsonl"), "template": "{question}\n{answer}"}]
     stages = [{"step": 0, "seq_len": 256, "batch_size": 32}]
-    cfg, cur = make(shared_data, stages=stages, sources=src, shuffle_buffer=0,
+    cfg, cur = make(offline_data, stages=stages, sources=src, shuffle_buffer=0,
                     validation={"fraction": 0.2, "max_documents": 1000}, packing={"lanes": 1})
     reader_all = open_reader(cfg.data.sources[0], role="all")
     every = [p.text for p in reader_all.scan(None) if not p.end_of_pass]
@@ -194,8 +194,8 @@ def test_validation_documents_are_never_trained_on(shared_data: Path, tok):
         assert vb[0].source == "gsm8k" and vb[0].step == -1
 
 
-def test_metrics_keys(shared_data: Path, tok):
-    cfg, cur = make(shared_data)
+def test_metrics_keys(offline_data: Path, tok):
+    cfg, cur = make(offline_data)
     with DataPipeline(cfg.data, tok, cur, seed=7) as pipe:
         batches, _ = run(pipe, states(cur, 4))
         m = pipe.metrics()
@@ -219,12 +219,12 @@ def test_data_layer_imports_neither_model_nor_trainer_nor_torch():
                 assert not name.startswith(("gradus.model", "gradus.train", "torch")), f"{path.name} imports {name}"
 
 
-def test_bad_record_reaches_the_trainer_as_one_line(shared_data: Path, tok, tmp_path: Path):
+def test_bad_record_reaches_the_trainer_as_one_line(offline_data: Path, tok, tmp_path: Path):
     path = tmp_path / "bad.jsonl"
-    good = (shared_data / "gsm8k" / "test.jsonl").read_text().splitlines()[:300]
+    good = (offline_data / "gsm8k" / "test.jsonl").read_text().splitlines()[:300]
     path.write_text("\n".join(good[:200] + ['{"question": "no answer here"}'] + good[200:]) + "\n")
     src = [{"name": "gsm8k", "path": str(path), "template": "{question}\n{answer}"}]
-    cfg, cur = make(shared_data, stages=[{"step": 0, "seq_len": 64, "batch_size": 16}], sources=src, shuffle_buffer=0)
+    cfg, cur = make(offline_data, stages=[{"step": 0, "seq_len": 64, "batch_size": 16}], sources=src, shuffle_buffer=0)
     sts = states(cur, 40)
     with DataPipeline(cfg.data, tok, cur, seed=7, prefetch=3) as pipe:
         with pytest.raises(DataError) as err:
@@ -235,11 +235,11 @@ def test_bad_record_reaches_the_trainer_as_one_line(shared_data: Path, tok, tmp_
             pipe.next_batch(sts[0])
 
 
-def test_explicit_validation_split_replaces_the_hash(shared_data: Path, tok):
-    wiki = shared_data / "wikitext-2"
+def test_explicit_validation_split_replaces_the_hash(offline_data: Path, tok):
+    wiki = offline_data / "wikitext-2"
     src = [{"name": "wiki", "path": str(wiki / "test.jsonl"), "validation_split": str(wiki / "valid.jsonl")}]
     stages = [{"step": 0, "seq_len": 128, "batch_size": 8}]
-    cfg, cur = make(shared_data, stages=stages, sources=src, shuffle_buffer=0, validation={"fraction": 0.5},
+    cfg, cur = make(offline_data, stages=stages, sources=src, shuffle_buffer=0, validation={"fraction": 0.5},
                     packing={"lanes": 1})
     import json
 

@@ -39,8 +39,8 @@ def pieces_of(reader, cursor=None) -> list:
 
 
 # ------------------------------------------------------------------------------- formats and cursors
-def test_jsonl_template_and_resume_from_any_cursor(shared_data: Path):
-    path = shared_data / "gsm8k" / "test.jsonl"
+def test_jsonl_template_and_resume_from_any_cursor(offline_data: Path):
+    path = offline_data / "gsm8k" / "test.jsonl"
     cfg = SourceConfig(name="gsm8k", path=str(path), template="{question}\\n{answer}")  # YAML-style '\n'
     reader = open_reader(cfg)
     pieces = pieces_of(reader)
@@ -55,8 +55,8 @@ def test_jsonl_template_and_resume_from_any_cursor(shared_data: Path):
     assert marker.end_of_pass and marker.cursor["epoch"] == 1 and marker.cursor["docs"] == 1319
 
 
-def test_json_gz_glob_folder_and_json_array(shared_data: Path, tmp_path: Path):
-    web = shared_data / "web-sample"
+def test_json_gz_glob_folder_and_json_array(offline_data: Path, tmp_path: Path):
+    web = offline_data / "web-sample"
     gz = docs_of(open_reader(SourceConfig(name="web", path=str(web / "*.json.gz"))))
     assert len(gz) == 40  # 4 gzip files × 10 documents
     first = json.loads(gzip.open(sorted(web.glob("*.json.gz"))[0], "rt").readline())["text"]
@@ -86,12 +86,13 @@ def test_parquet_with_row_groups_and_resume(tmp_path: Path):
         pieces_of(open_reader(SourceConfig(name="pq", path=str(path))))
 
 
-def test_text_units_rebuild_tinyshakespeare(shared_data: Path):
-    root = shared_data / "tinyshakespeare"
+def test_text_units_rebuild_tinyshakespeare(offline_data: Path):
+    root = offline_data / "tinyshakespeare"
     speeches = [json.loads(line)["text"] for line in (root / "input.jsonl").read_text().splitlines()]
     para = docs_of(open_reader(SourceConfig(name="s", path=str(root / "input.txt"), text_unit="paragraph")))
-    # The 7,222 blank-line separated speeches SOURCE.md derives (it splits on "\n\n" exactly, so a run of
-    # three newlines leaves one at the start of a speech; a paragraph reader drops it).
+    # The blank-line separated speeches, split as tinyshakespeare's SOURCE.md does (on "\n\n" exactly, so a
+    # run of three newlines, which the generated play has too, leaves one at the start of a speech; a
+    # paragraph reader drops it).
     assert para == [s.strip("\n") for s in speeches]
     whole = docs_of(open_reader(SourceConfig(name="s", path=str(root / "input.txt"))))
     assert whole == [(root / "input.txt").read_text()]
@@ -99,7 +100,7 @@ def test_text_units_rebuild_tinyshakespeare(shared_data: Path):
     assert len(lines) == sum(1 for line in (root / "input.txt").read_text().splitlines() if line.strip())
 
 
-def test_huge_document_streams_in_pieces(tmp_path: Path, monkeypatch, gpt2_tokenizer_dir: Path):
+def test_huge_document_streams_in_pieces(tmp_path: Path, monkeypatch, bpe_tokenizer_dir: Path):
     monkeypatch.setattr(sources, "PIECE_BYTES", 64 * 1024)
     words = ["alpha", "beta", "gamma", "delta", "epsilon", "zeta", "ëta", "θeta", "  spaced", "\nnew"]
     text = " ".join(words[(i * 7) % len(words)] for i in range(400_000))  # ~2.7 MB, one document
@@ -122,7 +123,7 @@ def test_huge_document_streams_in_pieces(tmp_path: Path, monkeypatch, gpt2_token
     # Pieces are cut where byte-level BPE splits anyway: tokenising them one by one equals the whole.
     from tokenizers import Tokenizer, models, pre_tokenizers
 
-    tok = Tokenizer(models.BPE.from_file(str(gpt2_tokenizer_dir / "vocab.json"), str(gpt2_tokenizer_dir / "merges.txt")))
+    tok = Tokenizer(models.BPE.from_file(str(bpe_tokenizer_dir / "vocab.json"), str(bpe_tokenizer_dir / "merges.txt")))
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     head = pieces[:6]
     joined = "".join(p.text for p in head)
@@ -178,8 +179,8 @@ def test_empty_source_and_missing_path_are_errors(tmp_path: Path):
 
 # ------------------------------------------------------------------------------------------- sharding
 @pytest.mark.parametrize("count", [2, 3])
-def test_shards_are_disjoint_and_complete(shared_data: Path, count: int):
-    cfg = SourceConfig(name="gsm8k", path=str(shared_data / "gsm8k" / "test.jsonl"), template="{question}")
+def test_shards_are_disjoint_and_complete(offline_data: Path, count: int):
+    cfg = SourceConfig(name="gsm8k", path=str(offline_data / "gsm8k" / "test.jsonl"), template="{question}")
     everything = docs_of(open_reader(cfg))
     shards = [docs_of(open_reader(cfg, shard=Shard(i, count))) for i in range(count)]
     assert sum(len(s) for s in shards) == len(everything)
@@ -187,8 +188,8 @@ def test_shards_are_disjoint_and_complete(shared_data: Path, count: int):
     assert shards[1] == everything[1::count]
 
 
-def test_heldout_documents_are_never_training_documents(shared_data: Path):
-    cfg = SourceConfig(name="gsm8k", path=str(shared_data / "gsm8k" / "test.jsonl"), template="{question}\n{answer}")
+def test_heldout_documents_are_never_training_documents(offline_data: Path):
+    cfg = SourceConfig(name="gsm8k", path=str(offline_data / "gsm8k" / "test.jsonl"), template="{question}\n{answer}")
     train = docs_of(open_reader(cfg, role="train", holdout=0.1))
     held = docs_of(open_reader(cfg, role="validation", holdout=0.1))
     everything = docs_of(open_reader(cfg))
@@ -264,8 +265,8 @@ def _hub_patch(monkeypatch, path: Path, plan: dict, always_fail: bool = False):
     return opened
 
 
-def test_hub_faults_are_retried_keeping_the_position(monkeypatch, shared_data: Path, caplog):
-    path = shared_data / "gsm8k" / "test.jsonl"
+def test_hub_faults_are_retried_keeping_the_position(monkeypatch, offline_data: Path, caplog):
+    path = offline_data / "gsm8k" / "test.jsonl"
     expected = [json.loads(line)["question"] for line in path.read_text().splitlines()][:300]
     plan = {"faults": [10, 100, 150], "served": 0}  # rows served by each fresh open before the fault
     opened = _hub_patch(monkeypatch, path, plan)
@@ -276,8 +277,8 @@ def test_hub_faults_are_retried_keeping_the_position(monkeypatch, shared_data: P
     assert len(opened) == 4 and "retry 1/2" in caplog.text
 
 
-def test_hub_resume_from_cursor_uses_library_state(monkeypatch, shared_data: Path):
-    path = shared_data / "gsm8k" / "test.jsonl"
+def test_hub_resume_from_cursor_uses_library_state(monkeypatch, offline_data: Path):
+    path = offline_data / "gsm8k" / "test.jsonl"
     _hub_patch(monkeypatch, path, {"faults": [], "served": 0})
     cfg = SourceConfig(name="hub", dataset="openai/gsm8k", text_field="question")
     pieces = pieces_of(open_reader(cfg))
@@ -287,12 +288,12 @@ def test_hub_resume_from_cursor_uses_library_state(monkeypatch, shared_data: Pat
     assert pieces[200].cursor["ds_state"] is not None and pieces[200].cursor["ds_n"] == 192
 
 
-def test_hub_gives_up_after_retries_with_one_line(monkeypatch, shared_data: Path):
+def test_hub_gives_up_after_retries_with_one_line(monkeypatch, offline_data: Path):
     # Online as far as the reader can tell (the fake loader never reaches the network anyway), so a
     # connection error is a fault to retry, not "offline".
     monkeypatch.delenv("HF_DATASETS_OFFLINE", raising=False)
     monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
-    opened = _hub_patch(monkeypatch, shared_data / "gsm8k" / "test.jsonl", {"faults": [], "served": 0},
+    opened = _hub_patch(monkeypatch, offline_data / "gsm8k" / "test.jsonl", {"faults": [], "served": 0},
                         always_fail=True)
     cfg = SourceConfig(name="hub", dataset="someone/some-dataset")
     with pytest.raises(DataError) as err:
@@ -302,8 +303,8 @@ def test_hub_gives_up_after_retries_with_one_line(monkeypatch, shared_data: Path
     assert len(opened) == 4
 
 
-def test_hub_shards_by_node_are_disjoint(monkeypatch, shared_data: Path):
-    path = shared_data / "gsm8k" / "test.jsonl"
+def test_hub_shards_by_node_are_disjoint(monkeypatch, offline_data: Path):
+    path = offline_data / "gsm8k" / "test.jsonl"
     _hub_patch(monkeypatch, path, {"faults": [], "served": 0})
     cfg = SourceConfig(name="hub", dataset="openai/gsm8k", text_field="question")
     everything = docs_of(open_reader(cfg))

@@ -57,20 +57,20 @@ def test_hub_name_offline_is_one_line():
     assert "gradus-tests/no-such-tokenizer" in line and "offline" in line and "name_or_path" in line
 
 
-def small_training_cfg(shared_data: Path, fraction: float = 0.005) -> DataConfig:
+def small_training_cfg(offline_data: Path, fraction: float = 0.005) -> DataConfig:
     return DataConfig(
         sources=[
-            {"name": "math", "path": str(shared_data / "gsm8k" / "test.jsonl"), "template": "{question}\n{answer}"},
-            {"name": "plays", "path": str(shared_data / "tinyshakespeare" / "input.jsonl")},
+            {"name": "math", "path": str(offline_data / "gsm8k" / "test.jsonl"), "template": "{question}\n{answer}"},
+            {"name": "plays", "path": str(offline_data / "tinyshakespeare" / "input.jsonl")},
         ],
         tokenizer={"name_or_path": None, "train_vocab_size": 400, "train_max_documents": 300},
         validation={"fraction": fraction},
     )
 
 
-def test_trained_bpe_is_cached_and_kept_in_the_run_dir(shared_data: Path, tmp_path: Path, monkeypatch):
+def test_trained_bpe_is_cached_and_kept_in_the_run_dir(offline_data: Path, tmp_path: Path, monkeypatch):
     monkeypatch.setenv("GRADUS_CACHE_DIR", str(tmp_path / "cache"))
-    cfg = small_training_cfg(shared_data)
+    cfg = small_training_cfg(offline_data)
     run = tmp_path / "run"
     tok = load_tokenizer(cfg, run_dir=run)
     assert tok.kind == "trained" and tok.vocab_size == 400
@@ -81,21 +81,21 @@ def test_trained_bpe_is_cached_and_kept_in_the_run_dir(shared_data: Path, tmp_pa
     again = load_tokenizer(cfg, run_dir=run)  # resume: from the run dir
     from_cache = load_tokenizer(cfg)  # another run: from the cache, not retrained
     assert again.identity() == tok.identity() == from_cache.identity()
-    bigger = load_tokenizer(small_training_cfg(shared_data).model_copy(
+    bigger = load_tokenizer(small_training_cfg(offline_data).model_copy(
         update={"tokenizer": cfg.tokenizer.model_copy(update={"train_vocab_size": 500})}))
     assert bigger.vocab_size == 500 and len(list((tmp_path / "cache" / "tokenizers").glob("*"))) == 2
 
 
-def test_training_texts_exclude_heldout_documents(shared_data: Path):
-    cfg = small_training_cfg(shared_data, fraction=0.2)
+def test_training_texts_exclude_heldout_documents(offline_data: Path):
+    cfg = small_training_cfg(offline_data, fraction=0.2)
     texts = list(training_texts(cfg, max_documents=10_000))
     assert texts and not any(is_heldout(t, 0.2) for t in texts)
     assert len([t for t in texts if "####" in t]) < 1319 * 0.9  # ~20% of GSM8K test held out
 
 
-def test_cli_tokenizer_train(shared_data: Path, tmp_path: Path, capsys):
+def test_cli_tokenizer_train(offline_data: Path, tmp_path: Path, capsys):
     cfg = {
-        "data": small_training_cfg(shared_data).model_dump(mode="json", exclude_none=True),
+        "data": small_training_cfg(offline_data).model_dump(mode="json", exclude_none=True),
         "curriculum": {"stages": [{"tokens": 1000, "seq_len": 32, "batch_size": 4}]},
     }
     path = tmp_path / "cfg.yaml"

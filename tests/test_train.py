@@ -1,4 +1,4 @@
-"""The trainer end to end on tiny models and the shared corpora (CPU)."""
+"""The trainer end to end on tiny models and the generated corpora (CPU)."""
 
 from __future__ import annotations
 
@@ -27,10 +27,10 @@ TOTAL_STEPS = 16
 
 
 @pytest.fixture(scope="session")
-def tokenizer_json(tmp_path_factory, shared_data) -> str:
+def tokenizer_json(tmp_path_factory, offline_data) -> str:
     """A 512-token byte-level BPE trained once on the test sources."""
     out = tmp_path_factory.mktemp("tok")
-    load_tokenizer(from_dict(raw_config(None, shared_data)).data, run_dir=out)
+    load_tokenizer(from_dict(raw_config(None, offline_data)).data, run_dir=out)
     path = out / "tokenizer.json"
     assert path.is_file()
     return str(path)
@@ -50,16 +50,16 @@ def weights(run: Path) -> dict[str, torch.Tensor]:
 
 
 @pytest.fixture(scope="module")
-def full_run(tmp_path_factory, tokenizer_json, shared_data) -> Path:
+def full_run(tmp_path_factory, tokenizer_json, offline_data) -> Path:
     """One uninterrupted run that other tests compare against."""
     run = tmp_path_factory.mktemp("full")
-    result = train(from_dict(raw_config(tokenizer_json, shared_data)), run, quiet=True)
+    result = train(from_dict(raw_config(tokenizer_json, offline_data)), run, quiet=True)
     assert result.step == TOTAL_STEPS
     return run
 
 
-def test_every_step_has_its_stage_shape(full_run, tokenizer_json, shared_data):
-    cfg = from_dict(raw_config(tokenizer_json, shared_data))
+def test_every_step_has_its_stage_shape(full_run, tokenizer_json, offline_data):
+    cfg = from_dict(raw_config(tokenizer_json, offline_data))
     plan = Curriculum(cfg)
     records = [r for r in read_metrics(full_run / "metrics.jsonl") if "loss" in r and "event" not in r]
     assert [r["step"] for r in records] == list(range(1, TOTAL_STEPS + 1))
@@ -94,8 +94,8 @@ def test_evaluates_at_stage_changes_and_reference_length(full_run):
 
 
 @pytest.mark.parametrize("stop", [3, 6], ids=["inside-stage", "at-boundary"])
-def test_resume_repeats_uninterrupted_run_bit_for_bit(stop, full_run, tmp_path, tokenizer_json, shared_data):
-    cfg = from_dict(raw_config(tokenizer_json, shared_data))
+def test_resume_repeats_uninterrupted_run_bit_for_bit(stop, full_run, tmp_path, tokenizer_json, offline_data):
+    cfg = from_dict(raw_config(tokenizer_json, offline_data))
     first = train(cfg, tmp_path, quiet=True, stop_at_step=stop)
     assert first.step == stop
     second = train(cfg, tmp_path, quiet=True)
@@ -107,8 +107,8 @@ def test_resume_repeats_uninterrupted_run_bit_for_bit(stop, full_run, tmp_path, 
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
 
 
-def test_config_change_on_resume_is_refused(tmp_path, tokenizer_json, shared_data, capsys):
-    cfg = raw_config(tokenizer_json, shared_data)
+def test_config_change_on_resume_is_refused(tmp_path, tokenizer_json, offline_data, capsys):
+    cfg = raw_config(tokenizer_json, offline_data)
     train(from_dict(cfg), tmp_path, quiet=True, stop_at_step=2)
     cfg["curriculum"]["stages"][1]["seq_len"] = 16
     path = tmp_path / "changed.yaml"
@@ -121,8 +121,8 @@ def test_config_change_on_resume_is_refused(tmp_path, tokenizer_json, shared_dat
     assert main(["train", str(path), "--out", str(tmp_path), "--quiet", "--allow-config-change"]) == 0
 
 
-def test_corrupt_checkpoint_is_one_line_and_untouched(tmp_path, tokenizer_json, shared_data, capsys):
-    cfg = from_dict(raw_config(tokenizer_json, shared_data))
+def test_corrupt_checkpoint_is_one_line_and_untouched(tmp_path, tokenizer_json, offline_data, capsys):
+    cfg = from_dict(raw_config(tokenizer_json, offline_data))
     train(cfg, tmp_path, quiet=True, stop_at_step=4)
     latest = sorted((tmp_path / "checkpoints").glob("step_*"))[-1]
     (latest / "model.safetensors").write_bytes(b"\x00" * 100)
@@ -133,17 +133,17 @@ def test_corrupt_checkpoint_is_one_line_and_untouched(tmp_path, tokenizer_json, 
     assert sorted(p.name for p in (tmp_path / "checkpoints").rglob("*")) == before
 
 
-def test_unwritable_output_directory(tmp_path, tokenizer_json, shared_data, capsys):
+def test_unwritable_output_directory(tmp_path, tokenizer_json, offline_data, capsys):
     blocker = tmp_path / "file"
     blocker.write_text("not a directory")
     cfg_path = tmp_path / "c.yaml"
-    cfg_path.write_text(json.dumps(raw_config(tokenizer_json, shared_data)))
+    cfg_path.write_text(json.dumps(raw_config(tokenizer_json, offline_data)))
     assert main(["train", str(cfg_path), "--out", str(blocker / "run"), "--quiet"]) != 0
     err = capsys.readouterr().err
     assert "cannot write to the output directory" in err and "Traceback" not in err
 
 
-def test_nan_steps_are_skipped_then_rolled_back(tmp_path, tokenizer_json, shared_data, monkeypatch):
+def test_nan_steps_are_skipped_then_rolled_back(tmp_path, tokenizer_json, offline_data, monkeypatch):
     real = trainer_mod.Trainer._train_step
     poisoned = {9, 10, 11}  # three non-finite steps in a row after the step-8 checkpoint
     seen: list[int] = []
@@ -156,7 +156,7 @@ def test_nan_steps_are_skipped_then_rolled_back(tmp_path, tokenizer_json, shared
         return loss, norm, applied
 
     monkeypatch.setattr(trainer_mod.Trainer, "_train_step", step)
-    result = train(from_dict(raw_config(tokenizer_json, shared_data)), tmp_path, quiet=True)
+    result = train(from_dict(raw_config(tokenizer_json, offline_data)), tmp_path, quiet=True)
     assert result.step == TOTAL_STEPS
     events = [(r["event"], r["step"]) for r in read_metrics(tmp_path / "metrics.jsonl")
               if str(r.get("event", "")).startswith("guard/")]
@@ -167,7 +167,7 @@ def test_nan_steps_are_skipped_then_rolled_back(tmp_path, tokenizer_json, shared
     assert lrs[TOTAL_STEPS]["lr"] == pytest.approx(0.5 * lrs[TOTAL_STEPS]["lr_scheduled"])
 
 
-def test_early_stopping_keeps_best(tmp_path, tokenizer_json, shared_data, monkeypatch):
+def test_early_stopping_keeps_best(tmp_path, tokenizer_json, offline_data, monkeypatch):
     fake = iter([5.0, 4.0, 4.5, 4.6, 4.7, 4.8])
 
     def scripted(model, batches, device, autocast):
@@ -175,7 +175,7 @@ def test_early_stopping_keeps_best(tmp_path, tokenizer_json, shared_data, monkey
         return {"loss": loss, "ppl": math.exp(loss), "accuracy": 0.1, "tokens": 10}
 
     monkeypatch.setattr(trainer_mod, "evaluate", scripted)
-    raw = raw_config(tokenizer_json, shared_data, eval_every=2, early_stopping_patience=2, eval_at_stage_change=False,
+    raw = raw_config(tokenizer_json, offline_data, eval_every=2, early_stopping_patience=2, eval_at_stage_change=False,
                      eval_reference_seq_len=16)
     result = train(from_dict(raw), tmp_path, quiet=True)
     assert result.reason.startswith("early stopping") and result.step == 8
@@ -183,8 +183,8 @@ def test_early_stopping_keeps_best(tmp_path, tokenizer_json, shared_data, monkey
     assert json.loads((tmp_path / "checkpoints" / "best" / "meta.json").read_text())["step"] == 4
 
 
-def test_sigterm_saves_and_exits_cleanly(tmp_path, tokenizer_json, shared_data):
-    raw = raw_config(tokenizer_json, shared_data)
+def test_sigterm_saves_and_exits_cleanly(tmp_path, tokenizer_json, offline_data):
+    raw = raw_config(tokenizer_json, offline_data)
     for s in raw["curriculum"]["stages"]:
         s["tokens"] *= 40  # long enough to be interrupted
     cfg_path = tmp_path / "c.yaml"
@@ -222,8 +222,8 @@ def test_demo_runs_offline_through_four_stages(tmp_path, capsys):
     assert (tmp_path / "checkpoints" / "best" / "model.safetensors").is_file()
 
 
-def test_two_processes_keep_identical_weights(tmp_path, tokenizer_json, shared_data):
-    raw = raw_config(tokenizer_json, shared_data)
+def test_two_processes_keep_identical_weights(tmp_path, tokenizer_json, offline_data):
+    raw = raw_config(tokenizer_json, offline_data)
     raw["curriculum"]["stages"] = raw["curriculum"]["stages"][:2]
     cfg_path = tmp_path / "c.yaml"
     cfg_path.write_text(json.dumps(raw))
@@ -238,8 +238,8 @@ def test_two_processes_keep_identical_weights(tmp_path, tokenizer_json, shared_d
     assert steps[-1]["step"] == 11 and steps[-1]["tokens"] == 11 * 256
 
 
-def test_long_context_stage_switches_rope_scaling(tmp_path, tokenizer_json, shared_data, monkeypatch):
-    raw = raw_config(tokenizer_json, shared_data)
+def test_long_context_stage_switches_rope_scaling(tmp_path, tokenizer_json, offline_data, monkeypatch):
+    raw = raw_config(tokenizer_json, offline_data)
     raw["curriculum"]["stages"][2]["rope_scaling"] = 4.0
     seen: dict[int, float] = {}
     real = trainer_mod.Trainer._train_step
@@ -254,8 +254,8 @@ def test_long_context_stage_switches_rope_scaling(tmp_path, tokenizer_json, shar
     assert [seen[s] for s in (0, 10, 11, 15)] == [1.0, 1.0, 4.0, 4.0]
 
 
-def test_bf16_autocast_trains_on_cpu(tmp_path, tokenizer_json, shared_data):
-    raw = raw_config(tokenizer_json, shared_data, precision="bf16")
+def test_bf16_autocast_trains_on_cpu(tmp_path, tokenizer_json, offline_data):
+    raw = raw_config(tokenizer_json, offline_data, precision="bf16")
     raw["curriculum"]["stages"] = raw["curriculum"]["stages"][:1]
     result = train(from_dict(raw), tmp_path, quiet=True)
     losses = losses_by_step(tmp_path / "metrics.jsonl")
@@ -263,18 +263,18 @@ def test_bf16_autocast_trains_on_cpu(tmp_path, tokenizer_json, shared_data):
     assert losses[6] < losses[1]
 
 
-def test_fp16_without_cuda_is_a_config_error(tmp_path, tokenizer_json, shared_data, capsys):
+def test_fp16_without_cuda_is_a_config_error(tmp_path, tokenizer_json, offline_data, capsys):
     cfg_path = tmp_path / "c.yaml"
-    cfg_path.write_text(json.dumps(raw_config(tokenizer_json, shared_data, precision="fp16")))
+    cfg_path.write_text(json.dumps(raw_config(tokenizer_json, offline_data, precision="fp16")))
     assert main(["train", str(cfg_path), "--out", str(tmp_path / "run"), "--quiet"]) == 2
     err = capsys.readouterr().err
     assert err.startswith("gradus: error: train.precision=fp16 needs a CUDA device") and err.count("\n") == 1
 
 
-def test_cuda_probe_halves_on_oom_and_holds_adamw_moments_aside(tmp_path, tokenizer_json, shared_data, monkeypatch):
+def test_cuda_probe_halves_on_oom_and_holds_adamw_moments_aside(tmp_path, tokenizer_json, offline_data, monkeypatch):
     # The probe runs on CUDA only; here its CUDA calls are no-ops and the "GPU" holds 4 rows of 16 tokens
     # next to AdamW's moments: a forward at more rows, or without the moments' bytes held, must not count.
-    trainer = trainer_mod.Trainer(from_dict(raw_config(tokenizer_json, shared_data)), tmp_path, resume=False,
+    trainer = trainer_mod.Trainer(from_dict(raw_config(tokenizer_json, offline_data)), tmp_path, resume=False,
                                   quiet=True)
     try:
         trainer.setup()
@@ -345,10 +345,10 @@ def _signalled_rank_worker(rank: int, raw: dict, run: str, init: str) -> None:
     _exit_spawned_worker()
 
 
-def test_a_signal_on_one_rank_stops_every_rank_at_the_same_step(tmp_path, tokenizer_json, shared_data):
+def test_a_signal_on_one_rank_stops_every_rank_at_the_same_step(tmp_path, tokenizer_json, offline_data):
     import torch.multiprocessing as mp
 
-    raw = raw_config(tokenizer_json, shared_data, checkpoint_every=None)
+    raw = raw_config(tokenizer_json, offline_data, checkpoint_every=None)
     mp.spawn(_signalled_rank_worker, args=(raw, str(tmp_path), f"file://{tmp_path / 'rendezvous'}"), nprocs=2,
              join=True)
     results = [json.loads((tmp_path / f"result.{r}").read_text()) for r in range(2)]
@@ -357,13 +357,13 @@ def test_a_signal_on_one_rank_stops_every_rank_at_the_same_step(tmp_path, tokeni
     assert json.loads((tmp_path / "checkpoints" / "step_00000003" / "meta.json").read_text())["step"] == 3
 
 
-def test_cpu_micro_batch_follows_the_hosts_free_memory(tmp_path, tokenizer_json, shared_data, monkeypatch, full_run):
+def test_cpu_micro_batch_follows_the_hosts_free_memory(tmp_path, tokenizer_json, offline_data, monkeypatch, full_run):
     # A host with room for the model and 3 rows of the longest stage: that stage accumulates over smaller
     # micro-batches, and the run matches the whole-batch one up to float rounding.
     from gradus.model import resolve_shape
     from gradus.plan.memory import HEADROOM, estimate_memory
 
-    cfg = from_dict(raw_config(tokenizer_json, shared_data))
+    cfg = from_dict(raw_config(tokenizer_json, offline_data))
     shape = resolve_shape(cfg.model, load_tokenizer(cfg.data).vocab_size)
     longest = max(Curriculum(cfg).stages, key=lambda s: s.seq_len)
     one = estimate_memory(shape, longest.seq_len, 1, "fp32")
@@ -378,11 +378,11 @@ def test_cpu_micro_batch_follows_the_hosts_free_memory(tmp_path, tokenizer_json,
     assert all(abs(ours[k] - whole[k]) < 1e-4 for k in ours)
 
 
-def test_a_stage_that_cannot_fit_the_hosts_memory_is_a_one_line_error(tmp_path, tokenizer_json, shared_data,
+def test_a_stage_that_cannot_fit_the_hosts_memory_is_a_one_line_error(tmp_path, tokenizer_json, offline_data,
                                                                     monkeypatch, capsys):
     monkeypatch.setattr(trainer_mod, "host_memory_budget", lambda: 1024)
     cfg_path = tmp_path / "c.yaml"
-    cfg_path.write_text(json.dumps(raw_config(tokenizer_json, shared_data)))
+    cfg_path.write_text(json.dumps(raw_config(tokenizer_json, offline_data)))
     assert main(["train", str(cfg_path), "--out", str(tmp_path / "run"), "--quiet"]) != 0
     err = capsys.readouterr().err
     assert err.startswith("gradus: error: curriculum.stages[0]") and "GiB even at micro-batch 1" in err
@@ -413,10 +413,10 @@ def _disagreeing_eval_worker(rank: int, raw: dict, run: str, init: str) -> None:
     _exit_spawned_worker()
 
 
-def test_ranks_decide_on_the_mean_validation_loss(tmp_path, tokenizer_json, shared_data):
+def test_ranks_decide_on_the_mean_validation_loss(tmp_path, tokenizer_json, offline_data):
     import torch.multiprocessing as mp
 
-    raw = raw_config(tokenizer_json, shared_data, checkpoint_every=None, eval_at_stage_change=False,
+    raw = raw_config(tokenizer_json, offline_data, checkpoint_every=None, eval_at_stage_change=False,
                      eval_every=5, eval_reference_seq_len=16)
     raw["curriculum"]["stages"] = raw["curriculum"]["stages"][:2]  # 11 steps: evaluations at 5 and 10
     mp.spawn(_disagreeing_eval_worker, args=(raw, str(tmp_path), f"file://{tmp_path / 'rendezvous'}"), nprocs=2,
@@ -456,13 +456,13 @@ def _probe_oom_on_one_rank_worker(rank: int, raw: dict, run: str, init: str) -> 
     _exit_spawned_worker()
 
 
-def test_probe_out_of_memory_on_one_rank_keeps_the_ranks_in_step(tmp_path, tokenizer_json, shared_data):
+def test_probe_out_of_memory_on_one_rank_keeps_the_ranks_in_step(tmp_path, tokenizer_json, offline_data):
     # The CUDA probe's logic (its CUDA calls stubbed) inside real DDP on gloo: rank 1 runs out of memory
     # at 16 and 8 rows, rank 0 does not. With DDP's per-forward buffer broadcast on, rank 1 broadcast again
     # on every retry and the ranks hung; now both agree on 4.
     import torch.multiprocessing as mp
 
-    raw = raw_config(tokenizer_json, shared_data)
+    raw = raw_config(tokenizer_json, offline_data)
     mp.spawn(_probe_oom_on_one_rank_worker, args=(raw, str(tmp_path), f"file://{tmp_path / 'rendezvous'}"),
              nprocs=2, join=True)
     assert [json.loads((tmp_path / f"result.{r}").read_text()) for r in range(2)] == [[16, 4], [4, 4]]
