@@ -255,7 +255,7 @@ def test_explicit_validation_split_replaces_the_hash(offline_data: Path, tok):
     assert np.array_equal(val[0].inputs[0], held[:128]) and len(val) == 4
 
 
-def test_the_prefetcher_asks_the_schedule_what_each_step_needs(shared_data: Path, tok):
+def test_the_prefetcher_asks_the_schedule_what_each_step_needs(offline_data: Path, tok):
     """Token-budget stages switch on the token counter: the thread predicts every shape and mix from
     state_at(schedule, k, tokens_at_step(k)), so a run through two switches never rewinds."""
     stages = [
@@ -263,7 +263,7 @@ def test_the_prefetcher_asks_the_schedule_what_each_step_needs(shared_data: Path
         {"tokens": 2000, "seq_len": 32, "batch_size": 16, "mix": {"gsm8k": 1.0}},  # 512/step: 3072 → steps 3..6
         {"tokens": 1000, "seq_len": 128, "batch_size": 8, "mix": {"code": 1.0}},  # 1024/step: 5120 → steps 7..7
     ]
-    cfg, cur = make(shared_data, stages=stages, max_steps=None, prefetch_batches=3)
+    cfg, cur = make(offline_data, stages=stages, max_steps=None, prefetch_batches=3)
     sts = states(cur, 8)
     assert [s.stage_index for s in sts] == [0, 0, 0, 1, 1, 1, 1, 2]
     with DataPipeline(cfg.data, tok, cur, seed=7) as pipe:
