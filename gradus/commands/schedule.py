@@ -222,7 +222,7 @@ def format_table(cfg: GradusConfig, cur: Schedule, report: dict, title: str = ""
     for s, js in zip(cur.stages, report["stages"], strict=True):
         rows.append(_row(s, js, cfg.optim.base_lr, cfg.model.max_seq_len, with_time, with_data))
         if with_coverage:
-            rows[-1].append(f"{js['dataset_coverage']:.2g}")
+            rows[-1].append(f"{js['dataset_coverage']:.3g}")
     total = ["", "total", f"{cur.total_steps:,}", "", "", "", "", "", "", "", "",
              f"{sum(s.examples for s in cur.stages):,}", format_count(cur.total_tokens)]
     if with_time:
@@ -230,7 +230,7 @@ def format_table(cfg: GradusConfig, cur: Schedule, report: dict, title: str = ""
     if with_data:
         total.append(f"{report['dataset_epochs']:.3g}")
     if with_coverage:
-        total.append(f"{report['dataset_coverage']:.2g}")
+        total.append(f"{report['dataset_coverage']:.3g}")
     widths = [max(len(r[i]) for r in [header, *rows, total]) for i in range(len(header))]
 
     def fmt(row: list[str]) -> str:
