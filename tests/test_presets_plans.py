@@ -215,10 +215,11 @@ def test_wikipedia_9stage_token_coverage_of_its_920M_tokens():
     assert report["dataset_epochs"] == pytest.approx(1_626_624_000 / 920e6)
 
 
-@pytest.mark.xfail(strict=True, reason="needs a dataset-size field in the config (data.dataset_documents, "
-                   "data.dataset_tokens) and per-stage dataset_coverage / chunks_per_document in schedule --json")
 def test_wikipedia_9stage_prints_the_plans_dataset_coverage():
     report = schedule("wikipedia-9stage")
+    # "Size: 237,758 Wikipedia articles", "Tokens: ~920M total", "225,870 train / 11,888 validation"
+    assert (report["dataset_documents"], report["dataset_tokens"]) == (237_758, 920 * M)
+    assert report["dataset_training_documents"] == 225_870
     # "2.3× dataset coverage" …: examples / 225,870 training articles (237,758 less the 5% held out).
     # The plan rounds 0.558 down to 0.5 and 1.771 down to 1.7, hence the tolerance.
     coverage = [2.3, 1.1, 1.1, 0.6, 0.5, 0.5, 0.4, 0.5, 1.7]
@@ -272,12 +273,14 @@ def test_7b_base_is_the_lessons_starter():
     assert (cfg.optim.weight_decay, cfg.optim.beta2) == (0.05, 0.95)  # wd 0.05, β2 = 0.95
 
 
-@pytest.mark.xfail(strict=True, reason="needs schedule --json to carry the model's size (a 'model' block "
-                   "with params_non_embedding) and the optimizer (weight_decay, beta2) and dropout")
 def test_7b_base_prints_its_size_and_optimizer():
     report = schedule("7b-base")
     assert report["model"]["params_non_embedding"] == pytest.approx(7 * B, rel=0.01)
     assert (report["optim"]["weight_decay"], report["optim"]["beta2"], report["model"]["dropout"]) == (0.05, 0.95, 0.1)
+    assert report["optim"]["base_lr"] == 1.5e-4  # "LR max 1.5e-4"
+    # Derived (the shape is Llama-3-8B's body, see the preset): 32 × 4096 at the GPT-2 tokenizer's vocabulary
+    assert report["model"]["shape"]["n_layers"] == 32 and report["model"]["shape"]["d_model"] == 4096
+    assert report["model"]["shape"]["vocab_size"] == 50_257
 
 
 # ------------------------------------------------------------ not from a plan: kept as they were

@@ -105,6 +105,137 @@ def test_json_with_throughput(capsys):
     assert data["stages"][-1]["dataset_epochs_after"] == pytest.approx(data["total_tokens"] / 2e9)
 
 
+def with_data(**fields) -> dict:
+    """GOOD with extra ``data`` fields."""
+    data = json.loads(json.dumps(GOOD))
+    data["data"].update(fields)
+    return data
+
+
+# The dataset GOOD is planned against below: 1,000 documents, 20% held out, so 800 train; 2M tokens.
+SIZED = with_data(dataset_documents=1000, dataset_tokens="2M", validation={"fraction": 0.2})
+
+
+def test_dataset_size_gives_coverage_and_chunks_per_document(capsys, tmp_path):
+    code, out, err = run_cli(capsys, str(write_yaml(tmp_path, SIZED)), "--json")
+    assert code == 0 and err == ""
+    data = json.loads(out)
+    assert (data["dataset_documents"], data["dataset_training_documents"]) == (1000, 800)
+    assert data["dataset_tokens"] == 2_000_000  # the config's figure stands in for --dataset-tokens
+    # stage 0: 100 steps × 32 = 3,200 examples / 800 = 4.0; stage 1: 195 steps × 32 = 6,240 / 800 = 7.8
+    assert [s["examples"] for s in data["stages"]] == [3200, 6240]
+    assert [s["dataset_coverage"] for s in data["stages"]] == pytest.approx([4.0, 7.8])
+    assert data["dataset_coverage"] == pytest.approx(9440 / 800)
+    # 2M tokens / 1,000 documents = 2,000 tokens a document: 31.25 windows of 64, 15.625 of 128
+    assert [s["chunks_per_document"] for s in data["stages"]] == pytest.approx([31.25, 15.625])
+    # by tokens: 204,800 and 798,720 of the 2M
+    assert [s["dataset_fraction"] for s in data["stages"]] == pytest.approx([0.1024, 0.39936])
+
+
+def test_dataset_tokens_flag_wins_over_the_config(capsys, tmp_path):
+    code, out, _ = run_cli(capsys, str(write_yaml(tmp_path, SIZED)), "--json", "--dataset-tokens", "4M")
+    data = json.loads(out)
+    assert code == 0 and data["dataset_tokens"] == 4_000_000
+    assert [s["chunks_per_document"] for s in data["stages"]] == pytest.approx([62.5, 31.25])
+    assert data["stages"][0]["dataset_fraction"] == pytest.approx(0.0512)
+
+
+def test_documents_without_tokens_give_coverage_only(capsys, tmp_path):
+    code, out, _ = run_cli(capsys, str(write_yaml(tmp_path, with_data(dataset_documents="1.6k"))), "--json")
+    data = json.loads(out)
+    assert code == 0 and data["dataset_tokens"] is None
+    # the default held-out share 0.005: 1,600 × 0.995 = 1,592 training documents
+    assert data["dataset_training_documents"] == 1592
+    assert data["stages"][0]["dataset_coverage"] == pytest.approx(3200 / 1592)
+    assert all("chunks_per_document" not in s and "dataset_fraction" not in s for s in data["stages"])
+
+
+def test_no_dataset_size_adds_no_stage_columns(capsys):
+    code, out, _ = run_cli(capsys, "--preset", "aggressive", "--json")
+    data = json.loads(out)
+    assert code == 0 and data["dataset_documents"] is None and data["dataset_training_documents"] is None
+    assert not {"dataset_coverage", "chunks_per_document", "dataset_fraction"} & set(data["stages"][0])
+    _, out, _ = run_cli(capsys, "--preset", "aggressive")
+    assert "coverage" not in out and "dataset:" not in out
+
+
+def test_table_shows_coverage_and_the_dataset(capsys, tmp_path):
+    code, out, _ = run_cli(capsys, str(write_yaml(tmp_path, SIZED)))
+    assert code == 0
+    lines = out.splitlines()
+    header = next(line for line in lines if line.startswith("#"))
+    assert header.endswith("data epochs  coverage ×")
+    assert next(line for line in lines if line.startswith("0 ")).endswith(" 4")
+    assert next(line for line in lines if line.startswith("1 ")).endswith(" 7.8")
+    assert next(line for line in lines if line.strip().startswith("total")).endswith(" 11.8")
+    assert "dataset: 1,000 documents, 800 for training after the 20% held out, 2M tokens" in out
+
+
+def test_json_model_and_optim_blocks(capsys, tmp_path):
+    code, out, _ = run_cli(capsys, str(write_yaml(tmp_path, GOOD)), "--json")
+    data = json.loads(out)
+    assert code == 0
+    model = data["model"]
+    assert model["preset"] == "tiny" and model["vocab_from"] == "the gpt2 tokenizer"
+    shape = model["shape"]
+    assert (shape["n_layers"], shape["d_model"], shape["n_heads"], shape["ffn_hidden"]) == (4, 64, 4, 176)
+    assert (shape["vocab_size"], shape["max_seq_len"]) == (50257, 256)
+    # per block 2·64² (q, o) + 2·64² (k, v) + 3·64·176 (SwiGLU) + 2·64 (norms) = 50,304; ×4 + 64 (final norm)
+    assert model["params_non_embedding"] == 201_280
+    assert model["params_total"] == 201_280 + 50257 * 64  # the tied embedding, once
+    assert model["dropout"] == 0.0
+    assert data["optim"] == {"base_lr": 6e-4, "beta1": 0.9, "beta2": 0.95, "weight_decay": 0.1}
+
+
+@pytest.mark.parametrize(
+    ("fields", "vocab", "source"),
+    [
+        ({"model": {"vocab_size": 1000}}, 1000, "model.vocab_size"),
+        ({"data": {"tokenizer": {"name_or_path": None, "train_vocab_size": 4096}}}, 4096,
+         "data.tokenizer.train_vocab_size"),
+        ({"data": {"tokenizer": {"name_or_path": "my/tok"}}}, 50257, "assumed GPT-2's"),
+    ],
+)
+def test_model_vocabulary_comes_from_the_config(capsys, tmp_path, fields, vocab, source):
+    data = json.loads(json.dumps(GOOD))
+    for section, values in fields.items():
+        data[section].update(values)
+    code, out, _ = run_cli(capsys, str(write_yaml(tmp_path, data)), "--json")
+    model = json.loads(out)["model"]
+    assert code == 0 and model["shape"]["vocab_size"] == vocab and model["vocab_from"].startswith(source)
+    assert model["params_total"] == 201_280 + vocab * 64
+    _, out, _ = run_cli(capsys, str(write_yaml(tmp_path, data)))
+    assert ("vocab assumed" in out) == source.startswith("assumed")
+
+
+def test_table_header_has_the_model_and_optimizer(capsys):
+    code, out, _ = run_cli(capsys, "--preset", "7b-base")
+    assert code == 0
+    line = out.splitlines()[2]
+    assert line.startswith("model: 32 layers × 4096 wide, 32 heads (8 kv) of 128, SwiGLU 14336, vocab 50257;")
+    assert "N=6.98B non-embedding, 7.19B total · dropout 0.1 · AdamW β1 0.9, β2 0.95, weight decay 0.05" in line
+
+
+def test_header_says_the_stages_own_decay(capsys):
+    # 7b-base overrides the curriculum's cosine to 0.1× in every stage: A to 2e-5/1.5e-4, B to 2e-5/1e-4, C constant
+    code, out, _ = run_cli(capsys, "--preset", "7b-base")
+    assert code == 0
+    assert out.splitlines()[1].endswith(
+        "LR per stage: warmup, then cosine to 0.133× (floor 2e-5) in stage 0; cosine to 0.2× (floor 2e-5) in "
+        "stage 1; constant in stage 2"
+    )
+    # stages sharing one decay keep the one phrase (wikipedia-9stage: nine peaks, so no single floor)
+    _, out, _ = run_cli(capsys, "--preset", "wikipedia-9stage")
+    assert out.splitlines()[1].endswith("LR per stage: warmup, then cosine to 0.1× the stage's peak")
+    # a stage overriding the floor of a config whose default is 0.1
+    _, out, _ = run_cli(capsys, "--preset", "lr-extreme", "--set", "curriculum.stages[4].min_lr_ratio=0.5",
+                        "--set", "curriculum.stages[3].decay=linear")
+    assert out.splitlines()[1].endswith(
+        "cosine to 0.1× in stages 0, 1, 2; linear to 0.1× (floor 9e-5) in stage 3; "
+        "cosine to 0.5× (floor 2.1e-4) in stage 4"
+    )
+
+
 def test_list(capsys):
     code, out, _ = run_cli(capsys, "--list")
     assert code == 0
@@ -183,6 +314,14 @@ CASES = {
         with_stage(1, mix={"prose": 0.5, "cdoe": 0.5}),
         ["curriculum.stages[1].mix.cdoe: unknown source 'cdoe'; did you mean 'code'?"],
     ),
+    "zero dataset documents": (
+        with_data(dataset_documents=0),
+        ["data.dataset_documents=0: must be greater than 0"],
+    ),
+    "bad dataset tokens": (
+        with_data(dataset_tokens="lots"),
+        ["data.dataset_tokens='lots': token count must be a number such as 10M"],
+    ),
     "bad token count": (
         with_stage(1, tokens_per_batch="4 thousand"),
         ["curriculum.stages[1].tokens_per_batch='4 thousand': token count must be a number such as 10M"],
@@ -210,6 +349,13 @@ def test_all_problems_at_once(capsys, tmp_path):
         "stages[0].mix.cdoe: unknown source",
     )
     assert len(lines) == 4
+
+
+def test_model_without_a_shape(capsys, tmp_path):
+    # the model block of --json needs a shape: preset null and no n_layers is refused, as `gradus train` would
+    data = json.loads(json.dumps(GOOD))
+    data["model"] = {"preset": None, "d_model": 64, "n_heads": 4, "max_seq_len": 256}
+    assert_bad(*run_cli(capsys, str(write_yaml(tmp_path, data))), "model.n_layers is missing; give it")
 
 
 def test_unknown_preset(capsys):

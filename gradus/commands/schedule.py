@@ -15,6 +15,7 @@ from gradus.config import GradusConfig
 from gradus.curriculum import Schedule, StagePlan, resolve_schedule
 from gradus.errors import ConfigError
 from gradus.presets import list_presets, preset_description
+from gradus.sizes import GPT2_VOCAB_SIZE, ModelShape, resolve_shape
 from gradus.units import format_count, format_duration, format_lr, parse_count, parse_rate
 
 
@@ -46,7 +47,11 @@ def run(args: argparse.Namespace) -> int:
         raise ConfigError(f"--dataset-tokens={args.dataset_tokens}: must be a positive token count, e.g. 3B")
     cfg = load_from_args(args)
     schedule = resolve_schedule(cfg)
+    if dataset_tokens is None:
+        dataset_tokens = cfg.data.dataset_tokens  # the config's planning figure; the flag wins
     report = schedule_report(schedule, tokens_per_sec, dataset_tokens)
+    report.update(model_report(cfg))
+    add_dataset_coverage(report, cfg)
     if args.json:
         print(json.dumps(report, indent=2))
         return 0
@@ -104,6 +109,68 @@ def schedule_report(cur: Schedule, tokens_per_sec: float | None = None, dataset_
     return report
 
 
+def add_dataset_coverage(report: dict, cfg: GradusConfig) -> None:
+    """Add the plans' dataset columns from ``data.dataset_documents`` (and ``data.dataset_tokens``):
+    per stage ``dataset_coverage`` = examples / training documents, the Wikipedia plan's "2.3× dataset
+    coverage", and ``chunks_per_document`` = (dataset tokens / documents) / seq_len, its "Chunks/Doc".
+    Training documents are the dataset's less the held-out ``data.validation.fraction``, rounded (the
+    plan's 237,758 × 0.95 = 225,870). Nothing per stage when the config gives no document count."""
+    documents = cfg.data.dataset_documents
+    report["dataset_documents"] = documents
+    report["dataset_training_documents"] = None
+    if documents is None:
+        return
+    # At least one: a tiny dataset with a large held-out share must not divide by zero.
+    training = max(1, round(documents * (1 - cfg.data.validation.fraction)))
+    report["dataset_training_documents"] = training
+    tokens = report.get("dataset_tokens")
+    for stage in report["stages"]:
+        stage["dataset_coverage"] = stage["examples"] / training
+        if tokens:
+            stage["chunks_per_document"] = tokens / documents / stage["seq_len"]
+    report["dataset_coverage"] = sum(s["examples"] for s in report["stages"]) / training
+
+
+def planning_vocab_size(cfg: GradusConfig) -> tuple[int, str]:
+    """The vocabulary the model will have, read from the config alone (no tokenizer is loaded or trained),
+    and where it came from: ``model.vocab_size``, else ``data.tokenizer.train_vocab_size``, else GPT-2's
+    50,257 — exact for the ``gpt2`` tokenizer, an assumption (said so) for any other."""
+    if cfg.model.vocab_size is not None:
+        return cfg.model.vocab_size, "model.vocab_size"
+    tok = cfg.data.tokenizer
+    if tok.train_vocab_size is not None:
+        return tok.train_vocab_size, "data.tokenizer.train_vocab_size"
+    if tok.name_or_path in GPT2_NAMES:
+        return GPT2_VOCAB_SIZE, f"the {tok.name_or_path} tokenizer"
+    return GPT2_VOCAB_SIZE, (
+        f"assumed GPT-2's; data.tokenizer.name_or_path={tok.name_or_path!r} is not loaded here, "
+        "set model.vocab_size for the exact count"
+    )
+
+
+GPT2_NAMES = ("gpt2", "openai-community/gpt2")
+"""Tokenizer names whose vocabulary is GPT-2's 50,257 without loading them."""
+
+
+def model_report(cfg: GradusConfig) -> dict:
+    """The ``model`` and ``optim`` blocks of ``--json``: the resolved shape with its parameter counts at
+    the vocabulary of :func:`planning_vocab_size`, the dropout, and the AdamW settings."""
+    vocab, vocab_from = planning_vocab_size(cfg)
+    shape = resolve_shape(cfg.model, vocab)
+    o = cfg.optim
+    return {
+        "model": {
+            "preset": cfg.model.preset,
+            "shape": shape.to_dict(),
+            "vocab_from": vocab_from,
+            "params_non_embedding": shape.params_non_embedding,
+            "params_total": shape.params_total,
+            "dropout": cfg.model.dropout,
+        },
+        "optim": {"base_lr": o.base_lr, "beta1": o.beta1, "beta2": o.beta2, "weight_decay": o.weight_decay},
+    }
+
+
 def _percent(weight: float) -> str:
     pct = weight * 100
     return f"{pct:.0f}" if abs(pct - round(pct)) < 0.05 else f"{pct:.1f}"
@@ -130,30 +197,40 @@ def format_table(cfg: GradusConfig, cur: Schedule, report: dict, title: str = ""
             f"({c.global_warmup_fraction:g} of the run), {c.decay} to {c.min_lr_ratio:g}× each stage's peak"
         )
     else:
-        sched = f"per stage: warmup, then {c.decay} to {c.min_lr_ratio:g}× the stage's peak"
+        sched = f"per stage: warmup, then {_stage_decays(cur)}"
     lines.append(
         f"model {model}, max_seq_len {cfg.model.max_seq_len} · base LR {format_lr(cfg.optim.base_lr)} · LR {sched}"
     )
+    if "model" in report:
+        lines.append(_model_line(report))
     lines.append("")
     mix_head = "mix % " + "/".join(names) if len(names) > 1 else f"mix ({names[0]})"
     header = ["#", "name", "steps", "seq_len", "batch", "tokens/step", "peak LR", "LR from", "warmup", "clip",
               mix_head, "examples", "tokens"]
     with_time = report.get("tokens_per_sec") is not None
     with_data = report.get("dataset_tokens") is not None
+    with_coverage = report.get("dataset_training_documents") is not None
     if with_time:
         header.append("time")
     if with_data:
         header.append("data epochs")
-    right = {"#", "steps", "seq_len", "batch", "tokens/step", "warmup", "examples", "tokens", "time", "data epochs"}
+    if with_coverage:
+        header.append("coverage ×")
+    right = {"#", "steps", "seq_len", "batch", "tokens/step", "warmup", "examples", "tokens", "time", "data epochs",
+             "coverage ×"}
     rows = []
     for s, js in zip(cur.stages, report["stages"], strict=True):
         rows.append(_row(s, js, cfg.optim.base_lr, cfg.model.max_seq_len, with_time, with_data))
+        if with_coverage:
+            rows[-1].append(f"{js['dataset_coverage']:.3g}")
     total = ["", "total", f"{cur.total_steps:,}", "", "", "", "", "", "", "", "",
              f"{sum(s.examples for s in cur.stages):,}", format_count(cur.total_tokens)]
     if with_time:
         total.append(format_duration(report["total_seconds"]))
     if with_data:
         total.append(f"{report['dataset_epochs']:.3g}")
+    if with_coverage:
+        total.append(f"{report['dataset_coverage']:.3g}")
     widths = [max(len(r[i]) for r in [header, *rows, total]) for i in range(len(header))]
 
     def fmt(row: list[str]) -> str:
@@ -167,6 +244,8 @@ def format_table(cfg: GradusConfig, cur: Schedule, report: dict, title: str = ""
         lines.append("LR rule seq_batch: base × min(max_seq_len / seq_len, 4) × sqrt(batch / 32)")
     if any(s.clip_note == "by_length" for s in cur.stages):
         lines.append("clip rule by_length: seq_len ≤ 128 → 5.0, ≤ 512 → 1.0, else 0.5")
+    if with_coverage:
+        lines.append(_dataset_line(cfg, report))
     for warning in report["warnings"]:
         lines.append(f"warning: {warning}")
     return "\n".join(lines)
@@ -195,6 +274,52 @@ def _row(s: StagePlan, js: dict, base: float, max_seq_len: int, with_time: bool,
     if with_data:
         row.append(f"{js['dataset_epochs_after']:.3g}")
     return row
+
+
+def _stage_decays(cur: Schedule) -> str:
+    """What the stages' decay really is: one phrase when they share it, else each group's with its stages
+    (the curriculum default alone would say "cosine to 0.1×" where the stages override it)."""
+    groups: dict[tuple[str, float], list[StagePlan]] = {}
+    for s in cur.stages:
+        groups.setdefault((s.decay, s.min_lr_ratio), []).append(s)
+
+    def phrase(decay: str, ratio: float, stages: list[StagePlan], of: str = "") -> str:
+        if decay == "constant":
+            return "constant" + (" at" + of if of else "")
+        floors = {format_lr(s.peak_lr * ratio) for s in stages}
+        floor = f" (floor {floors.pop()})" if len(floors) == 1 else ""
+        return f"{decay} to {ratio:.3g}×{of}{floor}"
+
+    if len(groups) == 1:
+        ((decay, ratio), stages), = groups.items()
+        return phrase(decay, ratio, stages, of=" the stage's peak")
+    parts = []
+    for (decay, ratio), stages in groups.items():
+        which = ", ".join(str(s.index) for s in stages)
+        parts.append(f"{phrase(decay, ratio, stages)} in stage{'s' if len(stages) > 1 else ''} {which}")
+    return "; ".join(parts)
+
+
+def _model_line(report: dict) -> str:
+    """The model's shape and size and the optimizer, from the report's ``model`` and ``optim`` blocks."""
+    m, o = report["model"], report["optim"]
+    shape = ModelShape.from_dict(m["shape"])
+    vocab = "" if not m["vocab_from"].startswith("assumed") else " (vocab assumed: GPT-2's, set model.vocab_size)"
+    return (
+        f"model: {shape.describe()}{vocab} · dropout {m['dropout']:g} · "
+        f"AdamW β1 {o['beta1']:g}, β2 {o['beta2']:g}, weight decay {o['weight_decay']:g}"
+    )
+
+
+def _dataset_line(cfg: GradusConfig, report: dict) -> str:
+    """The dataset size the coverage column divides by."""
+    tokens = report.get("dataset_tokens")
+    return (
+        f"dataset: {report['dataset_documents']:,} documents, {report['dataset_training_documents']:,} for "
+        f"training after the {cfg.data.validation.fraction * 100:g}% held out"
+        + (f", {format_count(tokens)} tokens" if tokens else "")
+        + "; coverage × = the stage's examples / training documents"
+    )
 
 
 def _lr_from(s: StagePlan, base: float, max_seq_len: int) -> str:

@@ -41,6 +41,14 @@ def _step_count(value: Any) -> int:
 StepCount = Annotated[int, BeforeValidator(_step_count)]
 """A step number that also accepts ``2k``, ``40_000``."""
 
+
+def _document_count(value: Any) -> int:
+    return parse_count(value, "document count")
+
+
+DocumentCount = Annotated[int, BeforeValidator(_document_count)]
+"""A number of documents that also accepts ``237_758``, ``240k``."""
+
 SIZE_PRESETS: dict[str, dict[str, int]] = {
     # CPU tests and the offline demo: ~0.2M non-embedding parameters (the embedding adds V·64).
     "tiny": {"n_layers": 4, "d_model": 64, "n_heads": 4},
@@ -198,6 +206,17 @@ class DataConfig(Strict):
     prefetch_batches: int = Field(4, ge=0, description="Batches prepared ahead of the trainer.")
     retries: int = Field(5, ge=0, description="Retries of a streaming source after a network fault.")
     retry_backoff: float = Field(2.0, gt=0, description="First retry delay in seconds (doubles each time).")
+    # The dataset's size, for planning only: `gradus schedule` turns it into coverage columns; the loader
+    # never reads these (a streamed source has no size to check them against).
+    dataset_documents: DocumentCount | None = Field(
+        None, gt=0, description="Documents in the whole dataset, held-out share included (planning only): "
+        "gradus schedule prints each stage's coverage, examples / (this × (1 − validation.fraction)).",
+    )
+    dataset_tokens: TokenCount | None = Field(
+        None, gt=0, description="Tokens in the whole dataset, all sources together (planning only, accepts "
+        "920M): gradus schedule prints the share each stage reads and, with dataset_documents, the chunks "
+        "per document at each seq_len. --dataset-tokens overrides it.",
+    )
 
     @model_validator(mode="after")
     def _unique_names(self) -> DataConfig:
