@@ -9,8 +9,7 @@ import pytest
 
 from gradus.config import from_dict
 from gradus.curriculum import resolve_schedule, state_at
-from gradus.data import DataPipeline, load_tokenizer
-from gradus.data import sources as sources_mod
+from gradus.data import DataPipeline, load_tokenizer, local_files
 from gradus.data.packing import IGNORE
 from gradus.data.sources import open_reader
 
@@ -122,7 +121,7 @@ def test_document_mode_windows_stay_inside_documents(offline_data: Path, tok, re
 
 
 def test_huge_document_streams_through_the_pipeline(offline_data: Path, tok, tmp_path: Path, monkeypatch):
-    monkeypatch.setattr(sources_mod, "PIECE_BYTES", 16 * 1024)
+    monkeypatch.setattr(local_files, "PIECE_BYTES", 16 * 1024)
     text = (offline_data / "tinyshakespeare" / "input.txt").read_text()[:300_000]
     path = tmp_path / "play.txt"
     path.write_text(text)

@@ -11,8 +11,9 @@ from pathlib import Path
 import pytest
 
 from gradus.config import SourceConfig
-from gradus.data import sources
-from gradus.data.sources import Shard, is_heldout, open_reader
+from gradus.data import hf_stream, local_files
+from gradus.data.reader import Shard, is_heldout
+from gradus.data.sources import open_reader
 from gradus.errors import DataError
 
 
@@ -101,7 +102,7 @@ def test_text_units_rebuild_tinyshakespeare(offline_data: Path):
 
 
 def test_huge_document_streams_in_pieces(tmp_path: Path, monkeypatch, bpe_tokenizer_dir: Path):
-    monkeypatch.setattr(sources, "PIECE_BYTES", 64 * 1024)
+    monkeypatch.setattr(local_files, "PIECE_BYTES", 64 * 1024)
     words = ["alpha", "beta", "gamma", "delta", "epsilon", "zeta", "ëta", "θeta", "  spaced", "\nnew"]
     text = " ".join(words[(i * 7) % len(words)] for i in range(400_000))  # ~2.7 MB, one document
     path = tmp_path / "huge.txt"
@@ -261,7 +262,7 @@ def _hub_patch(monkeypatch, path: Path, plan: dict, always_fail: bool = False):
         inner = datasets.load_dataset("json", data_files=[str(path)], split="train", streaming=True)
         return _FaultyDataset(inner, plan) if plan["faults"] else inner
 
-    monkeypatch.setattr(sources, "load_hf_dataset", fake_load)
+    monkeypatch.setattr(hf_stream, "load_hf_dataset", fake_load)
     return opened
 
 

@@ -11,7 +11,7 @@ import yaml
 from gradus.cli import main
 from gradus.config import DataConfig
 from gradus.data import check_identity, load_tokenizer
-from gradus.data.sources import is_heldout
+from gradus.data.reader import is_heldout
 from gradus.data.tokenizer import training_texts
 from gradus.errors import DataError
 

@@ -97,7 +97,7 @@ def run(args: argparse.Namespace) -> int:
 # ------------------------------------------------------------------------------------- worksheet
 def _hardware(args: argparse.Namespace, *, need_days: bool) -> Any:
     from gradus.plan.hardware import gpu_spec, parse_float
-    from gradus.plan.worksheet import Hardware
+    from gradus.plan.inputs import Hardware
 
     if args.gpu is None:
         orphan = _given(args, ("gpus", "mfu")) + (_given(args, ("days",)) if need_days else [])
@@ -127,7 +127,9 @@ def _int_flag(value: str | None, flag: str) -> int | None:
 
 def _worksheet(args: argparse.Namespace) -> int:
     from gradus.plan.hardware import parse_amount, parse_float
-    from gradus.plan.worksheet import PlanInputs, make_plan, plan_config_yaml, render_plan
+    from gradus.plan.inputs import PlanInputs
+    from gradus.plan.worksheet import make_plan
+    from gradus.plan.worksheet_text import plan_config_yaml, render_plan
 
     fields: dict[str, Any] = {}
     if args.flops is not None:

@@ -10,9 +10,10 @@ What the trainer uses::
     pipe.validation_batches(seq_len, tokens, batch_size)      # held-out documents only
     pipe.metrics(); pipe.close()
 
-Modules: ``sources`` (readers and cursors), ``builtin`` (offline corpora), ``tokenizer``, ``workers``
-(tokenising processes), ``mixture`` (feeds, shuffle buffer, mixer), ``packing``, ``validation``,
-``pipeline``. Nothing here imports the model or the trainer, and torch is not needed (numpy arrays out).
+Modules: ``sources`` (which reader a source opens), ``reader`` (pieces, cursors and the rules every
+reader shares), ``local_files`` (JSONL/JSON/Parquet/text files), ``hf_stream`` (Hugging Face streaming with
+retries), ``builtin`` (offline corpora), ``tokenizer``, ``workers`` (tokenising processes), ``mixture``
+(feeds, shuffle buffer, mixer), ``packing``, ``validation``, ``pipeline``. Nothing here imports the model or the trainer, and torch is not needed (numpy arrays out).
 """
 
 from gradus.data.pipeline import Batch, DataPipeline

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from gradus.data.sources import Cursor, Piece, Reader, start_cursor
+from gradus.data.reader import Cursor, Piece, Reader, start_cursor
 from gradus.errors import DataError
 
 log = logging.getLogger("gradus.data")

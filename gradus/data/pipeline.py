@@ -31,7 +31,8 @@ from gradus.config import DataConfig
 from gradus.curriculum import state_at, tokens_at_step
 from gradus.data.mixture import Mixer, SourceFeed, name_key, rng_from
 from gradus.data.packing import make_packer, resolve_stride
-from gradus.data.sources import Shard, open_reader
+from gradus.data.reader import Shard
+from gradus.data.sources import open_reader
 from gradus.data.validation import heldout_tokens, windows
 from gradus.errors import DataError
 

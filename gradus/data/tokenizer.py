@@ -281,7 +281,7 @@ def training_key(cfg: DataConfig) -> str:
     size, documents per source, held-out fraction, library and (for builtin corpora) Python versions."""
     import tokenizers
 
-    from gradus.data.sources import expand_paths
+    from gradus.data.local_files import expand_paths
 
     files = []
     for src in cfg.sources:

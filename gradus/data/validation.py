@@ -1,7 +1,7 @@
 """The validation split: held-out documents, never trained on, cut into windows of any length.
 
 A document is held out when a hash of its text falls below ``validation.fraction``
-(:func:`gradus.data.sources.is_heldout`); training readers skip exactly those documents, so no held-out
+(:func:`gradus.data.reader.is_heldout`); training readers skip exactly those documents, so no held-out
 document is ever trained on. A source with ``validation_split`` (a split name for a hub dataset, a path or
 glob for local files) uses that instead, and its training reader skips nothing.
 

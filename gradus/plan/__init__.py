@@ -1,4 +1,5 @@
-"""Planning without torch: the compute-optimal worksheet (:mod:`.worksheet`), the per-stage timeline and
+"""Planning without torch: the compute-optimal worksheet (:mod:`.worksheet`, composed of :mod:`.inputs`,
+:mod:`.scaling` and :mod:`.stages`, printed by :mod:`.worksheet_text`), the per-stage timeline and
 memory estimate (:mod:`.timeline`, :mod:`.memory`) and the hardware table (:mod:`.hardware`).
 
 Nothing here imports torch; ``gradus plan --measure`` reaches torch through
@@ -6,15 +7,10 @@ Nothing here imports torch; ``gradus plan --measure`` reaches torch through
 """
 
 from gradus.plan.hardware import GPUS, GPUSpec, gpu_spec, parse_bytes
-from gradus.plan.worksheet import (
-    Hardware,
-    Plan,
-    PlanInputs,
-    make_plan,
-    peak_lr_for_params,
-    plan_config_yaml,
-    render_plan,
-)
+from gradus.plan.inputs import Hardware, PlanInputs
+from gradus.plan.scaling import peak_lr_for_params
+from gradus.plan.worksheet import Plan, make_plan
+from gradus.plan.worksheet_text import plan_config_yaml, render_plan
 
 __all__ = [
     "GPUS",

@@ -14,8 +14,8 @@ from typing import Any
 from gradus.config import GradusConfig
 from gradus.curriculum import StagePlan, resolve_schedule
 from gradus.plan.hardware import format_bytes
+from gradus.plan.inputs import Hardware
 from gradus.plan.memory import HEADROOM, MemoryEstimate, estimate_memory, fits, largest_fitting_micro_batch
-from gradus.plan.worksheet import Hardware
 from gradus.sizes import ModelShape
 from gradus.units import format_count, format_duration
 
