@@ -28,13 +28,20 @@ def run(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from gradus.export.hf import check_destination, export_hf
-    from gradus.inference.load import is_checkpoint, load_model, raw_shape_fields
+    from gradus.export.llama import export_problems
+    from gradus.inference.load import is_hf_dir, load_model, raw_shape_fields, resolve_checkpoint
 
     if not args.hf:
         raise ConfigError("gradus export: give the output with --hf DIR (the only format so far)")
     check_destination(Path(args.hf), args.force)  # before the (slow) load: nothing is read or written
+    fields = None
+    if not is_hf_dir(Path(args.run)):
+        # The stored shape first: a field Llama cannot express is reported as that, not as a load error.
+        fields = raw_shape_fields(resolve_checkpoint(args.run, args.checkpoint))
+        problems = export_problems(fields, [])
+        if problems:
+            raise ConfigError(*problems)
     loaded = load_model(args.run, args.checkpoint, ema=args.ema)
-    fields = raw_shape_fields(loaded.source) if is_checkpoint(loaded.source) else None
     provenance = {"source": str(loaded.source), "ema": args.ema,
                   **{k: loaded.meta[k] for k in ("step", "tokens", "stage") if k in loaded.meta}}
     out = export_hf(loaded.model, loaded.tokenizer, args.hf, force=args.force, dtype=args.dtype,
