@@ -57,13 +57,15 @@ def _format_axis(ax, axis: str) -> None:
     ax.grid(True, alpha=0.3)
 
 
-def _loss_ylim(ax, values: list[float]) -> None:
-    """Clip the y axis to the interesting range: the first steps' loss (ln V and above) would flatten
-    everything after them."""
-    if len(values) < 4:
+def _loss_ylim(ax, dense: list[float], every: list[float] = ()) -> None:
+    """Clip the y axis to the interesting range: the top 5% of a dense series (the first steps' loss,
+    ln V and above) would flatten everything after them. Points in ``every`` (evaluations: few, each
+    one meaningful) always stay in view."""
+    if len(dense) < 20:
         return
-    ordered = sorted(values)
-    lo, hi = ordered[0], ordered[int(0.95 * (len(ordered) - 1))]
+    ordered = sorted(dense)
+    lo = min(ordered[0], *every) if every else ordered[0]
+    hi = max(ordered[int(0.95 * (len(ordered) - 1))], *every) if every else ordered[int(0.95 * (len(ordered) - 1))]
     pad = 0.08 * (hi - lo or 1)
     ax.set_ylim(lo - pad, hi + pad)
 
@@ -86,7 +88,7 @@ def loss_chart(h: History, out: Path, axis: str, weight: float) -> Path:
     ref = next((r.get("val/seq_len") for r in h.evals if r.get("val/seq_len")), None)
     if vx:
         ax.plot(vx, vy, "o-", color=VAL_COLOR, lw=1.8, ms=4, label=f"validation loss at {ref or 'reference'} tokens")
-    _loss_ylim(ax, smoothed + vy)
+    _loss_ylim(ax, smoothed, vy)
     ax.set_ylabel("cross-entropy (nats / token)")
     ax.set_title(f"Loss vs {_xlabel(axis)}", loc="left", fontsize=11, pad=16)
     _format_axis(ax, axis)
@@ -152,7 +154,6 @@ def lengths_chart(h: History, out: Path) -> Path:
         if r.get("val/stage_seq_len") and isinstance(r.get("val/stage_loss"), (int, float)):
             ax.annotate(str(r["val/stage_seq_len"]), (r["tokens"], r["val/stage_loss"]), textcoords="offset points",
                         xytext=(0, -12), ha="center", fontsize=7, color="#8a6d1f")
-    _loss_ylim(ax, ry + sy)
     ax.set_ylabel("validation loss")
     ax.set_title("Validation at the stage's length vs the reference length", loc="left", fontsize=11, pad=16)
     _format_axis(ax, "tokens")
@@ -165,12 +166,9 @@ def sources_chart(h: History, out: Path) -> Path:
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(9, 4.2), dpi=100)
     _bands(ax, h, "tokens")
-    every: list[float] = []
     for name in h.source_names():
         xs, ys = h.series(h.source_key(name), "tokens", h.evals)
         ax.plot(xs, ys, "o-", lw=1.6, ms=3, label=name)
-        every += ys
-    _loss_ylim(ax, every)
     ax.set_ylabel("validation loss")
     ax.set_title("Validation loss per source", loc="left", fontsize=11, pad=16)
     _format_axis(ax, "tokens")
