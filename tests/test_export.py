@@ -136,3 +136,17 @@ def test_export_of_a_shape_llama_cannot_express(tmp_path, tok, capsys):
     line = _one_error_line(capsys)
     assert "parallel_residual" in line
     assert not (tmp_path / "out").exists() and not list(tmp_path.glob(".out*"))
+
+
+def test_init_from_copies_weights_into_a_model_of_the_same_shape(tmp_path, tok):
+    from gradus.export.hf import init_from
+
+    source = tiny_model(tok, seed=9, n_kv_heads=2)
+    export_hf(source, tok, tmp_path / "hf")
+    target = tiny_model(tok, seed=10, n_kv_heads=2, max_seq_len=128, rope_scaling=2.0)  # no-weight fields differ
+    init_from(target, tmp_path / "hf")
+    assert all(torch.equal(a, b) for a, b in zip(target.state_dict().values(), source.state_dict().values(), strict=True))
+    assert target.shape.max_seq_len == 128 and target.rope.cos.shape[0] == 128
+    wrong = tiny_model(tok, seed=10, d_model=64)
+    with pytest.raises(ConfigError, match=r"model.d_model=64 but the directory.s model has 32; model.n_kv_heads=4"):
+        init_from(wrong, tmp_path / "hf")

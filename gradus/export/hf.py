@@ -195,3 +195,22 @@ def load_hf(directory: str | Path, device: str = "cpu"):
     if eos is None:
         raise ConfigError(f"{directory / 'config.json'}: no eos_token_id; gradus needs the end-of-document token")
     return model, Tokenizer(backend, eos_id=int(eos), kind="file", name_or_path=str(directory))
+
+
+WEIGHT_FIELDS = ("n_layers", "d_model", "n_heads", "n_kv_heads", "ffn_hidden", "vocab_size", "tie_embeddings")
+"""Shape fields that fix the weights: a run started from an exported model must agree on all of them
+(context length, RoPE settings, dropout and eps may differ: they hold no weights)."""
+
+
+def init_from(model, directory: str | Path) -> None:
+    """Copy the weights of an exported (or any plain Llama) directory into ``model``, in place: the
+    ``model.init_from`` hook for starting a run from an exported model. A weight-shape field that
+    differs is a one-line ConfigError naming the ``model.`` fields to set."""
+    loaded = load_hf_weights(directory, device="cpu")
+    want, have = model.shape, loaded.shape
+    diffs = [f"model.{f}={getattr(want, f)} but the directory's model has {getattr(have, f)}"
+             for f in WEIGHT_FIELDS if getattr(want, f) != getattr(have, f)]
+    if diffs:
+        raise ConfigError(f"model.init_from={str(directory)!r}: " + "; ".join(diffs)
+                          + "; set these model fields to match the exported model")
+    model.load_state_dict(loaded.state_dict(), strict=True)  # non-persistent RoPE tables stay the model's own
