@@ -127,6 +127,8 @@ def test_export_to_a_non_empty_directory_needs_force(tmp_path, tok, capsys):
     assert sorted(p.name for p in out.iterdir()) == ["keep.txt"]
     assert main(["export", str(run), "--hf", str(out), "--force"]) == 0
     assert (out / "config.json").is_file() and not (out / "keep.txt").exists()
+    modes = {p.name: p.stat().st_mode & 0o777 for p in out.iterdir()}
+    assert modes["model.safetensors"] == modes["config.json"] and modes["config.json"] & 0o044 == 0o044  # shareable
     assert not list(tmp_path.glob(".out.tmp-*"))
 
 

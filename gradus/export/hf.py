@@ -113,6 +113,9 @@ def export_hf(
         save_file(tensors, str(tmp / "model.safetensors"), metadata={"format": "pt"})
         for name, text in files.items():
             (tmp / name).write_text(text, encoding="utf-8")
+        # safetensors writes through a private temporary file (mode 0600); an export is meant to be
+        # shared, so the weights get the same mode as the other files.
+        os.chmod(tmp / "model.safetensors", (tmp / "config.json").stat().st_mode & 0o777)
         if out.exists():
             shutil.rmtree(out)  # --force, checked above
         os.replace(tmp, out)
