@@ -118,6 +118,15 @@ def test_eval_reads_inline_and_builtin_specs_and_refuses_empty_sources(run, tmp_
     assert (src.config.path, src.config.template, src.role) == ("x.jsonl", "{q} {a}", "all")
     assert source_from_spec("builtin:arithmetic").config.builtin == "arithmetic"
     assert source_from_spec("hf:openai/gsm8k@test").config.split == "test"
+    from run_fixtures import run_config
+
+    from gradus.config import from_dict
+
+    no_holdout = run_config()
+    no_holdout["data"]["validation"]["fraction"] = 0.0
+    with pytest.raises(ConfigError, match="the run held out none of this source's documents"):
+        source_from_spec("math", from_dict(no_holdout))
+    assert source_from_spec("math", from_dict(run_config())).role == "validation"
     with pytest.raises(ConfigError, match="no such source, file or glob"):
         source_from_spec(str(tmp_path / "missing.jsonl"))
     assert main(["eval", str(run), "--data", "builtin:arithmetic", "--seq-len", "32", "--tokens", "256",

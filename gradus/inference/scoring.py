@@ -66,6 +66,11 @@ def source_from_spec(spec: str, run_config=None) -> EvalSource:
         by_name = {s.name: s for s in run_config.data.sources}
         if spec in by_name:
             frac = run_config.data.validation.fraction
+            if frac <= 0 and not by_name[spec].validation_split:
+                raise ConfigError(
+                    f"--data {spec}: the run held out none of this source's documents (data.validation.fraction 0, "
+                    f"no validation_split), so all were trained on; give other files, or a YAML mapping of the source"
+                )
             return EvalSource(by_name[spec], "validation", frac, f"held-out documents of the run's source {spec!r}")
     if spec.startswith("{"):
         try:
