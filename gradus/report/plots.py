@@ -52,6 +52,12 @@ def _format_axis(ax, axis: str) -> None:
     if axis == "tokens":
         ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: format_count(v) if v else "0"))
     elif axis == "seconds":
+        from matplotlib.ticker import MultipleLocator
+
+        # Ticks on round durations (1m, 5m, 1h ...), about six of them, not matplotlib's 200 s.
+        span = max(ax.get_xlim()[1], 1.0)
+        nice = (10, 30, 60, 120, 300, 600, 900, 1800, 3600, 7200, 14400, 21600, 43200, 86400, 172800, 604800)
+        ax.xaxis.set_major_locator(MultipleLocator(next((n for n in nice if span / n <= 7), nice[-1])))
         ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: format_duration(v) if v else "0"))
     ax.set_xlabel(_xlabel(axis))
     ax.grid(True, alpha=0.3)
