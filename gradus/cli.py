@@ -21,6 +21,10 @@ COMMANDS = {
     "plan": ("plan", "compute-optimal worksheet and per-stage timeline"),
     "lr-find": ("lr_find", "LR range test per sequence length"),
     "tokenizer": ("tokenizer", "train a byte-level BPE tokenizer on configured sources"),
+    "export": ("export", "write a run's model as a Hugging Face (Llama) directory"),
+    "generate": ("generate", "sample text from a run, checkpoint or exported model"),
+    "eval": ("eval", "loss, perplexity and accuracy of a model on any source"),
+    "report": ("report", "PNG plots and one HTML page describing a run"),
 }
 
 

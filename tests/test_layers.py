@@ -1,7 +1,7 @@
 """The layering of ARCHITECTURE.md, checked by parsing imports (no module is imported to check it).
 
     L0 config, units, errors      L1 curriculum, presets, sizes      L2 plan | model | data (siblings)
-    L3 train                      L4 cli, commands
+    L3 train, export, inference, report (users of the model and data)      L4 cli, commands
 
 A module imports only from layers below it, from its own layer (L0, L1, L3, L4) or from inside its own
 package; the L2 packages are siblings and do not import each other, without exceptions (the shape
@@ -25,7 +25,7 @@ LAYER = {
     "config": 0, "units": 0, "errors": 0, "": 0,
     "curriculum": 1, "presets": 1, "sizes": 1,
     "plan": 2, "model": 2, "data": 2,
-    "train": 3,
+    "train": 3, "export": 3, "inference": 3, "report": 3,
     "cli": 4, "commands": 4,
 }
 PURE = ("config", "units", "errors", "curriculum", "presets", "sizes", "plan")

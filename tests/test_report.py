@@ -1,0 +1,97 @@
+"""``gradus report``: the history read from metrics.jsonl (stages, resumed duplicates, interpolated
+times, per-stage throughput), the smoothing, and the page: every picture a PNG inlined in one HTML file."""
+
+from __future__ import annotations
+
+import base64
+import json
+import re
+
+import pytest
+
+from gradus.cli import main
+from gradus.report.history import read_history, smooth, stage_summary
+
+pytest.importorskip("matplotlib")
+
+
+def _write_metrics(run, with_sources: bool = True) -> None:
+    recs = [{"event": "stage", "step": 0, "tokens": 0, "curriculum/stage": 0, "name": "s16", "seq_len": 16,
+             "batch_size": 8}]
+    for step in range(10, 101, 10):
+        if step == 50:
+            recs.append({"event": "stage", "step": 40, "tokens": 40 * 128, "curriculum/stage": 1, "name": "s32",
+                         "seq_len": 32, "batch_size": 4})
+        stage = 0 if step <= 40 else 1
+        recs.append({"step": step, "tokens": step * 128, "loss": 8.0 - step / 20, "loss_avg": 8.1 - step / 20,
+                     "lr": 1e-3, "tokens_per_sec": 1000.0 * (stage + 1) + step, "time/train_seconds": step * 2.0,
+                     "curriculum/stage": stage, "curriculum/current_seq_len": 16 * (stage + 1),
+                     "curriculum/current_batch_size": 8 // (stage + 1)})
+        if step % 40 == 0 or step == 100:
+            ev = {"step": step, "tokens": step * 128, "val/loss": 7.0 - step / 40, "val/seq_len": 32,
+                  "val/stage_loss": 6.9 - step / 40, "val/stage_seq_len": 16 * (stage + 1)}
+            if with_sources:
+                ev.update({"val/prose/loss": 7.1 - step / 40, "val/math/loss": 6.5 - step / 40})
+            recs.append(ev)
+    recs.append({"event": "resume", "step": 80, "checkpoint": "step_00000080"})
+    recs.append({"step": 90, "tokens": 90 * 128, "loss": 1.0, "lr": 1e-3, "time/train_seconds": 180.0,
+                 "tokens_per_sec": 1990.0, "curriculum/stage": 1})  # the resumed step 90 replaces the first
+    recs.append({"step": 100, "tokens": 100 * 128, "loss": 3.0, "loss_avg": 3.1, "lr": 1e-3,
+                 "time/train_seconds": 200.0, "tokens_per_sec": 2100.0, "curriculum/stage": 1})
+    run.mkdir(parents=True, exist_ok=True)
+    (run / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in recs) + '{"step": 1')
+
+
+def test_smooth_is_a_bias_corrected_ema():
+    assert smooth([1.0, 2.0, 3.0], 0.5) == pytest.approx([1.0, 1.25 / 0.75, 2.125 / 0.875])
+    assert smooth([4.0, 2.0], 0.0) == [4.0, 2.0]
+
+
+def test_history_reads_stages_resumes_and_times(tmp_path):
+    _write_metrics(tmp_path / "run")
+    h = read_history(tmp_path / "run")
+    assert [r["step"] for r in h.steps] == list(range(10, 101, 10))
+    assert h.steps[8]["loss"] == 1.0  # the later record of step 90 wins
+    assert [(s.name, s.start_step, s.end_step, s.start_tokens) for s in h.stages] == [
+        ("s16", 0, 40, 0.0), ("s32", 40, 100, 5120.0)]
+    assert h.stages[1].start_seconds == 80.0 and h.stages[1].end_seconds == 200.0
+    assert h.source_names() == ["prose", "math"]
+    rows = stage_summary(h)
+    assert rows[0]["tokens_per_sec"] == 1025.0  # median of 1010, 1020, 1030, 1040
+    assert rows[1]["tokens_per_sec"] == 2065.0  # median of 2050 .. 2100 with 2090 replaced by 1990
+    assert (rows[1]["steps"], rows[1]["seconds"], rows[1]["val_loss"]) == (60, 120.0, 4.5)
+
+
+def test_report_writes_pngs_and_one_self_contained_page(tmp_path, capsys):
+    _write_metrics(tmp_path / "run")
+    assert main(["report", str(tmp_path / "run")]) == 0
+    out = tmp_path / "run" / "report"
+    pngs = sorted(p.name for p in out.glob("*.png"))
+    assert pngs == ["loss_time.png", "loss_tokens.png", "schedule.png", "throughput.png", "val_lengths.png",
+                    "val_sources.png"]
+    page = (out / "report.html").read_text()
+    images = re.findall(r'src="data:image/png;base64,([^"]+)"', page)
+    assert len(images) == 6 and all(base64.b64decode(i)[:8] == b"\x89PNG\r\n\x1a\n" for i in images)
+    assert not re.search(r'src="(?!data:)', page)  # nothing outside the file
+    assert "<td>s32</td><td>32</td><td>4</td><td>60</td>" in page
+    assert "best validation loss</th><td>4.5000 at step 100" in page
+    assert "wrote" in capsys.readouterr().out
+
+
+def test_report_without_per_source_validation_says_so(tmp_path):
+    _write_metrics(tmp_path / "run", with_sources=False)
+    assert main(["report", str(tmp_path / "run"), "--out", str(tmp_path / "r")]) == 0
+    assert not (tmp_path / "r" / "val_sources.png").exists()
+    assert "No per-source validation losses" in (tmp_path / "r" / "report.html").read_text()
+
+
+def test_report_of_a_folder_that_is_not_a_run(tmp_path, capsys):
+    (tmp_path / "x").mkdir()
+    assert main(["report", str(tmp_path / "x")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "no metrics.jsonl (not a gradus run)" in err[0]
+    assert list((tmp_path / "x").iterdir()) == []
+    _write_metrics(tmp_path / "run")
+    assert main(["report", str(tmp_path / "run"), "--smooth", "1.0"]) == 2
+    assert "--smooth=1.0: must be in [0, 1)" in capsys.readouterr().err
+    assert not (tmp_path / "run" / "report").exists()
