@@ -86,10 +86,14 @@ def first_tokens(stages: StageTokens, tokens: int) -> list[tuple[int, int]]:
         if take:
             out.append((seq_len, take))
         left -= take
-    if left and stages:
-        out.append((stages[-1][0], left))
-    elif left:
-        raise ValueError("no stages to spend the tokens in")
+    if left:
+        if not stages:
+            raise ValueError("no stages to spend the tokens in")
+        last_len = stages[-1][0]
+        if out and out[-1][0] == last_len:  # the last stage runs on: one pair, not two
+            out[-1] = (last_len, out[-1][1] + left)
+        else:
+            out.append((last_len, left))
     return out
 
 
