@@ -272,3 +272,4 @@ def test_schedule_command_prints_projected_time(tmp_path, capsys):
     assert "1-sqrt cooldown over the last 6 steps (0.2 of the run) to zero" in out
     assert "batch ramp (grow): tokens/step 4,096 → 8,192 → 16,384; peak LR × (tokens/step / 16,384 (stage 2))^0.5" in out
     assert "h100 @ 0.5 MFU" in out and "9.27e5" in out
+    assert "base × 0.5 (batch ramp)" in out and "base × 0.707 (batch ramp)" in out

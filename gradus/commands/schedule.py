@@ -288,10 +288,10 @@ def _flops(x: float) -> str:
 
 def _lr_from(s: StagePlan, base: float, max_seq_len: int) -> str:
     """Short 'how the peak was derived' for the table (the JSON's lr_note has the whole formula)."""
+    if s.batch_lr_factor not in (None, 1.0):
+        return f"{s.lr_source} × {s.batch_lr_factor:.3g} (batch ramp)"
     if s.lr_source in ("peak_lr", "base"):
         return s.lr_source
-    if s.batch_lr_factor not in (None, 1.0):
-        return f"{s.peak_lr / base:.3g}× base (batch ramp ×{s.batch_lr_factor:.3g})"
     mult = s.peak_lr / base
     if s.lr_source == "seq_batch":
         length, width = min(max_seq_len / s.seq_len, 4.0), math.sqrt(s.batch_size / 32)
