@@ -194,8 +194,8 @@ BAD = {
     ),
     "no batch meets it": (
         config([{"seq_len": 64, "tokens_per_batch": 5000, "tokens": 50_000}], batch_ramp={}),
-        "curriculum.stages[0].tokens_per_batch=5000: no batch at seq_len=64 (a multiple of batch_multiple=8) "
-        "gives exactly that, the nearest is 5120",
+        "curriculum.stages[0].tokens_per_batch=5000: no batch at seq_len=64 (whole, and a multiple of batch_multiple=8 "
+        "from 8 on) gives exactly that; a batch ramp needs exact tokens per step, write tokens_per_batch: 4608 or 5120",
     ),
     "reference stage out of range": (config(RAMP, batch_ramp={"reference_stage": 3}),
                                      "curriculum.batch_ramp.reference_stage=3: there are only 3 stages"),
@@ -273,3 +273,22 @@ def test_schedule_command_prints_projected_time(tmp_path, capsys):
     assert "batch ramp (grow): tokens/step 4,096 → 8,192 → 16,384; peak LR × (tokens/step / 16,384 (stage 2))^0.5" in out
     assert "h100 @ 0.5 MFU" in out and "9.27e5" in out
     assert "base × 0.5 (batch ramp)" in out and "base × 0.707 (batch ramp)" in out
+
+
+@pytest.mark.parametrize(
+    ("tokens_per_batch", "near"),
+    [
+        (300, "write tokens_per_batch: 256 or 320"),  # 4.7 sequences: below one multiple, any whole batch
+        (320, None),  # batch 5 (below batch_multiple 8) is met exactly
+        (5120, None),  # batch 80 = 10 × 8
+        (4672, "write tokens_per_batch: 4608 or 5120"),  # batch 73: not a multiple of 8
+    ],
+)
+def test_a_ramp_needs_tokens_per_step_that_a_batch_meets(tokens_per_batch, near):
+    data = config([{"seq_len": 64, "tokens_per_batch": tokens_per_batch, "tokens": 51_200}], batch_ramp={})
+    if near is None:
+        cur = resolve_schedule(from_dict(data))
+        assert cur.stages[0].tokens_per_step == tokens_per_batch
+    else:
+        with pytest.raises(ConfigError, match=near):
+            from_dict(data)

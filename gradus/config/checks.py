@@ -232,20 +232,28 @@ def _stage_order_problems(stages: list[Mapping], cur: Mapping, train: Mapping) -
 
 # ----------------------------------------------------------------------------------- batch ramp
 def _tokens_per_step(st: Mapping) -> tuple[int | None, str]:
-    """(tokens per step, the field that sets it) of a raw stage, or (None, '') when its values are unusable."""
-    # Pure arithmetic, imported at call time: gradus.curriculum imports this package.
-    from gradus.curriculum.rules import derive_batch
-
+    """(tokens per step as written, the field that gives it) of a raw stage, or (None, '') when its values
+    are unusable. A tokens_per_batch that no batch meets is reported on its own (:func:`_reachable`)."""
     seq_len = field_value(StageConfig, st, "seq_len")
-    if seq_len is None:
-        return None, ""
     batch, tpb = field_value(StageConfig, st, "batch_size"), field_value(StageConfig, st, "tokens_per_batch")
-    if batch is not None:
+    if batch is not None and seq_len is not None:
         return batch * seq_len, "batch_size"
-    multiple = field_value(StageConfig, st, "batch_multiple")
-    if tpb is None or multiple is None:
-        return None, ""
-    return derive_batch(tpb, seq_len, multiple) * seq_len, "tokens_per_batch"
+    if tpb is not None:
+        return tpb, "tokens_per_batch"
+    return None, ""
+
+
+def _reachable(tpb: int, seq_len: int, multiple: int) -> tuple[int, int] | None:
+    """None when some batch meets ``tpb`` tokens exactly at ``seq_len``, else the nearest token counts
+    below and above that a batch does meet. Derived batches are whole numbers below ``multiple`` and
+    multiples of it from there (StageConfig.batch_multiple), so those are the batches checked here."""
+    batch, rest = divmod(tpb, seq_len)
+    if rest == 0 and (batch < multiple or batch % multiple == 0):
+        return None
+    if batch < multiple:
+        return max(1, batch) * seq_len, (batch + 1) * seq_len
+    lower = batch // multiple * multiple
+    return lower * seq_len, (lower + multiple) * seq_len
 
 
 def _batch_ramp_problems(stages: list[Mapping], cur: Mapping) -> list[str]:
@@ -264,13 +272,13 @@ def _batch_ramp_problems(stages: list[Mapping], cur: Mapping) -> list[str]:
                 f"tokens per step or a shorter seq_len"
             )
         elif ramp is not None:
-            met, _ = _tokens_per_step(st)
-            if met is not None and met != tpb:
-                multiple = field_value(StageConfig, st, "batch_multiple")
+            multiple = field_value(StageConfig, st, "batch_multiple")
+            near = _reachable(tpb, seq_len, multiple) if multiple is not None else None
+            if near is not None:
                 problems.append(
-                    f"{where}: no batch at seq_len={seq_len} (a multiple of batch_multiple={multiple}) gives "
-                    f"exactly that, the nearest is {met}; a batch ramp needs exact tokens per step, write "
-                    f"tokens_per_batch: {met} or batch_size"
+                    f"{where}: no batch at seq_len={seq_len} (whole, and a multiple of batch_multiple={multiple} "
+                    f"from {multiple} on) gives exactly that; a batch ramp needs exact tokens per step, write "
+                    f"tokens_per_batch: {near[0]} or {near[1]}, or a batch_size"
                 )
     if ramp is None:
         return problems
