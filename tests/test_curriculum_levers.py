@@ -292,3 +292,10 @@ def test_a_ramp_needs_tokens_per_step_that_a_batch_meets(tokens_per_batch, near)
     else:
         with pytest.raises(ConfigError, match=near):
             from_dict(data)
+
+
+def test_wsd_settings_without_wsd_are_flagged():
+    cur = make(ONE_STAGE, target=256_000, schedule="linear", decay_to="zero", cooldown_fraction=0.3)
+    assert ("curriculum.cooldown_fraction, decay_to only shape the wsd schedule and are ignored with "
+            "schedule: linear; set schedule: wsd or drop them") in cur.warnings
+    assert lr_at(cur, 510) == pytest.approx(5e-4)  # still the D2Z line

@@ -254,7 +254,14 @@ def _check(cfg: GradusConfig, plans: list[StagePlan], warnings: list[str]) -> No
             "sequence already means a proportionally larger batch, so both factors of "
             "min(max_seq_len/seq_len, 4) × sqrt(batch/32) grow together; consider lr_multiplier"
         )
-    ramp = cfg.curriculum.batch_ramp
+    cur = cfg.curriculum
+    unused = sorted({"cooldown_fraction", "cooldown_shape", "decay_to"} & cur.model_fields_set)
+    if unused and cur.schedule != "wsd":
+        warnings.append(
+            f"curriculum.{', '.join(unused)} only shape the wsd schedule and are ignored with "
+            f"schedule: {cur.schedule}; set schedule: wsd or drop them"
+        )
+    ramp = cur.batch_ramp
     if ramp is not None and ramp.alpha and rule_stages:
         warnings.append(
             f"batch_ramp.alpha={ramp.alpha:g} and lr_rule seq_batch both scale the LR with the batch "
