@@ -299,3 +299,15 @@ def test_wsd_settings_without_wsd_are_flagged():
     assert ("curriculum.cooldown_fraction, decay_to only shape the wsd schedule and are ignored with "
             "schedule: linear; set schedule: wsd or drop them") in cur.warnings
     assert lr_at(cur, 510) == pytest.approx(5e-4)  # still the D2Z line
+
+
+def test_the_levers_survive_a_saved_config_round_trip():
+    from gradus.config import dump_yaml
+
+    cfg = from_dict(config(RAMP, schedule="wsd", cooldown_shape="1-sqrt", decay_to="zero",
+                           batch_ramp={"alpha": 0.5, "reference_stage": 1}))
+    again = from_dict(yaml.safe_load(dump_yaml(cfg)))
+    assert again == cfg
+    first, second = resolve_schedule(cfg).to_json(), resolve_schedule(again).to_json()
+    assert first == second and first["warnings"] == []
+    assert [s["peak_lr"] for s in first["stages"]] == pytest.approx([7.0710678e-4, 1e-3, 1.4142136e-3])

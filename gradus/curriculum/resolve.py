@@ -255,7 +255,9 @@ def _check(cfg: GradusConfig, plans: list[StagePlan], warnings: list[str]) -> No
             "min(max_seq_len/seq_len, 4) × sqrt(batch/32) grow together; consider lr_multiplier"
         )
     cur = cfg.curriculum
-    unused = sorted({"cooldown_fraction", "cooldown_shape", "decay_to"} & cur.model_fields_set)
+    # Compared with the defaults, not with the fields set: a saved config.yaml writes every field out.
+    unused = [k for k in ("cooldown_fraction", "cooldown_shape", "decay_to")
+              if getattr(cur, k) != type(cur).model_fields[k].default]
     if unused and cur.schedule != "wsd":
         warnings.append(
             f"curriculum.{', '.join(unused)} only shape the wsd schedule and are ignored with "
