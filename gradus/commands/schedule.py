@@ -14,6 +14,8 @@ from gradus.commands.common import add_config_arguments, config_source, load_fro
 from gradus.config import GradusConfig
 from gradus.curriculum import Schedule, StagePlan, resolve_schedule
 from gradus.errors import ConfigError
+from gradus.plan.cost import check_mfu, stage_costs
+from gradus.plan.hardware import GPUSpec, format_flops, gpu_spec, parse_float
 from gradus.presets import list_presets, preset_description
 from gradus.sizes import GPT2_VOCAB_SIZE, ModelShape, resolve_shape
 from gradus.units import format_count, format_duration, format_lr, parse_count, parse_rate
@@ -35,6 +37,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "each stage has read, in epochs",
     )
     parser.add_argument("--list", action="store_true", help="list the shipped presets and exit")
+    parser.add_argument(
+        "--gpu",
+        metavar="NAME",
+        help="project each stage's time on this GPU (h100, a100, h200, rtx4090) from its FLOPs per token",
+    )
+    parser.add_argument("--mfu", metavar="F", help="model FLOPs utilisation for --gpu (default 0.4)")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -45,6 +53,7 @@ def run(args: argparse.Namespace) -> int:
     dataset_tokens = _parsed(args.dataset_tokens, "--dataset-tokens", parse_count)
     if dataset_tokens is not None and dataset_tokens <= 0:
         raise ConfigError(f"--dataset-tokens={args.dataset_tokens}: must be a positive token count, e.g. 3B")
+    gpu, mfu = _gpu_and_mfu(args)
     cfg = load_from_args(args)
     schedule = resolve_schedule(cfg)
     if dataset_tokens is None:
@@ -52,6 +61,8 @@ def run(args: argparse.Namespace) -> int:
     report = schedule_report(schedule, tokens_per_sec, dataset_tokens)
     report.update(model_report(cfg))
     add_dataset_coverage(report, cfg)
+    if gpu is not None:
+        add_cost(report, cfg, schedule, gpu, mfu)
     if args.json:
         print(json.dumps(report, indent=2))
         return 0
@@ -67,6 +78,43 @@ def _parsed(value, flag, parse):
         return parse(value, flag)
     except ValueError as err:
         raise ConfigError(f"{flag}={value}: {err}") from None
+
+
+def _gpu_and_mfu(args: argparse.Namespace) -> tuple[GPUSpec | None, float]:
+    """The --gpu spec (None without it) and the MFU it runs at."""
+    if args.gpu is None:
+        if args.mfu is not None:
+            raise ConfigError(f"--mfu {args.mfu}: only used with --gpu; add e.g. --gpu h100")
+        return None, DEFAULT_MFU
+    mfu = DEFAULT_MFU if args.mfu is None else check_mfu(parse_float(args.mfu, "--mfu"))
+    return gpu_spec(args.gpu), mfu
+
+
+DEFAULT_MFU = 0.4
+"""MFU that --gpu assumes when --mfu is not given."""
+
+
+def add_cost(report: dict, cfg: GradusConfig, schedule: Schedule, gpu: GPUSpec, mfu: float) -> None:
+    """Add the cost model to a ``schedule_report``: each stage's FLOPs per token and projected seconds on
+    ``gpu`` at ``mfu``, and a ``cost`` block with the totals and the assumptions."""
+    from gradus.commands.plan import guess_vocab_size  # the plan command's vocab guess, no tokenizer load
+
+    vocab, vocab_source = guess_vocab_size(cfg)
+    vocab_source = vocab_source.replace("pass --vocab-size", "set model.vocab_size")  # this command's fix
+    shape = resolve_shape(cfg.model, vocab)
+    costs = stage_costs(schedule, shape, gpu, mfu)
+    for stage, cost in zip(report["stages"], costs, strict=True):
+        stage["flops_per_token"] = cost.flops_per_token
+        stage["projected_seconds"] = cost.seconds
+    report["cost"] = {
+        "gpu": gpu.name,
+        "peak_flops": gpu.peak_bf16_flops,
+        "mfu": mfu,
+        "vocab_size": vocab,
+        "vocab_source": vocab_source,
+        "flops": sum(c.flops for c in costs),
+        "projected_seconds": sum(c.seconds for c in costs),
+    }
 
 
 def _list(as_json: bool) -> int:
@@ -196,6 +244,18 @@ def format_table(cfg: GradusConfig, cur: Schedule, report: dict, title: str = ""
             f"one global schedule: warmup {cur.global_warmup_steps:,} steps "
             f"({c.global_warmup_fraction:g} of the run), {c.decay} to {c.min_lr_ratio:g}× each stage's peak"
         )
+    elif c.schedule == "wsd":
+        floor = "zero" if cur.floor_ratio == 0 else f"{cur.floor_ratio:g}× each stage's peak"
+        sched = (
+            f"one global warmup-stable-decay: warmup {cur.global_warmup_steps:,} steps, stable to step "
+            f"{cur.total_steps - cur.cooldown_steps:,}, {c.cooldown_shape} cooldown over the last "
+            f"{cur.cooldown_steps:,} steps ({c.cooldown_fraction:g} of the run) to {floor}"
+        )
+    elif c.schedule == "linear":
+        sched = (
+            f"one global schedule: warmup {cur.global_warmup_steps:,} steps "
+            f"({c.global_warmup_fraction:g} of the run), then linear decay to zero (D2Z)"
+        )
     else:
         sched = f"per stage: warmup, then {_stage_decays(cur)}"
     lines.append(
@@ -203,27 +263,41 @@ def format_table(cfg: GradusConfig, cur: Schedule, report: dict, title: str = ""
     )
     if "model" in report:
         lines.append(_model_line(report))
+    if cur.batch_ramp is not None:
+        ramp = cur.batch_ramp
+        tps = [s.tokens_per_step for s in cur.stages]
+        scaling = (
+            f"; peak LR × (tokens/step / {ramp['reference_tokens_per_step']:,} ({ramp['reference']}))"
+            f"^{ramp['alpha']:g}" if ramp["alpha"] else "; peak LR not scaled (alpha 0)"
+        )
+        lines.append(f"batch ramp ({ramp['direction']}): tokens/step {' → '.join(f'{t:,}' for t in tps)}{scaling}")
     lines.append("")
     mix_head = "mix % " + "/".join(names) if len(names) > 1 else f"mix ({names[0]})"
-    header = ["#", "name", "steps", "seq_len", "batch", "tokens/step", "peak LR", "LR from", "warmup", "clip",
-              mix_head, "examples", "tokens"]
+    header = ["#", "name", "steps", "seq_len", "batch", "tokens/step", "peak LR", "end LR", "LR from", "warmup",
+              "clip", mix_head, "examples", "tokens"]
     with_time = report.get("tokens_per_sec") is not None
     with_data = report.get("dataset_tokens") is not None
     with_coverage = report.get("dataset_training_documents") is not None
+    cost = report.get("cost")
     if with_time:
         header.append("time")
     if with_data:
         header.append("data epochs")
     if with_coverage:
         header.append("coverage ×")
+    if cost:
+        header += ["FLOPs/token", f"{cost['gpu']} @ {cost['mfu']:g} MFU"]
     right = {"#", "steps", "seq_len", "batch", "tokens/step", "warmup", "examples", "tokens", "time", "data epochs",
-             "coverage ×"}
+             "coverage ×", "FLOPs/token", header[-1]}
     rows = []
-    for s, js in zip(cur.stages, report["stages"], strict=True):
+    for k, (s, js) in enumerate(zip(cur.stages, report["stages"], strict=True)):
         rows.append(_row(s, js, cfg.optim.base_lr, cfg.model.max_seq_len, with_time, with_data))
         if with_coverage:
             rows[-1].append(f"{js['dataset_coverage']:.3g}")
-    total = ["", "total", f"{cur.total_steps:,}", "", "", "", "", "", "", "", "",
+        if cost:
+            rows[-1] += [_flops(js["flops_per_token"]), format_duration(js["projected_seconds"])]
+        rows[-1].insert(7, format_lr(cur.end_lrs[k]) if s.steps else "-")
+    total = ["", "total", f"{cur.total_steps:,}", "", "", "", "", "", "", "", "", "",
              f"{sum(s.examples for s in cur.stages):,}", format_count(cur.total_tokens)]
     if with_time:
         total.append(format_duration(report["total_seconds"]))
@@ -231,6 +305,8 @@ def format_table(cfg: GradusConfig, cur: Schedule, report: dict, title: str = ""
         total.append(f"{report['dataset_epochs']:.3g}")
     if with_coverage:
         total.append(f"{report['dataset_coverage']:.3g}")
+    if cost:
+        total += [_flops(cost["flops"]) + " total", format_duration(cost["projected_seconds"])]
     widths = [max(len(r[i]) for r in [header, *rows, total]) for i in range(len(header))]
 
     def fmt(row: list[str]) -> str:
@@ -246,6 +322,12 @@ def format_table(cfg: GradusConfig, cur: Schedule, report: dict, title: str = ""
         lines.append("clip rule by_length: seq_len ≤ 128 → 5.0, ≤ 512 → 1.0, else 0.5")
     if with_coverage:
         lines.append(_dataset_line(cfg, report))
+    if cost:
+        lines.append(
+            f"projected time: training FLOPs (6·N + causal attention at each stage's seq_len) / "
+            f"({cost['gpu']} {format_flops(cost['peak_flops'])} FLOP/s × MFU {cost['mfu']:g}); "
+            f"vocab {cost['vocab_size']:,} from {cost['vocab_source']}"
+        )
     for warning in report["warnings"]:
         lines.append(f"warning: {warning}")
     return "\n".join(lines)
@@ -320,10 +402,16 @@ def _dataset_line(cfg: GradusConfig, report: dict) -> str:
         + (f", {format_count(tokens)} tokens" if tokens else "")
         + "; coverage × = the stage's examples / training documents"
     )
+def _flops(x: float) -> str:
+    """Three significant digits (``7.45e8``): stages differ by a few percent per token."""
+    mantissa, exponent = f"{x:.2e}".split("e")
+    return f"{float(mantissa):g}e{int(exponent)}"
 
 
 def _lr_from(s: StagePlan, base: float, max_seq_len: int) -> str:
     """Short 'how the peak was derived' for the table (the JSON's lr_note has the whole formula)."""
+    if s.batch_lr_factor not in (None, 1.0):
+        return f"{s.lr_source} × {s.batch_lr_factor:.3g} (batch ramp)"
     if s.lr_source in ("peak_lr", "base"):
         return s.lr_source
     mult = s.peak_lr / base

@@ -28,6 +28,7 @@ from pydantic import AliasChoices, BaseModel, TypeAdapter, ValidationError
 from gradus.config.schema import (
     MODEL_PRESETS,
     SIZE_PRESETS,
+    BatchRampConfig,
     GradusConfig,
     ModelConfig,
     SourceConfig,
@@ -123,6 +124,7 @@ def cross_check(cfg: GradusConfig | Mapping) -> list[str]:
     problems = _model_problems(model)
     problems += _stage_fit_problems(stages, max_len, _source_names(data))
     problems += _stage_order_problems(stages, cur, train)
+    problems += _batch_ramp_problems(stages, cur)
     ref = field_value(TrainConfig, train, "eval_reference_seq_len")
     if ref is not None and max_len is not None and max_len < ref:
         problems.append(
@@ -225,6 +227,85 @@ def _stage_order_problems(stages: list[Mapping], cur: Mapping, train: Mapping) -
             )
         if len(stages) == 1 and not token_based[0] and not has_end:
             problems.append("curriculum.target_tokens is missing; give target_tokens or train.max_steps")
+    return problems
+
+
+# ----------------------------------------------------------------------------------- batch ramp
+def _tokens_per_step(st: Mapping) -> tuple[int | None, str]:
+    """(tokens per step as written, the field that gives it) of a raw stage, or (None, '') when its values
+    are unusable. A tokens_per_batch that no batch meets is reported on its own (:func:`_reachable`)."""
+    seq_len = field_value(StageConfig, st, "seq_len")
+    batch, tpb = field_value(StageConfig, st, "batch_size"), field_value(StageConfig, st, "tokens_per_batch")
+    if batch is not None and seq_len is not None:
+        return batch * seq_len, "batch_size"
+    if tpb is not None:
+        return tpb, "tokens_per_batch"
+    return None, ""
+
+
+def _reachable(tpb: int, seq_len: int, multiple: int) -> tuple[int, int] | None:
+    """None when some batch meets ``tpb`` tokens exactly at ``seq_len``, else the nearest token counts
+    below and above that a batch does meet. Derived batches are whole numbers below ``multiple`` and
+    multiples of it from there (StageConfig.batch_multiple), so those are the batches checked here."""
+    batch, rest = divmod(tpb, seq_len)
+    if rest == 0 and (batch < multiple or batch % multiple == 0):
+        return None
+    if batch < multiple:
+        return max(1, batch) * seq_len, (batch + 1) * seq_len
+    lower = batch // multiple * multiple
+    return lower * seq_len, (lower + multiple) * seq_len
+
+
+def _batch_ramp_problems(stages: list[Mapping], cur: Mapping) -> list[str]:
+    """Token budgets per step that no batch meets, and a declared batch ramp that its stages contradict."""
+    problems: list[str] = []
+    ramp_raw = cur.get("batch_ramp")
+    ramp = ramp_raw if isinstance(ramp_raw, Mapping) else None
+    for i, st in enumerate(stages):
+        seq_len, tpb = field_value(StageConfig, st, "seq_len"), field_value(StageConfig, st, "tokens_per_batch")
+        if seq_len is None or tpb is None or _given(st, "batch_size"):
+            continue
+        where = f"curriculum.stages[{i}].tokens_per_batch={st.get('tokens_per_batch')}"
+        if tpb < seq_len:
+            problems.append(
+                f"{where}: fewer tokens than one sequence of seq_len={seq_len}; give at least {seq_len} "
+                f"tokens per step or a shorter seq_len"
+            )
+        elif ramp is not None:
+            multiple = field_value(StageConfig, st, "batch_multiple")
+            near = _reachable(tpb, seq_len, multiple) if multiple is not None else None
+            if near is not None:
+                problems.append(
+                    f"{where}: no batch at seq_len={seq_len} (whole, and a multiple of batch_multiple={multiple} "
+                    f"from {multiple} on) gives exactly that; a batch ramp needs exact tokens per step, write "
+                    f"tokens_per_batch: {near[0]} or {near[1]}, or a batch_size"
+                )
+    if ramp is None:
+        return problems
+    reference = field_value(BatchRampConfig, ramp, "reference_stage")
+    if reference is not None and stages and reference >= len(stages):
+        problems.append(
+            f"curriculum.batch_ramp.reference_stage={reference}: there are only {len(stages)} stages; "
+            f"give an index from 0 to {len(stages) - 1}"
+        )
+    if _given(ramp, "reference_stage") and _given(ramp, "reference_tokens"):
+        problems.append(
+            "curriculum.batch_ramp: both reference_stage and reference_tokens are given; keep one"
+        )
+    if field_value(BatchRampConfig, ramp, "direction") == "grow":
+        previous: tuple[int, int] | None = None
+        for i, st in enumerate(stages):
+            tps, key = _tokens_per_step(st)
+            if tps is None:
+                previous = None
+                continue
+            if previous is not None and tps < previous[1]:
+                problems.append(
+                    f"curriculum.stages[{i}].{key}={st.get(key)}: tokens per step shrink from "
+                    f"{previous[1]:,} (stage {previous[0]}) to {tps:,}, but curriculum.batch_ramp.direction is "
+                    "grow; raise this stage's tokens per step or set direction: any"
+                )
+            previous = (i, tps)
     return problems
 
 

@@ -305,6 +305,38 @@ class StageConfig(Strict):
         return stage
 
 
+def _cooldown_fraction(value: float) -> float:
+    if not 0.0 < value < 1.0:  # written so that NaN fails too
+        raise ValueError("the WSD cooldown is a fraction of the run strictly between 0 and 1; write e.g. 0.2")
+    return value
+
+
+def _ramp_alpha(value: float) -> float:
+    if not 0.0 <= value <= 2.0:  # written so that NaN fails too
+        raise ValueError("the batch-ramp LR exponent must be in [0, 2] (0: no scaling, 0.5: square-root, 1: linear)")
+    return value
+
+
+class BatchRampConfig(Strict):
+    """Tokens per step that change across stages (each stage's own batch_size or tokens_per_batch), declared
+    so that the direction is checked, every stage's tokens per step must be met exactly, and each stage's
+    peak LR can follow its batch: peak × (tokens_per_step / reference)^alpha."""
+
+    direction: Literal["grow", "any"] = Field(
+        "grow", description="grow: tokens per step never shrink from one stage to the next (checked); any: free."
+    )
+    alpha: Annotated[float, AfterValidator(_ramp_alpha)] = Field(
+        0.0, description="LR exponent in [0, 2]: each stage's peak LR × (tokens_per_step / reference)^alpha "
+        "(0 = no scaling, 0.5 = square-root rule)."
+    )
+    reference_stage: int | None = Field(
+        None, ge=0, description="Stage index whose tokens per step is the reference (factor 1); default the last."
+    )
+    reference_tokens: TokenCount | None = Field(
+        None, gt=0, description="A reference tokens per step given as a number (e.g. 512k) instead of a stage."
+    )
+
+
 class CurriculumConfig(Strict):
     """Ordered stages and when training stops."""
 
@@ -312,10 +344,12 @@ class CurriculumConfig(Strict):
     target_tokens: TokenCount | None = Field(
         None, gt=0, description="Stop after this many tokens; default: the sum of the stages' token budgets."
     )
-    schedule: Literal["per_stage", "global"] = Field(
+    schedule: Literal["per_stage", "global", "wsd", "linear"] = Field(
         "per_stage",
         description="per_stage: each stage warms up and decays on its own; global: one warmup+cosine over the run, "
-        "scaled by each stage's peak.",
+        "scaled by each stage's peak; wsd: one warmup, a stable peak, then a cooldown over the last "
+        "cooldown_fraction of the run; linear: one warmup, then a straight line to zero (D2Z). The last three are "
+        "global: stage switches do not restart them.",
     )
     decay: Literal["cosine", "linear", "constant"] = Field("cosine", description="Default in-stage decay shape.")
     min_lr_ratio: float = Field(0.1, ge=0, le=1, description="Default decay floor as a fraction of the peak.")
@@ -323,6 +357,20 @@ class CurriculumConfig(Strict):
         0.02, ge=0, lt=1, description="global schedule: warmup as a fraction of all steps (1–2% recommended)."
     )
     grad_clip: float = Field(1.0, gt=0, description="Default gradient clip for stages that give none.")
+    cooldown_fraction: Annotated[float, AfterValidator(_cooldown_fraction)] = Field(
+        0.2, description="wsd schedule: share of all steps in the final cooldown, in (0, 1)."
+    )
+    cooldown_shape: Literal["linear", "1-sqrt"] = Field(
+        "linear", description="wsd schedule: cooldown curve, linear or 1-sqrt (1 - sqrt(progress))."
+    )
+    decay_to: Literal["floor", "zero"] = Field(
+        "floor", description="wsd schedule: the cooldown ends at min_lr_ratio × peak (floor) or at zero."
+    )
+    batch_ramp: BatchRampConfig | None = Field(
+        None, description="Declare tokens per step that change across stages (grow), optionally scaling each "
+        "stage's peak LR by (tokens_per_step / reference)^alpha; default: none (constant tokens per step is the "
+        "plans' design)."
+    )
 
 
 # ------------------------------------------------------------------------------------- optim / train

@@ -27,6 +27,7 @@ def resolve_schedule(cfg: GradusConfig) -> Schedule:
     sources = [s.name for s in cfg.data.sources]
     token_based = any(st.tokens is not None for st in cur.stages)
     shapes = [_shape(i, st, warnings) for i, st in enumerate(cur.stages)]
+    ramp = _batch_ramp(cfg, shapes)
     mixes = _mixes(cur.stages, sources, warnings)
     target = _target(cfg, token_based, warnings)
     bounds = _bounds(cur.stages, shapes, target, cfg.train.max_steps, token_based)
@@ -38,6 +39,13 @@ def resolve_schedule(cfg: GradusConfig) -> Schedule:
         rope = st.rope_scaling if st.rope_scaling is not None else rope
         seq_len, batch, tps = shapes[i]
         peak, lr_note, lr_source = _peak_lr(cfg, st, seq_len, batch)
+        batch_lr_factor = None
+        if ramp is not None:
+            batch_lr_factor = (tps / ramp["reference_tokens_per_step"]) ** ramp["alpha"]
+            peak *= batch_lr_factor
+            if ramp["alpha"]:
+                lr_note += (f" × ({tps}/{ramp['reference_tokens_per_step']})^{ramp['alpha']:g} "
+                            f"= {batch_lr_factor:.3g} (batch ramp)")
         clip, clip_note = _clip(cfg, st, seq_len)
         start_step, end_step, start_tok, end_tok, threshold = bounds[i]
         warmup, warmup_note = _warmup(cfg, i, st, tps, total_steps)
@@ -48,6 +56,7 @@ def resolve_schedule(cfg: GradusConfig) -> Schedule:
             min_lr_ratio=cur.min_lr_ratio if st.min_lr_ratio is None else st.min_lr_ratio,
             grad_clip=clip, clip_note=clip_note, mix=mixes[i], start_step=start_step, end_step=end_step,
             start_tokens=start_tok, end_tokens=end_tok, token_threshold=threshold, rope_scaling=rope,
+            batch_lr_factor=batch_lr_factor,
         ))
     _check(cfg, plans, warnings)
     schedule = Schedule(
@@ -55,9 +64,36 @@ def resolve_schedule(cfg: GradusConfig) -> Schedule:
         max_steps=cfg.train.max_steps, mode=cur.schedule, decay=cur.decay, min_lr_ratio=cur.min_lr_ratio,
         global_warmup_steps=_global_warmup_steps(cfg, total_steps), base_lr=cfg.optim.base_lr,
         max_seq_len=cfg.model.max_seq_len, sources=tuple(sources), token_based=token_based,
-        warnings=tuple(warnings),
+        warnings=tuple(warnings), batch_ramp=ramp, **_curve(cfg, total_steps),
     )
     return dataclasses.replace(schedule, end_lrs=_end_lrs(schedule))
+
+
+def _curve(cfg: GradusConfig, total_steps: int) -> dict:
+    """The wsd / linear settings of :class:`Schedule` (its defaults for per_stage and global)."""
+    cur = cfg.curriculum
+    if cur.schedule == "wsd":
+        # At least one cooldown step, so a short run still ends below its peak.
+        cooldown = max(1, math.ceil(cur.cooldown_fraction * total_steps)) if total_steps else 0
+        floor = 0.0 if cur.decay_to == "zero" else cur.min_lr_ratio
+        return {"cooldown_steps": cooldown, "cooldown_shape": cur.cooldown_shape, "floor_ratio": floor}
+    if cur.schedule == "linear":
+        return {"floor_ratio": 0.0}
+    return {}
+
+
+def _batch_ramp(cfg: GradusConfig, shapes: list[tuple[int, int, int]]) -> dict | None:
+    """The batch ramp as data, with its reference tokens per step resolved (None without a ramp)."""
+    ramp = cfg.curriculum.batch_ramp
+    if ramp is None:
+        return None
+    if ramp.reference_tokens is not None:
+        reference, source = ramp.reference_tokens, "reference_tokens"
+    else:
+        index = len(shapes) - 1 if ramp.reference_stage is None else ramp.reference_stage
+        reference, source = shapes[index][2], f"stage {index}"
+    return {"direction": ramp.direction, "alpha": ramp.alpha, "reference_tokens_per_step": reference,
+            "reference": source}
 
 
 def _end_lrs(schedule: Schedule) -> tuple[float, ...]:
@@ -72,7 +108,7 @@ def _end_lrs(schedule: Schedule) -> tuple[float, ...]:
 
 def _global_warmup_steps(cfg: GradusConfig, total_steps: int) -> int:
     cur = cfg.curriculum
-    if cur.schedule != "global" or not cur.global_warmup_fraction:
+    if cur.schedule == "per_stage" or not cur.global_warmup_fraction:
         return 0
     return max(1, math.ceil(cur.global_warmup_fraction * max(1, total_steps)))
 
@@ -217,6 +253,21 @@ def _check(cfg: GradusConfig, plans: list[StagePlan], warnings: list[str]) -> No
             "lr_rule seq_batch at constant tokens per batch counts the same effect twice: a shorter "
             "sequence already means a proportionally larger batch, so both factors of "
             "min(max_seq_len/seq_len, 4) × sqrt(batch/32) grow together; consider lr_multiplier"
+        )
+    cur = cfg.curriculum
+    # Compared with the defaults, not with the fields set: a saved config.yaml writes every field out.
+    unused = [k for k in ("cooldown_fraction", "cooldown_shape", "decay_to")
+              if getattr(cur, k) != type(cur).model_fields[k].default]
+    if unused and cur.schedule != "wsd":
+        warnings.append(
+            f"curriculum.{', '.join(unused)} only shape the wsd schedule and are ignored with "
+            f"schedule: {cur.schedule}; set schedule: wsd or drop them"
+        )
+    ramp = cur.batch_ramp
+    if ramp is not None and ramp.alpha and rule_stages:
+        warnings.append(
+            f"batch_ramp.alpha={ramp.alpha:g} and lr_rule seq_batch both scale the LR with the batch "
+            "(seq_batch's sqrt(batch/32)); consider alpha: 0 or lr_multiplier"
         )
     for s in plans:
         if s.steps == 0:

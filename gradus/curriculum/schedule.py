@@ -58,6 +58,8 @@ class StagePlan:
     """Which form set the peak: peak_lr, lr_multiplier, seq_batch (the rule) or base (optim.base_lr)."""
     rope_scaling: float = 1.0
     """RoPE position-interpolation factor in effect during this stage."""
+    batch_lr_factor: float | None = None
+    """Batch ramp: the factor (tokens_per_step / reference)^alpha already in peak_lr (None: no batch ramp)."""
 
     @property
     def steps(self) -> int:
@@ -77,6 +79,8 @@ class StagePlan:
     def to_json(self) -> dict:
         """The shape ``gradus schedule --json`` prints."""
         out = asdict(self)
+        if self.batch_lr_factor is None:  # without a batch ramp the JSON keeps its old shape
+            del out["batch_lr_factor"]
         out["steps"] = self.steps
         out["tokens"] = self.tokens
         out["examples"] = self.examples
@@ -101,7 +105,8 @@ class Schedule:
     max_steps: int | None
     """train.max_steps, if given."""
     mode: str
-    """curriculum.schedule: ``per_stage`` (each stage warms up and decays) or ``global`` (one curve)."""
+    """curriculum.schedule: ``per_stage`` (each stage warms up and decays), or one curve over the run:
+    ``global`` (warmup + decay), ``wsd`` (warmup, stable, cooldown) or ``linear`` (warmup, then to zero)."""
     decay: str
     """curriculum.decay: the global curve's decay (global mode)."""
     min_lr_ratio: float
@@ -118,6 +123,15 @@ class Schedule:
     """True when the stages are token budgets (they switch on the token counter), False for start steps."""
     warnings: tuple[str, ...]
     """What resolution rounded, normalised or found suspicious, one line each."""
+    cooldown_steps: int = 0
+    """wsd: steps of the final cooldown (0 in the other modes)."""
+    cooldown_shape: str = "linear"
+    """wsd: the cooldown curve, ``linear`` or ``1-sqrt``."""
+    floor_ratio: float | None = None
+    """wsd and linear: where the curve ends as a fraction of each peak (0 to zero; None in other modes,
+    which use min_lr_ratio)."""
+    batch_ramp: dict | None = None
+    """The batch ramp as data (direction, alpha, reference tokens per step), None without one."""
     end_lrs: tuple[float, ...] = ()
     """LR at the last step of each stage (where the next stage's warmup starts from); a pure function of
     the config, computed once at resolution so that no lookup needs a cache."""
@@ -136,4 +150,22 @@ class Schedule:
             "max_seq_len": self.max_seq_len,
             "sources": list(self.sources),
             "warnings": list(self.warnings),
+            **self._lever_json(),
         }
+
+    @property
+    def is_global(self) -> bool:
+        """True for the modes with one curve over the whole run that stage switches do not restart."""
+        return self.mode != "per_stage"
+
+    def _lever_json(self) -> dict:
+        """The wsd / linear / batch-ramp settings, present only when used (older JSON keeps its shape)."""
+        out: dict = {}
+        if self.mode == "wsd":
+            out.update(cooldown_steps=self.cooldown_steps, cooldown_start_step=self.total_steps - self.cooldown_steps,
+                       cooldown_shape=self.cooldown_shape)
+        if self.mode in ("wsd", "linear"):
+            out["floor_ratio"] = self.floor_ratio
+        if self.batch_ramp is not None:
+            out["batch_ramp"] = dict(self.batch_ramp)
+        return out

@@ -107,8 +107,8 @@ def lr_from(schedule: Schedule, step: int, k: int, warmup_start: float) -> float
     of stage k-1; 0 for stage 0). Resolution uses it to fill :attr:`Schedule.end_lrs` in order."""
     s = schedule.stages[k]
     i = step - s.start_step
-    per_stage = schedule.mode == "per_stage"
-    target = s.peak_lr * global_factor(schedule, step) if schedule.mode == "global" else _in_stage(s, i)
+    per_stage = not schedule.is_global
+    target = s.peak_lr * global_factor(schedule, step) if schedule.is_global else _in_stage(s, i)
     if s.warmup_steps and i < s.warmup_steps and (k > 0 or per_stage):
         ramp_to = s.peak_lr if per_stage else target
         return warmup_start + (ramp_to - warmup_start) * (i + 1) / s.warmup_steps
@@ -128,13 +128,30 @@ def _in_stage(s: StagePlan, i: int) -> float:
 
 
 def global_factor(schedule: Schedule, step: int) -> float:
-    """One linear warmup, then the curriculum's decay (cosine by default) over the whole run: a factor in
-    [min_lr_ratio, 1] that scales each stage's peak. Stage 0's warmup is this global one."""
+    """The one curve of the global modes, a factor in [floor, 1] that scales each stage's peak (stage 0's
+    warmup is this curve's). After one linear warmup over ``global_warmup_steps``:
+
+    * ``global``: the curriculum's decay (cosine by default) to min_lr_ratio over the rest of the run;
+    * ``wsd``: 1 until the last ``cooldown_steps``, then linear or 1-sqrt down towards floor_ratio;
+    * ``linear``: a straight line towards 0 (decay to zero, D2Z).
+
+    Progress ``p`` runs over the decaying steps as (step - start) / (end - start), so the first decaying
+    step is at the peak and the last one a step short of the floor, the same convention for all three."""
     total = max(1, schedule.total_steps)
     warm = schedule.global_warmup_steps
     if step < warm:
         return (step + 1) / warm
+    if schedule.mode == "wsd":
+        start = max(warm, total - schedule.cooldown_steps)
+        if step < start:
+            return 1.0
+        p = min(1.0, (step - start) / max(1, total - start))
+        floor = schedule.floor_ratio or 0.0
+        return floor + (1 - floor) * (1 - p if schedule.cooldown_shape == "linear" else 1 - math.sqrt(p))
     p = min(1.0, (step - warm) / max(1, total - warm))
+    if schedule.mode == "linear":
+        floor = schedule.floor_ratio or 0.0
+        return floor + (1 - floor) * (1 - p)
     ratio = schedule.min_lr_ratio
     if schedule.decay == "cosine":
         return ratio + (1 - ratio) * 0.5 * (1.0 + math.cos(math.pi * p))
@@ -159,7 +176,7 @@ def state_at(schedule: Schedule, step: int, tokens: int) -> StageState:
     s = schedule.stages[k]
     done_reason = _done_reason(schedule, step, tokens)
     i = step - s.start_step
-    if k == 0 and schedule.mode == "global" and schedule.global_warmup_steps:
+    if k == 0 and schedule.is_global and schedule.global_warmup_steps:
         warmup_progress = min(1.0, (step + 1) / schedule.global_warmup_steps)
     else:
         warmup_progress = 1.0 if s.warmup_steps == 0 else min(1.0, max(0, i + 1) / s.warmup_steps)
