@@ -21,6 +21,8 @@ COMMANDS = {
     "plan": ("plan", "compute-optimal worksheet and per-stage timeline"),
     "lr-find": ("lr_find", "LR range test per sequence length"),
     "tokenizer": ("tokenizer", "train a byte-level BPE tokenizer on configured sources"),
+    "sweep": ("sweep", "run arms that vary config values (or a named ablation) and compare their curves"),
+    "compare": ("compare", "the curriculum against a no-curriculum baseline: speedup in tokens and wall-clock"),
 }
 
 
