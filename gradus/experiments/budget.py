@@ -61,15 +61,16 @@ def reference_seq_len(raw: dict) -> int:
 
 
 def same_evaluation(raw: dict, reference_len: int, eval_points: int = EVAL_POINTS) -> dict:
-    """The config with the shared evaluation: ``eval_points`` evaluations evenly spaced in tokens (no extra
-    ones at stage changes, so every arm is measured at the same cadence), at ``reference_len``; runs to the
-    end of the budget (no early stopping), no TensorBoard or progress bar."""
+    """The config with the shared evaluation: ``eval_points`` evaluations evenly spaced in tokens, plus one
+    at the end of each stage (so every run is measured at its last step, whatever its step count divides
+    by), at ``reference_len``; runs to the end of the budget (no early stopping), no TensorBoard or
+    progress bar."""
     data = copy.deepcopy(raw)
     budget = data["curriculum"]["target_tokens"]
     tps = stage_tokens_per_step(data["curriculum"]["stages"][-1])
     train = data.setdefault("train", {})
     train.update({"eval_every": max(1, round(budget / eval_points / tps)), "eval_reference_seq_len": reference_len,
-                  "eval_at_stage_change": False, "early_stopping_patience": None, "max_steps": None})
+                  "eval_at_stage_change": True, "early_stopping_patience": None, "max_steps": None})
     logging = data.setdefault("logging", {})
     logging.update({"log_every": max(1, train["eval_every"] // 4), "tensorboard": False, "progress_bar": False})
     return data

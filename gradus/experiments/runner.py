@@ -109,12 +109,14 @@ class Runner:
         self.threads = threads
         self.log = log
         self.reuse = reuse
+        """Read finished runs back and continue unfinished ones; False trains every run from scratch."""
 
     def _start(self, task: Task, slot: int) -> subprocess.Popen:
         arm_yaml = task.run_dir / "arm.yaml"
-        if arm_yaml.is_file() and arm_yaml.read_text(encoding="utf-8") != task.config_text:
-            # The arm changed since that run started: its checkpoints belong to another config.
-            shutil.rmtree(task.run_dir)
+        if not self.reuse or (arm_yaml.is_file() and arm_yaml.read_text(encoding="utf-8") != task.config_text):
+            # Start afresh: asked to, or the arm changed since that run started (its checkpoints belong to
+            # another config).
+            shutil.rmtree(task.run_dir, ignore_errors=True)
         task.run_dir.mkdir(parents=True, exist_ok=True)
         (task.run_dir / RESULT).unlink(missing_ok=True)
         arm_yaml.write_text(task.config_text, encoding="utf-8")
@@ -172,6 +174,7 @@ class Runner:
                         continue
                     slot = next(i for i in range(self.jobs) if i not in running)
                     running[slot] = (self._start(task, slot), task, time.perf_counter(), _load())
+                    self.log(f"  {task.arm} seed {task.seed}: training (console: {task.run_dir / 'train.log'})")
                 for slot, (proc, task, started, load_before) in list(running.items()):
                     code = proc.poll()
                     if code is None:
