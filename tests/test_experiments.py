@@ -228,3 +228,20 @@ def test_an_interrupted_sweep_resumes_and_reads_finished_arms_back(shared_data, 
     saved = json.loads((first_dir / "result.json").read_text())
     assert saved["record"]["final_val_loss"] == records[0].final_val_loss
     assert records[0].final_val_loss != records[1].final_val_loss  # the LR did change the run
+
+
+def test_sweep_report_picks_the_lowest_final_loss_and_measures_to_the_worst_arms_final(demo):
+    from gradus.experiments.sweep import sweep_report, sweep_table
+
+    prepared = prepare(demo, ablation_arms("lr", demo), 200_000, [0], "demo")
+    curves = {"base_lr=0.5x": [7.5, 7.2, 7.0], "base_lr=1x": [7.4, 7.0, 6.8], "base_lr=1.5x": [7.3, 7.1, 6.9]}
+    records = [_run(name, 0, losses, tokens_per_eval=49 * 4096 // 3) for name, losses in curves.items()]
+    report = sweep_report(prepared, records, target=None)
+    assert report["winner"] == "base_lr=1x" and report["target"] == 7.0  # the highest final loss
+    arms = {a["name"]: a for a in report["arms"]}
+    third = 49 * 4096 // 3
+    assert arms["base_lr=1x"]["tokens_to_target"] == 2 * third
+    # 1.5x: 7.1 at 2/3 of the run, 6.9 at the end: 7.0 is halfway between.
+    assert arms["base_lr=1.5x"]["tokens_to_target"] == pytest.approx(2.5 * third)
+    table = sweep_table(report)
+    assert "*base_lr=1x" in table and "target 7.0000" in table
