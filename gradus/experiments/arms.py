@@ -275,18 +275,12 @@ def ablation_arms(name: str, base: dict, vocab_size: int | None = None) -> list[
     if name == "lr":
         # The peak LR comes from optim.base_lr unless stages give absolute peaks; scale whichever sets it.
         key = "curriculum.stages[*].peak_lr" if any(st.get("peak_lr") for st in stages) else "optim.base_lr"
-        return [replace_desc(a, f"peak learning rate × {a.name.split('=')[1][:-1]}")
-                for a in vary_arms(base, [f"{key}=0.5x,1x,1.5x"])]
+        return vary_arms(base, [f"{key}=0.5x,1x,1.5x"])
     if name == "seq-vs-batch":
         return _seq_vs_batch(base)
     if name == "mix":
         return _mix_arms(base)
     return depth_width_arms(base, vocab_size)
-
-
-def replace_desc(arm: Arm, description: str) -> Arm:
-    """The arm with another description."""
-    return Arm(arm.name, arm.overrides, description, arm.note, arm.reference, arm.config)
 
 
 def _stage_tps(stage: dict) -> int:

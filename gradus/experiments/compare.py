@@ -189,5 +189,6 @@ def run_compare(cfg: GradusConfig, *, baseline: str = "auto", budget: int | None
         write_plot([records_out["baseline"], records_out["curriculum"]], out / "compare.png",
                    f"gradus compare — curriculum vs baseline, {format_count(prepared.budget)} tokens per run, "
                    f"{report['machine']['summary']}", target, log, cost=cost, calibrated=True,
+                   ylabel=f"validation loss at length {prepared.reference_len}",
                    label_of=lambda r: f"{r['name']} (lr {r['lr']:g}, final {_num(r['final_val_loss'], '.3f')})")
     return report

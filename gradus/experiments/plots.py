@@ -79,7 +79,9 @@ def plot_curves(records: Sequence[dict], path: str | Path, title: str, *, target
     color = {r["name"]: colors[i % len(colors)] for i, r in enumerate(records)}
     for ax, axis in zip(axes[0], axes_names, strict=True):
         draw(ax, records, axis, color, target=target, cost=cost, ylabel=ylabel, label_of=label_of)
-    fig.suptitle(title + "\ndotted: each arm's stage switches; faint: single seeds", fontsize=9)
+    several = any(len(r.get("seed_curves", [])) > 1 for r in records)
+    fig.suptitle(title + "\ndotted: each arm's stage switches" + ("; faint: single seeds" if several else ""),
+                 fontsize=9)
     fig.tight_layout()
     path = Path(path)
     fig.savefig(path, dpi=100)

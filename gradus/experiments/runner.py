@@ -169,7 +169,6 @@ class Runner:
                     task = queue.pop(0)
                     old = finished_record(task) if self.reuse else None
                     if old is not None:
-                        self.log(f"  {task.arm} seed {task.seed}: finished earlier, read back from {task.run_dir}")
                         done(old)
                         continue
                     slot = next(i for i in range(self.jobs) if i not in running)

@@ -180,7 +180,8 @@ def sweep_table(report: dict) -> str:
         if n > 1 and rec["final_val_loss_spread"] is not None:
             final += f" ±{rec['final_val_loss_spread'] / 2:.3f}"
         tok = f"{rec['tokens_to_target'] / 1e3:,.0f}k" if rec["tokens_to_target"] else "not reached"
-        note = "; ".join(x for x in (rec.get("note"), "configured" if rec.get("reference") else "") if x)
+        short = rec.get("description") if len(rec.get("description") or "") <= 40 else ""
+        note = "; ".join(x for x in (short, rec.get("note"), "as configured" if rec.get("reference") else "") if x)
         lines.append(f"{mark}{rec['name']:<21} {final:>15} {_num(rec['best_val_loss'], '.4f'):>7} {tok:>13} "
                      f"{_num(rec['seconds_to_target'], '.0f'):>9} {rec['tokens_per_sec_median']:>7,.0f}  {note}")
     seeds = f"median of {n} seeds (± half the range)" if n > 1 else "one seed"
@@ -188,7 +189,9 @@ def sweep_table(report: dict) -> str:
                  f"target {target:.4f} = {report['target_from']}")
     lines.append("tokens→target, s→target: where the median curve first reaches the target (training seconds, "
                  "evaluation excluded; they depend on the machine's load)")
-    lines.append(f"* best: {report['winner']} (lowest final val loss)")
+    lines.append(f"* best: {report['winner']} (lowest final val loss)"
+                 + ("; with one seed a small difference may be run-to-run noise (--seeds 0,1,2 shows the spread)"
+                    if n == 1 else ""))
     return "\n".join(lines)
 
 
@@ -231,7 +234,8 @@ def run_sweep(cfg: GradusConfig, *, varies: Sequence[str], ablation: str | None,
         write_plot(report["arms"], out / "sweep.png",
                    f"gradus sweep — {report['varied']}, {format_count(prepared.budget)} tokens per run, "
                    f"{report['machine']['summary']}", report["target"], log,
-                   label_of=lambda r: f"{r['name']} ({_num(r['final_val_loss'], '.3f', 'diverged')})")
+                   label_of=lambda r: f"{r['name']} (final {_num(r['final_val_loss'], '.3f', 'diverged')})",
+                   ylabel=f"validation loss at length {prepared.reference_len}")
     if write is not None:
         winner = next(a for a in arms if a.name == report["winner"])
         write.parent.mkdir(parents=True, exist_ok=True)
