@@ -148,7 +148,7 @@ def test_speedups_and_verdict_on_hand_made_curves():
     missed = compare_seeds(base, [_run("curriculum", 0, [6, 5, 4.6, 4.3]), _run("curriculum", 1, [6, 5, 4.7, 4.5])],
                            stages_b, stages_c, cost)
     assert verdict(missed) == ("the curriculum did not reach the baseline's final loss in any of 2 seed(s); it ended "
-                               "+0.300 from the baseline's final loss (median)")
+                               "0.300 above it (median over seeds)")
 
 
 def test_metrics_records_become_a_curve_and_calibration_windows():

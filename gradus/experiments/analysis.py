@@ -355,7 +355,9 @@ def verdict(seeds: Sequence[SeedComparison]) -> str:
         return "no seed has both a curriculum and a baseline run"
     if not reached:
         gaps = [s.final_gap for s in seeds if s.final_gap is not None]
-        end = f"; it ended {statistics.median(gaps):+.3f} from the baseline's final loss (median)" if gaps else ""
+        gap = statistics.median(gaps) if gaps else None
+        end = "" if gap is None else (f"; it ended {gap:.3f} above it (median over seeds)" if gap > 0 else
+                                      f"; it ended {-gap:.3f} below it only at its very end (median over seeds)")
         return f"the curriculum did not reach the baseline's final loss in any of {n} seed(s){end}"
     frac = statistics.median(s.tokens_fraction for s in reached if s.tokens_fraction is not None)
     fewer = statistics.median(s.speedup_tokens for s in reached if s.speedup_tokens is not None)
@@ -366,5 +368,5 @@ def verdict(seeds: Sequence[SeedComparison]) -> str:
             f"{n} seed(s) ({fewer:.2f}x fewer tokens{time}, median)")
     missed = [s for s in seeds if s.tokens_fraction is None and s.final_gap is not None]
     if missed:
-        text += f"; in the other {len(missed)} it ended {statistics.median(s.final_gap for s in missed):+.3f} above it"
+        text += f"; in the other {len(missed)} it ended {statistics.median(s.final_gap for s in missed):.3f} above it"
     return text

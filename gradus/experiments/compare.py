@@ -75,6 +75,9 @@ def compare_table(report: dict) -> str:
     lines.append("×tokens, ×wall, ×cal: the baseline's cost to its final loss / this arm's, in tokens, measured "
                  "training seconds and calibrated seconds (each shape's best-case seconds per token × tokens: "
                  "independent of the machine's load); above 1 = faster")
+    if not report["curriculum"]["tokens_to_target"]:
+        lines.append("not reached: the curriculum's figures are then the baseline's cost to reach the curriculum's "
+                     "final loss / the curriculum's whole run (below 1 = the curriculum is slower)")
     sp = report["speedup_over_seeds"]
     if n > 1 and sp["tokens"]["n"]:
         t, c = sp["tokens"], sp["calibrated"]

@@ -50,7 +50,8 @@ def draw(ax, records: Sequence[dict], axis: str, color: dict[str, str], *, targe
             x = _switch_x(c, axis, r["stages"], cost, st["start_tokens"])
             if x is not None:
                 ax.axvline(x, ls=":", lw=0.9, color=color[r["name"]], alpha=0.8)
-    finals = [y for r in records for y in r["curve"]["val_loss"] if y is not None]
+    finals = [y for r in records for c in [r["curve"], *r.get("seed_curves", [])] for y in c["val_loss"]
+              if y is not None]
     if target is not None:
         ax.axhline(target, ls="--", lw=0.8, color="black", label=f"target {target:.3f}")
     if finals:
