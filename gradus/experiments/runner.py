@@ -173,7 +173,8 @@ class Runner:
                         continue
                     slot = next(i for i in range(self.jobs) if i not in running)
                     running[slot] = (self._start(task, slot), task, time.perf_counter(), _load())
-                    self.log(f"  {task.arm} seed {task.seed}: training (console: {task.run_dir / 'train.log'})")
+                    self.log(f"  {task.arm} lr {task.lr:g} seed {task.seed}: training (console: "
+                             f"{task.run_dir / 'train.log'})")
                 for slot, (proc, task, started, load_before) in list(running.items()):
                     code = proc.poll()
                     if code is None:
