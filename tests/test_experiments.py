@@ -224,7 +224,8 @@ def test_an_interrupted_sweep_resumes_and_reads_finished_arms_back(shared_data, 
     assert [(r.arm, r.reused) for r in records] == [("base_lr=1x", True), ("base_lr=2x", False)]
     assert (first_dir / "metrics.jsonl").stat().st_mtime_ns == stamp  # not trained again
     for r in records:
-        assert r.tokens[-1] == 16 * 256 and len(r.val_loss) == 2 and math.isfinite(r.final_val_loss)
+        # Every 8 steps (two evaluations over 16 steps), plus each stage's end (steps 6, 11, 16).
+        assert r.tokens == [6 * 256, 8 * 256, 11 * 256, 16 * 256] and math.isfinite(r.final_val_loss)
     saved = json.loads((first_dir / "result.json").read_text())
     assert saved["record"]["final_val_loss"] == records[0].final_val_loss
     assert records[0].final_val_loss != records[1].final_val_loss  # the LR did change the run
