@@ -19,7 +19,7 @@ def add_experiment_arguments(parser: argparse.ArgumentParser) -> None:
                              "steps); default: the config's own total")
     parser.add_argument("--seeds", default="0", help="comma-separated seeds every arm runs (default 0)")
     parser.add_argument("--jobs", type=int, metavar="N",
-                        help="runs at a time, each its own process (default: 2 on CPU, or one per GPU)")
+                        help="runs at a time, each its own process (default: one per CPU core, or one per GPU)")
     parser.add_argument("--threads", type=int, default=1, metavar="N",
                         help="torch threads per run on CPU (default 1: several per process stall on a shared box)")
     parser.add_argument("--out", metavar="DIR", help="folder for the report, the PNG and every arm's run directory")

@@ -121,12 +121,11 @@ def stage_plan(raw: dict) -> list[dict]:
 
 
 def make_runner(prepared: Prepared, jobs: int | None, threads: int, log: Callable[[str], None]) -> Runner:
-    """A runner over the GPUs when there are several, else ``jobs`` CPU processes (default: one per core,
-    at most two)."""
+    """A runner over the GPUs when there are several, else ``jobs`` CPU processes (default: one per core)."""
     devices = cuda_devices(next(iter(prepared.configs.values())))
     devices = devices if len(devices) > 1 else []
     if jobs is None:
-        jobs = len(devices) if devices else min(2, os.cpu_count() or 1)
+        jobs = len(devices) if devices else (os.cpu_count() or 1)
     return Runner(jobs=jobs, threads=threads, devices=devices, log=log)
 
 
