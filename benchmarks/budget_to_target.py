@@ -22,14 +22,15 @@ and ran the same seeds. Output: a table on stdout and ``benchmarks/results/budge
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import statistics
 import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-RESULTS = Path(__file__).resolve().parents[1] / "benchmarks" / "results"
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import RESULTS, read_result, write_result  # noqa: E402 (the benchmarks folder is not a package)
+
 # Settings that may differ between the inputs: the budget, and the lr-find sweep (only its own arm uses it).
 VARYING = {"budget", "lr_find", "lr_find_steps"}
 
@@ -52,12 +53,7 @@ def budget_to_target(points: Sequence[tuple[int, float]], target: float) -> tupl
 
 def load(paths: Sequence[Path]) -> list[dict]:
     """The reports, smallest budget first; exits with a one-line message when they do not belong together."""
-    pairs = []
-    for p in paths:
-        try:
-            pairs.append((p, json.loads(p.read_text(encoding="utf-8"))))
-        except (OSError, ValueError) as exc:
-            raise SystemExit(f"budget_to_target: cannot read {p}: {exc}") from None
+    pairs = [(p, read_result(p, "budget_to_target")) for p in paths]
     pairs.sort(key=lambda pr: pr[1]["settings"]["budget"])
     reports = [r for _, r in pairs]
     budgets = [r["settings"]["budget"] for r in reports]
@@ -160,8 +156,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     report = analyse(load(args.reports))
     report["command"] = "python benchmarks/budget_to_target.py " + " ".join(str(r) for r in args.reports)
     print(table(report))
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(report, indent=1) + "\n", encoding="utf-8")
+    write_result(args.out, report)
     print(f"wrote {args.out}")
     return 0
 

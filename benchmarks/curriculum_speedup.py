@@ -31,10 +31,12 @@ Two regimes (DESIGN.md: the literature's gains come from stability at large toke
 face a baseline tuned at the same large batch. Every speedup is against the regime-A baseline (the target);
 regime-B arms also report their speedup against the regime-B baseline (to its own final loss).
 
-Runs execute ``--jobs`` at a time (default 2: one per core), each in its own process with ``--threads`` torch
-threads (default 1: on a shared 2-core box two OpenMP threads per process collapse whenever another process
-holds a core). Runs on CPU repeat bit for bit, so ``--work DIR --reuse`` reads back finished runs with an
-identical config instead of training them again (attempts that add arms reuse the baseline's runs; their
+The machinery is gradus's own (:mod:`gradus.experiments`, the code of ``gradus sweep`` and ``gradus compare``):
+this script keeps the benchmark's settings, arms and report. Runs execute ``--jobs`` at a time (default 2: one
+per core), each a ``gradus train`` process with ``--threads`` torch threads (default 1: on a shared 2-core box
+two OpenMP threads per process collapse whenever another process holds a core). Runs on CPU repeat bit for
+bit, so ``--work DIR --reuse`` reads back finished runs with an identical config (their ``result.json``)
+instead of training them again (attempts that add arms reuse the baseline's runs; their
 measured seconds are then from the earlier invocation, and the JSON says which runs were reused).
 
 Usage::
@@ -54,14 +56,12 @@ import datetime as dt
 import json
 import math
 import os
-import platform
 import shutil
-import statistics
 import sys
 import tempfile
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 # The benchmark never needs the network; make Hugging Face libraries fail fast if something asks.
@@ -69,9 +69,28 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
-REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import REPO, RESULTS, machine, save_plot, write_result  # noqa: E402 (benchmarks is not a package)
+
+from gradus.config import to_dict  # noqa: E402
+from gradus.experiments.analysis import (  # noqa: E402,F401 (to_target, calibrated_seconds ... re-exported)
+    CALIBRATION_PERCENTILE,
+    RunRecord,
+    add_speedups,
+    calibrate,
+    calibrated_seconds,
+    median_curve,
+    seconds_at,
+    stage_windows,
+    summarise_runs,
+    to_target,
+)
+from gradus.experiments.analysis import finite as _finite  # noqa: E402
+from gradus.experiments.runner import Runner, Task  # noqa: E402
+from gradus.experiments.sweep import describe_run as describe  # noqa: E402
+from gradus.experiments.tuning import LRTuner, Tuned, tune_all  # noqa: E402
+
 DEFAULT_DATA = REPO.parent / "shared" / "data" / "wikitext-2"
-RESULTS = REPO / "benchmarks" / "results"
 
 
 # =================================================================================== settings
@@ -297,7 +316,7 @@ def find_lrs(s: Settings, data: Path, tokenizer: Path, work: Path, threads: int,
 
         t0 = time.perf_counter()
         before = torch.get_num_threads()
-        torch.set_num_threads(threads)  # as the runs (see _task): OpenMP threads collapse on a shared box
+        torch.set_num_threads(threads)  # as the runs (gradus.experiments.runner): OpenMP threads collapse on a shared box
         try:
             result = run_lr_find(cfg, lengths, steps=s.lr_find_steps)
         finally:
@@ -415,287 +434,37 @@ def train_tokenizer(s: Settings, data: Path, work: Path) -> Path:
 
 
 # ======================================================================================= runs
-@dataclass
-class Run:
-    """One training run and its validation curve."""
-
-    arm: str
-    lr: float
-    seed: int
-    tokens: list[int] = field(default_factory=list)
-    seconds: list[float] = field(default_factory=list)
-    val_loss: list[float] = field(default_factory=list)
-    final_val_loss: float = math.inf
-    train_seconds: float = 0.0
-    wall_seconds: float = 0.0
-    tokens_trained: int = 0
-    guard_events: int = 0
-    diverged: str | None = None
-    load_before: float = 0.0
-    load_after: float = 0.0
-    reused: bool = False
-    """Read back from an earlier invocation's identical run (``--reuse``): its seconds come from then."""
-    windows: list[tuple[int, int, float]] = field(default_factory=list)
-    """(seq_len, tokens per step, tokens/s) of every logging window that lies inside one stage: the
-    samples the calibrated clock is built from."""
-
-    @property
-    def tokens_per_sec(self) -> float:
-        """Training throughput (evaluation excluded)."""
-        return self.tokens_trained / self.train_seconds if self.train_seconds else 0.0
-
-
-def run_one(s: Settings, arm: Arm, lr: float, seed: int, data: Path, tokenizer: Path, work: Path,
-            reuse: bool = False) -> Run:
-    """Train one (arm, LR, seed) through gradus's trainer and read its curve from metrics.jsonl.
-
-    With ``reuse``, a finished run in ``work`` whose resolved config is identical is read back instead of
-    trained again (CPU runs repeat bit for bit, so its curve is the same; its seconds are from then)."""
-    from gradus.config import dump_yaml
-    from gradus.errors import GradusError
-    from gradus.train.metrics import read_metrics
-    from gradus.train.trainer import train
-
-    cfg = make_config(s, arm, lr, seed, data, tokenizer)
-    config_text = dump_yaml(cfg)
-    run_dir = work / "runs" / arm.name / f"lr{lr:g}-seed{seed}"
-    saved = run_dir / "benchmark_run.json"
-    if reuse and saved.is_file():
-        old = json.loads(saved.read_text(encoding="utf-8"))
-        if old.pop("config", None) == config_text and (run_dir / "metrics.jsonl").is_file():
-            old["final_val_loss"] = math.inf if old["final_val_loss"] is None else old["final_val_loss"]
-            old["val_loss"] = [math.inf if x is None else x for x in old["val_loss"]]
-            old["reused"] = True
-            old["windows"] = stage_windows(read_metrics(run_dir / "metrics.jsonl"))
-            return Run(**old)
-    shutil.rmtree(run_dir, ignore_errors=True)
-    run = Run(arm.name, lr, seed, load_before=os.getloadavg()[0])
-    t0 = time.perf_counter()
-    try:
-        result = train(cfg, run_dir, resume=False, quiet=True)
-        run.tokens_trained = result.tokens
-    except GradusError as exc:  # the guard gave up (non-finite losses, nothing to roll back to)
-        run.diverged = str(exc).splitlines()[0][:200]
-    run.wall_seconds = time.perf_counter() - t0
-    run.load_after = os.getloadavg()[0]
-    metrics = run_dir / "metrics.jsonl"
-    records = read_metrics(metrics) if metrics.is_file() else []
-    for r in records:
-        if "val/loss" in r:
-            loss = r["val/loss"]
-            run.tokens.append(int(r["tokens"]))
-            run.seconds.append(float(r["time/train_seconds"]))
-            run.val_loss.append(math.inf if loss is None or not math.isfinite(loss) else float(loss))
-        elif str(r.get("event", "")).startswith("guard/"):
-            run.guard_events += 1
-        elif "time/train_seconds" in r:
-            run.train_seconds = float(r["time/train_seconds"])
-            run.tokens_trained = max(run.tokens_trained, int(r["tokens"]))
-    run.windows = stage_windows(records)
-    if run.seconds:
-        run.train_seconds = max(run.train_seconds, run.seconds[-1])
-    complete = run.diverged is None and run.tokens and run.tokens[-1] >= s.budget
-    run.final_val_loss = run.val_loss[-1] if complete else math.inf
-    if run.diverged is None and not complete:
-        run.diverged = "stopped before the end of the budget"
-    shutil.rmtree(run_dir / "checkpoints", ignore_errors=True)  # keep metrics and config, not weights
-    record = asdict(run)
-    record["final_val_loss"] = _finite(run.final_val_loss)
-    record["val_loss"] = [_finite(x) for x in run.val_loss]
-    del record["windows"]  # re-read from metrics.jsonl on reuse
-    saved.write_text(json.dumps({**record, "config": config_text}), encoding="utf-8")
-    return run
-
-
-def stage_windows(records: Sequence[dict]) -> list[tuple[int, int, float]]:
-    """(seq_len, tokens per step, tokens/s) of each logging window wholly inside one stage: the previous step
-    record is in the same stage (so neither a run's start-up nor a switch is inside it)."""
-    out, prev = [], None
-    for r in records:
-        if "tokens_per_sec" not in r or "event" in r:
-            continue
-        if prev is not None and prev["curriculum/stage"] == r["curriculum/stage"] and r["tokens_per_sec"] > 0:
-            out.append((int(r["curriculum/current_seq_len"]), int(r["curriculum/tokens_per_step"]),
-                        float(r["tokens_per_sec"])))
-        prev = r
-    return out
-
-
-CALIBRATION_PERCENTILE = 0.9
-
-
-def calibrate(runs: Sequence[Run]) -> tuple[dict[tuple[int, int], float], dict[tuple[int, int], int]]:
-    """Seconds per token of each stage shape: the inverse of the 90th-percentile throughput of its logging
-    windows over every run of the benchmark. Load only ever slows a window down, and every shape's windows are
-    spread over the whole benchmark (all arms, LRs and seeds), so a high percentile reads each shape at the
-    same quiet moments: their ratio is the machine's, not the load's. Returns (cost, samples per shape)."""
-    by_shape: dict[tuple[int, int], list[float]] = {}
-    for run in runs:
-        for seq_len, tps, rate in run.windows:
-            by_shape.setdefault((seq_len, tps), []).append(rate)
-    cost, count = {}, {}
-    for shape, rates in by_shape.items():
-        rates.sort()
-        cost[shape] = 1.0 / rates[min(len(rates) - 1, int(CALIBRATION_PERCENTILE * len(rates)))]
-        count[shape] = len(rates)
-    return cost, count
-
-
-def describe(run: Run) -> str:
-    """One progress line."""
-    final = f"{run.final_val_loss:.4f}" if math.isfinite(run.final_val_loss) else "diverged"
-    extra = f", {run.guard_events} guard events" if run.guard_events else ""
-    return (f"  {run.arm:<22} lr {run.lr:<8g} seed {run.seed}: final val {final}, {run.train_seconds:6.1f}s train "
-            f"({run.tokens_per_sec:,.0f} tok/s), {run.wall_seconds:5.1f}s wall, load {run.load_before:.1f}"
-            f"→{run.load_after:.1f}{extra}")
-
-
-@dataclass
-class Tuned:
-    """An arm after tuning: every grid run (first seed) and the best LR's runs at all seeds."""
-
-    arm: Arm
-    grid: dict[float, Run]
-    best_lr: float
-    runs: list[Run]
-    inside: bool
-    """Whether the best LR lies strictly inside the grid."""
-
-
-class Tuner:
-    """The tuning of one arm as a small state machine, so that runs of all arms can share a worker pool:
-    the LR grid at the first seed; once every grid run is in, a ×2 extension at an edge (up to
-    ``max_extensions``) or, when the best LR lies inside, the best LR at the other seeds."""
-
-    def __init__(self, s: Settings, arm: Arm):
-        self.s, self.arm = s, arm
-        self.grid: dict[float, Run] = {}
-        self.pending: set[tuple[float, int]] = set()
-        self.extensions = 0
-        self.best: float | None = None
-        self.seed_runs: dict[int, Run] = {}
-
-    def start(self) -> list[tuple[float, int]]:
-        """The first tasks: (lr, seed) for every grid value."""
-        tasks = [(lr, self.s.seeds[0]) for lr in sorted(self.arm.lr_grid)]
-        self.pending.update(tasks)
-        return tasks
-
-    def finish(self, run: Run) -> list[tuple[float, int]]:
-        """Record a finished run; return the tasks it unlocks."""
-        self.pending.discard((run.lr, run.seed))
-        if self.best is None:
-            self.grid[run.lr] = run
-            if self.pending:
-                return []
-            ordered = sorted(self.grid)
-            best = min(ordered, key=lambda lr: self.grid[lr].final_val_loss)
-            inside = ordered[0] < best < ordered[-1]
-            if not inside and self.extensions < self.s.max_extensions and math.isfinite(self.grid[best].final_val_loss):
-                self.extensions += 1
-                new = float(f"{(best / 2 if best == ordered[0] else best * 2):.3g}")
-                self.pending.add((new, self.s.seeds[0]))
-                return [(new, self.s.seeds[0])]
-            self.best = best
-            self.seed_runs[self.s.seeds[0]] = self.grid[best]
-            tasks = [(best, seed) for seed in self.s.seeds[1:]]
-            self.pending.update(tasks)
-            return tasks
-        self.seed_runs[run.seed] = run
-        return []
-
-    @property
-    def done(self) -> bool:
-        """Every run this arm needs is in."""
-        return self.best is not None and not self.pending
-
-    def result(self) -> Tuned:
-        """The tuned arm."""
-        assert self.best is not None
-        ordered = sorted(self.grid)
-        return Tuned(self.arm, dict(self.grid), self.best, [self.seed_runs[k] for k in self.s.seeds],
-                     ordered[0] < self.best < ordered[-1])
-
-
-def _task(s: Settings, arm_name: str, lr: float, seed: int, data: Path, tokenizer: Path, work: Path,
-          reuse: bool, threads: int) -> Run:
-    """One run in a worker process (module level, arm by name, so a spawned process can run it)."""
-    import torch
-
-    # On a shared 2-core box, two OpenMP threads per process collapse whenever another process holds a core
-    # (every parallel region waits for the descheduled thread; measured 2-80x slower), so each run gets one.
-    torch.set_num_threads(threads)
-    return run_one(s, ARMS[arm_name], lr, seed, data, tokenizer, work, reuse)
+# Runs, LR tuning, the crossing analysis, the calibrated clock and the curves' panels are gradus's own
+# (gradus.experiments, the code of `gradus sweep` and `gradus compare`): this script keeps the benchmark's
+# settings, arms and report. Names it used to define are re-exported here (Run, to_target, ...).
+Run = RunRecord
 
 
 def execute(s: Settings, arms: Sequence[Arm], data: Path, tokenizer: Path, work: Path, *, jobs: int, threads: int,
             reuse: bool, log: Callable[[str], None]) -> dict[str, Tuned]:
-    """Tune every arm, ``jobs`` runs at a time (each in its own process when jobs > 1)."""
-    tuners = {a.name: Tuner(s, a) for a in arms}
-    queue: list[tuple[str, float, int]] = [(a.name, lr, seed) for a in arms for lr, seed in tuners[a.name].start()]
+    """Tune every arm, ``jobs`` runs at a time, each run a ``gradus train`` process with ``threads`` torch
+    threads in ``work/runs/<arm>/lr<LR>-seed<S>`` (gradus.experiments.runner)."""
+
+    def maker(arm: Arm) -> Callable[[float, int], Task]:
+        def make(lr: float, seed: int) -> Task:
+            cfg = make_config(s, arm, lr, seed, data, tokenizer)
+            return Task(arm.name, lr, seed, to_dict(cfg), work / "runs" / arm.name / f"lr{lr:g}-seed{seed}")
+        return make
+
+    tuners = {a.name: LRTuner(a.name, a.lr_grid, s.seeds, s.max_extensions, maker(a)) for a in arms}
+    runner = Runner(jobs=jobs, threads=threads, log=log, reuse=reuse)
 
     def finished(run: Run) -> None:
         log(describe(run))
-        queue.extend((run.arm, lr, seed) for lr, seed in tuners[run.arm].finish(run))
+        shutil.rmtree(Path(run.run_dir) / "checkpoints", ignore_errors=True)  # keep metrics and config, not weights
 
-    if jobs <= 1:
-        while queue:
-            name, lr, seed = queue.pop(0)
-            finished(_task(s, name, lr, seed, data, tokenizer, work, reuse, threads))
-    else:
-        import multiprocessing
-        from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+    def drive(first: list[Task], unlock: Callable[[Run], list[Task]]) -> object:
+        return runner.run(first, on_done=lambda run: (finished(run), unlock(run))[1])
 
-        with ProcessPoolExecutor(max_workers=jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
-            running: set = set()
-            while queue or running:
-                while queue and len(running) < jobs:
-                    name, lr, seed = queue.pop(0)
-                    running.add(pool.submit(_task, s, name, lr, seed, data, tokenizer, work, reuse, threads))
-                done, running = wait(running, return_when=FIRST_COMPLETED)
-                for fut in done:
-                    finished(fut.result())
-    unfinished = [n for n, t in tuners.items() if not t.done]
-    assert not unfinished, f"tuning did not finish for {unfinished}"
-    return {n: t.result() for n, t in tuners.items()}
+    return tune_all(tuners, drive)
 
 
 # =================================================================================== analysis
-def median_curve(runs: Sequence[Run]) -> tuple[list[int], list[float], list[float]]:
-    """Pointwise median over seeds of (seconds, loss) at each evaluation (every run shares the cadence; a run
-    that stopped early counts as infinite loss from there on)."""
-    longest = max(runs, key=lambda r: len(r.tokens))
-    tokens = list(longest.tokens)
-    secs, losses = [], []
-    for i in range(len(tokens)):
-        secs.append(statistics.median(r.seconds[i] if i < len(r.seconds) else math.inf for r in runs))
-        losses.append(statistics.median(r.val_loss[i] if i < len(r.val_loss) else math.inf for r in runs))
-    return tokens, secs, losses
-
-
-def to_target(tokens: Sequence[float], seconds: Sequence[float], losses: Sequence[float],
-              target: float) -> tuple[float | None, float | None]:
-    """(tokens, seconds) where the curve first reaches ``target``: interpolated linearly between the two
-    evaluations around the crossing; the first evaluation as is when it is already at or below the target;
-    (None, None) when the curve never gets there."""
-    # A tiny tolerance so the baseline's own median curve reaches its own final value despite rounding.
-    eps = 1e-9
-    for i, loss in enumerate(losses):
-        if loss <= target + eps:
-            if i == 0 or not math.isfinite(losses[i - 1]):
-                return float(tokens[i]), float(seconds[i])
-            hi, lo = losses[i - 1], loss
-            frac = 1.0 if hi == lo else (hi - target) / (hi - lo)
-            frac = min(1.0, max(0.0, frac))
-            return (tokens[i - 1] + frac * (tokens[i] - tokens[i - 1]),
-                    seconds[i - 1] + frac * (seconds[i] - seconds[i - 1]))
-    return None, None
-
-
-def _finite(x: float) -> float | None:
-    return x if x is not None and math.isfinite(x) else None
-
-
 def stage_plan(s: Settings, arm: Arm, data: Path, tokenizer: Path) -> list[dict]:
     """Each stage's shape and token range, from the pure curriculum: what the plot marks and the
     calibrated clock weighs."""
@@ -707,111 +476,20 @@ def stage_plan(s: Settings, arm: Arm, data: Path, tokenizer: Path) -> list[dict]
              "peak_lr_per_unit_base": st.peak_lr / arm.lr_grid[0]} for st in cur.stages]
 
 
-def calibrated_seconds(stages: Sequence[dict], cost: dict[tuple[int, int], float], tokens: float) -> float:
-    """Seconds to train ``tokens`` through these stages at the calibrated seconds per token of each shape."""
-    total = 0.0
-    for st in stages:
-        span = min(max(0.0, tokens - st["start_tokens"]), st["end_tokens"] - st["start_tokens"])
-        if span <= 0:
-            continue
-        # A shape with no logging window (a stage too short to log, as in --smoke) gets the slowest
-        # measured rate: conservative, so it can only lower a curriculum's calibrated speedup.
-        key = (st["seq_len"], st["tokens_per_step"])
-        total += span * cost.get(key, max(cost.values()))
-    return total
-
-
-def summarise(t: Tuned, target: float, stages: list[dict], cost: dict[tuple[int, int], float]) -> dict:
+def summarise(t: Tuned, arm: Arm, target: float, stages: list[dict], cost: dict[tuple[int, int], float]) -> dict:
     """The JSON record of one arm (speedups are filled in by :func:`add_speedups`)."""
-    tokens, secs, losses = median_curve(t.runs)
-    tok, sec = to_target(tokens, secs, losses, target)
-    per_seed = []
-    for r in t.runs:
-        st, ss = to_target(r.tokens, r.seconds, r.val_loss, target)
-        per_seed.append({"seed": r.seed, "tokens_to_target": st, "seconds_to_target": ss,
-                         "final_val_loss": _finite(r.final_val_loss), "train_seconds": r.train_seconds,
-                         "tokens_per_sec": r.tokens_per_sec, "guard_events": r.guard_events,
-                         "diverged": r.diverged, "load_before": r.load_before, "load_after": r.load_after,
-                         "reused": r.reused})
-    finals = [r.final_val_loss for r in t.runs]
+    rec = summarise_runs(arm.name, t.runs, target, stages, cost)
     return {
-        "name": t.arm.name,
-        "regime": t.arm.regime,
-        "description": t.arm.description,
+        "name": arm.name,
+        "regime": arm.regime,
+        "description": arm.description,
         "tokens_per_step": stages[0]["tokens_per_step"],
         "lr": t.best_lr,
         "lr_inside_grid": t.inside,
         "lr_grid": {f"{lr:g}": _finite(run.final_val_loss) for lr, run in sorted(t.grid.items())},
         "lr_grid_guard_events": {f"{lr:g}": run.guard_events for lr, run in sorted(t.grid.items())},
-        "tokens_to_target": tok,
-        "seconds_to_target": sec,
-        "seconds_to_target_calibrated": calibrated_seconds(stages, cost, tok) if tok else None,
-        "final_val_loss": _finite(statistics.median(finals)),
-        "final_val_loss_seeds": [_finite(f) for f in finals],
-        "final_val_loss_spread": _finite(max(finals) - min(finals)),
-        "tokens_to_target_seeds": [p["tokens_to_target"] for p in per_seed],
-        "train_seconds_median": statistics.median(r.train_seconds for r in t.runs),
-        "train_seconds_calibrated": calibrated_seconds(stages, cost, stages[-1]["end_tokens"]),
-        "tokens_per_sec_median": statistics.median(r.tokens_per_sec for r in t.runs),
-        "per_seed": per_seed,
-        "curve": {"tokens": tokens, "seconds": secs, "val_loss": [_finite(x) for x in losses]},
-        "seed_curves": [{"seed": r.seed, "tokens": r.tokens, "seconds": r.seconds,
-                         "val_loss": [_finite(x) for x in r.val_loss]} for r in t.runs],
-        "stages": stages,
+        **{k: v for k, v in rec.items() if k not in ("name", "tokens_per_step")},
     }
-
-
-def _clean(values: Sequence[float | None]) -> list[float]:
-    return [math.inf if x is None else x for x in values]
-
-
-def add_speedups(rec: dict, ref: dict, cost: dict[tuple[int, int], float], suffix: str = "") -> None:
-    """Speedups of ``rec`` against a baseline record ``ref``, to ``ref``'s final loss, in tokens, measured
-    seconds and calibrated seconds.
-
-    When ``rec`` reaches that loss: ref's cost to it / rec's. When it does not, the slowdown the other way
-    round: ref's cost to reach *rec's* final loss / rec's whole run (below 1). ``speedup_kind`` says which."""
-    rc, fc = rec["curve"], ref["curve"]
-    target = _clean(fc["val_loss"])[-1]
-    names = [k + suffix for k in ("speedup_tokens", "speedup_wallclock", "speedup_wallclock_calibrated")]
-    if not math.isfinite(target):
-        rec.update(dict.fromkeys(names))
-        rec["speedup_kind" + suffix] = "the reference diverged"
-        return
-    r_tok, r_sec = to_target(rc["tokens"], rc["seconds"], _clean(rc["val_loss"]), target)
-    if r_tok is not None and r_sec is not None:
-        f_tok, f_sec = to_target(fc["tokens"], fc["seconds"], _clean(fc["val_loss"]), target)
-        assert f_tok is not None and f_sec is not None
-        values = (f_tok / r_tok, f_sec / r_sec if r_sec else None,
-                  calibrated_seconds(ref["stages"], cost, f_tok) / calibrated_seconds(rec["stages"], cost, r_tok))
-        rec.update(zip(names, values, strict=True))
-        rec["speedup_kind" + suffix] = "to the reference's final loss: reference's cost / this arm's"
-        return
-    final = _clean(rc["val_loss"])[-1]
-    f_tok, f_sec = to_target(fc["tokens"], fc["seconds"], _clean(fc["val_loss"]), final)
-    if f_tok is None or f_sec is None or not math.isfinite(final):
-        rec.update(dict.fromkeys(names))
-        rec["speedup_kind" + suffix] = "reference's final loss not reached; the reference was never as bad"
-        return
-    values = (f_tok / rc["tokens"][-1], f_sec / rc["seconds"][-1] if rc["seconds"][-1] else None,
-              calibrated_seconds(ref["stages"], cost, f_tok) / rec["train_seconds_calibrated"])
-    rec.update(zip(names, values, strict=True))
-    rec["speedup_kind" + suffix] = ("reference's final loss not reached: reference's cost to this arm's final "
-                                    "loss / this arm's whole run")
-
-
-def seconds_at(curve: dict, tokens: float) -> float | None:
-    """Training seconds at a token count, interpolated on a curve (for marking boundaries on the time axis)."""
-    xs, ys = curve["tokens"], curve["seconds"]
-    if not xs:
-        return None
-    if tokens <= xs[0]:
-        return ys[0] * tokens / xs[0] if xs[0] else 0.0
-    for i in range(1, len(xs)):
-        if tokens <= xs[i]:
-            f = (tokens - xs[i - 1]) / (xs[i] - xs[i - 1])
-            return ys[i - 1] + f * (ys[i] - ys[i - 1])
-    return ys[-1]
 
 
 # ====================================================================================== output
@@ -854,78 +532,37 @@ def table(report: dict) -> str:
     return "\n".join(lines)
 
 
+
 def plot(report: dict, path: Path) -> None:
     """Validation loss against tokens, measured seconds and calibrated seconds; one row per regime; stage
-    switches marked."""
+    switches marked (each panel drawn by gradus.experiments.plots)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+
+    from gradus.experiments.plots import draw
 
     records = [report["baseline"], *report["arms"]]
     regimes = sorted({r["regime"] for r in records})
     fig, axes = plt.subplots(len(regimes), 3, figsize=(18, 4.8 * len(regimes)), squeeze=False)
     colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
     color = {r["name"]: colors[i % len(colors)] for i, r in enumerate(records)}
-    target = report["target"]
     cost = {tuple(int(x) for x in k.split("x")): v for k, v in report["calibration"]["seconds_per_token"].items()}
     cost = {(L, L * b): v for (L, b), v in cost.items()}
-    titles = {"tokens": "training tokens (M)", "seconds": "measured training seconds (evaluation excluded)",
-              "calibrated": "calibrated training seconds (per-shape cost × tokens)"}
     for row, regime in enumerate(regimes):
         shown = [r for r in records if r["regime"] == regime or r is report["baseline"]]
         for col, axis in enumerate(("tokens", "seconds", "calibrated")):
             ax = axes[row][col]
-            for r in shown:
-                def xs_of(curve: dict, r: dict = r, axis: str = axis) -> list[float]:
-                    if axis == "tokens":
-                        return [x / 1e6 for x in curve["tokens"]]
-                    if axis == "seconds":
-                        return list(curve["seconds"])
-                    return [calibrated_seconds(r["stages"], cost, x) for x in curve["tokens"]]
-
-                c = r["curve"]
-                ys = [y if y is not None else float("nan") for y in c["val_loss"]]
-                ax.plot(xs_of(c), ys, "-o", ms=3, color=color[r["name"]], label=f"{r['name']} (lr {r['lr']:g})")
-                for sc in r["seed_curves"]:
-                    sy = [y if y is not None else float("nan") for y in sc["val_loss"]]
-                    ax.plot(xs_of(sc), sy, "-", lw=0.6, alpha=0.35, color=color[r["name"]])
-                for b in r["stages"][1:]:
-                    t = b["start_tokens"]
-                    x = (t / 1e6 if axis == "tokens" else seconds_at(c, t) if axis == "seconds"
-                         else calibrated_seconds(r["stages"], cost, t))
-                    if x is not None:
-                        ax.axvline(x, ls=":", lw=0.9, color=color[r["name"]], alpha=0.8)
-            ax.axhline(target, ls="--", lw=0.8, color="black", label=f"target {target:.3f}")
-            ax.set_xlabel(titles[axis])
-            ax.set_ylabel(f"val loss at length {report['settings']['final_len']}")
-            lo = min((y for r in shown for y in r["curve"]["val_loss"] if y is not None), default=target)
-            ax.set_ylim(lo - 0.1, target + 1.2)
+            draw(ax, shown, axis, color, target=report["target"], cost=cost,
+                 ylabel=f"val loss at length {report['settings']['final_len']}",
+                 label_of=lambda r: f"{r['name']} (lr {r['lr']:g})")
             ax.set_title(f"regime {regime} ({'baseline tokens/step' if regime == 'A' else 'large tokens/step'}); "
                          "dotted: stage switches", fontsize=9)
-            ax.grid(alpha=0.3)
-            ax.legend(fontsize=7)
     fig.suptitle(f"gradus curriculum speedup — {report['machine']['summary']}, {report['date']}", fontsize=10)
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)
-
-
-def machine() -> dict:
-    """What the figures were measured on."""
-    import torch
-
-    cpu = platform.processor() or ""
-    with contextlib.suppress(OSError):
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    cores = os.cpu_count()
-    return {"cpu": cpu, "cores": cores, "torch": torch.__version__,
-            "python": platform.python_version(), "platform": platform.platform(),
-            "summary": f"{cores}-core {cpu} CPU, torch {torch.__version__}"}
-
 
 # ========================================================================================= main
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
@@ -1035,7 +672,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         target = b_losses[-1]
         if not math.isfinite(target):
             raise SystemExit("curriculum_speedup: the baseline diverged at every LR; nothing to compare against")
-        records = {name: summarise(t, target, stage_plan(s, t.arm, args.data, tokenizer), cost)
+        records = {name: summarise(t, ARMS[name], target, stage_plan(s, ARMS[name], args.data, tokenizer), cost)
                    for name, t in tuned.items()}
         base = records["baseline"]
         for rec in records.values():
@@ -1054,7 +691,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             "date": date,
             "machine": machine(),
             "execution": {"jobs": args.jobs, "threads_per_run": args.threads,
-                          "note": "runs execute in parallel worker processes (one core each); seconds are per run"},
+                          "note": "each run is a `gradus train` process (gradus.experiments.runner), `jobs` at a "
+                                  "time; seconds are per run"},
             "load_average": {"start": list(load_start), "end": list(os.getloadavg()),
                              "runs_min": min(min(r.load_before, r.load_after) for r in all_runs),
                              "runs_max": max(max(r.load_before, r.load_after) for r in all_runs),
@@ -1091,17 +729,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         }
         args.out.mkdir(parents=True, exist_ok=True)
         stem = "curriculum_speedup" + (f"_{args.tag}" if args.tag else "")
-        json_path = args.out / f"{stem}.json"
-        json_path.write_text(json.dumps(report, indent=1) + "\n", encoding="utf-8")
+        json_path = write_result(args.out / f"{stem}.json", report)
         print()
         print(table(report))
         print(f"wrote {json_path}")
         if not args.no_plot:
-            try:
-                plot(report, args.out / f"{stem}.png")
-                print(f"wrote {args.out / f'{stem}.png'}")
-            except ImportError:
-                print("matplotlib is not installed: no PNG (pip install matplotlib)")
+            save_plot(lambda path: plot(report, path), args.out / f"{stem}.png")
         print(f"total {report['wall_seconds_total']:.0f}s wall; load average {load_start[0]:.1f} at start, "
               f"{os.getloadavg()[0]:.1f} at end")
     finally:

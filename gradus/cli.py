@@ -25,6 +25,8 @@ COMMANDS = {
     "generate": ("generate", "sample text from a run, checkpoint or exported model"),
     "eval": ("eval", "loss, perplexity and accuracy of a model on any source"),
     "report": ("report", "PNG plots and one HTML page describing a run"),
+    "sweep": ("sweep", "run arms that vary config values (or a named ablation) and compare their curves"),
+    "compare": ("compare", "the curriculum against a no-curriculum baseline: speedup in tokens and wall-clock"),
 }
 
 

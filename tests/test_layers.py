@@ -26,6 +26,7 @@ LAYER = {
     "curriculum": 1, "presets": 1, "sizes": 1,
     "plan": 2, "model": 2, "data": 2,
     "train": 3, "export": 3, "inference": 3, "report": 3,
+    "experiments": 3.5,  # sweeps and comparisons: above train (they run it), below cli/commands
     "cli": 4, "commands": 4,
 }
 PURE = ("config", "units", "errors", "curriculum", "presets", "sizes", "plan")

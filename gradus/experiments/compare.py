@@ -1,0 +1,197 @@
+"""``gradus compare``: the curriculum against a no-curriculum baseline on the same data and model (one
+stage at the curriculum's final length and tokens per step), optionally with every arm's LR tuned the same
+way; the speedup in tokens and wall-clock to the baseline's final loss, over seeds, and a verdict in words."""
+
+from __future__ import annotations
+
+import json
+import math
+import statistics
+from collections.abc import Callable, Sequence
+from dataclasses import asdict
+from pathlib import Path
+
+from gradus.config import GradusConfig, load_config, to_dict
+from gradus.errors import ConfigError
+from gradus.experiments.analysis import (
+    add_speedups,
+    calibrate,
+    compare_seeds,
+    finite,
+    spread,
+    summarise_runs,
+    verdict,
+)
+from gradus.experiments.arms import Arm
+from gradus.experiments.budget import EVAL_POINTS, compare_baseline, describe_stages
+from gradus.experiments.sweep import (
+    _num,
+    describe_run,
+    machine,
+    make_runner,
+    now,
+    prepare,
+    prepare_tokenizers,
+    stage_plan,
+    tasks_for,
+    write_plot,
+)
+from gradus.experiments.tuning import LRTuner, default_grid, tune_all
+from gradus.units import format_count
+
+MAX_EXTENSIONS = 2
+"""Times an LR grid may grow ×2 at an edge before the tuning settles for the edge (reported)."""
+
+
+def baseline_arm(base: dict, baseline: str, origin: str) -> Arm:
+    """``auto``: one stage at the curriculum's final length and tokens per step; else a config file."""
+    if baseline == "auto":
+        raw = compare_baseline(base, origin)
+        st = raw["curriculum"]["stages"][0]
+        desc = f"no curriculum: one stage at {st['seq_len']}, the curriculum's token-weighted mix"
+    else:
+        raw = to_dict(load_config(baseline))
+        desc = f"from {baseline}"
+    return Arm("baseline", (), desc, reference=True, config=raw)
+
+
+def compare_table(report: dict) -> str:
+    """The table ``gradus compare`` prints, and the verdict."""
+    n = len(report["seeds"])
+    lines = [f"target: val loss {report['target']:.4f} at length {report['reference_len']} (the baseline's final "
+             f"loss, median of {n} seed(s))",
+             f"{'arm':<11} {'LR':>8} {'final val loss (seeds)':>30} {'tokens→target':>13} {'s→target':>9} "
+             f"{'cal s':>6} {'×tokens':>7} {'×wall':>6} {'×cal':>6} {'tok/s':>7}"]
+    for rec in (report["baseline"], report["curriculum"]):
+        seeds = "/".join(f"{x:.3f}" if x is not None else "div" for x in rec["final_val_loss_seeds"])
+        final = f"{_num(rec['final_val_loss'], '.4f', 'diverged')} ({seeds})" if n > 1 else \
+            _num(rec["final_val_loss"], ".4f", "diverged")
+        tok = f"{rec['tokens_to_target'] / 1e3:,.0f}k" if rec["tokens_to_target"] else "not reached"
+        lr = f"{rec['lr']:.2g}" + ("" if rec.get("lr_inside_grid", True) else " EDGE")
+        lines.append(f"{rec['name']:<11} {lr:>8} {final:>30} {tok:>13} {_num(rec['seconds_to_target'], '.0f'):>9} "
+                     f"{_num(rec['seconds_to_target_calibrated'], '.0f'):>6} {_num(rec['speedup_tokens'], '.2f'):>7} "
+                     f"{_num(rec['speedup_wallclock'], '.2f'):>6} {_num(rec['speedup_wallclock_calibrated'], '.2f'):>6} "
+                     f"{rec['tokens_per_sec_median']:>7,.0f}")
+    lines.append("×tokens, ×wall, ×cal: the baseline's cost to its final loss / this arm's, in tokens, measured "
+                 "training seconds and calibrated seconds (each shape's best-case seconds per token × tokens: "
+                 "independent of the machine's load); above 1 = faster")
+    if not report["curriculum"]["tokens_to_target"]:
+        lines.append("not reached: the curriculum's figures are then the baseline's cost to reach the curriculum's "
+                     "final loss / the curriculum's whole run (below 1 = the curriculum is slower)")
+    sp = report["speedup_over_seeds"]
+    if n > 1 and sp["tokens"]["n"]:
+        t, c = sp["tokens"], sp["calibrated"]
+        lines.append(f"per seed (each against its own seed's baseline): ×{t['median']:.2f} tokens (range "
+                     f"{t['min']:.2f}–{t['max']:.2f})" + (f", ×{c['median']:.2f} calibrated (range {c['min']:.2f}–"
+                                                          f"{c['max']:.2f})" if c["n"] else ""))
+    if report.get("tuned"):
+        for name in ("baseline", "curriculum"):
+            grid = report[name]["lr_grid"]
+            lines.append(f"LR grid of the {name} (final loss at seed {report['seeds'][0]}): "
+                         + ", ".join(f"{k}: {_num(v, '.4f', 'div')}" for k, v in grid.items()))
+    lines.append(f"verdict: {report['verdict']}")
+    return "\n".join(lines)
+
+
+def run_compare(cfg: GradusConfig, *, baseline: str = "auto", budget: int | None, seeds: Sequence[int], out: Path,
+                tune_lr: bool = False, jobs: int | None = None, threads: int = 1, plot: bool = True,
+                origin: str = "config", eval_points: int = EVAL_POINTS,
+                log: Callable[[str], None] = print) -> dict:
+    """Run the curriculum and its baseline (tuned when asked), print the table and verdict, write
+    ``compare.json`` and ``compare.png``. Returns the report."""
+    base = to_dict(cfg)
+    if len(base["curriculum"]["stages"]) < 2 and baseline == "auto":
+        raise ConfigError(f"{origin}: the curriculum has one stage, so it is its own baseline; compare needs two "
+                          "or more stages (or give --baseline FILE)")
+    curriculum = Arm("curriculum", (), describe_stages(base))
+    arms = [baseline_arm(base, baseline, origin), curriculum]
+    prepared = prepare(base, arms, budget, seeds, origin, eval_points)
+    runner = make_runner(prepared, jobs, threads, log)
+    log(f"compare: curriculum ({describe_stages(prepared.configs['curriculum'])}) against the baseline "
+        f"({describe_stages(prepared.configs['baseline'])}), {format_count(prepared.budget)} tokens each, "
+        f"seeds {', '.join(map(str, prepared.seeds))}" + (", every arm's LR tuned" if tune_lr else "")
+        + f"; {runner.jobs} run(s) at a time; run directories under {out}/arms (rerun the same command to resume)")
+    prepare_tokenizers(prepared, log)
+    started = now()
+
+    def on_done(record):
+        log(describe_run(record))
+        return []
+
+    if tune_lr:
+        tuners = {}
+        for arm in arms:
+            lr = float(prepared.configs[arm.name].get("optim", {}).get("base_lr", 6e-4))
+
+            def make(lr_value: float, seed: int, name: str = arm.name):
+                task = next(t for t in tasks_for(prepared, out, name, lr_value) if t.seed == seed)
+                return task
+
+            tuners[arm.name] = LRTuner(arm.name, default_grid(lr), prepared.seeds, MAX_EXTENSIONS, make)
+
+        def drive(first, unlock):
+            return runner.run(first, on_done=lambda r: (on_done(r), unlock(r))[1])
+
+        tuned = tune_all(tuners, drive)
+        runs = {n: t.runs for n, t in tuned.items()}
+        all_records = [r for t in tuned.values() for r in [*t.grid.values(), *t.runs]]
+    else:
+        tasks = [t for arm in arms for t in tasks_for(prepared, out, arm.name)]
+        records = runner.run(tasks, on_done=on_done)
+        runs = {a.name: sorted([r for r in records if r.arm == a.name], key=lambda r: prepared.seeds.index(r.seed))
+                for a in arms}
+        all_records = records
+        tuned = {}
+    cost, samples = calibrate(all_records)
+    stages = {n: stage_plan(prepared.configs[n]) for n in runs}
+    finals = [r.final_val_loss for r in runs["baseline"]]
+    target = statistics.median(finals)
+    if not math.isfinite(target):
+        raise ConfigError("the baseline diverged (no final loss in most seeds); nothing to compare against: lower "
+                          "optim.base_lr or use --tune-lr")
+    records_out = {}
+    for arm in arms:
+        rec = summarise_runs(arm.name, runs[arm.name], target, stages[arm.name], cost)
+        rec["description"] = arm.description
+        rec["lr"] = runs[arm.name][0].lr
+        if arm.name in tuned:
+            t = tuned[arm.name]
+            rec["lr_inside_grid"] = t.inside
+            rec["lr_grid"] = {f"{lr:g}": finite(run.final_val_loss) for lr, run in sorted(t.grid.items())}
+        records_out[arm.name] = rec
+    for rec in records_out.values():
+        add_speedups(rec, records_out["baseline"], cost)
+    per_seed = compare_seeds(runs["baseline"], runs["curriculum"], stages["baseline"], stages["curriculum"], cost)
+    report = {
+        "command": "compare",
+        "date": started,
+        "machine": machine(),
+        "out": str(out),
+        "budget": prepared.budget,
+        "seeds": prepared.seeds,
+        "reference_len": prepared.reference_len,
+        "tuned": tune_lr,
+        "target": target,
+        "target_from": "the baseline's final validation loss, median over seeds",
+        "baseline": records_out["baseline"],
+        "curriculum": records_out["curriculum"],
+        "per_seed": [asdict(s) for s in per_seed],
+        "speedup_over_seeds": {"tokens": spread([s.speedup_tokens for s in per_seed]),
+                               "calibrated": spread([s.speedup_calibrated for s in per_seed])},
+        "verdict": verdict(per_seed),
+        "calibration": {"seconds_per_token": {f"{L}x{tps // L}": v for (L, tps), v in cost.items()},
+                        "windows": {f"{L}x{tps // L}": n for (L, tps), n in samples.items()}},
+        "execution": {"jobs": runner.jobs, "threads_per_run": threads, "gpus": runner.devices},
+    }
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "compare.json").write_text(json.dumps(report, indent=1) + "\n", encoding="utf-8")
+    log("")
+    log(compare_table(report))
+    log(f"wrote {out / 'compare.json'}")
+    if plot:
+        write_plot([records_out["baseline"], records_out["curriculum"]], out / "compare.png",
+                   f"gradus compare — curriculum vs baseline, {format_count(prepared.budget)} tokens per run, "
+                   f"{report['machine']['summary']}", target, log, cost=cost, calibrated=True,
+                   ylabel=f"validation loss at length {prepared.reference_len}",
+                   label_of=lambda r: f"{r['name']} (lr {r['lr']:g}, final {_num(r['final_val_loss'], '.3f')})")
+    return report

@@ -1,0 +1,216 @@
+"""Running arms: each run is ``gradus train`` (the real code path) in its own process and run directory,
+``jobs`` at a time; one torch thread each on CPU, one run per GPU on a machine with several.
+
+A run directory holds ``arm.yaml`` (the run's full config), what ``gradus train`` writes (``metrics.jsonl``,
+``config.yaml``, checkpoints), ``train.log`` (its console) and, once it finished, ``result.json`` (its curve
+and the config it ran). A later invocation reads a finished run back from ``result.json`` when the config
+is identical instead of training it again, and an unfinished one continues from its last checkpoint (that
+is ``gradus train --out DIR``'s own resume), so an interrupted sweep resumes where it stopped.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from pathlib import Path
+
+from gradus.config import dump_yaml, from_dict
+from gradus.errors import GradusError
+from gradus.experiments.analysis import RunRecord, read_records, record_from_metrics
+
+RESULT = "result.json"
+"""The file a finished run's record is kept in, beside its metrics."""
+
+
+@dataclass
+class Task:
+    """One training run to do."""
+
+    arm: str
+    """Name of the arm."""
+    lr: float
+    """``optim.base_lr`` (for the tables; the config holds it)."""
+    seed: int
+    """``train.seed``."""
+    config: dict
+    """The complete raw config mapping of the run."""
+    run_dir: Path
+    """Its own run directory (kept)."""
+
+    @property
+    def config_text(self) -> str:
+        """The resolved config as YAML (what identifies a finished run)."""
+        return dump_yaml(from_dict(self.config, origin=f"arm {self.arm}"))
+
+    @property
+    def budget(self) -> int:
+        """Training tokens of the run."""
+        return int(self.config["curriculum"]["target_tokens"])
+
+
+def finished_record(task: Task) -> RunRecord | None:
+    """The record of a run already finished with the same config, else None."""
+    saved = task.run_dir / RESULT
+    if not saved.is_file():
+        return None
+    try:
+        data = json.loads(saved.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    if data.get("config") != task.config_text:
+        return None
+    record = RunRecord.from_json(data["record"])
+    record.reused = True
+    return record
+
+
+def cuda_devices(config: dict) -> list[int]:
+    """GPU indices to spread runs over: every visible GPU when the config trains on ``auto``/``cuda``."""
+    device = str((config.get("train") or {}).get("device", "auto"))
+    if device not in ("auto", "cuda"):
+        return []
+    import torch  # only here: the rest of the package reads plain files
+
+    return list(range(torch.cuda.device_count())) if torch.cuda.is_available() else []
+
+
+def _load() -> float:
+    try:
+        return os.getloadavg()[0]
+    except OSError:
+        return 0.0
+
+
+def _last_line(path: Path) -> str:
+    try:
+        lines = [ln for ln in path.read_text(encoding="utf-8", errors="replace").splitlines() if ln.strip()]
+    except OSError:
+        return ""
+    errors = [ln for ln in lines if "error" in ln.lower()]
+    return (errors or lines or [""])[-1][:300]
+
+
+class Runner:
+    """Runs tasks ``jobs`` at a time in ``gradus train`` processes; new tasks may be queued as runs finish
+    (the LR tuning does that)."""
+
+    def __init__(self, jobs: int = 1, threads: int = 1, devices: list[int] | None = None,
+                 log: Callable[[str], None] = print, reuse: bool = True):
+        self.devices = devices or []
+        # One run per GPU: more would share a device and slow each other down unevenly.
+        self.jobs = max(1, min(jobs, len(self.devices)) if self.devices else jobs)
+        self.threads = threads
+        self.log = log
+        self.reuse = reuse
+        """Read finished runs back and continue unfinished ones; False trains every run from scratch."""
+
+    def _start(self, task: Task, slot: int) -> subprocess.Popen:
+        arm_yaml = task.run_dir / "arm.yaml"
+        if not self.reuse or (arm_yaml.is_file() and arm_yaml.read_text(encoding="utf-8") != task.config_text):
+            # Start afresh: asked to, or the arm changed since that run started (its checkpoints belong to
+            # another config).
+            shutil.rmtree(task.run_dir, ignore_errors=True)
+        task.run_dir.mkdir(parents=True, exist_ok=True)
+        (task.run_dir / RESULT).unlink(missing_ok=True)
+        arm_yaml.write_text(task.config_text, encoding="utf-8")
+        env = dict(os.environ)
+        env.setdefault("TOKENIZERS_PARALLELISM", "false")
+        if self.devices:
+            env["CUDA_VISIBLE_DEVICES"] = str(self.devices[slot])
+        else:
+            # On a shared CPU box two OpenMP threads per process collapse whenever another process holds a
+            # core (every parallel region waits for the descheduled thread), so each run gets its own.
+            env["OMP_NUM_THREADS"] = env["MKL_NUM_THREADS"] = str(self.threads)
+        cmd = [sys.executable, "-m", "gradus.cli", "train", "--config", str(arm_yaml), "--out", str(task.run_dir)]
+        log = open(task.run_dir / "train.log", "a", encoding="utf-8")  # noqa: SIM115 (closed when the run ends)
+        try:
+            return subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env)
+        finally:
+            log.close()
+
+    def _finish(self, task: Task, code: int, started: float, load_before: float) -> RunRecord:
+        record = RunRecord(task.arm, task.lr, task.seed, load_before=load_before, load_after=_load(),
+                           run_dir=str(task.run_dir))
+        record.wall_seconds = time.perf_counter() - started
+        if code != 0:
+            record.diverged = f"gradus train exited {code}: {_last_line(task.run_dir / 'train.log')}"
+        metrics = task.run_dir / "metrics.jsonl"
+        record_from_metrics(record, read_records(metrics) if metrics.is_file() else [], task.budget)
+        if code == 0:
+            (task.run_dir / RESULT).write_text(json.dumps({"record": record.to_json(), "config": task.config_text}),
+                                               encoding="utf-8")
+        return record
+
+    def run(self, tasks: Iterable[Task], on_done: Callable[[RunRecord], Iterable[Task]] | None = None
+            ) -> list[RunRecord]:
+        """Run every task (and those ``on_done`` returns as runs finish); the records in finishing order.
+        A run that fails with a configuration or data error (exit 2) stops everything: every arm would
+        fail the same way."""
+        queue = list(tasks)
+        running: dict[int, tuple[subprocess.Popen, Task, float, float]] = {}
+        records: list[RunRecord] = []
+
+        def done(record: RunRecord) -> None:
+            records.append(record)
+            if on_done is not None:
+                queue.extend(on_done(record))
+
+        previous = _raise_on_sigterm()
+        try:
+            while queue or running:
+                while queue and len(running) < self.jobs:
+                    task = queue.pop(0)
+                    old = finished_record(task) if self.reuse else None
+                    if old is not None:
+                        done(old)
+                        continue
+                    slot = next(i for i in range(self.jobs) if i not in running)
+                    running[slot] = (self._start(task, slot), task, time.perf_counter(), _load())
+                    self.log(f"  {task.arm} lr {task.lr:g} seed {task.seed}: training (console: "
+                             f"{task.run_dir / 'train.log'})")
+                for slot, (proc, task, started, load_before) in list(running.items()):
+                    code = proc.poll()
+                    if code is None:
+                        continue
+                    del running[slot]
+                    if code == 2:
+                        raise GradusError(f"arm {task.arm!r} (run {task.run_dir}): "
+                                          f"{_last_line(task.run_dir / 'train.log')}")
+                    done(self._finish(task, code, started, load_before))
+                time.sleep(0.1)
+        except BaseException:
+            # Let every run stop cleanly (the trainer checkpoints on SIGINT) so the next invocation resumes it.
+            for proc, *_ in running.values():
+                if proc.poll() is None:
+                    proc.send_signal(signal.SIGINT)
+            for proc, *_ in running.values():
+                try:
+                    proc.wait(timeout=120)
+                except subprocess.TimeoutExpired:
+                    proc.kill()
+            raise
+        finally:
+            if previous is not None:
+                signal.signal(signal.SIGTERM, previous)
+        return records
+
+
+def _raise_on_sigterm():
+    """Turn SIGTERM into KeyboardInterrupt while runs are going, so they are stopped (and checkpointed) with
+    the sweep instead of running on orphaned; returns the previous handler (None off the main thread)."""
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        return None
+
+    def handler(signum, frame):
+        raise KeyboardInterrupt
+
+    return signal.signal(signal.SIGTERM, handler)

@@ -1,0 +1,101 @@
+"""Learning-rate tuning done the same way for every arm: a grid at the first seed, extended ×2 at an edge
+until the best value lies strictly inside (up to ``max_extensions`` times), then the best LR at the other
+seeds. A small state machine, so the runs of every arm share one pool of workers."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+from gradus.experiments.analysis import RunRecord
+from gradus.experiments.runner import Task
+
+
+@dataclass
+class Tuned:
+    """An arm after tuning: every grid run (first seed) and the best LR's runs at all seeds."""
+
+    name: str
+    """The arm."""
+    grid: dict[float, RunRecord]
+    """Final-loss run of every LR tried, at the first seed."""
+    best_lr: float
+    """The LR with the lowest final validation loss."""
+    runs: list[RunRecord]
+    """The best LR's runs, one per seed, in seed order."""
+    inside: bool
+    """Whether the best LR lies strictly inside the grid (False: it is at an edge the extensions did not pass)."""
+
+
+def default_grid(lr: float) -> tuple[float, ...]:
+    """Half, one and twice an LR: the starting grid around a configured value."""
+    return tuple(float(f"{lr * f:.3g}") for f in (0.5, 1.0, 2.0))
+
+
+class LRTuner:
+    """The tuning of one arm: ``start()`` gives the grid's tasks, ``finish(record)`` the tasks a finished
+    run unlocks (an extension or the other seeds), ``result()`` the tuned arm once ``done``."""
+
+    def __init__(self, name: str, grid: Sequence[float], seeds: Sequence[int], max_extensions: int,
+                 make_task: Callable[[float, int], Task]):
+        if len(grid) < 3:
+            raise ValueError(f"{name}: an LR grid needs at least three values, got {list(grid)}")
+        self.name, self.seeds, self.max_extensions, self.make_task = name, list(seeds), max_extensions, make_task
+        self.initial = sorted(grid)
+        self.grid: dict[float, RunRecord] = {}
+        self.pending: set[tuple[float, int]] = set()
+        self.extensions = 0
+        self.best: float | None = None
+        self.seed_runs: dict[int, RunRecord] = {}
+
+    def _tasks(self, pairs: list[tuple[float, int]]) -> list[Task]:
+        self.pending.update(pairs)
+        return [self.make_task(lr, seed) for lr, seed in pairs]
+
+    def start(self) -> list[Task]:
+        """The first tasks: every grid value at the first seed."""
+        return self._tasks([(lr, self.seeds[0]) for lr in self.initial])
+
+    def finish(self, run: RunRecord) -> list[Task]:
+        """Record a finished run; return the tasks it unlocks."""
+        self.pending.discard((run.lr, run.seed))
+        if self.best is None:
+            self.grid[run.lr] = run
+            if self.pending:
+                return []
+            ordered = sorted(self.grid)
+            best = min(ordered, key=lambda lr: self.grid[lr].final_val_loss)
+            inside = ordered[0] < best < ordered[-1]
+            if not inside and self.extensions < self.max_extensions and math.isfinite(self.grid[best].final_val_loss):
+                self.extensions += 1
+                new = float(f"{(best / 2 if best == ordered[0] else best * 2):.3g}")
+                return self._tasks([(new, self.seeds[0])])
+            self.best = best
+            self.seed_runs[self.seeds[0]] = self.grid[best]
+            return self._tasks([(best, seed) for seed in self.seeds[1:]])
+        self.seed_runs[run.seed] = run
+        return []
+
+    @property
+    def done(self) -> bool:
+        """Every run this arm needs is in."""
+        return self.best is not None and not self.pending
+
+    def result(self) -> Tuned:
+        """The tuned arm."""
+        assert self.best is not None
+        ordered = sorted(self.grid)
+        return Tuned(self.name, dict(self.grid), self.best, [self.seed_runs[k] for k in self.seeds],
+                     ordered[0] < self.best < ordered[-1])
+
+
+def tune_all(tuners: dict[str, LRTuner], run: Callable[[list[Task], Callable[[RunRecord], list[Task]]], object]
+             ) -> dict[str, Tuned]:
+    """Drive every tuner through one runner: ``run(first_tasks, on_done)`` (e.g. :meth:`Runner.run`)."""
+    first = [t for tuner in tuners.values() for t in tuner.start()]
+    run(first, lambda record: tuners[record.arm].finish(record))
+    unfinished = [n for n, t in tuners.items() if not t.done]
+    if unfinished:
+        raise RuntimeError(f"tuning did not finish for {unfinished}")
+    return {n: t.result() for n, t in tuners.items()}

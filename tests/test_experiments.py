@@ -1,0 +1,248 @@
+"""gradus.experiments and ``gradus sweep`` / ``gradus compare``: arm construction, relative values, the
+equal-parameter shapes, budgets, the crossing analysis on hand-made curves, every bad input (one line, exit 2,
+before anything trains) and the resume of an interrupted sweep (real ``gradus train`` subprocesses)."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+from builders import tiny_config
+
+from gradus.cli import main
+from gradus.config import from_dict, to_dict
+from gradus.curriculum import Curriculum
+from gradus.errors import ConfigError
+from gradus.experiments.analysis import (
+    RunRecord,
+    add_speedups,
+    calibrate,
+    calibrated_seconds,
+    compare_seeds,
+    median_curve,
+    record_from_metrics,
+    to_target,
+    verdict,
+)
+from gradus.experiments.arms import ablation_arms, arm_config, check_arm_count, vary_arms
+from gradus.experiments.budget import compare_baseline, same_evaluation, scale_to_budget
+from gradus.experiments.runner import Runner
+from gradus.experiments.sweep import prepare, tasks_for
+from gradus.model.sizes import ModelShape, resolve_shape
+from gradus.presets import load_preset
+
+
+@pytest.fixture(scope="module")
+def demo() -> dict:
+    return to_dict(load_preset("demo"))
+
+
+# ------------------------------------------------------------------------------------------------ arms
+def test_vary_builds_every_combination_with_absolute_values(demo):
+    arms = vary_arms(demo, ["optim.base_lr=1e-3,2e-3", "curriculum.stages[3].seq_len=128,256"])
+    assert [a.name for a in arms] == ["base_lr=1e-3 seq_len=128", "base_lr=1e-3 seq_len=256",
+                                      "base_lr=2e-3 seq_len=128", "base_lr=2e-3 seq_len=256"]
+    assert arms[1].overrides == ("optim.base_lr=0.001", "curriculum.stages[3].seq_len=256")
+    cfg = from_dict(arm_config(demo, arms[2], "demo"))
+    assert cfg.optim.base_lr == 2e-3 and cfg.curriculum.stages[3].seq_len == 128
+
+
+def test_relative_values_scale_the_configured_value_and_keep_ints_ints(demo):
+    lr = vary_arms(demo, ["optim.base_lr=0.5x,1x,1.5x"])
+    assert [a.overrides for a in lr] == [("optim.base_lr=0.002",), ("optim.base_lr=0.004",), ("optim.base_lr=0.006",)]
+    assert [a.reference for a in lr] == [False, True, False]
+    # [*] scales every stage by its own value; an int key stays an int.
+    seq = vary_arms(demo, ["curriculum.stages[*].seq_len=0.5x"])[0]
+    assert seq.overrides == tuple(f"curriculum.stages[{i}].seq_len={n}" for i, n in enumerate((16, 32, 64, 128)))
+    # A shape field the size preset fills (tiny: d_model 64) scales too.
+    assert vary_arms(demo, ["model.d_model=2x"])[0].overrides == ("model.d_model=128",)
+
+
+def test_named_ablations(demo):
+    lr = ablation_arms("lr", demo)
+    assert [a.name for a in lr] == ["base_lr=0.5x", "base_lr=1x", "base_lr=1.5x"]
+    svb = {a.name: a for a in ablation_arms("seq-vs-batch", demo)}
+    assert set(svb) == {"as configured", "seq_len 0.5x", "tokens/step 0.5x", "tokens/step 2x"}  # 2x > max_seq_len
+    half = from_dict(arm_config(demo, svb["seq_len 0.5x"], "demo"))
+    assert [(s.seq_len, s.tokens_per_batch) for s in half.curriculum.stages] == [(16, 4096), (32, 4096), (64, 4096),
+                                                                                 (128, 4096)]
+    mix = {a.name: a for a in ablation_arms("mix", demo)}
+    assert len(mix) == 7  # as configured + each of 3 sources up and down
+    stages = Curriculum(from_dict(arm_config(demo, mix["code +15%"], "demo"))).stages
+    assert stages[0].mix["code"] == pytest.approx(0.23, abs=1e-4)  # 0.20 × 1.15
+    assert sum(stages[0].mix.values()) == pytest.approx(1.0, abs=1e-3)
+    assert stages[0].mix["prose"] / stages[0].mix["math"] == pytest.approx(0.70 / 0.10, rel=1e-3)  # the rest keep ratios
+
+
+def test_depth_width_shapes_have_equal_parameters_within_two_percent(demo):
+    arms = ablation_arms("depth-width", demo)
+    n0 = resolve_shape(from_dict(demo).model, 4096).params_non_embedding
+    assert [a.name for a in arms] == ["4x64", "8x48", "2x96"]
+    for arm in arms[1:]:
+        cfg = from_dict(arm_config(demo, arm, "demo"))
+        shape = resolve_shape(cfg.model, 4096)
+        assert isinstance(shape, ModelShape)
+        off = shape.params_non_embedding / n0 - 1
+        assert abs(off) <= 0.02
+        assert f"({off:+.1%})" in arm.note  # the table says how far off each is
+    assert resolve_shape(from_dict(arm_config(demo, arms[1], "demo")).model, 4096).n_layers == 8
+
+
+# ------------------------------------------------------------------------------------------- budgets
+def test_budget_keeps_stage_shares_in_whole_steps_and_the_baseline_is_one_final_stage(demo):
+    raw = scale_to_budget(demo, 200_000)
+    stages = raw["curriculum"]["stages"]
+    assert [s["tokens"] // 4096 for s in stages] == [5, 7, 10, 27]  # 10/15/20/55% of 48.8 steps
+    assert raw["curriculum"]["target_tokens"] == 49 * 4096
+    ev = same_evaluation(raw, 256)
+    assert ev["train"]["eval_every"] == 3 and ev["train"]["eval_reference_seq_len"] == 256
+    base = compare_baseline(raw)
+    [st] = base["curriculum"]["stages"]
+    assert (st["seq_len"], st["tokens_per_batch"], st["tokens"]) == (256, 4096, 49 * 4096)
+    # The token-weighted mix of the curriculum: prose 0.7·5 + 0.6·7 + 0.5·10 + 0.4·27 over 49 steps.
+    assert st["mix"]["prose"] == pytest.approx((0.7 * 5 + 0.6 * 7 + 0.5 * 10 + 0.4 * 27) / 49, abs=1e-4)
+
+
+# ------------------------------------------------------------------------------------------- analysis
+def _run(arm: str, seed: int, losses: list[float], tokens_per_eval: int = 100, secs: float = 1.0) -> RunRecord:
+    n = len(losses)
+    return RunRecord(arm, 1e-3, seed, tokens=[tokens_per_eval * (i + 1) for i in range(n)],
+                     seconds=[secs * (i + 1) for i in range(n)], val_loss=list(losses), final_val_loss=losses[-1],
+                     tokens_trained=tokens_per_eval * n, train_seconds=secs * n)
+
+
+def test_crossing_is_interpolated_between_the_bracketing_evaluations():
+    tokens, secs = [100, 200, 300], [10.0, 20.0, 30.0]
+    assert to_target(tokens, secs, [6.0, 5.0, 4.0], 4.5) == pytest.approx((250.0, 25.0))
+    assert to_target(tokens, secs, [4.0, 3.0, 2.0], 5.0) == (100.0, 10.0)  # already below at the first evaluation
+    assert to_target(tokens, secs, [6.0, 5.5, 5.1], 5.0) == (None, None)
+    assert to_target(tokens, secs, [6.0, math.inf, 4.0], 5.0) == (300.0, 30.0)  # no bracket across a diverged point
+
+
+def test_speedups_and_verdict_on_hand_made_curves():
+    stages_b = [{"seq_len": 64, "tokens_per_step": 10, "start_tokens": 0, "end_tokens": 400}]
+    stages_c = [{"seq_len": 16, "tokens_per_step": 10, "start_tokens": 0, "end_tokens": 200},
+                {"seq_len": 64, "tokens_per_step": 10, "start_tokens": 200, "end_tokens": 400}]
+    base = [_run("baseline", 0, [6.0, 5.0, 4.5, 4.0]), _run("baseline", 1, [6.0, 5.0, 4.6, 4.2])]
+    # Seed 0 reaches 4.0 halfway between 200 and 300 tokens; seed 1 reaches 4.2 at 200 exactly.
+    cur = [_run("curriculum", 0, [5.5, 4.5, 3.5, 3.4], secs=0.5), _run("curriculum", 1, [5.5, 4.2, 4.0, 3.9], secs=0.5)]
+    cost = {(16, 10): 0.25, (64, 10): 1.0}
+    assert calibrated_seconds(stages_c, cost, 300) == pytest.approx(200 * 0.25 + 100 * 1.0)
+    seeds = compare_seeds(base, cur, stages_b, stages_c, cost)
+    assert [s.tokens_fraction for s in seeds] == pytest.approx([250 / 400, 200 / 400])
+    assert seeds[0].speedup_calibrated == pytest.approx(400 / (200 * 0.25 + 50))
+    assert verdict(seeds) == ("the curriculum reached the baseline's final loss after 56% of the tokens in 2 of 2 "
+                              "seed(s) (1.80x fewer tokens, 6.00x less calibrated training time, median)")
+    # Median curves, then the speedup record against the baseline's record.
+    def record(runs, stages):
+        t, s, v = median_curve(runs)
+        return {"curve": {"tokens": t, "seconds": s, "val_loss": v}, "stages": stages,
+                "train_seconds_calibrated": calibrated_seconds(stages, cost, 400)}
+    rb, rc = record(base, stages_b), record(cur, stages_c)
+    add_speedups(rc, rb, cost)
+    # Median baseline final 4.1; the curriculum's median curve (5.5, 4.35, 3.75, 3.65) crosses it at 200 + 100·0.25/0.6.
+    crossing = 200 + 100 * (4.35 - 4.1) / (4.35 - 3.75)
+    assert rc["speedup_tokens"] == pytest.approx(400 / crossing)
+    assert rc["speedup_wallclock"] == pytest.approx(4.0 / (crossing / 100 * 0.5))
+    missed = compare_seeds(base, [_run("curriculum", 0, [6, 5, 4.6, 4.3]), _run("curriculum", 1, [6, 5, 4.7, 4.5])],
+                           stages_b, stages_c, cost)
+    assert verdict(missed) == ("the curriculum did not reach the baseline's final loss in any of 2 seed(s); it ended "
+                               "0.300 above it (median over seeds)")
+
+
+def test_metrics_records_become_a_curve_and_calibration_windows():
+    records = [
+        {"step": 1, "tokens": 10, "tokens_per_sec": 50.0, "time/train_seconds": 0.2, "curriculum/stage": 0,
+         "curriculum/current_seq_len": 16, "curriculum/tokens_per_step": 10},
+        {"step": 2, "tokens": 20, "tokens_per_sec": 100.0, "time/train_seconds": 0.3, "curriculum/stage": 0,
+         "curriculum/current_seq_len": 16, "curriculum/tokens_per_step": 10},
+        {"step": 2, "tokens": 20, "val/loss": 5.0, "time/train_seconds": 0.3},
+        {"step": 4, "tokens": 40, "val/loss": 4.0, "time/train_seconds": 0.6},
+        {"step": 4, "tokens": 40, "val/loss": 3.9, "time/train_seconds": 0.7},  # after a resume: the later wins
+    ]
+    run = record_from_metrics(RunRecord("a", 1e-3, 0), records, budget=40)
+    assert run.tokens == [20, 40] and run.val_loss == [5.0, 3.9] and run.final_val_loss == 3.9
+    assert run.windows == [(16, 10, 100.0)] and run.diverged is None
+    cost, count = calibrate([run])
+    assert cost == {(16, 10): 0.01} and count == {(16, 10): 1}
+    short = record_from_metrics(RunRecord("a", 1e-3, 0), records, budget=80)
+    assert short.final_val_loss == math.inf and short.diverged == "stopped before the end of the budget"
+
+
+# ------------------------------------------------------------------------------------------ bad input
+@pytest.mark.parametrize("argv, message", [
+    (["--vary", "optim.base_lrr=1e-3,2e-3"], "--vary optim.base_lrr: unknown key 'base_lrr' in optim; did you mean "
+                                             "'optim.base_lr'?"),
+    (["--vary", "optim.base_lr=-1,1e-3"], "arm 'base_lr=-1': preset demo: optim.base_lr=-1: must be greater than 0"),
+    (["--vary", "model.preset=0.5x,1x"], "--vary model.preset=0.5x: a relative value needs a numeric key, but "
+                                         "model.preset is 'tiny', not a number; give absolute values instead"),
+    (["--ablation", "lr", "--budget", "20k"], "arm 'base_lr=0.5x': --budget 20K: stage s32 (10% of the tokens) "
+                                              "would get less than one step of 4,096 tokens"),
+    (["--vary", "optim.base_lr=1x"], "1 arm(s) to run; a sweep compares two or more"),
+    (["--vary", "curriculum.stages[7].seq_len=32,64"], "index [7] is out of range; curriculum.stages has 4 items"),
+    (["--ablation", "depth"], "--ablation depth: unknown ablation; did you mean 'depth-width'?"),
+    (["--ablation", "lr", "--seeds", "0,x"], "--seeds 0,x: expected comma-separated integers"),
+])
+def test_bad_sweep_input_is_one_line_and_exit_2_before_training(argv, message, capsys, tmp_path):
+    assert main(["sweep", "--preset", "demo", "--out", str(tmp_path / "out"), *argv]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("gradus: error: ") and message in err[0], err
+    assert not (tmp_path / "out").exists()  # nothing ran
+
+
+def test_compare_refuses_a_one_stage_config_and_a_missing_baseline(capsys, tmp_path):
+    assert main(["compare", "--preset", "demo", "--set", "curriculum.stages=[{seq_len: 64, tokens_per_batch: 4096, "
+                 "tokens: 40960}]", "--set", "curriculum.target_tokens=null", "--out", str(tmp_path)]) == 2
+    assert "the curriculum has one stage" in capsys.readouterr().err
+    assert main(["compare", "--preset", "demo", "--baseline", str(tmp_path / "nope.yaml")]) == 2
+    assert "--baseline" in capsys.readouterr().err
+
+
+def test_check_arm_count_refuses_repeated_arms(demo):
+    with pytest.raises(ConfigError, match="given twice"):
+        check_arm_count(vary_arms(demo, ["optim.base_lr=1e-3,1e-3"]))
+
+
+# --------------------------------------------------------------------------------------------- resume
+def test_an_interrupted_sweep_resumes_and_reads_finished_arms_back(offline_data, tmp_path):
+    base = from_dict(tiny_config(offline_data))
+    raw = to_dict(base)
+    arms = vary_arms(raw, ["optim.base_lr=1x,2x"])
+    prepared = prepare(raw, arms, None, [0], "tiny", eval_points=2)
+    tasks = [t for a in arms for t in tasks_for(prepared, tmp_path, a.name)]
+
+    def stop_after_first(record):
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        Runner(jobs=1).run(tasks, on_done=stop_after_first)
+    first_dir = tasks[0].run_dir
+    assert (first_dir / "result.json").is_file() and not (tasks[1].run_dir / "result.json").exists()
+    stamp = (first_dir / "metrics.jsonl").stat().st_mtime_ns
+    records = Runner(jobs=1).run(tasks)
+    assert [(r.arm, r.reused) for r in records] == [("base_lr=1x", True), ("base_lr=2x", False)]
+    assert (first_dir / "metrics.jsonl").stat().st_mtime_ns == stamp  # not trained again
+    for r in records:
+        # Every 8 steps (two evaluations over 16 steps), plus each stage's end (steps 6, 11, 16).
+        assert r.tokens == [6 * 256, 8 * 256, 11 * 256, 16 * 256] and math.isfinite(r.final_val_loss)
+    saved = json.loads((first_dir / "result.json").read_text())
+    assert saved["record"]["final_val_loss"] == records[0].final_val_loss
+    assert records[0].final_val_loss != records[1].final_val_loss  # the LR did change the run
+
+
+def test_sweep_report_picks_the_lowest_final_loss_and_measures_to_the_worst_arms_final(demo):
+    from gradus.experiments.sweep import sweep_report, sweep_table
+
+    prepared = prepare(demo, ablation_arms("lr", demo), 200_000, [0], "demo")
+    curves = {"base_lr=0.5x": [7.5, 7.2, 7.0], "base_lr=1x": [7.4, 7.0, 6.8], "base_lr=1.5x": [7.3, 7.1, 6.9]}
+    records = [_run(name, 0, losses, tokens_per_eval=49 * 4096 // 3) for name, losses in curves.items()]
+    report = sweep_report(prepared, records, target=None)
+    assert report["winner"] == "base_lr=1x" and report["target"] == 7.0  # the highest final loss
+    arms = {a["name"]: a for a in report["arms"]}
+    third = 49 * 4096 // 3
+    assert arms["base_lr=1x"]["tokens_to_target"] == 2 * third
+    # 1.5x: 7.1 at 2/3 of the run, 6.9 at the end: 7.0 is halfway between.
+    assert arms["base_lr=1.5x"]["tokens_to_target"] == pytest.approx(2.5 * third)
+    table = sweep_table(report)
+    assert "*base_lr=1x" in table and "target 7.0000" in table
