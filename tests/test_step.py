@@ -11,8 +11,9 @@ import torch.multiprocessing as mp
 from gradus.config import OptimConfig
 from gradus.model import GPT, ModelShape
 from gradus.plan.memory import HEADROOM, estimate_memory
+from gradus.train.build import build_optimizer
+from gradus.train.micro_batch import adamw_state_bytes, halve_until_fits, host_micro_batch
 from gradus.train.runtime import Runtime, cgroup_free_bytes, host_memory_budget
-from gradus.train.step import adamw_state_bytes, build_optimizer, halve_until_fits, host_micro_batch
 
 
 def test_adamw_state_bytes_is_what_the_first_step_allocates():

@@ -19,6 +19,8 @@ from gradus.cli import main
 from gradus.config import from_dict
 from gradus.curriculum import Curriculum
 from gradus.data import load_tokenizer
+from gradus.train import evaluate as evaluate_mod
+from gradus.train import micro_batch as micro_batch_mod
 from gradus.train import trainer as trainer_mod
 from gradus.train.metrics import losses_by_step, read_metrics
 from gradus.train.trainer import train
@@ -174,7 +176,7 @@ def test_early_stopping_keeps_best(tmp_path, tokenizer_json, shared_data, monkey
         loss = next(fake)
         return {"loss": loss, "ppl": math.exp(loss), "accuracy": 0.1, "tokens": 10}
 
-    monkeypatch.setattr(trainer_mod, "evaluate", scripted)
+    monkeypatch.setattr(evaluate_mod, "evaluate", scripted)
     raw = raw_config(tokenizer_json, shared_data, eval_every=2, early_stopping_patience=2, eval_at_stage_change=False,
                      eval_reference_seq_len=16)
     result = train(from_dict(raw), tmp_path, quiet=True)
@@ -291,7 +293,7 @@ def test_cuda_probe_halves_on_oom_and_holds_adamw_moments_aside(tmp_path, tokeni
             return t
 
         monkeypatch.setattr(torch, "empty", empty)
-        real_net, tried = trainer.net, []
+        real_net, tried = trainer.net, []  # the probe runs the run's module; here a stand-in for it
 
         def net(x, y):
             tried.append(x.shape[0])
@@ -299,13 +301,16 @@ def test_cuda_probe_halves_on_oom_and_holds_adamw_moments_aside(tmp_path, tokeni
                 raise torch.OutOfMemoryError("fake: CUDA out of memory")
             return real_net(x, y)
 
-        trainer.net = net
-        assert trainer._probe(16, 16) == 4
+        def probe(seq_len: int, micro: int) -> int | None:
+            return micro_batch_mod.probe_micro_batch(net, trainer.optimizer, trainer.rt, trainer.shape.vocab_size,
+                                                     seq_len, micro)
+
+        assert probe(16, 16) == 4
         assert tried == [16, 8, 4] and held == [moments] * 3
         assert all(p.grad is None for p in trainer.model.parameters())  # nothing left behind
         held.clear()
         trainer.optimizer.state[next(trainer.model.parameters())] = {"step": torch.tensor(1.0)}  # moments exist
-        assert trainer._probe(16, 2) is None and held == []  # nothing held aside: fails for lack of the bytes
+        assert probe(16, 2) is None and held == []  # nothing held aside: fails for lack of the bytes
     finally:
         trainer.close()
 
@@ -336,7 +341,7 @@ def _signalled_rank_worker(rank: int, raw: dict, run: str, init: str) -> None:
     def step(self, state, batch):
         out = real(self, state, batch)
         if rank == 1 and state.step == 2:
-            self.stop_requested = "stopped by SIGTERM; checkpoint saved"  # the signal reached rank 1 only
+            self.stop.reason = "stopped by SIGTERM; checkpoint saved"  # the signal reached rank 1 only
         return out
 
     trainer_mod.Trainer._train_step = step
@@ -368,7 +373,7 @@ def test_cpu_micro_batch_follows_the_hosts_free_memory(tmp_path, tokenizer_json,
     longest = max(Curriculum(cfg).stages, key=lambda s: s.seq_len)
     one = estimate_memory(shape, longest.seq_len, 1, "fp32")
     budget = int((one.total + 2 * one.activations) / HEADROOM)
-    monkeypatch.setattr(trainer_mod, "host_memory_budget", lambda: budget)
+    monkeypatch.setattr(micro_batch_mod, "host_memory_budget", lambda: budget)
     train(cfg, tmp_path, quiet=True)
     micro = {r["curriculum/current_seq_len"]: r["curriculum/micro_batch_size"]
              for r in read_metrics(tmp_path / "metrics.jsonl") if "curriculum/micro_batch_size" in r}
@@ -380,7 +385,7 @@ def test_cpu_micro_batch_follows_the_hosts_free_memory(tmp_path, tokenizer_json,
 
 def test_a_stage_that_cannot_fit_the_hosts_memory_is_a_one_line_error(tmp_path, tokenizer_json, shared_data,
                                                                     monkeypatch, capsys):
-    monkeypatch.setattr(trainer_mod, "host_memory_budget", lambda: 1024)
+    monkeypatch.setattr(micro_batch_mod, "host_memory_budget", lambda: 1024)
     cfg_path = tmp_path / "c.yaml"
     cfg_path.write_text(json.dumps(raw_config(tokenizer_json, shared_data)))
     assert main(["train", str(cfg_path), "--out", str(tmp_path / "run"), "--quiet"]) != 0
@@ -407,7 +412,7 @@ def _disagreeing_eval_worker(rank: int, raw: dict, run: str, init: str) -> None:
         loss = next(reference)[rank] if at_reference else 6.0
         return {"loss": loss, "ppl": math.exp(loss), "accuracy": 0.1, "tokens": 10}
 
-    trainer_mod.evaluate = fake
+    evaluate_mod.evaluate = fake
     result = train(from_dict(raw), run, quiet=True)
     Path(run, f"result.{rank}").write_text(json.dumps([result.step, result.best_val_loss]))
     _exit_spawned_worker()
@@ -448,7 +453,8 @@ def _probe_oom_on_one_rank_worker(rank: int, raw: dict, run: str, init: str) -> 
             return real_forward(x, y)
 
         trainer.model.forward = forward  # inside DDP's forward, after its pre-forward collectives
-        found = trainer._probe(16, 16)
+        found = micro_batch_mod.probe_micro_batch(trainer.net, trainer.optimizer, trainer.rt,
+                                                  trainer.shape.vocab_size, 16, 16)
         agreed = trainer.rt.min_over_ranks(found or 0)
         Path(run, f"result.{rank}").write_text(json.dumps([found, agreed]))
     finally:
