@@ -16,15 +16,8 @@ from gradus.config import from_dict, load_config
 from gradus.curriculum import Curriculum
 from gradus.data import load_tokenizer
 from gradus.errors import ConfigError
-from gradus.train.lr_find import (
-    analyse,
-    config_with_peaks,
-    lr_schedule,
-    plan_probes,
-    run_lr_find,
-    smooth,
-    smoothing_beta,
-)
+from gradus.plan.lr_curve import analyse, lr_schedule, smooth, smoothing_beta
+from gradus.train.lr_find import config_with_peaks, plan_probes, run_lr_find
 
 STEPS = 20
 

@@ -109,6 +109,69 @@ def test_resume_repeats_uninterrupted_run_bit_for_bit(stop, full_run, tmp_path, 
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
 
 
+OLD_PAYLOAD_KEYS = ["progress", "data", "guard", "rng", "scaler", "world_size"]
+"""state.pt as every gradus wrote it before the parts were Stateful (trainer.py, ``_save_checkpoint``)."""
+OLD_PROGRESS_KEYS = ["step", "tokens", "train_seconds", "best_val_loss", "evals_since_best", "last_checkpoint_tokens"]
+
+
+def test_a_checkpoint_in_the_old_payload_layout_resumes_bit_for_bit(full_run, tmp_path, tokenizer_json,
+                                                                    shared_data):
+    cfg = from_dict(raw_config(tokenizer_json, shared_data))
+    train(cfg, tmp_path, quiet=True, stop_at_step=3)
+    (latest,) = sorted((tmp_path / "checkpoints").glob("step_*"))[-1:]
+    written = torch.load(latest / "state.pt", weights_only=False)
+    assert list(written) == OLD_PAYLOAD_KEYS and list(written["progress"]) == OLD_PROGRESS_KEYS
+    # Rewrite it exactly as the old code built it: the progress counters as a plain dict (the trainer's
+    # __dict__), one RNG dict for a single process, no scaler, the world size.
+    old = {
+        "progress": {key: written["progress"][key] for key in OLD_PROGRESS_KEYS},
+        "data": written["data"],
+        "guard": written["guard"],
+        "rng": {k: written["rng"][k] for k in ("python", "numpy", "torch", "cuda") if k in written["rng"]},
+        "scaler": None,
+        "world_size": 1,
+    }
+    torch.save(old, latest / "state.pt")
+    assert train(cfg, tmp_path, quiet=True).step == TOTAL_STEPS
+    assert losses_by_step(tmp_path / "metrics.jsonl") == losses_by_step(full_run / "metrics.jsonl")
+    a, b = weights(full_run), weights(tmp_path)
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_a_checkpoint_missing_a_part_is_refused_in_one_line(tmp_path, tokenizer_json, shared_data, capsys):
+    cfg_path = tmp_path / "c.yaml"
+    cfg_path.write_text(json.dumps(raw_config(tokenizer_json, shared_data)))
+    run = tmp_path / "run"
+    assert main(["train", str(cfg_path), "--out", str(run), "--quiet", "--stop-at-step", "2"]) == 0
+    (latest,) = sorted((run / "checkpoints").glob("step_*"))
+    state = torch.load(latest / "state.pt", weights_only=False)
+    del state["guard"]
+    torch.save(state, latest / "state.pt")
+    assert main(["train", "--out", str(run), "--quiet"]) == 1
+    err = capsys.readouterr().err
+    assert err == (f"gradus: error: {latest}/state.pt has no guard state: it was not written by this gradus; "
+                   f"start a new run with another --out\n")
+
+
+def test_on_step_reports_every_step_as_it_is_logged(full_run, tmp_path, tokenizer_json, shared_data):
+    reports = []
+    result = train(from_dict(raw_config(tokenizer_json, shared_data)), tmp_path, quiet=True, on_step=reports.append)
+    assert [r.step for r in reports] == list(range(1, TOTAL_STEPS + 1))
+    logged = {r["step"]: r for r in read_metrics(tmp_path / "metrics.jsonl") if "loss" in r and "event" not in r}
+    for r in reports:
+        assert r.record == logged[r.step]  # log_every=1: the very record written
+        assert r.stage_index == r.record["curriculum/stage"] and r.tokens == r.record["tokens"] == 256 * r.step
+        assert r.loss == r.record["loss"] and r.tokens_per_step == 256 and r.seconds > 0
+    # The stage of the next step: stages change after steps 6 and 11; nothing follows the last step.
+    assert [r.next_stage_index for r in reports] == [0] * 5 + [1] * 5 + [2] * 5 + [None]
+    # Evaluation (every 5 steps and at stage ends) and checkpoints (every 4, stage ends) are reported aside.
+    aside = [r.step for r in reports if r.aside_seconds > 0]
+    assert aside == [4, 5, 6, 8, 10, 11, 12, 15, 16]
+    assert sum(r.seconds for r in reports) == result.train_seconds
+    # Watching changes nothing: the same losses as the unwatched run.
+    assert losses_by_step(tmp_path / "metrics.jsonl") == losses_by_step(full_run / "metrics.jsonl")
+
+
 def test_config_change_on_resume_is_refused(tmp_path, tokenizer_json, shared_data, capsys):
     cfg = raw_config(tokenizer_json, shared_data)
     train(from_dict(cfg), tmp_path, quiet=True, stop_at_step=2)
