@@ -190,14 +190,9 @@ def run_lr_find(
 
     ``run_dir`` receives a tokenizer the config trains (as a run directory would). ``log`` gets one
     line per length as it finishes. ``stop_on_divergence=False`` runs every step (for studies)."""
-    import torch
-
-    from gradus.data import DataPipeline, load_tokenizer
+    from gradus.data import load_tokenizer
     from gradus.model import resolve_shape
-    from gradus.train.build import build_training_parts
-    from gradus.train.micro_batch import configured_micro_batch, host_micro_batch
-    from gradus.train.runtime import host_memory_budget, setup_runtime
-    from gradus.train.step import optimizer_step
+    from gradus.train.runtime import setup_runtime
 
     check_sweep(min_lr, max_lr, steps)
     if int(os.environ.get("WORLD_SIZE", "1")) > 1:
@@ -212,64 +207,91 @@ def run_lr_find(
 
     curves = []
     for probe in probes:
-        t0 = time.perf_counter()
-        # The same seed for every length: the same initial weights and the same stream of documents.
-        parts = build_training_parts(shape, cfg.optim, rt.device, rt.precision, cfg.train.seed)
-        model, optimizer, scaler = parts.model, parts.optimizer, parts.scaler
-        model.train()
-        micro = configured_micro_batch(probe.batch_size, cfg.train.micro_batch_size)
-        if rt.device.type == "cpu":  # as the trainer: a CPU that runs out of memory kills the process
-            fitted = host_micro_batch(shape, probe.seq_len, micro, rt.precision, host_memory_budget())
-            if fitted is None:
-                raise GradusError(f"seq_len {probe.seq_len} does not fit in this machine's free memory even at "
-                                  f"micro-batch 1; use a smaller model or a shorter length")
-            micro = fitted
-        s = curriculum.stages[probe.stage_index]
-        base = replace(
-            curriculum.state_at(s.start_step, s.start_tokens),
-            stage_index=probe.stage_index, stage_name=probe.stage_name, seq_len=probe.seq_len,
-            batch_size=probe.batch_size, tokens_per_step=probe.tokens_per_step, grad_clip=probe.grad_clip,
-            mix=dict(probe.mix), warmup_progress=1.0, done=False, done_reason=None,
-        )
-        losses: list[float] = []
-        smoothed: list[float] = []
-        norms: list[float] = []
-        smoother = Smoother(beta)
-        # curriculum=None: the pipeline predicts "same shape as the last batch", which is exactly what a
-        # sweep asks for, so its prefetching never has to rewind.
-        with DataPipeline(cfg.data, tokenizer, None, seed=cfg.train.seed) as pipe:
-            for i, lr in enumerate(schedule):
-                state: StageState = replace(base, step=i, tokens=i * probe.tokens_per_step, lr=lr, peak_lr=lr)
-                batch = pipe.next_batch(state)
-                if batch.inputs.shape != (probe.batch_size, probe.seq_len):
-                    raise GradusError(f"data pipeline returned {batch.inputs.shape}, expected "
-                                      f"{(probe.batch_size, probe.seq_len)}")
-                try:
-                    loss, norm, _ = optimizer_step(model, model, optimizer, scaler, torch.from_numpy(batch.inputs),
-                                                   torch.from_numpy(batch.labels), lr=lr, clip=probe.grad_clip,
-                                                   micro=micro, rt=rt)
-                except torch.OutOfMemoryError:
-                    raise GradusError(
-                        f"seq_len {probe.seq_len} × batch {probe.batch_size} does not fit in memory; "
-                        f"use --set train.micro_batch_size=N (accumulation keeps the batch)"
-                    ) from None
-                losses.append(loss)
-                norms.append(norm)
-                value, bad = smoother.update(loss)
-                smoothed.append(value)
-                if bad and stop_on_divergence:
-                    break
-        del model, optimizer, parts
-        if rt.device.type == "cuda":
-            torch.cuda.empty_cache()  # the next length starts from the same free memory
-        curve = Curve(probe, schedule, losses, smoothed, norms, analyse(schedule, losses, beta),
-                      time.perf_counter() - t0)
+        curve = _sweep(cfg, curriculum, tokenizer, shape, rt, probe, schedule, beta, stop_on_divergence)
         curves.append(curve)
         if log is not None:
             log(_progress_line(curve))
     return LRFindResult(curves, min_lr, max_lr, steps, beta, cfg.train.seed, str(rt.device), rt.precision,
                         {"n_layers": shape.n_layers, "d_model": shape.d_model, "n_heads": shape.n_heads,
                          "vocab_size": shape.vocab_size, "params": shape.params_total})
+
+
+def _sweep(cfg: GradusConfig, curriculum: Curriculum, tokenizer, shape, rt, probe: Probe, schedule: list[float],
+           beta: float, stop_on_divergence: bool) -> Curve:
+    """One length's sweep: a fresh model, AdamW and data stream, one optimizer step per LR of ``schedule``
+    (stopping at divergence unless told otherwise)."""
+    import torch
+
+    from gradus.data import DataPipeline
+    from gradus.train.build import build_training_parts
+    from gradus.train.step import optimizer_step
+
+    t0 = time.perf_counter()
+    # The same seed for every length: the same initial weights and the same stream of documents.
+    parts = build_training_parts(shape, cfg.optim, rt.device, rt.precision, cfg.train.seed)
+    parts.model.train()
+    micro = _sweep_micro_batch(cfg, shape, rt, probe)
+    base = _sweep_state(curriculum, probe)
+    losses: list[float] = []
+    smoothed: list[float] = []
+    norms: list[float] = []
+    smoother = Smoother(beta)
+    # curriculum=None: the pipeline predicts "same shape as the last batch", which is exactly what a
+    # sweep asks for, so its prefetching never has to rewind.
+    with DataPipeline(cfg.data, tokenizer, None, seed=cfg.train.seed) as pipe:
+        for i, lr in enumerate(schedule):
+            state: StageState = replace(base, step=i, tokens=i * probe.tokens_per_step, lr=lr, peak_lr=lr)
+            batch = pipe.next_batch(state)
+            if batch.inputs.shape != (probe.batch_size, probe.seq_len):
+                raise GradusError(f"data pipeline returned {batch.inputs.shape}, expected "
+                                  f"{(probe.batch_size, probe.seq_len)}")
+            try:
+                loss, norm, _ = optimizer_step(parts.model, parts.model, parts.optimizer, parts.scaler,
+                                               torch.from_numpy(batch.inputs), torch.from_numpy(batch.labels),
+                                               lr=lr, clip=probe.grad_clip, micro=micro, rt=rt)
+            except torch.OutOfMemoryError:
+                raise GradusError(
+                    f"seq_len {probe.seq_len} × batch {probe.batch_size} does not fit in memory; "
+                    f"use --set train.micro_batch_size=N (accumulation keeps the batch)"
+                ) from None
+            losses.append(loss)
+            norms.append(norm)
+            value, bad = smoother.update(loss)
+            smoothed.append(value)
+            if bad and stop_on_divergence:
+                break
+    del parts
+    if rt.device.type == "cuda":
+        torch.cuda.empty_cache()  # the next length starts from the same free memory
+    return Curve(probe, schedule, losses, smoothed, norms, analyse(schedule, losses, beta), time.perf_counter() - t0)
+
+
+def _sweep_micro_batch(cfg: GradusConfig, shape, rt, probe: Probe) -> int:
+    """The micro-batch a sweep runs at: configured, and on CPU (as the trainer: a CPU that runs out of
+    memory kills the process) the largest that fits in the host's free memory."""
+    from gradus.train.micro_batch import configured_micro_batch, host_micro_batch
+    from gradus.train.runtime import host_memory_budget
+
+    micro = configured_micro_batch(probe.batch_size, cfg.train.micro_batch_size)
+    if rt.device.type != "cpu":
+        return micro
+    fitted = host_micro_batch(shape, probe.seq_len, micro, rt.precision, host_memory_budget())
+    if fitted is None:
+        raise GradusError(f"seq_len {probe.seq_len} does not fit in this machine's free memory even at "
+                          f"micro-batch 1; use a smaller model or a shorter length")
+    return fitted
+
+
+def _sweep_state(curriculum: Curriculum, probe: Probe) -> StageState:
+    """The curriculum state a sweep's steps start from: the probe's stage at its start, with the probe's
+    shape, clip and mix, warmup done (the sweep sets the LR itself)."""
+    s = curriculum.stages[probe.stage_index]
+    return replace(
+        curriculum.state_at(s.start_step, s.start_tokens),
+        stage_index=probe.stage_index, stage_name=probe.stage_name, seq_len=probe.seq_len,
+        batch_size=probe.batch_size, tokens_per_step=probe.tokens_per_step, grad_clip=probe.grad_clip,
+        mix=dict(probe.mix), warmup_progress=1.0, done=False, done_reason=None,
+    )
 
 
 def _progress_line(c: Curve) -> str:
