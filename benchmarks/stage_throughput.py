@@ -11,17 +11,18 @@ Two arms in one process, paired step by step so that the machine's load weighs o
 * **framework**: the real code path. :class:`gradus.train.trainer.Trainer` (``setup()`` then ``fit()``)
   runs the config with every stage cut to ``--steps-per-stage`` steps (shapes, LRs, clips and mixes as
   the config's curriculum resolves them), evaluation off (``eval_every`` past the run, none at stage
-  changes) and ``log_every=1``. Every record the trainer writes to ``metrics.jsonl`` is timestamped as it
-  is written, so a step's *wall* time covers the whole loop (data, step, guard, schedule, metrics);
-  its own ``tokens_per_sec`` (the *trainer clock*: data wait + train step) and ``data/wait_seconds`` give
-  the breakdown. The checkpoint the trainer always writes at a stage end, any evaluation, and the
-  benchmark's own work are timed and subtracted: training time only.
-* **plain**: a plain PyTorch loop: the same :class:`GPT` shape and seed, AdamW with the same parameter
-  groups and settings, the stage's clip, the same micro-batches, autocast and torch.compile, fed from
+  changes) and ``log_every=1``. The trainer's public ``on_step`` hook reports every step
+  (:class:`gradus.train.metrics.StepReport`) and each report is timestamped, so a step's *wall* time
+  covers the whole loop (data, step, guard, schedule, metrics); its own clock (``StepReport.seconds``, the
+  *trainer clock*: data wait + train step) and ``data/wait_seconds`` give the breakdown. The checkpoint
+  the trainer always writes at a stage end and any evaluation (``StepReport.aside_seconds``), and the
+  benchmark's own work, are subtracted: training time only.
+* **plain**: a plain PyTorch loop: the same :class:`GPT` shape and seed and the same AdamW (both built by
+  :func:`gradus.train.build.build_training_parts`, as the trainer builds them), the stage's clip, the same micro-batches, autocast and torch.compile, fed from
   random token batches built on the device before any clock starts. No tokenizer, no data thread, no
   logging, no ``.item()``: the ceiling the framework is measured against.
 
-Pairing: inside the trainer's metrics writes, each trainer step is paired with one plain step of the
+Pairing: inside the trainer's ``on_step`` hook, each trainer step is paired with one plain step of the
 same stage, run just before it (even repeats) or just after it (odd repeats). ``ratio`` = the plain
 arm's summed steady step time ÷ the framework's over the same pairs (= framework ÷ plain tokens/s), then
 the median over repeats; target ≥ 0.95 (``ratio_pair_median``: the median of the per-pair ratios). The
@@ -310,12 +311,9 @@ def _cuda_sync(device) -> None:
 
 
 def _compile_graphs() -> int:
-    try:
-        from torch._dynamo.utils import counters
+    from gradus.train.metrics import compiled_graphs
 
-        return int(counters["stats"]["unique_graphs"])
-    except Exception:  # noqa: BLE001 - a counter, not worth failing a benchmark over
-        return -1
+    return compiled_graphs()
 
 
 _TICK = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
@@ -383,19 +381,15 @@ class PlainLoop:
                  precision: str, compile_on: bool):
         import torch
 
-        from gradus.model.gpt import GPT, param_groups
+        from gradus.train.build import build_training_parts
 
         t0 = time.perf_counter()
         self.device, self.micro, self.stages = device, micro, stages
         self.dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision)
-        torch.manual_seed(cfg.train.seed)
-        self.model = GPT(shape).to(device)
+        # The trainer's own builder: the same initial weights and the same AdamW (fp32/bf16: no scaler).
+        parts = build_training_parts(shape, cfg.optim, device, precision, cfg.train.seed)
+        self.model, self.optimizer = parts.model, parts.optimizer
         self.model.train()
-        fused = {"auto": device.type == "cuda", "on": True, "off": False}[cfg.optim.fused]
-        self.optimizer = torch.optim.AdamW(
-            param_groups(self.model, cfg.optim.weight_decay), lr=cfg.optim.base_lr,
-            betas=(cfg.optim.beta1, cfg.optim.beta2), eps=cfg.optim.eps, fused=fused or None,
-        )
         model = self.model
         self.forward = model
         if compile_on:
@@ -486,17 +480,37 @@ def run_repeat(r: int, cfg, shape, stages: list[StageShape], steps: int, run_dir
     repeats) or just after it (odd repeats), on a clock that is subtracted from the trainer's. So both
     steps of a pair run within a second of each other, under the same machine load, and both orders count.
 
-    The pairing runs inside the trainer's metrics writes: every record the trainer writes is timestamped;
-    checkpointing, evaluation and the plain steps are timed and subtracted, so the trainer's step times
-    are training time only. The loop itself is not changed: the hooks are instance attributes shadowing
-    the methods ``fit()`` calls."""
+    The pairing runs in the trainer's public ``on_step`` hook (:class:`gradus.train.metrics.StepReport`),
+    called after every step once its evaluation and checkpoint are done: every report is timestamped; the
+    hook's own time (the plain steps) and the evaluation and checkpoint time the report states
+    (``aside_seconds``) are subtracted, so the trainer's step times are training time only."""
     import torch
 
     from gradus.train.trainer import Trainer
 
     _fresh(device)
     out = RepeatRun(order="plain first" if r % 2 == 0 else "framework first")
-    trainer = Trainer(cfg, run_dir, resume=False, quiet=True)
+    excluded = [0.0]
+    # (time, report, excluded so far, graphs and data-thread CPU before / after the hook, plain bytes)
+    marks: list[tuple] = []
+    plain: PlainLoop | None = None
+
+    def observe(report) -> None:
+        t_hook = time.perf_counter()  # from here on, everything is the benchmark's and is subtracted
+        g1, c1 = _compile_graphs(), data_thread_cpu()
+        if out.order == "framework first":
+            plain.step(report.stage_index)  # the partner of the step just run
+        elif report.next_stage_index is not None and plain.done(report.next_stage_index) < steps:
+            plain.step(report.next_stage_index)  # the partner of the step about to run
+        if device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(device)  # memory/peak_bytes: the next trainer step's own
+        g2, c2 = _compile_graphs(), data_thread_cpu()
+        plain_bytes = plain.static_bytes() if device.type == "cuda" else 0
+        now = time.perf_counter()
+        excluded[0] += now - t_hook + report.aside_seconds
+        marks.append((now, report, excluded[0], g1, g2, c1, c2, plain_bytes))
+
+    trainer = Trainer(cfg, run_dir, resume=False, quiet=True, on_step=observe)
     t0 = time.perf_counter()
     try:
         trainer.setup()
@@ -505,89 +519,54 @@ def run_repeat(r: int, cfg, shape, stages: list[StageShape], steps: int, run_dir
         out.micro = {s.index: trainer.micro_batches[s.index] for s in stages}
         plain = PlainLoop(cfg, shape, stages, out.micro, steps, device, precision, compile_on)
         out.setup_s["plain"] = plain.setup_s
-        excluded = [0.0]
-        # (time, record, excluded so far, graphs and data-thread CPU before / after the hook, plain bytes)
-        marks: list[tuple] = []
-        write = trainer.metrics.write
-
-        def timed_write(record: dict) -> None:
-            write(record)  # the trainer's own cost: stays on its clock
-            t_hook = time.perf_counter()  # from here on, everything is the benchmark's and is subtracted
-            g1, c1 = _compile_graphs(), data_thread_cpu()
-            stage_event = record.get("event") == "stage"
-            if stage_event or (record.get("event") is None and "tokens_per_sec" in record):
-                k = int(record["curriculum/stage"])
-                if out.order == "framework first" and not stage_event:
-                    plain.step(k)  # the partner of the step just logged
-                elif out.order == "plain first" and plain.done(k) < steps:
-                    plain.step(k)  # the partner of the step about to run
-            if device.type == "cuda":
-                torch.cuda.reset_peak_memory_stats(device)  # memory/peak_bytes: the next trainer step's own
-            g2, c2 = _compile_graphs(), data_thread_cpu()
-            plain_bytes = plain.static_bytes() if device.type == "cuda" else 0
-            now = time.perf_counter()
-            excluded[0] += now - t_hook
-            marks.append((now, record, excluded[0], g1, g2, c1, c2, plain_bytes))
-
-        def excluding(method):
-            def wrapper(*a, **k):
-                t = time.perf_counter()
-                try:
-                    return method(*a, **k)
-                finally:
-                    excluded[0] += time.perf_counter() - t
-
-            return wrapper
-
-        trainer.metrics.write = timed_write
-        trainer._save_checkpoint = excluding(trainer._save_checkpoint)
-        trainer._evaluate = excluding(trainer._evaluate)
+        if out.order == "plain first":
+            plain.step(stages[0].index)  # the partner of the trainer's first step
+        if device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(device)  # memory/peak_bytes: the first trainer step's own
+        before_fit = (_compile_graphs(), data_thread_cpu(), plain.static_bytes() if device.type == "cuda" else 0)
         trainer.fit()
         out.plain = plain.records
     finally:
         trainer.close()
-
-    out.framework = {s.index: [] for s in stages}
-    start: tuple | None = None  # (time, excluded) at the end of the previous step (or of fit()'s first record)
-    wait_before = 0.0
-    # Compiled graphs and data-thread CPU counted between hooks only (the plain steps run inside hooks),
-    # summed over every stretch since the previous trainer step (a stage record's hook splits one).
-    graphs = cpu = 0.0
-    graphs_known = cpu_known = False
-    last_graphs = last_cpu = None
-    plain_bytes = 0  # the plain arm's resident bytes while the trainer's step ran
-    for t, rec, excl, g_before, g_after, c_before, c_after, p_bytes in marks:
-        if last_graphs is not None and g_before >= 0 and last_graphs >= 0:
-            graphs += g_before - last_graphs
-            graphs_known = True
-        if c_before is not None:
-            cpu += c_before - (last_cpu or 0.0)
-            cpu_known = True
-        last_graphs, last_cpu = g_after, c_after
-        is_step = rec.get("event") is None and "tokens_per_sec" in rec
-        if start is None and rec.get("event") == "stage":
-            start = (t, excl)  # fit()'s first record, just before step 1
-        elif is_step and start is not None:
-            wait = rec.get("data/wait_seconds", 0.0)
-            tps = rec["tokens_per_sec"]
-            step = StepRecord(
-                wall_s=t - start[0] - (excl - start[1]),
-                inner_s=rec["curriculum/tokens_per_step"] / tps if tps > 0 else None,
-                data_wait_s=wait - wait_before,
-                new_graphs=int(graphs) if graphs_known else None,
-                data_cpu_s=cpu if cpu_known else None,
-                start=start[0],
-                end=t,
-            )
-            peak = rec.get("memory/peak_bytes")
-            if device.type == "cuda" and peak is not None:
-                step.cuda_peak = int(peak) - plain_bytes
-            out.framework[int(rec["curriculum/stage"])].append(step)
-            start, wait_before = (t, excl), wait
-            graphs = cpu = 0.0
-            graphs_known = cpu_known = False
-        plain_bytes = p_bytes
+    out.framework = framework_steps(marks, before_fit, stages, device)
     return out
+
+
+def framework_steps(marks: list[tuple], before_fit: tuple, stages: list[StageShape],
+                    device) -> dict[int, list[StepRecord]]:
+    """The trainer's steps as StepRecords, from the timestamped reports of :func:`run_repeat`'s hook: a
+    step's wall time runs from the end of the previous report (the first step: from its own start) to
+    the end of its own, minus the time excluded in between. ``before_fit``: compiled graphs, data-thread
+    CPU and the plain arm's bytes just before ``fit()``."""
+    steps: dict[int, list[StepRecord]] = {s.index: [] for s in stages}
+    start: tuple | None = None  # (time, excluded) at the end of the previous step's report
+    wait_before = 0.0
+    last_graphs, last_cpu, plain_bytes = before_fit  # plain_bytes: the plain arm's while the trainer's step ran
+    for t, report, excl, g_before, g_after, c_before, c_after, p_bytes in marks:
+        if start is None:
+            start = (report.started, 0.0)
+        # Compiled graphs and data-thread CPU counted between hooks only (the plain steps run inside them).
+        graphs = g_before - last_graphs if last_graphs is not None and g_before >= 0 and last_graphs >= 0 else None
+        cpu = c_before - (last_cpu or 0.0) if c_before is not None else None
+        last_graphs, last_cpu = g_after, c_after
+        rec = report.record or {}
+        wait = rec.get("data/wait_seconds", 0.0)
+        step = StepRecord(
+            wall_s=t - start[0] - (excl - start[1]),
+            inner_s=report.seconds if report.seconds > 0 else None,
+            data_wait_s=wait - wait_before,
+            new_graphs=int(graphs) if graphs is not None else None,
+            data_cpu_s=cpu,
+            start=start[0],
+            end=t,
+        )
+        peak = rec.get("memory/peak_bytes")
+        if device.type == "cuda" and peak is not None:
+            step.cuda_peak = int(peak) - plain_bytes
+        steps[report.stage_index].append(step)
+        start, wait_before = (t, excl), wait
+        plain_bytes = p_bytes
+    return steps
 
 
 # ============================================================================================ analysis

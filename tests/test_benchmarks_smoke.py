@@ -57,3 +57,11 @@ def test_stage_throughput_quick_writes_real_numbers(tmp_path, offline_data):
     raw = result["repeats_raw"][0]["steps"]
     assert all(len(raw[arm][str(s["index"])]) == 3 for arm in ("framework", "plain") for s in stages)
     print(f"stage_throughput --quick took {elapsed:.1f}s")
+
+
+def test_stage_throughput_watches_the_trainer_through_its_public_hook():
+    # It used to shadow the trainer's private methods at run time; now it passes on_step and builds its
+    # plain arm with the trainer's own builder.
+    text = SCRIPT.read_text(encoding="utf-8")
+    assert "on_step=observe" in text and "build_training_parts" in text
+    assert "trainer._" not in text and "torch.optim.AdamW(" not in text

@@ -16,15 +16,8 @@ from gradus.config import from_dict, load_config
 from gradus.curriculum import Curriculum
 from gradus.data import load_tokenizer
 from gradus.errors import ConfigError
-from gradus.train.lr_find import (
-    analyse,
-    config_with_peaks,
-    lr_schedule,
-    plan_probes,
-    run_lr_find,
-    smooth,
-    smoothing_beta,
-)
+from gradus.plan.lr_curve import analyse, lr_schedule, smooth, smoothing_beta
+from gradus.train.lr_find import config_with_peaks, plan_probes, run_lr_find
 
 STEPS = 20
 
@@ -250,3 +243,13 @@ def test_bad_input_is_one_line_exit_2(args, message, config_file, tmp_path, caps
     assert err.startswith("gradus: error: ") and message in err
     assert err.count("\n") == 1 and "Traceback" not in err
     assert not (tmp_path / "out").exists()  # refused before any work
+
+
+def test_the_curve_analysis_imports_without_torch():
+    import subprocess
+
+    code = ("import sys, gradus.plan.lr_curve as c; "
+            "assert c.analyse(c.lr_schedule(1e-3, 1.0, 5), [5.0, 4.0, 3.0, 9.0, 9.0], 0.5).diverged_step == 3; "
+            "sys.exit('torch' in sys.modules)")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr or "importing gradus.plan.lr_curve loaded torch"

@@ -11,8 +11,9 @@ import torch.multiprocessing as mp
 from gradus.config import OptimConfig
 from gradus.model import GPT, ModelShape
 from gradus.plan.memory import HEADROOM, estimate_memory
+from gradus.train.build import build_optimizer
+from gradus.train.micro_batch import adamw_state_bytes, halve_until_fits, host_micro_batch
 from gradus.train.runtime import Runtime, cgroup_free_bytes, host_memory_budget
-from gradus.train.step import adamw_state_bytes, build_optimizer, halve_until_fits, host_micro_batch
 
 
 def test_adamw_state_bytes_is_what_the_first_step_allocates():
@@ -107,3 +108,35 @@ def test_cgroup_limits_cap_the_free_memory(tmp_path):
     (v1 / "memory.limit_in_bytes").write_text("9223372036854771712\n")  # v1's "unlimited"
     assert cgroup_free_bytes(proc, tmp_path / "sys") is None
     assert cgroup_free_bytes(tmp_path / "missing", tmp_path / "sys") is None
+
+
+def test_the_builder_makes_the_same_seeded_model_and_the_configured_adamw():
+    from gradus.train.build import build_training_parts
+
+    shape = ModelShape(n_layers=2, d_model=32, n_heads=4, vocab_size=97, max_seq_len=16)
+    optim = OptimConfig(base_lr=2e-3, beta1=0.8, beta2=0.9, eps=1e-6, weight_decay=0.05)
+    torch.rand(5)  # whatever ran before does not change the initial weights
+    a = build_training_parts(shape, optim, torch.device("cpu"), "fp32", seed=7)
+    b = build_training_parts(shape, optim, torch.device("cpu"), "fp32", seed=7)
+    assert all(torch.equal(x, y) for x, y in zip(a.model.parameters(), b.model.parameters(), strict=True))
+    assert a.scaler is None  # fp32 and bf16 need no gradient scaler
+    groups = a.optimizer.param_groups
+    assert [g["weight_decay"] for g in groups] == [0.05, 0.0]
+    assert all(g["lr"] == 2e-3 and g["betas"] == (0.8, 0.9) and g["eps"] == 1e-6 for g in groups)
+    c = build_training_parts(shape, optim, torch.device("cpu"), "fp32", seed=8)
+    assert not torch.equal(next(a.model.parameters()), next(c.model.parameters()))
+
+
+def test_a_batch_that_does_not_split_over_the_ranks_is_a_one_line_config_error():
+    import pytest
+
+    from gradus.errors import ConfigError
+    from gradus.train.micro_batch import check_batches_divide
+
+    class Stage:
+        def __init__(self, index: int, batch_size: int):
+            self.index, self.batch_size = index, batch_size
+
+    check_batches_divide([Stage(0, 8), Stage(1, 4)], 4)
+    with pytest.raises(ConfigError, match=r"^curriculum.stages\[1\] batch 6 does not divide by world size 4;"):
+        check_batches_divide([Stage(0, 8), Stage(1, 6)], 4)

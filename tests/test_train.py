@@ -19,6 +19,8 @@ from gradus.cli import main
 from gradus.config import from_dict
 from gradus.curriculum import Curriculum
 from gradus.data import load_tokenizer
+from gradus.train import evaluate as evaluate_mod
+from gradus.train import micro_batch as micro_batch_mod
 from gradus.train import trainer as trainer_mod
 from gradus.train.metrics import losses_by_step, read_metrics
 from gradus.train.trainer import train
@@ -107,6 +109,69 @@ def test_resume_repeats_uninterrupted_run_bit_for_bit(stop, full_run, tmp_path, 
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
 
 
+OLD_PAYLOAD_KEYS = ["progress", "data", "guard", "rng", "scaler", "world_size"]
+"""state.pt as every gradus wrote it before the parts were Stateful (trainer.py, ``_save_checkpoint``)."""
+OLD_PROGRESS_KEYS = ["step", "tokens", "train_seconds", "best_val_loss", "evals_since_best", "last_checkpoint_tokens"]
+
+
+def test_a_checkpoint_in_the_old_payload_layout_resumes_bit_for_bit(full_run, tmp_path, tokenizer_json,
+                                                                    offline_data):
+    cfg = from_dict(raw_config(tokenizer_json, offline_data))
+    train(cfg, tmp_path, quiet=True, stop_at_step=3)
+    (latest,) = sorted((tmp_path / "checkpoints").glob("step_*"))[-1:]
+    written = torch.load(latest / "state.pt", weights_only=False)
+    assert list(written) == OLD_PAYLOAD_KEYS and list(written["progress"]) == OLD_PROGRESS_KEYS
+    # Rewrite it exactly as the old code built it: the progress counters as a plain dict (the trainer's
+    # __dict__), one RNG dict for a single process, no scaler, the world size.
+    old = {
+        "progress": {key: written["progress"][key] for key in OLD_PROGRESS_KEYS},
+        "data": written["data"],
+        "guard": written["guard"],
+        "rng": {k: written["rng"][k] for k in ("python", "numpy", "torch", "cuda") if k in written["rng"]},
+        "scaler": None,
+        "world_size": 1,
+    }
+    torch.save(old, latest / "state.pt")
+    assert train(cfg, tmp_path, quiet=True).step == TOTAL_STEPS
+    assert losses_by_step(tmp_path / "metrics.jsonl") == losses_by_step(full_run / "metrics.jsonl")
+    a, b = weights(full_run), weights(tmp_path)
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_a_checkpoint_missing_a_part_is_refused_in_one_line(tmp_path, tokenizer_json, offline_data, capsys):
+    cfg_path = tmp_path / "c.yaml"
+    cfg_path.write_text(json.dumps(raw_config(tokenizer_json, offline_data)))
+    run = tmp_path / "run"
+    assert main(["train", str(cfg_path), "--out", str(run), "--quiet", "--stop-at-step", "2"]) == 0
+    (latest,) = sorted((run / "checkpoints").glob("step_*"))
+    state = torch.load(latest / "state.pt", weights_only=False)
+    del state["guard"]
+    torch.save(state, latest / "state.pt")
+    assert main(["train", "--out", str(run), "--quiet"]) == 1
+    err = capsys.readouterr().err
+    assert err == (f"gradus: error: {latest}/state.pt has no guard state: it was not written by this gradus; "
+                   f"start a new run with another --out\n")
+
+
+def test_on_step_reports_every_step_as_it_is_logged(full_run, tmp_path, tokenizer_json, offline_data):
+    reports = []
+    result = train(from_dict(raw_config(tokenizer_json, offline_data)), tmp_path, quiet=True, on_step=reports.append)
+    assert [r.step for r in reports] == list(range(1, TOTAL_STEPS + 1))
+    logged = {r["step"]: r for r in read_metrics(tmp_path / "metrics.jsonl") if "loss" in r and "event" not in r}
+    for r in reports:
+        assert r.record == logged[r.step]  # log_every=1: the very record written
+        assert r.stage_index == r.record["curriculum/stage"] and r.tokens == r.record["tokens"] == 256 * r.step
+        assert r.loss == r.record["loss"] and r.tokens_per_step == 256 and r.seconds > 0
+    # The stage of the next step: stages change after steps 6 and 11; nothing follows the last step.
+    assert [r.next_stage_index for r in reports] == [0] * 5 + [1] * 5 + [2] * 5 + [None]
+    # Evaluation (every 5 steps and at stage ends) and checkpoints (every 4, stage ends) are reported aside.
+    aside = [r.step for r in reports if r.aside_seconds > 0]
+    assert aside == [4, 5, 6, 8, 10, 11, 12, 15, 16]
+    assert sum(r.seconds for r in reports) == result.train_seconds
+    # Watching changes nothing: the same losses as the unwatched run.
+    assert losses_by_step(tmp_path / "metrics.jsonl") == losses_by_step(full_run / "metrics.jsonl")
+
+
 def test_config_change_on_resume_is_refused(tmp_path, tokenizer_json, offline_data, capsys):
     cfg = raw_config(tokenizer_json, offline_data)
     train(from_dict(cfg), tmp_path, quiet=True, stop_at_step=2)
@@ -174,7 +239,7 @@ def test_early_stopping_keeps_best(tmp_path, tokenizer_json, offline_data, monke
         loss = next(fake)
         return {"loss": loss, "ppl": math.exp(loss), "accuracy": 0.1, "tokens": 10}
 
-    monkeypatch.setattr(trainer_mod, "evaluate", scripted)
+    monkeypatch.setattr(evaluate_mod, "evaluate", scripted)
     raw = raw_config(tokenizer_json, offline_data, eval_every=2, early_stopping_patience=2, eval_at_stage_change=False,
                      eval_reference_seq_len=16)
     result = train(from_dict(raw), tmp_path, quiet=True)
@@ -228,7 +293,7 @@ def test_two_processes_keep_identical_weights(tmp_path, tokenizer_json, offline_
     cfg_path = tmp_path / "c.yaml"
     cfg_path.write_text(json.dumps(raw))
     run = tmp_path / "run"
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port=29517",
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
            "-m", "gradus.cli", "train", str(cfg_path), "--out", str(run), "--quiet"]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -291,7 +356,7 @@ def test_cuda_probe_halves_on_oom_and_holds_adamw_moments_aside(tmp_path, tokeni
             return t
 
         monkeypatch.setattr(torch, "empty", empty)
-        real_net, tried = trainer.net, []
+        real_net, tried = trainer.net, []  # the probe runs the run's module; here a stand-in for it
 
         def net(x, y):
             tried.append(x.shape[0])
@@ -299,13 +364,16 @@ def test_cuda_probe_halves_on_oom_and_holds_adamw_moments_aside(tmp_path, tokeni
                 raise torch.OutOfMemoryError("fake: CUDA out of memory")
             return real_net(x, y)
 
-        trainer.net = net
-        assert trainer._probe(16, 16) == 4
+        def probe(seq_len: int, micro: int) -> int | None:
+            return micro_batch_mod.probe_micro_batch(net, trainer.optimizer, trainer.rt, trainer.shape.vocab_size,
+                                                     seq_len, micro)
+
+        assert probe(16, 16) == 4
         assert tried == [16, 8, 4] and held == [moments] * 3
         assert all(p.grad is None for p in trainer.model.parameters())  # nothing left behind
         held.clear()
         trainer.optimizer.state[next(trainer.model.parameters())] = {"step": torch.tensor(1.0)}  # moments exist
-        assert trainer._probe(16, 2) is None and held == []  # nothing held aside: fails for lack of the bytes
+        assert probe(16, 2) is None and held == []  # nothing held aside: fails for lack of the bytes
     finally:
         trainer.close()
 
@@ -336,7 +404,7 @@ def _signalled_rank_worker(rank: int, raw: dict, run: str, init: str) -> None:
     def step(self, state, batch):
         out = real(self, state, batch)
         if rank == 1 and state.step == 2:
-            self.stop_requested = "stopped by SIGTERM; checkpoint saved"  # the signal reached rank 1 only
+            self.stop.reason = "stopped by SIGTERM; checkpoint saved"  # the signal reached rank 1 only
         return out
 
     trainer_mod.Trainer._train_step = step
@@ -368,7 +436,7 @@ def test_cpu_micro_batch_follows_the_hosts_free_memory(tmp_path, tokenizer_json,
     longest = max(Curriculum(cfg).stages, key=lambda s: s.seq_len)
     one = estimate_memory(shape, longest.seq_len, 1, "fp32")
     budget = int((one.total + 2 * one.activations) / HEADROOM)
-    monkeypatch.setattr(trainer_mod, "host_memory_budget", lambda: budget)
+    monkeypatch.setattr(micro_batch_mod, "host_memory_budget", lambda: budget)
     train(cfg, tmp_path, quiet=True)
     micro = {r["curriculum/current_seq_len"]: r["curriculum/micro_batch_size"]
              for r in read_metrics(tmp_path / "metrics.jsonl") if "curriculum/micro_batch_size" in r}
@@ -380,7 +448,7 @@ def test_cpu_micro_batch_follows_the_hosts_free_memory(tmp_path, tokenizer_json,
 
 def test_a_stage_that_cannot_fit_the_hosts_memory_is_a_one_line_error(tmp_path, tokenizer_json, offline_data,
                                                                     monkeypatch, capsys):
-    monkeypatch.setattr(trainer_mod, "host_memory_budget", lambda: 1024)
+    monkeypatch.setattr(micro_batch_mod, "host_memory_budget", lambda: 1024)
     cfg_path = tmp_path / "c.yaml"
     cfg_path.write_text(json.dumps(raw_config(tokenizer_json, offline_data)))
     assert main(["train", str(cfg_path), "--out", str(tmp_path / "run"), "--quiet"]) != 0
@@ -407,7 +475,7 @@ def _disagreeing_eval_worker(rank: int, raw: dict, run: str, init: str) -> None:
         loss = next(reference)[rank] if at_reference else 6.0
         return {"loss": loss, "ppl": math.exp(loss), "accuracy": 0.1, "tokens": 10}
 
-    trainer_mod.evaluate = fake
+    evaluate_mod.evaluate = fake
     result = train(from_dict(raw), run, quiet=True)
     Path(run, f"result.{rank}").write_text(json.dumps([result.step, result.best_val_loss]))
     _exit_spawned_worker()
@@ -448,7 +516,8 @@ def _probe_oom_on_one_rank_worker(rank: int, raw: dict, run: str, init: str) -> 
             return real_forward(x, y)
 
         trainer.model.forward = forward  # inside DDP's forward, after its pre-forward collectives
-        found = trainer._probe(16, 16)
+        found = micro_batch_mod.probe_micro_batch(trainer.net, trainer.optimizer, trainer.rt,
+                                                  trainer.shape.vocab_size, 16, 16)
         agreed = trainer.rt.min_over_ranks(found or 0)
         Path(run, f"result.{rank}").write_text(json.dumps([found, agreed]))
     finally:

@@ -3,7 +3,7 @@
 
 For each length a fresh model (same seed) trains K steps at that length's stage batch while the LR grows
 exponentially from --min-lr to --max-lr; the table says where the loss diverged, where it fell fastest,
-where it was lowest, and a suggested peak LR (rules in :mod:`gradus.train.lr_find`). A PNG of the curves
+where it was lowest, and a suggested peak LR (rules in :mod:`gradus.plan.lr_curve`). A PNG of the curves
 and the results as JSON go to --out; --write stores the suggestions as each stage's peak_lr in a copy of
 the config. torch is imported only once the arguments and the config have been checked.
 """
@@ -56,7 +56,8 @@ def _number(value: str, flag: str, kind: type) -> Any:
 
 def run(args: argparse.Namespace) -> int:
     """Check the arguments and config, run the sweeps, print the table (or JSON), write plot/JSON/config."""
-    from gradus.train.lr_find import check_sweep, parse_seq_lens, plan_probes, run_lr_find
+    from gradus.plan.lr_curve import check_sweep
+    from gradus.train.lr_find import parse_seq_lens, plan_probes, run_lr_find
 
     steps = _number(args.steps, "--steps", int)
     min_lr = _number(args.min_lr, "--min-lr", float)

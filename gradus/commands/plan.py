@@ -246,7 +246,7 @@ def _timeline(args: argparse.Namespace) -> int:
             print(f"measuring stage {stage.index} ({stage.name}): {m} × {stage.seq_len} on {device}, {precision} …",
                   file=sys.stderr, flush=True)
             return measure_stage_throughput(shape, stage.seq_len, m, device=device, precision=precision,
-                                            steps=steps, warmup=1, seed=cfg.train.seed)
+                                            steps=steps, warmup=1, seed=cfg.train.seed, optim=cfg.optim)
 
         label = f"measured on {device} ({precision}), {steps} steps per stage after 1 warmup step"
     elif precision == "auto":

@@ -6,6 +6,12 @@ stopping: whatever the caller passes), ``config.yaml`` and ``meta.json`` (step, 
 tokenizer identity). It is written to a hidden temporary folder and renamed into place, so a crash or a
 full disk mid-write never leaves a broken latest checkpoint. ``best/`` holds a copy of the best one.
 
+``state.pt`` maps each Stateful part's name to its ``state_dict()`` (:func:`parts_state`); resuming and
+rolling back restore them with one loop (:func:`load_parts`). The names and layouts are those every
+earlier gradus wrote (``progress``, ``data``, ``guard``, ``rng``, ``scaler``, plus ``world_size``), so a
+checkpoint written before the parts became Stateful resumes unchanged. What must not change between a
+checkpoint and the config resuming it is :func:`compat_signature`.
+
 This module never imports the trainer: it takes objects with ``state_dict()``/``load_state_dict()``.
 """
 
@@ -15,13 +21,19 @@ import json
 import os
 import re
 import shutil
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from safetensors.torch import load_model, save_model
 
-from gradus.errors import CheckpointError
+from gradus.errors import CheckpointError, GradusError
+
+if TYPE_CHECKING:
+    from gradus.config import TrainConfig
+    from gradus.curriculum import Curriculum
+    from gradus.train.stateful import Progress, Stateful
 
 _STEP_DIR = re.compile(r"^step_(\d+)$")
 FILES = ("model.safetensors", "optimizer.pt", "state.pt", "config.yaml", "meta.json")
@@ -45,6 +57,48 @@ def _fsync_tree(path: Path) -> None:
         with open(f, "rb") as fh:
             os.fsync(fh.fileno())
     _fsync_dir(path)
+
+
+def prepare_run_dir(run_dir: Path) -> None:
+    """Create the run directory and check that files can be written there (a one-line GradusError if not),
+    so a run fails before training rather than at its first checkpoint."""
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        probe = run_dir / f".write-test-{os.getpid()}"
+        probe.write_text("ok")
+        probe.unlink()
+    except OSError as exc:
+        raise GradusError(
+            f"cannot write to the output directory {run_dir}: {exc.strerror or exc}; choose another --out"
+        ) from None
+
+
+def checkpoint_due(train: TrainConfig, progress: Progress, stage_end: bool) -> bool:
+    """Whether the step just counted in ``progress`` ends with a checkpoint: at every stage end, every
+    ``checkpoint_every`` steps, and once ``checkpoint_every_tokens`` tokens passed since the last one."""
+    if stage_end:
+        return True
+    if train.checkpoint_every and progress.step % train.checkpoint_every == 0:
+        return True
+    return bool(train.checkpoint_every_tokens
+                and progress.tokens - progress.last_checkpoint_tokens >= train.checkpoint_every_tokens)
+
+
+def checkpoint_meta(progress: Progress, stage_index: int, compat: dict, tokenizer_identity: dict,
+                    shape: Any) -> dict[str, Any]:
+    """The ``meta.json`` of a checkpoint (plain JSON): counters, stage, best loss, the compat signature,
+    the tokenizer's identity and the model shape."""
+    meta = {
+        "step": progress.step,
+        "tokens": progress.tokens,
+        "stage": stage_index,
+        "best_val_loss": progress.best_val_loss,
+        "train_seconds": progress.train_seconds,
+        "compat": compat,
+        "tokenizer": tokenizer_identity,
+        "model_shape": shape.__dict__ if hasattr(shape, "__dict__") else str(shape),
+    }
+    return json.loads(json.dumps(meta, default=str))
 
 
 class CheckpointManager:
@@ -193,3 +247,63 @@ class CheckpointManager:
                 f"delete {path} to resume from an earlier checkpoint"
             ) from None
         return state, meta
+
+
+# ------------------------------------------------------------------------------------- state.pt
+def parts_state(parts: Mapping[str, Stateful], world_size: int) -> dict[str, Any]:
+    """The ``state.pt`` payload: each part's ``state_dict()`` under its name, and the world size it was
+    saved at. A part that is absent from this run (the gradient scaler outside fp16) is saved as None, as
+    earlier versions did. Called on every rank: a part may gather across ranks (the RNG states)."""
+    payload = {name: part.state_dict() for name, part in parts.items()}
+    payload.setdefault("scaler", None)
+    payload["world_size"] = world_size
+    return payload
+
+
+def load_parts(parts: Mapping[str, Stateful], state: Mapping[str, Any], path: Path) -> None:
+    """Restore every part from a ``state.pt`` payload, in the parts' order: the one loop of resume and
+    rollback. A part saved as None (no scaler then) keeps its fresh state; a part the checkpoint lacks is a
+    one-line CheckpointError naming it."""
+    missing = [name for name in parts if name not in state]
+    if missing:
+        raise CheckpointError(
+            f"{path}/state.pt has no {', '.join(missing)} state: it was not written by this gradus; "
+            f"start a new run with another --out"
+        )
+    for name, part in parts.items():
+        if state[name] is not None:
+            part.load_state_dict(state[name])
+
+
+# ------------------------------------------------------------------------------- compatibility
+def compat_signature(curriculum: Curriculum, world_size: int, tokenizer_identity: dict) -> dict:
+    """What must not change between a checkpoint and the config resuming it."""
+    return {
+        "stages": [
+            {"seq_len": s.seq_len, "batch_size": s.batch_size, "start_step": s.start_step, "end_step": s.end_step}
+            for s in curriculum.stages
+        ],
+        "target_tokens": curriculum.target_tokens,
+        "world_size": world_size,
+        "tokenizer_sha256": tokenizer_identity.get("sha256"),
+    }
+
+
+def describe_incompatibility(saved: dict, now: dict) -> list[str]:
+    """Human lines naming what differs between two compat signatures."""
+    problems = []
+    if saved.get("world_size") != now["world_size"]:
+        problems.append(f"world size {saved.get('world_size')} → {now['world_size']} (resume on the same number of processes)")
+    if saved.get("tokenizer_sha256") != now["tokenizer_sha256"]:
+        problems.append("the tokenizer differs from the one the checkpoint was trained with")
+    if saved.get("target_tokens") != now["target_tokens"]:
+        problems.append(f"curriculum.target_tokens {saved.get('target_tokens')} → {now['target_tokens']}")
+    old, new = saved.get("stages", []), now["stages"]
+    if len(old) != len(new):
+        problems.append(f"the curriculum has {len(new)} stages, the checkpoint {len(old)}")
+    else:
+        for i, (a, b) in enumerate(zip(old, new, strict=True)):
+            for key in ("seq_len", "batch_size", "start_step", "end_step"):
+                if a.get(key) != b.get(key):
+                    problems.append(f"curriculum.stages[{i}] {key} {a.get(key)} → {b.get(key)}")
+    return problems

@@ -10,9 +10,12 @@ import gc
 import os
 import threading
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from gradus.model.sizes import ModelShape
+
+if TYPE_CHECKING:
+    from gradus.config import OptimConfig
 
 _PRECISIONS = ("fp32", "bf16", "fp16")
 
@@ -84,9 +87,12 @@ def measure_stage_throughput(
     steps: int = 3,
     warmup: int = 1,
     seed: int = 0,
+    optim: OptimConfig | None = None,
 ) -> dict[str, Any]:
     """Time ``steps`` training steps (after ``warmup`` untimed ones) of a fresh GPT at one micro-batch of
     ``micro_batch`` × ``seq_len`` random tokens: forward, loss, backward, gradient clip and an AdamW step.
+    The model, AdamW (``optim``, default: the config defaults) and scaler are built as the trainer builds
+    them (:func:`gradus.train.build.build_training_parts`, seeded with ``seed``).
 
     Returns ``tokens_per_sec`` (micro_batch·seq_len / median step time), ``step_time_s`` (that median)
     and ``peak_memory_bytes``: on CUDA the allocator's peak (weights, optimizer state, activations); on CPU
@@ -95,7 +101,8 @@ def measure_stage_throughput(
     """
     import torch
 
-    from gradus.model.gpt import GPT, param_groups
+    from gradus.config import OptimConfig
+    from gradus.train.build import build_training_parts
 
     if precision not in _PRECISIONS:
         raise ValueError(f"precision {precision!r}: expected one of {', '.join(_PRECISIONS)}")
@@ -108,12 +115,9 @@ def measure_stage_throughput(
     def run() -> tuple[list[float], int | None]:
         # Everything the steps allocate lives in this frame and is freed when it returns.
         generator = torch.Generator().manual_seed(seed)
-        torch.manual_seed(seed)
-        model = GPT(shape).to(dev)
+        parts = build_training_parts(shape, optim or OptimConfig(), dev, precision, seed)
+        model, opt, scaler = parts.model, parts.optimizer, parts.scaler
         model.train()
-        # fused AdamW exists for CUDA tensors; on CPU the default (foreach) implementation is used.
-        opt = torch.optim.AdamW(param_groups(model, 0.1), lr=1e-4, betas=(0.9, 0.95), fused=cuda or None)
-        scaler = torch.amp.GradScaler(dev.type, enabled=precision == "fp16")
         tokens = torch.randint(0, shape.vocab_size, (micro_batch, seq_len + 1), generator=generator).to(dev)
         inputs, labels = tokens[:, :-1], tokens[:, 1:]
 
@@ -121,11 +125,16 @@ def measure_stage_throughput(
             with torch.autocast(dev.type, dtype=dtype or torch.float32, enabled=dtype is not None):
                 _, loss = model(inputs, labels)
             assert loss is not None
-            scaler.scale(loss).backward()
-            scaler.unscale_(opt)
-            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-            scaler.step(opt)
-            scaler.update()
+            if scaler is None:
+                loss.backward()
+                torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+                opt.step()
+            else:  # fp16: the loss scaled up, the gradients back down before clipping
+                scaler.scale(loss).backward()
+                scaler.unscale_(opt)
+                torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+                scaler.step(opt)
+                scaler.update()
             opt.zero_grad(set_to_none=True)
 
         for _ in range(warmup):

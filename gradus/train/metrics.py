@@ -1,8 +1,11 @@
 """Metrics: ``metrics.jsonl`` always, TensorBoard events when tensorboard is installed, console lines.
 
-Keys follow DESIGN.md: ``step``, ``tokens``, ``loss``, ``lr``, ``grad_norm``, ``tokens_per_sec``,
-``curriculum/current_seq_len``, ``curriculum/current_batch_size``, ``curriculum/examples_per_step``,
-``curriculum/tokens_per_step``, ``curriculum/stage`` ... and ``val/...`` for evaluations.
+The records the trainer writes are built here: :func:`step_record` (every ``log_every`` steps: ``step``,
+``tokens``, ``loss``, ``lr``, ``grad_norm``, ``tokens_per_sec``, ``mfu``, ``curriculum/current_seq_len``,
+``curriculum/current_batch_size``, ``curriculum/examples_per_step``, ``curriculum/tokens_per_step``,
+``curriculum/stage`` ...), :func:`eval_record` (``val/...``) and :func:`stage_record` (``event: stage``).
+A program that watches a run (a benchmark) reads ``metrics.jsonl``, or passes ``on_step`` to the trainer
+and receives a :class:`StepReport` after every step.
 """
 
 from __future__ import annotations
@@ -10,8 +13,16 @@ from __future__ import annotations
 import json
 import math
 import sys
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from gradus.curriculum import Curriculum, StagePlan, StageState
+    from gradus.model.sizes import ModelShape
+    from gradus.train.guard import GuardEvent
+    from gradus.train.runtime import Runtime
+    from gradus.train.stateful import Progress
 
 
 def console_line(step: int, loss: float, tokens_per_sec: float, lr: float, stage: int, num_stages: int,
@@ -28,6 +39,197 @@ def console_line(step: int, loss: float, tokens_per_sec: float, lr: float, stage
         f"Step {step}: Loss={loss:.4f}, PPL={ppl:.2f}, Tokens/sec={tokens_per_sec:.0f}, LR={lr:.2e} "
         f"| Stage {stage + 1}/{num_stages} ({tail})"
     )
+
+
+@dataclass
+class RunResult:
+    """What a finished (or stopped) run reports (:func:`gradus.train.trainer.train`)."""
+
+    run_dir: Path
+    """The run directory."""
+    step: int
+    """Steps done."""
+    tokens: int
+    """Tokens trained on."""
+    reason: str
+    """Why the run ended: done, early stopping, a signal, ``--stop-at-step``."""
+    best_val_loss: float | None
+    """Best reference-length validation loss, None before any evaluation."""
+    last_val: dict[str, float] = field(default_factory=dict)
+    """The last evaluation's figures (``val/...``)."""
+    train_seconds: float = 0.0
+    """Seconds inside training steps."""
+
+
+@dataclass(frozen=True)
+class StepReport:
+    """What the trainer tells an ``on_step`` observer (``Trainer(..., on_step=callback)``) after each step
+    it counts, on every rank, once that step's evaluation and checkpoint are done and before the next
+    step (or the end of the run). Steps undone by a rollback are not reported. The observer's own time
+    falls between two steps and is not on the trainer's clock."""
+
+    step: int
+    """Steps done, this one included."""
+    tokens: int
+    """Tokens trained on so far, over all ranks."""
+    stage_index: int
+    """The curriculum stage this step ran in."""
+    next_stage_index: int | None
+    """The stage of the next step; None when the run stops after this one."""
+    tokens_per_step: int
+    """This step's tokens (over all ranks)."""
+    loss: float
+    """Training loss (mean over ranks)."""
+    grad_norm: float
+    """Gradient norm before clipping."""
+    applied: bool
+    """Whether the optimizer update was applied (False for a skipped non-finite step)."""
+    started: float
+    """``time.perf_counter()`` when the step began (before waiting for its batch)."""
+    seconds: float
+    """The trainer's clock for this step: waiting for the batch plus the optimizer step."""
+    aside_seconds: float
+    """Seconds spent after this step evaluating and writing checkpoints (not training)."""
+    record: dict[str, Any] | None
+    """The metrics record written for this step; None unless it was a ``log_every`` step."""
+
+
+@dataclass
+class Window:
+    """Loss, tokens and seconds summed since the last step record (the averages it logs)."""
+
+    loss: float = 0.0
+    """Sum of the finite losses."""
+    n: int = 0
+    """Number of finite losses."""
+    tokens: int = 0
+    """Tokens trained on."""
+    seconds: float = 0.0
+    """Seconds on the trainer's clock."""
+
+    def add(self, loss: float, tokens: int, seconds: float) -> None:
+        """Count one step (a non-finite loss counts for tokens and time, not for the mean loss)."""
+        self.loss += loss if math.isfinite(loss) else 0.0
+        self.n += 1 if math.isfinite(loss) else 0
+        self.tokens += tokens
+        self.seconds += seconds
+
+
+def step_record(state: StageState, progress: Progress, window: Window, *, loss: float, grad_norm: float,
+                applied: bool, lr_factor: float, micro_batch: int, flops_per_token: float, peak_flops: float,
+                world_size: int, peak_memory: int, total_tokens: int, data: dict[str, float],
+                compiled: bool) -> dict[str, Any]:
+    """The record of a logged step: the step's loss, LR, gradient norm and shape, the window's mean loss
+    and throughput, MFU against ``peak_flops`` per rank, the curriculum's position and mix, the data
+    pipeline's counters ``data`` and (``compiled``) how many graphs torch.compile has built."""
+    tps = window.tokens / window.seconds if window.seconds > 0 else 0.0
+    mfu = flops_per_token * tps / (peak_flops * world_size) if peak_flops else 0.0
+    record: dict[str, Any] = {
+        "step": progress.step,
+        "tokens": progress.tokens,
+        "loss": loss,
+        "loss_avg": window.loss / window.n if window.n else float("nan"),
+        "lr": state.lr * lr_factor,
+        "lr_scheduled": state.lr,
+        "grad_norm": grad_norm,
+        "grad_clip": state.grad_clip,
+        "update_applied": applied,
+        "tokens_per_sec": tps,
+        "mfu": mfu,
+        "memory/peak_bytes": peak_memory,
+        "time/train_seconds": progress.train_seconds,
+        "curriculum/stage": state.stage_index,
+        "curriculum/current_seq_len": state.seq_len,
+        "curriculum/current_batch_size": state.batch_size,
+        "curriculum/examples_per_step": state.batch_size,
+        "curriculum/tokens_per_step": state.tokens_per_step,
+        "curriculum/micro_batch_size": micro_batch,
+        "curriculum/warmup_progress": state.warmup_progress,
+        "curriculum/progress": progress.tokens / total_tokens if total_tokens else 0.0,
+        "guard/lr_factor": lr_factor,
+    }
+    for source, weight in state.mix.items():
+        record[f"curriculum/mix/{source}"] = weight
+    record.update(data)
+    if compiled:
+        record["compile/unique_graphs"] = compiled_graphs()
+    return record
+
+
+def eval_record(state: StageState, progress: Progress, ref_len: int, ref: dict[str, float],
+                own: dict[str, float] | None) -> tuple[dict[str, Any], str]:
+    """The record and console line of an evaluation: ``ref`` at the reference length ``ref_len``
+    (comparable across stages) and ``own`` at the stage's length (None when that is the reference)."""
+    record: dict[str, Any] = {
+        "step": progress.step,
+        "tokens": progress.tokens,
+        "time/train_seconds": progress.train_seconds,
+        "curriculum/stage": state.stage_index,
+        "val/loss": ref["loss"],
+        "val/ppl": ref["ppl"],
+        "val/accuracy": ref["accuracy"],
+        "val/seq_len": ref_len,
+        "val/tokens": ref["tokens"],
+    }
+    text = (f"eval @ step {progress.step:,}: val loss {ref['loss']:.4f} (ppl {ref['ppl']:.2f}, "
+            f"acc {ref['accuracy']:.3f}) at {ref_len}")
+    stage = own if own is not None else ref
+    record.update({"val/stage_loss": stage["loss"], "val/stage_ppl": stage["ppl"],
+                   "val/stage_accuracy": stage["accuracy"], "val/stage_seq_len": state.seq_len})
+    if own is not None:
+        text += f"; {own['loss']:.4f} at stage length {state.seq_len}"
+    return record, text
+
+
+def guard_record(event: GuardEvent) -> dict[str, Any]:
+    """The record of a guard event (``event: guard/spike``, ``guard/skip`` or ``guard/rollback``)."""
+    return {"event": f"guard/{event.kind}", "step": event.step, "loss": None if not math.isfinite(event.loss) else event.loss,
+            "detail": event.detail}
+
+
+def stage_record(state: StageState, stage: StagePlan) -> dict[str, Any]:
+    """The ``event: stage`` record written when a stage begins."""
+    return {"event": "stage", "step": state.step, "tokens": state.tokens, "curriculum/stage": stage.index,
+            "name": stage.name, "seq_len": stage.seq_len, "batch_size": stage.batch_size}
+
+
+def stage_banner(state: StageState, stage: StagePlan, num_stages: int) -> str:
+    """The console line announcing a stage: its shape, tokens per step, LR, warmup, clip and mix."""
+    mix = ", ".join(f"{k} {v:.2f}" for k, v in stage.mix.items() if v > 0)
+    return (
+        f"== Stage {stage.index + 1}/{num_stages} ({stage.name}) from step {state.step:,}: "
+        f"seq_len {stage.seq_len}, batch {stage.batch_size}, {stage.tokens_per_step:,} tokens/step, "
+        f"peak LR {stage.peak_lr:.2e}, warmup {stage.warmup_steps}, clip {stage.grad_clip:g}, mix {mix}"
+    )
+
+
+def run_summary(shape: ModelShape, rt: Runtime, compiled: bool, curriculum: Curriculum,
+                micro_batches: dict[int, int]) -> list[str]:
+    """The console lines that describe a run before it trains: the model, where it runs, each stage's
+    micro-batch and accumulation, and the curriculum's length."""
+    parts = []
+    for s in curriculum.stages:
+        local, micro = s.batch_size // rt.world_size, micro_batches[s.index]
+        parts.append(f"{s.seq_len}×{local}→{micro}×{math.ceil(local / micro)}")
+    target = curriculum.target_tokens
+    return [
+        f"model: {shape.params_total / 1e6:.2f}M parameters ({shape.params_non_embedding / 1e6:.2f}M non-embedding), "
+        f"{shape.n_layers} layers × {shape.d_model} wide, vocab {shape.vocab_size}; "
+        f"device {rt.device}, {rt.precision}, world size {rt.world_size}" + (", torch.compile" if compiled else ""),
+        "micro-batches per stage (seq_len×local batch→micro×accumulation): " + ", ".join(parts),
+        f"curriculum: {len(curriculum.stages)} stages, {curriculum.total_steps:,} steps, "
+        f"{curriculum.total_tokens:,} tokens" + (f" (target {target:,})" if target else ""),
+    ]
+
+
+def compiled_graphs() -> int:
+    """Graphs torch.compile has built in this process so far (-1 when the counter cannot be read)."""
+    try:
+        from torch._dynamo.utils import counters
+
+        return int(counters["stats"]["unique_graphs"])
+    except Exception:  # a counter, not worth failing a run over
+        return -1
 
 
 class MetricsWriter:

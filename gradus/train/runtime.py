@@ -8,8 +8,10 @@ from __future__ import annotations
 import contextlib
 import os
 import random
+import resource
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -78,6 +80,20 @@ class Runtime:
         t = torch.tensor([int(flag)], dtype=torch.int64, device=self.device)
         dist.all_reduce(t, op=dist.ReduceOp.MAX)
         return bool(t.item())
+
+    def peak_memory_bytes(self) -> int:
+        """Peak memory so far: the CUDA allocator's peak on a GPU, the process's peak resident set on CPU."""
+        if self.device.type == "cuda":
+            return torch.cuda.max_memory_allocated(self.device)
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux reports KiB
+
+    def gather(self, value: Any) -> list[Any]:
+        """Every rank's ``value`` (any picklable object), by rank, on every rank; ``[value]`` when alone."""
+        if not self.distributed:
+            return [value]
+        gathered: list[Any] = [None] * self.world_size
+        dist.all_gather_object(gathered, value)
+        return gathered
 
     def mean(self, value: float) -> float:
         """Mean of a float over ranks."""

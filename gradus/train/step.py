@@ -1,69 +1,33 @@
-"""One optimizer step, shared by the trainer and the LR finder so both train exactly alike."""
+"""One optimizer step, shared by the trainer and the LR finder so both train exactly alike.
+
+The parts it steps are built by :mod:`gradus.train.build`; the micro-batch it accumulates over is chosen
+by :mod:`gradus.train.micro_batch`.
+"""
 
 from __future__ import annotations
 
 import contextlib
 import math
-from collections.abc import Callable
 
 import torch
 
-from gradus.config import OptimConfig
-from gradus.model.gpt import param_groups
-from gradus.model.sizes import ModelShape
-from gradus.plan.memory import largest_fitting_micro_batch
+from gradus.errors import GradusError
 from gradus.train.runtime import Runtime
 
 
-def build_optimizer(model: torch.nn.Module, optim: OptimConfig, device: torch.device) -> torch.optim.AdamW:
-    """AdamW with weight decay on matmul weights only (:func:`param_groups`), the config's betas, eps and
-    weight decay, and the fused kernel where configured (default: on CUDA)."""
-    fused = {"auto": device.type == "cuda", "on": True, "off": False}[optim.fused]
-    return torch.optim.AdamW(
-        param_groups(model, optim.weight_decay),
-        lr=optim.base_lr,
-        betas=(optim.beta1, optim.beta2),
-        eps=optim.eps,
-        fused=fused or None,
-    )
-
-
-def adamw_state_bytes(optimizer: torch.optim.Optimizer) -> int:
-    """Bytes AdamW will allocate for its two moments (``exp_avg``, ``exp_avg_sq``: one tensor of each
-    parameter's size and dtype) at its first step. The micro-batch probe runs before that step, so it must
-    hold this much aside or it picks a micro-batch that fits only until the moments exist."""
-    seen: set[int] = set()
-    total = 0
-    for group in optimizer.param_groups:
-        for p in group["params"]:
-            if id(p) in seen or not p.requires_grad:
-                continue
-            seen.add(id(p))
-            total += 2 * p.numel() * p.element_size()
-    return total
-
-
-def halve_until_fits(micro: int, fits: Callable[[int], bool]) -> int | None:
-    """Halve ``micro`` until ``fits(micro)`` (one forward + backward at that micro-batch did not run out of
-    memory); the micro-batch found, or None when not even 1 fits. Halving keeps the micro-batch a divisor
-    of a power-of-two batch, so accumulation needs no ragged last micro-batch."""
-    while True:
-        if fits(micro):
-            return micro
-        if micro == 1:
-            return None
-        micro = max(1, micro // 2)
-
-
-def host_micro_batch(shape: ModelShape, seq_len: int, micro: int, precision: str, budget: int | None) -> int | None:
-    """On CPU, where running out of memory kills the process instead of raising: the largest divisor of
-    ``micro`` whose estimated training memory (:func:`gradus.plan.memory.estimate_memory`: weights,
-    gradients, AdamW's moments, activations and the logits, with :data:`~gradus.plan.memory.HEADROOM`) fits
-    in ``budget`` bytes; ``micro`` itself when the budget is unknown; None when not even 1 fits. A 50k
-    vocabulary at 65k tokens per step needs ~40 GB for the logits alone as one micro-batch."""
-    if budget is None:
-        return micro
-    return largest_fitting_micro_batch(shape, seq_len, micro, budget, precision)
+def batch_tensors(batch, rows: int, seq_len: int, stage_index: int, rt: Runtime) -> tuple[torch.Tensor, torch.Tensor]:
+    """A data pipeline batch as (inputs, labels) tensors, checked to be ``rows`` × ``seq_len`` (the stage's
+    local batch) and pinned on CUDA so the copies to the device can overlap."""
+    inputs = torch.from_numpy(batch.inputs)
+    labels = torch.from_numpy(batch.labels)
+    if inputs.shape != (rows, seq_len):
+        raise GradusError(
+            f"data pipeline returned a batch of shape {tuple(inputs.shape)} for stage {stage_index}, "
+            f"expected {(rows, seq_len)}"
+        )
+    if rt.device.type == "cuda":
+        inputs, labels = inputs.pin_memory(), labels.pin_memory()
+    return inputs, labels
 
 
 def optimizer_step(

@@ -1,0 +1,91 @@
+"""One builder of a run's parts: the seeded model, its AdamW, the gradient scaler, and the module the loop runs.
+
+The trainer, the LR finder (:mod:`gradus.train.lr_find`), ``gradus plan --measure``
+(:mod:`gradus.train.measure`) and ``benchmarks/stage_throughput.py`` all build their model and optimizer
+here, so what they train, time or compare is the same model with the same AdamW. The micro-batch each
+stage runs at is chosen by :mod:`gradus.train.micro_batch`.
+"""
+
+from __future__ import annotations
+
+import inspect
+from dataclasses import dataclass
+
+import torch
+
+from gradus.config import OptimConfig
+from gradus.model.gpt import GPT, param_groups
+from gradus.model.sizes import ModelShape
+from gradus.train.runtime import Runtime, seed_everything
+
+
+@dataclass
+class TrainingParts:
+    """What one training run (or sweep, or measurement) steps: the model, its optimizer and the scaler."""
+
+    model: GPT
+    """The plain module (its parameters are what is clipped and saved)."""
+    optimizer: torch.optim.AdamW
+    """AdamW from :func:`build_optimizer`."""
+    scaler: torch.amp.GradScaler | None
+    """A gradient scaler for fp16, else None."""
+
+
+def build_optimizer(model: torch.nn.Module, optim: OptimConfig, device: torch.device) -> torch.optim.AdamW:
+    """AdamW with weight decay on matmul weights only (:func:`param_groups`), the config's betas, eps and
+    weight decay, and the fused kernel where configured (default: on CUDA)."""
+    fused = {"auto": device.type == "cuda", "on": True, "off": False}[optim.fused]
+    return torch.optim.AdamW(
+        param_groups(model, optim.weight_decay),
+        lr=optim.base_lr,
+        betas=(optim.beta1, optim.beta2),
+        eps=optim.eps,
+        fused=fused or None,
+    )
+
+
+def build_scaler(device: torch.device, precision: str) -> torch.amp.GradScaler | None:
+    """A gradient scaler for fp16 (whose small range needs the loss scaled up), None otherwise."""
+    return torch.amp.GradScaler(device.type) if precision == "fp16" else None
+
+
+def build_training_parts(shape: ModelShape, optim: OptimConfig, device: torch.device, precision: str,
+                         seed: int) -> TrainingParts:
+    """Seed every RNG with ``seed`` (so the initial weights depend on nothing run before), then build the
+    model on ``device``, its AdamW and (fp16) the gradient scaler."""
+    seed_everything(seed)
+    model = GPT(shape).to(device)
+    return TrainingParts(model, build_optimizer(model, optim, device), build_scaler(device, precision))
+
+
+def wrap_for_training(model: torch.nn.Module, rt: Runtime, compile_mode: str) -> tuple[torch.nn.Module, bool]:
+    """What the loop runs: DDP for gradient averaging (under torchrun), then torch.compile around it when
+    ``compile_mode`` (auto: on CUDA, on, off) says so. Returns (module to run, compiled)."""
+    net: torch.nn.Module = model
+    if rt.distributed:
+        from torch.nn.parallel import DistributedDataParallel
+
+        net = DistributedDataParallel(
+            model, device_ids=[rt.device.index] if rt.device.type == "cuda" else None,
+            **_no_forward_buffer_sync(DistributedDataParallel),
+        )
+    compiled = {"auto": rt.device.type == "cuda", "on": True, "off": False}[compile_mode]
+    if compiled:
+        from torch import _dynamo
+
+        # One graph per stage shape: specialise (dynamic=False) and allow enough cached graphs that a
+        # ten-stage curriculum never falls back to eager mode.
+        _dynamo.config.cache_size_limit = max(_dynamo.config.cache_size_limit, 64)
+        net = torch.compile(net, dynamic=False)
+    return net, compiled
+
+
+def _no_forward_buffer_sync(ddp_class) -> dict:
+    """DDP arguments that switch off its buffer broadcast before every forward. GPT's only buffers (the RoPE
+    tables) are computed alike on every rank, so the broadcast is one wasted collective per step, and in
+    the micro-batch probe it breaks the ranks' lockstep: DDP repeats it until a forward completes, so a
+    rank whose forward ran out of memory broadcasts again while the others do not, and they hang.
+    Newer torch releases name this ``forward_sync_buffers`` and deprecate ``broadcast_buffers``."""
+    if "forward_sync_buffers" in inspect.signature(ddp_class.__init__).parameters:
+        return {"forward_sync_buffers": False}
+    return {"broadcast_buffers": False}

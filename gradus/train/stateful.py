@@ -1,0 +1,82 @@
+"""The one convention for what a checkpoint carries from the train side.
+
+Every part a checkpoint saves besides the weights and the optimizer has ``state_dict()`` (plain,
+picklable data) and ``load_state_dict(state)`` (put it back): the progress counters below, the RNG
+states (:class:`RngState`), the loss guard, the gradient scaler and the data pipeline. The trainer keeps
+them in one ``{name: part}`` mapping; saving, resuming and rolling back are one loop over it
+(:func:`gradus.train.checkpoint.parts_state`, :func:`gradus.train.checkpoint.load_parts`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, fields
+from typing import Any, Protocol, runtime_checkable
+
+from gradus.train.runtime import Runtime, rng_state, set_rng_state
+
+
+@runtime_checkable
+class Stateful(Protocol):
+    """A part whose state a checkpoint saves and restores."""
+
+    def state_dict(self) -> Any:
+        """The part's state as plain, picklable data."""
+        ...
+
+    def load_state_dict(self, state: Any) -> None:
+        """Restore what :meth:`state_dict` returned."""
+        ...
+
+
+@dataclass
+class Progress:
+    """Counters and trackers that a checkpoint carries besides the model, optimizer and data."""
+
+    step: int = 0
+    """Optimizer steps done (skipped non-finite steps included, rolled-back ones not)."""
+    tokens: int = 0
+    """Tokens trained on, over all ranks."""
+    train_seconds: float = 0.0
+    """Seconds inside the training steps (data wait included; evaluation and checkpoints not)."""
+    best_val_loss: float | None = None
+    """Best reference-length validation loss so far."""
+    evals_since_best: int = 0
+    """Evaluations since the best one (early-stopping patience)."""
+    last_checkpoint_tokens: int = 0
+    """``tokens`` at the last checkpoint (for ``checkpoint_every_tokens``)."""
+
+    def state_dict(self) -> dict[str, Any]:
+        """The counters as a dict (the key names are the on-disk format)."""
+        return asdict(self)
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Set the counters in place (the loop holds a reference); a key a checkpoint lacks keeps its value."""
+        for f in fields(self):
+            if f.name in state:
+                setattr(self, f.name, state[f.name])
+
+
+class RngState:
+    """Python, NumPy, torch and CUDA RNG states of every rank, as one Stateful part.
+
+    Under DDP :meth:`state_dict` is a collective (each rank's state is gathered, a list by rank); alone it
+    is this process's state. :meth:`load_state_dict` restores this rank's entry, and leaves the RNGs as
+    they are when the checkpoint was written by another number of processes (its states do not map onto
+    these ranks)."""
+
+    def __init__(self, rt: Runtime):
+        self.rt = rt
+
+    def state_dict(self) -> dict | list[dict]:
+        """This process's RNG states, or (DDP) every rank's, gathered on every rank."""
+        own = rng_state()
+        return self.rt.gather(own) if self.rt.distributed else own
+
+    def load_state_dict(self, state: dict | list[dict]) -> None:
+        """Restore this rank's RNG states (see the class docstring for a changed world size)."""
+        if isinstance(state, list):
+            if self.rt.distributed and len(state) != self.rt.world_size:
+                return
+            set_rng_state(state[self.rt.rank])
+        elif not self.rt.distributed:
+            set_rng_state(state)
