@@ -468,9 +468,9 @@ def execute(s: Settings, arms: Sequence[Arm], data: Path, tokenizer: Path, work:
 def stage_plan(s: Settings, arm: Arm, data: Path, tokenizer: Path) -> list[dict]:
     """Each stage's shape and token range, from the pure curriculum: what the plot marks and the
     calibrated clock weighs."""
-    from gradus.curriculum import Curriculum
+    from gradus.curriculum import resolve_schedule
 
-    cur = Curriculum(make_config(s, arm, arm.lr_grid[0], 0, data, tokenizer))
+    cur = resolve_schedule(make_config(s, arm, arm.lr_grid[0], 0, data, tokenizer))
     return [{"stage": st.name, "seq_len": st.seq_len, "batch_size": st.batch_size,
              "tokens_per_step": st.tokens_per_step, "start_tokens": st.start_tokens, "end_tokens": st.end_tokens,
              "peak_lr_per_unit_base": st.peak_lr / arm.lr_grid[0]} for st in cur.stages]

@@ -42,7 +42,7 @@ SHARED = REPO.parent / "shared" / "data"
 
 def build(seq_len: int, batch: int, steps: int, workers: int, prefetch: int):
     from gradus.config import from_dict
-    from gradus.curriculum import Curriculum
+    from gradus.curriculum import resolve_schedule
     from gradus.data import DataPipeline, load_tokenizer
 
     cfg = from_dict({
@@ -60,7 +60,7 @@ def build(seq_len: int, batch: int, steps: int, workers: int, prefetch: int):
                                    "mix": {"wiki": 0.5, "gsm8k": 0.2, "code": 0.3}}]},
         "train": {"max_steps": steps + 1},
     })
-    cur = Curriculum(cfg)
+    cur = resolve_schedule(cfg)
     tok = load_tokenizer(cfg.data)
     return DataPipeline(cfg.data, tok, cur, seed=0), cur
 
@@ -78,6 +78,8 @@ def cpu_seconds(pids: list[int]) -> float:
 
 def child(mode: str, args: argparse.Namespace) -> dict:
     """One arm, in this (fresh) process."""
+    from gradus.curriculum import state_at
+
     if mode in ("one-core", "consumer-one-core"):
         os.sched_setaffinity(0, {sorted(os.sched_getaffinity(0))[0]})
     steps = max(2, args.tokens // (args.seq_len * args.batch))
@@ -85,7 +87,7 @@ def child(mode: str, args: argparse.Namespace) -> dict:
     prefetch = 4 if mode == "consumer-one-core" else 0
     t_build = time.perf_counter()
     pipe, cur = build(args.seq_len, args.batch, steps, workers, prefetch)
-    state = cur.state_at(0, 0)
+    state = state_at(cur, 0, 0)
     first = pipe.next_batch(state)  # start-up: first reads, worker spawn
     t_first = time.perf_counter() - t_build
     # Warm-up: the shuffle buffers fill as they are used (two documents read per one emitted until they
@@ -96,7 +98,7 @@ def child(mode: str, args: argparse.Namespace) -> dict:
     size = pipe.cfg.shuffle_buffer
     while any(f.emitted < size for f in pipe._stream.feeds.values()):
         step += 1
-        n = pipe.next_batch(cur.state_at(step, step * state.tokens_per_step)).num_tokens
+        n = pipe.next_batch(state_at(cur, step, step * state.tokens_per_step)).num_tokens
         warm_tokens += n
         if mode == "consumer-one-core":
             time.sleep(n / args.consumer_rate)  # the consumer runs at its own pace from the start
@@ -113,7 +115,7 @@ def child(mode: str, args: argparse.Namespace) -> dict:
     t0 = time.perf_counter()
     warm_steps = step
     for step in range(warm_steps + 1, warm_steps + steps + 1):
-        b = pipe.next_batch(cur.state_at(step, step * state.tokens_per_step))
+        b = pipe.next_batch(state_at(cur, step, step * state.tokens_per_step))
         tokens += b.num_tokens
         if mode == "consumer-one-core":
             # The trainer's step: the GPU works (this thread sleeps, as it would in cuda synchronize).

@@ -210,10 +210,10 @@ def benchmark_config(data: dict, origin: str, steps: int, select: list[int] | No
     as the user's curriculum resolves them), evaluation off, checkpoints only where the trainer always
     writes them (stage ends), and a metrics record every step."""
     from gradus.config import from_dict
-    from gradus.curriculum import Curriculum
+    from gradus.curriculum import resolve_schedule
     from gradus.errors import ConfigError
 
-    plan = Curriculum(from_dict(data, origin))  # the user's curriculum: errors name the user's fields
+    plan = resolve_schedule(from_dict(data, origin))  # the user's curriculum: errors name the user's fields
     n = len(plan.stages)
     keep = list(range(n))
     if select is not None:

@@ -13,7 +13,6 @@ import pytest
 
 from gradus.config import from_dict
 from gradus.curriculum import (
-    Curriculum,
     Schedule,
     clip_by_length,
     derive_batch,
@@ -304,17 +303,6 @@ def test_a_stage_that_never_runs_passes_its_end_lr_on():
     assert cur.end_lrs[2:] == (cur.end_lrs[1],) * 4
     assert cur.end_lrs[1] == lr_at(cur, 2999)
 
-
-def test_the_compatibility_shim_delegates():
-    """Curriculum (kept until the trainer is switched) answers exactly what the pure functions do."""
-    cfg = load_preset("streaming-1b")
-    shim, cur = Curriculum(cfg), resolve_schedule(cfg)
-    assert shim.schedule == cur and shim.stages == cur.stages and shim.to_json() == cur.to_json()
-    assert (shim.total_steps, shim.total_tokens, shim.target_tokens) == (cur.total_steps, cur.total_tokens, 1_000_000_000)
-    assert shim.state_at(153, 153 * 65_536) == state_at(cur, 153, 153 * 65_536)
-    assert shim.stages_index_by_step(152) == 0 and shim.stages_index_by_step(153) == 1
-    # global schedule: ceil(0.02 × total steps) = 308 warmup steps
-    assert shim.lr_at(200) == lr_at(cur, 200) and shim.global_warmup_steps() == cur.global_warmup_steps == 308
 
 
 # ------------------------------------------------------------------------------- stopping, mix

@@ -12,7 +12,7 @@ from builders import tiny_config
 
 from gradus.cli import main
 from gradus.config import from_dict, to_dict
-from gradus.curriculum import Curriculum
+from gradus.curriculum import resolve_schedule
 from gradus.errors import ConfigError
 from gradus.experiments.analysis import (
     RunRecord,
@@ -69,7 +69,7 @@ def test_named_ablations(demo):
                                                                                  (128, 4096)]
     mix = {a.name: a for a in ablation_arms("mix", demo)}
     assert len(mix) == 7  # as configured + each of 3 sources up and down
-    stages = Curriculum(from_dict(arm_config(demo, mix["code +15%"], "demo"))).stages
+    stages = resolve_schedule(from_dict(arm_config(demo, mix["code +15%"], "demo"))).stages
     assert stages[0].mix["code"] == pytest.approx(0.23, abs=1e-4)  # 0.20 × 1.15
     assert sum(stages[0].mix.values()) == pytest.approx(1.0, abs=1e-3)
     assert stages[0].mix["prose"] / stages[0].mix["math"] == pytest.approx(0.70 / 0.10, rel=1e-3)  # the rest keep ratios

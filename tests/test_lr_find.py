@@ -13,7 +13,7 @@ from builders import tiny_config
 
 from gradus.cli import main
 from gradus.config import from_dict, load_config
-from gradus.curriculum import Curriculum
+from gradus.curriculum import resolve_schedule
 from gradus.data import load_tokenizer
 from gradus.errors import ConfigError
 from gradus.plan.lr_curve import analyse, lr_schedule, smooth, smoothing_beta
@@ -113,8 +113,8 @@ def sweep(config_file):
 
 
 def test_probes_take_the_stage_batch_or_keep_its_tokens_per_step(config_file):
-    cur = Curriculum(load_config(config_file))
-    p16, p24, p64, p48 = plan_probes(cur, [16, 24, 64, 48])
+    cfg = load_config(config_file)
+    p16, p24, p64, p48 = plan_probes(cfg, resolve_schedule(cfg), [16, 24, 64, 48])
     assert (p16.batch_size, p16.tokens_per_step, p16.stage_name, p16.note) == (16, 256, "s16", "")
     assert p16.mix == pytest.approx({"wiki": 0.8, "math": 0.2}) and p16.grad_clip == 1.0
     # 24 is nearest to 16 and 32 alike: the shorter stage lends its 256 tokens/step → 256/24 ≈ 10.7 → 11
@@ -126,7 +126,7 @@ def test_probes_take_the_stage_batch_or_keep_its_tokens_per_step(config_file):
     # 48 borrows s32's or s64's shape: equally near, the shorter wins (s32, 256 tokens/step: 5 rows).
     assert (p48.stage_name, p48.batch_size) == ("s32", 5)
     with pytest.raises(ConfigError, match="128 exceeds model.max_seq_len=64"):
-        plan_probes(cur, [16, 128])
+        plan_probes(cfg, resolve_schedule(cfg), [16, 128])
 
 
 def test_sweep_follows_the_schedule_and_the_rules(sweep):
@@ -177,7 +177,7 @@ def test_cli_repeats_the_sweep_bit_for_bit_and_writes_plot_json_and_config(sweep
     # --write: loads and schedules without edits; probed stages get peak_lr (and lose their other LR
     # form), the unprobed s64 keeps its lr_rule.
     cfg = load_config(written)
-    plan = Curriculum(cfg).stages
+    plan = resolve_schedule(cfg).stages
     suggested = {e["seq_len"]: e["suggested_lr"] for e in report["lengths"]}
     assert plan[0].peak_lr == float(f"{suggested[16]:.3g}") and plan[0].lr_source == "peak_lr"
     assert plan[1].peak_lr == float(f"{suggested[32]:.3g}") and cfg.curriculum.stages[1].lr_multiplier is None
@@ -212,7 +212,7 @@ def test_missing_matplotlib_is_one_line(sweep, tmp_path, monkeypatch, capsys):
 
 def test_config_with_peaks_keeps_the_file_form(config_file):
     raw = yaml.safe_load(config_file.read_text())
-    cur = Curriculum(load_config(config_file))
+    cur = resolve_schedule(load_config(config_file))
     data, changes = config_with_peaks(raw, cur, {32: 0.012345, 128: 1.0})
     assert data["curriculum"]["stages"][1] == {k: v for k, v in STAGES[1].items() if k != "lr_multiplier"} | {
         "peak_lr": 0.0123}

@@ -17,7 +17,7 @@ from safetensors.torch import load_file
 
 from gradus.cli import main
 from gradus.config import from_dict
-from gradus.curriculum import Curriculum
+from gradus.curriculum import lr_at, resolve_schedule, stage_of_step
 from gradus.data import load_tokenizer
 from gradus.train import evaluate as evaluate_mod
 from gradus.train import micro_batch as micro_batch_mod
@@ -62,17 +62,17 @@ def full_run(tmp_path_factory, tokenizer_json, offline_data) -> Path:
 
 def test_every_step_has_its_stage_shape(full_run, tokenizer_json, offline_data):
     cfg = from_dict(raw_config(tokenizer_json, offline_data))
-    plan = Curriculum(cfg)
+    plan = resolve_schedule(cfg)
     records = [r for r in read_metrics(full_run / "metrics.jsonl") if "loss" in r and "event" not in r]
     assert [r["step"] for r in records] == list(range(1, TOTAL_STEPS + 1))
     for r in records:
-        stage = plan.stages[plan.stages_index_by_step(r["step"] - 1)]
+        stage = plan.stages[stage_of_step(plan, r["step"] - 1)]
         assert r["curriculum/current_seq_len"] == stage.seq_len
         assert r["curriculum/current_batch_size"] == stage.batch_size == 256 // stage.seq_len
         assert r["curriculum/tokens_per_step"] == 256
         assert r["curriculum/stage"] == stage.index
         assert math.isfinite(r["loss"]) and r["tokens_per_sec"] > 0
-        assert r["lr"] == pytest.approx(plan.lr_at(r["step"] - 1))
+        assert r["lr"] == pytest.approx(lr_at(plan, r["step"] - 1))
     assert records[-1]["tokens"] == 16 * 256
     # The batch really changed: 16, 8, 4 examples per step.
     assert sorted({r["curriculum/current_batch_size"] for r in records}) == [4, 8, 16]
@@ -433,7 +433,7 @@ def test_cpu_micro_batch_follows_the_hosts_free_memory(tmp_path, tokenizer_json,
 
     cfg = from_dict(raw_config(tokenizer_json, offline_data))
     shape = resolve_shape(cfg.model, load_tokenizer(cfg.data).vocab_size)
-    longest = max(Curriculum(cfg).stages, key=lambda s: s.seq_len)
+    longest = max(resolve_schedule(cfg).stages, key=lambda s: s.seq_len)
     one = estimate_memory(shape, longest.seq_len, 1, "fp32")
     budget = int((one.total + 2 * one.activations) / HEADROOM)
     monkeypatch.setattr(micro_batch_mod, "host_memory_budget", lambda: budget)

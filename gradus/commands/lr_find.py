@@ -22,7 +22,7 @@ import yaml
 
 from gradus.commands.common import add_config_arguments, config_source, load_from_args
 from gradus.config import apply_overrides, load_config, read_yaml
-from gradus.curriculum import Curriculum, resolve_schedule
+from gradus.curriculum import Schedule, resolve_schedule
 from gradus.errors import ConfigError, GradusError
 from gradus.units import format_lr
 
@@ -65,10 +65,10 @@ def run(args: argparse.Namespace) -> int:
     check_sweep(min_lr, max_lr, steps)
     seq_lens = parse_seq_lens(args.seq_lens) if args.seq_lens is not None else None
     cfg = load_from_args(args)
-    curriculum = Curriculum(cfg)
+    schedule = resolve_schedule(cfg)
     if seq_lens is None:
-        seq_lens = sorted({s.seq_len for s in curriculum.stages})
-    plan_probes(curriculum, seq_lens)  # a length over model.max_seq_len fails here, before any training
+        seq_lens = sorted({s.seq_len for s in schedule.stages})
+    plan_probes(cfg, schedule, seq_lens)  # a length over model.max_seq_len fails here, before any training
 
     source = config_source(args)
     name = cfg.name or args.preset or Path(str(source)).stem
@@ -87,13 +87,13 @@ def run(args: argparse.Namespace) -> int:
     report = result.to_json()
     report["config"] = str(source)
     peaks = {}
-    for s in curriculum.stages:
+    for s in schedule.stages:
         peaks.setdefault(s.seq_len, s.peak_lr)
     for entry in report["lengths"]:
         entry["config_peak_lr"] = peaks.get(entry["seq_len"])
     report["plot"] = _plot(result, out / PLOT_NAME)
     report["results"] = str(out / JSON_NAME)
-    written = _write_config(args, curriculum, result.suggestions()) if args.write else None
+    written = _write_config(args, schedule, result.suggestions()) if args.write else None
     report["written"] = written
     (out / JSON_NAME).write_text(json.dumps(report, indent=2, allow_nan=False), encoding="utf-8")
 
@@ -194,14 +194,14 @@ def _plot(result, path: Path) -> str | None:
 
 
 # ----------------------------------------------------------------------------------------- write
-def _write_config(args: argparse.Namespace, curriculum: Curriculum, suggestions: dict[int, float]) -> dict:
+def _write_config(args: argparse.Namespace, schedule: Schedule, suggestions: dict[int, float]) -> dict:
     """Write the config (as given, --set applied) with the suggested peak_lr per probed stage, check that
     it loads and schedules, and say what changed."""
     from gradus.train.lr_find import config_with_peaks
 
     source = config_source(args)
     raw = apply_overrides(read_yaml(str(source)), args.overrides or [])
-    data, changes = config_with_peaks(raw, curriculum, suggestions)
+    data, changes = config_with_peaks(raw, schedule, suggestions)
     path = Path(args.write)
     set_lines = [f"#   {c.name} (seq_len {c.seq_len}): {format_lr(c.old_lr)} ({c.old_source}) → {format_lr(c.new_lr)}"
                  for c in changes if c.new_lr is not None]

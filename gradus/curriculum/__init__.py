@@ -21,10 +21,9 @@ Conventions
   ended to its own peak, so a switch never jumps the LR up in one step.
 
 Modules: ``rules`` (batch, LR and clip rules), ``schedule`` (the frozen data), ``resolve`` (config →
-schedule), ``state`` (the lookups), ``compat`` (the temporary ``Curriculum`` shim).
+schedule) and ``state`` (the lookups).
 """
 
-from gradus.curriculum.compat import Curriculum
 from gradus.curriculum.resolve import resolve_schedule
 from gradus.curriculum.rules import (
     CLIP_BY_LENGTH,
@@ -47,7 +46,6 @@ from gradus.curriculum.state import (
 __all__ = [
     "CLIP_BY_LENGTH",
     "CLIP_BY_LENGTH_LONG",
-    "Curriculum",
     "Schedule",
     "StagePlan",
     "StageState",

@@ -37,7 +37,7 @@ from gradus.data.validation import heldout_tokens, windows
 from gradus.errors import DataError
 
 if TYPE_CHECKING:
-    from gradus.curriculum import Curriculum, Schedule, StageState
+    from gradus.curriculum import Schedule, StageState
     from gradus.data.tokenizer import Tokenizer
 
 log = logging.getLogger("gradus.data")
@@ -212,15 +212,14 @@ class DataPipeline:
     ``prefetch`` (default ``cfg.prefetch_batches``; 0 = make each batch on the caller's thread) and
     ``num_workers`` (default ``cfg.num_workers``; tokenising processes) change speed, never content."""
 
-    def __init__(self, cfg: DataConfig, tokenizer: Tokenizer, schedule: Schedule | Curriculum | None = None, seed: int = 0,
+    def __init__(self, cfg: DataConfig, tokenizer: Tokenizer, schedule: Schedule | None = None, seed: int = 0,
                  rank: int = 0, world_size: int = 1, *, prefetch: int | None = None,
                  num_workers: int | None = None):
         if not 0 <= rank < world_size:
             raise DataError(f"rank {rank} is outside world_size {world_size}")
         self.cfg = cfg
         self.tok = tokenizer
-        # TEMPORARY: the Curriculum shim is accepted as its frozen schedule until the trainer passes one.
-        self.schedule: Schedule | None = getattr(schedule, "schedule", schedule)
+        self.schedule = schedule
         self.seed = seed
         self.rank = rank
         self.world_size = world_size

@@ -10,7 +10,7 @@ import copy
 from collections.abc import Sequence
 
 from gradus.config import from_dict
-from gradus.curriculum import Curriculum, derive_batch
+from gradus.curriculum import derive_batch, resolve_schedule
 from gradus.errors import ConfigError
 from gradus.units import format_count
 
@@ -32,7 +32,7 @@ def scale_to_budget(raw: dict, budget: int | None, origin: str = "config") -> di
     config's own total. A budget that leaves some stage less than half a step is a ConfigError naming the
     smallest budget that works."""
     data = copy.deepcopy(raw)
-    cur = Curriculum(from_dict(data, origin=origin))
+    cur = resolve_schedule(from_dict(data, origin=origin))
     shares = [st.tokens for st in cur.stages]
     total = sum(shares)
     budget = total if budget is None else int(budget)
@@ -82,7 +82,7 @@ def compare_baseline(raw: dict, origin: str = "config") -> dict:
     data in the same proportions, only not ordered), the final stage's LR and clip, and the first stage's
     warmup."""
     data = copy.deepcopy(raw)
-    cur = Curriculum(from_dict(data, origin=origin))
+    cur = resolve_schedule(from_dict(data, origin=origin))
     stages = data["curriculum"]["stages"]
     final, first = dict(stages[-1]), stages[0]
     total = sum(st.tokens for st in cur.stages)

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from gradus.config import GradusConfig, dump_yaml, from_dict, to_dict
-from gradus.curriculum import Curriculum
+from gradus.curriculum import resolve_schedule
 from gradus.errors import ConfigError
 from gradus.experiments.analysis import RunRecord, calibrate, finite, summarise_runs
 from gradus.experiments.arms import Arm, ablation_arms, arm_config, check_arm_count, vary_arms
@@ -117,7 +117,7 @@ def stage_plan(raw: dict) -> list[dict]:
     base_lr = cfg.optim.base_lr
     return [{"stage": st.name, "seq_len": st.seq_len, "batch_size": st.batch_size,
              "tokens_per_step": st.tokens_per_step, "start_tokens": st.start_tokens, "end_tokens": st.end_tokens,
-             "peak_lr_per_unit_base": st.peak_lr / base_lr} for st in Curriculum(cfg).stages]
+             "peak_lr_per_unit_base": st.peak_lr / base_lr} for st in resolve_schedule(cfg).stages]
 
 
 def make_runner(prepared: Prepared, jobs: int | None, threads: int, log: Callable[[str], None]) -> Runner:

@@ -187,9 +187,9 @@ def _stage_rope_scaling(meta: dict, cfg) -> float | None:
     if cfg is None or not isinstance(meta.get("stage"), int):
         return None
     try:
-        from gradus.curriculum import Curriculum
+        from gradus.curriculum import resolve_schedule
 
-        stages = Curriculum(cfg).stages
+        stages = resolve_schedule(cfg).stages
         return float(stages[meta["stage"]].rope_scaling) if 0 <= meta["stage"] < len(stages) else None
     except Exception:  # noqa: BLE001 - a config this gradus cannot plan any more: keep the stored factor
         return None

@@ -87,9 +87,9 @@ def _planned_tokens(run_dir: Path) -> int | None:
     """The curriculum's total tokens from the run's config.yaml (None when it cannot be read)."""
     try:
         from gradus.config import load_config
-        from gradus.curriculum import Curriculum
+        from gradus.curriculum import resolve_schedule
 
-        return int(sum(s.tokens for s in Curriculum(load_config(run_dir / "config.yaml")).stages))
+        return int(sum(s.tokens for s in resolve_schedule(load_config(run_dir / "config.yaml")).stages))
     except Exception:  # noqa: BLE001 - only a nicety on the page
         return None
 

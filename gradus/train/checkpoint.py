@@ -32,7 +32,7 @@ from gradus.errors import CheckpointError, GradusError
 
 if TYPE_CHECKING:
     from gradus.config import TrainConfig
-    from gradus.curriculum import Curriculum
+    from gradus.curriculum import Schedule
     from gradus.train.stateful import Progress, Stateful
 
 _STEP_DIR = re.compile(r"^step_(\d+)$")
@@ -276,14 +276,14 @@ def load_parts(parts: Mapping[str, Stateful], state: Mapping[str, Any], path: Pa
 
 
 # ------------------------------------------------------------------------------- compatibility
-def compat_signature(curriculum: Curriculum, world_size: int, tokenizer_identity: dict) -> dict:
+def compat_signature(schedule: Schedule, world_size: int, tokenizer_identity: dict) -> dict:
     """What must not change between a checkpoint and the config resuming it."""
     return {
         "stages": [
             {"seq_len": s.seq_len, "batch_size": s.batch_size, "start_step": s.start_step, "end_step": s.end_step}
-            for s in curriculum.stages
+            for s in schedule.stages
         ],
-        "target_tokens": curriculum.target_tokens,
+        "target_tokens": schedule.target_tokens,
         "world_size": world_size,
         "tokenizer_sha256": tokenizer_identity.get("sha256"),
     }

@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from gradus.config import GradusConfig
-from gradus.curriculum import Curriculum, StageState, clip_by_length, derive_batch
+from gradus.curriculum import Schedule, StageState, clip_by_length, derive_batch, resolve_schedule, state_at
 from gradus.errors import ConfigError, GradusError
 from gradus.plan.lr_curve import (
     RULES,
@@ -70,12 +70,11 @@ def parse_seq_lens(text: str) -> list[int]:
     return out
 
 
-def plan_probes(curriculum: Curriculum, seq_lens: list[int]) -> list[Probe]:
+def plan_probes(cfg: GradusConfig, schedule: Schedule, seq_lens: list[int]) -> list[Probe]:
     """The shape of each probed length: the first stage with that seq_len gives its batch, clip and mix;
     a length no stage has takes the batch that keeps the tokens per step of the stage with the nearest
     length (the shorter one on a tie; rows rounded to the nearest whole number), and that stage's mix and
     clip (its clip rule re-applied to the new length when it has one)."""
-    cfg = curriculum.cfg
     max_len = cfg.model.max_seq_len
     too_long = [n for n in seq_lens if n > max_len]
     if too_long:
@@ -85,12 +84,12 @@ def plan_probes(curriculum: Curriculum, seq_lens: list[int]) -> list[Probe]:
         )
     probes = []
     for n in seq_lens:
-        exact = [s for s in curriculum.stages if s.seq_len == n]
+        exact = [s for s in schedule.stages if s.seq_len == n]
         if exact:
             s = exact[0]
             probes.append(Probe(n, s.batch_size, s.tokens_per_step, s.grad_clip, s.index, s.name, dict(s.mix)))
             continue
-        s = min(curriculum.stages, key=lambda st: (abs(st.seq_len - n), st.seq_len, st.index))
+        s = min(schedule.stages, key=lambda st: (abs(st.seq_len - n), st.seq_len, st.index))
         st_cfg = cfg.curriculum.stages[s.index]
         # The nearest whole number of rows, not the stage's batch_multiple: what is compared across lengths
         # is the tokens per step, and a multiple of 8 would move it by up to a third at short lengths.
@@ -197,8 +196,8 @@ def run_lr_find(
     check_sweep(min_lr, max_lr, steps)
     if int(os.environ.get("WORLD_SIZE", "1")) > 1:
         raise ConfigError("gradus lr-find runs in one process; start it without torchrun")
-    curriculum = Curriculum(cfg)
-    probes = plan_probes(curriculum, seq_lens)
+    plan = resolve_schedule(cfg)
+    probes = plan_probes(cfg, plan, seq_lens)
     schedule = lr_schedule(min_lr, max_lr, steps)
     beta = smoothing_beta(steps)
     rt = setup_runtime(cfg.train)
@@ -207,7 +206,7 @@ def run_lr_find(
 
     curves = []
     for probe in probes:
-        curve = _sweep(cfg, curriculum, tokenizer, shape, rt, probe, schedule, beta, stop_on_divergence)
+        curve = _sweep(cfg, plan, tokenizer, shape, rt, probe, schedule, beta, stop_on_divergence)
         curves.append(curve)
         if log is not None:
             log(_progress_line(curve))
@@ -216,7 +215,7 @@ def run_lr_find(
                          "vocab_size": shape.vocab_size, "params": shape.params_total})
 
 
-def _sweep(cfg: GradusConfig, curriculum: Curriculum, tokenizer, shape, rt, probe: Probe, schedule: list[float],
+def _sweep(cfg: GradusConfig, plan: Schedule, tokenizer, shape, rt, probe: Probe, schedule: list[float],
            beta: float, stop_on_divergence: bool) -> Curve:
     """One length's sweep: a fresh model, AdamW and data stream, one optimizer step per LR of ``schedule``
     (stopping at divergence unless told otherwise)."""
@@ -231,7 +230,7 @@ def _sweep(cfg: GradusConfig, curriculum: Curriculum, tokenizer, shape, rt, prob
     parts = build_training_parts(shape, cfg.optim, rt.device, rt.precision, cfg.train.seed)
     parts.model.train()
     micro = _sweep_micro_batch(cfg, shape, rt, probe)
-    base = _sweep_state(curriculum, probe)
+    base = _sweep_state(plan, probe)
     losses: list[float] = []
     smoothed: list[float] = []
     norms: list[float] = []
@@ -282,12 +281,12 @@ def _sweep_micro_batch(cfg: GradusConfig, shape, rt, probe: Probe) -> int:
     return fitted
 
 
-def _sweep_state(curriculum: Curriculum, probe: Probe) -> StageState:
+def _sweep_state(plan: Schedule, probe: Probe) -> StageState:
     """The curriculum state a sweep's steps start from: the probe's stage at its start, with the probe's
     shape, clip and mix, warmup done (the sweep sets the LR itself)."""
-    s = curriculum.stages[probe.stage_index]
+    s = plan.stages[probe.stage_index]
     return replace(
-        curriculum.state_at(s.start_step, s.start_tokens),
+        state_at(plan, s.start_step, s.start_tokens),
         stage_index=probe.stage_index, stage_name=probe.stage_name, seq_len=probe.seq_len,
         batch_size=probe.batch_size, tokens_per_step=probe.tokens_per_step, grad_clip=probe.grad_clip,
         mix=dict(probe.mix), warmup_progress=1.0, done=False, done_reason=None,
@@ -323,22 +322,22 @@ def round_lr(lr: float) -> float:
     return float(f"{lr:.3g}")
 
 
-def config_with_peaks(raw: dict, curriculum: Curriculum, suggestions: dict[int, float]) -> tuple[dict, list[StageChange]]:
+def config_with_peaks(raw: dict, schedule: Schedule, suggestions: dict[int, float]) -> tuple[dict, list[StageChange]]:
     """A copy of the config mapping ``raw`` (as read from YAML, overrides applied) in which every stage
     whose seq_len has a suggestion gets ``peak_lr`` = that suggestion (3 significant digits), with its
     ``lr_multiplier`` / ``lr_scale`` / ``lr_rule`` removed; other stages are left as they are.
 
     Works on the raw mapping rather than the validated objects so the copy keeps the file's own form
-    (token budgets, defaults left out) and differs from it only in the LRs. ``curriculum`` (built from the
+    (token budgets, defaults left out) and differs from it only in the LRs. ``schedule`` (built from the
     same mapping) says each stage's resolved seq_len and current peak."""
     import copy
 
     out = copy.deepcopy(raw)
     stages = out.get("curriculum", {}).get("stages", [])
-    if len(stages) != len(curriculum.stages):
+    if len(stages) != len(schedule.stages):
         raise GradusError("--write: the config's stages do not match the loaded curriculum; please report this")
     changes = []
-    for raw_stage, plan in zip(stages, curriculum.stages, strict=True):
+    for raw_stage, plan in zip(stages, schedule.stages, strict=True):
         lr = suggestions.get(plan.seq_len)
         new = round_lr(lr) if lr is not None else None
         if new is not None:

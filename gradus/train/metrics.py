@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from gradus.curriculum import Curriculum, StagePlan, StageState
+    from gradus.curriculum import Schedule, StagePlan, StageState
     from gradus.model.sizes import ModelShape
     from gradus.train.guard import GuardEvent
     from gradus.train.runtime import Runtime
@@ -203,22 +203,22 @@ def stage_banner(state: StageState, stage: StagePlan, num_stages: int) -> str:
     )
 
 
-def run_summary(shape: ModelShape, rt: Runtime, compiled: bool, curriculum: Curriculum,
+def run_summary(shape: ModelShape, rt: Runtime, compiled: bool, schedule: Schedule,
                 micro_batches: dict[int, int]) -> list[str]:
     """The console lines that describe a run before it trains: the model, where it runs, each stage's
     micro-batch and accumulation, and the curriculum's length."""
     parts = []
-    for s in curriculum.stages:
+    for s in schedule.stages:
         local, micro = s.batch_size // rt.world_size, micro_batches[s.index]
         parts.append(f"{s.seq_len}×{local}→{micro}×{math.ceil(local / micro)}")
-    target = curriculum.target_tokens
+    target = schedule.target_tokens
     return [
         f"model: {shape.params_total / 1e6:.2f}M parameters ({shape.params_non_embedding / 1e6:.2f}M non-embedding), "
         f"{shape.n_layers} layers × {shape.d_model} wide, vocab {shape.vocab_size}; "
         f"device {rt.device}, {rt.precision}, world size {rt.world_size}" + (", torch.compile" if compiled else ""),
         "micro-batches per stage (seq_len×local batch→micro×accumulation): " + ", ".join(parts),
-        f"curriculum: {len(curriculum.stages)} stages, {curriculum.total_steps:,} steps, "
-        f"{curriculum.total_tokens:,} tokens" + (f" (target {target:,})" if target else ""),
+        f"curriculum: {len(schedule.stages)} stages, {schedule.total_steps:,} steps, "
+        f"{schedule.total_tokens:,} tokens" + (f" (target {target:,})" if target else ""),
     ]
 
 

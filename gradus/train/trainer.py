@@ -1,6 +1,6 @@
 """The curriculum training loop.
 
-Each step asks the pure curriculum for the state of the step about to run (seq_len, batch, LR, clip,
+Each step asks the pure schedule (:func:`gradus.curriculum.state_at`) for the state of the step about to run (seq_len, batch, LR, clip,
 mix), asks the data pipeline for a batch of exactly that shape, and trains on it. The parts are built
 (:mod:`gradus.train.build`, :mod:`gradus.train.micro_batch`) and wired here, in the open, in
 :meth:`Trainer.setup`; the loop in :meth:`Trainer.fit` reads top to bottom. Only the counters (step,
@@ -22,7 +22,7 @@ from typing import Any
 import torch
 
 from gradus.config import GradusConfig, dump_yaml
-from gradus.curriculum import Curriculum, StageState
+from gradus.curriculum import StageState, resolve_schedule, stage_of_step, state_at
 from gradus.errors import ConfigError, GradusError
 from gradus.train import checkpoint, metrics
 from gradus.train.build import build_training_parts, wrap_for_training
@@ -83,11 +83,11 @@ class Trainer:
         rt.barrier()
         if not rt.is_main:
             self.tokenizer = load_tokenizer(cfg.data, run_dir=self.run_dir)
-        self.curriculum = Curriculum(cfg)
+        self.schedule = resolve_schedule(cfg)
         self.shape = resolve_shape(cfg.model, self.tokenizer.vocab_size)
         self._build_parts()
-        self.compat = checkpoint.compat_signature(self.curriculum, rt.world_size, self.tokenizer.identity())
-        check_batches_divide(self.curriculum.stages, rt.world_size)
+        self.compat = checkpoint.compat_signature(self.schedule, rt.world_size, self.tokenizer.identity())
+        check_batches_divide(self.schedule.stages, rt.world_size)
 
         resumed_from = self._maybe_resume()
         if rt.is_main and resumed_from is None:
@@ -99,12 +99,12 @@ class Trainer:
             self.metrics.write({"event": "resume", "step": self.progress.step, "checkpoint": resumed_from.name})
         self.net, self.compiled = wrap_for_training(self.model, rt, cfg.train.compile)
         self.micro_batches = plan_micro_batches(
-            self.curriculum.stages, self.shape, rt, cfg.train.micro_batch_size,
+            self.schedule.stages, self.shape, rt, cfg.train.micro_batch_size,
             lambda seq_len, micro: probe_micro_batch(self.net, self.optimizer, rt, self.shape.vocab_size, seq_len, micro),
         )
         # Evaluated at a fixed length (configured, else the longest stage's), in batches known to fit.
         self.validation = Validation(self.data, cfg.data.validation.tokens, self.micro_batches[max(self.micro_batches)],
-                                     cfg.train.eval_reference_seq_len or max(s.seq_len for s in self.curriculum.stages))
+                                     cfg.train.eval_reference_seq_len or max(s.seq_len for s in self.schedule.stages))
         self.peak, self.peak_source = peak_flops(rt.device, cfg.logging.peak_flops, rt.precision)
         self._announce(resumed_from)
 
@@ -117,7 +117,7 @@ class Trainer:
         # Seeded again inside: the model's init does not depend on what the tokenizer consumed.
         built = build_training_parts(self.shape, cfg.optim, rt.device, rt.precision, cfg.train.seed)
         self.model, self.optimizer, self.scaler = built.model, built.optimizer, built.scaler
-        self.data = DataPipeline(cfg.data, self.tokenizer, self.curriculum, seed=cfg.train.seed,
+        self.data = DataPipeline(cfg.data, self.tokenizer, self.schedule, seed=cfg.train.seed,
                                  rank=rt.rank, world_size=rt.world_size)
         self.guard = LossGuard(cfg.train.guard)
         self.progress = Progress()
@@ -150,7 +150,7 @@ class Trainer:
         if resumed_from is not None:
             self.console.print(f"resuming from {resumed_from} (step {self.progress.step:,}, "
                                f"{self.progress.tokens:,} tokens)")
-        for line in metrics.run_summary(self.shape, self.rt, self.compiled, self.curriculum, self.micro_batches):
+        for line in metrics.run_summary(self.shape, self.rt, self.compiled, self.schedule, self.micro_batches):
             self.console.print(line)
 
     # ===================================================================================== loop
@@ -158,19 +158,19 @@ class Trainer:
         """Train until the curriculum is done, early stopping triggers, a signal arrives, or
         ``stop_at_step`` (a clean stop with a checkpoint, as if preempted)."""
         rt, pr = self.rt, self.progress
-        state = self.curriculum.state_at(pr.step, pr.tokens)
+        state = state_at(self.schedule, pr.step, pr.tokens)
         if state.done:
             self.console.print(f"run already complete at step {pr.step:,} ({state.done_reason})")
             return self._result(state.done_reason or "done")
         self.console = Console(enabled=rt.is_main and not self.quiet, progress_bar=self.cfg.logging.progress_bar,
-                               total_tokens=self.curriculum.total_tokens)
+                               total_tokens=self.schedule.total_tokens)
         self.console.advance(0, pr.tokens)
         self.stop.install()
         # The data thread packs in Python; with the default 5 ms GIL switch interval a short training
         # step can stall that long waiting for it (measured by benchmarks/stage_throughput.py).
         switch_interval = sys.getswitchinterval()
         sys.setswitchinterval(min(switch_interval, 0.0005))
-        if pr.step == 0 or state.stage_index != self.curriculum.stages_index_by_step(pr.step - 1):
+        if pr.step == 0 or state.stage_index != stage_of_step(self.schedule, pr.step - 1):
             self._stage_banner(state)
         try:
             reason = self._loop(state, stop_at_step)
@@ -213,7 +213,7 @@ class Trainer:
             if pr.step % self.cfg.logging.log_every == 0:
                 record = self._log_step(state, loss, grad_norm, window, applied)
                 window = Window()
-            nxt = self.curriculum.state_at(pr.step, pr.tokens)
+            nxt = state_at(self.schedule, pr.step, pr.tokens)
             reason = self._after_step(state, nxt, stop_at_step)
             if self.on_step is not None:
                 self.on_step(StepReport(pr.step, pr.tokens, state.stage_index, None if reason else nxt.stage_index,
@@ -259,8 +259,8 @@ class Trainer:
 
     # ============================================================================ loop helpers
     def _stage_banner(self, state: StageState) -> None:
-        stage = self.curriculum.stages[state.stage_index]
-        self.console.print(metrics.stage_banner(state, stage, len(self.curriculum.stages)))
+        stage = self.schedule.stages[state.stage_index]
+        self.console.print(metrics.stage_banner(state, stage, len(self.schedule.stages)))
         if self.rt.is_main:
             self.metrics.write(metrics.stage_record(state, stage))
 
@@ -272,12 +272,12 @@ class Trainer:
             lr_factor=self.guard.lr_factor(state.step), micro_batch=self.micro_batches[state.stage_index],
             flops_per_token=self.shape.flops_per_token(state.seq_len), peak_flops=self.peak,
             world_size=rt.world_size, peak_memory=rt.peak_memory_bytes(),
-            total_tokens=self.curriculum.total_tokens, data=self.data.metrics(), compiled=self.compiled,
+            total_tokens=self.schedule.total_tokens, data=self.data.metrics(), compiled=self.compiled,
         )
         self.metrics.write(record)
         self.console.print(metrics.console_line(pr.step, loss, record["tokens_per_sec"], record["lr"],
                                                 state.stage_index, state.num_stages, pr.tokens,
-                                                self.curriculum.target_tokens))
+                                                self.schedule.target_tokens))
         return record
 
     def _log_event(self, event) -> None:
@@ -312,7 +312,7 @@ class Trainer:
         if math.isfinite(loss) and (pr.best_val_loss is None or loss < pr.best_val_loss):
             pr.best_val_loss = loss
             pr.evals_since_best = 0
-            path = self._save_checkpoint(self.curriculum.state_at(pr.step, pr.tokens))
+            path = self._save_checkpoint(state_at(self.schedule, pr.step, pr.tokens))
             if self.rt.is_main and path is not None:
                 self.ckpt.mark_best(path)
             return False
@@ -355,7 +355,7 @@ class Trainer:
         self.guard.rollback_factor, self.guard.events_total = factor, totals
         self._saved_at_step = self.progress.step
         self.console.print(f"guard: rolled back to {latest.name}; LR factor {factor:g} from now on")
-        return self.curriculum.state_at(self.progress.step, self.progress.tokens)
+        return state_at(self.schedule, self.progress.step, self.progress.tokens)
 
     def _final_sync_check(self) -> None:
         """Under DDP, confirm every rank ends with the same weights (a cheap checksum all-gather)."""
