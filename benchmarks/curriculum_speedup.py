@@ -7,7 +7,7 @@ the same evaluation: validation loss at the reference length (the baseline's, 25
 articles (WikiText-2 ``valid.jsonl``, through ``SourceConfig.validation_split``) every ``budget / eval_points``
 tokens. The tokenizer is a byte-level BPE trained on the train split with ``gradus tokenizer train``.
 
-Method (DESIGN.md, "Benchmarks that can be trusted"):
+Method (ARCHITECTURE.md, "Benchmarks that can be trusted"):
 
 * every arm's learning rate is tuned the same way: a grid of at least three values at seed 0, extended by ×2
   at an edge until the best value lies strictly inside (up to ``--max-extensions`` times); the best LR is then
@@ -26,7 +26,7 @@ Method (DESIGN.md, "Benchmarks that can be trusted"):
 * an arm that never reaches the target gets the slowdown the other way round: the baseline's tokens
   (seconds) to reach *that arm's* final loss / the arm's whole run (below 1).
 
-Two regimes (DESIGN.md: the literature's gains come from stability at large tokens-per-step and high LR):
+Two regimes (ARCHITECTURE.md: the literature's gains come from stability at large tokens-per-step and high LR):
 ``A`` at the baseline's own tokens per step, and ``B`` at ``--big-factor`` times as many, where the curricula
 face a baseline tuned at the same large batch. Every speedup is against the regime-A baseline (the target);
 regime-B arms also report their speedup against the regime-B baseline (to its own final loss).
@@ -214,7 +214,7 @@ def _baseline(regime: str) -> Callable[[Settings], dict]:
 
 
 def _textbook(regime: str) -> Callable[[Settings], dict]:
-    # DESIGN.md's first measurement and the demo preset's shape: 32 → 64 → 128 → 256 over 10/15/20/55% of
+    # ARCHITECTURE.md's first measurement and the demo preset's shape: 32 → 64 → 128 → 256 over 10/15/20/55% of
     # the tokens, one global warmup + cosine, the same peak in every stage.
     return _ladder(regime, [8, 4, 2, 1], [0.10, 0.15, 0.20, 0.55])
 
@@ -268,7 +268,7 @@ def _restarts_control(regime: str) -> Callable[[Settings], dict]:
 
 
 def _boosted(regime: str) -> Callable[[Settings], dict]:
-    # The textbook shape, but the short stages at a higher peak (DESIGN.md: a curriculum is more stable at a
+    # The textbook shape, but the short stages at a higher peak (ARCHITECTURE.md: a curriculum is more stable at a
     # high LR): multipliers 2 / 1.6 / 1.25 / 1 under the one global warmup + cosine.
     def build(s: Settings) -> dict:
         lengths = [s.final_len // 8, s.final_len // 4, s.final_len // 2, s.final_len]

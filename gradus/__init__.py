@@ -1,7 +1,7 @@
 """gradus: curriculum pretraining for GPT-style language models.
 
 Training starts on short sequences with large batches and high learning rates and grows in stages to
-long sequences, while the data mix shifts. See DESIGN.md (in ../shared) for the layers.
+long sequences, while the data mix shifts. ARCHITECTURE.md (beside the package) maps the layers and the data flow.
 """
 
 __version__ = "0.1.0"

@@ -113,7 +113,7 @@ def suggest_peak(steepest_lr: float | None, max_stable_lr: float | None) -> floa
     """The suggested peak LR: ``min(steepest, max_stable / 3)``.
 
     Why the steepest-descent LR first: it is where a fresh model learns fastest per step, which is what a
-    peak reached after warmup should be, and it is the figure that matched a tuned run. On DESIGN.md's
+    peak reached after warmup should be, and it is the figure that matched a tuned run. On ARCHITECTURE.md's
     first measurement (4 × 128, BPE 8192, WikiText-2, 8,192 tokens/step, length 256; grid-tuned best LR
     4e-3, with 2e-3 and 8e-3 both worse) a 60-step sweep gives steepest 4.6e-3, min-loss 1.2e-2
     (fastai's min-loss / 10 would say 1.2e-3) and max-stable 7.6e-2 (/3 = 2.5e-2, far too high).
