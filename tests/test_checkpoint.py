@@ -155,3 +155,35 @@ def test_a_checkpoint_without_a_part_is_refused_in_one_line(tmp_path):
         ckpt_mod.load_parts({"progress": Counter(), "guard": Counter()}, {"progress": {"n": 1}}, tmp_path)
     message = str(err.value)
     assert message.startswith(f"{tmp_path}/state.pt has no guard state") and "\n" not in message
+
+
+def test_per_rank_state_is_this_ranks_entry_and_refuses_another_world_size():
+    from types import SimpleNamespace
+
+    from gradus.errors import CheckpointError
+    from gradus.train.stateful import PerRank
+
+    class Part:
+        def __init__(self):
+            self.loaded = None
+
+        def state_dict(self):
+            return {"pos": 7}
+
+        def load_state_dict(self, state):
+            self.loaded = state
+
+    alone = SimpleNamespace(distributed=False, world_size=1, rank=0)
+    part = Part()
+    wrapped = PerRank(part, alone, "data")
+    assert wrapped.state_dict() == {"pos": 7}  # single process: the layout checkpoints always had
+    wrapped.load_state_dict({"pos": 3})
+    assert part.loaded == {"pos": 3}
+    rank1 = SimpleNamespace(distributed=True, world_size=2, rank=1)
+    part = Part()
+    PerRank(part, rank1, "data").load_state_dict([{"pos": 1}, {"pos": 2}])
+    assert part.loaded == {"pos": 2}
+    with pytest.raises(CheckpointError, match="saved by 3 processes, this run has 2; resume on 3 processes"):
+        PerRank(Part(), rank1, "data").load_state_dict([{}, {}, {}])
+    with pytest.raises(CheckpointError, match="one data state for 2 processes"):
+        PerRank(Part(), rank1, "data").load_state_dict({"pos": 1})

@@ -12,6 +12,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, fields
 from typing import Any, Protocol, runtime_checkable
 
+from gradus.errors import CheckpointError
 from gradus.train.runtime import Runtime, rng_state, set_rng_state
 
 
@@ -80,3 +81,39 @@ class RngState:
             set_rng_state(state[self.rt.rank])
         elif not self.rt.distributed:
             set_rng_state(state)
+
+
+class PerRank:
+    """A part whose state differs on every rank (the data pipeline: each rank reads its own shard), saved
+    for all of them.
+
+    Under DDP :meth:`state_dict` is a collective that gathers every rank's state into a list by rank, and
+    :meth:`load_state_dict` restores this rank's entry; alone it is the part's own state, the layout
+    single-process checkpoints have always had. A checkpoint from another number of processes (or one
+    written before per-rank saving, which held rank 0's state only) is refused in one line: each rank's
+    position in its shard cannot be mapped onto other ranks."""
+
+    def __init__(self, part: Stateful, rt: Runtime, name: str):
+        self.part, self.rt, self.name = part, rt, name
+
+    def state_dict(self) -> Any:
+        """The part's state, or (DDP) every rank's, gathered on every rank."""
+        own = self.part.state_dict()
+        return self.rt.gather(own) if self.rt.distributed else own
+
+    def load_state_dict(self, state: Any) -> None:
+        """Restore this rank's entry (see the class docstring)."""
+        if isinstance(state, list):
+            if len(state) != self.rt.world_size:
+                raise CheckpointError(
+                    f"the checkpoint's {self.name} state was saved by {len(state)} processes, this run has "
+                    f"{self.rt.world_size}; resume on {len(state)} processes"
+                )
+            self.part.load_state_dict(state[self.rt.rank])
+        elif self.rt.distributed:
+            raise CheckpointError(
+                f"the checkpoint holds one {self.name} state for {self.rt.world_size} processes (written before "
+                f"gradus saved every rank's); resume it with the version that wrote it, or start a new --out"
+            )
+        else:
+            self.part.load_state_dict(state)

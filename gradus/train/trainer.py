@@ -33,7 +33,7 @@ from gradus.train.metrics import Console, MetricsWriter, RunResult, StepReport, 
 from gradus.train.micro_batch import check_batches_divide, plan_micro_batches, probe_micro_batch
 from gradus.train.runtime import peak_flops, seed_everything, setup_runtime, teardown_runtime
 from gradus.train.signals import StopRequest
-from gradus.train.stateful import Progress, RngState, Stateful
+from gradus.train.stateful import PerRank, Progress, RngState, Stateful
 from gradus.train.step import batch_tensors, optimizer_step
 
 
@@ -122,8 +122,8 @@ class Trainer:
         self.guard = LossGuard(cfg.train.guard)
         self.progress = Progress()
         # In the order they are restored: the data pipeline before the RNG states, as always.
-        self.parts: dict[str, Stateful] = {"progress": self.progress, "data": self.data, "guard": self.guard,
-                                           "rng": RngState(rt)}
+        self.parts: dict[str, Stateful] = {"progress": self.progress, "data": PerRank(self.data, rt, "data"),
+                                           "guard": self.guard, "rng": RngState(rt)}
         if self.scaler is not None:
             self.parts["scaler"] = self.scaler
 
