@@ -98,6 +98,11 @@ class ModelConfig(Strict):
     tie_embeddings: bool = Field(True, description="Share the input embedding with the output head.")
     dropout: float = Field(0.0, ge=0.0, lt=1.0, description="Dropout on attention and residual outputs.")
     norm_eps: float = Field(1e-5, gt=0, description="RMSNorm epsilon.")
+    init_from: str | None = Field(
+        None,
+        description="Start from the weights of an exported Hugging Face (Llama) directory (`gradus export "
+        "--hf`); the model's shape fields must match it. A resumed run loads its own checkpoint instead.",
+    )
 
 
 # ---------------------------------------------------------------------------------------------- data

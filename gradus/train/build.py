@@ -50,11 +50,16 @@ def build_scaler(device: torch.device, precision: str) -> torch.amp.GradScaler |
 
 
 def build_training_parts(shape: ModelShape, optim: OptimConfig, device: torch.device, precision: str,
-                         seed: int) -> TrainingParts:
+                         seed: int, init_from: str | None = None) -> TrainingParts:
     """Seed every RNG with ``seed`` (so the initial weights depend on nothing run before), then build the
-    model on ``device``, its AdamW and (fp16) the gradient scaler."""
+    model on ``device`` (its weights copied from an exported directory when ``init_from`` names one: the
+    ``model.init_from`` option), its AdamW and (fp16) the gradient scaler."""
     seed_everything(seed)
     model = GPT(shape).to(device)
+    if init_from:
+        from gradus.export.hf import init_from as copy_weights
+
+        copy_weights(model, init_from)
     return TrainingParts(model, build_optimizer(model, optim, device), build_scaler(device, precision))
 
 

@@ -115,12 +115,12 @@ class Trainer:
 
         cfg, rt = self.cfg, self.rt
         # Seeded again inside: the model's init does not depend on what the tokenizer consumed.
-        built = build_training_parts(self.shape, cfg.optim, rt.device, rt.precision, cfg.train.seed)
+        built = build_training_parts(self.shape, cfg.optim, rt.device, rt.precision, cfg.train.seed,
+                                     cfg.model.init_from)
         self.model, self.optimizer, self.scaler = built.model, built.optimizer, built.scaler
         self.data = DataPipeline(cfg.data, self.tokenizer, self.schedule, seed=cfg.train.seed,
                                  rank=rt.rank, world_size=rt.world_size)
-        self.guard = LossGuard(cfg.train.guard)
-        self.progress = Progress()
+        self.guard, self.progress = LossGuard(cfg.train.guard), Progress()
         # In the order they are restored: the data pipeline before the RNG states, as always.
         self.parts: dict[str, Stateful] = {"progress": self.progress, "data": PerRank(self.data, rt, "data"),
                                            "guard": self.guard, "rng": RngState(rt)}
