@@ -6,8 +6,12 @@ The scripts are not a package; each puts this folder on ``sys.path`` and imports
 from __future__ import annotations
 
 import json
+import os
+import platform
+import subprocess
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "benchmarks" / "results"
@@ -46,3 +50,41 @@ def save_plot(draw: Callable[[Path], None], path: Path, log: Callable[[str], Non
         return False
     log(f"wrote {path}")
     return True
+
+
+def machine_info(device) -> dict:
+    """What one device's figures were measured on: device, platform, Python, torch, CPU model and count,
+    torch threads, memory, and the GPU's name on CUDA (the ``machine`` block of stage_throughput's JSON)."""
+    import torch
+
+    info: dict[str, Any] = {
+        "device": str(device),
+        "platform": platform.platform(),
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "cpu_count": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+    }
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                info["cpu"] = line.split(":", 1)[1].strip()
+                break
+        info["memory_gib"] = round(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30, 1)
+    except (OSError, ValueError):
+        pass
+    if device.type == "cuda":
+        info["gpu"] = torch.cuda.get_device_name(device)
+    return info
+
+
+def git_revision() -> str | None:
+    """Short commit of the checkout, with ``+dirty`` when the tree has changes."""
+    try:
+        rev = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True,
+                             timeout=10).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain"], cwd=REPO, capture_output=True, text=True,
+                               timeout=10).stdout.strip()
+        return (rev + ("+dirty" if dirty else "")) or None
+    except (OSError, subprocess.SubprocessError):
+        return None
