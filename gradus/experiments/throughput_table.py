@@ -121,7 +121,7 @@ def combine(stages: list[StageShape], repeats: list[dict[int, dict]], flops: dic
                     "first_step_s", "new_compiled_graphs", "data_thread_cpu_per_step_s"):
             entry[key] = {"framework": med(fw, key), "plain": med(pl, key)}
         for key in ("tokens_per_sec", "transition_seconds"):
-            entry[key + "spread"] = {"framework": spread([f[key] for f in fw]),
+            entry[key + "_spread"] = {"framework": spread([f[key] for f in fw]),
                                       "plain": spread([p[key] for p in pl])}
         entry["tokens_per_sec_trainer_clock"] = med(fw, "tokens_per_sec_trainer_clock")
         entry["framework_breakdown_s"] = {
