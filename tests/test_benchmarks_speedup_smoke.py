@@ -12,6 +12,8 @@ from pathlib import Path
 
 import pytest
 
+from gradus.experiments import speedup, speedup_arms
+
 REPO = Path(__file__).resolve().parents[1]
 SCRIPT = REPO / "benchmarks" / "curriculum_speedup.py"
 
@@ -33,9 +35,9 @@ def _real(x) -> bool:
 
 
 def test_split_steps_is_exact_and_never_empty():
-    assert cs.split_steps(256, [0.10, 0.15, 0.20, 0.55]) == [26, 38, 51, 141]
-    assert sum(cs.split_steps(7, [0.1, 0.1, 0.8])) == 7
-    assert min(cs.split_steps(5, [0.01, 0.01, 0.98])) >= 1
+    assert speedup_arms.split_steps(256, [0.10, 0.15, 0.20, 0.55]) == [26, 38, 51, 141]
+    assert sum(speedup_arms.split_steps(7, [0.1, 0.1, 0.8])) == 7
+    assert min(speedup_arms.split_steps(5, [0.01, 0.01, 0.98])) >= 1
 
 
 def test_to_target_interpolates_between_bracketing_evaluations():
@@ -55,9 +57,9 @@ def test_calibrated_seconds_weigh_each_stage_by_its_shape():
 
 
 def test_every_arm_builds_a_valid_config(offline_data, tmp_path):
-    s = cs.Settings()
-    for arm in cs.ARMS.values():
-        cfg = cs.make_config(s, arm, arm.lr_grid[1], 0, offline_data / "wikitext-2", tmp_path / "tokenizer.json")
+    s = speedup_arms.Settings()
+    for arm in speedup_arms.ARMS.values():
+        cfg = speedup.make_config(s, arm, arm.lr_grid[1], 0, offline_data / "wikitext-2", tmp_path / "tokenizer.json")
         stages = cfg.curriculum.stages
         assert stages[-1].seq_len == s.final_len
         assert sum(st.tokens for st in stages) == s.budget

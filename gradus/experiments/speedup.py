@@ -1,0 +1,156 @@
+"""The machinery of ``benchmarks/curriculum_speedup.py``: an arm's config, the tokenizer, running and tuning
+the arms, and the per-arm summary and table.
+
+The arms themselves are in :mod:`gradus.experiments.speedup_arms`; the analysis (crossings, calibrated
+seconds, speedups) is :mod:`gradus.experiments.analysis`, shared with ``gradus compare``. The script keeps
+only its flags, the calls and its output (JSON, table, plot).
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import replace
+from pathlib import Path
+
+from gradus.config import to_dict
+from gradus.errors import GradusError
+from gradus.experiments.analysis import (
+    RunRecord,
+    summarise_runs,
+)
+from gradus.experiments.analysis import finite as _finite
+from gradus.experiments.runner import Runner, Task
+from gradus.experiments.speedup_arms import ARMS, LR_A, Arm, Settings
+from gradus.experiments.sweep import describe_run as describe
+from gradus.experiments.tuning import LRTuner, Tuned, tune_all
+
+
+# ==================================================================================== configs
+def make_config(s: Settings, arm: Arm, lr: float, seed: int, data: Path, tokenizer: Path):
+    """The full gradus config of one run (validated by gradus itself)."""
+    from gradus.config import from_dict
+
+    regime = arm.regime
+    curriculum = arm.build(s)
+    curriculum["target_tokens"] = s.budget
+    raw = {
+        "name": f"{arm.name}-lr{lr:g}-seed{seed}",
+        "model": {"preset": s.model, "max_seq_len": s.final_len,
+                  **({"d_model": s.d_model} if s.d_model is not None else {})},
+        "data": {
+            "sources": [{"name": "wiki", "path": str(data / "train.jsonl"),
+                         "validation_split": str(data / "valid.jsonl")}],
+            "tokenizer": {"name_or_path": str(tokenizer)},
+            # valid.jsonl is the held-out split, so no training document needs to be held out by hash.
+            "validation": {"fraction": 0.0, "max_documents": 1000, "tokens": s.eval_tokens},
+            "packing": {"lanes": s.lanes},
+        },
+        "curriculum": curriculum,
+        "optim": {"base_lr": lr},
+        "train": {
+            "seed": seed,
+            "eval_every": s.eval_every(regime),
+            "eval_reference_seq_len": s.final_len,
+            # The same cadence for every arm: no extra evaluations at stage changes.
+            "eval_at_stage_change": False,
+            "early_stopping_patience": None,
+            "checkpoint_every": None,
+            "device": "cpu",
+            "compile": "off",
+        },
+        "logging": {"log_every": max(1, s.eval_every(regime) // 4), "tensorboard": False, "progress_bar": False},
+    }
+    return from_dict(raw, origin=f"curriculum_speedup:{arm.name}")
+
+
+# ======================================================================================= runs
+# Runs, LR tuning, the crossing analysis, the calibrated clock and the curves' panels are gradus's own
+# (gradus.experiments, the code of `gradus sweep` and `gradus compare`): this script keeps the benchmark's
+# settings, arms and report. Names it used to define are re-exported here (Run, to_target, ...).
+Run = RunRecord
+
+
+def execute(s: Settings, arms: Sequence[Arm], data: Path, tokenizer: Path, work: Path, *, jobs: int, threads: int,
+            reuse: bool, log: Callable[[str], None]) -> dict[str, Tuned]:
+    """Tune every arm, ``jobs`` runs at a time, each run a ``gradus train`` process with ``threads`` torch
+    threads in ``work/runs/<arm>/lr<LR>-seed<S>`` (gradus.experiments.runner)."""
+
+    def maker(arm: Arm) -> Callable[[float, int], Task]:
+        def make(lr: float, seed: int) -> Task:
+            cfg = make_config(s, arm, lr, seed, data, tokenizer)
+            return Task(arm.name, lr, seed, to_dict(cfg), work / "runs" / arm.name / f"lr{lr:g}-seed{seed}")
+        return make
+
+    tuners = {a.name: LRTuner(a.name, a.lr_grid, s.seeds, s.max_extensions, maker(a)) for a in arms}
+    runner = Runner(jobs=jobs, threads=threads, log=log, reuse=reuse)
+
+    def finished(run: Run) -> None:
+        log(describe(run))
+        shutil.rmtree(Path(run.run_dir) / "checkpoints", ignore_errors=True)  # keep metrics and config, not weights
+
+    def drive(first: list[Task], unlock: Callable[[Run], list[Task]]) -> object:
+        return runner.run(first, on_done=lambda run: (finished(run), unlock(run))[1])
+
+    return tune_all(tuners, drive)
+
+
+# =================================================================================== analysis
+def stage_plan(s: Settings, arm: Arm, data: Path, tokenizer: Path) -> list[dict]:
+    """Each stage's shape and token range, from the pure curriculum: what the plot marks and the
+    calibrated clock weighs."""
+    from gradus.curriculum import resolve_schedule
+
+    cur = resolve_schedule(make_config(s, arm, arm.lr_grid[0], 0, data, tokenizer))
+    return [{"stage": st.name, "seq_len": st.seq_len, "batch_size": st.batch_size,
+             "tokens_per_step": st.tokens_per_step, "start_tokens": st.start_tokens, "end_tokens": st.end_tokens,
+             "peak_lr_per_unit_base": st.peak_lr / arm.lr_grid[0]} for st in cur.stages]
+
+
+def summarise(t: Tuned, arm: Arm, target: float, stages: list[dict], cost: dict[tuple[int, int], float]) -> dict:
+    """The JSON record of one arm (speedups are filled in by :func:`add_speedups`)."""
+    rec = summarise_runs(arm.name, t.runs, target, stages, cost)
+    return {
+        "name": arm.name,
+        "regime": arm.regime,
+        "description": arm.description,
+        "tokens_per_step": stages[0]["tokens_per_step"],
+        "lr": t.best_lr,
+        "lr_inside_grid": t.inside,
+        "lr_grid": {f"{lr:g}": _finite(run.final_val_loss) for lr, run in sorted(t.grid.items())},
+        "lr_grid_guard_events": {f"{lr:g}": run.guard_events for lr, run in sorted(t.grid.items())},
+        **{k: v for k, v in rec.items() if k not in ("name", "tokens_per_step")},
+    }
+
+
+def find_lrs(s: Settings, data: Path, tokenizer: Path, work: Path, threads: int,
+             log: Callable[[str], None]) -> Settings:
+    """Run ``gradus lr-find``'s sweep (:func:`gradus.train.lr_find.run_lr_find`) at the textbook lengths on
+    this model and data (seed 0), cache it in ``work``, and return the settings with its suggestions."""
+    from gradus.train.lr_find import run_lr_find
+
+    lengths = [s.final_len // 8, s.final_len // 4, s.final_len // 2, s.final_len]
+    cache = work / f"lr_find-{s.model}{f'-d{s.d_model}' if s.d_model else ''}-{s.vocab_size}-{s.tokens_per_step}-{s.lr_find_steps}-lanes{s.lanes}.json"
+    if cache.is_file():
+        found = {int(k): v for k, v in json.loads(cache.read_text())["suggested"].items()}
+    else:
+        cfg = make_config(s, ARMS["seqwarm-textbook"], LR_A[1], s.seeds[0], data, tokenizer)
+        import torch
+
+        t0 = time.perf_counter()
+        before = torch.get_num_threads()
+        torch.set_num_threads(threads)  # as the runs (gradus.experiments.runner): OpenMP threads collapse on a shared box
+        try:
+            result = run_lr_find(cfg, lengths, steps=s.lr_find_steps)
+        finally:
+            torch.set_num_threads(before)
+        found = result.suggestions()
+        cache.write_text(json.dumps({"suggested": found, "report": result.to_json(),
+                                     "seconds": time.perf_counter() - t0}, default=str))
+    missing = [L for L in lengths if L not in found]
+    if missing:
+        raise GradusError(f"lr-find gave no suggestion at length(s) {missing}")
+    log("  lr-find suggestions: " + ", ".join(f"{L}: {found[L]:.3g}" for L in lengths))
+    return replace(s, lr_find=tuple((L, float(found[L])) for L in lengths))
