@@ -32,7 +32,8 @@ face a baseline tuned at the same large batch. Every speedup is against the regi
 regime-B arms also report their speedup against the regime-B baseline (to its own final loss).
 
 The machinery is gradus's own (:mod:`gradus.experiments`, the code of ``gradus sweep`` and ``gradus compare``):
-this script keeps the benchmark's settings, arms and report. Runs execute ``--jobs`` at a time (default 2: one
+its settings and arm catalogue are :mod:`gradus.experiments.speedup_arms`, the arms' configs, lr-find and the
+per-arm summary :mod:`gradus.experiments.speedup`; this script keeps the flags, the calls and the report. Runs execute ``--jobs`` at a time (default 2: one
 per core), each a ``gradus train`` process with ``--threads`` torch threads (default 1: on a shared 2-core box
 two OpenMP threads per process collapse whenever another process holds a core). Runs on CPU repeat bit for
 bit, so ``--work DIR --reuse`` reads back finished runs with an identical config (their ``result.json``)
