@@ -34,6 +34,7 @@ from gradus.config.schema import (
     SIZE_PRESETS,
     CurriculumConfig,
     DataConfig,
+    EmaConfig,
     GradusConfig,
     GuardConfig,
     LoggingConfig,
@@ -52,7 +53,7 @@ from gradus.config.schema import (
 )
 
 __all__ = [
-    "MODEL_PRESETS", "SIZE_PRESETS", "CurriculumConfig", "DataConfig", "GradusConfig", "GuardConfig",
+    "MODEL_PRESETS", "SIZE_PRESETS", "CurriculumConfig", "DataConfig", "EmaConfig", "GradusConfig", "GuardConfig",
     "LoggingConfig", "MixWeight", "ModelConfig", "OptimConfig", "PackingConfig", "SourceConfig", "StageConfig",
     "StepCount", "Strict", "TokenCount", "TokenizerConfig", "TrainConfig", "ValidationConfig",
     "apply_overrides", "config_problems", "cross_check", "dump_yaml", "field_path", "field_value",

@@ -397,6 +397,14 @@ class GuardConfig(Strict):
     max_bad_steps: int = Field(3, ge=1, description="NaN/Inf steps in a row before rolling back to a checkpoint.")
 
 
+class EmaConfig(Strict):
+    """An exponential moving average of the weights, evaluated next to them and saved as ``checkpoints/ema``."""
+
+    decay: float = Field(0.999, gt=0, lt=1, description="Weight of the old average at each update, in (0, 1); "
+                         "0.999 averages over about the last 1000 updates.")
+    every: int = Field(1, ge=1, description="Optimizer steps between updates of the average.")
+
+
 class TrainConfig(Strict):
     """The loop: stopping, evaluation, checkpoints, precision, determinism."""
 
@@ -414,6 +422,22 @@ class TrainConfig(Strict):
     keep_last: int = Field(3, ge=1, description="Checkpoints kept besides the best.")
     early_stopping_patience: int | None = Field(
         10, ge=1, description="Evaluations without improvement of the reference loss before stopping (None = off)."
+    )
+    early_stopping_metric: str = Field(
+        "val/loss", description="The evaluation figure early stopping and the best checkpoint follow: val/loss "
+        "(the mix at the reference length), val/<source>/loss (one source's held-out documents) or val_ema/loss."
+    )
+    early_stopping_min_delta: float | None = Field(
+        None, gt=0, lt=1, description="Stop on a flat curve: when each of the last flat_evals evaluations improved "
+        "the followed loss by less than this share of it (0.001 = 0.1%); None = off (patience still applies)."
+    )
+    early_stopping_flat_evals: int = Field(
+        3, ge=1, description="Evaluations in a row with a relative improvement below early_stopping_min_delta "
+        "that count as a flat curve."
+    )
+    ema: EmaConfig | None = Field(
+        None, description="Keep an exponential moving average of the weights (evaluated as val_ema/..., saved as "
+        "checkpoints/ema and ema.safetensors in each checkpoint); None = off."
     )
     micro_batch_size: int | None = Field(
         None, gt=0, description="Examples per forward pass (an upper bound); default: found per stage, on CUDA by "

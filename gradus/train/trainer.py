@@ -12,7 +12,6 @@ recomputed from the counters on resume. A program that watches a run passes ``on
 from __future__ import annotations
 
 import contextlib
-import math
 import sys
 import time
 from collections.abc import Callable, Iterator
@@ -24,9 +23,10 @@ import torch
 from gradus.config import GradusConfig, dump_yaml
 from gradus.curriculum import StageState, resolve_schedule, stage_of_step, state_at
 from gradus.errors import ConfigError, GradusError
-from gradus.train import checkpoint, metrics
+from gradus.train import checkpoint, early_stop, metrics
 from gradus.train.build import build_training_parts, wrap_for_training
 from gradus.train.checkpoint import CheckpointManager
+from gradus.train.ema import WeightEMA, ema_evaluation
 from gradus.train.evaluate import Validation
 from gradus.train.guard import LossGuard
 from gradus.train.metrics import Console, MetricsWriter, RunResult, StepReport, Window
@@ -126,6 +126,9 @@ class Trainer:
                                            "rng": RngState(rt)}
         if self.scaler is not None:
             self.parts["scaler"] = self.scaler
+        self.ema = WeightEMA(self.model, cfg.train.ema) if cfg.train.ema is not None else None
+        if self.ema is not None:  # after the model's parts: restored with them
+            self.parts["ema"] = self.ema
 
     def _maybe_resume(self) -> Path | None:
         latest = self.ckpt.latest() if self.resume else None
@@ -233,9 +236,10 @@ class Trainer:
         stage_end = nxt.done or nxt.stage_index != state.stage_index
         if pr.step % t.eval_every == 0 or (stage_end and t.eval_at_stage_change):
             self.last_val = self._evaluate(state)
-            if self._early_stop_check(self.last_val):
+            stop = self._early_stop_check(self.last_val)
+            if stop is not None:
                 self._save_checkpoint(state)
-                return f"early stopping: no improvement in {t.early_stopping_patience} evaluations"
+                return stop
         if not self._just_saved() and checkpoint.checkpoint_due(t, pr, stage_end):
             self._save_checkpoint(state)
         if nxt.done:
@@ -254,8 +258,11 @@ class Trainer:
             self.model.set_rope_scaling(state.rope_scaling)
         lr = state.lr * self.guard.lr_factor(state.step)
         inputs, labels = batch_tensors(batch, state.batch_size // rt.world_size, state.seq_len, state.stage_index, rt)
-        return optimizer_step(self.net, self.model, self.optimizer, self.scaler, inputs, labels, lr=lr,
-                              clip=state.grad_clip, micro=self.micro_batches[state.stage_index], rt=rt)
+        out = optimizer_step(self.net, self.model, self.optimizer, self.scaler, inputs, labels, lr=lr,
+                             clip=state.grad_clip, micro=self.micro_batches[state.stage_index], rt=rt)
+        if self.ema is not None and out[2]:  # averaged after each applied step (the step about to be counted)
+            self.ema.maybe_update(self.progress.step + 1, self.model)
+        return out
 
     # ============================================================================ loop helpers
     def _stage_banner(self, state: StageState) -> None:
@@ -298,27 +305,29 @@ class Trainer:
         with self._aside():
             ref, own = self.validation.run(self.model, state.seq_len, self.rt.device, self.rt.autocast)
             record, text = metrics.eval_record(state, self.progress, self.validation.reference_seq_len, ref, own)
+            if self.ema is not None:  # the averaged weights next to the raw ones (val_ema/...)
+                extra, more = ema_evaluation(self.ema, self.model, self.validation, self.rt)
+                record, text = {**record, **extra}, text + more
             self.metrics.write(record)
             self.console.print(text)
         return {k: v for k, v in record.items() if isinstance(v, float)}
 
-    def _early_stop_check(self, val: dict[str, float]) -> bool:
-        """Track the best reference loss (saving the best checkpoint); True when patience is used up."""
-        pr = self.progress
+    def _early_stop_check(self, val: dict[str, float]) -> str | None:
+        """Track the best followed loss (saving the best checkpoint); the reason to stop (patience used
+        up, or a flat curve: :mod:`gradus.train.early_stop`), or None."""
+        pr, t = self.progress, self.cfg.train
         # Every rank evaluates the same held-out windows, but GPU kernels need not give bit-identical
         # losses on every rank; decide on the mean, so no rank saves the "best" checkpoint (a collective)
         # or stops early without the others.
-        loss = self.rt.mean(val.get("val/loss", float("nan")))
-        if math.isfinite(loss) and (pr.best_val_loss is None or loss < pr.best_val_loss):
-            pr.best_val_loss = loss
-            pr.evals_since_best = 0
+        loss = self.rt.mean(early_stop.followed_loss(val, t.early_stopping_metric))
+        improved, reason = early_stop.observe(pr, loss, patience=t.early_stopping_patience,
+                                              min_delta=t.early_stopping_min_delta,
+                                              flat_evals=t.early_stopping_flat_evals)
+        if improved:
             path = self._save_checkpoint(state_at(self.schedule, pr.step, pr.tokens))
             if self.rt.is_main and path is not None:
                 self.ckpt.mark_best(path)
-            return False
-        pr.evals_since_best += 1
-        patience = self.cfg.train.early_stopping_patience
-        return patience is not None and pr.evals_since_best >= patience
+        return reason
 
     def _just_saved(self) -> bool:
         return self._saved_at_step == self.progress.step
@@ -336,7 +345,7 @@ class Trainer:
                 meta = checkpoint.checkpoint_meta(pr, state.stage_index, self.compat, self.tokenizer.identity(),
                                                   self.shape)
                 path = self.ckpt.save(pr.step, model=self.model, optimizer=self.optimizer, state=payload, meta=meta,
-                                      config_yaml=dump_yaml(self.cfg))
+                                      config_yaml=dump_yaml(self.cfg), ema=self.ema and self.ema.model)
             rt.barrier()
         self._saved_at_step = pr.step
         return path
