@@ -424,7 +424,7 @@ class TrainConfig(Strict):
         10, ge=1, description="Evaluations without improvement of the reference loss before stopping (None = off)."
     )
     early_stopping_metric: str = Field(
-        "val/loss", description="The evaluation figure early stopping and the best checkpoint follow: val/loss "
+        "val/loss", pattern=r"^val(_ema)?/([^/]+/)?loss$", description="The evaluation figure early stopping and the best checkpoint follow: val/loss "
         "(the mix at the reference length), val/<source>/loss (one source's held-out documents) or val_ema/loss."
     )
     early_stopping_min_delta: float | None = Field(
