@@ -131,6 +131,11 @@ def cross_check(cfg: GradusConfig | Mapping) -> list[str]:
             f"train.eval_reference_seq_len={ref} exceeds model.max_seq_len={max_len}; lower it or raise max_seq_len"
         )
     problems += _early_stopping_metric_problems(train, _source_names(data))
+    probe = train.get("passkey")
+    probe_len = probe.get("seq_len") if isinstance(probe, Mapping) else None
+    if isinstance(probe_len, int) and max_len is not None and probe_len > max_len:
+        problems.append(f"train.passkey.seq_len={probe_len} exceeds model.max_seq_len={max_len}; lower it or raise "
+                        f"max_seq_len")
     return problems
 
 

@@ -405,6 +405,18 @@ class EmaConfig(Strict):
     every: int = Field(1, ge=1, description="Optimizer steps between updates of the average.")
 
 
+class PasskeyConfig(Strict):
+    """The long-context probe: a key hidden in filler at several depths, retrieved or not (stage C)."""
+
+    seq_len: int | None = Field(None, gt=0, description="Probe length in tokens; default the current stage's "
+                                "seq_len. At most model.max_seq_len.")
+    depths: int = Field(4, ge=1, description="Depths the key is hidden at, evenly from the start (0%) to the end "
+                        "(100%) of the filler.")
+    trials: int = Field(8, ge=1, description="Prompts per depth (each with its own random key).")
+    digits: int = Field(5, ge=1, le=20, description="Digits of the key.")
+    seed: int = Field(0, description="Seed of the keys (the same prompts at every evaluation).")
+
+
 class TrainConfig(Strict):
     """The loop: stopping, evaluation, checkpoints, precision, determinism."""
 
@@ -438,6 +450,10 @@ class TrainConfig(Strict):
     ema: EmaConfig | None = Field(
         None, description="Keep an exponential moving average of the weights (evaluated as val_ema/..., saved as "
         "checkpoints/ema and ema.safetensors in each checkpoint); None = off."
+    )
+    passkey: PasskeyConfig | None = Field(
+        None, description="Run the passkey-retrieval probe at every evaluation (probe/passkey/accuracy and "
+        "probe/passkey/depth_<percent>); None = off."
     )
     micro_batch_size: int | None = Field(
         None, gt=0, description="Examples per forward pass (an upper bound); default: found per stage, on CUDA by "

@@ -11,12 +11,20 @@ from __future__ import annotations
 
 import math
 
+from gradus.config import TrainConfig
 from gradus.train.stateful import Progress
 
 
 def followed_loss(val: dict[str, float], metric: str) -> float:
     """The figure ``train.early_stopping_metric`` names in an evaluation's record (NaN when absent)."""
     return val.get(metric, float("nan"))
+
+
+def observe_config(progress: Progress, loss: float, train: TrainConfig) -> tuple[bool, str | None]:
+    """:func:`observe` with the thresholds of ``train`` (``early_stopping_patience``, ``_min_delta``,
+    ``_flat_evals``)."""
+    return observe(progress, loss, patience=train.early_stopping_patience, min_delta=train.early_stopping_min_delta,
+                   flat_evals=train.early_stopping_flat_evals)
 
 
 def observe(progress: Progress, loss: float, *, patience: int | None, min_delta: float | None,

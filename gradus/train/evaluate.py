@@ -7,6 +7,8 @@ from collections.abc import Iterable
 
 import torch
 
+from gradus.train.ema import ema_evaluation
+
 
 @torch.no_grad()
 def evaluate(model: torch.nn.Module, batches: Iterable, device: torch.device, autocast) -> dict[str, float]:
@@ -97,3 +99,21 @@ class Validation:
     def reference(self, model: torch.nn.Module, device: torch.device, autocast) -> dict[str, float]:
         """:func:`evaluate`'s figures at the reference length only (the EMA weights' evaluation)."""
         return evaluate(model, self.batches(self.reference_seq_len), device, autocast)
+
+
+def side_evaluations(ema, probe, model: torch.nn.Module, validation: Validation, seq_len: int,
+                     rt) -> tuple[dict[str, float], str]:
+    """What an evaluation adds when configured: the averaged weights at the reference length (``ema``, a
+    :class:`~gradus.train.ema.WeightEMA`: ``val_ema/...``) and the passkey probe at ``seq_len`` (``probe``,
+    a :class:`~gradus.train.passkey.PasskeyProbe`: ``probe/passkey/...``). Returns (record keys, console
+    text to append)."""
+    record: dict[str, float] = {}
+    text = ""
+    if ema is not None:
+        record, text = ema_evaluation(ema, model, validation, rt)
+    if probe is not None:  # (nothing at a stage too short for its prompt)
+        figures = probe.record(model, seq_len, rt.device, rt.autocast, validation.max_rows)
+        record.update(figures)
+        if figures:
+            text += f"; passkey {figures['probe/passkey/accuracy']:.2f} at {figures['probe/passkey/seq_len']}"
+    return record, text

@@ -26,11 +26,12 @@ from gradus.errors import ConfigError, GradusError
 from gradus.train import checkpoint, early_stop, metrics
 from gradus.train.build import build_training_parts, wrap_for_training
 from gradus.train.checkpoint import CheckpointManager
-from gradus.train.ema import WeightEMA, ema_evaluation
-from gradus.train.evaluate import Validation
+from gradus.train.ema import WeightEMA
+from gradus.train.evaluate import Validation, side_evaluations
 from gradus.train.guard import LossGuard
 from gradus.train.metrics import Console, MetricsWriter, RunResult, StepReport, Window
 from gradus.train.micro_batch import check_batches_divide, plan_micro_batches, probe_micro_batch
+from gradus.train.passkey import PasskeyProbe
 from gradus.train.runtime import peak_flops, seed_everything, setup_runtime, teardown_runtime
 from gradus.train.signals import StopRequest
 from gradus.train.stateful import Progress, RngState, Stateful
@@ -105,6 +106,7 @@ class Trainer:
         # Evaluated at a fixed length (configured, else the longest stage's), in batches known to fit.
         self.validation = Validation(self.data, cfg.data.validation.tokens, self.micro_batches[max(self.micro_batches)],
                                      cfg.train.eval_reference_seq_len or max(s.seq_len for s in self.schedule.stages))
+        self.probe = PasskeyProbe(cfg.train.passkey, self.tokenizer) if cfg.train.passkey is not None else None
         self.peak, self.peak_source = peak_flops(rt.device, cfg.logging.peak_flops, rt.precision)
         self._announce(resumed_from)
 
@@ -305,24 +307,20 @@ class Trainer:
         with self._aside():
             ref, own = self.validation.run(self.model, state.seq_len, self.rt.device, self.rt.autocast)
             record, text = metrics.eval_record(state, self.progress, self.validation.reference_seq_len, ref, own)
-            if self.ema is not None:  # the averaged weights next to the raw ones (val_ema/...)
-                extra, more = ema_evaluation(self.ema, self.model, self.validation, self.rt)
-                record, text = {**record, **extra}, text + more
+            extra, more = side_evaluations(self.ema, self.probe, self.model, self.validation, state.seq_len, self.rt)
+            record, text = {**record, **extra}, text + more
             self.metrics.write(record)
             self.console.print(text)
         return {k: v for k, v in record.items() if isinstance(v, float)}
 
     def _early_stop_check(self, val: dict[str, float]) -> str | None:
-        """Track the best followed loss (saving the best checkpoint); the reason to stop (patience used
-        up, or a flat curve: :mod:`gradus.train.early_stop`), or None."""
+        """Track the best followed loss (saving the best); the reason to stop (:mod:`.early_stop`), or None."""
         pr, t = self.progress, self.cfg.train
         # Every rank evaluates the same held-out windows, but GPU kernels need not give bit-identical
         # losses on every rank; decide on the mean, so no rank saves the "best" checkpoint (a collective)
         # or stops early without the others.
         loss = self.rt.mean(early_stop.followed_loss(val, t.early_stopping_metric))
-        improved, reason = early_stop.observe(pr, loss, patience=t.early_stopping_patience,
-                                              min_delta=t.early_stopping_min_delta,
-                                              flat_evals=t.early_stopping_flat_evals)
+        improved, reason = early_stop.observe_config(pr, loss, t)
         if improved:
             path = self._save_checkpoint(state_at(self.schedule, pr.step, pr.tokens))
             if self.rt.is_main and path is not None:
