@@ -221,3 +221,16 @@ def test_early_stopping_can_follow_one_source(tmp_path, tokenizer_json, offline_
     else:
         assert result.step == evals[first_worse]["step"] and result.reason.startswith("early stopping")
         assert result.best_val_loss == min(math_losses[:first_worse])
+
+
+def test_adding_ema_to_a_run_without_it_is_refused_in_one_line(tmp_path, tokenizer_json, offline_data, capsys):
+    plain = tiny_config(offline_data, tokenizer_json)
+    plain["train"].update({"checkpoint_every": 2, "early_stopping_patience": None})
+    path = tmp_path / "c.yaml"
+    path.write_text(json.dumps(plain))
+    run = tmp_path / "run"
+    assert main(["train", str(path), "--out", str(run), "--quiet", "--stop-at-step", "2"]) == 0
+    assert main(["train", "--out", str(run), "--quiet", "--set", "train.ema.decay=0.9"]) == 1
+    err = capsys.readouterr().err
+    assert err == (f"gradus: error: {run}/checkpoints/step_00000002 was written without train.ema, so its weights' "
+                   f"average cannot be resumed; drop train.ema, or start a new run with another --out\n")

@@ -286,6 +286,9 @@ def load_parts(parts: Mapping[str, Stateful], state: Mapping[str, Any], path: Pa
     rollback. A part saved as None (no scaler then) keeps its fresh state; a part the checkpoint lacks is a
     one-line CheckpointError naming it."""
     missing = [name for name in parts if name not in state]
+    if missing == ["ema"]:  # train.ema added to a run that had none: there is no average to continue
+        raise CheckpointError(f"{path} was written without train.ema, so its weights' average cannot be resumed; "
+                              f"drop train.ema, or start a new run with another --out")
     if missing:
         raise CheckpointError(
             f"{path}/state.pt has no {', '.join(missing)} state: it was not written by this gradus; "
