@@ -97,9 +97,10 @@ def test_progress_round_trips_in_place_and_keeps_what_a_checkpoint_lacks():
     pr = Progress(step=7, tokens=1792, train_seconds=1.5, best_val_loss=4.25, evals_since_best=1,
                   last_checkpoint_tokens=1024)
     state = pr.state_dict()
-    # The key names are the on-disk format every earlier gradus wrote (the trainer's __dict__).
+    # The key names are the on-disk format every earlier gradus wrote (the trainer's __dict__), and since
+    # the flat-curve test, the last few followed validation losses.
     assert state == {"step": 7, "tokens": 1792, "train_seconds": 1.5, "best_val_loss": 4.25, "evals_since_best": 1,
-                     "last_checkpoint_tokens": 1024}
+                     "last_checkpoint_tokens": 1024, "recent_val_losses": []}
     other = Progress()
     same_object = other
     other.load_state_dict(state)

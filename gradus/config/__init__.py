@@ -34,6 +34,7 @@ from gradus.config.schema import (
     SIZE_PRESETS,
     CurriculumConfig,
     DataConfig,
+    EmaConfig,
     GradusConfig,
     GuardConfig,
     LoggingConfig,
@@ -41,6 +42,7 @@ from gradus.config.schema import (
     ModelConfig,
     OptimConfig,
     PackingConfig,
+    PasskeyConfig,
     SourceConfig,
     StageConfig,
     StepCount,
@@ -52,8 +54,8 @@ from gradus.config.schema import (
 )
 
 __all__ = [
-    "MODEL_PRESETS", "SIZE_PRESETS", "CurriculumConfig", "DataConfig", "GradusConfig", "GuardConfig",
-    "LoggingConfig", "MixWeight", "ModelConfig", "OptimConfig", "PackingConfig", "SourceConfig", "StageConfig",
+    "MODEL_PRESETS", "SIZE_PRESETS", "CurriculumConfig", "DataConfig", "EmaConfig", "GradusConfig", "GuardConfig",
+    "LoggingConfig", "MixWeight", "ModelConfig", "OptimConfig", "PackingConfig", "PasskeyConfig", "SourceConfig", "StageConfig",
     "StepCount", "Strict", "TokenCount", "TokenizerConfig", "TrainConfig", "ValidationConfig",
     "apply_overrides", "config_problems", "cross_check", "dump_yaml", "field_path", "field_value",
     "format_validation_error", "from_dict", "load_config", "read_yaml", "save_config", "stage_problems",

@@ -130,7 +130,29 @@ def cross_check(cfg: GradusConfig | Mapping) -> list[str]:
         problems.append(
             f"train.eval_reference_seq_len={ref} exceeds model.max_seq_len={max_len}; lower it or raise max_seq_len"
         )
+    problems += _early_stopping_metric_problems(train, _source_names(data))
+    probe = train.get("passkey")
+    probe_len = probe.get("seq_len") if isinstance(probe, Mapping) else None
+    if isinstance(probe_len, int) and max_len is not None and probe_len > max_len:
+        problems.append(f"train.passkey.seq_len={probe_len} exceeds model.max_seq_len={max_len}; lower it or raise "
+                        f"max_seq_len")
     return problems
+
+
+def _early_stopping_metric_problems(train: Mapping, sources: list[str] | None) -> list[str]:
+    """An early-stopping metric that no evaluation writes: an unknown source, or val_ema without train.ema."""
+    metric = train.get("early_stopping_metric")
+    if not isinstance(metric, str):
+        return []
+    parts = metric.split("/")
+    if parts[0] == "val_ema" and len(parts) == 3:
+        return [f"train.early_stopping_metric={metric}: the EMA weights are evaluated on the mix only; use val_ema/loss"]
+    if len(parts) == 3 and sources and parts[1] not in sources:
+        return [f"train.early_stopping_metric={metric}: no source named {parts[1]!r}; use val/loss or "
+                f"val/<source>/loss with one of {', '.join(sources)}"]
+    if parts[0] == "val_ema" and not train.get("ema"):
+        return [f"train.early_stopping_metric={metric}: needs train.ema; set train.ema.decay or follow val/loss"]
+    return []
 
 
 def _model_problems(model: Mapping) -> list[str]:

@@ -402,6 +402,26 @@ class GuardConfig(Strict):
     max_bad_steps: int = Field(3, ge=1, description="NaN/Inf steps in a row before rolling back to a checkpoint.")
 
 
+class EmaConfig(Strict):
+    """An exponential moving average of the weights, evaluated next to them and saved as ``checkpoints/ema``."""
+
+    decay: float = Field(0.999, gt=0, lt=1, description="Weight of the old average at each update, in (0, 1); "
+                         "0.999 averages over about the last 1000 updates.")
+    every: int = Field(1, ge=1, description="Optimizer steps between updates of the average.")
+
+
+class PasskeyConfig(Strict):
+    """The long-context probe: a key hidden in filler at several depths, retrieved or not (stage C)."""
+
+    seq_len: int | None = Field(None, gt=0, description="Probe length in tokens; default the current stage's "
+                                "seq_len. At most model.max_seq_len.")
+    depths: int = Field(4, ge=1, description="Depths the key is hidden at, evenly from the start (0%) to the end "
+                        "(100%) of the filler.")
+    trials: int = Field(8, ge=1, description="Prompts per depth (each with its own random key).")
+    digits: int = Field(5, ge=1, le=20, description="Digits of the key.")
+    seed: int = Field(0, description="Seed of the keys (the same prompts at every evaluation).")
+
+
 class TrainConfig(Strict):
     """The loop: stopping, evaluation, checkpoints, precision, determinism."""
 
@@ -419,6 +439,26 @@ class TrainConfig(Strict):
     keep_last: int = Field(3, ge=1, description="Checkpoints kept besides the best.")
     early_stopping_patience: int | None = Field(
         10, ge=1, description="Evaluations without improvement of the reference loss before stopping (None = off)."
+    )
+    early_stopping_metric: str = Field(
+        "val/loss", pattern=r"^val(_ema)?/([^/]+/)?loss$", description="The evaluation figure early stopping and the best checkpoint follow: val/loss "
+        "(the mix at the reference length), val/<source>/loss (one source's held-out documents) or val_ema/loss."
+    )
+    early_stopping_min_delta: float | None = Field(
+        None, gt=0, lt=1, description="Stop on a flat curve: when each of the last flat_evals evaluations improved "
+        "the followed loss by less than this share of it (0.001 = 0.1%); None = off (patience still applies)."
+    )
+    early_stopping_flat_evals: int = Field(
+        3, ge=1, description="Evaluations in a row with a relative improvement below early_stopping_min_delta "
+        "that count as a flat curve."
+    )
+    ema: EmaConfig | None = Field(
+        None, description="Keep an exponential moving average of the weights (evaluated as val_ema/..., saved as "
+        "checkpoints/ema and ema.safetensors in each checkpoint); None = off."
+    )
+    passkey: PasskeyConfig | None = Field(
+        None, description="Run the passkey-retrieval probe at every evaluation (probe/passkey/accuracy and "
+        "probe/passkey/depth_<percent>); None = off."
     )
     micro_batch_size: int | None = Field(
         None, gt=0, description="Examples per forward pass (an upper bound); default: found per stage, on CUDA by "

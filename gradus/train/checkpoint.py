@@ -36,6 +36,8 @@ if TYPE_CHECKING:
     from gradus.train.stateful import Progress, Stateful
 
 _STEP_DIR = re.compile(r"^step_(\d+)$")
+EMA_FILE = "ema.safetensors"
+"""The averaged (EMA) weights inside a checkpoint folder, when the run keeps them."""
 FILES = ("model.safetensors", "optimizer.pt", "state.pt", "config.yaml", "meta.json")
 
 
@@ -140,8 +142,10 @@ class CheckpointManager:
         state: dict[str, Any],
         meta: dict[str, Any],
         config_yaml: str,
+        ema: torch.nn.Module | None = None,
     ) -> Path:
-        """Write ``step_<step>`` atomically and prune old ones. On failure (a full disk, say) the
+        """Write ``step_<step>`` atomically and prune old ones; with ``ema`` (the averaged model), also its
+        ``ema.safetensors`` and ``ema/`` (:meth:`mark_ema`). On failure (a full disk, say) the
         temporary folder is removed, earlier checkpoints are untouched, and a CheckpointError says why."""
         final = self.dir / f"step_{step:08d}"
         tmp = self.dir / f".tmp-step_{step:08d}-{os.getpid()}"
@@ -151,6 +155,8 @@ class CheckpointManager:
                 shutil.rmtree(tmp)
             tmp.mkdir()
             save_model(model, str(tmp / "model.safetensors"))
+            if ema is not None:  # the averaged weights, under the name `gradus export --ema` looks for
+                save_model(ema, str(tmp / EMA_FILE))
             torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
             torch.save(state, tmp / "state.pt")
             (tmp / "config.yaml").write_text(config_yaml, encoding="utf-8")
@@ -170,13 +176,26 @@ class CheckpointManager:
                 f"choose another --out"
             ) from None
         self._prune()
+        if ema is not None:
+            self.mark_ema(final)
         return final
 
     def mark_best(self, source: Path) -> Path:
         """Make ``best/`` a copy of a saved checkpoint (hard links where possible), atomically."""
-        tmp = self.dir / f".tmp-best-{os.getpid()}"
-        best = self.dir / "best"
-        old = self.dir / f".old-best-{os.getpid()}"
+        return self._publish(source, "best")
+
+    def mark_ema(self, source: Path) -> Path:
+        """Make ``ema/`` a checkpoint of the averaged weights: a copy of ``source`` whose
+        ``model.safetensors`` is its ``ema.safetensors``, so every command that reads a checkpoint
+        (generate, eval, export) reads the average from ``checkpoints/ema``."""
+        return self._publish(source, "ema", weights=EMA_FILE)
+
+    def _publish(self, source: Path, name: str, weights: str | None = None) -> Path:
+        """Make ``name/`` a copy of a saved checkpoint (hard links where possible), atomically; with
+        ``weights``, that file of it becomes the copy's ``model.safetensors``."""
+        tmp = self.dir / f".tmp-{name}-{os.getpid()}"
+        best = self.dir / name
+        old = self.dir / f".old-{name}-{os.getpid()}"
         try:
             if tmp.exists():
                 shutil.rmtree(tmp)
@@ -188,6 +207,8 @@ class CheckpointManager:
                     shutil.copy2(src, dst)
 
             shutil.copytree(source, tmp, copy_function=link_or_copy)
+            if weights is not None:
+                os.replace(tmp / weights, tmp / "model.safetensors")
             if best.exists():
                 os.replace(best, old)
             os.replace(tmp, best)
@@ -265,6 +286,9 @@ def load_parts(parts: Mapping[str, Stateful], state: Mapping[str, Any], path: Pa
     rollback. A part saved as None (no scaler then) keeps its fresh state; a part the checkpoint lacks is a
     one-line CheckpointError naming it."""
     missing = [name for name in parts if name not in state]
+    if missing == ["ema"]:  # train.ema added to a run that had none: there is no average to continue
+        raise CheckpointError(f"{path} was written without train.ema, so its weights' average cannot be resumed; "
+                              f"drop train.ema, or start a new run with another --out")
     if missing:
         raise CheckpointError(
             f"{path}/state.pt has no {', '.join(missing)} state: it was not written by this gradus; "

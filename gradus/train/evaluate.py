@@ -7,16 +7,23 @@ from collections.abc import Iterable
 
 import torch
 
+from gradus.train.ema import ema_evaluation
+
 
 @torch.no_grad()
 def evaluate(model: torch.nn.Module, batches: Iterable, device: torch.device, autocast) -> dict[str, float]:
     """Token-weighted mean loss, perplexity and next-token accuracy over ``batches`` (numpy arrays with
-    ``inputs``/``labels``; labels of -100 are ignored). The model is put back in its previous mode."""
+    ``inputs``/``labels``; labels of -100 are ignored). The model is put back in its previous mode.
+
+    When the batches name their source (``batch.source``, as the held-out batches do), ``"sources"`` maps
+    each source to the same figures over its own batches, so interference after a domain-infusion or
+    long-context stage shows per source; the mixed figures are the token-weighted whole, as before."""
     was_training = model.training
     model.eval()
     total_loss = 0.0
     total_correct = 0
     total_tokens = 0
+    by_source: dict[str, list[float]] = {}  # name -> [loss sum, correct, tokens]
     try:
         for b in batches:
             inputs = torch.from_numpy(b.inputs).to(device)
@@ -31,20 +38,31 @@ def evaluate(model: torch.nn.Module, batches: Iterable, device: torch.device, au
             loss = torch.nn.functional.cross_entropy(
                 logits.reshape(-1, logits.size(-1)), labels.reshape(-1), ignore_index=-100, reduction="sum"
             )
+            correct = int(((logits.argmax(-1) == labels) & mask).sum())
             total_loss += float(loss)
-            total_correct += int(((logits.argmax(-1) == labels) & mask).sum())
+            total_correct += correct
             total_tokens += n
+            source = getattr(b, "source", None)
+            if source:
+                acc = by_source.setdefault(source, [0.0, 0, 0])
+                acc[0] += float(loss)
+                acc[1] += correct
+                acc[2] += n
     finally:
         model.train(was_training)
-    if total_tokens == 0:
+    out = _figures(total_loss, total_correct, total_tokens)
+    if by_source:
+        out["sources"] = {name: _figures(*acc) for name, acc in by_source.items()}  # type: ignore[assignment]
+    return out
+
+
+def _figures(loss_sum: float, correct: int, tokens: int) -> dict[str, float]:
+    """Mean loss, perplexity, accuracy and token count from summed figures (NaN when no tokens)."""
+    if tokens == 0:
         return {"loss": float("nan"), "ppl": float("nan"), "accuracy": float("nan"), "tokens": 0}
-    mean = total_loss / total_tokens
-    return {
-        "loss": mean,
-        "ppl": math.exp(mean) if mean < 50 else float("inf"),
-        "accuracy": total_correct / total_tokens,
-        "tokens": total_tokens,
-    }
+    mean = loss_sum / tokens
+    return {"loss": mean, "ppl": math.exp(mean) if mean < 50 else float("inf"), "accuracy": correct / tokens,
+            "tokens": tokens}
 
 
 class Validation:
@@ -77,3 +95,25 @@ class Validation:
         if seq_len == self.reference_seq_len:
             return ref, None
         return ref, evaluate(model, self.batches(seq_len), device, autocast)
+
+    def reference(self, model: torch.nn.Module, device: torch.device, autocast) -> dict[str, float]:
+        """:func:`evaluate`'s figures at the reference length only (the EMA weights' evaluation)."""
+        return evaluate(model, self.batches(self.reference_seq_len), device, autocast)
+
+
+def side_evaluations(ema, probe, model: torch.nn.Module, validation: Validation, seq_len: int,
+                     rt) -> tuple[dict[str, float], str]:
+    """What an evaluation adds when configured: the averaged weights at the reference length (``ema``, a
+    :class:`~gradus.train.ema.WeightEMA`: ``val_ema/...``) and the passkey probe at ``seq_len`` (``probe``,
+    a :class:`~gradus.train.passkey.PasskeyProbe`: ``probe/passkey/...``). Returns (record keys, console
+    text to append)."""
+    record: dict[str, float] = {}
+    text = ""
+    if ema is not None:
+        record, text = ema_evaluation(ema, model, validation, rt)
+    if probe is not None:  # (nothing at a stage too short for its prompt)
+        figures = probe.record(model, seq_len, rt.device, rt.autocast, validation.max_rows)
+        record.update(figures)
+        if figures:
+            text += f"; passkey {figures['probe/passkey/accuracy']:.2f} at {figures['probe/passkey/seq_len']}"
+    return record, text

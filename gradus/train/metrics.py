@@ -178,6 +178,10 @@ def eval_record(state: StageState, progress: Progress, ref_len: int, ref: dict[s
                    "val/stage_accuracy": stage["accuracy"], "val/stage_seq_len": state.seq_len})
     if own is not None:
         text += f"; {own['loss']:.4f} at stage length {state.seq_len}"
+    # Per source at the reference length, so interference between domains is visible.
+    for name, fig in (ref.get("sources") or {}).items():  # type: ignore[union-attr]
+        record.update({f"val/{name}/loss": fig["loss"], f"val/{name}/ppl": fig["ppl"],
+                       f"val/{name}/accuracy": fig["accuracy"]})
     return record, text
 
 

@@ -9,7 +9,7 @@ them in one ``{name: part}`` mapping; saving, resuming and rolling back are one 
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, field, fields
 from typing import Any, Protocol, runtime_checkable
 
 from gradus.errors import CheckpointError
@@ -45,6 +45,8 @@ class Progress:
     """Evaluations since the best one (early-stopping patience)."""
     last_checkpoint_tokens: int = 0
     """``tokens`` at the last checkpoint (for ``checkpoint_every_tokens``)."""
+    recent_val_losses: list[float] = field(default_factory=list)
+    """The followed validation loss of the last few evaluations (the flat-curve test)."""
 
     def state_dict(self) -> dict[str, Any]:
         """The counters as a dict (the key names are the on-disk format)."""
@@ -54,7 +56,8 @@ class Progress:
         """Set the counters in place (the loop holds a reference); a key a checkpoint lacks keeps its value."""
         for f in fields(self):
             if f.name in state:
-                setattr(self, f.name, state[f.name])
+                value = state[f.name]
+                setattr(self, f.name, list(value) if isinstance(value, list) else value)
 
 
 class RngState:

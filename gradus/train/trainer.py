@@ -12,7 +12,6 @@ recomputed from the counters on resume. A program that watches a run passes ``on
 from __future__ import annotations
 
 import contextlib
-import math
 import sys
 import time
 from collections.abc import Callable, Iterator
@@ -24,13 +23,15 @@ import torch
 from gradus.config import GradusConfig, dump_yaml
 from gradus.curriculum import StageState, resolve_schedule, stage_of_step, state_at
 from gradus.errors import ConfigError, GradusError
-from gradus.train import checkpoint, metrics
+from gradus.train import checkpoint, early_stop, metrics
 from gradus.train.build import build_training_parts, wrap_for_training
 from gradus.train.checkpoint import CheckpointManager
-from gradus.train.evaluate import Validation
+from gradus.train.ema import WeightEMA
+from gradus.train.evaluate import Validation, side_evaluations
 from gradus.train.guard import LossGuard
 from gradus.train.metrics import Console, MetricsWriter, RunResult, StepReport, Window
 from gradus.train.micro_batch import check_batches_divide, plan_micro_batches, probe_micro_batch
+from gradus.train.passkey import PasskeyProbe
 from gradus.train.runtime import peak_flops, seed_everything, setup_runtime, teardown_runtime
 from gradus.train.signals import StopRequest
 from gradus.train.stateful import PerRank, Progress, RngState, Stateful
@@ -105,6 +106,7 @@ class Trainer:
         # Evaluated at a fixed length (configured, else the longest stage's), in batches known to fit.
         self.validation = Validation(self.data, cfg.data.validation.tokens, self.micro_batches[max(self.micro_batches)],
                                      cfg.train.eval_reference_seq_len or max(s.seq_len for s in self.schedule.stages))
+        self.probe = PasskeyProbe(cfg.train.passkey, self.tokenizer) if cfg.train.passkey is not None else None
         self.peak, self.peak_source = peak_flops(rt.device, cfg.logging.peak_flops, rt.precision)
         self._announce(resumed_from)
 
@@ -126,6 +128,9 @@ class Trainer:
                                            "guard": self.guard, "rng": RngState(rt)}
         if self.scaler is not None:
             self.parts["scaler"] = self.scaler
+        self.ema = WeightEMA(self.model, cfg.train.ema) if cfg.train.ema is not None else None
+        if self.ema is not None:  # after the model's parts: restored with them
+            self.parts["ema"] = self.ema
 
     def _maybe_resume(self) -> Path | None:
         latest = self.ckpt.latest() if self.resume else None
@@ -233,9 +238,10 @@ class Trainer:
         stage_end = nxt.done or nxt.stage_index != state.stage_index
         if pr.step % t.eval_every == 0 or (stage_end and t.eval_at_stage_change):
             self.last_val = self._evaluate(state)
-            if self._early_stop_check(self.last_val):
+            stop = self._early_stop_check(self.last_val)
+            if stop is not None:
                 self._save_checkpoint(state)
-                return f"early stopping: no improvement in {t.early_stopping_patience} evaluations"
+                return stop
         if not self._just_saved() and checkpoint.checkpoint_due(t, pr, stage_end):
             self._save_checkpoint(state)
         if nxt.done:
@@ -254,8 +260,11 @@ class Trainer:
             self.model.set_rope_scaling(state.rope_scaling)
         lr = state.lr * self.guard.lr_factor(state.step)
         inputs, labels = batch_tensors(batch, state.batch_size // rt.world_size, state.seq_len, state.stage_index, rt)
-        return optimizer_step(self.net, self.model, self.optimizer, self.scaler, inputs, labels, lr=lr,
-                              clip=state.grad_clip, micro=self.micro_batches[state.stage_index], rt=rt)
+        out = optimizer_step(self.net, self.model, self.optimizer, self.scaler, inputs, labels, lr=lr,
+                             clip=state.grad_clip, micro=self.micro_batches[state.stage_index], rt=rt)
+        if self.ema is not None and out[2]:  # averaged after each applied step (the step about to be counted)
+            self.ema.maybe_update(self.progress.step + 1, self.model)
+        return out
 
     # ============================================================================ loop helpers
     def _stage_banner(self, state: StageState) -> None:
@@ -298,27 +307,25 @@ class Trainer:
         with self._aside():
             ref, own = self.validation.run(self.model, state.seq_len, self.rt.device, self.rt.autocast)
             record, text = metrics.eval_record(state, self.progress, self.validation.reference_seq_len, ref, own)
+            extra, more = side_evaluations(self.ema, self.probe, self.model, self.validation, state.seq_len, self.rt)
+            record, text = {**record, **extra}, text + more
             self.metrics.write(record)
             self.console.print(text)
         return {k: v for k, v in record.items() if isinstance(v, float)}
 
-    def _early_stop_check(self, val: dict[str, float]) -> bool:
-        """Track the best reference loss (saving the best checkpoint); True when patience is used up."""
-        pr = self.progress
+    def _early_stop_check(self, val: dict[str, float]) -> str | None:
+        """Track the best followed loss (saving the best); the reason to stop (:mod:`.early_stop`), or None."""
+        pr, t = self.progress, self.cfg.train
         # Every rank evaluates the same held-out windows, but GPU kernels need not give bit-identical
         # losses on every rank; decide on the mean, so no rank saves the "best" checkpoint (a collective)
         # or stops early without the others.
-        loss = self.rt.mean(val.get("val/loss", float("nan")))
-        if math.isfinite(loss) and (pr.best_val_loss is None or loss < pr.best_val_loss):
-            pr.best_val_loss = loss
-            pr.evals_since_best = 0
+        loss = self.rt.mean(early_stop.followed_loss(val, t.early_stopping_metric))
+        improved, reason = early_stop.observe_config(pr, loss, t)
+        if improved:
             path = self._save_checkpoint(state_at(self.schedule, pr.step, pr.tokens))
             if self.rt.is_main and path is not None:
                 self.ckpt.mark_best(path)
-            return False
-        pr.evals_since_best += 1
-        patience = self.cfg.train.early_stopping_patience
-        return patience is not None and pr.evals_since_best >= patience
+        return reason
 
     def _just_saved(self) -> bool:
         return self._saved_at_step == self.progress.step
@@ -336,7 +343,7 @@ class Trainer:
                 meta = checkpoint.checkpoint_meta(pr, state.stage_index, self.compat, self.tokenizer.identity(),
                                                   self.shape)
                 path = self.ckpt.save(pr.step, model=self.model, optimizer=self.optimizer, state=payload, meta=meta,
-                                      config_yaml=dump_yaml(self.cfg))
+                                      config_yaml=dump_yaml(self.cfg), ema=self.ema and self.ema.model)
             rt.barrier()
         self._saved_at_step = pr.step
         return path
