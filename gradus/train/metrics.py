@@ -118,10 +118,11 @@ class Window:
 def step_record(state: StageState, progress: Progress, window: Window, *, loss: float, grad_norm: float,
                 applied: bool, lr_factor: float, micro_batch: int, flops_per_token: float, peak_flops: float,
                 world_size: int, peak_memory: int, total_tokens: int, data: dict[str, float],
-                compiled: bool) -> dict[str, Any]:
+                compiled: bool, recompiles: int | None = None) -> dict[str, Any]:
     """The record of a logged step: the step's loss, LR, gradient norm and shape, the window's mean loss
     and throughput, MFU against ``peak_flops`` per rank, the curriculum's position and mix, the data
-    pipeline's counters ``data`` and (``compiled``) how many graphs torch.compile has built."""
+    pipeline's counters ``data`` and (``compiled``) how many graphs torch.compile has built, and
+    (``recompiles``, when given) how many it built after the start-up warm-up: 0 when no shape stalls."""
     tps = window.tokens / window.seconds if window.seconds > 0 else 0.0
     mfu = flops_per_token * tps / (peak_flops * world_size) if peak_flops else 0.0
     record: dict[str, Any] = {
@@ -153,6 +154,8 @@ def step_record(state: StageState, progress: Progress, window: Window, *, loss: 
     record.update(data)
     if compiled:
         record["compile/unique_graphs"] = compiled_graphs()
+    if recompiles is not None:
+        record["compile/recompiles"] = recompiles
     return record
 
 

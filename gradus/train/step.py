@@ -57,8 +57,10 @@ def optimizer_step(
     starts = list(range(0, inputs.shape[0], micro))
     loss_sum = torch.zeros((), device=rt.device)
     for j, s in enumerate(starts):
-        x = inputs[s : s + micro].to(rt.device, non_blocking=True)
-        y = labels[s : s + micro].to(rt.device, non_blocking=True)
+        # Contiguous: the packer's rows are views of (seq_len + 1)-wide windows, and a compiled graph is
+        # specialised on strides, so the start-up warm-up (gradus.train.warmup) could not match them.
+        x = inputs[s : s + micro].to(rt.device, non_blocking=True).contiguous()
+        y = labels[s : s + micro].to(rt.device, non_blocking=True).contiguous()
         weight = int((labels[s : s + micro] != -100).sum()) / valid_total
         last = j == len(starts) - 1
         sync = contextlib.nullcontext() if (last or not rt.distributed) else net.no_sync()

@@ -36,6 +36,7 @@ from gradus.train.runtime import peak_flops, seed_everything, setup_runtime, tea
 from gradus.train.signals import StopRequest
 from gradus.train.stateful import PerRank, Progress, RngState, Stateful
 from gradus.train.step import batch_tensors, optimizer_step
+from gradus.train.warmup import compile_warmup, report_warmup
 
 
 class Trainer:
@@ -103,6 +104,9 @@ class Trainer:
             self.schedule.stages, self.shape, rt, cfg.train.micro_batch_size,
             lambda seq_len, micro: probe_micro_batch(self.net, self.optimizer, rt, self.shape.vocab_size, seq_len, micro),
         )
+        # Every training shape compiled now, not at its stage's first step (see gradus.train.warmup).
+        self.warmup = (compile_warmup(self.net, self.model, self.optimizer, rt, self.schedule.stages,
+                                      self.micro_batches) if self.compiled else None)
         # Evaluated at a fixed length (configured, else the longest stage's), in batches known to fit.
         self.validation = Validation(self.data, cfg.data.validation.tokens, self.micro_batches[max(self.micro_batches)],
                                      cfg.train.eval_reference_seq_len or max(s.seq_len for s in self.schedule.stages))
@@ -157,6 +161,8 @@ class Trainer:
                                f"{self.progress.tokens:,} tokens)")
         for line in metrics.run_summary(self.shape, self.rt, self.compiled, self.schedule, self.micro_batches):
             self.console.print(line)
+        if self.warmup is not None:
+            report_warmup(self.warmup, self.console.print, self.metrics.write)
 
     # ===================================================================================== loop
     def fit(self, stop_at_step: int | None = None) -> RunResult:
@@ -282,6 +288,7 @@ class Trainer:
             flops_per_token=self.shape.flops_per_token(state.seq_len), peak_flops=self.peak,
             world_size=rt.world_size, peak_memory=rt.peak_memory_bytes(),
             total_tokens=self.schedule.total_tokens, data=self.data.metrics(), compiled=self.compiled,
+            recompiles=self.warmup.recompiles() if self.warmup is not None else None,
         )
         self.metrics.write(record)
         self.console.print(metrics.console_line(pr.step, loss, record["tokens_per_sec"], record["lr"],
