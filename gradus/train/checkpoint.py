@@ -29,6 +29,7 @@ import torch
 from safetensors.torch import load_model, save_model
 
 from gradus.errors import CheckpointError, GradusError
+from gradus.files import make_readable
 
 if TYPE_CHECKING:
     from gradus.config import TrainConfig
@@ -151,6 +152,7 @@ class CheckpointManager:
                 shutil.rmtree(tmp)
             tmp.mkdir()
             save_model(model, str(tmp / "model.safetensors"))
+            make_readable(tmp / "model.safetensors")  # safetensors writes 0600
             torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
             torch.save(state, tmp / "state.pt")
             (tmp / "config.yaml").write_text(config_yaml, encoding="utf-8")

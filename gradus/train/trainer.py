@@ -79,7 +79,7 @@ class Trainer:
 
         # Rank 0 loads (and, if configured, trains) the tokenizer first; the others then read its cache.
         if rt.is_main:
-            self.tokenizer = load_tokenizer(cfg.data, run_dir=self.run_dir)
+            self.tokenizer = load_tokenizer(cfg.data, run_dir=self.run_dir, log=self.console.print)
         rt.barrier()
         if not rt.is_main:
             self.tokenizer = load_tokenizer(cfg.data, run_dir=self.run_dir)
@@ -260,7 +260,7 @@ class Trainer:
     # ============================================================================ loop helpers
     def _stage_banner(self, state: StageState) -> None:
         stage = self.schedule.stages[state.stage_index]
-        self.console.print(metrics.stage_banner(state, stage, len(self.schedule.stages)))
+        self.console.print(metrics.stage_banner(state, stage, len(self.schedule.stages), self.schedule))
         if self.rt.is_main:
             self.metrics.write(metrics.stage_record(state, stage))
 
@@ -275,9 +275,10 @@ class Trainer:
             total_tokens=self.schedule.total_tokens, data=self.data.metrics(), compiled=self.compiled,
         )
         self.metrics.write(record)
-        self.console.print(metrics.console_line(pr.step, loss, record["tokens_per_sec"], record["lr"],
+        mean = record["loss_avg"] if math.isfinite(record["loss_avg"]) else loss  # the window's, not one step's
+        self.console.print(metrics.console_line(pr.step, mean, record["tokens_per_sec"], record["lr"],
                                                 state.stage_index, state.num_stages, pr.tokens,
-                                                self.schedule.target_tokens))
+                                                self.schedule.target_tokens, self.console.timing(pr.tokens)))
         return record
 
     def _log_event(self, event) -> None:
@@ -329,6 +330,7 @@ class Trainer:
         if self._just_saved():
             return self.ckpt.latest()
         with self._aside():
+            t0 = time.perf_counter()
             pr.last_checkpoint_tokens = pr.tokens
             payload = checkpoint.parts_state(self.parts, rt.world_size)  # every rank: RNG states are gathered
             path = None
@@ -337,6 +339,7 @@ class Trainer:
                                                   self.shape)
                 path = self.ckpt.save(pr.step, model=self.model, optimizer=self.optimizer, state=payload, meta=meta,
                                       config_yaml=dump_yaml(self.cfg))
+                self.console.print(metrics.checkpoint_line(path, pr.step, pr.tokens, time.perf_counter() - t0))
             rt.barrier()
         self._saved_at_step = pr.step
         return path
