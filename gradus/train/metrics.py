@@ -44,6 +44,14 @@ def console_line(step: int, loss: float, tokens_per_sec: float, lr: float, stage
     )
 
 
+def progress_line(record: dict[str, Any], num_stages: int, target: int | None, timing: str = "") -> str:
+    """:func:`console_line` for a :func:`step_record`: the loss shown is the window's mean (``loss_avg``;
+    the step's own loss when no step of the window had a finite one)."""
+    mean = record["loss_avg"] if math.isfinite(record["loss_avg"]) else record["loss"]
+    return console_line(record["step"], mean, record["tokens_per_sec"], record["lr"], record["curriculum/stage"],
+                        num_stages, record["tokens"], target, timing)
+
+
 def clock(seconds: float) -> str:
     """``seconds`` as ``H:MM:SS`` (``M:SS`` under an hour)."""
     s = max(0, int(round(seconds)))

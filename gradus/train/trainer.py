@@ -29,12 +29,13 @@ from gradus.train.build import build_training_parts, wrap_for_training
 from gradus.train.checkpoint import CheckpointManager
 from gradus.train.evaluate import Validation
 from gradus.train.guard import LossGuard
-from gradus.train.metrics import Console, MetricsWriter, RunResult, StepReport, Window
+from gradus.train.metrics import Console, RunResult, StepReport, Window
 from gradus.train.micro_batch import check_batches_divide, plan_micro_batches, probe_micro_batch
 from gradus.train.runtime import peak_flops, seed_everything, setup_runtime, teardown_runtime
 from gradus.train.signals import StopRequest
 from gradus.train.stateful import Progress, RngState, Stateful
 from gradus.train.step import batch_tensors, optimizer_step
+from gradus.train.trackers import open_metrics
 
 
 class Trainer:
@@ -94,7 +95,7 @@ class Trainer:
             (self.run_dir / "config.yaml").write_text(dump_yaml(cfg), encoding="utf-8")
             if not (self.run_dir / "tokenizer.json").is_file():  # a trained BPE is already saved there
                 self.tokenizer.save(self.run_dir)
-        self.metrics = MetricsWriter(self.run_dir, tensorboard=cfg.logging.tensorboard, enabled=rt.is_main)
+        self.metrics = open_metrics(cfg, self.run_dir, rt.is_main)  # + TensorBoard, W&B
         if resumed_from is not None:
             self.metrics.write({"event": "resume", "step": self.progress.step, "checkpoint": resumed_from.name})
         self.net, self.compiled = wrap_for_training(self.model, rt, cfg.train.compile)
@@ -150,7 +151,8 @@ class Trainer:
         if resumed_from is not None:
             self.console.print(f"resuming from {resumed_from} (step {self.progress.step:,}, "
                                f"{self.progress.tokens:,} tokens)")
-        for line in metrics.run_summary(self.shape, self.rt, self.compiled, self.schedule, self.micro_batches):
+        for line in [*self.metrics.notes, *metrics.run_summary(self.shape, self.rt, self.compiled, self.schedule,
+                                                                self.micro_batches)]:
             self.console.print(line)
 
     # ===================================================================================== loop
@@ -275,10 +277,8 @@ class Trainer:
             total_tokens=self.schedule.total_tokens, data=self.data.metrics(), compiled=self.compiled,
         )
         self.metrics.write(record)
-        mean = record["loss_avg"] if math.isfinite(record["loss_avg"]) else loss  # the window's, not one step's
-        self.console.print(metrics.console_line(pr.step, mean, record["tokens_per_sec"], record["lr"],
-                                                state.stage_index, state.num_stages, pr.tokens,
-                                                self.schedule.target_tokens, self.console.timing(pr.tokens)))
+        self.console.print(metrics.progress_line(record, state.num_stages, self.schedule.target_tokens,
+                                                 self.console.timing(pr.tokens)))
         return record
 
     def _log_event(self, event) -> None:
