@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
 
 from gradus import __version__
@@ -47,16 +48,24 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``gradus`` console script; returns the exit code."""
     argv = sys.argv[1:] if argv is None else argv
-    if not argv:
-        argv = ["train"]  # `gradus` alone runs the offline demo, like `gradus train`.
     parser = build_parser()
+    if not argv:  # `gradus` alone shows what it can do; `gradus train` is the demo
+        parser.print_help()
+        return 0
     args = parser.parse_args(argv)
     if args.command is None:
         parser.print_help()
         return 2
     module = importlib.import_module(f"gradus.commands.{args._module}")
     try:
-        return int(module.run(args) or 0)
+        code = int(module.run(args) or 0)
+        sys.stdout.flush()  # a reader gone (`gradus schedule | head`) shows here, in the handler below
+        return code
+    except BrokenPipeError:
+        # Like any Unix filter whose reader left: stop quietly (no traceback), exit 128 + SIGPIPE. Point
+        # stdout at /dev/null so the interpreter's last flush does not complain either.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 141
     except GradusError as err:
         if getattr(args, "debug", False):
             raise

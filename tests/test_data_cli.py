@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
+import pytest
 import yaml
 
 from gradus.cli import main
@@ -80,3 +82,30 @@ def test_single_stage_and_human_output(tmp_path: Path, offline_data: Path, capsy
     out = capsys.readouterr().out
     assert "stage 1 (stage2): seq_len 64 × batch 32 → shape [32, 64]" in out and "configured  realized" in out
     assert main(["data", str(path), "--stage", "7"]) == 2
+
+
+def test_a_small_sample_says_how_far_its_mix_can_stray(tmp_path: Path, offline_data: Path, capsys):
+    path = write_config(tmp_path, offline_data)
+    assert main(["data", str(path), "--stage", "0", "--batches", "2", "--json"]) == 0
+    st = json.loads(capsys.readouterr().out)["stages"][0]
+    docs = st["mix_documents"]
+    assert docs == round(st["eos_per_window"] * 2 * 64) and docs > 0  # the EOS tokens in 2 × 64 windows
+    assert st["mix_tolerance"] == round(2 * (0.7 * 0.3 / docs) ** 0.5, 4)  # two standard errors of w = 0.7
+    gap = max(abs(st["mix_realized"][n] - w) for n, w in st["mix_configured"].items())
+    assert st["mix_max_deviation"] == pytest.approx(gap, abs=6e-5)  # rounded to 4 places
+
+    assert main(["data", str(path), "--stage", "0", "--batches", "2"]) == 0
+    line = next(ln for ln in capsys.readouterr().out.splitlines() if ln.startswith("  mix "))
+    more = max(8, math.ceil(2 * (st["mix_tolerance"] / 0.02) ** 2))
+    assert line == (f"  mix from a small sample: {docs:,} document ends in 2 batches, so chance alone moves a share "
+                    f"by ±{st['mix_tolerance']:.3f} or more; largest gap here {st['mix_max_deviation']:.3f}; "
+                    f"--batches {more} for about ±0.02")
+
+
+def test_mix_note_for_a_large_sample():
+    from gradus.commands.data import mix_note, mix_tolerance
+
+    assert mix_tolerance({"a": 0.5, "b": 0.5}, 10_000) == pytest.approx(0.01)
+    st = {"mix_tolerance": 0.01, "mix_max_deviation": 0.004, "mix_documents": 10_000, "batches": 400}
+    assert mix_note(st) == ("  mix sample: 10,000 document ends in 400 batches, so chance alone moves a share by "
+                            "±0.010 or more; largest gap here 0.004")

@@ -22,14 +22,14 @@ import pytest
 
 PACKAGE = Path(__file__).resolve().parents[1] / "gradus"
 LAYER = {
-    "config": 0, "units": 0, "errors": 0, "": 0,
+    "config": 0, "units": 0, "errors": 0, "files": 0, "": 0,
     "curriculum": 1, "presets": 1, "sizes": 1,
     "plan": 2, "model": 2, "data": 2,
     "train": 3, "export": 3, "inference": 3, "report": 3,
     "experiments": 3.5,  # sweeps and comparisons: above train (they run it), below cli/commands
     "cli": 4, "commands": 4,
 }
-PURE = ("config", "units", "errors", "curriculum", "presets", "sizes", "plan")
+PURE = ("config", "units", "errors", "files", "curriculum", "presets", "sizes", "plan")
 
 
 def module_name(path: Path) -> str:

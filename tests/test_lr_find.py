@@ -185,6 +185,11 @@ def test_cli_repeats_the_sweep_bit_for_bit_and_writes_plot_json_and_config(sweep
     before = load_config(config_file)
     assert cfg.model_copy(update={"curriculum": before.curriculum}) == before  # nothing else changed
     assert [s.seq_len for s in plan] == [16, 32, 64]
+    # ... and the run says so in one line (stderr, so --json stays clean), and in the JSON.
+    assert report["written"]["unprobed"] == [{"name": "s64", "seq_len": 64}]
+    said = [ln for ln in captured.err.splitlines() if "not probed" in ln]
+    assert said == [f"lr-find: --write {written}: 1 stage(s) not probed, peak LR left as configured: s64 (seq_len 64); "
+                    "add --seq-lens 64 (with the others) to tune them too"]
 
 
 def test_table_names_a_borrowed_batch(config_file, tmp_path, capsys):

@@ -12,11 +12,15 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import math
 import time
 
 from gradus.commands.common import add_config_arguments, config_source, load_from_args
 from gradus.errors import ConfigError, DataError, GradusError
 from gradus.units import format_count, format_duration, parse_rate
+
+SMALL_SAMPLE_TOLERANCE = 0.02
+"""A realised mix measured to worse than this (two standard errors) is called a small sample."""
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -134,6 +138,7 @@ def draw_stage(pipe, schedule, tok, k: int, batches: int, tokens_per_sec: float 
         if i == 0:
             sample = _sample(tok, b.inputs[0])
     total = sum(by_source.values()) or 1
+    realized = {n: c / total for n, c in by_source.items()}
     out = {
         "index": k,
         "name": plan.name,
@@ -144,6 +149,9 @@ def draw_stage(pipe, schedule, tok, k: int, batches: int, tokens_per_sec: float 
         "tokens": tokens,
         "mix_configured": {n: round(w, 6) for n, w in plan.mix.items()},
         "mix_realized": {n: round(c / total, 6) for n, c in by_source.items()},
+        "mix_documents": eos,
+        "mix_tolerance": round(mix_tolerance(plan.mix, eos), 4),
+        "mix_max_deviation": round(max(abs(realized.get(n, 0.0) - w) for n, w in plan.mix.items()), 4),
         "tokens_by_source": by_source,
         "eos_per_window": round(eos / max(1, windows), 4),
         "mean_document_tokens": round(tokens / eos, 1) if eos else None,
@@ -155,6 +163,26 @@ def draw_stage(pipe, schedule, tok, k: int, batches: int, tokens_per_sec: float 
     if tokens_per_sec:
         out["estimated_seconds"] = plan.tokens / tokens_per_sec
     return out
+
+
+def mix_tolerance(weights: dict[str, float], documents: int) -> float:
+    """How far a realised share can stray from its weight by chance in a sample of ``documents`` documents:
+    two standard errors of the most uncertain share, 2·sqrt(w(1-w)/n) (a floor: documents of unequal
+    length spread token shares further)."""
+    worst = max((w * (1 - w) for w in weights.values()), default=0.0)
+    return 2 * math.sqrt(worst / max(1, documents))
+
+
+def mix_note(stage: dict) -> str:
+    """The line under a stage's mix table that says how much its realised mix can be trusted."""
+    tol, dev, docs = stage["mix_tolerance"], stage["mix_max_deviation"], stage["mix_documents"]
+    small = tol > SMALL_SAMPLE_TOLERANCE
+    text = (f"  mix {'from a small sample' if small else 'sample'}: {docs:,} document ends in {stage['batches']} "
+            f"batches, so chance alone moves a share by ±{tol:.3f} or more; largest gap here {dev:.3f}")
+    if small:
+        more = max(stage["batches"] * 4, math.ceil(stage["batches"] * (tol / SMALL_SAMPLE_TOLERANCE) ** 2))
+        text += f"; --batches {more} for about ±{SMALL_SAMPLE_TOLERANCE}"
+    return text
 
 
 def _sample(tok, row, limit: int = 160) -> str:
@@ -234,6 +262,7 @@ def _emit(report: dict, as_json: bool) -> None:
         print(f"  {'source':<{width}}  configured  realized")
         for name, w in st["mix_configured"].items():
             print(f"  {name:<{width}}  {w:>10.3f}  {st['mix_realized'].get(name, 0.0):>8.3f}")
+        print(mix_note(st))
         mean = st["mean_document_tokens"]
         print(f"  EOS per window {st['eos_per_window']:.2f}" + (f" (about {mean:,.0f} tokens per document)" if mean else ""))
         if "estimated_seconds" in st:

@@ -95,6 +95,8 @@ def run(args: argparse.Namespace) -> int:
     report["results"] = str(out / JSON_NAME)
     written = _write_config(args, schedule, result.suggestions()) if args.write else None
     report["written"] = written
+    if written and written["unprobed"]:
+        progress(unprobed_line(written["unprobed"], args.write))
     (out / JSON_NAME).write_text(json.dumps(report, indent=2, allow_nan=False), encoding="utf-8")
 
     if args.json:
@@ -194,6 +196,14 @@ def _plot(result, path: Path) -> str | None:
 
 
 # ----------------------------------------------------------------------------------------- write
+def unprobed_line(unprobed: list[dict], path: str) -> str:
+    """The one line saying which stages ``--write`` left with their own LR (their length was not probed)."""
+    names = ", ".join(f"{u['name']} (seq_len {u['seq_len']})" for u in unprobed)
+    lengths = ",".join(str(n) for n in sorted({u["seq_len"] for u in unprobed}))
+    return (f"--write {path}: {len(unprobed)} stage(s) not probed, peak LR left as configured: {names}; "
+            f"add --seq-lens {lengths} (with the others) to tune them too")
+
+
 def _write_config(args: argparse.Namespace, schedule: Schedule, suggestions: dict[int, float]) -> dict:
     """Write the config (as given, --set applied) with the suggested peak_lr per probed stage, check that
     it loads and schedules, and say what changed."""
@@ -217,6 +227,7 @@ def _write_config(args: argparse.Namespace, schedule: Schedule, suggestions: dic
         raise ConfigError(f"--write {path}: cannot write the config ({err.strerror}); choose another path") from None
     resolve_schedule(load_config(path))  # what gradus train will do with it: fail here, not there
     summary = ", ".join(f"{c.name} {format_lr(c.new_lr)}" for c in changes if c.new_lr is not None) or "no stage"
-    return {"path": str(path), "summary": summary,
+    unprobed = [{"name": c.name, "seq_len": c.seq_len} for c in changes if c.new_lr is None]
+    return {"path": str(path), "summary": summary, "unprobed": unprobed,
             "stages": [{"index": c.index, "name": c.name, "seq_len": c.seq_len, "old_lr": c.old_lr,
                         "old_source": c.old_source, "new_lr": c.new_lr} for c in changes]}

@@ -51,12 +51,13 @@ from gradus.config.schema import (
     TokenizerConfig,
     TrainConfig,
     ValidationConfig,
+    WandbConfig,
 )
 
 __all__ = [
     "MODEL_PRESETS", "SIZE_PRESETS", "CurriculumConfig", "DataConfig", "EmaConfig", "GradusConfig", "GuardConfig",
     "LoggingConfig", "MixWeight", "ModelConfig", "OptimConfig", "PackingConfig", "PasskeyConfig", "SourceConfig", "StageConfig",
-    "StepCount", "Strict", "TokenCount", "TokenizerConfig", "TrainConfig", "ValidationConfig",
+    "StepCount", "Strict", "TokenCount", "TokenizerConfig", "TrainConfig", "ValidationConfig", "WandbConfig",
     "apply_overrides", "config_problems", "cross_check", "dump_yaml", "field_path", "field_value",
     "format_validation_error", "from_dict", "load_config", "read_yaml", "save_config", "stage_problems",
     "to_dict", "validate",

@@ -476,14 +476,32 @@ class TrainConfig(Strict):
     guard: GuardConfig = Field(default_factory=GuardConfig, description="Loss-spike and NaN guard.")
 
 
+class WandbConfig(Strict):
+    """Weights & Biases: every metric record mirrored to a W&B run (needs ``pip install wandb``)."""
+
+    project: str = Field("gradus", min_length=1, description="W&B project the run is logged to.")
+    mode: Literal["offline", "online", "disabled"] = Field(
+        "offline", description="offline: written under the run directory's wandb/, sent later with `wandb sync`; "
+        "online: sent as it trains (needs a W&B login); disabled: no W&B at all."
+    )
+    entity: str | None = Field(None, description="W&B team or user; default: the login's own.")
+    name: str | None = Field(None, description="W&B run name; default: the config's name, else the run directory's.")
+    group: str | None = Field(None, description="W&B group, to show related runs (a sweep's arms) together.")
+    tags: list[str] = Field(default_factory=list, description="W&B tags.")
+
+
 class LoggingConfig(Strict):
-    """Console, metrics.jsonl and TensorBoard."""
+    """Console, metrics.jsonl, TensorBoard and (optionally) Weights & Biases."""
 
     log_every: int = Field(10, gt=0, description="Steps between console lines and metric records.")
     tensorboard: bool = Field(True, description="Write TensorBoard events when tensorboard is installed.")
     progress_bar: bool = Field(True, description="Live progress bar on a terminal.")
     peak_flops: float | None = Field(
         None, gt=0, description="Peak FLOP/s for MFU; default: a table by GPU name, or a measured matmul peak."
+    )
+    wandb: WandbConfig | None = Field(
+        None, description="Mirror the metrics to Weights & Biases, e.g. {project: my-runs, mode: offline}; "
+        "unset: no W&B."
     )
 
 

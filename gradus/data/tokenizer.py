@@ -22,13 +22,14 @@ import logging
 import os
 import sys
 import tempfile
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 import numpy as np
 
 from gradus.config import DataConfig
 from gradus.errors import DataError
+from gradus.files import make_readable
 
 log = logging.getLogger("gradus.data")
 
@@ -130,6 +131,7 @@ def _atomic_write(path: Path, text: str) -> None:
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as f:
             f.write(text)
+        make_readable(tmp)  # mkstemp creates 0600; a tokenizer is meant to be shared
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
@@ -206,12 +208,14 @@ def _from_hub(name: str):
         raise DataError(f"tokenizer {name!r} could not be loaded from the Hugging Face Hub ({why}); {hint}") from None
 
 
-def load_tokenizer(cfg: DataConfig, run_dir: str | Path | None = None) -> Tokenizer:
+def load_tokenizer(cfg: DataConfig, run_dir: str | Path | None = None,
+                   log: Callable[[str], None] | None = None) -> Tokenizer:
     """The tokenizer ``cfg.tokenizer`` names (see the module docstring); a trained one is saved into
-    ``run_dir`` when given, so the run directory always holds the tokenizer it was trained with."""
+    ``run_dir`` when given, so the run directory always holds the tokenizer it was trained with. ``log``
+    (e.g. the trainer's console) is told, in one line, before a BPE is trained: that can take a while."""
     tcfg = cfg.tokenizer
     if tcfg.train_vocab_size is not None:
-        return _trained(cfg, Path(run_dir) if run_dir is not None else None)
+        return _trained(cfg, Path(run_dir) if run_dir is not None else None, log)
     name = tcfg.name_or_path
     if not name:
         raise DataError("data.tokenizer: give name_or_path (a Hub name or local path) or train_vocab_size")
@@ -306,7 +310,7 @@ def training_key(cfg: DataConfig) -> str:
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()
 
 
-def _trained(cfg: DataConfig, run_dir: Path | None) -> Tokenizer:
+def _trained(cfg: DataConfig, run_dir: Path | None, log_line: Callable[[str], None] | None = None) -> Tokenizer:
     from tokenizers import Tokenizer as HFTokenizer
 
     vocab = cfg.tokenizer.train_vocab_size
@@ -328,6 +332,10 @@ def _trained(cfg: DataConfig, run_dir: Path | None) -> Tokenizer:
                         name_or_path=f"bpe-{vocab}")
     else:
         log.info("training a byte-level BPE of %d tokens on %d sources", vocab, len(cfg.sources))
+        if log_line is not None:
+            log_line(f"tokenizer: training a byte-level BPE of {vocab:,} tokens on up to "
+                     f"{cfg.tokenizer.train_max_documents:,} documents of each of {len(cfg.sources)} sources "
+                     f"(once; cached in {cached.parent.parent})")
         tok = train_tokenizer(cfg, vocab)
         try:
             tok.save(cached.parent)

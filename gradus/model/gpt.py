@@ -22,6 +22,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from gradus.errors import CheckpointError, ConfigError
+from gradus.files import make_readable
 from gradus.model.sizes import ModelShape
 
 _SHAPE_KEY = "gradus_model_shape"
@@ -244,6 +245,7 @@ class GPT(nn.Module):
         from safetensors.torch import save_model
 
         save_model(self, str(path), metadata={_SHAPE_KEY: json.dumps(self.shape.to_dict())})
+        make_readable(path)  # safetensors writes 0600
 
     def load_safetensors_(self, path: str | Path) -> GPT:
         """Load weights saved by :meth:`save_safetensors` into this model, in place (strict: every tensor

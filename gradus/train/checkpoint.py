@@ -29,6 +29,7 @@ import torch
 from safetensors.torch import load_model, save_model
 
 from gradus.errors import CheckpointError, GradusError
+from gradus.files import make_readable
 
 if TYPE_CHECKING:
     from gradus.config import TrainConfig
@@ -155,8 +156,10 @@ class CheckpointManager:
                 shutil.rmtree(tmp)
             tmp.mkdir()
             save_model(model, str(tmp / "model.safetensors"))
+            make_readable(tmp / "model.safetensors")  # safetensors writes 0600
             if ema is not None:  # the averaged weights, under the name `gradus export --ema` looks for
                 save_model(ema, str(tmp / EMA_FILE))
+                make_readable(tmp / EMA_FILE)
             torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
             torch.save(state, tmp / "state.pt")
             (tmp / "config.yaml").write_text(config_yaml, encoding="utf-8")

@@ -201,7 +201,7 @@ def run_lr_find(
     schedule = lr_schedule(min_lr, max_lr, steps)
     beta = smoothing_beta(steps)
     rt = setup_runtime(cfg.train)
-    tokenizer = load_tokenizer(cfg.data, run_dir=run_dir)
+    tokenizer = load_tokenizer(cfg.data, run_dir=run_dir, log=log)  # says so before training a BPE
     shape = resolve_shape(cfg.model, tokenizer.vocab_size)
 
     curves = []

@@ -29,13 +29,14 @@ from gradus.train.checkpoint import CheckpointManager
 from gradus.train.ema import WeightEMA
 from gradus.train.evaluate import Validation, side_evaluations
 from gradus.train.guard import LossGuard
-from gradus.train.metrics import Console, MetricsWriter, RunResult, StepReport, Window
+from gradus.train.metrics import Console, RunResult, StepReport, Window
 from gradus.train.micro_batch import check_batches_divide, plan_micro_batches, probe_micro_batch
 from gradus.train.passkey import PasskeyProbe
 from gradus.train.runtime import peak_flops, seed_everything, setup_runtime, teardown_runtime
 from gradus.train.signals import StopRequest
 from gradus.train.stateful import PerRank, Progress, RngState, Stateful
 from gradus.train.step import batch_tensors, optimizer_step
+from gradus.train.trackers import open_metrics
 from gradus.train.warmup import compile_warmup, report_warmup
 
 
@@ -81,7 +82,7 @@ class Trainer:
 
         # Rank 0 loads (and, if configured, trains) the tokenizer first; the others then read its cache.
         if rt.is_main:
-            self.tokenizer = load_tokenizer(cfg.data, run_dir=self.run_dir)
+            self.tokenizer = load_tokenizer(cfg.data, run_dir=self.run_dir, log=self.console.print)
         rt.barrier()
         if not rt.is_main:
             self.tokenizer = load_tokenizer(cfg.data, run_dir=self.run_dir)
@@ -96,7 +97,7 @@ class Trainer:
             (self.run_dir / "config.yaml").write_text(dump_yaml(cfg), encoding="utf-8")
             if not (self.run_dir / "tokenizer.json").is_file():  # a trained BPE is already saved there
                 self.tokenizer.save(self.run_dir)
-        self.metrics = MetricsWriter(self.run_dir, tensorboard=cfg.logging.tensorboard, enabled=rt.is_main)
+        self.metrics = open_metrics(cfg, self.run_dir, rt.is_main)  # + TensorBoard, W&B
         if resumed_from is not None:
             self.metrics.write({"event": "resume", "step": self.progress.step, "checkpoint": resumed_from.name})
         self.net, self.compiled = wrap_for_training(self.model, rt, cfg.train.compile)
@@ -159,7 +160,8 @@ class Trainer:
         if resumed_from is not None:
             self.console.print(f"resuming from {resumed_from} (step {self.progress.step:,}, "
                                f"{self.progress.tokens:,} tokens)")
-        for line in metrics.run_summary(self.shape, self.rt, self.compiled, self.schedule, self.micro_batches):
+        for line in [*self.metrics.notes, *metrics.run_summary(self.shape, self.rt, self.compiled, self.schedule,
+                                                                self.micro_batches)]:
             self.console.print(line)
         if self.warmup is not None:
             report_warmup(self.warmup, self.console.print, self.metrics.write)
@@ -275,7 +277,7 @@ class Trainer:
     # ============================================================================ loop helpers
     def _stage_banner(self, state: StageState) -> None:
         stage = self.schedule.stages[state.stage_index]
-        self.console.print(metrics.stage_banner(state, stage, len(self.schedule.stages)))
+        self.console.print(metrics.stage_banner(state, stage, len(self.schedule.stages), self.schedule))
         if self.rt.is_main:
             self.metrics.write(metrics.stage_record(state, stage))
 
@@ -291,9 +293,8 @@ class Trainer:
             recompiles=self.warmup.recompiles() if self.warmup is not None else None,
         )
         self.metrics.write(record)
-        self.console.print(metrics.console_line(pr.step, loss, record["tokens_per_sec"], record["lr"],
-                                                state.stage_index, state.num_stages, pr.tokens,
-                                                self.schedule.target_tokens))
+        self.console.print(metrics.progress_line(record, state.num_stages, self.schedule.target_tokens,
+                                                 self.console.timing(pr.tokens)))
         return record
 
     def _log_event(self, event) -> None:
@@ -343,6 +344,7 @@ class Trainer:
         if self._just_saved():
             return self.ckpt.latest()
         with self._aside():
+            t0 = time.perf_counter()
             pr.last_checkpoint_tokens = pr.tokens
             payload = checkpoint.parts_state(self.parts, rt.world_size)  # every rank: RNG states are gathered
             path = None
@@ -351,6 +353,7 @@ class Trainer:
                                                   self.shape)
                 path = self.ckpt.save(pr.step, model=self.model, optimizer=self.optimizer, state=payload, meta=meta,
                                       config_yaml=dump_yaml(self.cfg), ema=self.ema and self.ema.model)
+                self.console.print(metrics.checkpoint_line(path, pr.step, pr.tokens, time.perf_counter() - t0))
             rt.barrier()
         self._saved_at_step = pr.step
         return path
