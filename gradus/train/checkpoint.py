@@ -28,7 +28,8 @@ from typing import TYPE_CHECKING, Any
 import torch
 from safetensors.torch import load_model, save_model
 
-from gradus.errors import CheckpointError, GradusError
+from gradus.errors import CheckpointError, ConfigError
+from gradus.train import faults
 
 if TYPE_CHECKING:
     from gradus.config import TrainConfig
@@ -60,7 +61,7 @@ def _fsync_tree(path: Path) -> None:
 
 
 def prepare_run_dir(run_dir: Path) -> None:
-    """Create the run directory and check that files can be written there (a one-line GradusError if not),
+    """Create the run directory and check that files can be written there (a one-line ConfigError if not),
     so a run fails before training rather than at its first checkpoint."""
     try:
         run_dir.mkdir(parents=True, exist_ok=True)
@@ -68,9 +69,38 @@ def prepare_run_dir(run_dir: Path) -> None:
         probe.write_text("ok")
         probe.unlink()
     except OSError as exc:
-        raise GradusError(
+        raise ConfigError(
             f"cannot write to the output directory {run_dir}: {exc.strerror or exc}; choose another --out"
         ) from None
+    clean_leftovers(run_dir / "checkpoints")
+
+
+def clean_leftovers(directory: Path) -> list[str]:
+    """Remove what killed saves and prunes left in a checkpoints folder (``.tmp-*`` partial saves, each a
+    full-size copy; ``.trash-*`` half-deleted old checkpoints) and put back a ``best/`` lost between the two
+    renames of :meth:`CheckpointManager.mark_best`. Called at start-up, before anything lists checkpoints.
+    Returns the names removed or restored."""
+    if not directory.is_dir():
+        return []
+    done = []
+    best = directory / "best"
+    olds = sorted(directory.glob(".old-best-*"))
+    if not best.exists() and olds and (olds[-1] / "meta.json").is_file():
+        os.replace(olds[-1], best)
+        done.append(f"{olds[-1].name} -> best")
+    for p in directory.iterdir():
+        if p.name.startswith((".tmp-", ".trash-", ".old-best-")):
+            shutil.rmtree(p, ignore_errors=True) if p.is_dir() else p.unlink(missing_ok=True)
+            done.append(p.name)
+    return done
+
+
+def _checkpoint_bytes(model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> int:
+    """About how many bytes one checkpoint takes: the weights plus the optimizer's tensors."""
+    total = sum(p.numel() * p.element_size() for p in model.parameters())
+    for state in optimizer.state.values():
+        total += sum(v.numel() * v.element_size() for v in state.values() if isinstance(v, torch.Tensor))
+    return total
 
 
 def checkpoint_due(train: TrainConfig, progress: Progress, stage_end: bool) -> bool:
@@ -128,7 +158,11 @@ class CheckpointManager:
     def best(self) -> Path | None:
         """The best checkpoint by validation loss, or None."""
         p = self.dir / "best"
-        return p if (p / "meta.json").is_file() else None
+        if (p / "meta.json").is_file():
+            return p
+        # A kill between mark_best's two renames leaves the previous best here (restored at start-up).
+        olds = [o for o in sorted(self.dir.glob(".old-best-*")) if (o / "meta.json").is_file()]
+        return olds[-1] if olds else None
 
     # ------------------------------------------------------------------------------------ saving
     def save(
@@ -150,24 +184,32 @@ class CheckpointManager:
             if tmp.exists():
                 shutil.rmtree(tmp)
             tmp.mkdir()
+            injected = faults.active()
+            injected.at("before_model")
             save_model(model, str(tmp / "model.safetensors"))
+            injected.at("after_model")
             torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
+            injected.at("after_optimizer")
             torch.save(state, tmp / "state.pt")
+            injected.at("after_state")
             (tmp / "config.yaml").write_text(config_yaml, encoding="utf-8")
             # meta.json last: a reader that finds it knows the rest is there.
             (tmp / "meta.json").write_text(json.dumps(meta, indent=2, sort_keys=True), encoding="utf-8")
             _fsync_tree(tmp)
+            injected.at("before_rename")
             if final.exists():  # re-saving the same step (e.g. after a rollback): replace it
                 shutil.rmtree(final)
             os.replace(tmp, final)
             _fsync_dir(self.dir)
-        except OSError as exc:
+        except Exception as exc:  # noqa: BLE001 - torch.save raises RuntimeError, safetensors SafetensorError
             shutil.rmtree(tmp, ignore_errors=True)
             prev = self.latest()
             kept = f"the previous checkpoint {prev.name} is intact" if prev else "no earlier checkpoint exists"
+            why = getattr(exc, "strerror", None) or (str(exc).splitlines() or [type(exc).__name__])[0][:160]
+            need = _checkpoint_bytes(model, optimizer) / 1e6
             raise CheckpointError(
-                f"could not write checkpoint {final}: {exc.strerror or exc}; {kept}; free disk space or "
-                f"choose another --out"
+                f"could not write checkpoint {final}: {why}; {kept}; a checkpoint needs about {need:,.1f} MB: "
+                f"free disk space or choose another --out"
             ) from None
         self._prune()
         return final
@@ -200,9 +242,16 @@ class CheckpointManager:
         return best
 
     def _prune(self) -> None:
+        """Delete all but the last ``keep_last``: each is renamed out of the listing first, so a kill while
+        deleting leaves a ``.trash-*`` folder (removed at start-up), never a listed incomplete checkpoint."""
         steps = self.steps()
         for _, path in steps[: max(0, len(steps) - self.keep_last)]:
-            shutil.rmtree(path, ignore_errors=True)
+            trash = self.dir / f".trash-{path.name}"
+            try:
+                os.replace(path, trash)
+            except OSError:
+                continue
+            shutil.rmtree(trash, ignore_errors=True)
 
     # ----------------------------------------------------------------------------------- loading
     @staticmethod

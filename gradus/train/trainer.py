@@ -24,7 +24,7 @@ import torch
 from gradus.config import GradusConfig, dump_yaml
 from gradus.curriculum import StageState, resolve_schedule, stage_of_step, state_at
 from gradus.errors import ConfigError, GradusError
-from gradus.train import checkpoint, metrics
+from gradus.train import checkpoint, faults, metrics, recovery
 from gradus.train.build import build_training_parts, wrap_for_training
 from gradus.train.checkpoint import CheckpointManager
 from gradus.train.evaluate import Validation
@@ -94,7 +94,8 @@ class Trainer:
             (self.run_dir / "config.yaml").write_text(dump_yaml(cfg), encoding="utf-8")
             if not (self.run_dir / "tokenizer.json").is_file():  # a trained BPE is already saved there
                 self.tokenizer.save(self.run_dir)
-        self.metrics = MetricsWriter(self.run_dir, tensorboard=cfg.logging.tensorboard, enabled=rt.is_main)
+        self.metrics = MetricsWriter(self.run_dir, tensorboard=cfg.logging.tensorboard, enabled=rt.is_main,
+                                     resume_step=None if resumed_from is None else self.progress.step)
         if resumed_from is not None:
             self.metrics.write({"event": "resume", "step": self.progress.step, "checkpoint": resumed_from.name})
         self.net, self.compiled = wrap_for_training(self.model, rt, cfg.train.compile)
@@ -150,6 +151,8 @@ class Trainer:
         if resumed_from is not None:
             self.console.print(f"resuming from {resumed_from} (step {self.progress.step:,}, "
                                f"{self.progress.tokens:,} tokens)")
+            if self.guard.notice:  # an LR factor raised to its floor is said, never silent
+                self.console.print(f"guard: {self.guard.notice}")
         for line in metrics.run_summary(self.shape, self.rt, self.compiled, self.schedule, self.micro_batches):
             self.console.print(line)
 
@@ -202,7 +205,7 @@ class Trainer:
             event = self.guard.observe(pr.step, loss, grad_norm)
             if event is not None:
                 self._log_event(event)
-                if event.kind == "rollback":
+                if event.kind in ("rollback", "diverged"):
                     state = self._rollback(event)
                     continue
             pr.step += 1
@@ -255,7 +258,8 @@ class Trainer:
         lr = state.lr * self.guard.lr_factor(state.step)
         inputs, labels = batch_tensors(batch, state.batch_size // rt.world_size, state.seq_len, state.stage_index, rt)
         return optimizer_step(self.net, self.model, self.optimizer, self.scaler, inputs, labels, lr=lr,
-                              clip=state.grad_clip, micro=self.micro_batches[state.stage_index], rt=rt)
+                              clip=state.grad_clip, micro=self.micro_batches[state.stage_index], rt=rt,
+                              loss_multiplier=faults.active().loss_multiplier(state.step))
 
     # ============================================================================ loop helpers
     def _stage_banner(self, state: StageState) -> None:
@@ -282,7 +286,7 @@ class Trainer:
 
     def _log_event(self, event) -> None:
         self.console.print(f"guard: step {event.step}: {event.kind}: {event.detail}")
-        self.metrics.write(metrics.guard_record(event))
+        self.metrics.write({**metrics.guard_record(event), "data_position": recovery.data_position(self.data.metrics())})
 
     @contextlib.contextmanager
     def _aside(self) -> Iterator[None]:
@@ -343,6 +347,8 @@ class Trainer:
 
     def _rollback(self, event) -> StageState:
         """Restore the last checkpoint after repeated non-finite steps; the guard keeps its halved LR factor."""
+        if event.kind == "diverged":  # the guard gave up: stop with one line, not another rollback
+            raise recovery.diverged_error(event, recovery.data_position(self.data.metrics()), self.cfg.train.guard)
         # A checkpoint written during the run of bad steps is not a good one to go back to.
         latest = self.ckpt.latest(at_most=event.since)
         if latest is None:
@@ -395,6 +401,11 @@ def train(cfg: GradusConfig, run_dir: str | Path, *, resume: bool = True, allow_
                       on_step=on_step)
     try:
         trainer.setup()
-        return trainer.fit(stop_at_step=stop_at_step)
+        result = trainer.fit(stop_at_step=stop_at_step)
+    except BaseException as exc:
+        recovery.record_failure(trainer, exc)
+        raise
     finally:
         trainer.close()
+    recovery.record_result(trainer, result)
+    return result

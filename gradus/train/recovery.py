@@ -1,0 +1,72 @@
+"""What the trainer does when the guard gives up, and where a run's outcome is written for schedulers.
+
+* :func:`data_position`: where the data pipeline stands (documents and tokens read), named in guard records
+  and in the divergence error, so the offending data can be found.
+* :func:`diverged_error`: the one-line :class:`~gradus.errors.DivergedError` (exit code 3).
+* :func:`write_status`: ``status.json`` in the run directory: ``finished``, ``stopped`` (by a signal or
+  ``--stop-at-step``; resumable), ``diverged`` or ``failed``, with the step and the exit code.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+from gradus.errors import DivergedError
+
+EXIT_CODES = {"finished": 0, "stopped": 0, "failed": 1, "bad_input": 2, "diverged": 3}
+"""The documented exit codes of ``gradus train`` by outcome (README, "Resume, preemption, divergence")."""
+
+
+def data_position(metrics: dict[str, float]) -> dict[str, int]:
+    """Documents and tokens the data pipeline has read (from its ``metrics()``), as plain ints."""
+    return {"documents": int(metrics.get("data/documents", 0)), "tokens": int(metrics.get("data/tokens_total", 0))}
+
+
+def diverged_error(event: Any, position: dict[str, int], guard_cfg: Any) -> DivergedError:
+    """The error that ends a run whose guard gave up at ``event`` (kind ``diverged``)."""
+    hint = ("lower optim.base_lr or the stages' LR, or set train.guard.skip_bad_batches: true to skip the "
+            "offending batches" if not guard_cfg.skip_bad_batches else "lower optim.base_lr or the stages' LR")
+    return DivergedError(
+        f"training diverged at step {event.step}: {event.detail}; data position {position['documents']:,} "
+        f"documents, {position['tokens']:,} tokens; {hint}"
+    )
+
+
+def write_status(run_dir: Path, outcome: str, step: int | None, reason: str, exit_code: int) -> None:
+    """Write ``status.json`` atomically (a scheduler may read it at any time); never raises."""
+    record = {"status": outcome, "step": step, "reason": reason, "exit_code": exit_code,
+              "resumable": outcome == "stopped", "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+    path = Path(run_dir) / "status.json"
+    tmp = path.with_name(f".status-{os.getpid()}.json")
+    try:
+        tmp.write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
+        os.replace(tmp, path)
+    except OSError:
+        pass  # an unwritable run directory is reported by the error that is already on its way
+
+
+def record_result(trainer: Any, result: Any) -> None:
+    """``status.json`` for a run that returned: ``stopped`` (a signal or ``--stop-at-step``: resumable) or
+    ``finished``."""
+    if not trainer.rt.is_main:
+        return
+    outcome = "stopped" if str(result.reason).startswith("stopped") else "finished"
+    write_status(trainer.run_dir, outcome, result.step, str(result.reason), EXIT_CODES[outcome])
+
+
+def record_failure(trainer: Any, exc: BaseException) -> None:
+    """``status.json`` for a run that raised after its set-up (a run directory refused at set-up keeps the
+    status it had): ``diverged`` or ``failed``."""
+    from gradus.errors import GradusError
+
+    rt = getattr(trainer, "rt", None)
+    if getattr(trainer, "metrics", None) is None or rt is None or not rt.is_main:
+        return
+    outcome = "diverged" if isinstance(exc, DivergedError) else "failed"
+    code = exc.exit_code if isinstance(exc, GradusError) else EXIT_CODES["failed"]
+    reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+    write_status(trainer.run_dir, outcome, trainer.progress.step, reason, code)
