@@ -210,3 +210,24 @@ def test_a_resume_logs_every_step_once(tmp_path, tok, offline_data):
     assert stages == [0, 6, 11]
     status = json.loads((tmp_path / "status.json").read_text())
     assert (status["status"], status["step"], status["exit_code"]) == ("finished", TOTAL_STEPS, 0)
+
+
+# ------------------------------------------------------------------------- one line, not a traceback
+@pytest.mark.parametrize(("override", "expected"), [
+    ("optim.base_lr=.inf", "optim.base_lr=inf: must be a finite number"),
+    ("=5", "--set '=5': the key before '=' is empty"),
+    ("model.vocab_size=100", "model.vocab_size=100 is smaller than the tokenizer's 512 tokens"),
+])
+def test_bad_overrides_are_one_line_exit_2(tmp_path, tok, offline_data, capsys, override, expected):
+    cfg = write_cfg(tmp_path, raw(tok, offline_data))
+    assert main(["train", cfg, "--set", override, "--out", str(tmp_path / "run"), "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and expected in err, err
+    assert not (tmp_path / "run" / "checkpoints").exists() or not any((tmp_path / "run" / "checkpoints").iterdir())
+
+
+def test_two_config_files_are_refused_not_one_ignored(tmp_path, tok, offline_data, capsys):
+    a = write_cfg(tmp_path, raw(tok, offline_data))
+    assert main(["train", a, "--config", str(tmp_path / "b.yaml"), "--out", str(tmp_path / "run")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "two config files given" in err

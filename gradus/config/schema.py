@@ -74,7 +74,8 @@ MODEL_PRESETS = tuple(SIZE_PRESETS)
 class Strict(BaseModel):
     """Base for every section: unknown keys are errors (with a did-you-mean), values are validated."""
 
-    model_config = ConfigDict(extra="forbid", validate_assignment=True, populate_by_name=True)
+    # allow_inf_nan=False: `--set optim.base_lr=.inf` is one line naming the field, not a traceback later.
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, populate_by_name=True, allow_inf_nan=False)
 
 
 # --------------------------------------------------------------------------------------------- model

@@ -63,6 +63,7 @@ class Trainer:
         # Heavy imports here so `gradus schedule`/`plan` never pay for them.
         from gradus.data import load_tokenizer
         from gradus.model import resolve_shape
+        from gradus.sizes import check_vocab_fits
 
         cfg = self.cfg
         self.rt = rt = setup_runtime(cfg.train)
@@ -84,6 +85,7 @@ class Trainer:
         if not rt.is_main:
             self.tokenizer = load_tokenizer(cfg.data, run_dir=self.run_dir)
         self.schedule = resolve_schedule(cfg)
+        check_vocab_fits(cfg.model, self.tokenizer.vocab_size)
         self.shape = resolve_shape(cfg.model, self.tokenizer.vocab_size)
         self._build_parts()
         self.compat = checkpoint.compat_signature(self.schedule, rt.world_size, self.tokenizer.identity())
