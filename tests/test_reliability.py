@@ -231,3 +231,34 @@ def test_two_config_files_are_refused_not_one_ignored(tmp_path, tok, offline_dat
     assert main(["train", a, "--config", str(tmp_path / "b.yaml"), "--out", str(tmp_path / "run")]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "two config files given" in err
+
+
+def _model_and_opt(width: int):
+    model = torch.nn.Sequential(torch.nn.Linear(4, width), torch.nn.Linear(width, 4))
+    opt = torch.optim.AdamW(model.parameters())
+    model(torch.ones(1, 4)).sum().backward()
+    opt.step()
+    return model, opt
+
+
+def test_a_changed_model_shape_on_resume_is_not_called_corrupt(tmp_path):
+    mgr = CheckpointManager(tmp_path)
+    model, opt = _model_and_opt(8)
+    path = mgr.save(1, model=model, optimizer=opt, state={}, meta={"step": 1}, config_yaml="")
+    other, other_opt = _model_and_opt(16)
+    with pytest.raises(CheckpointError) as info:
+        mgr.load(path, model=other, optimizer=other_opt)
+    msg = str(info.value)
+    assert "holds a different model: 0.weight has shape [8, 4] there, [16, 4] in this config" in msg
+    assert "corrupt" not in msg and "delete" not in msg
+
+
+def test_an_optimizer_state_of_other_shapes_is_refused_at_load(tmp_path):
+    mgr = CheckpointManager(tmp_path)
+    model, opt = _model_and_opt(8)
+    path = mgr.save(1, model=model, optimizer=opt, state={}, meta={"step": 1}, config_yaml="")
+    _, wrong = _model_and_opt(16)
+    torch.save(wrong.state_dict(), path / "optimizer.pt")
+    fresh, fresh_opt = _model_and_opt(8)
+    with pytest.raises(CheckpointError, match=r"optimizer.pt does not match the model \(exp_avg of shape \[16, 4\]"):
+        mgr.load(path, model=fresh, optimizer=fresh_opt)

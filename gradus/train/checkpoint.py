@@ -274,6 +274,7 @@ class CheckpointManager:
         missing = [f for f in FILES if not (path / f).is_file()]
         if missing:
             raise CheckpointError(f"{path}: incomplete checkpoint, missing {', '.join(missing)}")
+        _check_shapes(path, model)
         try:
             missing_keys, unexpected = load_model(model, str(path / "model.safetensors"), strict=False)
         except Exception as exc:  # safetensors raises several types for truncated/garbled files
@@ -290,12 +291,46 @@ class CheckpointManager:
             state = torch.load(path / "state.pt", map_location="cpu", weights_only=False)
             if optimizer is not None:
                 optimizer.load_state_dict(torch.load(path / "optimizer.pt", map_location="cpu", weights_only=False))
+                _check_optimizer_shapes(path, optimizer)
+        except CheckpointError:
+            raise
         except Exception as exc:
             raise CheckpointError(
                 f"{path}: corrupt checkpoint ({type(exc).__name__}: {str(exc).splitlines()[0][:120] if str(exc) else ''}); "
                 f"delete {path} to resume from an earlier checkpoint"
             ) from None
         return state, meta
+
+
+def _check_shapes(path: Path, model: torch.nn.Module) -> None:
+    """A readable model.safetensors whose tensors have other shapes than the model's is a valid checkpoint
+    of another model (``model.*`` changed), not a corrupt one: say so, and do not advise deleting it."""
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(path / "model.safetensors"), framework="pt") as f:
+            saved = {k: tuple(f.get_slice(k).get_shape()) for k in f.keys()}  # noqa: SIM118 - not a dict
+    except Exception:  # noqa: BLE001 - an unreadable file is reported as corrupt by the load that follows
+        return
+    for name, tensor in model.state_dict().items():
+        if name in saved and saved[name] != tuple(tensor.shape):
+            raise CheckpointError(
+                f"{path} holds a different model: {name} has shape {list(saved[name])} there, "
+                f"{list(tensor.shape)} in this config; was model.* changed? resume with the run's config.yaml "
+                f"or start a new run with another --out"
+            )
+
+
+def _check_optimizer_shapes(path: Path, optimizer: torch.optim.Optimizer) -> None:
+    """An optimizer.pt whose moments do not match the parameters would fail only at the first step."""
+    for group in optimizer.param_groups:
+        for p in group["params"]:
+            for key, value in optimizer.state.get(p, {}).items():
+                if isinstance(value, torch.Tensor) and value.dim() > 0 and value.shape != p.shape:
+                    raise CheckpointError(
+                        f"{path}/optimizer.pt does not match the model ({key} of shape {list(value.shape)} for a "
+                        f"parameter of shape {list(p.shape)}); delete {path} to resume from an earlier checkpoint"
+                    )
 
 
 # ------------------------------------------------------------------------------------- state.pt
