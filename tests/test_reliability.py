@@ -262,3 +262,20 @@ def test_an_optimizer_state_of_other_shapes_is_refused_at_load(tmp_path):
     fresh, fresh_opt = _model_and_opt(8)
     with pytest.raises(CheckpointError, match=r"optimizer.pt does not match the model \(exp_avg of shape \[16, 4\]"):
         mgr.load(path, model=fresh, optimizer=fresh_opt)
+
+
+def test_a_run_whose_finite_loss_diverged_does_not_exit_0(tmp_path, tok, offline_data, capsys):
+    cfg = raw(tok, offline_data)
+    cfg["optim"]["base_lr"] = 30.0
+    code = main(["train", write_cfg(tmp_path, cfg), "--out", str(tmp_path / "run"), "--quiet"])
+    err = capsys.readouterr().err
+    status = json.loads((tmp_path / "run" / "status.json").read_text())
+    assert (code, status["status"], status["exit_code"]) == (3, "diverged", 3), err
+    assert err.count("\n") == 1 and ("diverged" in err)
+
+
+def test_finite_divergence_bar():
+    from gradus.train.recovery import finite_divergence
+
+    assert finite_divergence(35018.0, 512).startswith("the loss ended at 3.502e+04, above 2 × ln(vocab 512) = 12.48")
+    assert finite_divergence(12.0, 512) is None and finite_divergence(None, 512) is None

@@ -8,6 +8,7 @@ under ./runs.
 from __future__ import annotations
 
 import argparse
+import sys
 import time
 from pathlib import Path
 
@@ -45,6 +46,7 @@ def _newest_run() -> Path:
 
 def run(args: argparse.Namespace) -> int:
     """Resolve the config and the run directory, then train."""
+    from gradus.train.recovery import exit_code
     from gradus.train.trainer import train  # torch only when training
 
     out = Path(args.out) if args.out else None
@@ -69,4 +71,7 @@ def run(args: argparse.Namespace) -> int:
         raise ConfigError(f"--stop-at-step={args.stop_at_step}: give a positive step number")
     train(cfg, out, resume=True, allow_config_change=args.allow_config_change,
           stop_at_step=args.stop_at_step, quiet=args.quiet)
-    return 0
+    code, why = exit_code(out)  # status.json: 0 finished or stopped (resumable), 3 diverged
+    if why:
+        print(f"gradus: error: {why}", file=sys.stderr)
+    return code

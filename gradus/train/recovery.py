@@ -10,6 +10,7 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 import time
 from pathlib import Path
@@ -49,13 +50,41 @@ def write_status(run_dir: Path, outcome: str, step: int | None, reason: str, exi
         pass  # an unwritable run directory is reported by the error that is already on its way
 
 
+DIVERGED_LOSS_FACTOR = 2.0
+"""A run that ends with its recent loss above this × ln(vocab) (twice the loss of guessing uniformly, which
+an untrained model starts near) diverged even though every loss was finite."""
+
+
+def finite_divergence(recent_loss: float | None, vocab_size: int) -> str | None:
+    """Why a run whose losses stayed finite still diverged, or None."""
+    bar = DIVERGED_LOSS_FACTOR * math.log(max(2, vocab_size))
+    if recent_loss is not None and recent_loss > bar:
+        return (f"the loss ended at {recent_loss:,.4g}, above {DIVERGED_LOSS_FACTOR:g} × ln(vocab {vocab_size}) = "
+                f"{bar:.2f}: training diverged; lower optim.base_lr or the stages' LR")
+    return None
+
+
 def record_result(trainer: Any, result: Any) -> None:
-    """``status.json`` for a run that returned: ``stopped`` (a signal or ``--stop-at-step``: resumable) or
-    ``finished``."""
+    """``status.json`` for a run that returned: ``stopped`` (a signal or ``--stop-at-step``: resumable),
+    ``diverged`` (a finite loss far above an untrained model's) or ``finished``."""
     if not trainer.rt.is_main:
         return
-    outcome = "stopped" if str(result.reason).startswith("stopped") else "finished"
-    write_status(trainer.run_dir, outcome, result.step, str(result.reason), EXIT_CODES[outcome])
+    outcome, reason = ("stopped" if str(result.reason).startswith("stopped") else "finished"), str(result.reason)
+    why = finite_divergence(trainer.guard.running_mean(), trainer.shape.vocab_size)
+    if why is not None:
+        outcome, reason = "diverged", why
+    write_status(trainer.run_dir, outcome, result.step, reason, EXIT_CODES[outcome])
+
+
+def exit_code(run_dir: Path) -> tuple[int, str | None]:
+    """The exit code ``gradus train`` ends with, from the run's ``status.json``, and the line to print when
+    it is not 0 (a diverged run must not exit 0 like a healthy one)."""
+    try:
+        status = json.loads((Path(run_dir) / "status.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return 0, None
+    code = int(status.get("exit_code", 0))
+    return code, (status.get("reason") if code else None)
 
 
 def record_failure(trainer: Any, exc: BaseException) -> None:
