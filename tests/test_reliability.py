@@ -279,3 +279,26 @@ def test_finite_divergence_bar():
 
     assert finite_divergence(35018.0, 512).startswith("the loss ended at 3.502e+04, above 2 × ln(vocab 512) = 12.48")
     assert finite_divergence(12.0, 512) is None and finite_divergence(None, 512) is None
+
+
+def test_a_second_writer_gets_one_line_naming_the_holder(tmp_path, tok, offline_data, capsys):
+    held = checkpoint_mod.prepare_run_dir(tmp_path / "run")
+    try:
+        assert main(["train", write_cfg(tmp_path, raw(tok, offline_data)), "--out", str(tmp_path / "run")]) == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and f"is in use by process {__import__('os').getpid()} on " in err
+    finally:
+        held.release()
+    checkpoint_mod.prepare_run_dir(tmp_path / "run").release()  # free again once released
+
+
+def test_a_run_killed_before_its_first_checkpoint_restarts_from_its_own_config(tmp_path, tok, offline_data):
+    run = tmp_path / "run"
+    cfg = raw(tok, offline_data)
+    cfg["train"]["max_steps"] = 2
+    cfg["train"]["checkpoint_every"] = 100
+    train(from_dict(cfg), run, quiet=True, stop_at_step=1)
+    shutil.rmtree(run / "checkpoints")  # as if killed before the first checkpoint
+    assert main(["train", "--out", str(run), "--quiet"]) == 0
+    steps = [r["step"] for r in read_metrics(run / "metrics.jsonl") if "loss" in r and "event" not in r]
+    assert steps == [1, 2]  # the run's own max_steps, not the demo preset's; step 1 logged once

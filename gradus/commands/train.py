@@ -56,7 +56,8 @@ def run(args: argparse.Namespace) -> int:
     if args.resume and not continuing:
         raise ConfigError(f"--resume: {out} holds no checkpoints to continue; drop --resume to start a new run there")
     explicit = args.config or args.config_flag or args.preset
-    if continuing and not explicit:
+    # A run killed before its first checkpoint starts again from its own config, not the demo preset.
+    if (continuing or (out is not None and (out / "config.yaml").is_file())) and not explicit:
         saved = out / "config.yaml"
         if not saved.is_file():
             raise ConfigError(f"{saved} is missing; give the run's config with --config FILE")

@@ -60,9 +60,40 @@ def _fsync_tree(path: Path) -> None:
     _fsync_dir(path)
 
 
-def prepare_run_dir(run_dir: Path) -> None:
-    """Create the run directory and check that files can be written there (a one-line ConfigError if not),
-    so a run fails before training rather than at its first checkpoint."""
+class RunLock:
+    """An exclusive lock on a run directory (``.lock``, flock): a second process writing the same run gets
+    one line naming the holder instead of colliding with it. Released by :meth:`release` or at exit."""
+
+    def __init__(self, run_dir: Path):
+        import fcntl
+        import socket
+
+        self.path = run_dir / ".lock"
+        self._fh = open(self.path, "a+", encoding="utf-8")  # noqa: SIM115 - held for the whole run
+        try:
+            fcntl.flock(self._fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            self._fh.seek(0)
+            holder = self._fh.read().strip() or "another process"
+            self._fh.close()
+            raise ConfigError(
+                f"{run_dir} is in use by {holder}; wait for it to finish, stop it, or choose another --out"
+            ) from None
+        self._fh.seek(0)
+        self._fh.truncate()
+        self._fh.write(f"process {os.getpid()} on {socket.gethostname()}")
+        self._fh.flush()
+
+    def release(self) -> None:
+        """Let another process use the run directory."""
+        if not self._fh.closed:
+            self._fh.close()  # closing the file releases the flock
+
+
+def prepare_run_dir(run_dir: Path) -> RunLock:
+    """Create the run directory, check that files can be written there (a one-line ConfigError if not),
+    so a run fails before training rather than at its first checkpoint, take its lock (:class:`RunLock`)
+    and clean the leftovers of killed saves (:func:`clean_leftovers`)."""
     try:
         run_dir.mkdir(parents=True, exist_ok=True)
         probe = run_dir / f".write-test-{os.getpid()}"
@@ -72,7 +103,9 @@ def prepare_run_dir(run_dir: Path) -> None:
         raise ConfigError(
             f"cannot write to the output directory {run_dir}: {exc.strerror or exc}; choose another --out"
         ) from None
+    lock = RunLock(run_dir)
     clean_leftovers(run_dir / "checkpoints")
+    return lock
 
 
 def clean_leftovers(directory: Path) -> list[str]:

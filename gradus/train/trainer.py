@@ -71,7 +71,7 @@ class Trainer:
         if cfg.train.threads:
             torch.set_num_threads(cfg.train.threads)
         if rt.is_main:
-            checkpoint.prepare_run_dir(self.run_dir)
+            self._lock = checkpoint.prepare_run_dir(self.run_dir)
         rt.barrier()
         self.console = Console(enabled=rt.is_main and not self.quiet, progress_bar=cfg.logging.progress_bar,
                                total_tokens=None)
@@ -96,8 +96,9 @@ class Trainer:
             (self.run_dir / "config.yaml").write_text(dump_yaml(cfg), encoding="utf-8")
             if not (self.run_dir / "tokenizer.json").is_file():  # a trained BPE is already saved there
                 self.tokenizer.save(self.run_dir)
+        # From step 0 too: what a run killed before its first checkpoint logged is redone, so dropped.
         self.metrics = MetricsWriter(self.run_dir, tensorboard=cfg.logging.tensorboard, enabled=rt.is_main,
-                                     resume_step=None if resumed_from is None else self.progress.step)
+                                     resume_step=self.progress.step)
         if resumed_from is not None:
             self.metrics.write({"event": "resume", "step": self.progress.step, "checkpoint": resumed_from.name})
         self.net, self.compiled = wrap_for_training(self.model, rt, cfg.train.compile)
@@ -388,6 +389,8 @@ class Trainer:
             if obj is not None:
                 with contextlib.suppress(Exception):
                     obj.close()
+        if hasattr(self, "_lock"):
+            self._lock.release()
         if hasattr(self, "rt"):
             teardown_runtime(self.rt)
         if hasattr(self, "_threads_before"):  # a library call should not leave the process changed
