@@ -302,3 +302,13 @@ def test_a_run_killed_before_its_first_checkpoint_restarts_from_its_own_config(t
     assert main(["train", "--out", str(run), "--quiet"]) == 0
     steps = [r["step"] for r in read_metrics(run / "metrics.jsonl") if "loss" in r and "event" not in r]
     assert steps == [1, 2]  # the run's own max_steps, not the demo preset's; step 1 logged once
+
+
+def test_a_garbage_tokenizer_json_in_the_run_directory_is_one_line(tmp_path, offline_data, capsys):
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "tokenizer.json").write_text("{ this is not a tokenizer")
+    cfg = tiny_config(offline_data)  # a trained BPE: the run directory's tokenizer.json is read on resume
+    assert main(["train", write_cfg(tmp_path, cfg), "--out", str(run), "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "tokenizer.json is not a readable tokenizer" in err and "Traceback" not in err
