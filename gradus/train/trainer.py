@@ -23,7 +23,7 @@ import torch
 
 from gradus.config import GradusConfig, dump_yaml
 from gradus.curriculum import StageState, resolve_schedule, stage_of_step, state_at
-from gradus.errors import ConfigError, GradusError
+from gradus.errors import ConfigError, DivergedError, GradusError
 from gradus.train import checkpoint, faults, metrics, recovery
 from gradus.train.build import build_training_parts, wrap_for_training
 from gradus.train.checkpoint import CheckpointManager
@@ -355,7 +355,7 @@ class Trainer:
         # A checkpoint written during the run of bad steps is not a good one to go back to.
         latest = self.ckpt.latest(at_most=event.since)
         if latest is None:
-            raise GradusError(
+            raise DivergedError(
                 f"training diverged: {self.cfg.train.guard.max_bad_steps} non-finite steps in a row at step "
                 f"{event.step} and no checkpoint to roll back to; lower optim.base_lr or the stages' LR"
             )
