@@ -167,6 +167,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--quick", action="store_true", help="a few fault-injection and save cases only (the suite's)")
     p.add_argument("--kills", type=int, default=20, help="random SIGKILL points (not with --quick)")
     p.add_argument("--out", help="write the figures as JSON here")
+    p.add_argument("--only", help="comma-separated families to run (faults,save,bad_input,kills)")
     args = p.parse_args(argv)
     raw = yaml.safe_load(Path(args.config).read_text())
     raw.setdefault("train", {}).update({"checkpoint_every": 4, "early_stopping_patience": None})
@@ -181,6 +182,10 @@ def main(argv: list[str] | None = None) -> int:
         if not args.quick:
             families["bad_input"] = bad_input_family
             families["kills"] = lambda c, t: kills_family(c, t, args.kills)
+        if args.only:
+            families = {"faults": faults_family, "save": save_family, "bad_input": bad_input_family,
+                        "kills": lambda c, t: kills_family(c, t, args.kills)}
+            families = {k: v for k, v in families.items() if k in args.only.split(",")}
         for name, fn in families.items():
             sub = tmp / name
             sub.mkdir()
