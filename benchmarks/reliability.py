@@ -132,6 +132,9 @@ def bad_input_family(cfg: Path, tmp: Path) -> list[bool]:
     for args in cases:
         proc = gradus(args)
         ok.append(one_line(proc, 2) and snapshot(run) == before)
+        if not ok[-1]:  # name the case that failed, with the end of what it printed
+            print(f"  failed: {' '.join(args[1:])}: exit {proc.returncode}: {proc.stderr.strip()[-200:]}",
+                  file=sys.stderr)
     return ok
 
 
