@@ -70,9 +70,9 @@ def run(args: argparse.Namespace) -> int:
         out = RUNS_DIR / f"{name}-{time.strftime('%Y%m%d-%H%M%S')}"
     if args.stop_at_step is not None and args.stop_at_step <= 0:
         raise ConfigError(f"--stop-at-step={args.stop_at_step}: give a positive step number")
-    train(cfg, out, resume=True, allow_config_change=args.allow_config_change,
-          stop_at_step=args.stop_at_step, quiet=args.quiet)
-    code, why = exit_code(out)  # status.json: 0 finished or stopped (resumable), 3 diverged
+    result = train(cfg, out, resume=True, allow_config_change=args.allow_config_change,
+                   stop_at_step=args.stop_at_step, quiet=args.quiet)
+    code, why = exit_code(out, result.step)  # status.json: 0 finished or stopped (resumable), 3 diverged
     if why:
         print(f"gradus: error: {why}", file=sys.stderr)
     return code

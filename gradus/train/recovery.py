@@ -76,12 +76,15 @@ def record_result(trainer: Any, result: Any) -> None:
     write_status(trainer.run_dir, outcome, result.step, reason, EXIT_CODES[outcome])
 
 
-def exit_code(run_dir: Path) -> tuple[int, str | None]:
-    """The exit code ``gradus train`` ends with, from the run's ``status.json``, and the line to print when
-    it is not 0 (a diverged run must not exit 0 like a healthy one)."""
+def exit_code(run_dir: Path, step: int) -> tuple[int, str | None]:
+    """The exit code ``gradus train`` ends with, from the run's ``status.json`` written at ``step``, and
+    the line to print when it is not 0 (a diverged run must not exit 0 like a healthy one). A status of
+    another step (a rank other than 0 reading before rank 0 wrote) counts as finished."""
     try:
         status = json.loads((Path(run_dir) / "status.json").read_text(encoding="utf-8"))
     except (OSError, ValueError):
+        return 0, None
+    if status.get("step") != step:
         return 0, None
     code = int(status.get("exit_code", 0))
     return code, (status.get("reason") if code else None)
