@@ -83,10 +83,15 @@ def faults_family(cfg: Path, tmp: Path, quick: bool = False) -> list[bool]:
     for i, (spec, code) in enumerate(cases):
         proc = gradus(["train", str(cfg), "--out", str(tmp / f"f{i}"), "--quiet"], faults=spec)
         ok.append(proc.returncode == 0 if code == 0 else one_line(proc, code))
+        if not ok[-1]:
+            print(f"  failed: {spec}: exit {proc.returncode}: {proc.stderr.strip()[-300:]}", file=sys.stderr)
     for i, spec in enumerate(["nan@9,nan@10,nan@11", "nan@6,inf@7,nan@8"][: 1 if quick else 2]):  # skip mode
         proc = gradus(["train", str(cfg), "--out", str(tmp / f"s{i}"), "--quiet", "--set",
                        "train.guard.skip_bad_batches=true"], faults=spec)
         ok.append(proc.returncode == 0)
+        if not ok[-1]:
+            print(f"  failed: {spec} (skip_bad_batches): exit {proc.returncode}: {proc.stderr.strip()[-300:]}",
+                  file=sys.stderr)
     return ok
 
 
