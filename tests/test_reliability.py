@@ -312,3 +312,10 @@ def test_a_garbage_tokenizer_json_in_the_run_directory_is_one_line(tmp_path, off
     assert main(["train", write_cfg(tmp_path, cfg), "--out", str(run), "--quiet"]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "tokenizer.json is not a readable tokenizer" in err and "Traceback" not in err
+
+
+def test_one_late_spike_is_not_called_a_divergence(tmp_path, tok, offline_data, monkeypatch):
+    monkeypatch.setenv(faults.ENV, "spike@9x100")  # before the guard's warm-up: it enters the history
+    train(from_dict(raw(tok, offline_data)), tmp_path, quiet=True)
+    status = json.loads((tmp_path / "status.json").read_text())
+    assert (status["status"], status["exit_code"]) == ("finished", 0)

@@ -55,6 +55,10 @@ DIVERGED_LOSS_FACTOR = 2.0
 an untrained model starts near) diverged even though every loss was finite."""
 
 
+RECENT_STEPS = 10
+"""How many of the last losses :func:`record_result` judges (by their median)."""
+
+
 def finite_divergence(recent_loss: float | None, vocab_size: int) -> str | None:
     """Why a run whose losses stayed finite still diverged, or None."""
     bar = DIVERGED_LOSS_FACTOR * math.log(max(2, vocab_size))
@@ -70,7 +74,9 @@ def record_result(trainer: Any, result: Any) -> None:
     if not trainer.rt.is_main:
         return
     outcome, reason = ("stopped" if str(result.reason).startswith("stopped") else "finished"), str(result.reason)
-    why = finite_divergence(trainer.guard.running_mean(), trainer.shape.vocab_size)
+    # The median of the last losses: one spike (kept in the guard's history before its warm-up) is no divergence.
+    recent = sorted(list(trainer.guard.history)[-RECENT_STEPS:])
+    why = finite_divergence(recent[len(recent) // 2] if recent else None, trainer.shape.vocab_size)
     if why is not None:
         outcome, reason = "diverged", why
     write_status(trainer.run_dir, outcome, result.step, reason, EXIT_CODES[outcome])
