@@ -30,6 +30,13 @@ class DataError(GradusError):
 
 
 class CheckpointError(GradusError):
-    """A missing, corrupt or incompatible checkpoint, or one that could not be written."""
+    """A missing, corrupt or incompatible checkpoint, or one that could not be written. Exit code 2 (the
+    user fixes it: a file, the disk, ``--out``)."""
 
-    exit_code = 1
+    exit_code = 2
+
+
+class DivergedError(GradusError):
+    """Training diverged: the guard gave up (non-finite losses past its rollbacks). Exit code 3."""
+
+    exit_code = 3

@@ -231,6 +231,18 @@ def preset_fields(name: str) -> dict[str, int]:
     )
 
 
+def check_vocab_fits(model_cfg: ModelConfig, tokenizer_vocab_size: int) -> None:
+    """A ``model.vocab_size`` below the real tokenizer's is a one-line ConfigError before training (the
+    embedding would be indexed out of range at the first forward pass). Only for a loaded tokenizer:
+    ``gradus plan``/``schedule`` resolve shapes from a guessed vocabulary."""
+    vocab = model_cfg.vocab_size
+    if vocab is not None and vocab < tokenizer_vocab_size:
+        raise ConfigError(
+            f"model.vocab_size={vocab} is smaller than the tokenizer's {tokenizer_vocab_size} tokens; set it to "
+            f"at least {tokenizer_vocab_size} or leave it unset to use the tokenizer's"
+        )
+
+
 def resolve_shape(model_cfg: ModelConfig, vocab_size: int) -> ModelShape:
     """The concrete shape of a model config: the preset fills every shape field the config leaves unset,
     explicit fields win. ``vocab_size`` (the tokenizer's) is used unless ``model.vocab_size`` is set.

@@ -311,3 +311,31 @@ def test_hub_shards_by_node_are_disjoint(monkeypatch, offline_data: Path):
     everything = docs_of(open_reader(cfg))
     halves = [docs_of(open_reader(cfg, shard=Shard(i, 2))) for i in range(2)]
     assert sorted(halves[0] + halves[1]) == sorted(everything) and not set(halves[0]) & set(halves[1])
+
+
+_LINES = "".join(json.dumps({"text": f"document {i} {i * i}"}) + "\n" for i in range(5000)).encode()
+
+
+@pytest.mark.parametrize("content", [b"not gzip at all", gzip.compress(_LINES)[: len(gzip.compress(_LINES)) // 2]])
+def test_a_corrupt_json_gz_is_one_data_error_naming_the_file(tmp_path: Path, content: bytes):
+    path = tmp_path / "bad.json.gz"
+    path.write_bytes(content)
+    with pytest.raises(DataError, match=r"bad.json.gz: cannot read \((BadGzipFile|EOFError).*corrupt or truncated"):
+        docs_of(open_reader(SourceConfig(name="web", path=str(path))))
+
+
+def test_an_oversized_jsonl_record_is_refused_with_its_line(tmp_path: Path, monkeypatch):
+    monkeypatch.setattr(local_files, "MAX_JSON_LINE_BYTES", 1000)
+    path = tmp_path / "big.jsonl"
+    path.write_text(json.dumps({"text": "short"}) + "\n" + json.dumps({"text": "x" * 5000}) + "\n")
+    reader = open_reader(SourceConfig(name="web", path=str(path)))
+    with pytest.raises(DataError, match=r"big.jsonl:2: a JSON record over 0 MB in source 'web'; split it"):
+        docs_of(reader)
+    monkeypatch.setattr(local_files, "MAX_JSON_LINE_BYTES", 1 << 20)
+    path.write_text(json.dumps({"text": "y" * (8 << 20)}) + "\n")  # 8 MB on one line, over a 1 MB bound
+    tracemalloc.start()
+    with pytest.raises(DataError, match="big.jsonl:1"):
+        docs_of(open_reader(SourceConfig(name="web", path=str(path))))
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    assert peak < 4 << 20  # the bound holds: the 8 MB line was never read whole

@@ -148,7 +148,7 @@ def test_a_checkpoint_missing_a_part_is_refused_in_one_line(tmp_path, tokenizer_
     state = torch.load(latest / "state.pt", weights_only=False)
     del state["guard"]
     torch.save(state, latest / "state.pt")
-    assert main(["train", "--out", str(run), "--quiet"]) == 1
+    assert main(["train", "--out", str(run), "--quiet"]) == 2
     err = capsys.readouterr().err
     assert err == (f"gradus: error: {latest}/state.pt has no guard state: it was not written by this gradus; "
                    f"start a new run with another --out\n")

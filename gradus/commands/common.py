@@ -28,7 +28,10 @@ def add_config_arguments(parser: argparse.ArgumentParser, required: bool = True)
 
 def config_source(args: argparse.Namespace, default_preset: str | None = None) -> str | None:
     """The path of the config the arguments name (a file or a preset), or None."""
-    path = args.config or getattr(args, "config_flag", None)
+    flag = getattr(args, "config_flag", None)
+    if args.config and flag and args.config != flag:  # one would be silently ignored
+        raise ConfigError(f"two config files given ({args.config} and --config {flag}); give one")
+    path = args.config or flag
     if path and args.preset:
         raise ConfigError(f"give either a config file ({path}) or --preset {args.preset}, not both")
     if args.preset:

@@ -8,6 +8,7 @@ under ./runs.
 from __future__ import annotations
 
 import argparse
+import sys
 import time
 from pathlib import Path
 
@@ -45,6 +46,7 @@ def _newest_run() -> Path:
 
 def run(args: argparse.Namespace) -> int:
     """Resolve the config and the run directory, then train."""
+    from gradus.train.recovery import exit_code
     from gradus.train.trainer import train  # torch only when training
 
     out = Path(args.out) if args.out else None
@@ -54,7 +56,8 @@ def run(args: argparse.Namespace) -> int:
     if args.resume and not continuing:
         raise ConfigError(f"--resume: {out} holds no checkpoints to continue; drop --resume to start a new run there")
     explicit = args.config or args.config_flag or args.preset
-    if continuing and not explicit:
+    # A run killed before its first checkpoint starts again from its own config, not the demo preset.
+    if (continuing or (out is not None and (out / "config.yaml").is_file())) and not explicit:
         saved = out / "config.yaml"
         if not saved.is_file():
             raise ConfigError(f"{saved} is missing; give the run's config with --config FILE")
@@ -67,6 +70,9 @@ def run(args: argparse.Namespace) -> int:
         out = RUNS_DIR / f"{name}-{time.strftime('%Y%m%d-%H%M%S')}"
     if args.stop_at_step is not None and args.stop_at_step <= 0:
         raise ConfigError(f"--stop-at-step={args.stop_at_step}: give a positive step number")
-    train(cfg, out, resume=True, allow_config_change=args.allow_config_change,
-          stop_at_step=args.stop_at_step, quiet=args.quiet)
-    return 0
+    result = train(cfg, out, resume=True, allow_config_change=args.allow_config_change,
+                   stop_at_step=args.stop_at_step, quiet=args.quiet)
+    code, why = exit_code(out, result.step)  # status.json: 0 finished or stopped (resumable), 3 diverged
+    if why:
+        print(f"gradus: error: {why}", file=sys.stderr)
+    return code

@@ -43,6 +43,8 @@ def apply_overrides(data: dict, overrides: list[str]) -> dict:
         if "=" not in item:
             raise ConfigError(f"--set {item!r}: expected key=value, e.g. --set train.max_steps=100")
         key, raw = item.split("=", 1)
+        if not key.strip():
+            raise ConfigError(f"--set {item!r}: the key before '=' is empty; write e.g. --set train.max_steps=100")
         try:
             value = yaml.safe_load(raw) if raw.strip() else None
         except yaml.YAMLError:

@@ -74,7 +74,8 @@ MODEL_PRESETS = tuple(SIZE_PRESETS)
 class Strict(BaseModel):
     """Base for every section: unknown keys are errors (with a did-you-mean), values are validated."""
 
-    model_config = ConfigDict(extra="forbid", validate_assignment=True, populate_by_name=True)
+    # allow_inf_nan=False: `--set optim.base_lr=.inf` is one line naming the field, not a traceback later.
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, populate_by_name=True, allow_inf_nan=False)
 
 
 # --------------------------------------------------------------------------------------------- model
@@ -400,6 +401,17 @@ class GuardConfig(Strict):
     lr_backoff: float = Field(0.5, gt=0, lt=1, description="LR factor applied at a spike.")
     recover_steps: int = Field(100, ge=1, description="Steps over which the LR factor recovers to 1.")
     max_bad_steps: int = Field(3, ge=1, description="NaN/Inf steps in a row before rolling back to a checkpoint.")
+    max_rollbacks: int = Field(
+        5, ge=0, description="Rollbacks in one run before it stops as diverged (each halves the LR factor)."
+    )
+    skip_bad_batches: bool = Field(
+        False, description="After max_bad_steps NaN/Inf steps in a row, skip on (recording each skipped batch's data "
+        "position) instead of rolling back; the run still stops once max_rollbacks + 1 such runs of bad steps occur."
+    )
+    min_lr_factor: float = Field(
+        1e-3, gt=0, le=1, description="Floor of the LR factor a resumed run inherits from rollbacks (raised to it, "
+        "with a message)."
+    )
 
 
 class EmaConfig(Strict):

@@ -14,6 +14,7 @@ import glob as globlib
 import gzip
 import json
 import os
+import zlib
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -22,6 +23,9 @@ from gradus.data.reader import Cursor, Reader, Shard, _JsonLine, _Raw, decode_ut
 from gradus.errors import DataError
 
 PIECE_BYTES = 1 << 20
+MAX_JSON_LINE_BYTES = 64 << 20
+"""The longest JSONL record read: decoding and tokenising one record takes many times its size in memory
+(a 200 MB line was OOM-killed at 23 GB), so a longer one is refused with its file and line."""
 """Plain-text files are read in pieces of about this many bytes, so a document of any size streams."""
 
 _DATA_SUFFIXES = (".jsonl", ".json", ".ndjson", ".jsonl.gz", ".json.gz", ".ndjson.gz", ".parquet", ".txt", ".text")
@@ -95,9 +99,15 @@ class FileReader(Reader):
             else:
                 element = cursor.get("element", 0) if fi == file_index else 0
                 it = self._json(fi, start, line, record, element)
-            for raw in it:
-                record = raw.pos["record"]
-                yield raw
+            try:
+                for raw in it:
+                    record = raw.pos["record"]
+                    yield raw
+            except (OSError, EOFError, zlib.error) as exc:  # a corrupt or truncated .gz, an unreadable file
+                raise DataError(
+                    f"{self.files[fi]}: cannot read ({type(exc).__name__}: {exc}) in source {self.name!r}; the file "
+                    f"is corrupt or truncated: re-create it or remove it from the source"
+                ) from None
 
     # JSON lines (or a JSON array) -----------------------------------------------------------------
     def _json(self, fi: int, offset: int, line_no: int, record: int, element: int) -> Iterator[_Raw]:
@@ -108,8 +118,13 @@ class FileReader(Reader):
                 yield from self._json_array(fi, path, record, element)
                 return
             f.seek(offset)
-            for raw_line in f:
+            while raw_line := f.readline(MAX_JSON_LINE_BYTES + 1):  # bounded: never a whole huge line
                 line_no += 1
+                if len(raw_line) > MAX_JSON_LINE_BYTES:
+                    raise DataError(
+                        f"{path}:{line_no}: a JSON record over {MAX_JSON_LINE_BYTES >> 20} MB in source "
+                        f"{self.name!r}; split it, or store its text as a .txt file (text_unit: file streams any size)"
+                    )
                 offset += len(raw_line)
                 if not raw_line.strip():
                     continue  # a blank line in JSONL is no record at all

@@ -310,6 +310,12 @@ def training_key(cfg: DataConfig) -> str:
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()
 
 
+def one_line_error(exc: BaseException) -> str:
+    """The first line of an exception's message, shortened (library errors can span pages)."""
+    text = str(exc).strip().splitlines()
+    return (text[0][:160] if text else type(exc).__name__)
+
+
 def _trained(cfg: DataConfig, run_dir: Path | None, log_line: Callable[[str], None] | None = None) -> Tokenizer:
     from tokenizers import Tokenizer as HFTokenizer
 
@@ -317,12 +323,19 @@ def _trained(cfg: DataConfig, run_dir: Path | None, log_line: Callable[[str], No
     assert vocab is not None
     if run_dir is not None and (run_dir / "tokenizer.json").is_file():
         # Resume: the run directory's tokenizer is the one its checkpoints were trained with.
-        backend = HFTokenizer.from_file(str(run_dir / "tokenizer.json"))
-        eos = _eos_id(backend, cfg.tokenizer.eos_token, f"{run_dir / 'tokenizer.json'}")
+        path = run_dir / "tokenizer.json"
+        try:
+            backend = HFTokenizer.from_file(str(path))
+        except Exception as exc:  # noqa: BLE001 - the tokenizers library raises a bare Exception
+            raise DataError(
+                f"{path} is not a readable tokenizer ({one_line_error(exc)}); restore the run's tokenizer.json, "
+                f"or start a new run with another --out"
+            ) from None
+        eos = _eos_id(backend, cfg.tokenizer.eos_token, f"{path}")
         tok = Tokenizer(backend, eos_id=eos, kind="trained", name_or_path=f"bpe-{vocab}")
         if tok.vocab_size != vocab:
             log.warning("%s has %d tokens but data.tokenizer.train_vocab_size=%d; using the run's own tokenizer",
-                        run_dir / "tokenizer.json", tok.vocab_size, vocab)
+                        path, tok.vocab_size, vocab)
         return tok
     key = training_key(cfg)
     cached = cache_dir() / key[:24] / "tokenizer.json"

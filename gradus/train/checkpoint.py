@@ -28,8 +28,9 @@ from typing import TYPE_CHECKING, Any
 import torch
 from safetensors.torch import load_model, save_model
 
-from gradus.errors import CheckpointError, GradusError
+from gradus.errors import CheckpointError, ConfigError
 from gradus.files import make_readable
+from gradus.train import faults
 
 if TYPE_CHECKING:
     from gradus.config import TrainConfig
@@ -62,18 +63,80 @@ def _fsync_tree(path: Path) -> None:
     _fsync_dir(path)
 
 
-def prepare_run_dir(run_dir: Path) -> None:
-    """Create the run directory and check that files can be written there (a one-line GradusError if not),
-    so a run fails before training rather than at its first checkpoint."""
+class RunLock:
+    """An exclusive lock on a run directory (``.lock``, flock): a second process writing the same run gets
+    one line naming the holder instead of colliding with it. Released by :meth:`release` or at exit."""
+
+    def __init__(self, run_dir: Path):
+        import fcntl
+        import socket
+
+        self.path = run_dir / ".lock"
+        self._fh = open(self.path, "a+", encoding="utf-8")  # noqa: SIM115 - held for the whole run
+        try:
+            fcntl.flock(self._fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            self._fh.seek(0)
+            holder = self._fh.read().strip() or "another process"
+            self._fh.close()
+            raise ConfigError(
+                f"{run_dir} is in use by {holder}; wait for it to finish, stop it, or choose another --out"
+            ) from None
+        self._fh.seek(0)
+        self._fh.truncate()
+        self._fh.write(f"process {os.getpid()} on {socket.gethostname()}")
+        self._fh.flush()
+
+    def release(self) -> None:
+        """Let another process use the run directory."""
+        if not self._fh.closed:
+            self._fh.close()  # closing the file releases the flock
+
+
+def prepare_run_dir(run_dir: Path) -> RunLock:
+    """Create the run directory, check that files can be written there (a one-line ConfigError if not),
+    so a run fails before training rather than at its first checkpoint, take its lock (:class:`RunLock`)
+    and clean the leftovers of killed saves (:func:`clean_leftovers`)."""
     try:
         run_dir.mkdir(parents=True, exist_ok=True)
         probe = run_dir / f".write-test-{os.getpid()}"
         probe.write_text("ok")
         probe.unlink()
     except OSError as exc:
-        raise GradusError(
+        raise ConfigError(
             f"cannot write to the output directory {run_dir}: {exc.strerror or exc}; choose another --out"
         ) from None
+    lock = RunLock(run_dir)
+    clean_leftovers(run_dir / "checkpoints")
+    return lock
+
+
+def clean_leftovers(directory: Path) -> list[str]:
+    """Remove what killed saves and prunes left in a checkpoints folder (``.tmp-*`` partial saves, each a
+    full-size copy; ``.trash-*`` half-deleted old checkpoints) and put back a ``best/`` lost between the two
+    renames of :meth:`CheckpointManager.mark_best`. Called at start-up, before anything lists checkpoints.
+    Returns the names removed or restored."""
+    if not directory.is_dir():
+        return []
+    done = []
+    best = directory / "best"
+    olds = sorted(directory.glob(".old-best-*"))
+    if not best.exists() and olds and (olds[-1] / "meta.json").is_file():
+        os.replace(olds[-1], best)
+        done.append(f"{olds[-1].name} -> best")
+    for p in directory.iterdir():
+        if p.name.startswith((".tmp-", ".trash-", ".old-best-")):
+            shutil.rmtree(p, ignore_errors=True) if p.is_dir() else p.unlink(missing_ok=True)
+            done.append(p.name)
+    return done
+
+
+def _checkpoint_bytes(model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> int:
+    """About how many bytes one checkpoint takes: the weights plus the optimizer's tensors."""
+    total = sum(p.numel() * p.element_size() for p in model.parameters())
+    for state in optimizer.state.values():
+        total += sum(v.numel() * v.element_size() for v in state.values() if isinstance(v, torch.Tensor))
+    return total
 
 
 def checkpoint_due(train: TrainConfig, progress: Progress, stage_end: bool) -> bool:
@@ -131,7 +194,11 @@ class CheckpointManager:
     def best(self) -> Path | None:
         """The best checkpoint by validation loss, or None."""
         p = self.dir / "best"
-        return p if (p / "meta.json").is_file() else None
+        if (p / "meta.json").is_file():
+            return p
+        # A kill between mark_best's two renames leaves the previous best here (restored at start-up).
+        olds = [o for o in sorted(self.dir.glob(".old-best-*")) if (o / "meta.json").is_file()]
+        return olds[-1] if olds else None
 
     # ------------------------------------------------------------------------------------ saving
     def save(
@@ -155,28 +222,36 @@ class CheckpointManager:
             if tmp.exists():
                 shutil.rmtree(tmp)
             tmp.mkdir()
+            injected = faults.active()
+            injected.at("before_model")
             save_model(model, str(tmp / "model.safetensors"))
             make_readable(tmp / "model.safetensors")  # safetensors writes 0600
+            injected.at("after_model")
             if ema is not None:  # the averaged weights, under the name `gradus export --ema` looks for
                 save_model(ema, str(tmp / EMA_FILE))
                 make_readable(tmp / EMA_FILE)
             torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
+            injected.at("after_optimizer")
             torch.save(state, tmp / "state.pt")
+            injected.at("after_state")
             (tmp / "config.yaml").write_text(config_yaml, encoding="utf-8")
             # meta.json last: a reader that finds it knows the rest is there.
             (tmp / "meta.json").write_text(json.dumps(meta, indent=2, sort_keys=True), encoding="utf-8")
             _fsync_tree(tmp)
+            injected.at("before_rename")
             if final.exists():  # re-saving the same step (e.g. after a rollback): replace it
                 shutil.rmtree(final)
             os.replace(tmp, final)
             _fsync_dir(self.dir)
-        except OSError as exc:
+        except Exception as exc:  # noqa: BLE001 - torch.save raises RuntimeError, safetensors SafetensorError
             shutil.rmtree(tmp, ignore_errors=True)
             prev = self.latest()
             kept = f"the previous checkpoint {prev.name} is intact" if prev else "no earlier checkpoint exists"
+            why = getattr(exc, "strerror", None) or (str(exc).splitlines() or [type(exc).__name__])[0][:160]
+            need = _checkpoint_bytes(model, optimizer) / 1e6
             raise CheckpointError(
-                f"could not write checkpoint {final}: {exc.strerror or exc}; {kept}; free disk space or "
-                f"choose another --out"
+                f"could not write checkpoint {final}: {why}; {kept}; a checkpoint needs about {need:,.1f} MB: "
+                f"free disk space or choose another --out"
             ) from None
         self._prune()
         if ema is not None:
@@ -224,9 +299,16 @@ class CheckpointManager:
         return best
 
     def _prune(self) -> None:
+        """Delete all but the last ``keep_last``: each is renamed out of the listing first, so a kill while
+        deleting leaves a ``.trash-*`` folder (removed at start-up), never a listed incomplete checkpoint."""
         steps = self.steps()
         for _, path in steps[: max(0, len(steps) - self.keep_last)]:
-            shutil.rmtree(path, ignore_errors=True)
+            trash = self.dir / f".trash-{path.name}"
+            try:
+                os.replace(path, trash)
+            except OSError:
+                continue
+            shutil.rmtree(trash, ignore_errors=True)
 
     # ----------------------------------------------------------------------------------- loading
     @staticmethod
@@ -249,6 +331,7 @@ class CheckpointManager:
         missing = [f for f in FILES if not (path / f).is_file()]
         if missing:
             raise CheckpointError(f"{path}: incomplete checkpoint, missing {', '.join(missing)}")
+        _check_shapes(path, model)
         try:
             missing_keys, unexpected = load_model(model, str(path / "model.safetensors"), strict=False)
         except Exception as exc:  # safetensors raises several types for truncated/garbled files
@@ -265,12 +348,46 @@ class CheckpointManager:
             state = torch.load(path / "state.pt", map_location="cpu", weights_only=False)
             if optimizer is not None:
                 optimizer.load_state_dict(torch.load(path / "optimizer.pt", map_location="cpu", weights_only=False))
+                _check_optimizer_shapes(path, optimizer)
+        except CheckpointError:
+            raise
         except Exception as exc:
             raise CheckpointError(
                 f"{path}: corrupt checkpoint ({type(exc).__name__}: {str(exc).splitlines()[0][:120] if str(exc) else ''}); "
                 f"delete {path} to resume from an earlier checkpoint"
             ) from None
         return state, meta
+
+
+def _check_shapes(path: Path, model: torch.nn.Module) -> None:
+    """A readable model.safetensors whose tensors have other shapes than the model's is a valid checkpoint
+    of another model (``model.*`` changed), not a corrupt one: say so, and do not advise deleting it."""
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(path / "model.safetensors"), framework="pt") as f:
+            saved = {k: tuple(f.get_slice(k).get_shape()) for k in f.keys()}  # noqa: SIM118 - not a dict
+    except Exception:  # noqa: BLE001 - an unreadable file is reported as corrupt by the load that follows
+        return
+    for name, tensor in model.state_dict().items():
+        if name in saved and saved[name] != tuple(tensor.shape):
+            raise CheckpointError(
+                f"{path} holds a different model: {name} has shape {list(saved[name])} there, "
+                f"{list(tensor.shape)} in this config; was model.* changed? resume with the run's config.yaml "
+                f"or start a new run with another --out"
+            )
+
+
+def _check_optimizer_shapes(path: Path, optimizer: torch.optim.Optimizer) -> None:
+    """An optimizer.pt whose moments do not match the parameters would fail only at the first step."""
+    for group in optimizer.param_groups:
+        for p in group["params"]:
+            for key, value in optimizer.state.get(p, {}).items():
+                if isinstance(value, torch.Tensor) and value.dim() > 0 and value.shape != p.shape:
+                    raise CheckpointError(
+                        f"{path}/optimizer.pt does not match the model ({key} of shape {list(value.shape)} for a "
+                        f"parameter of shape {list(p.shape)}); delete {path} to resume from an earlier checkpoint"
+                    )
 
 
 # ------------------------------------------------------------------------------------- state.pt

@@ -5,6 +5,11 @@
 * A NaN/Inf loss or gradient norm: the step is skipped (the trainer zeroes the gradients).
 * ``max_bad_steps`` bad steps in a row: roll back to the last good checkpoint with the LR halved for the
   rest of the run (``rollback_factor``), since replaying the same data at the same LR would diverge again.
+  With ``skip_bad_batches`` the run skips on past those batches instead of rolling back.
+* After ``max_rollbacks`` rollbacks (or skipped runs of bad steps) the next one is ``diverged``: the trainer
+  stops with a one-line error instead of halving the LR forever.
+* A resumed guard never keeps a rollback factor below ``min_lr_factor`` silently: it is raised to the floor
+  and :attr:`LossGuard.notice` says so.
 
 Every event is returned to the trainer, which logs it with its step.
 """
@@ -20,7 +25,7 @@ from gradus.config import GuardConfig
 
 @dataclass(frozen=True)
 class GuardEvent:
-    """Something the guard decided at a step: ``kind`` is spike, skip or rollback."""
+    """Something the guard decided at a step: ``kind`` is spike, skip, rollback or diverged."""
 
     step: int
     kind: str
@@ -40,7 +45,9 @@ class LossGuard:
         self.bad_since: int | None = None
         self.spike_step: int | None = None
         self.rollback_factor = 1.0
-        self.events_total = {"spike": 0, "skip": 0, "rollback": 0}
+        self.events_total = {"spike": 0, "skip": 0, "rollback": 0, "skip_run": 0}
+        self.notice: str | None = None
+        """Set by :meth:`load_state_dict` when it raised the LR factor to the floor: the trainer reports it."""
 
     def lr_factor(self, step: int) -> float:
         """Multiplier on the scheduled LR for ``step``: spike back-off recovering linearly, times the
@@ -71,16 +78,7 @@ class LossGuard:
                 self.bad_since = step
             self.bad_in_row += 1
             if self.bad_in_row >= self.cfg.max_bad_steps:
-                since = self.bad_since
-                self.bad_in_row, self.bad_since = 0, None
-                self.rollback_factor *= 0.5
-                self.events_total["rollback"] += 1
-                return GuardEvent(
-                    step, "rollback", loss,
-                    f"{self.cfg.max_bad_steps} non-finite steps in a row since step {since}; "
-                    f"LR factor now {self.rollback_factor:g}",
-                    since,
-                )
+                return self._bad_run(step, loss)
             self.events_total["skip"] += 1
             return GuardEvent(step, "skip", loss, f"non-finite loss={loss} grad_norm={grad_norm}; step skipped",
                               self.bad_since)
@@ -104,6 +102,24 @@ class LossGuard:
             self.history.append(loss)
         return event
 
+    def _bad_run(self, step: int, loss: float) -> GuardEvent:
+        """``max_bad_steps`` non-finite steps in a row: roll back, skip on, or (past ``max_rollbacks``) give up."""
+        since, n = self.bad_since, self.cfg.max_bad_steps
+        self.bad_in_row, self.bad_since = 0, None
+        runs = self.events_total["rollback"] + self.events_total.get("skip_run", 0)
+        what = f"{n} non-finite steps in a row since step {since}"
+        if runs >= self.cfg.max_rollbacks:
+            return GuardEvent(step, "diverged", loss,
+                              f"{what}, after {runs} rollbacks (train.guard.max_rollbacks={self.cfg.max_rollbacks})",
+                              since)
+        if self.cfg.skip_bad_batches:
+            self.events_total["skip_run"] = self.events_total.get("skip_run", 0) + 1
+            self.events_total["skip"] += 1
+            return GuardEvent(step, "skip", loss, f"{what}; batches skipped (train.guard.skip_bad_batches)", since)
+        self.rollback_factor *= 0.5
+        self.events_total["rollback"] += 1
+        return GuardEvent(step, "rollback", loss, f"{what}; LR factor now {self.rollback_factor:g}", since)
+
     def state_dict(self) -> dict:
         """Everything needed to resume the guard exactly."""
         return {
@@ -122,4 +138,11 @@ class LossGuard:
         self.bad_since = state.get("bad_since")
         self.spike_step = state["spike_step"]
         self.rollback_factor = state["rollback_factor"]
-        self.events_total = dict(state["events_total"])
+        self.events_total = {"skip_run": 0, **state["events_total"]}
+        self.notice = None
+        if self.rollback_factor < self.cfg.min_lr_factor:
+            self.notice = (
+                f"the checkpoint's LR factor {self.rollback_factor:g} (after {self.events_total['rollback']} "
+                f"rollbacks) is below train.guard.min_lr_factor={self.cfg.min_lr_factor:g}; raised to it"
+            )
+            self.rollback_factor = self.cfg.min_lr_factor

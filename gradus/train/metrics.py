@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import sys
 import time
 from dataclasses import dataclass, field
@@ -290,10 +291,47 @@ def compiled_graphs() -> int:
         return -1
 
 
+def drop_records_after(path: Path, step: int) -> int:
+    """Rewrite ``metrics.jsonl`` without the records of steps after ``step`` (atomically: a kill meanwhile
+    leaves the old file); a torn last line is dropped too. Returns how many records were dropped."""
+    if not path.is_file():
+        return 0
+    kept, dropped = [], 0
+    with open(path, encoding="utf-8") as fh:
+        for line in fh:
+            try:
+                record = json.loads(line)
+            except ValueError:
+                dropped += 1  # a line cut short by a kill
+                continue
+            if isinstance(record, dict) and _after(record, step):
+                dropped += 1
+                continue
+            kept.append(line if line.endswith("\n") else line + "\n")
+    if dropped:
+        tmp = path.with_name(f".{path.name}.tmp")
+        tmp.write_text("".join(kept), encoding="utf-8")
+        os.replace(tmp, path)
+    return dropped
+
+
+def _after(record: dict, step: int) -> bool:
+    """Whether a record was written after the checkpoint of ``step``: step records count steps done, but
+    stage and guard records name the 0-based step about to run, so theirs at ``step`` come after it too."""
+    at = record.get("step")
+    if not isinstance(at, int):
+        return False
+    event = str(record.get("event", ""))
+    return at > step or (at == step and (event == "stage" or event.startswith("guard/")))
+
+
 class MetricsWriter:
     """Appends records to ``metrics.jsonl`` and mirrors scalars to TensorBoard. Only rank 0 writes."""
 
-    def __init__(self, run_dir: Path, *, tensorboard: bool = True, enabled: bool = True):
+    def __init__(self, run_dir: Path, *, tensorboard: bool = True, enabled: bool = True,
+                 resume_step: int | None = None):
+        """``resume_step``: the step of the checkpoint a resumed run continues from; records written after
+        it (the steps between that checkpoint and a kill) are dropped, so every step appears once."""
         self.enabled = enabled
         self.path = Path(run_dir) / "metrics.jsonl"
         self._file = None
@@ -301,6 +339,8 @@ class MetricsWriter:
         self.tensorboard_error: str | None = None
         if not enabled:
             return
+        if resume_step is not None:
+            drop_records_after(self.path, resume_step)
         self._file = open(self.path, "a", encoding="utf-8")  # append: a resumed run keeps what was written
         if tensorboard:
             try:
@@ -308,7 +348,9 @@ class MetricsWriter:
             except Exception as exc:  # tensorboard not installed: jsonl is enough
                 self.tensorboard_error = f"{type(exc).__name__}: {exc}"
             else:
-                self._tb = SummaryWriter(log_dir=str(Path(run_dir) / "tensorboard"))
+                # purge_step: TensorBoard hides the events after the checkpoint that the resumed run rewrites.
+                self._tb = SummaryWriter(log_dir=str(Path(run_dir) / "tensorboard"),
+                                         purge_step=None if resume_step is None else resume_step + 1)
 
     def write(self, record: dict[str, Any]) -> None:
         """One record: a JSON line, and every numeric value as a TensorBoard scalar at ``record['step']``."""

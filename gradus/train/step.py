@@ -42,6 +42,7 @@ def optimizer_step(
     clip: float,
     micro: int,
     rt: Runtime,
+    loss_multiplier: float = 1.0,
 ) -> tuple[float, float, bool]:
     """Forward/backward over micro-batches of ``micro`` rows, clip to ``clip``, and (unless the loss or
     gradient is not finite) an AdamW step at ``lr``. ``net`` is what runs (DDP and/or compiled),
@@ -49,7 +50,8 @@ def optimizer_step(
 
     Each micro-batch is weighted by its share of the label tokens, so accumulation gives the same
     gradient as one pass over the whole batch whatever the masking; under DDP only the last micro-batch
-    synchronises gradients.
+    synchronises gradients. ``loss_multiplier`` (1 but under fault injection, :mod:`gradus.train.faults`)
+    scales the loss and so its gradients: NaN/Inf/×k losses then take the real path.
     """
     for group in optimizer.param_groups:
         group["lr"] = lr
@@ -67,6 +69,8 @@ def optimizer_step(
         with sync:
             with rt.autocast():
                 _, loss = net(x, y)
+            if loss_multiplier != 1.0:
+                loss = loss * loss_multiplier
             scaled = loss * weight
             (scaler.scale(scaled) if scaler is not None else scaled).backward()
         loss_sum += loss.detach().float() * weight

@@ -86,9 +86,11 @@ class Tracked:
         return getattr(self.writer, name)
 
 
-def open_metrics(cfg: GradusConfig, run_dir: Path, is_main: bool) -> Tracked:
-    """The run's metrics writer: metrics.jsonl, TensorBoard when installed, W&B when configured (rank 0)."""
-    writer = MetricsWriter(run_dir, tensorboard=cfg.logging.tensorboard, enabled=is_main)
+def open_metrics(cfg: GradusConfig, run_dir: Path, is_main: bool, resume_step: int | None = None) -> Tracked:
+    """The run's metrics writer: metrics.jsonl, TensorBoard when installed, W&B when configured (rank 0).
+
+    ``resume_step`` is passed to :class:`MetricsWriter`: records after it are dropped (they are redone)."""
+    writer = MetricsWriter(run_dir, tensorboard=cfg.logging.tensorboard, enabled=is_main, resume_step=resume_step)
     notes = [n for n in [tensorboard_note(writer, cfg.logging.tensorboard)] if n]
     run = None
     if is_main and cfg.logging.wandb is not None:

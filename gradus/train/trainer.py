@@ -22,8 +22,8 @@ import torch
 
 from gradus.config import GradusConfig, dump_yaml
 from gradus.curriculum import StageState, resolve_schedule, stage_of_step, state_at
-from gradus.errors import ConfigError, GradusError
-from gradus.train import checkpoint, early_stop, metrics
+from gradus.errors import ConfigError, DivergedError, GradusError
+from gradus.train import checkpoint, early_stop, faults, metrics, recovery
 from gradus.train.build import build_training_parts, wrap_for_training
 from gradus.train.checkpoint import CheckpointManager
 from gradus.train.ema import WeightEMA
@@ -66,6 +66,7 @@ class Trainer:
         # Heavy imports here so `gradus schedule`/`plan` never pay for them.
         from gradus.data import load_tokenizer
         from gradus.model import resolve_shape
+        from gradus.sizes import check_vocab_fits
 
         cfg = self.cfg
         self.rt = rt = setup_runtime(cfg.train)
@@ -73,7 +74,7 @@ class Trainer:
         if cfg.train.threads:
             torch.set_num_threads(cfg.train.threads)
         if rt.is_main:
-            checkpoint.prepare_run_dir(self.run_dir)
+            self._lock = checkpoint.prepare_run_dir(self.run_dir)
         rt.barrier()
         self.console = Console(enabled=rt.is_main and not self.quiet, progress_bar=cfg.logging.progress_bar,
                                total_tokens=None)
@@ -87,6 +88,7 @@ class Trainer:
         if not rt.is_main:
             self.tokenizer = load_tokenizer(cfg.data, run_dir=self.run_dir)
         self.schedule = resolve_schedule(cfg)
+        check_vocab_fits(cfg.model, self.tokenizer.vocab_size)
         self.shape = resolve_shape(cfg.model, self.tokenizer.vocab_size)
         self._build_parts()
         self.compat = checkpoint.compat_signature(self.schedule, rt.world_size, self.tokenizer.identity())
@@ -97,7 +99,9 @@ class Trainer:
             (self.run_dir / "config.yaml").write_text(dump_yaml(cfg), encoding="utf-8")
             if not (self.run_dir / "tokenizer.json").is_file():  # a trained BPE is already saved there
                 self.tokenizer.save(self.run_dir)
-        self.metrics = open_metrics(cfg, self.run_dir, rt.is_main)  # + TensorBoard, W&B
+        # From step 0 too: what a run killed before its first checkpoint logged is redone, so dropped.
+        self.metrics = open_metrics(cfg, self.run_dir, rt.is_main,  # + TensorBoard, W&B
+                                    resume_step=self.progress.step)
         if resumed_from is not None:
             self.metrics.write({"event": "resume", "step": self.progress.step, "checkpoint": resumed_from.name})
         self.net, self.compiled = wrap_for_training(self.model, rt, cfg.train.compile)
@@ -160,6 +164,8 @@ class Trainer:
         if resumed_from is not None:
             self.console.print(f"resuming from {resumed_from} (step {self.progress.step:,}, "
                                f"{self.progress.tokens:,} tokens)")
+            if self.guard.notice:  # an LR factor raised to its floor is said, never silent
+                self.console.print(f"guard: {self.guard.notice}")
         for line in [*self.metrics.notes, *metrics.run_summary(self.shape, self.rt, self.compiled, self.schedule,
                                                                 self.micro_batches)]:
             self.console.print(line)
@@ -215,7 +221,7 @@ class Trainer:
             event = self.guard.observe(pr.step, loss, grad_norm)
             if event is not None:
                 self._log_event(event)
-                if event.kind == "rollback":
+                if event.kind in ("rollback", "diverged"):
                     state = self._rollback(event)
                     continue
             pr.step += 1
@@ -269,7 +275,8 @@ class Trainer:
         lr = state.lr * self.guard.lr_factor(state.step)
         inputs, labels = batch_tensors(batch, state.batch_size // rt.world_size, state.seq_len, state.stage_index, rt)
         out = optimizer_step(self.net, self.model, self.optimizer, self.scaler, inputs, labels, lr=lr,
-                             clip=state.grad_clip, micro=self.micro_batches[state.stage_index], rt=rt)
+                             clip=state.grad_clip, micro=self.micro_batches[state.stage_index], rt=rt,
+                             loss_multiplier=faults.active().loss_multiplier(state.step))
         if self.ema is not None and out[2]:  # averaged after each applied step (the step about to be counted)
             self.ema.maybe_update(self.progress.step + 1, self.model)
         return out
@@ -299,7 +306,7 @@ class Trainer:
 
     def _log_event(self, event) -> None:
         self.console.print(f"guard: step {event.step}: {event.kind}: {event.detail}")
-        self.metrics.write(metrics.guard_record(event))
+        self.metrics.write({**metrics.guard_record(event), "data_position": recovery.data_position(self.data.metrics())})
 
     @contextlib.contextmanager
     def _aside(self) -> Iterator[None]:
@@ -360,10 +367,12 @@ class Trainer:
 
     def _rollback(self, event) -> StageState:
         """Restore the last checkpoint after repeated non-finite steps; the guard keeps its halved LR factor."""
+        if event.kind == "diverged":  # the guard gave up: stop with one line, not another rollback
+            raise recovery.diverged_error(event, recovery.data_position(self.data.metrics()), self.cfg.train.guard)
         # A checkpoint written during the run of bad steps is not a good one to go back to.
         latest = self.ckpt.latest(at_most=event.since)
         if latest is None:
-            raise GradusError(
+            raise DivergedError(
                 f"training diverged: {self.cfg.train.guard.max_bad_steps} non-finite steps in a row at step "
                 f"{event.step} and no checkpoint to roll back to; lower optim.base_lr or the stages' LR"
             )
@@ -397,6 +406,8 @@ class Trainer:
             if obj is not None:
                 with contextlib.suppress(Exception):
                     obj.close()
+        if hasattr(self, "_lock"):
+            self._lock.release()
         if hasattr(self, "rt"):
             teardown_runtime(self.rt)
         if hasattr(self, "_threads_before"):  # a library call should not leave the process changed
@@ -412,6 +423,11 @@ def train(cfg: GradusConfig, run_dir: str | Path, *, resume: bool = True, allow_
                       on_step=on_step)
     try:
         trainer.setup()
-        return trainer.fit(stop_at_step=stop_at_step)
+        result = trainer.fit(stop_at_step=stop_at_step)
+    except BaseException as exc:
+        recovery.record_failure(trainer, exc)
+        raise
     finally:
         trainer.close()
+    recovery.record_result(trainer, result)
+    return result

@@ -1,0 +1,110 @@
+"""What the trainer does when the guard gives up, and where a run's outcome is written for schedulers.
+
+* :func:`data_position`: where the data pipeline stands (documents and tokens read), named in guard records
+  and in the divergence error, so the offending data can be found.
+* :func:`diverged_error`: the one-line :class:`~gradus.errors.DivergedError` (exit code 3).
+* :func:`write_status`: ``status.json`` in the run directory: ``finished``, ``stopped`` (by a signal or
+  ``--stop-at-step``; resumable), ``diverged`` or ``failed``, with the step and the exit code.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+from gradus.errors import DivergedError
+
+EXIT_CODES = {"finished": 0, "stopped": 0, "failed": 1, "bad_input": 2, "diverged": 3}
+"""The documented exit codes of ``gradus train`` by outcome (README, "Resume, preemption, divergence")."""
+
+
+def data_position(metrics: dict[str, float]) -> dict[str, int]:
+    """Documents and tokens the data pipeline has read (from its ``metrics()``), as plain ints."""
+    return {"documents": int(metrics.get("data/documents", 0)), "tokens": int(metrics.get("data/tokens_total", 0))}
+
+
+def diverged_error(event: Any, position: dict[str, int], guard_cfg: Any) -> DivergedError:
+    """The error that ends a run whose guard gave up at ``event`` (kind ``diverged``)."""
+    hint = ("lower optim.base_lr or the stages' LR, or set train.guard.skip_bad_batches: true to skip the "
+            "offending batches" if not guard_cfg.skip_bad_batches else "lower optim.base_lr or the stages' LR")
+    return DivergedError(
+        f"training diverged at step {event.step}: {event.detail}; data position {position['documents']:,} "
+        f"documents, {position['tokens']:,} tokens; {hint}"
+    )
+
+
+def write_status(run_dir: Path, outcome: str, step: int | None, reason: str, exit_code: int) -> None:
+    """Write ``status.json`` atomically (a scheduler may read it at any time); never raises."""
+    record = {"status": outcome, "step": step, "reason": reason, "exit_code": exit_code,
+              "resumable": outcome == "stopped", "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+    path = Path(run_dir) / "status.json"
+    tmp = path.with_name(f".status-{os.getpid()}.json")
+    try:
+        tmp.write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
+        os.replace(tmp, path)
+    except OSError:
+        pass  # an unwritable run directory is reported by the error that is already on its way
+
+
+DIVERGED_LOSS_FACTOR = 2.0
+"""A run that ends with its recent loss above this × ln(vocab) (twice the loss of guessing uniformly, which
+an untrained model starts near) diverged even though every loss was finite."""
+
+
+RECENT_STEPS = 10
+"""How many of the last losses :func:`record_result` judges (by their median)."""
+
+
+def finite_divergence(recent_loss: float | None, vocab_size: int) -> str | None:
+    """Why a run whose losses stayed finite still diverged, or None."""
+    bar = DIVERGED_LOSS_FACTOR * math.log(max(2, vocab_size))
+    if recent_loss is not None and recent_loss > bar:
+        return (f"the loss ended at {recent_loss:,.4g}, above {DIVERGED_LOSS_FACTOR:g} × ln(vocab {vocab_size}) = "
+                f"{bar:.2f}: training diverged; lower optim.base_lr or the stages' LR")
+    return None
+
+
+def record_result(trainer: Any, result: Any) -> None:
+    """``status.json`` for a run that returned: ``stopped`` (a signal or ``--stop-at-step``: resumable),
+    ``diverged`` (a finite loss far above an untrained model's) or ``finished``."""
+    if not trainer.rt.is_main:
+        return
+    outcome, reason = ("stopped" if str(result.reason).startswith("stopped") else "finished"), str(result.reason)
+    # The median of the last losses: one spike (kept in the guard's history before its warm-up) is no divergence.
+    recent = sorted(list(trainer.guard.history)[-RECENT_STEPS:])
+    why = finite_divergence(recent[len(recent) // 2] if recent else None, trainer.shape.vocab_size)
+    if why is not None:
+        outcome, reason = "diverged", why
+    write_status(trainer.run_dir, outcome, result.step, reason, EXIT_CODES[outcome])
+
+
+def exit_code(run_dir: Path, step: int) -> tuple[int, str | None]:
+    """The exit code ``gradus train`` ends with, from the run's ``status.json`` written at ``step``, and
+    the line to print when it is not 0 (a diverged run must not exit 0 like a healthy one). A status of
+    another step (a rank other than 0 reading before rank 0 wrote) counts as finished."""
+    try:
+        status = json.loads((Path(run_dir) / "status.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return 0, None
+    if status.get("step") != step:
+        return 0, None
+    code = int(status.get("exit_code", 0))
+    return code, (status.get("reason") if code else None)
+
+
+def record_failure(trainer: Any, exc: BaseException) -> None:
+    """``status.json`` for a run that raised after its set-up (a run directory refused at set-up keeps the
+    status it had): ``diverged`` or ``failed``."""
+    from gradus.errors import GradusError
+
+    rt = getattr(trainer, "rt", None)
+    if getattr(trainer, "metrics", None) is None or rt is None or not rt.is_main:
+        return
+    outcome = "diverged" if isinstance(exc, DivergedError) else "failed"
+    code = exc.exit_code if isinstance(exc, GradusError) else EXIT_CODES["failed"]
+    reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+    write_status(trainer.run_dir, outcome, trainer.progress.step, reason, code)
