@@ -1,8 +1,9 @@
 """Typed, validated configuration: YAML in, objects out, and back.
 
-Layer 0: imports nothing from gradus but ``units`` and ``errors``. Three modules, one job each:
+Layer 0: imports nothing from gradus but ``units`` and ``errors``. Three jobs, each in its own modules:
 
-- :mod:`gradus.config.schema`: the sections and fields (types, bounds, descriptions, the model presets);
+- :mod:`gradus.config.schema` and :mod:`gradus.config.schema_run` (the sections and fields: types, bounds,
+  descriptions), over :mod:`gradus.config.fields` (the strict base, count types, the model presets);
 - :mod:`gradus.config.checks`: rules across fields, and every problem as one line (all reported at once);
 - :mod:`gradus.config.io`: YAML with line numbers, ``--set`` overrides, dump.
 
@@ -20,6 +21,7 @@ from gradus.config.checks import (
     stage_problems,
     validate,
 )
+from gradus.config.fields import MODEL_PRESETS, SIZE_PRESETS, StepCount, Strict, TokenCount
 from gradus.config.io import (
     apply_overrides,
     dump_yaml,
@@ -30,27 +32,24 @@ from gradus.config.io import (
     to_dict,
 )
 from gradus.config.schema import (
-    MODEL_PRESETS,
-    SIZE_PRESETS,
     CurriculumConfig,
     DataConfig,
-    EmaConfig,
     GradusConfig,
-    GuardConfig,
-    LoggingConfig,
     MixWeight,
     ModelConfig,
-    OptimConfig,
     PackingConfig,
-    PasskeyConfig,
     SourceConfig,
     StageConfig,
-    StepCount,
-    Strict,
-    TokenCount,
     TokenizerConfig,
-    TrainConfig,
     ValidationConfig,
+)
+from gradus.config.schema_run import (
+    EmaConfig,
+    GuardConfig,
+    LoggingConfig,
+    OptimConfig,
+    PasskeyConfig,
+    TrainConfig,
     WandbConfig,
 )
 

@@ -25,16 +25,9 @@ from typing import Annotated, Any
 
 from pydantic import AliasChoices, BaseModel, TypeAdapter, ValidationError
 
-from gradus.config.schema import (
-    MODEL_PRESETS,
-    SIZE_PRESETS,
-    BatchRampConfig,
-    GradusConfig,
-    ModelConfig,
-    SourceConfig,
-    StageConfig,
-    TrainConfig,
-)
+from gradus.config.fields import MODEL_PRESETS, SIZE_PRESETS
+from gradus.config.schema import BatchRampConfig, GradusConfig, ModelConfig, SourceConfig, StageConfig
+from gradus.config.schema_run import TrainConfig
 
 
 # ------------------------------------------------------------------------------- reading raw values

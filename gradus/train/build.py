@@ -9,7 +9,10 @@ stage runs at is chosen by :mod:`gradus.train.micro_batch`.
 from __future__ import annotations
 
 import inspect
+from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -61,6 +64,16 @@ def build_training_parts(shape: ModelShape, optim: OptimConfig, device: torch.de
 
         copy_weights(model, init_from)
     return TrainingParts(model, build_optimizer(model, optim, device), build_scaler(device, precision))
+
+
+def load_tokenizer_on_ranks(data_cfg: Any, run_dir: Path, rt: Runtime, log: Callable[[str], None]) -> Any:
+    """The run's tokenizer on every rank: rank 0 loads (and, if configured, trains) it first and says so in
+    ``log``; the others wait, then read what it cached, so a BPE is trained once."""
+    from gradus.data import load_tokenizer
+
+    tokenizer = load_tokenizer(data_cfg, run_dir=run_dir, log=log) if rt.is_main else None
+    rt.barrier()
+    return tokenizer if rt.is_main else load_tokenizer(data_cfg, run_dir=run_dir)
 
 
 def wrap_for_training(model: torch.nn.Module, rt: Runtime, compile_mode: str) -> tuple[torch.nn.Module, bool]:

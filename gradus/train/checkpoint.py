@@ -433,6 +433,15 @@ def compat_signature(schedule: Schedule, world_size: int, tokenizer_identity: di
     }
 
 
+def refuse_incompatible(path: Path, saved: dict, now: dict, allow_change: bool) -> None:
+    """Raise a one-line :class:`ConfigError` when the checkpoint at ``path`` (compat signature ``saved``)
+    cannot be continued under the current one (``now``), unless ``allow_change`` (--allow-config-change)."""
+    problems = describe_incompatibility(saved, now)
+    if problems and not allow_change:
+        raise ConfigError(f"{path}: cannot continue this run: " + "; ".join(problems)
+                          + "; pass --allow-config-change to continue anyway, or use a new --out")
+
+
 def describe_incompatibility(saved: dict, now: dict) -> list[str]:
     """Human lines naming what differs between two compat signatures."""
     problems = []

@@ -16,7 +16,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from gradus.errors import DivergedError
+from gradus.errors import DivergedError, GradusError
 
 EXIT_CODES = {"finished": 0, "stopped": 0, "failed": 1, "bad_input": 2, "diverged": 3}
 """The documented exit codes of ``gradus train`` by outcome (README, "Resume, preemption, divergence")."""
@@ -35,6 +35,26 @@ def diverged_error(event: Any, position: dict[str, int], guard_cfg: Any) -> Dive
         f"training diverged at step {event.step}: {event.detail}; data position {position['documents']:,} "
         f"documents, {position['tokens']:,} tokens; {hint}"
     )
+
+
+def no_checkpoint_error(event: Any, guard_cfg: Any) -> DivergedError:
+    """The error when non-finite steps call for a rollback and no checkpoint was written before them."""
+    return DivergedError(
+        f"training diverged: {guard_cfg.max_bad_steps} non-finite steps in a row at step {event.step} and no "
+        f"checkpoint to roll back to; lower optim.base_lr or the stages' LR"
+    )
+
+
+def check_ranks_in_sync(rt: Any, model: Any, write: Any, step: int) -> None:
+    """Under DDP, confirm every rank ends with the same weights: a cheap checksum, all-gathered and written
+    as a ``dist/weights_checksum`` record; ranks whose weights drifted apart raise :class:`GradusError`."""
+    if not rt.distributed:
+        return
+    gathered = rt.gather(float(sum(p.detach().double().sum() for p in model.parameters())))
+    in_sync = all(g == gathered[0] for g in gathered)
+    write({"event": "dist/weights_checksum", "step": step, "checksums": gathered, "in_sync": in_sync})
+    if not in_sync:
+        raise GradusError(f"ranks ended with different weights (checksums {gathered}); please report this")
 
 
 def write_status(run_dir: Path, outcome: str, step: int | None, reason: str, exit_code: int) -> None:

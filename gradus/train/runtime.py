@@ -9,6 +9,8 @@ import contextlib
 import os
 import random
 import resource
+import sys
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -195,6 +197,27 @@ def teardown_runtime(rt: Runtime) -> None:
     """Leave the process group."""
     if rt.distributed and dist.is_initialized():
         dist.destroy_process_group()
+
+
+def set_threads(threads: int | None) -> int:
+    """Set torch's intra-op thread count when ``threads`` is given; returns the count before, to restore."""
+    before = torch.get_num_threads()
+    if threads:
+        torch.set_num_threads(threads)
+    return before
+
+
+@contextlib.contextmanager
+def quick_thread_switch(interval: float = 0.0005) -> Iterator[None]:
+    """Shorten Python's GIL switch interval while training. The data thread packs in Python; with the
+    default 5 ms interval a short training step can stall that long waiting for it (measured by
+    ``benchmarks/stage_throughput.py``)."""
+    before = sys.getswitchinterval()
+    sys.setswitchinterval(min(before, interval))
+    try:
+        yield
+    finally:
+        sys.setswitchinterval(before)
 
 
 def seed_everything(seed: int) -> None:

@@ -12,7 +12,6 @@ recomputed from the counters on resume. A program that watches a run passes ``on
 from __future__ import annotations
 
 import contextlib
-import sys
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -22,9 +21,8 @@ import torch
 
 from gradus.config import GradusConfig, dump_yaml
 from gradus.curriculum import StageState, resolve_schedule, stage_of_step, state_at
-from gradus.errors import ConfigError, DivergedError, GradusError
-from gradus.train import checkpoint, early_stop, faults, metrics, recovery
-from gradus.train.build import build_training_parts, wrap_for_training
+from gradus.train import checkpoint, early_stop, faults, metrics, recovery, runtime
+from gradus.train.build import build_training_parts, load_tokenizer_on_ranks, wrap_for_training
 from gradus.train.checkpoint import CheckpointManager
 from gradus.train.ema import WeightEMA
 from gradus.train.evaluate import Validation, side_evaluations
@@ -32,7 +30,6 @@ from gradus.train.guard import LossGuard
 from gradus.train.metrics import Console, RunResult, StepReport, Window
 from gradus.train.micro_batch import check_batches_divide, plan_micro_batches, probe_micro_batch
 from gradus.train.passkey import PasskeyProbe
-from gradus.train.runtime import peak_flops, seed_everything, setup_runtime, teardown_runtime
 from gradus.train.signals import StopRequest
 from gradus.train.stateful import PerRank, Progress, RngState, Stateful
 from gradus.train.step import batch_tensors, optimizer_step
@@ -64,29 +61,21 @@ class Trainer:
     def setup(self) -> None:
         """Build runtime, tokenizer, curriculum, model, optimizer, data pipeline, guard; then resume."""
         # Heavy imports here so `gradus schedule`/`plan` never pay for them.
-        from gradus.data import load_tokenizer
         from gradus.model import resolve_shape
         from gradus.sizes import check_vocab_fits
 
         cfg = self.cfg
-        self.rt = rt = setup_runtime(cfg.train)
-        self._threads_before = torch.get_num_threads()
-        if cfg.train.threads:
-            torch.set_num_threads(cfg.train.threads)
+        self.rt = rt = runtime.setup_runtime(cfg.train)
+        self._threads_before = runtime.set_threads(cfg.train.threads)
         if rt.is_main:
             self._lock = checkpoint.prepare_run_dir(self.run_dir)
         rt.barrier()
         self.console = Console(enabled=rt.is_main and not self.quiet, progress_bar=cfg.logging.progress_bar,
                                total_tokens=None)
         self.ckpt = CheckpointManager(self.run_dir / "checkpoints", keep_last=cfg.train.keep_last)
-        seed_everything(cfg.train.seed)
+        runtime.seed_everything(cfg.train.seed)
 
-        # Rank 0 loads (and, if configured, trains) the tokenizer first; the others then read its cache.
-        if rt.is_main:
-            self.tokenizer = load_tokenizer(cfg.data, run_dir=self.run_dir, log=self.console.print)
-        rt.barrier()
-        if not rt.is_main:
-            self.tokenizer = load_tokenizer(cfg.data, run_dir=self.run_dir)
+        self.tokenizer = load_tokenizer_on_ranks(cfg.data, self.run_dir, rt, self.console.print)
         self.schedule = resolve_schedule(cfg)
         check_vocab_fits(cfg.model, self.tokenizer.vocab_size)
         self.shape = resolve_shape(cfg.model, self.tokenizer.vocab_size)
@@ -116,7 +105,7 @@ class Trainer:
         self.validation = Validation(self.data, cfg.data.validation.tokens, self.micro_batches[max(self.micro_batches)],
                                      cfg.train.eval_reference_seq_len or max(s.seq_len for s in self.schedule.stages))
         self.probe = PasskeyProbe(cfg.train.passkey, self.tokenizer) if cfg.train.passkey is not None else None
-        self.peak, self.peak_source = peak_flops(rt.device, cfg.logging.peak_flops, rt.precision)
+        self.peak, self.peak_source = runtime.peak_flops(rt.device, cfg.logging.peak_flops, rt.precision)
         self._announce(resumed_from)
 
     def _build_parts(self) -> None:
@@ -145,12 +134,8 @@ class Trainer:
         latest = self.ckpt.latest() if self.resume else None
         if latest is None:
             return None
-        problems = checkpoint.describe_incompatibility(self.ckpt.read_meta(latest).get("compat", {}), self.compat)
-        if problems and not self.allow_config_change:
-            raise ConfigError(
-                f"{latest}: cannot continue this run: " + "; ".join(problems)
-                + "; pass --allow-config-change to continue anyway, or use a new --out"
-            )
+        checkpoint.refuse_incompatible(latest, self.ckpt.read_meta(latest).get("compat", {}), self.compat,
+                                       self.allow_config_change)
         self._restore(latest)
         return latest
 
@@ -185,19 +170,15 @@ class Trainer:
                                total_tokens=self.schedule.total_tokens)
         self.console.advance(0, pr.tokens)
         self.stop.install()
-        # The data thread packs in Python; with the default 5 ms GIL switch interval a short training
-        # step can stall that long waiting for it (measured by benchmarks/stage_throughput.py).
-        switch_interval = sys.getswitchinterval()
-        sys.setswitchinterval(min(switch_interval, 0.0005))
         if pr.step == 0 or state.stage_index != stage_of_step(self.schedule, pr.step - 1):
             self._stage_banner(state)
         try:
-            reason = self._loop(state, stop_at_step)
+            with runtime.quick_thread_switch():  # the data thread packs in Python while the step runs
+                reason = self._loop(state, stop_at_step)
         finally:
-            sys.setswitchinterval(switch_interval)
             self.stop.restore()
             self.console.close()
-        self._final_sync_check()
+        recovery.check_ranks_in_sync(self.rt, self.model, self.metrics.write, pr.step)
         result = self._result(reason, self.last_val)
         self.console.print(
             f"finished: {reason}; step {pr.step:,}, {pr.tokens:,} tokens, {pr.train_seconds:.1f}s training"
@@ -372,28 +353,13 @@ class Trainer:
         # A checkpoint written during the run of bad steps is not a good one to go back to.
         latest = self.ckpt.latest(at_most=event.since)
         if latest is None:
-            raise DivergedError(
-                f"training diverged: {self.cfg.train.guard.max_bad_steps} non-finite steps in a row at step "
-                f"{event.step} and no checkpoint to roll back to; lower optim.base_lr or the stages' LR"
-            )
+            raise recovery.no_checkpoint_error(event, self.cfg.train.guard)
         factor, totals = self.guard.rollback_factor, dict(self.guard.events_total)
         self._restore(latest)
         self.guard.rollback_factor, self.guard.events_total = factor, totals
         self._saved_at_step = self.progress.step
         self.console.print(f"guard: rolled back to {latest.name}; LR factor {factor:g} from now on")
         return state_at(self.schedule, self.progress.step, self.progress.tokens)
-
-    def _final_sync_check(self) -> None:
-        """Under DDP, confirm every rank ends with the same weights (a cheap checksum all-gather)."""
-        if not self.rt.distributed:
-            return
-        # A cheap checksum: ranks whose weights drifted apart give different sums.
-        gathered = self.rt.gather(float(sum(p.detach().double().sum() for p in self.model.parameters())))
-        in_sync = all(g == gathered[0] for g in gathered)
-        self.metrics.write({"event": "dist/weights_checksum", "step": self.progress.step, "checksums": gathered,
-                            "in_sync": in_sync})
-        if not in_sync:
-            raise GradusError(f"ranks ended with different weights (checksums {gathered}); please report this")
 
     def _result(self, reason: str, last_val: dict | None = None) -> RunResult:
         pr = self.progress
@@ -409,9 +375,8 @@ class Trainer:
         if hasattr(self, "_lock"):
             self._lock.release()
         if hasattr(self, "rt"):
-            teardown_runtime(self.rt)
-        if hasattr(self, "_threads_before"):  # a library call should not leave the process changed
-            torch.set_num_threads(self._threads_before)
+            runtime.teardown_runtime(self.rt)
+            runtime.set_threads(self._threads_before)  # a library call should not leave the process changed
 
 
 def train(cfg: GradusConfig, run_dir: str | Path, *, resume: bool = True, allow_config_change: bool = False,

@@ -1,0 +1,150 @@
+"""The config sections of the run itself: the optimizer (``optim``), the training loop (``train``, with its
+guard, EMA and passkey probe) and ``logging``. Part of the schema (:mod:`gradus.config.schema` composes
+them into :class:`~gradus.config.schema.GradusConfig`); same rules: layer 0, a description on every field.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field
+
+from gradus.config.fields import StepCount, Strict, TokenCount
+
+
+# ------------------------------------------------------------------------------------- optim / train
+class OptimConfig(Strict):
+    """AdamW."""
+
+    base_lr: float = Field(6e-4, gt=0, description="Base LR that lr_multiplier and lr_rule scale.")
+    beta1: float = Field(0.9, ge=0, lt=1, description="AdamW β1.")
+    beta2: float = Field(0.95, ge=0, lt=1, description="AdamW β2.")
+    eps: float = Field(1e-8, gt=0, description="AdamW ε.")
+    weight_decay: float = Field(0.1, ge=0, description="Decoupled weight decay (not on norms, biases, embeddings).")
+    fused: Literal["auto", "on", "off"] = Field("auto", description="Fused AdamW kernel where available.")
+
+
+class GuardConfig(Strict):
+    """Loss-spike and NaN guard."""
+
+    enabled: bool = Field(True, description="Watch the loss for spikes and NaN/Inf.")
+    spike_factor: float = Field(2.0, gt=1, description="A loss above this × the running mean is a spike.")
+    window: int = Field(50, gt=1, description="Steps in the running mean.")
+    warmup_steps: int = Field(20, ge=0, description="Steps before spikes are judged (the mean needs history).")
+    lr_backoff: float = Field(0.5, gt=0, lt=1, description="LR factor applied at a spike.")
+    recover_steps: int = Field(100, ge=1, description="Steps over which the LR factor recovers to 1.")
+    max_bad_steps: int = Field(3, ge=1, description="NaN/Inf steps in a row before rolling back to a checkpoint.")
+    max_rollbacks: int = Field(
+        5, ge=0, description="Rollbacks in one run before it stops as diverged (each halves the LR factor)."
+    )
+    skip_bad_batches: bool = Field(
+        False, description="After max_bad_steps NaN/Inf steps in a row, skip on (recording each skipped batch's data "
+        "position) instead of rolling back; the run still stops once max_rollbacks + 1 such runs of bad steps occur."
+    )
+    min_lr_factor: float = Field(
+        1e-3, gt=0, le=1, description="Floor of the LR factor a resumed run inherits from rollbacks (raised to it, "
+        "with a message)."
+    )
+
+
+class EmaConfig(Strict):
+    """An exponential moving average of the weights, evaluated next to them and saved as ``checkpoints/ema``."""
+
+    decay: float = Field(0.999, gt=0, lt=1, description="Weight of the old average at each update, in (0, 1); "
+                         "0.999 averages over about the last 1000 updates.")
+    every: int = Field(1, ge=1, description="Optimizer steps between updates of the average.")
+
+
+class PasskeyConfig(Strict):
+    """The long-context probe: a key hidden in filler at several depths, retrieved or not (stage C)."""
+
+    seq_len: int | None = Field(None, gt=0, description="Probe length in tokens; default the current stage's "
+                                "seq_len. At most model.max_seq_len.")
+    depths: int = Field(4, ge=1, description="Depths the key is hidden at, evenly from the start (0%) to the end "
+                        "(100%) of the filler.")
+    trials: int = Field(8, ge=1, description="Prompts per depth (each with its own random key).")
+    digits: int = Field(5, ge=1, le=20, description="Digits of the key.")
+    seed: int = Field(0, description="Seed of the keys (the same prompts at every evaluation).")
+
+
+class TrainConfig(Strict):
+    """The loop: stopping, evaluation, checkpoints, precision, determinism."""
+
+    seed: int = Field(0, description="One seed for model init, data order and sampling.")
+    max_steps: StepCount | None = Field(
+        None, gt=0, description="Stop after this many steps (also when tokens remain); accepts 10k."
+    )
+    eval_every: int = Field(2000, gt=0, description="Steps between evaluations (also at every stage change).")
+    eval_reference_seq_len: int | None = Field(
+        None, gt=0, description="Fixed evaluation length for comparable curves; default the longest stage's seq_len."
+    )
+    eval_at_stage_change: bool = Field(True, description="Also evaluate at every stage change.")
+    checkpoint_every: int | None = Field(1000, gt=0, description="Steps between checkpoints (None = stage ends only).")
+    checkpoint_every_tokens: TokenCount | None = Field(None, gt=0, description="Tokens between checkpoints.")
+    keep_last: int = Field(3, ge=1, description="Checkpoints kept besides the best.")
+    early_stopping_patience: int | None = Field(
+        10, ge=1, description="Evaluations without improvement of the reference loss before stopping (None = off)."
+    )
+    early_stopping_metric: str = Field(
+        "val/loss", pattern=r"^val(_ema)?/([^/]+/)?loss$", description="The evaluation figure early stopping and the best checkpoint follow: val/loss "
+        "(the mix at the reference length), val/<source>/loss (one source's held-out documents) or val_ema/loss."
+    )
+    early_stopping_min_delta: float | None = Field(
+        None, gt=0, lt=1, description="Stop on a flat curve: when each of the last flat_evals evaluations improved "
+        "the followed loss by less than this share of it (0.001 = 0.1%); None = off (patience still applies)."
+    )
+    early_stopping_flat_evals: int = Field(
+        3, ge=1, description="Evaluations in a row with a relative improvement below early_stopping_min_delta "
+        "that count as a flat curve."
+    )
+    ema: EmaConfig | None = Field(
+        None, description="Keep an exponential moving average of the weights (evaluated as val_ema/..., saved as "
+        "checkpoints/ema and ema.safetensors in each checkpoint); None = off."
+    )
+    passkey: PasskeyConfig | None = Field(
+        None, description="Run the passkey-retrieval probe at every evaluation (probe/passkey/accuracy and "
+        "probe/passkey/depth_<percent>); None = off."
+    )
+    micro_batch_size: int | None = Field(
+        None, gt=0, description="Examples per forward pass (an upper bound); default: found per stage, on CUDA by "
+        "a memory probe, on CPU from a memory estimate against the host's free memory."
+    )
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = Field(
+        "auto", description="auto: bf16 autocast on CUDA, fp32 on CPU."
+    )
+    compile: Literal["auto", "on", "off"] = Field("auto", description="torch.compile (auto: on for CUDA).")
+    device: str = Field("auto", description="auto, cpu, cuda, cuda:1, ...")
+    threads: int | None = Field(
+        None, gt=0, description="CPU threads for torch (torch.set_num_threads); default: torch's own choice. "
+        "On a shared CPU box, fewer threads than cores avoids stalls."
+    )
+    guard: GuardConfig = Field(default_factory=GuardConfig, description="Loss-spike and NaN guard.")
+
+
+class WandbConfig(Strict):
+    """Weights & Biases: every metric record mirrored to a W&B run (needs ``pip install wandb``)."""
+
+    project: str = Field("gradus", min_length=1, description="W&B project the run is logged to.")
+    mode: Literal["offline", "online", "disabled"] = Field(
+        "offline", description="offline: written under the run directory's wandb/, sent later with `wandb sync`; "
+        "online: sent as it trains (needs a W&B login); disabled: no W&B at all."
+    )
+    entity: str | None = Field(None, description="W&B team or user; default: the login's own.")
+    name: str | None = Field(None, description="W&B run name; default: the config's name, else the run directory's.")
+    group: str | None = Field(None, description="W&B group, to show related runs (a sweep's arms) together.")
+    tags: list[str] = Field(default_factory=list, description="W&B tags.")
+
+
+class LoggingConfig(Strict):
+    """Console, metrics.jsonl, TensorBoard and (optionally) Weights & Biases."""
+
+    log_every: int = Field(10, gt=0, description="Steps between console lines and metric records.")
+    tensorboard: bool = Field(True, description="Write TensorBoard events when tensorboard is installed.")
+    progress_bar: bool = Field(True, description="Live progress bar on a terminal.")
+    peak_flops: float | None = Field(
+        None, gt=0, description="Peak FLOP/s for MFU; default: a table by GPU name, or a measured matmul peak."
+    )
+    wandb: WandbConfig | None = Field(
+        None, description="Mirror the metrics to Weights & Biases, e.g. {project: my-runs, mode: offline}; "
+        "unset: no W&B."
+    )
