@@ -230,7 +230,7 @@ def test_adding_ema_to_a_run_without_it_is_refused_in_one_line(tmp_path, tokeniz
     path.write_text(json.dumps(plain))
     run = tmp_path / "run"
     assert main(["train", str(path), "--out", str(run), "--quiet", "--stop-at-step", "2"]) == 0
-    assert main(["train", "--out", str(run), "--quiet", "--set", "train.ema.decay=0.9"]) == 1
+    assert main(["train", "--out", str(run), "--quiet", "--set", "train.ema.decay=0.9"]) == 2
     err = capsys.readouterr().err
     assert err == (f"gradus: error: {run}/checkpoints/step_00000002 was written without train.ema, so its weights' "
                    f"average cannot be resumed; drop train.ema, or start a new run with another --out\n")
