@@ -86,12 +86,21 @@ from gradus.experiments.analysis import (  # noqa: E402,F401 (to_target, calibra
     to_target,
 )
 from gradus.experiments.speedup import (  # noqa: E402
+    check_data,
+    data_section,
     execute,
     find_lrs,
     stage_plan,
     summarise,
 )
-from gradus.experiments.speedup_arms import ARMS, DEFAULT_ARMS, LR_FIND_ARMS, QUICK_ARMS, Settings  # noqa: E402
+from gradus.experiments.speedup_arms import (  # noqa: E402
+    ARMS,
+    DEFAULT_ARMS,
+    LR_FIND_ARMS,
+    QUICK_ARMS,
+    TARGET_BASELINES,
+    Settings,
+)
 
 DEFAULT_DATA = REPO.parent / "shared" / "data" / "wikitext-2"
 
@@ -107,9 +116,7 @@ def train_tokenizer(s: Settings, data: Path, work: Path) -> Path:
     cfg = work / "tokenizer-config.json"  # JSON is YAML: the CLI reads it as a config file
     cfg.write_text(json.dumps({
         "model": {"preset": s.model, "max_seq_len": s.final_len},
-        "data": {"sources": [{"name": "wiki", "path": str(data / "train.jsonl"),
-                              "validation_split": str(data / "valid.jsonl")}],
-                 "validation": {"fraction": 0.0}},
+        "data": data_section(s, data),
         "curriculum": {"target_tokens": s.budget, "stages": [{"seq_len": s.final_len, "tokens_per_batch": 4096}]},
     }))
     with contextlib.redirect_stdout(sys.stderr):
@@ -155,10 +162,59 @@ def table(report: dict) -> str:
             lines.append(f"  {rec['name']} against baseline-big (regime B's own tuned baseline): "
                          f"×{rec['speedup_tokens_vs_regime_baseline']:.2f} tokens"
                          + (f", ×{cal:.2f} calibrated wall-clock" if cal else ""))
-    lines.append(f"best arm: {report['best_arm']}: ×{report['best_speedup_wallclock']} wall-clock measured, "
-                 f"×{report['best_speedup_wallclock_calibrated']} calibrated, ×{report['best_speedup_tokens']} tokens")
+    cm = report.get("cost_model")
+    if cm:
+        lines.append(f"cost model (gradus.plan.cost, FLOPs per token incl. attention; one MFU for every length): "
+                     f"projected speedup to the target from each arm's measured tokens, on this model's shape and "
+                     f"on {cm['large_shape']}'s; H100 seconds at MFU {cm['mfu']:g}:")
+        for name, p in cm["arms"].items():
+            lines.append(f"  {name:<22} ×{p['projected_speedup']:.2f} (this model)  ×{p['projected_speedup_large']:.2f} "
+                         f"({cm['large_shape']})  {p['h100_seconds_large']:.1f}s on H100 at {cm['large_shape']}"
+                         if p["projected_speedup"] else f"  {name:<22} target not reached")
+    lines.append(f"best arm: {report['best_arm']}: ×{report['best_speedup_wallclock']} calibrated wall-clock, "
+                 f"×{report['best_speedup_wallclock_measured']} measured, ×{report['best_speedup_tokens']} tokens")
     return "\n".join(lines)
 
+
+
+def project(s: Settings, tokenizer: Path, records: list[dict], base: dict, mfu: float = 0.4,
+            large: str = "124M") -> dict:
+    """The cost model next to the measured figures (issue 14): each arm's measured tokens to the target,
+    spread over its stages and priced in FLOPs per token at each length (gradus.plan.cost, attention
+    included), on this benchmark's model shape and on a larger preset's; and the H100 seconds of that at ``mfu``."""
+    from gradus.config import ModelConfig
+    from gradus.plan.cost import first_tokens, projected_flops, projected_speedup, seconds_for
+    from gradus.plan.hardware import gpu_spec
+    from gradus.sizes import resolve_shape
+
+    vocab = s.vocab_size
+    here = resolve_shape(ModelConfig(preset=s.model, max_seq_len=s.final_len,
+                                     **({"d_model": s.d_model} if s.d_model else {})), vocab)
+    big = resolve_shape(ModelConfig(preset=large, max_seq_len=s.final_len), vocab)
+    h100 = gpu_spec("h100")
+
+    def mix(rec: dict) -> list[tuple[int, int]]:
+        return [(st["seq_len"], st["end_tokens"] - st["start_tokens"]) for st in rec["stages"]]
+
+    arms = {}
+    for rec in records:
+        tok = rec.get("tokens_to_target")
+        if not tok:
+            arms[rec["name"]] = {"projected_speedup": None}
+            continue
+        base_tok = base["tokens_to_target"]
+        arms[rec["name"]] = {
+            "tokens_to_target": tok,
+            "projected_speedup": projected_speedup(here, mix(rec), tok, mix(base), base_tok),
+            "projected_speedup_large": projected_speedup(big, mix(rec), tok, mix(base), base_tok),
+            "h100_seconds_large": seconds_for(projected_flops(first_tokens(mix(rec), tok), big), h100, mfu),
+        }
+    return {"tokens_per_parameter": s.budget / here.params_total,
+            "cost_model": {"mfu": mfu, "gpu": "h100", "large_shape": large, "params": here.params_total,
+                           "params_large": big.params_total, "arms": arms,
+                           "note": "speedup = the baseline's training FLOPs to the target / the arm's (6·N_mm + "
+                                   "6·n_layers·seq_len·d_model per token); MFU cancels at one MFU for every length, "
+                                   "so short stages' lower MFU on a real GPU makes these upper bounds"}}
 
 
 def plot(report: dict, path: Path) -> None:
@@ -202,6 +258,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--arms", help=f"comma-separated arms (default: {','.join(DEFAULT_ARMS)}; known: "
                    f"{', '.join(ARMS)}); the baseline is always included")
     p.add_argument("--budget", type=int, help="training tokens per run")
+    p.add_argument("--final-len", type=int, help="the baseline's sequence length and every evaluation's (default "
+                   "256); the curricula's stages are fractions of it")
     p.add_argument("--tokens-per-step", type=int, help="regime A tokens per step")
     p.add_argument("--big-factor", type=int, help="regime B tokens per step = this × regime A's")
     p.add_argument("--model", help="model preset (default small = 4 layers × 128)")
@@ -214,7 +272,10 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--max-extensions", type=int, help="times an LR grid may grow at an edge")
     p.add_argument("--lr-grid", action="append", default=[], metavar="ARM=LR,LR,LR",
                    help="override an arm's starting grid, e.g. baseline=2e-3,4e-3,8e-3")
-    p.add_argument("--data", type=Path, default=DEFAULT_DATA, help="WikiText-2 folder (train.jsonl, valid.jsonl)")
+    p.add_argument("--data", type=Path, default=DEFAULT_DATA, help="a folder with train.jsonl and valid.jsonl "
+                   "(default WikiText-2), or one JSONL file whose documents are held out by hash for validation")
+    p.add_argument("--holdout", type=float, help="with a JSONL file as --data: share of its documents held out "
+                   "(default 0.05)")
     p.add_argument("--out", type=Path, default=RESULTS, help="folder for the JSON and PNG")
     p.add_argument("--tag", help="suffix of the output names: curriculum_speedup_TAG.json")
     p.add_argument("--work", type=Path, help="folder for run directories (default: a temporary one, removed)")
@@ -234,7 +295,8 @@ def settings_from(args: argparse.Namespace) -> Settings:
     if args.smoke:
         s = replace(s, model="tiny", vocab_size=512, final_len=64, budget=8 * 512, tokens_per_step=512, big_factor=2,
                     eval_points=4, eval_tokens=1024, max_extensions=0, tokenizer_documents=60)
-    overrides = {"budget": args.budget, "tokens_per_step": args.tokens_per_step, "big_factor": args.big_factor,
+    overrides = {"budget": args.budget, "final_len": args.final_len, "holdout": args.holdout,
+                 "tokens_per_step": args.tokens_per_step, "big_factor": args.big_factor,
                  "model": args.model, "d_model": args.d_model, "vocab_size": args.vocab_size,
                  "eval_points": args.eval_points,
                  "eval_tokens": args.eval_tokens, "max_extensions": args.max_extensions, "lanes": args.lanes}
@@ -266,8 +328,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         arms = [replace(a, lr_grid=grid) if a.name == name else a for a in arms]
     if any(len(a.lr_grid) < 3 for a in arms):
         raise SystemExit("curriculum_speedup: every LR grid needs at least three values")
-    if not (args.data / "train.jsonl").is_file() or not (args.data / "valid.jsonl").is_file():
-        raise SystemExit(f"curriculum_speedup: {args.data} lacks train.jsonl / valid.jsonl")
+    problem = check_data(args.data)
+    if problem:
+        raise SystemExit(f"curriculum_speedup: {problem}")
 
     started = time.perf_counter()
     date = dt.datetime.now().astimezone().isoformat(timespec="seconds")
@@ -296,18 +359,22 @@ def main(argv: Sequence[str] | None = None) -> int:
                         .values())
         cost, samples = calibrate(all_runs)
 
-        b_tokens, b_secs, b_losses = median_curve(tuned["baseline"].runs)
-        target = b_losses[-1]
-        if not math.isfinite(target):
+        # The target: the best of the baselines run (tuned over the same schedule choices as the curricula).
+        finals = {n: median_curve(tuned[n].runs)[2][-1] for n in TARGET_BASELINES if n in tuned}
+        finals = {n: v for n, v in finals.items() if math.isfinite(v)}
+        if not finals:
             raise SystemExit("curriculum_speedup: the baseline diverged at every LR; nothing to compare against")
+        base_name = min(finals, key=finals.get)
+        target = finals[base_name]
         records = {name: summarise(t, ARMS[name], target, stage_plan(s, ARMS[name], args.data, tokenizer), cost)
                    for name, t in tuned.items()}
-        base = records["baseline"]
+        base = records[base_name]
         for rec in records.values():
             add_speedups(rec, base, cost)
             if rec["regime"] == "B" and "baseline-big" in records:
                 add_speedups(rec, records["baseline-big"], cost, "_vs_regime_baseline")
-        arms_out = [r for n, r in records.items() if n != "baseline"]
+        arms_out = [r for n, r in records.items() if n != base_name]
+        projections = project(s, tokenizer, [base, *arms_out], base)
         # The best arm by the load-independent measures (calibrated seconds, then tokens); measured seconds
         # ride on whatever else the machine was doing.
         contenders = [r for r in arms_out if not ARMS[r["name"]].baseline]
@@ -342,15 +409,27 @@ def main(argv: Sequence[str] | None = None) -> int:
                                       "over all runs: the wall-clock at one steady load, independent of when each "
                                       "run happened to run",
                 "best_arm": "highest calibrated wall-clock speedup (then tokens) among the curricula",
+                "baseline": f"the best of {', '.join(n for n in TARGET_BASELINES if n in tuned)} by median final "
+                            f"loss ({base_name}); the others are reported as arms",
                 "tuning": "LR grid at the first seed, ×2 extension at an edge, best LR rerun at the other seeds",
-                "validation": "WikiText-2 valid.jsonl via SourceConfig.validation_split, the same windows each time",
+                "validation": ("valid.jsonl via SourceConfig.validation_split" if args.data.is_dir() else
+                               f"{s.holdout:.0%} of the file's documents held out by hash (data.validation.fraction)")
+                              + ", the same windows each time",
             },
             "target": target,
-            "baseline": records["baseline"],
+            "final_len": s.final_len,
+            "seeds": list(s.seeds),
+            "data": str(args.data),
+            "tokens_per_parameter": projections["tokens_per_parameter"],
+            "cost_model": projections["cost_model"],
+            "baseline": base,
             "arms": arms_out,
             "best_arm": best["name"] if best else None,
-            "best_speedup_wallclock": (round(best["speedup_wallclock"], 3)
-                                       if best and best["speedup_wallclock"] else None),
+            # best_speedup_wallclock is the calibrated one (load-independent); the measured one has its own key.
+            "best_speedup_wallclock": (round(best["speedup_wallclock_calibrated"], 3)
+                                       if best and best["speedup_wallclock_calibrated"] else None),
+            "best_speedup_wallclock_measured": (round(best["speedup_wallclock"], 3)
+                                                if best and best["speedup_wallclock"] else None),
             "best_speedup_tokens": round(best["speedup_tokens"], 3) if best and best["speedup_tokens"] else None,
             "best_speedup_wallclock_calibrated": (round(best["speedup_wallclock_calibrated"], 3)
                                                   if best and best["speedup_wallclock_calibrated"] else None),

@@ -29,11 +29,32 @@ from gradus.experiments.tuning import LRTuner, Tuned, tune_all
 
 
 # ==================================================================================== configs
+def data_section(s: Settings, data: Path) -> dict:
+    """The ``data`` sources and held-out split of every run (and of the tokenizer's training): a folder with
+    ``train.jsonl`` and ``valid.jsonl`` (WikiText-2: the held-out split through ``validation_split``), or one
+    JSONL file whose documents are held out by a hash of their text (``s.holdout`` of them)."""
+    if data.is_dir():
+        # valid.jsonl is the held-out split, so no training document needs to be held out by hash.
+        return {"sources": [{"name": "wiki", "path": str(data / "train.jsonl"),
+                             "validation_split": str(data / "valid.jsonl")}],
+                "validation": {"fraction": 0.0}}
+    return {"sources": [{"name": "corpus", "path": str(data)}], "validation": {"fraction": s.holdout}}
+
+
+def check_data(data: Path) -> str | None:
+    """Why ``data`` cannot feed the benchmark (one line), or None."""
+    if data.is_dir():
+        missing = [n for n in ("train.jsonl", "valid.jsonl") if not (data / n).is_file()]
+        return f"{data} lacks {' and '.join(missing)}; give a folder with both or one JSONL file" if missing else None
+    return None if data.is_file() else f"{data} does not exist; give a folder with train.jsonl and valid.jsonl or a JSONL file"
+
+
 def make_config(s: Settings, arm: Arm, lr: float, seed: int, data: Path, tokenizer: Path):
     """The full gradus config of one run (validated by gradus itself)."""
     from gradus.config import from_dict
 
     regime = arm.regime
+    sources = data_section(s, data)
     curriculum = arm.build(s)
     curriculum["target_tokens"] = s.budget
     raw = {
@@ -41,11 +62,9 @@ def make_config(s: Settings, arm: Arm, lr: float, seed: int, data: Path, tokeniz
         "model": {"preset": s.model, "max_seq_len": s.final_len,
                   **({"d_model": s.d_model} if s.d_model is not None else {})},
         "data": {
-            "sources": [{"name": "wiki", "path": str(data / "train.jsonl"),
-                         "validation_split": str(data / "valid.jsonl")}],
+            "sources": sources["sources"],
             "tokenizer": {"name_or_path": str(tokenizer)},
-            # valid.jsonl is the held-out split, so no training document needs to be held out by hash.
-            "validation": {"fraction": 0.0, "max_documents": 1000, "tokens": s.eval_tokens},
+            "validation": {**sources["validation"], "max_documents": 1000, "tokens": s.eval_tokens},
             "packing": {"lanes": s.lanes},
         },
         "curriculum": curriculum,

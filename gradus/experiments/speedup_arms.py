@@ -45,6 +45,11 @@ class Settings:
     """Seeds of the tuned setting; the LR grid runs at the first."""
     max_extensions: int = 2
     """Times a grid may grow by ×2 at an edge before giving up (reported when it does)."""
+    holdout: float = 0.05
+    """When the data is one JSONL file (no valid.jsonl beside it): the share of its documents held out for
+    validation by a hash of their text (``data.validation.fraction``)."""
+    cooldown_fraction: float = 0.2
+    """WSD arms: the share of the run in the final cooldown (1 − sqrt shape, to zero)."""
     tokenizer_documents: int = 100_000
     """Train-split documents the BPE is trained on (all of WikiText-2's 600 articles by default)."""
     lr_find: tuple[tuple[int, float], ...] = ()
@@ -114,6 +119,14 @@ def per_stage_schedule(s: Settings, stages: list[dict]) -> dict:
             "min_lr_ratio": s.min_lr_ratio, "grad_clip": 1.0, "stages": stages}
 
 
+def wsd_schedule(s: Settings, stages: list[dict]) -> dict:
+    """Warmup, a stable peak, then a 1 − sqrt cooldown to zero over the last ``cooldown_fraction`` of the run
+    (one global schedule: stage switches do not restart it)."""
+    return {"schedule": "wsd", "global_warmup_fraction": s.warmup_fraction, "cooldown_fraction": s.cooldown_fraction,
+            "cooldown_shape": "1-sqrt", "decay_to": "zero", "min_lr_ratio": s.min_lr_ratio, "grad_clip": 1.0,
+            "stages": stages}
+
+
 @dataclass(frozen=True)
 class Arm:
     """One way to train: a regime, a curriculum built from the settings, and the LR grid its tuning starts from."""
@@ -127,9 +140,10 @@ class Arm:
     baseline: bool = False
 
 
-def _baseline(regime: str) -> Callable[[Settings], dict]:
+def _baseline(regime: str, schedule: Callable[[Settings, list[dict]], dict] = global_schedule
+              ) -> Callable[[Settings], dict]:
     def build(s: Settings) -> dict:
-        return global_schedule(s, token_stages(s, regime, [s.final_len], [1.0]))
+        return schedule(s, token_stages(s, regime, [s.final_len], [1.0]))
     return build
 
 
@@ -220,25 +234,32 @@ def _lr_found(regime: str) -> Callable[[Settings], dict]:
 LR_FIND_ARMS = ("seqwarm-lrfind",)
 
 
-def _ladder(regime: str, divisors: Sequence[int], fractions: Sequence[float]) -> Callable[[Settings], dict]:
+def _ladder(regime: str, divisors: Sequence[int], fractions: Sequence[float],
+            schedule: Callable[[Settings, list[dict]], dict] = global_schedule) -> Callable[[Settings], dict]:
     # A sequence-length ladder (final_len // divisor per stage) over the given token fractions under one
-    # global warmup + cosine: a switch changes only the shape, never the LR.
+    # global schedule (warmup + cosine unless told): a switch changes only the shape, never the LR.
     def build(s: Settings) -> dict:
-        return global_schedule(s, token_stages(s, regime, [s.final_len // d for d in divisors], fractions))
+        return schedule(s, token_stages(s, regime, [s.final_len // d for d in divisors], fractions))
     return build
 
 
 LR_A = (2e-3, 4e-3, 8e-3)
 LR_B = LR_A  # a first grid of 4e-3 / 8e-3 / 1.6e-2 put regime B's best at its low edge: start where A does
 ARMS: dict[str, Arm] = {a.name: a for a in [
-    Arm("baseline", "A", "one stage at 256, warmup + cosine", LR_A, _baseline("A"), baseline=True),
-    Arm("seqwarm-textbook", "A", "32→64→128→256 over 10/15/20/55%, global cosine", LR_A, _textbook("A")),
-    Arm("seqwarm-short", "A", "64→128→256 over 10/15/75%, global cosine", LR_A, _short_warmup("A")),
+    Arm("baseline", "A", "one stage at the final length, warmup + cosine", LR_A, _baseline("A"), baseline=True),
+    Arm("baseline-wsd", "A", "one stage at the final length, warmup + stable + 1-sqrt cooldown to 0 (last 20%)",
+        LR_A, _baseline("A", wsd_schedule), baseline=True),
+    Arm("seqwarm-textbook-wsd", "A", "final/8 → final over 10/15/20/55%, WSD (1-sqrt cooldown to 0, last 20%)",
+        LR_A, _ladder("A", [8, 4, 2, 1], [0.10, 0.15, 0.20, 0.55], wsd_schedule)),
+    Arm("seqwarm-long-wsd", "A", "final/16 → final over 10/10/15/20/45%, WSD (1-sqrt cooldown to 0, last 20%)",
+        LR_A, _ladder("A", [16, 8, 4, 2, 1], [0.10, 0.10, 0.15, 0.20, 0.45], wsd_schedule)),
+    Arm("seqwarm-textbook", "A", "final/8 → final (32→256 at 256) over 10/15/20/55%, global cosine", LR_A, _textbook("A")),
+    Arm("seqwarm-short", "A", "final/4 → final (64→256 at 256) over 10/15/75%, global cosine", LR_A, _short_warmup("A")),
     Arm("seqwarm-lrfind", "A", "32→256 textbook, each stage's peak × (lr-find at its length / lr-find at 256)",
         LR_A, _lr_found("A")),
     Arm("seqwarm-half", "A", "32→64→128→256 over 15/20/25/40%, global cosine", LR_A,
         _ladder("A", [8, 4, 2, 1], [0.15, 0.20, 0.25, 0.40])),
-    Arm("seqwarm-long", "A", "16→32→64→128→256 over 10/10/15/20/45%, global cosine", LR_A,
+    Arm("seqwarm-long", "A", "final/16 → final (16→256 at 256) over 10/10/15/20/45%, global cosine", LR_A,
         _ladder("A", [16, 8, 4, 2, 1], [0.10, 0.10, 0.15, 0.20, 0.45])),
     Arm("presets-rules", "A", "16→256 in 5 stages (aggressive's shape), per-stage LR 16×→1× base, by_length clip",
         (5e-4, 1e-3, 2e-3), _presets_rules("A")),
@@ -257,5 +278,8 @@ ARMS: dict[str, Arm] = {a.name: a for a in [
 ]}
 # The issue's arms: the baseline, curricula scaled from the presets, per-stage LR from the presets' rules and
 # from lr-find. Regime B (baseline-big, seqwarm-textbook-big) and the other variants run with --arms.
+TARGET_BASELINES = ("baseline", "baseline-wsd")
+"""The baselines that set the target: the best of those run (lowest median final loss) is *the* baseline, so
+that a curriculum's gain is not a schedule's alone (the baseline is tuned over the same schedule choices)."""
 DEFAULT_ARMS = ("baseline", "seqwarm-textbook", "seqwarm-short", "presets-rules", "seqwarm-lrfind")
 QUICK_ARMS = ("baseline", "seqwarm-textbook")
