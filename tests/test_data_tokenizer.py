@@ -86,6 +86,22 @@ def test_trained_bpe_is_cached_and_kept_in_the_run_dir(offline_data: Path, tmp_p
     assert bigger.vocab_size == 500 and len(list((tmp_path / "cache" / "tokenizers").glob("*"))) == 2
 
 
+def test_a_changed_train_vocab_size_on_resume_is_refused_in_one_line(offline_data: Path, tmp_path: Path, monkeypatch):
+    monkeypatch.setenv("GRADUS_CACHE_DIR", str(tmp_path / "cache"))
+    cfg = small_training_cfg(offline_data)
+    run = tmp_path / "run"
+    load_tokenizer(cfg, run_dir=run)
+    # The trainer writes the run's config beside its tokenizer when the run starts.
+    (run / "config.yaml").write_text("data:\n  tokenizer:\n    train_vocab_size: 400\n", encoding="utf-8")
+    assert load_tokenizer(cfg, run_dir=run).vocab_size == 400  # the same size: resumes
+    changed = cfg.model_copy(update={"tokenizer": cfg.tokenizer.model_copy(update={"train_vocab_size": 500})})
+    with pytest.raises(DataError) as err:
+        load_tokenizer(changed, run_dir=run)
+    assert str(err.value) == (
+        f"data.tokenizer.train_vocab_size=500, but the run in {run} trained its tokenizer with 400 (its "
+        f"config.yaml); set it back to 400 to continue, or start a new run with another --out")
+
+
 def test_training_texts_exclude_heldout_documents(offline_data: Path):
     cfg = small_training_cfg(offline_data, fraction=0.2)
     texts = list(training_texts(cfg, max_documents=10_000))

@@ -316,6 +316,19 @@ def one_line_error(exc: BaseException) -> str:
     return (text[0][:160] if text else type(exc).__name__)
 
 
+def _run_train_vocab(run_dir: Path) -> int | None:
+    """The ``data.tokenizer.train_vocab_size`` the run in ``run_dir`` started with (its config.yaml), or None
+    when that file is absent or unreadable (the tokenizer file alone then decides)."""
+    import yaml
+
+    try:
+        raw = yaml.safe_load((run_dir / "config.yaml").read_text(encoding="utf-8"))
+        value = raw["data"]["tokenizer"].get("train_vocab_size")
+    except (OSError, yaml.YAMLError, KeyError, TypeError, AttributeError):
+        return None
+    return int(value) if isinstance(value, int) else None
+
+
 def _trained(cfg: DataConfig, run_dir: Path | None, log_line: Callable[[str], None] | None = None) -> Tokenizer:
     from tokenizers import Tokenizer as HFTokenizer
 
@@ -331,9 +344,15 @@ def _trained(cfg: DataConfig, run_dir: Path | None, log_line: Callable[[str], No
                 f"{path} is not a readable tokenizer ({one_line_error(exc)}); restore the run's tokenizer.json, "
                 f"or start a new run with another --out"
             ) from None
+        saved = _run_train_vocab(run_dir)
+        if saved is not None and saved != vocab:
+            raise DataError(
+                f"data.tokenizer.train_vocab_size={vocab}, but the run in {run_dir} trained its tokenizer with "
+                f"{saved} (its config.yaml); set it back to {saved} to continue, or start a new run with another --out"
+            )
         eos = _eos_id(backend, cfg.tokenizer.eos_token, f"{path}")
         tok = Tokenizer(backend, eos_id=eos, kind="trained", name_or_path=f"bpe-{vocab}")
-        if tok.vocab_size != vocab:
+        if tok.vocab_size != vocab:  # a corpus too small for the requested merges: the run's own tokenizer stands
             log.warning("%s has %d tokens but data.tokenizer.train_vocab_size=%d; using the run's own tokenizer",
                         path, tok.vocab_size, vocab)
         return tok
