@@ -10,7 +10,6 @@ running out of memory kills the process without a word, the estimate of
 
 from __future__ import annotations
 
-import contextlib
 from collections.abc import Callable, Iterable
 
 import torch
@@ -18,6 +17,7 @@ import torch
 from gradus.errors import ConfigError, GradusError
 from gradus.model.sizes import ModelShape
 from gradus.plan.memory import estimate_memory, largest_fitting_micro_batch
+from gradus.train.parallel import deferred_grad_sync
 from gradus.train.runtime import Runtime, host_memory_budget, rng_state, set_rng_state
 
 
@@ -47,7 +47,8 @@ def adamw_state_bytes(optimizer: torch.optim.Optimizer) -> int:
             if id(p) in seen or not p.requires_grad:
                 continue
             seen.add(id(p))
-            total += 2 * p.numel() * p.element_size()
+            local = p.to_local() if hasattr(p, "to_local") else p  # FSDP: this rank's shard (a DTensor's)
+            total += 2 * local.numel() * local.element_size()
     return total
 
 
@@ -78,8 +79,10 @@ def probe_micro_batch(net: Callable, optimizer: torch.optim.Optimizer, rt: Runti
                       micro: int) -> int | None:
     """The largest micro-batch ≤ ``micro`` (halving) whose forward + backward of ``net`` fits on this GPU,
     with AdamW's moments held aside when they do not exist yet (a fresh run: they appear at the first
-    step); None when not even 1 fits. Runs under ``no_sync``: a rank that runs out of memory must not leave
-    the others waiting in a gradient all-reduce. The RNG states are left as they were."""
+    step; under FSDP only this rank's shard of them); None when not even 1 fits. Under DDP it runs under
+    ``no_sync``: a rank that runs out of memory must not leave the others waiting in a gradient all-reduce.
+    Under FSDP the forward itself gathers weights from every rank, so the ranks (same GPUs, same shapes)
+    run out of memory together or not at all. The RNG states are left as they were."""
     saved_rng = rng_state()
     reserve_bytes = 0 if optimizer.state else adamw_state_bytes(optimizer)
 
@@ -92,7 +95,7 @@ def probe_micro_batch(net: Callable, optimizer: torch.optim.Optimizer, rt: Runti
             # Separate label tensor: compiled with (x, x), the graph would assume aliased inputs and
             # the first real step (two tensors) would recompile after the clock has started.
             y = torch.randint(0, vocab_size, (m, seq_len), device=rt.device)
-            with net.no_sync() if rt.distributed else contextlib.nullcontext():
+            with deferred_grad_sync(net, rt):
                 with rt.autocast():
                     _, loss = net(x, y)
                 loss.backward()

@@ -21,15 +21,15 @@ import torch
 
 from gradus.config import GradusConfig, dump_yaml
 from gradus.curriculum import StageState, resolve_schedule, stage_of_step, state_at
-from gradus.train import checkpoint, early_stop, faults, metrics, recovery, runtime
+from gradus.train import checkpoint, early_stop, faults, metrics, parallel, recovery, runtime
 from gradus.train.build import build_training_parts, load_tokenizer_on_ranks, wrap_for_training
-from gradus.train.checkpoint import CheckpointManager
 from gradus.train.ema import WeightEMA
 from gradus.train.evaluate import Validation, side_evaluations
 from gradus.train.guard import LossGuard
 from gradus.train.metrics import Console, RunResult, StepReport, Window
 from gradus.train.micro_batch import check_batches_divide, plan_micro_batches, probe_micro_batch
 from gradus.train.passkey import PasskeyProbe
+from gradus.train.sharded_checkpoint import open_checkpoints
 from gradus.train.signals import StopRequest
 from gradus.train.stateful import PerRank, Progress, RngState, Stateful
 from gradus.train.step import batch_tensors, optimizer_step
@@ -72,7 +72,8 @@ class Trainer:
         rt.barrier()
         self.console = Console(enabled=rt.is_main and not self.quiet, progress_bar=cfg.logging.progress_bar,
                                total_tokens=None)
-        self.ckpt = CheckpointManager(self.run_dir / "checkpoints", keep_last=cfg.train.keep_last)
+        self.ckpt = open_checkpoints(self.run_dir / "checkpoints", cfg.train.keep_last, rt,
+                                     sharded=parallel.shards(rt, cfg.train.parallel))
         runtime.seed_everything(cfg.train.seed)
 
         self.tokenizer = load_tokenizer_on_ranks(cfg.data, self.run_dir, rt, self.console.print)
@@ -116,7 +117,7 @@ class Trainer:
         cfg, rt = self.cfg, self.rt
         # Seeded again inside: the model's init does not depend on what the tokenizer consumed.
         built = build_training_parts(self.shape, cfg.optim, rt.device, rt.precision, cfg.train.seed,
-                                     cfg.model.init_from)
+                                     cfg.model.init_from, prepare=lambda m: parallel.prepare_model(m, cfg.train, rt))
         self.model, self.optimizer, self.scaler = built.model, built.optimizer, built.scaler
         self.data = DataPipeline(cfg.data, self.tokenizer, self.schedule, seed=cfg.train.seed,
                                  rank=rt.rank, world_size=rt.world_size)
@@ -152,7 +153,8 @@ class Trainer:
             if self.guard.notice:  # an LR factor raised to its floor is said, never silent
                 self.console.print(f"guard: {self.guard.notice}")
         for line in [*self.metrics.notes, *metrics.run_summary(self.shape, self.rt, self.compiled, self.schedule,
-                                                                self.micro_batches)]:
+                                                                self.micro_batches),
+                     *parallel.parallel_notes(self.cfg.train, self.rt, self.shape.n_layers)]:
             self.console.print(line)
         if self.warmup is not None:
             report_warmup(self.warmup, self.console.print, self.metrics.write)
@@ -336,7 +338,7 @@ class Trainer:
             pr.last_checkpoint_tokens = pr.tokens
             payload = checkpoint.parts_state(self.parts, rt.world_size)  # every rank: RNG states are gathered
             path = None
-            if rt.is_main:
+            if rt.is_main or self.ckpt.collective:  # sharded (FSDP): every rank writes its shard
                 meta = checkpoint.checkpoint_meta(pr, state.stage_index, self.compat, self.tokenizer.identity(),
                                                   self.shape)
                 path = self.ckpt.save(pr.step, model=self.model, optimizer=self.optimizer, state=payload, meta=meta,
