@@ -18,6 +18,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -40,12 +41,15 @@ def is_sharded_checkpoint(path: Path) -> bool:
     return (Path(path) / "meta.json").is_file() and (Path(path) / SHARDS / ".metadata").is_file()
 
 
-def open_checkpoints(directory: Path, keep_last: int, rt: Runtime, sharded: bool) -> CheckpointManager:
-    """The run's checkpoint manager: sharded (every rank writes, :class:`ShardedCheckpointManager`) for a
-    model FSDP shards, else the whole-model one rank 0 writes."""
-    if sharded:
-        return ShardedCheckpointManager(directory, keep_last=keep_last, rt=rt)
-    return CheckpointManager(directory, keep_last=keep_last)
+def open_checkpoints(directory: Path, train, rt: Runtime) -> CheckpointManager:
+    """The run's checkpoint manager for ``train`` (a :class:`~gradus.config.TrainConfig`): sharded (every rank
+    writes, :class:`ShardedCheckpointManager`) when FSDP shards the model, else the whole-model one rank 0
+    writes; keeping ``train.keep_last``."""
+    from gradus.train.parallel import shards
+
+    if shards(rt, train.parallel):
+        return ShardedCheckpointManager(directory, keep_last=train.keep_last, rt=rt)
+    return CheckpointManager(directory, keep_last=train.keep_last)
 
 
 def _fsync_files(path: Path) -> None:
@@ -179,7 +183,9 @@ def consolidate(path: Path) -> Path:
     model = GPT(ModelShape.from_dict(stored))
     weights = {"model": model.state_dict()}
     try:
-        dcp.load(weights, checkpoint_id=str(path / SHARDS), no_dist=True)
+        with warnings.catch_warnings():  # "torch.distributed is ... uninitialized": one process is the intent
+            warnings.simplefilter("ignore", UserWarning)
+            dcp.load(weights, checkpoint_id=str(path / SHARDS), no_dist=True)
     except Exception as exc:  # noqa: BLE001 - see ShardedCheckpointManager.load
         first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:160]
         raise CheckpointError(f"{path}/{SHARDS}: cannot be read into {model.shape.describe()} ({first})") from None

@@ -72,8 +72,7 @@ class Trainer:
         rt.barrier()
         self.console = Console(enabled=rt.is_main and not self.quiet, progress_bar=cfg.logging.progress_bar,
                                total_tokens=None)
-        self.ckpt = open_checkpoints(self.run_dir / "checkpoints", cfg.train.keep_last, rt,
-                                     sharded=parallel.shards(rt, cfg.train.parallel))
+        self.ckpt = open_checkpoints(self.run_dir / "checkpoints", cfg.train, rt)  # sharded under FSDP
         runtime.seed_everything(cfg.train.seed)
 
         self.tokenizer = load_tokenizer_on_ranks(cfg.data, self.run_dir, rt, self.console.print)
@@ -123,8 +122,9 @@ class Trainer:
                                  rank=rt.rank, world_size=rt.world_size)
         self.guard, self.progress = LossGuard(cfg.train.guard), Progress()
         # In the order they are restored: the data pipeline before the RNG states, as always.
-        self.parts: dict[str, Stateful] = {"progress": self.progress, "data": PerRank(self.data, rt, "data"),
-                                           "guard": self.guard, "rng": RngState(rt)}
+        data = PerRank(self.data, rt, "data", restart_on_other_world_size=self.allow_config_change)
+        self.parts: dict[str, Stateful] = {"progress": self.progress, "data": data, "guard": self.guard,
+                                           "rng": RngState(rt)}
         if self.scaler is not None:
             self.parts["scaler"] = self.scaler
         self.ema = WeightEMA(self.model, cfg.train.ema) if cfg.train.ema is not None else None
