@@ -23,8 +23,8 @@ from safetensors.torch import load_file
 from gradus.cli import main
 from gradus.config import from_dict
 from gradus.data import load_tokenizer
+from gradus.plan.memory import checkpointed_blocks
 from gradus.train.metrics import losses_by_step, read_metrics
-from gradus.train.parallel import checkpointed_blocks
 from gradus.train.sharded_checkpoint import consolidate, is_sharded_checkpoint
 from gradus.train.trainer import train
 

@@ -131,6 +131,11 @@ class TrainConfig(Strict):
         "them: none; full (every block: activations shrink to one tensor per block, about a third more compute); "
         "every_k (every activation_checkpointing_every_k-th block)."
     )
+    planned_world_size: int | None = Field(
+        None, ge=1, description="The number of processes (GPUs over all nodes) the run is planned for: gradus plan "
+        "sizes each device's memory for it (FSDP shards over it); gradus train notes a different torchrun world "
+        "size. None: one process (or --gpus K given to gradus plan)."
+    )
     activation_checkpointing_every_k: int = Field(
         2, ge=1, description="With activation_checkpointing=every_k: checkpoint blocks 0, k, 2k, ... (1 = full)."
     )

@@ -10,7 +10,7 @@ running out of memory kills the process without a word, the estimate of
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 
 import torch
 
@@ -64,15 +64,17 @@ def halve_until_fits(micro: int, fits: Callable[[int], bool]) -> int | None:
         micro = max(1, micro // 2)
 
 
-def host_micro_batch(shape: ModelShape, seq_len: int, micro: int, precision: str, budget: int | None) -> int | None:
+def host_micro_batch(shape: ModelShape, seq_len: int, micro: int, precision: str, budget: int | None,
+                     layout: Mapping[str, int] | None = None) -> int | None:
     """On CPU, where running out of memory kills the process instead of raising: the largest divisor of
     ``micro`` whose estimated training memory (:func:`gradus.plan.memory.estimate_memory`: weights,
     gradients, AdamW's moments, activations and the logits, with :data:`~gradus.plan.memory.HEADROOM`) fits
     in ``budget`` bytes; ``micro`` itself when the budget is unknown; None when not even 1 fits. A 50k
-    vocabulary at 65k tokens per step needs ~40 GB for the logits alone as one micro-batch."""
+    vocabulary at 65k tokens per step needs ~40 GB for the logits alone as one micro-batch. ``layout``: FSDP
+    sharding and activation checkpointing (:func:`gradus.plan.memory.memory_layout`)."""
     if budget is None:
         return micro
-    return largest_fitting_micro_batch(shape, seq_len, micro, budget, precision)
+    return largest_fitting_micro_batch(shape, seq_len, micro, budget, precision, **(layout or {}))
 
 
 def probe_micro_batch(net: Callable, optimizer: torch.optim.Optimizer, rt: Runtime, vocab_size: int, seq_len: int,
@@ -117,22 +119,23 @@ def probe_micro_batch(net: Callable, optimizer: torch.optim.Optimizer, rt: Runti
 
 
 def plan_micro_batches(stages: Iterable, shape: ModelShape, rt: Runtime, configured: int | None,
-                       probe: Callable[[int, int], int | None]) -> dict[int, int]:
+                       probe: Callable[[int, int], int | None],
+                       layout: Mapping[str, int] | None = None) -> dict[int, int]:
     """Micro-batch per stage index. On CUDA each stage's shape is run once by ``probe(seq_len, micro)``
     (:func:`probe_micro_batch` on the run's module), so no stage change can run out of memory later; this
     also compiles every stage's graph before the clock starts. Under DDP every rank takes the smallest
     micro-batch any rank found (different accumulation counts would hang the gradient all-reduce). On CPU
     the largest divisor of the local batch whose estimated memory fits in the host's
-    (:func:`host_micro_batch`): the whole batch for any model and shape a CPU trains at a useful speed.
+    (:func:`host_micro_batch`, with FSDP sharding and activation checkpointing as ``layout`` says): the whole batch for any model and shape a CPU trains at a useful speed.
     A stage that does not fit even at micro-batch 1 is a one-line GradusError."""
     chosen: dict[int, int] = {}
     budget = host_memory_budget() if rt.device.type == "cpu" else None
     for s in stages:
         micro = configured_micro_batch(s.batch_size // rt.world_size, configured)
         if rt.device.type == "cpu" and s.steps > 0:
-            micro = rt.min_over_ranks(host_micro_batch(shape, s.seq_len, micro, rt.precision, budget) or 0)
+            micro = rt.min_over_ranks(host_micro_batch(shape, s.seq_len, micro, rt.precision, budget, layout) or 0)
             if micro == 0:
-                need = estimate_memory(shape, s.seq_len, 1, rt.precision).total
+                need = estimate_memory(shape, s.seq_len, 1, rt.precision, **(layout or {})).total
                 raise GradusError(
                     f"curriculum.stages[{s.index}] (seq_len {s.seq_len}) needs about {need / 2**30:.1f} GiB "
                     f"even at micro-batch 1, more than the {(budget or 0) / 2**30:.1f} GiB this machine has "

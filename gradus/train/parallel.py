@@ -19,6 +19,7 @@ from collections.abc import Iterator
 
 import torch
 
+from gradus.plan.memory import checkpointed_blocks, memory_layout  # noqa: F401 - memory_layout: for the trainer
 from gradus.train.runtime import Runtime
 
 
@@ -30,15 +31,6 @@ def fsdp_api():
     except ImportError:  # torch < 2.6
         from torch.distributed._composable.fsdp import FSDPModule, MixedPrecisionPolicy, fully_shard
     return fully_shard, MixedPrecisionPolicy, FSDPModule
-
-
-def checkpointed_blocks(n_layers: int, mode: str, every_k: int) -> list[int]:
-    """Indices of the blocks whose activations are recomputed: none, all (``full``), or every ``every_k``-th
-    starting with block 0 (``every_k``)."""
-    if mode == "none":
-        return []
-    step = 1 if mode == "full" else every_k
-    return list(range(0, n_layers, step))
 
 
 def apply_activation_checkpointing(model: torch.nn.Module, mode: str, every_k: int) -> list[int]:
@@ -117,6 +109,10 @@ def parallel_notes(train, rt: Runtime, n_layers: int) -> list[str]:
                      "(start with torchrun --nproc_per_node N to shard over N processes)")
     elif shards(rt, train.parallel):
         notes.append(f"parallel: FSDP2 over {rt.world_size} processes (weights, gradients and AdamW sharded)")
+    planned = train.planned_world_size
+    if planned is not None and planned != rt.world_size:
+        notes.append(f"train.planned_world_size is {planned} but this run has {rt.world_size} processes: gradus plan's "
+                     f"memory figures do not describe it")
     if checkpointed:
         notes.append(f"activation checkpointing: {checkpointed} of {n_layers} blocks recomputed in backward")
     return notes

@@ -97,7 +97,7 @@ class Trainer:
         self.micro_batches = plan_micro_batches(
             self.schedule.stages, self.shape, rt, cfg.train.micro_batch_size,
             lambda seq_len, micro: probe_micro_batch(self.net, self.optimizer, rt, self.shape.vocab_size, seq_len, micro),
-        )
+            layout=parallel.memory_layout(cfg.train, self.shape.n_layers, rt.world_size))  # FSDP shards, recompute
         # Every training shape compiled now, not at its stage's first step (see gradus.train.warmup).
         self.warmup = (compile_warmup(self.net, self.model, self.optimizer, rt, self.schedule.stages,
                                       self.micro_batches) if self.compiled else None)
