@@ -205,3 +205,29 @@ def test_bad_parallel_settings_are_one_line_errors(tmp_path, tokenizer_json, off
     assert main(["train", str(path), "--out", str(tmp_path / "run")]) == 2
     err = capsys.readouterr().err
     assert expected in err and err.count("\n") == 1, err
+
+
+def test_a_failed_sharded_save_stops_every_rank_with_one_line(runs, tmp_path):
+    run = tmp_path / "run"
+    proc = torchrun_train(runs["config"], run, env={"GRADUS_FAULTS": "save_fail@after_model"}, ok=False)
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("gradus: error:")]
+    assert len(errors) == 2 and all("could not write checkpoint" in e and "step_00000004" in e for e in errors)
+    assert all("no earlier checkpoint exists" in e for e in errors)
+    assert sorted(p.name for p in (run / "checkpoints").iterdir()) == []  # the partial save is gone
+
+
+def test_the_probe_holds_aside_only_this_ranks_shard_of_adamw():
+    class Shard:  # what FSDP2 gives AdamW: a DTensor whose local part is 1/world of the parameter
+        requires_grad = True
+
+        def __init__(self, rows: int):
+            self.local = torch.zeros(rows, 8)
+
+        def to_local(self) -> torch.Tensor:
+            return self.local
+
+    from gradus.train.micro_batch import adamw_state_bytes
+
+    optimizer = torch.optim.AdamW([torch.nn.Parameter(torch.zeros(1))])
+    optimizer.param_groups[0]["params"] = [Shard(3), Shard(5)]
+    assert adamw_state_bytes(optimizer) == 2 * 4 * 8 * (3 + 5)
