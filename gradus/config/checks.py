@@ -124,6 +124,9 @@ def cross_check(cfg: GradusConfig | Mapping) -> list[str]:
             f"train.eval_reference_seq_len={ref} exceeds model.max_seq_len={max_len}; lower it or raise max_seq_len"
         )
     problems += _early_stopping_metric_problems(train, _source_names(data))
+    if train.get("parallel") == "fsdp" and train.get("ema"):
+        problems.append("train.ema: the weights' average is not kept under train.parallel=fsdp (its weights are "
+                        "sharded); drop train.ema or use parallel: ddp")
     probe = train.get("passkey")
     probe_len = probe.get("seq_len") if isinstance(probe, Mapping) else None
     if isinstance(probe_len, int) and max_len is not None and probe_len > max_len:

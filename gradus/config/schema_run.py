@@ -119,6 +119,26 @@ class TrainConfig(Strict):
         "On a shared CPU box, fewer threads than cores avoids stalls."
     )
     guard: GuardConfig = Field(default_factory=GuardConfig, description="Loss-spike and NaN guard.")
+    parallel: Literal["ddp", "fsdp"] = Field(
+        "ddp", description="How several processes (torchrun) share the work. ddp: every rank holds the whole model "
+        "and AdamW, gradients are averaged. fsdp: FSDP2 (fully_shard per transformer block and the root) shards the "
+        "weights, gradients and AdamW's moments over the ranks, with bf16 compute and fp32 gradient reduction on "
+        "CUDA; checkpoints are then sharded (torch.distributed.checkpoint). One process: nothing to shard, trains as "
+        "ddp with a note."
+    )
+    activation_checkpointing: Literal["none", "full", "every_k"] = Field(
+        "none", description="Recompute transformer blocks' activations in the backward pass instead of keeping "
+        "them: none; full (every block: activations shrink to one tensor per block, about a third more compute); "
+        "every_k (every activation_checkpointing_every_k-th block)."
+    )
+    planned_world_size: int | None = Field(
+        None, ge=1, description="The number of processes (GPUs over all nodes) the run is planned for: gradus plan "
+        "sizes each device's memory for it (FSDP shards over it); gradus train notes a different torchrun world "
+        "size. None: one process (or --gpus K given to gradus plan)."
+    )
+    activation_checkpointing_every_k: int = Field(
+        2, ge=1, description="With activation_checkpointing=every_k: checkpoint blocks 0, k, 2k, ... (1 = full)."
+    )
 
 
 class WandbConfig(Strict):

@@ -55,8 +55,10 @@ class LoadedModel:
 
 # ------------------------------------------------------------------------------------- locating
 def is_checkpoint(path: Path) -> bool:
-    """True for a checkpoint folder (``meta.json`` and ``model.safetensors``)."""
-    return (path / "meta.json").is_file() and (path / "model.safetensors").is_file()
+    """True for a checkpoint folder (``meta.json`` and ``model.safetensors``, or the ``shards/`` of a
+    sharded one: :mod:`gradus.train.sharded_checkpoint`)."""
+    return (path / "meta.json").is_file() and ((path / "model.safetensors").is_file()
+                                               or (path / "shards" / ".metadata").is_file())
 
 
 def is_hf_dir(path: Path) -> bool:
@@ -124,6 +126,10 @@ def load_checkpoint(ckpt: Path, *, ema: bool = False, device: str = "cpu") -> Lo
     meta = _read_json(ckpt / "meta.json")
     cfg = _read_config(ckpt)
     weights = ckpt / "model.safetensors"
+    if not weights.is_file() and not ema:  # a sharded checkpoint (FSDP): its shards made one file, once
+        from gradus.train.sharded_checkpoint import consolidate
+
+        weights = consolidate(ckpt)
     if ema:
         found = [ckpt / n for n in EMA_FILES if (ckpt / n).is_file()]
         if not found:

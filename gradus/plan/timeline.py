@@ -15,7 +15,14 @@ from gradus.config import GradusConfig
 from gradus.curriculum import StagePlan, resolve_schedule
 from gradus.plan.hardware import format_bytes
 from gradus.plan.inputs import Hardware
-from gradus.plan.memory import HEADROOM, MemoryEstimate, estimate_memory, fits, largest_fitting_micro_batch
+from gradus.plan.memory import (
+    HEADROOM,
+    MemoryEstimate,
+    estimate_memory,
+    fits,
+    largest_fitting_micro_batch,
+    memory_layout,
+)
 from gradus.sizes import ModelShape
 from gradus.units import format_count, format_duration
 
@@ -87,6 +94,12 @@ class Timeline:
     """Size of the dataset in tokens, for coverage."""
     warnings: list[str] = field(default_factory=list)
     """Stages that will not fit, schedule warnings."""
+    world_size: int = 1
+    """Processes the memory is planned for (``--gpus`` with ``--gpu``, else ``train.planned_world_size``)."""
+    shards: int = 1
+    """How many ways FSDP splits the weights, gradients and AdamW (1: whole copies, DDP)."""
+    checkpointed: int = 0
+    """Blocks whose activations are recomputed (``train.activation_checkpointing``)."""
 
     @property
     def total_tokens(self) -> int:
@@ -128,27 +141,35 @@ class Timeline:
                 for s in self.stages
             ],
             "warnings": list(self.warnings),
+            "world_size": self.world_size, "shards": self.shards, "checkpointed_blocks": self.checkpointed,
         }
 
 
 def choose_micro_batch(
-    shape: ModelShape, stage: StagePlan, precision: str, device_memory: int | None, configured: int | None
+    shape: ModelShape, stage: StagePlan, precision: str, device_memory: int | None, configured: int | None,
+    world_size: int = 1, layout: dict[str, int] | None = None,
 ) -> tuple[int, str | None]:
     """(micro-batch, warning). The config's ``train.micro_batch_size`` wins; otherwise, given device
-    memory, the largest divisor of the batch that fits (what the trainer's halving probe looks for);
-    otherwise the whole batch."""
-    batch = stage.batch_size
+    memory, the largest divisor of the batch each of ``world_size`` devices runs that fits (what the
+    trainer's halving probe looks for; ``layout``: FSDP sharding and activation checkpointing,
+    :func:`gradus.plan.memory.memory_layout`); otherwise that whole local batch."""
+    batch = max(1, stage.batch_size // world_size)
+    layout = layout or {}
     if configured is not None:
         return min(configured, batch), None
     if device_memory is None:
         return batch, None
-    m = largest_fitting_micro_batch(shape, stage.seq_len, batch, device_memory, precision)
+    m = largest_fitting_micro_batch(shape, stage.seq_len, batch, device_memory, precision, **layout)
     if m is None:
-        need = estimate_memory(shape, stage.seq_len, 1, precision).total
+        need = estimate_memory(shape, stage.seq_len, 1, precision, **layout).total
+        fix = ("more GPUs" if layout.get("shards", 1) > 1
+               else "train.parallel: fsdp over several GPUs (planned_world_size)")
+        if not layout.get("checkpointed"):
+            fix += ", train.activation_checkpointing: full"
         return 1, (
             f"stage {stage.index} ({stage.name}) does not fit {format_bytes(device_memory)} even at micro-batch 1: "
-            f"~{format_bytes(need)} needed at seq_len {stage.seq_len}; use a larger device, a smaller model, "
-            f"shorter sequences, or shard the optimizer"
+            f"~{format_bytes(need)} needed at seq_len {stage.seq_len}; use a larger device, {fix}, a smaller "
+            f"model, or shorter sequences"
         )
     return m, None
 
@@ -181,11 +202,13 @@ def build_timeline(
     else:
         source = "none"
     rows: list[StageTimeline] = []
+    world = hardware.gpus if hardware is not None else (cfg.train.planned_world_size or 1)
+    layout = memory_layout(cfg.train, shape.n_layers, world)
     for st in cur.stages:
-        m, warn = choose_micro_batch(shape, st, precision, device_memory, configured)
+        m, warn = choose_micro_batch(shape, st, precision, device_memory, configured, world, layout)
         if warn:
             warnings.append(warn)
-        est = estimate_memory(shape, st.seq_len, m, precision)
+        est = estimate_memory(shape, st.seq_len, m, precision, **layout)
         ok = None if device_memory is None else fits(est, device_memory)
         if ok is False and warn is None:
             warnings.append(
@@ -210,7 +233,7 @@ def build_timeline(
         rows.append(StageTimeline(
             index=st.index, name=st.name, seq_len=st.seq_len, batch_size=st.batch_size, steps=st.steps,
             examples=st.examples, tokens=st.tokens, end_tokens=st.end_tokens, micro_batch=m,
-            accumulation=-(-st.batch_size // m), flops_per_token=fpt, memory=est, fits=ok,
+            accumulation=-(-max(1, st.batch_size // world) // m), flops_per_token=fpt, memory=est, fits=ok,
             tokens_per_sec=tps, seconds=None if tps is None else st.tokens / tps,
             coverage=None if not dataset_tokens else st.tokens / dataset_tokens,
             epochs_end=None if not dataset_tokens else st.end_tokens / dataset_tokens,
@@ -220,7 +243,8 @@ def build_timeline(
         warnings.append(f"the run passes over the dataset {rows[-1].epochs_end:.2f} times "
                         f"(repeated data: up to ~4 epochs cost little, more starts to hurt)")
     return Timeline(title=title, shape=shape, precision=precision, throughput_source=source, stages=rows,
-                    device_memory=device_memory, dataset_tokens=dataset_tokens, warnings=warnings)
+                    device_memory=device_memory, dataset_tokens=dataset_tokens, warnings=warnings,
+                    world_size=world, shards=layout["shards"], checkpointed=layout["checkpointed"])
 
 
 def render_timeline(tl: Timeline) -> str:
@@ -256,6 +280,13 @@ def render_timeline(tl: Timeline) -> str:
     mem = f" on {format_bytes(tl.device_memory)}" if tl.device_memory else ""
     out.append(f"  memory per device{mem} ({tl.precision}: fp32 weights, grads and AdamW; "
                f"{'16' if tl.precision != 'fp32' else '32'}-bit activations; estimate ±20%, CUDA context not included)")
+    if tl.world_size > 1 or tl.checkpointed:
+        how = [f"{tl.world_size} processes, local batch = batch / {tl.world_size}"]
+        if tl.shards > 1:
+            how.append(f"FSDP: weights, grads and AdamW sharded {tl.shards} ways")
+        if tl.checkpointed:
+            how.append(f"activation checkpointing: {tl.checkpointed} of {tl.shape.n_layers} blocks recomputed")
+        out.append("  (" + "; ".join(how) + ")")
     out.append("  #  stage                 micro×accum    weights      grads      AdamW  activations"
                "       total  fits   measured")
     for r in tl.stages:

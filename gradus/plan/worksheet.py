@@ -31,6 +31,7 @@ from gradus.plan.scaling import (
     tokens_per_step_for,
 )
 from gradus.plan.stages import STAGE_TEMPLATES, PlanStage, fill_stages, written_config
+from gradus.plan.switches import choose_switches
 from gradus.sizes import ModelShape, shape_for_params
 from gradus.units import format_count
 
@@ -69,6 +70,8 @@ class Plan:
     """The config ``--write`` emits (stages A–C), already validated."""
     warnings: list[str] = field(default_factory=list)
     """Things to look at."""
+    switches: list[str] = field(default_factory=list)
+    """The memory switches the written config turns on, one line each with why (:mod:`.switches`)."""
 
     @property
     def kappa(self) -> float:
@@ -138,6 +141,7 @@ class Plan:
             "ladder": self.ladder(),
             "explanation": list(self.explanation),
             "warnings": list(self.warnings),
+            "switches": list(self.switches),
         }
 
 
@@ -187,6 +191,14 @@ def make_plan(inp: PlanInputs) -> Plan:
     cur = resolve_schedule(cfg)
     warnings.extend(f"schedule: {w}" for w in cur.warnings)
 
+    switches: list[str] = []
+    if hw is not None:  # on the planned GPUs: shard and recompute as far as memory needs (.switches)
+        train, switches = choose_switches(shape, [(st.seq_len, st.batch_size) for st in cur.stages], hw.gpus,
+                                          hw.gpu.memory_bytes)
+        if train:
+            cfg_dict["train"] = train
+            from_dict(cfg_dict, origin="gradus plan --write")
+
     warmup = max(1, math.ceil(inp.warmup_fraction * cur.total_steps))  # as the schedule's global warmup
     stages = fill_stages(cur, warmup, lengths, stage_tokens, tps, peak)
     if hw is not None:
@@ -198,7 +210,7 @@ def make_plan(inp: PlanInputs) -> Plan:
         inputs=inp, flops_budget=budget, budget_source=source, regime=regime, explanation=explanation,
         params=n, tokens=d, shape=shape, tokens_per_step=tps, stages=stages, peak_lr=peak,
         warmup_steps=warmup,
-        min_lr=peak * inp.min_lr_ratio, config=cfg_dict, warnings=warnings,
+        min_lr=peak * inp.min_lr_ratio, config=cfg_dict, warnings=warnings, switches=switches,
     )
 
 

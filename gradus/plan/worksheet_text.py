@@ -76,6 +76,11 @@ def render_plan(plan: Plan) -> str:
             f"{mix or 'instruction data'}{rope}{when}")
     for st in plan.stages:
         add(f"    {st.key}: {st.note}")
+    if plan.switches:
+        add("")
+        add(f"  memory switches turned on for {inp.hardware.gpus if inp.hardware else 1} GPU(s) (written to train.*):")
+        for line in plan.switches:
+            add(f"    {line}")
     if plan.warnings:
         add("")
         for w in plan.warnings:
@@ -95,5 +100,6 @@ def plan_config_yaml(plan: Plan, command: str = "gradus plan") -> str:
         f"# Stage C trains with RoPE position interpolation ×{c.rope_scaling:g} (its rope_scaling).",
         f"# Stage D ({plan.stages[3].title}, {format_count(plan.stages[3].tokens)} tokens at "
         f"{plan.stages[3].peak_lr:.1e}) is a separate run on instruction data.",
+        *(f"# Turned on: {line}" for line in plan.switches),
     ]
     return "\n".join(lines) + "\n" + yaml.safe_dump(plan.config, sort_keys=False, allow_unicode=True)

@@ -53,16 +53,21 @@ def build_scaler(device: torch.device, precision: str) -> torch.amp.GradScaler |
 
 
 def build_training_parts(shape: ModelShape, optim: OptimConfig, device: torch.device, precision: str,
-                         seed: int, init_from: str | None = None) -> TrainingParts:
+                         seed: int, init_from: str | None = None,
+                         prepare: Callable[[GPT], None] | None = None) -> TrainingParts:
     """Seed every RNG with ``seed`` (so the initial weights depend on nothing run before), then build the
     model on ``device`` (its weights copied from an exported directory when ``init_from`` names one: the
-    ``model.init_from`` option), its AdamW and (fp16) the gradient scaler."""
+    ``model.init_from`` option), its AdamW and (fp16) the gradient scaler. ``prepare`` changes the model
+    in place before AdamW sees its parameters (:func:`gradus.train.parallel.prepare_model`: FSDP2
+    replaces them by sharded ones, so every rank first builds the same whole model, then keeps its shard)."""
     seed_everything(seed)
     model = GPT(shape).to(device)
     if init_from:
         from gradus.export.hf import init_from as copy_weights
 
         copy_weights(model, init_from)
+    if prepare is not None:
+        prepare(model)
     return TrainingParts(model, build_optimizer(model, optim, device), build_scaler(device, precision))
 
 
@@ -77,10 +82,13 @@ def load_tokenizer_on_ranks(data_cfg: Any, run_dir: Path, rt: Runtime, log: Call
 
 
 def wrap_for_training(model: torch.nn.Module, rt: Runtime, compile_mode: str) -> tuple[torch.nn.Module, bool]:
-    """What the loop runs: DDP for gradient averaging (under torchrun), then torch.compile around it when
-    ``compile_mode`` (auto: on CUDA, on, off) says so. Returns (module to run, compiled)."""
+    """What the loop runs: DDP for gradient averaging (under torchrun; not around a model FSDP2 already
+    sharded, :mod:`gradus.train.parallel`), then torch.compile around it when ``compile_mode`` (auto: on
+    CUDA, on, off) says so. Returns (module to run, compiled)."""
+    from gradus.train.parallel import is_sharded
+
     net: torch.nn.Module = model
-    if rt.distributed:
+    if rt.distributed and not is_sharded(model):
         from torch.nn.parallel import DistributedDataParallel
 
         net = DistributedDataParallel(

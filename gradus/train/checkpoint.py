@@ -170,6 +170,9 @@ def checkpoint_meta(progress: Progress, stage_index: int, compat: dict, tokenize
 class CheckpointManager:
     """Saves, lists, prunes and loads the checkpoints of one run directory."""
 
+    collective = False
+    """Whether every rank calls :meth:`save` (sharded checkpoints) or rank 0 alone (this whole-model one)."""
+
     def __init__(self, directory: str | Path, keep_last: int = 3):
         self.dir = Path(directory)
         self.keep_last = keep_last
@@ -328,6 +331,9 @@ class CheckpointManager:
         one-line CheckpointError naming the file; nothing on disk is changed."""
         path = Path(path)
         meta = self.read_meta(path)
+        if meta.get("format") == "sharded":  # gradus.train.sharded_checkpoint
+            raise CheckpointError(f"{path} is sharded (written with train.parallel=fsdp over {meta.get('shards')} "
+                                  f"processes); resume it with parallel: fsdp under torchrun, or start a new --out")
         missing = [f for f in FILES if not (path / f).is_file()]
         if missing:
             raise CheckpointError(f"{path}: incomplete checkpoint, missing {', '.join(missing)}")

@@ -10,14 +10,14 @@ running out of memory kills the process without a word, the estimate of
 
 from __future__ import annotations
 
-import contextlib
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 
 import torch
 
 from gradus.errors import ConfigError, GradusError
 from gradus.model.sizes import ModelShape
 from gradus.plan.memory import estimate_memory, largest_fitting_micro_batch
+from gradus.train.parallel import deferred_grad_sync
 from gradus.train.runtime import Runtime, host_memory_budget, rng_state, set_rng_state
 
 
@@ -47,7 +47,8 @@ def adamw_state_bytes(optimizer: torch.optim.Optimizer) -> int:
             if id(p) in seen or not p.requires_grad:
                 continue
             seen.add(id(p))
-            total += 2 * p.numel() * p.element_size()
+            local = p.to_local() if hasattr(p, "to_local") else p  # FSDP: this rank's shard (a DTensor's)
+            total += 2 * local.numel() * local.element_size()
     return total
 
 
@@ -63,23 +64,27 @@ def halve_until_fits(micro: int, fits: Callable[[int], bool]) -> int | None:
         micro = max(1, micro // 2)
 
 
-def host_micro_batch(shape: ModelShape, seq_len: int, micro: int, precision: str, budget: int | None) -> int | None:
+def host_micro_batch(shape: ModelShape, seq_len: int, micro: int, precision: str, budget: int | None,
+                     layout: Mapping[str, int] | None = None) -> int | None:
     """On CPU, where running out of memory kills the process instead of raising: the largest divisor of
     ``micro`` whose estimated training memory (:func:`gradus.plan.memory.estimate_memory`: weights,
     gradients, AdamW's moments, activations and the logits, with :data:`~gradus.plan.memory.HEADROOM`) fits
     in ``budget`` bytes; ``micro`` itself when the budget is unknown; None when not even 1 fits. A 50k
-    vocabulary at 65k tokens per step needs ~40 GB for the logits alone as one micro-batch."""
+    vocabulary at 65k tokens per step needs ~40 GB for the logits alone as one micro-batch. ``layout``: FSDP
+    sharding and activation checkpointing (:func:`gradus.plan.memory.memory_layout`)."""
     if budget is None:
         return micro
-    return largest_fitting_micro_batch(shape, seq_len, micro, budget, precision)
+    return largest_fitting_micro_batch(shape, seq_len, micro, budget, precision, **(layout or {}))
 
 
 def probe_micro_batch(net: Callable, optimizer: torch.optim.Optimizer, rt: Runtime, vocab_size: int, seq_len: int,
                       micro: int) -> int | None:
     """The largest micro-batch ≤ ``micro`` (halving) whose forward + backward of ``net`` fits on this GPU,
     with AdamW's moments held aside when they do not exist yet (a fresh run: they appear at the first
-    step); None when not even 1 fits. Runs under ``no_sync``: a rank that runs out of memory must not leave
-    the others waiting in a gradient all-reduce. The RNG states are left as they were."""
+    step; under FSDP only this rank's shard of them); None when not even 1 fits. Under DDP it runs under
+    ``no_sync``: a rank that runs out of memory must not leave the others waiting in a gradient all-reduce.
+    Under FSDP the forward itself gathers weights from every rank, so the ranks (same GPUs, same shapes)
+    run out of memory together or not at all. The RNG states are left as they were."""
     saved_rng = rng_state()
     reserve_bytes = 0 if optimizer.state else adamw_state_bytes(optimizer)
 
@@ -92,7 +97,7 @@ def probe_micro_batch(net: Callable, optimizer: torch.optim.Optimizer, rt: Runti
             # Separate label tensor: compiled with (x, x), the graph would assume aliased inputs and
             # the first real step (two tensors) would recompile after the clock has started.
             y = torch.randint(0, vocab_size, (m, seq_len), device=rt.device)
-            with net.no_sync() if rt.distributed else contextlib.nullcontext():
+            with deferred_grad_sync(net, rt):
                 with rt.autocast():
                     _, loss = net(x, y)
                 loss.backward()
@@ -114,22 +119,23 @@ def probe_micro_batch(net: Callable, optimizer: torch.optim.Optimizer, rt: Runti
 
 
 def plan_micro_batches(stages: Iterable, shape: ModelShape, rt: Runtime, configured: int | None,
-                       probe: Callable[[int, int], int | None]) -> dict[int, int]:
+                       probe: Callable[[int, int], int | None],
+                       layout: Mapping[str, int] | None = None) -> dict[int, int]:
     """Micro-batch per stage index. On CUDA each stage's shape is run once by ``probe(seq_len, micro)``
     (:func:`probe_micro_batch` on the run's module), so no stage change can run out of memory later; this
     also compiles every stage's graph before the clock starts. Under DDP every rank takes the smallest
     micro-batch any rank found (different accumulation counts would hang the gradient all-reduce). On CPU
     the largest divisor of the local batch whose estimated memory fits in the host's
-    (:func:`host_micro_batch`): the whole batch for any model and shape a CPU trains at a useful speed.
+    (:func:`host_micro_batch`, with FSDP sharding and activation checkpointing as ``layout`` says): the whole batch for any model and shape a CPU trains at a useful speed.
     A stage that does not fit even at micro-batch 1 is a one-line GradusError."""
     chosen: dict[int, int] = {}
     budget = host_memory_budget() if rt.device.type == "cpu" else None
     for s in stages:
         micro = configured_micro_batch(s.batch_size // rt.world_size, configured)
         if rt.device.type == "cpu" and s.steps > 0:
-            micro = rt.min_over_ranks(host_micro_batch(shape, s.seq_len, micro, rt.precision, budget) or 0)
+            micro = rt.min_over_ranks(host_micro_batch(shape, s.seq_len, micro, rt.precision, budget, layout) or 0)
             if micro == 0:
-                need = estimate_memory(shape, s.seq_len, 1, rt.precision).total
+                need = estimate_memory(shape, s.seq_len, 1, rt.precision, **(layout or {})).total
                 raise GradusError(
                     f"curriculum.stages[{s.index}] (seq_len {s.seq_len}) needs about {need / 2**30:.1f} GiB "
                     f"even at micro-batch 1, more than the {(budget or 0) / 2**30:.1f} GiB this machine has "

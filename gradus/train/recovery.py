@@ -48,7 +48,9 @@ def no_checkpoint_error(event: Any, guard_cfg: Any) -> DivergedError:
 def check_ranks_in_sync(rt: Any, model: Any, write: Any, step: int) -> None:
     """Under DDP, confirm every rank ends with the same weights: a cheap checksum, all-gathered and written
     as a ``dist/weights_checksum`` record; ranks whose weights drifted apart raise :class:`GradusError`."""
-    if not rt.distributed:
+    from gradus.train.parallel import is_sharded
+
+    if not rt.distributed or is_sharded(model):  # FSDP: one copy of each weight, sharded; nothing to compare
         return
     gathered = rt.gather(float(sum(p.detach().double().sum() for p in model.parameters())))
     in_sync = all(g == gathered[0] for g in gathered)

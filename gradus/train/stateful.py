@@ -94,10 +94,14 @@ class PerRank:
     :meth:`load_state_dict` restores this rank's entry; alone it is the part's own state, the layout
     single-process checkpoints have always had. A checkpoint from another number of processes (or one
     written before per-rank saving, which held rank 0's state only) is refused in one line: each rank's
-    position in its shard cannot be mapped onto other ranks."""
+    position in its shard cannot be mapped onto other ranks. With ``restart_on_other_world_size``
+    (``--allow-config-change``) such a checkpoint leaves the part fresh instead: every rank's data order
+    starts again at the beginning of its new shard, while the counters (step, tokens, so the curriculum)
+    continue."""
 
-    def __init__(self, part: Stateful, rt: Runtime, name: str):
+    def __init__(self, part: Stateful, rt: Runtime, name: str, restart_on_other_world_size: bool = False):
         self.part, self.rt, self.name = part, rt, name
+        self.restart_on_other_world_size = restart_on_other_world_size
 
     def state_dict(self) -> Any:
         """The part's state, or (DDP) every rank's, gathered on every rank."""
@@ -106,6 +110,9 @@ class PerRank:
 
     def load_state_dict(self, state: Any) -> None:
         """Restore this rank's entry (see the class docstring)."""
+        saved_ranks = len(state) if isinstance(state, list) else 1
+        if saved_ranks != self.rt.world_size and self.restart_on_other_world_size:
+            return  # fresh: this rank's new shard from its beginning
         if isinstance(state, list):
             if len(state) != self.rt.world_size:
                 raise CheckpointError(

@@ -12,6 +12,7 @@ import math
 import torch
 
 from gradus.errors import GradusError
+from gradus.train.parallel import deferred_grad_sync
 from gradus.train.runtime import Runtime
 
 
@@ -50,7 +51,7 @@ def optimizer_step(
 
     Each micro-batch is weighted by its share of the label tokens, so accumulation gives the same
     gradient as one pass over the whole batch whatever the masking; under DDP only the last micro-batch
-    synchronises gradients. ``loss_multiplier`` (1 but under fault injection, :mod:`gradus.train.faults`)
+    synchronises gradients (under FSDP every one reduce-scatters its shard: :func:`deferred_grad_sync`). ``loss_multiplier`` (1 but under fault injection, :mod:`gradus.train.faults`)
     scales the loss and so its gradients: NaN/Inf/×k losses then take the real path.
     """
     for group in optimizer.param_groups:
@@ -65,7 +66,7 @@ def optimizer_step(
         y = labels[s : s + micro].to(rt.device, non_blocking=True).contiguous()
         weight = int((labels[s : s + micro] != -100).sum()) / valid_total
         last = j == len(starts) - 1
-        sync = contextlib.nullcontext() if (last or not rt.distributed) else net.no_sync()
+        sync = contextlib.nullcontext() if last else deferred_grad_sync(net, rt)
         with sync:
             with rt.autocast():
                 _, loss = net(x, y)

@@ -21,15 +21,15 @@ import torch
 
 from gradus.config import GradusConfig, dump_yaml
 from gradus.curriculum import StageState, resolve_schedule, stage_of_step, state_at
-from gradus.train import checkpoint, early_stop, faults, metrics, recovery, runtime
+from gradus.train import checkpoint, early_stop, faults, metrics, parallel, recovery, runtime
 from gradus.train.build import build_training_parts, load_tokenizer_on_ranks, wrap_for_training
-from gradus.train.checkpoint import CheckpointManager
 from gradus.train.ema import WeightEMA
 from gradus.train.evaluate import Validation, side_evaluations
 from gradus.train.guard import LossGuard
 from gradus.train.metrics import Console, RunResult, StepReport, Window
 from gradus.train.micro_batch import check_batches_divide, plan_micro_batches, probe_micro_batch
 from gradus.train.passkey import PasskeyProbe
+from gradus.train.sharded_checkpoint import open_checkpoints
 from gradus.train.signals import StopRequest
 from gradus.train.stateful import PerRank, Progress, RngState, Stateful
 from gradus.train.step import batch_tensors, optimizer_step
@@ -72,7 +72,7 @@ class Trainer:
         rt.barrier()
         self.console = Console(enabled=rt.is_main and not self.quiet, progress_bar=cfg.logging.progress_bar,
                                total_tokens=None)
-        self.ckpt = CheckpointManager(self.run_dir / "checkpoints", keep_last=cfg.train.keep_last)
+        self.ckpt = open_checkpoints(self.run_dir / "checkpoints", cfg.train, rt)  # sharded under FSDP
         runtime.seed_everything(cfg.train.seed)
 
         self.tokenizer = load_tokenizer_on_ranks(cfg.data, self.run_dir, rt, self.console.print)
@@ -97,7 +97,7 @@ class Trainer:
         self.micro_batches = plan_micro_batches(
             self.schedule.stages, self.shape, rt, cfg.train.micro_batch_size,
             lambda seq_len, micro: probe_micro_batch(self.net, self.optimizer, rt, self.shape.vocab_size, seq_len, micro),
-        )
+            layout=parallel.memory_layout(cfg.train, self.shape.n_layers, rt.world_size))  # FSDP shards, recompute
         # Every training shape compiled now, not at its stage's first step (see gradus.train.warmup).
         self.warmup = (compile_warmup(self.net, self.model, self.optimizer, rt, self.schedule.stages,
                                       self.micro_batches) if self.compiled else None)
@@ -116,14 +116,15 @@ class Trainer:
         cfg, rt = self.cfg, self.rt
         # Seeded again inside: the model's init does not depend on what the tokenizer consumed.
         built = build_training_parts(self.shape, cfg.optim, rt.device, rt.precision, cfg.train.seed,
-                                     cfg.model.init_from)
+                                     cfg.model.init_from, prepare=lambda m: parallel.prepare_model(m, cfg.train, rt))
         self.model, self.optimizer, self.scaler = built.model, built.optimizer, built.scaler
         self.data = DataPipeline(cfg.data, self.tokenizer, self.schedule, seed=cfg.train.seed,
                                  rank=rt.rank, world_size=rt.world_size)
         self.guard, self.progress = LossGuard(cfg.train.guard), Progress()
         # In the order they are restored: the data pipeline before the RNG states, as always.
-        self.parts: dict[str, Stateful] = {"progress": self.progress, "data": PerRank(self.data, rt, "data"),
-                                           "guard": self.guard, "rng": RngState(rt)}
+        data = PerRank(self.data, rt, "data", restart_on_other_world_size=self.allow_config_change)
+        self.parts: dict[str, Stateful] = {"progress": self.progress, "data": data, "guard": self.guard,
+                                           "rng": RngState(rt)}
         if self.scaler is not None:
             self.parts["scaler"] = self.scaler
         self.ema = WeightEMA(self.model, cfg.train.ema) if cfg.train.ema is not None else None
@@ -152,7 +153,8 @@ class Trainer:
             if self.guard.notice:  # an LR factor raised to its floor is said, never silent
                 self.console.print(f"guard: {self.guard.notice}")
         for line in [*self.metrics.notes, *metrics.run_summary(self.shape, self.rt, self.compiled, self.schedule,
-                                                                self.micro_batches)]:
+                                                                self.micro_batches),
+                     *parallel.parallel_notes(self.cfg.train, self.rt, self.shape.n_layers)]:
             self.console.print(line)
         if self.warmup is not None:
             report_warmup(self.warmup, self.console.print, self.metrics.write)
@@ -336,7 +338,7 @@ class Trainer:
             pr.last_checkpoint_tokens = pr.tokens
             payload = checkpoint.parts_state(self.parts, rt.world_size)  # every rank: RNG states are gathered
             path = None
-            if rt.is_main:
+            if rt.is_main or self.ckpt.collective:  # sharded (FSDP): every rank writes its shard
                 meta = checkpoint.checkpoint_meta(pr, state.stage_index, self.compat, self.tokenizer.identity(),
                                                   self.shape)
                 path = self.ckpt.save(pr.step, model=self.model, optimizer=self.optimizer, state=payload, meta=meta,

@@ -1,0 +1,233 @@
+"""FSDP2, activation checkpointing and sharded checkpoints (CPU, gloo, two processes through torchrun).
+
+The tiny curriculum here runs 22 steps over three stages (two stage changes). FSDP and DDP differ only in
+how gradients are reduced (reduce-scatter of each parameter's shard against an all-reduce of buckets), so
+their losses agree to float rounding: within ``LOSS_TOL`` (1e-5 on losses of about 6; measured: ~5e-7).
+Activation checkpointing recomputes the same operations, so it changes nothing at all on CPU.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from builders import tiny_config
+from safetensors.torch import load_file
+
+from gradus.cli import main
+from gradus.config import from_dict
+from gradus.data import load_tokenizer
+from gradus.plan.memory import checkpointed_blocks
+from gradus.train.metrics import losses_by_step, read_metrics
+from gradus.train.sharded_checkpoint import consolidate, is_sharded_checkpoint
+from gradus.train.trainer import train
+
+LOSS_TOL = 1e-5
+STAGES = [  # 8 + 7 + 7 = 22 steps of 256 tokens; local batches 8, 4 and 2 rows on two processes
+    {"name": "s16", "tokens": 8 * 256, "seq_len": 16, "tokens_per_batch": 256, "mix": {"wiki": 0.8, "math": 0.2}},
+    {"name": "s32", "tokens": 7 * 256, "seq_len": 32, "tokens_per_batch": 256, "mix": {"wiki": 0.5, "math": 0.5}},
+    {"name": "s64", "tokens": 7 * 256, "seq_len": 64, "tokens_per_batch": 256, "mix": {"wiki": 0.3, "math": 0.7}},
+]
+STEPS = 22
+
+
+@pytest.fixture(scope="module")
+def tokenizer_json(tmp_path_factory, offline_data) -> str:
+    """A 512-token BPE trained once, so the torchrun processes do not each train it."""
+    out = tmp_path_factory.mktemp("tok")
+    load_tokenizer(from_dict(tiny_config(offline_data)).data, run_dir=out)
+    return str(out / "tokenizer.json")
+
+
+def raw_config(tok: str, data: Path, **train) -> dict:
+    """The tiny model on :data:`STAGES`, logging every step, a checkpoint every 4 steps."""
+    cfg = tiny_config(data, tok, stages=STAGES)
+    cfg["train"].update({"eval_every": 5, "checkpoint_every": 4, "early_stopping_patience": None, **train})
+    cfg["logging"]["log_every"] = 1
+    return cfg
+
+
+def write_config(path: Path, raw: dict) -> Path:
+    path.write_text(json.dumps(raw))
+    return path
+
+
+def torchrun_train(cfg_path: Path, run: Path, *extra: str, nproc: int = 2, env: dict | None = None,
+                   ok: bool = True) -> subprocess.CompletedProcess:
+    """``gradus train`` in ``nproc`` gloo processes through torchrun (a free port: --standalone)."""
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
+           "-m", "gradus.cli", "train", str(cfg_path), "--out", str(run), "--quiet", *extra]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env={**os.environ, **(env or {})})
+    if ok:
+        assert proc.returncode == 0, proc.stderr[-3000:]
+    return proc
+
+
+def step_losses(run: Path) -> dict[int, float]:
+    return losses_by_step(run / "metrics.jsonl")
+
+
+def last_checkpoint(run: Path) -> Path:
+    return sorted((run / "checkpoints").glob("step_*"))[-1]
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory, tokenizer_json, offline_data) -> dict[str, Path]:
+    """The same curriculum under DDP, FSDP, and FSDP with every block's activations recomputed."""
+    root = tmp_path_factory.mktemp("parallel")
+    out = {}
+    for name, train_cfg in {"ddp": {}, "fsdp": {"parallel": "fsdp"},
+                            "fsdp_ac": {"parallel": "fsdp", "activation_checkpointing": "full"}}.items():
+        cfg = write_config(root / f"{name}.json", raw_config(tokenizer_json, offline_data, **train_cfg))
+        out[name] = root / name
+        torchrun_train(cfg, out[name])
+    out["config"] = root / "fsdp.json"
+    return out
+
+
+def test_fsdp_gives_ddps_losses_across_stage_changes(runs):
+    ddp, fsdp = step_losses(runs["ddp"]), step_losses(runs["fsdp"])
+    assert sorted(ddp) == sorted(fsdp) == list(range(1, STEPS + 1))
+    stages = {r["step"]: r["curriculum/stage"] for r in read_metrics(runs["fsdp"] / "metrics.jsonl")
+              if "curriculum/stage" in r and "event" not in r}
+    assert [stages[s] for s in (8, 9, 15, 16, 22)] == [0, 1, 1, 2, 2]
+    assert max(abs(ddp[s] - fsdp[s]) for s in ddp) < LOSS_TOL
+    assert fsdp[STEPS] < fsdp[1] - 0.3  # it learned
+
+
+def test_fsdp_with_activation_checkpointing_gives_the_same_losses(runs):
+    plain, ac = step_losses(runs["fsdp"]), step_losses(runs["fsdp_ac"])
+    assert sorted(plain) == sorted(ac)
+    assert max(abs(plain[s] - ac[s]) for s in plain) <= 1e-6
+
+
+def test_fsdp_checkpoints_are_sharded_and_export_as_one_model(runs, offline_data, tmp_path, capsys):
+    ckpt = last_checkpoint(runs["fsdp"])
+    assert is_sharded_checkpoint(ckpt) and not (ckpt / "model.safetensors").exists()
+    assert sorted(p.name for p in (ckpt / "shards").glob("*.distcp")) == ["__0_0.distcp", "__1_0.distcp"]
+    meta = json.loads((ckpt / "meta.json").read_text())
+    assert (meta["format"], meta["shards"], meta["step"]) == ("sharded", 2, STEPS)
+    state = torch.load(ckpt / "state.pt", weights_only=False)  # every rank's data position, as under DDP
+    assert [d["fingerprint"]["rank"] for d in state["data"]] == [0, 1]
+    # One process, no process group: the shards become the whole model, which is the DDP run's to rounding.
+    sharded_copy = tmp_path / "ckpt"
+    shutil.copytree(ckpt, sharded_copy)
+    whole = load_file(str(consolidate(sharded_copy)))
+    ddp = load_file(str(last_checkpoint(runs["ddp"]) / "model.safetensors"))
+    assert sorted(whole) == sorted(ddp)
+    assert max(float((whole[k] - ddp[k]).abs().max()) for k in ddp) < 1e-5
+    # gradus eval and export read a sharded checkpoint directly.
+    data = str(offline_data / "wikitext-2" / "train.jsonl")
+    losses = []
+    for run in (runs["fsdp"], runs["ddp"]):
+        assert main(["eval", str(run), "--data", data, "--tokens", "2048", "--json"]) == 0
+        losses.append(json.loads(capsys.readouterr().out)["loss"])
+    assert abs(losses[0] - losses[1]) < 1e-4
+    assert main(["export", str(runs["fsdp"]), "--hf", str(tmp_path / "hf")]) == 0
+    assert (tmp_path / "hf" / "config.json").is_file() and (tmp_path / "hf" / "model.safetensors").is_file()
+
+
+def test_killed_after_a_sharded_checkpoint_resumes_exactly(runs, tmp_path):
+    run = tmp_path / "run"
+    torchrun_train(runs["config"], run, "--stop-at-step", "9")
+    # Killed (SIGKILL, every rank) with its shards half-way to disk: the partial save is never listed.
+    killed = torchrun_train(runs["config"], run, env={"GRADUS_FAULTS": "kill@after_model"}, ok=False)
+    assert killed.returncode != 0
+    assert sorted(p.name for p in (run / "checkpoints").iterdir() if p.name.startswith("step_"))[-1] == "step_00000009"
+    assert any(p.name.startswith(".tmp-step_") for p in (run / "checkpoints").iterdir())
+    torchrun_train(runs["config"], run)
+    assert not any(p.name.startswith(".tmp-") for p in (run / "checkpoints").iterdir())
+    uninterrupted, resumed = step_losses(runs["fsdp"]), step_losses(run)
+    assert all(resumed[s] == uninterrupted[s] for s in range(10, STEPS + 1))
+    a = load_file(str(consolidate(last_checkpoint(runs["fsdp"]))))
+    b = load_file(str(consolidate(last_checkpoint(run))))
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_another_world_size_is_refused_unless_allowed(runs, tmp_path, capsys):
+    run = tmp_path / "run"
+    shutil.copytree(runs["fsdp"], run)
+    for late in sorted((run / "checkpoints").glob("step_*"))[-2:]:  # resume inside the last stage (step 16)
+        shutil.rmtree(late)
+    start = int(json.loads((last_checkpoint(run) / "meta.json").read_text())["step"])
+    assert main(["train", str(runs["config"]), "--out", str(run), "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert "world size 2 → 1" in err and "--allow-config-change" in err and err.count("\n") == 1
+    # Allowed, on four processes: DCP reshards the weights and AdamW, the data order restarts, the
+    # counters (and so the curriculum) continue.
+    torchrun_train(runs["config"], run, "--allow-config-change", nproc=4)
+    losses = step_losses(run)
+    assert sorted(s for s in losses if s > start) == list(range(start + 1, STEPS + 1))
+    assert json.loads((last_checkpoint(run) / "meta.json").read_text())["shards"] == 4
+    # The trained weights came back (a fresh model starts near the first step's loss), on new data.
+    assert losses[start + 1] < step_losses(runs["fsdp"])[1] - 0.3
+
+
+def test_fsdp_on_one_process_trains_unsharded_with_a_note(tmp_path, tokenizer_json, offline_data, capsys):
+    raw = raw_config(tokenizer_json, offline_data, parallel="fsdp", max_steps=3)
+    path = write_config(tmp_path / "c.json", raw)
+    assert main(["train", str(path), "--out", str(tmp_path / "run")]) == 0
+    out = capsys.readouterr().out
+    assert "parallel: fsdp on one process: nothing to shard across, training unsharded" in out
+    assert (last_checkpoint(tmp_path / "run") / "model.safetensors").is_file()
+
+
+def test_activation_checkpointing_changes_no_loss_on_one_process(tmp_path, tokenizer_json, offline_data):
+    losses = []
+    for i, mode in enumerate(["none", "every_k"]):
+        raw = raw_config(tokenizer_json, offline_data, activation_checkpointing=mode, max_steps=10,
+                         activation_checkpointing_every_k=3)
+        train(from_dict(raw), tmp_path / str(i), quiet=True)
+        losses.append(step_losses(tmp_path / str(i)))
+    assert losses[0] == losses[1] and len(losses[0]) == 10
+
+
+def test_which_blocks_are_checkpointed():
+    assert checkpointed_blocks(8, "none", 2) == []
+    assert checkpointed_blocks(8, "full", 2) == [0, 1, 2, 3, 4, 5, 6, 7]
+    assert checkpointed_blocks(8, "every_k", 3) == [0, 3, 6]
+
+
+@pytest.mark.parametrize(("train_cfg", "expected"), [
+    ({"activation_checkpointing": "some"}, "train.activation_checkpointing"),
+    ({"parallel": "zero3"}, "train.parallel"),
+    ({"parallel": "fsdp", "ema": {"decay": 0.99}}, "train.ema: the weights' average is not kept under"),
+])
+def test_bad_parallel_settings_are_one_line_errors(tmp_path, tokenizer_json, offline_data, capsys, train_cfg,
+                                                    expected):
+    path = write_config(tmp_path / "c.json", raw_config(tokenizer_json, offline_data, **train_cfg))
+    assert main(["train", str(path), "--out", str(tmp_path / "run")]) == 2
+    err = capsys.readouterr().err
+    assert expected in err and err.count("\n") == 1, err
+
+
+def test_a_failed_sharded_save_stops_every_rank_with_one_line(runs, tmp_path):
+    run = tmp_path / "run"
+    proc = torchrun_train(runs["config"], run, env={"GRADUS_FAULTS": "save_fail@after_model"}, ok=False)
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("gradus: error:")]
+    assert len(errors) == 2 and all("could not write checkpoint" in e and "step_00000004" in e for e in errors)
+    assert all("no earlier checkpoint exists" in e for e in errors)
+    assert sorted(p.name for p in (run / "checkpoints").iterdir()) == []  # the partial save is gone
+
+
+def test_the_probe_holds_aside_only_this_ranks_shard_of_adamw():
+    class Shard:  # what FSDP2 gives AdamW: a DTensor whose local part is 1/world of the parameter
+        requires_grad = True
+
+        def __init__(self, rows: int):
+            self.local = torch.zeros(rows, 8)
+
+        def to_local(self) -> torch.Tensor:
+            return self.local
+
+    from gradus.train.micro_batch import adamw_state_bytes
+
+    optimizer = torch.optim.AdamW([torch.nn.Parameter(torch.zeros(1))])
+    optimizer.param_groups[0]["params"] = [Shard(3), Shard(5)]
+    assert adamw_state_bytes(optimizer) == 2 * 4 * 8 * (3 + 5)
