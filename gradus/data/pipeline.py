@@ -29,11 +29,11 @@ import numpy as np
 
 from gradus.config import DataConfig
 from gradus.curriculum import state_at, tokens_at_step
+from gradus.data.chat import chat_loss_rows
 from gradus.data.mixture import Mixer, SourceFeed, name_key, rng_from
 from gradus.data.packing import RecordPacker, make_packer, resolve_stride
 from gradus.data.reader import Shard
 from gradus.data.sources import open_reader
-from gradus.data.chat import chat_loss_rows
 from gradus.data.validation import heldout_records, heldout_tokens, windows
 from gradus.errors import DataError
 
@@ -474,6 +474,8 @@ class DataPipeline:
         out["data/dropped_sources"] = float(len(snap["mixer"]["dropped"]))
         if "dropped" in snap["packer"]:
             out["data/dropped_tokens"] = float(snap["packer"]["dropped"])
+        if "records" in snap:  # sft stages: tokens of records longer than a row, cut off
+            out["data/sft_cut_tokens"] = float(snap["records"]["cut"])
         elapsed = (self._t_last - self._t0) if self._t0 is not None else 0.0
         out["data/wait_fraction"] = float(self._wait / elapsed) if elapsed > 0 else 0.0
         out["data/wait_seconds"] = float(self._wait)
