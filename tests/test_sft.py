@@ -304,3 +304,33 @@ def test_chat_sources_and_sft_stages_go_together(tmp_path, capsys, tok_path, cha
     cfg = sft_config(tok_path, chat_file, offline_data / "wikitext-2" / "train.jsonl")
     change(cfg)
     assert expected in _one_line_error(capsys, cfg, tmp_path)
+
+
+# ------------------------------------------------------------------------------------- export
+def test_the_export_carries_the_builtin_template_that_transformers_renders_alike(tmp_path):
+    """The exported chat_template (for TRL's DPOTrainer, apply_chat_template) renders the text and token ids
+    stage D trained on, and its segments match the built-in ones."""
+    transformers = pytest.importorskip("transformers")
+    from gradus.data.chat import BUILTIN_CHAT_JINJA, EOS_MARK, HFChatTemplate, builtin_segments
+    from gradus.export.hf import export_hf
+
+    tok = tiny_tokenizer()
+    export_hf(tiny_model(tok), tok, tmp_path / "hf")
+    assert json.loads((tmp_path / "hf" / "tokenizer_config.json").read_text())["chat_template"] == BUILTIN_CHAT_JINJA
+    messages = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Add 2 and 3."},
+                {"role": "assistant", "content": "5"}]
+    ours: list[tuple[str, bool]] = []
+    for t, trained in builtin_segments(messages):  # untrained neighbours merged, as the Jinja path yields them
+        t = t.replace(EOS_MARK, "<|endoftext|>")
+        ours[-1:] = [(ours[-1][0] + t, trained)] if ours and ours[-1][1] == trained else [*ours[-1:], (t, trained)]
+    assert ours[-1] == ("5<|endoftext|>", True)
+    assert HFChatTemplate(BUILTIN_CHAT_JINJA, "<|endoftext|>").segments(messages, "x") == ours
+    hf_tok = transformers.AutoTokenizer.from_pretrained(str(tmp_path / "hf"))
+    src = from_dict(sft_config(Path("t"), Path("c"), Path("x"))).data.sources[1]
+    (rec,) = encode_marked(tok.backend, [ChatRenderer(src).render({"messages": messages}, "x")], tok.eos_id,
+                           tok.dtype, special_ids(tok.backend))
+    rendered = hf_tok.apply_chat_template(messages, tokenize=False)
+    assert rendered == "".join(t for t, _ in ours)
+    assert hf_tok(rendered, add_special_tokens=False)["input_ids"] == [int(i) for i in rec["id"]]
+    prompt = hf_tok.apply_chat_template(messages[:2], tokenize=False, add_generation_prompt=True)
+    assert prompt.endswith("Add 2 and 3.\n<|assistant|>\n")

@@ -72,6 +72,16 @@ def strip_marks(text: str) -> str:
     return text.translate({ord(c): None for c in _MARKS})
 
 
+BUILTIN_CHAT_JINJA = (
+    "{% for m in messages %}{% if m['role'] == 'assistant' %}<|assistant|>\n{{ m['content'] }}{{ eos_token }}"
+    "{% else %}<|{{ m['role'] }}|>\n{{ m['content'] }}\n{% endif %}{% endfor %}"
+    "{% if add_generation_prompt %}<|assistant|>\n{% endif %}"
+)
+"""The built-in template as a Hugging Face chat template (Jinja): written by ``gradus export --hf`` when the
+tokenizer has no template of its own, so ``apply_chat_template`` and TRL format prompts exactly as stage D
+trained on them (the same text, the end token as ``eos_token``)."""
+
+
 # ------------------------------------------------------------------------------------------ records
 def record_messages(record: dict, cfg, where: str) -> list[dict[str, str]]:
     """The conversation of one record: its ``messages_field`` list, or the user/assistant pair made by the
