@@ -334,3 +334,16 @@ def test_the_export_carries_the_builtin_template_that_transformers_renders_alike
     assert hf_tok(rendered, add_special_tokens=False)["input_ids"] == [int(i) for i in rec["id"]]
     prompt = hf_tok.apply_chat_template(messages[:2], tokenize=False, add_generation_prompt=True)
     assert prompt.endswith("Add 2 and 3.\n<|assistant|>\n")
+
+
+def test_gradus_schedule_shows_the_sft_stage(tmp_path, capsys, tok_path, chat_file, offline_data):
+    import yaml
+
+    path = tmp_path / "run.yaml"
+    path.write_text(yaml.safe_dump(sft_config(tok_path, chat_file, offline_data / "wikitext-2" / "train.jsonl")))
+    assert main(["schedule", str(path), "--json"]) == 0
+    stages = json.loads(capsys.readouterr().out)["stages"]
+    assert ["kind" in s for s in stages] == [False, True] and stages[1]["kind"] == "sft"
+    assert (stages[1]["seq_len"], stages[1]["batch_size"], stages[1]["peak_lr"]) == (64, 8, 3e-3)
+    assert main(["schedule", str(path)]) == 0
+    assert "D (sft)" in capsys.readouterr().out
