@@ -347,3 +347,19 @@ def test_gradus_schedule_shows_the_sft_stage(tmp_path, capsys, tok_path, chat_fi
     assert (stages[1]["seq_len"], stages[1]["batch_size"], stages[1]["peak_lr"]) == (64, 8, 3e-3)
     assert main(["schedule", str(path)]) == 0
     assert "D (sft)" in capsys.readouterr().out
+
+
+def test_worker_processes_tokenise_chat_records_alike(tmp_path, tok_path, chat_file, offline_data):
+    cfg = from_dict(sft_config(tok_path, chat_file, offline_data / "wikitext-2" / "train.jsonl", 1, 3))
+    schedule = resolve_schedule(cfg)
+    from gradus.data import load_tokenizer
+
+    tok = load_tokenizer(cfg.data)
+    states = [state_at(schedule, k, tokens_at_step(schedule, k)) for k in range(4)]
+    got = []
+    for workers in (0, 1):
+        with DataPipeline(cfg.data, tok, schedule, seed=2, prefetch=0, num_workers=workers) as pipe:
+            got.append([pipe.next_batch(s) for s in states])
+    for a, b in zip(*got, strict=True):
+        assert np.array_equal(a.inputs, b.inputs) and np.array_equal(a.labels, b.labels)
+    assert int((got[1][3].labels != -100).sum()) > 8 * 15  # 8 records of ~19 trained tokens each
