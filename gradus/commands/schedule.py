@@ -338,7 +338,7 @@ def _row(s: StagePlan, js: dict, base: float, max_seq_len: int, with_time: bool,
     clip = f"{s.grad_clip:g}" + ("" if s.clip_note in ("grad_clip",) else f" ({s.clip_note})")
     row = [
         str(s.index),
-        s.name,
+        s.name + (" (sft)" if s.kind == "sft" else ""),  # the stage that trains on chat records
         f"{s.start_step:,}–{s.end_step:,}",
         str(s.seq_len),
         str(s.batch_size),

@@ -116,6 +116,7 @@ def cross_check(cfg: GradusConfig | Mapping) -> list[str]:
     max_len = field_value(ModelConfig, model, "max_seq_len")
     problems = _model_problems(model)
     problems += _stage_fit_problems(stages, max_len, _source_names(data))
+    problems += _stage_kind_problems(stages, data)
     problems += _stage_order_problems(stages, cur, train)
     problems += _batch_ramp_problems(stages, cur)
     ref = field_value(TrainConfig, train, "eval_reference_seq_len")
@@ -199,6 +200,40 @@ def _stage_fit_problems(stages: list[Mapping], max_len: int | None, names: list[
                     hint = difflib.get_close_matches(str(source), sorted(names), n=1)
                     fix = f"did you mean {hint[0]!r}?" if hint else f"known sources: {', '.join(sorted(names))}"
                     problems.append(f"{where}.mix.{source}: unknown source {source!r}; {fix}")
+    return problems
+
+
+def _stage_kind_problems(stages: list[Mapping], data: Mapping) -> list[str]:
+    """Chat sources are read by sft stages only, and sft stages read chat sources only: the two are packed
+    differently (one record per row, masked) and cannot share a batch. The mix each stage really uses is
+    judged (its own, else the previous stage's, else uniform over every source)."""
+    raw = _section(data, "data").get("sources")
+    kinds: dict[str, str] = {}
+    for src in raw if isinstance(raw, list) else []:
+        name = field_value(SourceConfig, src, "name") if isinstance(src, Mapping) else None
+        if name is None:
+            return []  # the schema reports the source; a mix cannot be judged without names
+        kinds[name] = field_value(SourceConfig, src, "kind") or "text"
+    problems: list[str] = []
+    mix: Mapping | None = None
+    for i, st in enumerate(stages):
+        if isinstance(st.get("mix"), Mapping):
+            mix = st["mix"]
+        weighted = list(kinds) if mix is None else [
+            n for n, w in mix.items() if isinstance(w, int | float) and w > 0 and n in kinds]
+        where = f"curriculum.stages[{i}]"
+        if (field_value(StageConfig, st, "kind") or "pretrain") == "sft":
+            if not any(kinds[n] == "chat" for n in weighted):
+                problems.append(f"{where}.kind=sft: no source of kind: chat has a weight in this stage; add a chat "
+                                f"source (JSONL records with messages) to data.sources and to the stage's mix")
+            else:
+                problems += [f"{where}.mix.{n}: source {n!r} is kind: text, and a stage with kind: sft reads chat "
+                             f"records only; give it weight 0 here or make the source kind: chat"
+                             for n in weighted if kinds[n] != "chat"]
+        else:
+            problems += [f"{where}.mix.{n}: source {n!r} is kind: chat, read only by stages with kind: sft; give "
+                         f"it weight 0 here (write the stage's mix) or set the stage's kind: sft"
+                         for n in weighted if kinds[n] == "chat"]
     return problems
 
 

@@ -93,6 +93,37 @@ class SourceConfig(Strict):
     validation_split: str | None = Field(
         None, description="Explicit held-out split/path for validation; default: a hash of each document decides."
     )
+    kind: Literal["text", "chat"] = Field(
+        "text",
+        description="text: documents for pretraining; chat: instruction/chat records for a stage with kind: sft "
+        "(each record a `messages` list of {role, content}, or prompt_template/response_template over its "
+        "fields), rendered by the chat template and trained on the assistant spans only.",
+    )
+    messages_field: str = Field("messages", description="chat: record field holding the [{role, content}] list.")
+    prompt_template: str | None = Field(
+        None, description="chat: the user turn built from a record's fields, e.g. '{question}' (GSM8K); with "
+        "response_template, used instead of messages_field.",
+    )
+    response_template: str | None = Field(
+        None, description="chat: the assistant turn built from a record's fields, e.g. '{answer}'."
+    )
+    chat_template: Literal["auto", "builtin"] = Field(
+        "auto", description="chat: auto = the tokenizer's Hugging Face chat_template (tokenizer_config.json) when "
+        "it has one, else the built-in template (README, 'Stage D'); builtin = always the built-in one.",
+    )
+
+    @model_validator(mode="after")
+    def _chat_fields(self) -> SourceConfig:
+        if (self.prompt_template is None) != (self.response_template is None):
+            raise ValueError(f"source {self.name!r}: set both prompt_template and response_template, or neither "
+                             f"(then records carry a {self.messages_field!r} list)")
+        chat_only = [k for k in ("prompt_template", "response_template") if getattr(self, k) is not None]
+        if self.kind != "chat" and chat_only:
+            raise ValueError(f"source {self.name!r}: {chat_only[0]} needs kind: chat")
+        if self.kind == "chat" and self.template is not None:
+            raise ValueError(f"source {self.name!r}: a chat source takes prompt_template/response_template, "
+                             f"not template")
+        return self
 
     @model_validator(mode="after")
     def _one_origin(self) -> SourceConfig:
@@ -205,6 +236,11 @@ class StageConfig(Strict):
     budget); its shape is ``seq_len`` × (``batch_size`` or ``tokens_per_batch`` / seq_len)."""
 
     name: str | None = Field(None, description="Optional label shown in tables and logs.")
+    kind: Literal["pretrain", "sft"] = Field(
+        "pretrain",
+        description="pretrain: packed documents, every token trained; sft: supervised fine-tuning (stage D) on "
+        "chat sources, one record per row (padded, never packed with another), loss on assistant tokens only.",
+    )
     step: StepCount | None = Field(
         None, ge=0, description="Start step (the plans' {step: 0, seq_len: 64, ...} form); accepts 2k."
     )

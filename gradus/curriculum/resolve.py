@@ -56,7 +56,7 @@ def resolve_schedule(cfg: GradusConfig) -> Schedule:
             min_lr_ratio=cur.min_lr_ratio if st.min_lr_ratio is None else st.min_lr_ratio,
             grad_clip=clip, clip_note=clip_note, mix=mixes[i], start_step=start_step, end_step=end_step,
             start_tokens=start_tok, end_tokens=end_tok, token_threshold=threshold, rope_scaling=rope,
-            batch_lr_factor=batch_lr_factor,
+            batch_lr_factor=batch_lr_factor, kind=st.kind,
         ))
     _check(cfg, plans, warnings)
     schedule = Schedule(

@@ -60,6 +60,8 @@ class StagePlan:
     """RoPE position-interpolation factor in effect during this stage."""
     batch_lr_factor: float | None = None
     """Batch ramp: the factor (tokens_per_step / reference)^alpha already in peak_lr (None: no batch ramp)."""
+    kind: str = "pretrain"
+    """pretrain (packed documents) or sft (chat records, one per row, loss on assistant tokens)."""
 
     @property
     def steps(self) -> int:
@@ -81,6 +83,8 @@ class StagePlan:
         out = asdict(self)
         if self.batch_lr_factor is None:  # without a batch ramp the JSON keeps its old shape
             del out["batch_lr_factor"]
+        if self.kind == "pretrain":  # likewise: only an sft stage shows its kind
+            del out["kind"]
         out["steps"] = self.steps
         out["tokens"] = self.tokens
         out["examples"] = self.examples

@@ -61,6 +61,8 @@ class StageState:
     """One past the last step of the stage."""
     rope_scaling: float = 1.0
     """RoPE position-interpolation factor."""
+    kind: str = "pretrain"
+    """The stage's kind: pretrain (packed documents) or sft (one chat record per row, assistant loss)."""
 
 
 def stage_index_at(schedule: Schedule, step: int, tokens: int) -> int:
@@ -199,4 +201,5 @@ def state_at(schedule: Schedule, step: int, tokens: int) -> StageState:
         stage_start_step=s.start_step,
         stage_end_step=s.end_step,
         rope_scaling=s.rope_scaling,
+        kind=s.kind,
     )

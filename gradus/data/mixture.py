@@ -68,6 +68,8 @@ class SourceFeed:
         self.rng = rng
         self.on_exhausted = on_exhausted
         self.depth = max(1, depth)
+        # Chat records are tokenised span by span, with a train flag per token (gradus.data.chat).
+        self.chat = getattr(reader, "chat", None) is not None
         self.pause = _nothing  # set by the pipeline's thread (see pipeline._Courtesy)
         # committed state
         self.cursor: Cursor = start_cursor()
@@ -140,7 +142,7 @@ class SourceFeed:
             pieces = self._read_chunk()
             texts = [p.text for p in pieces if not p.end_of_pass]
             eos = [p.last for p in pieces if not p.end_of_pass]
-            handle = self.encoder.submit(texts, eos) if texts else None
+            handle = self.encoder.submit(texts, eos, chat=self.chat) if texts else None
             self._pending.append((pieces, handle))
         if not self._pending:
             return

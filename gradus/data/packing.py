@@ -20,6 +20,8 @@ from collections.abc import Callable
 import numpy as np
 
 from gradus.config import PackingConfig
+from gradus.data.chat import chat_loss_rows, is_chat
+from gradus.errors import DataError
 
 Pull = Callable[[], tuple[np.ndarray, int, bool]]
 """Gives the next document piece: (tokens, source index, last piece of its document)."""
@@ -241,6 +243,48 @@ class DocumentPacker:
             else:
                 self.dropped += max(0, n - 1)
             self.cur = None
+        return inputs, labels, counts
+
+
+class RecordPacker:
+    """Stage kind ``sft``: one chat record per row, padded after it, labels -100 except on the assistant's
+    tokens (:func:`gradus.data.chat.chat_loss_rows`).
+
+    Why one record per row rather than several records packed with a block-diagonal attention mask: the
+    causal mask alone then keeps every record to itself (padding comes after the record, so nothing real
+    attends to it), the model and its SDPA call stay as they are, and nothing is carried from one batch to
+    the next. The price is the padding, small for a fine-tuning set whose records are about one length;
+    the tokens of a record longer than seq_len + 1 are cut and counted (``cut``)."""
+
+    def __init__(self, n_sources: int, pad_id: int):
+        self.n_sources = n_sources
+        self.pad_id = pad_id
+        self.cut = 0
+
+    def state_dict(self) -> dict:
+        """Tokens cut from records longer than a row so far (nothing else outlives a batch)."""
+        return {"cut": self.cut}
+
+    def load_state_dict(self, state: dict) -> None:
+        """Back to a saved state."""
+        self.cut = int(state["cut"])
+
+    def pending(self) -> np.ndarray:
+        """Tokens drawn but not in a row: none (every record pulled goes into its row)."""
+        return np.zeros(self.n_sources, dtype=np.int64)
+
+    def batch(self, rows: int, seq_len: int, stride: int, pull: Pull) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """``rows`` records, one per row; ``stride`` does not apply."""
+        records = []
+        counts = np.zeros(self.n_sources, dtype=np.int64)
+        for _ in range(rows):
+            toks, si, _last = pull()
+            if not is_chat(toks):  # the config checks keep text sources out of sft stages
+                raise DataError("a stage with kind: sft got a text document; give text sources weight 0 there")
+            records.append(toks)
+            counts[si] += min(len(toks), seq_len + 1) - 1
+        inputs, labels, cut = chat_loss_rows(records, seq_len, self.pad_id)
+        self.cut += cut
         return inputs, labels, counts
 
 

@@ -29,11 +29,12 @@ import numpy as np
 
 from gradus.config import DataConfig
 from gradus.curriculum import state_at, tokens_at_step
+from gradus.data.chat import chat_loss_rows
 from gradus.data.mixture import Mixer, SourceFeed, name_key, rng_from
-from gradus.data.packing import make_packer, resolve_stride
+from gradus.data.packing import RecordPacker, make_packer, resolve_stride
 from gradus.data.reader import Shard
 from gradus.data.sources import open_reader
-from gradus.data.validation import heldout_tokens, windows
+from gradus.data.validation import heldout_records, heldout_tokens, windows
 from gradus.errors import DataError
 
 if TYPE_CHECKING:
@@ -83,6 +84,7 @@ class _Spec:
     seq_len: int
     rows: int
     mix: tuple[tuple[str, float], ...]
+    kind: str = "pretrain"
 
 
 # ----------------------------------------------------------------------------------------- the core
@@ -98,13 +100,15 @@ class _Stream:
         self.feeds: dict[str, SourceFeed] = {}
         for src in cfg.sources:
             reader = open_reader(src, shard=Shard(rank, world_size), role="train", holdout=cfg.validation.fraction,
-                                 retries=cfg.retries, backoff=cfg.retry_backoff)
+                                 retries=cfg.retries, backoff=cfg.retry_backoff, tokenizer=tok)
             self.feeds[src.name] = SourceFeed(
                 src.name, reader, encoder, buffer_size=cfg.shuffle_buffer,
                 rng=rng_from(seed, rank, name_key(src.name)), on_exhausted=src.on_exhausted, depth=depth,
             )
         self.mixer = Mixer(self.names, rng_from(seed, rank, 0x6D6978))
         self.packer = make_packer(cfg.packing, len(self.names), tok.dtype, tok.eos_id)
+        # Stages of kind sft cut chat records one per row instead (see RecordPacker for why).
+        self.records = RecordPacker(len(self.names), tok.eos_id)
         self.tokens = {n: 0 for n in self.names}
         self.batches = 0
         self.encoder = encoder
@@ -119,8 +123,9 @@ class _Stream:
 
     def make(self, spec: _Spec) -> Batch:
         """The next batch of shape ``spec``."""
+        packer = self.records if spec.kind == "sft" else self.packer
         if spec.stage_index != self.mixer.stage:
-            pending = self.packer.pending()
+            pending = packer.pending()
             self.mixer.begin_stage(spec.stage_index, {n: int(pending[i]) for i, n in enumerate(self.names)})
         weights = dict(spec.mix)
         stride = resolve_stride(self.cfg.packing, spec.seq_len)
@@ -128,7 +133,7 @@ class _Stream:
         # batch. Taken once per batch, not per document: during the batch's own fill the packer also holds
         # the tokens this batch is about to take, and counting those as waiting would make the mixer pick
         # one source for a whole batch.
-        pending = self.packer.pending()
+        pending = packer.pending()
         waiting = {n: int(pending[i]) for i, n in enumerate(self.names)}
 
         def pull() -> tuple[np.ndarray, int, bool]:
@@ -144,7 +149,7 @@ class _Stream:
                 self.mixer.record(name, len(toks), last)
                 return toks, self.index[name], last
 
-        inputs, labels, counts = self.packer.batch(spec.rows, spec.seq_len, stride, pull)
+        inputs, labels, counts = packer.batch(spec.rows, spec.seq_len, stride, pull)
         by_source = {n: int(counts[i]) for i, n in enumerate(self.names)}
         for n, c in by_source.items():
             self.tokens[n] += c
@@ -153,7 +158,7 @@ class _Stream:
 
     def state_dict(self) -> dict:
         """The full state after the last ``make``: independent of later calls (nothing is mutated in place)."""
-        return {
+        out = {
             "version": STATE_VERSION,
             "feeds": {n: f.state_dict() for n, f in self.feeds.items()},
             "mixer": self.mixer.state_dict(),
@@ -161,6 +166,9 @@ class _Stream:
             "tokens": dict(self.tokens),
             "batches": self.batches,
         }
+        if self.records.cut:  # only once an sft stage cut a record: a pretraining state keeps its layout
+            out["records"] = self.records.state_dict()
+        return out
 
     def load_state_dict(self, state: dict) -> None:
         """Back to a ``state_dict()``."""
@@ -168,6 +176,7 @@ class _Stream:
             f.load_state_dict(state["feeds"][n])
         self.mixer.load_state_dict(state["mixer"])
         self.packer.load_state_dict(state["packer"])
+        self.records.load_state_dict(state.get("records", {"cut": 0}))  # absent in states saved before sft
         self.tokens = dict(state["tokens"])
         self.batches = state["batches"]
 
@@ -239,6 +248,7 @@ class DataPipeline:
         self._queue: queue.Queue | None = None
         self._stop_event: threading.Event | None = None
         self._validation: dict[str, np.ndarray] | None = None
+        self._validation_chat: dict[str, list[np.ndarray]] | None = None
         self._wait = 0.0
         self._t0: float | None = None
         self._t_last = 0.0
@@ -247,7 +257,8 @@ class DataPipeline:
         self._closed = False
 
     # --------------------------------------------------------------------------------- specs
-    def _spec(self, seq_len: int, batch_size: int, stage_index: int, mix: dict[str, float]) -> _Spec:
+    def _spec(self, seq_len: int, batch_size: int, stage_index: int, mix: dict[str, float],
+              kind: str = "pretrain") -> _Spec:
         if batch_size % self.world_size:
             raise DataError(
                 f"stage {stage_index}: batch_size={batch_size} does not divide by world_size={self.world_size}; "
@@ -257,10 +268,10 @@ class DataPipeline:
         if unknown:
             raise DataError(f"stage {stage_index}: mix names unknown source(s) {', '.join(unknown)}")
         ordered = tuple((n, float(mix.get(n, 0.0))) for n in self._stream.names)
-        return _Spec(stage_index, seq_len, batch_size // self.world_size, ordered)
+        return _Spec(stage_index, seq_len, batch_size // self.world_size, ordered, kind)
 
     def _spec_of_state(self, state: StageState) -> _Spec:
-        return self._spec(state.seq_len, state.batch_size, state.stage_index, state.mix)
+        return self._spec(state.seq_len, state.batch_size, state.stage_index, state.mix, state.kind)
 
     def _predict(self, step: int, previous: _Spec) -> _Spec:
         """The spec of step ``step``, asked of the schedule at the token counter that step will have."""
@@ -416,11 +427,20 @@ class DataPipeline:
         one source (``batch.source``). The same on every call and every rank."""
         if self._validation is None:
             self._validation = heldout_tokens(self.cfg, self.tok)
+            self._validation_chat = heldout_records(self.cfg, self.tok)
         usable = {n: t for n, t in self._validation.items() if len(t) > seq_len}
-        if not usable:
+        chats = self._validation_chat or {}
+        if not usable and not chats:
             return []
-        per_source = max(seq_len, tokens // len(usable))
+        per_source = max(seq_len, tokens // (len(usable) + len(chats)))
         out: list[Batch] = []
+        for name, records in chats.items():
+            # One held-out record per row, as an sft stage trains (labels only on assistant tokens).
+            count = min(len(records), max(1, per_source // seq_len))
+            for i in range(0, count, batch_size):
+                x, y, _ = chat_loss_rows(records[i : min(count, i + batch_size)], seq_len, self.tok.eos_id)
+                out.append(Batch(x, y, {n: (int((y != -100).sum()) if n == name else 0) for n in self._stream.names},
+                                 -1, -1, name))
         for name, toks in usable.items():
             count = min(max(1, per_source // seq_len), (len(toks) - 1) // seq_len)
             inputs, labels = windows(toks, seq_len, count)
@@ -454,6 +474,8 @@ class DataPipeline:
         out["data/dropped_sources"] = float(len(snap["mixer"]["dropped"]))
         if "dropped" in snap["packer"]:
             out["data/dropped_tokens"] = float(snap["packer"]["dropped"])
+        if "records" in snap:  # sft stages: tokens of records longer than a row, cut off
+            out["data/sft_cut_tokens"] = float(snap["records"]["cut"])
         elapsed = (self._t_last - self._t0) if self._t0 is not None else 0.0
         out["data/wait_fraction"] = float(self._wait / elapsed) if elapsed > 0 else 0.0
         out["data/wait_seconds"] = float(self._wait)

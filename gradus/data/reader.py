@@ -29,6 +29,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from gradus.config import SourceConfig
+from gradus.data.chat import ChatRenderer
 from gradus.errors import DataError
 
 Cursor = dict[str, Any]
@@ -161,6 +162,12 @@ class Reader:
         # YAML single quotes keep '\n' as two characters; a template means a newline there.
         self.template = cfg.template.replace("\\n", "\n").replace("\\t", "\t") if cfg.template else None
         self.fields = _template_fields(self.template) if self.template else [cfg.text_field]
+        # A chat source renders each record as marked text (gradus.data.chat): with the built-in template
+        # here; open_reader swaps in the tokenizer's own chat template when the run has one.
+        self.chat = ChatRenderer(cfg) if cfg.kind == "chat" else None
+        if self.chat is not None:
+            self.fields = (_template_fields(f"{cfg.prompt_template}{cfg.response_template}")
+                           if cfg.prompt_template is not None else [cfg.messages_field])
 
     # subclasses ---------------------------------------------------------------------------------
     def describe(self) -> str:
@@ -184,6 +191,9 @@ class Reader:
                 )
             text, more = _clean_surrogates(self._render(data, raw.where))
             return text, repaired + more
+        if self.chat is not None and not isinstance(data, dict):
+            raise DataError(f"{raw.where}: chat source {self.name!r} reads JSON records (JSONL, JSON, Parquet), "
+                            f"not plain text; point its path at .jsonl files or make it kind: text")
         if isinstance(data, bytes):
             return decode_utf8(data)
         if isinstance(data, str):
@@ -193,6 +203,8 @@ class Reader:
         raise DataError(f"{raw.where}: record is a {type(data).__name__}, not an object (source {self.name!r})")
 
     def _render(self, record: dict, where: str) -> str:
+        if self.chat is not None:
+            return self.chat.render(record, where)
         if self.template is not None:
             try:
                 return self.template.format_map(record)

@@ -17,6 +17,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 from gradus.config import SourceConfig
+from gradus.data.chat import ChatRenderer
 from gradus.data.hf_stream import HFReader
 from gradus.data.local_files import FileReader
 from gradus.data.reader import Cursor, Reader, Shard, _Raw
@@ -46,9 +47,18 @@ class BuiltinReader(Reader):
 
 
 def open_reader(cfg: SourceConfig, *, shard: Shard = Shard(), role: str = "train", holdout: float = 0.0,
-                retries: int = 5, backoff: float = 2.0) -> Reader:
+                retries: int = 5, backoff: float = 2.0, tokenizer=None) -> Reader:
     """The reader for a source. ``role="validation"`` reads the explicit ``validation_split`` when the
-    source has one, else the held-out documents of the source itself."""
+    source has one, else the held-out documents of the source itself. ``tokenizer`` (the run's) lends a
+    chat source its Hugging Face chat template and end token; without it chat records use the built-in
+    template (enough for counting documents or training a BPE)."""
+    reader = _open(cfg, shard, role, holdout, retries, backoff)
+    if tokenizer is not None and reader.chat is not None:
+        reader.chat = ChatRenderer(cfg, getattr(tokenizer, "chat_template", None), tokenizer.eos_token)
+    return reader
+
+
+def _open(cfg: SourceConfig, shard: Shard, role: str, holdout: float, retries: int, backoff: float) -> Reader:
     if role == "validation" and cfg.validation_split:
         if cfg.dataset:
             return HFReader(cfg, Shard(), "all", 0.0, split=cfg.validation_split, retries=retries, backoff=backoff)

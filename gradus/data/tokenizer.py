@@ -28,6 +28,7 @@ from pathlib import Path
 import numpy as np
 
 from gradus.config import DataConfig
+from gradus.data.chat import find_chat_template, strip_marks
 from gradus.errors import DataError
 from gradus.files import make_readable
 
@@ -42,6 +43,10 @@ class Tokenizer:
     """A tokenizer fixed for a run: batch encoding, the EOS id, decoding, and an identity to check on resume.
 
     Wraps a ``tokenizers.Tokenizer`` (``backend``)."""
+
+    chat_template: str | None = None
+    """The Hugging Face chat template (Jinja) of the tokenizer's ``tokenizer_config.json``, if it has one;
+    chat sources render with it (see :mod:`gradus.data.chat`)."""
 
     def __init__(self, backend, *, eos_id: int, kind: str, name_or_path: str):
         self.backend = backend
@@ -228,7 +233,9 @@ def load_tokenizer(cfg: DataConfig, run_dir: str | Path | None = None,
     else:
         backend, kind = _from_hub(name)
         where = f"Hub tokenizer {name!r}"
-    return Tokenizer(backend, eos_id=_eos_id(backend, tcfg.eos_token, where), kind=kind, name_or_path=name)
+    tok = Tokenizer(backend, eos_id=_eos_id(backend, tcfg.eos_token, where), kind=kind, name_or_path=name)
+    tok.chat_template = find_chat_template(name)
+    return tok
 
 
 # ----------------------------------------------------------------------------------------- training
@@ -249,7 +256,7 @@ def training_texts(cfg: DataConfig, max_documents: int | None = None) -> Iterato
                 docs += 1
                 if docs > limit:
                     break
-            yield piece.text  # type: ignore[misc]
+            yield strip_marks(piece.text) if reader.chat is not None else piece.text  # type: ignore[arg-type]
 
 
 def train_tokenizer(cfg: DataConfig, vocab_size: int, max_documents: int | None = None) -> Tokenizer:

@@ -16,6 +16,7 @@ import logging
 import numpy as np
 
 from gradus.config import DataConfig
+from gradus.data.chat import encode_marked, special_ids
 from gradus.data.sources import open_reader
 
 log = logging.getLogger("gradus.data")
@@ -25,42 +26,62 @@ MAX_TOKENS_PER_SOURCE = 1 << 22
 
 
 def heldout_tokens(cfg: DataConfig, tokenizer) -> dict[str, np.ndarray]:
-    """Per source: its held-out documents tokenised and joined (each followed by EOS); sources without
-    held-out documents are left out."""
+    """Per text source: its held-out documents tokenised and joined (each followed by EOS); sources without
+    held-out documents, and chat sources (:func:`heldout_records`), are left out."""
     out: dict[str, np.ndarray] = {}
-    vcfg = cfg.validation
     for src in cfg.sources:
-        if vcfg.fraction <= 0 and not src.validation_split:
+        if src.kind == "chat":
             continue
-        reader = open_reader(src, role="validation", holdout=vcfg.fraction, retries=cfg.retries,
-                             backoff=cfg.retry_backoff)
-        # Finding max_documents held-out documents takes about max_documents / fraction records; stop
-        # looking after twice that (a streamed hub dataset is not read to its end for this).
-        scan_limit = None if src.validation_split else int(2 * vcfg.max_documents / vcfg.fraction) + 1
-        texts: list[str] = []
-        eos: list[bool] = []
-        docs = chars = 0
-        for piece in reader.scan(None):
-            if piece.end_of_pass:
-                break
-            if piece.first:
-                if docs >= vcfg.max_documents:
-                    break
-                docs += 1
-            texts.append(piece.text)  # type: ignore[arg-type]
-            eos.append(piece.last)
-            chars += len(piece.text)  # type: ignore[arg-type]
-            if chars > 8 * MAX_TOKENS_PER_SOURCE:
-                break
-            if scan_limit is not None and piece.cursor.get("seen", 0) >= scan_limit:
-                break
-        if not texts:
-            log.warning("source %s: no held-out documents for validation", src.name)
-            continue
-        arrays = tokenizer.encode_arrays(texts, eos)
-        tokens = np.concatenate(arrays)[:MAX_TOKENS_PER_SOURCE]
-        out[src.name] = tokens
+        texts, eos = _heldout_texts(cfg, src, tokenizer)
+        if texts:
+            out[src.name] = np.concatenate(tokenizer.encode_arrays(texts, eos))[:MAX_TOKENS_PER_SOURCE]
     return out
+
+
+def heldout_records(cfg: DataConfig, tokenizer) -> dict[str, list[np.ndarray]]:
+    """Per chat source: its held-out records, tokenised with their train flags (one row each when
+    evaluated, so the validation loss is the loss on assistant tokens, as in training)."""
+    out: dict[str, list[np.ndarray]] = {}
+    for src in cfg.sources:
+        if src.kind != "chat":
+            continue
+        texts, _ = _heldout_texts(cfg, src, tokenizer)
+        if texts:
+            out[src.name] = encode_marked(tokenizer.backend, texts, tokenizer.eos_id, tokenizer.dtype,
+                                          special_ids(tokenizer.backend))
+    return out
+
+
+def _heldout_texts(cfg: DataConfig, src, tokenizer) -> tuple[list[str], list[bool]]:
+    """The first ``validation.max_documents`` held-out documents of a source (pieces and their ends)."""
+    vcfg = cfg.validation
+    if vcfg.fraction <= 0 and not src.validation_split:
+        return [], []
+    reader = open_reader(src, role="validation", holdout=vcfg.fraction, retries=cfg.retries,
+                         backoff=cfg.retry_backoff, tokenizer=tokenizer)
+    # Finding max_documents held-out documents takes about max_documents / fraction records; stop
+    # looking after twice that (a streamed hub dataset is not read to its end for this).
+    scan_limit = None if src.validation_split else int(2 * vcfg.max_documents / vcfg.fraction) + 1
+    texts: list[str] = []
+    eos: list[bool] = []
+    docs = chars = 0
+    for piece in reader.scan(None):
+        if piece.end_of_pass:
+            break
+        if piece.first:
+            if docs >= vcfg.max_documents:
+                break
+            docs += 1
+        texts.append(piece.text)  # type: ignore[arg-type]
+        eos.append(piece.last)
+        chars += len(piece.text)  # type: ignore[arg-type]
+        if chars > 8 * MAX_TOKENS_PER_SOURCE:
+            break
+        if scan_limit is not None and piece.cursor.get("seen", 0) >= scan_limit:
+            break
+    if not texts:
+        log.warning("source %s: no held-out documents for validation", src.name)
+    return texts, eos
 
 
 def windows(tokens: np.ndarray, seq_len: int, count: int) -> tuple[np.ndarray, np.ndarray]:

@@ -7,7 +7,8 @@ returns handles that are collected in submission order. Each worker therefore to
 of the documents, and the stream is bit-identical to the single-process one (results are pure functions
 of the text), whatever the number of workers.
 
-This module is imported by the spawned workers: it imports only numpy and ``tokenizers``.
+This module is imported by the spawned workers: it imports only numpy, ``tokenizers`` and
+:mod:`gradus.data.chat` (standard library and numpy).
 """
 
 from __future__ import annotations
@@ -18,6 +19,8 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from gradus.data.chat import chat_dtype, encode_marked, special_ids
+
 _WORKER: dict = {}
 
 
@@ -26,11 +29,18 @@ def _nothing() -> None:
 
 
 def encode_chunk(backend, texts: Sequence[str], eos: Sequence[bool], eos_id: int, dtype,
-                 pause=_nothing) -> tuple[np.ndarray, np.ndarray]:
+                 pause=_nothing, chat: bool = False, specials: dict[str, int] | None = None,
+                 ) -> tuple[np.ndarray, np.ndarray]:
     """Token ids of ``texts`` (EOS appended where ``eos``) as one flat array plus per-text lengths.
 
     One flat array keeps pickling between processes cheap (one buffer instead of one per document).
-    ``pause`` is called between documents (see :class:`gradus.data.pipeline._Courtesy`)."""
+    ``pause`` is called between documents (see :class:`gradus.data.pipeline._Courtesy`). ``chat``: the
+    texts are marked chat records; the arrays carry a train flag per token and end where the template
+    says (:func:`gradus.data.chat.encode_marked`, ``specials`` its special tokens), no EOS appended."""
+    if chat:
+        arrays = encode_marked(backend, texts, eos_id, dtype, specials or {})
+        lengths = np.array([len(a) for a in arrays], dtype=np.int64)
+        return (np.concatenate(arrays) if arrays else np.empty(0, dtype=chat_dtype(dtype))), lengths
     encs = backend.encode_batch_fast(list(texts), add_special_tokens=False)  # releases the GIL
     lengths = np.empty(len(encs), dtype=np.int64)
     parts = []
@@ -74,9 +84,11 @@ class InlineEncoder:
         self.tok = tokenizer
         self.pause = _nothing
 
-    def submit(self, texts: Sequence[str], eos: Sequence[bool]) -> _Done:
+    def submit(self, texts: Sequence[str], eos: Sequence[bool], chat: bool = False) -> _Done:
         """Tokenise now; the handle's ``get()`` returns per-text arrays."""
-        flat, lengths = encode_chunk(self.tok.backend, texts, eos, self.tok.eos_id, self.tok.dtype, self.pause)
+        specials = special_ids(self.tok.backend) if chat else None
+        flat, lengths = encode_chunk(self.tok.backend, texts, eos, self.tok.eos_id, self.tok.dtype, self.pause,
+                                     chat, specials)
         return _Done(split_chunk(flat, lengths))
 
     def close(self) -> None:
@@ -91,11 +103,12 @@ def _init_worker(tokenizer_json: str, eos_id: int, dtype_name: str) -> None:
 
     backend = Tokenizer.from_str(tokenizer_json)
     backend.encode_special_tokens = True
-    _WORKER.update(backend=backend, eos_id=eos_id, dtype=np.dtype(dtype_name))
+    _WORKER.update(backend=backend, eos_id=eos_id, dtype=np.dtype(dtype_name), specials=special_ids(backend))
 
 
-def _work(texts: list[str], eos: list[bool]) -> tuple[np.ndarray, np.ndarray]:
-    return encode_chunk(_WORKER["backend"], texts, eos, _WORKER["eos_id"], _WORKER["dtype"])
+def _work(texts: list[str], eos: list[bool], chat: bool = False) -> tuple[np.ndarray, np.ndarray]:
+    return encode_chunk(_WORKER["backend"], texts, eos, _WORKER["eos_id"], _WORKER["dtype"], chat=chat,
+                        specials=_WORKER["specials"])
 
 
 class _PoolHandle:
@@ -123,9 +136,9 @@ class PoolEncoder:
             initargs=(tokenizer.to_json(), tokenizer.eos_id, np.dtype(tokenizer.dtype).name),
         )
 
-    def submit(self, texts: Sequence[str], eos: Sequence[bool]) -> _PoolHandle:
+    def submit(self, texts: Sequence[str], eos: Sequence[bool], chat: bool = False) -> _PoolHandle:
         """Queue a chunk; the handle's ``get()`` waits for its per-text arrays."""
-        return _PoolHandle(self.pool.apply_async(_work, (list(texts), list(eos))))
+        return _PoolHandle(self.pool.apply_async(_work, (list(texts), list(eos), chat)))
 
     def close(self) -> None:
         """Stop the worker processes."""

@@ -6,7 +6,8 @@
     out/generation_config.json    EOS as end and start token, greedy by default
     out/model.safetensors         Llama tensor names; a tied head stored once, as the embedding
     out/tokenizer.json            the run's tokenizer, unchanged
-    out/tokenizer_config.json     PreTrainedTokenizerFast with its EOS (also used as BOS/pad/unk)
+    out/tokenizer_config.json     PreTrainedTokenizerFast with its EOS (also used as BOS/pad/unk) and the
+                                  chat template (the tokenizer's own, else gradus's built-in one)
     out/special_tokens_map.json
     out/gradus_export.json        where it came from: checkpoint, step, tokens, the gradus shape
 
@@ -23,6 +24,7 @@ import shutil
 from pathlib import Path
 from typing import Any
 
+from gradus.data.chat import BUILTIN_CHAT_JINJA
 from gradus.errors import CheckpointError, ConfigError
 from gradus.export.llama import export_problems, gpt_name, llama_config, llama_name, shape_from_llama_config
 
@@ -95,6 +97,8 @@ def export_hf(
             "add_bos_token": False, "add_eos_token": False,
             # Byte-level BPE decodes exactly; the default clean-up would change spaces before punctuation.
             "clean_up_tokenization_spaces": False,
+            # The template chat records were trained with (stage D), for TRL and apply_chat_template.
+            "chat_template": getattr(tokenizer, "chat_template", None) or BUILTIN_CHAT_JINJA,
         }, indent=2) + "\n",
         "special_tokens_map.json": json.dumps({
             "bos_token": eos, "eos_token": eos, "unk_token": eos, "pad_token": eos,

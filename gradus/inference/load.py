@@ -226,6 +226,10 @@ def load_run_tokenizer(ckpt: Path, meta: dict, cfg):
             eos = _eos_id(backend, cfg.data.tokenizer.eos_token if cfg else None, str(found))
         tok = Tokenizer(backend, eos_id=int(eos), kind=ident.get("kind", "file"),
                         name_or_path=ident.get("name_or_path", str(found)))
+        if cfg is not None:  # the chat template the run's chat sources rendered with, if its tokenizer had one
+            from gradus.data.chat import find_chat_template
+
+            tok.chat_template = find_chat_template(cfg.data.tokenizer.name_or_path)
     if ident.get("sha256") and ident["sha256"] != tok.identity()["sha256"]:
         raise CheckpointError(
             f"{found or 'the configured tokenizer'} is not the tokenizer {ckpt} was trained with "

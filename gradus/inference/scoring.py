@@ -100,6 +100,7 @@ def source_from_spec(spec: str, run_config=None) -> EvalSource:
 def source_tokens(src: EvalSource, tokenizer, max_tokens: int) -> tuple[np.ndarray, int]:
     """Up to ``max_tokens`` + 1 tokens of the source's documents, each followed by EOS, and the number
     of documents read. A source without documents is a one-line DataError."""
+    from gradus.data.chat import strip_marks
     from gradus.data.sources import open_reader
 
     reader = open_reader(src.config, role=src.role, holdout=src.holdout, retries=1)
@@ -110,7 +111,9 @@ def source_tokens(src: EvalSource, tokenizer, max_tokens: int) -> tuple[np.ndarr
             if piece.end_of_pass:
                 break
             docs += int(piece.first)
-            ids = tokenizer.encode_arrays([piece.text], [piece.last])[0]
+            # A chat source's record is scored whole, as plain text (its span marks removed).
+            text = strip_marks(piece.text) if reader.chat is not None else piece.text  # type: ignore[arg-type]
+            ids = tokenizer.encode_arrays([text], [piece.last])[0]
             arrays.append(ids)
             have += len(ids)
             if have > max_tokens:

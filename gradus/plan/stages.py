@@ -3,11 +3,17 @@
 Why the stage table is built from a config rather than computed beside it: the rows A–C are read back
 from :func:`gradus.curriculum.resolve_schedule` applied to the very config ``gradus plan --write`` emits,
 so the steps, batch sizes and LRs the worksheet prints are the ones ``gradus train`` will run. Stage D
-(behaviour tuning on instruction data) is a separate run, so it is filled from its template alone.
+(behaviour tuning on instruction data) is a separate run, so it is filled from its template alone: its
+data are the user's chat records (a source with ``kind: chat`` in a stage with ``kind: sft``).
+
+The LRs follow the lesson: each stage warms up and decays on its own (``schedule: per_stage``), stage B
+peaks at stage A's peak lowered by :data:`B_LR_DIVISOR`, and stage C adapts to the long context at
+:data:`C_LR` decaying to :data:`C_MIN_LR`, whatever the model size.
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -44,10 +50,17 @@ STAGE_TEMPLATES: tuple[StageTemplate, ...] = (
     StageTemplate("B", "domain infusion", 0.18, "base", {"web": 0.50, "math": 0.25, "code": 0.25},
                   "full context; the mix shifts toward math and code"),
     StageTemplate("C", "long-context adaptation", 0.08, "long", {"web": 0.70, "math": 0.15, "code": 0.15},
-                  "long sequences, RoPE position interpolation, the small LR at the end of the cosine"),
+                  "long sequences, RoPE position interpolation, a small LR (1e-5 -> 5e-6)"),
     StageTemplate("D", "behaviour tuning", 0.02, "base", {},
-                  "instruction/chat data in a separate run at a small constant LR; not in --write"),
+                  "chat records (stage kind: sft) in a separate run at a small constant LR; not in --write"),
 )
+B_LR_DIVISOR = 1.5
+"""Stage B's peak is stage A's divided by this (the lesson: lower the LR ~1.5–2× for domain infusion; 1.5
+as the 1b-compact and 7b-base presets use)."""
+C_LR = 1e-5
+"""Stage C's peak LR: the top of the lesson's 1e-5 … 5e-6 range for long-context adaptation."""
+C_MIN_LR = 5e-6
+"""Stage C's cosine ends here: the bottom of the lesson's range."""
 D_LR_FACTOR = 0.05
 """Stage D's constant LR as a fraction of the peak (e.g. 1.5e-5 for a 1B model, a usual SFT rate)."""
 
@@ -81,7 +94,7 @@ class PlanStage:
     steps: int
     """Optimizer steps."""
     peak_lr: float
-    """Highest LR the stage trains at (under the one warmup + cosine schedule)."""
+    """Highest LR the stage trains at (after its warmup)."""
     end_lr: float
     """LR at the stage's last step."""
     rope_scaling: float
@@ -98,8 +111,9 @@ class PlanStage:
 
 def written_config(inp: PlanInputs, shape: ModelShape, peak: float, tps: int, lengths: dict[str, int],
                      stage_tokens: list[int], n: float, d: float, regime: str) -> dict[str, Any]:
-    """The curriculum config of stages A–C: one warmup + cosine over the run (``schedule: global``), each
-    stage's peak the grid LR, so stage C trains at the small LR at the cosine's end."""
+    """The curriculum config of stages A–C, each stage with its own warmup and cosine (``schedule:
+    per_stage``): A at the grid LR ``peak`` down to ``min_lr_ratio``; B at ``peak`` / :data:`B_LR_DIVISOR`
+    down to the same floor; C at :data:`C_LR` down to :data:`C_MIN_LR`, with RoPE scaling long / base."""
     web_tokens = sum(tok * t.mix.get("web", 0.0) for tok, t in zip(stage_tokens, STAGE_TEMPLATES, strict=True))
     web_config = next((name for size, name in FINEWEB_EDU_SAMPLES if web_tokens <= size), None)
     sources = []
@@ -108,6 +122,16 @@ def written_config(inp: PlanInputs, shape: ModelShape, peak: float, tps: int, le
         if name == "web" and web_config:
             src["dataset_config"] = web_config
         sources.append(src)
+    # Stage A's warmup, as the worksheet counts it (a share of all steps); stage B warms up again as long,
+    # from A's floor to its lowered peak.
+    warmup = max(1, math.ceil(inp.warmup_fraction * (sum(stage_tokens[:3]) // tps)))
+    floor = peak * inp.min_lr_ratio
+    lr_cells: dict[str, dict[str, Any]] = {
+        "A": {"peak_lr": peak, "warmup_steps": warmup, "min_lr_ratio": inp.min_lr_ratio},
+        "B": {"peak_lr": float(f"{peak / B_LR_DIVISOR:.3g}"), "warmup_steps": min(warmup, stage_tokens[1] // tps),
+              "min_lr_ratio": min(1.0, round(floor / (peak / B_LR_DIVISOR), 6))},
+        "C": {"peak_lr": C_LR, "warmup_steps": 0, "min_lr_ratio": C_MIN_LR / C_LR},
+    }
     stages = []
     for tok, t in zip(stage_tokens, STAGE_TEMPLATES, strict=True):
         if t.key == "D":
@@ -117,7 +141,7 @@ def written_config(inp: PlanInputs, shape: ModelShape, peak: float, tps: int, le
             "tokens": tok,
             "seq_len": lengths[t.length],
             "tokens_per_batch": tps,
-            "peak_lr": peak,
+            **lr_cells[t.key],
             "mix": dict(t.mix),
             # Long-context adaptation interpolates RoPE positions by long/base from this stage on.
             **({"rope_scaling": lengths["long"] / lengths["base"]} if t.length == "long" else {}),
@@ -138,8 +162,7 @@ def written_config(inp: PlanInputs, shape: ModelShape, peak: float, tps: int, le
             "tokenizer": {"name_or_path": "gpt2"},
         },
         "curriculum": {
-            "schedule": "global",
-            "global_warmup_fraction": inp.warmup_fraction,
+            "schedule": "per_stage",
             "min_lr_ratio": inp.min_lr_ratio,
             "decay": "cosine",
             "grad_clip": 1.0,
@@ -162,7 +185,8 @@ def fill_stages(cur: Schedule, warmup: int, lengths: dict[str, int], stage_token
             sp = cur.stages[i]
             # The LR rises during the warmup and falls after it: a stage's highest LR is at its first
             # step, or at the warmup's last step when that falls inside the stage.
-            candidates = [sp.start_step] + ([warmup - 1] if sp.start_step <= warmup - 1 < sp.end_step else [])
+            last_warm = sp.start_step + sp.warmup_steps - 1
+            candidates = [sp.start_step] + ([last_warm] if sp.start_step <= last_warm < sp.end_step else [])
             top = max(lr_at(cur, step, i) for step in candidates)
             stages.append(PlanStage(t.key, sp.name, t.title, sp.tokens, sp.seq_len, sp.batch_size, sp.steps,
                                     top, lr_at(cur, sp.end_step - 1, i),

@@ -60,7 +60,8 @@ def render_plan(plan: Plan) -> str:
     add(f"  steps                   {plan.steps:,}")
     add(f"  peak LR                 {plan.peak_lr:.2e}  (grid 1B 3e-4, 3B 2e-4, 7B 1.5e-4, 13B 1e-4; log-space)")
     add(f"  schedule                warmup {plan.warmup_steps:,} step{'s' if plan.warmup_steps != 1 else ''} ({inp.warmup_fraction:.0%}), cosine to "
-        f"{plan.min_lr:.2e} ({inp.min_lr_ratio:.0%}) over stages A–C")
+        f"{plan.min_lr:.2e} ({inp.min_lr_ratio:.0%}) in stage A; B at the peak / 1.5 to the same floor; "
+        f"C 1e-5 -> 5e-6")
     hours = plan.wallclock_hours
     if hours is not None:
         add(f"  wall-clock              {hours:,.1f} h = {format_duration(hours * 3600)} "
