@@ -1,11 +1,14 @@
 #!/usr/bin/env python
 """How much faster does a sequence-length curriculum reach a tuned baseline's loss? (issue 6)
 
-Every arm trains the same tiny GPT on WikiText-2 through the real trainer (:func:`gradus.train.trainer.train`,
-the code path of ``gradus train``), with the same token budget, the same tokens per step within a regime, and
-the same evaluation: validation loss at the reference length (the baseline's, 256) on the same held-out
-articles (WikiText-2 ``valid.jsonl``, through ``SourceConfig.validation_split``) every ``budget / eval_points``
-tokens. The tokenizer is a byte-level BPE trained on the train split with ``gradus tokenizer train``.
+Every arm trains the same tiny GPT on one corpus (WikiText-2 by default; ``--data`` takes another folder with
+train.jsonl and valid.jsonl, or one JSONL file whose documents are held out by hash) through the real trainer
+(:func:`gradus.train.trainer.train`, the code path of ``gradus train``), with the same token budget, the same
+tokens per step within a regime, and the same evaluation: validation loss at the reference length (the
+baseline's, ``--final-len``, 256 by default) on the same held-out documents every ``budget / eval_points``
+tokens. The tokenizer is a byte-level BPE trained on the train split with ``gradus tokenizer train``. The
+target is the best of the baselines run (cosine and WSD: :data:`TARGET_BASELINES`), so a curriculum's gain is
+not its schedule's.
 
 Method (ARCHITECTURE.md, "Benchmarks that can be trusted"):
 
@@ -45,6 +48,8 @@ Usage::
     python benchmarks/curriculum_speedup.py             # the default arms, 2 seeds (~22 minutes, 2 idle cores)
     python benchmarks/curriculum_speedup.py --quick     # a few minutes: half the budget, baseline and textbook
     python benchmarks/curriculum_speedup.py --arms baseline,seqwarm-textbook --tag attempt2
+    python benchmarks/curriculum_speedup.py --final-len 1024 --seeds 0,1,2 --max-extensions 1 --tag 1024 \
+        --arms baseline,baseline-wsd,seqwarm-textbook-wsd,seqwarm-long-wsd   # BENCHMARKS.md, final length 1024
 
 Outputs: a table on stdout, ``benchmarks/results/curriculum_speedup[_TAG].json`` and ``.png``.
 """
