@@ -399,3 +399,13 @@ def test_lanes_default_and_document_mode():
     assert from_dict(doc).data.packing.mode == "document"  # the default lanes do not apply to document mode
     doc["data"]["packing"]["lanes"] = 8
     assert any("lanes > 1 needs mode: concat" in p and "data.packing" in p for p in problems_of(doc)), problems_of(doc)
+
+
+def test_bare_on_off_in_yaml_mean_the_words_for_switches():
+    # YAML 1.1 reads `--set train.compile=off` as False; the switch takes it as "off", and still refuses nonsense.
+    from gradus.config import OptimConfig, TrainConfig
+
+    assert TrainConfig(compile=False).compile == "off" and TrainConfig(compile=True).compile == "on"
+    assert OptimConfig(fused=False).fused == "off"
+    with pytest.raises(ValueError):
+        TrainConfig(compile="maybe")

@@ -5,11 +5,20 @@ them into :class:`~gradus.config.schema.GradusConfig`); same rules: layer 0, a d
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import Field
+from pydantic import BeforeValidator, Field
 
 from gradus.config.fields import StepCount, Strict, TokenCount
+
+
+def _switch(value: Any) -> Any:
+    # YAML 1.1 reads a bare on/off as true/false (`--set train.compile=off` arrives as False): take it as meant.
+    return {True: "on", False: "off"}.get(value, value) if isinstance(value, bool) else value
+
+
+Switch = Annotated[Literal["auto", "on", "off"], BeforeValidator(_switch)]
+"""auto, on or off; YAML's bare on/off (read as booleans) are accepted as the words."""
 
 
 # ------------------------------------------------------------------------------------- optim / train
@@ -21,7 +30,7 @@ class OptimConfig(Strict):
     beta2: float = Field(0.95, ge=0, lt=1, description="AdamW β2.")
     eps: float = Field(1e-8, gt=0, description="AdamW ε.")
     weight_decay: float = Field(0.1, ge=0, description="Decoupled weight decay (not on norms, biases, embeddings).")
-    fused: Literal["auto", "on", "off"] = Field("auto", description="Fused AdamW kernel where available.")
+    fused: Switch = Field("auto", description="Fused AdamW kernel where available.")
 
 
 class GuardConfig(Strict):
@@ -112,7 +121,7 @@ class TrainConfig(Strict):
     precision: Literal["auto", "fp32", "bf16", "fp16"] = Field(
         "auto", description="auto: bf16 autocast on CUDA, fp32 on CPU."
     )
-    compile: Literal["auto", "on", "off"] = Field("auto", description="torch.compile (auto: on for CUDA).")
+    compile: Switch = Field("auto", description="torch.compile (auto: on for CUDA).")
     device: str = Field("auto", description="auto, cpu, cuda, cuda:1, ...")
     threads: int | None = Field(
         None, gt=0, description="CPU threads for torch (torch.set_num_threads); default: torch's own choice. "
