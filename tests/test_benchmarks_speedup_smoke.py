@@ -63,7 +63,17 @@ def test_every_arm_builds_a_valid_config(offline_data, tmp_path):
         stages = cfg.curriculum.stages
         assert stages[-1].seq_len == s.final_len
         assert sum(st.tokens for st in stages) == s.budget
-        assert {st.tokens_per_batch for st in stages} == {s.tps(arm.regime)}  # constant tokens per step
+        tps = [st.tokens_per_batch for st in stages]
+        if speedup_arms.off_regime_batch(s, arm.regime, {"stages": [{"tokens_per_batch": t} for t in tps]}):
+            # A batch ramp (or a smaller batch): never above the regime's, growing, and evaluated at the
+            # constant-batch arms' token points (whole steps of every stage's batch).
+            assert tps == sorted(tps) and max(tps) <= s.tps(arm.regime)
+            every = cfg.train.eval_every_tokens
+            assert every == s.budget // s.eval_points and all(every % t == 0 for t in tps)
+            assert all(st.tokens % s.tps(arm.regime) == 0 for st in stages)
+        else:
+            assert set(tps) == {s.tps(arm.regime)}  # constant tokens per step
+            assert cfg.train.eval_every_tokens is None
         assert cfg.train.eval_reference_seq_len == s.final_len
         assert cfg.data.sources[0].validation_split.endswith("valid.jsonl")
 

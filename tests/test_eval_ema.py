@@ -10,6 +10,7 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 import torch
+import builders
 from builders import tiny_config
 from safetensors.torch import load_file
 
@@ -19,7 +20,7 @@ from gradus.errors import ConfigError
 from gradus.inference.load import load_model
 from gradus.train import early_stop
 from gradus.train.ema import WeightEMA
-from gradus.train.evaluate import evaluate
+from gradus.train.evaluate import evaluate, evaluation_due
 from gradus.train.metrics import read_metrics
 from gradus.train.stateful import Progress
 from gradus.train.trainer import train
@@ -234,3 +235,29 @@ def test_adding_ema_to_a_run_without_it_is_refused_in_one_line(tmp_path, tokeniz
     err = capsys.readouterr().err
     assert err == (f"gradus: error: {run}/checkpoints/step_00000002 was written without train.ema, so its weights' "
                    f"average cannot be resumed; drop train.ema, or start a new run with another --out\n")
+
+
+# ----------------------------------------------------------------------------- the evaluation cadence
+def test_evaluation_due_follows_tokens_when_eval_every_tokens_is_set():
+    by_steps = SimpleNamespace(eval_every=5, eval_every_tokens=None)
+    assert [s for s in range(1, 16) if evaluation_due(by_steps, s, s * 100, 100)] == [5, 10, 15]
+    by_tokens = SimpleNamespace(eval_every=5, eval_every_tokens=500)
+    # 128 tokens per step, then 256: due in the step that crosses each multiple of 500, whatever the step count.
+    tokens = [128 * i for i in range(1, 7)] + [768 + 256 * i for i in range(1, 8)]
+    steps_due = [i + 1 for i, t in enumerate(tokens) if evaluation_due(by_tokens, i + 1, t, t - (tokens[i - 1] if i else 0))]
+    assert [tokens[s - 1] for s in steps_due] == [512, 1024, 1536, 2048, 2560]
+
+
+def test_a_batch_ramp_run_is_evaluated_at_the_token_cadence(tmp_path, tokenizer_json, offline_data):
+    stages = [{**st, "tokens_per_batch": 128, "tokens": 6 * 128} if i == 0 else dict(st)
+              for i, st in enumerate(builders.TINY_STAGES)]
+    cfg = tiny_config(offline_data, tokenizer_json, stages)
+    cfg["curriculum"]["batch_ramp"] = {"direction": "grow"}
+    cfg["train"].update({"eval_every": 1, "eval_every_tokens": 512, "eval_at_stage_change": False,
+                         "early_stopping_patience": None, "checkpoint_every": None})
+    result = train(from_dict(cfg), tmp_path, quiet=True)
+    assert result.step == 16 and result.tokens == 768 + 2 * 1280
+    evals = [r for r in read_metrics(tmp_path / "metrics.jsonl") if "val/loss" in r]
+    # eval_every=1 is ignored: evaluations at 512, 1024, ... tokens (steps 4, 7, 9, ...), none in between.
+    assert [r["tokens"] for r in evals] == [512, 1024, 1536, 2048, 2560, 3072]
+    assert [r["step"] for r in evals] == [4, 7, 9, 11, 13, 15]

@@ -27,7 +27,7 @@ from gradus.experiments.analysis import (
 )
 from gradus.experiments.arms import ablation_arms, arm_config, check_arm_count, vary_arms
 from gradus.experiments.budget import compare_baseline, same_evaluation, scale_to_budget
-from gradus.experiments.runner import Runner
+from gradus.experiments.runner import Runner, Task, same_config
 from gradus.experiments.sweep import prepare, tasks_for
 from gradus.model.sizes import ModelShape, resolve_shape
 from gradus.presets import load_preset
@@ -246,3 +246,15 @@ def test_sweep_report_picks_the_lowest_final_loss_and_measures_to_the_worst_arms
     assert arms["base_lr=1.5x"]["tokens_to_target"] == pytest.approx(2.5 * third)
     table = sweep_table(report)
     assert "*base_lr=1x" in table and "target 7.0000" in table
+
+
+def test_a_run_saved_before_a_field_existed_is_the_same_run(offline_data, tmp_path):
+    """A run finished under an older gradus (its saved config lacks a field the schema has since gained, at
+    that field's default) is read back instead of trained again; any real difference is not the same run."""
+    task = Task("a", 3e-3, 0, to_dict(from_dict(tiny_config(offline_data))), tmp_path)
+    text = task.config_text
+    assert "  parallel: ddp\n" in text
+    older = text.replace("  parallel: ddp\n", "")  # as written before train.parallel existed
+    assert older != text and same_config(older, task) and same_config(text, task)
+    assert not same_config(older.replace("eval_every: 2000", "eval_every: 1000"), task)
+    assert not same_config("train: {no_such_field: 1}\n", task) and not same_config(": : :\n", task)

@@ -84,6 +84,11 @@ class TrainConfig(Strict):
         None, gt=0, description="Stop after this many steps (also when tokens remain); accepts 10k."
     )
     eval_every: int = Field(2000, gt=0, description="Steps between evaluations (also at every stage change).")
+    eval_every_tokens: TokenCount | None = Field(
+        None, gt=0, description="Tokens between evaluations instead of eval_every steps: an evaluation whenever the "
+        "token count crosses a multiple of it, so runs whose tokens per step differ (a batch ramp) are evaluated "
+        "at the same token points; accepts 64k."
+    )
     eval_reference_seq_len: int | None = Field(
         None, gt=0, description="Fixed evaluation length for comparable curves; default the longest stage's seq_len."
     )

@@ -55,6 +55,20 @@ class Task:
         return int(self.config["curriculum"]["target_tokens"])
 
 
+def same_config(saved_text: str, task: Task) -> bool:
+    """Whether a config written by an earlier invocation is the task's: identical text, or identical once read
+    by today's schema (a run finished before a field was added, which the new config has at its default, is
+    the same run). A saved config today's schema refuses is not the same."""
+    if saved_text == task.config_text:
+        return True
+    import yaml  # only here: reading an older run back is rare
+
+    try:
+        return dump_yaml(from_dict(yaml.safe_load(saved_text), origin="earlier run")) == task.config_text
+    except (GradusError, ValueError, TypeError, yaml.YAMLError):
+        return False
+
+
 def finished_record(task: Task) -> RunRecord | None:
     """The record of a run already finished with the same config, else None."""
     saved = task.run_dir / RESULT
@@ -64,7 +78,7 @@ def finished_record(task: Task) -> RunRecord | None:
         data = json.loads(saved.read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return None
-    if data.get("config") != task.config_text:
+    if not isinstance(data.get("config"), str) or not same_config(data["config"], task):
         return None
     record = RunRecord.from_json(data["record"])
     record.reused = True
@@ -113,7 +127,7 @@ class Runner:
 
     def _start(self, task: Task, slot: int) -> subprocess.Popen:
         arm_yaml = task.run_dir / "arm.yaml"
-        if not self.reuse or (arm_yaml.is_file() and arm_yaml.read_text(encoding="utf-8") != task.config_text):
+        if not self.reuse or (arm_yaml.is_file() and not same_config(arm_yaml.read_text(encoding="utf-8"), task)):
             # Start afresh: asked to, or the arm changed since that run started (its checkpoints belong to
             # another config).
             shutil.rmtree(task.run_dir, ignore_errors=True)

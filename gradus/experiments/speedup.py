@@ -23,7 +23,7 @@ from gradus.experiments.analysis import (
 )
 from gradus.experiments.analysis import finite as _finite
 from gradus.experiments.runner import Runner, Task
-from gradus.experiments.speedup_arms import ARMS, LR_A, Arm, Settings
+from gradus.experiments.speedup_arms import ARMS, LR_A, Arm, Settings, off_regime_batch
 from gradus.experiments.sweep import describe_run as describe
 from gradus.experiments.tuning import LRTuner, Tuned, tune_all
 
@@ -72,6 +72,9 @@ def make_config(s: Settings, arm: Arm, lr: float, seed: int, data: Path, tokeniz
         "train": {
             "seed": seed,
             "eval_every": s.eval_every(regime),
+            # Under a batch ramp a step is not a fixed number of tokens: evaluate at the same token counts as
+            # the constant-batch arms (which keep the step cadence: the same points, and their runs reusable).
+            **({"eval_every_tokens": s.budget // s.eval_points} if off_regime_batch(s, regime, curriculum) else {}),
             "eval_reference_seq_len": s.final_len,
             # The same cadence for every arm: no extra evaluations at stage changes.
             "eval_at_stage_change": False,

@@ -107,6 +107,23 @@ def token_stages(s: Settings, regime: str, lengths: Sequence[int], fractions: Se
     return out
 
 
+def ramp_stages(s: Settings, regime: str, lengths: Sequence[int], fractions: Sequence[float],
+                divisors: Sequence[int]) -> list[dict]:
+    """:func:`token_stages` with a batch ramp: the same token budgets per stage (whole steps of the regime's
+    tokens per step, so every switch and evaluation lands on the same token counts as the constant-batch
+    arms), but stage i runs at ``tokens_per_step // divisors[i]`` tokens per step (more, smaller steps)."""
+    stages = token_stages(s, regime, lengths, fractions)
+    for stage, d in zip(stages, divisors, strict=True):
+        stage["tokens_per_batch"] = stage["tokens_per_batch"] // d
+    return stages
+
+
+def off_regime_batch(s: Settings, regime: str, curriculum: dict) -> bool:
+    """Whether any stage runs at other tokens per step than its regime's (then its evaluations follow tokens:
+    a step cadence would put them elsewhere)."""
+    return any(st.get("tokens_per_batch") != s.tps(regime) for st in curriculum["stages"])
+
+
 def global_schedule(s: Settings, stages: list[dict]) -> dict:
     """One warmup + cosine over the run; each stage's peak = base LR × its multiplier (1 by default)."""
     return {"schedule": "global", "global_warmup_fraction": s.warmup_fraction, "decay": "cosine",
@@ -243,6 +260,25 @@ def _ladder(regime: str, divisors: Sequence[int], fractions: Sequence[float],
     return build
 
 
+def _ramp(regime: str, divisors: Sequence[int], alpha: float) -> Callable[[Settings], dict]:
+    # seqwarm-long-wsd's ladder and token budgets with a batch ramp (small steps early: the critical batch
+    # starts small and grows with the tokens seen), each stage's peak × (its tokens per step / the last
+    # stage's)^alpha under the one WSD schedule.
+    def build(s: Settings) -> dict:
+        stages = ramp_stages(s, regime, [s.final_len // d for d in (16, 8, 4, 2, 1)], [0.10, 0.10, 0.15, 0.20, 0.45],
+                             divisors)
+        return {**wsd_schedule(s, stages), "batch_ramp": {"direction": "grow", "alpha": alpha}}
+    return build
+
+
+def _baseline_batch(regime: str, divisor: int) -> Callable[[Settings], dict]:
+    # The baseline at a smaller constant batch (more steps), so that a batch ramp's gain is not credited to
+    # the curriculum when a small batch alone would have given it.
+    def build(s: Settings) -> dict:
+        return wsd_schedule(s, ramp_stages(s, regime, [s.final_len], [1.0], [divisor]))
+    return build
+
+
 LR_A = (2e-3, 4e-3, 8e-3)
 LR_B = LR_A  # a first grid of 4e-3 / 8e-3 / 1.6e-2 put regime B's best at its low edge: start where A does
 ARMS: dict[str, Arm] = {a.name: a for a in [
@@ -253,6 +289,12 @@ ARMS: dict[str, Arm] = {a.name: a for a in [
         LR_A, _ladder("A", [8, 4, 2, 1], [0.10, 0.15, 0.20, 0.55], wsd_schedule)),
     Arm("seqwarm-long-wsd", "A", "final/16 → final over 10/10/15/20/45%, WSD (1-sqrt cooldown to 0, last 20%)",
         LR_A, _ladder("A", [16, 8, 4, 2, 1], [0.10, 0.10, 0.15, 0.20, 0.45], wsd_schedule)),
+    Arm("baseline-wsd-half-batch", "A", "baseline-wsd at half the tokens per step (twice the steps)", LR_A,
+        _baseline_batch("A", 2), baseline=True),
+    Arm("seqwarm-long-ramp-wsd", "A", "seqwarm-long-wsd with a batch ramp: 1/4, 1/4, 1/2, 1, 1 × the tokens per "
+        "step, one LR", LR_A, _ramp("A", (4, 4, 2, 1, 1), 0.0)),
+    Arm("seqwarm-long-ramp-sqrt-wsd", "A", "seqwarm-long-ramp-wsd with each stage's peak × sqrt(its tokens per "
+        "step / the last's)", LR_A, _ramp("A", (4, 4, 2, 1, 1), 0.5)),
     Arm("seqwarm-textbook", "A", "final/8 → final (32→256 at 256) over 10/15/20/55%, global cosine", LR_A, _textbook("A")),
     Arm("seqwarm-short", "A", "final/4 → final (64→256 at 256) over 10/15/75%, global cosine", LR_A, _short_warmup("A")),
     Arm("seqwarm-lrfind", "A", "32→256 textbook, each stage's peak × (lr-find at its length / lr-find at 256)",
@@ -278,7 +320,7 @@ ARMS: dict[str, Arm] = {a.name: a for a in [
 ]}
 # The issue's arms: the baseline, curricula scaled from the presets, per-stage LR from the presets' rules and
 # from lr-find. Regime B (baseline-big, seqwarm-textbook-big) and the other variants run with --arms.
-TARGET_BASELINES = ("baseline", "baseline-wsd")
+TARGET_BASELINES = ("baseline", "baseline-wsd", "baseline-wsd-half-batch")
 """The baselines that set the target: the best of those run (lowest median final loss) is *the* baseline, so
 that a curriculum's gain is not a schedule's alone (the baseline is tuned over the same schedule choices)."""
 DEFAULT_ARMS = ("baseline", "seqwarm-textbook", "seqwarm-short", "presets-rules", "seqwarm-lrfind")

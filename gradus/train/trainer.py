@@ -24,7 +24,7 @@ from gradus.curriculum import StageState, resolve_schedule, stage_of_step, state
 from gradus.train import checkpoint, early_stop, faults, metrics, parallel, recovery, runtime
 from gradus.train.build import build_training_parts, load_tokenizer_on_ranks, wrap_for_training
 from gradus.train.ema import WeightEMA
-from gradus.train.evaluate import Validation, side_evaluations
+from gradus.train.evaluate import Validation, evaluation_due, side_evaluations
 from gradus.train.guard import LossGuard
 from gradus.train.metrics import Console, RunResult, StepReport, Window
 from gradus.train.micro_batch import check_batches_divide, plan_micro_batches, probe_micro_batch
@@ -233,7 +233,7 @@ class Trainer:
         the next one's). Returns the reason to stop, or None to go on."""
         pr, t = self.progress, self.cfg.train
         stage_end = nxt.done or nxt.stage_index != state.stage_index
-        if pr.step % t.eval_every == 0 or (stage_end and t.eval_at_stage_change):
+        if evaluation_due(t, pr.step, pr.tokens, state.tokens_per_step) or (stage_end and t.eval_at_stage_change):
             self.last_val = self._evaluate(state)
             stop = self._early_stop_check(self.last_val)
             if stop is not None:
