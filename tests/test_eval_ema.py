@@ -7,10 +7,10 @@ import math
 from pathlib import Path
 from types import SimpleNamespace
 
+import builders
 import numpy as np
 import pytest
 import torch
-import builders
 from builders import tiny_config
 from safetensors.torch import load_file
 

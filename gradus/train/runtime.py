@@ -193,9 +193,14 @@ def host_memory_budget() -> int | None:
     return available // local + resident_bytes()
 
 
-def teardown_runtime(rt: Runtime) -> None:
-    """Leave the process group."""
+def teardown_runtime(rt: Runtime, clean: bool = False) -> None:
+    """Leave the process group. ``clean`` (every rank got here by finishing or stopping, not by an error):
+    wait for all ranks first, so that no rank tears its gloo/NCCL threads down while another still talks to
+    it (a rank that left early was seen to abort the other at exit: "terminate called without an active
+    exception"). After an error there is no barrier: the other ranks may never arrive."""
     if rt.distributed and dist.is_initialized():
+        if clean:
+            dist.barrier()
         dist.destroy_process_group()
 
 

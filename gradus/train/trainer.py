@@ -48,10 +48,8 @@ class Trainer:
                  on_step: Callable[[StepReport], None] | None = None):
         self.cfg = cfg
         self.run_dir = Path(run_dir)
-        self.resume = resume
-        self.allow_config_change = allow_config_change
-        self.quiet = quiet
-        self.on_step = on_step
+        self.resume, self.allow_config_change = resume, allow_config_change
+        self.quiet, self.on_step = quiet, on_step
         self.stop = StopRequest()  # a signal (or code setting stop.reason) ends the run after the current step
         self.last_val: dict[str, float] = {}
         self._aside_seconds = 0.0  # evaluation and checkpoint time since the last StepReport
@@ -367,8 +365,9 @@ class Trainer:
         pr = self.progress
         return RunResult(self.run_dir, pr.step, pr.tokens, reason, pr.best_val_loss, last_val or {}, pr.train_seconds)
 
-    def close(self) -> None:
-        """Release files, loader threads and the process group."""
+    def close(self, clean: bool = False) -> None:
+        """Release files, loader threads and the process group (``clean``: every rank finished the run, so
+        they leave together: :func:`runtime.teardown_runtime`)."""
         for part in ("metrics", "data"):
             obj = getattr(self, part, None)
             if obj is not None:
@@ -377,7 +376,7 @@ class Trainer:
         if hasattr(self, "_lock"):
             self._lock.release()
         if hasattr(self, "rt"):
-            runtime.teardown_runtime(self.rt)
+            runtime.teardown_runtime(self.rt, clean)
             runtime.set_threads(self._threads_before)  # a library call should not leave the process changed
 
 
@@ -388,6 +387,7 @@ def train(cfg: GradusConfig, run_dir: str | Path, *, resume: bool = True, allow_
     ``on_step``: see :class:`Trainer`."""
     trainer = Trainer(cfg, run_dir, resume=resume, allow_config_change=allow_config_change, quiet=quiet,
                       on_step=on_step)
+    result = None
     try:
         trainer.setup()
         result = trainer.fit(stop_at_step=stop_at_step)
@@ -395,6 +395,6 @@ def train(cfg: GradusConfig, run_dir: str | Path, *, resume: bool = True, allow_
         recovery.record_failure(trainer, exc)
         raise
     finally:
-        trainer.close()
+        trainer.close(clean=result is not None)
     recovery.record_result(trainer, result)
     return result
