@@ -4,9 +4,11 @@
 # plain loop) at bf16 with torch.compile. One model per call, to stay inside the 10-minute command limit:
 #   bash benchmarks/gpu/run.sh 124M     # the aggressive preset's six stages, 64 -> 2048
 #   bash benchmarks/gpu/run.sh 270M     # streaming-1b's stages 1, 4, 7 and 10 (8 -> 2048)
+#   bash benchmarks/gpu/run.sh 124M-sync  # first and last stage under train.host_sync every_step, then lagged
+#                                         # (issue 14 §3: the step time a per-step host sync costs)
 # Results land in $OUT (the device tool brings them back), the log beside them.
 set -uo pipefail
-model=${1:?usage: run.sh 124M|270M}
+model=${1:?usage: run.sh 124M|270M|124M-sync}
 out=${OUT:-benchmarks/results}
 # The pip of the python3 that holds torch; a Python that refuses system-wide installs gets --break-system-packages
 # (the machine is thrown away after the session).
@@ -19,7 +21,15 @@ python3 -c "import torch, pydantic; print('torch', torch.__version__, 'pydantic'
 case $model in
   124M) args=(--preset aggressive --model-preset 124M --steps-per-stage 20 --repeats 1) ;;
   270M) args=(--preset streaming-1b --model-preset 270M --stages 0,3,6,-1 --steps-per-stage 15 --repeats 1) ;;
-  *) echo "run.sh: unknown model $model (124M or 270M)" >&2; exit 2 ;;
+  124M-sync)
+    for mode in every_step lagged; do
+      timeout 270 python3 benchmarks/stage_throughput.py --preset aggressive --model-preset 124M --stages 0,-1 \
+          --steps-per-stage 30 --repeats 1 --set train.host_sync=$mode --data local --device cuda --precision bf16 \
+          --compile on --peak measured --out "$out/stage_throughput_124M_sync_${mode}.json" 2>&1 \
+          | tee "$out/stage_throughput_124M_sync_${mode}.log"
+    done
+    exit 0 ;;
+  *) echo "run.sh: unknown model $model (124M, 270M or 124M-sync)" >&2; exit 2 ;;
 esac
 timeout 560 python3 benchmarks/stage_throughput.py "${args[@]}" --data local --device cuda --precision bf16 \
     --compile on --peak measured --out "$out/stage_throughput_${model}_gpu.json" 2>&1 | tee "$out/stage_throughput_${model}_gpu.log"

@@ -127,6 +127,11 @@ class TrainConfig(Strict):
         "auto", description="auto: bf16 autocast on CUDA, fp32 on CPU."
     )
     compile: Switch = Field("auto", description="torch.compile (auto: on for CUDA).")
+    host_sync: Literal["auto", "every_step", "lagged"] = Field(
+        "auto", description="When the loss and gradient norm are read off the device: every_step, or lagged (one "
+        "step late, and at once at logging, evaluation, checkpoint and stage-end steps; a non-finite step is "
+        "skipped on the device, which needs the fused AdamW); auto: lagged on CUDA with the fused AdamW."
+    )
     device: str = Field("auto", description="auto, cpu, cuda, cuda:1, ...")
     threads: int | None = Field(
         None, gt=0, description="CPU threads for torch (torch.set_num_threads); default: torch's own choice. "

@@ -3,6 +3,7 @@
 * :func:`data_position`: where the data pipeline stands (documents and tokens read), named in guard records
   and in the divergence error, so the offending data can be found.
 * :func:`diverged_error`: the one-line :class:`~gradus.errors.DivergedError` (exit code 3).
+* :func:`rollback`: back to the last good checkpoint after repeated non-finite steps.
 * :func:`write_status`: ``status.json`` in the run directory: ``finished``, ``stopped`` (by a signal or
   ``--stop-at-step``; resumable), ``diverged`` or ``failed``, with the step and the exit code.
 """
@@ -130,3 +131,25 @@ def record_failure(trainer: Any, exc: BaseException) -> None:
     code = exc.exit_code if isinstance(exc, GradusError) else EXIT_CODES["failed"]
     reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
     write_status(trainer.run_dir, outcome, trainer.progress.step, reason, code)
+
+
+def rollback(trainer: Any, event: Any) -> Any:
+    """Restore ``trainer``'s last checkpoint from before the run of bad steps ``event`` ends; the guard keeps
+    its halved LR factor. Returns the StageState to go on from. A ``diverged`` event (the guard gave up)
+    raises the one-line :func:`diverged_error` instead of another rollback."""
+    from gradus.curriculum import state_at
+
+    if event.kind == "diverged":
+        trainer.progress.step = event.step  # steps done: those before the bad one (status.json's step)
+        raise diverged_error(event, data_position(trainer.data.metrics()), trainer.cfg.train.guard)
+    # A checkpoint written during the run of bad steps is not a good one to go back to.
+    latest = trainer.ckpt.latest(at_most=event.since)
+    if latest is None:
+        raise no_checkpoint_error(event, trainer.cfg.train.guard)
+    guard = trainer.guard
+    factor, totals = guard.rollback_factor, dict(guard.events_total)
+    trainer._restore(latest)
+    guard.rollback_factor, guard.events_total = factor, totals
+    trainer._saved_at_step = trainer.progress.step
+    trainer.console.print(f"guard: rolled back to {latest.name}; LR factor {factor:g} from now on")
+    return state_at(trainer.schedule, trainer.progress.step, trainer.progress.tokens)

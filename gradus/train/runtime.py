@@ -97,6 +97,14 @@ class Runtime:
         dist.all_gather_object(gathered, value)
         return gathered
 
+    def mean_tensor(self, value: torch.Tensor) -> torch.Tensor:
+        """Mean of a scalar tensor over ranks, left on the device (no host sync; itself when alone)."""
+        if not self.distributed:
+            return value
+        t = value.detach().clone()
+        dist.all_reduce(t)
+        return t / self.world_size
+
     def mean(self, value: float) -> float:
         """Mean of a float over ranks."""
         if not self.distributed:

@@ -12,6 +12,7 @@ import math
 import torch
 
 from gradus.errors import GradusError
+from gradus.train.lag import DeviceValues, skip_on_device
 from gradus.train.parallel import deferred_grad_sync
 from gradus.train.runtime import Runtime
 
@@ -44,7 +45,8 @@ def optimizer_step(
     micro: int,
     rt: Runtime,
     loss_multiplier: float = 1.0,
-) -> tuple[float, float, bool]:
+    lagged: bool = False,
+) -> tuple[float, float, bool] | DeviceValues:
     """Forward/backward over micro-batches of ``micro`` rows, clip to ``clip``, and (unless the loss or
     gradient is not finite) an AdamW step at ``lr``. ``net`` is what runs (DDP and/or compiled),
     ``model`` the plain module whose parameters are clipped. Returns (loss, grad_norm, applied).
@@ -53,6 +55,9 @@ def optimizer_step(
     gradient as one pass over the whole batch whatever the masking; under DDP only the last micro-batch
     synchronises gradients (under FSDP every one reduce-scatters its shard: :func:`deferred_grad_sync`). ``loss_multiplier`` (1 but under fault injection, :mod:`gradus.train.faults`)
     scales the loss and so its gradients: NaN/Inf/×k losses then take the real path.
+
+    ``lagged`` (:mod:`gradus.train.lag`): nothing waits for the device; a non-finite step is skipped by the
+    fused AdamW on the device and the three figures come back as :class:`DeviceValues` to read later.
     """
     for group in optimizer.param_groups:
         group["lr"] = lr
@@ -77,7 +82,10 @@ def optimizer_step(
         loss_sum += loss.detach().float() * weight
     if scaler is not None:
         scaler.unscale_(optimizer)
-    grad_norm = float(torch.nn.utils.clip_grad_norm_(model.parameters(), clip))
+    norm = torch.nn.utils.clip_grad_norm_(model.parameters(), clip)
+    if lagged:
+        return _step_on_device(optimizer, scaler, loss_sum, norm, rt)
+    grad_norm = float(norm)
     loss_value = rt.mean(float(loss_sum))
     if scaler is not None:
         # With fp16 an overflowing gradient is routine: the scaler skips that step and lowers its scale.
@@ -92,3 +100,21 @@ def optimizer_step(
         applied = False  # the caller's guard counts it; the update is skipped
     optimizer.zero_grad(set_to_none=True)
     return loss_value, grad_norm, applied
+
+
+def _step_on_device(optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler | None, loss_sum: torch.Tensor,
+                    norm: torch.Tensor, rt: Runtime) -> DeviceValues:
+    """The end of a lagged step: the optimizer step decided on the device (the fp16 scaler's own found_inf,
+    else :func:`skip_on_device`), the figures left there."""
+    if hasattr(norm, "full_tensor"):  # FSDP: the norm of sharded gradients is a DTensor
+        norm = norm.full_tensor()
+    loss = rt.mean_tensor(loss_sum)
+    if scaler is not None:
+        scaler.step(optimizer)  # the fused AdamW takes the scaler's found_inf: no host sync either
+        scaler.update()
+        applied = torch.isfinite(norm)
+        norm = torch.where(applied, norm, torch.zeros_like(norm))
+    else:
+        applied = skip_on_device(optimizer, loss, norm)
+    optimizer.zero_grad(set_to_none=True)
+    return DeviceValues(loss, norm, applied)

@@ -17,15 +17,14 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-import torch
-
 from gradus.config import GradusConfig, dump_yaml
 from gradus.curriculum import StageState, resolve_schedule, stage_of_step, state_at
-from gradus.train import checkpoint, early_stop, faults, metrics, parallel, recovery, runtime
+from gradus.train import checkpoint, early_stop, faults, lag, metrics, parallel, recovery, runtime
 from gradus.train.build import build_training_parts, load_tokenizer_on_ranks, wrap_for_training
 from gradus.train.ema import WeightEMA
 from gradus.train.evaluate import Validation, evaluation_due, side_evaluations
 from gradus.train.guard import LossGuard
+from gradus.train.lag import StepDone
 from gradus.train.metrics import Console, RunResult, StepReport, Window
 from gradus.train.micro_batch import check_batches_divide, plan_micro_batches, probe_micro_batch
 from gradus.train.passkey import PasskeyProbe
@@ -78,6 +77,7 @@ class Trainer:
         check_vocab_fits(cfg.model, self.tokenizer.vocab_size)
         self.shape = resolve_shape(cfg.model, self.tokenizer.vocab_size)
         self._build_parts()
+        self.lagged = lag.lagged_mode(cfg.train.host_sync, rt.device, self.optimizer)  # read figures a step late
         self.compat = checkpoint.compat_signature(self.schedule, rt.world_size, self.tokenizer.identity())
         check_batches_divide(self.schedule.stages, rt.world_size)
 
@@ -188,43 +188,58 @@ class Trainer:
         return result
 
     def _loop(self, state: StageState, stop_at_step: int | None) -> str:
-        """Step until a reason to stop; returns it."""
+        """Step until a reason to stop; returns it. A step's figures are read at once at a sync point and
+        otherwise one step late, after the next step is queued (``train.host_sync``, :mod:`.lag`)."""
         pr = self.progress
-        window = Window()
+        window, reader = Window(), lag.LateReader()
         while True:
             t0 = time.perf_counter()
             batch = self.data.next_batch(state)
-            loss, grad_norm, applied = self._train_step(state, batch)
-            if self.rt.device.type == "cuda":
-                torch.cuda.synchronize(self.rt.device)
-            dt = time.perf_counter() - t0
-            pr.train_seconds += dt
-            event = self.guard.observe(pr.step, loss, grad_norm)
-            if event is not None:
-                self._log_event(event)
-                if event.kind in ("rollback", "diverged"):
-                    state = self._rollback(event)
-                    continue
-            pr.step += 1
-            pr.tokens += state.tokens_per_step
+            done = StepDone(state, pr.step + 1, pr.tokens + state.tokens_per_step, t0, self._train_step(state, batch))
+            pr.step, pr.tokens = done.step, done.tokens
             self.console.advance(state.tokens_per_step)
-            window.add(loss, state.tokens_per_step, dt)
+            nxt = state_at(self.schedule, pr.step, pr.tokens)
+            sync = not self.lagged or lag.sync_point(self.cfg, pr, state, nxt, stop_at_step,
+                                                     self.stop.reason is not None and not self.rt.distributed)
+            ready = reader.take(done, sync, self.rt.device)
+            pr.train_seconds += done.seconds
+            rolled = self._settle(ready, window, sync)
+            if rolled is not None or not sync:  # (a lagged step is never a stage's last: nxt is in its stage)
+                state, reader.pending = (rolled, None) if rolled is not None else (nxt, reader.pending)
+                continue
+            loss, grad_norm, applied = done.resolve()
             record = None
             if pr.step % self.cfg.logging.log_every == 0:
                 record = self._log_step(state, loss, grad_norm, window, applied)
                 window = Window()
-            nxt = state_at(self.schedule, pr.step, pr.tokens)
             reason = self._after_step(state, nxt, stop_at_step)
-            if self.on_step is not None:
-                self.on_step(StepReport(pr.step, pr.tokens, state.stage_index, None if reason else nxt.stage_index,
-                                        state.tokens_per_step, loss, grad_norm, applied, t0, dt,
-                                        self._aside_seconds, record))
-            self._aside_seconds = 0.0
+            self._report(done, None if reason else nxt.stage_index, record)
             if reason is not None:
                 return reason
             if nxt.stage_index != state.stage_index:
                 self._stage_banner(nxt)
             state = nxt
+
+    def _settle(self, ready: list[StepDone], window: Window, sync: bool) -> StageState | None:
+        """Show the guard and the throughput window the steps read just now, in order, and report those
+        that ran a step ago; the state to go on from after a rollback, else None."""
+        for d in ready:
+            loss, grad_norm, _ = d.resolve()
+            event = self.guard.observe(d.step - 1, loss, grad_norm)
+            if event is not None:
+                self._log_event(event)
+                if event.kind in ("rollback", "diverged"):
+                    return recovery.rollback(self, event)
+            window.add(loss, d.state.tokens_per_step, d.seconds)
+            if not (sync and d is ready[-1]):  # the sync step is reported after its evaluation and checkpoint
+                self._report(d, d.state.stage_index, None)
+        return None
+
+    def _report(self, d: StepDone, next_stage: int | None, record: dict | None) -> None:
+        if self.on_step is not None:
+            self.on_step(StepReport(d.step, d.tokens, d.state.stage_index, next_stage, d.state.tokens_per_step,
+                                    *d.resolve(), d.started, d.seconds, self._aside_seconds, record))
+        self._aside_seconds = 0.0
 
     def _after_step(self, state: StageState, nxt: StageState, stop_at_step: int | None) -> str | None:
         """Evaluate, checkpoint, and decide whether to stop after the step just run (``state``; ``nxt`` is
@@ -246,9 +261,8 @@ class Trainer:
             return self.stop.reason or f"stopped at step {pr.step} (--stop-at-step)"
         return None
 
-    def _train_step(self, state: StageState, batch) -> tuple[float, float, bool]:
-        """Forward/backward over micro-batches, clip, and (unless the loss or gradient is not finite)
-        an optimizer step at the stage's LR × the guard's factor. Returns (loss, grad_norm, applied)."""
+    def _train_step(self, state: StageState, batch) -> tuple[float, float, bool] | lag.DeviceValues:
+        """:func:`optimizer_step` at the stage's LR × the guard's factor: (loss, grad_norm, applied), on the device when lagged."""
         rt = self.rt
         if state.rope_scaling != self.model.shape.rope_scaling:
             # A long-context stage interpolates positions (RoPE scaling) from its first step on.
@@ -257,8 +271,9 @@ class Trainer:
         inputs, labels = batch_tensors(batch, state.batch_size // rt.world_size, state.seq_len, state.stage_index, rt)
         out = optimizer_step(self.net, self.model, self.optimizer, self.scaler, inputs, labels, lr=lr,
                              clip=state.grad_clip, micro=self.micro_batches[state.stage_index], rt=rt,
-                             loss_multiplier=faults.active().loss_multiplier(state.step))
-        if self.ema is not None and out[2]:  # averaged after each applied step (the step about to be counted)
+                             loss_multiplier=faults.active().loss_multiplier(state.step), lagged=self.lagged)
+        # After each applied step (the one about to be counted); lagged, after every step (a skipped one changed nothing).
+        if self.ema is not None and (self.lagged or out[2]):
             self.ema.maybe_update(self.progress.step + 1, self.model)
         return out
 
@@ -345,21 +360,6 @@ class Trainer:
             rt.barrier()
         self._saved_at_step = pr.step
         return path
-
-    def _rollback(self, event) -> StageState:
-        """Restore the last checkpoint after repeated non-finite steps; the guard keeps its halved LR factor."""
-        if event.kind == "diverged":  # the guard gave up: stop with one line, not another rollback
-            raise recovery.diverged_error(event, recovery.data_position(self.data.metrics()), self.cfg.train.guard)
-        # A checkpoint written during the run of bad steps is not a good one to go back to.
-        latest = self.ckpt.latest(at_most=event.since)
-        if latest is None:
-            raise recovery.no_checkpoint_error(event, self.cfg.train.guard)
-        factor, totals = self.guard.rollback_factor, dict(self.guard.events_total)
-        self._restore(latest)
-        self.guard.rollback_factor, self.guard.events_total = factor, totals
-        self._saved_at_step = self.progress.step
-        self.console.print(f"guard: rolled back to {latest.name}; LR factor {factor:g} from now on")
-        return state_at(self.schedule, self.progress.step, self.progress.tokens)
 
     def _result(self, reason: str, last_val: dict | None = None) -> RunResult:
         pr = self.progress
