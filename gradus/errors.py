@@ -40,3 +40,10 @@ class DivergedError(GradusError):
     """Training diverged: the guard gave up (non-finite losses past its rollbacks). Exit code 3."""
 
     exit_code = 3
+
+
+def first_line(exc: BaseException) -> str:
+    """The first line of an exception's message, shortened to 160 characters (library errors can span
+    pages), or its type's name when it has no message: what a one-line error quotes of its cause."""
+    text = str(exc).strip().splitlines()
+    return text[0][:160] if text else type(exc).__name__

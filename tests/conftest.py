@@ -54,6 +54,21 @@ def bpe_tokenizer_dir(offline_data: Path) -> Path:
 
 
 @pytest.fixture(scope="session")
+def tokenizer_json(tmp_path_factory, offline_data: Path) -> str:
+    """The tiny configs' 512-token BPE (``builders.TINY_BPE``), trained once for the whole session and saved as a
+    run directory would keep it: tests that start ``gradus train`` processes (or many runs) point them at it
+    instead of each training it again."""
+    from builders import tiny_config
+
+    from gradus.config import from_dict
+    from gradus.data import load_tokenizer
+
+    out = tmp_path_factory.mktemp("tok")
+    load_tokenizer(from_dict(tiny_config(offline_data)).data, run_dir=out)
+    return str(out / "tokenizer.json")
+
+
+@pytest.fixture(scope="session")
 def shared_data() -> Path:
     """The team's real corpora (WikiText-2, GSM8K, Python code, tinyshakespeare, web sample, GPT-2 tokenizer),
     for tests that need the real files; skipped when absent unless ``GRADUS_REQUIRE_SHARED_DATA=1``."""

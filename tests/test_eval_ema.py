@@ -141,15 +141,6 @@ def _cfg(tokenizer_json, offline_data, **train):
 
 
 @pytest.fixture(scope="module")
-def tokenizer_json(tmp_path_factory, offline_data) -> str:
-    from gradus.data import load_tokenizer
-
-    out = tmp_path_factory.mktemp("tok")
-    load_tokenizer(from_dict(tiny_config(offline_data)).data, run_dir=out)
-    return str(out / "tokenizer.json")
-
-
-@pytest.fixture(scope="module")
 def ema_run(tmp_path_factory, tokenizer_json, offline_data) -> Path:
     run = tmp_path_factory.mktemp("ema")
     assert train(_cfg(tokenizer_json, offline_data), run, quiet=True).step == 16

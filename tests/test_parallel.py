@@ -22,7 +22,6 @@ from safetensors.torch import load_file
 
 from gradus.cli import main
 from gradus.config import from_dict
-from gradus.data import load_tokenizer
 from gradus.plan.memory import checkpointed_blocks
 from gradus.train.metrics import losses_by_step, read_metrics
 from gradus.train.sharded_checkpoint import consolidate, is_sharded_checkpoint
@@ -35,14 +34,6 @@ STAGES = [  # 8 + 7 + 7 = 22 steps of 256 tokens; local batches 8, 4 and 2 rows 
     {"name": "s64", "tokens": 7 * 256, "seq_len": 64, "tokens_per_batch": 256, "mix": {"wiki": 0.3, "math": 0.7}},
 ]
 STEPS = 22
-
-
-@pytest.fixture(scope="module")
-def tokenizer_json(tmp_path_factory, offline_data) -> str:
-    """A 512-token BPE trained once, so the torchrun processes do not each train it."""
-    out = tmp_path_factory.mktemp("tok")
-    load_tokenizer(from_dict(tiny_config(offline_data)).data, run_dir=out)
-    return str(out / "tokenizer.json")
 
 
 def raw_config(tok: str, data: Path, **train) -> dict:

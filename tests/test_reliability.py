@@ -15,7 +15,6 @@ from builders import tiny_config
 
 from gradus.cli import main
 from gradus.config import GuardConfig, from_dict
-from gradus.data import load_tokenizer
 from gradus.errors import CheckpointError, ConfigError
 from gradus.train import checkpoint as checkpoint_mod
 from gradus.train import faults
@@ -36,10 +35,8 @@ def no_faults(monkeypatch):
 
 
 @pytest.fixture(scope="module")
-def tok(tmp_path_factory, offline_data) -> str:
-    out = tmp_path_factory.mktemp("tok")
-    load_tokenizer(from_dict(tiny_config(offline_data)).data, run_dir=out)
-    return str(out / "tokenizer.json")
+def tok(tokenizer_json: str) -> str:
+    return tokenizer_json
 
 
 def raw(tok: str, shared: Path, **guard) -> dict:

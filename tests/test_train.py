@@ -28,16 +28,6 @@ from gradus.train.trainer import train
 TOTAL_STEPS = 16
 
 
-@pytest.fixture(scope="session")
-def tokenizer_json(tmp_path_factory, offline_data) -> str:
-    """A 512-token byte-level BPE trained once on the test sources."""
-    out = tmp_path_factory.mktemp("tok")
-    load_tokenizer(from_dict(raw_config(None, offline_data)).data, run_dir=out)
-    path = out / "tokenizer.json"
-    assert path.is_file()
-    return str(path)
-
-
 def raw_config(tok: str | None, shared: Path, **train) -> dict:
     """The shared tiny config with this file's loop settings (log every step, eval every 5, ...)."""
     cfg = tiny_config(shared, tok)

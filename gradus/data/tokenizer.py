@@ -29,7 +29,7 @@ import numpy as np
 
 from gradus.config import DataConfig
 from gradus.data.chat import find_chat_template, strip_marks
-from gradus.errors import DataError
+from gradus.errors import DataError, first_line
 from gradus.files import make_readable
 
 log = logging.getLogger("gradus.data")
@@ -317,12 +317,6 @@ def training_key(cfg: DataConfig) -> str:
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()
 
 
-def one_line_error(exc: BaseException) -> str:
-    """The first line of an exception's message, shortened (library errors can span pages)."""
-    text = str(exc).strip().splitlines()
-    return (text[0][:160] if text else type(exc).__name__)
-
-
 def _run_train_vocab(run_dir: Path) -> int | None:
     """The ``data.tokenizer.train_vocab_size`` the run in ``run_dir`` started with (its config.yaml), or None
     when that file is absent or unreadable (the tokenizer file alone then decides)."""
@@ -348,7 +342,7 @@ def _trained(cfg: DataConfig, run_dir: Path | None, log_line: Callable[[str], No
             backend = HFTokenizer.from_file(str(path))
         except Exception as exc:  # noqa: BLE001 - the tokenizers library raises a bare Exception
             raise DataError(
-                f"{path} is not a readable tokenizer ({one_line_error(exc)}); restore the run's tokenizer.json, "
+                f"{path} is not a readable tokenizer ({first_line(exc)}); restore the run's tokenizer.json, "
                 f"or start a new run with another --out"
             ) from None
         saved = _run_train_vocab(run_dir)

@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from gradus.errors import CheckpointError, ConfigError
+from gradus.errors import CheckpointError, ConfigError, first_line
 
 EMA_FILES = ("ema.safetensors", "model_ema.safetensors")
 """Names an averaged (EMA) copy of the weights may have inside a checkpoint folder."""
@@ -141,7 +141,7 @@ def load_checkpoint(ckpt: Path, *, ema: bool = False, device: str = "cpu") -> Lo
     try:
         missing, unexpected = load_weights(model, str(weights), strict=False)
     except Exception as err:  # a truncated or foreign file: safetensors raises several types
-        first = str(err).strip().splitlines()[0][:160] if str(err).strip() else type(err).__name__
+        first = first_line(err)
         raise CheckpointError(f"{weights}: cannot be read into {shape.describe()} ({first})") from None
     if missing or unexpected:
         raise CheckpointError(

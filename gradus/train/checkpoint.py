@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 from safetensors.torch import load_model, save_model
 
-from gradus.errors import CheckpointError, ConfigError
+from gradus.errors import CheckpointError, ConfigError, first_line
 from gradus.files import make_readable
 from gradus.train import faults
 
@@ -250,7 +250,7 @@ class CheckpointManager:
             shutil.rmtree(tmp, ignore_errors=True)
             prev = self.latest()
             kept = f"the previous checkpoint {prev.name} is intact" if prev else "no earlier checkpoint exists"
-            why = getattr(exc, "strerror", None) or (str(exc).splitlines() or [type(exc).__name__])[0][:160]
+            why = getattr(exc, "strerror", None) or first_line(exc)
             need = _checkpoint_bytes(model, optimizer) / 1e6
             raise CheckpointError(
                 f"could not write checkpoint {final}: {why}; {kept}; a checkpoint needs about {need:,.1f} MB: "

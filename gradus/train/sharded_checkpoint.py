@@ -24,7 +24,7 @@ from typing import Any
 
 import torch
 
-from gradus.errors import CheckpointError
+from gradus.errors import CheckpointError, first_line
 from gradus.files import make_readable
 from gradus.train import faults
 from gradus.train.checkpoint import CheckpointManager, _fsync_dir
@@ -112,7 +112,7 @@ class ShardedCheckpointManager(CheckpointManager):
         try:
             action()
         except Exception as exc:  # noqa: BLE001 - DCP, torch.save and the file system raise many types
-            why = getattr(exc, "strerror", None) or (str(exc).splitlines() or [type(exc).__name__])[0][:160]
+            why = getattr(exc, "strerror", None) or first_line(exc)
         return (why or "another rank could not write its part") if self.rt.any_over_ranks(why is not None) else None
 
     def _fresh(self, tmp: Path) -> None:
@@ -158,7 +158,7 @@ class ShardedCheckpointManager(CheckpointManager):
                            optim_state_dict=wanted.get("optim", {}))
             state = torch.load(path / "state.pt", map_location="cpu", weights_only=False)
         except Exception as exc:  # noqa: BLE001 - DCP raises a CheckpointException wrapping every rank's error
-            first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:160]
+            first = first_line(exc)
             raise CheckpointError(f"{path}: cannot load the sharded checkpoint ({first}); was model.* changed? "
                                   f"delete it to resume from an earlier one") from None
         return state, meta
@@ -187,7 +187,7 @@ def consolidate(path: Path) -> Path:
             warnings.simplefilter("ignore", UserWarning)
             dcp.load(weights, checkpoint_id=str(path / SHARDS), no_dist=True)
     except Exception as exc:  # noqa: BLE001 - see ShardedCheckpointManager.load
-        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:160]
+        first = first_line(exc)
         raise CheckpointError(f"{path}/{SHARDS}: cannot be read into {model.shape.describe()} ({first})") from None
     model.load_state_dict(weights["model"])
     tmp = path / f".model-{os.getpid()}.safetensors"
