@@ -27,15 +27,6 @@ def no_faults(monkeypatch):
     faults.reset()
 
 
-@pytest.fixture(scope="module")
-def tokenizer_json(tmp_path_factory, offline_data) -> str:
-    from gradus.data import load_tokenizer
-
-    out = tmp_path_factory.mktemp("tok")
-    load_tokenizer(from_dict(tiny_config(offline_data)).data, run_dir=out)
-    return str(out / "tokenizer.json")
-
-
 def _cfg(tokenizer_json, offline_data, host_sync: str, **train):
     cfg = tiny_config(offline_data, tokenizer_json)
     cfg["optim"]["fused"] = "on"  # the fused AdamW on CPU too: lagged skips a bad step through it

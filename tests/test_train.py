@@ -239,6 +239,20 @@ def test_early_stopping_keeps_best(tmp_path, tokenizer_json, offline_data, monke
     assert json.loads((tmp_path / "checkpoints" / "best" / "meta.json").read_text())["step"] == 4
 
 
+def test_save_best_false_writes_no_checkpoint_at_an_improved_evaluation(tmp_path, tokenizer_json, offline_data,
+                                                                         monkeypatch):
+    fake = iter([5.0, 4.0, 4.5, 4.6, 4.7, 4.8])
+    monkeypatch.setattr(evaluate_mod, "evaluate", lambda *a: {"loss": (x := next(fake)), "ppl": math.exp(x),
+                                                               "accuracy": 0.1, "tokens": 10})
+    raw = raw_config(tokenizer_json, offline_data, eval_every=2, early_stopping_patience=2, eval_at_stage_change=False,
+                     eval_reference_seq_len=16, save_best=False, checkpoint_every=None)
+    result = train(from_dict(raw), tmp_path, quiet=True)
+    # Early stopping still follows the best loss; the only checkpoints are the stage end (6) and the stop (8).
+    assert result.reason.startswith("early stopping") and result.step == 8 and result.best_val_loss == 4.0
+    saved = sorted(p.name for p in (tmp_path / "checkpoints").iterdir())
+    assert saved == ["step_00000006", "step_00000008"]
+
+
 def test_sigterm_saves_and_exits_cleanly(tmp_path, tokenizer_json, offline_data):
     raw = raw_config(tokenizer_json, offline_data)
     for s in raw["curriculum"]["stages"]:

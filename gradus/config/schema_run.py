@@ -96,6 +96,11 @@ class TrainConfig(Strict):
     checkpoint_every: int | None = Field(1000, gt=0, description="Steps between checkpoints (None = stage ends only).")
     checkpoint_every_tokens: TokenCount | None = Field(None, gt=0, description="Tokens between checkpoints.")
     keep_last: int = Field(3, ge=1, description="Checkpoints kept besides the best.")
+    save_best: bool = Field(
+        True, description="Write a checkpoint at every evaluation that improves the followed loss and keep it as "
+        "checkpoints/best; false: none (a short run or a sweep, where each save costs more than it is worth; "
+        "the best loss is still tracked and early stopping still applies)."
+    )
     early_stopping_patience: int | None = Field(
         10, ge=1, description="Evaluations without improvement of the reference loss before stopping (None = off)."
     )

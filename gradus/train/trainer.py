@@ -332,7 +332,7 @@ class Trainer:
         # or stops early without the others.
         loss = self.rt.mean(early_stop.followed_loss(val, t.early_stopping_metric))
         improved, reason = early_stop.observe_config(pr, loss, t)
-        if improved:
+        if improved and t.save_best:
             path = self._save_checkpoint(state_at(self.schedule, pr.step, pr.tokens))
             if self.rt.is_main and path is not None:
                 self.ckpt.mark_best(path)
