@@ -177,6 +177,17 @@ def test_config_change_on_resume_is_refused(tmp_path, tokenizer_json, offline_da
     assert main(["train", str(path), "--out", str(tmp_path), "--quiet", "--allow-config-change"]) == 0
 
 
+def test_a_stage_that_changed_kind_is_a_change_unless_the_checkpoint_predates_kinds():
+    from gradus.train.checkpoint import describe_incompatibility
+
+    stage = {"seq_len": 64, "batch_size": 4, "start_step": 0, "end_step": 10}
+    sig = {"world_size": 1, "tokenizer_sha256": "x", "target_tokens": None}
+    now = {**sig, "stages": [{**stage, "kind": "sft"}]}
+    assert describe_incompatibility({**sig, "stages": [{**stage, "kind": "pretrain"}]}, now) == [
+        "curriculum.stages[0] kind pretrain → sft"]
+    assert describe_incompatibility({**sig, "stages": [stage]}, now) == []  # written before kinds were recorded
+
+
 def test_corrupt_checkpoint_is_one_line_and_untouched(tmp_path, tokenizer_json, offline_data, capsys):
     cfg = from_dict(raw_config(tokenizer_json, offline_data))
     train(cfg, tmp_path, quiet=True, stop_at_step=4)

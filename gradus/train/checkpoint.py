@@ -430,7 +430,8 @@ def compat_signature(schedule: Schedule, world_size: int, tokenizer_identity: di
     """What must not change between a checkpoint and the config resuming it."""
     return {
         "stages": [
-            {"seq_len": s.seq_len, "batch_size": s.batch_size, "start_step": s.start_step, "end_step": s.end_step}
+            {"seq_len": s.seq_len, "batch_size": s.batch_size, "start_step": s.start_step, "end_step": s.end_step,
+             "kind": s.kind}
             for s in schedule.stages
         ],
         "target_tokens": schedule.target_tokens,
@@ -462,7 +463,8 @@ def describe_incompatibility(saved: dict, now: dict) -> list[str]:
         problems.append(f"the curriculum has {len(new)} stages, the checkpoint {len(old)}")
     else:
         for i, (a, b) in enumerate(zip(old, new, strict=True)):
-            for key in ("seq_len", "batch_size", "start_step", "end_step"):
-                if a.get(key) != b.get(key):
+            for key in ("seq_len", "batch_size", "start_step", "end_step", "kind"):
+                # (a checkpoint from before stage kinds were recorded has none: not a difference)
+                if a.get(key) != b.get(key) and not (key == "kind" and key not in a):
                     problems.append(f"curriculum.stages[{i}] {key} {a.get(key)} → {b.get(key)}")
     return problems
