@@ -96,3 +96,15 @@ def pytest_terminal_summary(terminalreporter, exitstatus, config):
         terminalreporter.write_line(
             f"gradus: {len(skipped)} test(s) skipped because {SHARED_DATA} is missing (they read the team's "
             f"real files, such as GPT-2's tokenizer); {REQUIRE_SHARED_ENV}=1 makes that a failure", yellow=True)
+
+
+@pytest.fixture
+def no_faults(monkeypatch):
+    """No injected faults (``GRADUS_FAULTS``) from the environment, and none left for the next test: modules
+    that inject faults use it for every test (``pytestmark``)."""
+    from gradus.train import faults
+
+    monkeypatch.delenv(faults.ENV, raising=False)
+    faults.reset()
+    yield
+    faults.reset()

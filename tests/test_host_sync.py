@@ -18,13 +18,7 @@ from gradus.train import trainer as trainer_module
 from gradus.train.metrics import read_metrics
 from gradus.train.trainer import train
 
-
-@pytest.fixture(autouse=True)
-def no_faults(monkeypatch):
-    monkeypatch.delenv(faults.ENV, raising=False)
-    faults.reset()
-    yield
-    faults.reset()
+pytestmark = pytest.mark.usefixtures("no_faults")  # (conftest: no injected faults from the environment)
 
 
 def _cfg(tokenizer_json, offline_data, host_sync: str, **train):

@@ -26,12 +26,7 @@ from gradus.train.trainer import train
 TOTAL_STEPS = 16
 
 
-@pytest.fixture(autouse=True)
-def no_faults(monkeypatch):
-    monkeypatch.delenv(faults.ENV, raising=False)
-    faults.reset()
-    yield
-    faults.reset()
+pytestmark = pytest.mark.usefixtures("no_faults")  # (conftest: no injected faults from the environment)
 
 
 @pytest.fixture(scope="module")
