@@ -28,7 +28,10 @@ from dataclasses import dataclass, field
 
 import torch
 
+from gradus.curriculum import StageState
 from gradus.errors import ConfigError
+from gradus.train.checkpoint import checkpoint_due
+from gradus.train.evaluate import evaluation_due
 
 
 def lagged_mode(host_sync: str, device: torch.device, optimizer: torch.optim.Optimizer) -> bool:
@@ -53,21 +56,36 @@ def skip_on_device(optimizer: torch.optim.Optimizer, loss: torch.Tensor, grad_no
     return ok
 
 
-def sync_point(cfg, progress, state, nxt, stop_at_step: int | None, signalled: bool) -> bool:
-    """Whether the step just counted must have its figures read at once: it is logged, evaluated or
-    checkpointed, ends a stage or the run, is ``--stop-at-step``'s, or a stop was asked for (``signalled``:
-    only on a single process; under DDP every rank must decide alike, and a signal waits for the next sync
-    point). Every rank decides the same from the same counters."""
-    from gradus.train.checkpoint import checkpoint_due
-    from gradus.train.evaluate import evaluation_due
+@dataclass(frozen=True)
+class Due:
+    """What follows the step just counted, decided once from the counters (every rank decides alike)."""
 
+    log: bool
+    """A logging step (``logging.log_every``)."""
+    evaluate: bool
+    """An evaluation on the cadence (:func:`~gradus.train.evaluate.evaluation_due`; a stage end may add one)."""
+    checkpoint: bool
+    """A checkpoint on the cadence or at a stage end (:func:`~gradus.train.checkpoint.checkpoint_due`)."""
+    stage_end: bool
+    """The step ends its stage or the run."""
+    stop_at_step: bool
+    """``--stop-at-step`` is reached."""
+
+    def sync(self, signalled: bool) -> bool:
+        """Whether the step's figures must be read at once: something above follows it, or a stop was asked
+        for (``signalled``: only on a single process; under DDP every rank must decide alike, and a signal
+        waits for the next sync point)."""
+        return self.log or self.evaluate or self.checkpoint or self.stage_end or self.stop_at_step or signalled
+
+
+def due_after(cfg, progress, state, nxt, stop_at_step: int | None) -> Due:
+    """What follows the step just counted in ``progress`` (run in ``state``; ``nxt`` is the next step's)."""
     t = cfg.train
-    return bool(
-        progress.step % cfg.logging.log_every == 0 or nxt.done or nxt.stage_index != state.stage_index
-        or evaluation_due(t, progress.step, progress.tokens, state.tokens_per_step)
-        or checkpoint_due(t, progress, False) or (stop_at_step is not None and progress.step >= stop_at_step)
-        or signalled
-    )
+    stage_end = bool(nxt.done or nxt.stage_index != state.stage_index)
+    return Due(log=progress.step % cfg.logging.log_every == 0,
+               evaluate=evaluation_due(t, progress.step, progress.tokens, state.tokens_per_step),
+               checkpoint=checkpoint_due(t, progress, stage_end), stage_end=stage_end,
+               stop_at_step=stop_at_step is not None and progress.step >= stop_at_step)
 
 
 @dataclass
@@ -88,8 +106,8 @@ class DeviceValues:
 class StepDone:
     """A step the trainer has run and counted, whose values may still be on the device."""
 
-    state: object
-    """The StageState it ran in."""
+    state: StageState
+    """The stage state it ran in."""
     step: int
     """Steps done, this one included."""
     tokens: int
@@ -99,13 +117,13 @@ class StepDone:
     values: DeviceValues | tuple[float, float, bool]
     seconds: float = 0.0
     """Its share of the trainer's clock (set when the loop moves on from it)."""
-    read: tuple[float, float, bool] | None = field(default=None)
+    _figures: tuple[float, float, bool] | None = field(default=None, init=False, repr=False)
 
     def resolve(self) -> tuple[float, float, bool]:
-        """(loss, grad_norm, applied) as Python values; reads the device the first time."""
-        if self.read is None:
-            self.read = self.values.read() if isinstance(self.values, DeviceValues) else self.values
-        return self.read
+        """(loss, grad_norm, applied) as Python values; reads the device the first time only."""
+        if self._figures is None:
+            self._figures = self.values.read() if isinstance(self.values, DeviceValues) else self.values
+        return self._figures
 
 
 class LateReader:

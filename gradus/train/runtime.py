@@ -106,12 +106,10 @@ class Runtime:
         return t / self.world_size
 
     def mean(self, value: float) -> float:
-        """Mean of a float over ranks."""
+        """Mean of a float over ranks (in float64)."""
         if not self.distributed:
             return value
-        t = torch.tensor([value], dtype=torch.float64, device=self.device)
-        dist.all_reduce(t)
-        return float(t.item()) / self.world_size
+        return float(self.mean_tensor(torch.tensor(value, dtype=torch.float64, device=self.device)))
 
 
 def setup_runtime(cfg: TrainConfig) -> Runtime:

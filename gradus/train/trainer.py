@@ -22,7 +22,7 @@ from gradus.curriculum import StageState, resolve_schedule, stage_of_step, state
 from gradus.train import checkpoint, early_stop, faults, lag, metrics, parallel, recovery, runtime
 from gradus.train.build import build_training_parts, load_tokenizer_on_ranks, wrap_for_training
 from gradus.train.ema import WeightEMA
-from gradus.train.evaluate import Validation, evaluation_due, side_evaluations
+from gradus.train.evaluate import Validation, side_evaluations
 from gradus.train.guard import LossGuard
 from gradus.train.lag import StepDone
 from gradus.train.metrics import Console, RunResult, StepReport, Window
@@ -199,8 +199,8 @@ class Trainer:
             pr.step, pr.tokens = done.step, done.tokens
             self.console.advance(state.tokens_per_step)
             nxt = state_at(self.schedule, pr.step, pr.tokens)
-            sync = not self.lagged or lag.sync_point(self.cfg, pr, state, nxt, stop_at_step,
-                                                     self.stop.reason is not None and not self.rt.distributed)
+            due = lag.due_after(self.cfg, pr, state, nxt, stop_at_step)
+            sync = not self.lagged or due.sync(self.stop.reason is not None and not self.rt.distributed)
             ready = reader.take(done, sync, self.rt.device)
             pr.train_seconds += done.seconds
             rolled = self._settle(ready, window, sync)
@@ -209,10 +209,10 @@ class Trainer:
                 continue
             loss, grad_norm, applied = done.resolve()
             record = None
-            if pr.step % self.cfg.logging.log_every == 0:
+            if due.log:
                 record = self._log_step(state, loss, grad_norm, window, applied)
                 window = Window()
-            reason = self._after_step(state, nxt, stop_at_step)
+            reason = self._after_step(state, nxt, due)
             self._report(done, None if reason else nxt.stage_index, record)
             if reason is not None:
                 return reason
@@ -241,22 +241,21 @@ class Trainer:
                                     *d.resolve(), d.started, d.seconds, self._aside_seconds, record))
         self._aside_seconds = 0.0
 
-    def _after_step(self, state: StageState, nxt: StageState, stop_at_step: int | None) -> str | None:
+    def _after_step(self, state: StageState, nxt: StageState, due: lag.Due) -> str | None:
         """Evaluate, checkpoint, and decide whether to stop after the step just run (``state``; ``nxt`` is
-        the next one's). Returns the reason to stop, or None to go on."""
-        pr, t = self.progress, self.cfg.train
-        stage_end = nxt.done or nxt.stage_index != state.stage_index
-        if evaluation_due(t, pr.step, pr.tokens, state.tokens_per_step) or (stage_end and t.eval_at_stage_change):
+        the next one's; ``due``, what follows it). Returns the reason to stop, or None to go on."""
+        pr = self.progress
+        if due.evaluate or (due.stage_end and self.cfg.train.eval_at_stage_change):
             self.last_val = self._evaluate(state)
             stop = self._early_stop_check(self.last_val)
             if stop is not None:
                 self._save_checkpoint(state)
                 return stop
-        if not self._just_saved() and checkpoint.checkpoint_due(t, pr, stage_end):
+        if not self._just_saved() and due.checkpoint:
             self._save_checkpoint(state)
         if nxt.done:
             return nxt.done_reason or "done"
-        if self.stop.agreed(self.rt) or (stop_at_step is not None and pr.step >= stop_at_step):
+        if self.stop.agreed(self.rt) or due.stop_at_step:
             self._save_checkpoint(state)  # (a no-op when this step's checkpoint is written)
             return self.stop.reason or f"stopped at step {pr.step} (--stop-at-step)"
         return None
