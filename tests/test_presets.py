@@ -12,7 +12,7 @@ from gradus.presets import list_presets, load_preset, preset_description, preset
 
 PRESETS = [
     "aggressive", "hybrid-1024", "lr-extreme", "wikipedia-9stage", "streaming-1b", "1b-compact", "7b-base",
-    "baseline", "demo",
+    "baseline", "demo", "ramp-1024",
 ]
 
 
@@ -158,4 +158,24 @@ def test_demo_is_offline_and_small():
     assert mixes[-1]["code"] > mixes[0]["code"] and mixes[-1]["math"] > mixes[0]["math"]
     assert cfg.train.early_stopping_patience is None
     assert 50 <= cfg.train.eval_every <= 200 and 100 <= cfg.train.checkpoint_every <= 400
+    assert not cur.warnings
+
+
+def test_ramp_1024_is_the_benchmarks_fastest_arm_scaled_up():
+    """The preset is the arm `benchmarks/curriculum_speedup.py` measured fastest, built by the benchmark's own
+    code at the preset's budget and tokens per step: the same stages, batch ramp and WSD schedule."""
+    from gradus.experiments.speedup_arms import ARMS, Settings
+
+    cfg = load_preset("ramp-1024")
+    settings = Settings(final_len=1024, budget=2_621_440_000, tokens_per_step=524_288)
+    arm = ARMS["seqwarm-long-ramp-wsd"].build(settings)
+    got = cfg.curriculum
+    assert [(s.seq_len, s.tokens, s.tokens_per_batch) for s in got.stages] == [
+        (s["seq_len"], s["tokens"], s["tokens_per_batch"]) for s in arm["stages"]]
+    assert (got.batch_ramp.direction, got.batch_ramp.alpha) == (arm["batch_ramp"]["direction"], arm["batch_ramp"]["alpha"])
+    for key in ("schedule", "global_warmup_fraction", "cooldown_fraction", "cooldown_shape", "decay_to", "grad_clip"):
+        assert getattr(got, key) == arm[key], key
+    cur = resolve_schedule(cfg)
+    assert cur.total_tokens == cur.target_tokens == 2_621_440_000
+    assert [s.batch_size for s in cur.stages] == [2048, 1024, 1024, 1024, 512]
     assert not cur.warnings
