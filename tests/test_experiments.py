@@ -31,6 +31,7 @@ from gradus.experiments.runner import Runner, Task, same_config
 from gradus.experiments.sweep import prepare, tasks_for
 from gradus.model.sizes import ModelShape, resolve_shape
 from gradus.presets import load_preset
+from gradus.train.evaluate import evaluation_due
 
 
 @pytest.fixture(scope="module")
@@ -97,11 +98,30 @@ def test_budget_keeps_stage_shares_in_whole_steps_and_the_baseline_is_one_final_
     assert raw["curriculum"]["target_tokens"] == 49 * 4096
     ev = same_evaluation(raw, 256)
     assert ev["train"]["eval_every"] == 3 and ev["train"]["eval_reference_seq_len"] == 256
+    assert ev["train"]["eval_every_tokens"] == 3 * 4096  # the same points, in tokens
     base = compare_baseline(raw)
     [st] = base["curriculum"]["stages"]
     assert (st["seq_len"], st["tokens_per_batch"], st["tokens"]) == (256, 4096, 49 * 4096)
     # The token-weighted mix of the curriculum: prose 0.7·5 + 0.6·7 + 0.5·10 + 0.4·27 over 49 steps.
     assert st["mix"]["prose"] == pytest.approx((0.7 * 5 + 0.6 * 7 + 0.5 * 10 + 0.4 * 27) / 49, abs=1e-4)
+
+
+def test_a_batch_ramp_is_evaluated_at_its_baselines_token_counts():
+    """ramp-1024 at a compare budget: its own 52M-token cadence gives way to the shared one, and its
+    evaluation points (a batch ramp: more, smaller steps early) are the baseline's in tokens."""
+    raw = scale_to_budget(to_dict(load_preset("ramp-1024")), 4_000_000)
+    points = {}
+    for name, cfg in (("ramp", raw), ("baseline", compare_baseline(raw))):
+        ev = same_evaluation(cfg, 1024)
+        cur, train = resolve_schedule(from_dict(ev)), from_dict(ev).train
+        step = tokens = 0
+        points[name] = []
+        for stage in cur.stages:
+            for _ in range(stage.steps):
+                step, tokens = step + 1, tokens + stage.tokens_per_step
+                if evaluation_due(train, step, tokens, stage.tokens_per_step):
+                    points[name].append(tokens)
+    assert points["ramp"] == points["baseline"] == [524_288 * k for k in range(1, 9)]
 
 
 # ------------------------------------------------------------------------------------------- analysis

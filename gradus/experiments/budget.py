@@ -28,27 +28,34 @@ def stage_tokens_per_step(stage: dict) -> int:
 
 def scale_to_budget(raw: dict, budget: int | None, origin: str = "config") -> dict:
     """The config with its stages turned into token budgets that keep their shares of the run and sum to
-    ``budget`` (each a whole number of its own steps, so every switch lands on a step); ``None`` keeps the
-    config's own total. A budget that leaves some stage less than half a step is a ConfigError naming the
-    smallest budget that works."""
+    ``budget``; ``None`` keeps the config's own total. Each budget is a whole number of steps of the largest
+    tokens per step of any stage when every stage's divides it (a batch ramp: so the stage switches land on
+    the same token counts as the baseline's steps and evaluations), else of its own; so every switch lands on
+    a step. A budget that leaves some stage less than half such a step is a ConfigError naming the smallest
+    budget that works."""
     data = copy.deepcopy(raw)
     cur = resolve_schedule(from_dict(data, origin=origin))
     shares = [st.tokens for st in cur.stages]
     total = sum(shares)
     budget = total if budget is None else int(budget)
     stages = data["curriculum"]["stages"]
-    need = max(0.5 * st.tokens_per_step * total / max(1, sh) for st, sh in zip(cur.stages, shares, strict=True))
-    if budget < need:
-        worst = max(cur.stages, key=lambda st: st.tokens_per_step * total / max(1, st.tokens))
+    largest = max(st.tokens_per_step for st in cur.stages)
+    aligned = all(largest % st.tokens_per_step == 0 for st in cur.stages)
+    quanta = [largest if aligned else st.tokens_per_step for st in cur.stages]
+    needs = [0.5 * q * total / max(1, sh) for q, sh in zip(quanta, shares, strict=True)]
+    if budget < max(needs):
+        i = needs.index(max(needs))
+        worst = cur.stages[i]
         raise ConfigError(
             f"--budget {format_count(budget)}: stage {worst.name} ({worst.tokens / total:.0%} of the tokens) would "
-            f"get less than one step of {worst.tokens_per_step:,} tokens; raise --budget to at least "
-            f"{format_count(int(need * 2 + 0.5))}"
+            f"get less than one step of {quanta[i]:,} tokens"
+            + (" (the run's largest batch: stages switch on its steps)" if quanta[i] != worst.tokens_per_step else "")
+            + "; raise --budget to at least "
+            f"{format_count(int(max(needs) * 2 + 0.5))}"
         )
-    for raw_stage, plan, share in zip(stages, cur.stages, shares, strict=True):
-        steps = max(1, round(budget * share / total / plan.tokens_per_step))
+    for raw_stage, quantum, share in zip(stages, quanta, shares, strict=True):
         raw_stage.pop("step", None)
-        raw_stage["tokens"] = steps * plan.tokens_per_step
+        raw_stage["tokens"] = max(1, round(budget * share / total / quantum)) * quantum
     data["curriculum"]["target_tokens"] = sum(st["tokens"] for st in stages)
     data.setdefault("train", {})["max_steps"] = None
     return data
@@ -64,12 +71,19 @@ def same_evaluation(raw: dict, reference_len: int, eval_points: int = EVAL_POINT
     """The config with the shared evaluation: ``eval_points`` evaluations evenly spaced in tokens, plus one
     at the end of each stage (so every run is measured at its last step, whatever its step count divides
     by), at ``reference_len``; runs to the end of the budget (no early stopping), no TensorBoard or
-    progress bar."""
+    progress bar.
+
+    The cadence is in tokens (``train.eval_every_tokens``: whole steps of the final stage's tokens per step),
+    replacing any cadence of the config's own: a config with a batch ramp takes more, smaller steps early, so
+    a cadence in steps would evaluate it at other token counts than its baseline, and a config's own token
+    cadence (set for its full-size run) could leave a shortened one with no evaluation between stage ends.
+    For a constant batch the points are the same as every ``eval_every`` steps."""
     data = copy.deepcopy(raw)
     budget = data["curriculum"]["target_tokens"]
     tps = stage_tokens_per_step(data["curriculum"]["stages"][-1])
     train = data.setdefault("train", {})
-    train.update({"eval_every": max(1, round(budget / eval_points / tps)), "eval_reference_seq_len": reference_len,
+    every = max(1, round(budget / eval_points / tps))
+    train.update({"eval_every": every, "eval_every_tokens": every * tps, "eval_reference_seq_len": reference_len,
                   "eval_at_stage_change": True, "early_stopping_patience": None, "max_steps": None})
     logging = data.setdefault("logging", {})
     logging.update({"log_every": max(1, train["eval_every"] // 4), "tensorboard": False, "progress_bar": False})
