@@ -8,6 +8,7 @@ import json
 import math
 
 import pytest
+import yaml
 from builders import tiny_config
 
 from gradus.cli import main
@@ -218,6 +219,43 @@ def test_compare_refuses_a_one_stage_config_and_a_missing_baseline(capsys, tmp_p
     assert main(["compare", "--preset", "demo", "--baseline", str(tmp_path / "nope.yaml")]) == 2
     assert "--baseline" in capsys.readouterr().err
 
+
+
+def test_compare_with_a_half_batch_baseline_measures_against_the_lower_baseline(offline_data, tmp_path):
+    """End to end on the tiny curriculum: the curriculum, the baseline and the baseline at half its tokens per
+    step train; the target is the lower baseline median, every speedup is against that baseline, and the
+    report, table and plot name all three."""
+    from gradus.experiments.compare import run_compare
+
+    lines: list[str] = []
+    report = run_compare(from_dict(tiny_config(offline_data)), budget=None, seeds=[0], out=tmp_path / "cmp",
+                         half_batch_baseline=True, plot=True, eval_points=4, log=lines.append)
+    rows = {r["name"]: r for r in (report["baseline"], *report["other_baselines"], report["curriculum"])}
+    assert set(rows) == {"baseline", "baseline-half-batch", "curriculum"}
+    finals = {n: rows[n]["final_val_loss"] for n in ("baseline", "baseline-half-batch")}
+    chosen = min(finals, key=finals.get)
+    assert report["baseline"]["name"] == chosen and report["target"] == finals[chosen]
+    assert chosen in report["target_from"] and "the lower of 2 baselines" in report["target_from"]
+    assert report["baseline"]["speedup_tokens"] == pytest.approx(1.0)
+    half = json.loads((tmp_path / "cmp" / "compare.json").read_text())["other_baselines"]
+    assert len(half) == 1 and half[0]["name"] != chosen
+    # Both baselines trained on the whole budget, the half-batch one in twice the steps.
+    cfgs = {n: yaml.safe_load(next((tmp_path / "cmp" / "arms").glob(f"{n}/seed0/config.yaml")).read_text())
+            for n in ("baseline", "baseline-half-batch")}
+    [full], [halved] = cfgs["baseline"]["curriculum"]["stages"], cfgs["baseline-half-batch"]["curriculum"]["stages"]
+    assert (full["tokens_per_batch"], halved["tokens_per_batch"]) == (256, 128) and full["tokens"] == halved["tokens"]
+    table = "\n".join(lines)
+    assert "baseline-half-batch" in table and f"({report['target_from']})" in table
+    assert (tmp_path / "cmp" / "compare.png").stat().st_size > 10_000
+
+
+def test_a_half_batch_below_one_sequence_is_refused_in_one_line(offline_data):
+    from gradus.experiments.compare import baseline_arm, half_batch_arm
+
+    raw = tiny_config(offline_data)
+    raw["curriculum"]["stages"][-1]["tokens_per_batch"] = 64  # one sequence of 64
+    with pytest.raises(ConfigError, match=r"half-batch-baseline: the baseline's stage at 64 takes 64 tokens per step"):
+        half_batch_arm(baseline_arm(to_dict(from_dict(raw)), "auto", "tiny"))
 
 def test_check_arm_count_refuses_repeated_arms(demo):
     with pytest.raises(ConfigError, match="given twice"):

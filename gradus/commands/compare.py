@@ -1,4 +1,4 @@
-"""``gradus compare CONFIG [--baseline auto|FILE] [--tune-lr] [--budget TOKENS] [--seeds 0,1] [--jobs N]``:
+"""``gradus compare CONFIG [--baseline auto|FILE] [--half-batch-baseline] [--tune-lr] [--budget TOKENS] [--seeds 0,1] [--jobs N]``:
 does the curriculum pay off on this data and model? Against one stage at its final length and tokens per step."""
 
 from __future__ import annotations
@@ -16,6 +16,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--baseline", default="auto", metavar="auto|FILE",
                         help="auto (default): one stage at the curriculum's final length and tokens per step; or "
                              "a config file to compare against")
+    parser.add_argument("--half-batch-baseline", action="store_true",
+                        help="also run the baseline at half its tokens per step; the lower of the two baselines' "
+                             "final losses is the target (so smaller early batches are not credited to the "
+                             "curriculum when a smaller batch alone would do as well)")
     parser.add_argument("--tune-lr", action="store_true",
                         help="tune every arm's LR the same way: base LR × 0.5/1/2 at the first seed, extended ×2 at "
                              "an edge until the best is inside, then the best at the other seeds")
@@ -37,6 +41,7 @@ def run(args: argparse.Namespace) -> int:
     name = cfg.name or args.preset or Path(args.config or args.config_flag).stem
     out = Path(args.out) if args.out else Path("runs") / f"compare-{name}"
     run_compare(cfg, baseline=args.baseline, budget=budget, seeds=seeds, out=out, tune_lr=args.tune_lr,
+                half_batch_baseline=args.half_batch_baseline,
                 jobs=args.jobs, threads=args.threads, plot=not args.no_plot,
                 origin=f"preset {args.preset}" if args.preset else str(args.config or args.config_flag))
     return 0

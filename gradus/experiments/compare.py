@@ -4,6 +4,7 @@ way; the speedup in tokens and wall-clock to the baseline's final loss, over see
 
 from __future__ import annotations
 
+import copy
 import json
 import math
 import statistics
@@ -23,7 +24,7 @@ from gradus.experiments.analysis import (
     verdict,
 )
 from gradus.experiments.arms import Arm
-from gradus.experiments.budget import EVAL_POINTS, compare_baseline, describe_stages
+from gradus.experiments.budget import EVAL_POINTS, compare_baseline, describe_stages, stage_tokens_per_step
 from gradus.experiments.sweep import (
     _num,
     describe_run,
@@ -55,24 +56,43 @@ def baseline_arm(base: dict, baseline: str, origin: str) -> Arm:
     return Arm("baseline", (), desc, reference=True, config=raw)
 
 
+def half_batch_arm(reference: Arm) -> Arm:
+    """The baseline at half its tokens per step (twice the steps): with it, the target is the better of the two
+    baselines, so a curriculum whose early stages take smaller batches is not credited with what a smaller
+    batch alone would give (BENCHMARKS.md: on both corpora the half-batch baseline set the stricter target).
+    A stage whose half batch is less than one sequence is a ConfigError."""
+    raw = copy.deepcopy(reference.config)
+    for st in raw["curriculum"]["stages"]:
+        half = stage_tokens_per_step(st) // 2
+        if half < int(st["seq_len"]):
+            raise ConfigError(f"--half-batch-baseline: the baseline's stage at {st['seq_len']} takes "
+                              f"{half * 2:,} tokens per step, one sequence; half a batch is not possible (drop "
+                              "the option, or raise that stage's tokens_per_batch)")
+        st.pop("batch_size", None)
+        st["tokens_per_batch"] = half
+    return Arm(f"{reference.name}-half-batch", (), f"{reference.description}, at half its tokens per step",
+               reference=True, config=raw)
+
+
 def compare_table(report: dict) -> str:
     """The table ``gradus compare`` prints, and the verdict."""
     n = len(report["seeds"])
-    lines = [f"target: val loss {report['target']:.4f} at length {report['reference_len']} (the baseline's final "
-             f"loss, median of {n} seed(s))",
-             f"{'arm':<11} {'LR':>8} {'final val loss (seeds)':>30} {'tokens→target':>13} {'s→target':>9} "
+    rows = [report["baseline"], *report.get("other_baselines", []), report["curriculum"]]
+    w = max(11, *(len(r["name"]) for r in rows))
+    lines = [f"target: val loss {report['target']:.4f} at length {report['reference_len']} ({report['target_from']})",
+             f"{'arm':<{w}} {'LR':>8} {'final val loss (seeds)':>30} {'tokens→target':>13} {'s→target':>9} "
              f"{'cal s':>6} {'×tokens':>7} {'×wall':>6} {'×cal':>6} {'tok/s':>7}"]
-    for rec in (report["baseline"], report["curriculum"]):
+    for rec in rows:
         seeds = "/".join(f"{x:.3f}" if x is not None else "div" for x in rec["final_val_loss_seeds"])
         final = f"{_num(rec['final_val_loss'], '.4f', 'diverged')} ({seeds})" if n > 1 else \
             _num(rec["final_val_loss"], ".4f", "diverged")
         tok = f"{rec['tokens_to_target'] / 1e3:,.0f}k" if rec["tokens_to_target"] else "not reached"
         lr = f"{rec['lr']:.2g}" + ("" if rec.get("lr_inside_grid", True) else " EDGE")
-        lines.append(f"{rec['name']:<11} {lr:>8} {final:>30} {tok:>13} {_num(rec['seconds_to_target'], '.0f'):>9} "
+        lines.append(f"{rec['name']:<{w}} {lr:>8} {final:>30} {tok:>13} {_num(rec['seconds_to_target'], '.0f'):>9} "
                      f"{_num(rec['seconds_to_target_calibrated'], '.0f'):>6} {_num(rec['speedup_tokens'], '.2f'):>7} "
                      f"{_num(rec['speedup_wallclock'], '.2f'):>6} {_num(rec['speedup_wallclock_calibrated'], '.2f'):>6} "
                      f"{rec['tokens_per_sec_median']:>7,.0f}")
-    lines.append("×tokens, ×wall, ×cal: the baseline's cost to its final loss / this arm's, in tokens, measured "
+    lines.append("×tokens, ×wall, ×cal: the target baseline's cost to its final loss / this arm's, in tokens, measured "
                  "training seconds and calibrated seconds (each shape's best-case seconds per token × tokens: "
                  "independent of the machine's load); above 1 = faster")
     if not report["curriculum"]["tokens_to_target"]:
@@ -85,30 +105,34 @@ def compare_table(report: dict) -> str:
                      f"{t['min']:.2f}–{t['max']:.2f})" + (f", ×{c['median']:.2f} calibrated (range {c['min']:.2f}–"
                                                           f"{c['max']:.2f})" if c["n"] else ""))
     if report.get("tuned"):
-        for name in ("baseline", "curriculum"):
-            grid = report[name]["lr_grid"]
-            lines.append(f"LR grid of the {name} (final loss at seed {report['seeds'][0]}): "
+        for rec in rows:
+            grid = rec["lr_grid"]
+            lines.append(f"LR grid of {rec['name']} (final loss at seed {report['seeds'][0]}): "
                          + ", ".join(f"{k}: {_num(v, '.4f', 'div')}" for k, v in grid.items()))
     lines.append(f"verdict: {report['verdict']}")
     return "\n".join(lines)
 
 
 def run_compare(cfg: GradusConfig, *, baseline: str = "auto", budget: int | None, seeds: Sequence[int], out: Path,
-                tune_lr: bool = False, jobs: int | None = None, threads: int = 1, plot: bool = True,
-                origin: str = "config", eval_points: int = EVAL_POINTS,
+                tune_lr: bool = False, half_batch_baseline: bool = False, jobs: int | None = None, threads: int = 1,
+                plot: bool = True, origin: str = "config", eval_points: int = EVAL_POINTS,
                 log: Callable[[str], None] = print) -> dict:
-    """Run the curriculum and its baseline (tuned when asked), print the table and verdict, write
-    ``compare.json`` and ``compare.png``. Returns the report."""
+    """Run the curriculum and its baseline (with ``half_batch_baseline``, also the baseline at half its tokens
+    per step; the lower median final loss of the baselines is the target), tuned when asked; print the table
+    and verdict, write ``compare.json`` and ``compare.png``. Returns the report."""
     base = to_dict(cfg)
     if len(base["curriculum"]["stages"]) < 2 and baseline == "auto":
         raise ConfigError(f"{origin}: the curriculum has one stage, so it is its own baseline; compare needs two "
                           "or more stages (or give --baseline FILE)")
     curriculum = Arm("curriculum", (), describe_stages(base))
-    arms = [baseline_arm(base, baseline, origin), curriculum]
+    reference = baseline_arm(base, baseline, origin)
+    arms = [reference, *([half_batch_arm(reference)] if half_batch_baseline else []), curriculum]
+    baselines = [a.name for a in arms if a.reference]
     prepared = prepare(base, arms, budget, seeds, origin, eval_points)
     runner = make_runner(prepared, jobs, threads, log)
-    log(f"compare: curriculum ({describe_stages(prepared.configs['curriculum'])}) against the baseline "
-        f"({describe_stages(prepared.configs['baseline'])}), {format_count(prepared.budget)} tokens each, "
+    log(f"compare: curriculum ({describe_stages(prepared.configs['curriculum'])}) against "
+        + " and ".join(f"{n} ({describe_stages(prepared.configs[n])})" for n in baselines)
+        + f", {format_count(prepared.budget)} tokens each, "
         f"seeds {', '.join(map(str, prepared.seeds))}" + (", every arm's LR tuned" if tune_lr else "")
         + f"; {runner.jobs} run(s) at a time; run directories under {out}/arms (rerun the same command to resume)")
     prepare_tokenizers(prepared, log)
@@ -144,8 +168,9 @@ def run_compare(cfg: GradusConfig, *, baseline: str = "auto", budget: int | None
         tuned = {}
     cost, samples = calibrate(all_records)
     stages = {n: stage_plan(prepared.configs[n]) for n in runs}
-    finals = [r.final_val_loss for r in runs["baseline"]]
-    target = statistics.median(finals)
+    medians = {n: statistics.median([r.final_val_loss for r in runs[n]]) for n in baselines}
+    chosen = min(baselines, key=lambda n: medians[n] if math.isfinite(medians[n]) else math.inf)
+    target = medians[chosen]
     if not math.isfinite(target):
         raise ConfigError("the baseline diverged (no final loss in most seeds); nothing to compare against: lower "
                           "optim.base_lr or use --tune-lr")
@@ -160,8 +185,10 @@ def run_compare(cfg: GradusConfig, *, baseline: str = "auto", budget: int | None
             rec["lr_grid"] = {f"{lr:g}": finite(run.final_val_loss) for lr, run in sorted(t.grid.items())}
         records_out[arm.name] = rec
     for rec in records_out.values():
-        add_speedups(rec, records_out["baseline"], cost)
-    per_seed = compare_seeds(runs["baseline"], runs["curriculum"], stages["baseline"], stages["curriculum"], cost)
+        add_speedups(rec, records_out[chosen], cost)
+    per_seed = compare_seeds(runs[chosen], runs["curriculum"], stages[chosen], stages["curriculum"], cost)
+    target_from = f"{chosen}'s final loss, median of {len(prepared.seeds)} seed(s)" + (
+        f"; the lower of {len(baselines)} baselines" if len(baselines) > 1 else "")
     report = {
         "command": "compare",
         "date": started,
@@ -172,8 +199,9 @@ def run_compare(cfg: GradusConfig, *, baseline: str = "auto", budget: int | None
         "reference_len": prepared.reference_len,
         "tuned": tune_lr,
         "target": target,
-        "target_from": "the baseline's final validation loss, median over seeds",
-        "baseline": records_out["baseline"],
+        "target_from": target_from,
+        "baseline": records_out[chosen],
+        "other_baselines": [records_out[n] for n in baselines if n != chosen],
         "curriculum": records_out["curriculum"],
         "per_seed": [asdict(s) for s in per_seed],
         "speedup_over_seeds": {"tokens": spread([s.speedup_tokens for s in per_seed]),
@@ -189,7 +217,7 @@ def run_compare(cfg: GradusConfig, *, baseline: str = "auto", budget: int | None
     log(compare_table(report))
     log(f"wrote {out / 'compare.json'}")
     if plot:
-        write_plot([records_out["baseline"], records_out["curriculum"]], out / "compare.png",
+        write_plot([records_out[a.name] for a in arms], out / "compare.png",
                    f"gradus compare — curriculum vs baseline, {format_count(prepared.budget)} tokens per run, "
                    f"{report['machine']['summary']}", target, log, cost=cost, calibrated=True,
                    ylabel=f"validation loss at length {prepared.reference_len}",
