@@ -92,7 +92,7 @@ def compare_table(report: dict) -> str:
                      f"{_num(rec['seconds_to_target_calibrated'], '.0f'):>6} {_num(rec['speedup_tokens'], '.2f'):>7} "
                      f"{_num(rec['speedup_wallclock'], '.2f'):>6} {_num(rec['speedup_wallclock_calibrated'], '.2f'):>6} "
                      f"{rec['tokens_per_sec_median']:>7,.0f}")
-    lines.append("×tokens, ×wall, ×cal: the target baseline's cost to its final loss / this arm's, in tokens, measured "
+    lines.append("×tokens, ×wall, ×cal: the baseline's cost to its final loss / this arm's, in tokens, measured "
                  "training seconds and calibrated seconds (each shape's best-case seconds per token × tokens: "
                  "independent of the machine's load); above 1 = faster")
     if not report["curriculum"]["tokens_to_target"]:
@@ -130,9 +130,9 @@ def run_compare(cfg: GradusConfig, *, baseline: str = "auto", budget: int | None
     baselines = [a.name for a in arms if a.reference]
     prepared = prepare(base, arms, budget, seeds, origin, eval_points)
     runner = make_runner(prepared, jobs, threads, log)
+    against = " and ".join(f"{n} ({describe_stages(prepared.configs[n])})" for n in baselines)
     log(f"compare: curriculum ({describe_stages(prepared.configs['curriculum'])}) against "
-        + " and ".join(f"{n} ({describe_stages(prepared.configs[n])})" for n in baselines)
-        + f", {format_count(prepared.budget)} tokens each, "
+        + (f"the {against}" if len(baselines) == 1 else against) + f", {format_count(prepared.budget)} tokens each, "
         f"seeds {', '.join(map(str, prepared.seeds))}" + (", every arm's LR tuned" if tune_lr else "")
         + f"; {runner.jobs} run(s) at a time; run directories under {out}/arms (rerun the same command to resume)")
     prepare_tokenizers(prepared, log)
@@ -187,8 +187,8 @@ def run_compare(cfg: GradusConfig, *, baseline: str = "auto", budget: int | None
     for rec in records_out.values():
         add_speedups(rec, records_out[chosen], cost)
     per_seed = compare_seeds(runs[chosen], runs["curriculum"], stages[chosen], stages["curriculum"], cost)
-    target_from = f"{chosen}'s final loss, median of {len(prepared.seeds)} seed(s)" + (
-        f"; the lower of {len(baselines)} baselines" if len(baselines) > 1 else "")
+    target_from = (f"{chosen}'s final loss, median of {len(prepared.seeds)} seed(s); the lower of {len(baselines)} "
+                   "baselines" if len(baselines) > 1 else f"the baseline's final loss, median of {len(prepared.seeds)} seed(s)")
     report = {
         "command": "compare",
         "date": started,
