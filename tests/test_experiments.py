@@ -218,6 +218,13 @@ def test_compare_refuses_a_one_stage_config_and_a_missing_baseline(capsys, tmp_p
     assert "the curriculum has one stage" in capsys.readouterr().err
     assert main(["compare", "--preset", "demo", "--baseline", str(tmp_path / "nope.yaml")]) == 2
     assert "--baseline" in capsys.readouterr().err
+    # --half-batch-baseline reaches the command: a final stage of one 256-token sequence cannot be halved.
+    stages = "[{seq_len: 64, tokens_per_batch: 4096, tokens: 40960}, {seq_len: 256, batch_size: 1, tokens: 40960}]"
+    assert main(["compare", "--preset", "demo", "--half-batch-baseline", "--set", f"curriculum.stages={stages}",
+                 "--set", "curriculum.target_tokens=null", "--out", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert "--half-batch-baseline: the baseline's stage at 256 takes 256 tokens per step" in err
+    assert len(err.strip().splitlines()) == 1 and not (tmp_path / "arms").exists()
 
 
 
