@@ -100,6 +100,7 @@ def test_budget_keeps_stage_shares_in_whole_steps_and_the_baseline_is_one_final_
     ev = same_evaluation(raw, 256)
     assert ev["train"]["eval_every"] == 3 and ev["train"]["eval_reference_seq_len"] == 256
     assert ev["train"]["eval_every_tokens"] == 3 * 4096  # the same points, in tokens
+    assert ev["train"]["save_best"] is False  # arms are read from their metrics; periodic checkpoints stay
     base = compare_baseline(raw)
     [st] = base["curriculum"]["stages"]
     assert (st["seq_len"], st["tokens_per_batch"], st["tokens"]) == (256, 4096, 49 * 4096)

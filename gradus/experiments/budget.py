@@ -71,7 +71,9 @@ def same_evaluation(raw: dict, reference_len: int, eval_points: int = EVAL_POINT
     """The config with the shared evaluation: ``eval_points`` evaluations evenly spaced in tokens, plus one
     at the end of each stage (so every run is measured at its last step, whatever its step count divides
     by), at ``reference_len``; runs to the end of the budget (no early stopping), no TensorBoard or
-    progress bar.
+    progress bar, and no best checkpoint (each arm is read from its metrics; a 124M arm on a GPU spent more time
+    writing one at every improving evaluation than training: BENCHMARKS.md, "GPU"). Periodic checkpoints stay,
+    so an interrupted arm resumes.
 
     The cadence is in tokens (``train.eval_every_tokens``: whole steps of the final stage's tokens per step),
     replacing any cadence of the config's own: a config with a batch ramp takes more, smaller steps early, so
@@ -84,7 +86,8 @@ def same_evaluation(raw: dict, reference_len: int, eval_points: int = EVAL_POINT
     train = data.setdefault("train", {})
     every = max(1, round(budget / eval_points / tps))
     train.update({"eval_every": every, "eval_every_tokens": every * tps, "eval_reference_seq_len": reference_len,
-                  "eval_at_stage_change": True, "early_stopping_patience": None, "max_steps": None})
+                  "eval_at_stage_change": True, "early_stopping_patience": None, "max_steps": None,
+                  "save_best": False})
     logging = data.setdefault("logging", {})
     logging.update({"log_every": max(1, train["eval_every"] // 4), "tensorboard": False, "progress_bar": False})
     return data
