@@ -77,5 +77,31 @@ def main(argv: list[str] | None = None) -> int:
         return 130
 
 
+def entry() -> None:
+    """The ``gradus`` console script and ``python -m gradus.cli``: :func:`main`, then exit with its code.
+
+    A process that joined a process group (a torchrun worker) leaves with ``os._exit`` once stdout and
+    stderr are flushed, skipping the interpreter's finalisation. Why: gloo's worker threads outlive
+    ``destroy_process_group`` while anything still references the group (DDP's reducer does), and the one
+    that drops the last reference to a finished collective frees its tensors, which takes the GIL. If that
+    happens while the interpreter finalises, Python ends the thread with ``pthread_exit``, whose unwinding
+    through a C++ destructor aborts the process ("terminate called without an active exception", exit -6)
+    after the run has finished and written everything (core dump, 2026-12-01: ``ProcessGroupGloo::runLoop``
+    → ``~AsyncBarrierWork`` → ``~AsyncAllgatherWork`` → ``decref_pyobject`` → ``take_gil`` →
+    ``pthread_exit``; seen about once in 100 two-process runs on a busy machine). Every file gradus writes
+    is closed before :func:`main` returns (metrics, trackers, checkpoints, the data workers), so skipping
+    finalisation loses nothing. A single process exits the ordinary way."""
+    code = main()
+    runtime = sys.modules.get("gradus.train.runtime")  # not imported (no torch) unless a command trained
+    if runtime is not None and runtime.joined_process_group():
+        for stream in (sys.stdout, sys.stderr):
+            try:
+                stream.flush()
+            except (OSError, ValueError):  # a reader gone or a stream closed: nothing left to say
+                pass
+        os._exit(code)
+    sys.exit(code)
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    entry()

@@ -30,3 +30,41 @@ def test_a_closed_pipe_ends_quietly():
     err = proc.stderr.read().decode()
     assert proc.wait(timeout=120) == 141, err
     assert err == ""
+
+
+def test_a_single_process_exits_the_ordinary_way(monkeypatch):
+    import pytest
+
+    import gradus.cli as cli
+    monkeypatch.setattr(cli, "main", lambda: 3)
+    monkeypatch.setattr(os, "_exit", lambda code: pytest.fail(f"os._exit({code}) in a process with no group"))
+    with pytest.raises(SystemExit) as exc:
+        cli.entry()
+    assert exc.value.code == 3
+
+
+# A process that joined a process group and then left it: what entry() does there, in its own interpreter.
+_JOINED = """
+import atexit, sys
+import gradus.cli as cli
+import gradus.train.runtime as runtime
+runtime._joined_group = True
+atexit.register(lambda: print("finalised", file=sys.stderr))
+def fake_main():
+    print("the run's last line")  # stdout is a pipe: block-buffered, lost unless flushed before os._exit
+    return 5
+cli.main = fake_main
+cli.entry()
+"""
+
+
+def test_a_process_that_joined_a_group_flushes_and_skips_finalisation():
+    # After torchrun, gloo's worker threads can outlive the group and abort the interpreter's finalisation
+    # (gradus.cli.entry's docstring has the stack). entry() leaves with os._exit instead: the exit code and
+    # every printed line arrive, and no atexit handler (finalisation) runs.
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONUNBUFFERED"} | {"PYTHONPATH": str(ROOT)}
+    proc = subprocess.run([sys.executable, "-c", _JOINED], cwd=ROOT, env=env, capture_output=True, text=True,
+                          timeout=120)
+    assert proc.returncode == 5, proc.stderr[-2000:]
+    assert proc.stdout == "the run's last line\n"
+    assert "finalised" not in proc.stderr

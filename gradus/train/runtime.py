@@ -112,6 +112,16 @@ class Runtime:
         return float(self.mean_tensor(torch.tensor(value, dtype=torch.float64, device=self.device)))
 
 
+# Set by setup_runtime when it joins a process group; it stays set after the teardown (see joined_process_group).
+_joined_group = False
+
+
+def joined_process_group() -> bool:
+    """Whether :func:`setup_runtime` joined a process group in this process, even one left since: the
+    backend's worker threads may still be alive (:func:`gradus.cli.entry` reads this to leave safely)."""
+    return _joined_group
+
+
 def setup_runtime(cfg: TrainConfig) -> Runtime:
     """Pick the device and precision and, under torchrun, join the process group (gloo on CPU, NCCL on
     GPU). Each rank of a GPU run takes the GPU of its LOCAL_RANK."""
@@ -139,6 +149,8 @@ def setup_runtime(cfg: TrainConfig) -> Runtime:
         raise ConfigError("train.precision=fp16 needs a CUDA device; use fp32 or bf16 on CPU")
     if world > 1 and not dist.is_initialized():
         dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo")
+        global _joined_group
+        _joined_group = True
     return Runtime(device=device, precision=precision, rank=rank, local_rank=local_rank, world_size=world)
 
 
@@ -203,7 +215,10 @@ def teardown_runtime(rt: Runtime, clean: bool = False) -> None:
     """Leave the process group. ``clean`` (every rank got here by finishing or stopping, not by an error):
     wait for all ranks first, so that no rank tears its gloo/NCCL threads down while another still talks to
     it (a rank that left early was seen to abort the other at exit: "terminate called without an active
-    exception"). After an error there is no barrier: the other ranks may never arrive."""
+    exception"). After an error there is no barrier: the other ranks may never arrive. The backend's threads
+    can outlive this while the group is still referenced (DDP's reducer); the command line therefore leaves
+    without interpreter finalisation (:func:`gradus.cli.entry`), and a script that calls
+    :func:`gradus.train.train` under torchrun should end the same way."""
     if rt.distributed and dist.is_initialized():
         if clean:
             dist.barrier()
