@@ -409,11 +409,10 @@ def test_cuda_probe_halves_on_oom_and_holds_adamw_moments_aside(tmp_path, tokeni
 
 
 def _exit_spawned_worker() -> None:
-    """End a spawned DDP test worker here, skipping interpreter shutdown: with gloo on torch 2.13, a spawned
-    child whose process group is already destroyed sometimes aborts in C++ teardown ("terminate called
-    without an active exception", after all its work and results are done; about 1 run in 8), which
-    mp.spawn reports as a failure. torchrun-started runs (test_two_processes_keep_identical_weights) do not
-    show it."""
+    """End a spawned DDP test worker here, skipping interpreter shutdown: with gloo, a process whose group is
+    already destroyed sometimes aborts during finalisation ("terminate called without an active exception",
+    after all its work and results are done), which mp.spawn reports as a failure. The cause and the same
+    exit for torchrun-started runs are in :func:`gradus.cli.entry`."""
     import os
 
     os._exit(0)
