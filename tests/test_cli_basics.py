@@ -8,6 +8,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from gradus.cli import COMMANDS, main
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -33,9 +35,8 @@ def test_a_closed_pipe_ends_quietly():
 
 
 def test_a_single_process_exits_the_ordinary_way(monkeypatch):
-    import pytest
-
     import gradus.cli as cli
+
     monkeypatch.setattr(cli, "main", lambda: 3)
     monkeypatch.setattr(os, "_exit", lambda code: pytest.fail(f"os._exit({code}) in a process with no group"))
     with pytest.raises(SystemExit) as exc:
