@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 
 import pytest
 import yaml
@@ -32,6 +33,7 @@ from gradus.experiments.runner import Runner, Task, same_config
 from gradus.experiments.sweep import prepare, tasks_for
 from gradus.model.sizes import ModelShape, resolve_shape
 from gradus.presets import load_preset
+from gradus.train.checkpoint import RunLock
 from gradus.train.evaluate import evaluation_due
 
 
@@ -270,6 +272,28 @@ def test_check_arm_count_refuses_repeated_arms(demo):
         check_arm_count(vary_arms(demo, ["optim.base_lr=1e-3,1e-3"]))
 
 
+def test_a_second_invocation_on_a_busy_folder_stops_before_touching_its_runs(offline_data, tmp_path):
+    # Two `gradus compare` (or benchmark) invocations on one folder: the second used to restart the first's
+    # runs, or delete them when its config differed (Runner._start starts afresh on a changed arm.yaml).
+    base = from_dict(tiny_config(offline_data))
+    raw = to_dict(base)
+    arms = vary_arms(raw, ["optim.base_lr=1x,2x"])
+    prepared = prepare(raw, arms, None, [0], "tiny", eval_points=2)
+    tasks = [t for a in arms for t in tasks_for(prepared, tmp_path, a.name)]
+    busy = tasks[0].run_dir
+    busy.mkdir(parents=True)
+    (busy / "arm.yaml").write_text("an older config of a run still training\n", encoding="utf-8")
+    (busy / "metrics.jsonl").write_text("{}\n", encoding="utf-8")
+    held = RunLock(tmp_path)  # the first invocation
+    try:
+        with pytest.raises(ConfigError, match=rf"{tmp_path} is in use by process {os.getpid()}.*--work"):
+            Runner(jobs=1, folder=tmp_path, folder_flag="--work").run(tasks)
+    finally:
+        held.release()
+    assert (busy / "arm.yaml").read_text(encoding="utf-8").startswith("an older config")
+    assert (busy / "metrics.jsonl").is_file() and not tasks[1].run_dir.exists()
+
+
 # --------------------------------------------------------------------------------------------- resume
 def test_an_interrupted_sweep_resumes_and_reads_finished_arms_back(offline_data, tmp_path):
     base = from_dict(tiny_config(offline_data))
@@ -282,11 +306,11 @@ def test_an_interrupted_sweep_resumes_and_reads_finished_arms_back(offline_data,
         raise KeyboardInterrupt
 
     with pytest.raises(KeyboardInterrupt):
-        Runner(jobs=1).run(tasks, on_done=stop_after_first)
+        Runner(jobs=1, folder=tmp_path).run(tasks, on_done=stop_after_first)
     first_dir = tasks[0].run_dir
     assert (first_dir / "result.json").is_file() and not (tasks[1].run_dir / "result.json").exists()
     stamp = (first_dir / "metrics.jsonl").stat().st_mtime_ns
-    records = Runner(jobs=1).run(tasks)
+    records = Runner(jobs=1, folder=tmp_path).run(tasks)  # the interrupted invocation let go of the folder
     assert [(r.arm, r.reused) for r in records] == [("base_lr=1x", True), ("base_lr=2x", False)]
     assert (first_dir / "metrics.jsonl").stat().st_mtime_ns == stamp  # not trained again
     for r in records:

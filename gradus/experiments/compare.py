@@ -129,7 +129,7 @@ def run_compare(cfg: GradusConfig, *, baseline: str = "auto", budget: int | None
     arms = [reference, *([half_batch_arm(reference)] if half_batch_baseline else []), curriculum]
     baselines = [a.name for a in arms if a.reference]
     prepared = prepare(base, arms, budget, seeds, origin, eval_points)
-    runner = make_runner(prepared, jobs, threads, log)
+    runner = make_runner(prepared, jobs, threads, log, out)
     against = " and ".join(f"{n} ({describe_stages(prepared.configs[n])})" for n in baselines)
     log(f"compare: curriculum ({describe_stages(prepared.configs['curriculum'])}) against "
         + (f"the {against}" if len(baselines) == 1 else against) + f", {format_count(prepared.budget)} tokens each, "

@@ -116,7 +116,12 @@ class Runner:
     (the LR tuning does that)."""
 
     def __init__(self, jobs: int = 1, threads: int = 1, devices: list[int] | None = None,
-                 log: Callable[[str], None] = print, reuse: bool = True):
+                 log: Callable[[str], None] = print, reuse: bool = True, folder: Path | None = None,
+                 folder_flag: str = "--out"):
+        self.folder, self.folder_flag = folder, folder_flag
+        """The folder that holds every run directory, locked while :meth:`run` runs (``folder_flag`` names
+        its option in the message): a second invocation on it would otherwise restart, or delete when its
+        config differs, the runs this one is training."""
         self.devices = devices or []
         # One run per GPU: more would share a device and slow each other down unevenly.
         self.jobs = max(1, min(jobs, len(self.devices)) if self.devices else jobs)
@@ -166,7 +171,11 @@ class Runner:
             ) -> list[RunRecord]:
         """Run every task (and those ``on_done`` returns as runs finish); the records in finishing order.
         A run that fails with a configuration or data error (exit 2) stops everything: every arm would
-        fail the same way."""
+        fail the same way. With ``folder`` set, a second invocation on the same folder gets one line first."""
+        # Imported here: that module imports torch, and this one reads plain files.
+        from gradus.train.checkpoint import prepare_run_dir
+
+        lock = prepare_run_dir(self.folder, self.folder_flag) if self.folder is not None else None
         queue = list(tasks)
         running: dict[int, tuple[subprocess.Popen, Task, float, float]] = {}
         records: list[RunRecord] = []
@@ -213,6 +222,8 @@ class Runner:
         finally:
             if previous is not None:
                 signal.signal(signal.SIGTERM, previous)
+            if lock is not None:
+                lock.release()
         return records
 
 

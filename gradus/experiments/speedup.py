@@ -107,7 +107,7 @@ def execute(s: Settings, arms: Sequence[Arm], data: Path, tokenizer: Path, work:
         return make
 
     tuners = {a.name: LRTuner(a.name, a.lr_grid, s.seeds, s.max_extensions, maker(a)) for a in arms}
-    runner = Runner(jobs=jobs, threads=threads, log=log, reuse=reuse)
+    runner = Runner(jobs=jobs, threads=threads, log=log, reuse=reuse, folder=work, folder_flag="--work")
 
     def finished(run: Run) -> None:
         log(describe(run))

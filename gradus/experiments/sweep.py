@@ -120,13 +120,15 @@ def stage_plan(raw: dict) -> list[dict]:
              "peak_lr_per_unit_base": st.peak_lr / base_lr} for st in resolve_schedule(cfg).stages]
 
 
-def make_runner(prepared: Prepared, jobs: int | None, threads: int, log: Callable[[str], None]) -> Runner:
-    """A runner over the GPUs when there are several, else ``jobs`` CPU processes (default: one per core)."""
+def make_runner(prepared: Prepared, jobs: int | None, threads: int, log: Callable[[str], None],
+                out: Path | None = None) -> Runner:
+    """A runner over the GPUs when there are several, else ``jobs`` CPU processes (default: one per core);
+    ``out``, the folder of the run directories, is locked while it runs."""
     devices = cuda_devices(next(iter(prepared.configs.values())))
     devices = devices if len(devices) > 1 else []
     if jobs is None:
         jobs = len(devices) if devices else (os.cpu_count() or 1)
-    return Runner(jobs=jobs, threads=threads, devices=devices, log=log)
+    return Runner(jobs=jobs, threads=threads, devices=devices, log=log, folder=out)
 
 
 def describe_run(run: RunRecord) -> str:
@@ -210,7 +212,7 @@ def run_sweep(cfg: GradusConfig, *, varies: Sequence[str], ablation: str | None,
     prepared = prepare(base, arms, budget, seeds, origin, eval_points)
     if write is not None and write.suffix not in (".yaml", ".yml"):
         raise ConfigError(f"--write {write}: give a .yaml file name for the winner's config")
-    runner = make_runner(prepared, jobs, threads, log)
+    runner = make_runner(prepared, jobs, threads, log, out)
     log(f"sweep: {len(arms)} arms × {len(prepared.seeds)} seed(s) of {format_count(prepared.budget)} tokens each, "
         f"evaluated every ~{format_count(prepared.budget // eval_points)} tokens at length {prepared.reference_len}; "
         f"{runner.jobs} at a time" + ("" if runner.devices else f", {threads} torch thread(s) each")

@@ -65,9 +65,10 @@ def _fsync_tree(path: Path) -> None:
 
 class RunLock:
     """An exclusive lock on a run directory (``.lock``, flock): a second process writing the same run gets
-    one line naming the holder instead of colliding with it. Released by :meth:`release` or at exit."""
+    one line naming the holder instead of colliding with it. Released by :meth:`release` or at exit.
+    ``flag`` is the option the message tells the user to change (``--out``; the benchmarks' ``--work``)."""
 
-    def __init__(self, run_dir: Path):
+    def __init__(self, run_dir: Path, flag: str = "--out"):
         import fcntl
         import socket
 
@@ -80,7 +81,7 @@ class RunLock:
             holder = self._fh.read().strip() or "another process"
             self._fh.close()
             raise ConfigError(
-                f"{run_dir} is in use by {holder}; wait for it to finish, stop it, or choose another --out"
+                f"{run_dir} is in use by {holder}; wait for it to finish, stop it, or choose another {flag}"
             ) from None
         self._fh.seek(0)
         self._fh.truncate()
@@ -93,10 +94,11 @@ class RunLock:
             self._fh.close()  # closing the file releases the flock
 
 
-def prepare_run_dir(run_dir: Path) -> RunLock:
+def prepare_run_dir(run_dir: Path, flag: str = "--out") -> RunLock:
     """Create the run directory, check that files can be written there (a one-line ConfigError if not),
     so a run fails before training rather than at its first checkpoint, take its lock (:class:`RunLock`)
-    and clean the leftovers of killed saves (:func:`clean_leftovers`)."""
+    and clean the leftovers of killed saves (:func:`clean_leftovers`). ``flag``: the option the messages
+    name."""
     try:
         run_dir.mkdir(parents=True, exist_ok=True)
         probe = run_dir / f".write-test-{os.getpid()}"
@@ -104,9 +106,9 @@ def prepare_run_dir(run_dir: Path) -> RunLock:
         probe.unlink()
     except OSError as exc:
         raise ConfigError(
-            f"cannot write to the output directory {run_dir}: {exc.strerror or exc}; choose another --out"
+            f"cannot write to the output directory {run_dir}: {exc.strerror or exc}; choose another {flag}"
         ) from None
-    lock = RunLock(run_dir)
+    lock = RunLock(run_dir, flag)
     clean_leftovers(run_dir / "checkpoints")
     return lock
 
