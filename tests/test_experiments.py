@@ -272,14 +272,18 @@ def test_check_arm_count_refuses_repeated_arms(demo):
         check_arm_count(vary_arms(demo, ["optim.base_lr=1e-3,1e-3"]))
 
 
-def test_a_second_invocation_on_a_busy_folder_stops_before_touching_its_runs(offline_data, tmp_path):
-    # Two `gradus compare` (or benchmark) invocations on one folder: the second used to restart the first's
-    # runs, or delete them when its config differed (Runner._start starts afresh on a changed arm.yaml).
-    base = from_dict(tiny_config(offline_data))
-    raw = to_dict(base)
+def _two_lr_tasks(offline_data, out):
+    """The tiny config's two LR arms (1x, 2x) at seed 0, their run directories under ``out``."""
+    raw = to_dict(from_dict(tiny_config(offline_data)))
     arms = vary_arms(raw, ["optim.base_lr=1x,2x"])
     prepared = prepare(raw, arms, None, [0], "tiny", eval_points=2)
-    tasks = [t for a in arms for t in tasks_for(prepared, tmp_path, a.name)]
+    return [t for a in arms for t in tasks_for(prepared, out, a.name)]
+
+
+def test_a_second_invocation_on_a_busy_folder_stops_before_touching_its_runs(offline_data, tmp_path):
+    # Two `gradus compare` (or benchmark) invocations on one folder: the second used to start runs beside the
+    # first's, or delete them when its config differed (Runner._start starts afresh on a changed arm.yaml).
+    tasks = _two_lr_tasks(offline_data, tmp_path)
     busy = tasks[0].run_dir
     busy.mkdir(parents=True)
     (busy / "arm.yaml").write_text("an older config of a run still training\n", encoding="utf-8")
@@ -296,11 +300,7 @@ def test_a_second_invocation_on_a_busy_folder_stops_before_touching_its_runs(off
 
 # --------------------------------------------------------------------------------------------- resume
 def test_an_interrupted_sweep_resumes_and_reads_finished_arms_back(offline_data, tmp_path):
-    base = from_dict(tiny_config(offline_data))
-    raw = to_dict(base)
-    arms = vary_arms(raw, ["optim.base_lr=1x,2x"])
-    prepared = prepare(raw, arms, None, [0], "tiny", eval_points=2)
-    tasks = [t for a in arms for t in tasks_for(prepared, tmp_path, a.name)]
+    tasks = _two_lr_tasks(offline_data, tmp_path)
 
     def stop_after_first(record):
         raise KeyboardInterrupt
