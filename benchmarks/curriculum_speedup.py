@@ -14,7 +14,7 @@ Method (ARCHITECTURE.md, "Benchmarks that can be trusted"):
 
 * every arm's learning rate is tuned the same way: a grid of at least three values at seed 0, extended by ×2
   at an edge until the best value lies strictly inside (up to ``--max-extensions`` times); the best LR is then
-  run at the other seeds;
+  run at the other seeds (with ``--finalists N``, the best N LRs, and the lowest median final loss wins);
 * the target is the final validation loss of the tuned baseline (the median over seeds, i.e. the last point
   of its median curve);
 * per arm, on its median curve over seeds: tokens and training seconds to the target, linearly interpolated
@@ -161,6 +161,11 @@ def table(report: dict) -> str:
                  "training seconds, and calibrated seconds (per-shape cost × tokens; independent of load)")
     lines.append("* target not reached: the speedups are then the baseline's cost to reach this arm's final loss "
                  "divided by this arm's whole run (below 1: a slowdown)")
+    for rec in [report["baseline"], *report["arms"]]:
+        if len(rec.get("lr_finalists", {})) > 1:
+            lines.append(f"  {rec['name']} finalists, final loss per seed: " + "; ".join(
+                f"{lr} " + "/".join(f"{x:.3f}" if x is not None else "div" for x in losses)
+                for lr, losses in rec["lr_finalists"].items()))
     for rec in report["arms"]:
         if rec.get("speedup_tokens_vs_regime_baseline") and rec["name"] != "baseline-big":
             cal = rec.get("speedup_wallclock_calibrated_vs_regime_baseline")
@@ -275,6 +280,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--seeds", help="comma-separated seeds (default 0,1)")
     p.add_argument("--lanes", type=int, help="data.packing.lanes of every run (default 256, gradus's default)")
     p.add_argument("--max-extensions", type=int, help="times an LR grid may grow at an edge")
+    p.add_argument("--finalists", type=int, help="the best N LRs of the first seed's grid run at every seed; the "
+                   "lowest median final loss wins (default 1: the first seed's best alone)")
     p.add_argument("--lr-grid", action="append", default=[], metavar="ARM=LR,LR,LR",
                    help="override an arm's starting grid, e.g. baseline=2e-3,4e-3,8e-3")
     p.add_argument("--data", type=Path, default=DEFAULT_DATA, help="a folder with train.jsonl and valid.jsonl "
@@ -304,7 +311,8 @@ def settings_from(args: argparse.Namespace) -> Settings:
                  "tokens_per_step": args.tokens_per_step, "big_factor": args.big_factor,
                  "model": args.model, "d_model": args.d_model, "vocab_size": args.vocab_size,
                  "eval_points": args.eval_points,
-                 "eval_tokens": args.eval_tokens, "max_extensions": args.max_extensions, "lanes": args.lanes}
+                 "eval_tokens": args.eval_tokens, "max_extensions": args.max_extensions, "lanes": args.lanes,
+                 "finalists": args.finalists}
     s = replace(s, **{k: v for k, v in overrides.items() if v is not None})
     if args.seeds:
         s = replace(s, seeds=tuple(int(x) for x in args.seeds.split(",")))
@@ -333,6 +341,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         arms = [replace(a, lr_grid=grid) if a.name == name else a for a in arms]
     if any(len(a.lr_grid) < 3 for a in arms):
         raise SystemExit("curriculum_speedup: every LR grid needs at least three values")
+    if args.finalists is not None and args.finalists < 1:
+        raise SystemExit(f"curriculum_speedup: --finalists {args.finalists}: give 1 or more LRs to run at every seed")
     problem = check_data(args.data)
     if problem:
         raise SystemExit(f"curriculum_speedup: {problem}")
@@ -360,8 +370,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                 f"{', '.join(f'{x:g}' for x in arm.lr_grid)}): {arm.description}")
         tuned = execute(s, arms, args.data, tokenizer, work, jobs=args.jobs, threads=args.threads,
                         reuse=args.reuse, log=log)
-        all_runs = list({(r.arm, r.lr, r.seed): r for t in tuned.values() for r in [*t.grid.values(), *t.runs]}
-                        .values())
+        every = [r for t in tuned.values() for r in [*t.grid.values(), *(x for rs in t.finalists.values() for x in rs)]]
+        all_runs = list({(r.arm, r.lr, r.seed): r for r in every}.values())
         cost, samples = calibrate(all_runs)
 
         # The target: the best of the baselines run (tuned over the same schedule choices as the curricula).
@@ -416,7 +426,10 @@ def main(argv: Sequence[str] | None = None) -> int:
                 "best_arm": "highest calibrated wall-clock speedup (then tokens) among the curricula",
                 "baseline": f"the best of {', '.join(n for n in TARGET_BASELINES if n in tuned)} by median final "
                             f"loss ({base_name}); the others are reported as arms",
-                "tuning": "LR grid at the first seed, ×2 extension at an edge, best LR rerun at the other seeds",
+                "tuning": "LR grid at the first seed, ×2 extension at an edge, then "
+                          + ("the best LR rerun at the other seeds" if s.finalists == 1 else
+                             f"the best {s.finalists} LRs rerun at the other seeds, the lowest median final loss "
+                             f"chosen"),
                 "validation": ("valid.jsonl via SourceConfig.validation_split" if args.data.is_dir() else
                                f"{s.holdout:.0%} of the file's documents held out by hash (data.validation.fraction)")
                               + ", the same windows each time",

@@ -106,7 +106,7 @@ def execute(s: Settings, arms: Sequence[Arm], data: Path, tokenizer: Path, work:
             return Task(arm.name, lr, seed, to_dict(cfg), work / "runs" / arm.name / f"lr{lr:g}-seed{seed}")
         return make
 
-    tuners = {a.name: LRTuner(a.name, a.lr_grid, s.seeds, s.max_extensions, maker(a)) for a in arms}
+    tuners = {a.name: LRTuner(a.name, a.lr_grid, s.seeds, s.max_extensions, maker(a), s.finalists) for a in arms}
     runner = Runner(jobs=jobs, threads=threads, log=log, reuse=reuse, folder=work, folder_flag="--work")
 
     def finished(run: Run) -> None:
@@ -143,6 +143,7 @@ def summarise(t: Tuned, arm: Arm, target: float, stages: list[dict], cost: dict[
         "lr_inside_grid": t.inside,
         "lr_grid": {f"{lr:g}": _finite(run.final_val_loss) for lr, run in sorted(t.grid.items())},
         "lr_grid_guard_events": {f"{lr:g}": run.guard_events for lr, run in sorted(t.grid.items())},
+        "lr_finalists": {f"{lr:g}": [_finite(r.final_val_loss) for r in runs] for lr, runs in t.finalists.items()},
         **{k: v for k, v in rec.items() if k not in ("name", "tokens_per_step")},
     }
 

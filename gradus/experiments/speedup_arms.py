@@ -45,6 +45,9 @@ class Settings:
     """Seeds of the tuned setting; the LR grid runs at the first."""
     max_extensions: int = 2
     """Times a grid may grow by ×2 at an edge before giving up (reported when it does)."""
+    finalists: int = 1
+    """The best LRs of the first seed's grid that run at every seed; the lowest median final loss wins
+    (gradus.experiments.tuning). 1: the first seed's best alone."""
     holdout: float = 0.05
     """When the data is one JSONL file (no valid.jsonl beside it): the share of its documents held out for
     validation by a hash of their text (``data.validation.fraction``)."""

@@ -1,12 +1,18 @@
 """Learning-rate tuning done the same way for every arm: a grid at the first seed, extended ×2 at an edge
 until the best value lies strictly inside (up to ``max_extensions`` times), then the best LR at the other
-seeds. A small state machine, so the runs of every arm share one pool of workers."""
+seeds. A small state machine, so the runs of every arm share one pool of workers.
+
+With ``finalists`` > 1 the best few LRs of the first seed all run at every seed and the one with the lowest
+median final loss wins: the first seed alone can favour an LR near the edge of stability that lags at other
+seeds (seen at 1M tokens in BENCHMARKS.md: WSD at 8e-3 best at seed 0 by 0.05, then 0.29 and 0.44 worse at
+seeds 1 and 2), and a target set by such a lucky seed flatters or hurts an arm by chance."""
 
 from __future__ import annotations
 
 import math
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from statistics import median
 
 from gradus.experiments.analysis import RunRecord
 from gradus.experiments.runner import Task
@@ -26,6 +32,9 @@ class Tuned:
     """The best LR's runs, one per seed, in seed order."""
     inside: bool
     """Whether the best LR lies strictly inside the grid (False: it is at an edge the extensions did not pass)."""
+    finalists: dict[float, list[RunRecord]] = field(default_factory=dict)
+    """Every LR run at all seeds (the best ``finalists`` of the first seed) and its runs in seed order; with
+    one finalist, just the best LR."""
 
 
 def default_grid(lr: float) -> tuple[float, ...]:
@@ -38,16 +47,19 @@ class LRTuner:
     run unlocks (an extension or the other seeds), ``result()`` the tuned arm once ``done``."""
 
     def __init__(self, name: str, grid: Sequence[float], seeds: Sequence[int], max_extensions: int,
-                 make_task: Callable[[float, int], Task]):
+                 make_task: Callable[[float, int], Task], finalists: int = 1):
         if len(grid) < 3:
             raise ValueError(f"{name}: an LR grid needs at least three values, got {list(grid)}")
+        if finalists < 1:
+            raise ValueError(f"{name}: finalists must be at least 1, got {finalists}")
         self.name, self.seeds, self.max_extensions, self.make_task = name, list(seeds), max_extensions, make_task
+        self.n_finalists = finalists
         self.initial = sorted(grid)
         self.grid: dict[float, RunRecord] = {}
         self.pending: set[tuple[float, int]] = set()
         self.extensions = 0
-        self.best: float | None = None
-        self.seed_runs: dict[int, RunRecord] = {}
+        self.settled = False  # the first seed's grid is final (no more extensions)
+        self.finalist_runs: dict[float, dict[int, RunRecord]] = {}
 
     def _tasks(self, pairs: list[tuple[float, int]]) -> list[Task]:
         self.pending.update(pairs)
@@ -60,34 +72,43 @@ class LRTuner:
     def finish(self, run: RunRecord) -> list[Task]:
         """Record a finished run; return the tasks it unlocks."""
         self.pending.discard((run.lr, run.seed))
-        if self.best is None:
-            self.grid[run.lr] = run
-            if self.pending:
-                return []
-            ordered = sorted(self.grid)
-            best = min(ordered, key=lambda lr: self.grid[lr].final_val_loss)
-            inside = ordered[0] < best < ordered[-1]
-            if not inside and self.extensions < self.max_extensions and math.isfinite(self.grid[best].final_val_loss):
-                self.extensions += 1
-                new = float(f"{(best / 2 if best == ordered[0] else best * 2):.3g}")
-                return self._tasks([(new, self.seeds[0])])
-            self.best = best
-            self.seed_runs[self.seeds[0]] = self.grid[best]
-            return self._tasks([(best, seed) for seed in self.seeds[1:]])
-        self.seed_runs[run.seed] = run
-        return []
+        if self.settled:
+            self.finalist_runs[run.lr][run.seed] = run
+            return []
+        self.grid[run.lr] = run
+        if self.pending:
+            return []
+        ordered = sorted(self.grid)
+        best = min(ordered, key=lambda lr: self.grid[lr].final_val_loss)
+        inside = ordered[0] < best < ordered[-1]
+        if not inside and self.extensions < self.max_extensions and math.isfinite(self.grid[best].final_val_loss):
+            self.extensions += 1
+            new = float(f"{(best / 2 if best == ordered[0] else best * 2):.3g}")
+            return self._tasks([(new, self.seeds[0])])
+        self.settled = True
+        finite = [lr for lr in ordered if math.isfinite(self.grid[lr].final_val_loss)] or [best]
+        chosen = sorted(finite, key=lambda lr: self.grid[lr].final_val_loss)[:self.n_finalists]
+        self.finalist_runs = {lr: {self.seeds[0]: self.grid[lr]} for lr in chosen}
+        return self._tasks([(lr, seed) for lr in chosen for seed in self.seeds[1:]])
 
     @property
     def done(self) -> bool:
         """Every run this arm needs is in."""
-        return self.best is not None and not self.pending
+        return self.settled and not self.pending
 
     def result(self) -> Tuned:
-        """The tuned arm."""
-        assert self.best is not None
+        """The tuned arm: the finalist with the lowest median final loss over seeds (ties: the first seed's order)."""
+        assert self.done
+        finalists = {lr: [runs[k] for k in self.seeds] for lr, runs in self.finalist_runs.items()}
+
+        def median_loss(lr: float) -> float:
+            losses = [r.final_val_loss for r in finalists[lr]]
+            return median(losses) if all(math.isfinite(x) for x in losses) else math.inf
+
+        best = min(finalists, key=median_loss)  # dicts keep the first seed's order, so min keeps its ties
         ordered = sorted(self.grid)
-        return Tuned(self.name, dict(self.grid), self.best, [self.seed_runs[k] for k in self.seeds],
-                     ordered[0] < self.best < ordered[-1])
+        return Tuned(self.name, dict(self.grid), best, finalists[best], ordered[0] < best < ordered[-1],
+                     dict(sorted(finalists.items())))
 
 
 def tune_all(tuners: dict[str, LRTuner], run: Callable[[list[Task], Callable[[RunRecord], list[Task]]], object]

@@ -1,0 +1,71 @@
+"""gradus.experiments.tuning: the LR grid at the first seed, its ×2 extensions at an edge, and which LRs run at
+the other seeds (the first seed's best alone, or its best few with the lowest median winning), driven by a
+hand-made table of final losses instead of training."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import pytest
+
+from gradus.experiments.analysis import RunRecord
+from gradus.experiments.runner import Task
+from gradus.experiments.tuning import LRTuner, tune_all
+
+
+def _drive(losses: dict[tuple[float, int], float], grid, seeds, *, max_extensions=2, finalists=1):
+    """Tune one arm against ``losses[(lr, seed)]``; return the tuned arm and every (lr, seed) that ran."""
+    ran: list[tuple[float, int]] = []
+
+    def make(lr: float, seed: int) -> Task:
+        return Task("arm", lr, seed, {}, Path(f"lr{lr:g}-seed{seed}"))
+
+    def run(first: list[Task], on_done) -> None:
+        queue = list(first)
+        while queue:
+            task = queue.pop(0)
+            ran.append((task.lr, task.seed))
+            queue += on_done(RunRecord("arm", task.lr, task.seed, final_val_loss=losses[(task.lr, task.seed)]))
+
+    tuner = LRTuner("arm", grid, seeds, max_extensions, make, finalists)
+    return tune_all({"arm": tuner}, run)["arm"], ran
+
+
+def test_the_grid_extends_at_an_edge_and_the_best_lr_alone_runs_at_the_other_seeds():
+    losses = {(1e-3, 0): 5.5, (2e-3, 0): 5.4, (4e-3, 0): 5.3, (8e-3, 0): 5.2, (1.6e-2, 0): 5.6,
+              (8e-3, 1): 5.25, (8e-3, 2): 5.22}
+    tuned, ran = _drive(losses, [1e-3, 2e-3, 4e-3], [0, 1, 2])
+    assert tuned.best_lr == 8e-3 and tuned.inside
+    assert sorted(tuned.grid) == [1e-3, 2e-3, 4e-3, 8e-3, 1.6e-2]  # two extensions upwards
+    assert [r.final_val_loss for r in tuned.runs] == [5.2, 5.25, 5.22]
+    assert [s for lr, s in ran if s > 0] == [1, 2] and all(lr == 8e-3 for lr, s in ran if s > 0)
+    assert list(tuned.finalists) == [8e-3]
+
+
+def test_with_two_finalists_a_lucky_first_seed_loses_to_the_lower_median():
+    # The 1M-token WSD baseline of BENCHMARKS.md in small: 8e-3 best at seed 0 by 0.05, far worse at 1 and 2.
+    losses = {(4e-3, 0): 5.295, (8e-3, 0): 5.250, (1.6e-2, 0): 5.871,
+              (8e-3, 1): 5.540, (8e-3, 2): 5.689, (4e-3, 1): 5.31, (4e-3, 2): 5.33}
+    one, _ = _drive(losses, [4e-3, 8e-3, 1.6e-2], [0, 1, 2], finalists=1)
+    assert one.best_lr == 8e-3
+    two, ran = _drive(losses, [4e-3, 8e-3, 1.6e-2], [0, 1, 2], finalists=2)
+    assert two.best_lr == 4e-3 and two.inside is False  # the winner sits at the grid's lower edge: reported
+    assert [r.final_val_loss for r in two.runs] == [5.295, 5.31, 5.33]
+    assert {lr: [r.final_val_loss for r in runs] for lr, runs in two.finalists.items()} == {
+        4e-3: [5.295, 5.31, 5.33], 8e-3: [5.250, 5.540, 5.689]}
+    assert sorted((lr, s) for lr, s in ran if s > 0) == [(4e-3, 1), (4e-3, 2), (8e-3, 1), (8e-3, 2)]
+    assert (1.6e-2, 1) not in ran  # the third LR stays at the first seed
+
+
+def test_a_diverged_lr_is_never_a_finalist_and_a_diverging_seed_loses():
+    losses = {(1e-3, 0): 5.4, (2e-3, 0): 5.3, (4e-3, 0): math.inf,
+              (2e-3, 1): math.inf, (1e-3, 1): 5.45}
+    tuned, ran = _drive(losses, [1e-3, 2e-3, 4e-3], [0, 1], finalists=3, max_extensions=0)
+    assert (4e-3, 1) not in ran
+    assert tuned.best_lr == 1e-3  # 2e-3 diverged at seed 1: its median is not finite
+
+
+def test_fewer_than_one_finalist_is_refused():
+    with pytest.raises(ValueError, match="finalists must be at least 1"):
+        LRTuner("arm", [1e-3, 2e-3, 4e-3], [0], 0, lambda lr, seed: None, finalists=0)
