@@ -370,8 +370,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 f"{', '.join(f'{x:g}' for x in arm.lr_grid)}): {arm.description}")
         tuned = execute(s, arms, args.data, tokenizer, work, jobs=args.jobs, threads=args.threads,
                         reuse=args.reuse, log=log)
-        every = [r for t in tuned.values() for r in [*t.grid.values(), *(x for rs in t.finalists.values() for x in rs)]]
-        all_runs = list({(r.arm, r.lr, r.seed): r for r in every}.values())
+        all_runs = [r for t in tuned.values() for r in t.all_runs]
         cost, samples = calibrate(all_runs)
 
         # The target: the best of the baselines run (tuned over the same schedule choices as the curricula).

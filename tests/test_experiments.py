@@ -221,6 +221,10 @@ def test_compare_refuses_a_one_stage_config_and_a_missing_baseline(capsys, tmp_p
     assert "the curriculum has one stage" in capsys.readouterr().err
     assert main(["compare", "--preset", "demo", "--baseline", str(tmp_path / "nope.yaml")]) == 2
     assert "--baseline" in capsys.readouterr().err
+    assert main(["compare", "--preset", "demo", "--finalists", "2", "--out", str(tmp_path)]) == 2
+    assert "--finalists 2 chooses among tuned LRs: add --tune-lr" in capsys.readouterr().err
+    assert main(["compare", "--preset", "demo", "--tune-lr", "--finalists", "0", "--out", str(tmp_path)]) == 2
+    assert "--finalists 0: give 1 or more LRs to run at every seed" in capsys.readouterr().err
     # --half-batch-baseline reaches the command: a final stage of one 256-token sequence cannot be halved.
     stages = "[{seq_len: 64, tokens_per_batch: 4096, tokens: 40960}, {seq_len: 256, batch_size: 1, tokens: 40960}]"
     assert main(["compare", "--preset", "demo", "--half-batch-baseline", "--set", f"curriculum.stages={stages}",
@@ -257,6 +261,31 @@ def test_compare_with_a_half_batch_baseline_measures_against_the_lower_baseline(
     table = "\n".join(lines)
     assert "baseline-half-batch" in table and f"({report['target_from']})" in table
     assert (tmp_path / "cmp" / "compare.png").stat().st_size > 10_000
+
+
+def test_a_tuned_compare_runs_its_finalists_at_every_seed_and_picks_the_lower_median(offline_data, tmp_path,
+                                                                                    monkeypatch):
+    """``--tune-lr --finalists 2`` end to end on the tiny curriculum: each arm's grid at seed 0, its two best
+    LRs at seed 1, the chosen LR the one with the lower median, and the table and JSON name both finalists."""
+    import gradus.experiments.compare as compare_module
+
+    monkeypatch.setattr(compare_module, "MAX_EXTENSIONS", 0)  # the grid alone: 3 + 2 runs per arm
+    lines: list[str] = []
+    report = compare_module.run_compare(from_dict(tiny_config(offline_data)), budget=None, seeds=[0, 1],
+                                        out=tmp_path / "cmp", tune_lr=True, finalists=2, plot=False,
+                                        eval_points=4, log=lines.append)
+    for rec in (report["baseline"], report["curriculum"]):
+        grid, finalists = rec["lr_grid"], rec["lr_finalists"]
+        assert len(grid) == 3 and len(finalists) == 2
+        two_best = sorted(grid, key=grid.get)[:2]
+        assert sorted(finalists) == sorted(two_best)
+        assert all(losses[0] == grid[lr] for lr, losses in finalists.items())  # seed 0's run is the grid's
+        medians = {lr: sum(losses) / 2 for lr, losses in finalists.items()}
+        assert f"{rec['lr']:g}" == min(medians, key=medians.get)
+        assert rec["final_val_loss_seeds"] == finalists[f"{rec['lr']:g}"]
+    seed1 = sorted(str(p.relative_to(tmp_path)) for p in (tmp_path / "cmp" / "arms").glob("*/seed1-lr*"))
+    assert len(seed1) == 4, seed1  # two LRs per arm at seed 1; the third LR stays at seed 0
+    assert sum("run at every seed" in line for line in "\n".join(lines).splitlines()) == 2
 
 
 def test_a_half_batch_below_one_sequence_is_refused_in_one_line(offline_data):

@@ -56,6 +56,7 @@ def test_with_two_finalists_a_lucky_first_seed_loses_to_the_lower_median():
         4e-3: [5.295, 5.31, 5.33], 8e-3: [5.250, 5.540, 5.689]}
     assert sorted((lr, s) for lr, s in ran if s > 0) == [(4e-3, 1), (4e-3, 2), (8e-3, 1), (8e-3, 2)]
     assert (1.6e-2, 1) not in ran  # the third LR stays at the first seed
+    assert sorted((r.lr, r.seed) for r in two.all_runs) == sorted(ran)  # every run once, for the calibration
 
 
 def test_a_diverged_lr_is_never_a_finalist_and_a_diverging_seed_loses():

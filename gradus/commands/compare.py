@@ -1,4 +1,4 @@
-"""``gradus compare CONFIG [--baseline auto|FILE] [--half-batch-baseline] [--tune-lr] [--budget TOKENS] [--seeds 0,1] [--jobs N]``:
+"""``gradus compare CONFIG [--baseline auto|FILE] [--half-batch-baseline] [--tune-lr [--finalists N]] [--budget TOKENS] [--seeds 0,1] [--jobs N]``:
 does the curriculum pay off on this data and model? Against one stage at its final length and tokens per step."""
 
 from __future__ import annotations
@@ -23,6 +23,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--tune-lr", action="store_true",
                         help="tune every arm's LR the same way: base LR × 0.5/1/2 at the first seed, extended ×2 at "
                              "an edge until the best is inside, then the best at the other seeds")
+    parser.add_argument("--finalists", type=int, default=1, metavar="N",
+                        help="with --tune-lr: the best N LRs of the first seed run at every seed and the lowest "
+                             "median final loss wins (default 1); guards against an LR that only the first seed "
+                             "favours")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -31,6 +35,14 @@ def run(args: argparse.Namespace) -> int:
     from gradus.experiments.sweep import parse_seeds
 
     check_counts(args)
+    if args.finalists < 1:
+        from gradus.errors import ConfigError
+
+        raise ConfigError(f"--finalists {args.finalists}: give 1 or more LRs to run at every seed")
+    if args.finalists > 1 and not args.tune_lr:
+        from gradus.errors import ConfigError
+
+        raise ConfigError(f"--finalists {args.finalists} chooses among tuned LRs: add --tune-lr")
     budget = parse_budget(args.budget)
     seeds = parse_seeds(args.seeds)
     cfg = load_from_args(args)
@@ -41,6 +53,7 @@ def run(args: argparse.Namespace) -> int:
     name = cfg.name or args.preset or Path(args.config or args.config_flag).stem
     out = Path(args.out) if args.out else Path("runs") / f"compare-{name}"
     run_compare(cfg, baseline=args.baseline, budget=budget, seeds=seeds, out=out, tune_lr=args.tune_lr,
+                finalists=args.finalists,
                 half_batch_baseline=args.half_batch_baseline,
                 jobs=args.jobs, threads=args.threads, plot=not args.no_plot,
                 origin=f"preset {args.preset}" if args.preset else str(args.config or args.config_flag))

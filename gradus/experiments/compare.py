@@ -109,16 +109,22 @@ def compare_table(report: dict) -> str:
             grid = rec["lr_grid"]
             lines.append(f"LR grid of {rec['name']} (final loss at seed {report['seeds'][0]}): "
                          + ", ".join(f"{k}: {_num(v, '.4f', 'div')}" for k, v in grid.items()))
+            if len(rec.get("lr_finalists", {})) > 1:
+                lines.append("  run at every seed (final loss per seed; the lowest median chosen): " + "; ".join(
+                    f"{k}: " + "/".join(_num(x, ".3f", "div") for x in losses)
+                    for k, losses in rec["lr_finalists"].items()))
     lines.append(f"verdict: {report['verdict']}")
     return "\n".join(lines)
 
 
 def run_compare(cfg: GradusConfig, *, baseline: str = "auto", budget: int | None, seeds: Sequence[int], out: Path,
-                tune_lr: bool = False, half_batch_baseline: bool = False, jobs: int | None = None, threads: int = 1,
+                tune_lr: bool = False, finalists: int = 1, half_batch_baseline: bool = False,
+                jobs: int | None = None, threads: int = 1,
                 plot: bool = True, origin: str = "config", eval_points: int = EVAL_POINTS,
                 log: Callable[[str], None] = print) -> dict:
     """Run the curriculum and its baseline (with ``half_batch_baseline``, also the baseline at half its tokens
-    per step; the lower median final loss of the baselines is the target), tuned when asked; print the table
+    per step; the lower median final loss of the baselines is the target), tuned when asked (the best
+    ``finalists`` LRs of the first seed at every seed, gradus.experiments.tuning); print the table
     and verdict, write ``compare.json`` and ``compare.png``. Returns the report."""
     base = to_dict(cfg)
     if len(base["curriculum"]["stages"]) < 2 and baseline == "auto":
@@ -134,6 +140,7 @@ def run_compare(cfg: GradusConfig, *, baseline: str = "auto", budget: int | None
     log(f"compare: curriculum ({describe_stages(prepared.configs['curriculum'])}) against "
         + (f"the {against}" if len(baselines) == 1 else against) + f", {format_count(prepared.budget)} tokens each, "
         f"seeds {', '.join(map(str, prepared.seeds))}" + (", every arm's LR tuned" if tune_lr else "")
+        + (f" (the best {finalists} LRs at every seed)" if tune_lr and finalists > 1 else "")
         + f"; {runner.jobs} run(s) at a time; run directories under {out}/arms (rerun the same command to resume)")
     prepare_tokenizers(prepared, log)
     started = now()
@@ -151,14 +158,14 @@ def run_compare(cfg: GradusConfig, *, baseline: str = "auto", budget: int | None
                 task = next(t for t in tasks_for(prepared, out, name, lr_value) if t.seed == seed)
                 return task
 
-            tuners[arm.name] = LRTuner(arm.name, default_grid(lr), prepared.seeds, MAX_EXTENSIONS, make)
+            tuners[arm.name] = LRTuner(arm.name, default_grid(lr), prepared.seeds, MAX_EXTENSIONS, make, finalists)
 
         def drive(first, unlock):
             return runner.run(first, on_done=lambda r: (on_done(r), unlock(r))[1])
 
         tuned = tune_all(tuners, drive)
         runs = {n: t.runs for n, t in tuned.items()}
-        all_records = [r for t in tuned.values() for r in [*t.grid.values(), *t.runs]]
+        all_records = [r for t in tuned.values() for r in t.all_runs]
     else:
         tasks = [t for arm in arms for t in tasks_for(prepared, out, arm.name)]
         records = runner.run(tasks, on_done=on_done)
@@ -183,6 +190,7 @@ def run_compare(cfg: GradusConfig, *, baseline: str = "auto", budget: int | None
             t = tuned[arm.name]
             rec["lr_inside_grid"] = t.inside
             rec["lr_grid"] = {f"{lr:g}": finite(run.final_val_loss) for lr, run in sorted(t.grid.items())}
+            rec["lr_finalists"] = {f"{lr:g}": [finite(r.final_val_loss) for r in rs] for lr, rs in t.finalists.items()}
         records_out[arm.name] = rec
     for rec in records_out.values():
         add_speedups(rec, records_out[chosen], cost)

@@ -36,6 +36,12 @@ class Tuned:
     """Every LR run at all seeds (the best ``finalists`` of the first seed) and its runs in seed order; with
     one finalist, just the best LR."""
 
+    @property
+    def all_runs(self) -> list[RunRecord]:
+        """Every run this arm made, once each: the grid and the finalists' other seeds."""
+        runs = [*self.grid.values(), *(r for rs in self.finalists.values() for r in rs), *self.runs]
+        return list({(r.lr, r.seed): r for r in runs}.values())
+
 
 def default_grid(lr: float) -> tuple[float, ...]:
     """Half, one and twice an LR: the starting grid around a configured value."""
