@@ -20,14 +20,16 @@ from gradus.experiments.runner import Task
 
 @dataclass
 class Tuned:
-    """An arm after tuning: every grid run (first seed) and the best LR's runs at all seeds."""
+    """An arm after tuning: every grid run (first seed), the finalists' runs and the chosen LR's runs at all
+    seeds."""
 
     name: str
     """The arm."""
     grid: dict[float, RunRecord]
     """Final-loss run of every LR tried, at the first seed."""
     best_lr: float
-    """The LR with the lowest final validation loss."""
+    """The finalist with the lowest median final validation loss over seeds (with one finalist: the first
+    seed's best)."""
     runs: list[RunRecord]
     """The best LR's runs, one per seed, in seed order."""
     inside: bool
