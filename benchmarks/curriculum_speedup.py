@@ -288,6 +288,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
                    "(default WikiText-2), or one JSONL file whose documents are held out by hash for validation")
     p.add_argument("--holdout", type=float, help="with a JSONL file as --data: share of its documents held out "
                    "(default 0.05)")
+    p.add_argument("--template", help="how a record's fields make its text, e.g. '{question}\\n{answer}' for "
+                   "GSM8K (default: the record's text field)")
     p.add_argument("--out", type=Path, default=RESULTS, help="folder for the JSON and PNG")
     p.add_argument("--tag", help="suffix of the output names: curriculum_speedup_TAG.json")
     p.add_argument("--work", type=Path, help="folder for run directories (default: a temporary one, removed)")
@@ -312,7 +314,7 @@ def settings_from(args: argparse.Namespace) -> Settings:
                  "model": args.model, "d_model": args.d_model, "vocab_size": args.vocab_size,
                  "eval_points": args.eval_points,
                  "eval_tokens": args.eval_tokens, "max_extensions": args.max_extensions, "lanes": args.lanes,
-                 "finalists": args.finalists}
+                 "finalists": args.finalists, "template": args.template}
     s = replace(s, **{k: v for k, v in overrides.items() if v is not None})
     if args.seeds:
         s = replace(s, seeds=tuple(int(x) for x in args.seeds.split(",")))

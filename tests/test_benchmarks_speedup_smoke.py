@@ -78,6 +78,18 @@ def test_every_arm_builds_a_valid_config(offline_data, tmp_path):
         assert cfg.data.sources[0].validation_split.endswith("valid.jsonl")
 
 
+def test_a_template_joins_record_fields_and_plain_text_configs_stay_as_they_were(tmp_path):
+    qa = tmp_path / "qa.jsonl"
+    qa.write_text(json.dumps({"question": "Two and two?", "answer": "#### 4"}) + "\n")
+    plain = speedup.data_section(speedup_arms.Settings(), qa)
+    assert plain == {"sources": [{"name": "corpus", "path": str(qa)}], "validation": {"fraction": 0.05}}
+    args = cs.parse_args(["--data", str(qa), "--template", "{question}\n{answer}"])
+    s = cs.settings_from(args)
+    assert speedup.data_section(s, qa)["sources"][0]["template"] == "{question}\n{answer}"
+    cfg = speedup.make_config(s, speedup_arms.ARMS["baseline"], 1e-3, 0, qa, tmp_path / "tokenizer.json")
+    assert cfg.data.sources[0].template == "{question}\n{answer}"
+
+
 def test_smoke_mode_writes_the_required_json(tmp_path, offline_data):
     cmd = [sys.executable, str(SCRIPT), "--smoke", "--data", str(offline_data / "wikitext-2"), "--out", str(tmp_path),
            "--work", str(tmp_path / "work")]

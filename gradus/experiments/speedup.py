@@ -32,13 +32,17 @@ from gradus.experiments.tuning import LRTuner, Tuned, tune_all
 def data_section(s: Settings, data: Path) -> dict:
     """The ``data`` sources and held-out split of every run (and of the tokenizer's training): a folder with
     ``train.jsonl`` and ``valid.jsonl`` (WikiText-2: the held-out split through ``validation_split``), or one
-    JSONL file whose documents are held out by a hash of their text (``s.holdout`` of them)."""
+    JSONL file whose documents are held out by a hash of their text (``s.holdout`` of them); ``s.template``
+    joins a record's fields into its text."""
+    # The template key is only written when set, so configs (and --reuse's identity check) of runs on plain
+    # text stay what they were before the setting existed.
+    fields = {"template": s.template} if s.template is not None else {}
     if data.is_dir():
         # valid.jsonl is the held-out split, so no training document needs to be held out by hash.
         return {"sources": [{"name": "wiki", "path": str(data / "train.jsonl"),
-                             "validation_split": str(data / "valid.jsonl")}],
+                             "validation_split": str(data / "valid.jsonl"), **fields}],
                 "validation": {"fraction": 0.0}}
-    return {"sources": [{"name": "corpus", "path": str(data)}], "validation": {"fraction": s.holdout}}
+    return {"sources": [{"name": "corpus", "path": str(data), **fields}], "validation": {"fraction": s.holdout}}
 
 
 def check_data(data: Path) -> str | None:

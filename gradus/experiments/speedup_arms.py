@@ -51,6 +51,9 @@ class Settings:
     holdout: float = 0.05
     """When the data is one JSONL file (no valid.jsonl beside it): the share of its documents held out for
     validation by a hash of their text (``data.validation.fraction``)."""
+    template: str | None = None
+    """How a record's fields make its text (the source's ``template``, e.g. ``'{question}\\n{answer}'`` for
+    GSM8K); None: the record's ``text`` field."""
     cooldown_fraction: float = 0.2
     """WSD arms: the share of the run in the final cooldown (1 − sqrt shape, to zero)."""
     tokenizer_documents: int = 100_000
