@@ -106,6 +106,7 @@ from gradus.experiments.speedup_arms import (  # noqa: E402
     TARGET_BASELINES,
     Settings,
 )
+from gradus.experiments.tuning import finalists_text  # noqa: E402
 
 DEFAULT_DATA = REPO.parent / "shared" / "data" / "wikitext-2"
 
@@ -162,10 +163,8 @@ def table(report: dict) -> str:
     lines.append("* target not reached: the speedups are then the baseline's cost to reach this arm's final loss "
                  "divided by this arm's whole run (below 1: a slowdown)")
     for rec in [report["baseline"], *report["arms"]]:
-        if len(rec.get("lr_finalists", {})) > 1:
-            lines.append(f"  {rec['name']} finalists, final loss per seed: " + "; ".join(
-                f"{lr} " + "/".join(f"{x:.3f}" if x is not None else "div" for x in losses)
-                for lr, losses in rec["lr_finalists"].items()))
+        if finalists := finalists_text(rec.get("lr_finalists", {})):
+            lines.append(f"  {rec['name']} {finalists}")
     for rec in report["arms"]:
         if rec.get("speedup_tokens_vs_regime_baseline") and rec["name"] != "baseline-big":
             cal = rec.get("speedup_wallclock_calibrated_vs_regime_baseline")

@@ -285,7 +285,7 @@ def test_a_tuned_compare_runs_its_finalists_at_every_seed_and_picks_the_lower_me
         assert rec["final_val_loss_seeds"] == finalists[f"{rec['lr']:g}"]
     seed1 = sorted(str(p.relative_to(tmp_path)) for p in (tmp_path / "cmp" / "arms").glob("*/seed1-lr*"))
     assert len(seed1) == 4, seed1  # two LRs per arm at seed 1; the third LR stays at seed 0
-    assert sum("run at every seed" in line for line in "\n".join(lines).splitlines()) == 2
+    assert sum("finalists, final loss per seed" in line for line in "\n".join(lines).splitlines()) == 2
 
 
 def test_a_half_batch_below_one_sequence_is_refused_in_one_line(offline_data):

@@ -11,7 +11,7 @@ import pytest
 
 from gradus.experiments.analysis import RunRecord
 from gradus.experiments.runner import Task
-from gradus.experiments.tuning import LRTuner, tune_all
+from gradus.experiments.tuning import LRTuner, finalists_text, tune_all
 
 
 def _drive(losses: dict[tuple[float, int], float], grid, seeds, *, max_extensions=2, finalists=1):
@@ -65,6 +65,17 @@ def test_a_diverged_lr_is_never_a_finalist_and_a_diverging_seed_loses():
     tuned, ran = _drive(losses, [1e-3, 2e-3, 4e-3], [0, 1], finalists=3, max_extensions=0)
     assert (4e-3, 1) not in ran
     assert tuned.best_lr == 1e-3  # 2e-3 diverged at seed 1: its median is not finite
+
+
+def test_the_reports_losses_and_finalists_line_name_every_lr_and_mark_divergence():
+    losses = {(1e-3, 0): 5.4, (2e-3, 0): 5.3, (4e-3, 0): math.inf,
+              (2e-3, 1): math.inf, (1e-3, 1): 5.45}
+    tuned, _ = _drive(losses, [1e-3, 2e-3, 4e-3], [0, 1], finalists=2, max_extensions=0)
+    assert tuned.grid_losses() == {"0.001": 5.4, "0.002": 5.3, "0.004": None}
+    assert tuned.finalist_losses() == {"0.002": [5.3, None], "0.001": [5.4, 5.45]}
+    assert finalists_text(tuned.finalist_losses()) == (
+        "finalists, final loss per seed (the lowest median chosen): 0.001: 5.400/5.450; 0.002: 5.300/div")
+    assert finalists_text({"0.001": [5.4, 5.45]}) is None  # one LR at every seed: nothing was chosen among
 
 
 def test_fewer_than_one_finalist_is_refused():

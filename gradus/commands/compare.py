@@ -31,24 +31,19 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Check both arms, run them, print the table and the verdict."""
+    from gradus.errors import ConfigError
     from gradus.experiments.compare import run_compare
     from gradus.experiments.sweep import parse_seeds
 
     check_counts(args)
     if args.finalists < 1:
-        from gradus.errors import ConfigError
-
         raise ConfigError(f"--finalists {args.finalists}: give 1 or more LRs to run at every seed")
     if args.finalists > 1 and not args.tune_lr:
-        from gradus.errors import ConfigError
-
         raise ConfigError(f"--finalists {args.finalists} chooses among tuned LRs: add --tune-lr")
     budget = parse_budget(args.budget)
     seeds = parse_seeds(args.seeds)
     cfg = load_from_args(args)
     if args.baseline != "auto" and not Path(args.baseline).is_file():
-        from gradus.errors import ConfigError
-
         raise ConfigError(f"--baseline {args.baseline}: no such config file; give a YAML file or auto")
     name = cfg.name or args.preset or Path(args.config or args.config_flag).stem
     out = Path(args.out) if args.out else Path("runs") / f"compare-{name}"

@@ -18,7 +18,6 @@ from gradus.experiments.analysis import (
     add_speedups,
     calibrate,
     compare_seeds,
-    finite,
     spread,
     summarise_runs,
     verdict,
@@ -37,7 +36,7 @@ from gradus.experiments.sweep import (
     tasks_for,
     write_plot,
 )
-from gradus.experiments.tuning import LRTuner, default_grid, tune_all
+from gradus.experiments.tuning import LRTuner, default_grid, finalists_text, tune_all
 from gradus.units import format_count
 
 MAX_EXTENSIONS = 2
@@ -109,10 +108,8 @@ def compare_table(report: dict) -> str:
             grid = rec["lr_grid"]
             lines.append(f"LR grid of {rec['name']} (final loss at seed {report['seeds'][0]}): "
                          + ", ".join(f"{k}: {_num(v, '.4f', 'div')}" for k, v in grid.items()))
-            if len(rec.get("lr_finalists", {})) > 1:
-                lines.append("  run at every seed (final loss per seed; the lowest median chosen): " + "; ".join(
-                    f"{k}: " + "/".join(_num(x, ".3f", "div") for x in losses)
-                    for k, losses in rec["lr_finalists"].items()))
+            if finalists := finalists_text(rec.get("lr_finalists", {})):
+                lines.append(f"  {finalists}")
     lines.append(f"verdict: {report['verdict']}")
     return "\n".join(lines)
 
@@ -189,8 +186,8 @@ def run_compare(cfg: GradusConfig, *, baseline: str = "auto", budget: int | None
         if arm.name in tuned:
             t = tuned[arm.name]
             rec["lr_inside_grid"] = t.inside
-            rec["lr_grid"] = {f"{lr:g}": finite(run.final_val_loss) for lr, run in sorted(t.grid.items())}
-            rec["lr_finalists"] = {f"{lr:g}": [finite(r.final_val_loss) for r in rs] for lr, rs in t.finalists.items()}
+            rec["lr_grid"] = t.grid_losses()
+            rec["lr_finalists"] = t.finalist_losses()
         records_out[arm.name] = rec
     for rec in records_out.values():
         add_speedups(rec, records_out[chosen], cost)

@@ -21,7 +21,6 @@ from gradus.experiments.analysis import (
     RunRecord,
     summarise_runs,
 )
-from gradus.experiments.analysis import finite as _finite
 from gradus.experiments.runner import Runner, Task
 from gradus.experiments.speedup_arms import ARMS, LR_A, Arm, Settings, off_regime_batch
 from gradus.experiments.sweep import describe_run as describe
@@ -145,9 +144,9 @@ def summarise(t: Tuned, arm: Arm, target: float, stages: list[dict], cost: dict[
         "tokens_per_step": stages[0]["tokens_per_step"],
         "lr": t.best_lr,
         "lr_inside_grid": t.inside,
-        "lr_grid": {f"{lr:g}": _finite(run.final_val_loss) for lr, run in sorted(t.grid.items())},
+        "lr_grid": t.grid_losses(),
         "lr_grid_guard_events": {f"{lr:g}": run.guard_events for lr, run in sorted(t.grid.items())},
-        "lr_finalists": {f"{lr:g}": [_finite(r.final_val_loss) for r in runs] for lr, runs in t.finalists.items()},
+        "lr_finalists": t.finalist_losses(),
         **{k: v for k, v in rec.items() if k not in ("name", "tokens_per_step")},
     }
 

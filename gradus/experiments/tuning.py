@@ -14,7 +14,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from statistics import median
 
-from gradus.experiments.analysis import RunRecord
+from gradus.experiments.analysis import RunRecord, finite
 from gradus.experiments.runner import Task
 
 
@@ -43,6 +43,26 @@ class Tuned:
         """Every run this arm made, once each: the grid and the finalists' other seeds."""
         runs = [*self.grid.values(), *(r for rs in self.finalists.values() for r in rs), *self.runs]
         return list({(r.lr, r.seed): r for r in runs}.values())
+
+    def grid_losses(self) -> dict[str, float | None]:
+        """The first seed's final loss of every LR tried, by LR in ascending order (None: diverged), as the
+        reports write it."""
+        return {f"{lr:g}": finite(run.final_val_loss) for lr, run in sorted(self.grid.items())}
+
+    def finalist_losses(self) -> dict[str, list[float | None]]:
+        """Every finalist's final loss per seed (None: diverged), as the reports write it."""
+        return {f"{lr:g}": [finite(r.final_val_loss) for r in runs] for lr, runs in self.finalists.items()}
+
+
+def finalists_text(losses: dict[str, list[float | None]]) -> str | None:
+    """One line naming each finalist (ascending LR) with its final loss per seed (``div`` where it diverged),
+    or None when only one LR ran at every seed (nothing to choose among). Both ``gradus compare`` and the
+    benchmark print it, so the two tables read alike."""
+    if len(losses) < 2:
+        return None
+    return "finalists, final loss per seed (the lowest median chosen): " + "; ".join(
+        f"{lr}: " + "/".join("div" if x is None else f"{x:.3f}" for x in losses[lr])
+        for lr in sorted(losses, key=float))
 
 
 def default_grid(lr: float) -> tuple[float, ...]:
