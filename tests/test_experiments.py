@@ -263,6 +263,22 @@ def test_compare_with_a_half_batch_baseline_measures_against_the_lower_baseline(
     assert (tmp_path / "cmp" / "compare.png").stat().st_size > 10_000
 
 
+def test_a_tuned_compare_over_several_seeds_runs_two_finalists_unless_told_otherwise():
+    import argparse
+
+    from gradus.commands import compare as cmd
+
+    def n(*argv: str, seeds=(0, 1, 2)) -> int:
+        parser = argparse.ArgumentParser()
+        cmd.add_arguments(parser)
+        return cmd.finalists(parser.parse_args(["cfg.yaml", *argv]), list(seeds))
+
+    assert n("--tune-lr") == cmd.DEFAULT_FINALISTS == 2
+    assert n("--tune-lr", seeds=(0,)) == 1  # one seed: nothing to choose among
+    assert n() == 1  # untuned: the configured LR alone
+    assert n("--tune-lr", "--finalists", "1") == 1 and n("--tune-lr", "--finalists", "3") == 3
+
+
 def test_a_tuned_compare_runs_its_finalists_at_every_seed_and_picks_the_lower_median(offline_data, tmp_path,
                                                                                     monkeypatch):
     """``--tune-lr --finalists 2`` end to end on the tiny curriculum: each arm's grid at seed 0, its two best

@@ -9,6 +9,11 @@ from pathlib import Path
 from gradus.commands.common import load_from_args
 from gradus.commands.sweep import add_experiment_arguments, check_counts, parse_budget
 
+DEFAULT_FINALISTS = 2
+"""Finalists of a tuned compare over several seeds: at small budgets the first seed's best LR can be that seed's
+luck (BENCHMARKS.md, 1M tokens: 0.29–0.46 worse at the other seeds); a second finalist costs one run per arm and
+extra seed."""
+
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Arguments of ``gradus compare``."""
@@ -22,11 +27,25 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "curriculum when a smaller batch alone would do as well)")
     parser.add_argument("--tune-lr", action="store_true",
                         help="tune every arm's LR the same way: base LR × 0.5/1/2 at the first seed, extended ×2 at "
-                             "an edge until the best is inside, then the best at the other seeds")
-    parser.add_argument("--finalists", type=int, default=1, metavar="N",
+                             "an edge until the best is inside, then the best (see --finalists) at the other seeds")
+    parser.add_argument("--finalists", type=int, default=None, metavar="N",
                         help="with --tune-lr: the best N LRs of the first seed run at every seed and the lowest "
-                             "median final loss wins (default 1); guards against an LR that only the first seed "
-                             "favours")
+                             f"median final loss wins (default {DEFAULT_FINALISTS} with several seeds, else 1); "
+                             "guards against an LR that only the first seed favours")
+
+
+def finalists(args: argparse.Namespace, seeds: list[int]) -> int:
+    """The finalists a compare runs: ``--finalists`` as given (checked), else DEFAULT_FINALISTS when tuning over
+    several seeds and 1 otherwise."""
+    from gradus.errors import ConfigError
+
+    if args.finalists is None:
+        return DEFAULT_FINALISTS if args.tune_lr and len(seeds) > 1 else 1
+    if args.finalists < 1:
+        raise ConfigError(f"--finalists {args.finalists}: give 1 or more LRs to run at every seed")
+    if args.finalists > 1 and not args.tune_lr:
+        raise ConfigError(f"--finalists {args.finalists} chooses among tuned LRs: add --tune-lr")
+    return args.finalists
 
 
 def run(args: argparse.Namespace) -> int:
@@ -36,19 +55,16 @@ def run(args: argparse.Namespace) -> int:
     from gradus.experiments.sweep import parse_seeds
 
     check_counts(args)
-    if args.finalists < 1:
-        raise ConfigError(f"--finalists {args.finalists}: give 1 or more LRs to run at every seed")
-    if args.finalists > 1 and not args.tune_lr:
-        raise ConfigError(f"--finalists {args.finalists} chooses among tuned LRs: add --tune-lr")
     budget = parse_budget(args.budget)
     seeds = parse_seeds(args.seeds)
+    n_finalists = finalists(args, seeds)
     cfg = load_from_args(args)
     if args.baseline != "auto" and not Path(args.baseline).is_file():
         raise ConfigError(f"--baseline {args.baseline}: no such config file; give a YAML file or auto")
     name = cfg.name or args.preset or Path(args.config or args.config_flag).stem
     out = Path(args.out) if args.out else Path("runs") / f"compare-{name}"
     run_compare(cfg, baseline=args.baseline, budget=budget, seeds=seeds, out=out, tune_lr=args.tune_lr,
-                finalists=args.finalists,
+                finalists=n_finalists,
                 half_batch_baseline=args.half_batch_baseline,
                 jobs=args.jobs, threads=args.threads, plot=not args.no_plot,
                 origin=f"preset {args.preset}" if args.preset else str(args.config or args.config_flag))
