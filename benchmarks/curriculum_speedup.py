@@ -14,7 +14,8 @@ Method (ARCHITECTURE.md, "Benchmarks that can be trusted"):
 
 * every arm's learning rate is tuned the same way: a grid of at least three values at seed 0, extended by ×2
   at an edge until the best value lies strictly inside (up to ``--max-extensions`` times); the best LR is then
-  run at the other seeds (with ``--finalists N``, the best N LRs, and the lowest median final loss wins);
+  run at the other seeds (with ``--finalists N``, the best N LRs, and the lowest median final loss wins; if it
+  sits at an edge, the grid extends there at every seed, within the same ``--max-extensions``);
 * the target is the final validation loss of the tuned baseline (the median over seeds, i.e. the last point
   of its median curve);
 * per arm, on its median curve over seeds: tokens and training seconds to the target, linearly interpolated
@@ -429,7 +430,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 "tuning": "LR grid at the first seed, ×2 extension at an edge, then "
                           + ("the best LR rerun at the other seeds" if s.finalists == 1 else
                              f"the best {s.finalists} LRs rerun at the other seeds, the lowest median final loss "
-                             f"chosen"),
+                             f"chosen, and the grid extended at every seed while that winner sits at an edge"),
                 "validation": ("valid.jsonl via SourceConfig.validation_split" if args.data.is_dir() else
                                f"{s.holdout:.0%} of the file's documents held out by hash (data.validation.fraction)")
                               + ", the same windows each time",

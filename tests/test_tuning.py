@@ -46,17 +46,37 @@ def test_the_grid_extends_at_an_edge_and_the_best_lr_alone_runs_at_the_other_see
 def test_with_two_finalists_a_lucky_first_seed_loses_to_the_lower_median():
     # The 1M-token WSD baseline of BENCHMARKS.md in small: 8e-3 best at seed 0 by 0.05, far worse at 1 and 2.
     losses = {(4e-3, 0): 5.295, (8e-3, 0): 5.250, (1.6e-2, 0): 5.871,
-              (8e-3, 1): 5.540, (8e-3, 2): 5.689, (4e-3, 1): 5.31, (4e-3, 2): 5.33}
+              (8e-3, 1): 5.540, (8e-3, 2): 5.689, (4e-3, 1): 5.31, (4e-3, 2): 5.33,
+              (2e-3, 0): 5.36, (2e-3, 1): 5.35, (2e-3, 2): 5.40}
     one, _ = _drive(losses, [4e-3, 8e-3, 1.6e-2], [0, 1, 2], finalists=1)
     assert one.best_lr == 8e-3
     two, ran = _drive(losses, [4e-3, 8e-3, 1.6e-2], [0, 1, 2], finalists=2)
-    assert two.best_lr == 4e-3 and two.inside is False  # the winner sits at the grid's lower edge: reported
+    # 4e-3 wins by median at the grid's lower edge, so 2e-3 runs at every seed; it loses, and 4e-3 is inside.
+    assert two.best_lr == 4e-3 and two.inside is True
     assert [r.final_val_loss for r in two.runs] == [5.295, 5.31, 5.33]
     assert {lr: [r.final_val_loss for r in runs] for lr, runs in two.finalists.items()} == {
-        4e-3: [5.295, 5.31, 5.33], 8e-3: [5.250, 5.540, 5.689]}
-    assert sorted((lr, s) for lr, s in ran if s > 0) == [(4e-3, 1), (4e-3, 2), (8e-3, 1), (8e-3, 2)]
+        2e-3: [5.36, 5.35, 5.40], 4e-3: [5.295, 5.31, 5.33], 8e-3: [5.250, 5.540, 5.689]}
+    assert sorted(two.grid) == [2e-3, 4e-3, 8e-3, 1.6e-2]  # the extension's first-seed run is a grid run
+    assert sorted((lr, s) for lr, s in ran if s > 0) == [(2e-3, 1), (2e-3, 2), (4e-3, 1), (4e-3, 2), (8e-3, 1),
+                                                         (8e-3, 2)]
     assert (1.6e-2, 1) not in ran  # the third LR stays at the first seed
     assert sorted((r.lr, r.seed) for r in two.all_runs) == sorted(ran)  # every run once, for the calibration
+    spent, _ = _drive(losses, [4e-3, 8e-3, 1.6e-2], [0, 1, 2], finalists=2, max_extensions=0)
+    assert spent.best_lr == 4e-3 and spent.inside is False  # no extension left: the edge is reported
+
+
+def test_a_median_winner_at_the_edge_extends_until_inside_within_the_same_budget():
+    # The WikiText-2 1024 recheck of BENCHMARKS.md in small: seed 0 prefers 4e-3, the median prefers 2e-3,
+    # then 1e-3 beats that too, and 5e-4 is worse: two extensions after the finalists.
+    losses = {(2e-3, 0): 5.52, (4e-3, 0): 5.50, (8e-3, 0): 5.70, (4e-3, 1): 5.60, (4e-3, 2): 5.59,
+              (2e-3, 1): 5.55, (2e-3, 2): 5.54, (1e-3, 0): 5.51, (1e-3, 1): 5.53, (1e-3, 2): 5.52,
+              (5e-4, 0): 5.60, (5e-4, 1): 5.61, (5e-4, 2): 5.62}
+    tuned, ran = _drive(losses, [2e-3, 4e-3, 8e-3], [0, 1, 2], finalists=2, max_extensions=2)
+    assert tuned.best_lr == 1e-3 and tuned.inside
+    assert sorted(tuned.finalists) == [5e-4, 1e-3, 2e-3, 4e-3]
+    assert [lr for lr, s in ran if s == 0] == [2e-3, 4e-3, 8e-3, 1e-3, 5e-4]
+    once, _ = _drive(losses, [2e-3, 4e-3, 8e-3], [0, 1, 2], finalists=2, max_extensions=1)
+    assert once.best_lr == 1e-3 and not once.inside  # the budget ran out at the edge: reported, not hidden
 
 
 def test_a_diverged_lr_is_never_a_finalist_and_a_diverging_seed_loses():

@@ -5,7 +5,11 @@ seeds. A small state machine, so the runs of every arm share one pool of workers
 With ``finalists`` > 1 the best few LRs of the first seed all run at every seed and the one with the lowest
 median final loss wins: the first seed alone can favour an LR near the edge of stability that lags at other
 seeds (seen at 1M tokens in BENCHMARKS.md: WSD at 8e-3 best at seed 0 by 0.05, then 0.29 and 0.44 worse at
-seeds 1 and 2), and a target set by such a lucky seed flatters or hurts an arm by chance."""
+seeds 1 and 2), and a target set by such a lucky seed flatters or hurts an arm by chance. When the median
+winner sits at an edge of the grid (the first seed preferred a neighbour), the grid extends there again: the
+next LR beyond the edge runs at every seed and joins the finalists, within the same ``max_extensions``, so the
+chosen LR is inside its grid as a tuned baseline's must be (done by hand twice in BENCHMARKS.md before it was
+automatic)."""
 
 from __future__ import annotations
 
@@ -97,24 +101,45 @@ class LRTuner:
         """The first tasks: every grid value at the first seed."""
         return self._tasks([(lr, self.seeds[0]) for lr in self.initial])
 
+    def _beyond(self, best: float, loss: float) -> float | None:
+        """The next LR past the grid's edge where ``best`` sits (loss ``loss``), or None when ``best`` is inside,
+        its loss is not finite, or the extensions are spent (one is counted when a value is returned)."""
+        ordered = sorted(self.grid)
+        if ordered[0] < best < ordered[-1] or not math.isfinite(loss) or self.extensions >= self.max_extensions:
+            return None
+        self.extensions += 1
+        return float(f"{(best / 2 if best == ordered[0] else best * 2):.3g}")
+
+    def _median(self, lr: float) -> float:
+        """A finalist's median final loss over the seeds it has run (inf when any diverged)."""
+        losses = [r.final_val_loss for r in self.finalist_runs[lr].values()]
+        return median(losses) if all(math.isfinite(x) for x in losses) else math.inf
+
     def finish(self, run: RunRecord) -> list[Task]:
         """Record a finished run; return the tasks it unlocks."""
         self.pending.discard((run.lr, run.seed))
         if self.settled:
             self.finalist_runs[run.lr][run.seed] = run
-            return []
+            if run.seed == self.seeds[0]:
+                self.grid[run.lr] = run  # an extension after the finalists: the first seed's run is a grid run
+            if self.pending:
+                return []
+            # Every finalist has run at every seed: extend at the edge where the median winner sits.
+            winner = min(self.finalist_runs, key=self._median)
+            new = self._beyond(winner, self._median(winner))
+            if new is None:
+                return []
+            self.finalist_runs[new] = {}
+            return self._tasks([(new, seed) for seed in self.seeds])
         self.grid[run.lr] = run
         if self.pending:
             return []
-        ordered = sorted(self.grid)
-        best = min(ordered, key=lambda lr: self.grid[lr].final_val_loss)
-        inside = ordered[0] < best < ordered[-1]
-        if not inside and self.extensions < self.max_extensions and math.isfinite(self.grid[best].final_val_loss):
-            self.extensions += 1
-            new = float(f"{(best / 2 if best == ordered[0] else best * 2):.3g}")
+        best = min(sorted(self.grid), key=lambda lr: self.grid[lr].final_val_loss)
+        new = self._beyond(best, self.grid[best].final_val_loss)
+        if new is not None:
             return self._tasks([(new, self.seeds[0])])
         self.settled = True
-        finite = [lr for lr in ordered if math.isfinite(self.grid[lr].final_val_loss)] or [best]
+        finite = [lr for lr in sorted(self.grid) if math.isfinite(self.grid[lr].final_val_loss)] or [best]
         chosen = sorted(finite, key=lambda lr: self.grid[lr].final_val_loss)[:self.n_finalists]
         self.finalist_runs = {lr: {self.seeds[0]: self.grid[lr]} for lr in chosen}
         return self._tasks([(lr, seed) for lr in chosen for seed in self.seeds[1:]])
@@ -128,12 +153,7 @@ class LRTuner:
         """The tuned arm: the finalist with the lowest median final loss over seeds (ties: the first seed's order)."""
         assert self.done
         finalists = {lr: [runs[k] for k in self.seeds] for lr, runs in self.finalist_runs.items()}
-
-        def median_loss(lr: float) -> float:
-            losses = [r.final_val_loss for r in finalists[lr]]
-            return median(losses) if all(math.isfinite(x) for x in losses) else math.inf
-
-        best = min(finalists, key=median_loss)  # dicts keep the first seed's order, so min keeps its ties
+        best = min(finalists, key=self._median)  # dicts keep the first seed's order, so min keeps its ties
         ordered = sorted(self.grid)
         return Tuned(self.name, dict(self.grid), best, finalists[best], ordered[0] < best < ordered[-1],
                      dict(sorted(finalists.items())))
