@@ -101,14 +101,17 @@ class LRTuner:
         """The first tasks: every grid value at the first seed."""
         return self._tasks([(lr, self.seeds[0]) for lr in self.initial])
 
+    def _inside(self, lr: float) -> bool:
+        """Whether ``lr`` lies strictly inside the LRs tried so far."""
+        return min(self.grid) < lr < max(self.grid)
+
     def _beyond(self, best: float, loss: float) -> float | None:
         """The next LR past the grid's edge where ``best`` sits (loss ``loss``), or None when ``best`` is inside,
         its loss is not finite, or the extensions are spent (one is counted when a value is returned)."""
-        ordered = sorted(self.grid)
-        if ordered[0] < best < ordered[-1] or not math.isfinite(loss) or self.extensions >= self.max_extensions:
+        if self._inside(best) or not math.isfinite(loss) or self.extensions >= self.max_extensions:
             return None
         self.extensions += 1
-        return float(f"{(best / 2 if best == ordered[0] else best * 2):.3g}")
+        return float(f"{(best / 2 if best == min(self.grid) else best * 2):.3g}")
 
     def _median(self, lr: float) -> float:
         """A finalist's median final loss over the seeds it has run (inf when any diverged)."""
@@ -139,8 +142,8 @@ class LRTuner:
         if new is not None:
             return self._tasks([(new, self.seeds[0])])
         self.settled = True
-        finite = [lr for lr in sorted(self.grid) if math.isfinite(self.grid[lr].final_val_loss)] or [best]
-        chosen = sorted(finite, key=lambda lr: self.grid[lr].final_val_loss)[:self.n_finalists]
+        converged = [lr for lr in sorted(self.grid) if math.isfinite(self.grid[lr].final_val_loss)] or [best]
+        chosen = sorted(converged, key=lambda lr: self.grid[lr].final_val_loss)[:self.n_finalists]
         self.finalist_runs = {lr: {self.seeds[0]: self.grid[lr]} for lr in chosen}
         return self._tasks([(lr, seed) for lr in chosen for seed in self.seeds[1:]])
 
@@ -154,8 +157,7 @@ class LRTuner:
         assert self.done
         finalists = {lr: [runs[k] for k in self.seeds] for lr, runs in self.finalist_runs.items()}
         best = min(finalists, key=self._median)  # dicts keep the first seed's order, so min keeps its ties
-        ordered = sorted(self.grid)
-        return Tuned(self.name, dict(self.grid), best, finalists[best], ordered[0] < best < ordered[-1],
+        return Tuned(self.name, dict(self.grid), best, finalists[best], self._inside(best),
                      dict(sorted(finalists.items())))
 
 
