@@ -83,10 +83,13 @@ from gradus.experiments.analysis import (  # noqa: E402,F401 (to_target, calibra
     CALIBRATION_PERCENTILE,
     RunRecord,
     add_speedups,
+    band_text,
     calibrate,
     calibrated_seconds,
     median_curve,
     seconds_at,
+    seed_shift,
+    shifted_speedups,
     stage_windows,
     summarise_runs,
     to_target,
@@ -166,6 +169,9 @@ def table(report: dict) -> str:
     for rec in [report["baseline"], *report["arms"]]:
         if finalists := finalists_text(rec.get("lr_finalists", {})):
             lines.append(f"  {rec['name']} {finalists}")
+    for rec in report["arms"]:
+        if (band := band_text(rec)) and not getattr(ARMS.get(rec["name"]), "baseline", True):
+            lines.append(f"  {rec['name']} band: {band} (half the baseline's seed spread of final loss)")
     for rec in report["arms"]:
         if rec.get("speedup_tokens_vs_regime_baseline") and rec["name"] != "baseline-big":
             cal = rec.get("speedup_wallclock_calibrated_vs_regime_baseline")
@@ -385,8 +391,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         records = {name: summarise(t, ARMS[name], target, stage_plan(s, ARMS[name], args.data, tokenizer), cost)
                    for name, t in tuned.items()}
         base = records[base_name]
+        shift = seed_shift(base["final_val_loss_seeds"])
         for rec in records.values():
             add_speedups(rec, base, cost)
+            rec.update(shifted_speedups(rec, base, cost, shift))
             if rec["regime"] == "B" and "baseline-big" in records:
                 add_speedups(rec, records["baseline-big"], cost, "_vs_regime_baseline")
         arms_out = [r for n, r in records.items() if n != base_name]
@@ -424,6 +432,10 @@ def main(argv: Sequence[str] | None = None) -> int:
                                       "token, read as the 90th-percentile throughput of the shape's logging windows "
                                       "over all runs: the wall-clock at one steady load, independent of when each "
                                       "run happened to run",
+                "band": "the best arm's speedups if its median curve sat target_shift higher / lower (its first "
+                        "crossing of target ± target_shift against the baseline's own cost to target), target_shift "
+                        "= half the range of the baseline's final losses over seeds: a wide band means the first "
+                        "crossing lies where the curve runs flat at the target's level",
                 "best_arm": "highest calibrated wall-clock speedup (then tokens) among the curricula",
                 "baseline": f"the best of {', '.join(n for n in TARGET_BASELINES if n in tuned)} by median final "
                             f"loss ({base_name}); the others are reported as arms",
@@ -452,6 +464,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             "best_speedup_tokens": round(best["speedup_tokens"], 3) if best and best["speedup_tokens"] else None,
             "best_speedup_wallclock_calibrated": (round(best["speedup_wallclock_calibrated"], 3)
                                                   if best and best["speedup_wallclock_calibrated"] else None),
+            "target_shift": shift,
+            "best_speedup_wallclock_band": best["speedup_wallclock_calibrated_band"] if best else None,
+            "best_speedup_tokens_band": best["speedup_tokens_band"] if best else None,
         }
         args.out.mkdir(parents=True, exist_ok=True)
         stem = "curriculum_speedup" + (f"_{args.tag}" if args.tag else "")

@@ -122,6 +122,15 @@ def test_smoke_mode_writes_the_required_json(tmp_path, offline_data):
         assert len(arm["stages"]) > 1 and arm["stages"][-1]["seq_len"] == report["settings"]["final_len"]
     assert report["best_arm"] in {a["name"] for a in report["arms"]}
     assert _real(report["best_speedup_wallclock"]) and _real(report["best_speedup_tokens"])
+    # The band: the best arm's speedups with its curve half the baseline's seed spread higher / lower.
+    finals = base["final_val_loss_seeds"]
+    assert report["target_shift"] == pytest.approx((max(finals) - min(finals)) / 2)
+    best = next(a for a in report["arms"] if a["name"] == report["best_arm"])
+    assert report["best_speedup_tokens_band"] == best["speedup_tokens_band"]
+    if best["tokens_to_target"] is not None and report["target_shift"] > 0:
+        low, high = report["best_speedup_tokens_band"]
+        assert high >= best["speedup_tokens"] - 1e-9 and (low is None or low <= best["speedup_tokens"] + 1e-9)
+        assert f"{best['name']} band: ×" in proc.stdout
     pytest.importorskip("matplotlib")
     assert (tmp_path / "curriculum_speedup.png").stat().st_size > 10_000
 

@@ -19,11 +19,14 @@ from gradus.errors import ConfigError
 from gradus.experiments.analysis import (
     RunRecord,
     add_speedups,
+    band_text,
     calibrate,
     calibrated_seconds,
     compare_seeds,
     median_curve,
     record_from_metrics,
+    seed_shift,
+    shifted_speedups,
     to_target,
     verdict,
 )
@@ -175,6 +178,38 @@ def test_speedups_and_verdict_on_hand_made_curves():
                                "0.300 above it (median over seeds)")
 
 
+def test_the_band_is_narrow_for_a_steep_crossing_and_wide_where_the_curve_runs_flat_at_the_target():
+    """shifted_speedups: the speedup if the arm's curve sat the baseline's half seed spread higher / lower. Two
+    curves cross the target 4.0 at the same point (250 tokens); the steep one moves little under a shift of
+    0.05, the one flat at the target's level moves by most of a stage."""
+    stages = [{"seq_len": 64, "tokens_per_step": 10, "start_tokens": 0, "end_tokens": 800}]
+    cost = {(64, 10): 1.0}
+    tokens = [100 * (i + 1) for i in range(8)]
+
+    def record(losses):
+        return {"curve": {"tokens": tokens, "seconds": [t / 100 for t in tokens], "val_loss": losses},
+                "stages": stages}
+
+    base = record([6.0, 5.6, 5.2, 4.9, 4.6, 4.4, 4.2, 4.0])
+    assert seed_shift([4.05, 3.95, None, math.inf]) == pytest.approx(0.05)
+    assert seed_shift([4.0]) == 0.0
+    steep = shifted_speedups(record([6.0, 5.0, 3.0, 2.5, 2.4, 2.3, 2.2, 2.1]), base, cost, 0.05)
+    flat = shifted_speedups(record([6.0, 4.2, 3.98, 3.97, 3.96, 3.95, 3.9, 3.8]), base, cost, 0.05)
+    # Steep: 4.0 ± 0.05 is crossed at 200 + 100·(1 ∓ 0.05)/2, i.e. 247.5 and 252.5 tokens.
+    assert steep["speedup_tokens_band"] == pytest.approx([800 / 252.5, 800 / 247.5])
+    assert steep["speedup_wallclock_calibrated_band"] == pytest.approx([800 / 252.5, 800 / 247.5])
+    # Flat: 3.95 is first reached at 600 tokens, 4.05 at 200 + 100·0.15/0.22: a band from 1.33 to 2.98.
+    assert flat["speedup_tokens_band"] == pytest.approx([800 / 600, 800 / (200 + 100 * 0.15 / 0.22)])
+    assert flat["target_shift"] == 0.05
+    assert band_text({**flat, "speedup_wallclock_calibrated_band": None}) == (
+        "×1.33–2.98 tokens if its curve sat 0.050 higher / lower")
+    # Never reached at the lower end; and no band at all for an arm that never reaches the target itself.
+    low = shifted_speedups(record([6.0, 5.0, 4.2, 4.1, 4.0, 3.99, 3.98, 3.97]), base, cost, 0.05)
+    assert low["speedup_tokens_band"][0] is None and "not reached–" in band_text(low)
+    missed = shifted_speedups(record([6.0, 5.0, 4.5, 4.4, 4.3, 4.2, 4.1, 4.05]), base, cost, 0.05)
+    assert missed["speedup_tokens_band"] is None and band_text(missed) is None
+
+
 def test_metrics_records_become_a_curve_and_calibration_windows():
     records = [
         {"step": 1, "tokens": 10, "tokens_per_sec": 50.0, "time/train_seconds": 0.2, "curriculum/stage": 0,
@@ -299,6 +334,11 @@ def test_a_tuned_compare_runs_its_finalists_at_every_seed_and_picks_the_lower_me
         medians = {lr: sum(losses) / 2 for lr, losses in finalists.items()}
         assert f"{rec['lr']:g}" == min(medians, key=medians.get)
         assert rec["final_val_loss_seeds"] == finalists[f"{rec['lr']:g}"]
+    # The band's shift is half the chosen baseline's seed spread; the curriculum has a band where it crossed.
+    cur = report["curriculum"]
+    assert cur["target_shift"] == pytest.approx(seed_shift(report["baseline"]["final_val_loss_seeds"]))
+    assert (cur["speedup_tokens_band"] is None) == (cur["tokens_to_target"] is None)
+    assert (f"the curriculum's {band_text(cur)}" in "\n".join(lines)) == (band_text(cur) is not None)
     seed1 = sorted(str(p.relative_to(tmp_path)) for p in (tmp_path / "cmp" / "arms").glob("*/seed1-lr*"))
     assert len(seed1) == 4, seed1  # two LRs per arm at seed 1; the third LR stays at seed 0
     assert sum("finalists, final loss per seed" in line for line in "\n".join(lines).splitlines()) == 2

@@ -259,6 +259,57 @@ def add_speedups(rec: dict, ref: dict, cost: dict[tuple[int, int], float], suffi
                                     "loss / this arm's whole run")
 
 
+def seed_shift(finals: Sequence[float | None]) -> float:
+    """Half the range of the finite final losses over seeds (0.0 with fewer than two): how far the target
+    could sit from where it does on seed noise alone, the shift :func:`shifted_speedups` tries."""
+    have = [x for x in finals if x is not None and math.isfinite(x)]
+    return (max(have) - min(have)) / 2 if len(have) > 1 else 0.0
+
+
+def shifted_speedups(rec: dict, ref: dict, cost: dict[tuple[int, int], float], shift: float) -> dict:
+    """How far ``rec``'s speedup against ``ref`` (records as for :func:`add_speedups`) moves if ``rec``'s
+    median curve sat ``shift`` higher or lower: its first crossing of ref's final loss - shift and + shift,
+    against ref's own cost to the unshifted target. Returns ``target_shift`` and the ``[low, high]`` bands
+    ``speedup_tokens_band`` and ``speedup_wallclock_calibrated_band`` (an end is None where the shifted target
+    is never reached; both bands are None where the arm never reaches the target itself).
+
+    Why: a first crossing is ill-conditioned where a curve runs flat at the target's level. Two from-scratch
+    runs of the WikiText-2 2048 benchmark gave 2.18x and 1.61x from curves 0.009 apart there (BENCHMARKS.md);
+    a wide band says that the point figure rests on noise, a narrow one that it does not."""
+    out: dict = {"target_shift": shift, "speedup_tokens_band": None, "speedup_wallclock_calibrated_band": None}
+    rc, fc = rec["curve"], ref["curve"]
+    target = clean(fc["val_loss"])[-1]
+    if not math.isfinite(target):
+        return out
+    f_tok, _ = to_target(fc["tokens"], fc["seconds"], clean(fc["val_loss"]), target)
+    r_tok, _ = to_target(rc["tokens"], rc["seconds"], clean(rc["val_loss"]), target)
+    if f_tok is None or r_tok is None:
+        return out
+    f_cal = calibrated_seconds(ref["stages"], cost, f_tok)
+    tokens, calibrated = [], []
+    for level in (target - shift, target + shift):  # the curve sat higher (a slower arm), then lower
+        tok, _ = to_target(rc["tokens"], rc["seconds"], clean(rc["val_loss"]), level)
+        cal = calibrated_seconds(rec["stages"], cost, tok) if tok else None
+        tokens.append(f_tok / tok if tok else None)
+        calibrated.append(f_cal / cal if cal else None)
+    out["speedup_tokens_band"], out["speedup_wallclock_calibrated_band"] = tokens, calibrated
+    return out
+
+
+def band_text(rec: dict) -> str | None:
+    """The bands of :func:`shifted_speedups` in words, e.g. "x1.85-2.46 calibrated, x1.59-2.03 tokens if its
+    curve sat 0.026 higher / lower"; None when the record has none (or a shift of zero)."""
+    cal, tok, shift = rec.get("speedup_wallclock_calibrated_band"), rec.get("speedup_tokens_band"), rec.get("target_shift")
+    if not tok or not shift:
+        return None
+
+    def pair(band: list) -> str:
+        return "–".join("not reached" if x is None else f"{x:.2f}" for x in band)
+
+    return (f"×{pair(cal)} calibrated, " if cal else "") + f"×{pair(tok)} tokens if its curve sat {shift:.3f} " \
+        "higher / lower"
+
+
 def summarise_runs(name: str, runs: Sequence[RunRecord], target: float, stages: list[dict],
                    cost: dict[tuple[int, int], float]) -> dict:
     """The JSON record of one arm over its seeds: median curve, tokens and seconds (measured and calibrated)

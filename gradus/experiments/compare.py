@@ -16,8 +16,11 @@ from gradus.config import GradusConfig, load_config, to_dict
 from gradus.errors import ConfigError
 from gradus.experiments.analysis import (
     add_speedups,
+    band_text,
     calibrate,
     compare_seeds,
+    seed_shift,
+    shifted_speedups,
     spread,
     summarise_runs,
     verdict,
@@ -103,6 +106,9 @@ def compare_table(report: dict) -> str:
         lines.append(f"per seed (each against its own seed's baseline): ×{t['median']:.2f} tokens (range "
                      f"{t['min']:.2f}–{t['max']:.2f})" + (f", ×{c['median']:.2f} calibrated (range {c['min']:.2f}–"
                                                           f"{c['max']:.2f})" if c["n"] else ""))
+    if band := band_text(report["curriculum"]):
+        lines.append(f"the curriculum's {band} (half the baseline's seed spread of final loss; a wide band: its "
+                     "curve runs flat near the target, so the crossing rests on noise)")
     if report.get("tuned"):
         for rec in rows:
             grid = rec["lr_grid"]
@@ -189,8 +195,10 @@ def run_compare(cfg: GradusConfig, *, baseline: str = "auto", budget: int | None
             rec["lr_grid"] = t.grid_losses()
             rec["lr_finalists"] = t.finalist_losses()
         records_out[arm.name] = rec
+    shift = seed_shift(records_out[chosen]["final_val_loss_seeds"])
     for rec in records_out.values():
         add_speedups(rec, records_out[chosen], cost)
+        rec.update(shifted_speedups(rec, records_out[chosen], cost, shift))
     per_seed = compare_seeds(runs[chosen], runs["curriculum"], stages[chosen], stages["curriculum"], cost)
     target_from = (f"{chosen}'s final loss, median of {len(prepared.seeds)} seed(s); the lower of {len(baselines)} "
                    "baselines" if len(baselines) > 1 else f"the baseline's final loss, median of {len(prepared.seeds)} seed(s)")
