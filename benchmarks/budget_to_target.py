@@ -29,7 +29,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import RESULTS, read_result, write_result  # noqa: E402 (the benchmarks folder is not a package)
+from common import RESULTS, is_baseline, read_result, write_result  # noqa: E402 (the benchmarks folder is not a package)
 
 # Settings that may differ between the inputs: the budget, and the lr-find sweep (only its own arm uses it).
 VARYING = {"budget", "lr_find", "lr_find_steps"}
@@ -88,6 +88,11 @@ def analyse(reports: list[dict]) -> dict:
     smallest = reports[0]["settings"]["budget"]
     seeds = list(largest["settings"]["seeds"])
     names = [n for n in arms_by_name(largest) if all(n in arms_by_name(r) for r in reports)]
+    # Calibrated seconds per token of each arm's whole run at the largest budget: an arm's stages are fixed
+    # fractions of its budget, so its cost is that rate × the budget it needs (one file's calibration for all).
+    rate = {n: a["train_seconds_calibrated"] / top for n, a in arms_by_name(largest).items()
+            if a.get("train_seconds_calibrated")}
+    reference = rate.get(largest["baseline"]["name"])
     rows = []
     for name in names:
         per = [arms_by_name(r)[name] for r in reports]
@@ -106,6 +111,8 @@ def analyse(reports: list[dict]) -> dict:
             "budget_to_target": b,
             "budget_to_target_kind": how,
             "speedup_budget": top / b if b else None,
+            "speedup_budget_calibrated": (top * reference / (b * rate[name])
+                                          if b and reference and rate.get(name) else None),
             "speedup_budget_is_lower_bound": how == "at most",
             "speedup_budget_seeds": [top / sb if sb else None for sb, _ in seed_b],
             "speedup_budget_seeds_reaching": f"{len(seed_speedups)}/{len(seeds)}",
@@ -118,10 +125,11 @@ def analyse(reports: list[dict]) -> dict:
         "target": target,
         "target_from": f"the baseline's final val loss at the largest budget ({top:,} tokens), median over seeds",
         "seeds": seeds,
-        "method": "every run complete (warmup + cosine to its own budget) with its LR tuned at that budget; the "
-                  "budget where an arm's median final loss reaches the target, linear in log(budget) between "
-                  "the bracketing budgets; speedup = largest budget / that budget (a lower bound when the "
-                  f"smallest budget, {smallest:,}, already reaches it)",
+        "method": "every run complete (its own schedule, cosine or WSD, run to its own budget) with its LR tuned "
+                  "at that budget; the budget where an arm's median final loss reaches the target, linear in "
+                  "log(budget) between the bracketing budgets; speedup = largest budget / that budget (a lower "
+                  f"bound when the smallest budget, {smallest:,}, already reaches it); calibrated = the same in "
+                  "calibrated seconds (each arm's whole-run seconds per token at the largest budget × the budget)",
         "arms": rows,
     }
 
@@ -130,7 +138,7 @@ def table(report: dict) -> str:
     """The rows as text."""
     budgets = [i["budget"] for i in report["inputs"]]
     head = f"{'arm':<20}" + "".join(f"{f'final@{b // 1024}k':>12}" for b in budgets)
-    head += f"{'to target':>12}{'speedup':>10}{'seeds':>22}{'crossing':>10}"
+    head += f"{'to target':>12}{'speedup':>10}{'×cal':>7}{'seeds':>22}{'crossing':>10}"
     lines = [f"target {report['target']:.4f} ({report['target_from']})", head]
     for a in report["arms"]:
         finals = "".join(f"{v:>12.4f}" if (v := a["final_val_loss_by_budget"][str(b)]) is not None else f"{'—':>12}"
@@ -139,10 +147,12 @@ def table(report: dict) -> str:
               if a["budget_to_target"] else "—")
         sp = (f"{'≥' if a['speedup_budget_is_lower_bound'] else ''}{a['speedup_budget']:.2f}×"
               if a["speedup_budget"] else "<1")
+        cal = a.get("speedup_budget_calibrated")
+        cal = f"{'≥' if a['speedup_budget_is_lower_bound'] else ''}{cal:.2f}×" if cal else "—"
         seeds = ", ".join(f"{s:.2f}" if s else "—" for s in a["speedup_budget_seeds"])
         cross = f"{a['speedup_tokens_crossing']:.2f}×" if a["speedup_tokens_crossing"] else "—"
-        lines.append(f"{a['name']:<20}{finals}{to:>12}{sp:>10}{seeds:>22}{cross:>10}")
-    ok = [a["speedup_budget"] for a in report["arms"] if a["speedup_budget"] and a["name"] != "baseline"]
+        lines.append(f"{a['name']:<20}{finals}{to:>12}{sp:>10}{cal:>7}{seeds:>22}{cross:>10}")
+    ok = [a["speedup_budget"] for a in report["arms"] if a["speedup_budget"] and not is_baseline(a["name"])]
     if ok:
         lines.append(f"median speedup over the curricula that reach the target: {statistics.median(ok):.2f}×")
     return "\n".join(lines)

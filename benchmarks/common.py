@@ -26,6 +26,15 @@ def machine() -> dict:
     return describe()
 
 
+def is_baseline(name: str) -> bool:
+    """Whether an arm of a ``curriculum_speedup.py`` result is one of its baselines (also for arms of older files
+    the script has since dropped: their names start with "baseline")."""
+    from gradus.experiments.speedup_arms import ARMS
+
+    arm = ARMS.get(name)
+    return arm.baseline if arm is not None else name.startswith("baseline")
+
+
 def write_result(path: Path, report: dict) -> Path:
     """Write a result file as indented JSON (folders created); returns the path."""
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -26,7 +26,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import RESULTS, read_result, write_result  # noqa: E402 (the benchmarks folder is not a package)
+from common import RESULTS, is_baseline, read_result, write_result  # noqa: E402 (the benchmarks folder is not a package)
 
 from gradus.experiments.analysis import add_speedups, seed_shift, shifted_speedups  # noqa: E402
 
@@ -39,15 +39,6 @@ def cost_of(report: dict) -> dict[tuple[int, int], float]:
         length, batch = (int(x) for x in key.split("x"))
         cost[(length, length * batch)] = seconds
     return cost
-
-
-def is_baseline(name: str) -> bool:
-    """Whether an arm is one of the benchmark's baselines (also for arms of older files the script has since
-    dropped: their names start with "baseline")."""
-    from gradus.experiments.speedup_arms import ARMS
-
-    arm = ARMS.get(name)
-    return arm.baseline if arm is not None else name.startswith("baseline")
 
 
 def bands(report: dict, source: str) -> list[dict]:

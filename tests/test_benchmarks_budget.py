@@ -43,8 +43,12 @@ def test_report_speedups_against_the_largest_budgets_baseline(tmp_path, capsys):
     paths = []
     for budget, finals in [(1000, {"baseline": [6.0, 6.1, 6.2], "curr": [5.7, 5.8, 5.9]}),
                            (4000, {"baseline": [5.4, 5.5, 5.6], "curr": [5.1, 5.2, 5.3]})]:
+        report = _report(budget, finals)
+        # Calibrated seconds of each whole run: the curriculum's tokens cost half the baseline's.
+        report["baseline"]["train_seconds_calibrated"] = budget * 1.0
+        report["arms"][0]["train_seconds_calibrated"] = budget * 0.5
         paths.append(tmp_path / f"r{budget}.json")
-        paths[-1].write_text(json.dumps(_report(budget, finals)))
+        paths[-1].write_text(json.dumps(report))
     out = tmp_path / "bt.json"
     assert bt.main([str(p) for p in reversed(paths)] + ["--out", str(out)]) == 0
     rows = {a["name"]: a for a in json.loads(out.read_text())["arms"]}
@@ -52,7 +56,13 @@ def test_report_speedups_against_the_largest_budgets_baseline(tmp_path, capsys):
     # curr: 5.8 at 1000, 5.2 at 4000; target 5.5 is halfway -> 2000 tokens -> 2x.
     assert rows["curr"]["budget_to_target"] == pytest.approx(2000.0) and rows["curr"]["speedup_budget"] == pytest.approx(2.0)
     assert rows["curr"]["speedup_budget_seeds_reaching"] == "3/3"
-    assert "curr" in capsys.readouterr().out
+    # Calibrated: 2x the tokens saved, each at half the baseline's cost per token.
+    assert rows["curr"]["speedup_budget_calibrated"] == pytest.approx(4.0)
+    assert rows["baseline"]["speedup_budget_calibrated"] == pytest.approx(1.0)
+    out_text = capsys.readouterr().out
+    assert "curr" in out_text and "4.00×" in out_text
+    # The median is over the curricula only: the baseline's own 1.00x is not among them.
+    assert "median speedup over the curricula that reach the target: 2.00×" in out_text
 
 
 def test_reports_that_differ_in_more_than_the_budget_are_refused(tmp_path):
