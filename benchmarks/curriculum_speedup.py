@@ -7,7 +7,7 @@ train.jsonl and valid.jsonl, or one JSONL file whose documents are held out by h
 tokens per step within a regime, and the same evaluation: validation loss at the reference length (the
 baseline's, ``--final-len``, 256 by default) on the same held-out documents every ``budget / eval_points``
 tokens. The tokenizer is a byte-level BPE trained on the train split with ``gradus tokenizer train``. The
-target is the best of the baselines run (cosine and WSD: :data:`TARGET_BASELINES`), so a curriculum's gain is
+target is the best of the baselines run (cosine, WSD and linear decay to zero: :data:`TARGET_BASELINES`), so a curriculum's gain is
 not its schedule's.
 
 Method (ARCHITECTURE.md, "Benchmarks that can be trusted"):

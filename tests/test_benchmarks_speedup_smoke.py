@@ -78,6 +78,25 @@ def test_every_arm_builds_a_valid_config(offline_data, tmp_path):
         assert cfg.data.sources[0].validation_split.endswith("valid.jsonl")
 
 
+def test_the_linear_baseline_decays_in_a_straight_line_to_zero(tmp_path):
+    """baseline-linear, one of the target's baselines: warmup, then peak to zero in a straight line (D2Z)."""
+    from gradus.curriculum import resolve_schedule
+    from gradus.curriculum.state import lr_at
+
+    s = speedup_arms.Settings()
+    assert "baseline-linear" in speedup_arms.TARGET_BASELINES and speedup_arms.ARMS["baseline-linear"].baseline
+    cfg = speedup.make_config(s, speedup_arms.ARMS["baseline-linear"], 4e-3, 0, tmp_path, tmp_path / "tok.json")
+    schedule = resolve_schedule(cfg)
+    steps = s.budget // s.tps("A")
+    warm = round(s.warmup_fraction * steps)
+    lrs = [lr_at(schedule, i) for i in range(steps)]
+    assert max(lrs) == pytest.approx(4e-3, rel=0.02) and lrs[-1] < 4e-3 / steps * 2
+    mid = (warm + steps) // 2  # halfway down the line: half the peak
+    assert lrs[mid] == pytest.approx(2e-3, rel=0.05)
+    decay = lrs[warm + 1:]
+    assert all(a >= b for a, b in zip(decay, decay[1:], strict=False))
+
+
 def test_a_template_joins_record_fields_and_plain_text_configs_stay_as_they_were(tmp_path):
     qa = tmp_path / "qa.jsonl"
     qa.write_text(json.dumps({"question": "Two and two?", "answer": "#### 4"}) + "\n")

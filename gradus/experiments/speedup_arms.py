@@ -150,6 +150,11 @@ def wsd_schedule(s: Settings, stages: list[dict]) -> dict:
             "stages": stages}
 
 
+def linear_schedule(s: Settings, stages: list[dict]) -> dict:
+    """Warmup, then a straight line from the peak to zero at the end of the run (D2Z; one global schedule)."""
+    return {"schedule": "linear", "global_warmup_fraction": s.warmup_fraction, "grad_clip": 1.0, "stages": stages}
+
+
 @dataclass(frozen=True)
 class Arm:
     """One way to train: a regime, a curriculum built from the settings, and the LR grid its tuning starts from."""
@@ -291,6 +296,8 @@ ARMS: dict[str, Arm] = {a.name: a for a in [
     Arm("baseline", "A", "one stage at the final length, warmup + cosine", LR_A, _baseline("A"), baseline=True),
     Arm("baseline-wsd", "A", "one stage at the final length, warmup + stable + 1-sqrt cooldown to 0 (last 20%)",
         LR_A, _baseline("A", wsd_schedule), baseline=True),
+    Arm("baseline-linear", "A", "one stage at the final length, warmup + linear decay to 0 (D2Z)", LR_A,
+        _baseline("A", linear_schedule), baseline=True),
     Arm("seqwarm-textbook-wsd", "A", "final/8 → final over 10/15/20/55%, WSD (1-sqrt cooldown to 0, last 20%)",
         LR_A, _ladder("A", [8, 4, 2, 1], [0.10, 0.15, 0.20, 0.55], wsd_schedule)),
     Arm("seqwarm-long-wsd", "A", "final/16 → final over 10/10/15/20/45%, WSD (1-sqrt cooldown to 0, last 20%)",
@@ -326,7 +333,7 @@ ARMS: dict[str, Arm] = {a.name: a for a in [
 ]}
 # The issue's arms: the baseline, curricula scaled from the presets, per-stage LR from the presets' rules and
 # from lr-find. Regime B (baseline-big, seqwarm-textbook-big) and the other variants run with --arms.
-TARGET_BASELINES = ("baseline", "baseline-wsd", "baseline-wsd-half-batch")
+TARGET_BASELINES = ("baseline", "baseline-wsd", "baseline-linear", "baseline-wsd-half-batch")
 """The baselines that set the target: the best of those run (lowest median final loss) is *the* baseline, so
 that a curriculum's gain is not a schedule's alone (the baseline is tuned over the same schedule choices)."""
 DEFAULT_ARMS = ("baseline", "seqwarm-textbook", "seqwarm-short", "presets-rules", "seqwarm-lrfind")
