@@ -119,6 +119,39 @@ def test_prefetch_and_workers_never_change_content(offline_data: Path, tok):
     assert all(same(a, b) for a, b in zip(tail, ref[10:], strict=True))
 
 
+def test_prefetching_during_set_up_makes_the_first_batch_ready_and_the_same(offline_data: Path, tok):
+    """prefetch_for: the trainer starts the data thread before its compile warm-up, so the cold start is off
+    the first step's clock. The batches are those made without it (also when resumed mid-stage), the first
+    one is waiting when asked for (no rewind, a wait of a millisecond or so), and a finished curriculum
+    starts nothing."""
+    cfg, cur = make(offline_data, prefetch_batches=3)
+    sts = states(cur, STEPS)
+    with DataPipeline(cfg.data, tok, cur, seed=7, prefetch=0) as plain:
+        ref, saved = run(plain, sts, save_after={7})
+    with DataPipeline(cfg.data, tok, cur, seed=7) as pipe:
+        pipe.prefetch_for(sts[0])
+        deadline = time.monotonic() + 30
+        while pipe._queue.qsize() == 0 and time.monotonic() < deadline:  # the set-up the thread overlaps
+            time.sleep(0.05)
+        first = pipe.next_batch(sts[0])
+        assert pipe.metrics()["data/wait_seconds"] < 0.1  # already made: taken from the queue
+        rest, _ = run(pipe, sts[1:])
+        got = [first, *rest]
+        assert pipe.metrics()["data/rewinds"] == 0
+    assert all(same(a, b) for a, b in zip(got, ref, strict=True))
+    with DataPipeline(cfg.data, tok, cur, seed=7) as resumed:
+        resumed.load_state_dict(pickle.loads(saved[7]))
+        resumed.prefetch_for(sts[8])
+        tail, _ = run(resumed, sts[8:])
+        assert resumed.metrics()["data/rewinds"] == 0
+    assert all(same(a, b) for a, b in zip(tail, ref[8:], strict=True))
+    done = state_at(cur, STEPS, sum(s.tokens_per_step for s in sts))
+    assert done.done
+    with DataPipeline(cfg.data, tok, cur, seed=7) as idle:
+        idle.prefetch_for(done)
+        assert idle._thread is None
+
+
 def test_unpredicted_states_rewind_to_the_right_batch(offline_data: Path, tok):
     cfg, cur = make(offline_data)
     sts = states(cur, STEPS)

@@ -82,6 +82,7 @@ class Trainer:
         check_batches_divide(self.schedule.stages, rt.world_size)
 
         resumed_from = self._maybe_resume()
+        self.data.prefetch_for(state_at(self.schedule, self.progress.step, self.progress.tokens))  # cold start ∥ set-up
         if rt.is_main and resumed_from is None:
             (self.run_dir / "config.yaml").write_text(dump_yaml(cfg), encoding="utf-8")
             if not (self.run_dir / "tokenizer.json").is_file():  # a trained BPE is already saved there
