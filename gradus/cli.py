@@ -13,7 +13,7 @@ import os
 import sys
 
 from gradus import __version__
-from gradus.errors import GradusError
+from gradus.errors import GradusError, RankAgnosticConfigError
 
 COMMANDS = {
     "train": ("train", "train a model through a staged curriculum"),
@@ -69,8 +69,9 @@ def main(argv: list[str] | None = None) -> int:
     except GradusError as err:
         if getattr(args, "debug", False):
             raise
-        for line in err.problems:
-            print(f"gradus: error: {line}", file=sys.stderr)
+        if not (isinstance(err, RankAgnosticConfigError) and os.environ.get("RANK", "0") not in ("", "0")):
+            for line in err.problems:
+                print(f"gradus: error: {line}", file=sys.stderr)
         return err.exit_code
     except KeyboardInterrupt:
         print("gradus: interrupted", file=sys.stderr)

@@ -23,6 +23,11 @@ class ConfigError(GradusError):
     exit_code = 2
 
 
+class RankAgnosticConfigError(ConfigError):
+    """A ConfigError every process of a torchrun launch finds alike (a stage's batch and the world size, a
+    checkpoint from another world size): only rank 0 says it, so eight processes print one line, not eight."""
+
+
 class DataError(GradusError):
     """A data source that cannot be read, is empty, or holds malformed records."""
 

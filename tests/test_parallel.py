@@ -13,6 +13,7 @@ import os
 import shutil
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -111,7 +112,7 @@ def test_fsdp_with_activation_checkpointing_gives_the_same_losses(runs):
     assert max(abs(plain[s] - ac[s]) for s in plain) <= 1e-6
 
 
-def test_fsdp_checkpoints_are_sharded_and_export_as_one_model(runs, offline_data, tmp_path, capsys):
+def test_fsdp_checkpoints_are_sharded_and_export_as_one_model(runs, offline_data, tmp_path, capsys, monkeypatch):
     ckpt = last_checkpoint(runs["fsdp"])
     assert is_sharded_checkpoint(ckpt) and not (ckpt / "model.safetensors").exists()
     assert sorted(p.name for p in (ckpt / "shards").glob("*.distcp")) == ["__0_0.distcp", "__1_0.distcp"]
@@ -126,6 +127,18 @@ def test_fsdp_checkpoints_are_sharded_and_export_as_one_model(runs, offline_data
     ddp = load_file(str(last_checkpoint(runs["ddp"]) / "model.safetensors"))
     assert sorted(whole) == sorted(ddp)
     assert max(float((whole[k] - ddp[k]).abs().max()) for k in ddp) < 1e-5
+    # A checkpoint folder that cannot be written (a read-only run directory; as root, os.access stands in for
+    # the permissions): the whole model goes to the temp folder, and the checkpoint is left as it was.
+    readonly, real_access = tmp_path / "readonly", os.access
+    shutil.copytree(ckpt, readonly)
+    (tmp_path / "tmp").mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path / "tmp"))
+    monkeypatch.setattr(os, "access", lambda p, mode: Path(p) != readonly and real_access(p, mode))
+    aside = consolidate(readonly)
+    assert aside.parent.parent == tmp_path / "tmp" / "gradus-consolidated" and not (readonly / "model.safetensors").exists()
+    assert all(torch.equal(load_file(str(aside))[k], whole[k]) for k in whole)
+    assert consolidate(readonly) == aside  # made once
+    monkeypatch.undo()
     # gradus eval and export read a sharded checkpoint directly.
     data = str(offline_data / "wikitext-2" / "train.jsonl")
     losses = []
@@ -209,6 +222,21 @@ def test_bad_parallel_settings_are_one_line_errors(tmp_path, tokenizer_json, off
     assert main(["train", str(path), "--out", str(tmp_path / "run")]) == 2
     err = capsys.readouterr().err
     assert expected in err and err.count("\n") == 1, err
+
+
+def test_a_batch_the_world_size_does_not_divide_is_said_once_before_the_run_directory_exists(
+        tmp_path, tokenizer_json, offline_data):
+    """Under torchrun every rank finds it; rank 0 alone says it (one line, not one per process), every rank
+    exits 2, and nothing is written."""
+    raw = raw_config(tokenizer_json, offline_data)
+    raw["curriculum"]["stages"][1]["tokens_per_batch"] = 3 * 32  # batch 3 at seq_len 32, over two processes
+    run = tmp_path / "run"
+    proc = torchrun_train(write_config(tmp_path / "odd.json", raw), run, ok=False)
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("gradus: error:")]
+    assert errors == ["gradus: error: curriculum.stages[1] batch 3 does not divide by world size 2; choose a "
+                      "batch (or tokens_per_batch) divisible by the number of processes"], proc.stderr[-2500:]
+    assert "exitcode  : 2" in proc.stderr and proc.returncode != 0  # torchrun reports the workers' exit 2
+    assert not run.exists()
 
 
 def test_a_failed_sharded_save_stops_every_rank_with_one_line(runs, tmp_path):

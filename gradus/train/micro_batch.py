@@ -14,7 +14,7 @@ from collections.abc import Callable, Iterable, Mapping
 
 import torch
 
-from gradus.errors import ConfigError, GradusError
+from gradus.errors import GradusError, RankAgnosticConfigError
 from gradus.model.sizes import ModelShape
 from gradus.plan.memory import estimate_memory, largest_fitting_micro_batch
 from gradus.train.parallel import deferred_grad_sync
@@ -22,10 +22,11 @@ from gradus.train.runtime import Runtime, host_memory_budget, rng_state, set_rng
 
 
 def check_batches_divide(stages: Iterable, world_size: int) -> None:
-    """Every stage's batch must split evenly over the ranks (a one-line ConfigError naming the stage)."""
+    """Every stage's batch must split evenly over the ranks (a one-line ConfigError naming the stage, said
+    by rank 0 alone: every rank finds it)."""
     for s in stages:
         if s.batch_size % world_size:
-            raise ConfigError(
+            raise RankAgnosticConfigError(
                 f"curriculum.stages[{s.index}] batch {s.batch_size} does not divide by world size "
                 f"{world_size}; choose a batch (or tokens_per_batch) divisible by the number of processes"
             )

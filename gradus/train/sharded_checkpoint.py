@@ -15,9 +15,11 @@ pipeline's per-rank positions do not map onto other ranks, so that needs ``--all
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
+import tempfile
 import warnings
 from pathlib import Path
 from typing import Any
@@ -164,19 +166,33 @@ class ShardedCheckpointManager(CheckpointManager):
         return state, meta
 
 
+def consolidated_path(path: Path) -> Path:
+    """Where :func:`consolidate` puts the whole model of the sharded checkpoint ``path``: in the folder itself,
+    or, when that folder cannot be written (a read-only run directory, another user's run), in the temp
+    folder under a name unique to the checkpoint (its path and ``meta.json``), so reading never needs write
+    access to the run."""
+    inside = path / "model.safetensors"
+    if inside.is_file() or os.access(path, os.W_OK):
+        return inside
+    key = hashlib.sha256(str(path.resolve()).encode() + (path / "meta.json").read_bytes()).hexdigest()[:16]
+    return Path(tempfile.gettempdir()) / "gradus-consolidated" / key / "model.safetensors"
+
+
 def consolidate(path: Path) -> Path:
-    """Write ``model.safetensors`` (the whole model, with its shape) into a sharded checkpoint folder from
-    its shards, in this one process, and return it: what ``gradus export`` / ``eval`` read. Written aside
-    and renamed, so a half-written file is never taken for the weights. Already there: returned as is."""
+    """Write ``model.safetensors`` (the whole model, with its shape) from a sharded checkpoint's shards, in
+    this one process, to :func:`consolidated_path`, and return it: what ``gradus export`` / ``eval`` read.
+    Written aside and renamed, so a half-written file is never taken for the weights. Already there:
+    returned as is."""
     import torch.distributed.checkpoint as dcp
 
     from gradus.model.gpt import GPT
     from gradus.model.sizes import ModelShape
 
     path = Path(path)
-    out = path / "model.safetensors"
+    out = consolidated_path(path)
     if out.is_file():
         return out
+    out.parent.mkdir(parents=True, exist_ok=True)
     stored = CheckpointManager.read_meta(path).get("model_shape")
     if not isinstance(stored, dict):
         raise CheckpointError(f"{path}/meta.json has no model_shape; cannot rebuild the model from its shards")
@@ -190,7 +206,7 @@ def consolidate(path: Path) -> Path:
         first = first_line(exc)
         raise CheckpointError(f"{path}/{SHARDS}: cannot be read into {model.shape.describe()} ({first})") from None
     model.load_state_dict(weights["model"])
-    tmp = path / f".model-{os.getpid()}.safetensors"
+    tmp = out.parent / f".model-{os.getpid()}.safetensors"
     try:
         model.save_safetensors(tmp)
         os.replace(tmp, out)

@@ -64,6 +64,8 @@ class Trainer:
         cfg = self.cfg
         self.rt = rt = runtime.setup_runtime(cfg.train)
         self._threads_before = runtime.set_threads(cfg.train.threads)
+        self.schedule = resolve_schedule(cfg)
+        check_batches_divide(self.schedule.stages, rt.world_size)  # before the run directory is touched
         if rt.is_main:
             self._lock = checkpoint.prepare_run_dir(self.run_dir)
         rt.barrier()
@@ -73,13 +75,11 @@ class Trainer:
         runtime.seed_everything(cfg.train.seed)
 
         self.tokenizer = load_tokenizer_on_ranks(cfg.data, self.run_dir, rt, self.console.print)
-        self.schedule = resolve_schedule(cfg)
         check_vocab_fits(cfg.model, self.tokenizer.vocab_size)
         self.shape = resolve_shape(cfg.model, self.tokenizer.vocab_size)
         self._build_parts()
         self.lagged = lag.lagged_mode(cfg.train.host_sync, rt.device, self.optimizer)  # read figures a step late
         self.compat = checkpoint.compat_signature(self.schedule, rt.world_size, self.tokenizer.identity())
-        check_batches_divide(self.schedule.stages, rt.world_size)
 
         resumed_from = self._maybe_resume()
         self.data.prefetch_for(state_at(self.schedule, self.progress.step, self.progress.tokens))  # cold start ∥ set-up
