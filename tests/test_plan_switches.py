@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
 import yaml
 
 from gradus.cli import main
@@ -83,6 +84,36 @@ def test_the_8_h100_plan_turns_on_fsdp_and_passes_its_own_check(tmp_path, capsys
     unsharded = _timeline(capsys, bare, "80GB")
     assert [s["fits"] for s in unsharded["stages"]] == [False, False, False]
     assert [round(s["memory"]["total"] / 2**30) for s in unsharded["stages"]] == [104, 110, 144]
+
+
+@pytest.mark.parametrize(("gpus", "tokens_per_step"), [(8, 196_608), (16, 131_072), (32, 262_144), (5, 327_680)])
+def test_every_stage_batch_of_a_written_plan_splits_over_its_gpus(tmp_path, capsys, gpus, tokens_per_step):
+    """The worksheet's 196,608 tokens per step gives stage C (8192) a batch of 24: fine on 8 GPUs, refused by
+    gradus train on 16. Tokens per step go to the nearest multiple of lcm(GPUs, batch_multiple 8) × 8192, and
+    the plan's own check finds nothing to say."""
+    path = tmp_path / "p.yaml"
+    out = plan(capsys, "--gpus", str(gpus), "--gpu", "h100", "--days", "14", "--write", str(path))
+    cfg = yaml.safe_load(path.read_text())
+    stages = cfg["curriculum"]["stages"]
+    assert {st["tokens_per_batch"] for st in stages} == {tokens_per_step}
+    assert all(st["tokens_per_batch"] // st["seq_len"] % gpus == 0 for st in stages)
+    assert ("splits evenly over the GPUs" in out) == (tokens_per_step != 196_608)
+    assert "rounded to batch" not in out
+    checked = _timeline(capsys, path, "80GB")
+    assert not [w for w in checked["warnings"] if "divide" in w]
+
+
+def test_the_plan_check_names_a_batch_its_world_size_does_not_divide(tmp_path, capsys):
+    path = tmp_path / "p.yaml"
+    plan(capsys, "--gpus", "8", "--gpu", "h100", "--days", "14", "--write", str(path))
+    cfg = yaml.safe_load(path.read_text())
+    cfg["curriculum"]["stages"][2]["tokens_per_batch"] = 3 * 8192
+    cfg["curriculum"]["stages"][2]["batch_multiple"] = 1
+    cfg["train"]["planned_world_size"] = 2
+    path.write_text(yaml.safe_dump(cfg))
+    warnings = _timeline(capsys, path, "80GB")["warnings"]
+    assert any(w.startswith("stage 2 (C-long-context-adaptation): batch 3 does not divide by 2 processes; gradus "
+                            "train refuses it: choose tokens_per_batch = a multiple of 2 × 8192") for w in warnings)
 
 
 def test_small_gpus_also_get_activation_checkpointing(tmp_path, capsys):

@@ -205,6 +205,10 @@ def build_timeline(
     world = hardware.gpus if hardware is not None else (cfg.train.planned_world_size or 1)
     layout = memory_layout(cfg.train, shape.n_layers, world)
     for st in cur.stages:
+        if st.batch_size % world:  # gradus train stops at start-up on such a stage: say so before the launch
+            warnings.append(f"stage {st.index} ({st.name}): batch {st.batch_size} does not divide by {world} "
+                            "processes; gradus train refuses it: choose tokens_per_batch = a multiple of "
+                            f"{world} × {st.seq_len}")
         m, warn = choose_micro_batch(shape, st, precision, device_memory, configured, world, layout)
         if warn:
             warnings.append(warn)
