@@ -13,7 +13,7 @@ import os
 import sys
 
 from gradus import __version__
-from gradus.errors import GradusError, RankAgnosticConfigError
+from gradus.errors import GradusError
 
 COMMANDS = {
     "train": ("train", "train a model through a staged curriculum"),
@@ -69,7 +69,7 @@ def main(argv: list[str] | None = None) -> int:
     except GradusError as err:
         if getattr(args, "debug", False):
             raise
-        if not (isinstance(err, RankAgnosticConfigError) and os.environ.get("RANK", "0") not in ("", "0")):
+        if not err.silent:  # a torchrun launch's other processes: one of them says it
             for line in err.problems:
                 print(f"gradus: error: {line}", file=sys.stderr)
         return err.exit_code

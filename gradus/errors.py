@@ -8,12 +8,15 @@ from __future__ import annotations
 
 
 class GradusError(Exception):
-    """A problem the user can fix. ``problems`` holds one line per problem (all reported at once)."""
+    """A problem the user can fix. ``problems`` holds one line per problem (all reported at once).
+    ``silent``: exit with the code but print nothing, because another process of the same torchrun launch
+    says it (:meth:`gradus.train.runtime.Runtime.raise_together`)."""
 
     exit_code: int = 1
 
-    def __init__(self, *problems: str):
+    def __init__(self, *problems: str, silent: bool = False):
         self.problems = [p for p in problems if p] or ["unknown error"]
+        self.silent = silent  # print nothing: another process of the same launch says it
         super().__init__("\n".join(self.problems))
 
 
@@ -21,11 +24,6 @@ class ConfigError(GradusError):
     """Bad input: a config file, a field value, a preset name, a command-line flag. Exit code 2."""
 
     exit_code = 2
-
-
-class RankAgnosticConfigError(ConfigError):
-    """A ConfigError every process of a torchrun launch finds alike (a stage's batch and the world size, a
-    checkpoint from another world size): only rank 0 says it, so eight processes print one line, not eight."""
 
 
 class DataError(GradusError):

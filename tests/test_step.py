@@ -137,6 +137,29 @@ def test_a_batch_that_does_not_split_over_the_ranks_is_a_one_line_config_error()
         def __init__(self, index: int, batch_size: int):
             self.index, self.batch_size = index, batch_size
 
-    check_batches_divide([Stage(0, 8), Stage(1, 4)], 4)
-    with pytest.raises(ConfigError, match=r"^curriculum.stages\[1\] batch 6 does not divide by world size 4;"):
-        check_batches_divide([Stage(0, 8), Stage(1, 6)], 4)
+    class Ranks(Runtime):
+        """Four ranks without a process group: ``gather`` hands back what each rank found (``found``)."""
+
+        found: list | None = None
+
+        def gather(self, value):
+            return [value if r == self.rank else (self.found or [None] * 4)[r] for r in range(self.world_size)]
+
+    def rank(r: int, found: list | None = None) -> Ranks:
+        rt = Ranks(torch.device("cpu"), "fp32", rank=r, world_size=4)
+        rt.found = found
+        return rt
+
+    check_batches_divide([Stage(0, 8), Stage(1, 4)], rank(0))
+    message = r"^curriculum.stages\[1\] batch 6 does not divide by world size 4;"
+    with pytest.raises(ConfigError, match=message) as said:
+        check_batches_divide([Stage(0, 8), Stage(1, 6)], rank(0))
+    assert not said.value.silent  # rank 0 says it
+    other = "curriculum.stages[1] batch 6 does not divide by world size 4; ..."
+    with pytest.raises(ConfigError, match=message) as quiet:
+        check_batches_divide([Stage(0, 8), Stage(1, 6)], rank(2, [other] * 4))
+    assert quiet.value.silent  # every rank raises, the others print nothing
+    # A problem only rank 3 has (its own copy of the config): every rank stops, and rank 3 says it.
+    with pytest.raises(ConfigError, match="on rank 3 only") as elsewhere:
+        check_batches_divide([Stage(0, 8), Stage(1, 4)], rank(0, [None, None, None, "on rank 3 only"]))
+    assert elsewhere.value.silent

@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 from safetensors.torch import load_model, save_model
 
-from gradus.errors import CheckpointError, ConfigError, RankAgnosticConfigError, first_line
+from gradus.errors import CheckpointError, ConfigError, first_line
 from gradus.files import make_readable
 from gradus.train import faults
 
@@ -446,8 +446,8 @@ def refuse_incompatible(path: Path, saved: dict, now: dict, allow_change: bool) 
     """Raise a one-line :class:`ConfigError` when the checkpoint at ``path`` (compat signature ``saved``)
     cannot be continued under the current one (``now``), unless ``allow_change`` (--allow-config-change)."""
     problems = describe_incompatibility(saved, now)
-    if problems and not allow_change:  # every rank reads the same checkpoint: rank 0 says it
-        raise RankAgnosticConfigError(f"{path}: cannot continue this run: " + "; ".join(problems)
+    if problems and not allow_change:
+        raise ConfigError(f"{path}: cannot continue this run: " + "; ".join(problems)
                           + "; pass --allow-config-change to continue anyway, or use a new --out")
 
 

@@ -14,22 +14,20 @@ from collections.abc import Callable, Iterable, Mapping
 
 import torch
 
-from gradus.errors import GradusError, RankAgnosticConfigError
+from gradus.errors import GradusError
 from gradus.model.sizes import ModelShape
 from gradus.plan.memory import estimate_memory, largest_fitting_micro_batch
 from gradus.train.parallel import deferred_grad_sync
 from gradus.train.runtime import Runtime, host_memory_budget, rng_state, set_rng_state
 
 
-def check_batches_divide(stages: Iterable, world_size: int) -> None:
-    """Every stage's batch must split evenly over the ranks (a one-line ConfigError naming the stage, said
-    by rank 0 alone: every rank finds it)."""
-    for s in stages:
-        if s.batch_size % world_size:
-            raise RankAgnosticConfigError(
-                f"curriculum.stages[{s.index}] batch {s.batch_size} does not divide by world size "
-                f"{world_size}; choose a batch (or tokens_per_batch) divisible by the number of processes"
-            )
+def check_batches_divide(stages: Iterable, rt: Runtime) -> None:
+    """Every stage's batch must split evenly over the ranks: a one-line ConfigError naming the stage, raised
+    on every rank and said once (:meth:`Runtime.raise_together`)."""
+    bad = next((s for s in stages if s.batch_size % rt.world_size), None)
+    rt.raise_together(None if bad is None else (
+        f"curriculum.stages[{bad.index}] batch {bad.batch_size} does not divide by world size {rt.world_size}; "
+        "choose a batch (or tokens_per_batch) divisible by the number of processes"))
 
 
 def configured_micro_batch(local: int, configured: int | None) -> int:

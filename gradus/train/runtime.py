@@ -97,6 +97,16 @@ class Runtime:
         dist.all_gather_object(gathered, value)
         return gathered
 
+    def raise_together(self, problem: str | None) -> None:
+        """A start-up check's outcome, agreed over ranks: when any rank found a problem, every rank raises a
+        ConfigError, so none is left waiting in a collective for a rank that has left; the lowest rank
+        that found it says it and the others exit silently, so a launch of eight processes prints one
+        line, not eight, and a problem only one node has (its own copy of the config) is still said."""
+        problems = self.gather(problem)
+        first = next((r for r, p in enumerate(problems) if p), None)
+        if first is not None:
+            raise ConfigError(problems[first], silent=first != self.rank)
+
     def mean_tensor(self, value: torch.Tensor) -> torch.Tensor:
         """Mean of a scalar tensor over ranks, left on the device (no host sync; itself when alone)."""
         if not self.distributed:

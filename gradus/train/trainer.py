@@ -65,7 +65,7 @@ class Trainer:
         self.rt = rt = runtime.setup_runtime(cfg.train)
         self._threads_before = runtime.set_threads(cfg.train.threads)
         self.schedule = resolve_schedule(cfg)
-        check_batches_divide(self.schedule.stages, rt.world_size)  # before the run directory is touched
+        check_batches_divide(self.schedule.stages, rt)  # before the run directory is touched
         if rt.is_main:
             self._lock = checkpoint.prepare_run_dir(self.run_dir)
         rt.barrier()
