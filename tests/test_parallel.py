@@ -135,7 +135,8 @@ def test_fsdp_checkpoints_are_sharded_and_export_as_one_model(runs, offline_data
     monkeypatch.setattr(tempfile, "tempdir", str(tmp_path / "tmp"))
     monkeypatch.setattr(os, "access", lambda p, mode: Path(p) != readonly and real_access(p, mode))
     aside = consolidate(readonly)
-    assert aside.parent.parent == tmp_path / "tmp" / "gradus-consolidated" and not (readonly / "model.safetensors").exists()
+    assert aside.parent.parent == tmp_path / "tmp" / f"gradus-consolidated-{os.getuid()}"
+    assert not (readonly / "model.safetensors").exists() and aside.parent.parent.stat().st_mode & 0o777 == 0o700
     assert all(torch.equal(load_file(str(aside))[k], whole[k]) for k in whole)
     assert consolidate(readonly) == aside  # made once
     monkeypatch.undo()

@@ -168,14 +168,25 @@ class ShardedCheckpointManager(CheckpointManager):
 
 def consolidated_path(path: Path) -> Path:
     """Where :func:`consolidate` puts the whole model of the sharded checkpoint ``path``: in the folder itself,
-    or, when that folder cannot be written (a read-only run directory, another user's run), in the temp
-    folder under a name unique to the checkpoint (its path and ``meta.json``), so reading never needs write
-    access to the run."""
+    or, when that folder cannot be written (a read-only run directory, another user's run), in this user's
+    folder in the temp folder under a name unique to the checkpoint (its path and ``meta.json``), so reading
+    never needs write access to the run. Those copies are not cleaned up: the temp folder's rules apply."""
     inside = path / "model.safetensors"
     if inside.is_file() or os.access(path, os.W_OK):
         return inside
-    key = hashlib.sha256(str(path.resolve()).encode() + (path / "meta.json").read_bytes()).hexdigest()[:16]
-    return Path(tempfile.gettempdir()) / "gradus-consolidated" / key / "model.safetensors"
+    # This user's own folder (0700, checked to be theirs), so nobody else can plant the weights it reads.
+    mine = Path(tempfile.gettempdir()) / f"gradus-consolidated-{os.getuid()}"
+    try:
+        mine.mkdir(mode=0o700, exist_ok=True)
+        owner = mine.stat().st_uid
+    except OSError as exc:
+        raise CheckpointError(f"{path} cannot be written and {mine} cannot be made ({exc.strerror or exc}); copy "
+                              "the checkpoint somewhere writable") from None
+    if owner != os.getuid():
+        raise CheckpointError(f"{mine} belongs to another user; remove it, or copy {path} somewhere writable")
+    meta = CheckpointManager.read_meta(path)
+    key = hashlib.sha256(f"{path.resolve()}|{json.dumps(meta, sort_keys=True)}".encode()).hexdigest()[:16]
+    return mine / key / "model.safetensors"
 
 
 def consolidate(path: Path) -> Path:
