@@ -103,6 +103,17 @@ def test_every_stage_batch_of_a_written_plan_splits_over_its_gpus(tmp_path, caps
     assert not [w for w in checked["warnings"] if "divide" in w]
 
 
+def test_given_tokens_per_step_that_do_not_split_over_the_gpus_are_refused_in_one_line(tmp_path, capsys):
+    assert main(["plan", "--gpus", "16", "--gpu", "h100", "--days", "14", "--tokens-per-step", "196608",
+                 "--write", str(tmp_path / "p.yaml")]) == 2
+    err = capsys.readouterr().err
+    assert err == ("gradus: error: --tokens-per-step 196608: stage C's batch of 24 × 8192 does not split over 16 "
+                   "GPUs in whole multiples of 8; give a multiple of 131,072 (16 × 8192), or leave it out to have "
+                   "one chosen\n")
+    assert not (tmp_path / "p.yaml").exists()
+    assert main(["plan", "--gpus", "16", "--gpu", "h100", "--days", "14", "--tokens-per-step", "262144"]) == 0
+
+
 def test_the_plan_check_names_a_batch_its_world_size_does_not_divide(tmp_path, capsys):
     path = tmp_path / "p.yaml"
     plan(capsys, "--gpus", "8", "--gpu", "h100", "--days", "14", "--write", str(path))

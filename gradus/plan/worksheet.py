@@ -168,14 +168,17 @@ def make_plan(inp: PlanInputs) -> Plan:
     long = inp.long_seq_len or 4 * base
     short = max(64, base // 2)
     tps = inp.tokens_per_step or tokens_per_step_for(n, long)
-    unit = math.lcm(hw.gpus, BATCH_MULTIPLE) * long if hw is not None else long
-    if inp.tokens_per_step is None and tps % unit:
+    if hw is not None and tps % (unit := math.lcm(hw.gpus, BATCH_MULTIPLE) * long):
         # Every stage's batch must split over the GPUs (gradus train refuses it otherwise) and stay a whole
         # multiple of batch_multiple (else resolve rounds it off that split): the nearest multiple of
         # lcm(GPUs, batch_multiple) × stage C's length (ties down: more steps); shorter stages divide it too.
+        if inp.tokens_per_step is not None:
+            raise ConfigError(f"--tokens-per-step {tps}: stage C's batch of {tps / long:g} × {long} does not split "
+                              f"over {hw.gpus} GPUs in whole multiples of {BATCH_MULTIPLE}; give a multiple of "
+                              f"{unit:,} ({unit // long} × {long}), or leave it out to have one chosen")
         wanted, tps = tps, unit * max(1, math.floor(tps / unit + 0.5 - 1e-9))
         explanation.append(f"tokens per step {wanted:,} → {tps:,}: a multiple of {unit // long} × {long} "
-                           f"(lcm of {hw.gpus if hw else 1} GPU(s) and batch_multiple {BATCH_MULTIPLE}), so every "
+                           f"(lcm of {hw.gpus} GPU(s) and batch_multiple {BATCH_MULTIPLE}), so every "
                            "stage's batch splits evenly over the GPUs")
     if tps < long:
         raise ConfigError(f"--tokens-per-step {tps}: less than one sequence of stage C's length {long}; raise it")
