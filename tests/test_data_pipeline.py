@@ -130,9 +130,8 @@ def test_prefetching_during_set_up_makes_the_first_batch_ready_and_the_same(offl
         ref, saved = run(plain, sts, save_after={7})
     with DataPipeline(cfg.data, tok, cur, seed=7) as pipe:
         pipe.prefetch_for(sts[0])
-        deadline = time.monotonic() + 30
-        while pipe._queue.qsize() == 0 and time.monotonic() < deadline:  # the set-up the thread overlaps
-            time.sleep(0.05)
+        pipe.settle()  # the set-up the thread overlaps: it fills its queue meanwhile
+        assert pipe._queue.full()
         first = pipe.next_batch(sts[0])
         assert pipe.metrics()["data/wait_seconds"] < 0.1  # already made: taken from the queue
         rest, _ = run(pipe, sts[1:])

@@ -97,6 +97,9 @@ def test_resume_repeats_uninterrupted_run_bit_for_bit(stop, full_run, tmp_path, 
     assert got == expected  # exact float equality, every step
     a, b = weights(full_run), weights(tmp_path)
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    # The data thread, started during set-up for the state resumed at, made what the first step asked for.
+    rewinds = [r["data/rewinds"] for r in read_metrics(tmp_path / "metrics.jsonl") if "data/rewinds" in r]
+    assert rewinds and set(rewinds) == {0.0}
 
 
 OLD_PAYLOAD_KEYS = ["progress", "data", "guard", "rng", "scaler", "world_size"]

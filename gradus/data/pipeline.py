@@ -331,6 +331,15 @@ class DataPipeline:
             return
         self._start(self._spec_of_state(state), state.step + 1)
 
+    def settle(self, timeout: float = 60.0) -> None:
+        """Wait (up to ``timeout`` s) until the data thread has filled its queue and sits idle: for a
+        benchmark that times something else right after set-up and should not share the CPU with the cold
+        start :meth:`prefetch_for` began. Returns at once without a thread."""
+        deadline = time.perf_counter() + timeout
+        while (self._thread is not None and self._queue is not None and self._thread.is_alive()
+               and not self._queue.full() and time.perf_counter() < deadline):
+            time.sleep(0.01)
+
     def _start(self, spec: _Spec, next_step: int) -> None:
         self._queue = queue.Queue(maxsize=max(1, self.prefetch))
         self._stop_event = threading.Event()
