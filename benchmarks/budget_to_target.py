@@ -137,13 +137,13 @@ def analyse(reports: list[dict]) -> dict:
 def table(report: dict) -> str:
     """The rows as text."""
     budgets = [i["budget"] for i in report["inputs"]]
-    head = f"{'arm':<20}" + "".join(f"{f'final@{b // 1024}k':>12}" for b in budgets)
+    head = f"{'arm':<20}" + "".join(f"{f'final@{b // 1000}k':>12}" for b in budgets)
     head += f"{'to target':>12}{'speedup':>10}{'×cal':>7}{'seeds':>22}{'crossing':>10}"
     lines = [f"target {report['target']:.4f} ({report['target_from']})", head]
     for a in report["arms"]:
         finals = "".join(f"{v:>12.4f}" if (v := a["final_val_loss_by_budget"][str(b)]) is not None else f"{'—':>12}"
                          for b in budgets)
-        to = (f"{'≤' if a['speedup_budget_is_lower_bound'] else ''}{a['budget_to_target'] / 1024:.0f}k"
+        to = (f"{'≤' if a['speedup_budget_is_lower_bound'] else ''}{a['budget_to_target'] / 1000:.0f}k"
               if a["budget_to_target"] else "—")
         sp = (f"{'≥' if a['speedup_budget_is_lower_bound'] else ''}{a['speedup_budget']:.2f}×"
               if a["speedup_budget"] else "<1")

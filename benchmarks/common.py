@@ -35,6 +35,16 @@ def is_baseline(name: str) -> bool:
     return arm.baseline if arm is not None else name.startswith("baseline")
 
 
+def calibration_cost(report: dict) -> dict[tuple[int, int], float]:
+    """A ``curriculum_speedup.py`` result's calibrated seconds per token of each shape, keyed (seq_len, tokens
+    per step) as :mod:`gradus.experiments.analysis` wants them (the file writes "LxB": length L, B rows)."""
+    cost = {}
+    for key, seconds in report["calibration"]["seconds_per_token"].items():
+        length, rows = (int(x) for x in key.split("x"))
+        cost[(length, length * rows)] = seconds
+    return cost
+
+
 def write_result(path: Path, report: dict) -> Path:
     """Write a result file as indented JSON (folders created); returns the path."""
     path.parent.mkdir(parents=True, exist_ok=True)

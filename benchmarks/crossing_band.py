@@ -26,25 +26,15 @@ from collections.abc import Sequence
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import RESULTS, is_baseline, read_result, write_result  # noqa: E402 (the benchmarks folder is not a package)
+from common import RESULTS, calibration_cost, is_baseline, read_result, write_result  # noqa: E402 (the benchmarks folder is not a package)
 
 from gradus.experiments.analysis import add_speedups, seed_shift, shifted_speedups  # noqa: E402
-
-
-def cost_of(report: dict) -> dict[tuple[int, int], float]:
-    """The calibrated seconds per token of each shape, keyed (seq_len, tokens per step) as the analysis wants
-    them, from the result file's ``calibration`` ("LxB" = length L, B sequences per step)."""
-    cost = {}
-    for key, seconds in report["calibration"]["seconds_per_token"].items():
-        length, batch = (int(x) for x in key.split("x"))
-        cost[(length, length * batch)] = seconds
-    return cost
 
 
 def bands(report: dict, source: str) -> list[dict]:
     """One row per curriculum arm of a ``curriculum_speedup.py`` report: its point speedups (recomputed the
     way the benchmark computes them) and their bands."""
-    cost, base = cost_of(report), report["baseline"]
+    cost, base = calibration_cost(report), report["baseline"]
     shift = seed_shift(base["final_val_loss_seeds"])
     rows = []
     for arm in report["arms"]:

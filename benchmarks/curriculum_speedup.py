@@ -77,7 +77,7 @@ os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import REPO, RESULTS, machine, save_plot, write_result  # noqa: E402 (benchmarks is not a package)
+from common import REPO, RESULTS, calibration_cost, is_baseline, machine, save_plot, write_result  # noqa: E402 (benchmarks is not a package)
 
 from gradus.experiments.analysis import (  # noqa: E402,F401 (to_target, calibrated_seconds ... re-exported)
     CALIBRATION_PERCENTILE,
@@ -170,7 +170,7 @@ def table(report: dict) -> str:
         if finalists := finalists_text(rec.get("lr_finalists", {})):
             lines.append(f"  {rec['name']} {finalists}")
     for rec in report["arms"]:
-        if (band := band_text(rec)) and not getattr(ARMS.get(rec["name"]), "baseline", True):
+        if (band := band_text(rec)) and not is_baseline(rec["name"]):
             lines.append(f"  {rec['name']} band: {band} (half the baseline's seed spread of final loss)")
     for rec in report["arms"]:
         if rec.get("speedup_tokens_vs_regime_baseline") and rec["name"] != "baseline-big":
@@ -248,8 +248,7 @@ def plot(report: dict, path: Path) -> None:
     fig, axes = plt.subplots(len(regimes), 3, figsize=(18, 4.8 * len(regimes)), squeeze=False)
     colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
     color = {r["name"]: colors[i % len(colors)] for i, r in enumerate(records)}
-    cost = {tuple(int(x) for x in k.split("x")): v for k, v in report["calibration"]["seconds_per_token"].items()}
-    cost = {(L, L * b): v for (L, b), v in cost.items()}
+    cost = calibration_cost(report)
     for row, regime in enumerate(regimes):
         shown = [r for r in records if r["regime"] == regime or r is report["baseline"]]
         for col, axis in enumerate(("tokens", "seconds", "calibrated")):
