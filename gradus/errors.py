@@ -10,13 +10,16 @@ from __future__ import annotations
 class GradusError(Exception):
     """A problem the user can fix. ``problems`` holds one line per problem (all reported at once).
     ``silent``: exit with the code but print nothing, because another process of the same torchrun launch
-    says it (:meth:`gradus.train.runtime.Runtime.raise_together`)."""
+    says it (:meth:`gradus.train.runtime.Runtime.raise_together`). ``agreed``: every rank raised it at the same
+    point (after agreeing over ranks), so they can leave the process group together (a rank that tears its
+    gloo threads down while another still talks to it can make that one abort before it prints)."""
 
     exit_code: int = 1
 
-    def __init__(self, *problems: str, silent: bool = False):
+    def __init__(self, *problems: str, silent: bool = False, agreed: bool = False):
         self.problems = [p for p in problems if p] or ["unknown error"]
         self.silent = silent  # print nothing: another process of the same launch says it
+        self.agreed = agreed  # raised on every rank together: they may wait for each other before leaving
         super().__init__("\n".join(self.problems))
 
 

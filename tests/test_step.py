@@ -163,3 +163,23 @@ def test_a_batch_that_does_not_split_over_the_ranks_is_a_one_line_config_error()
     with pytest.raises(ConfigError, match="on rank 3 only") as elsewhere:
         check_batches_divide([Stage(0, 8), Stage(1, 4)], rank(0, [None, None, None, "on rank 3 only"]))
     assert elsewhere.value.silent
+
+
+def test_an_error_every_rank_raised_together_leaves_the_process_group_together(monkeypatch, tmp_path):
+    """train(): after an error the ranks agreed on (raise_together, a failed sharded save) they wait for each other
+    before leaving the group, as after a finished run; after any other error nobody waits for ranks that may
+    never come."""
+    import pytest
+
+    from gradus.errors import ConfigError, DataError
+    from gradus.train import trainer as trainer_module
+
+    seen: list[bool] = []
+    monkeypatch.setattr(trainer_module.Trainer, "close", lambda self, clean=False: seen.append(clean))
+    for error, clean in ((ConfigError("all of them", agreed=True), True), (DataError("this rank's file"), False)):
+        def fail(self, error=error):
+            raise error
+        monkeypatch.setattr(trainer_module.Trainer, "setup", fail)
+        with pytest.raises(type(error)):
+            trainer_module.train(None, tmp_path)
+        assert seen.pop() is clean

@@ -105,7 +105,7 @@ class Runtime:
         problems = self.gather(problem)
         first = next((r for r, p in enumerate(problems) if p), None)
         if first is not None:
-            raise ConfigError(problems[first], silent=first != self.rank)
+            raise ConfigError(problems[first], silent=first != self.rank, agreed=True)
 
     def mean_tensor(self, value: torch.Tensor) -> torch.Tensor:
         """Mean of a scalar tensor over ranks, left on the device (no host sync; itself when alone)."""

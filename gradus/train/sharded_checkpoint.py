@@ -103,7 +103,7 @@ class ShardedCheckpointManager(CheckpointManager):
             prev = self.latest()
             kept = f"the previous checkpoint {prev.name} is intact" if prev else "no earlier checkpoint exists"
             raise CheckpointError(f"could not write checkpoint {final}: {why}; {kept}; free disk space or choose "
-                                  f"another --out")
+                                  f"another --out", agreed=True)  # every rank learnt it in _each_rank
         if main:
             self._prune()
         return final

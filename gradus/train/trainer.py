@@ -366,8 +366,7 @@ class Trainer:
         return RunResult(self.run_dir, pr.step, pr.tokens, reason, pr.best_val_loss, last_val or {}, pr.train_seconds)
 
     def close(self, clean: bool = False) -> None:
-        """Release files, loader threads and the process group (``clean``: every rank finished the run, so
-        they leave together: :func:`runtime.teardown_runtime`)."""
+        """Release files, loader threads and the process group (``clean``: every rank got here together, so they leave together)."""
         for part in ("metrics", "data"):
             obj = getattr(self, part, None)
             if obj is not None:
@@ -387,14 +386,15 @@ def train(cfg: GradusConfig, run_dir: str | Path, *, resume: bool = True, allow_
     ``on_step``: see :class:`Trainer`."""
     trainer = Trainer(cfg, run_dir, resume=resume, allow_config_change=allow_config_change, quiet=quiet,
                       on_step=on_step)
-    result = None
+    result, agreed = None, False
     try:
         trainer.setup()
         result = trainer.fit(stop_at_step=stop_at_step)
     except BaseException as exc:
         recovery.record_failure(trainer, exc)
+        agreed = getattr(exc, "agreed", False)  # every rank raised it: they leave the group together too
         raise
     finally:
-        trainer.close(clean=result is not None)
+        trainer.close(clean=result is not None or agreed)
     recovery.record_result(trainer, result)
     return result
