@@ -11,6 +11,7 @@ import argparse
 import importlib
 import os
 import sys
+import time
 
 from gradus import __version__
 from gradus.errors import GradusError
@@ -29,6 +30,10 @@ COMMANDS = {
     "sweep": ("sweep", "run arms that vary config values (or a named ablation) and compare their curves"),
     "compare": ("compare", "the curriculum against a no-curriculum baseline: speedup in tokens and wall-clock"),
 }
+
+
+SILENT_EXIT_DELAY_S = 3.0
+"""How long a process whose error another process reports waits before exiting (see :func:`main`)."""
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -69,9 +74,14 @@ def main(argv: list[str] | None = None) -> int:
     except GradusError as err:
         if getattr(args, "debug", False):
             raise
-        if not err.silent:  # a torchrun launch's other processes: one of them says it
+        if not err.silent:
             for line in err.problems:
                 print(f"gradus: error: {line}", file=sys.stderr)
+        else:
+            # Another process of this torchrun launch says it. torchrun stops every worker as soon as one
+            # exits with an error, so the quiet ones leave last: otherwise the one that speaks could be
+            # killed before it prints (seen in loaded test runs).
+            time.sleep(SILENT_EXIT_DELAY_S)
         return err.exit_code
     except KeyboardInterrupt:
         print("gradus: interrupted", file=sys.stderr)

@@ -102,8 +102,9 @@ class ShardedCheckpointManager(CheckpointManager):
                 shutil.rmtree(tmp, ignore_errors=True)
             prev = self.latest()
             kept = f"the previous checkpoint {prev.name} is intact" if prev else "no earlier checkpoint exists"
+            # Every rank learnt it in _each_rank: they leave together, and rank 0 alone says it.
             raise CheckpointError(f"could not write checkpoint {final}: {why}; {kept}; free disk space or choose "
-                                  f"another --out", agreed=True)  # every rank learnt it in _each_rank
+                                  f"another --out", agreed=True, silent=not main)
         if main:
             self._prune()
         return final
