@@ -203,6 +203,11 @@ def to_target(tokens: Sequence[float], seconds: Sequence[float], losses: Sequenc
     return None, None
 
 
+def curve_to_target(curve: dict, target: float) -> tuple[float | None, float | None]:
+    """:func:`to_target` on a record's JSON ``curve`` (``tokens``, ``seconds``, ``val_loss`` with None for inf)."""
+    return to_target(curve["tokens"], curve["seconds"], clean(curve["val_loss"]), target)
+
+
 def seconds_at(curve: dict, tokens: float) -> float | None:
     """Training seconds at a token count, interpolated on a curve (for marking stage switches on the time axis)."""
     xs, ys = curve["tokens"], curve["seconds"]
@@ -235,9 +240,9 @@ def add_speedups(rec: dict, ref: dict, cost: dict[tuple[int, int], float], suffi
         rec.update(dict.fromkeys(names))
         rec["speedup_kind" + suffix] = "the reference diverged"
         return
-    r_tok, r_sec = to_target(rc["tokens"], rc["seconds"], clean(rc["val_loss"]), target)
+    r_tok, r_sec = curve_to_target(rc, target)
     if r_tok is not None and r_sec is not None:
-        f_tok, f_sec = to_target(fc["tokens"], fc["seconds"], clean(fc["val_loss"]), target)
+        f_tok, f_sec = curve_to_target(fc, target)
         assert f_tok is not None and f_sec is not None
         cal = calibrated_seconds(rec["stages"], cost, r_tok)
         values = (f_tok / r_tok, f_sec / r_sec if r_sec else None,
@@ -246,7 +251,7 @@ def add_speedups(rec: dict, ref: dict, cost: dict[tuple[int, int], float], suffi
         rec["speedup_kind" + suffix] = "to the reference's final loss: reference's cost / this arm's"
         return
     final = clean(rc["val_loss"])[-1]
-    f_tok, f_sec = to_target(fc["tokens"], fc["seconds"], clean(fc["val_loss"]), final)
+    f_tok, f_sec = curve_to_target(fc, final)
     if f_tok is None or f_sec is None or not math.isfinite(final):
         rec.update(dict.fromkeys(names))
         rec["speedup_kind" + suffix] = "reference's final loss not reached; the reference was never as bad"
@@ -281,14 +286,14 @@ def shifted_speedups(rec: dict, ref: dict, cost: dict[tuple[int, int], float], s
     target = clean(fc["val_loss"])[-1]
     if not math.isfinite(target):
         return out
-    f_tok, _ = to_target(fc["tokens"], fc["seconds"], clean(fc["val_loss"]), target)
-    r_tok, _ = to_target(rc["tokens"], rc["seconds"], clean(rc["val_loss"]), target)
+    f_tok, _ = curve_to_target(fc, target)
+    r_tok, _ = curve_to_target(rc, target)
     if f_tok is None or r_tok is None:
         return out
     f_cal = calibrated_seconds(ref["stages"], cost, f_tok)
     tokens, calibrated = [], []
     for level in (target - shift, target + shift):  # the curve sat higher (a slower arm), then lower
-        tok, _ = to_target(rc["tokens"], rc["seconds"], clean(rc["val_loss"]), level)
+        tok, _ = curve_to_target(rc, level)
         cal = calibrated_seconds(rec["stages"], cost, tok) if tok else None
         tokens.append(f_tok / tok if tok else None)
         calibrated.append(f_cal / cal if cal else None)
