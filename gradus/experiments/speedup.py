@@ -83,6 +83,8 @@ def make_config(s: Settings, arm: Arm, lr: float, seed: int, data: Path, tokeniz
             "eval_at_stage_change": False,
             "early_stopping_patience": None,
             "checkpoint_every": None,
+            # Written only when set, so the configs of runs of record (and --reuse's identity check) stay as they were.
+            **({"checkpoint_every_tokens": s.checkpoint_every_tokens} if s.checkpoint_every_tokens else {}),
             "device": "cpu",
             "compile": "off",
         },

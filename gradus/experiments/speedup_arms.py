@@ -63,6 +63,9 @@ class Settings:
     when an arm needs it (the ``seqwarm-lrfind`` arm's per-stage multipliers)."""
     lr_find_steps: int = 100
     """Steps of each length's LR sweep (1e-6 → 1)."""
+    checkpoint_every_tokens: int | None = None
+    """Tokens between a run's checkpoints, so a benchmark killed mid-run (a session's end) resumes that run
+    where it stopped; None: at stage ends only (the runs of record, whose configs stay as they were)."""
     lanes: int = 256
     """``data.packing.lanes`` of every run (gradus's default): each row of a batch from its own stream, up to
     this many; 1 = a batch is consecutive windows of one stream (attempts 1-3 below, in BENCHMARKS.md)."""

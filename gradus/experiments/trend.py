@@ -1,0 +1,148 @@
+"""How a speedup changes as a run grows: a weighted straight line of speedup against log2(budget), and an
+honest forecast from it (issue 29).
+
+A point is one budget's measured speedup with its band (the speedup if the curriculum's curve sat half the
+baseline's seed spread higher / lower: :func:`gradus.experiments.analysis.shifted_speedups`). The fit weighs each
+point by its band (a wide band says little), and its uncertainty is scaled up by the scatter about the line
+when the points disagree more than their bands say (reduced chi-square above 1), so two lucky points cannot
+make a confident trend. Pure Python: used by ``benchmarks/speedup_vs_budget.py`` and ``gradus compare
+--budgets``, and by tests that check it against a known line.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+
+MIN_SIGMA_RATIO = 0.02
+"""A point's uncertainty is at least this share of its speedup: a zero-width band (two curves that fall steeply
+through the target) is not infinitely precise."""
+
+
+@dataclass(frozen=True)
+class TrendPoint:
+    """One budget's speedup and its band."""
+
+    budget_tokens: float
+    speedup: float
+    band: tuple[float | None, float | None] | None = None
+    """(low, high); None or a missing end: the point's uncertainty is the floor (:data:`MIN_SIGMA_RATIO`)."""
+
+    @property
+    def sigma(self) -> float:
+        """Half the band's width (an end that never reaches the target counts as the point itself), floored."""
+        floor = MIN_SIGMA_RATIO * abs(self.speedup)
+        if not self.band:
+            return floor
+        lo, hi = (x if x is not None and math.isfinite(x) else self.speedup for x in self.band)
+        return max(floor, abs(hi - lo) / 2)
+
+
+@dataclass(frozen=True)
+class Trend:
+    """speedup ≈ intercept + slope · log2(budget): ``slope`` is the change per doubling of the budget."""
+
+    slope: float
+    slope_se: float
+    intercept: float
+    points: int
+    chi2_reduced: float | None
+    """Weighted scatter about the line per degree of freedom (None with two points: no degree left)."""
+    budget_min: float
+    budget_max: float
+    cov: tuple[float, float, float]
+    """Variance of the intercept, covariance, variance of the slope (x = log2 budget)."""
+
+    def at(self, budget: float) -> float:
+        """The fitted speedup at ``budget`` tokens."""
+        return self.intercept + self.slope * math.log2(budget)
+
+    def se_at(self, budget: float) -> float:
+        """Standard error of the fitted line at ``budget`` tokens."""
+        x = math.log2(budget)
+        var_a, cov_ab, var_b = self.cov
+        return math.sqrt(max(0.0, var_a + 2 * x * cov_ab + x * x * var_b))
+
+    def to_json(self) -> dict:
+        """The fit as a JSON object (with its slope's 95% interval)."""
+        out = asdict(self)
+        out["cov"] = list(self.cov)
+        out["slope_per_doubling_95"] = [self.slope - 1.96 * self.slope_se, self.slope + 1.96 * self.slope_se]
+        out["x"] = "log2(budget_tokens)"
+        return out
+
+
+def fit_trend(points: Sequence[TrendPoint]) -> Trend:
+    """Weighted least squares of speedup on log2(budget), weights 1/sigma²; the covariance is scaled by the
+    reduced chi-square when that is above 1. Needs two points at two different budgets (ValueError)."""
+    pts = [p for p in points if p.speedup is not None and math.isfinite(p.speedup)]
+    if len({p.budget_tokens for p in pts}) < 2:
+        raise ValueError("a trend needs speedups at two or more different budgets")
+    w = [1 / p.sigma ** 2 for p in pts]
+    x = [math.log2(p.budget_tokens) for p in pts]
+    y = [p.speedup for p in pts]
+    sw = sum(w)
+    sx = sum(wi * xi for wi, xi in zip(w, x, strict=True))
+    sy = sum(wi * yi for wi, yi in zip(w, y, strict=True))
+    sxx = sum(wi * xi * xi for wi, xi in zip(w, x, strict=True))
+    sxy = sum(wi * xi * yi for wi, xi, yi in zip(w, x, y, strict=True))
+    det = sw * sxx - sx * sx
+    slope = (sw * sxy - sx * sy) / det
+    intercept = (sy - slope * sx) / sw
+    dof = len(pts) - 2
+    chi2 = sum(wi * (yi - intercept - slope * xi) ** 2 for wi, xi, yi in zip(w, x, y, strict=True))
+    chi2_reduced = chi2 / dof if dof > 0 else None
+    scale = max(1.0, chi2_reduced) if chi2_reduced is not None else 1.0
+    var_a, cov_ab, var_b = sxx / det * scale, -sx / det * scale, sw / det * scale
+    return Trend(slope=slope, slope_se=math.sqrt(var_b), intercept=intercept, points=len(pts),
+                 chi2_reduced=chi2_reduced, budget_min=min(p.budget_tokens for p in pts),
+                 budget_max=max(p.budget_tokens for p in pts), cov=(var_a, cov_ab, var_b))
+
+
+@dataclass(frozen=True)
+class Forecast:
+    """The trend read at a budget: the fitted speedup, a 95% interval, and how far that reaches past the data."""
+
+    budget_tokens: float
+    speedup: float
+    low: float
+    high: float
+    doublings_beyond: float
+    """log2(budget / the largest budget measured); negative or 0 inside the measured range."""
+    sentence: str
+
+    def to_json(self) -> dict:
+        """The forecast as a JSON object."""
+        return asdict(self)
+
+
+def forecast(trend: Trend, budget: float) -> Forecast:
+    """The speedup the trend gives at ``budget`` tokens, with ±1.96 standard errors of the line (floored at 1×
+    below: no curriculum is forced to run, so a forecast under 1 means "no gain"), and a sentence saying how far
+    the reading goes beyond the budgets measured."""
+    mid = trend.at(budget)
+    se = trend.se_at(budget)
+    low, high = mid - 1.96 * se, mid + 1.96 * se
+    beyond = math.log2(budget / trend.budget_max)
+    if beyond <= 0 and budget >= trend.budget_min:
+        reach = "inside the budgets measured"
+    elif beyond > 0:
+        reach = (f"{beyond:.1f} doublings beyond the largest budget measured ({_tokens(trend.budget_max)}); a straight "
+                 "line in log(budget) is an assumption there, and the interval only covers the fit's own uncertainty")
+    else:
+        reach = f"below the smallest budget measured ({_tokens(trend.budget_min)})"
+    gain = (f"{mid:.2f}× (95% interval {max(low, 0):.2f}–{high:.2f}×)" if mid >= 1 else
+            f"no gain expected ({mid:.2f}×, 95% interval {max(low, 0):.2f}–{high:.2f}×)")
+    sentence = (f"at {_tokens(budget)} tokens the trend of {trend.points} budgets gives {gain}, "
+                f"{trend.slope:+.2f}× per doubling of the budget; {reach}")
+    return Forecast(budget_tokens=budget, speedup=mid, low=low, high=high, doublings_beyond=beyond, sentence=sentence)
+
+
+def _tokens(n: float) -> str:
+    """A token count as people write it: 524k, 1.05M, 2.1B."""
+    for div, unit in ((1e9, "B"), (1e6, "M"), (1e3, "k")):
+        if n >= div:
+            v = n / div
+            return f"{v:.3g}{unit}"
+    return f"{n:.0f}"
