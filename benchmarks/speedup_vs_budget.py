@@ -146,6 +146,8 @@ def point(report: dict, earlier: list[dict]) -> dict:
         pts = [(r["settings"]["budget"], arms_of(r)[best]["final_val_loss"])
                for r in [*earlier, report] if best in arms_of(r)]
         at, how = budget_to_target(pts, report["target"])
+        if at and at >= budget:  # reached only at this budget itself (or "at most" the smallest): no reading
+            at, how = None, "only at this budget" if how == "interpolated" else "no smaller budget run"
         if at:
             annealed = budget / at
             base = report["baseline"]
@@ -163,6 +165,8 @@ def point(report: dict, earlier: list[dict]) -> dict:
         "speedup_tokens_annealed": annealed,
         "speedup_wallclock_annealed": annealed_cal,
         "annealed_kind": how,
+        # "at most": the smallest budget run already reaches the target, so the annealed speedup is a lower bound.
+        "annealed_lower_bound": how == "at most",
         "seeds": report["settings"]["seeds"],
         "target": report["target"],
         "baseline": report["baseline"]["name"],
@@ -242,7 +246,7 @@ def plot(summary: dict, path: Path) -> None:
         ax.plot(xs, [t["intercept"] + t["slope"] * math.log2(x * params) for x in xs], "--", color="C0", alpha=0.6,
                 label=f"fit (calibrated): {t['slope']:+.2f}× per doubling")
     ax.axhline(1.0, color="grey", lw=0.8)
-    ax.axvline(20.0, color="grey", lw=0.8, ls=":")
+    ax.axvline(20.0, color="grey", lw=0.8, ls=":", label="compute-optimal: 20 tokens per parameter")
     ax.set_xscale("log")
     ax.set_xlabel(f"tokens per parameter ({summary['model_params']:,} parameters, embeddings included)")
     ax.set_ylabel("speedup to the tuned baseline's final loss")

@@ -1,0 +1,108 @@
+"""The speedup trend (gradus.experiments.trend) and the benchmark that reports it (benchmarks/speedup_vs_budget.py):
+a known line is recovered, the uncertainty grows with scatter, the forecast says how far it reaches, and the
+benchmark's summary is built from per-budget result files without training."""
+
+from __future__ import annotations
+
+import json
+import math
+import shutil
+import sys
+from pathlib import Path
+
+import pytest
+
+from gradus.experiments.trend import TrendPoint, fit_trend, forecast
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def test_a_straight_line_in_log_budget_is_recovered_exactly():
+    # speedup = 3.0 - 0.25 * log2(budget / 2^18): 3.0 at 262k, 2.5 at 1M, 2.0 at 4M
+    pts = [TrendPoint(2 ** e, 3.0 - 0.25 * (e - 18), (2.9 - 0.25 * (e - 18), 3.1 - 0.25 * (e - 18)))
+           for e in (18, 19, 20, 21, 22)]
+    t = fit_trend(pts)
+    assert t.slope == pytest.approx(-0.25, abs=1e-12)
+    assert t.at(2 ** 20) == pytest.approx(2.5, abs=1e-12)
+    assert t.chi2_reduced == pytest.approx(0.0, abs=1e-12)
+    # No scatter: the slope's error comes from the bands alone (sigma 0.1 at 5 points, x spread 1..5 doublings).
+    assert t.slope_se == pytest.approx(0.1 / math.sqrt(10), rel=1e-9)
+
+
+def test_scatter_beyond_the_bands_widens_the_slope_error():
+    tight = [TrendPoint(2 ** e, 2.0, (1.98, 2.02)) for e in (18, 19, 20)]
+    noisy = [TrendPoint(2 ** 18, 2.0, (1.98, 2.02)), TrendPoint(2 ** 19, 2.6, (2.58, 2.62)),
+             TrendPoint(2 ** 20, 2.0, (1.98, 2.02))]
+    assert fit_trend(noisy).chi2_reduced > 100
+    assert fit_trend(noisy).slope_se > 10 * fit_trend(tight).slope_se
+
+
+def test_a_point_without_a_band_gets_the_floor_and_a_never_reached_end_counts_as_the_point():
+    assert TrendPoint(1e6, 2.0).sigma == pytest.approx(0.04)
+    assert TrendPoint(1e6, 2.0, (None, 2.4)).sigma == pytest.approx(0.2)
+
+
+def test_two_points_at_one_budget_are_no_trend():
+    with pytest.raises(ValueError, match="two or more different budgets"):
+        fit_trend([TrendPoint(1e6, 2.0), TrendPoint(1e6, 2.1)])
+
+
+def test_a_forecast_beyond_the_data_says_how_far_and_widens():
+    pts = [TrendPoint(2 ** e, 3.0 - 0.25 * (e - 18), (2.9 - 0.25 * (e - 18), 3.1 - 0.25 * (e - 18)))
+           for e in (18, 19, 20)]
+    t = fit_trend(pts)
+    inside = forecast(t, 2 ** 19)
+    far = forecast(t, 2 ** 24)
+    assert inside.speedup == pytest.approx(2.75)
+    assert "inside the budgets measured" in inside.sentence
+    assert far.speedup == pytest.approx(1.5)
+    assert far.doublings_beyond == pytest.approx(4.0)
+    assert "4.0 doublings beyond the largest budget measured (1.05M)" in far.sentence
+    assert far.high - far.low > 3 * (inside.high - inside.low)
+    gone = forecast(t, 2 ** 30)
+    assert gone.speedup < 1 and gone.sentence.startswith("at 1.07B tokens the trend of 3 budgets gives no gain expected")
+
+
+def _point_file(src: Path, budget: int, dest: Path) -> None:
+    report = json.loads(src.read_text())
+    report["settings"]["budget"] = budget
+    dest.write_text(json.dumps(report))
+
+
+def test_the_benchmark_builds_its_summary_from_result_files_without_training(tmp_path, monkeypatch):
+    """Both points' files exist, so nothing trains: the summary, trend, table and plot come from them (the
+    0.5M and 1M WikiText-2 files of record stand in for two budgets of one series)."""
+    sys.path.insert(0, str(REPO / "benchmarks"))
+    import speedup_vs_budget as bench
+
+    results = REPO / "benchmarks" / "results"
+    trend_dir = tmp_path / "trend"
+    trend_dir.mkdir()
+    shutil.copy(results / "curriculum_speedup_1024-finalists2.json",
+                trend_dir / "curriculum_speedup_wikitext-2-b524288.json")
+    shutil.copy(results / "curriculum_speedup_1024-budget1m-finalists2.json",
+                trend_dir / "curriculum_speedup_wikitext-2-b1048576.json")
+
+    def no_training(argv):
+        raise AssertionError(f"a point was trained: {argv}")
+
+    monkeypatch.setattr(bench.curriculum_speedup, "main", no_training)
+    assert bench.main(["--budgets", "524288,1048576", "--work", str(tmp_path / "work"), "--out", str(tmp_path)]) == 0
+    summary = json.loads((tmp_path / "speedup_vs_budget.json").read_text())
+    p0, p1 = summary["points"]
+    assert (p0["budget_tokens"], p1["budget_tokens"]) == (524288, 1048576)
+    assert p0["speedup_wallclock"] == pytest.approx(2.28, abs=0.01)  # the figures of record
+    assert p1["speedup_wallclock"] == pytest.approx(1.73, abs=5e-3)
+    assert p0["tokens_per_param"] == pytest.approx(524288 / 1852544)
+    # The annealed reading at 1M: the ramp's final loss at 0.5M (5.337) is above the 1M target (5.2469) and at
+    # 1M (5.061) below it: interpolated in log budget between the two.
+    assert p0["speedup_tokens_annealed"] is None and p0["annealed_kind"] == "no smaller budget run"
+    assert p1["annealed_kind"] == "interpolated"
+    expected = 2 ** (1 - (5.3374 - 5.2469) / (5.3374 - 5.0607))  # 1M / the interpolated budget
+    assert p1["speedup_tokens_annealed"] == pytest.approx(expected, rel=0.02)
+    trend = summary["trend"]["speedup_wallclock"]
+    assert trend["slope"] == pytest.approx(p1["speedup_wallclock"] - p0["speedup_wallclock"], abs=1e-9)
+    assert trend["chi2_reduced"] is None  # two points: no degree of freedom left
+    assert summary["model_params"] == 1852544
+    assert (tmp_path / "speedup_vs_budget.png").is_file()
+
