@@ -1,4 +1,5 @@
-"""``gradus compare CONFIG [--baseline auto|FILE] [--half-batch-baseline] [--tune-lr [--finalists N]] [--budget TOKENS] [--seeds 0,1] [--jobs N]``:
+"""``gradus compare CONFIG [--baseline auto|FILE] [--half-batch-baseline] [--tune-lr [--finalists N]] [--budget TOKENS |
+--budgets T1,T2,... [--forecast TOKENS]] [--seeds 0,1] [--jobs N]``:
 does the curriculum pay off on this data and model? Against one stage at its final length and tokens per step."""
 
 from __future__ import annotations
@@ -32,6 +33,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="with --tune-lr: the best N LRs of the first seed run at every seed and the lowest "
                              f"median final loss wins (default {DEFAULT_FINALISTS} with several seeds, else 1); "
                              "guards against an LR that only the first seed favours")
+    parser.add_argument("--budgets", metavar="T1,T2,...",
+                        help="compare at each of these budgets (e.g. 250k,500k,1M,2M: two or more, increasing), "
+                             "each complete in OUT/budget-<tokens>, and fit how the speedup changes with the budget")
+    parser.add_argument("--forecast", metavar="TOKENS",
+                        help="with --budgets: read the trend at your planned run's tokens (e.g. 5B), with an "
+                             "interval and how far that reaches beyond the budgets measured")
 
 
 def finalists(args: argparse.Namespace, seeds: list[int]) -> int:
@@ -52,10 +59,17 @@ def run(args: argparse.Namespace) -> int:
     """Check both arms, run them, print the table and the verdict."""
     from gradus.errors import ConfigError
     from gradus.experiments.compare import run_compare
+    from gradus.experiments.compare_budgets import parse_budgets, parse_forecast, run_compare_budgets
     from gradus.experiments.sweep import parse_seeds
 
     check_counts(args)
     budget = parse_budget(args.budget)
+    budgets = parse_budgets(args.budgets) if args.budgets is not None else None
+    forecast_tokens = parse_forecast(args.forecast)
+    if budgets is not None and budget is not None:
+        raise ConfigError(f"--budget {args.budget} and --budgets {args.budgets}: give one of them")
+    if forecast_tokens is not None and budgets is None:
+        raise ConfigError(f"--forecast {args.forecast} reads a trend over budgets: add --budgets (e.g. 250k,500k,1M)")
     seeds = parse_seeds(args.seeds)
     n_finalists = finalists(args, seeds)
     cfg = load_from_args(args)
@@ -63,9 +77,16 @@ def run(args: argparse.Namespace) -> int:
         raise ConfigError(f"--baseline {args.baseline}: no such config file; give a YAML file or auto")
     name = cfg.name or args.preset or Path(args.config or args.config_flag).stem
     out = Path(args.out) if args.out else Path("runs") / f"compare-{name}"
+    origin = f"preset {args.preset}" if args.preset else str(args.config or args.config_flag)
+    if budgets is not None:
+        run_compare_budgets(cfg, budgets=budgets, forecast_tokens=forecast_tokens, out=out, baseline=args.baseline,
+                            seeds=seeds, tune_lr=args.tune_lr, finalists=n_finalists,
+                            half_batch_baseline=args.half_batch_baseline, jobs=args.jobs, threads=args.threads,
+                            plot=not args.no_plot, origin=origin)
+        return 0
     run_compare(cfg, baseline=args.baseline, budget=budget, seeds=seeds, out=out, tune_lr=args.tune_lr,
                 finalists=n_finalists,
                 half_batch_baseline=args.half_batch_baseline,
                 jobs=args.jobs, threads=args.threads, plot=not args.no_plot,
-                origin=f"preset {args.preset}" if args.preset else str(args.config or args.config_flag))
+                origin=origin)
     return 0

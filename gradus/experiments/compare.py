@@ -76,6 +76,17 @@ def half_batch_arm(reference: Arm) -> Arm:
                reference=True, config=raw)
 
 
+def compare_arms(cfg: GradusConfig, baseline: str, half_batch_baseline: bool, origin: str) -> tuple[dict, list[Arm]]:
+    """The config as a mapping and the arms a compare runs: the baseline(s), then the curriculum (last)."""
+    base = to_dict(cfg)
+    if len(base["curriculum"]["stages"]) < 2 and baseline == "auto":
+        raise ConfigError(f"{origin}: the curriculum has one stage, so it is its own baseline; compare needs two "
+                          "or more stages (or give --baseline FILE)")
+    reference = baseline_arm(base, baseline, origin)
+    return base, [reference, *([half_batch_arm(reference)] if half_batch_baseline else []),
+                  Arm("curriculum", (), describe_stages(base))]
+
+
 def compare_table(report: dict) -> str:
     """The table ``gradus compare`` prints, and the verdict."""
     n = len(report["seeds"])
@@ -129,13 +140,7 @@ def run_compare(cfg: GradusConfig, *, baseline: str = "auto", budget: int | None
     per step; the lower median final loss of the baselines is the target), tuned when asked (the best
     ``finalists`` LRs of the first seed at every seed, gradus.experiments.tuning); print the table
     and verdict, write ``compare.json`` and ``compare.png``. Returns the report."""
-    base = to_dict(cfg)
-    if len(base["curriculum"]["stages"]) < 2 and baseline == "auto":
-        raise ConfigError(f"{origin}: the curriculum has one stage, so it is its own baseline; compare needs two "
-                          "or more stages (or give --baseline FILE)")
-    curriculum = Arm("curriculum", (), describe_stages(base))
-    reference = baseline_arm(base, baseline, origin)
-    arms = [reference, *([half_batch_arm(reference)] if half_batch_baseline else []), curriculum]
+    base, arms = compare_arms(cfg, baseline, half_batch_baseline, origin)
     baselines = [a.name for a in arms if a.reference]
     prepared = prepare(base, arms, budget, seeds, origin, eval_points)
     runner = make_runner(prepared, jobs, threads, log, out)

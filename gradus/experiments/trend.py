@@ -118,12 +118,12 @@ class Forecast:
 
 
 def forecast(trend: Trend, budget: float) -> Forecast:
-    """The speedup the trend gives at ``budget`` tokens, with ±1.96 standard errors of the line (floored at 1×
-    below: no curriculum is forced to run, so a forecast under 1 means "no gain"), and a sentence saying how far
-    the reading goes beyond the budgets measured."""
+    """The speedup the trend gives at ``budget`` tokens, with ±1.96 standard errors of the line (clipped at 0),
+    and a sentence saying how far the reading goes beyond the budgets measured (under 1×: "no gain expected")."""
     mid = trend.at(budget)
     se = trend.se_at(budget)
-    low, high = mid - 1.96 * se, mid + 1.96 * se
+    # A speedup is a ratio of costs: never below 0, however far the line is read.
+    low, high = max(0.0, mid - 1.96 * se), max(0.0, mid + 1.96 * se)
     beyond = math.log2(budget / trend.budget_max)
     if beyond <= 0 and budget >= trend.budget_min:
         reach = "inside the budgets measured"
@@ -132,8 +132,8 @@ def forecast(trend: Trend, budget: float) -> Forecast:
                  "line in log(budget) is an assumption there, and the interval only covers the fit's own uncertainty")
     else:
         reach = f"below the smallest budget measured ({_tokens(trend.budget_min)})"
-    gain = (f"{mid:.2f}× (95% interval {max(low, 0):.2f}–{high:.2f}×)" if mid >= 1 else
-            f"no gain expected ({mid:.2f}×, 95% interval {max(low, 0):.2f}–{high:.2f}×)")
+    gain = (f"{mid:.2f}× (95% interval {low:.2f}–{high:.2f}×)" if mid >= 1 else
+            f"no gain expected ({mid:.2f}×, 95% interval {low:.2f}–{high:.2f}×)")
     sentence = (f"at {_tokens(budget)} tokens the trend of {trend.points} budgets gives {gain}, "
                 f"{trend.slope:+.2f}× per doubling of the budget; {reach}")
     return Forecast(budget_tokens=budget, speedup=mid, low=low, high=high, doublings_beyond=beyond, sentence=sentence)

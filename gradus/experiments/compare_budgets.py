@@ -1,0 +1,194 @@
+"""``gradus compare --budgets 250k,500k,1M [--forecast TOKENS]``: the comparison at several budgets, the trend of
+the speedup with the budget, and a forecast for the user's own planned budget (issue 29).
+
+Speedups measured on short runs shrink as runs grow (BENCHMARKS.md: 2.28× at 0.5M tokens, 1.73× at 1M on
+WikiText-2), so one budget's figure says little about a real run. Each budget is a complete ``gradus compare``
+(every arm annealed to that budget, tuned the same way) in its own folder, ``OUT/budget-<tokens>``, so a
+larger budget never replaces a smaller one's runs and an interrupted series resumes where it stopped. The trend
+is a weighted straight line of the calibrated speedup against log2(budget) (:mod:`gradus.experiments.trend`).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+from gradus.config import GradusConfig
+from gradus.errors import ConfigError
+from gradus.experiments.budget import EVAL_POINTS
+from gradus.experiments.compare import compare_arms, run_compare
+from gradus.experiments.sweep import prepare
+from gradus.experiments.trend import Forecast, TrendPoint, fit_trend, forecast
+from gradus.units import format_count, parse_count
+
+
+def parse_budgets(text: str) -> list[int]:
+    """``--budgets 250k,500k,1M`` -> [250000, 500000, 1000000]; two or more, strictly increasing (ConfigError)."""
+    budgets = []
+    for item in text.split(","):
+        try:
+            value = parse_count(item.strip())
+        except (ValueError, TypeError):
+            raise ConfigError(f"--budgets {text}: {item.strip()!r} is not a token count; write e.g. "
+                              "--budgets 250k,500k,1M") from None
+        if value <= 0:
+            raise ConfigError(f"--budgets {text}: {item.strip()!r} is not a positive number of tokens")
+        budgets.append(value)
+    if len(budgets) < 2:
+        raise ConfigError(f"--budgets {text}: give two or more budgets for a trend (e.g. 250k,500k,1M), or use "
+                          "--budget for one")
+    if any(b1 <= b0 for b0, b1 in zip(budgets, budgets[1:], strict=False)):
+        raise ConfigError(f"--budgets {text}: give the budgets in strictly increasing order (e.g. 250k,500k,1M)")
+    return budgets
+
+
+def parse_forecast(text: str | None) -> int | None:
+    """``--forecast 2B`` -> 2000000000 (a ConfigError naming the value when it is not a token count)."""
+    if text is None:
+        return None
+    try:
+        value = parse_count(text)
+    except (ValueError, TypeError):
+        raise ConfigError(f"--forecast {text}: not a token count; write the planned run's tokens, e.g. 2B or "
+                          "5.4M") from None
+    if value <= 0:
+        raise ConfigError(f"--forecast {text}: give a positive number of tokens")
+    return value
+
+
+def check_budgets(cfg: GradusConfig, budgets: Sequence[int], *, baseline: str, half_batch_baseline: bool,
+                  seeds: Sequence[int], origin: str, eval_points: int = EVAL_POINTS) -> None:
+    """Every arm's config at every budget, validated before anything trains (a budget below one step of some
+    stage is a ConfigError that names the budget)."""
+    base, arms = compare_arms(cfg, baseline, half_batch_baseline, origin)
+    for b in budgets:
+        try:
+            prepare(base, arms, b, seeds, origin, eval_points)
+        except ConfigError as err:
+            raise ConfigError(*[f"--budgets: at {format_count(b)} tokens: {p}" for p in err.problems]) from None
+
+
+def budget_point(report: dict, requested: int) -> dict:
+    """One budget's figures from its compare report: the curriculum's speedups and bands, target, LRs.
+    ``budget_tokens`` is what the runs trained (the stages keep their shares in whole steps, so it can be a
+    little under the ``requested`` budget)."""
+    cur = report["curriculum"]
+    return {
+        "budget_requested": requested,
+        "budget_tokens": report["budget"],
+        "speedup_wallclock": cur.get("speedup_wallclock_calibrated"),
+        "band": cur.get("speedup_wallclock_calibrated_band"),
+        "speedup_tokens": cur.get("speedup_tokens"),
+        "band_tokens": cur.get("speedup_tokens_band"),
+        "reached": bool(cur.get("tokens_to_target")),
+        "target": report["target"],
+        "final_val_loss": {"curriculum": cur["final_val_loss"], "baseline": report["baseline"]["final_val_loss"]},
+        "lr": {"curriculum": cur["lr"], "baseline": report["baseline"]["lr"]},
+        "seeds": report["seeds"],
+        "verdict": report["verdict"],
+    }
+
+
+def budgets_table(points: Sequence[dict], trend: dict | None, fc: Forecast | None) -> str:
+    """The lines printed after the last budget."""
+    lines = ["speedup of the curriculum by budget (calibrated wall-clock, its band; tokens):"]
+    for p in points:
+        band = p["band"]
+        band_s = (f" (band {band[0]:.2f}–{band[1]:.2f})" if band and None not in band else
+                  f" (band never–{band[1]:.2f})" if band and band[1] else "")
+        cal = f"×{p['speedup_wallclock']:.2f}" if p["speedup_wallclock"] else "—"
+        tok = f"×{p['speedup_tokens']:.2f}" if p["speedup_tokens"] else "—"
+        lines.append(f"  {format_count(p['budget_tokens']):>8} tokens: {cal}{band_s}, {tok} tokens"
+                     + ("" if p["reached"] else " (target not reached: below 1 is a slowdown)"))
+    if trend is not None:
+        lines.append(f"trend: {trend['slope']:+.2f}× per doubling of the budget (95%: "
+                     f"{trend['slope_per_doubling_95'][0]:+.2f} to {trend['slope_per_doubling_95'][1]:+.2f})")
+    if fc is not None:
+        lines.append(f"forecast: {fc.sentence}")
+    return "\n".join(lines)
+
+
+def plot_budgets(points: Sequence[dict], trend: dict | None, fc: Forecast | None, path: Path, title: str) -> None:
+    """Speedup against budget (log x) with bands, the fitted line and the forecast."""
+    import math
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(8, 5))
+    for key, band_key, label, color in (("speedup_wallclock", "band", "calibrated wall-clock", "C0"),
+                                        ("speedup_tokens", "band_tokens", "tokens", "C1")):
+        pts = [p for p in points if p.get(key)]
+        xs, ys = [p["budget_tokens"] for p in pts], [p[key] for p in pts]
+        lo = [y - (p[band_key][0] if p.get(band_key) and p[band_key][0] else y) for p, y in zip(pts, ys, strict=True)]
+        hi = [(p[band_key][1] if p.get(band_key) and p[band_key][1] else y) - y for p, y in zip(pts, ys, strict=True)]
+        ax.errorbar(xs, ys, yerr=[lo, hi], fmt="o-", color=color, capsize=4, label=label)
+    if trend is not None:
+        end = fc.budget_tokens if fc is not None else trend["budget_max"]
+        xs = [trend["budget_min"] * (end / trend["budget_min"]) ** (i / 40) for i in range(41)]
+        ax.plot(xs, [trend["intercept"] + trend["slope"] * math.log2(x) for x in xs], "--", color="C0", alpha=0.6,
+                label=f"trend: {trend['slope']:+.2f}× per doubling")
+    if fc is not None:
+        ax.errorbar([fc.budget_tokens], [fc.speedup], yerr=[[fc.speedup - fc.low], [fc.high - fc.speedup]],
+                    fmt="s", color="C3", capsize=5, label=f"forecast at {format_count(fc.budget_tokens)} (95%)")
+    ax.axhline(1.0, color="grey", lw=0.8)
+    ax.set_xscale("log")
+    ax.set_xlabel("tokens per run")
+    ax.set_ylabel("speedup to the baseline's final loss")
+    ax.set_title(title, fontsize=9)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def run_compare_budgets(cfg: GradusConfig, *, budgets: Sequence[int], forecast_tokens: int | None, out: Path,
+                        baseline: str = "auto", seeds: Sequence[int], tune_lr: bool = False, finalists: int = 1,
+                        half_batch_baseline: bool = False, jobs: int | None = None, threads: int = 1,
+                        plot: bool = True, origin: str = "config", eval_points: int = EVAL_POINTS,
+                        log: Callable[[str], None] = print) -> dict:
+    """``run_compare`` at each budget (in ``out/budget-<tokens>``), then the trend and the forecast; writes
+    ``out/compare.json`` (with ``budgets``, ``trend`` and ``forecast``) and ``out/compare.png``. Every budget is
+    checked before anything trains."""
+    check_budgets(cfg, budgets, baseline=baseline, half_batch_baseline=half_batch_baseline, seeds=seeds,
+                  origin=origin, eval_points=eval_points)
+    points = []
+    for b in budgets:
+        log(f"compare --budgets: {format_count(b)} tokens")
+        report = run_compare(cfg, baseline=baseline, budget=b, seeds=seeds, out=out / f"budget-{b}", tune_lr=tune_lr,
+                             finalists=finalists, half_batch_baseline=half_batch_baseline, jobs=jobs,
+                             threads=threads, plot=plot, origin=origin, eval_points=eval_points, log=log)
+        points.append(budget_point(report, b))
+    usable = [TrendPoint(p["budget_tokens"], p["speedup_wallclock"], tuple(p["band"]) if p["band"] else None)
+              for p in points if p["speedup_wallclock"]]
+    trend = fit_trend(usable) if len({p.budget_tokens for p in usable}) >= 2 else None
+    fc = forecast(trend, forecast_tokens) if trend is not None and forecast_tokens else None
+    summary = {
+        "command": "compare --budgets",
+        "out": str(out),
+        "budgets": points,
+        "trend": trend.to_json() if trend is not None else None,
+        "forecast": fc.to_json() if fc is not None else None,
+        "method": "each budget a complete gradus compare in budget-<tokens>/ (every arm annealed to that budget"
+                  + (", LRs tuned there" if tune_lr else "") + "); the trend is a weighted straight line of the "
+                  "calibrated speedup against log2(budget), weights from the bands, its uncertainty scaled by "
+                  "the scatter; the forecast's interval covers the fit's own uncertainty only",
+    }
+    if trend is None:
+        summary["note"] = "fewer than two budgets gave a speedup (the curriculum reached no target): no trend"
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "compare.json").write_text(json.dumps(summary, indent=1) + "\n", encoding="utf-8")
+    log("")
+    log(budgets_table(points, summary["trend"], fc))
+    log(f"wrote {out / 'compare.json'}")
+    if plot:
+        try:
+            plot_budgets(points, summary["trend"], fc, out / "compare.png",
+                         f"gradus compare — the curriculum's speedup by budget ({origin})")
+            log(f"wrote {out / 'compare.png'}")
+        except ImportError:
+            log("matplotlib is not installed: no PNG (pip install matplotlib)")
+    return summary

@@ -1,0 +1,72 @@
+"""``gradus compare --budgets``: the comparison at several budgets, each complete in its own folder, the trend of
+the speedup and the forecast for a planned budget; bad input is one line before anything trains."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import yaml
+from builders import tiny_config
+
+from gradus.cli import main
+from gradus.config import from_dict
+from gradus.experiments.compare_budgets import run_compare_budgets
+from gradus.experiments.trend import TrendPoint, fit_trend, forecast
+
+
+def test_each_budget_runs_complete_in_its_own_folder_and_the_trend_is_fitted_on_their_figures(offline_data, tmp_path):
+    out = tmp_path / "cmp"
+    lines: list[str] = []
+    cfg = from_dict(tiny_config(offline_data))
+    summary = run_compare_budgets(cfg, budgets=[2048, 4096], forecast_tokens=65536, out=out, seeds=[0], plot=True,
+                                  eval_points=4, log=lines.append)
+    # Each budget is a whole compare of its own, kept side by side (a bigger budget replaces nothing).
+    per_budget = {b: json.loads((out / f"budget-{b}" / "compare.json").read_text()) for b in (2048, 4096)}
+    assert [p["budget_requested"] for p in summary["budgets"]] == [2048, 4096]
+    for p in summary["budgets"]:
+        report = per_budget[p["budget_requested"]]
+        # What the runs trained: the stages keep their shares in whole steps (1,920 of 2,048 here).
+        assert report["budget"] == p["budget_tokens"] <= p["budget_requested"]
+        assert p["speedup_wallclock"] == report["curriculum"]["speedup_wallclock_calibrated"]
+        assert p["speedup_tokens"] == report["curriculum"]["speedup_tokens"]
+        assert p["target"] == report["target"]
+        # The curriculum's run trained this budget (in whole steps of each stage).
+        run_cfg = yaml.safe_load((out / f"budget-{p['budget_requested']}" / "arms" / "curriculum" / "seed0" /
+                                  "config.yaml").read_text())
+        assert 0.8 * p["budget_requested"] <= run_cfg["curriculum"]["target_tokens"] <= p["budget_requested"]
+    written = json.loads((out / "compare.json").read_text())
+    assert written["budgets"] == summary["budgets"]
+    usable = [TrendPoint(p["budget_tokens"], p["speedup_wallclock"], tuple(p["band"]) if p["band"] else None)
+              for p in summary["budgets"] if p["speedup_wallclock"]]
+    if len(usable) == 2:
+        expected = fit_trend(usable)
+        assert written["trend"]["slope"] == pytest.approx(expected.slope)
+        assert written["forecast"]["speedup"] == pytest.approx(forecast(expected, 65536).speedup)
+        assert "4.0 doublings beyond the largest budget measured" in written["forecast"]["sentence"]
+        assert "\nforecast: at 65.5k tokens the trend of 2 budgets gives" in "\n".join(lines)
+        assert (out / "compare.png").stat().st_size > 10_000
+    else:  # the toy curriculum reached no target at one budget: said, not fitted
+        assert written["trend"] is None and "no trend" in written["note"]
+    # Run again: every run is read back, nothing trains.
+    again: list[str] = []
+    run_compare_budgets(cfg, budgets=[2048, 4096], forecast_tokens=None, out=out, seeds=[0], plot=False,
+                        eval_points=4, log=again.append)
+    assert not any(": training (console:" in line for line in again)
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--budgets", "100k"], "--budgets 100k: give two or more budgets for a trend"),
+    (["--budgets", "200k,100k"], "--budgets 200k,100k: give the budgets in strictly increasing order"),
+    (["--budgets", "100k,xx"], "--budgets 100k,xx: 'xx' is not a token count"),
+    (["--budgets", "100k,200k", "--forecast", "abc"], "--forecast abc: not a token count"),
+    (["--forecast", "1M"], "--forecast 1M reads a trend over budgets: add --budgets"),
+    (["--budget", "100k", "--budgets", "100k,200k"], "--budget 100k and --budgets 100k,200k: give one of them"),
+    (["--budgets", "1k,100k"], "--budgets: at 1K tokens: arm 'baseline': --budget 1K: stage baseline"),
+])
+def test_bad_budgets_are_one_line_before_anything_trains(flags, message, tmp_path, capsys):
+    out = tmp_path / "cmp"
+    assert main(["compare", "--preset", "demo", *flags, "--out", str(out)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and message in err[0], err
+    assert not out.exists()
