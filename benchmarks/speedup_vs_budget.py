@@ -90,8 +90,10 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 def stem(args: argparse.Namespace) -> str:
     """The output name: speedup_vs_budget[_CORPUS][_SERIES]."""
     corpus = args.corpus
-    if corpus is None and args.data != curriculum_speedup.DEFAULT_DATA:
+    if corpus is None:
         corpus = args.data.stem if args.data.is_file() else args.data.name
+    if corpus == curriculum_speedup.DEFAULT_DATA.name:  # WikiText-2 (wherever it lies): the plain name
+        corpus = None
     return "_".join(["speedup_vs_budget", *(x for x in (corpus, args.series) if x)])
 
 
