@@ -13,7 +13,8 @@ import torch
 
 from gradus.errors import GradusError
 from gradus.train.lag import DeviceValues, skip_on_device
-from gradus.train.parallel import deferred_grad_sync
+from gradus.train.noise_scale import MicroBatchNorms, NoiseSample, loss_scale, noise_sample, unmeasured_reason
+from gradus.train.parallel import deferred_grad_sync, is_sharded
 from gradus.train.runtime import Runtime
 
 
@@ -46,7 +47,8 @@ def optimizer_step(
     rt: Runtime,
     loss_multiplier: float = 1.0,
     lagged: bool = False,
-) -> tuple[float, float, bool] | DeviceValues:
+    measure_noise: bool = False,
+) -> tuple[float, float, bool] | DeviceValues | tuple[tuple[float, float, bool] | DeviceValues, NoiseSample | None]:
     """Forward/backward over micro-batches of ``micro`` rows, clip to ``clip``, and (unless the loss or
     gradient is not finite) an AdamW step at ``lr``. ``net`` is what runs (DDP and/or compiled),
     ``model`` the plain module whose parameters are clipped. Returns (loss, grad_norm, applied).
@@ -58,31 +60,57 @@ def optimizer_step(
 
     ``lagged`` (:mod:`gradus.train.lag`): nothing waits for the device; a non-finite step is skipped by the
     fused AdamW on the device and the three figures come back as :class:`DeviceValues` to read later.
+
+    ``measure_noise`` (:mod:`gradus.train.noise_scale`): also take every micro-batch's gradient squared norm
+    (per-parameter hooks, outside the compiled forward) and return ``(figures, sample)``, where ``figures`` is
+    what the call returns without it and ``sample`` a :class:`NoiseSample` left on the device (no host sync:
+    read it when the figures are read), or None where a step cannot measure it (one micro-batch on one
+    process, or FSDP: :func:`~gradus.train.noise_scale.unmeasured_reason`). Off (the default) nothing
+    differs; on, the loss, norm and weights are still bit-identical (the hooks only read the gradients).
     """
     for group in optimizer.param_groups:
         group["lr"] = lr
     valid_total = max(1, int((labels != -100).sum()))
     starts = list(range(0, inputs.shape[0], micro))
     loss_sum = torch.zeros((), device=rt.device)
-    for j, s in enumerate(starts):
-        # Contiguous: the packer's rows are views of (seq_len + 1)-wide windows, and a compiled graph is
-        # specialised on strides, so the start-up warm-up (gradus.train.warmup) could not match them.
-        x = inputs[s : s + micro].to(rt.device, non_blocking=True).contiguous()
-        y = labels[s : s + micro].to(rt.device, non_blocking=True).contiguous()
-        weight = int((labels[s : s + micro] != -100).sum()) / valid_total
-        last = j == len(starts) - 1
-        sync = contextlib.nullcontext() if last else deferred_grad_sync(net, rt)
-        with sync:
-            with rt.autocast():
-                _, loss = net(x, y)
-            if loss_multiplier != 1.0:
-                loss = loss * loss_multiplier
-            scaled = loss * weight
-            (scaler.scale(scaled) if scaler is not None else scaled).backward()
-        loss_sum += loss.detach().float() * weight
+    norms = None
+    if measure_noise and unmeasured_reason(len(starts), rt.world_size, is_sharded(model)) is None:
+        norms = MicroBatchNorms(model.parameters())  # hooks: removed below whatever happens
+    try:
+        for j, s in enumerate(starts):
+            # Contiguous: the packer's rows are views of (seq_len + 1)-wide windows, and a compiled graph is
+            # specialised on strides, so the start-up warm-up (gradus.train.warmup) could not match them.
+            x = inputs[s : s + micro].to(rt.device, non_blocking=True).contiguous()
+            y = labels[s : s + micro].to(rt.device, non_blocking=True).contiguous()
+            valid = int((labels[s : s + micro] != -100).sum())
+            weight = valid / valid_total
+            last = j == len(starts) - 1
+            sync = contextlib.nullcontext() if last else deferred_grad_sync(net, rt)
+            with sync:
+                with rt.autocast():
+                    _, loss = net(x, y)
+                if loss_multiplier != 1.0:
+                    loss = loss * loss_multiplier
+                scaled = loss * weight
+                (scaler.scale(scaled) if scaler is not None else scaled).backward()
+            loss_sum += loss.detach().float() * weight
+            if norms is not None:
+                norms.end_micro_batch(weight, valid)  # backward has returned: all its hooks have run
+    finally:
+        if norms is not None:
+            norms.close()
     if scaler is not None:
         scaler.unscale_(optimizer)
     norm = torch.nn.utils.clip_grad_norm_(model.parameters(), clip)
+    # The sample is built from the norm before clipping and before the optimizer step (queued, not read).
+    sample = noise_sample(norms, norm, loss_scale(scaler), loss_multiplier, rt) if norms is not None else None
+    out = _finish(optimizer, scaler, loss_sum, norm, rt, lagged)
+    return (out, sample) if measure_noise else out
+
+
+def _finish(optimizer, scaler, loss_sum: torch.Tensor, norm: torch.Tensor, rt: Runtime,
+            lagged: bool) -> tuple[float, float, bool] | DeviceValues:
+    """The optimizer step after clipping, decided on the host (one sync) or, ``lagged``, on the device."""
     if lagged:
         return _step_on_device(optimizer, scaler, loss_sum, norm, rt)
     grad_norm = float(norm)
