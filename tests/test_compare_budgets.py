@@ -70,3 +70,43 @@ def test_bad_budgets_are_one_line_before_anything_trains(flags, message, tmp_pat
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and message in err[0], err
     assert not out.exists()
+
+
+def _compare_json(path, points):
+    trend = fit_trend([TrendPoint(b, s, (s - 0.1, s + 0.1)) for b, s in points])
+    path.write_text(json.dumps({"budgets": [{"budget_tokens": b} for b, _ in points], "trend": trend.to_json()}))
+    return trend
+
+
+def test_plan_prints_the_forecast_at_its_own_budget_from_a_budgets_compare(tmp_path, capsys):
+    trend = _compare_json(tmp_path / "compare.json", [(250_000, 2.3), (500_000, 2.1), (1_000_000, 1.9)])
+    # Timeline of a config: its own total tokens.
+    assert main(["plan", "--preset", "demo", "--forecast-from", str(tmp_path / "compare.json")]) == 0
+    out = capsys.readouterr().out
+    from gradus.curriculum import resolve_schedule
+    from gradus.presets import load_preset
+
+    tokens = resolve_schedule(load_preset("demo")).total_tokens
+    line = next(ln for ln in out.splitlines() if ln.startswith("curriculum forecast (from "))
+    assert forecast(trend, tokens).sentence in line
+    # The worksheet: the plan's token budget (1B parameters at 20 tokens each), far beyond the data.
+    assert main(["plan", "--params", "1B", "--forecast-from", str(tmp_path / "compare.json"), "--json"]) == 0
+    plan = json.loads(capsys.readouterr().out)
+    assert plan["forecast"]["budget_tokens"] == pytest.approx(plan["tokens"])
+    assert plan["forecast"]["speedup"] == pytest.approx(forecast(trend, plan["tokens"]).speedup)
+    assert plan["forecast"]["doublings_beyond"] > 10 and "doublings beyond" in plan["forecast"]["sentence"]
+
+
+@pytest.mark.parametrize("content, message", [
+    (None, "cannot read it"),
+    ("not json", "not JSON"),
+    ('{"arms": []}', "not the result of `gradus compare --budgets`"),
+    ('{"budgets": [], "trend": null}', "that comparison has no trend"),
+])
+def test_plan_refuses_a_file_that_is_not_a_budgets_compare(content, message, tmp_path, capsys):
+    path = tmp_path / "compare.json"
+    if content is not None:
+        path.write_text(content)
+    assert main(["plan", "--preset", "demo", "--forecast-from", str(path)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and f"--forecast-from {path}: {message}" in err[0], err

@@ -61,6 +61,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     t.add_argument("--micro-batch", metavar="M", help="micro-batch for memory and --measure (default: fitted)")
     t.add_argument("--dataset-tokens", metavar="N", help="dataset size in tokens, for coverage per stage")
     t.add_argument("--device-memory", metavar="SIZE", help="device memory to check stages against, e.g. 24GB")
+    parser.add_argument("--forecast-from", metavar="COMPARE.json",
+                        help="the compare.json of a `gradus compare --budgets` run on your data: print the "
+                             "curriculum's forecast speedup at this plan's token budget")
     parser.add_argument("--json", action="store_true", help="print the result as JSON")
 
 
@@ -159,10 +162,13 @@ def _worksheet(args: argparse.Namespace) -> int:
             path.write_text(plan_config_yaml(plan, command=command), encoding="utf-8")
         except OSError as err:
             raise ConfigError(f"--write {path}: cannot write the config ({err.strerror}); choose another path") from None
+    fc = _forecast(args, plan.tokens)
     if args.json:
-        print(json.dumps(plan.to_json(), indent=2))
+        print(json.dumps({**plan.to_json(), **({"forecast": fc.to_json()} if fc else {})}, indent=2))
     else:
         print(render_plan(plan))
+        if fc is not None:
+            print(f"curriculum forecast (from {args.forecast_from}): {fc.sentence}")
     if args.write:
         print(f"wrote {args.write}: stages A–C; check it with `gradus schedule {args.write}`",
               file=sys.stderr if args.json else sys.stdout)
@@ -257,11 +263,23 @@ def _timeline(args: argparse.Namespace) -> int:
         measure_label=label, dataset_tokens=dataset_tokens, device_memory=device_memory,
         precision=precision, micro_batch=micro_batch,
     )
+    fc = _forecast(args, timeline.total_tokens)
     if args.json:
-        print(json.dumps(timeline.to_json(), indent=2))
+        print(json.dumps({**timeline.to_json(), **({"forecast": fc.to_json()} if fc else {})}, indent=2))
     else:
         print(render_timeline(timeline))
+        if fc is not None:
+            print(f"curriculum forecast (from {args.forecast_from}): {fc.sentence}")
     return 0
+
+
+def _forecast(args: argparse.Namespace, tokens: float) -> Any:
+    """The curriculum's forecast speedup at ``tokens`` from ``--forecast-from`` (None without it)."""
+    if not args.forecast_from:
+        return None
+    from gradus.experiments.trend import forecast_from_file
+
+    return forecast_from_file(args.forecast_from, tokens)
 
 
 def _measure_device(name: str) -> str:

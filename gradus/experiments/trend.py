@@ -11,9 +11,11 @@ make a confident trend. Pure Python: used by ``benchmarks/speedup_vs_budget.py``
 
 from __future__ import annotations
 
+import json
 import math
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
+from pathlib import Path
 
 MIN_SIGMA_RATIO = 0.02
 """A point's uncertainty is at least this share of its speedup: a zero-width band (two curves that fall steeply
@@ -71,6 +73,39 @@ class Trend:
         out["slope_per_doubling_95"] = [self.slope - 1.96 * self.slope_se, self.slope + 1.96 * self.slope_se]
         out["x"] = "log2(budget_tokens)"
         return out
+
+
+def trend_from_json(data: dict) -> Trend:
+    """A :class:`Trend` back from :meth:`Trend.to_json` (KeyError/TypeError/ValueError on anything else)."""
+    return Trend(slope=float(data["slope"]), slope_se=float(data["slope_se"]), intercept=float(data["intercept"]),
+                 points=int(data["points"]), chi2_reduced=data["chi2_reduced"],
+                 budget_min=float(data["budget_min"]), budget_max=float(data["budget_max"]),
+                 cov=tuple(float(x) for x in data["cov"]))
+
+
+def forecast_from_file(path: str | Path, budget: float) -> Forecast:
+    """The forecast at ``budget`` tokens from a ``gradus compare --budgets`` result (its ``compare.json``): a
+    ConfigError naming the file and the fix when it is not one, or holds no trend."""
+    from gradus.errors import ConfigError
+
+    try:
+        data = json.loads(Path(path).read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise ConfigError(f"--forecast-from {path}: cannot read it ({exc.strerror or exc}); give the compare.json "
+                          "of a `gradus compare --budgets` run") from None
+    except ValueError:
+        raise ConfigError(f"--forecast-from {path}: not JSON; give the compare.json of a `gradus compare --budgets` "
+                          "run") from None
+    if not isinstance(data, dict) or "budgets" not in data:
+        raise ConfigError(f"--forecast-from {path}: not the result of `gradus compare --budgets` (no budgets); run "
+                          "that on your data first")
+    if not data.get("trend"):
+        raise ConfigError(f"--forecast-from {path}: that comparison has no trend (fewer than two budgets gave a "
+                          "speedup); rerun it with budgets where the curriculum reaches the target")
+    try:
+        return forecast(trend_from_json(data["trend"]), budget)
+    except (KeyError, TypeError, ValueError):
+        raise ConfigError(f"--forecast-from {path}: its trend is incomplete; rerun `gradus compare --budgets`") from None
 
 
 def fit_trend(points: Sequence[TrendPoint]) -> Trend:
