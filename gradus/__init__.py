@@ -4,4 +4,5 @@ Training starts on short sequences with large batches and high learning rates an
 long sequences, while the data mix shifts. ARCHITECTURE.md (beside the package) maps the layers and the data flow.
 """
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
+"""The release (CHANGELOG.md); the distribution is ``gradus-lm`` (pyproject.toml reads it from here)."""

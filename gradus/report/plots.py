@@ -23,7 +23,7 @@ def _pyplot():
         matplotlib.use("Agg")  # files only; never open a window
         import matplotlib.pyplot as plt
     except ImportError as err:
-        raise GradusError(f"gradus report needs matplotlib ({err}); pip install 'gradus[plot]'") from None
+        raise GradusError(f"gradus report needs matplotlib ({err}); pip install matplotlib") from None
     return plt
 
 
