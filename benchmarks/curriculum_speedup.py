@@ -303,6 +303,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--threads", type=int, default=1, help="torch threads per run (default 1)")
     p.add_argument("--reuse", action="store_true", help="with --work: read back finished runs whose config is "
                    "identical instead of training them again (their seconds are from then)")
+    p.add_argument("--anchor-budget", type=int, help="the -abs arms keep the short stages' tokens they have at this "
+                   "budget (default: the run's budget)")
     p.add_argument("--checkpoint-every-tokens", type=int, help="tokens between each run's checkpoints, so a run "
                    "killed mid-way continues from there on the next --reuse (default: stage ends only)")
     p.add_argument("--no-plot", action="store_true", help="skip the PNG")
@@ -322,7 +324,7 @@ def settings_from(args: argparse.Namespace) -> Settings:
                  "eval_points": args.eval_points,
                  "eval_tokens": args.eval_tokens, "max_extensions": args.max_extensions, "lanes": args.lanes,
                  "finalists": args.finalists, "template": args.template,
-                 "checkpoint_every_tokens": args.checkpoint_every_tokens}
+                 "checkpoint_every_tokens": args.checkpoint_every_tokens, "anchor_budget": args.anchor_budget}
     s = replace(s, **{k: v for k, v in overrides.items() if v is not None})
     if args.seeds:
         s = replace(s, seeds=tuple(int(x) for x in args.seeds.split(",")))

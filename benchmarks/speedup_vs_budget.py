@@ -75,6 +75,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--large-arms", default=DECIDING_ARMS,
                    help=f"arms at budgets from --large-from on (default {DECIDING_ARMS})")
     p.add_argument("--large-from", type=int, help="the first budget that runs --large-arms only (default: none)")
+    p.add_argument("--absolute-arm", action="store_true",
+                   help="also run seqwarm-long-ramp-abs-wsd at every budget after the first: the ramp with its short "
+                        "stages kept at their size at the first budget (absolute tokens, not fractions of the run)")
     p.add_argument("--seeds", default="0,1,2", help="seeds at the smallest and largest budget (default 0,1,2)")
     p.add_argument("--mid-seeds", help="seeds at the budgets between (default: --seeds)")
     p.add_argument("--finalists", type=int, default=2, help="LRs of the first seed run at every seed (default 2)")
@@ -114,6 +117,11 @@ def point_args(args: argparse.Namespace, budget: int, seeds: str, arms: str, gri
         argv += ["--vocab-size", str(args.vocab_size)]
     if args.smoke:
         argv += ["--smoke", "--eval-points", "4", "--eval-tokens", "1024"]
+    if "seqwarm-long-ramp-abs-wsd" in arms:
+        argv += ["--anchor-budget", str(args.anchor_budget)]
+        # Its grid starts where the ramp's best was at the previous budget (the same arm at the anchor budget).
+        if "seqwarm-long-ramp-wsd" in grids and "seqwarm-long-ramp-abs-wsd" not in grids:
+            grids = {**grids, "seqwarm-long-ramp-abs-wsd": grids["seqwarm-long-ramp-wsd"]}
     for arm, lr in sorted(grids.items()):
         argv += ["--lr-grid", f"{arm}={lr / 2:g},{lr:g},{lr * 2:g}"]
     return argv
@@ -279,6 +287,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         path = args.out / "trend" / f"curriculum_speedup_{tag}.json"
         large = args.large_from is not None and budget >= args.large_from
         arms = args.large_arms if large else args.arms
+        if args.absolute_arm and i > 0:
+            arms += ",seqwarm-long-ramp-abs-wsd"
         seeds = args.seeds if i in (0, len(budgets) - 1) else (args.mid_seeds or args.seeds)
         if not path.is_file():
             if args.points is not None and computed >= args.points:
@@ -286,8 +296,10 @@ def main(argv: Sequence[str] | None = None) -> int:
                 break
             args.work.mkdir(parents=True, exist_ok=True)
             share_tokenizer(args, budget)
+            args.anchor_budget = budgets[0]
             argv_point = point_args(args, budget, seeds, arms, {a: lr for a, lr in grids.items()
-                                                                if a in arms.split(",")}, tag)
+                                                                if a in arms.split(",") or a == "seqwarm-long-ramp-wsd"},
+                                    tag)
             print(f"speedup_vs_budget: {budget:,} tokens: python benchmarks/curriculum_speedup.py {' '.join(argv_point)}",
                   flush=True)
             code = curriculum_speedup.main(argv_point)

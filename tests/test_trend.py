@@ -106,3 +106,18 @@ def test_the_benchmark_builds_its_summary_from_result_files_without_training(tmp
     assert summary["model_params"] == 1852544
     assert (tmp_path / "speedup_vs_budget.png").is_file()
 
+
+
+def test_the_absolute_ramp_keeps_its_short_stages_at_the_anchor_budget_and_gives_the_rest_to_the_final_length():
+    from gradus.experiments.speedup_arms import ARMS, Settings
+
+    ramp, absolute = ARMS["seqwarm-long-ramp-wsd"], ARMS["seqwarm-long-ramp-abs-wsd"]
+    at_anchor = Settings(final_len=1024, budget=327680, anchor_budget=327680)
+    assert absolute.build(at_anchor) == ramp.build(at_anchor)
+    four_times = Settings(final_len=1024, budget=4 * 327680, anchor_budget=327680)
+    short = [(st["seq_len"], st["tokens"], st["tokens_per_batch"]) for st in ramp.build(at_anchor)["stages"][:-1]]
+    stages = absolute.build(four_times)["stages"]
+    assert [(st["seq_len"], st["tokens"], st["tokens_per_batch"]) for st in stages[:-1]] == short
+    assert stages[-1]["seq_len"] == 1024 and sum(st["tokens"] for st in stages) == 4 * 327680
+    # The fraction ramp's short stages grow with the budget instead.
+    assert sum(st["tokens"] for st in ramp.build(four_times)["stages"][:-1]) == 4 * sum(t for _, t, _ in short)

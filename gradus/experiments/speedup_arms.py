@@ -63,6 +63,10 @@ class Settings:
     when an arm needs it (the ``seqwarm-lrfind`` arm's per-stage multipliers)."""
     lr_find_steps: int = 100
     """Steps of each length's LR sweep (1e-6 → 1)."""
+    anchor_budget: int | None = None
+    """The ``-abs`` arms keep the short stages' token budgets they have at this budget (fractions × it) and give
+    every further token to the final stage: short stages sized in absolute tokens, not as fractions of the run
+    (issue 29: does the gain shrink because the short stages grow with the budget?). None: the run's budget."""
     checkpoint_every_tokens: int | None = None
     """Tokens between a run's checkpoints, so a benchmark killed mid-run (a session's end) resumes that run
     where it stopped; None: at stage ends only (the runs of record, whose configs stay as they were)."""
@@ -285,6 +289,19 @@ def _ramp(regime: str, divisors: Sequence[int], alpha: float) -> Callable[[Setti
     return build
 
 
+def _ramp_absolute(regime: str, divisors: Sequence[int]) -> Callable[[Settings], dict]:
+    # _ramp's stages, but the four short stages take the tokens they take at s.anchor_budget (their fractions
+    # of it) whatever the budget; the final length gets the rest. At the anchor budget it is the ramp itself.
+    def build(s: Settings) -> dict:
+        fractions = [0.10, 0.10, 0.15, 0.20, 0.45]
+        anchor = min(s.anchor_budget or s.budget, s.budget)
+        short = [f * anchor / s.budget for f in fractions[:-1]]
+        stages = ramp_stages(s, regime, [s.final_len // d for d in (16, 8, 4, 2, 1)], [*short, 1 - sum(short)],
+                             divisors)
+        return {**wsd_schedule(s, stages), "batch_ramp": {"direction": "grow", "alpha": 0.0}}
+    return build
+
+
 def _baseline_batch(regime: str, divisor: int) -> Callable[[Settings], dict]:
     # The baseline at a smaller constant batch (more steps), so that a batch ramp's gain is not credited to
     # the curriculum when a small batch alone would have given it.
@@ -309,6 +326,8 @@ ARMS: dict[str, Arm] = {a.name: a for a in [
         _baseline_batch("A", 2), baseline=True),
     Arm("seqwarm-long-ramp-wsd", "A", "seqwarm-long-wsd with a batch ramp: 1/4, 1/4, 1/2, 1, 1 × the tokens per "
         "step, one LR", LR_A, _ramp("A", (4, 4, 2, 1, 1), 0.0)),
+    Arm("seqwarm-long-ramp-abs-wsd", "A", "seqwarm-long-ramp-wsd with the short stages' tokens fixed at their size at "
+        "--anchor-budget (the final length takes the rest)", LR_A, _ramp_absolute("A", (4, 4, 2, 1, 1))),
     Arm("seqwarm-long-ramp-sqrt-wsd", "A", "seqwarm-long-ramp-wsd with each stage's peak × sqrt(its tokens per "
         "step / the last's)", LR_A, _ramp("A", (4, 4, 2, 1, 1), 0.5)),
     Arm("seqwarm-textbook", "A", "final/8 → final (32→256 at 256) over 10/15/20/55%, global cosine", LR_A, _textbook("A")),
