@@ -93,10 +93,11 @@ def test_a_changed_train_vocab_size_on_resume_is_refused_in_one_line(offline_dat
     load_tokenizer(cfg, run_dir=run)
     # The trainer writes the run's config beside its tokenizer when the run starts.
     (run / "config.yaml").write_text("data:\n  tokenizer:\n    train_vocab_size: 400\n", encoding="utf-8")
-    assert load_tokenizer(cfg, run_dir=run).vocab_size == 400  # the same size: resumes
+    saved = run / "config.yaml"
+    assert load_tokenizer(cfg, run_dir=run, run_config=saved).vocab_size == 400  # the same size: resumes
     changed = cfg.model_copy(update={"tokenizer": cfg.tokenizer.model_copy(update={"train_vocab_size": 500})})
     with pytest.raises(DataError) as err:
-        load_tokenizer(changed, run_dir=run)
+        load_tokenizer(changed, run_dir=run, run_config=saved)
     assert str(err.value) == (
         f"data.tokenizer.train_vocab_size=500, but the run in {run} trained its tokenizer with 400 (its "
         f"config.yaml); set it back to 400 to continue, or start a new run with another --out")

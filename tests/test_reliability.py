@@ -18,9 +18,10 @@ from gradus.config import GuardConfig, from_dict
 from gradus.errors import CheckpointError, ConfigError
 from gradus.train import checkpoint as checkpoint_mod
 from gradus.train import faults
-from gradus.train.checkpoint import CheckpointManager, clean_leftovers
+from gradus.train.checkpoint import CheckpointManager
 from gradus.train.guard import LossGuard
 from gradus.train.metrics import read_metrics
+from gradus.train.run_dir import CHECKPOINT_FILES, RunDir, clean_leftovers
 from gradus.train.trainer import train
 
 TOTAL_STEPS = 16
@@ -184,7 +185,7 @@ def test_a_kill_while_pruning_never_leaves_a_listed_incomplete_checkpoint(tmp_pa
         _save(mgr, 2)
     monkeypatch.setattr(checkpoint_mod.shutil, "rmtree", real)
     for _, path in mgr.steps():
-        assert all((path / f).is_file() for f in checkpoint_mod.FILES)
+        assert all((path / f).is_file() for f in CHECKPOINT_FILES)
     assert [s for s, _ in mgr.steps()] == [2]
 
 
@@ -274,14 +275,14 @@ def test_finite_divergence_bar():
 
 
 def test_a_second_writer_gets_one_line_naming_the_holder(tmp_path, tok, offline_data, capsys):
-    held = checkpoint_mod.prepare_run_dir(tmp_path / "run")
+    held = RunDir(tmp_path / "run").prepare()
     try:
         assert main(["train", write_cfg(tmp_path, raw(tok, offline_data)), "--out", str(tmp_path / "run")]) == 2
         err = capsys.readouterr().err
         assert err.count("\n") == 1 and f"is in use by process {__import__('os').getpid()} on " in err
     finally:
         held.release()
-    checkpoint_mod.prepare_run_dir(tmp_path / "run").release()  # free again once released
+    RunDir(tmp_path / "run").prepare().release()  # free again once released
 
 
 def test_a_run_killed_before_its_first_checkpoint_restarts_from_its_own_config(tmp_path, tok, offline_data):

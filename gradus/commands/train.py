@@ -15,6 +15,7 @@ from pathlib import Path
 from gradus.commands.common import add_config_arguments, config_source
 from gradus.config import load_config
 from gradus.errors import ConfigError
+from gradus.train.run_dir import RunDir
 
 DEFAULT_PRESET = "demo"
 RUNS_DIR = Path("runs")
@@ -33,8 +34,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _has_checkpoints(run_dir: Path) -> bool:
-    ckpt = run_dir / "checkpoints"
-    return ckpt.is_dir() and any(p.name.startswith("step_") for p in ckpt.iterdir())
+    return RunDir(run_dir).has_checkpoints()
 
 
 def _newest_run() -> Path:
@@ -57,8 +57,8 @@ def run(args: argparse.Namespace) -> int:
         raise ConfigError(f"--resume: {out} holds no checkpoints to continue; drop --resume to start a new run there")
     explicit = args.config or args.config_flag or args.preset
     # A run killed before its first checkpoint starts again from its own config, not the demo preset.
-    if (continuing or (out is not None and (out / "config.yaml").is_file())) and not explicit:
-        saved = out / "config.yaml"
+    if (continuing or (out is not None and RunDir(out).config.is_file())) and not explicit:
+        saved = RunDir(out).config
         if not saved.is_file():
             raise ConfigError(f"{saved} is missing; give the run's config with --config FILE")
         cfg = load_config(saved, args.overrides)

@@ -214,13 +214,15 @@ def _from_hub(name: str):
 
 
 def load_tokenizer(cfg: DataConfig, run_dir: str | Path | None = None,
-                   log: Callable[[str], None] | None = None) -> Tokenizer:
+                   log: Callable[[str], None] | None = None, *, run_config: Path | None = None) -> Tokenizer:
     """The tokenizer ``cfg.tokenizer`` names (see the module docstring); a trained one is saved into
     ``run_dir`` when given, so the run directory always holds the tokenizer it was trained with. ``log``
-    (e.g. the trainer's console) is told, in one line, before a BPE is trained: that can take a while."""
+    (e.g. the trainer's console) is told, in one line, before a BPE is trained: that can take a while.
+    ``run_config``: the config the run started with (its path is the run directory's business:
+    :class:`gradus.train.run_dir.RunDir`); a resumed BPE trained at another ``train_vocab_size`` is refused."""
     tcfg = cfg.tokenizer
     if tcfg.train_vocab_size is not None:
-        return _trained(cfg, Path(run_dir) if run_dir is not None else None, log)
+        return _trained(cfg, Path(run_dir) if run_dir is not None else None, log, run_config)
     name = tcfg.name_or_path
     if not name:
         raise DataError("data.tokenizer: give name_or_path (a Hub name or local path) or train_vocab_size")
@@ -317,20 +319,23 @@ def training_key(cfg: DataConfig) -> str:
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()
 
 
-def _run_train_vocab(run_dir: Path) -> int | None:
-    """The ``data.tokenizer.train_vocab_size`` the run in ``run_dir`` started with (its config.yaml), or None
-    when that file is absent or unreadable (the tokenizer file alone then decides)."""
+def _run_train_vocab(run_config: Path | None) -> int | None:
+    """The ``data.tokenizer.train_vocab_size`` the run started with (its saved config ``run_config``), or None
+    when that file is not given, absent or unreadable (the tokenizer file alone then decides)."""
     import yaml
 
+    if run_config is None:
+        return None
     try:
-        raw = yaml.safe_load((run_dir / "config.yaml").read_text(encoding="utf-8"))
+        raw = yaml.safe_load(run_config.read_text(encoding="utf-8"))
         value = raw["data"]["tokenizer"].get("train_vocab_size")
     except (OSError, yaml.YAMLError, KeyError, TypeError, AttributeError):
         return None
     return int(value) if isinstance(value, int) else None
 
 
-def _trained(cfg: DataConfig, run_dir: Path | None, log_line: Callable[[str], None] | None = None) -> Tokenizer:
+def _trained(cfg: DataConfig, run_dir: Path | None, log_line: Callable[[str], None] | None = None,
+             run_config: Path | None = None) -> Tokenizer:
     from tokenizers import Tokenizer as HFTokenizer
 
     vocab = cfg.tokenizer.train_vocab_size
@@ -345,7 +350,7 @@ def _trained(cfg: DataConfig, run_dir: Path | None, log_line: Callable[[str], No
                 f"{path} is not a readable tokenizer ({first_line(exc)}); restore the run's tokenizer.json, "
                 f"or start a new run with another --out"
             ) from None
-        saved = _run_train_vocab(run_dir)
+        saved = _run_train_vocab(run_config)
         if saved is not None and saved != vocab:
             raise DataError(
                 f"data.tokenizer.train_vocab_size={vocab}, but the run in {run_dir} trained its tokenizer with "

@@ -24,6 +24,7 @@ from pathlib import Path
 from gradus.config import dump_yaml, from_dict
 from gradus.errors import GradusError
 from gradus.experiments.analysis import RunRecord, read_records, record_from_metrics
+from gradus.train.run_dir import RunDir
 
 RESULT = "result.json"
 """The file a finished run's record is kept in, beside its metrics."""
@@ -160,7 +161,7 @@ class Runner:
         record.wall_seconds = time.perf_counter() - started
         if code != 0:
             record.diverged = f"gradus train exited {code}: {_last_line(task.run_dir / 'train.log')}"
-        metrics = task.run_dir / "metrics.jsonl"
+        metrics = RunDir(task.run_dir).metrics
         record_from_metrics(record, read_records(metrics) if metrics.is_file() else [], task.budget)
         if code == 0:
             (task.run_dir / RESULT).write_text(json.dumps({"record": record.to_json(), "config": task.config_text}),
@@ -172,10 +173,7 @@ class Runner:
         """Run every task (and those ``on_done`` returns as runs finish); the records in finishing order.
         A run that fails with a configuration or data error (exit 2) stops everything: every arm would
         fail the same way. With ``folder`` set, a second invocation on the same folder gets one line first."""
-        # Imported here: that module imports torch, and this one reads plain files.
-        from gradus.train.checkpoint import prepare_run_dir
-
-        lock = prepare_run_dir(self.folder, self.folder_flag) if self.folder is not None else None
+        lock = RunDir(self.folder).prepare(self.folder_flag) if self.folder is not None else None
         queue = list(tasks)
         running: dict[int, tuple[subprocess.Popen, Task, float, float]] = {}
         records: list[RunRecord] = []

@@ -25,6 +25,7 @@ from gradus.experiments.runner import Runner, Task
 from gradus.experiments.speedup_arms import ARMS, LR_A, Arm, Settings, off_regime_batch
 from gradus.experiments.sweep import describe_run as describe
 from gradus.experiments.tuning import LRTuner, Tuned, tune_all
+from gradus.train.run_dir import RunDir
 
 
 # ==================================================================================== configs
@@ -116,7 +117,7 @@ def execute(s: Settings, arms: Sequence[Arm], data: Path, tokenizer: Path, work:
 
     def finished(run: Run) -> None:
         log(describe(run))
-        shutil.rmtree(Path(run.run_dir) / "checkpoints", ignore_errors=True)  # keep metrics and config, not weights
+        shutil.rmtree(RunDir(Path(run.run_dir)).checkpoints, ignore_errors=True)  # keep metrics and config, not weights
 
     def drive(first: list[Task], unlock: Callable[[Run], list[Task]]) -> object:
         return runner.run(first, on_done=lambda run: (finished(run), unlock(run))[1])

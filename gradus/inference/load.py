@@ -23,11 +23,11 @@ from pathlib import Path
 from typing import Any
 
 from gradus.errors import CheckpointError, ConfigError, first_line
+from gradus.train.run_dir import BEST, EMA_WEIGHTS, MODEL, CheckpointFiles, RunDir, step_of
 
-EMA_FILES = ("ema.safetensors", "model_ema.safetensors")
+EMA_FILES = (EMA_WEIGHTS, "model_ema.safetensors")
 """Names an averaged (EMA) copy of the weights may have inside a checkpoint folder."""
 
-_STEP = re.compile(r"^step_(\d+)$")
 
 
 @dataclass
@@ -57,14 +57,15 @@ class LoadedModel:
 def is_checkpoint(path: Path) -> bool:
     """True for a checkpoint folder (``meta.json`` and ``model.safetensors``, or the ``shards/`` of a
     sharded one: :mod:`gradus.train.sharded_checkpoint`)."""
-    return (path / "meta.json").is_file() and ((path / "model.safetensors").is_file()
-                                               or (path / "shards" / ".metadata").is_file())
+    files = CheckpointFiles(path)
+    return files.meta.is_file() and (files.model.is_file() or (files.shards / ".metadata").is_file())
 
 
 def is_hf_dir(path: Path) -> bool:
-    """True for a Hugging Face model directory (``config.json`` and safetensors weights)."""
+    """True for a Hugging Face model directory (``config.json`` and safetensors weights: the file name a
+    checkpoint's weights have too)."""
     return (path / "config.json").is_file() and (
-        (path / "model.safetensors").is_file() or (path / "model.safetensors.index.json").is_file()
+        (path / MODEL).is_file() or (path / f"{MODEL}.index.json").is_file()
     )
 
 
@@ -79,21 +80,21 @@ def resolve_checkpoint(path: str | Path, which: str | None = None) -> Path:
         if which not in (None, "latest"):
             raise ConfigError(f"--checkpoint {which}: {p} is already one checkpoint; give the run directory instead")
         return p
-    ckpts = p / "checkpoints"
+    ckpts = RunDir(p).checkpoints
     if not ckpts.is_dir():
         raise ConfigError(
             f"{p}: not a gradus run or checkpoint (no checkpoints/ folder, no meta.json + model.safetensors); "
             f"give runs/NAME or runs/NAME/checkpoints/step_N"
         )
-    steps = sorted((int(m.group(1)), c) for c in ckpts.iterdir() if (m := _STEP.match(c.name)) and is_checkpoint(c))
+    steps = sorted((s, c) for c in ckpts.iterdir() if (s := step_of(c.name)) is not None and is_checkpoint(c))
     if which in (None, "latest"):
         if not steps:
             raise ConfigError(f"{p}: the run has no complete checkpoint yet; train it further or pick best")
         return steps[-1][1]
-    if which == "best":
-        if not is_checkpoint(ckpts / "best"):
+    if which == BEST:
+        if not is_checkpoint(ckpts / BEST):
             raise ConfigError(f"{p}: the run has no best checkpoint (written at an evaluation); use --checkpoint latest")
-        return ckpts / "best"
+        return ckpts / BEST
     m = re.fullmatch(r"(?:step_)?(\d+)", which)
     found = dict(steps)
     if m and int(m.group(1)) in found:
@@ -123,9 +124,9 @@ def load_checkpoint(ckpt: Path, *, ema: bool = False, device: str = "cpu") -> Lo
 
     from gradus.model.gpt import GPT
 
-    meta = _read_json(ckpt / "meta.json")
+    meta = _read_json(CheckpointFiles(ckpt).meta)
     cfg = _read_config(ckpt)
-    weights = ckpt / "model.safetensors"
+    weights = CheckpointFiles(ckpt).model
     if not weights.is_file() and not ema:  # a sharded checkpoint (FSDP): its shards made one file, once
         from gradus.train.sharded_checkpoint import consolidate
 
@@ -158,13 +159,13 @@ def raw_shape_fields(ckpt: Path) -> dict[str, Any]:
     try:
         from safetensors import safe_open
 
-        with safe_open(str(ckpt / "model.safetensors"), framework="pt") as f:
+        with safe_open(str(CheckpointFiles(ckpt).model), framework="pt") as f:
             stored = (f.metadata() or {}).get(_SHAPE_KEY)
         if stored:
             return dict(json.loads(stored))
     except Exception:  # noqa: BLE001 - unreadable weights are reported by the loader itself
         pass
-    return dict(_read_json(ckpt / "meta.json").get("model_shape") or {})
+    return dict(_read_json(CheckpointFiles(ckpt).meta).get("model_shape") or {})
 
 
 def _shape_of(weights: Path, meta: dict, cfg, tokenizer):
@@ -209,7 +210,8 @@ def load_run_tokenizer(ckpt: Path, meta: dict, cfg):
     from gradus.data.tokenizer import Tokenizer
 
     ident = meta.get("tokenizer") or {}
-    candidates = [ckpt / "tokenizer.json", ckpt.parent.parent / "tokenizer.json"]
+    files = CheckpointFiles(ckpt)
+    candidates = [files.tokenizer, files.run.tokenizer]  # in the checkpoint itself, else the run's
     found = next((c for c in candidates if c.is_file()), None)
     if found is None:
         if cfg is None:
@@ -251,7 +253,7 @@ def _read_config(ckpt: Path):
     """The run's config (the checkpoint's copy, else the run's), or None when neither is readable."""
     from gradus.config import load_config
 
-    for candidate in (ckpt / "config.yaml", ckpt.parent.parent / "config.yaml"):
+    for candidate in (CheckpointFiles(ckpt).config, CheckpointFiles(ckpt).run.config):
         if candidate.is_file():
             try:
                 return load_config(candidate)

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from gradus.errors import ConfigError
+from gradus.train.run_dir import RunDir
 
 _SOURCE_VAL = re.compile(r"^val/(?:source/|sources/|by_source/)?([^/]+)/loss$")
 """Per-source validation keys: ``val/<name>/loss`` (or ``val/source/<name>/loss``)."""
@@ -115,9 +116,9 @@ def read_history(run_dir: str | Path) -> History:
     """Read ``RUN/metrics.jsonl`` into a :class:`History`. A folder without one is a one-line
     ConfigError; unreadable lines (a crash mid-write) are skipped."""
     run = Path(run_dir)
-    path = run / "metrics.jsonl"
+    path = RunDir(run).metrics
     if not path.is_file():
-        what = "not a gradus run" if not (run / "config.yaml").is_file() else "the run has logged nothing yet"
+        what = "not a gradus run" if not RunDir(run).config.is_file() else "the run has logged nothing yet"
         raise ConfigError(f"{run}: no metrics.jsonl ({what}); give a run directory written by gradus train")
     steps: dict[int, dict] = {}
     evals: dict[int, dict] = {}
@@ -145,7 +146,7 @@ def read_history(run_dir: str | Path) -> History:
 
 
 def _run_name(run: Path) -> str:
-    cfg = run / "config.yaml"
+    cfg = RunDir(run).config
     if cfg.is_file():
         try:
             import yaml

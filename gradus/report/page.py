@@ -14,6 +14,7 @@ from typing import Any
 
 from gradus.report import plots
 from gradus.report.history import History, read_history, smooth, stage_summary
+from gradus.train.run_dir import RunDir
 
 CHARTS = (
     ("loss_tokens.png", "Loss vs tokens",
@@ -89,7 +90,7 @@ def _planned_tokens(run_dir: Path) -> int | None:
         from gradus.config import load_config
         from gradus.curriculum import resolve_schedule
 
-        return int(sum(s.tokens for s in resolve_schedule(load_config(run_dir / "config.yaml")).stages))
+        return int(sum(s.tokens for s in resolve_schedule(load_config(RunDir(run_dir).config)).stages))
     except Exception:  # noqa: BLE001 - only a nicety on the page
         return None
 

@@ -11,7 +11,6 @@ from __future__ import annotations
 import inspect
 from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -19,6 +18,7 @@ import torch
 from gradus.config import OptimConfig
 from gradus.model.gpt import GPT, param_groups
 from gradus.model.sizes import ModelShape
+from gradus.train.run_dir import RunDir
 from gradus.train.runtime import Runtime, seed_everything
 
 
@@ -71,14 +71,14 @@ def build_training_parts(shape: ModelShape, optim: OptimConfig, device: torch.de
     return TrainingParts(model, build_optimizer(model, optim, device), build_scaler(device, precision))
 
 
-def load_tokenizer_on_ranks(data_cfg: Any, run_dir: Path, rt: Runtime, log: Callable[[str], None]) -> Any:
+def load_tokenizer_on_ranks(data_cfg: Any, run: RunDir, rt: Runtime, log: Callable[[str], None]) -> Any:
     """The run's tokenizer on every rank: rank 0 loads (and, if configured, trains) it first and says so in
     ``log``; the others wait, then read what it cached, so a BPE is trained once."""
     from gradus.data import load_tokenizer
 
-    tokenizer = load_tokenizer(data_cfg, run_dir=run_dir, log=log) if rt.is_main else None
+    tokenizer = load_tokenizer(data_cfg, run_dir=run.path, log=log, run_config=run.config) if rt.is_main else None
     rt.barrier()
-    return tokenizer if rt.is_main else load_tokenizer(data_cfg, run_dir=run_dir)
+    return tokenizer if rt.is_main else load_tokenizer(data_cfg, run_dir=run.path, run_config=run.config)
 
 
 def wrap_for_training(model: torch.nn.Module, rt: Runtime, compile_mode: str) -> tuple[torch.nn.Module, bool]:

@@ -4,7 +4,9 @@ A checkpoint is a folder ``checkpoints/step_00001234/`` holding
 ``model.safetensors``, ``optimizer.pt``, ``state.pt`` (counters, data pipeline, RNG, guard, early
 stopping: whatever the caller passes), ``config.yaml`` and ``meta.json`` (step, tokens, losses, stage,
 tokenizer identity). It is written to a hidden temporary folder and renamed into place, so a crash or a
-full disk mid-write never leaves a broken latest checkpoint. ``best/`` holds a copy of the best one.
+full disk mid-write never leaves a broken latest checkpoint. ``best/`` holds a copy of the best one. The
+names are :mod:`gradus.train.run_dir`'s (:class:`~gradus.train.run_dir.CheckpointFiles`), as is the run
+directory's lock and the cleaning of what killed saves leave.
 
 ``state.pt`` maps each Stateful part's name to its ``state_dict()`` (:func:`parts_state`); resuming and
 rolling back restore them with one loop (:func:`load_parts`). The names and layouts are those every
@@ -19,7 +21,6 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import shutil
 from collections.abc import Mapping
 from pathlib import Path
@@ -31,16 +32,24 @@ from safetensors.torch import load_model, save_model
 from gradus.errors import CheckpointError, ConfigError, first_line
 from gradus.files import make_readable
 from gradus.train import faults
+from gradus.train.run_dir import (
+    BEST,
+    CHECKPOINT_FILES,
+    EMA,
+    EMA_WEIGHTS,
+    OLD_PREFIX,
+    TMP_PREFIX,
+    TRASH_PREFIX,
+    CheckpointFiles,
+    step_name,
+    step_of,
+)
 
 if TYPE_CHECKING:
     from gradus.config import TrainConfig
     from gradus.curriculum import Schedule
     from gradus.train.stateful import Progress, Stateful
 
-_STEP_DIR = re.compile(r"^step_(\d+)$")
-EMA_FILE = "ema.safetensors"
-"""The averaged (EMA) weights inside a checkpoint folder, when the run keeps them."""
-FILES = ("model.safetensors", "optimizer.pt", "state.pt", "config.yaml", "meta.json")
 
 
 def _fsync_dir(path: Path) -> None:
@@ -61,76 +70,6 @@ def _fsync_tree(path: Path) -> None:
         with open(f, "rb") as fh:
             os.fsync(fh.fileno())
     _fsync_dir(path)
-
-
-class RunLock:
-    """An exclusive lock on a run directory (``.lock``, flock): a second process writing the same run gets
-    one line naming the holder instead of colliding with it. Released by :meth:`release` or at exit.
-    ``flag`` is the option the message tells the user to change (``--out``; the benchmarks' ``--work``)."""
-
-    def __init__(self, run_dir: Path, flag: str = "--out"):
-        import fcntl
-        import socket
-
-        self.path = run_dir / ".lock"
-        self._fh = open(self.path, "a+", encoding="utf-8")  # noqa: SIM115 - held for the whole run
-        try:
-            fcntl.flock(self._fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
-            self._fh.seek(0)
-            holder = self._fh.read().strip() or "another process"
-            self._fh.close()
-            raise ConfigError(
-                f"{run_dir} is in use by {holder}; wait for it to finish, stop it, or choose another {flag}"
-            ) from None
-        self._fh.seek(0)
-        self._fh.truncate()
-        self._fh.write(f"process {os.getpid()} on {socket.gethostname()}")
-        self._fh.flush()
-
-    def release(self) -> None:
-        """Let another process use the run directory."""
-        if not self._fh.closed:
-            self._fh.close()  # closing the file releases the flock
-
-
-def prepare_run_dir(run_dir: Path, flag: str = "--out") -> RunLock:
-    """Create the run directory, check that files can be written there (a one-line ConfigError if not),
-    so a run fails before training rather than at its first checkpoint, take its lock (:class:`RunLock`)
-    and clean the leftovers of killed saves (:func:`clean_leftovers`). ``flag``: the option the messages
-    name."""
-    try:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        probe = run_dir / f".write-test-{os.getpid()}"
-        probe.write_text("ok")
-        probe.unlink()
-    except OSError as exc:
-        raise ConfigError(
-            f"cannot write to the output directory {run_dir}: {exc.strerror or exc}; choose another {flag}"
-        ) from None
-    lock = RunLock(run_dir, flag)
-    clean_leftovers(run_dir / "checkpoints")
-    return lock
-
-
-def clean_leftovers(directory: Path) -> list[str]:
-    """Remove what killed saves and prunes left in a checkpoints folder (``.tmp-*`` partial saves, each a
-    full-size copy; ``.trash-*`` half-deleted old checkpoints) and put back a ``best/`` lost between the two
-    renames of :meth:`CheckpointManager.mark_best`. Called at start-up, before anything lists checkpoints.
-    Returns the names removed or restored."""
-    if not directory.is_dir():
-        return []
-    done = []
-    best = directory / "best"
-    olds = sorted(directory.glob(".old-best-*"))
-    if not best.exists() and olds and (olds[-1] / "meta.json").is_file():
-        os.replace(olds[-1], best)
-        done.append(f"{olds[-1].name} -> best")
-    for p in directory.iterdir():
-        if p.name.startswith((".tmp-", ".trash-", ".old-best-")):
-            shutil.rmtree(p, ignore_errors=True) if p.is_dir() else p.unlink(missing_ok=True)
-            done.append(p.name)
-    return done
 
 
 def _checkpoint_bytes(model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> int:
@@ -186,9 +125,9 @@ class CheckpointManager:
             return []
         found = []
         for p in self.dir.iterdir():
-            m = _STEP_DIR.match(p.name)
-            if m and p.is_dir():
-                found.append((int(m.group(1)), p))
+            step = step_of(p.name)
+            if step is not None and p.is_dir():
+                found.append((step, p))
         return sorted(found)
 
     def latest(self, at_most: int | None = None) -> Path | None:
@@ -198,11 +137,11 @@ class CheckpointManager:
 
     def best(self) -> Path | None:
         """The best checkpoint by validation loss, or None."""
-        p = self.dir / "best"
-        if (p / "meta.json").is_file():
+        p = self.dir / BEST
+        if CheckpointFiles(p).meta.is_file():
             return p
         # A kill between mark_best's two renames leaves the previous best here (restored at start-up).
-        olds = [o for o in sorted(self.dir.glob(".old-best-*")) if (o / "meta.json").is_file()]
+        olds = [o for o in sorted(self.dir.glob(f"{OLD_PREFIX}{BEST}-*")) if CheckpointFiles(o).meta.is_file()]
         return olds[-1] if olds else None
 
     # ------------------------------------------------------------------------------------ saving
@@ -220,8 +159,9 @@ class CheckpointManager:
         """Write ``step_<step>`` atomically and prune old ones; with ``ema`` (the averaged model), also its
         ``ema.safetensors`` and ``ema/`` (:meth:`mark_ema`). On failure (a full disk, say) the
         temporary folder is removed, earlier checkpoints are untouched, and a CheckpointError says why."""
-        final = self.dir / f"step_{step:08d}"
-        tmp = self.dir / f".tmp-step_{step:08d}-{os.getpid()}"
+        final = self.dir / step_name(step)
+        tmp = self.dir / f"{TMP_PREFIX}{step_name(step)}-{os.getpid()}"
+        files = CheckpointFiles(tmp)
         try:
             self.dir.mkdir(parents=True, exist_ok=True)
             if tmp.exists():
@@ -229,19 +169,19 @@ class CheckpointManager:
             tmp.mkdir()
             injected = faults.active()
             injected.at("before_model")
-            save_model(model, str(tmp / "model.safetensors"))
-            make_readable(tmp / "model.safetensors")  # safetensors writes 0600
+            save_model(model, str(files.model))
+            make_readable(files.model)  # safetensors writes 0600
             injected.at("after_model")
             if ema is not None:  # the averaged weights, under the name `gradus export --ema` looks for
-                save_model(ema, str(tmp / EMA_FILE))
-                make_readable(tmp / EMA_FILE)
-            torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
+                save_model(ema, str(files.ema_weights))
+                make_readable(files.ema_weights)
+            torch.save(optimizer.state_dict(), files.optimizer)
             injected.at("after_optimizer")
-            torch.save(state, tmp / "state.pt")
+            torch.save(state, files.state)
             injected.at("after_state")
-            (tmp / "config.yaml").write_text(config_yaml, encoding="utf-8")
+            files.config.write_text(config_yaml, encoding="utf-8")
             # meta.json last: a reader that finds it knows the rest is there.
-            (tmp / "meta.json").write_text(json.dumps(meta, indent=2, sort_keys=True), encoding="utf-8")
+            files.meta.write_text(json.dumps(meta, indent=2, sort_keys=True), encoding="utf-8")
             _fsync_tree(tmp)
             injected.at("before_rename")
             if final.exists():  # re-saving the same step (e.g. after a rollback): replace it
@@ -265,20 +205,20 @@ class CheckpointManager:
 
     def mark_best(self, source: Path) -> Path:
         """Make ``best/`` a copy of a saved checkpoint (hard links where possible), atomically."""
-        return self._publish(source, "best")
+        return self._publish(source, BEST)
 
     def mark_ema(self, source: Path) -> Path:
         """Make ``ema/`` a checkpoint of the averaged weights: a copy of ``source`` whose
         ``model.safetensors`` is its ``ema.safetensors``, so every command that reads a checkpoint
         (generate, eval, export) reads the average from ``checkpoints/ema``."""
-        return self._publish(source, "ema", weights=EMA_FILE)
+        return self._publish(source, EMA, weights=EMA_WEIGHTS)
 
     def _publish(self, source: Path, name: str, weights: str | None = None) -> Path:
         """Make ``name/`` a copy of a saved checkpoint (hard links where possible), atomically; with
         ``weights``, that file of it becomes the copy's ``model.safetensors``."""
-        tmp = self.dir / f".tmp-{name}-{os.getpid()}"
+        tmp = self.dir / f"{TMP_PREFIX}{name}-{os.getpid()}"
         best = self.dir / name
-        old = self.dir / f".old-{name}-{os.getpid()}"
+        old = self.dir / f"{OLD_PREFIX}{name}-{os.getpid()}"
         try:
             if tmp.exists():
                 shutil.rmtree(tmp)
@@ -291,7 +231,7 @@ class CheckpointManager:
 
             shutil.copytree(source, tmp, copy_function=link_or_copy)
             if weights is not None:
-                os.replace(tmp / weights, tmp / "model.safetensors")
+                os.replace(tmp / weights, CheckpointFiles(tmp).model)
             if best.exists():
                 os.replace(best, old)
             os.replace(tmp, best)
@@ -308,7 +248,7 @@ class CheckpointManager:
         deleting leaves a ``.trash-*`` folder (removed at start-up), never a listed incomplete checkpoint."""
         steps = self.steps()
         for _, path in steps[: max(0, len(steps) - self.keep_last)]:
-            trash = self.dir / f".trash-{path.name}"
+            trash = self.dir / f"{TRASH_PREFIX}{path.name}"
             try:
                 os.replace(path, trash)
             except OSError:
@@ -320,7 +260,7 @@ class CheckpointManager:
     def read_meta(path: Path) -> dict:
         """The meta.json of a checkpoint; a missing or unreadable one is a CheckpointError."""
         try:
-            return json.loads((Path(path) / "meta.json").read_text(encoding="utf-8"))
+            return json.loads(CheckpointFiles(Path(path)).meta.read_text(encoding="utf-8"))
         except FileNotFoundError:
             raise CheckpointError(f"{path}: not a checkpoint (meta.json missing)") from None
         except (OSError, ValueError) as exc:
@@ -336,12 +276,12 @@ class CheckpointManager:
         if meta.get("format") == "sharded":  # gradus.train.sharded_checkpoint
             raise CheckpointError(f"{path} is sharded (written with train.parallel=fsdp over {meta.get('shards')} "
                                   f"processes); resume it with parallel: fsdp under torchrun, or start a new --out")
-        missing = [f for f in FILES if not (path / f).is_file()]
+        missing = [f for f in CHECKPOINT_FILES if not (path / f).is_file()]
         if missing:
             raise CheckpointError(f"{path}: incomplete checkpoint, missing {', '.join(missing)}")
         _check_shapes(path, model)
         try:
-            missing_keys, unexpected = load_model(model, str(path / "model.safetensors"), strict=False)
+            missing_keys, unexpected = load_model(model, str(CheckpointFiles(path).model), strict=False)
         except Exception as exc:  # safetensors raises several types for truncated/garbled files
             raise CheckpointError(
                 f"{path}/model.safetensors is corrupt or does not match the model ({type(exc).__name__}: "
@@ -353,9 +293,10 @@ class CheckpointManager:
                 f"unexpected {sorted(unexpected)[:3]}); was model.* changed?"
             )
         try:
-            state = torch.load(path / "state.pt", map_location="cpu", weights_only=False)
+            state = torch.load(CheckpointFiles(path).state, map_location="cpu", weights_only=False)
             if optimizer is not None:
-                optimizer.load_state_dict(torch.load(path / "optimizer.pt", map_location="cpu", weights_only=False))
+                optimizer.load_state_dict(torch.load(CheckpointFiles(path).optimizer, map_location="cpu",
+                                                     weights_only=False))
                 _check_optimizer_shapes(path, optimizer)
         except CheckpointError:
             raise
@@ -373,7 +314,7 @@ def _check_shapes(path: Path, model: torch.nn.Module) -> None:
     from safetensors import safe_open
 
     try:
-        with safe_open(str(path / "model.safetensors"), framework="pt") as f:
+        with safe_open(str(CheckpointFiles(path).model), framework="pt") as f:
             saved = {k: tuple(f.get_slice(k).get_shape()) for k in f.keys()}  # noqa: SIM118 - not a dict
     except Exception:  # noqa: BLE001 - an unreadable file is reported as corrupt by the load that follows
         return

@@ -191,6 +191,7 @@ def run_lr_find(
     line per length as it finishes. ``stop_on_divergence=False`` runs every step (for studies)."""
     from gradus.data import load_tokenizer
     from gradus.model import resolve_shape
+    from gradus.train.run_dir import RunDir
     from gradus.train.runtime import setup_runtime
 
     check_sweep(min_lr, max_lr, steps)
@@ -201,7 +202,8 @@ def run_lr_find(
     schedule = lr_schedule(min_lr, max_lr, steps)
     beta = smoothing_beta(steps)
     rt = setup_runtime(cfg.train)
-    tokenizer = load_tokenizer(cfg.data, run_dir=run_dir, log=log)  # says so before training a BPE
+    tokenizer = load_tokenizer(cfg.data, run_dir=run_dir, log=log,  # says so before training a BPE
+                               run_config=RunDir.of(run_dir).config if run_dir is not None else None)
     shape = resolve_shape(cfg.model, tokenizer.vocab_size)
 
     curves = []

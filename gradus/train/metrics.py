@@ -19,6 +19,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from gradus.train.run_dir import RunDir
+
 if TYPE_CHECKING:
     from gradus.curriculum import Schedule, StagePlan, StageState
     from gradus.model.sizes import ModelShape
@@ -328,12 +330,13 @@ def _after(record: dict, step: int) -> bool:
 class MetricsWriter:
     """Appends records to ``metrics.jsonl`` and mirrors scalars to TensorBoard. Only rank 0 writes."""
 
-    def __init__(self, run_dir: Path, *, tensorboard: bool = True, enabled: bool = True,
+    def __init__(self, run_dir: Path | RunDir, *, tensorboard: bool = True, enabled: bool = True,
                  resume_step: int | None = None):
         """``resume_step``: the step of the checkpoint a resumed run continues from; records written after
         it (the steps between that checkpoint and a kill) are dropped, so every step appears once."""
+        run = RunDir.of(run_dir)
         self.enabled = enabled
-        self.path = Path(run_dir) / "metrics.jsonl"
+        self.path = run.metrics
         self._file = None
         self._tb = None
         self.tensorboard_error: str | None = None
@@ -349,7 +352,7 @@ class MetricsWriter:
                 self.tensorboard_error = f"{type(exc).__name__}: {exc}"
             else:
                 # purge_step: TensorBoard hides the events after the checkpoint that the resumed run rewrites.
-                self._tb = SummaryWriter(log_dir=str(Path(run_dir) / "tensorboard"),
+                self._tb = SummaryWriter(log_dir=str(run.tensorboard),
                                          purge_step=None if resume_step is None else resume_step + 1)
 
     def write(self, record: dict[str, Any]) -> None:

@@ -4,20 +4,20 @@
   and in the divergence error, so the offending data can be found.
 * :func:`diverged_error`: the one-line :class:`~gradus.errors.DivergedError` (exit code 3).
 * :func:`rollback`: back to the last good checkpoint after repeated non-finite steps.
-* :func:`write_status`: ``status.json`` in the run directory: ``finished``, ``stopped`` (by a signal or
-  ``--stop-at-step``; resumable), ``diverged`` or ``failed``, with the step and the exit code.
+* :func:`record_result`, :func:`record_failure`: the run's outcome in its status file
+  (:meth:`gradus.train.run_dir.RunDir.write_status`): ``finished``, ``stopped`` (by a signal or
+  ``--stop-at-step``; resumable), ``diverged`` or ``failed``, with the step and the exit code; and
+  :func:`exit_code`, read back from it.
 """
 
 from __future__ import annotations
 
-import json
 import math
-import os
-import time
 from pathlib import Path
 from typing import Any
 
 from gradus.errors import DivergedError, GradusError
+from gradus.train.run_dir import RunDir
 
 EXIT_CODES = {"finished": 0, "stopped": 0, "failed": 1, "bad_input": 2, "diverged": 3}
 """The documented exit codes of ``gradus train`` by outcome (README, "Resume, preemption, divergence")."""
@@ -60,19 +60,6 @@ def check_ranks_in_sync(rt: Any, model: Any, write: Any, step: int) -> None:
         raise GradusError(f"ranks ended with different weights (checksums {gathered}); please report this")
 
 
-def write_status(run_dir: Path, outcome: str, step: int | None, reason: str, exit_code: int) -> None:
-    """Write ``status.json`` atomically (a scheduler may read it at any time); never raises."""
-    record = {"status": outcome, "step": step, "reason": reason, "exit_code": exit_code,
-              "resumable": outcome == "stopped", "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
-    path = Path(run_dir) / "status.json"
-    tmp = path.with_name(f".status-{os.getpid()}.json")
-    try:
-        tmp.write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
-        os.replace(tmp, path)
-    except OSError:
-        pass  # an unwritable run directory is reported by the error that is already on its way
-
-
 DIVERGED_LOSS_FACTOR = 2.0
 """A run that ends with its recent loss above this × ln(vocab) (twice the loss of guessing uniformly, which
 an untrained model starts near) diverged even though every loss was finite."""
@@ -102,18 +89,15 @@ def record_result(trainer: Any, result: Any) -> None:
     why = finite_divergence(recent[len(recent) // 2] if recent else None, trainer.shape.vocab_size)
     if why is not None:
         outcome, reason = "diverged", why
-    write_status(trainer.run_dir, outcome, result.step, reason, EXIT_CODES[outcome])
+    RunDir.of(trainer.run_dir).write_status(outcome, result.step, reason, EXIT_CODES[outcome])
 
 
 def exit_code(run_dir: Path, step: int) -> tuple[int, str | None]:
     """The exit code ``gradus train`` ends with, from the run's ``status.json`` written at ``step``, and
     the line to print when it is not 0 (a diverged run must not exit 0 like a healthy one). A status of
     another step (a rank other than 0 reading before rank 0 wrote) counts as finished."""
-    try:
-        status = json.loads((Path(run_dir) / "status.json").read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return 0, None
-    if status.get("step") != step:
+    status = RunDir.of(run_dir).read_status()
+    if status is None or status.get("step") != step:
         return 0, None
     code = int(status.get("exit_code", 0))
     return code, (status.get("reason") if code else None)
@@ -130,7 +114,7 @@ def record_failure(trainer: Any, exc: BaseException) -> None:
     outcome = "diverged" if isinstance(exc, DivergedError) else "failed"
     code = exc.exit_code if isinstance(exc, GradusError) else EXIT_CODES["failed"]
     reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-    write_status(trainer.run_dir, outcome, trainer.progress.step, reason, code)
+    RunDir.of(trainer.run_dir).write_status(outcome, trainer.progress.step, reason, code)
 
 
 def rollback(trainer: Any, event: Any) -> Any:

@@ -30,17 +30,17 @@ from gradus.errors import CheckpointError, first_line
 from gradus.files import make_readable
 from gradus.train import faults
 from gradus.train.checkpoint import CheckpointManager, _fsync_dir
+from gradus.train.run_dir import MODEL, SHARDS, TMP_PREFIX, CheckpointFiles, step_name
 from gradus.train.runtime import Runtime
 
-SHARDS = "shards"
-"""The DCP folder inside a sharded checkpoint."""
 FORMAT = "sharded"
 """``meta.json``'s ``format`` for a sharded checkpoint (a whole-model one has none)."""
 
 
 def is_sharded_checkpoint(path: Path) -> bool:
     """True for a checkpoint folder written by :class:`ShardedCheckpointManager`."""
-    return (Path(path) / "meta.json").is_file() and (Path(path) / SHARDS / ".metadata").is_file()
+    files = CheckpointFiles(Path(path))
+    return files.meta.is_file() and (files.shards / ".metadata").is_file()
 
 
 def open_checkpoints(directory: Path, train, rt: Runtime) -> CheckpointManager:
@@ -81,8 +81,8 @@ class ShardedCheckpointManager(CheckpointManager):
         import torch.distributed.checkpoint as dcp
         from torch.distributed.checkpoint.state_dict import get_state_dict
 
-        final = self.dir / f"step_{step:08d}"
-        tmp = self.dir / f".tmp-step_{step:08d}-sharded"  # one name every rank knows
+        final = self.dir / step_name(step)
+        tmp = self.dir / f"{TMP_PREFIX}{step_name(step)}-sharded"  # one name every rank knows
         main = self.rt.is_main
         why = self._each_rank(lambda: self._fresh(tmp) if main else None)
         if why is None:
@@ -91,7 +91,7 @@ class ShardedCheckpointManager(CheckpointManager):
             def shards() -> None:
                 injected.at("before_model")
                 model_state, optim_state = get_state_dict(model, optimizer)
-                dcp.save({"model": model_state, "optim": optim_state}, checkpoint_id=str(tmp / SHARDS))
+                dcp.save({"model": model_state, "optim": optim_state}, checkpoint_id=str(CheckpointFiles(tmp).shards))
                 injected.at("after_model")
 
             why = self._each_rank(shards)
@@ -126,12 +126,12 @@ class ShardedCheckpointManager(CheckpointManager):
 
     def _finish(self, tmp: Path, final: Path, state: dict, meta: dict, config_yaml: str) -> None:
         """Rank 0: the state of the Stateful parts, the config, meta.json last, fsync, rename."""
-        injected = faults.active()
-        torch.save(state, tmp / "state.pt")
+        injected, files = faults.active(), CheckpointFiles(tmp)
+        torch.save(state, files.state)
         injected.at("after_state")
-        (tmp / "config.yaml").write_text(config_yaml, encoding="utf-8")
+        files.config.write_text(config_yaml, encoding="utf-8")
         meta = {**meta, "format": FORMAT, "shards": self.rt.world_size}
-        (tmp / "meta.json").write_text(json.dumps(meta, indent=2, sort_keys=True), encoding="utf-8")
+        files.meta.write_text(json.dumps(meta, indent=2, sort_keys=True), encoding="utf-8")
         _fsync_files(tmp)
         injected.at("before_rename")
         if final.exists():  # re-saving the same step (after a rollback): replace it
@@ -151,15 +151,15 @@ class ShardedCheckpointManager(CheckpointManager):
         if meta.get("format") != FORMAT:
             raise CheckpointError(f"{path} holds a whole model (written with train.parallel=ddp or on one process); "
                                   f"resume it with parallel: ddp, or start a new --out")
-        if not is_sharded_checkpoint(path) or not (path / "state.pt").is_file():
+        if not is_sharded_checkpoint(path) or not CheckpointFiles(path).state.is_file():
             raise CheckpointError(f"{path}: incomplete sharded checkpoint; delete it to resume from an earlier one")
         try:
             model_state, optim_state = get_state_dict(model, optimizer if optimizer is not None else [])
             wanted = {"model": model_state, **({"optim": optim_state} if optimizer is not None else {})}
-            dcp.load(wanted, checkpoint_id=str(path / SHARDS))
+            dcp.load(wanted, checkpoint_id=str(CheckpointFiles(path).shards))
             set_state_dict(model, optimizer if optimizer is not None else [], model_state_dict=wanted["model"],
                            optim_state_dict=wanted.get("optim", {}))
-            state = torch.load(path / "state.pt", map_location="cpu", weights_only=False)
+            state = torch.load(CheckpointFiles(path).state, map_location="cpu", weights_only=False)
         except Exception as exc:  # noqa: BLE001 - DCP raises a CheckpointException wrapping every rank's error
             first = first_line(exc)
             raise CheckpointError(f"{path}: cannot load the sharded checkpoint ({first}); was model.* changed? "
@@ -172,7 +172,7 @@ def consolidated_path(path: Path) -> Path:
     or, when that folder cannot be written (a read-only run directory, another user's run), in this user's
     folder in the temp folder under a name unique to the checkpoint (its path and ``meta.json``), so reading
     never needs write access to the run. Those copies are not cleaned up: the temp folder's rules apply."""
-    inside = path / "model.safetensors"
+    inside = CheckpointFiles(path).model
     if inside.is_file() or os.access(path, os.W_OK):
         return inside
     # This user's own folder (0700, checked to be theirs), so nobody else can plant the weights it reads.
@@ -187,7 +187,7 @@ def consolidated_path(path: Path) -> Path:
         raise CheckpointError(f"{mine} belongs to another user; remove it, or copy {path} somewhere writable")
     meta = CheckpointManager.read_meta(path)
     key = hashlib.sha256(f"{path.resolve()}|{json.dumps(meta, sort_keys=True)}".encode()).hexdigest()[:16]
-    return mine / key / "model.safetensors"
+    return mine / key / MODEL
 
 
 def consolidate(path: Path) -> Path:
@@ -213,7 +213,7 @@ def consolidate(path: Path) -> Path:
     try:
         with warnings.catch_warnings():  # "torch.distributed is ... uninitialized": one process is the intent
             warnings.simplefilter("ignore", UserWarning)
-            dcp.load(weights, checkpoint_id=str(path / SHARDS), no_dist=True)
+            dcp.load(weights, checkpoint_id=str(CheckpointFiles(path).shards), no_dist=True)
     except Exception as exc:  # noqa: BLE001 - see ShardedCheckpointManager.load
         first = first_line(exc)
         raise CheckpointError(f"{path}/{SHARDS}: cannot be read into {model.shape.describe()} ({first})") from None

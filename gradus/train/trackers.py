@@ -16,9 +16,10 @@ from typing import Any
 from gradus.config import GradusConfig, WandbConfig
 from gradus.errors import ConfigError
 from gradus.train.metrics import MetricsWriter
+from gradus.train.run_dir import WANDB_ID, RunDir
 
-WANDB_ID_FILE = "wandb_id.txt"
-"""The W&B run id, kept in the run directory so a resumed run continues the same W&B run."""
+WANDB_ID_FILE = WANDB_ID
+"""The W&B run id's file name in the run directory (:attr:`RunDir.wandb_id`)."""
 
 
 def tensorboard_note(writer: MetricsWriter, wanted: bool) -> str | None:
@@ -39,7 +40,7 @@ def wandb_run(cfg: WandbConfig, full: GradusConfig, run_dir: Path) -> Any:
     except ImportError:
         raise ConfigError(f"logging.wandb (mode {cfg.mode}) needs the wandb package: `pip install wandb`, "
                           "or remove logging.wandb / set logging.wandb.mode: disabled") from None
-    id_file = run_dir / WANDB_ID_FILE
+    id_file = RunDir.of(run_dir).wandb_id
     run_id = id_file.read_text(encoding="utf-8").strip() if id_file.is_file() else None
     if not run_id:
         run_id = secrets.token_hex(4)  # W&B ids: lowercase letters and digits
@@ -86,21 +87,22 @@ class Tracked:
         return getattr(self.writer, name)
 
 
-def open_metrics(cfg: GradusConfig, run_dir: Path, is_main: bool, resume_step: int | None = None) -> Tracked:
+def open_metrics(cfg: GradusConfig, run_dir: Path | RunDir, is_main: bool, resume_step: int | None = None) -> Tracked:
     """The run's metrics writer: metrics.jsonl, TensorBoard when installed, W&B when configured (rank 0).
 
     ``resume_step`` is passed to :class:`MetricsWriter`: records after it are dropped (they are redone)."""
-    writer = MetricsWriter(run_dir, tensorboard=cfg.logging.tensorboard, enabled=is_main, resume_step=resume_step)
+    folder = RunDir.of(run_dir)
+    writer = MetricsWriter(folder, tensorboard=cfg.logging.tensorboard, enabled=is_main, resume_step=resume_step)
     notes = [n for n in [tensorboard_note(writer, cfg.logging.tensorboard)] if n]
     run = None
     if is_main and cfg.logging.wandb is not None:
         try:
-            run = wandb_run(cfg.logging.wandb, cfg, run_dir)
+            run = wandb_run(cfg.logging.wandb, cfg, folder.path)
         except BaseException:
             writer.close()
             raise
         if run is not None:
-            where = (f"offline, under {run_dir / 'wandb'}; send it with `wandb sync`" if cfg.logging.wandb.mode == "offline"
+            where = (f"offline, under {folder.wandb}; send it with `wandb sync`" if cfg.logging.wandb.mode == "offline"
                      else f"online, {getattr(run, 'url', None) or cfg.logging.wandb.project}")
             notes.append(f"wandb: logging to project {cfg.logging.wandb.project!r} ({where})")
     return Tracked(writer, run, notes)

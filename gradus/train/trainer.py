@@ -28,6 +28,7 @@ from gradus.train.lag import StepDone
 from gradus.train.metrics import Console, RunResult, StepReport, Window
 from gradus.train.micro_batch import check_batches_divide, plan_micro_batches, probe_micro_batch
 from gradus.train.passkey import PasskeyProbe
+from gradus.train.run_dir import RunDir
 from gradus.train.sharded_checkpoint import open_checkpoints
 from gradus.train.signals import StopRequest
 from gradus.train.stateful import PerRank, Progress, RngState, Stateful
@@ -47,6 +48,7 @@ class Trainer:
                  on_step: Callable[[StepReport], None] | None = None):
         self.cfg = cfg
         self.run_dir = Path(run_dir)
+        self.run = RunDir(self.run_dir)  # every path in it (gradus.train.run_dir)
         self.resume, self.allow_config_change = resume, allow_config_change
         self.quiet, self.on_step = quiet, on_step
         self.stop = StopRequest()  # a signal (or code setting stop.reason) ends the run after the current step
@@ -67,14 +69,14 @@ class Trainer:
         self.schedule = resolve_schedule(cfg)
         check_batches_divide(self.schedule.stages, rt)  # before the run directory is touched
         if rt.is_main:
-            self._lock = checkpoint.prepare_run_dir(self.run_dir)
+            self._lock = self.run.prepare()
         rt.barrier()
         self.console = Console(enabled=rt.is_main and not self.quiet, progress_bar=cfg.logging.progress_bar,
                                total_tokens=None)
-        self.ckpt = open_checkpoints(self.run_dir / "checkpoints", cfg.train, rt)  # sharded under FSDP
+        self.ckpt = open_checkpoints(self.run.checkpoints, cfg.train, rt)  # sharded under FSDP
         runtime.seed_everything(cfg.train.seed)
 
-        self.tokenizer = load_tokenizer_on_ranks(cfg.data, self.run_dir, rt, self.console.print)
+        self.tokenizer = load_tokenizer_on_ranks(cfg.data, self.run, rt, self.console.print)
         check_vocab_fits(cfg.model, self.tokenizer.vocab_size)
         self.shape = resolve_shape(cfg.model, self.tokenizer.vocab_size)
         self._build_parts()
@@ -84,11 +86,11 @@ class Trainer:
         resumed_from = self._maybe_resume()
         self.data.prefetch_for(state_at(self.schedule, self.progress.step, self.progress.tokens))  # cold start ∥ set-up
         if rt.is_main and resumed_from is None:
-            (self.run_dir / "config.yaml").write_text(dump_yaml(cfg), encoding="utf-8")
-            if not (self.run_dir / "tokenizer.json").is_file():  # a trained BPE is already saved there
+            self.run.config.write_text(dump_yaml(cfg), encoding="utf-8")
+            if not self.run.tokenizer.is_file():  # a trained BPE is already saved there
                 self.tokenizer.save(self.run_dir)
         # From step 0 too: what a run killed before its first checkpoint logged is redone, so dropped.
-        self.metrics = open_metrics(cfg, self.run_dir, rt.is_main,  # + TensorBoard, W&B
+        self.metrics = open_metrics(cfg, self.run, rt.is_main,  # + TensorBoard, W&B
                                     resume_step=self.progress.step)
         if resumed_from is not None:
             self.metrics.write({"event": "resume", "step": self.progress.step, "checkpoint": resumed_from.name})
