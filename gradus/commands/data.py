@@ -180,7 +180,10 @@ def mix_note(stage: dict) -> str:
     text = (f"  mix {'from a small sample' if small else 'sample'}: {docs:,} document ends in {stage['batches']} "
             f"batches, so chance alone moves a share by ±{tol:.3f} or more; largest gap here {dev:.3f}")
     if small:
-        more = max(stage["batches"] * 4, math.ceil(stage["batches"] * (tol / SMALL_SAMPLE_TOLERANCE) ** 2))
+        # The tolerance falls as 1/sqrt(documents), and documents grow with batches: (tol / target)² times as
+        # many batches reach the target. (A floor of 4× used to be applied here, which promised ±0.02 where
+        # the batches named would give ±0.01: twice as many batches as needed, or more.)
+        more = math.ceil(stage["batches"] * (tol / SMALL_SAMPLE_TOLERANCE) ** 2)
         text += f"; --batches {more} for about ±{SMALL_SAMPLE_TOLERANCE}"
     return text
 
