@@ -339,3 +339,25 @@ def test_an_oversized_jsonl_record_is_refused_with_its_line(tmp_path: Path, monk
     peak = tracemalloc.get_traced_memory()[1]
     tracemalloc.stop()
     assert peak < 4 << 20  # the bound holds: the 8 MB line was never read whole
+
+
+def test_a_source_too_small_for_held_out_documents_says_so_with_the_fix(tmp_path: Path, caplog,
+                                                                         bpe_tokenizer_dir: Path):
+    """Three documents at the default fraction (0.5%): none is held out, and the warning names the fraction and
+    what to do instead of leaving the source out of validation without a word."""
+    import logging
+
+    from gradus.config import DataConfig
+    from gradus.data import load_tokenizer
+    from gradus.data.validation import heldout_tokens
+
+    path = tmp_path / "small.jsonl"
+    path.write_text("".join(json.dumps({"text": f"document number {i} " * 20}) + "\n" for i in range(3)))
+    cfg = DataConfig(sources=[{"name": "small", "path": str(path)}],
+                     tokenizer={"name_or_path": str(bpe_tokenizer_dir)})
+    assert not any(is_heldout(f"document number {i} " * 20, 0.005) for i in range(3))
+    with caplog.at_level(logging.WARNING, logger="gradus.data"):
+        assert heldout_tokens(cfg, load_tokenizer(cfg)) == {}
+    assert ("source small: no held-out documents, so it is left out of validation: none of the documents read hash "
+            "below data.validation.fraction=0.005 (a small source); raise the fraction (e.g. 0.05) or give the "
+            "source a validation_split") in caplog.text

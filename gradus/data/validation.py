@@ -80,7 +80,12 @@ def _heldout_texts(cfg: DataConfig, src, tokenizer) -> tuple[list[str], list[boo
         if scan_limit is not None and piece.cursor.get("seen", 0) >= scan_limit:
             break
     if not texts:
-        log.warning("source %s: no held-out documents for validation", src.name)
+        # Said with the fix: a small source whose documents all hash into training would otherwise just be
+        # missing from every evaluation.
+        where = (f"its validation_split {src.validation_split} is empty" if src.validation_split else
+                 f"none of the documents read hash below data.validation.fraction={vcfg.fraction:g} (a small "
+                 "source); raise the fraction (e.g. 0.05) or give the source a validation_split")
+        log.warning("source %s: no held-out documents, so it is left out of validation: %s", src.name, where)
     return texts, eos
 
 
