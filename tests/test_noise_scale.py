@@ -304,3 +304,55 @@ def test_no_graph_is_built_after_the_first_compiled_step():
     for measure in (False, True, False, True):
         optimizer_step(net, model, opt, None, inputs, labels, lr=1e-2, clip=1.0, micro=2, rt=RT, measure_noise=measure)
     assert compiled_graph_count() == graphs
+
+
+# ============================================================================ under DDP (two gloo processes)
+def _ddp_worker(rank: int, world: int, init: str, out: str) -> None:
+    import os
+
+    import torch.distributed as dist
+
+    dist.init_process_group("gloo", init_method=init, rank=rank, world_size=world)
+    try:
+        torch.set_num_threads(1)
+        rt = Runtime(device=torch.device("cpu"), precision="fp32", rank=rank, world_size=world)
+        inputs, labels = _batch(rows=8)
+        model, opt = _parts()
+        net = torch.nn.parallel.DistributedDataParallel(model)
+        mine = slice(4 * rank, 4 * rank + 4)  # each rank its 4 rows, in 2 micro-batches of 2
+        (_, grad_norm, _), sample = optimizer_step(net, model, opt, None, inputs[mine], labels[mine], lr=1e-2,
+                                                   clip=1.0, micro=2, rt=rt, measure_noise=True)
+        with open(f"{out}.{rank}", "w") as f:
+            json.dump({"values": sample.values.tolist(), "micro": sample.micro.tolist(), "grad_norm": grad_norm}, f)
+    finally:
+        dist.destroy_process_group()
+    os._exit(0)  # skip interpreter shutdown: see test_train._exit_spawned_worker
+
+
+def test_under_ddp_the_small_batches_are_every_ranks_micro_batches_and_the_big_one_the_global_gradient(tmp_path):
+    """Two ranks × two micro-batches: the local micro-batch norms as separate backward passes give them, their
+    mean over both ranks (one all-reduce), and the big batch = the all-reduced gradient, identical on both."""
+    import torch.multiprocessing as mp
+
+    out = str(tmp_path / "sample")
+    mp.spawn(_ddp_worker, args=(2, f"file://{tmp_path / 'store'}", out), nprocs=2, join=True)
+    got = [json.loads(open(f"{out}.{r}").read()) for r in range(2)]
+    inputs, labels = _batch(rows=8)
+    model, _ = _parts()
+    norms, tokens = _per_micro_by_separate_passes(model, inputs, labels, micro=2)  # rank 0's two, then rank 1's
+    assert got[0]["micro"] == pytest.approx(norms[:2], rel=1e-5)
+    assert got[1]["micro"] == pytest.approx(norms[2:], rel=1e-5)
+    # DDP averages the two ranks' (token-weighted mean) gradients with equal weights.
+    grads = []
+    for r in range(2):
+        m = copy.deepcopy(model)
+        _, loss = m(inputs[4 * r : 4 * r + 4], labels[4 * r : 4 * r + 4])
+        loss.backward()
+        grads.append(torch.cat([p.grad.double().flatten() for p in m.parameters()]))
+    big_sq = float((((grads[0] + grads[1]) / 2) ** 2).sum())
+    rank_tokens = [sum(tokens[:2]), sum(tokens[2:])]
+    want = [statistics.fmean(norms), statistics.fmean(1 / t for t in tokens), big_sq,
+            statistics.fmean(1 / t for t in rank_tokens) / 2]
+    assert got[0]["values"] == got[1]["values"]
+    assert got[0]["values"] == pytest.approx(want, rel=1e-5)
+    assert got[0]["grad_norm"] ** 2 == pytest.approx(big_sq, rel=1e-5)
