@@ -179,6 +179,18 @@ def test_state_dict_round_trip_continues_bit_for_bit():
     assert a.state_dict() == b.state_dict()
 
 
+def test_the_averages_restart_when_the_stage_changes_even_across_a_resume():
+    sample = GradientSample(small_sq=5.0, small_tokens=10, big_sq=2.0, big_tokens=40)
+    a = GradientNoiseScale()
+    assert a.enter_stage(0) is True
+    a.update(sample)
+    assert a.enter_stage(0) is False and a.count == 1
+    b = GradientNoiseScale()
+    b.load_state_dict(a.state_dict())  # a checkpoint written at the end of stage 0
+    assert b.enter_stage(0) is False and b.count == 1
+    assert b.enter_stage(1) is True and b.count == 0 and b.metrics() == {}
+
+
 # ============================================================================ inside optimizer_step
 SHAPE = ModelShape(n_layers=2, d_model=32, n_heads=4, vocab_size=97, max_seq_len=16)
 RT = Runtime(device=torch.device("cpu"), precision="fp32")

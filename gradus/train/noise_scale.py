@@ -32,6 +32,19 @@ Two parts, kept apart so the math can be tested on floats:
   with one all-reduce of a 3-vector. Nothing in it reads the device: the result is a :class:`NoiseSample`
   still on the device, read when the step's other figures are (``train.host_sync: lagged`` keeps its
   one-step-late reads).
+
+How a training loop uses it (names as in :mod:`gradus.train.trainer`)::
+
+    gns = GradientNoiseScale(beta)                      # once; a Stateful part: parts["gns"] = gns
+    # each step, before it runs (``rows``: this rank's rows, ``micro``: the stage's micro-batch):
+    gns.enter_stage(state.stage_index)                  # the averages restart at a stage change
+    reason = unmeasured_reason(ceil(rows / micro), rt.world_size, is_sharded(model))
+    if reason and state.stage_index not in said: ...    # say it once (per stage whose shape cannot measure)
+    out, sample = optimizer_step(..., measure_noise=True)   # sample None exactly when reason is not None
+    # when that step's figures are read (at once, or one step late under host_sync: lagged), in step order:
+    gns.update(sample.read() if sample is not None else None)
+    # in the step record:
+    record.update(gns.metrics(state.tokens_per_step))  # gns/b_simple, gns/grad_sq, gns/trace_cov, ...
 """
 
 from __future__ import annotations
@@ -96,7 +109,19 @@ class GradientNoiseScale:
         if not 0.0 <= beta < 1.0:
             raise ValueError(f"gradient noise scale: beta must be in [0, 1), got {beta}")
         self.beta = beta
+        self.stage: int | None = None
+        """The stage the averages belong to (:meth:`enter_stage`), None before the first."""
         self.reset()
+
+    def enter_stage(self, stage_index: int) -> bool:
+        """Call before each step with its stage: the averages restart when the stage changes (True then).
+        The stage is part of the state, so a run resumed at a stage boundary restarts them too, whether or not
+        the trainer prints a banner there."""
+        if stage_index == self.stage:
+            return False
+        self.stage = stage_index
+        self.reset()
+        return True
 
     def reset(self) -> None:
         """Forget every sample (at a stage change: the per-token covariance depends on the sequence length)."""
@@ -164,11 +189,12 @@ class GradientNoiseScale:
 
     def state_dict(self) -> dict[str, Any]:
         """The averages and counters as plain floats and ints (β included, for the record)."""
-        return {"beta": self.beta, "count": self.count, "skipped": self.skipped, "ema_g2": self._ema_g2,
+        return {"beta": self.beta, "stage": self.stage, "count": self.count, "skipped": self.skipped, "ema_g2": self._ema_g2,
                 "ema_trace": self._ema_trace, "last": None if self.last is None else list(self.last)}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Restore :meth:`state_dict`'s averages and counters (β stays the configured one)."""
+        self.stage = None if state.get("stage") is None else int(state["stage"])
         self.count = int(state["count"])
         self.skipped = int(state.get("skipped", 0))
         self._ema_g2 = float(state["ema_g2"])
