@@ -433,3 +433,28 @@ def test_a_run_saved_before_a_field_existed_is_the_same_run(offline_data, tmp_pa
     assert older != text and same_config(older, task) and same_config(text, task)
     assert not same_config(older.replace("eval_every: 2000", "eval_every: 1000"), task)
     assert not same_config("train: {no_such_field: 1}\n", task) and not same_config(": : :\n", task)
+
+
+def test_a_run_of_another_config_is_kept_beside_never_deleted(offline_data, tmp_path):
+    """A compare rerun on the same --out with another budget or setting used to delete the finished runs
+    there (issue 31): they are now moved beside the new run's folder, whole, under their config's hash."""
+    import hashlib
+
+    task = _two_lr_tasks(offline_data, tmp_path)[0]
+    task.run_dir.mkdir(parents=True)
+    older = "an earlier config (another budget)\n"
+    (task.run_dir / "arm.yaml").write_text(older, encoding="utf-8")
+    (task.run_dir / "result.json").write_text('{"record": {}, "config": "an earlier config"}', encoding="utf-8")
+    (task.run_dir / "metrics.jsonl").write_text('{"step": 1}\n', encoding="utf-8")
+    runner = Runner(jobs=1)
+    moved = runner.prepare_dir(task)
+    assert moved == task.run_dir.with_name(f"{task.run_dir.name}@{hashlib.sha256(older.encode()).hexdigest()[:8]}")
+    assert (moved / "result.json").is_file() and (moved / "metrics.jsonl").read_text() == '{"step": 1}\n'
+    assert (task.run_dir / "arm.yaml").read_text(encoding="utf-8") == task.config_text
+    assert not (task.run_dir / "result.json").exists()
+    # The same config again: nothing moves (its run is read back or continued); a third config moves aside too,
+    # and a second run of the first older config beside it gets its own name.
+    assert runner.prepare_dir(task) is None
+    (task.run_dir / "arm.yaml").write_text(older, encoding="utf-8")
+    again = runner.prepare_dir(task)
+    assert again == moved.with_name(f"{moved.name}-2") and moved.is_dir()

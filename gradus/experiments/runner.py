@@ -5,11 +5,14 @@ A run directory holds ``arm.yaml`` (the run's full config), what ``gradus train`
 ``config.yaml``, checkpoints), ``train.log`` (its console) and, once it finished, ``result.json`` (its curve
 and the config it ran). A later invocation reads a finished run back from ``result.json`` when the config
 is identical instead of training it again, and an unfinished one continues from its last checkpoint (that
-is ``gradus train --out DIR``'s own resume), so an interrupted sweep resumes where it stopped.
+is ``gradus train --out DIR``'s own resume), so an interrupted sweep resumes where it stopped. A run of
+another config found where a task's run goes (a compare rerun with another budget) is moved beside it,
+never deleted (:meth:`Runner.prepare_dir`).
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
@@ -131,15 +134,34 @@ class Runner:
         self.reuse = reuse
         """Read finished runs back and continue unfinished ones; False trains every run from scratch."""
 
-    def _start(self, task: Task, slot: int) -> subprocess.Popen:
+    def prepare_dir(self, task: Task) -> Path | None:
+        """Make ``task.run_dir`` ready for the task's run; returns where an earlier run of *another* config was
+        moved, if one was there. Such a run (a compare rerun with another budget or setting) is never deleted:
+        it is kept beside, as ``<folder>@<its config's hash>``, so a user's finished runs survive a changed
+        command (the README's promise: all kept). Without ``reuse`` (a benchmark told to train from scratch)
+        the folder is emptied, as asked."""
         arm_yaml = task.run_dir / "arm.yaml"
-        if not self.reuse or (arm_yaml.is_file() and not same_config(arm_yaml.read_text(encoding="utf-8"), task)):
-            # Start afresh: asked to, or the arm changed since that run started (its checkpoints belong to
-            # another config).
+        moved = None
+        if not self.reuse:
             shutil.rmtree(task.run_dir, ignore_errors=True)
+        elif arm_yaml.is_file() and not same_config(saved := arm_yaml.read_text(encoding="utf-8"), task):
+            key = hashlib.sha256(saved.encode("utf-8")).hexdigest()[:8]
+            moved = task.run_dir.with_name(f"{task.run_dir.name}@{key}")
+            n = 1
+            while moved.exists():
+                n += 1
+                moved = task.run_dir.with_name(f"{task.run_dir.name}@{key}-{n}")
+            os.replace(task.run_dir, moved)
         task.run_dir.mkdir(parents=True, exist_ok=True)
         (task.run_dir / RESULT).unlink(missing_ok=True)
         arm_yaml.write_text(task.config_text, encoding="utf-8")
+        return moved
+
+    def _start(self, task: Task, slot: int) -> subprocess.Popen:
+        moved = self.prepare_dir(task)
+        if moved is not None:
+            self.log(f"  {task.run_dir} held a run of another configuration: kept as {moved}")
+        arm_yaml = task.run_dir / "arm.yaml"
         env = dict(os.environ)
         env.setdefault("TOKENIZERS_PARALLELISM", "false")
         if self.devices:
