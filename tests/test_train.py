@@ -344,7 +344,7 @@ def test_long_context_stage_switches_rope_scaling(tmp_path, tokenizer_json, offl
 
     def spy(self, state, batch):
         out = real(self, state, batch)
-        seen[state.step] = self.model.shape.rope_scaling
+        seen[state.step] = self.parts.model.shape.rope_scaling
         return out
 
     monkeypatch.setattr(trainer_mod.Trainer, "_train_step", spy)
@@ -378,7 +378,7 @@ def test_cuda_probe_halves_on_oom_and_holds_adamw_moments_aside(tmp_path, tokeni
         trainer.setup()
         for name in ("synchronize", "empty_cache", "reset_peak_memory_stats"):
             monkeypatch.setattr(torch.cuda, name, lambda *a, **k: None)
-        moments = 2 * 4 * sum(p.numel() for p in trainer.model.parameters())
+        moments = 2 * 4 * sum(p.numel() for p in trainer.parts.model.parameters())
         held: list[int] = []
         real_empty = torch.empty
 
@@ -389,7 +389,7 @@ def test_cuda_probe_halves_on_oom_and_holds_adamw_moments_aside(tmp_path, tokeni
             return t
 
         monkeypatch.setattr(torch, "empty", empty)
-        real_net, tried = trainer.net, []  # the probe runs the run's module; here a stand-in for it
+        real_net, tried = trainer.parts.net, []  # the probe runs the run's module; here a stand-in for it
 
         def net(x, y):
             tried.append(x.shape[0])
@@ -398,14 +398,14 @@ def test_cuda_probe_halves_on_oom_and_holds_adamw_moments_aside(tmp_path, tokeni
             return real_net(x, y)
 
         def probe(seq_len: int, micro: int) -> int | None:
-            return micro_batch_mod.probe_micro_batch(net, trainer.optimizer, trainer.rt, trainer.shape.vocab_size,
+            return micro_batch_mod.probe_micro_batch(net, trainer.parts.optimizer, trainer.rt, trainer.parts.shape.vocab_size,
                                                      seq_len, micro)
 
         assert probe(16, 16) == 4
         assert tried == [16, 8, 4] and held == [moments] * 3
-        assert all(p.grad is None for p in trainer.model.parameters())  # nothing left behind
+        assert all(p.grad is None for p in trainer.parts.model.parameters())  # nothing left behind
         held.clear()
-        trainer.optimizer.state[next(trainer.model.parameters())] = {"step": torch.tensor(1.0)}  # moments exist
+        trainer.parts.optimizer.state[next(trainer.parts.model.parameters())] = {"step": torch.tensor(1.0)}  # moments exist
         assert probe(16, 2) is None and held == []  # nothing held aside: fails for lack of the bytes
     finally:
         trainer.close()
@@ -540,16 +540,16 @@ def _probe_oom_on_one_rank_worker(rank: int, raw: dict, run: str, init: str) -> 
         trainer.setup()
         for name in ("synchronize", "empty_cache", "reset_peak_memory_stats"):
             setattr(torch.cuda, name, lambda *a, **k: None)
-        real_forward = trainer.model.forward
+        real_forward = trainer.parts.model.forward
 
         def forward(x, y=None):  # rank 1's "GPU" takes 4 rows, rank 0's all 16
             if rank == 1 and x.shape[0] > 4:
                 raise torch.OutOfMemoryError("fake: CUDA out of memory")
             return real_forward(x, y)
 
-        trainer.model.forward = forward  # inside DDP's forward, after its pre-forward collectives
-        found = micro_batch_mod.probe_micro_batch(trainer.net, trainer.optimizer, trainer.rt,
-                                                  trainer.shape.vocab_size, 16, 16)
+        trainer.parts.model.forward = forward  # inside DDP's forward, after its pre-forward collectives
+        found = micro_batch_mod.probe_micro_batch(trainer.parts.net, trainer.parts.optimizer, trainer.rt,
+                                                  trainer.parts.shape.vocab_size, 16, 16)
         agreed = trainer.rt.min_over_ranks(found or 0)
         Path(run, f"result.{rank}").write_text(json.dumps([found, agreed]))
     finally:

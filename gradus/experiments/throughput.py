@@ -346,9 +346,9 @@ def run_repeat(r: int, cfg, shape, stages: list[StageShape], steps: int, run_dir
     try:
         trainer.setup()
         out.setup_s["framework"] = time.perf_counter() - t0
-        assert trainer.shape == shape, "the trainer built another model shape"
-        out.micro = {s.index: trainer.micro_batches[s.index] for s in stages}
-        trainer.data.settle()  # the data thread's cold start (begun in set-up) off the plain loop's clock
+        assert trainer.parts.shape == shape, "the trainer built another model shape"
+        out.micro = {s.index: trainer.parts.micro_batches[s.index] for s in stages}
+        trainer.parts.data.settle()  # the data thread's cold start (begun in set-up) off the plain loop's clock
         plain = PlainLoop(cfg, shape, stages, out.micro, steps, device, precision, compile_on)
         out.setup_s["plain"] = plain.setup_s
         if out.order == "plain first":

@@ -3,7 +3,8 @@
 * :func:`data_position`: where the data pipeline stands (documents and tokens read), named in guard records
   and in the divergence error, so the offending data can be found.
 * :func:`diverged_error`: the one-line :class:`~gradus.errors.DivergedError` (exit code 3).
-* :func:`rollback`: back to the last good checkpoint after repeated non-finite steps.
+* :func:`no_checkpoint_error`: when a rollback finds nothing to go back to (the rollback itself is the
+  trainer's: :meth:`gradus.train.trainer.Trainer._rollback`).
 * :func:`record_result`, :func:`record_failure`: the run's outcome in its status file
   (:meth:`gradus.train.run_dir.RunDir.write_status`): ``finished``, ``stopped`` (by a signal or
   ``--stop-at-step``; resumable), ``diverged`` or ``failed``, with the step and the exit code; and
@@ -14,10 +15,13 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from gradus.errors import DivergedError, GradusError
 from gradus.train.run_dir import RunDir
+
+if TYPE_CHECKING:
+    from gradus.train.run import RunParts
 
 EXIT_CODES = {"finished": 0, "stopped": 0, "failed": 1, "bad_input": 2, "diverged": 3}
 """The documented exit codes of ``gradus train`` by outcome (README, "Resume, preemption, divergence")."""
@@ -78,18 +82,18 @@ def finite_divergence(recent_loss: float | None, vocab_size: int) -> str | None:
     return None
 
 
-def record_result(trainer: Any, result: Any) -> None:
+def record_result(parts: RunParts, result: Any) -> None:
     """``status.json`` for a run that returned: ``stopped`` (a signal or ``--stop-at-step``: resumable),
     ``diverged`` (a finite loss far above an untrained model's) or ``finished``."""
-    if not trainer.rt.is_main:
+    if not parts.rt.is_main:
         return
     outcome, reason = ("stopped" if str(result.reason).startswith("stopped") else "finished"), str(result.reason)
     # The median of the last losses: one spike (kept in the guard's history before its warm-up) is no divergence.
-    recent = sorted(list(trainer.guard.history)[-RECENT_STEPS:])
-    why = finite_divergence(recent[len(recent) // 2] if recent else None, trainer.shape.vocab_size)
+    recent = sorted(list(parts.guard.history)[-RECENT_STEPS:])
+    why = finite_divergence(recent[len(recent) // 2] if recent else None, parts.shape.vocab_size)
     if why is not None:
         outcome, reason = "diverged", why
-    RunDir.of(trainer.run_dir).write_status(outcome, result.step, reason, EXIT_CODES[outcome])
+    parts.run.write_status(outcome, result.step, reason, EXIT_CODES[outcome])
 
 
 def exit_code(run_dir: Path, step: int) -> tuple[int, str | None]:
@@ -103,37 +107,13 @@ def exit_code(run_dir: Path, step: int) -> tuple[int, str | None]:
     return code, (status.get("reason") if code else None)
 
 
-def record_failure(trainer: Any, exc: BaseException) -> None:
-    """``status.json`` for a run that raised after its set-up (a run directory refused at set-up keeps the
-    status it had): ``diverged`` or ``failed``."""
-    from gradus.errors import GradusError
-
-    rt = getattr(trainer, "rt", None)
-    if getattr(trainer, "metrics", None) is None or rt is None or not rt.is_main:
+def record_failure(run: RunDir, rt: Any, progress: Any, exc: BaseException) -> None:
+    """``status.json`` for a run that raised once its metrics writer was open (``progress``, the run's
+    counters, is None before: a run directory refused at set-up keeps the status it had): ``diverged`` or
+    ``failed``. ``rt``: the runtime (None when it was not set up); rank 0 writes."""
+    if progress is None or rt is None or not rt.is_main:
         return
     outcome = "diverged" if isinstance(exc, DivergedError) else "failed"
     code = exc.exit_code if isinstance(exc, GradusError) else EXIT_CODES["failed"]
     reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-    RunDir.of(trainer.run_dir).write_status(outcome, trainer.progress.step, reason, code)
-
-
-def rollback(trainer: Any, event: Any) -> Any:
-    """Restore ``trainer``'s last checkpoint from before the run of bad steps ``event`` ends; the guard keeps
-    its halved LR factor. Returns the StageState to go on from. A ``diverged`` event (the guard gave up)
-    raises the one-line :func:`diverged_error` instead of another rollback."""
-    from gradus.curriculum import state_at
-
-    if event.kind == "diverged":
-        trainer.progress.step = event.step  # steps done: those before the bad one (status.json's step)
-        raise diverged_error(event, data_position(trainer.data.metrics()), trainer.cfg.train.guard)
-    # A checkpoint written during the run of bad steps is not a good one to go back to.
-    latest = trainer.ckpt.latest(at_most=event.since)
-    if latest is None:
-        raise no_checkpoint_error(event, trainer.cfg.train.guard)
-    guard = trainer.guard
-    factor, totals = guard.rollback_factor, dict(guard.events_total)
-    trainer._restore(latest)
-    guard.rollback_factor, guard.events_total = factor, totals
-    trainer._saved_at_step = trainer.progress.step
-    trainer.console.print(f"guard: rolled back to {latest.name}; LR factor {factor:g} from now on")
-    return state_at(trainer.schedule, trainer.progress.step, trainer.progress.tokens)
+    run.write_status(outcome, progress.step, reason, code)

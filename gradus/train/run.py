@@ -1,0 +1,218 @@
+"""Every part of a training run, built in one place: :func:`build_run` returns one frozen :class:`RunParts`.
+
+The trainer used to wire about 25 parts by hand in its set-up and test ``hasattr`` when closing; the
+rollback reached into its privates. Now the parts are one record the trainer holds (``trainer.parts``), and
+adding a part to a run is one field in :class:`RunParts` and one line in :func:`build_run` (its order is the
+order the parts are built in, which fixes the RNG draws: keep a new part after those it needs, and after the
+model when it draws random numbers, so the runs before it repeat bit for bit). A part that must be
+closed registers its closer with :class:`Held` where it is built, so a set-up that fails halfway releases
+what it had opened, and nothing asks whether an attribute exists.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from gradus.config import GradusConfig, dump_yaml
+from gradus.curriculum import Schedule, resolve_schedule, state_at
+from gradus.train import checkpoint, lag, parallel, runtime
+from gradus.train.build import build_training_parts, load_tokenizer_on_ranks, wrap_for_training
+from gradus.train.ema import WeightEMA
+from gradus.train.evaluate import Validation
+from gradus.train.guard import LossGuard
+from gradus.train.metrics import Console
+from gradus.train.micro_batch import check_batches_divide, plan_micro_batches, probe_micro_batch
+from gradus.train.passkey import PasskeyProbe
+from gradus.train.run_dir import RunDir
+from gradus.train.sharded_checkpoint import open_checkpoints
+from gradus.train.stateful import PerRank, Progress, RngState, Stateful
+from gradus.train.trackers import Tracked, open_metrics
+from gradus.train.warmup import CompileWarmup, compile_warmup
+
+if TYPE_CHECKING:
+    import torch
+
+    from gradus.data import DataPipeline, Tokenizer
+    from gradus.model.gpt import GPT
+    from gradus.sizes import ModelShape
+    from gradus.train.checkpoint import CheckpointManager
+    from gradus.train.runtime import Runtime
+
+
+class Held:
+    """What a run holds open while it is built and trains (the run directory's lock, the data thread, the
+    metrics files), released by :meth:`release` in the reverse order of opening; and, once the metrics
+    writer is open, the counters a failure is reported at (``status.json``, :func:`.recovery.record_failure`)."""
+
+    def __init__(self) -> None:
+        self._stack = contextlib.ExitStack()
+        self.reporting: Progress | None = None
+        """The run's counters once its metrics writer is open; None before (a refused set-up keeps the
+        run directory's status as it was)."""
+
+    def add(self, close: Callable[[], Any], *, quiet: bool = False) -> None:
+        """Release ``close`` with the run; ``quiet``: an exception it raises is dropped (the files and the
+        thread of a failed run must not hide the error that ended it)."""
+        if quiet:
+            def close_quietly() -> None:
+                with contextlib.suppress(Exception):
+                    close()
+            self._stack.callback(close_quietly)
+        else:
+            self._stack.callback(close)
+
+    def release(self) -> None:
+        """Close everything added, last added first."""
+        self._stack.close()
+
+
+@dataclass(frozen=True)
+class RunParts:
+    """Every part of one training run, built by :func:`build_run` (fields in the order they are built)."""
+
+    run: RunDir
+    """The run directory (:mod:`gradus.train.run_dir`)."""
+    rt: Runtime
+    """Device, precision, process group, RNG."""
+    schedule: Schedule
+    """The resolved curriculum (frozen; :func:`gradus.curriculum.state_at` reads it)."""
+    console: Console
+    """The set-up's console (the loop opens its own, with the progress bar)."""
+    ckpt: CheckpointManager
+    """Saves, lists and loads the run's checkpoints (sharded under FSDP)."""
+    tokenizer: Tokenizer
+    """The run's tokenizer (trained once and kept in the run directory, or the one configured)."""
+    shape: ModelShape
+    """The model's shape (vocabulary from the tokenizer)."""
+    model: GPT
+    """The plain module: its parameters are what is clipped, averaged and saved."""
+    optimizer: torch.optim.AdamW
+    """AdamW (:func:`gradus.train.build.build_optimizer`)."""
+    scaler: torch.amp.GradScaler | None
+    """fp16's gradient scaler, else None."""
+    data: DataPipeline
+    """The prefetching data pipeline: batches of the shape each step asks for, and the held-out split."""
+    guard: LossGuard
+    """Loss spikes, non-finite steps, the LR back-off and the rollback's trigger."""
+    progress: Progress
+    """The counters: step, tokens, seconds, best validation loss, patience."""
+    ema: WeightEMA | None
+    """The weights' moving average (``train.ema``), else None."""
+    stateful: dict[str, Stateful]
+    """Everything a checkpoint carries besides the weights and the optimizer, in restoring order (the
+    names of ``state.pt``: ARCHITECTURE.md, "Stateful parts")."""
+    lagged: bool
+    """Whether a step's figures are read one step late (``train.host_sync``, :mod:`gradus.train.lag`)."""
+    compat: dict
+    """What must not change between a checkpoint and the config resuming it."""
+    resumed_from: Path | None
+    """The checkpoint the run continued from, or None for a fresh start."""
+    metrics: Tracked
+    """metrics.jsonl, TensorBoard and W&B (rank 0 writes)."""
+    net: torch.nn.Module
+    """What the loop runs: the model, wrapped by DDP and/or torch.compile."""
+    compiled: bool
+    """Whether ``net`` is compiled."""
+    micro_batches: dict[int, int]
+    """The micro-batch each stage runs at, by stage index."""
+    warmup: CompileWarmup | None
+    """The start-up compilation of every training shape (compiled runs), else None."""
+    validation: Validation
+    """The held-out evaluation at the reference length and the stage's."""
+    probe: PasskeyProbe | None
+    """The long-context passkey probe (``train.passkey``), else None."""
+    peak: float | None
+    """The device's peak FLOP/s for MFU, when known."""
+    peak_source: str
+    """Where :attr:`peak` came from."""
+    controller: Any = None
+    """The slot of an adaptive controller (none yet): a part that changes the run's course from what it
+    observes belongs here, built in :func:`build_run` like every other part."""
+
+    def restore(self, path: Path) -> None:
+        """Load a checkpoint into the model, the optimizer and every Stateful part: resume and rollback."""
+        state, _ = self.ckpt.load(path, model=self.model, optimizer=self.optimizer)
+        checkpoint.load_parts(self.stateful, state, path)
+
+
+def build_run(cfg: GradusConfig, run_dir: RunDir | str | Path, rt: Runtime, *, held: Held, resume: bool = True,
+              allow_config_change: bool = False, quiet: bool = False) -> RunParts:
+    """Build every part of the run ``cfg`` describes in ``run_dir`` on ``rt`` and, with ``resume``, continue
+    from its newest checkpoint (a changed config is refused in one line unless ``allow_config_change``).
+    What must be closed is added to ``held`` as soon as it is open. The order is the one the runs before
+    this module was written built in: every RNG draw, and so every figure, is as it was."""
+    # Heavy imports here so `gradus schedule`/`plan` never pay for them.
+    from gradus.data import DataPipeline
+    from gradus.model import resolve_shape
+    from gradus.sizes import check_vocab_fits
+
+    run = RunDir.of(run_dir)
+    schedule = resolve_schedule(cfg)
+    check_batches_divide(schedule.stages, rt)  # before the run directory is touched
+    if rt.is_main:
+        held.add(run.prepare().release)
+    rt.barrier()
+    console = Console(enabled=rt.is_main and not quiet, progress_bar=cfg.logging.progress_bar, total_tokens=None)
+    ckpt = open_checkpoints(run.checkpoints, cfg.train, rt)  # sharded under FSDP
+    runtime.seed_everything(cfg.train.seed)
+    tokenizer = load_tokenizer_on_ranks(cfg.data, run, rt, console.print)
+    check_vocab_fits(cfg.model, tokenizer.vocab_size)
+    shape = resolve_shape(cfg.model, tokenizer.vocab_size)
+
+    # Seeded again inside: the model's init does not depend on what the tokenizer consumed.
+    built = build_training_parts(shape, cfg.optim, rt.device, rt.precision, cfg.train.seed, cfg.model.init_from,
+                                 prepare=lambda m: parallel.prepare_model(m, cfg.train, rt))
+    data = DataPipeline(cfg.data, tokenizer, schedule, seed=cfg.train.seed, rank=rt.rank, world_size=rt.world_size)
+    held.add(data.close, quiet=True)
+    guard, progress = LossGuard(cfg.train.guard), Progress()
+    # In the order they are restored: the data pipeline before the RNG states, as always.
+    stateful: dict[str, Stateful] = {
+        "progress": progress, "data": PerRank(data, rt, "data", restart_on_other_world_size=allow_config_change),
+        "guard": guard, "rng": RngState(rt)}
+    if built.scaler is not None:
+        stateful["scaler"] = built.scaler
+    ema = WeightEMA(built.model, cfg.train.ema) if cfg.train.ema is not None else None
+    if ema is not None:  # after the model's parts: restored with them
+        stateful["ema"] = ema
+    lagged = lag.lagged_mode(cfg.train.host_sync, rt.device, built.optimizer)  # read figures a step late
+    compat = checkpoint.compat_signature(schedule, rt.world_size, tokenizer.identity())
+
+    latest = ckpt.latest() if resume else None
+    if latest is not None:
+        checkpoint.refuse_incompatible(latest, ckpt.read_meta(latest).get("compat", {}), compat, allow_config_change)
+        state, _ = ckpt.load(latest, model=built.model, optimizer=built.optimizer)
+        checkpoint.load_parts(stateful, state, latest)
+    data.prefetch_for(state_at(schedule, progress.step, progress.tokens))  # cold start ∥ set-up
+    if rt.is_main and latest is None:
+        run.config.write_text(dump_yaml(cfg), encoding="utf-8")
+        if not run.tokenizer.is_file():  # a trained BPE is already saved there
+            tokenizer.save(run.path)
+    # From step 0 too: what a run killed before its first checkpoint logged is redone, so dropped.
+    metrics = open_metrics(cfg, run, rt.is_main, resume_step=progress.step)  # + TensorBoard, W&B
+    held.add(metrics.close, quiet=True)
+    held.reporting = progress
+    if latest is not None:
+        metrics.write({"event": "resume", "step": progress.step, "checkpoint": latest.name})
+
+    net, compiled = wrap_for_training(built.model, rt, cfg.train.compile)
+    micro_batches = plan_micro_batches(
+        schedule.stages, shape, rt, cfg.train.micro_batch_size,
+        lambda seq_len, micro: probe_micro_batch(net, built.optimizer, rt, shape.vocab_size, seq_len, micro),
+        layout=parallel.memory_layout(cfg.train, shape.n_layers, rt.world_size))  # FSDP shards, recompute
+    # Every training shape compiled now, not at its stage's first step (see gradus.train.warmup).
+    warmup = (compile_warmup(net, built.model, built.optimizer, rt, schedule.stages, micro_batches)
+              if compiled else None)
+    # Evaluated at a fixed length (configured, else the longest stage's), in batches known to fit.
+    validation = Validation(data, cfg.data.validation.tokens, micro_batches[max(micro_batches)],
+                            cfg.train.eval_reference_seq_len or max(s.seq_len for s in schedule.stages))
+    probe = PasskeyProbe(cfg.train.passkey, tokenizer) if cfg.train.passkey is not None else None
+    peak, peak_source = runtime.peak_flops(rt.device, cfg.logging.peak_flops, rt.precision)
+    return RunParts(run=run, rt=rt, schedule=schedule, console=console, ckpt=ckpt, tokenizer=tokenizer, shape=shape,
+                    model=built.model, optimizer=built.optimizer, scaler=built.scaler, data=data, guard=guard,
+                    progress=progress, ema=ema, stateful=stateful, lagged=lagged, compat=compat, resumed_from=latest,
+                    metrics=metrics, net=net, compiled=compiled, micro_batches=micro_batches, warmup=warmup,
+                    validation=validation, probe=probe, peak=peak, peak_source=peak_source)
