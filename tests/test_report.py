@@ -42,9 +42,13 @@ def _write_metrics(run, with_sources: bool = True) -> None:
     (run / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in recs) + '{"step": 1')
 
 
-def test_smooth_is_a_bias_corrected_ema():
-    assert smooth([1.0, 2.0, 3.0], 0.5) == pytest.approx([1.0, 1.25 / 0.75, 2.125 / 0.875])
+def test_smooth_is_a_centred_window_without_lag():
+    assert smooth([1.0, 2.0, 3.0], 0.5) == pytest.approx([1.0, 2.0, 3.0])  # half-width 1: a line stays a line
+    assert smooth([1.0, 5.0, 3.0, 7.0, 5.0], 0.5) == pytest.approx([1.0, 3.0, 5.0, 5.0, 5.0])
     assert smooth([4.0, 2.0], 0.0) == [4.0, 2.0]
+    # A loss falling steeply to the end: the smoothed end is the last value, not a lagging average above it.
+    falling = [8.0 - 0.3 * i for i in range(20)]
+    assert smooth(falling, 0.6)[-1] == falling[-1] and smooth(falling, 0.9) == pytest.approx(falling)
 
 
 def test_history_reads_stages_resumes_and_times(tmp_path):
@@ -95,3 +99,24 @@ def test_report_of_a_folder_that_is_not_a_run(tmp_path, capsys):
     assert main(["report", str(tmp_path / "run"), "--smooth", "1.0"]) == 2
     assert "--smooth=1.0: must be in [0, 1)" in capsys.readouterr().err
     assert not (tmp_path / "run" / "report").exists()
+
+
+def test_a_run_whose_length_is_not_a_multiple_of_log_every_is_reported_to_its_end(tmp_path, tokenizer_json,
+                                                                                 offline_data, capsys):
+    """16 steps at log_every 5: the last window (step 16) is logged too, so the report's steps, tokens and final
+    loss reach the run's real end instead of stopping at step 15."""
+    from builders import tiny_config
+
+    from gradus.config import from_dict
+    from gradus.train.trainer import train
+
+    cfg = tiny_config(offline_data, tokenizer_json)
+    cfg["train"].update({"eval_every": 100, "early_stopping_patience": None})
+    cfg["logging"]["log_every"] = 5
+    result = train(from_dict(cfg), tmp_path / "run", quiet=True)
+    assert result.step == 16
+    h = read_history(tmp_path / "run")
+    assert [r["step"] for r in h.steps] == [5, 10, 15, 16]
+    assert h.steps[-1]["tokens"] == result.tokens == 16 * 256
+    assert h.stages[-1].end_step == 16
+    assert main(["report", str(tmp_path / "run")]) == 0

@@ -16,7 +16,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("run", metavar="RUN", help="run directory (holds metrics.jsonl)")
     parser.add_argument("--out", metavar="DIR", help="where to write (default RUN/report)")
     parser.add_argument("--smooth", type=float, default=0.6, metavar="W",
-                        help="train-loss smoothing, TensorBoard-style EMA weight in [0, 1) (default 0.6)")
+                        help="train-loss smoothing in [0, 1), read like TensorBoard's weight but centred, so the "
+                             "curve does not lag: half-width ≈ W/(1-W) points (default 0.6: 2 each side)")
 
 
 def run(args: argparse.Namespace) -> int:

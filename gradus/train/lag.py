@@ -82,10 +82,14 @@ def due_after(cfg, progress, state, nxt, stop_at_step: int | None) -> Due:
     """What follows the step just counted in ``progress`` (run in ``state``; ``nxt`` is the next step's)."""
     t = cfg.train
     stage_end = bool(nxt.done or nxt.stage_index != state.stage_index)
-    return Due(log=progress.step % cfg.logging.log_every == 0,
+    stopping_at = stop_at_step is not None and progress.step >= stop_at_step
+    # The run's last window is logged even when it is shorter than log_every: a run of 98 steps at log_every
+    # 10 would otherwise end its metrics at step 90, and gradus report would miss its last steps and tokens.
+    # (A stop that is resumed logs nothing extra: its metrics then equal an uninterrupted run's.)
+    return Due(log=progress.step % cfg.logging.log_every == 0 or bool(nxt.done),
                evaluate=evaluation_due(t, progress.step, progress.tokens, state.tokens_per_step),
                checkpoint=checkpoint_due(t, progress, stage_end), stage_end=stage_end,
-               stop_at_step=stop_at_step is not None and progress.step >= stop_at_step)
+               stop_at_step=stopping_at)
 
 
 @dataclass
