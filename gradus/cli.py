@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import os
+import signal
 import sys
 import time
 
@@ -62,6 +63,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help()
         return 2
     module = importlib.import_module(f"gradus.commands.{args._module}")
+    previous = _sigterm_interrupts()
     try:
         code = int(module.run(args) or 0)
         sys.stdout.flush()  # a reader gone (`gradus schedule | head`) shows here, in the handler below
@@ -83,9 +85,29 @@ def main(argv: list[str] | None = None) -> int:
             # killed before it prints (seen in loaded test runs).
             time.sleep(SILENT_EXIT_DELAY_S)
         return err.exit_code
-    except KeyboardInterrupt:
-        print("gradus: interrupted", file=sys.stderr)
+    except KeyboardInterrupt as exc:
+        print(f"gradus: interrupted{' by SIGTERM' if isinstance(exc, Terminated) else ''}", file=sys.stderr)
         return 130
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM outside the training loop (which has its own handler that checkpoints and stops cleanly)."""
+
+
+def _sigterm_interrupts():
+    """Make SIGTERM stop a command as Ctrl-C does (one line, exit 130) instead of killing it silently (rc -15)
+    in its set-up or any command without a handler of its own; returns the previous handler (None off the
+    main thread)."""
+    def handler(signum, frame):
+        raise Terminated
+
+    try:
+        return signal.signal(signal.SIGTERM, handler)
+    except ValueError:  # not the main thread
+        return None
 
 
 def entry() -> None:

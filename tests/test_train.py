@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import signal
 import subprocess
 import sys
@@ -288,6 +289,26 @@ def test_sigterm_saves_and_exits_cleanly(tmp_path, tokenizer_json, offline_data)
     assert "stopped by SIGTERM" in out
     meta = json.loads((sorted((run / "checkpoints").glob("step_*"))[-1] / "meta.json").read_text())
     assert 3 <= meta["step"] < 16 * 40
+
+
+def test_sigterm_during_set_up_is_said_and_exits_as_ctrl_c(tmp_path):
+    """Before the training loop installs its own handler (set-up trains the demo's BPE for seconds), SIGTERM
+    used to kill the process silently (rc -15): it now stops like Ctrl-C, with one line and exit 130."""
+    env = {**os.environ, "GRADUS_CACHE_DIR": str(tmp_path / "cache")}  # an empty cache: the BPE is trained
+    proc = subprocess.Popen([sys.executable, "-m", "gradus.cli", "train", "--out", str(tmp_path / "run")],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    deadline = time.time() + 60
+    while time.time() < deadline:  # until the CLI's handler is in place (SigCgt's bit 15: SIGTERM is caught)
+        status = Path(f"/proc/{proc.pid}/status").read_text()
+        caught = int(next(ln.split()[1] for ln in status.splitlines() if ln.startswith("SigCgt:")), 16)
+        if caught & (1 << (signal.SIGTERM - 1)):
+            break
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGTERM)
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, (out, err)
+    assert err.strip().splitlines()[-1] == "gradus: interrupted by SIGTERM"
+    assert "Traceback" not in err
 
 
 def test_demo_runs_offline_through_four_stages(tmp_path, capsys):
