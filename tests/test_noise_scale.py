@@ -243,6 +243,22 @@ def test_the_step_measures_each_micro_batch_as_a_separate_backward_would():
     assert all(not p._backward_hooks for p in model.parameters())  # hooks removed after the step
 
 
+def test_a_micro_batch_without_label_tokens_is_left_out():
+    """A fully masked micro-batch (an SFT row of prompt only) has weight 0 and no gradient: the small batch is
+    the mean over the other micro-batches, its size their harmonic mean."""
+    inputs, labels = _batch()
+    labels[2:4] = -100  # the second of three micro-batches
+    model, opt = _parts()
+    expected, tokens = _per_micro_by_separate_passes(model, inputs, labels, micro=2)
+    assert tokens[1] == 0 and expected[1] == 0.0
+    _, sample = optimizer_step(model, model, opt, None, inputs, labels, lr=1e-2, clip=1.0, micro=2, rt=RT,
+                               measure_noise=True)
+    got = sample.read()
+    assert got.small_sq == pytest.approx((expected[0] + expected[2]) / 2, rel=1e-5)
+    assert got.small_tokens == pytest.approx(2 / (1 / tokens[0] + 1 / tokens[2]), rel=1e-12)
+    assert got.big_tokens == pytest.approx(sum(tokens), rel=1e-12) and got.usable()
+
+
 @pytest.mark.parametrize("lagged", [False, True])
 def test_the_step_is_bit_identical_with_the_measurement_on_and_off(lagged):
     inputs, labels = _batch()

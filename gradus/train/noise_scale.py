@@ -306,7 +306,9 @@ def noise_sample(norms: MicroBatchNorms, grad_norm: torch.Tensor, scale: torch.T
         micro = micro / scale.to(dtype).square()
     used = [j for j, w in enumerate(weights) if w > 0]
     local_tokens = sum(tokens)
-    small = micro[used].mean() if used else micro.new_full((), math.nan)
+    # A left-out micro-batch's entry is 0 (its factor is): the sum over all / the count used is their mean,
+    # with no index tensor (indexing by a host list would copy it to the device, a host sync on CUDA).
+    small = micro.sum() * (1.0 / len(used)) if used else micro.new_full((), math.nan)
     inv_small = sum(1.0 / tokens[j] for j in used) / len(used) if used else math.nan
     inv_total = 1.0 / local_tokens if local_tokens > 0 else math.nan
     local = torch.stack([small, small.new_full((), inv_small), small.new_full((), inv_total)])
