@@ -24,6 +24,7 @@ Example (the figures in BENCHMARKS.md)::
 from __future__ import annotations
 
 import argparse
+import math
 import statistics
 import sys
 import time
@@ -159,7 +160,8 @@ def time_shape(args, seq: int, rows: int, k: int, device) -> dict:
            "in_step_added_s": statistics.median(in_step),
            "in_step_overhead_pct": 100 * statistics.median(in_step) / median_off,
            "steps_off_s": off, "steps_on_s": on, "cpu_off_s": cpu_off, "cpu_on_s": cpu_on,
-           "b_simple_tokens": gns.b_simple}
+           # (random tokens: no signal, so often inf; None in the JSON, which has no infinity)
+           "b_simple_tokens": gns.b_simple if math.isfinite(gns.b_simple) else None}
     return row
 
 
