@@ -259,6 +259,32 @@ def test_a_micro_batch_without_label_tokens_is_left_out():
     assert got.big_tokens == pytest.approx(sum(tokens), rel=1e-12) and got.usable()
 
 
+def test_activation_checkpointing_measures_the_same_norms():
+    """A recomputed block still hands each parameter one gradient per micro-batch."""
+    from gradus.train.parallel import apply_activation_checkpointing
+
+    inputs, labels = _batch(rows=4)
+    model, opt = _parts()
+    expected, _ = _per_micro_by_separate_passes(model, inputs, labels, micro=2)
+    assert apply_activation_checkpointing(model, "full", 1) == [0, 1]
+    _, sample = optimizer_step(model, model, opt, None, inputs, labels, lr=1e-2, clip=1.0, micro=2, rt=RT,
+                               measure_noise=True)
+    assert sample.micro.tolist() == pytest.approx(expected, rel=1e-5)
+
+
+def test_the_hooks_are_removed_when_a_micro_batch_fails():
+    inputs, labels = _batch(rows=4)
+    model, opt = _parts()
+
+    def failing(x, y):
+        raise RuntimeError("out of memory (simulated)")
+
+    with pytest.raises(RuntimeError, match="simulated"):
+        optimizer_step(failing, model, opt, None, inputs, labels, lr=1e-2, clip=1.0, micro=2, rt=RT,
+                       measure_noise=True)
+    assert all(not p._backward_hooks for p in model.parameters())
+
+
 @pytest.mark.parametrize("lagged", [False, True])
 def test_the_step_is_bit_identical_with_the_measurement_on_and_off(lagged):
     inputs, labels = _batch()
