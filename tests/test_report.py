@@ -120,3 +120,20 @@ def test_a_run_whose_length_is_not_a_multiple_of_log_every_is_reported_to_its_en
     assert h.steps[-1]["tokens"] == result.tokens == 16 * 256
     assert h.stages[-1].end_step == 16
     assert main(["report", str(tmp_path / "run")]) == 0
+
+
+def test_a_run_that_measured_the_noise_scale_gets_its_chart(tmp_path):
+    _write_metrics(tmp_path / "run")
+    recs = [json.loads(ln) for ln in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()[:-1]]
+    for r in recs:
+        if "loss" in r:
+            r.update({"gns/b_simple": 100.0 + r["step"], "curriculum/tokens_per_step": 128})
+    (tmp_path / "run" / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in recs))
+    assert main(["report", str(tmp_path / "run")]) == 0
+    page = (tmp_path / "run" / "report" / "report.html").read_text()
+    assert (tmp_path / "run" / "report" / "noise_scale.png").stat().st_size > 5_000
+    assert "Gradient noise scale" in page
+    # A run without the measurement has no such chart.
+    _write_metrics(tmp_path / "plain")
+    assert main(["report", str(tmp_path / "plain")]) == 0
+    assert not (tmp_path / "plain" / "report" / "noise_scale.png").exists()

@@ -34,6 +34,11 @@ CHARTS = (
      "closes once a stage reaches the reference length."),
     ("val_sources.png", "Validation per source",
      "Validation loss on each source's held-out documents."),
+    ("noise_scale.png", "Gradient noise scale",
+     "B_simple = tr(Σ)/|G|², measured each step from the micro-batches' and the whole step's gradients and "
+     "smoothed (restarting at each stage), in tokens beside the tokens per step: where it sits above the "
+     "batch, a larger batch would have reached the same loss in fewer steps (McCandlish et al. 2018). Drawn "
+     "for runs with two or more micro-batches per step or two or more processes."),
 )
 
 
@@ -56,6 +61,8 @@ def write_pngs(h: History, out: Path, weight: float) -> list[Path]:
         written.append(plots.lengths_chart(h, out / "val_lengths.png"))
     if h.source_names():
         written.append(plots.sources_chart(h, out / "val_sources.png"))
+    if any("gns/b_simple" in r for r in h.steps):
+        written.append(plots.noise_scale_chart(h, out / "noise_scale.png"))
     return written
 
 

@@ -182,6 +182,26 @@ def sources_chart(h: History, out: Path) -> Path:
     return _save(fig, out)
 
 
+def noise_scale_chart(h: History, out: Path) -> Path:
+    """The gradient noise scale B_simple against tokens, beside the tokens per step the run took (both in
+    tokens, log scale): where B_simple sits above the batch, a larger batch would have cost fewer steps."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(9, 4.2), dpi=100)
+    _bands(ax, h, "tokens")
+    xs, ys = h.series("gns/b_simple", "tokens")
+    bx, by = h.series("curriculum/tokens_per_step", "tokens")
+    ax.plot(xs, ys, "o-", color="#6a1b9a", lw=1.6, ms=3, label="gradient noise scale B_simple (tokens, smoothed)")
+    if bx:
+        ax.plot(bx, by, color="#ef6c00", lw=1.8, drawstyle="steps-post", label="tokens per step")
+    ax.set_yscale("log")
+    ax.set_ylabel("tokens")
+    ax.set_title("Gradient noise scale vs the batch (above it: a larger batch would pay)", loc="left", fontsize=11,
+                 pad=16)
+    _format_axis(ax, "tokens")
+    ax.legend(loc="upper left", fontsize=8, framealpha=0.9)
+    return _save(fig, out)
+
+
 def _save(fig, out: Path) -> Path:
     fig.tight_layout()
     fig.savefig(out, format="png")
