@@ -259,6 +259,17 @@ def test_a_micro_batch_without_label_tokens_is_left_out():
     assert got.big_tokens == pytest.approx(sum(tokens), rel=1e-12) and got.usable()
 
 
+@pytest.mark.parametrize("multiplier", [math.nan, math.inf])
+def test_a_non_finite_step_gives_a_sample_the_estimator_skips(multiplier):
+    inputs, labels = _batch(rows=4)
+    model, opt = _parts()
+    (_, _, applied), sample = optimizer_step(model, model, opt, None, inputs, labels, lr=1e-2, clip=1.0, micro=2,
+                                             rt=RT, loss_multiplier=multiplier, measure_noise=True)
+    gns = GradientNoiseScale()
+    assert not applied and not sample.read().usable()
+    assert gns.update(sample.read()) is False and gns.skipped == 1
+
+
 def test_activation_checkpointing_measures_the_same_norms():
     """A recomputed block still hands each parameter one gradient per micro-batch."""
     from gradus.train.parallel import apply_activation_checkpointing
