@@ -27,7 +27,7 @@ LAYER = {
     "plan": 2, "model": 2, "data": 2,
     "train": 3, "export": 3, "inference": 3, "report": 3,
     "experiments": 3.5,  # sweeps and comparisons: above train (they run it), below cli/commands
-    "cli": 4, "commands": 4,
+    "cli": 4, "commands": 4, "__main__": 4,  # python -m gradus: the cli by another door
 }
 PURE = ("config", "units", "errors", "files", "curriculum", "presets", "sizes", "plan")
 

@@ -64,6 +64,18 @@ class EmaConfig(Strict):
     every: int = Field(1, ge=1, description="Optimizer steps between updates of the average.")
 
 
+class NoiseScaleConfig(Strict):
+    """The gradient noise scale B_simple = tr(Σ)/|G|² (McCandlish et al. 2018), measured every step from the
+    micro-batches' and the whole step's gradients (gradus.train.noise_scale) and logged as gns/...: the
+    critical batch in tokens, the signal a larger batch should follow. Needs 2+ micro-batches per step or 2+
+    processes; a run that cannot measure it says so once."""
+
+    enabled: bool = Field(True, description="Measure and log it (gns/b_simple, gns/grad_sq, gns/trace_cov, "
+                          "gns/b_simple_over_batch); the step's results are bit-identical either way.")
+    beta: float = Field(0.99, ge=0, lt=1, description="Decay of the two moving averages (|G|² and tr Σ, averaged "
+                        "apart, then divided); 0.99 ≈ the last 100 steps. They restart at every stage change.")
+
+
 class PasskeyConfig(Strict):
     """The long-context probe: a key hidden in filler at several depths, retrieved or not (stage C)."""
 
@@ -119,6 +131,10 @@ class TrainConfig(Strict):
     ema: EmaConfig | None = Field(
         None, description="Keep an exponential moving average of the weights (evaluated as val_ema/..., saved as "
         "checkpoints/ema and ema.safetensors in each checkpoint); None = off."
+    )
+    noise_scale: NoiseScaleConfig = Field(
+        default_factory=NoiseScaleConfig, description="The gradient noise scale, measured and logged as gns/... "
+        "wherever a step has 2+ micro-batches or the run 2+ processes."
     )
     passkey: PasskeyConfig | None = Field(
         None, description="Run the passkey-retrieval probe at every evaluation (probe/passkey/accuracy and "

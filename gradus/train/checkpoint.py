@@ -350,11 +350,16 @@ def parts_state(parts: Mapping[str, Stateful], world_size: int) -> dict[str, Any
     return payload
 
 
+FRESH_IF_MISSING = ("gns",)
+"""Parts a checkpoint written before them may lack: they start fresh (the noise scale's averages only feed
+its own figures, never the training)."""
+
+
 def load_parts(parts: Mapping[str, Stateful], state: Mapping[str, Any], path: Path) -> None:
     """Restore every part from a ``state.pt`` payload, in the parts' order: the one loop of resume and
     rollback. A part saved as None (no scaler then) keeps its fresh state; a part the checkpoint lacks is a
     one-line CheckpointError naming it."""
-    missing = [name for name in parts if name not in state]
+    missing = [name for name in parts if name not in state and name not in FRESH_IF_MISSING]
     if missing == ["ema"]:  # train.ema added to a run that had none: there is no average to continue
         raise CheckpointError(f"{path} was written without train.ema, so its weights' average cannot be resumed; "
                               f"drop train.ema, or start a new run with another --out")
@@ -364,7 +369,7 @@ def load_parts(parts: Mapping[str, Stateful], state: Mapping[str, Any], path: Pa
             f"start a new run with another --out"
         )
     for name, part in parts.items():
-        if state[name] is not None:
+        if state.get(name) is not None:
             part.load_state_dict(state[name])
 
 

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 
@@ -119,6 +120,9 @@ class StepDone:
     started: float
     """``time.perf_counter()`` at its start."""
     values: DeviceValues | tuple[float, float, bool]
+    noise: Any = None
+    """The step's gradient noise-scale sample (:class:`gradus.train.noise_scale.NoiseSample`, still on the
+    device), or None where it is not measured; read when the step's figures are."""
     seconds: float = 0.0
     """Its share of the trainer's clock (set when the loop moves on from it)."""
     _figures: tuple[float, float, bool] | None = field(default=None, init=False, repr=False)

@@ -26,6 +26,7 @@ from gradus.train.evaluate import Validation
 from gradus.train.guard import LossGuard
 from gradus.train.metrics import Console
 from gradus.train.micro_batch import check_batches_divide, plan_micro_batches, probe_micro_batch
+from gradus.train.noise_scale import GradientNoiseScale
 from gradus.train.passkey import PasskeyProbe
 from gradus.train.run_dir import RunDir
 from gradus.train.sharded_checkpoint import open_checkpoints
@@ -102,6 +103,8 @@ class RunParts:
     """The counters: step, tokens, seconds, best validation loss, patience."""
     ema: WeightEMA | None
     """The weights' moving average (``train.ema``), else None."""
+    gns: GradientNoiseScale | None
+    """The gradient noise scale's averages (``train.noise_scale``), else None."""
     stateful: dict[str, Stateful]
     """Everything a checkpoint carries besides the weights and the optimizer, in restoring order (the
     names of ``state.pt``: ARCHITECTURE.md, "Stateful parts")."""
@@ -178,6 +181,9 @@ def build_run(cfg: GradusConfig, run_dir: RunDir | str | Path, rt: Runtime, *, h
     ema = WeightEMA(built.model, cfg.train.ema) if cfg.train.ema is not None else None
     if ema is not None:  # after the model's parts: restored with them
         stateful["ema"] = ema
+    gns = GradientNoiseScale(cfg.train.noise_scale.beta) if cfg.train.noise_scale.enabled else None
+    if gns is not None:  # draws no random numbers: the runs before it repeat bit for bit
+        stateful["gns"] = gns
     lagged = lag.lagged_mode(cfg.train.host_sync, rt.device, built.optimizer)  # read figures a step late
     compat = checkpoint.compat_signature(schedule, rt.world_size, tokenizer.identity())
 
@@ -213,6 +219,6 @@ def build_run(cfg: GradusConfig, run_dir: RunDir | str | Path, rt: Runtime, *, h
     peak, peak_source = runtime.peak_flops(rt.device, cfg.logging.peak_flops, rt.precision)
     return RunParts(run=run, rt=rt, schedule=schedule, console=console, ckpt=ckpt, tokenizer=tokenizer, shape=shape,
                     model=built.model, optimizer=built.optimizer, scaler=built.scaler, data=data, guard=guard,
-                    progress=progress, ema=ema, stateful=stateful, lagged=lagged, compat=compat, resumed_from=latest,
+                    progress=progress, ema=ema, gns=gns, stateful=stateful, lagged=lagged, compat=compat, resumed_from=latest,
                     metrics=metrics, net=net, compiled=compiled, micro_batches=micro_batches, warmup=warmup,
                     validation=validation, probe=probe, peak=peak, peak_source=peak_source)

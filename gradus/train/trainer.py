@@ -24,6 +24,7 @@ from gradus.train import checkpoint, early_stop, faults, lag, metrics, parallel,
 from gradus.train.evaluate import side_evaluations
 from gradus.train.lag import StepDone
 from gradus.train.metrics import Console, RunResult, StepReport, Window
+from gradus.train.noise_scale import unmeasured_reason
 from gradus.train.run import Held, RunParts, build_run
 from gradus.train.run_dir import RunDir
 from gradus.train.signals import StopRequest
@@ -57,6 +58,8 @@ class Trainer:
         self._threads_before: int | None = None
         self._aside_seconds = 0.0  # evaluation and checkpoint time since the last StepReport
         self._saved_at_step: int | None = None
+        self._gns_said = False  # whether the run has said it cannot measure the noise scale
+        self._noise = None  # the last step's noise-scale sample (gradus.train.noise_scale.NoiseSample) or None
 
     # =================================================================================== set-up
     def setup(self) -> None:
@@ -77,7 +80,10 @@ class Trainer:
                                f"{p.progress.tokens:,} tokens)")
             if p.guard.notice:  # an LR factor raised to its floor is said, never silent
                 self.console.print(f"guard: {p.guard.notice}")
-        for line in [*p.metrics.notes, *metrics.run_summary(p.shape, p.rt, p.compiled, p.schedule, p.micro_batches),
+        # What resolving the config adjusted (a batch rounded to batch_multiple, a mix normalised) is said once
+        # here, as gradus schedule says it, rather than silently (issue 31).
+        for line in [*p.metrics.notes, *(f"note: {w}" for w in p.schedule.warnings),
+                     *metrics.run_summary(p.shape, p.rt, p.compiled, p.schedule, p.micro_batches),
                      *parallel.parallel_notes(self.cfg.train, p.rt, p.shape.n_layers)]:
             self.console.print(line)
         if p.warmup is not None:
@@ -123,7 +129,8 @@ class Trainer:
         while True:
             t0 = time.perf_counter()
             batch = p.data.next_batch(state)
-            done = StepDone(state, pr.step + 1, pr.tokens + state.tokens_per_step, t0, self._train_step(state, batch))
+            values = self._train_step(state, batch)
+            done = StepDone(state, pr.step + 1, pr.tokens + state.tokens_per_step, t0, values, self._noise)
             pr.step, pr.tokens = done.step, done.tokens
             self.console.advance(state.tokens_per_step)
             nxt = state_at(p.schedule, pr.step, pr.tokens)
@@ -151,8 +158,12 @@ class Trainer:
     def _settle(self, ready: list[StepDone], window: Window, sync: bool) -> StageState | None:
         """Show the guard and the throughput window the steps read just now, in order, and report those
         that ran a step ago; the state to go on from after a rollback, else None."""
+        gns = self.parts.gns
         for d in ready:
             loss, grad_norm, _ = d.resolve()
+            if gns is not None:  # in step order, each step once, with the stage it ran in (a stage's last
+                gns.enter_stage(d.state.stage_index)  # step is never a lagged one, so stages never mix)
+                gns.update(d.noise.read() if d.noise is not None else None)
             event = self.parts.guard.observe(d.step - 1, loss, grad_norm)
             if event is not None:
                 self._log_event(event)
@@ -207,7 +218,8 @@ class Trainer:
         return None
 
     def _train_step(self, state: StageState, batch) -> tuple[float, float, bool] | lag.DeviceValues:
-        """:func:`optimizer_step` at the stage's LR × the guard's factor: (loss, grad_norm, applied), on the device when lagged."""
+        """:func:`optimizer_step` at the stage's LR × the guard's factor: (loss, grad_norm, applied), on the device
+        when lagged; the step's noise-scale sample (or None) is left in :attr:`_noise` for the loop."""
         rt, p = self.rt, self.parts
         if state.rope_scaling != p.model.shape.rope_scaling:
             # A long-context stage interpolates positions (RoPE scaling) from its first step on.
@@ -216,7 +228,9 @@ class Trainer:
         inputs, labels = batch_tensors(batch, state.batch_size // rt.world_size, state.seq_len, state.stage_index, rt)
         out = optimizer_step(p.net, p.model, p.optimizer, p.scaler, inputs, labels, lr=lr,
                              clip=state.grad_clip, micro=p.micro_batches[state.stage_index], rt=rt,
-                             loss_multiplier=faults.active().loss_multiplier(state.step), lagged=p.lagged)
+                             loss_multiplier=faults.active().loss_multiplier(state.step), lagged=p.lagged,
+                             measure_noise=p.gns is not None)
+        out, self._noise = out if p.gns is not None else (out, None)
         # After each applied step (the one about to be counted); lagged, after every step (a skipped one changed nothing).
         if p.ema is not None and (p.lagged or out[2]):
             p.ema.maybe_update(p.progress.step + 1, p.model)
@@ -229,6 +243,23 @@ class Trainer:
         self.console.print(metrics.stage_banner(state, stage, len(schedule.stages), schedule))
         if self.rt.is_main:
             self.parts.metrics.write(metrics.stage_record(state, stage))
+        self._say_unmeasured_noise(state)
+
+    def _say_unmeasured_noise(self, state: StageState) -> None:
+        """Once per run, the first stage whose steps cannot measure the gradient noise scale says why."""
+        p = self.parts
+        if p.gns is None or self._gns_said:
+            return
+        rows = state.batch_size // self.rt.world_size
+        micro = p.micro_batches[state.stage_index]
+        reason = unmeasured_reason(-(-rows // micro), self.rt.world_size, parallel.is_sharded(p.model))
+        if reason is not None:
+            self._gns_said = True
+            self.console.print(f"note: {reason}; stage {state.stage_index} runs {rows} rows per step in micro-batches "
+                               f"of {micro} (train.micro_batch_size below {rows} gives several)")
+            if self.rt.is_main:
+                p.metrics.write({"event": "gns/unmeasured", "step": p.progress.step, "stage": state.stage_index,
+                                 "reason": reason})
 
     def _log_step(self, state: StageState, loss: float, grad_norm: float, window: Window,
                   applied: bool) -> dict[str, Any]:
@@ -242,6 +273,8 @@ class Trainer:
             total_tokens=p.schedule.total_tokens, data=p.data.metrics(), compiled=p.compiled,
             recompiles=p.warmup.recompiles() if p.warmup is not None else None,
         )
+        if p.gns is not None:
+            record.update(p.gns.metrics(state.tokens_per_step))
         p.metrics.write(record)
         self.console.print(metrics.progress_line(record, state.num_stages, p.schedule.target_tokens,
                                                  self.console.timing(pr.tokens)))

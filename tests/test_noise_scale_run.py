@@ -1,0 +1,79 @@
+"""The gradient noise scale in a real run (issue 30 §1): logged as gns/... where a step has several
+micro-batches, restarted at every stage, continued exactly by a resumed run, and said once where it cannot be
+measured."""
+
+from __future__ import annotations
+
+import math
+
+from builders import tiny_config
+
+from gradus.config import from_dict
+from gradus.train.metrics import read_metrics
+from gradus.train.trainer import train
+
+
+def _cfg(tokenizer_json, offline_data, **train_fields):
+    cfg = tiny_config(offline_data, tokenizer_json)
+    cfg["train"].update({"eval_every": 100, "checkpoint_every": 4, "early_stopping_patience": None,
+                         "micro_batch_size": 2, **train_fields})
+    cfg["logging"]["log_every"] = 1
+    return from_dict(cfg)
+
+
+def _gns(run):
+    return {r["step"]: (r["curriculum/stage"], r.get("gns/b_simple"), r.get("gns/samples"))
+            for r in read_metrics(run / "metrics.jsonl") if "loss" in r and "step" in r}
+
+
+def test_the_noise_scale_is_logged_per_step_and_restarts_at_each_stage(tmp_path, tokenizer_json, offline_data):
+    result = train(_cfg(tokenizer_json, offline_data), tmp_path / "run", quiet=True)
+    assert result.step == 16
+    by_step = _gns(tmp_path / "run")
+    assert sorted(by_step) == list(range(1, 17))
+    # Stages of 6, 5 and 5 steps (micro-batches of 2 rows: 8, 4 and 2 per step): the sample count restarts.
+    assert [by_step[s][2] for s in range(1, 17)] == [1, 2, 3, 4, 5, 6, 1, 2, 3, 4, 5, 1, 2, 3, 4, 5]
+    values = [b for _, b, _ in by_step.values() if b is not None]
+    assert len(values) == 16 and all(math.isfinite(v) and v > 0 or v == math.inf for v in values)
+    records = read_metrics(tmp_path / "run" / "metrics.jsonl")
+    assert not any(r.get("event") == "gns/unmeasured" for r in records)
+
+
+def test_a_resumed_run_continues_the_same_averages(tmp_path, tokenizer_json, offline_data):
+    whole = tmp_path / "whole"
+    train(_cfg(tokenizer_json, offline_data), whole, quiet=True)
+    split = tmp_path / "split"
+    assert train(_cfg(tokenizer_json, offline_data), split, quiet=True, stop_at_step=8).step == 8
+    train(_cfg(tokenizer_json, offline_data), split, quiet=True)
+    assert _gns(split) == _gns(whole)  # exact: the averages are in the checkpoint
+
+
+def test_one_micro_batch_says_once_that_it_cannot_measure(tmp_path, tokenizer_json, offline_data, capsys):
+    cfg = _cfg(tokenizer_json, offline_data, micro_batch_size=64)  # every stage in one micro-batch
+    train(cfg, tmp_path / "run")
+    out = capsys.readouterr().out
+    notes = [ln for ln in out.splitlines() if "gradient noise scale not measured" in ln]
+    assert len(notes) == 1 and "train.micro_batch_size below 16 gives several" in notes[0], notes
+    records = read_metrics(tmp_path / "run" / "metrics.jsonl")
+    assert [r["stage"] for r in records if r.get("event") == "gns/unmeasured"] == [0]
+    assert not any("gns/b_simple" in r for r in records)
+
+
+def test_off_it_is_neither_measured_nor_said(tmp_path, tokenizer_json, offline_data, capsys):
+    train(_cfg(tokenizer_json, offline_data, micro_batch_size=64, noise_scale={"enabled": False}), tmp_path / "run")
+    assert "noise scale" not in capsys.readouterr().out
+
+
+def test_what_resolving_the_config_adjusted_is_said_once_at_the_start(tmp_path, tokenizer_json, offline_data,
+                                                                      capsys):
+    """A tokens_per_batch that does not divide into whole sequences, and a mix that does not sum to 1, used to be
+    adjusted silently by gradus train (gradus schedule said it): now the run says each once (issue 31)."""
+    cfg = tiny_config(offline_data, tokenizer_json)
+    cfg["curriculum"]["stages"][0]["tokens_per_batch"] = 250
+    cfg["curriculum"]["stages"][1]["mix"] = {"wiki": 1.0, "math": 1.0}
+    cfg["train"].update({"max_steps": 2, "eval_every": 100})
+    train(from_dict(cfg), tmp_path / "run")
+    out = capsys.readouterr().out.splitlines()
+    rounded = [ln for ln in out if ln.startswith("note: curriculum.stages[0]: tokens_per_batch=250")]
+    mixed = [ln for ln in out if ln.startswith("note: curriculum.stages[1].mix sums to 2")]
+    assert len(rounded) == 1 and "rounded to batch" in rounded[0] and len(mixed) == 1, out
