@@ -90,13 +90,15 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
+def corpus_name(args: argparse.Namespace) -> str:
+    """The corpus's name: --corpus, else the data's folder or file name (wikitext-2 by default)."""
+    return args.corpus or (args.data.stem if args.data.is_file() else args.data.name)
+
+
 def stem(args: argparse.Namespace) -> str:
-    """The output name: speedup_vs_budget[_CORPUS][_SERIES]."""
-    corpus = args.corpus
-    if corpus is None:
-        corpus = args.data.stem if args.data.is_file() else args.data.name
-    if corpus == curriculum_speedup.DEFAULT_DATA.name:  # WikiText-2 (wherever it lies): the plain name
-        corpus = None
+    """The output name: speedup_vs_budget[_CORPUS][_SERIES] (no corpus part for WikiText-2, wherever it lies)."""
+    corpus = corpus_name(args)
+    corpus = None if corpus == curriculum_speedup.DEFAULT_DATA.name else corpus
     return "_".join(["speedup_vs_budget", *(x for x in (corpus, args.series) if x)])
 
 
@@ -321,7 +323,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         "date": dt.datetime.now().astimezone().isoformat(timespec="seconds"),
         "machine": machine(),
         "final_len": last["final_len"],
-        "corpus": name.removeprefix("speedup_vs_budget_") if name != "speedup_vs_budget" else "wikitext-2",
+        "corpus": corpus_name(args),
+        "series": args.series,
         "data": last["data"],
         "model": last["settings"]["model"],
         "vocab_size": last["settings"]["vocab_size"],
