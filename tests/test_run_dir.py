@@ -129,3 +129,17 @@ def test_prepare_locks_cleans_and_refuses_a_second_writer(tmp_path):
 def test_checkpoint_files_of_a_checkpoint_copy():
     files = CheckpointFiles(Path("/r/checkpoints/best"))
     assert files.run.path == Path("/r") and files.tokenizer == Path("/r/checkpoints/best/tokenizer.json")
+
+
+def test_a_failed_run_with_a_checkpoint_is_resumable_and_a_diverged_one_is_not(tmp_path):
+    """A full disk or a crash leaves a run that resumes from its last checkpoint: status.json says so (it used to
+    say resumable: false); a diverged run would diverge again as it is."""
+    run = RunDir(tmp_path / "run")
+    run.path.mkdir()
+    run.write_status("failed", 3, "could not write checkpoint: no space left on device", 1)
+    assert run.read_status()["resumable"] is False  # no checkpoint yet: nothing to resume from
+    (run.checkpoints / "step_00000004").mkdir(parents=True)
+    run.write_status("failed", 6, "could not write checkpoint: no space left on device", 1)
+    assert run.read_status()["resumable"] is True
+    run.write_status("diverged", 6, "training diverged", 3)
+    assert run.read_status()["resumable"] is False

@@ -590,3 +590,27 @@ def test_probe_out_of_memory_on_one_rank_keeps_the_ranks_in_step(tmp_path, token
     mp.spawn(_probe_oom_on_one_rank_worker, args=(raw, str(tmp_path), f"file://{tmp_path / 'rendezvous'}"),
              nprocs=2, join=True)
     assert [json.loads((tmp_path / f"result.{r}").read_text()) for r in range(2)] == [[16, 4], [4, 4]]
+
+
+def test_the_same_command_continues_a_stopped_run(tmp_path, tokenizer_json, offline_data, monkeypatch, capsys):
+    """The README's promise: a stopped run resumes by running the same command again (it used to start a new
+    run); the stop says how. A changed config starts a new run instead of continuing the old one."""
+    from gradus.cli import main
+
+    monkeypatch.chdir(tmp_path)
+    cfg_path = tmp_path / "c.yaml"
+    cfg_path.write_text(json.dumps(raw_config(tokenizer_json, offline_data)))
+    assert main(["train", str(cfg_path), "--stop-at-step", "3"]) == 0
+    out = capsys.readouterr().out
+    (first,) = list((tmp_path / "runs").iterdir())
+    assert f"to continue: run the same command again, or gradus train --out runs/{first.name}" in out
+    assert main(["train", str(cfg_path), "--quiet"]) == 0
+    out = capsys.readouterr().out
+    assert f"gradus: continuing the stopped run runs/{first.name}" in out
+    assert list((tmp_path / "runs").iterdir()) == [first]
+    steps = [r["step"] for r in read_metrics(first / "metrics.jsonl") if "loss" in r]
+    assert steps == list(range(1, TOTAL_STEPS + 1))
+    # Finished now: the same command starts a new run.
+    time.sleep(1.1)  # (run folders are named to the second)
+    assert main(["train", str(cfg_path), "--stop-at-step", "1", "--quiet"]) == 0
+    assert len(list((tmp_path / "runs").iterdir())) == 2

@@ -2,7 +2,8 @@
 
 With no config the offline ``demo`` preset runs. An ``--out`` directory that already holds checkpoints is
 continued (its config.yaml is used when no config is given); ``--resume`` alone continues the newest run
-under ./runs.
+under ./runs. Without ``--out``, the same command continues the newest stopped run of the same name and
+config (a stop prints how to continue), else it starts ``runs/<name>-<time>``.
 """
 
 from __future__ import annotations
@@ -67,7 +68,11 @@ def run(args: argparse.Namespace) -> int:
         cfg = load_config(source, args.overrides)
     if out is None:
         name = cfg.name or args.preset or (Path(explicit).stem if explicit else DEFAULT_PRESET)
-        out = RUNS_DIR / f"{name}-{time.strftime('%Y%m%d-%H%M%S')}"
+        out = _stopped_run(name, cfg)
+        if out is not None:
+            print(f"gradus: continuing the stopped run {out} (the same config; give --out DIR to start a new run)")
+        else:
+            out = RUNS_DIR / f"{name}-{time.strftime('%Y%m%d-%H%M%S')}"
     if args.stop_at_step is not None and args.stop_at_step <= 0:
         raise ConfigError(f"--stop-at-step={args.stop_at_step}: give a positive step number")
     result = train(cfg, out, resume=True, allow_config_change=args.allow_config_change,
@@ -75,4 +80,28 @@ def run(args: argparse.Namespace) -> int:
     code, why = exit_code(out, result.step)  # status.json: 0 finished or stopped (resumable), 3 diverged
     if why:
         print(f"gradus: error: {why}", file=sys.stderr)
+    elif result.reason.startswith("stopped") and not args.quiet:
+        print(f"to continue: run the same command again, or gradus train --out {out}")
     return code
+
+
+def _stopped_run(name: str, cfg) -> Path | None:
+    """The newest run of this name under ./runs that was stopped (a signal or --stop-at-step: resumable) with
+    exactly this config, which the same ``gradus train`` command continues (the README's promise); None when
+    there is none, and a new run starts."""
+    from gradus.config import dump_yaml
+
+    if not RUNS_DIR.is_dir():
+        return None
+    text = dump_yaml(cfg)
+    for run in sorted(RUNS_DIR.glob(f"{name}-*"), key=lambda p: p.stat().st_mtime, reverse=True):
+        rd = RunDir(run)
+        status = rd.read_status() or {}
+        if status.get("status") != "stopped" or not _has_checkpoints(run):
+            continue
+        try:
+            if rd.config.read_text(encoding="utf-8") == text:
+                return run
+        except OSError:
+            continue
+    return None

@@ -72,6 +72,14 @@ def _fsync_tree(path: Path) -> None:
     _fsync_dir(path)
 
 
+def _disk_full(directory: Path) -> bool:
+    """Whether the file system holding ``directory`` has (next to) no space left: less than 1 MiB free."""
+    try:
+        return shutil.disk_usage(directory).free < (1 << 20)
+    except OSError:
+        return False
+
+
 def _checkpoint_bytes(model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> int:
     """About how many bytes one checkpoint takes: the weights plus the optimizer's tensors."""
     total = sum(p.numel() * p.element_size() for p in model.parameters())
@@ -193,6 +201,8 @@ class CheckpointManager:
             prev = self.latest()
             kept = f"the previous checkpoint {prev.name} is intact" if prev else "no earlier checkpoint exists"
             why = getattr(exc, "strerror", None) or first_line(exc)
+            if _disk_full(self.dir):  # torch.save says only "file write failed" when the disk is full
+                why = "no space left on device"
             need = _checkpoint_bytes(model, optimizer) / 1e6
             raise CheckpointError(
                 f"could not write checkpoint {final}: {why}; {kept}; a checkpoint needs about {need:,.1f} MB: "

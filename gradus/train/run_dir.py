@@ -216,8 +216,11 @@ class RunDir:
 
     def write_status(self, outcome: str, step: int | None, reason: str, exit_code: int) -> None:
         """Write :attr:`status` atomically (a scheduler may read it at any time); never raises."""
+        # A failed run (a full disk, a crash) resumes from its last checkpoint as a stopped one does; a
+        # diverged one would diverge again as it is.
+        resumable = outcome == "stopped" or (outcome == "failed" and self.has_checkpoints())
         record = {"status": outcome, "step": step, "reason": reason, "exit_code": exit_code,
-                  "resumable": outcome == "stopped", "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+                  "resumable": resumable, "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
         tmp = self.path / f".status-{os.getpid()}.json"
         try:
             tmp.write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
