@@ -148,3 +148,29 @@ def test_real_wandb_offline_run(tmp_path, offline_data, monkeypatch):
     data = files[0].read_bytes()
     for key in (b"loss_avg", b"curriculum/current_seq_len", b"val/loss", b"curric"):
         assert key in data, key
+
+
+class NoLoginWandb(FakeWandb):
+    """wandb whose init fails as it does in mode online without a login (no tty, no API key)."""
+
+    def init(self, **kwargs):
+        raise RuntimeError("api_key not configured (no-tty). call wandb.login(key=[your_api_key])\nmore lines")
+
+
+def test_wandb_online_without_a_login_is_one_line_and_leaves_no_run_folder(tmp_path, offline_data, monkeypatch,
+                                                                        capsys):
+    """It used to be a 37-line traceback and exit 1 (issue 31); now one line, exit 2, and the run folder the
+    failed start had created is gone."""
+    import json
+
+    from gradus.cli import main
+
+    monkeypatch.setitem(sys.modules, "wandb", NoLoginWandb())
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(json.dumps(_cfg(offline_data, project="curric", mode="online")))
+    assert main(["train", str(cfg), "--out", str(tmp_path / "run")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == ["gradus: error: logging.wandb: W&B could not start in mode online (api_key not configured (no-tty). "
+                   "call wandb.login(key=[your_api_key])); log in first (`wandb login`, or set WANDB_API_KEY), or "
+                   "use logging.wandb.mode: offline and `wandb sync` later"], err
+    assert not (tmp_path / "run").exists()

@@ -614,3 +614,27 @@ def test_the_same_command_continues_a_stopped_run(tmp_path, tokenizer_json, offl
     time.sleep(1.1)  # (run folders are named to the second)
     assert main(["train", str(cfg_path), "--stop-at-step", "1", "--quiet"]) == 0
     assert len(list((tmp_path / "runs").iterdir())) == 2
+
+
+@pytest.mark.parametrize("case, message", [
+    ("glob", "path '{tmp}/nothing/*.jsonl' matches no files; check the path or glob"),
+    ("empty", "data.tokenizer.name_or_path='{tmp}/tok.json': an empty file; give a tokenizer.json"),
+    ("not-json", "data.tokenizer.name_or_path='{tmp}/tok.json': not a tokenizer file (expected ident at line 1 "
+                 "column 2); give a tokenizer.json"),
+])
+def test_a_failed_start_is_one_line_and_leaves_nothing_behind(case, message, tmp_path, tokenizer_json, offline_data,
+                                                              capsys):
+    from gradus.cli import main
+
+    raw = raw_config(tokenizer_json, offline_data)
+    if case == "glob":
+        raw["data"]["sources"][0]["path"] = str(tmp_path / "nothing" / "*.jsonl")
+    else:
+        (tmp_path / "tok.json").write_text("" if case == "empty" else "not json")
+        raw["data"]["tokenizer"] = {"name_or_path": str(tmp_path / "tok.json")}
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(json.dumps(raw))
+    assert main(["train", str(cfg), "--out", str(tmp_path / "run")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and message.format(tmp=tmp_path) in err[0], err
+    assert not (tmp_path / "run").exists()

@@ -171,15 +171,36 @@ def _byte_level_bpe(vocab: Path, merges: Path):
     return backend
 
 
-def _from_local(path: Path):
+def _tokenizer_file(path: Path):
+    """A tokenizers-library ``tokenizer.json``; a file that is not one (empty, not JSON, no model) is a one-line
+    DataError naming it, not the library's Rust message ("EOF while parsing", "Model missing")."""
     from tokenizers import Tokenizer as HFTokenizer
 
+    try:
+        return HFTokenizer.from_file(str(path))
+    except Exception as exc:  # noqa: BLE001 - tokenizers raises a bare Exception for every parse error
+        what = "an empty file" if path.stat().st_size == 0 else f"not a tokenizer file ({str(exc).splitlines()[0]})"
+        raise DataError(f"data.tokenizer.name_or_path={str(path)!r}: {what}; give a tokenizer.json written by the "
+                        "Hugging Face tokenizers library (a run directory's tokenizer.json, or gradus tokenizer "
+                        "train's), or a folder with vocab.json and merges.txt") from None
+
+
+def _byte_level_pair(path: Path):
+    try:
+        return _byte_level_bpe(path / "vocab.json", path / "merges.txt")
+    except Exception as exc:  # noqa: BLE001 - as above
+        raise DataError(f"data.tokenizer.name_or_path={str(path)!r}: its vocab.json and merges.txt do not make a "
+                        f"BPE ({str(exc).splitlines()[0] if str(exc) else type(exc).__name__}); give GPT-2's "
+                        "format (vocab.json mapping tokens to ids, merges.txt one merge per line)") from None
+
+
+def _from_local(path: Path):
     if path.is_file():
-        return HFTokenizer.from_file(str(path)), "file"
+        return _tokenizer_file(path), "file"
     if (path / "tokenizer.json").is_file():
-        return HFTokenizer.from_file(str(path / "tokenizer.json")), "file"
+        return _tokenizer_file(path / "tokenizer.json"), "file"
     if (path / "vocab.json").is_file() and (path / "merges.txt").is_file():
-        return _byte_level_bpe(path / "vocab.json", path / "merges.txt"), "vocab-merges"
+        return _byte_level_pair(path), "vocab-merges"
     raise DataError(
         f"data.tokenizer.name_or_path={str(path)!r}: the folder has neither tokenizer.json nor "
         f"vocab.json + merges.txt"

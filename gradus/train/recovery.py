@@ -117,3 +117,15 @@ def record_failure(run: RunDir, rt: Any, progress: Any, exc: BaseException) -> N
     code = exc.exit_code if isinstance(exc, GradusError) else EXIT_CODES["failed"]
     reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
     run.write_status(outcome, progress.step, reason, code)
+
+
+def remove_failed_start(run: RunDir, rt: Any) -> None:
+    """Remove a run directory that this process created and whose set-up was refused for bad input, so a failed
+    start leaves nothing behind (rank 0; never raises). Only called when the folder did not exist before."""
+    import shutil
+
+    if rt is not None and not rt.is_main:
+        return
+    if run.has_checkpoints():  # never the case in set-up; checked so that nothing trained is ever removed
+        return
+    shutil.rmtree(run.path, ignore_errors=True)

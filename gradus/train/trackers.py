@@ -45,9 +45,15 @@ def wandb_run(cfg: WandbConfig, full: GradusConfig, run_dir: Path) -> Any:
     if not run_id:
         run_id = secrets.token_hex(4)  # W&B ids: lowercase letters and digits
         id_file.write_text(run_id + "\n", encoding="utf-8")
-    return wandb.init(project=cfg.project, entity=cfg.entity, name=cfg.name or full.name or run_dir.name,
-                      group=cfg.group, tags=list(cfg.tags) or None, mode=cfg.mode, dir=str(run_dir), id=run_id,
-                      resume="allow", config=full.model_dump(mode="json"))
+    try:
+        return wandb.init(project=cfg.project, entity=cfg.entity, name=cfg.name or full.name or run_dir.name,
+                          group=cfg.group, tags=list(cfg.tags) or None, mode=cfg.mode, dir=str(run_dir), id=run_id,
+                          resume="allow", config=full.model_dump(mode="json"))
+    except Exception as exc:  # noqa: BLE001 - wandb raises its own errors (no login, no network) as tracebacks
+        why = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        hint = ("log in first (`wandb login`, or set WANDB_API_KEY), or use logging.wandb.mode: offline and "
+                "`wandb sync` later" if cfg.mode == "online" else "check logging.wandb, or set mode: disabled")
+        raise ConfigError(f"logging.wandb: W&B could not start in mode {cfg.mode} ({why}); {hint}") from None
 
 
 def wandb_scalars(record: dict[str, Any]) -> dict[str, float] | None:

@@ -13,6 +13,7 @@ after every step.
 from __future__ import annotations
 
 import contextlib
+import sys
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -20,6 +21,7 @@ from typing import TYPE_CHECKING, Any
 
 from gradus.config import GradusConfig, dump_yaml
 from gradus.curriculum import StageState, stage_of_step, state_at
+from gradus.errors import GradusError
 from gradus.train import checkpoint, early_stop, faults, lag, metrics, parallel, recovery, runtime
 from gradus.train.evaluate import side_evaluations
 from gradus.train.lag import StepDone
@@ -363,9 +365,11 @@ def train(cfg: GradusConfig, run_dir: str | Path, *, resume: bool = True, allow_
     ``on_step``: see :class:`Trainer`."""
     trainer = Trainer(cfg, run_dir, resume=resume, allow_config_change=allow_config_change, quiet=quiet,
                       on_step=on_step)
-    result, agreed = None, False
+    result, agreed, started = None, False, False
+    new_dir = not trainer.run_dir.exists()
     try:
         trainer.setup()
+        started = True
         result = trainer.fit(stop_at_step=stop_at_step)
     except BaseException as exc:
         recovery.record_failure(trainer.run, trainer.rt, trainer.held.reporting, exc)
@@ -373,5 +377,9 @@ def train(cfg: GradusConfig, run_dir: str | Path, *, resume: bool = True, allow_
         raise
     finally:
         trainer.close(clean=result is not None or agreed)
+        if not started and new_dir and sys.exc_info()[0] is not None and issubclass(sys.exc_info()[0], GradusError):
+            # A start refused for bad input (a glob that matches nothing, a tokenizer file that is not one, a
+            # missing wandb) leaves nothing behind: the folder it created holds only what set-up began.
+            recovery.remove_failed_start(trainer.run, trainer.rt)
     recovery.record_result(trainer.parts, result)
     return result
