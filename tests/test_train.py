@@ -235,6 +235,13 @@ def test_nan_steps_are_skipped_then_rolled_back(tmp_path, tokenizer_json, offlin
               if str(r.get("event", "")).startswith("guard/")]
     assert events == [("guard/skip", 9), ("guard/skip", 10), ("guard/rollback", 11)]
     assert seen.count(8) == 2  # step 8 ran again after rolling back to the step-8 checkpoint
+    # The redone steps replaced their first records: every reader sees each step once (issue 31), and the
+    # rollback itself is an event.
+    records = read_metrics(tmp_path / "metrics.jsonl")
+    steps = [r["step"] for r in records if "loss" in r and "event" not in r]
+    assert steps == list(range(1, TOTAL_STEPS + 1))
+    assert [(r["step"], r["checkpoint"], r["bad_step"]) for r in records if r.get("event") == "rollback"] == [
+        (8, "step_00000008", 11)]
     lrs = {r["step"]: r for r in read_metrics(tmp_path / "metrics.jsonl") if "lr" in r and "event" not in r}
     assert lrs[TOTAL_STEPS]["guard/lr_factor"] == 0.5
     assert lrs[TOTAL_STEPS]["lr"] == pytest.approx(0.5 * lrs[TOTAL_STEPS]["lr_scheduled"])

@@ -293,9 +293,10 @@ def compiled_graphs() -> int:
         return -1
 
 
-def drop_records_after(path: Path, step: int) -> int:
+def drop_records_after(path: Path, step: int, keep_events: bool = False) -> int:
     """Rewrite ``metrics.jsonl`` without the records of steps after ``step`` (atomically: a kill meanwhile
-    leaves the old file); a torn last line is dropped too. Returns how many records were dropped."""
+    leaves the old file); a torn last line is dropped too; ``keep_events``: event records stay (a rollback keeps
+    the guard events that caused it). Returns how many records were dropped."""
     if not path.is_file():
         return 0
     kept, dropped = [], 0
@@ -306,7 +307,7 @@ def drop_records_after(path: Path, step: int) -> int:
             except ValueError:
                 dropped += 1  # a line cut short by a kill
                 continue
-            if isinstance(record, dict) and _after(record, step):
+            if isinstance(record, dict) and _after(record, step) and not (keep_events and "event" in record):
                 dropped += 1
                 continue
             kept.append(line if line.endswith("\n") else line + "\n")
@@ -354,6 +355,22 @@ class MetricsWriter:
                 # purge_step: TensorBoard hides the events after the checkpoint that the resumed run rewrites.
                 self._tb = SummaryWriter(log_dir=str(run.tensorboard),
                                          purge_step=None if resume_step is None else resume_step + 1)
+
+    def rewind(self, step: int) -> None:
+        """A rollback to the checkpoint of ``step``: the step and evaluation records after it are dropped, as on
+        resume, so the redone steps appear once to every reader (the guard events that caused the rollback
+        stay); TensorBoard hides its events after it the same way (a new writer with ``purge_step``)."""
+        if not self.enabled or self._file is None:
+            return
+        self._file.close()
+        drop_records_after(self.path, step, keep_events=True)
+        self._file = open(self.path, "a", encoding="utf-8")  # noqa: SIM115 - held until close
+        if self._tb is not None:
+            from torch.utils.tensorboard import SummaryWriter
+
+            log_dir = self._tb.log_dir
+            self._tb.close()
+            self._tb = SummaryWriter(log_dir=log_dir, purge_step=step + 1)
 
     def write(self, record: dict[str, Any]) -> None:
         """One record: a JSON line, and every numeric value as a TensorBoard scalar at ``record['step']``."""

@@ -191,6 +191,10 @@ class Trainer:
         p.restore(latest)
         p.guard.rollback_factor, p.guard.events_total = factor, totals
         self._saved_at_step = p.progress.step
+        # The steps after the checkpoint are redone: their records go, so each step is logged once.
+        p.metrics.rewind(p.progress.step)
+        p.metrics.write({"event": "rollback", "step": p.progress.step, "checkpoint": latest.name,
+                         "bad_step": event.step})
         self.console.print(f"guard: rolled back to {latest.name}; LR factor {factor:g} from now on")
         return state_at(p.schedule, p.progress.step, p.progress.tokens)
 
