@@ -215,23 +215,59 @@ def _from_hub(name: str):
     except ImportError as exc:  # pragma: no cover - huggingface_hub comes with datasets
         raise DataError(f"tokenizer {name!r}: huggingface_hub is not installed ({exc})") from None
     hint = (
-        "give data.tokenizer.name_or_path a local tokenizer.json or a folder with vocab.json + merges.txt "
-        "(e.g. ../shared/data/gpt2-tokenizer), or set data.tokenizer.train_vocab_size"
+        "give data.tokenizer.name_or_path a local tokenizer.json (every gradus run directory keeps its own: "
+        "runs/<run>/tokenizer.json) or a folder with vocab.json + merges.txt, or set "
+        "data.tokenizer.train_vocab_size (e.g. 8192) to train a BPE on your sources"
     )
+    offline = any(os.environ.get(v, "") not in ("", "0", "false") for v in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"))
+
+    def fetch(local_only: bool):
+        from tokenizers import Tokenizer as HFTokenizer
+
+        try:
+            return HFTokenizer.from_file(hf_hub_download(name, "tokenizer.json", local_files_only=local_only)), "hub"
+        except EntryNotFoundError:
+            vocab = hf_hub_download(name, "vocab.json", local_files_only=local_only)
+            merges = hf_hub_download(name, "merges.txt", local_files_only=local_only)
+            return _byte_level_bpe(Path(vocab), Path(merges)), "hub"
+
     try:
         try:
-            from tokenizers import Tokenizer as HFTokenizer
-
-            return HFTokenizer.from_file(hf_hub_download(name, "tokenizer.json")), "hub"
-        except EntryNotFoundError:
-            vocab = hf_hub_download(name, "vocab.json")
-            merges = hf_hub_download(name, "merges.txt")
-            return _byte_level_bpe(Path(vocab), Path(merges)), "hub"
+            return fetch(local_only=True)  # the local cache first: no network, no wait
+        except Exception:  # noqa: BLE001 - not cached (any of the library's errors): ask the Hub
+            if offline:
+                raise
+        unreachable = _hub_unreachable()
+        if unreachable:
+            # Fail at once: the library's retries would spend most of a minute before saying the same.
+            raise DataError(f"tokenizer {name!r}: the Hugging Face Hub cannot be reached from here ({unreachable}) "
+                            f"and it is not in the local cache; {hint}")
+        return fetch(local_only=False)
+    except DataError:
+        raise
     except Exception as exc:  # noqa: BLE001 - offline, unknown repo, network: all one line for people
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        offline = any(os.environ.get(v, "") not in ("", "0", "false") for v in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"))
-        why = "offline mode is on and it is not in the local cache" if offline else first[:160]
+        why = "offline mode is on and it is not in the local cache" if offline else first  # whole: never cut
         raise DataError(f"tokenizer {name!r} could not be loaded from the Hugging Face Hub ({why}); {hint}") from None
+
+
+def _hub_unreachable(timeout: float = 3.0) -> str | None:
+    """Why the Hub's host cannot be reached (a TCP connection within ``timeout`` seconds), or None when it can."""
+    import socket
+    from urllib.parse import urlparse
+
+    try:
+        from huggingface_hub import constants
+
+        endpoint = urlparse(constants.ENDPOINT)
+    except Exception:  # noqa: BLE001 - an old huggingface_hub: the default endpoint
+        endpoint = urlparse("https://huggingface.co")
+    host, port = endpoint.hostname or "huggingface.co", endpoint.port or (443 if endpoint.scheme == "https" else 80)
+    try:
+        with socket.create_connection((host, port), timeout=timeout):
+            return None
+    except OSError as exc:
+        return f"{host}:{port}: {exc.strerror or type(exc).__name__}"
 
 
 def load_tokenizer(cfg: DataConfig, run_dir: str | Path | None = None,
