@@ -399,3 +399,16 @@ def test_console_exit_code_and_no_traceback(tmp_path):
         f"gradus: error: {path}: line {line}: curriculum.stages[1].seq_len=4096 exceeds model.max_seq_len=256; "
         "lower the stage's seq_len or raise model.max_seq_len"
     )
+
+
+def test_a_local_tokenizer_file_gives_its_own_vocabulary_everywhere_in_one_schedule(capsys, tmp_path,
+                                                                                   tokenizer_json):
+    """gradus schedule used to take GPT-2's 50,257 for a local tokenizer file in its GPU projection while its
+    header read the file (two sizes in one output, issue 28/31): one guess now, the file's own count."""
+    data = json.loads(json.dumps(GOOD))
+    data["data"]["tokenizer"] = {"name_or_path": tokenizer_json}
+    code, out, _ = run_cli(capsys, str(write_yaml(tmp_path, data)), "--json", "--gpu", "h100")
+    report = json.loads(out)
+    assert code == 0 and report["model"]["shape"]["vocab_size"] == 512
+    assert report["model"]["vocab_from"] == tokenizer_json
+    assert (report["cost"]["vocab_size"], report["cost"]["vocab_source"]) == (512, tokenizer_json)

@@ -198,6 +198,8 @@ def guess_vocab_size(cfg: Any) -> tuple[int, str]:
     if tok.train_vocab_size is not None:
         return tok.train_vocab_size, "data.tokenizer.train_vocab_size"
     name = tok.name_or_path
+    if name in ("gpt2", "openai-community/gpt2"):
+        return GPT2_VOCAB_SIZE, f"the {name} tokenizer"
     if name:
         p = Path(name)
         for candidate in (p, p / "tokenizer.json", p / "vocab.json"):
@@ -213,7 +215,8 @@ def guess_vocab_size(cfg: Any) -> tuple[int, str]:
                 ids = set(vocab.values()) | added if isinstance(vocab, dict) else added
                 if ids:
                     return max(ids) + 1, str(candidate)
-    return GPT2_VOCAB_SIZE, "GPT-2's (assumed; pass --vocab-size)"
+    return GPT2_VOCAB_SIZE, (f"assumed GPT-2's: data.tokenizer.name_or_path={name!r} is not loaded here; "
+                             "pass --vocab-size for the exact count")
 
 
 def _timeline(args: argparse.Namespace) -> int:

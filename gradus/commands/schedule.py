@@ -17,7 +17,7 @@ from gradus.errors import ConfigError
 from gradus.plan.cost import check_mfu, stage_costs
 from gradus.plan.hardware import GPUSpec, format_flops, gpu_spec, parse_float
 from gradus.presets import list_presets, preset_description
-from gradus.sizes import GPT2_VOCAB_SIZE, ModelShape, resolve_shape
+from gradus.sizes import ModelShape, resolve_shape
 from gradus.units import format_count, format_duration, format_lr, parse_count, parse_rate
 
 
@@ -97,10 +97,7 @@ DEFAULT_MFU = 0.4
 def add_cost(report: dict, cfg: GradusConfig, schedule: Schedule, gpu: GPUSpec, mfu: float) -> None:
     """Add the cost model to a ``schedule_report``: each stage's FLOPs per token and projected seconds on
     ``gpu`` at ``mfu``, and a ``cost`` block with the totals and the assumptions."""
-    from gradus.commands.plan import guess_vocab_size  # the plan command's vocab guess, no tokenizer load
-
-    vocab, vocab_source = guess_vocab_size(cfg)
-    vocab_source = vocab_source.replace("pass --vocab-size", "set model.vocab_size")  # this command's fix
+    vocab, vocab_source = planning_vocab_size(cfg)  # the plan command's vocab guess, no tokenizer load
     shape = resolve_shape(cfg.model, vocab)
     costs = stage_costs(schedule, shape, gpu, mfu)
     for stage, cost in zip(report["stages"], costs, strict=True):
@@ -180,24 +177,13 @@ def add_dataset_coverage(report: dict, cfg: GradusConfig) -> None:
 
 
 def planning_vocab_size(cfg: GradusConfig) -> tuple[int, str]:
-    """The vocabulary the model will have, read from the config alone (no tokenizer is loaded or trained),
-    and where it came from: ``model.vocab_size``, else ``data.tokenizer.train_vocab_size``, else GPT-2's
-    50,257 — exact for the ``gpt2`` tokenizer, an assumption (said so) for any other."""
-    if cfg.model.vocab_size is not None:
-        return cfg.model.vocab_size, "model.vocab_size"
-    tok = cfg.data.tokenizer
-    if tok.train_vocab_size is not None:
-        return tok.train_vocab_size, "data.tokenizer.train_vocab_size"
-    if tok.name_or_path in GPT2_NAMES:
-        return GPT2_VOCAB_SIZE, f"the {tok.name_or_path} tokenizer"
-    return GPT2_VOCAB_SIZE, (
-        f"assumed GPT-2's; data.tokenizer.name_or_path={tok.name_or_path!r} is not loaded here, "
-        "set model.vocab_size for the exact count"
-    )
+    """The vocabulary the model will have, read from the config alone, and where it came from: the one guess
+    ``gradus plan`` makes too (:func:`gradus.commands.plan.guess_vocab_size`: model.vocab_size, the BPE to
+    train, a local tokenizer file's own count, else GPT-2's), so one ``gradus schedule`` prints one size."""
+    from gradus.commands.plan import guess_vocab_size
 
-
-GPT2_NAMES = ("gpt2", "openai-community/gpt2")
-"""Tokenizer names whose vocabulary is GPT-2's 50,257 without loading them."""
+    vocab, source = guess_vocab_size(cfg)
+    return vocab, source.replace("pass --vocab-size", "set model.vocab_size")  # this command's fix
 
 
 def model_report(cfg: GradusConfig) -> dict:
