@@ -19,8 +19,9 @@ from gradus.config import EmaConfig, from_dict
 from gradus.errors import ConfigError
 from gradus.inference.load import load_model
 from gradus.train import early_stop
+from gradus.train.cadence import evaluation_due
 from gradus.train.ema import WeightEMA
-from gradus.train.evaluate import evaluate, evaluation_due
+from gradus.train.evaluate import evaluate
 from gradus.train.metrics import read_metrics
 from gradus.train.stateful import Progress
 from gradus.train.trainer import train

@@ -36,7 +36,7 @@ from gradus.experiments.runner import Runner, Task, same_config
 from gradus.experiments.sweep import prepare, tasks_for
 from gradus.model.sizes import ModelShape, resolve_shape
 from gradus.presets import load_preset
-from gradus.train.evaluate import evaluation_due
+from gradus.train.cadence import evaluation_due
 from gradus.train.run_dir import RunLock
 
 

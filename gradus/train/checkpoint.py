@@ -46,7 +46,6 @@ from gradus.train.run_dir import (
 )
 
 if TYPE_CHECKING:
-    from gradus.config import TrainConfig
     from gradus.curriculum import Schedule
     from gradus.train.stateful import Progress, Stateful
 
@@ -86,17 +85,6 @@ def _checkpoint_bytes(model: torch.nn.Module, optimizer: torch.optim.Optimizer) 
     for state in optimizer.state.values():
         total += sum(v.numel() * v.element_size() for v in state.values() if isinstance(v, torch.Tensor))
     return total
-
-
-def checkpoint_due(train: TrainConfig, progress: Progress, stage_end: bool) -> bool:
-    """Whether the step just counted in ``progress`` ends with a checkpoint: at every stage end, every
-    ``checkpoint_every`` steps, and once ``checkpoint_every_tokens`` tokens passed since the last one."""
-    if stage_end:
-        return True
-    if train.checkpoint_every and progress.step % train.checkpoint_every == 0:
-        return True
-    return bool(train.checkpoint_every_tokens
-                and progress.tokens - progress.last_checkpoint_tokens >= train.checkpoint_every_tokens)
 
 
 def checkpoint_meta(progress: Progress, stage_index: int, compat: dict, tokenizer_identity: dict,

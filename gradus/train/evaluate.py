@@ -10,17 +10,6 @@ import torch
 from gradus.train.ema import ema_evaluation
 
 
-def evaluation_due(train, step: int, tokens: int, step_tokens: int) -> bool:
-    """Whether the step just counted (``step``, ``tokens`` so far, ``step_tokens`` of them in this step) ends
-    with an evaluation on the cadence: every ``train.eval_every_tokens`` tokens when that is set (the count
-    crossed a multiple of it in this step), else every ``train.eval_every`` steps. Stateless, so a resumed run
-    evaluates at the same points as an uninterrupted one."""
-    every = train.eval_every_tokens
-    if every:
-        return tokens // every > (tokens - step_tokens) // every
-    return step % train.eval_every == 0
-
-
 @torch.no_grad()
 def evaluate(model: torch.nn.Module, batches: Iterable, device: torch.device, autocast) -> dict[str, float]:
     """Token-weighted mean loss, perplexity and next-token accuracy over ``batches`` (numpy arrays with

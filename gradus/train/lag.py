@@ -11,9 +11,9 @@ the device:
 * the trainer reads step N's loss, norm and "applied" after it has queued step N+1 (one transfer), and
   the guard, the throughput window and ``on_step`` observers see step N then;
 * at every **sync point** (a logging step, an evaluation, a checkpoint, a stage end, the end of the run,
-  ``--stop-at-step``, and a signal on a single process) the step's own values are read at once, so every
-  record, evaluation and checkpoint holds exactly what an every-step run would (the guard's state in a
-  checkpoint included: a resumed run continues exactly).
+  ``--stop-at-step``, and a signal on a single process: :meth:`gradus.train.cadence.Due.read_now`) the
+  step's own values are read at once, so every record, evaluation and checkpoint holds exactly what an
+  every-step run would (the guard's state in a checkpoint included: a resumed run continues exactly).
 
 What is one step late: a loss spike's LR back-off starts one step later than with ``every_step``, a run of
 non-finite steps is counted (and rolled back) one step later, and under DDP a signal is agreed on at the
@@ -31,8 +31,6 @@ import torch
 
 from gradus.curriculum import StageState
 from gradus.errors import ConfigError
-from gradus.train.checkpoint import checkpoint_due
-from gradus.train.evaluate import evaluation_due
 
 
 def lagged_mode(host_sync: str, device: torch.device, optimizer: torch.optim.Optimizer) -> bool:
@@ -55,42 +53,6 @@ def skip_on_device(optimizer: torch.optim.Optimizer, loss: torch.Tensor, grad_no
     finally:
         del optimizer.found_inf  # never left behind for a step that decides on the host
     return ok
-
-
-@dataclass(frozen=True)
-class Due:
-    """What follows the step just counted, decided once from the counters (every rank decides alike)."""
-
-    log: bool
-    """A logging step (``logging.log_every``)."""
-    evaluate: bool
-    """An evaluation on the cadence (:func:`~gradus.train.evaluate.evaluation_due`; a stage end may add one)."""
-    checkpoint: bool
-    """A checkpoint on the cadence or at a stage end (:func:`~gradus.train.checkpoint.checkpoint_due`)."""
-    stage_end: bool
-    """The step ends its stage or the run."""
-    stop_at_step: bool
-    """``--stop-at-step`` is reached."""
-
-    def sync(self, signalled: bool) -> bool:
-        """Whether the step's figures must be read at once: something above follows it, or a stop was asked
-        for (``signalled``: only on a single process; under DDP every rank must decide alike, and a signal
-        waits for the next sync point)."""
-        return self.log or self.evaluate or self.checkpoint or self.stage_end or self.stop_at_step or signalled
-
-
-def due_after(cfg, progress, state, nxt, stop_at_step: int | None) -> Due:
-    """What follows the step just counted in ``progress`` (run in ``state``; ``nxt`` is the next step's)."""
-    t = cfg.train
-    stage_end = bool(nxt.done or nxt.stage_index != state.stage_index)
-    stopping_at = stop_at_step is not None and progress.step >= stop_at_step
-    # The run's last window is logged even when it is shorter than log_every: a run of 98 steps at log_every
-    # 10 would otherwise end its metrics at step 90, and gradus report would miss its last steps and tokens.
-    # (A stop that is resumed logs nothing extra: its metrics then equal an uninterrupted run's.)
-    return Due(log=progress.step % cfg.logging.log_every == 0 or bool(nxt.done),
-               evaluate=evaluation_due(t, progress.step, progress.tokens, state.tokens_per_step),
-               checkpoint=checkpoint_due(t, progress, stage_end), stage_end=stage_end,
-               stop_at_step=stopping_at)
 
 
 @dataclass

@@ -23,6 +23,7 @@ from gradus.config import GradusConfig, dump_yaml
 from gradus.curriculum import StageState, stage_of_step, state_at
 from gradus.errors import GradusError
 from gradus.train import checkpoint, early_stop, faults, lag, metrics, parallel, recovery, runtime
+from gradus.train.cadence import Due, due_after
 from gradus.train.evaluate import side_evaluations
 from gradus.train.lag import StepDone
 from gradus.train.metrics import Console, RunResult, StepReport, Window
@@ -136,8 +137,8 @@ class Trainer:
             pr.step, pr.tokens = done.step, done.tokens
             self.console.advance(state.tokens_per_step)
             nxt = state_at(p.schedule, pr.step, pr.tokens)
-            due = lag.due_after(self.cfg, pr, state, nxt, stop_at_step)
-            sync = not p.lagged or due.sync(self.stop.reason is not None and not self.rt.distributed)
+            due = due_after(self.cfg, pr.step, pr.tokens, pr.last_checkpoint_tokens, state, nxt, stop_at_step)
+            sync = due.read_now(p.lagged, signalled=self.stop.reason is not None and not self.rt.distributed)
             ready = reader.take(done, sync, self.rt.device)
             pr.train_seconds += done.seconds
             rolled = self._settle(ready, window, sync)
@@ -204,11 +205,11 @@ class Trainer:
                                     *d.resolve(), d.started, d.seconds, self._aside_seconds, record))
         self._aside_seconds = 0.0
 
-    def _after_step(self, state: StageState, nxt: StageState, due: lag.Due) -> str | None:
+    def _after_step(self, state: StageState, nxt: StageState, due: Due) -> str | None:
         """Evaluate, checkpoint, and decide whether to stop after the step just run (``state``; ``nxt`` is
         the next one's; ``due``, what follows it). Returns the reason to stop, or None to go on."""
         pr = self.parts.progress
-        if due.evaluate or (due.stage_end and self.cfg.train.eval_at_stage_change):
+        if due.evaluate_now:
             self.last_val = self._evaluate(state)
             stop = self._early_stop_check(self.last_val)
             if stop is not None:
