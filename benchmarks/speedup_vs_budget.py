@@ -248,8 +248,10 @@ def plot(summary: dict, path: Path) -> None:
             continue
         ax.plot(xs, ys, "o-", color=color, label=label)
         if band_key:
-            lo = [p[key] - (p[band_key][0] if p.get(band_key) and p[band_key][0] else p[key]) for p in pts if p.get(key)]
-            hi = [(p[band_key][1] if p.get(band_key) and p[band_key][1] else p[key]) - p[key] for p in pts if p.get(key)]
+            lo = [max(0.0, p[key] - (p[band_key][0] if p.get(band_key) and p[band_key][0] else p[key]))
+                  for p in pts if p.get(key)]
+            hi = [max(0.0, (p[band_key][1] if p.get(band_key) and p[band_key][1] else p[key]) - p[key])
+                  for p in pts if p.get(key)]
             ax.errorbar(xs, ys, yerr=[lo, hi], fmt="none", color=color, capsize=4)
     t = summary["trend"].get("speedup_wallclock")
     if t:

@@ -150,3 +150,18 @@ def test_an_unreachable_hub_fails_at_once_with_the_whole_reason(monkeypatch):
     assert "the Hugging Face Hub cannot be reached from here (huggingface.co:443: Network is unreachable)" in line
     assert line.endswith("or set data.tokenizer.train_vocab_size (e.g. 8192) to train a BPE on your sources")
     assert "runs/<run>/tokenizer.json" in line
+
+
+def test_behind_a_proxy_the_hub_check_steps_aside(monkeypatch):
+    """A machine that reaches the Hub only through a proxy must not be told it is unreachable by a direct TCP
+    check: with a proxy variable set the check returns no reason and leaves it to the client."""
+    import socket
+
+    from gradus.data.tokenizer import _hub_unreachable
+
+    def boom(*args, **kwargs):
+        raise AssertionError("no direct connection attempt behind a proxy")
+
+    monkeypatch.setattr(socket, "create_connection", boom)
+    monkeypatch.setenv("HTTPS_PROXY", "http://proxy.invalid:3128")
+    assert _hub_unreachable() is None

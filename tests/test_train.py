@@ -645,3 +645,23 @@ def test_a_failed_start_is_one_line_and_leaves_nothing_behind(case, message, tmp
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and message.format(tmp=tmp_path) in err[0], err
     assert not (tmp_path / "run").exists()
+
+
+def test_a_start_refused_because_the_folder_is_busy_removes_nothing(tmp_path, tokenizer_json, offline_data, capsys):
+    """Two starts on one new --out: the second is refused (the folder is locked) and must not remove the folder
+    the first created and is training in (only a folder this process created and locked is removed)."""
+    from gradus.cli import main
+    from gradus.train.run_dir import RunLock
+
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "config.yaml").write_text("the first start's config\n")
+    held = RunLock(run)  # the first start, still setting up
+    try:
+        cfg = tmp_path / "c.yaml"
+        cfg.write_text(json.dumps(raw_config(tokenizer_json, offline_data)))
+        assert main(["train", str(cfg), "--out", str(run)]) == 2
+        assert "is in use by" in capsys.readouterr().err
+        assert (run / "config.yaml").read_text() == "the first start's config\n"
+    finally:
+        held.release()

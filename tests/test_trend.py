@@ -37,9 +37,25 @@ def test_scatter_beyond_the_bands_widens_the_slope_error():
     assert fit_trend(noisy).slope_se > 10 * fit_trend(tight).slope_se
 
 
-def test_a_point_without_a_band_gets_the_floor_and_a_never_reached_end_counts_as_the_point():
+def test_a_point_without_a_band_gets_the_floor_and_a_never_reached_end_mirrors_the_known_one():
     assert TrendPoint(1e6, 2.0).sigma == pytest.approx(0.04)
-    assert TrendPoint(1e6, 2.0, (None, 2.4)).sigma == pytest.approx(0.2)
+    # A shifted curve that never reaches the target is the fragile case: it must weigh less than a full band.
+    assert TrendPoint(1e6, 2.0, (None, 2.4)).sigma == pytest.approx(0.4)
+    assert TrendPoint(1e6, 2.0, (None, 2.4)).sigma > TrendPoint(1e6, 2.0, (1.7, 2.4)).sigma
+    assert TrendPoint(1e6, 2.0, (1.8, 2.4)).sigma == pytest.approx(0.3)
+
+
+def test_few_points_whose_scatter_scaled_the_errors_get_students_t():
+    """Three budgets that disagree beyond their bands: one degree of freedom, so the 95% multiplier is t = 12.7,
+    not 1.96 (an interval from three points cannot be as sure as a normal one)."""
+    noisy = [TrendPoint(2 ** 18, 2.0, (1.98, 2.02)), TrendPoint(2 ** 19, 2.6, (2.58, 2.62)),
+             TrendPoint(2 ** 20, 2.0, (1.98, 2.02))]
+    t = fit_trend(noisy)
+    assert t.crit == pytest.approx(12.706)
+    lo, hi = t.to_json()["slope_per_doubling_95"]
+    assert hi - lo == pytest.approx(2 * 12.706 * t.slope_se)
+    two = fit_trend(noisy[:2])
+    assert two.crit == 1.96 and "no check of the scatter" in forecast(two, 2 ** 21).sentence
 
 
 def test_two_points_at_one_budget_are_no_trend():

@@ -97,7 +97,8 @@ def _stopped_run(name: str, cfg) -> Path | None:
     for run in sorted(RUNS_DIR.glob(f"{name}-*"), key=lambda p: p.stat().st_mtime, reverse=True):
         rd = RunDir(run)
         status = rd.read_status() or {}
-        if status.get("status") != "stopped" or not _has_checkpoints(run):
+        # Stopped, or failed after a checkpoint (a full disk, a signal during a resume's set-up): resumable.
+        if not (status.get("status") == "stopped" or status.get("resumable")) or not _has_checkpoints(run):
             continue
         try:
             if rd.config.read_text(encoding="utf-8") == text:

@@ -22,6 +22,7 @@ import logging
 import os
 import sys
 import tempfile
+import threading
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
@@ -226,7 +227,12 @@ def _from_hub(name: str):
 
         try:
             return HFTokenizer.from_file(hf_hub_download(name, "tokenizer.json", local_files_only=local_only)), "hub"
-        except EntryNotFoundError:
+        except EntryNotFoundError as exc:
+            # Not cached is not "the repository has no tokenizer.json" (LocalEntryNotFoundError subclasses
+            # EntryNotFoundError): only the latter falls back to vocab + merges, or a cached pair would win over
+            # the repository's tokenizer.json and its special tokens.
+            if local_only and type(exc).__name__ == "LocalEntryNotFoundError":
+                raise
             vocab = hf_hub_download(name, "vocab.json", local_files_only=local_only)
             merges = hf_hub_download(name, "merges.txt", local_files_only=local_only)
             return _byte_level_bpe(Path(vocab), Path(merges)), "hub"
@@ -262,12 +268,26 @@ def _hub_unreachable(timeout: float = 3.0) -> str | None:
         endpoint = urlparse(constants.ENDPOINT)
     except Exception:  # noqa: BLE001 - an old huggingface_hub: the default endpoint
         endpoint = urlparse("https://huggingface.co")
+    if any(os.environ.get(v) for v in ("HTTPS_PROXY", "https_proxy", "HTTP_PROXY", "http_proxy", "ALL_PROXY",
+                                        "all_proxy")):
+        return None  # through a proxy a direct connection says nothing: let the client try
     host, port = endpoint.hostname or "huggingface.co", endpoint.port or (443 if endpoint.scheme == "https" else 80)
-    try:
-        with socket.create_connection((host, port), timeout=timeout):
-            return None
-    except OSError as exc:
-        return f"{host}:{port}: {exc.strerror or type(exc).__name__}"
+    outcome: dict[str, object] = {}
+
+    def probe() -> None:
+        try:
+            with socket.create_connection((host, port), timeout=timeout):
+                outcome["ok"] = True
+        except OSError as exc:
+            outcome["error"] = f"{host}:{port}: {exc.strerror or type(exc).__name__}"
+
+    # In a thread: the timeout does not cover the name lookup, which a broken resolver can stall for long.
+    thread = threading.Thread(target=probe, daemon=True)
+    thread.start()
+    thread.join(timeout + 1.0)
+    if thread.is_alive():
+        return f"{host}:{port}: no answer within {timeout:g} s"
+    return outcome.get("error")
 
 
 def load_tokenizer(cfg: DataConfig, run_dir: str | Path | None = None,

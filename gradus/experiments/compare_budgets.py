@@ -123,8 +123,11 @@ def plot_budgets(points: Sequence[dict], trend: dict | None, fc: Forecast | None
                                         ("speedup_tokens", "band_tokens", "tokens", "C1")):
         pts = [p for p in points if p.get(key)]
         xs, ys = [p["budget_tokens"] for p in pts], [p[key] for p in pts]
-        lo = [y - (p[band_key][0] if p.get(band_key) and p[band_key][0] else y) for p, y in zip(pts, ys, strict=True)]
-        hi = [(p[band_key][1] if p.get(band_key) and p[band_key][1] else y) - y for p, y in zip(pts, ys, strict=True)]
+        # Error bars from the band's ends (an end the curve never reaches, or one on the wrong side, draws none).
+        lo = [max(0.0, y - (p[band_key][0] if p.get(band_key) and p[band_key][0] else y))
+              for p, y in zip(pts, ys, strict=True)]
+        hi = [max(0.0, (p[band_key][1] if p.get(band_key) and p[band_key][1] else y) - y)
+              for p, y in zip(pts, ys, strict=True)]
         ax.errorbar(xs, ys, yerr=[lo, hi], fmt="o-", color=color, capsize=4, label=label)
     if trend is not None:
         end = fc.budget_tokens if fc is not None else trend["budget_max"]
@@ -132,7 +135,8 @@ def plot_budgets(points: Sequence[dict], trend: dict | None, fc: Forecast | None
         ax.plot(xs, [trend["intercept"] + trend["slope"] * math.log2(x) for x in xs], "--", color="C0", alpha=0.6,
                 label=f"trend: {trend['slope']:+.2f}× per doubling")
     if fc is not None:
-        ax.errorbar([fc.budget_tokens], [fc.speedup], yerr=[[fc.speedup - fc.low], [fc.high - fc.speedup]],
+        ax.errorbar([fc.budget_tokens], [fc.speedup], yerr=[[max(0.0, fc.speedup - fc.low)],
+                                                             [max(0.0, fc.high - fc.speedup)]],
                     fmt="s", color="C3", capsize=5, label=f"forecast at {format_count(fc.budget_tokens)} (95%)")
     ax.axhline(1.0, color="grey", lw=0.8)
     ax.set_xscale("log")

@@ -17,6 +17,19 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+T975 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306, 9: 2.262, 10: 2.228,
+        12: 2.179, 15: 2.131, 20: 2.086, 30: 2.042}
+"""Student's t, two-sided 95%, by degrees of freedom (a table: no scipy for one number)."""
+
+
+def critical_value(dof: int | None, scaled: bool) -> float:
+    """The 95% multiplier of a standard error: Student's t at ``dof`` when the errors were scaled by the scatter
+    the points themselves show (estimated from few points, so wider), else the normal 1.96 (the bands' own)."""
+    if not scaled or not dof:
+        return 1.96
+    return T975[max(k for k in T975 if k <= dof)] if dof < 60 else 1.96
+
+
 MIN_SIGMA_RATIO = 0.02
 """A point's uncertainty is at least this share of its speedup: a zero-width band (two curves that fall steeply
 through the target) is not infinitely precise."""
@@ -37,8 +50,12 @@ class TrendPoint:
         floor = MIN_SIGMA_RATIO * abs(self.speedup)
         if not self.band:
             return floor
-        lo, hi = (x if x is not None and math.isfinite(x) else self.speedup for x in self.band)
-        return max(floor, abs(hi - lo) / 2)
+        ends = [x for x in self.band if x is not None and math.isfinite(x)]
+        if len(ends) < 2:
+            # An end that never reaches the target is the most fragile case: mirror the known side (its whole
+            # distance, not half a band), so such a point weighs less than one with both ends.
+            return max(floor, *(abs(x - self.speedup) for x in ends)) if ends else max(floor, 0.5 * abs(self.speedup))
+        return max(floor, abs(ends[1] - ends[0]) / 2)
 
 
 @dataclass(frozen=True)
@@ -55,6 +72,8 @@ class Trend:
     budget_max: float
     cov: tuple[float, float, float]
     """Variance of the intercept, covariance, variance of the slope (x = log2 budget)."""
+    crit: float = 1.96
+    """The 95% multiplier: Student's t at the fit's degrees of freedom when the scatter scaled the errors."""
 
     def at(self, budget: float) -> float:
         """The fitted speedup at ``budget`` tokens."""
@@ -70,7 +89,7 @@ class Trend:
         """The fit as a JSON object (with its slope's 95% interval)."""
         out = asdict(self)
         out["cov"] = list(self.cov)
-        out["slope_per_doubling_95"] = [self.slope - 1.96 * self.slope_se, self.slope + 1.96 * self.slope_se]
+        out["slope_per_doubling_95"] = [self.slope - self.crit * self.slope_se, self.slope + self.crit * self.slope_se]
         out["x"] = "log2(budget_tokens)"
         return out
 
@@ -80,7 +99,7 @@ def trend_from_json(data: dict) -> Trend:
     return Trend(slope=float(data["slope"]), slope_se=float(data["slope_se"]), intercept=float(data["intercept"]),
                  points=int(data["points"]), chi2_reduced=data["chi2_reduced"],
                  budget_min=float(data["budget_min"]), budget_max=float(data["budget_max"]),
-                 cov=tuple(float(x) for x in data["cov"]))
+                 cov=tuple(float(x) for x in data["cov"]), crit=float(data.get("crit", 1.96)))
 
 
 def forecast_from_file(path: str | Path, budget: float) -> Forecast:
@@ -132,7 +151,8 @@ def fit_trend(points: Sequence[TrendPoint]) -> Trend:
     var_a, cov_ab, var_b = sxx / det * scale, -sx / det * scale, sw / det * scale
     return Trend(slope=slope, slope_se=math.sqrt(var_b), intercept=intercept, points=len(pts),
                  chi2_reduced=chi2_reduced, budget_min=min(p.budget_tokens for p in pts),
-                 budget_max=max(p.budget_tokens for p in pts), cov=(var_a, cov_ab, var_b))
+                 budget_max=max(p.budget_tokens for p in pts), cov=(var_a, cov_ab, var_b),
+                 crit=critical_value(dof, scale > 1.0))
 
 
 @dataclass(frozen=True)
@@ -155,10 +175,10 @@ class Forecast:
 def forecast(trend: Trend, budget: float) -> Forecast:
     """The speedup the trend gives at ``budget`` tokens, with ±1.96 standard errors of the line (clipped at 0),
     and a sentence saying how far the reading goes beyond the budgets measured (under 1×: "no gain expected")."""
-    mid = trend.at(budget)
     se = trend.se_at(budget)
     # A speedup is a ratio of costs: never below 0, however far the line is read.
-    low, high = max(0.0, mid - 1.96 * se), max(0.0, mid + 1.96 * se)
+    mid = max(0.0, trend.at(budget))
+    low, high = max(0.0, trend.at(budget) - trend.crit * se), max(0.0, trend.at(budget) + trend.crit * se)
     beyond = math.log2(budget / trend.budget_max)
     if beyond <= 0 and budget >= trend.budget_min:
         reach = "inside the budgets measured"
@@ -169,8 +189,10 @@ def forecast(trend: Trend, budget: float) -> Forecast:
         reach = f"below the smallest budget measured ({_tokens(trend.budget_min)})"
     gain = (f"{mid:.2f}× (95% interval {low:.2f}–{high:.2f}×)" if mid >= 1 else
             f"no gain expected ({mid:.2f}×, 95% interval {low:.2f}–{high:.2f}×)")
+    check = ("; with two budgets the interval rests on their bands alone (no check of the scatter: measure a "
+             "third)" if trend.points == 2 else "")
     sentence = (f"at {_tokens(budget)} tokens the trend of {trend.points} budgets gives {gain}, "
-                f"{trend.slope:+.2f}× per doubling of the budget; {reach}")
+                f"{trend.slope:+.2f}× per doubling of the budget; {reach}{check}")
     return Forecast(budget_tokens=budget, speedup=mid, low=low, high=high, doublings_beyond=beyond, sentence=sentence)
 
 

@@ -369,6 +369,8 @@ def load_parts(parts: Mapping[str, Stateful], state: Mapping[str, Any], path: Pa
     for name, part in parts.items():
         if state.get(name) is not None:
             part.load_state_dict(state[name])
+        elif name not in state and hasattr(part, "reset"):  # a FRESH_IF_MISSING part: fresh on a rollback too
+            part.reset()
 
 
 # ------------------------------------------------------------------------------- compatibility

@@ -295,8 +295,8 @@ def compiled_graphs() -> int:
 
 def drop_records_after(path: Path, step: int, keep_events: bool = False) -> int:
     """Rewrite ``metrics.jsonl`` without the records of steps after ``step`` (atomically: a kill meanwhile
-    leaves the old file); a torn last line is dropped too; ``keep_events``: event records stay (a rollback keeps
-    the guard events that caused it). Returns how many records were dropped."""
+    leaves the old file); a torn last line is dropped too; ``keep_events``: the guard's event records stay (a
+    rollback keeps the events that caused it; a stage record after it goes, as the stage is entered again). Returns how many records were dropped."""
     if not path.is_file():
         return 0
     kept, dropped = [], 0
@@ -307,7 +307,8 @@ def drop_records_after(path: Path, step: int, keep_events: bool = False) -> int:
             except ValueError:
                 dropped += 1  # a line cut short by a kill
                 continue
-            if isinstance(record, dict) and _after(record, step) and not (keep_events and "event" in record):
+            kept_event = keep_events and isinstance(record, dict) and str(record.get("event", "")).startswith("guard/")
+            if isinstance(record, dict) and _after(record, step) and not kept_event:
                 dropped += 1
                 continue
             kept.append(line if line.endswith("\n") else line + "\n")
@@ -359,7 +360,9 @@ class MetricsWriter:
     def rewind(self, step: int) -> None:
         """A rollback to the checkpoint of ``step``: the step and evaluation records after it are dropped, as on
         resume, so the redone steps appear once to every reader (the guard events that caused the rollback
-        stay); TensorBoard hides its events after it the same way (a new writer with ``purge_step``)."""
+        stay); TensorBoard hides its events after it the same way (a new writer with ``purge_step``). W&B cannot
+        take a step back: it keeps the first values of the redone steps and ignores the new ones (a known
+        limit; metrics.jsonl and TensorBoard are right)."""
         if not self.enabled or self._file is None:
             return
         self._file.close()

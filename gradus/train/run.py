@@ -51,6 +51,9 @@ class Held:
 
     def __init__(self) -> None:
         self._stack = contextlib.ExitStack()
+        self.created_folder = False
+        """Whether this process created the run directory and took its lock (rank 0): only then may a start
+        refused for bad input remove it."""
         self.reporting: Progress | None = None
         """The run's counters once its metrics writer is open; None before (a refused set-up keeps the
         run directory's status as it was)."""
@@ -157,7 +160,9 @@ def build_run(cfg: GradusConfig, run_dir: RunDir | str | Path, rt: Runtime, *, h
     schedule = resolve_schedule(cfg)
     check_batches_divide(schedule.stages, rt)  # before the run directory is touched
     if rt.is_main:
+        created = not run.path.exists()
         held.add(run.prepare().release)
+        held.created_folder = created  # this process made the folder and holds its lock (a failed start may remove it)
     rt.barrier()
     console = Console(enabled=rt.is_main and not quiet, progress_bar=cfg.logging.progress_bar, total_tokens=None)
     ckpt = open_checkpoints(run.checkpoints, cfg.train, rt)  # sharded under FSDP

@@ -144,6 +144,8 @@ class Trainer:
             rolled = self._settle(ready, window, sync)
             if rolled is not None or not sync:  # (a lagged step is never a stage's last: nxt is in its stage)
                 state, reader.pending = (rolled, None) if rolled is not None else (nxt, reader.pending)
+                if rolled is not None:
+                    window = Window()  # the steps it averaged were thrown away with the rollback
                 continue
             loss, grad_norm, applied = done.resolve()
             record = None
@@ -371,7 +373,6 @@ def train(cfg: GradusConfig, run_dir: str | Path, *, resume: bool = True, allow_
     trainer = Trainer(cfg, run_dir, resume=resume, allow_config_change=allow_config_change, quiet=quiet,
                       on_step=on_step)
     result, agreed, started = None, False, False
-    new_dir = not trainer.run_dir.exists()
     try:
         trainer.setup()
         started = True
@@ -382,7 +383,8 @@ def train(cfg: GradusConfig, run_dir: str | Path, *, resume: bool = True, allow_
         raise
     finally:
         trainer.close(clean=result is not None or agreed)
-        if not started and new_dir and sys.exc_info()[0] is not None and issubclass(sys.exc_info()[0], GradusError):
+        failed = sys.exc_info()[0]
+        if not started and trainer.held.created_folder and failed is not None and issubclass(failed, GradusError):
             # A start refused for bad input (a glob that matches nothing, a tokenizer file that is not one, a
             # missing wandb) leaves nothing behind: the folder it created holds only what set-up began.
             recovery.remove_failed_start(trainer.run, trainer.rt)
