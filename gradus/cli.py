@@ -85,24 +85,29 @@ def main(argv: list[str] | None = None) -> int:
             # killed before it prints (seen in loaded test runs).
             time.sleep(SILENT_EXIT_DELAY_S)
         return err.exit_code
-    except KeyboardInterrupt as exc:
-        print(f"gradus: interrupted{' by SIGTERM' if isinstance(exc, Terminated) else ''}", file=sys.stderr)
+    except KeyboardInterrupt:
+        print("gradus: interrupted", file=sys.stderr)
         return 130
     finally:
         if previous is not None:
             signal.signal(signal.SIGTERM, previous)
 
 
-class Terminated(KeyboardInterrupt):
-    """SIGTERM outside the training loop (which has its own handler that checkpoints and stops cleanly)."""
-
-
 def _sigterm_interrupts():
-    """Make SIGTERM stop a command as Ctrl-C does (one line, exit 130) instead of killing it silently (rc -15)
-    in its set-up or any command without a handler of its own; returns the previous handler (None off the
-    main thread)."""
+    """Make SIGTERM stop a command with one line and exit 130 (as Ctrl-C) instead of killing it silently (rc
+    -15), in its set-up or any command without a handler of its own (the training loop and the experiment
+    runner install theirs, which checkpoint and stop runs cleanly); returns the previous handler (None off the
+    main thread). The process leaves at once rather than raising where the signal landed: an exception thrown
+    into arbitrary set-up code (a tokenizer training in native threads, a data thread starting) could leave the
+    process waiting on a thread instead of exiting (seen once in a loaded CI run). The lock on a run directory
+    is a file lock, released by the kernel with the process."""
     def handler(signum, frame):
-        raise Terminated
+        try:
+            sys.stdout.flush()
+        except Exception:  # noqa: BLE001 - leaving anyway
+            pass
+        os.write(2, b"gradus: interrupted by SIGTERM\n")
+        os._exit(130)
 
     try:
         return signal.signal(signal.SIGTERM, handler)
