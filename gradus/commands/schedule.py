@@ -10,14 +10,18 @@ import argparse
 import json
 import math
 
+from pathlib import Path
+
 from gradus.commands.common import add_config_arguments, config_source, load_from_args
-from gradus.config import GradusConfig
+from gradus.config import GradusConfig, dump_yaml, load_config
 from gradus.curriculum import Schedule, StagePlan, resolve_schedule
+from gradus.curriculum.adaptive import accepted_edits, edited_config, envelope, max_tokens_per_step, stable_phase
 from gradus.errors import ConfigError
 from gradus.plan.cost import check_mfu, stage_costs
 from gradus.plan.hardware import GPUSpec, format_flops, gpu_spec, parse_float
 from gradus.presets import list_presets, preset_description
 from gradus.sizes import ModelShape, resolve_shape
+from gradus.train.run_dir import RunDir
 from gradus.units import format_count, format_duration, format_lr, parse_count, parse_rate
 
 
@@ -43,6 +47,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="project each stage's time on this GPU (h100, a100, h200, rtx4090) from its FLOPs per token",
     )
     parser.add_argument("--mfu", metavar="F", help="model FLOPs utilisation for --gpu (default 0.4)")
+    parser.add_argument(
+        "--from-run", metavar="RUN",
+        help="the table an adaptive run followed: its config.yaml with the decisions in its decisions.jsonl applied",
+    )
+    parser.add_argument(
+        "--write", metavar="FILE",
+        help="with --from-run: write that table as a fixed config (adaptive removed), to train or reuse at scale",
+    )
 
 
 def run(args: argparse.Namespace) -> int:
@@ -54,7 +66,7 @@ def run(args: argparse.Namespace) -> int:
     if dataset_tokens is not None and dataset_tokens <= 0:
         raise ConfigError(f"--dataset-tokens={args.dataset_tokens}: must be a positive token count, e.g. 3B")
     gpu, mfu = _gpu_and_mfu(args)
-    cfg = load_from_args(args)
+    cfg, title = _config(args)
     schedule = resolve_schedule(cfg)
     if dataset_tokens is None:
         dataset_tokens = cfg.data.dataset_tokens  # the config's planning figure; the flag wins
@@ -66,9 +78,64 @@ def run(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(report, indent=2))
         return 0
-    title = cfg.name or (f"preset {args.preset}" if args.preset else config_source(args))
     print(format_table(cfg, schedule, report, title=str(title)))
+    for line in adaptive_lines(cfg, schedule):
+        print(line)
     return 0
+
+
+def _config(args: argparse.Namespace) -> tuple[GradusConfig, str]:
+    """The config to show and its title: the one the arguments name, or (``--from-run``) the fixed table an
+    adaptive run's decisions made of its config, written to ``--write`` when given."""
+    if args.from_run is None:
+        if args.write:
+            raise ConfigError("--write needs --from-run RUN: it writes the table an adaptive run followed")
+        cfg = load_from_args(args)
+        return cfg, cfg.name or (f"preset {args.preset}" if args.preset else str(config_source(args)))
+    if args.preset or args.config or args.config_flag:
+        raise ConfigError("give either a config (or --preset) or --from-run RUN, not both")
+    run = RunDir(Path(args.from_run))
+    if not run.config.is_file():
+        raise ConfigError(f"--from-run {args.from_run}: no {run.config.name} there; give a gradus run directory")
+    cfg = load_config(run.config, getattr(args, "overrides", None) or [])
+    records = run.read_decisions()
+    edits = accepted_edits(records)
+    if cfg.curriculum.adaptive is not None:
+        cfg = edited_config(cfg, edits)
+    title = f"{args.from_run} as run ({len(edits)} of its {len(records)} decisions applied)"
+    if args.write:
+        Path(args.write).write_text(dump_yaml(cfg), encoding="utf-8")
+        print(f"wrote {args.write}: the table {args.from_run} followed, as a fixed config "
+              f"(train it with: gradus train --config {args.write})")
+    return cfg, title
+
+
+def adaptive_lines(cfg: GradusConfig, schedule: Schedule) -> list[str]:
+    """An adaptive config's envelope below its table: the ladder, the bounds and the rules (the table above is
+    the fallback a run follows when no signal fires)."""
+    a = cfg.curriculum.adaptive
+    if a is None:
+        return []
+    ladder = " → ".join(dict.fromkeys(str(s.seq_len) for s in schedule.stages))
+    target = schedule.target_tokens or schedule.total_tokens
+    lines = ["", f"adaptive: the table above is the fallback; the run may change it from its own signals "
+                 f"(checks every {format_count(a.check_every_tokens or max(1, target // 64))} tokens)"]
+    if a.batch.enabled:
+        start, end = stable_phase(schedule)
+        shapes = envelope(cfg, schedule)
+        verify = (f"each proposal verified by a branch of {a.batch.verify.fraction:g} of the run, accepted within "
+                  f"{a.batch.verify.z:g} standard errors" if a.batch.verify.enabled else "accepted without a branch")
+        lines.append(
+            f"  batch: tokens/step × 2 when B_simple > {a.batch.rho:g} × tokens/step for {a.batch.patience} checks "
+            f"in a row, LR × 2^{a.batch.alpha:g}, up to {max_tokens_per_step(cfg, schedule):,} tokens/step, only "
+            f"between {format_count(start)} and {format_count(end)} tokens (the stable phase); {verify}; "
+            f"{len(shapes)} shapes prepared at start-up")
+    if a.length.enabled:
+        lines.append(
+            f"  length: ladder {ladder}; the next length begins early when the validation loss gained per "
+            f"compute doubling falls below {a.length.threshold:g} of the stage's first for {a.length.patience} "
+            f"evaluations in a row; never later than the table, never shorter")
+    return lines
 
 
 def _parsed(value, flag, parse):
@@ -235,7 +302,9 @@ def format_table(cfg: GradusConfig, cur: Schedule, report: dict, title: str = ""
         sched = (
             f"one global warmup-stable-decay: warmup {cur.global_warmup_steps:,} steps, stable to step "
             f"{cur.total_steps - cur.cooldown_steps:,}, {c.cooldown_shape} cooldown over the last "
-            f"{cur.cooldown_steps:,} steps ({c.cooldown_fraction:g} of the run) to {floor}"
+            f"{cur.cooldown_steps:,} steps ("
+            + (f"its last {format_count(c.cooldown_tokens)} tokens" if c.cooldown_tokens else f"{c.cooldown_fraction:g} of the run")
+            + f") to {floor}"
         )
     elif c.schedule == "linear":
         sched = (

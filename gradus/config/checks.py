@@ -25,7 +25,17 @@ from pydantic import BaseModel, TypeAdapter, ValidationError
 
 from gradus.config.fields import MODEL_PRESETS, SIZE_PRESETS
 from gradus.config.messages import _join, field_path, format_validation_error  # noqa: F401 (re-exported)
-from gradus.config.schema import BatchRampConfig, GradusConfig, ModelConfig, SourceConfig, StageConfig
+from gradus.config.schema import (
+    AdaptiveBatchConfig,
+    AdaptiveConfig,
+    BatchRampConfig,
+    CurriculumConfig,
+    GradusConfig,
+    ModelConfig,
+    SourceConfig,
+    StageConfig,
+    VerifyConfig,
+)
 from gradus.config.schema_run import TrainConfig
 
 
@@ -118,6 +128,7 @@ def cross_check(cfg: GradusConfig | Mapping) -> list[str]:
     problems += _stage_kind_problems(stages, data)
     problems += _stage_order_problems(stages, cur, train)
     problems += _batch_ramp_problems(stages, cur)
+    problems += _adaptive_problems(stages, cur, train)
     ref = field_value(TrainConfig, train, "eval_reference_seq_len")
     if ref is not None and max_len is not None and max_len < ref:
         problems.append(
@@ -358,6 +369,70 @@ def _batch_ramp_problems(stages: list[Mapping], cur: Mapping) -> list[str]:
                     "grow; raise this stage's tokens per step or set direction: any"
                 )
             previous = (i, tps)
+    return problems
+
+
+# ----------------------------------------------------------------------------------- adaptive stages
+def _adaptive_problems(stages: list[Mapping], cur: Mapping, train: Mapping) -> list[str]:
+    """What an adaptive curriculum cannot run with (issue 30's bad input), one line each, before anything trains."""
+    raw = cur.get("adaptive")
+    if not isinstance(raw, Mapping):
+        return []
+    problems: list[str] = []
+    mode = field_value(CurriculumConfig, cur, "schedule")
+    batch_raw = raw.get("batch")
+    batch = batch_raw if isinstance(batch_raw, Mapping) else {}
+    batch_on = field_value(AdaptiveBatchConfig, batch, "enabled") is not False
+    if mode == "per_stage":
+        problems.append("curriculum.schedule=per_stage: an adaptive curriculum moves stage boundaries, which would "
+                        "cut a stage's own decay short; set curriculum.schedule: wsd (one LR curve over the run)")
+    elif batch_on and mode is not None and mode != "wsd":
+        problems.append(f"curriculum.schedule={mode}: curriculum.adaptive.batch grows the batch only in a stable "
+                        "phase, which only wsd has; set schedule: wsd or adaptive.batch.enabled: false")
+    steps = [i for i, st in enumerate(stages) if _given(st, "step")]
+    if steps:
+        problems.append(f"curriculum.stages[{steps[0]}].step: an adaptive curriculum needs token budgets; write each "
+                        "stage's tokens: instead of step:")
+    previous = None
+    for i, st in enumerate(stages):
+        seq_len = field_value(StageConfig, st, "seq_len")
+        if seq_len is not None and previous is not None and seq_len < previous:
+            problems.append(f"curriculum.stages[{i}].seq_len={seq_len} is shorter than stage {i - 1}'s {previous}; "
+                            "an adaptive ladder never shortens: order the stages by length")
+        previous = seq_len if seq_len is not None else previous
+    if batch_on:
+        if cur.get("batch_ramp") is not None:
+            problems.append("curriculum.batch_ramp: a fixed batch ramp and curriculum.adaptive.batch both set the "
+                            "tokens per step; drop batch_ramp or set adaptive.batch.enabled: false")
+        if train.get("max_steps") is not None:
+            problems.append(f"train.max_steps={train.get('max_steps')}: a batch decision changes how many steps the "
+                            "run has; stop by curriculum.target_tokens or set adaptive.batch.enabled: false")
+        rule = [i for i, st in enumerate(stages) if st.get("lr_rule") == "seq_batch"]
+        if rule:
+            problems.append(f"curriculum.stages[{rule[0]}].lr_rule=seq_batch scales the LR with the batch, as "
+                            "adaptive.batch.alpha does; use lr_multiplier or peak_lr")
+        bound = field_value(AdaptiveBatchConfig, batch, "max_tokens_per_step")
+        first = _tokens_per_step(stages[0])[0] if stages else None
+        if bound is not None and first is not None and bound < first:
+            problems.append(f"curriculum.adaptive.batch.max_tokens_per_step={batch.get('max_tokens_per_step')} is "
+                            f"below stage 0's {first:,} tokens per step (the run starts there): raise it to at "
+                            f"least {2 * first:,} for one doubling")
+        verify_raw = batch.get("verify")
+        verify = verify_raw if isinstance(verify_raw, Mapping) else {}
+        fraction = field_value(VerifyConfig, verify, "fraction")
+        enabled = field_value(VerifyConfig, verify, "enabled") is not False
+        warm = field_value(CurriculumConfig, cur, "global_warmup_fraction") or 0.0
+        cool = field_value(CurriculumConfig, cur, "cooldown_fraction") or 0.0
+        stable = 1.0 - warm - cool
+        if enabled and fraction is not None and fraction >= stable:
+            problems.append(f"curriculum.adaptive.batch.verify.fraction={verify.get('fraction')}: a branch that long "
+                            f"does not fit in the stable phase ({stable:.0%} of the run, between the warmup and the "
+                            f"cooldown); lower it (1–3% is usual)")
+    check = field_value(AdaptiveConfig, raw, "check_every_tokens")
+    target = field_value(CurriculumConfig, cur, "target_tokens")
+    if check is not None and target is not None and check >= target:
+        problems.append(f"curriculum.adaptive.check_every_tokens={raw.get('check_every_tokens')} is not below "
+                        f"target_tokens={cur.get('target_tokens')}; check several times a run (default: 1/64 of it)")
     return problems
 
 

@@ -335,6 +335,84 @@ class BatchRampConfig(Strict):
     )
 
 
+def _unit_interval(value: float) -> float:
+    if not 0.0 <= value <= 1.0:  # written so that NaN fails too
+        raise ValueError("must be in [0, 1] (0.5: the square-root rule for AdamW)")
+    return value
+
+
+def _positive(value: float) -> float:
+    if not value > 0.0:  # written so that NaN fails too
+        raise ValueError("must be above 0 (e.g. 2: propose a larger batch when the noise scale is twice the batch)")
+    return value
+
+
+class VerifyConfig(Strict):
+    """The branch test of a batch proposal (Merrill et al. 2025): from a snapshot of every part of the run,
+    train ``fraction`` of the run's tokens at the proposed batch, put everything back, train the same tokens
+    at the current batch, and accept when the branch's mean training loss over the second half of those
+    tokens (the same documents in both) is no worse than the main run's by more than ``z`` standard errors
+    measured from the two windows' own step-to-step scatter. The branch's tokens are counted and reported."""
+
+    enabled: bool = Field(True, description="Verify each batch proposal with a branch before accepting it.")
+    fraction: float = Field(
+        0.02, gt=0, lt=0.5, description="Tokens of each branch as a share of the run's target tokens (1–3% is usual)."
+    )
+    z: float = Field(2.0, ge=0, description="Noise margin in standard errors of the paired loss difference.")
+
+
+class AdaptiveBatchConfig(Strict):
+    """Tokens per step × 2 when the smoothed gradient noise scale (``train.noise_scale``) stays above ``rho``
+    × the current tokens per step for ``patience`` consecutive checks; the LR × 2^alpha on acceptance. Only
+    in the wsd schedule's stable phase (after the warmup, before the cooldown), within the bounds."""
+
+    enabled: bool = Field(True, description="Let the run double its tokens per step.")
+    rho: Annotated[float, AfterValidator(_positive)] = Field(
+        2.0, description="Propose a doubling when B_simple > rho × tokens per step (Merrill et al.: 2)."
+    )
+    patience: int = Field(3, ge=1, description="Consecutive checks above the threshold before a proposal.")
+    alpha: Annotated[float, AfterValidator(_unit_interval)] = Field(
+        0.5, description="LR × 2^alpha when the batch doubles (0.5: the square-root rule, for AdamW)."
+    )
+    min_samples: int = Field(
+        20, ge=1, description="Steps of noise-scale samples since the last change before a check counts."
+    )
+    max_tokens_per_step: TokenCount | None = Field(
+        None, gt=0, description="Largest tokens per step a doubling may reach (the stages' own are the smallest: "
+        "the run starts at them); default 8× the first stage's."
+    )
+    verify: VerifyConfig = Field(default_factory=VerifyConfig, description="The branch test of each proposal.")
+
+
+class AdaptiveLengthConfig(Strict):
+    """Switch to the next stage's (longer) sequence length before its planned boundary when the validation
+    loss at the reference length gains, per doubling of compute, less than ``threshold`` × what the current
+    length gained in its first measured interval, for ``patience`` consecutive evaluations. Compute is counted
+    in reference-length token equivalents (each token weighted by the model's FLOPs per token at its length),
+    a deterministic stand-in for calibrated seconds, so a resumed run decides exactly alike. The stages' own
+    boundaries are the fallback: a switch is never later than the table and never to a shorter length."""
+
+    enabled: bool = Field(True, description="Let the run move a length switch earlier than the table.")
+    threshold: float = Field(
+        0.5, gt=0, lt=1, description="Switch when the gain per compute doubling falls below this share of the "
+        "stage's first."
+    )
+    patience: int = Field(2, ge=1, description="Consecutive evaluations below the threshold before a switch.")
+
+
+class AdaptiveConfig(Strict):
+    """Stage switches decided by the run itself (issue 30): the stages are the ladder of lengths and the
+    fallback table; the run may double its tokens per step (``batch``) and move a length switch earlier
+    (``length``). Every decision goes to decisions.jsonl and the checkpoint, and a run resumed anywhere
+    decides alike; ``gradus schedule --from-run RUN --write FILE`` freezes what a run found into a fixed table."""
+
+    check_every_tokens: TokenCount | None = Field(
+        None, gt=0, description="Tokens between batch checks; default 1/64 of the target tokens."
+    )
+    batch: AdaptiveBatchConfig = Field(default_factory=AdaptiveBatchConfig, description="The batch rule.")
+    length: AdaptiveLengthConfig = Field(default_factory=AdaptiveLengthConfig, description="The length rule.")
+
+
 class CurriculumConfig(Strict):
     """Ordered stages and when training stops."""
 
@@ -368,6 +446,18 @@ class CurriculumConfig(Strict):
         None, description="Declare tokens per step that change across stages (grow), optionally scaling each "
         "stage's peak LR by (tokens_per_step / reference)^alpha; default: none (constant tokens per step is the "
         "plans' design)."
+    )
+    global_warmup_tokens: TokenCount | None = Field(
+        None, gt=0, description="Global modes: the warmup as tokens (the steps whose tokens start below it) "
+        "instead of global_warmup_fraction of the steps; keeps the LR curve in tokens when batches change."
+    )
+    cooldown_tokens: TokenCount | None = Field(
+        None, gt=0, description="wsd: the cooldown as the last this-many tokens of the run instead of "
+        "cooldown_fraction of the steps; keeps the LR curve in tokens when batches change."
+    )
+    adaptive: AdaptiveConfig | None = Field(
+        None, description="Stage switches decided by the run's own signals (gradient noise scale, loss rate); "
+        "the stages are the ladder and the fallback table. Default: none (the table as written)."
     )
 
 

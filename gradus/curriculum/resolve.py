@@ -62,19 +62,34 @@ def resolve_schedule(cfg: GradusConfig) -> Schedule:
     schedule = Schedule(
         stages=tuple(plans), target_tokens=target, total_steps=total_steps, total_tokens=bounds[-1][3],
         max_steps=cfg.train.max_steps, mode=cur.schedule, decay=cur.decay, min_lr_ratio=cur.min_lr_ratio,
-        global_warmup_steps=_global_warmup_steps(cfg, total_steps), base_lr=cfg.optim.base_lr,
+        global_warmup_steps=_global_warmup_steps(cfg, total_steps, bounds), base_lr=cfg.optim.base_lr,
         max_seq_len=cfg.model.max_seq_len, sources=tuple(sources), token_based=token_based,
-        warnings=tuple(warnings), batch_ramp=ramp, **_curve(cfg, total_steps),
+        warnings=tuple(warnings), batch_ramp=ramp, **_curve(cfg, total_steps, bounds),
     )
     return dataclasses.replace(schedule, end_lrs=_end_lrs(schedule))
 
 
-def _curve(cfg: GradusConfig, total_steps: int) -> dict:
+def steps_starting_below(bounds: list[Bounds], tokens: int) -> int:
+    """How many steps of the table ``bounds`` start with the token counter below ``tokens``: the step count
+    of an LR-curve segment given in tokens (``global_warmup_tokens``, ``cooldown_tokens``)."""
+    count = 0
+    for start_step, end_step, start_tokens, end_tokens, _ in bounds:
+        steps = end_step - start_step
+        if steps and tokens > start_tokens:
+            tps = (end_tokens - start_tokens) // steps
+            count += min(steps, math.ceil((tokens - start_tokens) / tps))
+    return count
+
+
+def _curve(cfg: GradusConfig, total_steps: int, bounds: list[Bounds]) -> dict:
     """The wsd / linear settings of :class:`Schedule` (its defaults for per_stage and global)."""
     cur = cfg.curriculum
     if cur.schedule == "wsd":
-        # At least one cooldown step, so a short run still ends below its peak.
-        cooldown = max(1, math.ceil(cur.cooldown_fraction * total_steps)) if total_steps else 0
+        if cur.cooldown_tokens is not None and total_steps:
+            # In tokens: the steps that start inside the run's last cooldown_tokens tokens.
+            cooldown = max(1, total_steps - steps_starting_below(bounds, bounds[-1][3] - cur.cooldown_tokens))
+        else:  # at least one cooldown step, so a short run still ends below its peak
+            cooldown = max(1, math.ceil(cur.cooldown_fraction * total_steps)) if total_steps else 0
         floor = 0.0 if cur.decay_to == "zero" else cur.min_lr_ratio
         return {"cooldown_steps": cooldown, "cooldown_shape": cur.cooldown_shape, "floor_ratio": floor}
     if cur.schedule == "linear":
@@ -106,9 +121,13 @@ def _end_lrs(schedule: Schedule) -> tuple[float, ...]:
     return tuple(ends)
 
 
-def _global_warmup_steps(cfg: GradusConfig, total_steps: int) -> int:
+def _global_warmup_steps(cfg: GradusConfig, total_steps: int, bounds: list[Bounds]) -> int:
     cur = cfg.curriculum
-    if cur.schedule == "per_stage" or not cur.global_warmup_fraction:
+    if cur.schedule == "per_stage":
+        return 0
+    if cur.global_warmup_tokens is not None:
+        return max(1, steps_starting_below(bounds, cur.global_warmup_tokens))
+    if not cur.global_warmup_fraction:
         return 0
     return max(1, math.ceil(cur.global_warmup_fraction * max(1, total_steps)))
 
@@ -256,7 +275,7 @@ def _check(cfg: GradusConfig, plans: list[StagePlan], warnings: list[str]) -> No
         )
     cur = cfg.curriculum
     # Compared with the defaults, not with the fields set: a saved config.yaml writes every field out.
-    unused = [k for k in ("cooldown_fraction", "cooldown_shape", "decay_to")
+    unused = [k for k in ("cooldown_fraction", "cooldown_shape", "decay_to", "cooldown_tokens")
               if getattr(cur, k) != type(cur).model_fields[k].default]
     if unused and cur.schedule != "wsd":
         warnings.append(

@@ -320,6 +320,13 @@ class DataPipeline:
         batch.step = state.step
         return batch
 
+    def follow(self, schedule: Schedule) -> None:
+        """Predict the steps ahead from ``schedule`` from now on (an adaptive run's decision changed its table).
+        Batches already prepared from the old one are only predictions: the first that no longer matches
+        the state asked for is made again (a rewind), so what the trainer sees never depends on when this is
+        called."""
+        self.schedule = schedule
+
     def prefetch_for(self, state: StageState) -> None:
         """Start making the batches from ``state`` on in the data thread without waiting for any, so that a
         run's cold start (tokenising, filling the shuffle buffers and lanes: 14 s of the first step in the CPU

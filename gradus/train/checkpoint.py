@@ -348,9 +348,10 @@ def parts_state(parts: Mapping[str, Stateful], world_size: int) -> dict[str, Any
     return payload
 
 
-FRESH_IF_MISSING = ("gns",)
+FRESH_IF_MISSING = ("gns", "adaptive")
 """Parts a checkpoint written before them may lack: they start fresh (the noise scale's averages only feed
-its own figures, never the training)."""
+its own figures, never the training; an adaptive controller added with ``--allow-config-change`` starts with
+no decisions)."""
 
 
 def load_parts(parts: Mapping[str, Stateful], state: Mapping[str, Any], path: Path) -> None:

@@ -264,6 +264,29 @@ def stage_banner(state: StageState, stage: StagePlan, num_stages: int, schedule:
     )
 
 
+def decision_line(record: dict[str, Any]) -> str:
+    """The console line of an adaptive decision (:mod:`gradus.train.controller`): where, what, why, the verdict."""
+    kind, verdict, sig = record["kind"], record["verdict"], record.get("signal") or {}
+    where = f"adaptive: step {record['step']:,} ({record['tokens']:,} tokens): "
+    if kind == "batch":
+        what = (f"batch {sig.get('tokens_per_step', 0):,} → {2 * sig.get('tokens_per_step', 0):,} tokens/step "
+                f"(B_simple {sig.get('b_simple', math.nan):,.0f} > {sig.get('rho', math.nan):g} × batch for "
+                f"{sig.get('checks', 0)} checks)")
+    else:
+        what = (f"length → {(record.get('proposal') or {}).get('seq_len')} (gain per compute doubling "
+                f"{sig.get('ratio', math.nan):.2f} of the stage's first for {sig.get('evaluations', 0)} evaluations)")
+    tail = f": {verdict}"
+    comparison = record.get("comparison") or {}
+    if "branch_loss" in comparison:
+        tail += (f" (branch loss {comparison['branch_loss']:.4f} vs main {comparison['main_loss']:.4f} "
+                 f"± {comparison['margin']:.4f}, {comparison['branch_tokens']:,} branch tokens)")
+    if record.get("reason"):
+        tail += f" ({record['reason']})"
+    if verdict == "accepted" and kind == "batch":
+        tail += f"; LR × {(record.get('proposal') or {}).get('lr_factor', 1):.3g}"
+    return where + what + tail
+
+
 def run_summary(shape: ModelShape, rt: Runtime, compiled: bool, schedule: Schedule,
                 micro_batches: dict[int, int]) -> list[str]:
     """The console lines that describe a run before it trains: the model, where it runs, each stage's

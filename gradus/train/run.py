@@ -18,9 +18,11 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from gradus.config import GradusConfig, dump_yaml
-from gradus.curriculum import Schedule, resolve_schedule, state_at
+from gradus.curriculum import Schedule, StageState, resolve_schedule, state_at
+from gradus.curriculum.adaptive import envelope
 from gradus.train import checkpoint, lag, parallel, runtime
 from gradus.train.build import build_training_parts, load_tokenizer_on_ranks, wrap_for_training
+from gradus.train.controller import AdaptiveController
 from gradus.train.ema import WeightEMA
 from gradus.train.evaluate import Validation
 from gradus.train.guard import LossGuard
@@ -124,7 +126,10 @@ class RunParts:
     compiled: bool
     """Whether ``net`` is compiled."""
     micro_batches: dict[int, int]
-    """The micro-batch each stage runs at, by stage index."""
+    """The micro-batch each stage of the configured table runs at, by stage index."""
+    micro_by_shape: dict[tuple[int, int], int]
+    """The micro-batch of every shape the run can reach, by (seq_len, batch): an adaptive run's decisions
+    make stages the table does not have (:func:`gradus.curriculum.adaptive.envelope`)."""
     warmup: CompileWarmup | None
     """The start-up compilation of every training shape (compiled runs), else None."""
     validation: Validation
@@ -135,9 +140,19 @@ class RunParts:
     """The device's peak FLOP/s for MFU, when known."""
     peak_source: str
     """Where :attr:`peak` came from."""
-    controller: Any = None
-    """The slot of an adaptive controller (none yet): a part that changes the run's course from what it
-    observes belongs here, built in :func:`build_run` like every other part."""
+    controller: AdaptiveController | None = None
+    """The adaptive controller (``curriculum.adaptive``), else None: the part that changes the run's course
+    from what it observes (:mod:`gradus.train.controller`)."""
+
+    @property
+    def current_schedule(self) -> Schedule:
+        """The schedule the run follows now: with an adaptive controller, the table its decisions made
+        (:func:`gradus.curriculum.adaptive.adapted_schedule`), else :attr:`schedule`."""
+        return self.controller.schedule if self.controller is not None else self.schedule
+
+    def micro_batch(self, state: StageState) -> int:
+        """The micro-batch of the step whose curriculum state is ``state``."""
+        return self.micro_by_shape[(state.seq_len, state.batch_size)]
 
     def restore(self, path: Path) -> None:
         """Load a checkpoint into the model, the optimizer and every Stateful part: resume and rollback."""
@@ -158,7 +173,9 @@ def build_run(cfg: GradusConfig, run_dir: RunDir | str | Path, rt: Runtime, *, h
 
     run = RunDir.of(run_dir)
     schedule = resolve_schedule(cfg)
-    check_batches_divide(schedule.stages, rt)  # before the run directory is touched
+    # Every shape the run can reach: the table's, and an adaptive run's doublings (prepared at start-up).
+    shapes = envelope(cfg, schedule) if cfg.curriculum.adaptive is not None else list(schedule.stages)
+    check_batches_divide(shapes, rt)  # before the run directory is touched
     if rt.is_main:
         created = not run.path.exists()
         held.add(run.prepare().release)
@@ -189,6 +206,13 @@ def build_run(cfg: GradusConfig, run_dir: RunDir | str | Path, rt: Runtime, *, h
     gns = GradientNoiseScale(cfg.train.noise_scale.beta) if cfg.train.noise_scale.enabled else None
     if gns is not None:  # draws no random numbers: the runs before it repeat bit for bit
         stateful["gns"] = gns
+    controller = None
+    if cfg.curriculum.adaptive is not None:  # plain data, no random numbers: the runs before it repeat bit for bit
+        reference = cfg.train.eval_reference_seq_len or max(s.seq_len for s in schedule.stages)
+        controller = AdaptiveController(
+            cfg, schedule, cost=lambda seq_len: shape.flops_per_token(seq_len) / shape.flops_per_token(reference),
+            publish=run.write_decisions if rt.is_main else None)
+        stateful["adaptive"] = controller
     lagged = lag.lagged_mode(cfg.train.host_sync, rt.device, built.optimizer)  # read figures a step late
     compat = checkpoint.compat_signature(schedule, rt.world_size, tokenizer.identity())
 
@@ -197,7 +221,9 @@ def build_run(cfg: GradusConfig, run_dir: RunDir | str | Path, rt: Runtime, *, h
         checkpoint.refuse_incompatible(latest, ckpt.read_meta(latest).get("compat", {}), compat, allow_config_change)
         state, _ = ckpt.load(latest, model=built.model, optimizer=built.optimizer)
         checkpoint.load_parts(stateful, state, latest)
-    data.prefetch_for(state_at(schedule, progress.step, progress.tokens))  # cold start ∥ set-up
+    current = controller.schedule if controller is not None else schedule  # (a resumed run's decisions)
+    data.follow(current)
+    data.prefetch_for(state_at(current, progress.step, progress.tokens))  # cold start ∥ set-up
     if rt.is_main and latest is None:
         run.config.write_text(dump_yaml(cfg), encoding="utf-8")
         if not run.tokenizer.is_file():  # a trained BPE is already saved there
@@ -210,13 +236,14 @@ def build_run(cfg: GradusConfig, run_dir: RunDir | str | Path, rt: Runtime, *, h
         metrics.write({"event": "resume", "step": progress.step, "checkpoint": latest.name})
 
     net, compiled = wrap_for_training(built.model, rt, cfg.train.compile)
-    micro_batches = plan_micro_batches(
-        schedule.stages, shape, rt, cfg.train.micro_batch_size,
+    micro_of = plan_micro_batches(
+        shapes, shape, rt, cfg.train.micro_batch_size,
         lambda seq_len, micro: probe_micro_batch(net, built.optimizer, rt, shape.vocab_size, seq_len, micro),
         layout=parallel.memory_layout(cfg.train, shape.n_layers, rt.world_size))  # FSDP shards, recompute
     # Every training shape compiled now, not at its stage's first step (see gradus.train.warmup).
-    warmup = (compile_warmup(net, built.model, built.optimizer, rt, schedule.stages, micro_batches)
-              if compiled else None)
+    micro_by_shape = {(s.seq_len, s.batch_size): micro_of[s.index] for s in shapes}
+    micro_batches = {s.index: micro_by_shape[(s.seq_len, s.batch_size)] for s in schedule.stages}
+    warmup = (compile_warmup(net, built.model, built.optimizer, rt, shapes, micro_of) if compiled else None)
     # Evaluated at a fixed length (configured, else the longest stage's), in batches known to fit.
     validation = Validation(data, cfg.data.validation.tokens, micro_batches[max(micro_batches)],
                             cfg.train.eval_reference_seq_len or max(s.seq_len for s in schedule.stages))
@@ -225,5 +252,6 @@ def build_run(cfg: GradusConfig, run_dir: RunDir | str | Path, rt: Runtime, *, h
     return RunParts(run=run, rt=rt, schedule=schedule, console=console, ckpt=ckpt, tokenizer=tokenizer, shape=shape,
                     model=built.model, optimizer=built.optimizer, scaler=built.scaler, data=data, guard=guard,
                     progress=progress, ema=ema, gns=gns, stateful=stateful, lagged=lagged, compat=compat, resumed_from=latest,
-                    metrics=metrics, net=net, compiled=compiled, micro_batches=micro_batches, warmup=warmup,
-                    validation=validation, probe=probe, peak=peak, peak_source=peak_source)
+                    metrics=metrics, net=net, compiled=compiled, micro_batches=micro_batches, micro_by_shape=micro_by_shape, warmup=warmup,
+                    validation=validation, probe=probe, peak=peak, peak_source=peak_source,
+                    controller=controller)

@@ -6,6 +6,7 @@ A run directory (``gradus train --out DIR``) holds::
     tokenizer.json     the run's tokenizer (a trained BPE, or the one it was given), with tokenizer_identity.json
     metrics.jsonl      one JSON record per line: steps, evaluations, stage changes, guard events
     tensorboard/       the same scalars for TensorBoard (when installed)
+    decisions.jsonl    an adaptive run's stage decisions, accepted and rejected (curriculum.adaptive)
     status.json        the outcome for schedulers: finished, stopped (resumable), diverged, failed
     wandb_id.txt       the W&B run id (logging.wandb), so a resumed run continues the same W&B run
     .lock              held while a process writes the run (flock), naming the holder
@@ -41,6 +42,8 @@ TOKENIZER = "tokenizer.json"
 METRICS = "metrics.jsonl"
 TENSORBOARD = "tensorboard"
 STATUS = "status.json"
+DECISIONS = "decisions.jsonl"
+"""An adaptive run's decision records (:mod:`gradus.train.controller`), rewritten whole as they change."""
 LOCK = ".lock"
 CHECKPOINTS = "checkpoints"
 WANDB = "wandb"
@@ -159,6 +162,11 @@ class RunDir:
         return self.path / METRICS
 
     @property
+    def decisions(self) -> Path:
+        """An adaptive run's decision records (:mod:`gradus.train.controller`)."""
+        return self.path / DECISIONS
+
+    @property
     def tensorboard(self) -> Path:
         """TensorBoard's event folder."""
         return self.path / TENSORBOARD
@@ -227,6 +235,19 @@ class RunDir:
             os.replace(tmp, self.status)
         except OSError:
             pass  # an unwritable run directory is reported by the error that is already on its way
+
+    def write_decisions(self, records: list[dict[str, Any]]) -> None:
+        """decisions.jsonl, one record per line, replaced whole (written aside, then renamed) so that a reader
+        never sees half a file and a resumed run's file holds exactly the decisions it made."""
+        tmp = self.decisions.with_name(TMP_PREFIX + DECISIONS)
+        tmp.write_text("".join(json.dumps(r) + "\n" for r in records), encoding="utf-8")
+        os.replace(tmp, self.decisions)
+
+    def read_decisions(self) -> list[dict[str, Any]]:
+        """The records of decisions.jsonl (empty when the run made none or is not adaptive)."""
+        if not self.decisions.is_file():
+            return []
+        return [json.loads(line) for line in self.decisions.read_text(encoding="utf-8").splitlines() if line.strip()]
 
     def read_status(self) -> dict[str, Any] | None:
         """The last :meth:`write_status` record, or None when there is none or it cannot be read."""

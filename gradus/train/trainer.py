@@ -13,6 +13,7 @@ after every step.
 from __future__ import annotations
 
 import contextlib
+import copy
 import sys
 import time
 from collections.abc import Callable, Iterator
@@ -24,6 +25,7 @@ from gradus.curriculum import StageState, stage_of_step, state_at
 from gradus.errors import GradusError
 from gradus.train import checkpoint, early_stop, faults, lag, metrics, parallel, recovery, runtime
 from gradus.train.cadence import Due, due_after
+from gradus.train.controller import Branch
 from gradus.train.evaluate import side_evaluations
 from gradus.train.lag import StepDone
 from gradus.train.metrics import Console, RunResult, StepReport, Window
@@ -98,15 +100,15 @@ class Trainer:
         ``stop_at_step`` (a clean stop with a checkpoint, as if preempted)."""
         rt, p = self.rt, self.parts
         pr = p.progress
-        state = state_at(p.schedule, pr.step, pr.tokens)
+        state = state_at(p.current_schedule, pr.step, pr.tokens)
         if state.done:
             self.console.print(f"run already complete at step {pr.step:,} ({state.done_reason})")
             return self._result(state.done_reason or "done")
         self.console = Console(enabled=rt.is_main and not self.quiet, progress_bar=self.cfg.logging.progress_bar,
-                               total_tokens=p.schedule.total_tokens)
+                               total_tokens=p.current_schedule.total_tokens)
         self.console.advance(0, pr.tokens)
         self.stop.install()
-        if pr.step == 0 or state.stage_index != stage_of_step(p.schedule, pr.step - 1):
+        if pr.step == 0 or state.stage_index != stage_of_step(p.current_schedule, pr.step - 1):
             self._stage_banner(state)
         try:
             with runtime.quick_thread_switch():  # the data thread packs in Python while the step runs
@@ -136,9 +138,11 @@ class Trainer:
             done = StepDone(state, pr.step + 1, pr.tokens + state.tokens_per_step, t0, values, self._noise)
             pr.step, pr.tokens = done.step, done.tokens
             self.console.advance(state.tokens_per_step)
-            nxt = state_at(p.schedule, pr.step, pr.tokens)
+            nxt = state_at(p.current_schedule, pr.step, pr.tokens)
             due = due_after(self.cfg, pr.step, pr.tokens, pr.last_checkpoint_tokens, state, nxt, stop_at_step)
             sync = due.read_now(p.lagged, signalled=self.stop.reason is not None and not self.rt.distributed)
+            # An adaptive check decides from every step's figures: it is a sync point too.
+            sync = sync or (p.controller is not None and p.controller.due(pr.tokens, state.tokens_per_step))
             ready = reader.take(done, sync, self.rt.device)
             pr.train_seconds += done.seconds
             rolled = self._settle(ready, window, sync)
@@ -152,7 +156,7 @@ class Trainer:
             if due.log:
                 record = self._log_step(state, loss, grad_norm, window, applied)
                 window = Window()
-            reason = self._after_step(state, nxt, due)
+            reason, nxt = self._after_step(state, nxt, due)
             self._report(done, None if reason else nxt.stage_index, record)
             if reason is not None:
                 return reason
@@ -169,6 +173,8 @@ class Trainer:
             if gns is not None:  # in step order, each step once, with the stage it ran in (a stage's last
                 gns.enter_stage(d.state.stage_index)  # step is never a lagged one, so stages never mix)
                 gns.update(d.noise.read() if d.noise is not None else None)
+            if self.parts.controller is not None:  # the main side of a verification window
+                self.parts.controller.observe_step(d.tokens, loss)
             event = self.parts.guard.observe(d.step - 1, loss, grad_norm)
             if event is not None:
                 self._log_event(event)
@@ -199,7 +205,8 @@ class Trainer:
         p.metrics.write({"event": "rollback", "step": p.progress.step, "checkpoint": latest.name,
                          "bad_step": event.step})
         self.console.print(f"guard: rolled back to {latest.name}; LR factor {factor:g} from now on")
-        return state_at(p.schedule, p.progress.step, p.progress.tokens)
+        p.data.follow(p.current_schedule)  # the controller went back to the checkpoint's decisions too
+        return state_at(p.current_schedule, p.progress.step, p.progress.tokens)
 
     def _report(self, d: StepDone, next_stage: int | None, record: dict | None) -> None:
         if self.on_step is not None:
@@ -207,24 +214,88 @@ class Trainer:
                                     *d.resolve(), d.started, d.seconds, self._aside_seconds, record))
         self._aside_seconds = 0.0
 
-    def _after_step(self, state: StageState, nxt: StageState, due: Due) -> str | None:
-        """Evaluate, checkpoint, and decide whether to stop after the step just run (``state``; ``nxt`` is
-        the next one's; ``due``, what follows it). Returns the reason to stop, or None to go on."""
+    def _after_step(self, state: StageState, nxt: StageState, due: Due) -> tuple[str | None, StageState]:
+        """Evaluate, let the adaptive controller decide, checkpoint, and decide whether to stop after the step
+        just run (``state``; ``nxt`` is the next one's; ``due``, what follows it). Returns the reason to stop
+        (None to go on) and the next step's state (a decision may have changed it)."""
         pr = self.parts.progress
         if due.evaluate_now:
             self.last_val = self._evaluate(state)
             stop = self._early_stop_check(self.last_val)
             if stop is not None:
                 self._save_checkpoint(state)
-                return stop
-        if not self._just_saved() and due.checkpoint:
+                return stop, nxt
+        decided = self._adapt(state, due) if self.parts.controller is not None else False
+        if decided:  # the decision is in the checkpoint at once: a resume never takes it again
+            nxt = state_at(self.parts.current_schedule, pr.step, pr.tokens)
+        if not self._just_saved() and (due.checkpoint or decided):
             self._save_checkpoint(state)
         if nxt.done:
-            return nxt.done_reason or "done"
+            return nxt.done_reason or "done", nxt
         if self.stop.agreed(self.rt) or due.stop_at_step:
             self._save_checkpoint(state)  # (a no-op when this step's checkpoint is written)
-            return self.stop.reason or f"stopped at step {pr.step} (--stop-at-step)"
-        return None
+            return self.stop.reason or f"stopped at step {pr.step} (--stop-at-step)", nxt
+        return None, nxt
+
+    # ========================================================================== adaptive stages
+    def _adapt(self, state: StageState, due: Due) -> bool:
+        """The controller's turn after a sync step: feed it the step's signals, run a verification branch when
+        it asks for one, follow its new schedule. Returns whether the schedule changed."""
+        p = self.parts
+        c = p.controller
+        assert c is not None
+        before, seen = c.schedule, len(c.records)
+        # Every rank decides alike: the noise scale is all-reduced, the evaluation averaged over ranks.
+        val = self.rt.mean(self.last_val["val/loss"]) if due.evaluate_now and "val/loss" in self.last_val else None
+        gns = p.gns
+        branch = c.after_step(p.progress.step, p.progress.tokens, state, None if gns is None else gns.b_simple,
+                              0 if gns is None else gns.count, val)
+        if branch is not None:
+            self._run_branch(branch)
+        for record in c.records[seen:]:
+            self._say_decision(record)
+        if c.schedule is before:
+            return False
+        p.data.follow(c.schedule)
+        return True
+
+    def _run_branch(self, branch: Branch) -> None:
+        """Train the proposal's branch from here to ``branch.until`` tokens, then put every part back as it
+        was (weights, AdamW, every Stateful part: data position, RNG, counters, noise scale, controller), so
+        the main run goes on as if the branch had not run; its time is counted as training time."""
+        p, rt = self.parts, self.rt
+        t0 = time.perf_counter()
+        saved = ({k: v.detach().clone() for k, v in p.model.state_dict().items()},
+                 copy.deepcopy(p.optimizer.state_dict()), copy.deepcopy(checkpoint.parts_state(p.stateful, rt.world_size)))
+        losses: list[tuple[int, float]] = []
+        step, tokens = p.progress.step, p.progress.tokens
+        p.data.follow(branch.schedule)
+        try:
+            while tokens < branch.until:
+                st = state_at(branch.schedule, step, tokens)
+                out = self._train_step(st, p.data.next_batch(st))
+                loss = (out.read() if isinstance(out, lag.DeviceValues) else out)[0]
+                step, tokens = step + 1, tokens + st.tokens_per_step
+                p.progress.step, p.progress.tokens = step, tokens  # (the EMA's step count)
+                losses.append((tokens, loss))
+        finally:
+            p.model.load_state_dict(saved[0])
+            p.optimizer.load_state_dict(saved[1])
+            checkpoint.load_parts(p.stateful, saved[2], self.run_dir)
+            p.data.follow(p.current_schedule)
+            self._noise = None
+        p.progress.train_seconds += time.perf_counter() - t0
+        p.controller.branch_done(losses)
+        if rt.is_main:
+            p.metrics.write({"event": "adaptive/branch", "step": p.progress.step, "tokens": p.progress.tokens,
+                             "branch_steps": len(losses), "until_tokens": branch.until,
+                             "seconds": time.perf_counter() - t0})
+
+    def _say_decision(self, record: dict) -> None:
+        """A decision's console line and its event in metrics.jsonl (the report marks it where it happened)."""
+        self.console.print(metrics.decision_line(record))
+        if self.rt.is_main:
+            self.parts.metrics.write({"event": "adaptive", **record})
 
     def _train_step(self, state: StageState, batch) -> tuple[float, float, bool] | lag.DeviceValues:
         """:func:`optimizer_step` at the stage's LR × the guard's factor: (loss, grad_norm, applied), on the device
@@ -236,7 +307,7 @@ class Trainer:
         lr = state.lr * p.guard.lr_factor(state.step)
         inputs, labels = batch_tensors(batch, state.batch_size // rt.world_size, state.seq_len, state.stage_index, rt)
         out = optimizer_step(p.net, p.model, p.optimizer, p.scaler, inputs, labels, lr=lr,
-                             clip=state.grad_clip, micro=p.micro_batches[state.stage_index], rt=rt,
+                             clip=state.grad_clip, micro=p.micro_batch(state), rt=rt,
                              loss_multiplier=faults.active().loss_multiplier(state.step), lagged=p.lagged,
                              measure_noise=p.gns is not None)
         out, self._noise = out if p.gns is not None else (out, None)
@@ -247,7 +318,7 @@ class Trainer:
 
     # ============================================================================ loop helpers
     def _stage_banner(self, state: StageState) -> None:
-        schedule = self.parts.schedule
+        schedule = self.parts.current_schedule
         stage = schedule.stages[state.stage_index]
         self.console.print(metrics.stage_banner(state, stage, len(schedule.stages), schedule))
         if self.rt.is_main:
@@ -260,7 +331,7 @@ class Trainer:
         if p.gns is None or self._gns_said:
             return
         rows = state.batch_size // self.rt.world_size
-        micro = p.micro_batches[state.stage_index]
+        micro = p.micro_batch(state)
         reason = unmeasured_reason(-(-rows // micro), self.rt.world_size, parallel.is_sharded(p.model))
         if reason is not None:
             self._gns_said = True
@@ -276,14 +347,16 @@ class Trainer:
         pr = p.progress
         record = metrics.step_record(
             state, pr, window, loss=loss, grad_norm=grad_norm, applied=applied,
-            lr_factor=p.guard.lr_factor(state.step), micro_batch=p.micro_batches[state.stage_index],
+            lr_factor=p.guard.lr_factor(state.step), micro_batch=p.micro_batch(state),
             flops_per_token=p.shape.flops_per_token(state.seq_len), peak_flops=p.peak,
             world_size=rt.world_size, peak_memory=rt.peak_memory_bytes(),
-            total_tokens=p.schedule.total_tokens, data=p.data.metrics(), compiled=p.compiled,
+            total_tokens=p.current_schedule.total_tokens, data=p.data.metrics(), compiled=p.compiled,
             recompiles=p.warmup.recompiles() if p.warmup is not None else None,
         )
         if p.gns is not None:
             record.update(p.gns.metrics(state.tokens_per_step))
+        if p.controller is not None:
+            record.update(p.controller.metrics())
         p.metrics.write(record)
         self.console.print(metrics.progress_line(record, state.num_stages, p.schedule.target_tokens,
                                                  self.console.timing(pr.tokens)))
@@ -324,7 +397,7 @@ class Trainer:
         loss = self.rt.mean(early_stop.followed_loss(val, t.early_stopping_metric))
         improved, reason = early_stop.observe_config(pr, loss, t)
         if improved and t.save_best:
-            path = self._save_checkpoint(state_at(self.parts.schedule, pr.step, pr.tokens))
+            path = self._save_checkpoint(state_at(self.parts.current_schedule, pr.step, pr.tokens))
             if self.rt.is_main and path is not None:
                 self.parts.ckpt.mark_best(path)
         return reason

@@ -1,0 +1,219 @@
+"""Adaptive stages as data: a run's decisions are edits of its stage table, and its schedule is a pure
+function of (config, edits).
+
+An adaptive run (``curriculum.adaptive``) starts from the table its stages describe: the ladder of lengths
+and the fallback switch points. The controller (:mod:`gradus.train.controller`) may decide, from what the
+run measures, to
+
+* double the tokens per step from token count T on (``Edit("batch", T, 2)``): the stage running at T is split
+  there, and from T on every stage runs at twice its tokens per step with its peak LR × 2^alpha;
+* switch to the next, longer stage at T, before the table's boundary (``Edit("length", T)``): the stage
+  running at T ends there and the next one begins, keeping the boundary after it where it was.
+
+:func:`edited_config` turns (config, edits) into an ordinary config of token-budget stages, with the LR
+curve's warmup and cooldown written in tokens (so the curve stays where it was in tokens when a batch
+doubles); :func:`adapted_schedule` resolves it. Nothing here keeps state: the trainer, the data pipeline's
+thread, a resumed run and ``gradus schedule --from-run`` all rebuild the same table from the same edits, and
+the edited config *is* the fixed table that replays the run.
+
+Layer 1: no torch, no I/O.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+
+from gradus.config import GradusConfig
+from gradus.curriculum.resolve import resolve_schedule
+from gradus.curriculum.schedule import Schedule, StagePlan
+from gradus.curriculum.state import tokens_at_step
+
+KINDS = ("batch", "length")
+"""What an edit changes: the tokens per step, or the sequence length (the next stage begins)."""
+
+
+@dataclass(frozen=True)
+class Edit:
+    """One accepted decision: from the token counter ``tokens`` on, the table changes."""
+
+    kind: str
+    """``batch`` (tokens per step × ``factor``) or ``length`` (the next, longer stage begins)."""
+    tokens: int
+    """The token counter at which the change takes effect (the first step after it runs changed)."""
+    factor: int = 1
+    """batch: the tokens-per-step multiplier (2); 1 for length."""
+
+    def to_json(self) -> dict:
+        """The edit as plain data (checkpoints, decisions.jsonl)."""
+        return {"kind": self.kind, "tokens": self.tokens, "factor": self.factor}
+
+    @classmethod
+    def from_json(cls, data: dict) -> Edit:
+        """Read :meth:`to_json`'s shape back."""
+        kind = str(data["kind"])
+        if kind not in KINDS:
+            raise ValueError(f"unknown adaptive edit kind {kind!r}; expected one of {', '.join(KINDS)}")
+        return cls(kind, int(data["tokens"]), int(data.get("factor", 1)))
+
+
+@dataclass
+class _Row:
+    """A stage of the edited table while the edits are applied."""
+
+    base: int  # index of the config stage it comes from
+    name: str
+    budget: int  # token budget
+    tps: int  # tokens per step before the batch factor
+    seq_len: int
+    peak: float  # resolved peak LR before the batch factor
+    factor: int = 1
+    split: bool = False  # the tail of a stage split by a batch edit: no warmup of its own
+
+
+def token_curve(base: Schedule) -> tuple[int | None, int | None]:
+    """(global warmup, wsd cooldown) of a resolved schedule in tokens: the LR curve's segments as token
+    counts, so that an edited table with other tokens per step keeps them where they were in tokens."""
+    warmup = tokens_at_step(base, base.global_warmup_steps) if base.global_warmup_steps else None
+    cooldown = None
+    if base.mode == "wsd" and base.cooldown_steps:
+        cooldown = base.total_tokens - tokens_at_step(base, base.total_steps - base.cooldown_steps)
+    return warmup, cooldown
+
+
+def stable_phase(schedule: Schedule) -> tuple[int, int]:
+    """(first, last) token counts of the wsd schedule's stable phase, where the LR sits at its peak: after
+    the global warmup, before the cooldown. Batch decisions are taken only inside it (Seesaw: a larger batch
+    and a lower LR substitute for each other, so a batch change during the decay would count it twice)."""
+    start = tokens_at_step(schedule, schedule.global_warmup_steps)
+    if schedule.mode != "wsd":
+        return start, start
+    return start, tokens_at_step(schedule, schedule.total_steps - schedule.cooldown_steps)
+
+
+def _rows(cfg: GradusConfig, base: Schedule) -> list[_Row]:
+    return [_Row(i, s.name, int(st.tokens or 0), s.tokens_per_step, s.seq_len, s.peak_lr)
+            for i, (st, s) in enumerate(zip(cfg.curriculum.stages, base.stages, strict=True))]
+
+
+def _row_at(rows: list[_Row], tokens: int) -> int:
+    """The row that runs at the token counter ``tokens`` (its budget threshold ≤ tokens < the next one's)."""
+    threshold = 0
+    for i, row in enumerate(rows):
+        if i == len(rows) - 1 or tokens < threshold + row.budget:
+            return i
+        threshold += row.budget
+    return len(rows) - 1
+
+
+def _threshold(rows: list[_Row], i: int) -> int:
+    return sum(r.budget for r in rows[:i])
+
+
+def apply_edits(cfg: GradusConfig, base: Schedule, edits: Iterable[Edit]) -> list[_Row]:
+    """The edited rows, edits applied in token order; an edit that cannot apply raises ValueError."""
+    rows = _rows(cfg, base)
+    for edit in sorted(edits, key=lambda e: e.tokens):
+        i = _row_at(rows, edit.tokens)
+        row, cut = rows[i], edit.tokens - _threshold(rows, i)
+        if edit.kind == "batch":
+            if edit.factor < 2:
+                raise ValueError(f"a batch edit multiplies the tokens per step by 2 or more, not {edit.factor}")
+            if cut > 0:  # split the stage at T: its head keeps the old batch
+                tail = dataclasses.replace(row, budget=max(1, row.budget - cut), split=True)
+                row.budget = cut
+                rows.insert(i + 1, tail)
+                i += 1
+            for later in rows[i:]:
+                later.factor *= edit.factor
+        else:
+            if i == len(rows) - 1 or cut <= 0:
+                raise ValueError(f"a length edit at {edit.tokens:,} tokens has no stage to end there "
+                                 f"(stage {row.name} starts at {_threshold(rows, i):,})")
+            rows[i + 1].budget += row.budget - cut  # the next stage starts at T and ends where it did
+            row.budget = cut
+    return rows
+
+
+def edited_config(cfg: GradusConfig, edits: Iterable[Edit], base: Schedule | None = None) -> GradusConfig:
+    """``cfg`` as the fixed table its edits describe: token-budget stages with explicit batches and peak LRs,
+    the warmup and cooldown in tokens, ``adaptive`` removed. Resolving it gives the adaptive run's schedule,
+    and training it replays the run (``gradus schedule --from-run``)."""
+    base = resolve_schedule(cfg) if base is None else base
+    cur = cfg.curriculum
+    alpha = cur.adaptive.batch.alpha if cur.adaptive is not None else 0.5
+    stages = []
+    for row in apply_edits(cfg, base, edits):
+        st = cur.stages[row.base]
+        update = {"step": None, "tokens": row.budget, "tokens_per_batch": None,
+                  "batch_size": row.tps * row.factor // row.seq_len, "peak_lr": row.peak * row.factor ** alpha,
+                  "lr_multiplier": None, "lr_rule": None, "name": row.name}
+        if row.split:
+            update.update(warmup_steps=0, warmup_tokens=None, name=f"{row.name}×{row.factor}")
+        stages.append(st.model_copy(update=update))
+    warmup, cooldown = token_curve(base)
+    curriculum = cur.model_copy(update={"stages": stages, "adaptive": None, "target_tokens": base.target_tokens,
+                                        "global_warmup_tokens": warmup, "cooldown_tokens": cooldown})
+    return cfg.model_copy(update={"curriculum": curriculum})
+
+
+def adapted_schedule(cfg: GradusConfig, edits: Iterable[Edit], base: Schedule | None = None) -> Schedule:
+    """The schedule of an adaptive run after ``edits`` (none: the table as written, its LR curve in tokens)."""
+    schedule = resolve_schedule(edited_config(cfg, edits, base))
+    base = resolve_schedule(cfg) if base is None else base
+    return dataclasses.replace(schedule, warnings=base.warnings)  # what resolving the config said, once
+
+
+def accepted_edits(records: Iterable[dict]) -> list[Edit]:
+    """The edits a run made, from its decision records (decisions.jsonl): the accepted ones carry theirs."""
+    return [Edit.from_json(r["edit"]) for r in records if r.get("edit")]
+
+
+def max_tokens_per_step(cfg: GradusConfig, base: Schedule) -> int:
+    """The batch rule's upper bound: ``adaptive.batch.max_tokens_per_step``, else 8× the first stage's."""
+    adaptive = cfg.curriculum.adaptive
+    given = adaptive.batch.max_tokens_per_step if adaptive is not None else None
+    return int(given) if given is not None else 8 * base.stages[0].tokens_per_step
+
+
+def envelope(cfg: GradusConfig, base: Schedule) -> list[StagePlan]:
+    """Every stage shape an adaptive run can reach (each stage at each power-of-two multiple of its tokens per
+    step up to the bound), as stage plans with their own indices: what set-up fits micro-batches to and
+    compiles before the first step, so a decision never meets an unprepared shape."""
+    adaptive = cfg.curriculum.adaptive
+    grow = adaptive is not None and adaptive.batch.enabled
+    bound = max_tokens_per_step(cfg, base)
+    out: list[StagePlan] = []
+    seen: set[tuple[int, int]] = set()
+    for s in base.stages:
+        factor = 1
+        while factor == 1 or (grow and s.tokens_per_step * factor <= bound):
+            batch = s.batch_size * factor
+            if (s.seq_len, batch) not in seen:
+                seen.add((s.seq_len, batch))
+                out.append(dataclasses.replace(s, index=len(out), batch_size=batch,
+                                               tokens_per_step=s.tokens_per_step * factor))
+            factor *= 2
+    return out
+
+
+def compute_at(schedule: Schedule, tokens: int, cost: Callable[[int], float]) -> float:
+    """Compute spent up to the token counter ``tokens``, in reference-token equivalents: each stage's tokens
+    × ``cost(seq_len)`` (the FLOPs of a token at that length relative to the reference length). A pure
+    function of the table, so the length rule's rate is the same in a resumed run."""
+    total = 0.0
+    for s in schedule.stages:
+        if s.steps and tokens > s.start_tokens:
+            total += (min(tokens, s.end_tokens) - s.start_tokens) * cost(s.seq_len)
+    if schedule.stages and tokens > schedule.total_tokens:  # past the table's end the last shape continues
+        total += (tokens - schedule.total_tokens) * cost(schedule.stages[-1].seq_len)
+    return total
+
+
+def next_longer(schedule: Schedule, stage_index: int) -> StagePlan | None:
+    """The stage after ``stage_index`` when it runs a longer sequence (the length rule's only move), else None."""
+    if stage_index + 1 >= len(schedule.stages):
+        return None
+    here, after = schedule.stages[stage_index], schedule.stages[stage_index + 1]
+    return after if after.seq_len > here.seq_len and after.steps else None

@@ -1,0 +1,292 @@
+"""The adaptive controller: the run part that turns what the run measures into stage decisions (issue 30).
+
+Two rules, both from ``curriculum.adaptive`` (``../shared/research/adaptive-stages.md`` has the sources):
+
+* **batch**: at every check (each ``check_every_tokens``), the smoothed gradient noise scale B_simple (in
+  tokens, :mod:`gradus.train.noise_scale`) is compared with ``rho`` × the tokens per step; after ``patience``
+  checks in a row above it, tokens per step × 2 is proposed, only in the wsd schedule's stable phase and up
+  to ``max_tokens_per_step``. With ``verify`` the proposal is tested first (Merrill et al. 2025's branch):
+  the trainer snapshots every part, trains a branch of ``fraction`` × the target tokens at the proposed
+  batch, restores everything, and the main run trains the same tokens (the same documents) at the current
+  batch; the proposal is accepted when the branch's mean loss over the second half of the window is within
+  ``z`` standard errors of the main run's, and then takes effect where the main run is.
+* **length**: at every evaluation, the reference-length validation loss gained per doubling of compute
+  (reference-token equivalents, :func:`gradus.curriculum.adaptive.compute_at`) is compared with what the
+  current length gained in its first measured interval; after ``patience`` evaluations below ``threshold``
+  of it, the next (longer) stage begins now instead of at the table's boundary.
+
+An accepted decision is an :class:`~gradus.curriculum.adaptive.Edit`; the run's schedule is
+:func:`~gradus.curriculum.adaptive.adapted_schedule` (config, edits), a pure function, so the checkpoint
+carries only the edits, the counters and a pending verification (:meth:`state_dict`), and a run resumed
+anywhere decides exactly as the uninterrupted one. Every decision (accepted or rejected) is a record in
+``decisions.jsonl``, rewritten from this state so that a resume or rollback never leaves a decision the
+run no longer made. Decisions are taken only at sync points (:meth:`due` adds its checks to them), where
+every earlier step's figures have been read.
+
+Torch-free on purpose: the trainer runs the branch and hands the controller plain numbers.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from gradus.config import GradusConfig
+from gradus.curriculum import Schedule, StageState
+from gradus.curriculum.adaptive import (
+    Edit,
+    adapted_schedule,
+    compute_at,
+    max_tokens_per_step,
+    next_longer,
+    stable_phase,
+)
+
+
+@dataclass(frozen=True)
+class Branch:
+    """A proposal to verify: train from the current position at ``schedule`` until the token counter reaches
+    ``until``, report each step's (tokens after it, loss) to :meth:`AdaptiveController.branch_done`."""
+
+    schedule: Schedule
+    until: int
+
+
+class AdaptiveController:
+    """Decides stage switches from the run's own signals; a Stateful run part (``state.pt``'s ``adaptive``).
+
+    ``cost(seq_len)``: FLOPs of a token at ``seq_len`` relative to the reference length (the length rule's
+    compute). ``publish(records)``: writes the decision records (decisions.jsonl; rank 0), called whenever
+    they change, including on restore."""
+
+    def __init__(self, cfg: GradusConfig, base: Schedule, cost: Callable[[int], float],
+                 publish: Callable[[list[dict]], None] | None = None):
+        adaptive = cfg.curriculum.adaptive
+        assert adaptive is not None, "AdaptiveController needs curriculum.adaptive"
+        self.cfg, self.base, self.cost, self.publish = cfg, base, cost, publish
+        self.batch_cfg, self.length_cfg = adaptive.batch, adaptive.length
+        target = base.target_tokens or base.total_tokens
+        self.check_every = int(adaptive.check_every_tokens or max(1, target // 64))
+        self.max_tokens_per_step = max_tokens_per_step(cfg, base)
+        self.edits: list[Edit] = []
+        self.records: list[dict] = []
+        self.schedule = adapted_schedule(cfg, (), base)
+        self._fresh()
+
+    def _fresh(self) -> None:
+        self.batch_checks = 0  # consecutive batch checks above the threshold
+        self.last_skip: str | None = None  # why the last proposal was skipped (recorded once per reason)
+        self.length: dict[str, Any] = {"seq_len": None, "points": [], "first_gain": None, "below": 0}
+        self.pending: dict[str, Any] | None = None  # a batch proposal under verification
+        self.branch_tokens = 0  # tokens trained in branches (thrown away), for the record
+
+    # ------------------------------------------------------------------------------------------- when
+    def due(self, tokens: int, step_tokens: int) -> bool:
+        """Whether the step just counted (``tokens`` so far, ``step_tokens`` of them in it) is a check: a batch
+        check on the cadence, or the end of a verification window. The trainer reads the step's figures at
+        once there (a sync point)."""
+        every = self.check_every
+        if self.batch_cfg.enabled and tokens // every > (tokens - step_tokens) // every:
+            return True
+        return self.pending is not None and self.pending["branch"] is not None and tokens >= self.pending["until"]
+
+    # ------------------------------------------------------------------------------------- observing
+    def observe_step(self, tokens: int, loss: float) -> None:
+        """Each main-run step's loss, in step order (``tokens``: the counter after it): the main side of a
+        verification window."""
+        p = self.pending
+        if p is not None and p["branch"] is not None and p["start"] < tokens <= p["until"]:
+            p["main"].append([tokens, loss])
+
+    def after_step(self, step: int, tokens: int, state: StageState, b_simple: float | None, samples: int,
+                   val_loss: float | None) -> Branch | None:
+        """Decide after the step just counted (``step`` steps, ``tokens`` tokens done; ``state``: the step's
+        curriculum state), given the smoothed noise scale in tokens and its sample count, and the reference
+        validation loss when this step was evaluated. Returns a :class:`Branch` for the trainer to run when a
+        proposal needs verifying; :attr:`schedule` holds any change."""
+        if self.pending is not None and self.pending["branch"] is not None and tokens >= self.pending["until"]:
+            self._conclude(step, tokens, state)
+        if val_loss is not None and self.length_cfg.enabled:
+            self._length_rule(step, tokens, state, val_loss)
+        every = self.check_every
+        if self.batch_cfg.enabled and self.pending is None and tokens // every > (tokens - state.tokens_per_step) // every:
+            return self._batch_rule(step, tokens, state, b_simple, samples)
+        return None
+
+    # ------------------------------------------------------------------------------------------- batch
+    def _batch_rule(self, step: int, tokens: int, state: StageState, b_simple: float | None,
+                    samples: int) -> Branch | None:
+        cfg, tps = self.batch_cfg, state.tokens_per_step
+        if b_simple is None or not math.isfinite(b_simple) or samples < cfg.min_samples:
+            return None  # too few samples since the last change: the check does not count either way
+        self.batch_checks = self.batch_checks + 1 if b_simple > cfg.rho * tps else 0
+        if self.batch_checks < cfg.patience:
+            return None
+        signal = {"b_simple": b_simple, "tokens_per_step": tps, "rho": cfg.rho, "checks": self.batch_checks}
+        why = self._batch_blocked(tokens, state, self._window(tps) if cfg.verify.enabled else 0)
+        if why is not None:
+            self.batch_checks = 0
+            if why != self.last_skip:  # said once per reason, not at every check that meets it again
+                self.last_skip = why
+                self._record(step, tokens, "batch", signal, None, "skipped", reason=why)
+            return None
+        self.batch_checks = 0
+        proposal = {"tokens_per_step": 2 * tps, "lr_factor": 2 ** cfg.alpha}
+        edit = Edit("batch", tokens, 2)
+        if not cfg.verify.enabled:
+            self._accept(step, tokens, edit, signal, proposal, verdict="accepted")
+            return None
+        window = self._window(tps)
+        self.pending = {"step": step, "start": tokens, "until": tokens + window, "signal": signal,
+                        "proposal": proposal, "branch": None, "main": []}
+        return Branch(adapted_schedule(self.cfg, [*self.edits, edit], self.base), tokens + window)
+
+    def _window(self, tps: int) -> int:
+        """Tokens of a verification window: the configured share of the run, a whole number of the branch's
+        steps (2 × tps) and at least four of them, so each half holds two steps of each side."""
+        target = self.base.target_tokens or self.base.total_tokens
+        big = 2 * tps
+        return max(4, math.ceil(self.batch_cfg.verify.fraction * target / big)) * big
+
+    def _batch_blocked(self, tokens: int, state: StageState, window: int) -> str | None:
+        """Why tokens per step cannot double at ``tokens`` with ``window`` tokens of verification still to come,
+        or None."""
+        if 2 * state.tokens_per_step > self.max_tokens_per_step:
+            return (f"{2 * state.tokens_per_step:,} tokens per step would pass max_tokens_per_step "
+                    f"{self.max_tokens_per_step:,}")
+        start, end = stable_phase(self.schedule)
+        if tokens < start or tokens + window > end:
+            return "outside the stable phase (a batch grows only between the warmup and the cooldown)"
+        if tokens + window > self.schedule.stages[state.stage_index].end_tokens:
+            return "the verification window would cross the stage's end"
+        return None
+
+    def branch_done(self, losses: list[tuple[int, float]]) -> None:
+        """The branch's (tokens after each step, loss), once the trainer has run it and put every part back."""
+        assert self.pending is not None
+        self.pending["branch"] = [[int(t), float(v)] for t, v in losses]
+        if losses:
+            self.branch_tokens += int(losses[-1][0]) - int(self.pending["start"])
+
+    def _conclude(self, step: int, tokens: int, state: StageState) -> None:
+        p = self.pending
+        assert p is not None
+        half = p["start"] + (p["until"] - p["start"]) / 2
+        branch = [v for t, v in p["branch"] if t > half]
+        main = [v for t, v in p["main"] if t > half]
+        verdict = "rejected"
+        comparison: dict[str, Any] = {"branch_tokens": p["until"] - p["start"]}
+        if len(branch) >= 2 and len(main) >= 2:
+            mb, mm = _mean(branch), _mean(main)
+            se = math.sqrt(_var(branch) / len(branch) + _var(main) / len(main))
+            margin = self.batch_cfg.verify.z * se
+            comparison.update(branch_loss=mb, main_loss=mm, margin=margin)
+            verdict = "accepted" if mb <= mm + margin else "rejected"
+        self.pending = None
+        edit = Edit("batch", tokens, 2)
+        late = self._batch_blocked(tokens, state, 0) if verdict == "accepted" else None
+        if late is not None:  # the window ran into the cooldown: too late to grow
+            verdict, comparison["late"] = "rejected", late
+        if verdict == "accepted":
+            self._accept(step, tokens, edit, p["signal"], p["proposal"], verdict, comparison, proposed_at=p["step"])
+        else:
+            self._record(step, tokens, "batch", p["signal"], p["proposal"], verdict, comparison=comparison,
+                         proposed_at=p["step"])
+
+    # ------------------------------------------------------------------------------------------ length
+    def _length_rule(self, step: int, tokens: int, state: StageState, val_loss: float) -> None:
+        cfg, track = self.length_cfg, self.length
+        if track["seq_len"] != state.seq_len:  # a new length: its own first gain
+            track.update(seq_len=state.seq_len, points=[], first_gain=None, below=0)
+        compute = compute_at(self.schedule, tokens, self.cost)
+        points = track["points"]
+        points.append([compute, val_loss])
+        if len(points) < 2 or points[-2][0] <= 0 or compute <= points[-2][0]:
+            return
+        gain = (points[-2][1] - val_loss) / math.log2(compute / points[-2][0])  # loss gained per compute doubling
+        if track["first_gain"] is None:
+            if gain > 0:
+                track["first_gain"] = gain
+            return
+        ratio = gain / track["first_gain"]
+        track["below"] = track["below"] + 1 if ratio < cfg.threshold else 0
+        nxt = next_longer(self.schedule, state.stage_index)
+        if track["below"] < cfg.patience or nxt is None or tokens >= self.schedule.stages[state.stage_index].end_tokens:
+            return
+        signal = {"gain_per_doubling": gain, "first_gain": track["first_gain"], "ratio": ratio,
+                  "threshold": cfg.threshold, "evaluations": track["below"], "val_loss": val_loss}
+        proposal = {"seq_len": nxt.seq_len, "planned_at_tokens": nxt.start_tokens}
+        self._accept(step, tokens, Edit("length", tokens), signal, proposal, verdict="accepted")
+
+    # ----------------------------------------------------------------------------------------- records
+    def _accept(self, step: int, tokens: int, edit: Edit, signal: dict, proposal: dict, verdict: str,
+                comparison: dict | None = None, proposed_at: int | None = None) -> None:
+        self.edits.append(edit)
+        self.schedule = adapted_schedule(self.cfg, self.edits, self.base)
+        self.batch_checks, self.last_skip = 0, None
+        self._record(step, tokens, edit.kind, signal, proposal, verdict, comparison=comparison,
+                     proposed_at=proposed_at, edit=edit)
+
+    def _record(self, step: int, tokens: int, kind: str, signal: dict, proposal: dict | None, verdict: str, *,
+                comparison: dict | None = None, proposed_at: int | None = None, edit: Edit | None = None,
+                reason: str | None = None) -> None:
+        record: dict[str, Any] = {"step": step, "tokens": tokens, "kind": kind, "verdict": verdict, "signal": signal,
+                                  "proposal": proposal, "branch_tokens_total": self.branch_tokens}
+        for key, value in (("comparison", comparison), ("proposed_at_step", proposed_at), ("reason", reason),
+                           ("edit", edit.to_json() if edit else None)):
+            if value is not None:
+                record[key] = value
+        self.records.append(record)
+        if self.publish is not None:
+            self.publish(self.records)
+
+    @property
+    def latest(self) -> dict | None:
+        """The newest decision record, or None."""
+        return self.records[-1] if self.records else None
+
+    def metrics(self) -> dict[str, float]:
+        """``adaptive/...`` figures of a step record: decisions accepted so far and branch tokens."""
+        return {"adaptive/edits": len(self.edits), "adaptive/branch_tokens": self.branch_tokens}
+
+    # ------------------------------------------------------------------------------------------- state
+    def state_dict(self) -> dict[str, Any]:
+        """Edits, records, counters and a pending verification, as plain data."""
+        return json.loads(json.dumps({
+            "edits": [e.to_json() for e in self.edits], "records": self.records, "batch_checks": self.batch_checks,
+            "last_skip": self.last_skip,
+            "length": self.length, "pending": self.pending, "branch_tokens": self.branch_tokens}))
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Back to :meth:`state_dict`: the schedule is rebuilt from the edits, decisions.jsonl rewritten."""
+        state = json.loads(json.dumps(state))  # a copy: a snapshot restored twice stays intact
+        self.edits = [Edit.from_json(e) for e in state["edits"]]
+        self.records = list(state["records"])
+        self.batch_checks = int(state["batch_checks"])
+        self.last_skip = state.get("last_skip")
+        self.length = dict(state["length"])
+        self.pending = state["pending"]
+        self.branch_tokens = int(state["branch_tokens"])
+        self.schedule = adapted_schedule(self.cfg, self.edits, self.base)
+        if self.publish is not None:
+            self.publish(self.records)
+
+    def reset(self) -> None:
+        """No decisions (a checkpoint written without the controller: ``--allow-config-change``)."""
+        self.edits, self.records = [], []
+        self.schedule = adapted_schedule(self.cfg, (), self.base)
+        self._fresh()
+        if self.publish is not None:
+            self.publish(self.records)
+
+
+def _mean(values: list[float]) -> float:
+    return sum(values) / len(values)
+
+
+def _var(values: list[float]) -> float:
+    m = _mean(values)
+    return sum((v - m) ** 2 for v in values) / (len(values) - 1)
