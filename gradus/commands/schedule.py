@@ -9,13 +9,18 @@ from __future__ import annotations
 import argparse
 import json
 import math
-
 from pathlib import Path
 
 from gradus.commands.common import add_config_arguments, config_source, load_from_args
 from gradus.config import GradusConfig, dump_yaml, load_config
 from gradus.curriculum import Schedule, StagePlan, resolve_schedule
-from gradus.curriculum.adaptive import accepted_edits, edited_config, envelope, max_tokens_per_step, stable_phase
+from gradus.curriculum.adaptive import (
+    accepted_edits,
+    edited_config,
+    envelope,
+    max_tokens_per_step,
+    stable_phase,
+)
 from gradus.errors import ConfigError
 from gradus.plan.cost import check_mfu, stage_costs
 from gradus.plan.hardware import GPUSpec, format_flops, gpu_spec, parse_float
