@@ -6,7 +6,8 @@ and the fallback switch points. The controller (:mod:`gradus.train.controller`) 
 run measures, to
 
 * double the tokens per step from token count T on (``Edit("batch", T, 2)``): the stage running at T is split
-  there, and from T on every stage runs at twice its tokens per step with its peak LR × 2^alpha;
+  there and runs at twice its tokens per step from T on, and no later stage runs at fewer (a stage whose
+  table gives more keeps its own); a stage run at f × its table's tokens per step has its peak LR × f^alpha;
 * switch to the next, longer stage at T, before the table's boundary (``Edit("length", T)``): the stage
   running at T ends there and the next one begins, keeping the boundary after it where it was.
 
@@ -65,11 +66,19 @@ class _Row:
     base: int  # index of the config stage it comes from
     name: str
     budget: int  # token budget
-    tps: int  # tokens per step before the batch factor
+    tps: int  # the table's tokens per step for this stage
     seq_len: int
-    peak: float  # resolved peak LR before the batch factor
-    factor: int = 1
+    peak: float  # the table's resolved peak LR
+    run_tps: int = 0  # the tokens per step it runs at: max(the table's, the run's after its batch decisions)
     split: bool = False  # the tail of a stage split by a batch edit: no warmup of its own
+
+    def __post_init__(self) -> None:
+        self.run_tps = self.run_tps or self.tps
+
+    @property
+    def batch(self) -> int:
+        """Sequences per step at :attr:`run_tps`."""
+        return max(1, self.run_tps // self.seq_len)
 
 
 def token_curve(base: Schedule) -> tuple[int | None, int | None]:
@@ -120,13 +129,14 @@ def apply_edits(cfg: GradusConfig, base: Schedule, edits: Iterable[Edit]) -> lis
         if edit.kind == "batch":
             if edit.factor < 2:
                 raise ValueError(f"a batch edit multiplies the tokens per step by 2 or more, not {edit.factor}")
+            floor = row.run_tps * edit.factor  # from T on the run never takes fewer tokens per step
             if cut > 0:  # split the stage at T: its head keeps the old batch
                 tail = dataclasses.replace(row, budget=max(1, row.budget - cut), split=True)
                 row.budget = cut
                 rows.insert(i + 1, tail)
                 i += 1
-            for later in rows[i:]:
-                later.factor *= edit.factor
+            for later in rows[i:]:  # a stage whose table has more keeps its own
+                later.run_tps = max(later.run_tps, floor)
         else:
             if i == len(rows) - 1 or cut <= 0:
                 raise ValueError(f"a length edit at {edit.tokens:,} tokens has no stage to end there "
@@ -146,11 +156,13 @@ def edited_config(cfg: GradusConfig, edits: Iterable[Edit], base: Schedule | Non
     stages = []
     for row in apply_edits(cfg, base, edits):
         st = cur.stages[row.base]
-        update = {"step": None, "tokens": row.budget, "tokens_per_batch": None,
-                  "batch_size": row.tps * row.factor // row.seq_len, "peak_lr": row.peak * row.factor ** alpha,
-                  "lr_multiplier": None, "lr_rule": None, "name": row.name}
+        factor = row.batch * row.seq_len / row.tps  # the batch against the table's, for the LR and the name
+        update = {"step": None, "tokens": row.budget, "tokens_per_batch": None, "batch_size": row.batch,
+                  "peak_lr": row.peak * factor ** alpha, "lr_multiplier": None, "lr_rule": None, "name": row.name}
         if row.split:
-            update.update(warmup_steps=0, warmup_tokens=None, name=f"{row.name}×{row.factor}")
+            update.update(warmup_steps=0, warmup_tokens=None)
+        if row.split or factor != 1:
+            update["name"] = f"{row.name}×{factor:g}"
         stages.append(st.model_copy(update=update))
     warmup, cooldown = token_curve(base)
     curriculum = cur.model_copy(update={"stages": stages, "adaptive": None, "target_tokens": base.target_tokens,
@@ -178,23 +190,30 @@ def max_tokens_per_step(cfg: GradusConfig, base: Schedule) -> int:
 
 
 def envelope(cfg: GradusConfig, base: Schedule) -> list[StagePlan]:
-    """Every stage shape an adaptive run can reach (each stage at each power-of-two multiple of its tokens per
-    step up to the bound), as stage plans with their own indices: what set-up fits micro-batches to and
-    compiles before the first step, so a decision never meets an unprepared shape."""
+    """Every stage shape an adaptive run can reach, as stage plans with their own indices: what set-up fits
+    micro-batches to and compiles before the first step, so a decision never meets an unprepared shape.
+
+    A batch decision doubles the tokens per step of the stage running then, and every later stage runs at
+    least that many (:func:`apply_edits`): stage s can run at max(its own, t_j × 2^k) for any stage j up to s and
+    any doubling that stays within the bound."""
     adaptive = cfg.curriculum.adaptive
     grow = adaptive is not None and adaptive.batch.enabled
     bound = max_tokens_per_step(cfg, base)
     out: list[StagePlan] = []
     seen: set[tuple[int, int]] = set()
-    for s in base.stages:
-        factor = 1
-        while factor == 1 or (grow and s.tokens_per_step * factor <= bound):
-            batch = s.batch_size * factor
+    for k, s in enumerate(base.stages):
+        floors = {s.tokens_per_step}
+        if grow:
+            for earlier in base.stages[:k + 1]:
+                t = earlier.tokens_per_step * 2
+                while t <= bound:
+                    floors.add(t)
+                    t *= 2
+        for floor in sorted(floors):
+            batch = max(1, max(s.tokens_per_step, floor) // s.seq_len)
             if (s.seq_len, batch) not in seen:
                 seen.add((s.seq_len, batch))
-                out.append(dataclasses.replace(s, index=len(out), batch_size=batch,
-                                               tokens_per_step=s.tokens_per_step * factor))
-            factor *= 2
+                out.append(dataclasses.replace(s, index=len(out), batch_size=batch, tokens_per_step=batch * s.seq_len))
     return out
 
 

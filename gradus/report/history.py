@@ -91,6 +91,10 @@ class History:
                     return k
         return f"val/{name}/loss"
 
+    def decisions(self) -> list[dict[str, Any]]:
+        """An adaptive run's decision records (``{"event": "adaptive", ...}``), in order; empty otherwise."""
+        return [e for e in self.events if e.get("event") == "adaptive"]
+
     def stage_of_step(self, step: int) -> Stage | None:
         """The stage running at ``step``."""
         found = None

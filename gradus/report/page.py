@@ -88,7 +88,25 @@ def summary(h: History, weight: float) -> dict[str, Any]:
         "final validation loss": (f"{_num(evals[-1]['val/loss'])} at {evals[-1].get('val/seq_len', '?')} tokens "
                                   f"(step {evals[-1]['step']:,})") if evals else "none recorded",
         "best validation loss": f"{_num(best['val/loss'])} at step {best['step']:,}" if best else "–",
+        **_adaptive_summary(h),
     }
+
+
+def _adaptive_summary(h: History) -> dict[str, str]:
+    """An adaptive run's decisions in one line: what was accepted where, how many rejected, the branch tokens."""
+    from gradus.units import format_count
+
+    decisions = h.decisions()
+    if not decisions:
+        return {}
+    accepted = [d for d in decisions if d.get("verdict") == "accepted"]
+    rejected = sum(d.get("verdict") == "rejected" for d in decisions)
+    said = [(f"batch → {(d.get('proposal') or {}).get('tokens_per_step', 0):,} tokens/step" if d["kind"] == "batch"
+             else f"length → {(d.get('proposal') or {}).get('seq_len')}") + f" at {format_count(d['tokens'])} tokens"
+            for d in accepted]
+    branch = max((d.get("branch_tokens_total", 0) for d in decisions), default=0)
+    return {"adaptive decisions": f"{len(accepted)} accepted ({'; '.join(said) or 'none'}), {rejected} rejected by "
+                                  f"their branch test; {format_count(branch)} tokens trained in branches"}
 
 
 def _planned_tokens(run_dir: Path) -> int | None:
@@ -129,11 +147,7 @@ def render_html(h: History, pngs: list[Path], weight: float) -> str:
         figures.append(f"<h2>{esc(title)}</h2><p>{esc(caption)}</p>"
                        f"<img alt=\"{esc(title)}\" src=\"data:image/png;base64,{data}\">")
     others = [e for e in h.events if e.get("event") != "stage"]
-    event_list = "".join(
-        f"<li>step {e.get('step', '?')}: {esc(str(e.get('event')))}"
-        f"{' — ' + esc(str(e.get('checkpoint'))) if e.get('checkpoint') else ''}</li>"
-        for e in others[:50]
-    )
+    event_list = "".join(f"<li>{esc(_event_text(e))}</li>" for e in others[:50])
     events_html = f"<h2>Events</h2><ul>{event_list}</ul>" if event_list else ""
     return f"""<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><title>gradus report — {esc(h.name)}</title>
@@ -158,6 +172,16 @@ at the stage's own sequence length and at the fixed reference length.</p>
 {events_html}
 </body></html>
 """
+
+
+def _event_text(e: dict[str, Any]) -> str:
+    """One event of the page's list: an adaptive decision as the console said it, others by kind."""
+    if e.get("event") == "adaptive":
+        from gradus.train.metrics import decision_line  # torch-free: the console's own wording
+
+        return decision_line(e)
+    return (f"step {e.get('step', '?')}: {e.get('event')}"
+            + (f" — {e.get('checkpoint')}" if e.get("checkpoint") else ""))
 
 
 def write_report(run_dir: str | Path, out: str | Path | None = None, weight: float = 0.6) -> Path:

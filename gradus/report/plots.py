@@ -121,6 +121,7 @@ def schedule_chart(h: History, out: Path) -> Path:
             ax.plot(xs, ys, color=color, lw=1.8, drawstyle="steps-post" if steps_ else "default")
         ax.set_ylabel(label, fontsize=9)
         ax.grid(True, alpha=0.3)
+    _mark_decisions(axes[-1], h, "step")
     from matplotlib.ticker import FuncFormatter
 
     axes[0].yaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:.1e}"))  # no offset text over the labels
@@ -194,12 +195,31 @@ def noise_scale_chart(h: History, out: Path) -> Path:
     if bx:
         ax.plot(bx, by, color="#ef6c00", lw=1.8, drawstyle="steps-post", label="tokens per step")
     ax.set_yscale("log")
+    _mark_decisions(ax, h, "tokens")
     ax.set_ylabel("tokens")
     ax.set_title("Gradient noise scale vs the batch (above it: a larger batch would pay)", loc="left", fontsize=11,
                  pad=16)
     _format_axis(ax, "tokens")
-    ax.legend(loc="upper left", fontsize=8, framealpha=0.9)
+    ax.legend(loc="lower right", fontsize=8, framealpha=0.9)  # (the top holds the decisions' labels)
     return _save(fig, out)
+
+
+def _mark_decisions(ax, h: History, axis: str) -> None:
+    """An adaptive run's decisions where they happened: a solid line for each accepted one (labelled with what
+    it changed), a dotted grey one for each rejected verification."""
+    key = "tokens" if axis == "tokens" else "step"
+    for d in h.decisions():
+        if d.get("verdict") not in ("accepted", "rejected") or key not in d:
+            continue
+        accepted = d["verdict"] == "accepted"
+        ax.axvline(d[key], color="#c62828" if accepted else "#9e9e9e", lw=1.2 if accepted else 1.0,
+                   ls="-" if accepted else ":", zorder=1)
+        proposal = d.get("proposal") or {}
+        label = (f"batch → {proposal.get('tokens_per_step', 0):,}" if d.get("kind") == "batch"
+                 else f"length → {proposal.get('seq_len')}")
+        ax.annotate(label if accepted else f"({label} rejected)", (d[key], 1), xycoords=("data", "axes fraction"),
+                    xytext=(3, -12), textcoords="offset points", fontsize=7, rotation=90, va="top",
+                    color="#c62828" if accepted else "#757575")
 
 
 def _save(fig, out: Path) -> Path:
