@@ -100,6 +100,7 @@ from gradus.experiments.speedup import (  # noqa: E402
     execute,
     find_lrs,
     stage_plan,
+    stage_plan_of_run,
     summarise,
 )
 from gradus.experiments.speedup_arms import (  # noqa: E402
@@ -392,7 +393,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise SystemExit("curriculum_speedup: the baseline diverged at every LR; nothing to compare against")
         base_name = min(finals, key=finals.get)
         target = finals[base_name]
-        records = {name: summarise(t, ARMS[name], target, stage_plan(s, ARMS[name], args.data, tokenizer), cost)
+        # An adaptive arm's table is the one its chosen run followed (its decisions; other seeds may differ a little).
+        records = {name: summarise(t, ARMS[name], target,
+                                   stage_plan_of_run(t.runs[0].run_dir) if ARMS[name].adaptive and t.runs
+                                   else stage_plan(s, ARMS[name], args.data, tokenizer), cost)
                    for name, t in tuned.items()}
         base = records[base_name]
         shift = seed_shift(base["final_val_loss_seeds"])

@@ -57,6 +57,9 @@ class RunRecord:
     """(seq_len, tokens per step, tokens/s) of every logging window inside one stage (for the calibrated clock)."""
     run_dir: str = ""
     """The run's directory."""
+    branch_tokens: int = 0
+    """An adaptive run's tokens trained in verification branches and thrown away (``adaptive/branch_tokens``):
+    counted in :attr:`tokens`, since the run paid for them."""
 
     @property
     def tokens_per_sec(self) -> float:
@@ -70,6 +73,8 @@ class RunRecord:
         out["best_val_loss"] = finite(self.best_val_loss)
         out["val_loss"] = [finite(x) for x in self.val_loss]
         out["windows"] = [list(w) for w in self.windows]
+        if not self.branch_tokens:  # only adaptive runs have branches: the other records keep their shape
+            del out["branch_tokens"]
         return out
 
     @classmethod
@@ -103,6 +108,7 @@ def record_from_metrics(run: RunRecord, records: Sequence[dict], budget: int) ->
     """Fill a run's curve, throughput and outcome from its metrics.jsonl records. After a resume the later
     record of an evaluation step wins (a resumed run repeats the steps after its last checkpoint)."""
     evals: dict[int, dict] = {}
+    branch: dict[int, int] = {}  # an adaptive run's branch tokens so far, by step
     for r in records:
         if "val/loss" in r:
             evals[int(r["step"])] = r
@@ -111,10 +117,14 @@ def record_from_metrics(run: RunRecord, records: Sequence[dict], budget: int) ->
         elif "time/train_seconds" in r:
             run.train_seconds = max(run.train_seconds, float(r["time/train_seconds"]))
             run.tokens_trained = max(run.tokens_trained, int(r["tokens"]))
+            if "adaptive/branch_tokens" in r:
+                branch[int(r["step"])] = int(r["adaptive/branch_tokens"])
+    run.branch_tokens = max(branch.values(), default=0)
     for step in sorted(evals):
         r = evals[step]
         loss = r["val/loss"]
-        run.tokens.append(int(r["tokens"]))
+        # The tokens a run paid for at this point: an adaptive run's branches included.
+        run.tokens.append(int(r["tokens"]) + max((b for s, b in branch.items() if s <= step), default=0))
         run.seconds.append(float(r["time/train_seconds"]))
         run.val_loss.append(math.inf if loss is None or not math.isfinite(loss) else float(loss))
     run.windows = stage_windows(records)

@@ -88,6 +88,7 @@ def make_config(s: Settings, arm: Arm, lr: float, seed: int, data: Path, tokeniz
             **({"checkpoint_every_tokens": s.checkpoint_every_tokens} if s.checkpoint_every_tokens else {}),
             "device": "cpu",
             "compile": "off",
+            **dict(arm.train),
         },
         "logging": {"log_every": max(1, s.eval_every(regime) // 4), "tensorboard": False, "progress_bar": False},
     }
@@ -135,6 +136,21 @@ def stage_plan(s: Settings, arm: Arm, data: Path, tokenizer: Path) -> list[dict]
     return [{"stage": st.name, "seq_len": st.seq_len, "batch_size": st.batch_size,
              "tokens_per_step": st.tokens_per_step, "start_tokens": st.start_tokens, "end_tokens": st.end_tokens,
              "peak_lr_per_unit_base": st.peak_lr / arm.lr_grid[0]} for st in cur.stages]
+
+
+def stage_plan_of_run(run_dir: str | Path) -> list[dict]:
+    """The stages an adaptive run followed (its config.yaml with its decisions applied), shaped as
+    :func:`stage_plan`'s, for the calibrated clock: each adaptive run has its own table."""
+    from gradus.config import load_config
+    from gradus.curriculum import resolve_schedule
+    from gradus.curriculum.adaptive import accepted_edits, edited_config
+
+    run = RunDir(Path(run_dir))
+    cfg = load_config(run.config)
+    cur = resolve_schedule(edited_config(cfg, accepted_edits(run.read_decisions())))
+    return [{"stage": st.name, "seq_len": st.seq_len, "batch_size": st.batch_size,
+             "tokens_per_step": st.tokens_per_step, "start_tokens": st.start_tokens, "end_tokens": st.end_tokens,
+             "peak_lr_per_unit_base": st.peak_lr / cfg.optim.base_lr} for st in cur.stages if st.steps]
 
 
 def summarise(t: Tuned, arm: Arm, target: float, stages: list[dict], cost: dict[tuple[int, int], float]) -> dict:

@@ -173,6 +173,14 @@ class Arm:
     build: Callable[[Settings], dict]
     """Settings -> the ``curriculum`` section (stages and schedule); the LR grid sets ``optim.base_lr``."""
     baseline: bool = False
+    train: tuple[tuple[str, object], ...] = ()
+    """Fields the arm adds to the run's ``train`` section (an adaptive arm's micro-batches, so that one process
+    measures the gradient noise scale)."""
+
+    @property
+    def adaptive(self) -> bool:
+        """Whether the arm's stages adapt to the run (``curriculum.adaptive``): each run follows its own table."""
+        return self.name.endswith("-adaptive-wsd")
 
 
 def _baseline(regime: str, schedule: Callable[[Settings, list[dict]], dict] = global_schedule
@@ -302,6 +310,23 @@ def _ramp_absolute(regime: str, divisors: Sequence[int]) -> Callable[[Settings],
     return build
 
 
+ADAPTIVE = {"batch": {"rho": 2.0, "patience": 3, "alpha": 0.5, "verify": {"fraction": 0.02, "z": 2.0}},
+            "length": {"threshold": 0.5, "patience": 2}}
+"""The one adaptive configuration the benchmark runs at every budget and corpus (issue 30 §3): the defaults."""
+
+
+def _ramp_adaptive(regime: str, divisors: Sequence[int]) -> Callable[[Settings], dict]:
+    # The ramp's table as the fallback; the run may double its tokens per step (up to 4× the regime's) from
+    # the noise scale and begin the next length early from the loss rate, checking 64 times a run.
+    def build(s: Settings) -> dict:
+        table = _ramp(regime, divisors, 0.0)(s)
+        del table["batch_ramp"]  # the adaptive batch owns the tokens per step (the table still grows)
+        return {**table, "adaptive": {"check_every_tokens": max(1, s.budget // 64),
+                                      "batch": {**ADAPTIVE["batch"], "max_tokens_per_step": 4 * s.tps(regime)},
+                                      "length": dict(ADAPTIVE["length"])}}
+    return build
+
+
 def _baseline_batch(regime: str, divisor: int) -> Callable[[Settings], dict]:
     # The baseline at a smaller constant batch (more steps), so that a batch ramp's gain is not credited to
     # the curriculum when a small batch alone would have given it.
@@ -328,6 +353,9 @@ ARMS: dict[str, Arm] = {a.name: a for a in [
         "step, one LR", LR_A, _ramp("A", (4, 4, 2, 1, 1), 0.0)),
     Arm("seqwarm-long-ramp-abs-wsd", "A", "seqwarm-long-ramp-wsd with the short stages' tokens fixed at their size at "
         "--anchor-budget (the final length takes the rest)", LR_A, _ramp_absolute("A", (4, 4, 2, 1, 1))),
+    Arm("seqwarm-long-ramp-adaptive-wsd", "A", "seqwarm-long-ramp-wsd's table as the fallback, adaptive: tokens/step "
+        "× 2 on the noise scale (verified by a branch), the next length early on the loss rate", LR_A,
+        _ramp_adaptive("A", (4, 4, 2, 1, 1)), train=(("micro_batch_size", 2),)),
     Arm("seqwarm-long-ramp-sqrt-wsd", "A", "seqwarm-long-ramp-wsd with each stage's peak × sqrt(its tokens per "
         "step / the last's)", LR_A, _ramp("A", (4, 4, 2, 1, 1), 0.5)),
     Arm("seqwarm-textbook", "A", "final/8 → final (32→256 at 256) over 10/15/20/55%, global cosine", LR_A, _textbook("A")),
