@@ -14,13 +14,7 @@ from pathlib import Path
 from gradus.commands.common import add_config_arguments, config_source, load_from_args
 from gradus.config import GradusConfig, dump_yaml, load_config
 from gradus.curriculum import Schedule, StagePlan, resolve_schedule
-from gradus.curriculum.adaptive import (
-    accepted_edits,
-    edited_config,
-    envelope,
-    max_tokens_per_step,
-    stable_phase,
-)
+from gradus.curriculum.adaptive import accepted_edits, edited_config, envelope_lines
 from gradus.errors import ConfigError
 from gradus.plan.cost import check_mfu, stage_costs
 from gradus.plan.hardware import GPUSpec, format_flops, gpu_spec, parse_float
@@ -84,7 +78,7 @@ def run(args: argparse.Namespace) -> int:
         print(json.dumps(report, indent=2))
         return 0
     print(format_table(cfg, schedule, report, title=str(title)))
-    for line in adaptive_lines(cfg, schedule):
+    for line in envelope_lines(cfg, schedule):
         print(line)
     return 0
 
@@ -114,33 +108,6 @@ def _config(args: argparse.Namespace) -> tuple[GradusConfig, str]:
               f"(train it with: gradus train --config {args.write})")
     return cfg, title
 
-
-def adaptive_lines(cfg: GradusConfig, schedule: Schedule) -> list[str]:
-    """An adaptive config's envelope below its table: the ladder, the bounds and the rules (the table above is
-    the fallback a run follows when no signal fires)."""
-    a = cfg.curriculum.adaptive
-    if a is None:
-        return []
-    ladder = " → ".join(dict.fromkeys(str(s.seq_len) for s in schedule.stages))
-    target = schedule.target_tokens or schedule.total_tokens
-    lines = ["", f"adaptive: the table above is the fallback; the run may change it from its own signals "
-                 f"(checks every {format_count(a.check_every_tokens or max(1, target // 64))} tokens)"]
-    if a.batch.enabled:
-        start, end = stable_phase(schedule)
-        shapes = envelope(cfg, schedule)
-        verify = (f"each proposal verified by a branch of {a.batch.verify.fraction:g} of the run, accepted within "
-                  f"{a.batch.verify.z:g} standard errors" if a.batch.verify.enabled else "accepted without a branch")
-        lines.append(
-            f"  batch: tokens/step × 2 when B_simple > {a.batch.rho:g} × tokens/step for {a.batch.patience} checks "
-            f"in a row, LR × 2^{a.batch.alpha:g}, up to {max_tokens_per_step(cfg, schedule):,} tokens/step, only "
-            f"between {format_count(start)} and {format_count(end)} tokens (the stable phase); {verify}; "
-            f"{len(shapes)} shapes prepared at start-up")
-    if a.length.enabled:
-        lines.append(
-            f"  length: ladder {ladder}; the next length begins early when the validation loss gained per "
-            f"compute doubling falls below {a.length.threshold:g} of the stage's first for {a.length.patience} "
-            f"evaluations in a row; never later than the table, never shorter")
-    return lines
 
 
 def _parsed(value, flag, parse):

@@ -30,6 +30,7 @@ from gradus.config import GradusConfig
 from gradus.curriculum.resolve import resolve_schedule
 from gradus.curriculum.schedule import Schedule, StagePlan
 from gradus.curriculum.state import tokens_at_step
+from gradus.units import format_count as _count
 
 KINDS = ("batch", "length")
 """What an edit changes: the tokens per step, or the sequence length (the next stage begins)."""
@@ -236,3 +237,31 @@ def next_longer(schedule: Schedule, stage_index: int) -> StagePlan | None:
         return None
     here, after = schedule.stages[stage_index], schedule.stages[stage_index + 1]
     return after if after.seq_len > here.seq_len and after.steps else None
+
+
+def envelope_lines(cfg: GradusConfig, schedule: Schedule) -> list[str]:
+    """An adaptive config's envelope below its table: the ladder, the bounds and the rules (the table above is
+    the fallback a run follows when no signal fires)."""
+    a = cfg.curriculum.adaptive
+    if a is None:
+        return []
+    ladder = " → ".join(dict.fromkeys(str(s.seq_len) for s in schedule.stages))
+    target = schedule.target_tokens or schedule.total_tokens
+    lines = ["", f"adaptive: the stage table is the fallback; the run may change it from its own signals "
+                 f"(checks every {_count(a.check_every_tokens or max(1, target // 64))} tokens)"]
+    if a.batch.enabled:
+        start, end = stable_phase(schedule)
+        shapes = envelope(cfg, schedule)
+        verify = (f"each proposal verified by a branch of {a.batch.verify.fraction:g} of the run, accepted within "
+                  f"{a.batch.verify.z:g} standard errors" if a.batch.verify.enabled else "accepted without a branch")
+        lines.append(
+            f"  batch: tokens/step × 2 when B_simple > {a.batch.rho:g} × tokens/step for {a.batch.patience} checks "
+            f"in a row, LR × 2^{a.batch.alpha:g}, up to {max_tokens_per_step(cfg, schedule):,} tokens/step, only "
+            f"between {_count(start)} and {_count(end)} tokens (the stable phase); {verify}; "
+            f"{len(shapes)} shapes prepared at start-up")
+    if a.length.enabled:
+        lines.append(
+            f"  length: ladder {ladder}; the next length begins early when the validation loss gained per "
+            f"compute doubling falls below {a.length.threshold:g} of the stage's first for {a.length.patience} "
+            f"evaluations in a row; never later than the table, never shorter")
+    return lines

@@ -159,7 +159,7 @@ class AdaptiveController:
                     f"{self.max_tokens_per_step:,}")
         start, end = stable_phase(self.schedule)
         if tokens < start or tokens + window > end:
-            return "outside the stable phase (a batch grows only between the warmup and the cooldown)"
+            return "outside the stable phase: a batch grows only between the warmup and the cooldown"
         if tokens + window > self.schedule.stages[state.stage_index].end_tokens:
             return "the verification window would cross the stage's end"
         return None

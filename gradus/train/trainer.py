@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any
 
 from gradus.config import GradusConfig, dump_yaml
 from gradus.curriculum import StageState, stage_of_step, state_at
+from gradus.curriculum.adaptive import envelope_lines
 from gradus.errors import GradusError
 from gradus.train import checkpoint, early_stop, faults, lag, metrics, parallel, recovery, runtime
 from gradus.train.cadence import Due, due_after
@@ -91,6 +92,13 @@ class Trainer:
                      *metrics.run_summary(p.shape, p.rt, p.compiled, p.schedule, p.micro_batches),
                      *parallel.parallel_notes(self.cfg.train, p.rt, p.shape.n_layers)]:
             self.console.print(line)
+        if p.controller is not None:  # the envelope, as gradus schedule shows it, and what a resumed run decided
+            for line in envelope_lines(self.cfg, p.schedule)[1:]:
+                self.console.print(line)
+            made = [r for r in p.controller.records if r.get("edit")]
+            if made:
+                self.console.print(f"adaptive: {len(made)} decision(s) so far, the last at step {made[-1]['step']:,} "
+                                   f"({p.run.decisions})")
         if p.warmup is not None:
             report_warmup(p.warmup, self.console.print, p.metrics.write)
 
