@@ -1,0 +1,144 @@
+#!/usr/bin/env python
+"""Do stages that adapt to the run beat the best fixed table? (issue 30 §3)
+
+The measurement is ``curriculum_speedup.py`` (or ``speedup_vs_budget.py`` for a budget series) with the adaptive
+arm ``seqwarm-long-ramp-adaptive-wsd`` beside the fixed tables and the tuned baselines: every arm's LR tuned the
+same way, speedups against the best tuned baseline, the adaptive run's branch tokens counted in its cost. This
+script reads those result files and writes ``benchmarks/results/adaptive_vs_fixed.json``: per (corpus, budget)
+the adaptive arm's speedups and band, the best fixed table's, and the decisions each of the adaptive arm's
+chosen runs made (from their ``decisions.jsonl``).
+
+Usage::
+
+    # one budget point: run the comparison with the adaptive arm, then summarise it
+    python benchmarks/curriculum_speedup.py --budget 1048576 --final-len 1024 --tokens-per-step 2048 \\
+        --seeds 0,1,2 --finalists 2 --arms baseline,baseline-wsd,baseline-wsd-half-batch,baseline-linear,\\
+    seqwarm-long-wsd,seqwarm-long-ramp-wsd,seqwarm-long-ramp-adaptive-wsd --reuse --tag b1048576 --out OUT
+    python benchmarks/adaptive_vs_fixed.py OUT/curriculum_speedup_b1048576.json [more result files ...]
+
+A point whose adaptive arm did not run is left out with a note; the goal (the adaptive arm at least the best
+fixed table within the band at every point, and at least 2x calibrated at 1M and 2M tokens on WikiText-2) is
+checked and said, met or not.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import RESULTS, machine, write_result  # noqa: E402
+
+from gradus.experiments.speedup_arms import ARMS, TARGET_BASELINES  # noqa: E402
+from gradus.train.run_dir import RunDir  # noqa: E402
+
+ADAPTIVE_ARM = "seqwarm-long-ramp-adaptive-wsd"
+
+
+def corpus_name(data: str) -> str:
+    """The corpus of a result file, from its data path (wikitext-2, code, ...)."""
+    path = Path(data)
+    return path.name if path.is_dir() or not path.suffix else path.stem
+
+
+def arm_figures(arm: dict) -> dict:
+    """The speedups of one arm's record (calibrated wall-clock, tokens, measured) with the calibrated band."""
+    return {"speedup_wallclock": arm.get("speedup_wallclock_calibrated"),
+            "speedup_tokens": arm.get("speedup_tokens"),
+            "speedup_wallclock_measured": arm.get("speedup_wallclock"),
+            "band": arm.get("speedup_wallclock_calibrated_band"),
+            "speedup_tokens_band": arm.get("speedup_tokens_band"),
+            "final_val_loss": arm.get("final_val_loss"),
+            "lr": arm.get("lr")}
+
+
+def decisions_of(arm: dict) -> list[dict]:
+    """What each of the arm's chosen runs decided: per seed, its decision records in short form."""
+    out = []
+    for seed in arm.get("per_seed", []):
+        run = seed.get("run_dir")
+        records = RunDir(Path(run)).read_decisions() if run else []
+        out.append({"seed": seed.get("seed"), "run_dir": run, "decisions": [
+            {k: r.get(k) for k in ("step", "tokens", "kind", "verdict", "proposal", "reason", "comparison")
+             if r.get(k) is not None} for r in records]})
+    return out
+
+
+def point(result: dict) -> dict | None:
+    """One (corpus, budget) point of the summary, or None when the adaptive arm is not in the result."""
+    arms = {a["name"]: a for a in result["arms"]}
+    adaptive = arms.get(ADAPTIVE_ARM)
+    if adaptive is None:
+        return None
+    fixed = [a for name, a in arms.items()
+             if name != ADAPTIVE_ARM and name not in TARGET_BASELINES and not (name in ARMS and ARMS[name].baseline)
+             and a.get("speedup_wallclock_calibrated") is not None]
+    best = max(fixed, key=lambda a: a["speedup_wallclock_calibrated"], default=None)
+    out = {"corpus": corpus_name(result["data"]), "budget_tokens": result["settings"]["budget"],
+           "tokens_per_parameter": result.get("tokens_per_parameter"),
+           "model": result["settings"]["model"], "baseline": result.get("baseline"),
+           "adaptive": {"arm": ADAPTIVE_ARM, **arm_figures(adaptive)},
+           "best_fixed": {"arm": best["name"], **arm_figures(best)} if best else None,
+           "decisions": decisions_of(adaptive)}
+    out["adaptive_at_least_best_fixed"] = _at_least(out["adaptive"], out["best_fixed"])
+    return out
+
+
+def _at_least(adaptive: dict, fixed: dict | None) -> bool | None:
+    """Whether the adaptive arm is at least the best fixed table within the band: its band's top reaches the
+    fixed arm's figure (None when a figure is missing)."""
+    if fixed is None or adaptive["speedup_wallclock"] is None or fixed["speedup_wallclock"] is None:
+        return None
+    top = (adaptive.get("band") or [None, adaptive["speedup_wallclock"]])[1] or adaptive["speedup_wallclock"]
+    return top >= fixed["speedup_wallclock"]
+
+
+def goal(points: list[dict]) -> dict:
+    """The issue's goal, checked on the points measured, in words too."""
+    wiki = {p["budget_tokens"]: p for p in points if p["corpus"] == "wikitext-2"}
+    twofold = {b: (wiki[b]["adaptive"]["speedup_wallclock"] or 0) >= 2.0 for b in (1_048_576, 2_097_152) if b in wiki}
+    beats = [p["adaptive_at_least_best_fixed"] for p in points]
+    return {"adaptive_at_least_best_fixed_everywhere": all(b is True for b in beats) if beats else None,
+            "two_fold_on_wikitext_at_1M_2M": twofold,
+            "budgets_missing": [b for b in (524_288, 1_048_576, 2_097_152) if b not in wiki]}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("results", nargs="+", type=Path, help="curriculum_speedup result JSON files with the adaptive arm")
+    p.add_argument("--out", type=Path, default=RESULTS, help="where adaptive_vs_fixed.json goes")
+    args = p.parse_args(argv)
+    points, notes = [], []
+    for path in args.results:
+        result = json.loads(path.read_text(encoding="utf-8"))
+        got = point(result)
+        if got is None:
+            notes.append(f"{path}: no {ADAPTIVE_ARM} arm; left out")
+            continue
+        got["source"] = str(path)
+        points.append(got)
+    points.sort(key=lambda q: (q["corpus"], q["budget_tokens"]))
+    for q in points:
+        a, f = q["adaptive"], q["best_fixed"] or {}
+        made = sum(1 for s in q["decisions"] for d in s["decisions"] if d.get("verdict") == "accepted")
+        print(f"{q['corpus']} {q['budget_tokens']:,} tokens ({q['model']}): adaptive x{a['speedup_wallclock'] or 0:.2f} "
+              f"calibrated (band {a['band']}), x{a['speedup_tokens'] or 0:.2f} tokens, {made} accepted decisions "
+              f"over {len(q['decisions'])} runs; best fixed {f.get('arm')} x{f.get('speedup_wallclock') or 0:.2f} "
+              f"calibrated (band {f.get('band')}), x{f.get('speedup_tokens') or 0:.2f} tokens; at least the best "
+              f"fixed within the band: {q['adaptive_at_least_best_fixed']}")
+    for note in notes:
+        print(f"note: {note}")
+    summary = {"benchmark": "adaptive_vs_fixed", "machine": machine(), "points": points, "goal": goal(points),
+               "notes": notes}
+    path = write_result(args.out / "adaptive_vs_fixed.json", summary)
+    print(f"goal: {summary['goal']}")
+    print(f"wrote {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,63 @@
+"""benchmarks/adaptive_vs_fixed.py: the adaptive arm against the best fixed table, from result files."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import sys
+from pathlib import Path
+
+SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "adaptive_vs_fixed.py"
+spec = importlib.util.spec_from_file_location("adaptive_vs_fixed", SCRIPT)
+assert spec is not None and spec.loader is not None
+avf = importlib.util.module_from_spec(spec)
+sys.modules[spec.name] = avf
+spec.loader.exec_module(avf)
+
+
+def _arm(name: str, cal: float, tok: float, band: list[float] | None = None, run_dir: str = "") -> dict:
+    return {"name": name, "speedup_wallclock_calibrated": cal, "speedup_tokens": tok, "speedup_wallclock": cal * 0.9,
+            "speedup_wallclock_calibrated_band": band, "speedup_tokens_band": None, "final_val_loss": 4.0, "lr": 4e-3,
+            "per_seed": [{"seed": 0, "run_dir": run_dir}]}
+
+
+def _result(budget: int, adaptive: tuple[float, list[float]], ramp: float, run_dir: str) -> dict:
+    return {"data": "/x/wikitext-2", "settings": {"budget": budget, "model": "tiny"}, "baseline": "baseline-wsd",
+            "arms": [_arm("baseline-wsd", 1.0, 1.0), _arm("seqwarm-long-wsd", 1.2, 1.1),
+                     _arm("seqwarm-long-ramp-wsd", ramp, ramp),
+                     _arm(avf.ADAPTIVE_ARM, adaptive[0], adaptive[0], adaptive[1], run_dir)]}
+
+
+def test_points_compare_with_the_best_fixed_table_and_carry_the_decisions(tmp_path, capsys):
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "decisions.jsonl").write_text(json.dumps(
+        {"step": 9, "tokens": 4096, "kind": "batch", "verdict": "accepted", "proposal": {"tokens_per_step": 1024}}) + "\n")
+    files = []
+    for budget, adaptive, ramp in ((1_048_576, (2.3, [2.0, 2.6]), 2.5), (2_097_152, (1.5, [1.3, 1.7]), 1.9)):
+        path = tmp_path / f"r{budget}.json"
+        path.write_text(json.dumps(_result(budget, adaptive, ramp, str(run))))
+        files.append(str(path))
+    assert avf.main([*files, "--out", str(tmp_path)]) == 0
+    out = json.loads((tmp_path / "adaptive_vs_fixed.json").read_text())
+    first, second = out["points"]
+    assert first["corpus"] == "wikitext-2" and first["budget_tokens"] == 1_048_576
+    assert first["best_fixed"]["arm"] == "seqwarm-long-ramp-wsd" and first["best_fixed"]["speedup_wallclock"] == 2.5
+    assert first["adaptive"]["band"] == [2.0, 2.6] and first["adaptive_at_least_best_fixed"] is True  # 2.6 >= 2.5
+    assert second["adaptive_at_least_best_fixed"] is False  # 1.7 < 1.9
+    assert first["decisions"][0]["decisions"][0]["proposal"] == {"tokens_per_step": 1024}
+    assert out["goal"]["adaptive_at_least_best_fixed_everywhere"] is False
+    assert out["goal"]["two_fold_on_wikitext_at_1M_2M"] == {1_048_576: True, 2_097_152: False} or \
+        out["goal"]["two_fold_on_wikitext_at_1M_2M"] == {"1048576": True, "2097152": False}
+    assert out["goal"]["budgets_missing"] == [524_288]
+    assert "1 accepted decisions" in capsys.readouterr().out
+
+
+def test_a_result_without_the_adaptive_arm_is_left_out_with_a_note(tmp_path):
+    result = _result(524_288, (1.0, None), 1.2, "")
+    result["arms"] = result["arms"][:-1]
+    path = tmp_path / "r.json"
+    path.write_text(json.dumps(result))
+    assert avf.main([str(path), "--out", str(tmp_path)]) == 0
+    out = json.loads((tmp_path / "adaptive_vs_fixed.json").read_text())
+    assert out["points"] == [] and "no seqwarm-long-ramp-adaptive-wsd arm" in out["notes"][0]
