@@ -6,9 +6,11 @@
 #   bash benchmarks/gpu/run.sh 270M     # streaming-1b's stages 1, 4, 7 and 10 (8 -> 2048)
 #   bash benchmarks/gpu/run.sh 124M-sync  # first and last stage under train.host_sync every_step, then lagged
 #                                         # (issue 14 §3: the step time a per-step host sync costs)
+#   bash benchmarks/gpu/run.sh 124M-gns   # what measuring the gradient noise scale costs a step on the GPU
+#                                         # (issue 30 §1 target <= 1%; issue 32 §2), interleaved off/on pairs
 # Results land in $OUT (the device tool brings them back), the log beside them.
 set -uo pipefail
-model=${1:?usage: run.sh 124M|270M|124M-sync}
+model=${1:?usage: run.sh 124M|270M|124M-sync|124M-gns}
 out=${OUT:-benchmarks/results}
 # The pip of the python3 that holds torch; a Python that refuses system-wide installs gets --break-system-packages
 # (the machine is thrown away after the session).
@@ -29,7 +31,12 @@ case $model in
           | tee "$out/stage_throughput_124M_sync_${mode}.log"
     done
     exit 0 ;;
-  *) echo "run.sh: unknown model $model (124M, 270M or 124M-sync)" >&2; exit 2 ;;
+  124M-gns)
+    timeout 540 python3 benchmarks/noise_scale_overhead.py --model-preset 124M --shapes 1024x32:4,128x256:4 \
+        --pairs 12 --device cuda --out "$out/noise_scale_overhead_124M_gpu.json" 2>&1 \
+        | tee "$out/noise_scale_overhead_124M_gpu.log"
+    exit 0 ;;
+  *) echo "run.sh: unknown model $model (124M, 270M, 124M-sync or 124M-gns)" >&2; exit 2 ;;
 esac
 timeout 560 python3 benchmarks/stage_throughput.py "${args[@]}" --data local --device cuda --precision bf16 \
     --compile on --peak measured --out "$out/stage_throughput_${model}_gpu.json" 2>&1 | tee "$out/stage_throughput_${model}_gpu.log"
