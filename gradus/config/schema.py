@@ -368,7 +368,8 @@ class AdaptiveBatchConfig(Strict):
 
     enabled: bool = Field(True, description="Let the run double its tokens per step.")
     rho: Annotated[float, AfterValidator(_positive)] = Field(
-        2.0, description="Propose a doubling when B_simple > rho × tokens per step (Merrill et al.: 2)."
+        2.0, description="Propose a doubling when B_simple > rho × tokens per step (Merrill et al.: 2); each "
+        "rejected verification doubles it for the rest of the run."
     )
     patience: int = Field(3, ge=1, description="Consecutive checks above the threshold before a proposal.")
     alpha: Annotated[float, AfterValidator(_unit_interval)] = Field(

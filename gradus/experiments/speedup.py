@@ -79,6 +79,9 @@ def make_config(s: Settings, arm: Arm, lr: float, seed: int, data: Path, tokeniz
             # Under a batch ramp a step is not a fixed number of tokens: evaluate at the same token counts as
             # the constant-batch arms (which keep the step cadence: the same points, and their runs reusable).
             **({"eval_every_tokens": s.budget // s.eval_points} if off_regime_batch(s, regime, curriculum) else {}),
+            # An adaptive arm's length rule reads the evaluations: four times as many (the others' points among
+            # them, so its crossing is read on the same token counts and finer between them).
+            **({"eval_every_tokens": s.budget // (4 * s.eval_points)} if arm.adaptive else {}),
             "eval_reference_seq_len": s.final_len,
             # The same cadence for every arm: no extra evaluations at stage changes.
             "eval_at_stage_change": False,

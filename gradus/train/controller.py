@@ -9,7 +9,8 @@ Two rules, both from ``curriculum.adaptive`` (``../shared/research/adaptive-stag
   the trainer snapshots every part, trains a branch of ``fraction`` × the target tokens at the proposed
   batch, restores everything, and the main run trains the same tokens (the same documents) at the current
   batch; the proposal is accepted when the branch's mean loss over the second half of the window is within
-  ``z`` standard errors of the main run's, and then takes effect where the main run is.
+  ``z`` standard errors of the main run's, and then takes effect where the main run is. A rejection doubles
+  the threshold from then on (the run calibrates the noise scale against its own probe).
 * **length**: at every evaluation, the reference-length validation loss gained per doubling of compute
   (reference-token equivalents, :func:`gradus.curriculum.adaptive.compute_at`) is compared with what the
   current length gained in its first measured interval; after ``patience`` evaluations below ``threshold``
@@ -79,6 +80,10 @@ class AdaptiveController:
     def _fresh(self) -> None:
         self.batch_checks = 0  # consecutive batch checks above the threshold
         self.last_skip: str | None = None  # why the last proposal was skipped (recorded once per reason)
+        # Each rejected verification doubles the threshold from then on: the noise scale proposed a batch the run
+        # itself measured as worse, so it is calibrated against that probe (adaptive-stages.md, pitfall 6) and
+        # the next branch is paid for only when the noise scale has grown past it.
+        self.rho_scale = 1.0
         self.length: dict[str, Any] = {"seq_len": None, "points": [], "first_gain": None, "below": 0}
         self.pending: dict[str, Any] | None = None  # a batch proposal under verification
         self.branch_tokens = 0  # tokens trained in branches (thrown away), for the record
@@ -122,10 +127,11 @@ class AdaptiveController:
         cfg, tps = self.batch_cfg, state.tokens_per_step
         if b_simple is None or not math.isfinite(b_simple) or samples < cfg.min_samples:
             return None  # too few samples since the last change: the check does not count either way
-        self.batch_checks = self.batch_checks + 1 if b_simple > cfg.rho * tps else 0
+        rho = cfg.rho * self.rho_scale
+        self.batch_checks = self.batch_checks + 1 if b_simple > rho * tps else 0
         if self.batch_checks < cfg.patience:
             return None
-        signal = {"b_simple": b_simple, "tokens_per_step": tps, "rho": cfg.rho, "checks": self.batch_checks}
+        signal = {"b_simple": b_simple, "tokens_per_step": tps, "rho": rho, "checks": self.batch_checks}
         why = self._batch_blocked(tokens, state, self._window(tps) if cfg.verify.enabled else 0)
         if why is not None:
             self.batch_checks = 0
@@ -193,6 +199,8 @@ class AdaptiveController:
         if verdict == "accepted":
             self._accept(step, tokens, edit, p["signal"], p["proposal"], verdict, comparison, proposed_at=p["step"])
         else:
+            self.rho_scale *= 2.0
+            comparison["rho_from_now"] = self.batch_cfg.rho * self.rho_scale
             self._record(step, tokens, "batch", p["signal"], p["proposal"], verdict, comparison=comparison,
                          proposed_at=p["step"])
 
@@ -257,7 +265,7 @@ class AdaptiveController:
         """Edits, records, counters and a pending verification, as plain data."""
         return json.loads(json.dumps({
             "edits": [e.to_json() for e in self.edits], "records": self.records, "batch_checks": self.batch_checks,
-            "last_skip": self.last_skip,
+            "last_skip": self.last_skip, "rho_scale": self.rho_scale,
             "length": self.length, "pending": self.pending, "branch_tokens": self.branch_tokens}))
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -267,6 +275,7 @@ class AdaptiveController:
         self.records = list(state["records"])
         self.batch_checks = int(state["batch_checks"])
         self.last_skip = state.get("last_skip")
+        self.rho_scale = float(state.get("rho_scale", 1.0))
         self.length = dict(state["length"])
         self.pending = state["pending"]
         self.branch_tokens = int(state["branch_tokens"])
