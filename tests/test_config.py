@@ -101,7 +101,7 @@ def test_lr_scale_is_an_alias_of_lr_multiplier():
 def test_defaults_fill_unset_sections():
     cfg = from_dict(config())
     assert cfg.optim.base_lr == 6e-4
-    assert cfg.curriculum.schedule == "per_stage"
+    assert cfg.curriculum.schedule == "wsd"  # the default since 0.3 (issue 31: no restarts without warmup)
     assert cfg.train.seed == 0
 
 

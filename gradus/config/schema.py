@@ -422,11 +422,11 @@ class CurriculumConfig(Strict):
         None, gt=0, description="Stop after this many tokens; default: the sum of the stages' token budgets."
     )
     schedule: Literal["per_stage", "global", "wsd", "linear"] = Field(
-        "per_stage",
-        description="per_stage: each stage warms up and decays on its own; global: one warmup+cosine over the run, "
-        "scaled by each stage's peak; wsd: one warmup, a stable peak, then a cooldown over the last "
-        "cooldown_fraction of the run; linear: one warmup, then a straight line to zero (D2Z). The last three are "
-        "global: stage switches do not restart them.",
+        "wsd",
+        description="wsd (the default): one warmup, a stable peak, then a cooldown over the last cooldown_fraction "
+        "of the run; global: one warmup+cosine over the run; linear: one warmup, then a straight line to zero "
+        "(D2Z); each scaled by each stage's peak, and a stage switch does not restart them. per_stage: each stage "
+        "warms up and decays on its own (LR restarts at every switch; the plans' per-stage tables).",
     )
     decay: Literal["cosine", "linear", "constant"] = Field("cosine", description="Default in-stage decay shape.")
     min_lr_ratio: float = Field(0.1, ge=0, le=1, description="Default decay floor as a fraction of the peak.")
