@@ -430,9 +430,13 @@ def _adaptive_problems(stages: list[Mapping], cur: Mapping, train: Mapping) -> l
                             f"cooldown); lower it (1–3% is usual)")
     check = field_value(AdaptiveConfig, raw, "check_every_tokens")
     target = field_value(CurriculumConfig, cur, "target_tokens")
-    if check is not None and target is not None and check >= target:
+    budgets = [field_value(StageConfig, st, "tokens") for st in stages]
+    run = target if target is not None else (sum(budgets) if budgets and None not in budgets else None)
+    if check is not None and run is not None and check >= run:
+        given = (f"target_tokens={cur.get('target_tokens')}" if target is not None
+                 else f"the stages' budgets ({run:,} tokens)")
         problems.append(f"curriculum.adaptive.check_every_tokens={raw.get('check_every_tokens')} is not below "
-                        f"target_tokens={cur.get('target_tokens')}; check several times a run (default: 1/64 of it)")
+                        f"{given}; check several times a run (default: 1/64 of it)")
     return problems
 
 
@@ -440,6 +444,11 @@ def _all_problems(data: Any, err: ValidationError) -> list[str]:
     """The schema's errors plus the checks pydantic skipped because a field failed first."""
     lines = format_validation_error(err)
     if isinstance(data, Mapping):
+        # The whole-config check ran on parsed values (8k read as 8000); it runs again below on the values as
+        # written, so its parsed lines go, or one problem would be said twice in two spellings.
+        parsed = {_join("", sub) for e in err.errors() if not e["loc"] and e["type"] == "value_error"
+                  for sub in str(e.get("ctx", {}).get("error", e["msg"])).split("\n")}
+        lines = [line for line in lines if line not in parsed]
         # A stage's own validator runs only when all its fields are valid; check the others on raw data.
         failed = {e["loc"][2] for e in err.errors() if e["loc"][:2] == ("curriculum", "stages") and len(e["loc"]) > 3}
         stages = _section(data, "curriculum").get("stages")

@@ -224,6 +224,8 @@ class AdaptiveController:
         nxt = next_longer(self.schedule, state.stage_index)
         if track["below"] < cfg.patience or nxt is None or tokens >= self.schedule.stages[state.stage_index].end_tokens:
             return
+        if self.pending is not None:  # a batch verification runs on this stage's data: the switch waits for its end
+            return
         signal = {"gain_per_doubling": gain, "first_gain": track["first_gain"], "ratio": ratio,
                   "threshold": cfg.threshold, "evaluations": track["below"], "val_loss": val_loss}
         proposal = {"seq_len": nxt.seq_len, "planned_at_tokens": nxt.start_tokens}

@@ -229,14 +229,17 @@ class Trainer:
         pr = self.parts.progress
         if due.evaluate_now:
             self.last_val = self._evaluate(state)
+        # Before any checkpoint of this step (the best one an evaluation may write, too), so that every
+        # checkpoint holds the controller after its turn: a resume never takes a decision twice.
+        decided = self._adapt(state, due) if self.parts.controller is not None else False
+        if decided:
+            nxt = state_at(self.parts.current_schedule, pr.step, pr.tokens)
+        if due.evaluate_now:
             stop = self._early_stop_check(self.last_val)
             if stop is not None:
                 self._save_checkpoint(state)
                 return stop, nxt
-        decided = self._adapt(state, due) if self.parts.controller is not None else False
-        if decided:  # the decision is in the checkpoint at once: a resume never takes it again
-            nxt = state_at(self.parts.current_schedule, pr.step, pr.tokens)
-        if not self._just_saved() and (due.checkpoint or decided):
+        if not self._just_saved() and (due.checkpoint or decided):  # a decision is in a checkpoint at once
             self._save_checkpoint(state)
         if nxt.done:
             return nxt.done_reason or "done", nxt
