@@ -262,6 +262,11 @@ def plot(summary: dict, path: Path) -> None:
     ax.axhline(1.0, color="grey", lw=0.8)
     ax.axvline(20.0, color="grey", lw=0.8, ls=":", label="compute-optimal: 20 tokens per parameter")
     ax.set_xscale("log")
+    from matplotlib.ticker import FuncFormatter
+
+    plain = FuncFormatter(lambda v, _: f"{v:g}")  # 1.2, 5, 20: not 2×10^0
+    ax.xaxis.set_major_formatter(plain)
+    ax.xaxis.set_minor_formatter(plain)
     ax.set_xlabel(f"tokens per parameter ({summary['model_params']:,} parameters, embeddings included)")
     ax.set_ylabel("speedup to the tuned baseline's final loss")
     ax.set_title(f"gradus: curriculum speedup against budget — {summary['corpus']}, {summary['model']}, "
