@@ -37,7 +37,7 @@ Figures are medians over ``--repeats`` with the spread (min, max).
 
 Peak FLOP/s: on CPU a measured matmul rate (:func:`gradus.train.runtime.measure_matmul_flops` in fp32,
 the same measurement in bf16 for bf16) at the benchmark's thread count, before and after the arms, the
-higher kept; on GPU the data-sheet table (:data:`gradus.train.runtime.GPU_PEAK_BF16`) or ``--peak
+higher kept; on GPU the data-sheet table (:data:`gradus.plan.hardware.GPUS`) or ``--peak
 measured``. The trainer is given the same figure (``logging.peak_flops``), so its logged ``mfu`` agrees.
 
 Peak memory: on CUDA each arm's own allocator peak during the stage (the other arm's resident weights and

@@ -21,17 +21,8 @@ import torch.distributed as dist
 
 from gradus.config import TrainConfig
 from gradus.errors import ConfigError
+from gradus.plan.hardware import gpu_for_device
 from gradus.train.measure import resident_bytes
-
-# Peak dense bf16 tensor-core FLOP/s by device name fragment, for MFU (vendor data sheets, no sparsity).
-GPU_PEAK_BF16 = {
-    "H200": 989e12,
-    "H100": 989e12,
-    "A100": 312e12,
-    "L40S": 362e12,
-    "4090": 165e12,
-    "A10G": 70e12,
-}
 
 
 @dataclass
@@ -285,16 +276,17 @@ def set_rng_state(state: dict) -> None:
 
 
 def peak_flops(device: torch.device, configured: float | None, precision: str) -> tuple[float, str]:
-    """Peak FLOP/s for MFU and where the figure comes from: the config, a GPU table, or (CPU) a
+    """Peak FLOP/s for MFU and where the figure comes from: the config, the planner's GPU table
+    (:data:`gradus.plan.hardware.GPUS`, found by the device's name), or (CPU, a GPU not in the table) a
     measured matmul rate, since CPUs have no data-sheet figure worth trusting."""
     if configured:
         return configured, "logging.peak_flops"
     if device.type == "cuda":
         name = torch.cuda.get_device_name(device)
-        for key, value in GPU_PEAK_BF16.items():
-            if key in name:
-                scale = 1.0 if precision in ("bf16", "fp16") else 0.5  # TF32 is about half the bf16 rate
-                return value * scale, f"table ({name}, {'bf16' if scale == 1 else 'tf32'})"
+        spec = gpu_for_device(name)
+        if spec is not None:
+            scale = 1.0 if precision in ("bf16", "fp16") else 0.5  # TF32 is about half the bf16 rate
+            return spec.peak_bf16_flops * scale, f"table ({name}, {'bf16' if scale == 1 else 'tf32'})"
     return measure_matmul_flops(device), "measured matmul"
 
 
