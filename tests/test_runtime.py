@@ -55,3 +55,19 @@ def test_the_table_keeps_its_figures():
     assert {k: s.peak_bf16_flops for k, s in GPUS.items()} == {
         "a100": 312e12, "h100": 989e12, "h200": 989e12, "rtx4090": 165.2e12, "l40s": 362e12, "a10g": 70e12,
     }
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_measure_matmul_flops_in_each_precision(dtype):
+    assert runtime.measure_matmul_flops(torch.device("cpu"), n=64, repeats=2, dtype=dtype) > 0
+
+
+@pytest.mark.parametrize("precision, dtype", [("fp32", torch.float32), ("bf16", torch.bfloat16),
+                                              ("fp16", torch.bfloat16)])
+def test_the_throughput_benchmark_measures_through_the_same_function(monkeypatch, precision, dtype):
+    from gradus.experiments import throughput
+
+    calls = []
+    monkeypatch.setattr(runtime, "measure_matmul_flops", lambda device, **k: calls.append(k) or 3e12)
+    assert throughput.measure_peak(torch.device("cpu"), precision) == 3e12
+    assert calls == [{"n": 1024, "repeats": 8, "dtype": dtype}]

@@ -290,17 +290,20 @@ def peak_flops(device: torch.device, configured: float | None, precision: str) -
     return measure_matmul_flops(device), "measured matmul"
 
 
-def measure_matmul_flops(device: torch.device, n: int = 1024, repeats: int = 8) -> float:
-    """FLOP/s of a square fp32 matmul on this device (best of a few)."""
+def measure_matmul_flops(device: torch.device, n: int = 1024, repeats: int = 8,
+                         dtype: torch.dtype = torch.float32) -> float:
+    """FLOP/s of a square ``n`` × ``n`` matmul in ``dtype`` on this device, the best of ``repeats``: the one
+    matmul peak measurement (the MFU of a CPU run, and the throughput benchmark's ``--peak measured`` in the
+    training precision)."""
     import time
 
-    a = torch.randn(n, n, device=device)
-    b = torch.randn(n, n, device=device)
+    a = torch.randn(n, n, device=device, dtype=dtype)
+    b = torch.randn(n, n, device=device, dtype=dtype)
     best = float("inf")
     for _ in range(repeats):
         if device.type == "cuda":
             torch.cuda.synchronize(device)
         t0 = time.perf_counter()
-        (a @ b).sum().item()
+        (a @ b).float().sum().item()  # .float() is a no-op in fp32; bf16 sums in fp32
         best = min(best, time.perf_counter() - t0)
     return 2 * n**3 / best
