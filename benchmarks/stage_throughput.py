@@ -205,7 +205,7 @@ def main(argv: list[str] | None = None) -> int:
     from gradus.config import from_dict
     from gradus.data import load_tokenizer
     from gradus.errors import GradusError
-    from gradus.model import resolve_shape
+    from gradus.sizes import resolve_shape
     from gradus.train.measure import RssSampler
 
     device_name = args.device or ("cuda" if torch.cuda.is_available() else "cpu")

@@ -56,7 +56,7 @@ def imports(path: Path) -> list[tuple[int, str]]:
             else:
                 module = node.module or ""
             found.append((node.lineno, module))
-            # `from gradus import model` (or `from gradus.model import sizes`) imports a module too
+            # `from gradus import model` (or `from gradus.model import gpt`) imports a module too
             for alias in node.names:
                 target = PACKAGE.parent.joinpath(*f"{module}.{alias.name}".split("."))
                 if module.startswith("gradus") and (target.with_suffix(".py").exists() or target.is_dir()):

@@ -190,7 +190,7 @@ def _command_line(args: argparse.Namespace) -> str:
 def guess_vocab_size(cfg: Any) -> tuple[int, str]:
     """(vocab size, where it came from) without loading a tokenizer library: the model's vocab_size, the
     BPE to train, a local tokenizer.json / vocab.json, else GPT-2's 50,257."""
-    from gradus.model.sizes import GPT2_VOCAB_SIZE
+    from gradus.sizes import GPT2_VOCAB_SIZE
 
     if cfg.model.vocab_size is not None:
         return cfg.model.vocab_size, "model.vocab_size"
@@ -220,9 +220,9 @@ def guess_vocab_size(cfg: Any) -> tuple[int, str]:
 
 
 def _timeline(args: argparse.Namespace) -> int:
-    from gradus.model.sizes import resolve_shape
     from gradus.plan.hardware import GPUS, parse_amount, parse_bytes, parse_float
     from gradus.plan.timeline import build_timeline, render_timeline
+    from gradus.sizes import resolve_shape
 
     if args.measure and args.tokens_per_sec is not None:
         raise ConfigError("--measure and --tokens-per-sec both give the throughput; keep one")

@@ -12,7 +12,7 @@ import threading
 import time
 from typing import TYPE_CHECKING, Any
 
-from gradus.model.sizes import ModelShape
+from gradus.sizes import ModelShape
 
 if TYPE_CHECKING:
     from gradus.config import OptimConfig
