@@ -206,7 +206,7 @@ def main(argv: list[str] | None = None) -> int:
     from gradus.data import load_tokenizer
     from gradus.errors import GradusError
     from gradus.sizes import resolve_shape
-    from gradus.train.measure import RssSampler
+    from gradus.train.resident_memory import RssSampler
 
     device_name = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     if device_name == "cuda" and not torch.cuda.is_available():

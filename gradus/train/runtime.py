@@ -22,7 +22,7 @@ import torch.distributed as dist
 from gradus.config import TrainConfig
 from gradus.errors import ConfigError
 from gradus.plan.hardware import gpu_for_device
-from gradus.train.measure import resident_bytes
+from gradus.train.resident_memory import resident_bytes
 
 
 @dataclass
