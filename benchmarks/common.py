@@ -21,7 +21,7 @@ RESULTS = REPO / "benchmarks" / "results"
 def machine() -> dict:
     """What the figures were measured on: CPU model and cores, GPUs, torch, Python, platform, and a one-line
     ``summary`` (the same description ``gradus sweep`` / ``gradus compare`` record)."""
-    from gradus.experiments.sweep import machine as describe
+    from gradus.experiments.common import machine as describe
 
     return describe()
 

@@ -51,8 +51,8 @@ def check_fsdp_path(out: Path) -> dict:
     import torch.distributed as dist
 
     from gradus.config import ModelConfig, OptimConfig
-    from gradus.model import resolve_shape
     from gradus.model.gpt import GPT
+    from gradus.sizes import resolve_shape
     from gradus.train.build import build_optimizer
     from gradus.train.parallel import is_sharded, shard_model
     from gradus.train.runtime import Runtime
@@ -104,8 +104,8 @@ def main() -> int:
     from offline_corpora import write_offline_corpora
 
     from gradus.config import from_dict
-    from gradus.model import resolve_shape
     from gradus.plan.memory import estimate_memory, memory_layout
+    from gradus.sizes import resolve_shape
     from gradus.train.metrics import read_metrics
     from gradus.train.trainer import train
 

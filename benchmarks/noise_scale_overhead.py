@@ -77,7 +77,8 @@ def time_shape(args, seq: int, rows: int, k: int, device) -> dict:
     import torch
 
     from gradus.config.fields import SIZE_PRESETS
-    from gradus.model import GPT, ModelShape
+    from gradus.model import GPT
+    from gradus.sizes import ModelShape
     from gradus.train.noise_scale import GradientNoiseScale, MicroBatchNorms
     from gradus.train.runtime import Runtime
     from gradus.train.step import optimizer_step

@@ -37,7 +37,7 @@ Figures are medians over ``--repeats`` with the spread (min, max).
 
 Peak FLOP/s: on CPU a measured matmul rate (:func:`gradus.train.runtime.measure_matmul_flops` in fp32,
 the same measurement in bf16 for bf16) at the benchmark's thread count, before and after the arms, the
-higher kept; on GPU the data-sheet table (:data:`gradus.train.runtime.GPU_PEAK_BF16`) or ``--peak
+higher kept; on GPU the data-sheet table (:data:`gradus.plan.hardware.GPUS`) or ``--peak
 measured``. The trainer is given the same figure (``logging.peak_flops``), so its logged ``mfu`` agrees.
 
 Peak memory: on CUDA each arm's own allocator peak during the stage (the other arm's resident weights and
@@ -205,8 +205,8 @@ def main(argv: list[str] | None = None) -> int:
     from gradus.config import from_dict
     from gradus.data import load_tokenizer
     from gradus.errors import GradusError
-    from gradus.model import resolve_shape
-    from gradus.train.measure import RssSampler
+    from gradus.sizes import resolve_shape
+    from gradus.train.resident_memory import RssSampler
 
     device_name = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     if device_name == "cuda" and not torch.cuda.is_available():

@@ -38,7 +38,8 @@ def tiny_model(tokenizer, seed: int = 0, **shape):
     """A random-init GPT over ``tokenizer``'s vocabulary (2 layers × 32 unless ``shape`` says otherwise)."""
     import torch
 
-    from gradus.model import GPT, ModelShape
+    from gradus.model import GPT
+    from gradus.sizes import ModelShape
 
     fields = {"n_layers": 2, "d_model": 32, "n_heads": 4, "vocab_size": tokenizer.vocab_size, "max_seq_len": 64}
     fields.update(shape)

@@ -12,7 +12,7 @@ from builders import tiny_config
 
 from gradus.config import from_dict
 from gradus.model import GPT
-from gradus.model.sizes import ModelShape
+from gradus.sizes import ModelShape
 from gradus.train.metrics import read_metrics
 from gradus.train.runtime import Runtime
 from gradus.train.trainer import train

@@ -11,7 +11,7 @@ from functools import partial
 
 import pytest
 
-from gradus.config import from_dict
+from gradus.config import StageConfig, from_dict
 from gradus.curriculum import (
     Schedule,
     clip_by_length,
@@ -24,6 +24,7 @@ from gradus.curriculum import (
     state_at,
     tokens_at_step,
 )
+from gradus.curriculum.rules import SEQ_BATCH_MULTIPLIER, SEQ_BATCH_RULE, seq_batch_factors
 from gradus.presets import load_preset
 
 
@@ -65,6 +66,36 @@ def test_seq_batch_rule_gives_11_3_at_64_256():
     assert seq_batch_multiplier(64, 256, 2048) == pytest.approx(11.3137085, rel=1e-8)
     assert seq_batch_multiplier(1024, 32, 2048) == pytest.approx(2.0)  # min(2, 4) × 1
     assert seq_batch_multiplier(2048, 16, 2048) == pytest.approx(0.70710678)
+
+
+def test_seq_batch_factors_are_the_multiplier():
+    assert seq_batch_factors(64, 256, 2048) == (4.0, math.sqrt(8.0))
+    assert seq_batch_factors(1024, 32, 2048) == (2.0, 1.0)
+    for seq_len, batch, max_len in [(64, 256, 2048), (100, 7, 1000), (2048, 16, 2048), (128, 96, 256)]:
+        length, width = seq_batch_factors(seq_len, batch, max_len)
+        assert seq_batch_multiplier(seq_len, batch, max_len) == length * width
+
+
+def _words(text: str) -> str:
+    return "".join(text.split())
+
+
+def test_every_spelling_of_the_seq_batch_rule_is_the_rules_own():
+    """One rule, one spelling (rules.SEQ_BATCH_RULE): the config reference (the field's description, which
+    layer 0 spells itself), the resolved stage's note and the double-count warning say the same."""
+    assert SEQ_BATCH_RULE == "base × min(max_seq_len/seq_len, 4) × sqrt(batch/32)"
+    assert _words(SEQ_BATCH_RULE) in _words(StageConfig.model_fields["lr_rule"].description)
+    cur = make(
+        [
+            {"step": 0, "seq_len": 64, "batch_size": 256, "lr_rule": "seq_batch"},
+            {"step": 10, "seq_len": 128, "batch_size": 128, "lr_rule": "seq_batch"},
+        ],
+        target=100 * 16_384,
+        max_seq_len=2048,
+    )
+    filled = SEQ_BATCH_MULTIPLIER.replace("max_seq_len", "2048").replace("seq_len", "64").replace("batch", "256")
+    assert _words(filled) in _words(cur.stages[0].lr_note)
+    assert any(_words(SEQ_BATCH_MULTIPLIER) in _words(w) for w in cur.warnings)
 
 
 @pytest.mark.parametrize(("seq_len", "clip"), [(8, 5.0), (128, 5.0), (129, 1.0), (512, 1.0), (513, 0.5), (2048, 0.5)])

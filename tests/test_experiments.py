@@ -32,10 +32,10 @@ from gradus.experiments.analysis import (
 )
 from gradus.experiments.arms import ablation_arms, arm_config, check_arm_count, vary_arms
 from gradus.experiments.budget import compare_baseline, same_evaluation, scale_to_budget
+from gradus.experiments.common import prepare, tasks_for
 from gradus.experiments.runner import Runner, Task, same_config
-from gradus.experiments.sweep import prepare, tasks_for
-from gradus.model.sizes import ModelShape, resolve_shape
 from gradus.presets import load_preset
+from gradus.sizes import ModelShape, resolve_shape
 from gradus.train.cadence import evaluation_due
 from gradus.train.run_dir import RunLock
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import math
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -13,9 +14,9 @@ import torch.nn.functional as F
 
 from gradus.config import ModelConfig
 from gradus.errors import CheckpointError, ConfigError
-from gradus.model import GPT, SIZE_PRESETS, ModelShape, param_groups, resolve_shape
+from gradus.model import GPT, param_groups
 from gradus.model.gpt import rope_tables
-from gradus.model.sizes import default_ffn_hidden, shape_for_params
+from gradus.sizes import SIZE_PRESETS, ModelShape, default_ffn_hidden, resolve_shape, shape_for_params
 
 V = 97
 
@@ -281,18 +282,17 @@ def test_param_groups_decay_only_matmul_weights(tie):
 
 
 def test_sizes_import_without_torch():
-    code = "import sys, gradus.model, gradus.model.sizes; from gradus.model import ModelShape; print('torch' in sys.modules)"
+    code = "import sys, gradus.model, gradus.sizes; from gradus.model import ModelShape; print('torch' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
 
 
-def test_shapes_live_below_the_model_and_the_old_paths_still_work():
-    import gradus.model.sizes as old_path
-    import gradus.sizes as sizes
+def test_shapes_live_below_the_model_which_re_exports_them():
+    import gradus.model as model
 
-    # One implementation, three import paths: gradus.sizes (what plan/ reads), gradus.model, gradus.model.sizes.
-    assert resolve_shape is sizes.resolve_shape is old_path.resolve_shape
-    assert ModelShape is sizes.ModelShape is old_path.ModelShape
-    assert shape_for_params is sizes.shape_for_params and default_ffn_hidden is sizes.default_ffn_hidden
+    # One implementation in gradus.sizes (what plan/ and the model read); gradus.model re-exports it.
+    assert model.resolve_shape is resolve_shape and model.ModelShape is ModelShape
+    assert model.SIZE_PRESETS is SIZE_PRESETS and model.shape_for_params is shape_for_params
+    assert not (Path(model.__file__).parent / "sizes.py").exists()  # the old shim's path is gone
     assert resolve_shape(ModelConfig(preset="small"), 1000).params_non_embedding == 4 * (
         4 * 128 * 128 + 3 * 128 * 352 + 2 * 128) + 128

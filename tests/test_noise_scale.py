@@ -11,7 +11,8 @@ import statistics
 import pytest
 import torch
 
-from gradus.model import GPT, ModelShape
+from gradus.model import GPT
+from gradus.sizes import ModelShape
 from gradus.train.noise_scale import (
     GradientNoiseScale,
     GradientSample,

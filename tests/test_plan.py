@@ -152,7 +152,7 @@ def test_written_config_loads_and_schedules_without_edits(tmp_path, capsys, argv
     "argv, expected",
     [
         (["--flops", "1e8"], "less than one optimizer step"),
-        (["--gpu", "v100", "--days", "3"], "known: a100, h100, h200, rtx4090"),
+        (["--gpu", "v100", "--days", "3"], "known: a100, h100, h200, rtx4090, l40s, a10g"),
         (["--flops", "1e21", "--gpu", "h100", "--days", "3"], "--flops and --days both set the budget"),
         (["--gpus", "8", "--days", "3"], "needs --gpu"),
         ([], "no budget"),

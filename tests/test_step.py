@@ -9,8 +9,9 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 
 from gradus.config import OptimConfig
-from gradus.model import GPT, ModelShape
+from gradus.model import GPT
 from gradus.plan.memory import HEADROOM, estimate_memory
+from gradus.sizes import ModelShape
 from gradus.train.build import build_optimizer
 from gradus.train.micro_batch import adamw_state_bytes, halve_until_fits, host_micro_batch
 from gradus.train.runtime import Runtime, cgroup_free_bytes, host_memory_budget

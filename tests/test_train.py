@@ -490,8 +490,8 @@ def test_a_signal_on_one_rank_stops_every_rank_at_the_same_step(tmp_path, tokeni
 def test_cpu_micro_batch_follows_the_hosts_free_memory(tmp_path, tokenizer_json, offline_data, monkeypatch, full_run):
     # A host with room for the model and 3 rows of the longest stage: that stage accumulates over smaller
     # micro-batches, and the run matches the whole-batch one up to float rounding.
-    from gradus.model import resolve_shape
     from gradus.plan.memory import HEADROOM, estimate_memory
+    from gradus.sizes import resolve_shape
 
     cfg = from_dict(raw_config(tokenizer_json, offline_data))
     shape = resolve_shape(cfg.model, load_tokenizer(cfg.data).vocab_size)

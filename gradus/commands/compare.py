@@ -58,9 +58,9 @@ def finalists(args: argparse.Namespace, seeds: list[int]) -> int:
 def run(args: argparse.Namespace) -> int:
     """Check both arms, run them, print the table and the verdict."""
     from gradus.errors import ConfigError
+    from gradus.experiments.common import parse_seeds
     from gradus.experiments.compare import run_compare
     from gradus.experiments.compare_budgets import parse_budgets, parse_forecast, run_compare_budgets
-    from gradus.experiments.sweep import parse_seeds
 
     check_counts(args)
     budget = parse_budget(args.budget)

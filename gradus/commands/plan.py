@@ -37,7 +37,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     w = parser.add_argument_group("worksheet (a budget → N, D, shape, steps, LR, stages A–D)")
     w.add_argument("--flops", metavar="C", help="compute budget in FLOPs, e.g. 2e22")
     w.add_argument("--gpus", metavar="K", help="number of GPUs (with --gpu; default 1)")
-    w.add_argument("--gpu", metavar="NAME", help="a100, h100, h200 or rtx4090 (peak dense bf16 from a table)")
+    w.add_argument("--gpu", metavar="NAME", help="a100, h100, h200, rtx4090, l40s or a10g (peak dense bf16 from a table)")
     w.add_argument("--days", metavar="T", help="days of training: with --gpu this is the budget")
     w.add_argument("--mfu", metavar="U", help="model FLOPs utilisation, 0–1 (default 0.4)")
     w.add_argument("--params", metavar="N", help="plan around a fixed model size, e.g. 1B (non-embedding)")
@@ -105,7 +105,7 @@ def _hardware(args: argparse.Namespace, *, need_days: bool) -> Any:
     if args.gpu is None:
         orphan = _given(args, ("gpus", "mfu")) + (_given(args, ("days",)) if need_days else [])
         if orphan:
-            raise ConfigError(f"{orphan[0]} needs --gpu NAME (a100, h100, h200 or rtx4090)")
+            raise ConfigError(f"{orphan[0]} needs --gpu NAME (a100, h100, h200, rtx4090, l40s or a10g)")
         return None
     gpus = parse_float(args.gpus, "--gpus") if args.gpus is not None else 1
     if gpus != int(gpus):
@@ -190,7 +190,7 @@ def _command_line(args: argparse.Namespace) -> str:
 def guess_vocab_size(cfg: Any) -> tuple[int, str]:
     """(vocab size, where it came from) without loading a tokenizer library: the model's vocab_size, the
     BPE to train, a local tokenizer.json / vocab.json, else GPT-2's 50,257."""
-    from gradus.model.sizes import GPT2_VOCAB_SIZE
+    from gradus.sizes import GPT2_VOCAB_SIZE
 
     if cfg.model.vocab_size is not None:
         return cfg.model.vocab_size, "model.vocab_size"
@@ -220,9 +220,9 @@ def guess_vocab_size(cfg: Any) -> tuple[int, str]:
 
 
 def _timeline(args: argparse.Namespace) -> int:
-    from gradus.model.sizes import resolve_shape
     from gradus.plan.hardware import GPUS, parse_amount, parse_bytes, parse_float
     from gradus.plan.timeline import build_timeline, render_timeline
+    from gradus.sizes import resolve_shape
 
     if args.measure and args.tokens_per_sec is not None:
         raise ConfigError("--measure and --tokens-per-sec both give the throughput; keep one")

@@ -65,7 +65,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Check every arm, then run them and print the table."""
-    from gradus.experiments.sweep import parse_seeds, run_sweep
+    from gradus.experiments.common import parse_seeds
+    from gradus.experiments.sweep import run_sweep
 
     check_counts(args)
     budget = parse_budget(args.budget)

@@ -26,9 +26,33 @@ def derive_batch(tokens_per_batch: int, seq_len: int, multiple: int) -> int:
     return max(1, _round_half_up(raw))
 
 
+SEQ_BATCH_MAX_LENGTH_FACTOR = 4.0
+"""seq_batch: the most a short sequence multiplies the LR by (max_seq_len / seq_len, capped here)."""
+SEQ_BATCH_REFERENCE_BATCH = 32
+"""seq_batch: the batch at which the width factor is 1 (it grows as sqrt(batch / this))."""
+SEQ_BATCH_MULTIPLIER = (
+    f"min(max_seq_len/seq_len, {SEQ_BATCH_MAX_LENGTH_FACTOR:g}) × sqrt(batch/{SEQ_BATCH_REFERENCE_BATCH})"
+)
+"""The seq_batch rule's multiplier in words, the one spelling for messages and tables
+(``min(max_seq_len/seq_len, 4) × sqrt(batch/32)``)."""
+SEQ_BATCH_RULE = f"base × {SEQ_BATCH_MULTIPLIER}"
+"""The seq_batch rule in words, the peak LR it gives (``base × min(max_seq_len/seq_len, 4) × sqrt(batch/32)``).
+The config's field description (layer 0, which cannot import this) spells it too; ``tests/test_curriculum.py``
+checks that every spelling says this."""
+
+
+def seq_batch_factors(seq_len: int, batch: int, max_seq_len: int) -> tuple[float, float]:
+    """The seq_batch rule's two factors, (length, width): min(max_seq_len / seq_len, 4) and sqrt(batch / 32);
+    the multiplier is their product (:func:`seq_batch_multiplier`)."""
+    length = min(max_seq_len / seq_len, SEQ_BATCH_MAX_LENGTH_FACTOR)
+    width = math.sqrt(batch / float(SEQ_BATCH_REFERENCE_BATCH))
+    return length, width
+
+
 def seq_batch_multiplier(seq_len: int, batch: int, max_seq_len: int) -> float:
-    """The plans' LR rule: min(max_seq_len / seq_len, 4) × sqrt(batch / 32)."""
-    return min(max_seq_len / seq_len, 4.0) * math.sqrt(batch / 32.0)
+    """The plans' LR rule (:data:`SEQ_BATCH_RULE`): min(max_seq_len / seq_len, 4) × sqrt(batch / 32)."""
+    length, width = seq_batch_factors(seq_len, batch, max_seq_len)
+    return length * width
 
 
 def clip_by_length(seq_len: int) -> float:

@@ -174,14 +174,14 @@ def base_value(base: dict, path: Sequence[str | int]) -> Any:
     """The value a key has in the resolved base config; a shape field a size preset fills counts too."""
     value = _get(base, path)
     if value is None and len(path) == 2 and path[0] == "model":
-        from gradus.model.sizes import preset_fields  # pure shape arithmetic, no torch
+        from gradus.sizes import preset_fields  # pure shape arithmetic, no torch
 
         preset = _get(base, ["model", "preset"])
         if isinstance(preset, str):
             with_preset = preset_fields(preset)
             value = with_preset.get(str(path[1]))
             if value is None and path[1] == "ffn_hidden" and "d_model" in with_preset:
-                from gradus.model.sizes import default_ffn_hidden
+                from gradus.sizes import default_ffn_hidden
 
                 value = default_ffn_hidden(_get(base, ["model", "d_model"]) or with_preset["d_model"])
     return value
@@ -360,7 +360,7 @@ def depth_width_arms(base: dict, vocab_size: int | None = None) -> list[Arm]:
     :data:`PARAM_TOLERANCE`): half and twice the layers, the width scaled by √2 to the nearest multiple of
     the head width, and the SwiGLU width fitted to close the rest of the gap."""
     from gradus.config import ModelConfig
-    from gradus.model.sizes import GPT2_VOCAB_SIZE, ModelShape, resolve_shape
+    from gradus.sizes import GPT2_VOCAB_SIZE, ModelShape, resolve_shape
 
     model = ModelConfig.model_validate(base["model"])
     vocab = vocab_size or base["data"].get("tokenizer", {}).get("train_vocab_size") or GPT2_VOCAB_SIZE

@@ -27,12 +27,12 @@ from gradus.experiments.analysis import (
 )
 from gradus.experiments.arms import Arm
 from gradus.experiments.budget import EVAL_POINTS, compare_baseline, describe_stages, stage_tokens_per_step
-from gradus.experiments.sweep import (
-    _num,
+from gradus.experiments.common import (
     describe_run,
     machine,
     make_runner,
     now,
+    or_dash,
     prepare,
     prepare_tokenizers,
     stage_plan,
@@ -97,13 +97,16 @@ def compare_table(report: dict) -> str:
              f"{'cal s':>6} {'×tokens':>7} {'×wall':>6} {'×cal':>6} {'tok/s':>7}"]
     for rec in rows:
         seeds = "/".join(f"{x:.3f}" if x is not None else "div" for x in rec["final_val_loss_seeds"])
-        final = f"{_num(rec['final_val_loss'], '.4f', 'diverged')} ({seeds})" if n > 1 else \
-            _num(rec["final_val_loss"], ".4f", "diverged")
+        final = f"{or_dash(rec['final_val_loss'], '.4f', 'diverged')} ({seeds})" if n > 1 else \
+            or_dash(rec["final_val_loss"], ".4f", "diverged")
         tok = f"{rec['tokens_to_target'] / 1e3:,.0f}k" if rec["tokens_to_target"] else "not reached"
         lr = f"{rec['lr']:.2g}" + ("" if rec.get("lr_inside_grid", True) else " EDGE")
-        lines.append(f"{rec['name']:<{w}} {lr:>8} {final:>30} {tok:>13} {_num(rec['seconds_to_target'], '.0f'):>9} "
-                     f"{_num(rec['seconds_to_target_calibrated'], '.0f'):>6} {_num(rec['speedup_tokens'], '.2f'):>7} "
-                     f"{_num(rec['speedup_wallclock'], '.2f'):>6} {_num(rec['speedup_wallclock_calibrated'], '.2f'):>6} "
+        lines.append(f"{rec['name']:<{w}} {lr:>8} {final:>30} {tok:>13} "
+                     f"{or_dash(rec['seconds_to_target'], '.0f'):>9} "
+                     f"{or_dash(rec['seconds_to_target_calibrated'], '.0f'):>6} "
+                     f"{or_dash(rec['speedup_tokens'], '.2f'):>7} "
+                     f"{or_dash(rec['speedup_wallclock'], '.2f'):>6} "
+                     f"{or_dash(rec['speedup_wallclock_calibrated'], '.2f'):>6} "
                      f"{rec['tokens_per_sec_median']:>7,.0f}")
     lines.append("×tokens, ×wall, ×cal: the baseline's cost to its final loss / this arm's, in tokens, measured "
                  "training seconds and calibrated seconds (each shape's best-case seconds per token × tokens: "
@@ -124,7 +127,7 @@ def compare_table(report: dict) -> str:
         for rec in rows:
             grid = rec["lr_grid"]
             lines.append(f"LR grid of {rec['name']} (final loss at seed {report['seeds'][0]}): "
-                         + ", ".join(f"{k}: {_num(v, '.4f', 'div')}" for k, v in grid.items()))
+                         + ", ".join(f"{k}: {or_dash(v, '.4f', 'div')}" for k, v in grid.items()))
             if finalists := finalists_text(rec.get("lr_finalists", {})):
                 lines.append(f"  {finalists}")
     lines.append(f"verdict: {report['verdict']}")
@@ -239,5 +242,5 @@ def run_compare(cfg: GradusConfig, *, baseline: str = "auto", budget: int | None
                    f"gradus compare — curriculum vs baseline, {format_count(prepared.budget)} tokens per run, "
                    f"{report['machine']['summary']}", target, log, cost=cost, calibrated=True,
                    ylabel=f"validation loss at length {prepared.reference_len}",
-                   label_of=lambda r: f"{r['name']} (lr {r['lr']:g}, final {_num(r['final_val_loss'], '.3f')})")
+                   label_of=lambda r: f"{r['name']} (lr {r['lr']:g}, final {or_dash(r['final_val_loss'], '.3f')})")
     return report

@@ -17,8 +17,8 @@ from pathlib import Path
 from gradus.config import GradusConfig
 from gradus.errors import ConfigError
 from gradus.experiments.budget import EVAL_POINTS
+from gradus.experiments.common import prepare
 from gradus.experiments.compare import compare_arms, run_compare
-from gradus.experiments.sweep import prepare
 from gradus.experiments.trend import Forecast, TrendPoint, fit_trend, forecast
 from gradus.units import format_count, parse_count
 

@@ -21,9 +21,9 @@ from gradus.experiments.analysis import (
     RunRecord,
     summarise_runs,
 )
+from gradus.experiments.common import describe_run as describe
 from gradus.experiments.runner import Runner, Task
 from gradus.experiments.speedup_arms import ARMS, LR_A, Arm, Settings, off_regime_batch
-from gradus.experiments.sweep import describe_run as describe
 from gradus.experiments.tuning import LRTuner, Tuned, tune_all
 from gradus.train.run_dir import RunDir
 

@@ -19,7 +19,7 @@ class Settings:
     """Everything that is the same for every arm (the benchmark's fixed conditions)."""
 
     model: str = "small"
-    """Model size preset (gradus.model.sizes): small = 4 layers × 128."""
+    """Model size preset (gradus.sizes): small = 4 layers × 128."""
     d_model: int | None = None
     """Residual width instead of the preset's (heads and SwiGLU width follow from the preset's rules), to see
     whether the curriculum's gain grows with the model."""

@@ -82,25 +82,15 @@ def benchmark_config(data: dict, origin: str, steps: int, select: list[int] | No
 
 # ============================================================================================ peak FLOP/s
 def measure_peak(device, precision: str) -> float:
-    """Best-of-8 square-matmul FLOP/s on ``device`` in the training precision: fp32 through gradus's own
-    :func:`measure_matmul_flops`, bf16 the same way in bf16 (n = 1024 on CPU, 8192 on a GPU)."""
+    """Best-of-8 square-matmul FLOP/s on ``device`` in the training precision (fp32, else bf16), through
+    gradus's own :func:`~gradus.train.runtime.measure_matmul_flops` (n = 1024 on CPU, 8192 on a GPU)."""
     import torch
 
     from gradus.train.runtime import measure_matmul_flops
 
     n = 8192 if device.type == "cuda" else 1024
-    if precision == "fp32":
-        return measure_matmul_flops(device, n=n)
-    a = torch.randn(n, n, device=device, dtype=torch.bfloat16)
-    b = torch.randn(n, n, device=device, dtype=torch.bfloat16)
-    best = float("inf")
-    for _ in range(8):
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-        t0 = time.perf_counter()
-        (a @ b).float().sum().item()
-        best = min(best, time.perf_counter() - t0)
-    return 2 * n**3 / best
+    dtype = torch.float32 if precision == "fp32" else torch.bfloat16
+    return measure_matmul_flops(device, n=n, repeats=8, dtype=dtype)
 
 
 def resolve_peak(spec: str, device, precision: str) -> tuple[float, str, dict]:

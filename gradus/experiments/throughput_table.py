@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any
 from gradus.experiments.throughput import RepeatRun, StageShape, StepRecord
 
 if TYPE_CHECKING:
-    from gradus.train.measure import RssSampler
+    from gradus.train.resident_memory import RssSampler
 
 RATIO_TARGET = 0.95
 """The framework/plain tokens-per-second ratio every stage should reach."""

@@ -28,7 +28,7 @@ import re
 from typing import Any
 
 from gradus.errors import ConfigError
-from gradus.model.sizes import ModelShape
+from gradus.sizes import ModelShape
 
 LLAMA_ARCHITECTURE = "LlamaForCausalLM"
 """The ``architectures`` entry of an exported ``config.json``."""

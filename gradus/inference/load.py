@@ -171,7 +171,7 @@ def raw_shape_fields(ckpt: Path) -> dict[str, Any]:
 def _shape_of(weights: Path, meta: dict, cfg, tokenizer):
     """The model shape: weights metadata, else meta.json, else the config; RoPE factor of the saved stage."""
     from gradus.model.gpt import read_shape
-    from gradus.model.sizes import ModelShape, resolve_shape
+    from gradus.sizes import ModelShape, resolve_shape
 
     try:
         shape = read_shape(weights)

@@ -8,7 +8,7 @@
 
 Shapes in comments use B batch, T sequence length, d d_model, H query heads, K key/value heads,
 hd head width (d / H), f SwiGLU hidden width, V vocabulary. No biases anywhere. The parameter layout is
-exactly the one :mod:`gradus.model.sizes` counts, so ``model.num_params()`` equals ``shape.params_total``.
+exactly the one :mod:`gradus.sizes` counts, so ``model.num_params()`` equals ``shape.params_total``.
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ from torch import nn
 
 from gradus.errors import CheckpointError, ConfigError
 from gradus.files import make_readable
-from gradus.model.sizes import ModelShape
+from gradus.sizes import ModelShape
 
 _SHAPE_KEY = "gradus_model_shape"
 """safetensors metadata key holding the shape as JSON, so a weights file says what model it belongs to."""

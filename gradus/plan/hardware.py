@@ -26,16 +26,32 @@ class GPUSpec:
     """Device memory of the common variant."""
     note: str
     """Which variant the numbers are for."""
+    device_name: str
+    """What the device's own name contains (``torch.cuda.get_device_name``: 'NVIDIA H100 80GB HBM3'): how
+    the trainer finds the peak for its MFU (:func:`gpu_for_device`)."""
 
 
 GPUS: dict[str, GPUSpec] = {
-    "a100": GPUSpec("a100", 312e12, 80 * 2**30, "A100 SXM 80GB: 312 TFLOP/s dense bf16"),
-    "h100": GPUSpec("h100", 989e12, 80 * 2**30, "H100 SXM 80GB: 989 TFLOP/s dense bf16 (PCIe: 756)"),
-    "h200": GPUSpec("h200", 989e12, 141 * 2**30, "H200 SXM 141GB: 989 TFLOP/s dense bf16 (the H100's chip)"),
+    "a100": GPUSpec("a100", 312e12, 80 * 2**30, "A100 SXM 80GB: 312 TFLOP/s dense bf16", "A100"),
+    "h100": GPUSpec("h100", 989e12, 80 * 2**30, "H100 SXM 80GB: 989 TFLOP/s dense bf16 (PCIe: 756)", "H100"),
+    "h200": GPUSpec("h200", 989e12, 141 * 2**30, "H200 SXM 141GB: 989 TFLOP/s dense bf16 (the H100's chip)", "H200"),
     # GeForce cards run bf16 with fp32 accumulation at half the fp16-accumulate rate (330 TFLOP/s).
-    "rtx4090": GPUSpec("rtx4090", 165.2e12, 24 * 2**30, "RTX 4090 24GB: 165 TFLOP/s dense bf16, fp32 accumulate"),
+    "rtx4090": GPUSpec("rtx4090", 165.2e12, 24 * 2**30, "RTX 4090 24GB: 165 TFLOP/s dense bf16, fp32 accumulate",
+                       "4090"),
+    "l40s": GPUSpec("l40s", 362e12, 48 * 2**30, "L40S 48GB: 362 TFLOP/s dense bf16", "L40S"),
+    "a10g": GPUSpec("a10g", 70e12, 24 * 2**30, "A10G 24GB (AWS): 70 TFLOP/s dense bf16", "A10G"),
 }
-"""Peak dense bf16 rates; MFU is measured against these."""
+"""Peak dense bf16 rates, the one table of them: the planner (``--gpu``) and the trainer's MFU
+(:func:`gpu_for_device`) both read it."""
+
+
+def gpu_for_device(device_name: str) -> GPUSpec | None:
+    """The spec of the GPU a device's own name names (``torch.cuda.get_device_name``, e.g. 'NVIDIA GeForce RTX
+    4090'), None for a GPU not in :data:`GPUS`."""
+    for spec in GPUS.values():
+        if spec.device_name in device_name:
+            return spec
+    return None
 
 
 def gpu_spec(name: str) -> GPUSpec:

@@ -17,7 +17,7 @@ import torch
 
 from gradus.config import OptimConfig
 from gradus.model.gpt import GPT, param_groups
-from gradus.model.sizes import ModelShape
+from gradus.sizes import ModelShape
 from gradus.train.run_dir import RunDir
 from gradus.train.runtime import Runtime, seed_everything
 

@@ -190,7 +190,7 @@ def run_lr_find(
     ``run_dir`` receives a tokenizer the config trains (as a run directory would). ``log`` gets one
     line per length as it finishes. ``stop_on_divergence=False`` runs every step (for studies)."""
     from gradus.data import load_tokenizer
-    from gradus.model import resolve_shape
+    from gradus.sizes import resolve_shape
     from gradus.train.run_dir import RunDir
     from gradus.train.runtime import setup_runtime
 

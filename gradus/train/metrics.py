@@ -23,7 +23,7 @@ from gradus.train.run_dir import RunDir
 
 if TYPE_CHECKING:
     from gradus.curriculum import Schedule, StagePlan, StageState
-    from gradus.model.sizes import ModelShape
+    from gradus.sizes import ModelShape
     from gradus.train.guard import GuardEvent
     from gradus.train.runtime import Runtime
     from gradus.train.stateful import Progress

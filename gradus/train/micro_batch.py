@@ -15,8 +15,8 @@ from collections.abc import Callable, Iterable, Mapping
 import torch
 
 from gradus.errors import GradusError
-from gradus.model.sizes import ModelShape
 from gradus.plan.memory import estimate_memory, largest_fitting_micro_batch
+from gradus.sizes import ModelShape
 from gradus.train.parallel import deferred_grad_sync
 from gradus.train.runtime import Runtime, host_memory_budget, rng_state, set_rng_state
 

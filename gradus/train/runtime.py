@@ -21,17 +21,8 @@ import torch.distributed as dist
 
 from gradus.config import TrainConfig
 from gradus.errors import ConfigError
-from gradus.train.measure import resident_bytes
-
-# Peak dense bf16 tensor-core FLOP/s by device name fragment, for MFU (vendor data sheets, no sparsity).
-GPU_PEAK_BF16 = {
-    "H200": 989e12,
-    "H100": 989e12,
-    "A100": 312e12,
-    "L40S": 362e12,
-    "4090": 165e12,
-    "A10G": 70e12,
-}
+from gradus.plan.hardware import gpu_for_device
+from gradus.train.resident_memory import resident_bytes
 
 
 @dataclass
@@ -285,30 +276,34 @@ def set_rng_state(state: dict) -> None:
 
 
 def peak_flops(device: torch.device, configured: float | None, precision: str) -> tuple[float, str]:
-    """Peak FLOP/s for MFU and where the figure comes from: the config, a GPU table, or (CPU) a
+    """Peak FLOP/s for MFU and where the figure comes from: the config, the planner's GPU table
+    (:data:`gradus.plan.hardware.GPUS`, found by the device's name), or (CPU, a GPU not in the table) a
     measured matmul rate, since CPUs have no data-sheet figure worth trusting."""
     if configured:
         return configured, "logging.peak_flops"
     if device.type == "cuda":
         name = torch.cuda.get_device_name(device)
-        for key, value in GPU_PEAK_BF16.items():
-            if key in name:
-                scale = 1.0 if precision in ("bf16", "fp16") else 0.5  # TF32 is about half the bf16 rate
-                return value * scale, f"table ({name}, {'bf16' if scale == 1 else 'tf32'})"
+        spec = gpu_for_device(name)
+        if spec is not None:
+            scale = 1.0 if precision in ("bf16", "fp16") else 0.5  # TF32 is about half the bf16 rate
+            return spec.peak_bf16_flops * scale, f"table ({name}, {'bf16' if scale == 1 else 'tf32'})"
     return measure_matmul_flops(device), "measured matmul"
 
 
-def measure_matmul_flops(device: torch.device, n: int = 1024, repeats: int = 8) -> float:
-    """FLOP/s of a square fp32 matmul on this device (best of a few)."""
+def measure_matmul_flops(device: torch.device, n: int = 1024, repeats: int = 8,
+                         dtype: torch.dtype = torch.float32) -> float:
+    """FLOP/s of a square ``n`` × ``n`` matmul in ``dtype`` on this device, the best of ``repeats``: the one
+    matmul peak measurement (the MFU of a CPU run, and the throughput benchmark's ``--peak measured`` in the
+    training precision)."""
     import time
 
-    a = torch.randn(n, n, device=device)
-    b = torch.randn(n, n, device=device)
+    a = torch.randn(n, n, device=device, dtype=dtype)
+    b = torch.randn(n, n, device=device, dtype=dtype)
     best = float("inf")
     for _ in range(repeats):
         if device.type == "cuda":
             torch.cuda.synchronize(device)
         t0 = time.perf_counter()
-        (a @ b).sum().item()
+        (a @ b).float().sum().item()  # .float() is a no-op in fp32; bf16 sums in fp32
         best = min(best, time.perf_counter() - t0)
     return 2 * n**3 / best

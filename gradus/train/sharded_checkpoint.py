@@ -198,7 +198,7 @@ def consolidate(path: Path) -> Path:
     import torch.distributed.checkpoint as dcp
 
     from gradus.model.gpt import GPT
-    from gradus.model.sizes import ModelShape
+    from gradus.sizes import ModelShape
 
     path = Path(path)
     out = consolidated_path(path)
