@@ -23,10 +23,13 @@ Method (ARCHITECTURE.md, "Benchmarks that can be trusted"):
   already below the target); the same per seed gives the spread;
 * seconds are ``time/train_seconds`` (training steps and data waits, evaluation and checkpoints excluded);
   they depend on the machine's load, which is recorded with every run; tokens do not. So the wall-clock is
-  also given *calibrated*: each stage's tokens × that stage shape's seconds per token, read as the
-  90th-percentile throughput of the shape's logging windows over all runs of the benchmark (load only ever
-  slows a window down, and every shape's windows are spread over the whole benchmark). The best arm is
-  chosen by calibrated wall-clock;
+  also given *calibrated*: each stage's tokens × that stage shape's seconds per token, by default
+  (``--calibration windows``, the method of the series recorded so far) read as the 90th-percentile
+  throughput of the shape's logging windows over all runs of the benchmark (load only ever slows a window
+  down, and every shape's windows are spread over the whole benchmark); ``--calibration measured`` times each
+  shape's optimizer step after the runs instead, the shapes interleaved (``gradus compare``'s default,
+  :mod:`gradus.experiments.calibration`, cached in ``--work``), which does not depend on the runs' history.
+  The best arm is chosen by calibrated wall-clock;
 * an arm that never reaches the target gets the slowdown the other way round: the baseline's tokens
   (seconds) to reach *that arm's* final loss / the arm's whole run (below 1).
 
@@ -79,6 +82,7 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import REPO, RESULTS, calibration_cost, is_baseline, machine, save_plot, write_result  # noqa: E402 (benchmarks is not a package)
 
+from gradus.config import to_dict  # noqa: E402
 from gradus.experiments.analysis import (  # noqa: E402,F401 (to_target, calibrated_seconds ... re-exported)
     CALIBRATION_PERCENTILE,
     RunRecord,
@@ -94,11 +98,13 @@ from gradus.experiments.analysis import (  # noqa: E402,F401 (to_target, calibra
     summarise_runs,
     to_target,
 )
+from gradus.experiments.calibration import ArmShapes, calibrate_arms  # noqa: E402
 from gradus.experiments.speedup import (  # noqa: E402
     check_data,
     data_section,
     execute,
     find_lrs,
+    make_config,
     stage_plan,
     stage_plan_of_run,
     summarise,
@@ -308,6 +314,10 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
                    "budget (default: the run's budget)")
     p.add_argument("--checkpoint-every-tokens", type=int, help="tokens between each run's checkpoints, so a run "
                    "killed mid-way continues from there on the next --reuse (default: stage ends only)")
+    p.add_argument("--calibration", choices=("windows", "measured"), default="windows",
+                   help="how calibrated seconds price each shape: windows (default, as the series recorded so far: "
+                        "the runs' logging windows, 90th-percentile throughput) or measured (each shape's optimizer "
+                        "step timed after the runs, the shapes interleaved; cached in --work)")
     p.add_argument("--no-plot", action="store_true", help="skip the PNG")
     return p.parse_args(argv)
 
@@ -384,7 +394,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         tuned = execute(s, arms, args.data, tokenizer, work, jobs=args.jobs, threads=args.threads,
                         reuse=args.reuse, log=log)
         all_runs = [r for t in tuned.values() for r in t.all_runs]
-        cost, samples = calibrate(all_runs)
+        # An adaptive arm's table is the one its chosen run followed (its decisions; other seeds may differ a little).
+        stages = {name: stage_plan_of_run(t.runs[0].run_dir) if ARMS[name].adaptive and t.runs
+                  else stage_plan(s, ARMS[name], args.data, tokenizer) for name, t in tuned.items()}
+        cal = calibrate_arms(args.calibration, [
+            ArmShapes(name, to_dict(make_config(s, ARMS[name], t.best_lr or ARMS[name].lr_grid[0], s.seeds[0],
+                                                args.data, tokenizer)), stages[name], t.all_runs)
+            for name, t in tuned.items()], out=work, threads=args.threads, log=log)
+        cal.annotate(stages)
+        cost = cal.cost
 
         # The target: the best of the baselines run (tuned over the same schedule choices as the curricula).
         finals = {n: median_curve(tuned[n].runs)[2][-1] for n in TARGET_BASELINES if n in tuned}
@@ -393,11 +411,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise SystemExit("curriculum_speedup: the baseline diverged at every LR; nothing to compare against")
         base_name = min(finals, key=finals.get)
         target = finals[base_name]
-        # An adaptive arm's table is the one its chosen run followed (its decisions; other seeds may differ a little).
-        records = {name: summarise(t, ARMS[name], target,
-                                   stage_plan_of_run(t.runs[0].run_dir) if ARMS[name].adaptive and t.runs
-                                   else stage_plan(s, ARMS[name], args.data, tokenizer), cost)
-                   for name, t in tuned.items()}
+        records = {name: summarise(t, ARMS[name], target, stages[name], cost) for name, t in tuned.items()}
         base = records[base_name]
         shift = seed_shift(base["final_val_loss_seeds"])
         for rec in records.values():
@@ -424,10 +438,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                              "runs_min": min(min(r.load_before, r.load_after) for r in all_runs),
                              "runs_max": max(max(r.load_before, r.load_after) for r in all_runs),
                              "runs_reused": sum(r.reused for r in all_runs)},
-            "calibration": {"seconds_per_token": {f"{L}x{tps // L}": v for (L, tps), v in cost.items()},
-                            "tokens_per_sec": {f"{L}x{tps // L}": 1 / v for (L, tps), v in cost.items()},
-                            "windows": {f"{L}x{tps // L}": n for (L, tps), n in samples.items()},
-                            "percentile": CALIBRATION_PERCENTILE},
+            "calibration": {**cal.to_json(),
+                            "tokens_per_sec": {f"{L}x{tps // L}": 1 / v for (L, tps), v in cost.items()}},
             "wall_seconds_total": time.perf_counter() - started,
             "settings": asdict(s),
             "method": {
@@ -437,9 +449,12 @@ def main(argv: Sequence[str] | None = None) -> int:
                 "seconds": "time/train_seconds from gradus's trainer: training steps incl. data waits; evaluation "
                            "and checkpoints excluded; depends on machine load (recorded), tokens do not",
                 "seconds_calibrated": "the tokens of each stage up to the target × that stage shape's seconds per "
-                                      "token, read as the 90th-percentile throughput of the shape's logging windows "
-                                      "over all runs: the wall-clock at one steady load, independent of when each "
-                                      "run happened to run",
+                                      + ("token, read as the 90th-percentile throughput of the shape's logging "
+                                         "windows over all runs: the wall-clock at one steady load, independent of "
+                                         "when each run happened to run" if args.calibration == "windows" else
+                                         "token, measured after the runs: the median of interleaved rounds of its "
+                                         "optimizer step (gradus.experiments.calibration), independent of the "
+                                         "runs' history and of when each run happened to run"),
                 "band": "the best arm's speedups if its median curve sat target_shift higher / lower (its first "
                         "crossing of target ± target_shift against the baseline's own cost to target), target_shift "
                         "= half the range of the baseline's final losses over seeds: a wide band means the first "

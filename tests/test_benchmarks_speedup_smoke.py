@@ -69,7 +69,11 @@ def test_every_arm_builds_a_valid_config(offline_data, tmp_path):
             # constant-batch arms' token points (whole steps of every stage's batch).
             assert tps == sorted(tps) and max(tps) <= s.tps(arm.regime)
             every = cfg.train.eval_every_tokens
-            assert every == s.budget // s.eval_points and all(every % t == 0 for t in tps)
+            # An adaptive arm evaluates four times as often (its length rule reads them), the others'
+            # points among its own.
+            points = s.eval_points * (4 if arm.adaptive else 1)
+            assert every == s.budget // points and (s.budget // s.eval_points) % every == 0
+            assert all(every % t == 0 for t in tps)
             assert all(st.tokens % s.tps(arm.regime) == 0 for st in stages)
         else:
             assert set(tps) == {s.tps(arm.regime)}  # constant tokens per step

@@ -82,11 +82,11 @@ def run(args: argparse.Namespace) -> int:
         run_compare_budgets(cfg, budgets=budgets, forecast_tokens=forecast_tokens, out=out, baseline=args.baseline,
                             seeds=seeds, tune_lr=args.tune_lr, finalists=n_finalists,
                             half_batch_baseline=args.half_batch_baseline, jobs=args.jobs, threads=args.threads,
-                            plot=not args.no_plot, origin=origin)
+                            plot=not args.no_plot, origin=origin, calibration=args.calibration)
         return 0
     run_compare(cfg, baseline=args.baseline, budget=budget, seeds=seeds, out=out, tune_lr=args.tune_lr,
                 finalists=n_finalists,
                 half_batch_baseline=args.half_batch_baseline,
                 jobs=args.jobs, threads=args.threads, plot=not args.no_plot,
-                origin=origin)
+                origin=origin, calibration=args.calibration)
     return 0

@@ -24,6 +24,11 @@ def add_experiment_arguments(parser: argparse.ArgumentParser) -> None:
                         help="torch threads per run on CPU (default 1: several per process stall on a shared box)")
     parser.add_argument("--out", metavar="DIR", help="folder for the report, the PNG and every arm's run directory")
     parser.add_argument("--no-plot", action="store_true", help="skip the PNG")
+    parser.add_argument("--calibration", choices=("measured", "windows"), default="measured",
+                        help="how calibrated seconds price each stage shape: measured (default: its optimizer step "
+                             "timed after the runs, every shape interleaved, cached in --out so a rerun or resume "
+                             "reads it back) or windows (the runs' own logging windows, 90th-percentile throughput; "
+                             "depends on their history and load)")
 
 
 def parse_budget(text: str | None) -> int | None:
@@ -77,5 +82,6 @@ def run(args: argparse.Namespace) -> int:
     run_sweep(cfg, varies=args.vary, ablation=args.ablation, budget=budget, seeds=seeds, out=out, jobs=args.jobs,
               threads=args.threads, target=args.target, write=Path(args.write) if args.write else None,
               plot=not args.no_plot, origin=f"preset {args.preset}" if args.preset else str(args.config or
-                                                                                          args.config_flag))
+                                                                                          args.config_flag),
+              calibration=args.calibration)
     return 0

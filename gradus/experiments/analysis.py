@@ -171,16 +171,20 @@ def calibrate(runs: Sequence[RunRecord]) -> tuple[dict[tuple[int, int], float], 
 
 
 def calibrated_seconds(stages: Sequence[dict], cost: dict[tuple[int, int], float], tokens: float) -> float:
-    """Seconds to train ``tokens`` through these stages at the calibrated seconds per token of each shape."""
+    """Seconds to train ``tokens`` through these stages at the calibrated seconds per token of each shape: a
+    stage's own ``seconds_per_token`` when it has one (a measured calibration writes each arm's into its
+    stages: :meth:`gradus.experiments.calibration.Calibration.annotate`), else ``cost``'s for its shape."""
     total = 0.0
     for st in stages:
         span = min(max(0.0, tokens - st["start_tokens"]), st["end_tokens"] - st["start_tokens"])
-        if span <= 0 or not cost:
+        rate = st.get("seconds_per_token")
+        if span <= 0 or (rate is None and not cost):
             continue
-        # A shape with no logging window (a stage too short to log) gets the slowest measured rate:
-        # conservative, so it can only lower a curriculum's calibrated speedup.
-        key = (st["seq_len"], st["tokens_per_step"])
-        total += span * cost.get(key, max(cost.values()))
+        if rate is None:
+            # A shape with no logging window (a stage too short to log) gets the slowest measured rate:
+            # conservative, so it can only lower a curriculum's calibrated speedup.
+            rate = cost.get((st["seq_len"], st["tokens_per_step"]), max(cost.values()))
+        total += span * rate
     return total
 
 

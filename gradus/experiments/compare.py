@@ -17,7 +17,6 @@ from gradus.errors import ConfigError
 from gradus.experiments.analysis import (
     add_speedups,
     band_text,
-    calibrate,
     compare_seeds,
     seed_shift,
     shifted_speedups,
@@ -27,6 +26,7 @@ from gradus.experiments.analysis import (
 )
 from gradus.experiments.arms import Arm
 from gradus.experiments.budget import EVAL_POINTS, compare_baseline, describe_stages, stage_tokens_per_step
+from gradus.experiments.calibration import ArmShapes, calibrate_arms, check_method
 from gradus.experiments.common import (
     describe_run,
     machine,
@@ -41,6 +41,13 @@ from gradus.experiments.common import (
 )
 from gradus.experiments.tuning import LRTuner, default_grid, finalists_text, tune_all
 from gradus.units import format_count
+
+CALIBRATION_TEXT = {
+    "measured": "each shape's optimizer step timed after the runs, the shapes interleaved, its median × tokens: "
+                "the same whatever the runs' history or load",
+    "windows": "each shape's best-case seconds per token in the runs' logging windows × tokens",
+}
+"""How the table's footnote says the calibrated seconds were priced, by method."""
 
 MAX_EXTENSIONS = 2
 """Times an LR grid may grow ×2 at an edge before the tuning settles for the edge (reported)."""
@@ -109,8 +116,8 @@ def compare_table(report: dict) -> str:
                      f"{or_dash(rec['speedup_wallclock_calibrated'], '.2f'):>6} "
                      f"{rec['tokens_per_sec_median']:>7,.0f}")
     lines.append("×tokens, ×wall, ×cal: the baseline's cost to its final loss / this arm's, in tokens, measured "
-                 "training seconds and calibrated seconds (each shape's best-case seconds per token × tokens: "
-                 "independent of the machine's load); above 1 = faster")
+                 f"training seconds and calibrated seconds ({CALIBRATION_TEXT[report['calibration'].get('method', 'windows')]}); "
+                 "above 1 = faster")
     if not report["curriculum"]["tokens_to_target"]:
         lines.append("not reached: the curriculum's figures are then the baseline's cost to reach the curriculum's "
                      "final loss / the curriculum's whole run (below 1 = the curriculum is slower)")
@@ -138,11 +145,15 @@ def run_compare(cfg: GradusConfig, *, baseline: str = "auto", budget: int | None
                 tune_lr: bool = False, finalists: int = 1, half_batch_baseline: bool = False,
                 jobs: int | None = None, threads: int = 1,
                 plot: bool = True, origin: str = "config", eval_points: int = EVAL_POINTS,
+                calibration: str = "measured", calibration_dir: Path | None = None,
                 log: Callable[[str], None] = print) -> dict:
     """Run the curriculum and its baseline (with ``half_batch_baseline``, also the baseline at half its tokens
     per step; the lower median final loss of the baselines is the target), tuned when asked (the best
-    ``finalists`` LRs of the first seed at every seed, gradus.experiments.tuning); print the table
-    and verdict, write ``compare.json`` and ``compare.png``. Returns the report."""
+    ``finalists`` LRs of the first seed at every seed, gradus.experiments.tuning); price the calibrated seconds
+    by ``calibration`` (:mod:`gradus.experiments.calibration`: ``measured``, cached in ``calibration_dir``,
+    default ``out``, or ``windows``);
+    print the table and verdict, write ``compare.json`` and ``compare.png``. Returns the report."""
+    check_method(calibration)
     base, arms = compare_arms(cfg, baseline, half_batch_baseline, origin)
     baselines = [a.name for a in arms if a.reference]
     prepared = prepare(base, arms, budget, seeds, origin, eval_points)
@@ -184,14 +195,19 @@ def run_compare(cfg: GradusConfig, *, baseline: str = "auto", budget: int | None
                 for a in arms}
         all_records = records
         tuned = {}
-    cost, samples = calibrate(all_records)
-    stages = {n: stage_plan(prepared.configs[n]) for n in runs}
     medians = {n: statistics.median([r.final_val_loss for r in runs[n]]) for n in baselines}
     chosen = min(baselines, key=lambda n: medians[n] if math.isfinite(medians[n]) else math.inf)
     target = medians[chosen]
     if not math.isfinite(target):
         raise ConfigError("the baseline diverged (no final loss in most seeds); nothing to compare against: lower "
                           "optim.base_lr or use --tune-lr")
+    # Priced after the runs (they do not compete with it), the same way whatever their history.
+    stages = {n: stage_plan(prepared.configs[n]) for n in runs}
+    cal = calibrate_arms(calibration, [ArmShapes(n, prepared.configs[n], stages[n],
+                                                 [r for r in all_records if r.arm == n]) for n in runs],
+                         out=calibration_dir or out, threads=threads, log=log)
+    cal.annotate(stages)
+    cost = cal.cost
     records_out = {}
     for arm in arms:
         rec = summarise_runs(arm.name, runs[arm.name], target, stages[arm.name], cost)
@@ -228,8 +244,7 @@ def run_compare(cfg: GradusConfig, *, baseline: str = "auto", budget: int | None
         "speedup_over_seeds": {"tokens": spread([s.speedup_tokens for s in per_seed]),
                                "calibrated": spread([s.speedup_calibrated for s in per_seed])},
         "verdict": verdict(per_seed),
-        "calibration": {"seconds_per_token": {f"{L}x{tps // L}": v for (L, tps), v in cost.items()},
-                        "windows": {f"{L}x{tps // L}": n for (L, tps), n in samples.items()}},
+        "calibration": cal.to_json(),
         "execution": {"jobs": runner.jobs, "threads_per_run": threads, "gpus": runner.devices},
     }
     out.mkdir(parents=True, exist_ok=True)

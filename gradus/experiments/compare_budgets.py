@@ -153,10 +153,11 @@ def run_compare_budgets(cfg: GradusConfig, *, budgets: Sequence[int], forecast_t
                         baseline: str = "auto", seeds: Sequence[int], tune_lr: bool = False, finalists: int = 1,
                         half_batch_baseline: bool = False, jobs: int | None = None, threads: int = 1,
                         plot: bool = True, origin: str = "config", eval_points: int = EVAL_POINTS,
-                        log: Callable[[str], None] = print) -> dict:
+                        calibration: str = "measured", log: Callable[[str], None] = print) -> dict:
     """``run_compare`` at each budget (in ``out/budget-<tokens>``), then the trend and the forecast; writes
     ``out/compare.json`` (with ``budgets``, ``trend`` and ``forecast``) and ``out/compare.png``. Every budget is
-    checked before anything trains."""
+    checked before anything trains. A measured calibration is kept in ``out`` and shared by every budget (their
+    shapes are the same), so the trend compares speedups priced alike."""
     check_budgets(cfg, budgets, baseline=baseline, half_batch_baseline=half_batch_baseline, seeds=seeds,
                   origin=origin, eval_points=eval_points)
     points = []
@@ -164,7 +165,8 @@ def run_compare_budgets(cfg: GradusConfig, *, budgets: Sequence[int], forecast_t
         log(f"compare --budgets: {format_count(b)} tokens")
         report = run_compare(cfg, baseline=baseline, budget=b, seeds=seeds, out=out / f"budget-{b}", tune_lr=tune_lr,
                              finalists=finalists, half_batch_baseline=half_batch_baseline, jobs=jobs,
-                             threads=threads, plot=plot, origin=origin, eval_points=eval_points, log=log)
+                             threads=threads, plot=plot, origin=origin, eval_points=eval_points,
+                             calibration=calibration, calibration_dir=out, log=log)
         points.append(budget_point(report, b))
     usable = [TrendPoint(p["budget_tokens"], p["speedup_wallclock"], tuple(p["band"]) if p["band"] else None)
               for p in points if p["speedup_wallclock"]]

@@ -12,9 +12,16 @@ from pathlib import Path
 
 from gradus.config import GradusConfig, dump_yaml, from_dict, to_dict
 from gradus.errors import ConfigError
-from gradus.experiments.analysis import RunRecord, calibrate, finite, summarise_runs
+from gradus.experiments.analysis import RunRecord, finite, summarise_runs
 from gradus.experiments.arms import ablation_arms, arm_config, vary_arms
 from gradus.experiments.budget import EVAL_POINTS
+from gradus.experiments.calibration import (
+    ArmShapes,
+    Calibration,
+    calibrate_arms,
+    check_method,
+    windows_calibration,
+)
 from gradus.experiments.common import (
     Prepared,
     describe_run,
@@ -61,9 +68,12 @@ def sweep_table(report: dict) -> str:
 def run_sweep(cfg: GradusConfig, *, varies: Sequence[str], ablation: str | None, budget: int | None,
               seeds: Sequence[int], out: Path, jobs: int | None = None, threads: int = 1,
               target: float | None = None, write: Path | None = None, plot: bool = True, origin: str = "config",
-              eval_points: int = EVAL_POINTS, log: Callable[[str], None] = print) -> dict:
-    """Build, check and run every arm; print the table; write ``sweep.json``, ``sweep.png`` and (``write``)
-    the winner's config. Returns the report."""
+              eval_points: int = EVAL_POINTS, calibration: str = "measured",
+              log: Callable[[str], None] = print) -> dict:
+    """Build, check and run every arm; price the calibrated seconds by ``calibration``
+    (:mod:`gradus.experiments.calibration`); print the table; write ``sweep.json``, ``sweep.png`` and
+    (``write``) the winner's config. Returns the report."""
+    check_method(calibration)
     base = to_dict(cfg)
     if varies and ablation:
         raise ConfigError("give --vary or --ablation, not both (an ablation is a ready-made set of --vary arms)")
@@ -85,7 +95,10 @@ def run_sweep(cfg: GradusConfig, *, varies: Sequence[str], ablation: str | None,
     started = now()
     tasks = [t for arm in arms for t in tasks_for(prepared, out, arm.name)]
     records = runner.run(tasks, on_done=lambda r: (log(describe_run(r)), [])[1])
-    report = sweep_report(prepared, records, target)
+    cal = calibrate_arms(calibration, [ArmShapes(a.name, prepared.configs[a.name], stage_plan(prepared.configs[a.name]),
+                                                 [r for r in records if r.arm == a.name]) for a in arms],
+                         out=out, threads=threads, log=log)
+    report = sweep_report(prepared, records, target, cal)
     report.update({"date": started, "machine": machine(), "out": str(out),
                    "execution": {"jobs": runner.jobs, "threads_per_run": threads, "gpus": runner.devices}})
     out.mkdir(parents=True, exist_ok=True)
@@ -107,11 +120,14 @@ def run_sweep(cfg: GradusConfig, *, varies: Sequence[str], ablation: str | None,
     return report
 
 
-def sweep_report(prepared: Prepared, records: Sequence[RunRecord], target: float | None) -> dict:
-    """The sweep's JSON report from its finished runs."""
+def sweep_report(prepared: Prepared, records: Sequence[RunRecord], target: float | None,
+                 calibration: Calibration | None = None) -> dict:
+    """The sweep's JSON report from its finished runs; calibrated seconds by ``calibration`` (default: the
+    runs' logging windows, :func:`gradus.experiments.calibration.windows_calibration`)."""
     runs = {a.name: [r for r in records if r.arm == a.name] for a in prepared.arms}
     runs = {n: sorted(rs, key=lambda r: prepared.seeds.index(r.seed)) for n, rs in runs.items()}
-    cost, samples = calibrate(records)
+    cal = calibration if calibration is not None else windows_calibration(records)
+    cost = cal.cost
     finals = {n: statistics.median(r.final_val_loss for r in rs) for n, rs in runs.items()}
     reached = [f for f in finals.values() if math.isfinite(f)]
     if target is None:
@@ -121,7 +137,9 @@ def sweep_report(prepared: Prepared, records: Sequence[RunRecord], target: float
         target_from = "--target"
     arms_out = []
     for arm in prepared.arms:
-        rec = summarise_runs(arm.name, runs[arm.name], target, stage_plan(prepared.configs[arm.name]), cost)
+        stages = stage_plan(prepared.configs[arm.name])
+        cal.annotate({arm.name: stages})
+        rec = summarise_runs(arm.name, runs[arm.name], target, stages, cost)
         rec.update({"description": arm.description, "note": arm.note, "reference": arm.reference,
                     "overrides": list(arm.overrides)})
         arms_out.append(rec)
@@ -136,7 +154,6 @@ def sweep_report(prepared: Prepared, records: Sequence[RunRecord], target: float
         "target": finite(target),
         "target_from": target_from,
         "winner": winner["name"],
-        "calibration": {"seconds_per_token": {f"{L}x{tps // L}": v for (L, tps), v in cost.items()},
-                        "windows": {f"{L}x{tps // L}": n for (L, tps), n in samples.items()}},
+        "calibration": cal.to_json(),
         "arms": arms_out,
     }

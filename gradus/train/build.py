@@ -1,7 +1,8 @@
 """One builder of a run's parts: the seeded model, its AdamW, the gradient scaler, and the module the loop runs.
 
 The trainer, the LR finder (:mod:`gradus.train.lr_find`), ``gradus plan --measure``
-(:mod:`gradus.train.measure`) and ``benchmarks/stage_throughput.py`` all build their model and optimizer
+(:mod:`gradus.train.measure`), the calibrated clock of ``gradus compare`` / ``sweep``
+(:mod:`gradus.experiments.calibration`) and ``benchmarks/stage_throughput.py`` all build their model and optimizer
 here, so what they train, time or compare is the same model with the same AdamW. The micro-batch each
 stage runs at is chosen by :mod:`gradus.train.micro_batch`.
 """

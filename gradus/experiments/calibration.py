@@ -1,0 +1,355 @@
+"""Calibrated seconds: what a token costs at each stage shape (sequence length × tokens per step), so that an
+experiment's wall-clock speedups do not depend on what else the machine was doing while each run trained.
+
+Two methods:
+
+* ``measured`` (the default of ``gradus compare`` and ``gradus sweep``): once every run has finished, this
+  process builds each arm's model and AdamW through the trainer's own builder
+  (:func:`gradus.train.build.build_training_parts`) and times the trainer's own optimizer step
+  (:func:`gradus.train.step.optimizer_step`: forward and backward over the micro-batches the runs used,
+  clip, AdamW) at every shape the arms train, a few warm-up steps each, then ``rounds`` rounds of one step
+  per shape in a rotating order, so that the machine's load falls on every shape alike; each shape's
+  seconds per token is its median step over the rounds / its tokens per step. Nothing of a run's history
+  (a resume, a neighbour that finished early, a cold data pipeline) enters it, and it is cached in the
+  experiment's folder (:data:`CACHE`), keyed by the shapes, the model and the device, so a rerun or a
+  resumed experiment reads the same figures back instead of measuring again.
+* ``windows`` (the old estimate, kept for the benchmark series recorded with it): the inverse of the
+  90th-percentile throughput of each shape's logging windows over every run
+  (:func:`gradus.experiments.analysis.calibrate`). It depends on the runs' history: a 100k-token demo compare
+  logs every step, so a shape has one to a dozen single-step windows, the percentile is then their maximum,
+  and the few steps a run trains alone after its neighbour finished (2-3× faster on a 2-core box) or the cold
+  first step after a resume decide it (BENCHMARKS.md, "Calibrated seconds: stability").
+"""
+
+from __future__ import annotations
+
+import copy
+import datetime as dt
+import gc
+import hashlib
+import json
+import os
+import statistics
+import time
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from gradus.errors import ConfigError
+from gradus.experiments.analysis import CALIBRATION_PERCENTILE, RunRecord, calibrate, read_records
+
+METHODS = ("measured", "windows")
+"""The ways calibrated seconds can be obtained (see the module docstring)."""
+CACHE = "calibration.json"
+"""The file, in an experiment's folder, that keeps measured calibrations by key."""
+WARMUP_STEPS = 2
+"""Untimed steps per shape before the rounds (allocations, kernels, torch.compile's graphs)."""
+ROUNDS = 7
+"""Timed rounds of one step per shape; each shape's cost is its median over them."""
+
+
+def shape_label(seq_len: int, tokens_per_step: int) -> str:
+    """``256x16``: length 256, 16 rows (the calibration keys of the JSON reports)."""
+    return f"{seq_len}x{tokens_per_step // seq_len}"
+
+
+@dataclass(frozen=True, order=True)
+class ShapeSpec:
+    """One shape to time: its length, tokens per step and the micro-batch the runs trained it at."""
+
+    seq_len: int
+    tokens_per_step: int
+    micro_batch: int
+
+    @property
+    def batch(self) -> int:
+        """Rows per step."""
+        return self.tokens_per_step // self.seq_len
+
+    @property
+    def key(self) -> tuple[int, int]:
+        """(seq_len, tokens per step): how the calibrated clock looks a shape up."""
+        return self.seq_len, self.tokens_per_step
+
+
+@dataclass
+class ArmShapes:
+    """What one arm needs priced: its run config (any of its runs'; model, device, precision), the stages
+    of its table and its finished runs (whose records say the micro-batches they used)."""
+
+    name: str
+    config: dict
+    stages: list[dict]
+    runs: Sequence[RunRecord] = ()
+
+
+@dataclass
+class Calibration:
+    """Seconds per token of each shape and how they were obtained."""
+
+    method: str
+    """``measured`` or ``windows``."""
+    cost: dict[tuple[int, int], float]
+    """Seconds per token by (seq_len, tokens per step): what the analysis' ``cost`` arguments take."""
+    per_arm: dict[str, dict[tuple[int, int], float]] = field(default_factory=dict)
+    """``measured``: each arm's own costs (arms on other models, or micro-batches, are timed apart)."""
+    detail: dict = field(default_factory=dict)
+    """What the JSON reports add: the windows per shape, or the measurement's settings and step times."""
+
+    def annotate(self, stages_by_arm: dict[str, list[dict]]) -> None:
+        """``measured``: write each stage's ``seconds_per_token`` (its arm's) into its stage dict, which
+        :func:`gradus.experiments.analysis.calibrated_seconds` prefers to the shared ``cost``."""
+        for name, stages in stages_by_arm.items():
+            own = self.per_arm.get(name)
+            if own is None:
+                continue
+            for st in stages:
+                rate = own.get((st["seq_len"], st["tokens_per_step"]))
+                if rate is not None:
+                    st["seconds_per_token"] = rate
+
+    def to_json(self) -> dict:
+        """``{"method": ..., "seconds_per_token": {"256x16": ...}, ...}`` for the reports."""
+        out = {"method": self.method,
+               "seconds_per_token": {shape_label(L, tps): v for (L, tps), v in sorted(self.cost.items())}}
+        out.update(self.detail)
+        return out
+
+
+def check_method(method: str, flag: str = "--calibration") -> str:
+    """``method`` when it is one of :data:`METHODS`, else a one-line ConfigError."""
+    if method not in METHODS:
+        raise ConfigError(f"{flag} {method}: give {' or '.join(METHODS)}")
+    return method
+
+
+def windows_calibration(runs: Iterable[RunRecord]) -> Calibration:
+    """The old estimate: each shape's 90th-percentile window throughput over every run."""
+    cost, samples = calibrate(list(runs))
+    return Calibration("windows", cost, detail={
+        "windows": {shape_label(L, tps): n for (L, tps), n in sorted(samples.items())},
+        "percentile": CALIBRATION_PERCENTILE})
+
+
+def calibrate_arms(method: str, arms: Sequence[ArmShapes], *, out: Path | None, threads: int = 1,
+                   log: Callable[[str], None] = print, rounds: int = ROUNDS,
+                   warmup: int = WARMUP_STEPS) -> Calibration:
+    """The calibration of an experiment's arms by ``method``. ``measured`` reads ``out/calibration.json``
+    back when it holds a measurement of the same shapes, model and device, else measures (one model per
+    distinct model setup, its shapes interleaved) and adds it there; ``threads``: the torch threads each
+    run had on CPU (``train.threads`` of the config wins, as in the run)."""
+    check_method(method)
+    runs = [r for a in arms for r in a.runs]
+    if method == "windows":
+        return windows_calibration(runs)
+    groups: dict[str, tuple[dict, list[ArmShapes], set[ShapeSpec]]] = {}
+    for arm in arms:
+        setup = measurement_setup(arm.config, threads)
+        specs = arm_specs(arm)
+        key = json.dumps(setup, sort_keys=True)
+        if key not in groups:
+            groups[key] = (setup, [], set())
+        groups[key][1].append(arm)
+        groups[key][2].update(specs)
+    cache = read_cache(out / CACHE) if out is not None else {}
+    per_arm: dict[str, dict[tuple[int, int], float]] = {}
+    measurements = []
+    for setup, members, specs in groups.values():
+        entry_key = {**setup, "shapes": [list(asdict(s).values()) for s in sorted(specs)],
+                     "warmup": warmup, "rounds": rounds}
+        digest = hashlib.sha256(json.dumps(entry_key, sort_keys=True).encode()).hexdigest()[:16]
+        entry = cache.get(digest)
+        labels = ", ".join(f"{shape_label(s.seq_len, s.tokens_per_step)} (micro {s.micro_batch})" for s in sorted(specs))
+        if entry is not None:
+            log(f"calibration: read back from {out / CACHE} (measured {entry['date']}): {labels}")
+        else:
+            log(f"calibration: timing the optimizer step at {labels}: {warmup} warm-up step(s) each, then "
+                f"{rounds} interleaved rounds (each shape's median)")
+            cfg = members[0].config
+            t0 = time.perf_counter()
+            times = measure_step_seconds(cfg, sorted(specs), threads=setup["threads"], warmup=warmup, rounds=rounds)
+            entry = {"key": entry_key, "date": dt.datetime.now().astimezone().isoformat(timespec="seconds"),
+                     "seconds": time.perf_counter() - t0, "load_average": _load(),
+                     "step_seconds": {_spec_label(s): ts for s, ts in times.items()}}
+            cache[digest] = entry
+            if out is not None:
+                write_cache(out / CACHE, cache)
+        step_seconds = entry["step_seconds"]
+        for arm in members:
+            per_arm[arm.name] = {s.key: statistics.median(step_seconds[_spec_label(s)]) / s.tokens_per_step
+                                 for s in arm_specs(arm)}
+        measurements.append({"id": digest, "date": entry["date"], "seconds": entry["seconds"],
+                             "load_average": entry["load_average"], "arms": [a.name for a in members],
+                             "setup": setup, "step_seconds": step_seconds})
+    cost: dict[tuple[int, int], float] = {}
+    for arm in arms:  # the shared table: the first arm's figure of a shape (they agree unless the models differ)
+        for shape, rate in per_arm[arm.name].items():
+            cost.setdefault(shape, rate)
+    return Calibration("measured", cost, per_arm, detail={
+        "statistic": f"median of {rounds} interleaved rounds after {warmup} warm-up step(s) per shape",
+        "cache": str(out / CACHE) if out is not None else None, "measurements": measurements})
+
+
+def _spec_label(spec: ShapeSpec) -> str:
+    return f"{shape_label(spec.seq_len, spec.tokens_per_step)}/micro{spec.micro_batch}"
+
+
+def _load() -> float | None:
+    try:
+        return os.getloadavg()[0]
+    except OSError:
+        return None
+
+
+def measurement_setup(raw: dict, threads: int) -> dict:
+    """What a step's cost depends on besides its shape: the model (resolved with the tokenizer's vocabulary),
+    device, precision, compile, the noise-scale hooks, AdamW's kernel, the torch threads, torch itself."""
+    import torch
+
+    from gradus.config import from_dict
+    from gradus.data import load_tokenizer
+    from gradus.model import resolve_shape
+    from gradus.train.runtime import setup_runtime
+
+    cfg = from_dict(copy.deepcopy(raw), origin="calibration")
+    shape = resolve_shape(cfg.model, load_tokenizer(cfg.data).vocab_size)
+    rt = setup_runtime(cfg.train)
+    if rt.device.type == "cuda":
+        where = torch.cuda.get_device_name(rt.device)
+    else:
+        from gradus.experiments.common import machine  # (here: common is heavier than this module needs)
+
+        where = machine()["cpu"] or "cpu"
+    return {"model": asdict(shape), "device": f"{rt.device.type}: {where}", "precision": rt.precision,
+            "compile": cfg.train.compile, "noise_scale": cfg.train.noise_scale.enabled, "fused": cfg.optim.fused,
+            "threads": (cfg.train.threads or threads) if rt.device.type == "cpu" else None,
+            "torch": torch.__version__}
+
+
+def arm_specs(arm: ArmShapes) -> set[ShapeSpec]:
+    """Every shape an arm trains (its table's and any its runs logged, e.g. an adaptive run's doubled
+    batches), with the micro-batch its runs used there (:func:`micro_batches_used`; a shape no run recorded
+    gets the one the trainer would plan, :func:`planned_micro_batch`)."""
+    shapes = {(st["seq_len"], st["tokens_per_step"]) for st in arm.stages}
+    shapes |= {(L, tps) for r in arm.runs for L, tps, _ in r.windows}
+    used = micro_batches_used(arm.runs)
+    return {ShapeSpec(L, tps, used.get((L, tps)) or planned_micro_batch(arm.config, L, tps)) for L, tps in shapes}
+
+
+def micro_batches_used(runs: Iterable[RunRecord]) -> dict[tuple[int, int], int]:
+    """(seq_len, tokens per step) -> the micro-batch the runs' step records name (the smallest, should two
+    runs differ), read from each run directory's metrics.jsonl."""
+    from gradus.train.run_dir import RunDir
+
+    out: dict[tuple[int, int], int] = {}
+    for run in runs:
+        if not run.run_dir:
+            continue
+        path = RunDir(Path(run.run_dir)).metrics
+        if not path.is_file():
+            continue
+        for r in read_records(path):
+            if "curriculum/micro_batch_size" in r and "event" not in r:
+                key = (int(r["curriculum/current_seq_len"]), int(r["curriculum/tokens_per_step"]))
+                micro = int(r["curriculum/micro_batch_size"])
+                out[key] = min(out.get(key, micro), micro)
+    return out
+
+
+def planned_micro_batch(raw: dict, seq_len: int, tokens_per_step: int) -> int:
+    """The micro-batch the trainer starts a shape from (``train.micro_batch_size`` or the whole batch; on
+    CPU, the largest that fits the host's memory, :func:`gradus.train.micro_batch.host_micro_batch`). On a
+    GPU the trainer may halve it further on out-of-memory; runs that trained say what they used instead."""
+    from gradus.config import from_dict
+    from gradus.data import load_tokenizer
+    from gradus.model import resolve_shape
+    from gradus.train.micro_batch import configured_micro_batch, host_micro_batch
+    from gradus.train.runtime import host_memory_budget
+
+    cfg = from_dict(copy.deepcopy(raw), origin="calibration")
+    micro = configured_micro_batch(tokens_per_step // seq_len, cfg.train.micro_batch_size)
+    if str(cfg.train.device).startswith("cuda"):
+        return micro
+    shape = resolve_shape(cfg.model, load_tokenizer(cfg.data).vocab_size)
+    precision = "fp32" if cfg.train.precision == "auto" else cfg.train.precision
+    return host_micro_batch(shape, seq_len, micro, precision, host_memory_budget()) or 1
+
+
+def measure_step_seconds(raw: dict, specs: Sequence[ShapeSpec], *, threads: int | None, warmup: int = WARMUP_STEPS,
+                         rounds: int = ROUNDS) -> dict[ShapeSpec, list[float]]:
+    """Seconds of each of ``rounds`` optimizer steps per shape, in this process: the model and AdamW of the
+    run config ``raw`` built by the trainer's builder, the trainer's step function at each shape's
+    micro-batch on random tokens (LR 0, so every round steps the same weights), ``warmup`` untimed steps per
+    shape first, then rounds of one step per shape, the order rotated each round. ``threads``: torch's
+    intra-op threads meanwhile (restored after)."""
+    import torch
+
+    from gradus.config import from_dict
+    from gradus.data import load_tokenizer
+    from gradus.model import resolve_shape
+    from gradus.train.build import build_training_parts, wrap_for_training
+    from gradus.train.runtime import set_threads, setup_runtime
+    from gradus.train.step import optimizer_step
+
+    if rounds < 1 or warmup < 0 or not specs:
+        raise ValueError("rounds ≥ 1, warmup ≥ 0 and at least one shape are required")
+    cfg = from_dict(copy.deepcopy(raw), origin="calibration")
+    shape = resolve_shape(cfg.model, load_tokenizer(cfg.data).vocab_size)
+    rt = setup_runtime(cfg.train)
+    before = set_threads(threads)
+    try:
+        parts = build_training_parts(shape, cfg.optim, rt.device, rt.precision, cfg.train.seed)
+        parts.model.train()
+        net, _ = wrap_for_training(parts.model, rt, cfg.train.compile)
+        gen = torch.Generator().manual_seed(cfg.train.seed)
+        batches = {}
+        for s in specs:
+            tokens = torch.randint(0, shape.vocab_size, (s.batch, s.seq_len + 1), generator=gen)
+            batches[s] = (tokens[:, :-1].contiguous().to(rt.device), tokens[:, 1:].contiguous().to(rt.device))
+        measure_noise = cfg.train.noise_scale.enabled
+
+        def step(s: ShapeSpec) -> float:
+            inputs, labels = batches[s]
+            if rt.device.type == "cuda":
+                torch.cuda.synchronize(rt.device)
+            t0 = time.perf_counter()
+            optimizer_step(net, parts.model, parts.optimizer, parts.scaler, inputs, labels, lr=0.0, clip=1.0,
+                           micro=s.micro_batch, rt=rt, measure_noise=measure_noise)
+            if rt.device.type == "cuda":
+                torch.cuda.synchronize(rt.device)
+            return time.perf_counter() - t0
+
+        for s in specs:
+            for _ in range(warmup):
+                step(s)
+        times: dict[ShapeSpec, list[float]] = {s: [] for s in specs}
+        for r in range(rounds):
+            for i in range(len(specs)):
+                s = specs[(r + i) % len(specs)]
+                times[s].append(step(s))
+        return times
+    finally:
+        set_threads(before)
+        parts = net = batches = None  # noqa: F841 (freed before the caller goes on)
+        gc.collect()
+        if rt.device.type == "cuda":
+            torch.cuda.empty_cache()
+
+
+def read_cache(path: Path) -> dict:
+    """The measurements kept in ``path`` by key ({} when there is none or it cannot be read)."""
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+    return data.get("measurements", {}) if isinstance(data, dict) else {}
+
+
+def write_cache(path: Path, measurements: dict) -> None:
+    """Write the measurements (atomically: a kill meanwhile leaves the old file)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps({"about": "gradus calibrated seconds: optimizer-step times per shape, by key "
+                                        "(gradus.experiments.calibration)", "measurements": measurements},
+                              indent=1) + "\n", encoding="utf-8")
+    os.replace(tmp, path)

@@ -1,0 +1,120 @@
+"""Calibrated seconds measured (gradus.experiments.calibration, issue 31): a compare's ×cal does not depend on
+its runs' history (a resumed compare prices its runs as the uninterrupted one), a rerun reads the measurement
+back instead of timing again, and the measured costs order the shapes as the model's work does."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import pytest
+from builders import tiny_config
+
+from gradus.cli import main
+from gradus.config import from_dict, to_dict
+from gradus.errors import ConfigError
+from gradus.experiments import calibration
+from gradus.experiments.analysis import RunRecord, calibrate, calibrated_seconds
+from gradus.experiments.calibration import CACHE, ArmShapes, ShapeSpec, calibrate_arms, measure_step_seconds
+from gradus.experiments.compare import compare_arms, run_compare
+from gradus.experiments.sweep import prepare, tasks_for
+from gradus.presets import load_preset
+
+
+def _cal_figures(report: dict) -> dict:
+    """Every calibrated figure of a compare report."""
+    rows = {r["name"]: r for r in (report["baseline"], *report["other_baselines"], report["curriculum"])}
+    return {"seconds_per_token": report["calibration"]["seconds_per_token"],
+            **{f"{n}/{k}": r[k] for n, r in rows.items()
+               for k in ("speedup_wallclock_calibrated", "seconds_to_target_calibrated", "train_seconds_calibrated",
+                         "speedup_tokens")}}
+
+
+def test_a_resumed_compare_gives_the_uninterrupted_ones_calibrated_figures_and_a_rerun_reads_them_back(
+        offline_data, tmp_path, monkeypatch):
+    """Two identical compares on one --out, the first with its curriculum run stopped mid-way and resumed (as
+    Ctrl-C and the documented rerun leave it), the second trained from scratch: the same ×cal. With the old
+    window-based estimate they differed (0.44 against 0.67 in issue 31): a resume's cold first window and the
+    steps a run trains alone decided it. A third invocation reads the runs and the measurement back."""
+    cfg = from_dict(tiny_config(offline_data))
+    out = tmp_path / "cmp"
+    lines: list[str] = []
+    kwargs = dict(budget=None, seeds=[0], out=out, plot=False, eval_points=2, log=lines.append)
+    # Stop the curriculum run at step 8 of 16 (a checkpoint, as an interrupted compare leaves it) ...
+    base, arms = compare_arms(cfg, "auto", False, "tiny")
+    [task] = tasks_for(prepare(base, arms, None, [0], "tiny", eval_points=2), out, "curriculum")
+    run_dir = task.run_dir
+    run_dir.mkdir(parents=True)
+    (run_dir / "arm.yaml").write_text(task.config_text, encoding="utf-8")  # as the compare writes it
+    assert main(["train", "--config", str(run_dir / "arm.yaml"), "--out", str(run_dir), "--stop-at-step", "8",
+                 "--quiet"]) == 0
+    # ... and let the compare resume it.
+    resumed = run_compare(cfg, **kwargs)
+    events = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    assert any(e.get("event") == "resume" and e["step"] == 8 for e in events)
+    assert resumed["calibration"]["method"] == "measured" and (out / CACHE).is_file()
+    assert any(line.startswith("calibration: timing the optimizer step") for line in lines)
+
+    # The same compare with the curriculum trained uninterrupted: the measurement is read back, not redone.
+    shutil.rmtree(run_dir)
+    lines.clear()
+    fresh = run_compare(cfg, **kwargs)
+    assert not any(e.get("event") == "resume" for e in map(json.loads, (run_dir / "metrics.jsonl").read_text().splitlines()))
+    assert any(line.startswith(f"calibration: read back from {out / CACHE}") for line in lines)
+    for key in ("tokens", "val_loss"):  # a CPU resume repeats the run bit for bit (its seconds differ)
+        assert fresh["curriculum"]["curve"][key] == resumed["curriculum"]["curve"][key]
+    assert fresh["curriculum"]["curve"]["seconds"] != resumed["curriculum"]["curve"]["seconds"]
+    assert _cal_figures(fresh) == _cal_figures(resumed)
+    assert fresh["curriculum"]["speedup_wallclock_calibrated"] is not None
+
+    # A rerun reads everything back: timing a step again would fail here.
+    def no_timing(*args, **kw):
+        raise AssertionError("the cached measurement was not read back")
+
+    monkeypatch.setattr(calibration, "measure_step_seconds", no_timing)
+    again = run_compare(cfg, **kwargs)
+    assert _cal_figures(again) == _cal_figures(fresh)
+    saved = json.loads((out / "compare.json").read_text())
+    assert saved["calibration"]["method"] == "measured" and _cal_figures(saved) == _cal_figures(fresh)
+    # Each stage carries the seconds per token it was priced at.
+    assert all(st["seconds_per_token"] > 0 for st in saved["curriculum"]["stages"])
+
+
+def test_a_longer_shape_costs_at_least_as_much_per_token_at_equal_tokens_per_step(offline_data):
+    """At 1,024 tokens per step, 256-token rows cost more per token than 16-token rows (attention grows with the
+    length; everything else is per token): the measured ratio is ≥ 1 within 5%, on this loaded box too."""
+    raw = tiny_config(offline_data)
+    raw["model"]["max_seq_len"] = 256
+    raw = to_dict(from_dict(raw))
+    short, long = ShapeSpec(16, 1024, 64), ShapeSpec(256, 1024, 4)
+    times = measure_step_seconds(raw, [short, long], threads=1, warmup=1, rounds=5)
+    assert all(len(t) == 5 and min(t) > 0 for t in times.values())
+    ratio = sorted(times[long])[2] / sorted(times[short])[2]
+    assert ratio >= 0.95, f"cost ratio 256 / 16 at 1,024 tokens per step: {ratio:.3f}"
+
+
+def test_an_unknown_calibration_method_is_refused_before_anything_trains(capsys, tmp_path):
+    with pytest.raises(SystemExit) as exit_info:  # argparse's choices
+        main(["compare", "--preset", "demo", "--calibration", "best", "--out", str(tmp_path)])
+    assert exit_info.value.code == 2
+    assert "--calibration: invalid choice: 'best'" in capsys.readouterr().err
+    with pytest.raises(ConfigError, match="--calibration best: give measured or windows"):
+        run_compare(from_dict(to_dict(load_preset("demo"))), budget=None, seeds=[0], out=tmp_path, calibration="best")
+    assert not (tmp_path / "arms").exists()
+
+
+def test_the_windows_method_is_the_old_estimate_and_leaves_the_stages_as_they_were():
+    """``--calibration windows`` (the benchmark's default, for the series recorded with it) gives the figures the
+    benchmark always gave: the 90th-percentile window of each shape over every run, stages not annotated."""
+    runs = [RunRecord("a", 1e-3, 0, windows=[(32, 64, 100.0), (32, 64, 300.0), (64, 64, 50.0)]),
+            RunRecord("b", 1e-3, 0, windows=[(64, 64, 80.0), (32, 64, 200.0)])]
+    stages = {"a": [{"seq_len": 32, "tokens_per_step": 64, "start_tokens": 0, "end_tokens": 640}],
+              "b": [{"seq_len": 64, "tokens_per_step": 64, "start_tokens": 0, "end_tokens": 640}]}
+    cal = calibrate_arms("windows", [ArmShapes(n, {}, stages[n], [r for r in runs if r.arm == n]) for n in stages],
+                         out=None)
+    assert cal.cost == calibrate(runs)[0] == {(32, 64): 1 / 300.0, (64, 64): 1 / 80.0}
+    cal.annotate(stages)
+    assert all("seconds_per_token" not in st for sts in stages.values() for st in sts)
+    assert cal.to_json() == {"method": "windows", "seconds_per_token": {"32x2": 1 / 300.0, "64x1": 1 / 80.0},
+                             "windows": {"32x2": 3, "64x1": 2}, "percentile": 0.9}
+    assert calibrated_seconds(stages["a"], cal.cost, 640) == pytest.approx(640 / 300.0)
