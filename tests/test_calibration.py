@@ -5,6 +5,7 @@ back instead of timing again, and the measured costs order the shapes as the mod
 from __future__ import annotations
 
 import json
+import os
 import shutil
 
 import pytest
@@ -15,7 +16,14 @@ from gradus.config import from_dict, to_dict
 from gradus.errors import ConfigError
 from gradus.experiments import calibration
 from gradus.experiments.analysis import RunRecord, calibrate, calibrated_seconds
-from gradus.experiments.calibration import CACHE, ArmShapes, ShapeSpec, calibrate_arms, measure_step_seconds
+from gradus.experiments.calibration import (
+    CACHE,
+    ArmShapes,
+    ShapeSpec,
+    busy_note,
+    calibrate_arms,
+    measure_step_seconds,
+)
 from gradus.experiments.compare import compare_arms, run_compare
 from gradus.experiments.sweep import prepare, tasks_for
 from gradus.presets import load_preset
@@ -101,6 +109,32 @@ def test_an_unknown_calibration_method_is_refused_before_anything_trains(capsys,
     with pytest.raises(ConfigError, match="--calibration best: give measured or windows"):
         run_compare(from_dict(to_dict(load_preset("demo"))), budget=None, seeds=[0], out=tmp_path, calibration="best")
     assert not (tmp_path / "arms").exists()
+
+
+def test_a_measurement_taken_on_a_busy_machine_says_so_and_how_to_redo_it(offline_data, tmp_path, monkeypatch):
+    """A load average above the CPU count while the steps were timed: the calibration is used, and one line
+    says it was measured under load and which cache file to delete; the same on read-back. A quiet
+    measurement says nothing."""
+    raw = to_dict(from_dict(tiny_config(offline_data)))
+    stages = [{"seq_len": 16, "tokens_per_step": 64, "start_tokens": 0, "end_tokens": 640}]
+    arm = ArmShapes("a", raw, stages, [])
+    monkeypatch.setattr(calibration, "measure_step_seconds",
+                        lambda cfg, specs, **kw: {s: [0.1, 0.2, 0.3] for s in specs})
+    cpus = os.cpu_count() or 1
+    for load, out in ((cpus + 3.0, tmp_path / "busy"), (cpus - 0.5, tmp_path / "quiet")):
+        monkeypatch.setattr(calibration, "_load", lambda load=load: load)
+        for _ in range(2):  # measured, then read back
+            lines: list[str] = []
+            cal = calibrate_arms("measured", [arm], out=out, log=lines.append)
+            assert cal.cost == {(16, 64): pytest.approx(0.2 / 64)}
+            warned = [line for line in lines if "measured at load" in line]
+            if load > cpus:
+                assert warned == [f"calibration: measured at load {load:.1f} on {cpus} CPU(s) (other processes "
+                                  f"shared the cores the measurement's 1 thread(s) ran on); delete "
+                                  f"{out / CACHE} and rerun on a quieter machine for figures to rely on"]
+            else:
+                assert warned == []
+    assert busy_note(None, 1) is None
 
 
 def test_the_windows_method_is_the_old_estimate_and_leaves_the_stages_as_they_were():

@@ -174,6 +174,10 @@ def calibrate_arms(method: str, arms: Sequence[ArmShapes], *, out: Path | None, 
             cache[digest] = entry
             if out is not None:
                 write_cache(out / CACHE, cache)
+        busy = busy_note(entry.get("load_average"), setup.get("threads"))
+        if busy:
+            log(f"calibration: {busy}; delete {out / CACHE if out is not None else 'the cached measurement'} "
+                "and rerun on a quieter machine for figures to rely on")
         step_seconds = entry["step_seconds"]
         for arm in members:
             per_arm[arm.name] = {s.key: statistics.median(step_seconds[_spec_label(s)]) / s.tokens_per_step
@@ -188,6 +192,18 @@ def calibrate_arms(method: str, arms: Sequence[ArmShapes], *, out: Path | None, 
     return Calibration("measured", cost, per_arm, detail={
         "statistic": f"median of {rounds} interleaved rounds after {warmup} warm-up step(s) per shape",
         "cache": str(out / CACHE) if out is not None else None, "measurements": measurements})
+
+
+def busy_note(load_average: float | None, threads: int | None) -> str | None:
+    """Why a measurement may not be the machine's own cost, or None: while it ran, the 1-minute load average
+    exceeded the CPUs minus the measuring process's threads, i.e. other work competed for its cores. Each
+    shape's median step then carries their noise (on the 2-core box at load 12.8 the same step ranged from
+    0.04 to 1.04 s over seven rounds), and calibrated figures move with it."""
+    cpus = os.cpu_count() or 1
+    if load_average is None or load_average <= cpus:
+        return None
+    return (f"measured at load {load_average:.1f} on {cpus} CPU(s) (other processes shared the cores "
+            f"the measurement's {threads or 1} thread(s) ran on)")
 
 
 def _spec_label(spec: ShapeSpec) -> str:
