@@ -48,6 +48,7 @@ def arm_figures(arm: dict) -> dict:
     """The speedups of one arm's record (calibrated wall-clock, tokens, measured) with the calibrated band."""
     return {"speedup_wallclock": arm.get("speedup_wallclock_calibrated"),
             "speedup_tokens": arm.get("speedup_tokens"),
+            "speedup_steps": arm.get("speedup_steps"),
             "speedup_wallclock_measured": arm.get("speedup_wallclock"),
             "band": arm.get("speedup_wallclock_calibrated_band"),
             "speedup_tokens_band": arm.get("speedup_tokens_band"),
@@ -96,14 +97,26 @@ def _at_least(adaptive: dict, fixed: dict | None) -> bool | None:
     return top >= fixed["speedup_wallclock"]
 
 
+GOAL_BUDGETS = {524_288: (400_000, 800_000), 1_048_576: (800_000, 1_600_000), 2_097_152: (1_600_000, 3_200_000)}
+"""The issue's budgets (0.5M, 1M, 2M tokens) and the range of measured budgets that stands for each: the trend
+series' own points (327,680 / 1,310,720 / 5,505,024 tokens for the tiny model) are not powers of two."""
+
+
 def goal(points: list[dict]) -> dict:
-    """The issue's goal, checked on the points measured, in words too."""
+    """The issue's goal, checked on the points measured: the adaptive arm at least the best fixed table (within
+    the band) everywhere, and at least 2x calibrated on WikiText-2 at every point standing for 1M or 2M."""
     wiki = {p["budget_tokens"]: p for p in points if p["corpus"] == "wikitext-2"}
-    twofold = {b: (wiki[b]["adaptive"]["speedup_wallclock"] or 0) >= 2.0 for b in (1_048_576, 2_097_152) if b in wiki}
+
+    def near(goal_budget: int) -> list[int]:
+        low, high = GOAL_BUDGETS[goal_budget]
+        return [b for b in wiki if low <= b < high]
+
+    twofold = {b: (wiki[b]["adaptive"]["speedup_wallclock"] or 0) >= 2.0
+               for g in (1_048_576, 2_097_152) for b in near(g)}
     beats = [p["adaptive_at_least_best_fixed"] for p in points]
     return {"adaptive_at_least_best_fixed_everywhere": all(b is True for b in beats) if beats else None,
             "two_fold_on_wikitext_at_1M_2M": twofold,
-            "budgets_missing": [b for b in (524_288, 1_048_576, 2_097_152) if b not in wiki]}
+            "budgets_missing": [g for g in GOAL_BUDGETS if not near(g)]}
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -126,9 +139,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         a, f = q["adaptive"], q["best_fixed"] or {}
         made = sum(1 for s in q["decisions"] for d in s["decisions"] if d.get("verdict") == "accepted")
         print(f"{q['corpus']} {q['budget_tokens']:,} tokens ({q['model']}): adaptive x{a['speedup_wallclock'] or 0:.2f} "
-              f"calibrated (band {a['band']}), x{a['speedup_tokens'] or 0:.2f} tokens, {made} accepted decisions "
+              f"calibrated (band {a['band']}), x{a['speedup_tokens'] or 0:.2f} tokens, "
+              f"x{a['speedup_steps'] or 0:.2f} steps, {made} accepted decisions "
               f"over {len(q['decisions'])} runs; best fixed {f.get('arm')} x{f.get('speedup_wallclock') or 0:.2f} "
-              f"calibrated (band {f.get('band')}), x{f.get('speedup_tokens') or 0:.2f} tokens; at least the best "
+              f"calibrated (band {f.get('band')}), x{f.get('speedup_tokens') or 0:.2f} tokens, "
+              f"x{f.get('speedup_steps') or 0:.2f} steps; at least the best "
               f"fixed within the band: {q['adaptive_at_least_best_fixed']}")
     for note in notes:
         print(f"note: {note}")

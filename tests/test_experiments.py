@@ -27,6 +27,7 @@ from gradus.experiments.analysis import (
     record_from_metrics,
     seed_shift,
     shifted_speedups,
+    steps_to,
     to_target,
     verdict,
 )
@@ -176,6 +177,31 @@ def test_speedups_and_verdict_on_hand_made_curves():
                            stages_b, stages_c, cost)
     assert verdict(missed) == ("the curriculum did not reach the baseline's final loss in any of 2 seed(s); it ended "
                                "0.300 above it (median over seeds)")
+
+
+def test_steps_axis_counts_each_stage_at_its_own_tokens_per_step():
+    """steps_to integrates tokens / tokens per step over the stages (past the last at its rate), and
+    add_speedups reports the reference's steps to its final loss / the arm's steps to it: a curriculum whose
+    small early batches take more steps gains less in steps than in tokens."""
+    stages_b = [{"seq_len": 64, "tokens_per_step": 20, "start_tokens": 0, "end_tokens": 400}]
+    stages_c = [{"seq_len": 16, "tokens_per_step": 5, "start_tokens": 0, "end_tokens": 100},
+                {"seq_len": 64, "tokens_per_step": 20, "start_tokens": 100, "end_tokens": 400}]
+    assert steps_to(stages_c, 50) == pytest.approx(10)
+    assert steps_to(stages_c, 300) == pytest.approx(20 + 10)
+    assert steps_to(stages_c, 500) == pytest.approx(20 + 15 + 5)
+    cost = {(16, 5): 1.0, (64, 20): 1.0}
+    tokens = [100, 200, 300, 400]
+    base = {"curve": {"tokens": tokens, "seconds": [1.0, 2.0, 3.0, 4.0], "val_loss": [6.0, 5.0, 4.5, 4.0]},
+            "stages": stages_b}
+    cur = {"curve": {"tokens": tokens, "seconds": [1.0, 2.0, 3.0, 4.0], "val_loss": [5.0, 4.0, 3.5, 3.4]},
+           "stages": stages_c}
+    add_speedups(cur, base, cost)
+    assert cur["speedup_tokens"] == pytest.approx(400 / 200)
+    assert cur["speedup_steps"] == pytest.approx((400 / 20) / (20 + 5))  # 20 steps against 25: 0.8x
+    never = {"curve": {"tokens": tokens, "seconds": [1.0, 2.0, 3.0, 4.0], "val_loss": [6.5, 6.0, 5.5, 5.0]},
+             "stages": stages_c, "train_seconds_calibrated": 400.0}
+    add_speedups(never, base, cost)  # ends at 5.0, which the reference reached at 200 tokens = 10 of its steps
+    assert never["speedup_steps"] == pytest.approx(10 / 35)
 
 
 def test_the_band_is_narrow_for_a_steep_crossing_and_wide_where_the_curve_runs_flat_at_the_target():

@@ -188,6 +188,23 @@ def calibrated_seconds(stages: Sequence[dict], cost: dict[tuple[int, int], float
     return total
 
 
+def steps_to(stages: Sequence[dict], tokens: float) -> float:
+    """Optimizer steps to train ``tokens`` through these stages (each stage's tokens / its tokens per step; past
+    the last stage at the last stage's rate). Serial steps are what a larger batch saves: on data-parallel
+    hardware a step's time barely grows with its batch, so at equal tokens fewer steps is less wall-clock, a
+    saving that the tokens axis and a one-device calibrated clock do not see. An adaptive run's branch tokens,
+    counted in its tokens axis, are priced here at the stage's own tokens per step although a branch runs at
+    twice that: it overcounts the branch's steps, never undercounts them."""
+    total, last = 0.0, None
+    for st in stages:
+        span = min(max(0.0, tokens - st["start_tokens"]), st["end_tokens"] - st["start_tokens"])
+        total += span / st["tokens_per_step"]
+        last = st
+    if last is not None and tokens > last["end_tokens"]:
+        total += (tokens - last["end_tokens"]) / last["tokens_per_step"]
+    return total
+
+
 def median_curve(runs: Sequence[RunRecord]) -> tuple[list[int], list[float], list[float]]:
     """Pointwise median over seeds of (seconds, loss) at each evaluation (every run shares the cadence; a run
     that stopped early counts as infinite loss from there on)."""
@@ -243,7 +260,8 @@ def clean(values: Sequence[float | None]) -> list[float]:
 
 def add_speedups(rec: dict, ref: dict, cost: dict[tuple[int, int], float], suffix: str = "") -> None:
     """Speedups of record ``rec`` against a reference record ``ref``, to ``ref``'s final loss, in tokens,
-    measured seconds and calibrated seconds (records hold ``curve``, ``stages`` and ``train_seconds_calibrated``).
+    measured seconds, calibrated seconds and optimizer steps (:func:`steps_to`; records hold ``curve``,
+    ``stages`` and ``train_seconds_calibrated``).
 
     When ``rec`` reaches that loss: ref's cost to it / rec's. When it does not, the slowdown the other way
     round: ref's cost to reach *rec's* final loss / rec's whole run (below 1). ``speedup_kind`` says which."""
@@ -251,7 +269,7 @@ def add_speedups(rec: dict, ref: dict, cost: dict[tuple[int, int], float], suffi
     target = clean(fc["val_loss"])[-1]
     names = [k + suffix for k in ("speedup_tokens", "speedup_wallclock", "speedup_wallclock_calibrated")]
     if not math.isfinite(target):
-        rec.update(dict.fromkeys(names))
+        rec.update(dict.fromkeys([*names, "speedup_steps" + suffix]))
         rec["speedup_kind" + suffix] = "the reference diverged"
         return
     r_tok, r_sec = curve_to_target(rc, target)
@@ -262,18 +280,22 @@ def add_speedups(rec: dict, ref: dict, cost: dict[tuple[int, int], float], suffi
         values = (f_tok / r_tok, f_sec / r_sec if r_sec else None,
                   calibrated_seconds(ref["stages"], cost, f_tok) / cal if cal else None)
         rec.update(zip(names, values, strict=True))
+        r_steps = steps_to(rec["stages"], r_tok)
+        rec["speedup_steps" + suffix] = steps_to(ref["stages"], f_tok) / r_steps if r_steps else None
         rec["speedup_kind" + suffix] = "to the reference's final loss: reference's cost / this arm's"
         return
     final = clean(rc["val_loss"])[-1]
     f_tok, f_sec = curve_to_target(fc, final)
     if f_tok is None or f_sec is None or not math.isfinite(final):
-        rec.update(dict.fromkeys(names))
+        rec.update(dict.fromkeys([*names, "speedup_steps" + suffix]))
         rec["speedup_kind" + suffix] = "reference's final loss not reached; the reference was never as bad"
         return
     whole = rec.get("train_seconds_calibrated")
     values = (f_tok / rc["tokens"][-1], f_sec / rc["seconds"][-1] if rc["seconds"][-1] else None,
               calibrated_seconds(ref["stages"], cost, f_tok) / whole if whole else None)
     rec.update(zip(names, values, strict=True))
+    whole_steps = steps_to(rec["stages"], rc["tokens"][-1])
+    rec["speedup_steps" + suffix] = steps_to(ref["stages"], f_tok) / whole_steps if whole_steps else None
     rec["speedup_kind" + suffix] = ("reference's final loss not reached: reference's cost to this arm's final "
                                     "loss / this arm's whole run")
 
