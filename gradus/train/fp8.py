@@ -127,6 +127,35 @@ def convert_model(model: nn.Module, recipe: str = "tensorwise", *, emulate: bool
     return converted
 
 
+def plain_tensors(tree: Any) -> Any:
+    """``tree`` (a state dict, nested) with torchao's weight wrappers replaced by the plain tensors they wrap.
+
+    Under FSDP2 with float8 all-gather, a float8 layer's weight (and AdamW's moments of it) is a tensor
+    subclass (``WeightWithDynamicFloat8CastTensor``) inside the DTensor, so that FSDP gathers it in float8. A
+    sharded checkpoint written from those would pickle torchao's class into every shard: unreadable without
+    torchao and by ``torch.load(weights_only=True)``, so neither a bf16 run nor ``gradus export`` could read
+    it. The wrapped tensor is the same storage, so saving it saves the same numbers, and loading into it (DCP
+    loads in place) fills the weight the wrapper holds."""
+    from torch.distributed.tensor import DTensor
+    from torch.utils._pytree import tree_map_only
+
+    def inner(t: torch.Tensor) -> torch.Tensor | None:
+        wrapped = getattr(t, "_tensor", None)
+        return wrapped if type(t) is not torch.Tensor and isinstance(wrapped, torch.Tensor) else None
+
+    def plain(t: torch.Tensor) -> torch.Tensor:
+        if isinstance(t, DTensor):
+            local = inner(t._local_tensor)
+            if local is None:
+                return t
+            return DTensor.from_local(local, t.device_mesh, t.placements, run_check=False, shape=t.shape,
+                                      stride=t.stride())
+        local = inner(t)
+        return t if local is None else local
+
+    return tree_map_only(torch.Tensor, plain, tree)
+
+
 def float8_layers(model: nn.Module) -> list[str]:
     """Names of the model's layers that compute in float8 (torchao's ``Float8Linear``)."""
     return [name for name, m in model.named_modules() if type(m).__name__ == "Float8Linear"]
