@@ -121,7 +121,7 @@ def bad_input_family(cfg: Path, tmp: Path) -> list[bool]:
     before = snapshot(run)
     sets = ["optim.base_lr=.inf", "optim.base_lr=nan", "=5", "model.vocab_size=100", "train.keep_last=0",
             "optim.base_lr=-1", "train.max_steps=abc", "curriculum.stages[9].seq_len=3", "model.nope=1",
-            "train.precision=fp8", "train.device=tpu", "data.sources[0].path=/nonexistent/x.jsonl"]
+            "train.precision=fp4", "train.device=tpu", "data.sources[0].path=/nonexistent/x.jsonl"]
     cases: list[list[str]] = [["train", str(cfg), "--set", s, "--out", str(tmp / "new"), "--quiet"] for s in sets]
     cases += [
         ["train", str(cfg), "--config", str(tmp / "other.yaml"), "--out", str(tmp / "new")],

@@ -8,9 +8,14 @@
 #                                         # (issue 14 §3: the step time a per-step host sync costs)
 #   bash benchmarks/gpu/run.sh 124M-gns   # what measuring the gradient noise scale costs a step on the GPU
 #                                         # (issue 30 §1 target <= 1%; issue 32 §2), interleaved off/on pairs
+#   bash benchmarks/gpu/run.sh host-sync-124M  # the same measurement as 124M-sync, by issue 32 §2's name
+#   bash benchmarks/gpu/run.sh fp8-124M   # FP8 against bf16 (issue 32 §2): tokens/s, MFU, loss after N steps;
+#   bash benchmarks/gpu/run.sh fp8-270M   #   benchmarks/results/gpu/fp8_<model>.json, each arm kept when done, so
+#   bash benchmarks/gpu/run.sh fp8-1B     #   a rerun continues where a killed call stopped (1B: activation
+#                                         #   checkpointing on; FSDP shards only across 2+ GPUs)
 # Results land in $OUT (the device tool brings them back), the log beside them.
 set -uo pipefail
-model=${1:?usage: run.sh 124M|270M|124M-sync|124M-gns}
+model=${1:?usage: run.sh 124M|270M|124M-sync|host-sync-124M|124M-gns|fp8-124M|fp8-270M|fp8-1B}
 out=${OUT:-benchmarks/results}
 # The pip of the python3 that holds torch; a Python that refuses system-wide installs gets --break-system-packages
 # (the machine is thrown away after the session).
@@ -23,7 +28,7 @@ python3 -c "import torch, pydantic; print('torch', torch.__version__, 'pydantic'
 case $model in
   124M) args=(--preset aggressive --model-preset 124M --steps-per-stage 20 --repeats 1) ;;
   270M) args=(--preset streaming-1b --model-preset 270M --stages 0,3,6,-1 --steps-per-stage 15 --repeats 1) ;;
-  124M-sync)
+  124M-sync|host-sync-124M)
     for mode in every_step lagged; do
       timeout 270 python3 benchmarks/stage_throughput.py --preset aggressive --model-preset 124M --stages 0,-1 \
           --steps-per-stage 30 --repeats 1 --set train.host_sync=$mode --data local --device cuda --precision bf16 \
@@ -36,7 +41,18 @@ case $model in
         --pairs 12 --device cuda --out "$out/noise_scale_overhead_124M_gpu.json" 2>&1 \
         | tee "$out/noise_scale_overhead_124M_gpu.log"
     exit 0 ;;
-  *) echo "run.sh: unknown model $model (124M, 270M, 124M-sync or 124M-gns)" >&2; exit 2 ;;
+  fp8-124M|fp8-270M|fp8-1B)
+    size=${model#fp8-}
+    extra=()
+    [ "$size" = 1B ] && extra=(--activation-checkpointing full)
+    # The result lives in the tree (carried back and forth), so a rerun reads the finished arm back.
+    mkdir -p benchmarks/results/gpu
+    timeout 560 python3 benchmarks/gpu/fp8_vs_bf16.py --model "$size" "${extra[@]}" \
+        --out "benchmarks/results/gpu/fp8_${size}.json" 2>&1 | tee "$out/fp8_${size}.log"
+    cp "benchmarks/results/gpu/fp8_${size}.json" "$out/" 2>/dev/null
+    exit 0 ;;
+  *) echo "run.sh: unknown measurement $model (124M, 270M, 124M-sync, host-sync-124M, 124M-gns, fp8-124M, fp8-270M" \
+          "or fp8-1B)" >&2; exit 2 ;;
 esac
 timeout 560 python3 benchmarks/stage_throughput.py "${args[@]}" --data local --device cuda --precision bf16 \
     --compile on --peak measured --out "$out/stage_throughput_${model}_gpu.json" 2>&1 | tee "$out/stage_throughput_${model}_gpu.log"

@@ -56,7 +56,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     t.add_argument("--measure", action="store_true", help="time a few real steps of every stage's shape here")
     t.add_argument("--measure-steps", metavar="K", help="timed steps per stage with --measure (default 3)")
     t.add_argument("--device", help="device for --measure (default: the config's train.device)")
-    t.add_argument("--precision", choices=("auto", "fp32", "bf16", "fp16"),
+    t.add_argument("--precision", choices=("auto", "fp32", "bf16", "fp16", "fp8"),
                    help="precision for memory and --measure (default: the config's; auto = bf16, fp32 on CPU)")
     t.add_argument("--micro-batch", metavar="M", help="micro-batch for memory and --measure (default: fitted)")
     t.add_argument("--dataset-tokens", metavar="N", help="dataset size in tokens, for coverage per stage")
@@ -247,6 +247,9 @@ def _timeline(args: argparse.Namespace) -> int:
         device = _measure_device(args.device or cfg.train.device)
         if precision == "auto":
             precision = "fp32" if device == "cpu" else "bf16"
+        if precision == "fp8":
+            raise ConfigError("gradus plan --measure times fp32, bf16 or fp16 steps; for fp8 give --precision bf16 "
+                              "(the memory estimate is the same) or measure with benchmarks/gpu/fp8_vs_bf16.py")
         if micro_batch is None and cfg.train.micro_batch_size is None and device_memory is None:
             micro_batch = 16  # measuring a whole large batch on a laptop takes long; 16 gives the rate
         from gradus.train.measure import measure_stage_throughput

@@ -45,6 +45,7 @@ from gradus.config.schema import (
 )
 from gradus.config.schema_run import (
     EmaConfig,
+    Fp8Config,
     GuardConfig,
     LoggingConfig,
     OptimConfig,
@@ -54,7 +55,7 @@ from gradus.config.schema_run import (
 )
 
 __all__ = [
-    "MODEL_PRESETS", "SIZE_PRESETS", "CurriculumConfig", "DataConfig", "EmaConfig", "GradusConfig", "GuardConfig",
+    "MODEL_PRESETS", "SIZE_PRESETS", "CurriculumConfig", "DataConfig", "EmaConfig", "Fp8Config", "GradusConfig", "GuardConfig",
     "LoggingConfig", "MixWeight", "ModelConfig", "OptimConfig", "PackingConfig", "PasskeyConfig", "SourceConfig", "StageConfig",
     "StepCount", "Strict", "TokenCount", "TokenizerConfig", "TrainConfig", "ValidationConfig", "WandbConfig",
     "apply_overrides", "config_problems", "cross_check", "dump_yaml", "field_path", "field_value",

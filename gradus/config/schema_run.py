@@ -76,6 +76,24 @@ class NoiseScaleConfig(Strict):
                         "apart, then divided); 0.99 ≈ the last 100 steps. They restart at every stage change.")
 
 
+class Fp8Config(Strict):
+    """FP8 training's settings, read when train.precision is fp8 (gradus.train.fp8): torchao's float8 linear
+    layers for the transformer blocks' matmuls; the token embedding, the output head and any layer whose widths
+    are not multiples of 16 stay in bf16 (the embedding is a lookup, the head feeds the loss and is tied to the
+    embedding, and the FP8 GEMM needs widths in multiples of 16)."""
+
+    recipe: Literal["tensorwise", "rowwise"] = Field(
+        "tensorwise", description="How float8 scales are chosen. tensorwise: one scale per tensor, the fastest, and "
+        "under train.parallel=fsdp the weights are all-gathered in float8; rowwise: one scale per row (and per "
+        "column of the gradients), more robust to outliers, a little slower, weights all-gathered in bf16."
+    )
+    emulate: bool = Field(
+        False, description="Run torchao's float8 emulation (float8 rounding, high-precision matmuls) where FP8 "
+        "tensor cores are missing: a CPU, or a GPU below compute capability 8.9. For tests and dry runs only: "
+        "slower than bf16. Without it such a device refuses fp8 in one line."
+    )
+
+
 class PasskeyConfig(Strict):
     """The long-context probe: a key hidden in filler at several depths, retrieved or not (stage C)."""
 
@@ -144,8 +162,14 @@ class TrainConfig(Strict):
         None, gt=0, description="Examples per forward pass (an upper bound); default: found per stage, on CUDA by "
         "a memory probe, on CPU from a memory estimate against the host's free memory."
     )
-    precision: Literal["auto", "fp32", "bf16", "fp16"] = Field(
-        "auto", description="auto: bf16 autocast on CUDA, fp32 on CPU."
+    precision: Literal["auto", "fp32", "bf16", "fp16", "fp8"] = Field(
+        "auto", description="auto: bf16 autocast on CUDA, fp32 on CPU. fp8: the transformer blocks' linear layers "
+        "compute in float8 through torchao (pip install 'gradus-lm[fp8]'), everything else under bf16 autocast; "
+        "needs a GPU with compute capability 8.9+ (L4, L40S, RTX 4090, H100) unless train.fp8.emulate; weights "
+        "and checkpoints stay fp32, so bf16 runs resume them and gradus export reads them. See train.fp8."
+    )
+    fp8: Fp8Config = Field(
+        default_factory=Fp8Config, description="FP8 training's recipe and emulation; read only when precision is fp8."
     )
     compile: Switch = Field("auto", description="torch.compile (auto: on for CUDA).")
     host_sync: Literal["auto", "every_step", "lagged"] = Field(

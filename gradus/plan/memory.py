@@ -12,8 +12,10 @@ from dataclasses import dataclass
 
 from gradus.sizes import ModelShape
 
-ACT_BYTES = {"fp32": 4, "bf16": 2, "fp16": 2}
-"""Bytes per activation element by training precision (autocast computes matmuls in 16 bits)."""
+ACT_BYTES = {"fp32": 4, "bf16": 2, "fp16": 2, "fp8": 2}
+"""Bytes per activation element by training precision (autocast computes matmuls in 16 bits). fp8 counts as
+bf16: outside the float8 matmuls it runs under bf16 autocast, and the float8 casts kept for the backward pass
+are smaller than the bf16 tensors counted, so the figure is an upper bound."""
 HEADROOM = 0.9
 """Share of device memory an estimate may fill before a stage is reported as not fitting."""
 
@@ -27,7 +29,7 @@ class MemoryEstimate:
     seq_len: int
     """Sequence length."""
     precision: str
-    """fp32, bf16 or fp16."""
+    """fp32, bf16, fp16 or fp8."""
     weights: int
     """fp32 parameters, plus autocast's 16-bit copies of the matmul weights under bf16/fp16."""
     gradients: int

@@ -11,12 +11,12 @@ from __future__ import annotations
 
 import inspect
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 
-from gradus.config import OptimConfig
+from gradus.config import Fp8Config, OptimConfig
 from gradus.model.gpt import GPT, param_groups
 from gradus.sizes import ModelShape
 from gradus.train.run_dir import RunDir
@@ -33,6 +33,8 @@ class TrainingParts:
     """AdamW from :func:`build_optimizer`."""
     scaler: torch.amp.GradScaler | None
     """A gradient scaler for fp16, else None."""
+    fp8_layers: list[str] = field(default_factory=list)
+    """Under ``precision: fp8``, the names of the linear layers converted to float8 (:mod:`gradus.train.fp8`)."""
 
 
 def build_optimizer(model: torch.nn.Module, optim: OptimConfig, device: torch.device) -> torch.optim.AdamW:
@@ -55,21 +57,32 @@ def build_scaler(device: torch.device, precision: str) -> torch.amp.GradScaler |
 
 def build_training_parts(shape: ModelShape, optim: OptimConfig, device: torch.device, precision: str,
                          seed: int, init_from: str | None = None,
-                         prepare: Callable[[GPT], None] | None = None) -> TrainingParts:
+                         prepare: Callable[[GPT], None] | None = None, *,
+                         fp8: Fp8Config | None = None, sharded: bool = False) -> TrainingParts:
     """Seed every RNG with ``seed`` (so the initial weights depend on nothing run before), then build the
     model on ``device`` (its weights copied from an exported directory when ``init_from`` names one: the
-    ``model.init_from`` option), its AdamW and (fp16) the gradient scaler. ``prepare`` changes the model
-    in place before AdamW sees its parameters (:func:`gradus.train.parallel.prepare_model`: FSDP2
-    replaces them by sharded ones, so every rank first builds the same whole model, then keeps its shard)."""
+    ``model.init_from`` option), its AdamW and (fp16) the gradient scaler. Under ``precision`` fp8 the chosen
+    linear layers become torchao's float8 ones (:func:`gradus.train.fp8.convert_model`, with ``fp8``'s recipe
+    and emulation, default tensorwise on the device's FP8 units; ``sharded``: FSDP2 will shard the model, so
+    the weights are gathered in float8): after the weights are set, before anything wraps the model.
+    ``prepare`` changes the model in place before AdamW sees its parameters
+    (:func:`gradus.train.parallel.prepare_model`: FSDP2 replaces them by sharded ones, so every rank first
+    builds the same whole model, then keeps its shard)."""
     seed_everything(seed)
     model = GPT(shape).to(device)
     if init_from:
         from gradus.export.hf import init_from as copy_weights
 
         copy_weights(model, init_from)
+    fp8_layers: list[str] = []
+    if precision == "fp8":
+        from gradus.train.fp8 import convert_model
+
+        fp8 = fp8 if fp8 is not None else Fp8Config()
+        fp8_layers = convert_model(model, fp8.recipe, emulate=fp8.emulate, sharded=sharded)
     if prepare is not None:
         prepare(model)
-    return TrainingParts(model, build_optimizer(model, optim, device), build_scaler(device, precision))
+    return TrainingParts(model, build_optimizer(model, optim, device), build_scaler(device, precision), fp8_layers)
 
 
 def load_tokenizer_on_ranks(data_cfg: Any, run: RunDir, rt: Runtime, log: Callable[[str], None]) -> Any:

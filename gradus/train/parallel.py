@@ -56,11 +56,13 @@ def shards(rt: Runtime, parallel: str) -> bool:
 
 def shard_model(model: torch.nn.Module, rt: Runtime) -> None:
     """FSDP2 in place: ``fully_shard`` on every transformer block, then the root (embedding, final norm,
-    tied head). On CUDA with bf16, a mixed-precision policy (weights gathered in bf16, gradients reduced in
-    fp32); the fp32 master weights and AdamW's moments stay sharded."""
+    tied head). On CUDA with bf16 (and fp8, whose other layers compute in bf16), a mixed-precision policy
+    (weights gathered in bf16, gradients reduced in fp32); the fp32 master weights and AdamW's moments stay
+    sharded. Under fp8 with the tensorwise recipe the float8 layers' weights are gathered in float8 instead
+    (:func:`gradus.train.fp8.convert_model` with ``sharded``, which must run before this)."""
     fully_shard, MixedPrecisionPolicy, _ = fsdp_api()
     kwargs = {}
-    if rt.device.type == "cuda" and rt.precision == "bf16":
+    if rt.device.type == "cuda" and rt.precision in ("bf16", "fp8"):
         kwargs["mp_policy"] = MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32)
     last = len(model.blocks) - 1
     for i, block in enumerate(model.blocks):

@@ -190,7 +190,8 @@ def build_run(cfg: GradusConfig, run_dir: RunDir | str | Path, rt: Runtime, *, h
 
     # Seeded again inside: the model's init does not depend on what the tokenizer consumed.
     built = build_training_parts(shape, cfg.optim, rt.device, rt.precision, cfg.train.seed, cfg.model.init_from,
-                                 prepare=lambda m: parallel.prepare_model(m, cfg.train, rt))
+                                 prepare=lambda m: parallel.prepare_model(m, cfg.train, rt),
+                                 fp8=cfg.train.fp8, sharded=parallel.shards(rt, cfg.train.parallel))
     data = DataPipeline(cfg.data, tokenizer, schedule, seed=cfg.train.seed, rank=rt.rank, world_size=rt.world_size)
     held.add(data.close, quiet=True)
     guard, progress = LossGuard(cfg.train.guard), Progress()

@@ -30,7 +30,7 @@ class Runtime:
     """Device, precision and process-group facts for one process."""
 
     device: torch.device
-    precision: str  # fp32 | bf16 | fp16
+    precision: str  # fp32 | bf16 | fp16 | fp8 (float8 linear layers, bf16 autocast around them)
     rank: int = 0
     local_rank: int = 0
     world_size: int = 1
@@ -45,11 +45,16 @@ class Runtime:
         """More than one process."""
         return self.world_size > 1
 
+    @property
+    def autocast_precision(self) -> str:
+        """The autocast dtype's name: fp8 runs what its float8 layers do not compute under bf16 autocast."""
+        return "bf16" if self.precision == "fp8" else self.precision
+
     def autocast(self):
-        """Autocast context for the forward pass (a no-op in fp32)."""
+        """Autocast context for the forward pass (a no-op in fp32; bf16 under fp8)."""
         if self.precision == "fp32":
             return contextlib.nullcontext()
-        dtype = torch.bfloat16 if self.precision == "bf16" else torch.float16
+        dtype = torch.float16 if self.precision == "fp16" else torch.bfloat16
         return torch.autocast(device_type=self.device.type, dtype=dtype)
 
     def barrier(self) -> None:
@@ -148,6 +153,12 @@ def setup_runtime(cfg: TrainConfig) -> Runtime:
         precision = "bf16" if device.type == "cuda" and torch.cuda.is_bf16_supported() else "fp32"
     if precision == "fp16" and device.type != "cuda":
         raise ConfigError("train.precision=fp16 needs a CUDA device; use fp32 or bf16 on CPU")
+    if precision == "fp8":
+        from gradus.train.fp8 import fp8_problem
+
+        problem = fp8_problem(device, cfg.fp8.emulate)
+        if problem:
+            raise ConfigError(problem)
     if world > 1 and not dist.is_initialized():
         dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo")
         global _joined_group
@@ -285,7 +296,9 @@ def peak_flops(device: torch.device, configured: float | None, precision: str) -
         name = torch.cuda.get_device_name(device)
         spec = gpu_for_device(name)
         if spec is not None:
-            scale = 1.0 if precision in ("bf16", "fp16") else 0.5  # TF32 is about half the bf16 rate
+            # TF32 is about half the bf16 rate. fp8 is measured against the bf16 peak too, so an fp8 run's
+            # MFU and a bf16 run's compare directly (their ratio is the tokens/s ratio).
+            scale = 1.0 if precision in ("bf16", "fp16", "fp8") else 0.5
             return spec.peak_bf16_flops * scale, f"table ({name}, {'bf16' if scale == 1 else 'tf32'})"
     return measure_matmul_flops(device), "measured matmul"
 

@@ -30,6 +30,7 @@ from gradus.errors import CheckpointError, first_line
 from gradus.files import make_readable
 from gradus.train import faults
 from gradus.train.checkpoint import CheckpointManager, _fsync_dir
+from gradus.train.fp8 import plain_tensors
 from gradus.train.run_dir import MODEL, SHARDS, TMP_PREFIX, CheckpointFiles, step_name
 from gradus.train.runtime import Runtime
 
@@ -91,7 +92,9 @@ class ShardedCheckpointManager(CheckpointManager):
             def shards() -> None:
                 injected.at("before_model")
                 model_state, optim_state = get_state_dict(model, optimizer)
-                dcp.save({"model": model_state, "optim": optim_state}, checkpoint_id=str(CheckpointFiles(tmp).shards))
+                # Plain tensors only (fp8's float8 all-gather wraps weights in a torchao class): readable anywhere.
+                dcp.save(plain_tensors({"model": model_state, "optim": optim_state}),
+                         checkpoint_id=str(CheckpointFiles(tmp).shards))
                 injected.at("after_model")
 
             why = self._each_rank(shards)
@@ -155,7 +158,8 @@ class ShardedCheckpointManager(CheckpointManager):
             raise CheckpointError(f"{path}: incomplete sharded checkpoint; delete it to resume from an earlier one")
         try:
             model_state, optim_state = get_state_dict(model, optimizer if optimizer is not None else [])
-            wanted = {"model": model_state, **({"optim": optim_state} if optimizer is not None else {})}
+            # Loaded in place into the tensors fp8's wrappers hold (fp8.plain_tensors), as they were saved.
+            wanted = plain_tensors({"model": model_state, **({"optim": optim_state} if optimizer is not None else {})})
             dcp.load(wanted, checkpoint_id=str(CheckpointFiles(path).shards))
             set_state_dict(model, optimizer if optimizer is not None else [], model_state_dict=wanted["model"],
                            optim_state_dict=wanted.get("optim", {}))

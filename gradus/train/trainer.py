@@ -92,6 +92,10 @@ class Trainer:
                      *metrics.run_summary(p.shape, p.rt, p.compiled, p.schedule, p.micro_batches),
                      *parallel.parallel_notes(self.cfg.train, p.rt, p.shape.n_layers)]:
             self.console.print(line)
+        if p.rt.precision == "fp8":
+            from gradus.train.fp8 import fp8_note
+
+            self.console.print(fp8_note(p.model, self.cfg.train.fp8.recipe, self.cfg.train.fp8.emulate))
         if p.controller is not None:  # the envelope, as gradus schedule shows it, and what a resumed run decided
             for line in envelope_lines(self.cfg, p.schedule)[1:]:
                 self.console.print(line)
