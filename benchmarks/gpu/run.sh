@@ -13,9 +13,13 @@
 #   bash benchmarks/gpu/run.sh fp8-270M   #   benchmarks/results/gpu/fp8_<model>.json, each arm kept when done, so
 #   bash benchmarks/gpu/run.sh fp8-1B     #   a rerun continues where a killed call stopped (1B: activation
 #                                         #   checkpointing on; FSDP shards only across 2+ GPUs)
+#   bash benchmarks/gpu/run.sh 124M-compare [wikitext|code]  # ramp curriculum vs WSD full/half-batch baselines,
+#                                         #   two LRs per arm, two seeds; each call adds runs for 8 minutes until
+#                                         #   benchmarks/results/gpu/compare_124M_<corpus>.json says complete
+#   bash benchmarks/gpu/run.sh 1B-memory  # 1b-compact's peak memory per stage against gradus plan's estimate
 # Results land in $OUT (the device tool brings them back), the log beside them.
 set -uo pipefail
-model=${1:?usage: run.sh 124M|270M|124M-sync|host-sync-124M|124M-gns|fp8-124M|fp8-270M|fp8-1B}
+model=${1:?usage: run.sh 124M|270M|124M-sync|host-sync-124M|124M-gns|fp8-124M|fp8-270M|fp8-1B|124M-compare [corpus]|1B-memory}
 out=${OUT:-benchmarks/results}
 # The pip of the python3 that holds torch; a Python that refuses system-wide installs gets --break-system-packages
 # (the machine is thrown away after the session).
@@ -51,8 +55,23 @@ case $model in
         --out "benchmarks/results/gpu/fp8_${size}.json" 2>&1 | tee "$out/fp8_${size}.log"
     cp "benchmarks/results/gpu/fp8_${size}.json" "$out/" 2>/dev/null
     exit 0 ;;
-  *) echo "run.sh: unknown measurement $model (124M, 270M, 124M-sync, host-sync-124M, 124M-gns, fp8-124M, fp8-270M" \
-          "or fp8-1B)" >&2; exit 2 ;;
+  124M-compare)
+    corpus=${2:-wikitext}
+    # The file lives in the tree and carries every finished run, so a call on a fresh machine reads them back;
+    # the run directories (.gpu-runs/, ignored) stay on a warm machine, where a stopped run resumes.
+    mkdir -p benchmarks/results/gpu
+    timeout 580 python3 benchmarks/gpu/compare_124M.py --corpus "$corpus" --max-minutes 8 \
+        --out "benchmarks/results/gpu/compare_124M_${corpus}.json" 2>&1 | tee "$out/compare_124M_${corpus}.log"
+    cp "benchmarks/results/gpu/compare_124M_${corpus}.json" "$out/" 2>/dev/null
+    exit 0 ;;
+  1B-memory)
+    mkdir -p benchmarks/results/gpu
+    timeout 560 python3 benchmarks/gpu/memory_1B.py --out benchmarks/results/gpu/memory_1B.json 2>&1 \
+        | tee "$out/memory_1B.log"
+    cp benchmarks/results/gpu/memory_1B.json "$out/" 2>/dev/null
+    exit 0 ;;
+  *) echo "run.sh: unknown measurement $model (124M, 270M, 124M-sync, host-sync-124M, 124M-gns, fp8-124M, fp8-270M," \
+          "fp8-1B, 124M-compare or 1B-memory)" >&2; exit 2 ;;
 esac
 timeout 560 python3 benchmarks/stage_throughput.py "${args[@]}" --data local --device cuda --precision bf16 \
     --compile on --peak measured --out "$out/stage_throughput_${model}_gpu.json" 2>&1 | tee "$out/stage_throughput_${model}_gpu.log"

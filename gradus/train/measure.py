@@ -30,6 +30,8 @@ def measure_stage_throughput(
     warmup: int = 1,
     seed: int = 0,
     optim: OptimConfig | None = None,
+    activation_checkpointing: str = "none",
+    checkpointing_every_k: int = 1,
 ) -> dict[str, Any]:
     """Time ``steps`` training steps (after ``warmup`` untimed ones) of a fresh GPT at one micro-batch of
     ``micro_batch`` × ``seq_len`` random tokens: forward, loss, backward, gradient clip and an AdamW step.
@@ -40,6 +42,8 @@ def measure_stage_throughput(
     and ``peak_memory_bytes``: on CUDA the allocator's peak (weights, optimizer state, activations); on CPU
     the growth of the process's resident memory during the run, an approximation.
     ``precision``: fp32, bf16 (autocast) or fp16 (autocast with a gradient scaler).
+    ``activation_checkpointing`` (``none``, ``full`` or ``every_k`` with ``checkpointing_every_k``): the
+    blocks' activations recomputed in the backward pass, as ``train.activation_checkpointing`` does.
     """
     import torch
 
@@ -57,7 +61,14 @@ def measure_stage_throughput(
     def run() -> tuple[list[float], int | None]:
         # Everything the steps allocate lives in this frame and is freed when it returns.
         generator = torch.Generator().manual_seed(seed)
-        parts = build_training_parts(shape, optim or OptimConfig(), dev, precision, seed)
+        prepare = None
+        if activation_checkpointing != "none":
+            from gradus.train.parallel import apply_activation_checkpointing
+
+            def prepare(model) -> None:
+                apply_activation_checkpointing(model, activation_checkpointing, checkpointing_every_k)
+
+        parts = build_training_parts(shape, optim or OptimConfig(), dev, precision, seed, prepare=prepare)
         model, opt, scaler = parts.model, parts.optimizer, parts.scaler
         model.train()
         tokens = torch.randint(0, shape.vocab_size, (micro_batch, seq_len + 1), generator=generator).to(dev)
