@@ -12,7 +12,7 @@ from gradus.presets import list_presets, load_preset, preset_description, preset
 
 PRESETS = [
     "aggressive", "hybrid-1024", "lr-extreme", "wikipedia-9stage", "streaming-1b", "1b-compact", "7b-base",
-    "baseline", "demo", "demo-adaptive", "ramp-1024",
+    "baseline", "demo", "demo-adaptive", "demo-ramp", "ramp-1024",
 ]
 
 
