@@ -334,6 +334,11 @@ def test_demo_runs_offline_through_four_stages(tmp_path, capsys):
     assert [r["curriculum/current_seq_len"] for r in records[1::2]] == [32, 64, 128, 256]
     assert {r["curriculum/current_batch_size"] for r in records} == {128, 64, 32, 16}
     assert (tmp_path / "checkpoints" / "best" / "model.safetensors").is_file()
+    # A finished run writes its report and says what to do next (issue 31: the user's first week).
+    assert f"report: {tmp_path / 'report' / 'report.html'} (" in out
+    assert (tmp_path / "report" / "loss_tokens.png").is_file()
+    for command in ("generate", "eval", "export"):
+        assert f"gradus {command} {tmp_path} " in out
 
 
 def torchrun_train(cfg_path: Path, run: Path, *extra: str) -> None:
