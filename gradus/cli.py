@@ -13,6 +13,7 @@ import os
 import signal
 import sys
 import time
+import traceback
 
 from gradus import __version__
 from gradus.errors import GradusError
@@ -119,19 +120,30 @@ def entry() -> None:
     """The ``gradus`` console script and ``python -m gradus.cli``: :func:`main`, then exit with its code.
 
     A process that joined a process group (a torchrun worker) leaves with ``os._exit`` once stdout and
-    stderr are flushed, skipping the interpreter's finalisation. Why: gloo's worker threads outlive
-    ``destroy_process_group`` while anything still references the group (DDP's reducer does), and the one
-    that drops the last reference to a finished collective frees its tensors, which takes the GIL. If that
-    happens while the interpreter finalises, Python ends the thread with ``pthread_exit``, whose unwinding
-    through a C++ destructor aborts the process ("terminate called without an active exception", exit -6)
-    after the run has finished and written everything (core dump, 2026-12-01: ``ProcessGroupGloo::runLoop``
-    → ``~AsyncBarrierWork`` → ``~AsyncAllgatherWork`` → ``decref_pyobject`` → ``take_gil`` →
-    ``pthread_exit``; in 6 of about 20 two-process test runs on a heavily loaded machine, none in 180
-    launches on an idle one). Every file gradus writes is closed before :func:`main` returns (metrics,
-    trackers, checkpoints, the data workers), so skipping finalisation loses nothing. A single process exits the ordinary way."""
-    code = main()
-    runtime = sys.modules.get("gradus.train.runtime")  # not imported (no torch) unless a command trained
-    if runtime is not None and runtime.joined_process_group():
+    stderr are flushed, skipping the interpreter's finalisation. Why: gloo's worker threads run until their
+    group is destroyed, and the one that drops the last reference to a finished collective frees its tensors,
+    which takes the GIL. If that happens while the interpreter finalises, Python ends the thread with
+    ``pthread_exit``, whose unwinding through a C++ destructor aborts the process ("terminate called without
+    an active exception", exit -6) after the run has finished and written everything (core dump, 2026-12-01:
+    ``ProcessGroupGloo::runLoop`` → ``~AsyncBarrierWork`` → ``~AsyncAllgatherWork`` → ``decref_pyobject`` →
+    ``take_gil`` → ``pthread_exit``; in 6 of about 20 two-process test runs on a heavily loaded machine, none
+    in 180 launches on an idle one). Under DDP the group is now destroyed and its threads joined when
+    :func:`gradus.train.train` returns (:meth:`gradus.train.trainer.Trainer.close`, tested); under FSDP2 torch
+    still holds the group, so its threads outlive it and this exit is what keeps them from aborting the
+    process. Every file gradus writes is closed before :func:`main` returns (metrics, trackers, checkpoints,
+    the data workers), so skipping finalisation loses nothing. An unexpected exception leaves the same way (its
+    traceback printed, exit 1). A single process exits the ordinary way."""
+    try:
+        code = main()
+    except BaseException as exc:  # an unexpected failure: in a joined process it must not finalise either
+        if not _joined():
+            raise
+        if isinstance(exc, SystemExit):
+            code = exc.code if isinstance(exc.code, int) else 1
+        else:
+            traceback.print_exc()
+            code = 1
+    if _joined():
         for stream in (sys.stdout, sys.stderr):
             try:
                 stream.flush()
@@ -139,6 +151,12 @@ def entry() -> None:
                 pass
         os._exit(code)
     sys.exit(code)
+
+
+def _joined() -> bool:
+    """Whether this process joined a process group (:func:`gradus.train.runtime.joined_process_group`)."""
+    runtime = sys.modules.get("gradus.train.runtime")  # not imported (no torch) unless a command trained
+    return runtime is not None and runtime.joined_process_group()
 
 
 if __name__ == "__main__":

@@ -69,3 +69,14 @@ def test_a_process_that_joined_a_group_flushes_and_skips_finalisation():
     assert proc.returncode == 5, proc.stderr[-2000:]
     assert proc.stdout == "the run's last line\n"
     assert "finalised" not in proc.stderr
+
+
+def test_an_unexpected_failure_in_a_joined_process_also_skips_finalisation():
+    # A traceback, exit 1, and still no finalisation: gloo's threads may be alive (FSDP2 keeps its group).
+    script = _JOINED.replace('    return 5', '    raise RuntimeError("boom")')
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONUNBUFFERED"} | {"PYTHONPATH": str(ROOT)}
+    proc = subprocess.run([sys.executable, "-c", script], cwd=ROOT, env=env, capture_output=True, text=True,
+                          timeout=120)
+    assert proc.returncode == 1, proc.stderr[-2000:]
+    assert proc.stdout == "the run's last line\n"
+    assert "RuntimeError: boom" in proc.stderr and "finalised" not in proc.stderr

@@ -165,6 +165,21 @@ def test_a_bad_override_is_blamed_on_the_set(tmp_path):
     ]
 
 
+def test_a_tokenizer_named_beside_train_vocab_size_is_refused_not_ignored():
+    """The demo trains its BPE (train_vocab_size); a tokenizer given on top of it used to be ignored in silence."""
+    data = config()
+    data["data"]["tokenizer"] = {"name_or_path": "my/tokenizer.json", "train_vocab_size": 4096}
+    with pytest.raises(ConfigError) as info:
+        from_dict(data)
+    (line,) = info.value.problems
+    assert "name_or_path='my/tokenizer.json' and train_vocab_size=4096 both given" in line
+    assert "--set data.tokenizer.train_vocab_size=null" in line
+    data["data"]["tokenizer"] = {"name_or_path": "gpt2", "train_vocab_size": 4096}  # what older configs wrote
+    assert from_dict(data).data.tokenizer.train_vocab_size == 4096
+    data["data"]["tokenizer"] = {"train_vocab_size": 4096}
+    assert from_dict(data).data.tokenizer.train_vocab_size == 4096
+
+
 # ---------------------------------------------------------------------------------------- round trip
 def test_yaml_round_trip_keeps_nulls_that_override_defaults(tmp_path):
     data = config(train={"early_stopping_patience": None, "checkpoint_every": None})

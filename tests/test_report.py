@@ -137,3 +137,45 @@ def test_a_run_that_measured_the_noise_scale_gets_its_chart(tmp_path):
     _write_metrics(tmp_path / "plain")
     assert main(["report", str(tmp_path / "plain")]) == 0
     assert not (tmp_path / "plain" / "report" / "noise_scale.png").exists()
+
+
+def test_without_matplotlib_the_report_is_one_line_and_leaves_no_folder(tmp_path, capsys, monkeypatch):
+    import sys
+
+    _write_metrics(tmp_path / "run")
+    monkeypatch.setitem(sys.modules, "matplotlib", None)  # `import matplotlib` raises ImportError
+    assert main(["report", str(tmp_path / "run")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "needs matplotlib" in err and "pip install matplotlib" in err
+    assert "Traceback" not in err and not (tmp_path / "run" / "report").exists()
+
+
+def test_a_report_that_fails_while_drawing_removes_the_folder_it_made(tmp_path, monkeypatch):
+    from gradus.report import page
+
+    _write_metrics(tmp_path / "run")
+
+    def fail(*args):
+        raise OSError(28, "No space left on device")
+    monkeypatch.setattr(page, "write_pngs", fail)
+    with pytest.raises(OSError):
+        page.write_report(tmp_path / "run")
+    assert not (tmp_path / "run" / "report").exists()
+    (tmp_path / "mine").mkdir()  # a folder the user gave, which existed before: kept
+    with pytest.raises(OSError):
+        page.write_report(tmp_path / "run", tmp_path / "mine")
+    assert (tmp_path / "mine").is_dir()
+
+
+def test_a_finished_train_says_what_to_do_next(tmp_path):
+    from gradus.commands.train import finished_lines
+
+    _write_metrics(tmp_path / "run")
+    lines = finished_lines(tmp_path / "run")
+    assert lines[0].startswith(f"report: {tmp_path / 'run' / 'report' / 'report.html'} (6 pictures")
+    assert [ln.split("gradus ")[1].split()[0] for ln in lines[1:]] == ["generate", "eval", "export"]
+    lines = finished_lines(tmp_path / "other", report=True)  # no metrics: the report is said, not a traceback
+    assert lines[0].startswith("report: not written (") and "no metrics.jsonl" in lines[0]
+    assert lines[0].endswith(f"; gradus report {tmp_path / 'other'} writes it")
+    assert not (tmp_path / "other").exists()
+    assert finished_lines(tmp_path / "run", report=False)[0].startswith(f"report: gradus report {tmp_path / 'run'} ")

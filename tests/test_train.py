@@ -334,6 +334,11 @@ def test_demo_runs_offline_through_four_stages(tmp_path, capsys):
     assert [r["curriculum/current_seq_len"] for r in records[1::2]] == [32, 64, 128, 256]
     assert {r["curriculum/current_batch_size"] for r in records} == {128, 64, 32, 16}
     assert (tmp_path / "checkpoints" / "best" / "model.safetensors").is_file()
+    # A finished run writes its report and says what to do next (issue 31: the user's first week).
+    assert f"report: {tmp_path / 'report' / 'report.html'} (" in out
+    assert (tmp_path / "report" / "loss_tokens.png").is_file()
+    for command in ("generate", "eval", "export"):
+        assert f"gradus {command} {tmp_path} " in out
 
 
 def torchrun_train(cfg_path: Path, run: Path, *extra: str) -> None:
@@ -364,6 +369,46 @@ def test_two_processes_keep_identical_weights_and_resume_exactly(tmp_path, token
     torchrun_train(cfg_path, resumed)
     a, b = weights(run), weights(resumed)
     assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+_LEAVES_NO_GLOO_THREAD = """
+import json, os, sys
+from gradus.config import load_config
+from gradus.train.trainer import train
+
+def gloo_threads():
+    names = []
+    for tid in os.listdir("/proc/self/task"):
+        try:
+            names.append(open(f"/proc/self/task/{tid}/comm").read().strip())
+        except OSError:  # a thread that ended meanwhile
+            pass
+    return sorted(n for n in names if "gloo" in n)
+
+train(load_config(sys.argv[1]), sys.argv[2], quiet=True)
+print(json.dumps({"rank": int(os.environ["RANK"]), "gloo_threads": gloo_threads()}), flush=True)
+"""  # and the interpreter finalises as usual: no os._exit
+
+
+@pytest.mark.skipif(not Path("/proc/self/task").is_dir(), reason="reads the process's threads from /proc")
+def test_a_two_process_run_leaves_no_gloo_thread_behind(tmp_path, tokenizer_json, offline_data):
+    """The intermittent abort at exit of a two-process run ("terminate called without an active exception",
+    exit -6) came from gloo's worker threads outliving destroy_process_group: DDP's reducer still held the
+    group, and torch._dynamo, imported by DDP while the group existed, kept a reference for good. A worker
+    freeing a finished collective's tensors then needed the GIL while the interpreter finalised. Now train()
+    releases the parts before leaving the group and dynamo is imported before joining, so the group is
+    destroyed and its threads joined when train() returns, and a script's ordinary exit is safe."""
+    raw = raw_config(tokenizer_json, offline_data)
+    raw["curriculum"]["stages"] = raw["curriculum"]["stages"][:1]
+    (tmp_path / "c.yaml").write_text(json.dumps(raw))
+    (tmp_path / "script.py").write_text(_LEAVES_NO_GLOO_THREAD)
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+           str(tmp_path / "script.py"), str(tmp_path / "c.yaml"), str(tmp_path / "run")]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    got = sorted((json.loads(line) for line in proc.stdout.splitlines() if line.startswith("{")),
+                 key=lambda r: r["rank"])
+    assert got == [{"rank": 0, "gloo_threads": []}, {"rank": 1, "gloo_threads": []}]
 
 
 def test_long_context_stage_switches_rope_scaling(tmp_path, tokenizer_json, offline_data, monkeypatch):

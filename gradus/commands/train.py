@@ -9,6 +9,7 @@ config (a stop prints how to continue), else it starts ``runs/<name>-<time>``.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import time
 from pathlib import Path
@@ -31,7 +32,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="continue even if the stage table, world size or tokenizer changed")
     parser.add_argument("--stop-at-step", type=int, metavar="N",
                         help="stop cleanly with a checkpoint after step N (as if preempted)")
-    parser.add_argument("--quiet", action="store_true", help="no console output")
+    parser.add_argument("--quiet", action="store_true", help="no console output (and no report: see --no-report)")
+    parser.add_argument("--no-report", action="store_true",
+                        help="do not write RUN/report (the pictures and page of gradus report) when the run finishes")
 
 
 def _has_checkpoints(run_dir: Path) -> bool:
@@ -78,11 +81,42 @@ def run(args: argparse.Namespace) -> int:
     result = train(cfg, out, resume=True, allow_config_change=args.allow_config_change,
                    stop_at_step=args.stop_at_step, quiet=args.quiet)
     code, why = exit_code(out, result.step)  # status.json: 0 finished or stopped (resumable), 3 diverged
+    main_rank = int(os.environ.get("RANK", "0")) == 0  # under torchrun one process speaks for the run
     if why:
         print(f"gradus: error: {why}", file=sys.stderr)
-    elif result.reason.startswith("stopped") and not args.quiet:
+    elif args.quiet or not main_rank:
+        pass
+    elif result.reason.startswith("stopped"):
         print(f"to continue: run the same command again, or gradus train --out {out}")
+    else:
+        for line in finished_lines(out, report=not args.no_report):
+            print(line)
     return code
+
+
+def finished_lines(run: Path, report: bool = True) -> list[str]:
+    """What a finished ``gradus train`` prints last: where its report is (written here unless ``report`` is
+    False; a failure to write it is said in one line and leaves no folder) and what to do next."""
+    lines = []
+    if report:
+        from gradus.errors import GradusError, first_line
+        from gradus.report.page import write_report
+
+        try:
+            page = write_report(run)
+        except (GradusError, OSError) as err:
+            lines.append(f"report: not written ({first_line(err)}); gradus report {run} writes it")
+        else:
+            pictures = len(list(page.parent.glob("*.png")))
+            lines.append(f"report: {page} ({pictures} pictures of the loss, schedule and throughput; open it in a browser)")
+    else:
+        lines.append(f"report: gradus report {run} (pictures of the loss, schedule and throughput, one HTML page)")
+    lines += [
+        f"next:   gradus generate {run} --prompt \"...\"   sample text from the model",
+        f"        gradus eval {run} --data SOURCE       loss on a run's source, a file or builtin:NAME",
+        f"        gradus export {run} --hf DIR          a Hugging Face (Llama) directory for transformers",
+    ]
+    return lines
 
 
 def _stopped_run(name: str, cfg) -> Path | None:

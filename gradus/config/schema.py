@@ -147,6 +147,17 @@ class TokenizerConfig(Strict):
     train_max_documents: int = Field(20000, gt=0, description="Documents per source read to train the BPE.")
     eos_token: str | None = Field(None, description="End-of-document token; default: the tokenizer's own.")
 
+    @model_validator(mode="after")
+    def _one_tokenizer(self) -> TokenizerConfig:
+        # A tokenizer named next to train_vocab_size used to be ignored in silence (the BPE was trained): say it.
+        # The default name ("gpt2") with train_vocab_size is what configs written before said, and is kept.
+        named = self.name_or_path
+        if self.train_vocab_size is not None and named is not None and named != "gpt2":
+            raise ValueError(
+                f"name_or_path={named!r} and train_vocab_size={self.train_vocab_size} both given: give one "
+                f"(--set data.tokenizer.train_vocab_size=null to use {named!r}, or name_or_path=null to train a BPE)")
+        return self
+
 
 class PackingConfig(Strict):
     """How documents become fixed-length windows."""

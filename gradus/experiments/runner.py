@@ -170,7 +170,9 @@ class Runner:
             # On a shared CPU box two OpenMP threads per process collapse whenever another process holds a
             # core (every parallel region waits for the descheduled thread), so each run gets its own.
             env["OMP_NUM_THREADS"] = env["MKL_NUM_THREADS"] = str(self.threads)
-        cmd = [sys.executable, "-m", "gradus.cli", "train", "--config", str(arm_yaml), "--out", str(task.run_dir)]
+        # --no-report: an arm is read by the comparison's own table and pictures, not by a report of its own.
+        cmd = [sys.executable, "-m", "gradus.cli", "train", "--config", str(arm_yaml), "--out", str(task.run_dir),
+               "--no-report"]
         log = open(task.run_dir / "train.log", "a", encoding="utf-8")  # noqa: SIM115 (closed when the run ends)
         try:
             return subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env)

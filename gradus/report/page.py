@@ -9,6 +9,7 @@ from __future__ import annotations
 import base64
 import html
 import math
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -188,9 +189,16 @@ def write_report(run_dir: str | Path, out: str | Path | None = None, weight: flo
     """Write the PNGs and ``report.html`` into ``out`` (default ``RUN/report``); returns the page's path."""
     h = read_history(run_dir)
     smooth([], weight)  # validates the weight before anything is written
+    plots.pyplot()  # matplotlib missing: one line saying how to get it, before any folder exists
     target = Path(out) if out else Path(run_dir) / "report"
+    created = not target.exists()
     target.mkdir(parents=True, exist_ok=True)
-    pngs = write_pngs(h, target, weight)
-    page = target / "report.html"
-    page.write_text(render_html(h, pngs, weight), encoding="utf-8")
+    try:
+        pngs = write_pngs(h, target, weight)
+        page = target / "report.html"
+        page.write_text(render_html(h, pngs, weight), encoding="utf-8")
+    except BaseException:
+        if created:  # a folder this call made holds only what the failure left: no empty or half report
+            shutil.rmtree(target, ignore_errors=True)
+        raise
     return page

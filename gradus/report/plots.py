@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from gradus.errors import GradusError
+from gradus.errors import ConfigError
 from gradus.report.history import History, smooth
 
 BAND_COLORS = ("#e8eef7", "#f7f1e3")
@@ -16,14 +16,17 @@ BAND_COLORS = ("#e8eef7", "#f7f1e3")
 TRAIN_COLOR, VAL_COLOR, STAGE_VAL_COLOR = "#1f5fa8", "#d1495b", "#edae49"
 
 
-def _pyplot():
+def pyplot():
+    """matplotlib's pyplot on the off-screen backend; a one-line :class:`ConfigError` (exit 2) when matplotlib is missing
+    (it is in the default install; an environment may still lack it)."""
     try:
         import matplotlib
 
         matplotlib.use("Agg")  # files only; never open a window
         import matplotlib.pyplot as plt
     except ImportError as err:
-        raise GradusError(f"gradus report needs matplotlib ({err}); pip install matplotlib") from None
+        raise ConfigError(f"gradus report needs matplotlib, part of the default install but missing here ({err}); "
+                          f"pip install matplotlib, then run the command again (nothing was written)") from None
     return plt
 
 
@@ -78,7 +81,7 @@ def _loss_ylim(ax, dense: list[float], every: list[float] = ()) -> None:
 
 def loss_chart(h: History, out: Path, axis: str, weight: float) -> Path:
     """Train loss (raw, faint; smoothed, bold) and validation loss at the reference length vs ``axis``."""
-    plt = _pyplot()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(9, 4.2), dpi=100)
     _bands(ax, h, axis)
     xs, ys = h.series("loss", axis)
@@ -104,7 +107,7 @@ def loss_chart(h: History, out: Path, axis: str, weight: float) -> Path:
 
 def schedule_chart(h: History, out: Path) -> Path:
     """LR, sequence length and batch size per step, three panels sharing the step axis."""
-    plt = _pyplot()
+    plt = pyplot()
     fig, axes = plt.subplots(3, 1, figsize=(9, 6.4), dpi=100, sharex=True)
     panels = (("lr", "learning rate", "#2e7d32", False),
               ("curriculum/current_seq_len", "sequence length", "#6a1b9a", True),
@@ -132,7 +135,7 @@ def schedule_chart(h: History, out: Path) -> Path:
 
 def throughput_chart(rows: list[dict], out: Path) -> Path:
     """Median tokens/s of each stage as bars labelled with the stage's shape."""
-    plt = _pyplot()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(9, 3.6), dpi=100)
     labels = [f"{r['name']}\n{r['seq_len']} × {r['batch_size']}" for r in rows]
     values = [r["tokens_per_sec"] or 0 for r in rows]
@@ -149,7 +152,7 @@ def throughput_chart(rows: list[dict], out: Path) -> Path:
 
 def lengths_chart(h: History, out: Path) -> Path:
     """Validation loss at each stage's own length vs at the fixed reference length, over tokens."""
-    plt = _pyplot()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(9, 4.2), dpi=100)
     _bands(ax, h, "tokens")
     rx, ry = h.series("val/loss", "tokens", h.evals)
@@ -170,7 +173,7 @@ def lengths_chart(h: History, out: Path) -> Path:
 
 def sources_chart(h: History, out: Path) -> Path:
     """Validation loss of each source over tokens (only when the records hold per-source losses)."""
-    plt = _pyplot()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(9, 4.2), dpi=100)
     _bands(ax, h, "tokens")
     for name in h.source_names():
@@ -186,7 +189,7 @@ def sources_chart(h: History, out: Path) -> Path:
 def noise_scale_chart(h: History, out: Path) -> Path:
     """The gradient noise scale B_simple against tokens, beside the tokens per step the run took (both in
     tokens, log scale): where B_simple sits above the batch, a larger batch would have cost fewer steps."""
-    plt = _pyplot()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(9, 4.2), dpi=100)
     _bands(ax, h, "tokens")
     xs, ys = h.series("gns/b_simple", "tokens")

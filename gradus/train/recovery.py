@@ -5,7 +5,7 @@
 * :func:`diverged_error`: the one-line :class:`~gradus.errors.DivergedError` (exit code 3).
 * :func:`no_checkpoint_error`: when a rollback finds nothing to go back to (the rollback itself is the
   trainer's: :meth:`gradus.train.trainer.Trainer._rollback`).
-* :func:`record_result`, :func:`record_failure`: the run's outcome in its status file
+* :func:`result_status`, :func:`record_result`, :func:`record_failure`: the run's outcome in its status file
   (:meth:`gradus.train.run_dir.RunDir.write_status`): ``finished``, ``stopped`` (by a signal or
   ``--stop-at-step``; resumable), ``diverged`` or ``failed``, with the step and the exit code; and
   :func:`exit_code`, read back from it.
@@ -82,18 +82,26 @@ def finite_divergence(recent_loss: float | None, vocab_size: int) -> str | None:
     return None
 
 
-def record_result(parts: RunParts, result: Any) -> None:
-    """``status.json`` for a run that returned: ``stopped`` (a signal or ``--stop-at-step``: resumable),
-    ``diverged`` (a finite loss far above an untrained model's) or ``finished``."""
+def result_status(parts: RunParts, result: Any) -> tuple[str, str] | None:
+    """How a run that returned ended, for ``status.json``: ``stopped`` (a signal or ``--stop-at-step``:
+    resumable), ``diverged`` (a finite loss far above an untrained model's) or ``finished``, with the reason;
+    None on ranks other than the main one (which writes nothing)."""
     if not parts.rt.is_main:
-        return
+        return None
     outcome, reason = ("stopped" if str(result.reason).startswith("stopped") else "finished"), str(result.reason)
     # The median of the last losses: one spike (kept in the guard's history before its warm-up) is no divergence.
     recent = sorted(list(parts.guard.history)[-RECENT_STEPS:])
     why = finite_divergence(recent[len(recent) // 2] if recent else None, parts.shape.vocab_size)
     if why is not None:
         outcome, reason = "diverged", why
-    parts.run.write_status(outcome, result.step, reason, EXIT_CODES[outcome])
+    return outcome, reason
+
+
+def record_result(run: RunDir, result: Any, status: tuple[str, str] | None) -> None:
+    """Write ``status.json`` for a run that returned, as :func:`result_status` judged it (nothing for None)."""
+    if status is not None:
+        outcome, reason = status
+        run.write_status(outcome, result.step, reason, EXIT_CODES[outcome])
 
 
 def exit_code(run_dir: Path, step: int) -> tuple[int, str | None]:

@@ -6,6 +6,7 @@ Kept apart from the loop so that the trainer reads as a sequence of decisions, n
 from __future__ import annotations
 
 import contextlib
+import importlib
 import os
 import random
 import resource
@@ -160,6 +161,9 @@ def setup_runtime(cfg: TrainConfig) -> Runtime:
         if problem:
             raise ConfigError(problem)
     if world > 1 and not dist.is_initialized():
+        # torch._dynamo imported while a group exists keeps a reference to it that nothing releases (DDP imports
+        # it when first built), so destroy_process_group could never end gloo's worker threads: import it first.
+        importlib.import_module("torch._dynamo")
         dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo")
         global _joined_group
         _joined_group = True
@@ -227,10 +231,12 @@ def teardown_runtime(rt: Runtime, clean: bool = False) -> None:
     """Leave the process group. ``clean`` (every rank got here by finishing or stopping, not by an error):
     wait for all ranks first, so that no rank tears its gloo/NCCL threads down while another still talks to
     it (a rank that left early was seen to abort the other at exit: "terminate called without an active
-    exception"). After an error there is no barrier: the other ranks may never arrive. The backend's threads
-    can outlive this while the group is still referenced (DDP's reducer); the command line therefore leaves
-    without interpreter finalisation (:func:`gradus.cli.entry`), and a script that calls
-    :func:`gradus.train.train` under torchrun should end the same way."""
+    exception"). After an error there is no barrier: the other ranks may never arrive. The group (and with it
+    gloo's worker threads) ends here only if nothing else holds it: the trainer releases its parts first (DDP's
+    reducer holds the group) and :func:`setup_runtime` imports torch._dynamo before joining (imported later,
+    it keeps a reference). FSDP2 still holds it inside torch, so the command line leaves without interpreter
+    finalisation (:func:`gradus.cli.entry`), and a script that calls :func:`gradus.train.train` under
+    torchrun with ``parallel: fsdp`` should end the same way."""
     if rt.distributed and dist.is_initialized():
         if clean:
             dist.barrier()

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import gc
 import sys
 import time
 from collections.abc import Callable, Iterator
@@ -445,10 +446,15 @@ class Trainer:
         return RunResult(self.run_dir, pr.step, pr.tokens, reason, pr.best_val_loss, last_val or {}, pr.train_seconds)
 
     def close(self, clean: bool = False) -> None:
-        """Release what set-up opened (files, loader threads, the run directory's lock: :class:`Held`) and the
-        process group (``clean``: every rank got here together, so they leave together)."""
+        """Release what set-up opened (files, loader threads, the run directory's lock: :class:`Held`), then the
+        run's parts, then the process group (``clean``: every rank got here together, so they leave together).
+        The parts go first because DDP's reducer holds the group: released after it, the group would outlive
+        ``destroy_process_group`` with gloo's worker threads running (:func:`runtime.teardown_runtime`)."""
         self.held.release()
+        self.parts, self._noise = None, None
         if self.rt is not None:
+            if self.rt.distributed:
+                gc.collect()  # the model, DDP and the optimizer's cycles, so nothing references the group
             runtime.teardown_runtime(self.rt, clean)
             runtime.set_threads(self._threads_before)  # a library call should not leave the process changed
 
@@ -460,11 +466,12 @@ def train(cfg: GradusConfig, run_dir: str | Path, *, resume: bool = True, allow_
     ``on_step``: see :class:`Trainer`."""
     trainer = Trainer(cfg, run_dir, resume=resume, allow_config_change=allow_config_change, quiet=quiet,
                       on_step=on_step)
-    result, agreed, started = None, False, False
+    result, agreed, started, status = None, False, False, None
     try:
         trainer.setup()
         started = True
         result = trainer.fit(stop_at_step=stop_at_step)
+        status = recovery.result_status(trainer.parts, result)  # judged now: close releases the parts
     except BaseException as exc:
         recovery.record_failure(trainer.run, trainer.rt, trainer.held.reporting, exc)
         agreed = getattr(exc, "agreed", False)  # every rank raised it: they leave the group together too
@@ -476,5 +483,5 @@ def train(cfg: GradusConfig, run_dir: str | Path, *, resume: bool = True, allow_
             # A start refused for bad input (a glob that matches nothing, a tokenizer file that is not one, a
             # missing wandb) leaves nothing behind: the folder it created holds only what set-up began.
             recovery.remove_failed_start(trainer.run, trainer.rt)
-    recovery.record_result(trainer.parts, result)
+    recovery.record_result(trainer.run, result, status)
     return result
