@@ -28,7 +28,7 @@ from gradus.train.evaluate import Validation
 from gradus.train.guard import LossGuard
 from gradus.train.metrics import Console
 from gradus.train.micro_batch import check_batches_divide, plan_micro_batches, probe_micro_batch
-from gradus.train.noise_scale import GradientNoiseScale
+from gradus.train.noise_scale import GradientNoiseScale, MicroBatchNorms
 from gradus.train.passkey import PasskeyProbe
 from gradus.train.run_dir import RunDir
 from gradus.train.sharded_checkpoint import open_checkpoints
@@ -110,6 +110,10 @@ class RunParts:
     """The weights' moving average (``train.ema``), else None."""
     gns: GradientNoiseScale | None
     """The gradient noise scale's averages (``train.noise_scale``), else None."""
+    gns_hooks: MicroBatchNorms | None
+    """The per-parameter hooks that measure the noise scale inside a step (built with :attr:`gns`, registered at
+    the first measured step and kept for the run, armed per step by :func:`gradus.train.step.optimizer_step`),
+    else None."""
     stateful: dict[str, Stateful]
     """Everything a checkpoint carries besides the weights and the optimizer, in restoring order (the
     names of ``state.pt``: ARCHITECTURE.md, "Stateful parts")."""
@@ -206,6 +210,9 @@ def build_run(cfg: GradusConfig, run_dir: RunDir | str | Path, rt: Runtime, *, h
     gns = GradientNoiseScale(cfg.train.noise_scale.beta) if cfg.train.noise_scale.enabled else None
     if gns is not None:  # draws no random numbers: the runs before it repeat bit for bit
         stateful["gns"] = gns
+    gns_hooks = MicroBatchNorms(built.model.parameters()) if gns is not None else None  # (registered at first use)
+    if gns_hooks is not None:
+        held.add(gns_hooks.close, quiet=True)
     controller = None
     if cfg.curriculum.adaptive is not None:  # plain data, no random numbers: the runs before it repeat bit for bit
         reference = cfg.train.eval_reference_seq_len or max(s.seq_len for s in schedule.stages)
@@ -251,7 +258,7 @@ def build_run(cfg: GradusConfig, run_dir: RunDir | str | Path, rt: Runtime, *, h
     peak, peak_source = runtime.peak_flops(rt.device, cfg.logging.peak_flops, rt.precision)
     return RunParts(run=run, rt=rt, schedule=schedule, console=console, ckpt=ckpt, tokenizer=tokenizer, shape=shape,
                     model=built.model, optimizer=built.optimizer, scaler=built.scaler, data=data, guard=guard,
-                    progress=progress, ema=ema, gns=gns, stateful=stateful, lagged=lagged, compat=compat, resumed_from=latest,
+                    progress=progress, ema=ema, gns=gns, gns_hooks=gns_hooks, stateful=stateful, lagged=lagged, compat=compat, resumed_from=latest,
                     metrics=metrics, net=net, compiled=compiled, micro_batches=micro_batches, micro_by_shape=micro_by_shape, warmup=warmup,
                     validation=validation, probe=probe, peak=peak, peak_source=peak_source,
                     controller=controller)
