@@ -30,7 +30,7 @@ import torch
 from safetensors.torch import load_model, save_model
 
 from gradus.errors import CheckpointError, ConfigError, first_line
-from gradus.files import make_readable
+from gradus.files import fsync_dir, make_readable
 from gradus.train import faults
 from gradus.train.run_dir import (
     BEST,
@@ -51,24 +51,11 @@ if TYPE_CHECKING:
 
 
 
-def _fsync_dir(path: Path) -> None:
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
 def _fsync_tree(path: Path) -> None:
     for f in path.iterdir():
         with open(f, "rb") as fh:
             os.fsync(fh.fileno())
-    _fsync_dir(path)
+    fsync_dir(path)
 
 
 def _disk_full(directory: Path) -> bool:
@@ -183,7 +170,7 @@ class CheckpointManager:
             if final.exists():  # re-saving the same step (e.g. after a rollback): replace it
                 shutil.rmtree(final)
             os.replace(tmp, final)
-            _fsync_dir(self.dir)
+            fsync_dir(self.dir)
         except Exception as exc:  # noqa: BLE001 - torch.save raises RuntimeError, safetensors SafetensorError
             shutil.rmtree(tmp, ignore_errors=True)
             prev = self.latest()

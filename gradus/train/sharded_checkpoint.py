@@ -27,9 +27,9 @@ from typing import Any
 import torch
 
 from gradus.errors import CheckpointError, first_line
-from gradus.files import make_readable
+from gradus.files import fsync_dir, make_readable
 from gradus.train import faults
-from gradus.train.checkpoint import CheckpointManager, _fsync_dir
+from gradus.train.checkpoint import CheckpointManager
 from gradus.train.run_dir import MODEL, SHARDS, TMP_PREFIX, CheckpointFiles, step_name
 from gradus.train.runtime import Runtime
 
@@ -60,7 +60,7 @@ def _fsync_files(path: Path) -> None:
         for name in files:
             with open(Path(root) / name, "rb") as fh:
                 os.fsync(fh.fileno())
-        _fsync_dir(Path(root))
+        fsync_dir(Path(root))
 
 
 class ShardedCheckpointManager(CheckpointManager):
@@ -137,7 +137,7 @@ class ShardedCheckpointManager(CheckpointManager):
         if final.exists():  # re-saving the same step (after a rollback): replace it
             shutil.rmtree(final)
         os.replace(tmp, final)
-        _fsync_dir(self.dir)
+        fsync_dir(self.dir)
 
     def load(self, path: Path, *, model: torch.nn.Module,
              optimizer: torch.optim.Optimizer | None) -> tuple[dict[str, Any], dict[str, Any]]:
