@@ -21,7 +21,7 @@ from gradus.config import GradusConfig, dump_yaml
 from gradus.curriculum import Schedule, StageState, resolve_schedule, state_at
 from gradus.curriculum.adaptive import envelope
 from gradus.train import checkpoint, lag, parallel, runtime
-from gradus.train.build import build_training_parts, load_tokenizer_on_ranks, wrap_for_training
+from gradus.train.build import build_config_parts, load_tokenizer_on_ranks, model_shape, wrap_for_training
 from gradus.train.controller import AdaptiveController
 from gradus.train.ema import WeightEMA
 from gradus.train.evaluate import Validation
@@ -172,8 +172,6 @@ def build_run(cfg: GradusConfig, run_dir: RunDir | str | Path, rt: Runtime, *, h
     this module was written built in: every RNG draw, and so every figure, is as it was."""
     # Heavy imports here so `gradus schedule`/`plan` never pay for them.
     from gradus.data import DataPipeline
-    from gradus.model import resolve_shape
-    from gradus.sizes import check_vocab_fits
 
     run = RunDir.of(run_dir)
     schedule = resolve_schedule(cfg)
@@ -189,12 +187,10 @@ def build_run(cfg: GradusConfig, run_dir: RunDir | str | Path, rt: Runtime, *, h
     ckpt = open_checkpoints(run.checkpoints, cfg.train, rt)  # sharded under FSDP
     runtime.seed_everything(cfg.train.seed)
     tokenizer = load_tokenizer_on_ranks(cfg.data, run, rt, console.print)
-    check_vocab_fits(cfg.model, tokenizer.vocab_size)
-    shape = resolve_shape(cfg.model, tokenizer.vocab_size)
+    shape = model_shape(cfg, tokenizer.vocab_size)
 
     # Seeded again inside: the model's init does not depend on what the tokenizer consumed.
-    built = build_training_parts(shape, cfg.optim, rt.device, rt.precision, cfg.train.seed, cfg.model.init_from,
-                                 prepare=lambda m: parallel.prepare_model(m, cfg.train, rt))
+    built = build_config_parts(cfg, shape, rt, prepare=lambda m: parallel.prepare_model(m, cfg.train, rt))
     data = DataPipeline(cfg.data, tokenizer, schedule, seed=cfg.train.seed, rank=rt.rank, world_size=rt.world_size)
     held.add(data.close, quiet=True)
     guard, progress = LossGuard(cfg.train.guard), Progress()
