@@ -146,9 +146,13 @@ def test_data_never_imports_model_or_train():
     assert not bad, "\n".join(bad)
 
 
-def test_checkpoint_never_imports_the_trainer():
-    path = PACKAGE / "train" / "checkpoint.py"
-    bad = [f"checkpoint.py:{line} imports {m}" for line, m in imports(path) if m.startswith("gradus.train.trainer")]
+def test_the_storage_never_imports_the_trainer():
+    """The checkpoint code (gradus/train/storage/: the run directory, the checkpoints, FSDP's) takes parts with
+    ``state_dict()``/``load_state_dict()`` and never the trainer."""
+    paths = sorted((PACKAGE / "train" / "storage").glob("*.py"))
+    assert PACKAGE / "train" / "storage" / "checkpoint.py" in paths
+    bad = [f"{path.name}:{line} imports {m}" for path in paths for line, m in imports(path)
+           if m.startswith("gradus.train.trainer")]
     assert not bad, "\n".join(bad)
 
 

@@ -184,7 +184,7 @@ def test_config_change_on_resume_is_refused(tmp_path, tokenizer_json, offline_da
 
 
 def test_a_stage_that_changed_kind_is_a_change_unless_the_checkpoint_predates_kinds():
-    from gradus.train.checkpoint import describe_incompatibility
+    from gradus.train.storage.checkpoint import describe_incompatibility
 
     stage = {"seq_len": 64, "batch_size": 4, "start_step": 0, "end_step": 10}
     sig = {"world_size": 1, "tokenizer_sha256": "x", "target_tokens": None}
@@ -651,7 +651,7 @@ def test_a_start_refused_because_the_folder_is_busy_removes_nothing(tmp_path, to
     """Two starts on one new --out: the second is refused (the folder is locked) and must not remove the folder
     the first created and is training in (only a folder this process created and locked is removed)."""
     from gradus.cli import main
-    from gradus.train.run_dir import RunLock
+    from gradus.train.storage.run_dir import RunLock
 
     run = tmp_path / "run"
     run.mkdir()

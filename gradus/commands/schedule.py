@@ -20,7 +20,7 @@ from gradus.plan.cost import check_mfu, stage_costs
 from gradus.plan.hardware import GPUSpec, format_flops, gpu_spec, parse_float
 from gradus.presets import list_presets, preset_description
 from gradus.sizes import ModelShape, resolve_shape
-from gradus.train.run_dir import RunDir
+from gradus.train.storage.run_dir import RunDir
 from gradus.units import format_count, format_duration, format_lr, parse_count, parse_rate
 
 

@@ -299,7 +299,7 @@ def load_tokenizer(cfg: DataConfig, run_dir: str | Path | None = None,
     ``run_dir`` when given, so the run directory always holds the tokenizer it was trained with. ``log``
     (e.g. the trainer's console) is told, in one line, before a BPE is trained: that can take a while.
     ``run_config``: the config the run started with (its path is the run directory's business:
-    :class:`gradus.train.run_dir.RunDir`); a resumed BPE trained at another ``train_vocab_size`` is refused."""
+    :class:`gradus.train.storage.run_dir.RunDir`); a resumed BPE trained at another ``train_vocab_size`` is refused."""
     tcfg = cfg.tokenizer
     if tcfg.train_vocab_size is not None:
         return _trained(cfg, Path(run_dir) if run_dir is not None else None, log, run_config)

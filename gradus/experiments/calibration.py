@@ -239,7 +239,7 @@ def arm_specs(arm: ArmShapes) -> set[ShapeSpec]:
 def micro_batches_used(runs: Iterable[RunRecord]) -> dict[tuple[int, int], int]:
     """(seq_len, tokens per step) -> the micro-batch the runs' step records name (the smallest, should two
     runs differ), read from each run directory's metrics.jsonl."""
-    from gradus.train.run_dir import RunDir
+    from gradus.train.storage.run_dir import RunDir
 
     out: dict[tuple[int, int], int] = {}
     for run in runs:

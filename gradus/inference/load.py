@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from gradus.errors import CheckpointError, ConfigError, first_line
-from gradus.train.run_dir import BEST, EMA_WEIGHTS, MODEL, CheckpointFiles, RunDir, step_of
+from gradus.train.storage.run_dir import BEST, EMA_WEIGHTS, MODEL, CheckpointFiles, RunDir, step_of
 
 EMA_FILES = (EMA_WEIGHTS, "model_ema.safetensors")
 """Names an averaged (EMA) copy of the weights may have inside a checkpoint folder."""
@@ -56,7 +56,7 @@ class LoadedModel:
 # ------------------------------------------------------------------------------------- locating
 def is_checkpoint(path: Path) -> bool:
     """True for a checkpoint folder (``meta.json`` and ``model.safetensors``, or the ``shards/`` of a
-    sharded one: :mod:`gradus.train.sharded_checkpoint`)."""
+    sharded one: :mod:`gradus.train.storage.sharded_checkpoint`)."""
     files = CheckpointFiles(path)
     return files.meta.is_file() and (files.model.is_file() or (files.shards / ".metadata").is_file())
 
@@ -128,7 +128,7 @@ def load_checkpoint(ckpt: Path, *, ema: bool = False, device: str = "cpu") -> Lo
     cfg = _read_config(ckpt)
     weights = CheckpointFiles(ckpt).model
     if not weights.is_file() and not ema:  # a sharded checkpoint (FSDP): its shards made one file, once
-        from gradus.train.sharded_checkpoint import consolidate
+        from gradus.train.storage.sharded_checkpoint import consolidate
 
         weights = consolidate(ckpt)
     if ema:

@@ -21,8 +21,8 @@ import torch
 from gradus.config import GradusConfig, OptimConfig
 from gradus.model.gpt import GPT, param_groups
 from gradus.sizes import ModelShape, check_vocab_fits, resolve_shape
-from gradus.train.run_dir import RunDir
 from gradus.train.runtime import Runtime, seed_everything
+from gradus.train.storage.run_dir import RunDir
 
 
 @dataclass

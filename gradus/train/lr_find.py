@@ -192,8 +192,8 @@ def run_lr_find(
     line per length as it finishes. ``stop_on_divergence=False`` runs every step (for studies)."""
     from gradus.data import load_tokenizer
     from gradus.train.build import model_shape
-    from gradus.train.run_dir import RunDir
     from gradus.train.runtime import setup_runtime
+    from gradus.train.storage.run_dir import RunDir
 
     check_sweep(min_lr, max_lr, steps)
     if int(os.environ.get("WORLD_SIZE", "1")) > 1:

@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 from gradus.config import GradusConfig, dump_yaml
 from gradus.curriculum import Schedule, StageState, resolve_schedule, state_at
 from gradus.curriculum.adaptive import envelope
-from gradus.train import checkpoint, lag, parallel, runtime
+from gradus.train import lag, parallel, runtime
 from gradus.train.build import build_config_parts, load_tokenizer_on_ranks, model_shape, wrap_for_training
 from gradus.train.controller import AdaptiveController
 from gradus.train.ema import WeightEMA
@@ -30,9 +30,10 @@ from gradus.train.metrics import Console
 from gradus.train.micro_batch import check_batches_divide, plan_micro_batches, probe_micro_batch
 from gradus.train.noise_scale import GradientNoiseScale, MicroBatchNorms
 from gradus.train.passkey import PasskeyProbe
-from gradus.train.run_dir import RunDir
-from gradus.train.sharded_checkpoint import open_checkpoints
 from gradus.train.stateful import PerRank, Progress, RngState, Stateful
+from gradus.train.storage import checkpoint
+from gradus.train.storage.run_dir import RunDir
+from gradus.train.storage.sharded_checkpoint import open_checkpoints
 from gradus.train.trackers import Tracked, open_metrics
 from gradus.train.warmup import CompileWarmup, compile_warmup
 
@@ -42,8 +43,8 @@ if TYPE_CHECKING:
     from gradus.data import DataPipeline, Tokenizer
     from gradus.model.gpt import GPT
     from gradus.sizes import ModelShape
-    from gradus.train.checkpoint import CheckpointManager
     from gradus.train.runtime import Runtime
+    from gradus.train.storage.checkpoint import CheckpointManager
 
 
 class Held:
@@ -81,7 +82,7 @@ class RunParts:
     """Every part of one training run, built by :func:`build_run` (fields in the order they are built)."""
 
     run: RunDir
-    """The run directory (:mod:`gradus.train.run_dir`)."""
+    """The run directory (:mod:`gradus.train.storage.run_dir`)."""
     rt: Runtime
     """Device, precision, process group, RNG."""
     schedule: Schedule

@@ -24,7 +24,7 @@ from gradus.config import GradusConfig, dump_yaml
 from gradus.curriculum import StageState, stage_of_step, state_at
 from gradus.curriculum.adaptive import envelope_lines
 from gradus.errors import GradusError
-from gradus.train import checkpoint, early_stop, faults, lag, metrics, parallel, recovery, runtime
+from gradus.train import early_stop, faults, lag, metrics, parallel, recovery, runtime
 from gradus.train.cadence import Due, due_after
 from gradus.train.controller import Branch
 from gradus.train.evaluate import side_evaluations
@@ -32,9 +32,10 @@ from gradus.train.lag import StepDone
 from gradus.train.metrics import Console, RunResult, StepReport, Window
 from gradus.train.noise_scale import NoiseSample, unmeasured_reason
 from gradus.train.run import Held, RunParts, build_run
-from gradus.train.run_dir import RunDir
 from gradus.train.signals import StopRequest
 from gradus.train.step import batch_tensors, optimizer_step
+from gradus.train.storage import checkpoint
+from gradus.train.storage.run_dir import RunDir
 from gradus.train.warmup import report_warmup
 
 if TYPE_CHECKING:
@@ -53,7 +54,7 @@ class Trainer:
                  on_step: Callable[[StepReport], None] | None = None):
         self.cfg = cfg
         self.run_dir = Path(run_dir)
-        self.run = RunDir(self.run_dir)  # every path in it (gradus.train.run_dir)
+        self.run = RunDir(self.run_dir)  # every path in it (gradus.train.storage.run_dir)
         self.resume, self.allow_config_change = resume, allow_config_change
         self.quiet, self.on_step = quiet, on_step
         self.stop = StopRequest()  # a signal (or code setting stop.reason) ends the run after the current step

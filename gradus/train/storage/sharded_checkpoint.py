@@ -2,7 +2,7 @@
 
 Under FSDP2 no rank holds the whole model, so the weights and AdamW's moments are saved with
 ``torch.distributed.checkpoint`` (DCP) into ``shards/`` (one ``__<rank>_0.distcp`` file per rank and a
-``.metadata`` index). The rest of the folder is as :mod:`gradus.train.checkpoint` writes it: ``state.pt``
+``.metadata`` index). The rest of the folder is as :mod:`gradus.train.storage.checkpoint` writes it: ``state.pt``
 (the ``{name: part}`` Stateful payload, the data pipeline's state per rank), ``config.yaml`` and ``meta.json``
 (with ``"format": "sharded"``), all written by rank 0. The save is atomic like today's: everything goes into
 a hidden ``.tmp-step_*`` folder, renamed into place once every rank's shard is on disk.
@@ -29,9 +29,9 @@ import torch
 from gradus.errors import CheckpointError, first_line
 from gradus.files import fsync_dir, make_readable
 from gradus.train import faults
-from gradus.train.checkpoint import CheckpointManager
-from gradus.train.run_dir import MODEL, SHARDS, TMP_PREFIX, CheckpointFiles, step_name
 from gradus.train.runtime import Runtime
+from gradus.train.storage.checkpoint import CheckpointManager
+from gradus.train.storage.run_dir import MODEL, SHARDS, TMP_PREFIX, CheckpointFiles, step_name
 
 FORMAT = "sharded"
 """``meta.json``'s ``format`` for a sharded checkpoint (a whole-model one has none)."""
