@@ -222,11 +222,11 @@ def test_nan_steps_are_skipped_then_rolled_back(tmp_path, tokenizer_json, offlin
     seen: list[int] = []
 
     def step(self, state, batch):
-        loss, norm, applied = real(self, state, batch)
+        (loss, norm, applied), noise = real(self, state, batch)  # (the step's figures, its noise-scale sample)
         seen.append(state.step)
         if state.step in poisoned and seen.count(state.step) == 1:
-            return float("nan"), norm, False
-        return loss, norm, applied
+            return (float("nan"), norm, False), noise
+        return (loss, norm, applied), noise
 
     monkeypatch.setattr(trainer_mod.Trainer, "_train_step", step)
     result = train(from_dict(raw_config(tokenizer_json, offline_data)), tmp_path, quiet=True)
