@@ -33,7 +33,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import RESULTS, machine, write_result  # noqa: E402
 
 from gradus.experiments.speedup_arms import ARMS, TARGET_BASELINES  # noqa: E402
-from gradus.train.run_dir import RunDir  # noqa: E402
+from gradus.train.storage.run_dir import RunDir  # noqa: E402
 
 ADAPTIVE_ARM = "seqwarm-long-ramp-adaptive-wsd"
 

@@ -56,7 +56,7 @@ def check_fsdp_path(out: Path) -> dict:
     from gradus.train.build import build_optimizer
     from gradus.train.parallel import is_sharded, shard_model
     from gradus.train.runtime import Runtime
-    from gradus.train.sharded_checkpoint import ShardedCheckpointManager
+    from gradus.train.storage.sharded_checkpoint import ShardedCheckpointManager
 
     if not dist.is_initialized():
         dist.init_process_group("nccl")

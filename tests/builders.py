@@ -3,7 +3,12 @@ in one place (tests import it as ``builders``)."""
 
 from __future__ import annotations
 
+import importlib.util
+import sys
 from pathlib import Path
+from types import ModuleType
+
+BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
 
 # Three token-budget stages 16 -> 32 -> 64 at 256 tokens per step: 6 + 5 + 5 steps.
 TINY_STAGES = [
@@ -37,3 +42,15 @@ def tiny_config(shared: Path, tokenizer: str | None = None, stages: list[dict] |
         "train": {"seed": 3, "device": "cpu", "threads": 1},
         "logging": {"tensorboard": False, "progress_bar": False},
     }
+
+
+def load_benchmark(name: str) -> ModuleType:
+    """``benchmarks/<name>.py`` as a module (the folder is not a package), registered in ``sys.modules`` under
+    ``name``: dataclasses look their module up by name, and a script that imports a sibling (``import
+    curriculum_speedup``) then gets the same module. Each script puts its own folder on ``sys.path``."""
+    spec = importlib.util.spec_from_file_location(name, BENCHMARKS / f"{name}.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    spec.loader.exec_module(module)
+    return module

@@ -20,7 +20,7 @@ from gradus.config import from_dict, load_config
 from gradus.curriculum import resolve_schedule
 from gradus.curriculum.adaptive import accepted_edits, adapted_schedule, envelope, stable_phase
 from gradus.train.metrics import read_metrics
-from gradus.train.run_dir import RunDir
+from gradus.train.storage.run_dir import RunDir
 from gradus.train.trainer import train
 from gradus.units import format_count
 

@@ -2,17 +2,11 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
-import sys
-from pathlib import Path
 
-SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "adaptive_vs_fixed.py"
-spec = importlib.util.spec_from_file_location("adaptive_vs_fixed", SCRIPT)
-assert spec is not None and spec.loader is not None
-avf = importlib.util.module_from_spec(spec)
-sys.modules[spec.name] = avf
-spec.loader.exec_module(avf)
+from builders import load_benchmark
+
+avf = load_benchmark("adaptive_vs_fixed")
 
 
 def _arm(name: str, cal: float, tok: float, band: list[float] | None = None, run_dir: str = "") -> dict:

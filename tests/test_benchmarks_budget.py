@@ -2,20 +2,13 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import math
-import sys
-from pathlib import Path
 
 import pytest
+from builders import load_benchmark
 
-SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "budget_to_target.py"
-spec = importlib.util.spec_from_file_location("budget_to_target", SCRIPT)
-assert spec is not None and spec.loader is not None
-bt = importlib.util.module_from_spec(spec)
-sys.modules[spec.name] = bt
-spec.loader.exec_module(bt)
+bt = load_benchmark("budget_to_target")
 
 
 def test_interpolates_in_log_budget():

@@ -5,20 +5,14 @@ recompute each file's own point figures exactly, and put them inside their bands
 
 from __future__ import annotations
 
-import importlib.util
 import json
-import sys
 from pathlib import Path
 
 import pytest
+from builders import load_benchmark
 
 REPO = Path(__file__).resolve().parents[1]
-SCRIPT = REPO / "benchmarks" / "crossing_band.py"
-spec = importlib.util.spec_from_file_location("crossing_band", SCRIPT)
-assert spec is not None and spec.loader is not None
-cb = importlib.util.module_from_spec(spec)
-sys.modules[spec.name] = cb
-spec.loader.exec_module(cb)
+cb = load_benchmark("crossing_band")
 
 RESULTS = REPO / "benchmarks" / "results"
 OF_RECORD = ["curriculum_speedup_1024.json", "curriculum_speedup_2048-finalists2.json",

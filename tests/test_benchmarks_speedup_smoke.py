@@ -3,7 +3,6 @@ the issue asks for; its measuring helpers (stage splits, time to target, calibra
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import math
 import subprocess
@@ -11,6 +10,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from builders import load_benchmark
 
 from gradus.experiments import speedup, speedup_arms
 
@@ -18,16 +18,7 @@ REPO = Path(__file__).resolve().parents[1]
 SCRIPT = REPO / "benchmarks" / "curriculum_speedup.py"
 
 
-def _module():
-    spec = importlib.util.spec_from_file_location("curriculum_speedup", SCRIPT)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look their module up by name
-    spec.loader.exec_module(module)
-    return module
-
-
-cs = _module()
+cs = load_benchmark("curriculum_speedup")
 
 
 def _real(x) -> bool:

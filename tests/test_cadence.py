@@ -7,7 +7,7 @@ from types import SimpleNamespace
 
 import pytest
 
-from gradus.train.cadence import Due, checkpoint_due, due_after
+from gradus.train.cadence import Due, checkpoint_due, crossed_multiple, due_after
 
 
 def cfg(log_every=10, eval_every=50, eval_every_tokens=None, checkpoint_every=100, checkpoint_every_tokens=None,
@@ -76,3 +76,24 @@ def test_checkpoint_due_at_stage_ends_steps_and_tokens():
     tokens = cfg(checkpoint_every=None, checkpoint_every_tokens=100).train
     assert not checkpoint_due(tokens, 9, 190, 100, stage_end=False)
     assert checkpoint_due(tokens, 10, 200, 100, stage_end=False)
+
+
+# (tokens so far, tokens in the step, every) -> whether the step crossed a multiple of `every` tokens
+CROSSINGS = [
+    (100, 100, 250, False),  # 0 -> 100: no multiple reached
+    (250, 100, 250, True),  # 150 -> 250: lands on one
+    (300, 100, 250, True),  # 200 -> 300: passes one
+    (350, 100, 250, False),  # 250 -> 350: started on it, crossed nothing new
+    (500, 250, 250, True),  # 250 -> 500: a step as long as the cadence crosses once per step
+    (1000, 800, 250, True),  # 200 -> 1000: a step longer than the cadence (a grown batch) still counts once
+    (1024, 64, 1024, True),  # 960 -> 1024: the controller's check cadence, landing exactly
+    (1088, 64, 1024, False),  # 1024 -> 1088
+    (7, 1, 1, True),  # every token: every step
+]
+
+
+@pytest.mark.parametrize("tokens,step_tokens,every,expected", CROSSINGS)
+def test_crossed_multiple(tokens, step_tokens, every, expected):
+    """The one "this step crossed a multiple of N tokens" rule, shared by the evaluation cadence and the adaptive
+    controller's checks (gradus/train/controller.py): a table."""
+    assert crossed_multiple(tokens, step_tokens, every) is expected

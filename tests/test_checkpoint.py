@@ -7,8 +7,8 @@ import pytest
 import torch
 
 from gradus.errors import CheckpointError
-from gradus.train import checkpoint as ckpt_mod
-from gradus.train.checkpoint import CheckpointManager
+from gradus.train.storage import checkpoint as ckpt_mod
+from gradus.train.storage.checkpoint import CheckpointManager
 
 
 def make():

@@ -8,9 +8,11 @@ from __future__ import annotations
 import dataclasses
 import math
 from functools import partial
+from pathlib import Path
 
 import pytest
 
+import gradus
 from gradus.config import StageConfig, from_dict
 from gradus.curriculum import (
     Schedule,
@@ -24,7 +26,7 @@ from gradus.curriculum import (
     state_at,
     tokens_at_step,
 )
-from gradus.curriculum.rules import SEQ_BATCH_MULTIPLIER, SEQ_BATCH_RULE, seq_batch_factors
+from gradus.curriculum.rules import SEQ_BATCH_MULTIPLIER, SEQ_BATCH_RULE, seq_batch_factors, seq_batch_words
 from gradus.presets import load_preset
 
 
@@ -94,8 +96,30 @@ def test_every_spelling_of_the_seq_batch_rule_is_the_rules_own():
         max_seq_len=2048,
     )
     filled = SEQ_BATCH_MULTIPLIER.replace("max_seq_len", "2048").replace("seq_len", "64").replace("batch", "256")
-    assert _words(filled) in _words(cur.stages[0].lr_note)
-    assert any(_words(SEQ_BATCH_MULTIPLIER) in _words(w) for w in cur.warnings)
+    assert " × ".join(seq_batch_words(64, 256, 2048)) == filled
+    assert filled in cur.stages[0].lr_note
+    assert any(SEQ_BATCH_MULTIPLIER in w for w in cur.warnings)
+
+
+def test_no_module_but_the_rules_spells_the_seq_batch_rule():
+    """The rule's words live in gradus/curriculum/rules.py (:func:`seq_batch_words`); the resolved notes, the
+    warnings and ``gradus schedule`` take them from there. Only the config's field description (layer 0, which
+    cannot import rules.py; checked above) spells them again. A string of any other module that spells a factor
+    (``sqrt(batch`` or ``min(max_seq_len``, spaces ignored) fails here."""
+    import ast
+
+    package = Path(gradus.__file__).parent
+    allowed = {package / "curriculum" / "rules.py", package / "config" / "schema.py"}
+    found = []
+    for path in sorted(package.rglob("*.py")):
+        if path in allowed:
+            continue
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.Constant) and isinstance(node.value, str):
+                text = _words(node.value)
+                if "sqrt(batch" in text or "min(max_seq_len" in text or "/32)" in text:
+                    found.append(f"{path.relative_to(package.parent)}:{node.lineno}")
+    assert found == []
 
 
 @pytest.mark.parametrize(("seq_len", "clip"), [(8, 5.0), (128, 5.0), (129, 1.0), (512, 1.0), (513, 0.5), (2048, 0.5)])

@@ -38,7 +38,7 @@ from gradus.experiments.runner import Runner, Task, same_config
 from gradus.presets import load_preset
 from gradus.sizes import ModelShape, resolve_shape
 from gradus.train.cadence import evaluation_due
-from gradus.train.run_dir import RunLock
+from gradus.train.storage.run_dir import RunLock
 
 
 @pytest.fixture(scope="module")

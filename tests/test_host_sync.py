@@ -77,7 +77,7 @@ def test_between_sync_points_a_step_is_read_after_the_next_one_is_queued(tmp_pat
 
     def step(*args, **kwargs):
         res = real_step(*args, **kwargs)
-        out = res[0] if kwargs.get("measure_noise") else res  # (figures, noise sample) when it measures
+        out = res[0] if kwargs.get("noise_hooks") is not None else res  # (figures, noise sample) when it measures
         out.n = sum(kind == "launch" for kind, _ in timeline) + 1  # (ids of freed objects are reused: tag it)
         timeline.append(("launch", out.n))
         return res

@@ -146,9 +146,69 @@ def test_data_never_imports_model_or_train():
     assert not bad, "\n".join(bad)
 
 
-def test_checkpoint_never_imports_the_trainer():
-    path = PACKAGE / "train" / "checkpoint.py"
-    bad = [f"checkpoint.py:{line} imports {m}" for line, m in imports(path) if m.startswith("gradus.train.trainer")]
+def test_the_storage_never_imports_the_trainer():
+    """The checkpoint code (gradus/train/storage/: the run directory, the checkpoints, FSDP's) takes parts with
+    ``state_dict()``/``load_state_dict()`` and never the trainer."""
+    paths = sorted((PACKAGE / "train" / "storage").glob("*.py"))
+    assert PACKAGE / "train" / "storage" / "checkpoint.py" in paths
+    bad = [f"{path.name}:{line} imports {m}" for path in paths for line, m in imports(path)
+           if m.startswith("gradus.train.trainer")]
+    assert not bad, "\n".join(bad)
+
+
+def private_imports(path: Path) -> list[str]:
+    """Where the file takes a private name (``_name``, not a dunder) from another gradus module:
+    ``from gradus.x import _name``, or ``mod._name`` on a gradus module it imported (``from gradus.train import
+    checkpoint``; ``import gradus.x as mod``). A name one module lends another is public: give it a public name."""
+    tree = ast.parse(path.read_text(encoding="utf-8"), filename=str(path))
+    name = module_name(path)
+    package = name if path.name == "__init__.py" else name.rpartition(".")[0]
+
+    def private(attr: str) -> bool:
+        return attr.startswith("_") and not (attr.startswith("__") and attr.endswith("__"))
+
+    bad, modules = [], set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.ImportFrom):
+            base = package.split(".")[: len(package.split(".")) - (node.level - 1)] if node.level else []
+            module = ".".join(base + ([node.module] if node.module else [])) if node.level else node.module or ""
+            if part_of(module) is None:
+                continue
+            for alias in node.names:
+                target = PACKAGE.parent.joinpath(*f"{module}.{alias.name}".split("."))
+                if target.with_suffix(".py").exists() or target.is_dir():
+                    modules.add(alias.asname or alias.name)  # a module: its attributes are checked below
+                elif private(alias.name):
+                    bad.append(f"{path.relative_to(PACKAGE)}:{node.lineno} imports {alias.name} from {module}")
+        elif isinstance(node, ast.Import):
+            modules.update(alias.asname for alias in node.names if alias.asname and part_of(alias.name) is not None)
+    for node in ast.walk(tree):
+        if (isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name) and node.value.id in modules
+                and private(node.attr)):
+            bad.append(f"{path.relative_to(PACKAGE)}:{node.lineno} uses {node.value.id}.{node.attr}")
+    return bad
+
+
+def test_the_private_import_finder(tmp_path, monkeypatch):
+    monkeypatch.setattr(sys.modules[__name__], "PACKAGE", tmp_path / "gradus")
+    (tmp_path / "gradus" / "train").mkdir(parents=True)
+    for name in ("__init__.py", "train/__init__.py", "train/checkpoint.py"):
+        (tmp_path / "gradus" / name).write_text("")
+    probe = tmp_path / "gradus" / "train" / "probe.py"
+    probe.write_text("from gradus.train.checkpoint import _fsync, public, __version__\n"
+                     "from .checkpoint import _also\nfrom gradus.train import checkpoint\n"
+                     "import gradus.train.checkpoint as ck\nimport os\n"
+                     "checkpoint._hidden(); ck._other(); checkpoint.fine(); os._exit(0)\n")
+    assert private_imports(probe) == ["train/probe.py:1 imports _fsync from gradus.train.checkpoint",
+                                      "train/probe.py:2 imports _also from gradus.train.checkpoint",
+                                      "train/probe.py:6 uses checkpoint._hidden", "train/probe.py:6 uses ck._other"]
+
+
+@pytest.mark.parametrize("path", FILES, ids=lambda p: str(p.relative_to(PACKAGE.parent)))
+def test_no_module_takes_another_modules_private_name(path):
+    """A leading underscore says "this module's own": a name another module needs gets a public name (in
+    the module that owns it, or in a fitting home such as ``gradus.files``)."""
+    bad = private_imports(path)
     assert not bad, "\n".join(bad)
 
 

@@ -16,6 +16,7 @@ from gradus.sizes import ModelShape
 from gradus.train.noise_scale import (
     GradientNoiseScale,
     GradientSample,
+    MicroBatchNorms,
     two_batch_estimates,
     unmeasured_reason,
 )
@@ -231,8 +232,9 @@ def test_the_step_measures_each_micro_batch_as_a_separate_backward_would():
     inputs, labels = _batch()
     model, opt = _parts()
     expected, tokens = _per_micro_by_separate_passes(model, inputs, labels, micro=2)
+    hooks = MicroBatchNorms(model.parameters())
     (loss, grad_norm, applied), sample = optimizer_step(model, model, opt, None, inputs, labels, lr=1e-2, clip=0.5,
-                                                        micro=2, rt=RT, measure_noise=True)
+                                                        micro=2, rt=RT, noise_hooks=hooks)
     assert len(set(tokens)) == 3  # three micro-batches of different sizes (a real test of the weights)
     assert sample.micro.tolist() == pytest.approx(expected, rel=1e-5)
     got = sample.read()
@@ -241,7 +243,9 @@ def test_the_step_measures_each_micro_batch_as_a_separate_backward_would():
     assert got.big_tokens == pytest.approx(sum(tokens), rel=1e-12)
     assert got.big_sq == pytest.approx(grad_norm**2, rel=1e-6)  # the norm before clipping (clip 0.5 is active)
     assert grad_norm > 0.5 and applied
-    assert all(not p._backward_hooks for p in model.parameters())  # hooks removed after the step
+    assert hooks.registered and not hooks.armed  # the hooks stay for the next step, recording nothing
+    hooks.close()
+    assert all(not p._backward_hooks for p in model.parameters())  # close removes them
 
 
 def test_a_micro_batch_without_label_tokens_is_left_out():
@@ -253,7 +257,7 @@ def test_a_micro_batch_without_label_tokens_is_left_out():
     expected, tokens = _per_micro_by_separate_passes(model, inputs, labels, micro=2)
     assert tokens[1] == 0 and expected[1] == 0.0
     _, sample = optimizer_step(model, model, opt, None, inputs, labels, lr=1e-2, clip=1.0, micro=2, rt=RT,
-                               measure_noise=True)
+                               noise_hooks=MicroBatchNorms(model.parameters()))
     got = sample.read()
     assert got.small_sq == pytest.approx((expected[0] + expected[2]) / 2, rel=1e-5)
     assert got.small_tokens == pytest.approx(2 / (1 / tokens[0] + 1 / tokens[2]), rel=1e-12)
@@ -265,7 +269,8 @@ def test_a_non_finite_step_gives_a_sample_the_estimator_skips(multiplier):
     inputs, labels = _batch(rows=4)
     model, opt = _parts()
     (_, _, applied), sample = optimizer_step(model, model, opt, None, inputs, labels, lr=1e-2, clip=1.0, micro=2,
-                                             rt=RT, loss_multiplier=multiplier, measure_noise=True)
+                                             rt=RT, loss_multiplier=multiplier,
+                                             noise_hooks=MicroBatchNorms(model.parameters()))
     gns = GradientNoiseScale()
     assert not applied and not sample.read().usable()
     assert gns.update(sample.read()) is False and gns.skipped == 1
@@ -280,21 +285,54 @@ def test_activation_checkpointing_measures_the_same_norms():
     expected, _ = _per_micro_by_separate_passes(model, inputs, labels, micro=2)
     assert apply_activation_checkpointing(model, "full", 1) == [0, 1]
     _, sample = optimizer_step(model, model, opt, None, inputs, labels, lr=1e-2, clip=1.0, micro=2, rt=RT,
-                               measure_noise=True)
+                               noise_hooks=MicroBatchNorms(model.parameters()))
     assert sample.micro.tolist() == pytest.approx(expected, rel=1e-5)
 
 
-def test_the_hooks_are_removed_when_a_micro_batch_fails():
+def test_the_hooks_are_disarmed_when_a_micro_batch_fails():
+    """A failed step leaves the hooks recording nothing, and the next step measures only its own micro-batches."""
     inputs, labels = _batch(rows=4)
     model, opt = _parts()
+    expected, _ = _per_micro_by_separate_passes(model, inputs, labels, micro=2)
+    hooks = MicroBatchNorms(model.parameters())
+    calls = []
 
     def failing(x, y):
-        raise RuntimeError("out of memory (simulated)")
+        calls.append(1)
+        if len(calls) == 2:  # the second micro-batch: the first one's norm is already taken
+            raise RuntimeError("out of memory (simulated)")
+        return model(x, y)
 
     with pytest.raises(RuntimeError, match="simulated"):
         optimizer_step(failing, model, opt, None, inputs, labels, lr=1e-2, clip=1.0, micro=2, rt=RT,
-                       measure_noise=True)
-    assert all(not p._backward_hooks for p in model.parameters())
+                       noise_hooks=hooks)
+    assert hooks.registered and not hooks.armed
+    model.zero_grad(set_to_none=True)  # (what the failed step accumulated)
+    _, sample = optimizer_step(model, model, opt, None, inputs, labels, lr=1e-2, clip=1.0, micro=2, rt=RT,
+                               noise_hooks=hooks)
+    assert sample.micro.tolist() == pytest.approx(expected, rel=1e-5)
+
+
+def test_the_hooks_are_registered_once_and_record_only_measured_steps():
+    """The run's hooks go on the parameters at the first measured step and stay: a later step registers
+    nothing, measures its own micro-batches, and a step that does not measure (no hooks handed, or one
+    micro-batch on one process) leaves them disarmed."""
+    inputs, labels = _batch(rows=4)
+    model, opt = _parts()
+    hooks = MicroBatchNorms(model.parameters())
+    assert not hooks.registered and all(not p._backward_hooks for p in model.parameters())
+    counts = []
+    for noise_hooks, micro in ((hooks, 2), (None, 2), (hooks, 4), (hooks, 2)):
+        out = optimizer_step(model, model, opt, None, inputs, labels, lr=0.0, clip=1.0, micro=micro, rt=RT,
+                             noise_hooks=noise_hooks)
+        counts.append([len(p._backward_hooks) for p in model.parameters()])
+        if noise_hooks is not None:
+            assert (out[1] is None) == (micro == 4)  # one micro-batch of 4 rows: nothing to measure
+        assert not hooks.armed
+    assert all(c == counts[0] and set(c) == {1} for c in counts)  # one hook per parameter, all along
+    assert len(hooks.per_micro) == 2  # the last step's two micro-batches, nothing left from before
+    hooks.close()
+    assert not hooks.registered and all(not p._backward_hooks for p in model.parameters())
 
 
 @pytest.mark.parametrize("lagged", [False, True])
@@ -303,10 +341,11 @@ def test_the_step_is_bit_identical_with_the_measurement_on_and_off(lagged):
     runs = []
     for measure in (False, True):
         model, opt = _parts(fused=lagged)
+        hooks = MicroBatchNorms(model.parameters()) if measure else None
         results = []
         for _ in range(3):
             out = optimizer_step(model, model, opt, None, inputs, labels, lr=1e-2, clip=1.0, micro=2, rt=RT,
-                                 lagged=lagged, measure_noise=measure)
+                                 lagged=lagged, noise_hooks=hooks)
             if measure:
                 out, sample = out
                 assert sample is not None and sample.read().usable()
@@ -323,7 +362,7 @@ def test_one_micro_batch_on_one_process_cannot_measure_and_says_why():
     inputs, labels = _batch(rows=2)
     model, opt = _parts()
     out, sample = optimizer_step(model, model, opt, None, inputs, labels, lr=1e-2, clip=1.0, micro=2, rt=RT,
-                                 measure_noise=True)
+                                 noise_hooks=MicroBatchNorms(model.parameters()))
     assert sample is None and len(out) == 3
     assert "one micro-batch on one process" in unmeasured_reason(1, 1)
     assert unmeasured_reason(2, 1) is None and unmeasured_reason(1, 2) is None
@@ -335,14 +374,15 @@ def test_the_loss_scale_and_the_loss_multiplier_are_undone():
     model, opt = _parts()
     m1 = copy.deepcopy(model)
     _, plain = optimizer_step(m1, m1, torch.optim.AdamW(m1.parameters()), None, inputs, labels, lr=1e-2, clip=1.0,
-                              micro=2, rt=RT, measure_noise=True)
+                              micro=2, rt=RT, noise_hooks=MicroBatchNorms(m1.parameters()))
     scaler = torch.amp.GradScaler("cpu", init_scale=2.0**12)
     m2 = copy.deepcopy(model)
     _, scaled = optimizer_step(m2, m2, torch.optim.AdamW(m2.parameters()), scaler, inputs, labels, lr=1e-2, clip=1.0,
-                               micro=2, rt=RT, measure_noise=True)
+                               micro=2, rt=RT, noise_hooks=MicroBatchNorms(m2.parameters()))
     m3 = copy.deepcopy(model)
     _, multiplied = optimizer_step(m3, m3, torch.optim.AdamW(m3.parameters()), None, inputs, labels, lr=1e-2,
-                                   clip=1.0, micro=2, rt=RT, loss_multiplier=3.0, measure_noise=True)
+                                   clip=1.0, micro=2, rt=RT, loss_multiplier=3.0,
+                                   noise_hooks=MicroBatchNorms(m3.parameters()))
     assert scaler.is_enabled() and scaler.get_scale() == 2.0**12  # the hooks saw gradients 4096× too large
     want = plain.values.tolist()
     assert scaled.values.tolist() == pytest.approx(want, rel=1e-5)
@@ -361,14 +401,16 @@ def test_no_graph_is_built_after_the_first_compiled_step():
     model, opt = _parts()
     eager = copy.deepcopy(model)
     _, want = optimizer_step(eager, eager, torch.optim.AdamW(eager.parameters(), lr=1e-2), None, inputs, labels,
-                             lr=1e-2, clip=1.0, micro=2, rt=RT, measure_noise=True)
+                             lr=1e-2, clip=1.0, micro=2, rt=RT, noise_hooks=MicroBatchNorms(eager.parameters()))
     net = torch.compile(model, backend="aot_eager", dynamic=False)
+    hooks = MicroBatchNorms(model.parameters())
     _, got = optimizer_step(net, model, opt, None, inputs, labels, lr=1e-2, clip=1.0, micro=2, rt=RT,
-                            measure_noise=True)
+                            noise_hooks=hooks)
     assert got.values.tolist() == pytest.approx(want.values.tolist(), rel=1e-5)
     graphs = compiled_graph_count()
     for measure in (False, True, False, True):
-        optimizer_step(net, model, opt, None, inputs, labels, lr=1e-2, clip=1.0, micro=2, rt=RT, measure_noise=measure)
+        optimizer_step(net, model, opt, None, inputs, labels, lr=1e-2, clip=1.0, micro=2, rt=RT,
+                       noise_hooks=hooks if measure else None)
     assert compiled_graph_count() == graphs
 
 
@@ -387,7 +429,8 @@ def _ddp_worker(rank: int, world: int, init: str, out: str) -> None:
         net = torch.nn.parallel.DistributedDataParallel(model)
         mine = slice(4 * rank, 4 * rank + 4)  # each rank its 4 rows, in 2 micro-batches of 2
         (_, grad_norm, _), sample = optimizer_step(net, model, opt, None, inputs[mine], labels[mine], lr=1e-2,
-                                                   clip=1.0, micro=2, rt=rt, measure_noise=True)
+                                                   clip=1.0, micro=2, rt=rt,
+                                                   noise_hooks=MicroBatchNorms(model.parameters()))
         with open(f"{out}.{rank}", "w") as f:
             json.dump({"values": sample.values.tolist(), "micro": sample.micro.tolist(), "grad_norm": grad_norm}, f)
     finally:

@@ -25,7 +25,7 @@ from gradus.cli import main
 from gradus.config import from_dict
 from gradus.plan.memory import checkpointed_blocks
 from gradus.train.metrics import losses_by_step, read_metrics
-from gradus.train.sharded_checkpoint import consolidate, is_sharded_checkpoint
+from gradus.train.storage.sharded_checkpoint import consolidate, is_sharded_checkpoint
 from gradus.train.trainer import train
 
 LOSS_TOL = 1e-5

@@ -16,12 +16,12 @@ from builders import tiny_config
 from gradus.cli import main
 from gradus.config import GuardConfig, from_dict
 from gradus.errors import CheckpointError, ConfigError
-from gradus.train import checkpoint as checkpoint_mod
 from gradus.train import faults
-from gradus.train.checkpoint import CheckpointManager
 from gradus.train.guard import LossGuard
 from gradus.train.metrics import read_metrics
-from gradus.train.run_dir import CHECKPOINT_FILES, RunDir, clean_leftovers
+from gradus.train.storage import checkpoint as checkpoint_mod
+from gradus.train.storage.checkpoint import CheckpointManager
+from gradus.train.storage.run_dir import CHECKPOINT_FILES, RunDir, clean_leftovers
 from gradus.train.trainer import train
 
 TOTAL_STEPS = 16

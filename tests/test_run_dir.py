@@ -1,4 +1,4 @@
-"""The run directory has one owner (gradus/train/run_dir.py): its layout, lock, status file and leftovers.
+"""The run directory has one owner (gradus/train/storage/run_dir.py): its layout, lock, status file and leftovers.
 
 The layout test parses every module under gradus/ (no module is imported) and fails on a run file's name
 spelt anywhere but run_dir.py, so a new reader or writer of a run directory asks :class:`RunDir` instead
@@ -14,11 +14,11 @@ from pathlib import Path
 import pytest
 
 from gradus.errors import ConfigError
-from gradus.train import run_dir as rd
-from gradus.train.run_dir import CheckpointFiles, RunDir, RunLock
+from gradus.train.storage import run_dir as rd
+from gradus.train.storage.run_dir import CheckpointFiles, RunDir, RunLock
 
 PACKAGE = Path(__file__).resolve().parents[1] / "gradus"
-OWNER = PACKAGE / "train" / "run_dir.py"
+OWNER = PACKAGE / "train" / "storage" / "run_dir.py"
 
 # Names distinctive enough to be a run file wherever they appear as a whole string literal.
 FILE_NAMES = {rd.CONFIG, rd.TOKENIZER, rd.METRICS, rd.STATUS, rd.LOCK, rd.CHECKPOINTS, rd.WANDB_ID,
@@ -67,7 +67,7 @@ def test_no_module_but_run_dir_spells_a_run_file_name():
             if (rel, name) in ALLOWED:
                 used.add((rel, name))
             else:
-                problems.append(f"gradus/{rel}:{line} spells {name!r}; ask gradus.train.run_dir.RunDir")
+                problems.append(f"gradus/{rel}:{line} spells {name!r}; ask gradus.train.storage.run_dir.RunDir")
     assert not problems, "\n".join(problems)
     assert used == set(ALLOWED), f"stale exceptions: {sorted(set(ALLOWED) - used)}"
 

@@ -184,7 +184,7 @@ def test_config_change_on_resume_is_refused(tmp_path, tokenizer_json, offline_da
 
 
 def test_a_stage_that_changed_kind_is_a_change_unless_the_checkpoint_predates_kinds():
-    from gradus.train.checkpoint import describe_incompatibility
+    from gradus.train.storage.checkpoint import describe_incompatibility
 
     stage = {"seq_len": 64, "batch_size": 4, "start_step": 0, "end_step": 10}
     sig = {"world_size": 1, "tokenizer_sha256": "x", "target_tokens": None}
@@ -222,11 +222,11 @@ def test_nan_steps_are_skipped_then_rolled_back(tmp_path, tokenizer_json, offlin
     seen: list[int] = []
 
     def step(self, state, batch):
-        loss, norm, applied = real(self, state, batch)
+        (loss, norm, applied), noise = real(self, state, batch)  # (the step's figures, its noise-scale sample)
         seen.append(state.step)
         if state.step in poisoned and seen.count(state.step) == 1:
-            return float("nan"), norm, False
-        return loss, norm, applied
+            return (float("nan"), norm, False), noise
+        return (loss, norm, applied), noise
 
     monkeypatch.setattr(trainer_mod.Trainer, "_train_step", step)
     result = train(from_dict(raw_config(tokenizer_json, offline_data)), tmp_path, quiet=True)
@@ -696,7 +696,7 @@ def test_a_start_refused_because_the_folder_is_busy_removes_nothing(tmp_path, to
     """Two starts on one new --out: the second is refused (the folder is locked) and must not remove the folder
     the first created and is training in (only a folder this process created and locked is removed)."""
     from gradus.cli import main
-    from gradus.train.run_dir import RunLock
+    from gradus.train.storage.run_dir import RunLock
 
     run = tmp_path / "run"
     run.mkdir()

@@ -7,10 +7,10 @@ from __future__ import annotations
 import json
 import math
 import shutil
-import sys
 from pathlib import Path
 
 import pytest
+from builders import load_benchmark
 
 from gradus.experiments.trend import TrendPoint, fit_trend, forecast
 
@@ -88,8 +88,7 @@ def _point_file(src: Path, budget: int, dest: Path) -> None:
 def test_the_benchmark_builds_its_summary_from_result_files_without_training(tmp_path, monkeypatch):
     """Both points' files exist, so nothing trains: the summary, trend, table and plot come from them (the
     0.5M and 1M WikiText-2 files of record stand in for two budgets of one series)."""
-    sys.path.insert(0, str(REPO / "benchmarks"))
-    import speedup_vs_budget as bench
+    bench = load_benchmark("speedup_vs_budget")
 
     results = REPO / "benchmarks" / "results"
     trend_dir = tmp_path / "trend"

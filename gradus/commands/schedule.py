@@ -8,19 +8,19 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 from pathlib import Path
 
 from gradus.commands.common import add_config_arguments, config_source, load_from_args
 from gradus.config import GradusConfig, dump_yaml, load_config
 from gradus.curriculum import Schedule, StagePlan, resolve_schedule
 from gradus.curriculum.adaptive import accepted_edits, edited_config, envelope_lines
+from gradus.curriculum.rules import SEQ_BATCH_RULE, seq_batch_factors
 from gradus.errors import ConfigError
 from gradus.plan.cost import check_mfu, stage_costs
 from gradus.plan.hardware import GPUSpec, format_flops, gpu_spec, parse_float
 from gradus.presets import list_presets, preset_description
 from gradus.sizes import ModelShape, resolve_shape
-from gradus.train.run_dir import RunDir
+from gradus.train.storage.run_dir import RunDir
 from gradus.units import format_count, format_duration, format_lr, parse_count, parse_rate
 
 
@@ -344,7 +344,7 @@ def format_table(cfg: GradusConfig, cur: Schedule, report: dict, title: str = ""
     lines += [fmt(r) for r in rows]
     lines.append(fmt(total))
     if any(s.lr_source == "seq_batch" for s in cur.stages):
-        lines.append("LR rule seq_batch: base × min(max_seq_len / seq_len, 4) × sqrt(batch / 32)")
+        lines.append(f"LR rule seq_batch: {SEQ_BATCH_RULE}")
     if any(s.clip_note == "by_length" for s in cur.stages):
         lines.append("clip rule by_length: seq_len ≤ 128 → 5.0, ≤ 512 → 1.0, else 0.5")
     if with_coverage:
@@ -443,6 +443,6 @@ def _lr_from(s: StagePlan, base: float, max_seq_len: int) -> str:
         return s.lr_source
     mult = s.peak_lr / base
     if s.lr_source == "seq_batch":
-        length, width = min(max_seq_len / s.seq_len, 4.0), math.sqrt(s.batch_size / 32)
+        length, width = seq_batch_factors(s.seq_len, s.batch_size, max_seq_len)
         return f"{mult:.3g}× = {length:.3g} × {width:.3g} (seq_batch)"
     return f"{mult:.3g}× base"

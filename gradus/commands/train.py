@@ -17,7 +17,7 @@ from pathlib import Path
 from gradus.commands.common import add_config_arguments, config_source
 from gradus.config import load_config
 from gradus.errors import ConfigError
-from gradus.train.run_dir import RunDir
+from gradus.train.storage.run_dir import RunDir
 
 DEFAULT_PRESET = "demo"
 RUNS_DIR = Path("runs")

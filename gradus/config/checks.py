@@ -24,7 +24,7 @@ from typing import Annotated, Any
 from pydantic import BaseModel, TypeAdapter, ValidationError
 
 from gradus.config.fields import MODEL_PRESETS, SIZE_PRESETS
-from gradus.config.messages import _join, field_path, format_validation_error  # noqa: F401 (re-exported)
+from gradus.config.messages import field_path, format_validation_error, under_path  # noqa: F401 (re-exported)
 from gradus.config.schema import (
     AdaptiveBatchConfig,
     AdaptiveConfig,
@@ -446,7 +446,7 @@ def _all_problems(data: Any, err: ValidationError) -> list[str]:
     if isinstance(data, Mapping):
         # The whole-config check ran on parsed values (8k read as 8000); it runs again below on the values as
         # written, so its parsed lines go, or one problem would be said twice in two spellings.
-        parsed = {_join("", sub) for e in err.errors() if not e["loc"] and e["type"] == "value_error"
+        parsed = {under_path("", sub) for e in err.errors() if not e["loc"] and e["type"] == "value_error"
                   for sub in str(e.get("ctx", {}).get("error", e["msg"])).split("\n")}
         lines = [line for line in lines if line not in parsed]
         # A stage's own validator runs only when all its fields are valid; check the others on raw data.
@@ -455,7 +455,7 @@ def _all_problems(data: Any, err: ValidationError) -> list[str]:
         if isinstance(stages, list):
             for i, stage in enumerate(stages):
                 if i in failed and isinstance(stage, Mapping):
-                    lines += [_join(f"curriculum.stages[{i}]", p) for p in stage_problems(stage)]
+                    lines += [under_path(f"curriculum.stages[{i}]", p) for p in stage_problems(stage)]
         # The whole-config check never ran (some section failed): run it on whatever is usable.
         lines += cross_check(data)
     return list(dict.fromkeys(lines))  # de-duplicated, in order

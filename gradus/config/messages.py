@@ -77,7 +77,7 @@ def _field_names(cls: type[BaseModel]) -> list[str]:
 _SECTIONS = ("curriculum.", "model.", "data.", "train.", "optim.", "logging.")
 
 
-def _join(path: str, sub: str) -> str:
+def under_path(path: str, sub: str) -> str:
     """Put a validator's problem line under the path of the object it checked."""
     if sub.startswith(_SECTIONS):  # cross-section lines carry their own full path
         return sub
@@ -121,7 +121,7 @@ def format_validation_error(err: ValidationError) -> list[str]:
             value = e.get("input")
             for sub in msg.split("\n"):
                 if isinstance(value, Mapping) or not loc:  # a model's own check
-                    lines.append(_join(path, sub))
+                    lines.append(under_path(path, sub))
                 else:  # a field's parser, e.g. a token count: show the value it got
                     lines.append(f"{path}={_short(value)}: {sub}")
         else:

@@ -11,7 +11,14 @@ import dataclasses
 import math
 
 from gradus.config import GradusConfig, StageConfig
-from gradus.curriculum.rules import clip_by_length, derive_batch, seq_batch_multiplier
+from gradus.curriculum.rules import (
+    SEQ_BATCH_MULTIPLIER,
+    clip_by_length,
+    derive_batch,
+    seq_batch_factors,
+    seq_batch_multiplier,
+    seq_batch_words,
+)
 from gradus.curriculum.schedule import Schedule, StagePlan
 from gradus.curriculum.state import lr_from
 from gradus.units import format_count, format_lr
@@ -227,10 +234,10 @@ def _peak_lr(cfg: GradusConfig, st: StageConfig, seq_len: int, batch: int) -> tu
     if st.lr_rule == "seq_batch":
         max_len = cfg.model.max_seq_len
         mult = seq_batch_multiplier(seq_len, batch, max_len)
-        length, width = min(max_len / seq_len, 4.0), math.sqrt(batch / 32.0)
+        length, width = seq_batch_factors(seq_len, batch, max_len)
+        words = " × ".join(seq_batch_words(seq_len, batch, max_len))
         return base * mult, (
-            f"{mult:.3g}× base {format_lr(base)} (seq_batch: min({max_len}/{seq_len}, 4) × "
-            f"sqrt({batch}/32) = {length:.3g} × {width:.3g})"
+            f"{mult:.3g}× base {format_lr(base)} (seq_batch: {words} = {length:.3g} × {width:.3g})"
         ), "seq_batch"
     return base, f"base {format_lr(base)}", "base"
 
@@ -271,7 +278,7 @@ def _check(cfg: GradusConfig, plans: list[StagePlan], warnings: list[str]) -> No
         warnings.append(
             "lr_rule seq_batch at constant tokens per batch counts the same effect twice: a shorter "
             "sequence already means a proportionally larger batch, so both factors of "
-            "min(max_seq_len/seq_len, 4) × sqrt(batch/32) grow together; consider lr_multiplier"
+            f"{SEQ_BATCH_MULTIPLIER} grow together; consider lr_multiplier"
         )
     cur = cfg.curriculum
     # Compared with the defaults, not with the fields set: a saved config.yaml writes every field out.
@@ -286,7 +293,7 @@ def _check(cfg: GradusConfig, plans: list[StagePlan], warnings: list[str]) -> No
     if ramp is not None and ramp.alpha and rule_stages:
         warnings.append(
             f"batch_ramp.alpha={ramp.alpha:g} and lr_rule seq_batch both scale the LR with the batch "
-            "(seq_batch's sqrt(batch/32)); consider alpha: 0 or lr_multiplier"
+            f"(seq_batch's {seq_batch_words()[1]}); consider alpha: 0 or lr_multiplier"
         )
     for s in plans:
         if s.steps == 0:

@@ -30,15 +30,23 @@ SEQ_BATCH_MAX_LENGTH_FACTOR = 4.0
 """seq_batch: the most a short sequence multiplies the LR by (max_seq_len / seq_len, capped here)."""
 SEQ_BATCH_REFERENCE_BATCH = 32
 """seq_batch: the batch at which the width factor is 1 (it grows as sqrt(batch / this))."""
-SEQ_BATCH_MULTIPLIER = (
-    f"min(max_seq_len/seq_len, {SEQ_BATCH_MAX_LENGTH_FACTOR:g}) × sqrt(batch/{SEQ_BATCH_REFERENCE_BATCH})"
-)
-"""The seq_batch rule's multiplier in words, the one spelling for messages and tables
-(``min(max_seq_len/seq_len, 4) × sqrt(batch/32)``)."""
+
+
+def seq_batch_words(seq_len: object = "seq_len", batch: object = "batch",
+                    max_seq_len: object = "max_seq_len") -> tuple[str, str]:
+    """The seq_batch rule's two factors in words, (length, width), with the names (the default) or a stage's
+    values filled in: ``min(max_seq_len/seq_len, 4)``, ``sqrt(batch/32)``. The one spelling of the rule: every
+    message, note and table takes its words from here (:data:`SEQ_BATCH_MULTIPLIER`, :data:`SEQ_BATCH_RULE`)."""
+    return (f"min({max_seq_len}/{seq_len}, {SEQ_BATCH_MAX_LENGTH_FACTOR:g})",
+            f"sqrt({batch}/{SEQ_BATCH_REFERENCE_BATCH})")
+
+
+SEQ_BATCH_MULTIPLIER = " × ".join(seq_batch_words())
+"""The seq_batch rule's multiplier in words (``min(max_seq_len/seq_len, 4) × sqrt(batch/32)``)."""
 SEQ_BATCH_RULE = f"base × {SEQ_BATCH_MULTIPLIER}"
 """The seq_batch rule in words, the peak LR it gives (``base × min(max_seq_len/seq_len, 4) × sqrt(batch/32)``).
 The config's field description (layer 0, which cannot import this) spells it too; ``tests/test_curriculum.py``
-checks that every spelling says this."""
+checks that it says this and that no other module spells it."""
 
 
 def seq_batch_factors(seq_len: int, batch: int, max_seq_len: int) -> tuple[float, float]:

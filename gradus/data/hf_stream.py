@@ -16,7 +16,7 @@ import time
 from collections.abc import Iterator
 
 from gradus.config import SourceConfig
-from gradus.data.reader import Cursor, Reader, Shard, _Raw, one_line
+from gradus.data.reader import Cursor, RawRecord, Reader, Shard, one_line
 from gradus.errors import DataError
 
 log = logging.getLogger("gradus.data")
@@ -91,7 +91,7 @@ class HFReader(Reader):
             ds = split_dataset_by_node(ds, rank=self.shard.index, world_size=self.shard.count)
         return ds
 
-    def _records(self, cursor: Cursor) -> Iterator[_Raw]:
+    def _records(self, cursor: Cursor) -> Iterator[RawRecord]:
         n = cursor.get("n", 0)
         ds_state = cursor.get("ds_state")
         ds_n = cursor.get("ds_n", 0)
@@ -109,7 +109,7 @@ class HFReader(Reader):
                     failures = 0
                     if n - ds_n >= HF_STATE_EVERY:
                         ds_state, ds_n = ds.state_dict(), n
-                    yield _Raw(n - 1, {"n": n, "ds_state": ds_state, "ds_n": ds_n}, row,
+                    yield RawRecord(n - 1, {"n": n, "ds_state": ds_state, "ds_n": ds_n}, row,
                                f"{self.cfg.dataset} ({self.split}) row {n - 1}")
                 return
             except StopIteration:

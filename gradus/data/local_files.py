@@ -19,7 +19,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from gradus.config import SourceConfig
-from gradus.data.reader import Cursor, Reader, Shard, _JsonLine, _Raw, decode_utf8, one_line
+from gradus.data.reader import Cursor, JsonLine, RawRecord, Reader, Shard, decode_utf8, one_line
 from gradus.errors import DataError
 
 PIECE_BYTES = 1 << 20
@@ -80,7 +80,7 @@ class FileReader(Reader):
         """The configured path."""
         return f"path {self.pattern!r}"
 
-    def _records(self, cursor: Cursor) -> Iterator[_Raw]:
+    def _records(self, cursor: Cursor) -> Iterator[RawRecord]:
         file_index = cursor.get("file", 0)
         offset = cursor.get("offset", 0)
         record = cursor.get("record", 0)
@@ -110,7 +110,7 @@ class FileReader(Reader):
                 ) from None
 
     # JSON lines (or a JSON array) -----------------------------------------------------------------
-    def _json(self, fi: int, offset: int, line_no: int, record: int, element: int) -> Iterator[_Raw]:
+    def _json(self, fi: int, offset: int, line_no: int, record: int, element: int) -> Iterator[RawRecord]:
         path = self.files[fi]
         with _open_binary(path) as f:
             head = f.read(1 << 12).lstrip() if offset == 0 else b""
@@ -131,10 +131,10 @@ class FileReader(Reader):
                 index = record
                 record += 1
                 where = f"{path}:{line_no}"
-                yield _Raw(index, {"file": fi, "offset": offset, "line": line_no, "record": record},
-                           _JsonLine(raw_line, where, self.name), where)
+                yield RawRecord(index, {"file": fi, "offset": offset, "line": line_no, "record": record},
+                           JsonLine(raw_line, where, self.name), where)
 
-    def _json_array(self, fi: int, path: Path, record: int, element: int) -> Iterator[_Raw]:
+    def _json_array(self, fi: int, path: Path, record: int, element: int) -> Iterator[RawRecord]:
         # A JSON array has no line structure to stream; it is loaded whole (as `datasets` does too).
         with _open_binary(path) as f:
             raw_bytes = f.read()
@@ -150,11 +150,11 @@ class FileReader(Reader):
             index = record
             record += 1
             # offset=0 reopens the array; the element to resume at follows from the record counter.
-            yield _Raw(index, {"file": fi, "offset": 0, "line": 0, "record": record, "element": i + 1},
+            yield RawRecord(index, {"file": fi, "offset": 0, "line": 0, "record": record, "element": i + 1},
                        item, f"{path}: element {i}")
 
     # Parquet ----------------------------------------------------------------------------------------
-    def _parquet(self, fi: int, row: int, record: int) -> Iterator[_Raw]:
+    def _parquet(self, fi: int, row: int, record: int) -> Iterator[RawRecord]:
         import pyarrow.parquet as pq
 
         path = self.files[fi]
@@ -186,11 +186,11 @@ class FileReader(Reader):
                     continue
                 index = record
                 record += 1
-                yield _Raw(index, {"file": fi, "offset": current, "record": record}, item,
+                yield RawRecord(index, {"file": fi, "offset": current, "record": record}, item,
                            f"{path}: row {current - 1}")
 
     # plain text -------------------------------------------------------------------------------------
-    def _lines(self, fi: int, offset: int, line_no: int, record: int, unit: str) -> Iterator[_Raw]:
+    def _lines(self, fi: int, offset: int, line_no: int, record: int, unit: str) -> Iterator[RawRecord]:
         path = self.files[fi]
         with _open_binary(path) as f:
             f.seek(offset)
@@ -202,7 +202,7 @@ class FileReader(Reader):
                 if unit == "line":
                     index = record
                     record += 1
-                    yield _Raw(index, {"file": fi, "offset": offset, "line": line_no, "record": record},
+                    yield RawRecord(index, {"file": fi, "offset": offset, "line": line_no, "record": record},
                                raw_line.rstrip(b"\r\n"), f"{path}:{line_no}")
                     continue
                 if raw_line.strip():
@@ -213,16 +213,16 @@ class FileReader(Reader):
                 if block:
                     index = record
                     record += 1
-                    yield _Raw(index, {"file": fi, "offset": offset, "line": line_no, "record": record},
+                    yield RawRecord(index, {"file": fi, "offset": offset, "line": line_no, "record": record},
                                b"".join(block).rstrip(b"\r\n"), f"{path}:{block_line}")
                     block = []
             if block:
                 index = record
                 record += 1
-                yield _Raw(index, {"file": fi, "offset": offset, "line": line_no, "record": record},
+                yield RawRecord(index, {"file": fi, "offset": offset, "line": line_no, "record": record},
                            b"".join(block).rstrip(b"\r\n"), f"{path}:{block_line}")
 
-    def _text_file(self, fi: int, offset: int, record: int) -> Iterator[_Raw]:
+    def _text_file(self, fi: int, offset: int, record: int) -> Iterator[RawRecord]:
         # One document per file, read PIECE_BYTES at a time and cut where a tokenizer would split
         # anyway (before a single space after a non-space), so a document of hundreds of MB streams
         # without being loaded whole and tokenises as it would in one go.
@@ -244,7 +244,7 @@ class FileReader(Reader):
                 index = record
                 if at_end:
                     record += 1
-                yield _Raw(index, {"file": fi, "offset": offset, "record": record}, data[:cut],
+                yield RawRecord(index, {"file": fi, "offset": offset, "record": record}, data[:cut],
                            f"{path}", first=first, last=at_end)
                 first = False
                 if at_end:

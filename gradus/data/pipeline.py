@@ -8,10 +8,12 @@ match the prediction (the trainer resumed, or skipped), the pipeline rewinds to 
 returned and produces the right one: prefetching never changes what the trainer sees.
 
 Exactness: everything that decides the stream — each source's cursor, shuffle buffer and RNG, the
-mixer's RNG and counters, the packer's leftover tokens — lives in :class:`_Stream` and is captured after
-every batch (each of those parts has ``state_dict()``/``load_state_dict()``, the one Stateful protocol). ``state_dict()`` returns the capture taken after the *last batch returned*, however far the
-thread has run ahead, and ``load_state_dict()`` restores it, after which the batches are bit-identical to
-those of the uninterrupted pipeline.
+mixer's RNG and counters, the packer's leftover tokens — lives in the
+:class:`~gradus.data.batch_stream.BatchStream` (its own module: what the trainer sees, apart from when it is
+made) and is captured after every batch (each of those parts has ``state_dict()``/``load_state_dict()``, the
+one Stateful protocol). ``state_dict()`` returns the capture taken after the *last batch returned*, however
+far the thread has run ahead, and ``load_state_dict()`` restores it, after which the batches are
+bit-identical to those of the uninterrupted pipeline.
 """
 
 from __future__ import annotations
@@ -22,18 +24,14 @@ import queue
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from gradus.config import DataConfig
 from gradus.curriculum import state_at, tokens_at_step
+from gradus.data.batch_stream import STATE_VERSION, Batch, BatchSpec, BatchStream, no_pause
 from gradus.data.chat import chat_loss_rows
-from gradus.data.mixture import Mixer, SourceFeed, name_key, rng_from
-from gradus.data.packing import RecordPacker, make_packer, resolve_stride
-from gradus.data.reader import Shard
-from gradus.data.sources import open_reader
 from gradus.data.validation import heldout_records, heldout_tokens, windows
 from gradus.errors import DataError
 
@@ -43,151 +41,11 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("gradus.data")
 
-STATE_VERSION = 2
+__all__ = ["Batch", "DataPipeline"]  # Batch lives in gradus.data.batch_stream; imported from here too
 
 
-@dataclass
-class Batch:
-    """One step's data for this rank: ``inputs`` and ``labels`` int64 ``[rows, seq_len]`` (labels are the
-    inputs shifted by one, -100 where masked), tokens per source (input positions that hold real tokens),
-    and the step and stage it was made for (-1 for validation batches)."""
-
-    inputs: np.ndarray
-    labels: np.ndarray
-    tokens_by_source: dict[str, int]
-    step: int
-    stage_index: int
-    source: str | None = field(default=None)
-    """Validation batches: the one source they come from."""
-
-    @property
-    def rows(self) -> int:
-        """Sequences in the batch."""
-        return int(self.inputs.shape[0])
-
-    @property
-    def seq_len(self) -> int:
-        """Tokens per sequence."""
-        return int(self.inputs.shape[1])
-
-    @property
-    def num_tokens(self) -> int:
-        """Input positions (rows × seq_len), padding included."""
-        return int(self.inputs.size)
-
-
-@dataclass(frozen=True)
-class _Spec:
-    """What a batch must look like: decided by the curriculum state alone."""
-
-    stage_index: int
-    seq_len: int
-    rows: int
-    mix: tuple[tuple[str, float], ...]
-    kind: str = "pretrain"
-
-
-# ----------------------------------------------------------------------------------------- the core
-class _Stream:
-    """The deterministic producer: call ``make(spec)`` repeatedly; ``state_dict()``/``load_state_dict()``
-    its state (every feed's, the mixer's, the packer's and the counters)."""
-
-    def __init__(self, cfg: DataConfig, tok: Tokenizer, encoder, seed: int, rank: int, world_size: int):
-        self.cfg = cfg
-        self.names = [s.name for s in cfg.sources]
-        self.index = {n: i for i, n in enumerate(self.names)}
-        depth = 1 if encoder.workers == 0 else 2 * encoder.workers
-        self.feeds: dict[str, SourceFeed] = {}
-        for src in cfg.sources:
-            reader = open_reader(src, shard=Shard(rank, world_size), role="train", holdout=cfg.validation.fraction,
-                                 retries=cfg.retries, backoff=cfg.retry_backoff, tokenizer=tok)
-            self.feeds[src.name] = SourceFeed(
-                src.name, reader, encoder, buffer_size=cfg.shuffle_buffer,
-                rng=rng_from(seed, rank, name_key(src.name)), on_exhausted=src.on_exhausted, depth=depth,
-            )
-        self.mixer = Mixer(self.names, rng_from(seed, rank, 0x6D6978))
-        self.packer = make_packer(cfg.packing, len(self.names), tok.dtype, tok.eos_id)
-        # Stages of kind sft cut chat records one per row instead (see RecordPacker for why).
-        self.records = RecordPacker(len(self.names), tok.eos_id)
-        self.tokens = {n: 0 for n in self.names}
-        self.batches = 0
-        self.encoder = encoder
-        self.pause: Callable[[], None] = _nothing
-
-    def set_pause(self, pause: Callable[[], None]) -> None:
-        """Install the function called between documents (the thread's courtesy; a no-op otherwise)."""
-        self.pause = pause
-        self.encoder.pause = pause
-        for feed in self.feeds.values():
-            feed.pause = pause
-
-    def make(self, spec: _Spec) -> Batch:
-        """The next batch of shape ``spec``."""
-        packer = self.records if spec.kind == "sft" else self.packer
-        if spec.stage_index != self.mixer.stage:
-            pending = packer.pending()
-            self.mixer.begin_stage(spec.stage_index, {n: int(pending[i]) for i, n in enumerate(self.names)})
-        weights = dict(spec.mix)
-        stride = resolve_stride(self.cfg.packing, spec.seq_len)
-        # What waits in the packer as this batch starts: the pool that stays in the lanes from batch to
-        # batch. Taken once per batch, not per document: during the batch's own fill the packer also holds
-        # the tokens this batch is about to take, and counting those as waiting would make the mixer pick
-        # one source for a whole batch.
-        pending = packer.pending()
-        waiting = {n: int(pending[i]) for i, n in enumerate(self.names)}
-
-        def pull() -> tuple[np.ndarray, int, bool]:
-            self.pause()
-            while True:
-                name = self.mixer.choose(weights, lambda n: self.feeds[n].peek_length(), waiting)
-                got = self.feeds[name].pop()
-                if got is None:  # only a sticky source can get here, and it cannot be exhausted mid-document
-                    self.mixer.drop(name, weights)
-                    self.mixer.sticky = None
-                    continue
-                toks, last = got
-                self.mixer.record(name, len(toks), last)
-                return toks, self.index[name], last
-
-        inputs, labels, counts = packer.batch(spec.rows, spec.seq_len, stride, pull)
-        by_source = {n: int(counts[i]) for i, n in enumerate(self.names)}
-        for n, c in by_source.items():
-            self.tokens[n] += c
-        self.batches += 1
-        return Batch(inputs, labels, by_source, -1, spec.stage_index)
-
-    def state_dict(self) -> dict:
-        """The full state after the last ``make``: independent of later calls (nothing is mutated in place)."""
-        out = {
-            "version": STATE_VERSION,
-            "feeds": {n: f.state_dict() for n, f in self.feeds.items()},
-            "mixer": self.mixer.state_dict(),
-            "packer": self.packer.state_dict(),
-            "tokens": dict(self.tokens),
-            "batches": self.batches,
-        }
-        if self.records.cut:  # only once an sft stage cut a record: a pretraining state keeps its layout
-            out["records"] = self.records.state_dict()
-        return out
-
-    def load_state_dict(self, state: dict) -> None:
-        """Back to a ``state_dict()``."""
-        for n, f in self.feeds.items():
-            f.load_state_dict(state["feeds"][n])
-        self.mixer.load_state_dict(state["mixer"])
-        self.packer.load_state_dict(state["packer"])
-        self.records.load_state_dict(state.get("records", {"cut": 0}))  # absent in states saved before sft
-        self.tokens = dict(state["tokens"])
-        self.batches = state["batches"]
-
-
-# ------------------------------------------------------------------------------------ the pipeline
 class _Stop(Exception):
     pass
-
-
-def _nothing() -> None:
-    return None
 
 
 class _Courtesy:
@@ -238,7 +96,7 @@ class DataPipeline:
 
         self._encoder = PoolEncoder(tokenizer, workers) if workers > 0 else InlineEncoder(tokenizer)
         try:
-            self._stream = _Stream(cfg, tokenizer, self._encoder, seed, rank, world_size)
+            self._stream = BatchStream(cfg, tokenizer, self._encoder, seed, rank, world_size)
         except BaseException:
             self._encoder.close()
             raise
@@ -258,7 +116,7 @@ class DataPipeline:
 
     # --------------------------------------------------------------------------------- specs
     def _spec(self, seq_len: int, batch_size: int, stage_index: int, mix: dict[str, float],
-              kind: str = "pretrain") -> _Spec:
+              kind: str = "pretrain") -> BatchSpec:
         if batch_size % self.world_size:
             raise DataError(
                 f"stage {stage_index}: batch_size={batch_size} does not divide by world_size={self.world_size}; "
@@ -268,12 +126,12 @@ class DataPipeline:
         if unknown:
             raise DataError(f"stage {stage_index}: mix names unknown source(s) {', '.join(unknown)}")
         ordered = tuple((n, float(mix.get(n, 0.0))) for n in self._stream.names)
-        return _Spec(stage_index, seq_len, batch_size // self.world_size, ordered, kind)
+        return BatchSpec(stage_index, seq_len, batch_size // self.world_size, ordered, kind)
 
-    def _spec_of_state(self, state: StageState) -> _Spec:
+    def _spec_of_state(self, state: StageState) -> BatchSpec:
         return self._spec(state.seq_len, state.batch_size, state.stage_index, state.mix, state.kind)
 
-    def _predict(self, step: int, previous: _Spec) -> _Spec:
+    def _predict(self, step: int, previous: BatchSpec) -> BatchSpec:
         """The spec of step ``step``, asked of the schedule at the token counter that step will have."""
         if self.schedule is None:
             return previous
@@ -347,7 +205,7 @@ class DataPipeline:
                and not self._queue.full() and time.perf_counter() < deadline):
             time.sleep(0.01)
 
-    def _start(self, spec: _Spec, next_step: int) -> None:
+    def _start(self, spec: BatchSpec, next_step: int) -> None:
         self._queue = queue.Queue(maxsize=max(1, self.prefetch))
         self._stop_event = threading.Event()
         self._thread = threading.Thread(
@@ -356,7 +214,7 @@ class DataPipeline:
         )
         self._thread.start()
 
-    def _produce(self, spec: _Spec, step: int, q: queue.Queue, stop: threading.Event) -> None:
+    def _produce(self, spec: BatchSpec, step: int, q: queue.Queue, stop: threading.Event) -> None:
         def put(item: Any) -> None:
             while not stop.is_set():
                 try:
@@ -411,7 +269,7 @@ class DataPipeline:
         self._thread.join()
         self._thread = None
         self._queue = None
-        self._stream.set_pause(_nothing)
+        self._stream.set_pause(no_pause)
 
     # --------------------------------------------------------------------------------- state
     def _make_fingerprint(self) -> dict:

@@ -64,7 +64,7 @@ class Piece:
 
 
 @dataclass(slots=True)
-class _Raw:
+class RawRecord:
     """One raw record (or one piece of a plain-text file) before text extraction."""
 
     index: int
@@ -121,7 +121,7 @@ def start_cursor(epoch: int = 0, counters: Cursor | None = None) -> Cursor:
     return cur
 
 
-class _JsonLine:
+class JsonLine:
     """A JSONL line parsed only when its text is needed (lines of other shards are never parsed)."""
 
     __slots__ = ("raw", "where", "source")
@@ -174,16 +174,16 @@ class Reader:
         """Where the documents come from, for messages."""
         raise NotImplementedError
 
-    def _records(self, cursor: Cursor) -> Iterator[_Raw]:
+    def _records(self, cursor: Cursor) -> Iterator[RawRecord]:
         """Raw records from ``cursor`` to the end of the pass; ``pos`` says where each one ends."""
         raise NotImplementedError
 
     # shared -------------------------------------------------------------------------------------
-    def _text(self, raw: _Raw) -> tuple[str, int]:
+    def _text(self, raw: RawRecord) -> tuple[str, int]:
         """The text of a raw record and the UTF-8 repairs made; a missing field is a DataError."""
         data = raw.data
         repaired = 0
-        if isinstance(data, _JsonLine):
+        if isinstance(data, JsonLine):
             data, repaired = data.parse()
             if not isinstance(data, dict):
                 raise DataError(

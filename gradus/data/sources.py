@@ -20,7 +20,7 @@ from gradus.config import SourceConfig
 from gradus.data.chat import ChatRenderer
 from gradus.data.hf_stream import HFReader
 from gradus.data.local_files import FileReader
-from gradus.data.reader import Cursor, Reader, Shard, _Raw
+from gradus.data.reader import Cursor, RawRecord, Reader, Shard
 from gradus.errors import DataError
 
 
@@ -33,7 +33,7 @@ class BuiltinReader(Reader):
 
         return f"builtin {self.cfg.builtin!r} ({builtin_origin(self.cfg.builtin or '')})"
 
-    def _records(self, cursor: Cursor) -> Iterator[_Raw]:
+    def _records(self, cursor: Cursor) -> Iterator[RawRecord]:
         from gradus.data.builtin import builtin_record, builtin_size
 
         kind = self.cfg.builtin or ""
@@ -43,7 +43,7 @@ class BuiltinReader(Reader):
         for i in range(start, n):
             if shard.count > 1 and i % shard.count != shard.index:
                 continue  # skip without building the record (the base class would drop it anyway)
-            yield _Raw(i, {"record": i + 1}, builtin_record(kind, i), f"builtin {kind} document {i}")
+            yield RawRecord(i, {"record": i + 1}, builtin_record(kind, i), f"builtin {kind} document {i}")
 
 
 def open_reader(cfg: SourceConfig, *, shard: Shard = Shard(), role: str = "train", holdout: float = 0.0,

@@ -145,7 +145,10 @@ def _atomic_write(path: Path, text: str) -> None:
 
 
 # ------------------------------------------------------------------------------------------ loading
-def _eos_id(backend, configured: str | None, where: str) -> int:
+def find_eos_id(backend, configured: str | None, where: str) -> int:
+    """The end-of-document token's id in ``backend``: the ``configured`` token (``data.tokenizer.eos_token``),
+    else the first of the usual names it knows; a one-line error naming ``where`` (the tokenizer's file or
+    kind) when there is none."""
     if configured:
         tid = backend.token_to_id(configured)
         if tid is None:
@@ -296,7 +299,7 @@ def load_tokenizer(cfg: DataConfig, run_dir: str | Path | None = None,
     ``run_dir`` when given, so the run directory always holds the tokenizer it was trained with. ``log``
     (e.g. the trainer's console) is told, in one line, before a BPE is trained: that can take a while.
     ``run_config``: the config the run started with (its path is the run directory's business:
-    :class:`gradus.train.run_dir.RunDir`); a resumed BPE trained at another ``train_vocab_size`` is refused."""
+    :class:`gradus.train.storage.run_dir.RunDir`); a resumed BPE trained at another ``train_vocab_size`` is refused."""
     tcfg = cfg.tokenizer
     if tcfg.train_vocab_size is not None:
         return _trained(cfg, Path(run_dir) if run_dir is not None else None, log, run_config)
@@ -312,7 +315,7 @@ def load_tokenizer(cfg: DataConfig, run_dir: str | Path | None = None,
     else:
         backend, kind = _from_hub(name)
         where = f"Hub tokenizer {name!r}"
-    tok = Tokenizer(backend, eos_id=_eos_id(backend, tcfg.eos_token, where), kind=kind, name_or_path=name)
+    tok = Tokenizer(backend, eos_id=find_eos_id(backend, tcfg.eos_token, where), kind=kind, name_or_path=name)
     tok.chat_template = find_chat_template(name)
     return tok
 
@@ -354,7 +357,7 @@ def train_tokenizer(cfg: DataConfig, vocab_size: int, max_documents: int | None 
         show_progress=False,
     )
     backend.train_from_iterator(training_texts(cfg, max_documents), trainer)
-    eos = _eos_id(backend, cfg.tokenizer.eos_token, "the trained BPE")
+    eos = find_eos_id(backend, cfg.tokenizer.eos_token, "the trained BPE")
     return Tokenizer(backend, eos_id=eos, kind="trained", name_or_path=f"bpe-{vocab_size}")
 
 
@@ -433,7 +436,7 @@ def _trained(cfg: DataConfig, run_dir: Path | None, log_line: Callable[[str], No
                 f"data.tokenizer.train_vocab_size={vocab}, but the run in {run_dir} trained its tokenizer with "
                 f"{saved} (its config.yaml); set it back to {saved} to continue, or start a new run with another --out"
             )
-        eos = _eos_id(backend, cfg.tokenizer.eos_token, f"{path}")
+        eos = find_eos_id(backend, cfg.tokenizer.eos_token, f"{path}")
         tok = Tokenizer(backend, eos_id=eos, kind="trained", name_or_path=f"bpe-{vocab}")
         if tok.vocab_size != vocab:  # a corpus too small for the requested merges: the run's own tokenizer stands
             log.warning("%s has %d tokens but data.tokenizer.train_vocab_size=%d; using the run's own tokenizer",
@@ -443,7 +446,7 @@ def _trained(cfg: DataConfig, run_dir: Path | None, log_line: Callable[[str], No
     cached = cache_dir() / key[:24] / "tokenizer.json"
     if cached.is_file():
         backend = HFTokenizer.from_file(str(cached))
-        tok = Tokenizer(backend, eos_id=_eos_id(backend, cfg.tokenizer.eos_token, str(cached)), kind="trained",
+        tok = Tokenizer(backend, eos_id=find_eos_id(backend, cfg.tokenizer.eos_token, str(cached)), kind="trained",
                         name_or_path=f"bpe-{vocab}")
     else:
         log.info("training a byte-level BPE of %d tokens on %d sources", vocab, len(cfg.sources))

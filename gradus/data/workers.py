@@ -34,8 +34,8 @@ def encode_chunk(backend, texts: Sequence[str], eos: Sequence[bool], eos_id: int
     """Token ids of ``texts`` (EOS appended where ``eos``) as one flat array plus per-text lengths.
 
     One flat array keeps pickling between processes cheap (one buffer instead of one per document).
-    ``pause`` is called between documents (see :class:`gradus.data.pipeline._Courtesy`). ``chat``: the
-    texts are marked chat records; the arrays carry a train flag per token and end where the template
+    ``pause`` is called between documents (the data thread's courtesy naps, :mod:`gradus.data.pipeline`).
+    ``chat``: the texts are marked chat records; the arrays carry a train flag per token and end where the template
     says (:func:`gradus.data.chat.encode_marked`, ``specials`` its special tokens), no EOS appended."""
     if chat:
         arrays = encode_marked(backend, texts, eos_id, dtype, specials or {})

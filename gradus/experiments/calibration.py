@@ -255,7 +255,7 @@ def arm_specs(arm: ArmShapes) -> set[ShapeSpec]:
 def micro_batches_used(runs: Iterable[RunRecord]) -> dict[tuple[int, int], int]:
     """(seq_len, tokens per step) -> the micro-batch the runs' step records name (the smallest, should two
     runs differ), read from each run directory's metrics.jsonl."""
-    from gradus.train.run_dir import RunDir
+    from gradus.train.storage.run_dir import RunDir
 
     out: dict[tuple[int, int], int] = {}
     for run in runs:
@@ -304,6 +304,7 @@ def measure_step_seconds(raw: dict, specs: Sequence[ShapeSpec], *, threads: int 
     from gradus.data import load_tokenizer
     from gradus.model import resolve_shape
     from gradus.train.build import build_training_parts, wrap_for_training
+    from gradus.train.noise_scale import MicroBatchNorms
     from gradus.train.runtime import set_threads, setup_runtime
     from gradus.train.step import optimizer_step
 
@@ -322,7 +323,8 @@ def measure_step_seconds(raw: dict, specs: Sequence[ShapeSpec], *, threads: int 
         for s in specs:
             tokens = torch.randint(0, shape.vocab_size, (s.batch, s.seq_len + 1), generator=gen)
             batches[s] = (tokens[:, :-1].contiguous().to(rt.device), tokens[:, 1:].contiguous().to(rt.device))
-        measure_noise = cfg.train.noise_scale.enabled
+        # The run's noise-scale hooks, built once as build_run builds them (registered at the first step).
+        hooks = MicroBatchNorms(parts.model.parameters()) if cfg.train.noise_scale.enabled else None
 
         def step(s: ShapeSpec) -> float:
             inputs, labels = batches[s]
@@ -330,7 +332,7 @@ def measure_step_seconds(raw: dict, specs: Sequence[ShapeSpec], *, threads: int 
                 torch.cuda.synchronize(rt.device)
             t0 = time.perf_counter()
             optimizer_step(net, parts.model, parts.optimizer, parts.scaler, inputs, labels, lr=0.0, clip=1.0,
-                           micro=s.micro_batch, rt=rt, measure_noise=measure_noise)
+                           micro=s.micro_batch, rt=rt, noise_hooks=hooks)
             if rt.device.type == "cuda":
                 torch.cuda.synchronize(rt.device)
             return time.perf_counter() - t0
@@ -346,7 +348,7 @@ def measure_step_seconds(raw: dict, specs: Sequence[ShapeSpec], *, threads: int 
         return times
     finally:
         set_threads(before)
-        parts = net = batches = None  # noqa: F841 (freed before the caller goes on)
+        parts = net = batches = hooks = None  # noqa: F841 (freed before the caller goes on)
         gc.collect()
         if rt.device.type == "cuda":
             torch.cuda.empty_cache()

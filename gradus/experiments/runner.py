@@ -27,7 +27,7 @@ from pathlib import Path
 from gradus.config import dump_yaml, from_dict
 from gradus.errors import GradusError
 from gradus.experiments.analysis import RunRecord, read_records, record_from_metrics
-from gradus.train.run_dir import RunDir
+from gradus.train.storage.run_dir import RunDir
 
 RESULT = "result.json"
 """The file a finished run's record is kept in, beside its metrics."""

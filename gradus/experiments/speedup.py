@@ -25,7 +25,7 @@ from gradus.experiments.common import describe_run as describe
 from gradus.experiments.runner import Runner, Task
 from gradus.experiments.speedup_arms import ARMS, LR_A, Arm, Settings, off_regime_batch
 from gradus.experiments.tuning import LRTuner, Tuned, tune_all
-from gradus.train.run_dir import RunDir
+from gradus.train.storage.run_dir import RunDir
 
 
 # ==================================================================================== configs

@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from gradus.errors import CheckpointError, ConfigError, first_line
-from gradus.train.run_dir import BEST, EMA_WEIGHTS, MODEL, CheckpointFiles, RunDir, step_of
+from gradus.train.storage.run_dir import BEST, EMA_WEIGHTS, MODEL, CheckpointFiles, RunDir, step_of
 
 EMA_FILES = (EMA_WEIGHTS, "model_ema.safetensors")
 """Names an averaged (EMA) copy of the weights may have inside a checkpoint folder."""
@@ -56,7 +56,7 @@ class LoadedModel:
 # ------------------------------------------------------------------------------------- locating
 def is_checkpoint(path: Path) -> bool:
     """True for a checkpoint folder (``meta.json`` and ``model.safetensors``, or the ``shards/`` of a
-    sharded one: :mod:`gradus.train.sharded_checkpoint`)."""
+    sharded one: :mod:`gradus.train.storage.sharded_checkpoint`)."""
     files = CheckpointFiles(path)
     return files.meta.is_file() and (files.model.is_file() or (files.shards / ".metadata").is_file())
 
@@ -128,7 +128,7 @@ def load_checkpoint(ckpt: Path, *, ema: bool = False, device: str = "cpu") -> Lo
     cfg = _read_config(ckpt)
     weights = CheckpointFiles(ckpt).model
     if not weights.is_file() and not ema:  # a sharded checkpoint (FSDP): its shards made one file, once
-        from gradus.train.sharded_checkpoint import consolidate
+        from gradus.train.storage.sharded_checkpoint import consolidate
 
         weights = consolidate(ckpt)
     if ema:
@@ -154,13 +154,13 @@ def load_checkpoint(ckpt: Path, *, ema: bool = False, device: str = "cpu") -> Lo
 
 def raw_shape_fields(ckpt: Path) -> dict[str, Any]:
     """The shape fields a checkpoint records, as stored (unknown fields kept, for the export checks)."""
-    from gradus.model.gpt import _SHAPE_KEY
+    from gradus.model.gpt import SHAPE_KEY
 
     try:
         from safetensors import safe_open
 
         with safe_open(str(CheckpointFiles(ckpt).model), framework="pt") as f:
-            stored = (f.metadata() or {}).get(_SHAPE_KEY)
+            stored = (f.metadata() or {}).get(SHAPE_KEY)
         if stored:
             return dict(json.loads(stored))
     except Exception:  # noqa: BLE001 - unreadable weights are reported by the loader itself
@@ -223,9 +223,9 @@ def load_run_tokenizer(ckpt: Path, meta: dict, cfg):
         backend = HFTokenizer.from_file(str(found))
         eos = ident.get("eos_id")
         if eos is None:
-            from gradus.data.tokenizer import _eos_id
+            from gradus.data.tokenizer import find_eos_id
 
-            eos = _eos_id(backend, cfg.data.tokenizer.eos_token if cfg else None, str(found))
+            eos = find_eos_id(backend, cfg.data.tokenizer.eos_token if cfg else None, str(found))
         tok = Tokenizer(backend, eos_id=int(eos), kind=ident.get("kind", "file"),
                         name_or_path=ident.get("name_or_path", str(found)))
         if cfg is not None:  # the chat template the run's chat sources rendered with, if its tokenizer had one

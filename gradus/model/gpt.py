@@ -25,7 +25,7 @@ from gradus.errors import CheckpointError, ConfigError
 from gradus.files import make_readable
 from gradus.sizes import ModelShape
 
-_SHAPE_KEY = "gradus_model_shape"
+SHAPE_KEY = "gradus_model_shape"
 """safetensors metadata key holding the shape as JSON, so a weights file says what model it belongs to."""
 
 
@@ -244,7 +244,7 @@ class GPT(nn.Module):
         """Write the weights (a tied tensor once) and the shape, as JSON metadata, to ``path``."""
         from safetensors.torch import save_model
 
-        save_model(self, str(path), metadata={_SHAPE_KEY: json.dumps(self.shape.to_dict())})
+        save_model(self, str(path), metadata={SHAPE_KEY: json.dumps(self.shape.to_dict())})
         make_readable(path)  # safetensors writes 0600
 
     def load_safetensors_(self, path: str | Path) -> GPT:
@@ -286,9 +286,9 @@ def read_shape(path: str | Path) -> ModelShape:
             meta = f.metadata() or {}
     except Exception as err:
         raise CheckpointError(f"{path}: not a readable safetensors file ({type(err).__name__}: {err})") from None
-    if _SHAPE_KEY not in meta:
+    if SHAPE_KEY not in meta:
         raise CheckpointError(f"{path}: no model shape in the file's metadata; pass the shape explicitly")
-    return ModelShape.from_dict(json.loads(meta[_SHAPE_KEY]))
+    return ModelShape.from_dict(json.loads(meta[SHAPE_KEY]))
 
 
 def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:

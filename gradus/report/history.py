@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from gradus.errors import ConfigError
-from gradus.train.run_dir import RunDir
+from gradus.train.storage.run_dir import RunDir
 
 _SOURCE_VAL = re.compile(r"^val/(?:source/|sources/|by_source/)?([^/]+)/loss$")
 """Per-source validation keys: ``val/<name>/loss`` (or ``val/source/<name>/loss``)."""

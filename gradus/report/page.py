@@ -15,7 +15,7 @@ from typing import Any
 
 from gradus.report import plots
 from gradus.report.history import History, read_history, smooth, stage_summary
-from gradus.train.run_dir import RunDir
+from gradus.train.storage.run_dir import RunDir
 
 CHARTS = (
     ("loss_tokens.png", "Loss vs tokens",

@@ -1,9 +1,11 @@
 """One builder of a run's parts: the seeded model, its AdamW, the gradient scaler, and the module the loop runs.
 
-The trainer, the LR finder (:mod:`gradus.train.lr_find`), ``gradus plan --measure``
-(:mod:`gradus.train.measure`), the calibrated clock of ``gradus compare`` / ``sweep``
-(:mod:`gradus.experiments.calibration`) and ``benchmarks/stage_throughput.py`` all build their model and optimizer
-here, so what they train, time or compare is the same model with the same AdamW. The micro-batch each
+The trainer and the LR finder (:mod:`gradus.train.lr_find`) build from the config through :func:`model_shape`
+and :func:`build_config_parts`; ``gradus plan --measure`` (:mod:`gradus.train.measure`), the calibrated clock of
+``gradus compare`` / ``sweep`` (:mod:`gradus.experiments.calibration`) and ``benchmarks/stage_throughput.py``
+through :func:`build_training_parts` (a shape without a tokenizer, or a config of their own). So what they
+train, time or compare is the same model with the same AdamW, stepped by the same
+:func:`gradus.train.step.optimizer_step`. The micro-batch each
 stage runs at is chosen by :mod:`gradus.train.micro_batch`.
 """
 
@@ -16,11 +18,11 @@ from typing import Any
 
 import torch
 
-from gradus.config import Fp8Config, OptimConfig
+from gradus.config import Fp8Config, GradusConfig, OptimConfig
 from gradus.model.gpt import GPT, param_groups
-from gradus.sizes import ModelShape
-from gradus.train.run_dir import RunDir
+from gradus.sizes import ModelShape, check_vocab_fits, resolve_shape
 from gradus.train.runtime import Runtime, seed_everything
+from gradus.train.storage.run_dir import RunDir
 
 
 @dataclass
@@ -83,6 +85,24 @@ def build_training_parts(shape: ModelShape, optim: OptimConfig, device: torch.de
     if prepare is not None:
         prepare(model)
     return TrainingParts(model, build_optimizer(model, optim, device), build_scaler(device, precision), fp8_layers)
+
+
+def model_shape(cfg: GradusConfig, vocab_size: int) -> ModelShape:
+    """The shape of ``cfg``'s model for a loaded tokenizer of ``vocab_size`` tokens: a ``model.vocab_size``
+    below it is a one-line ConfigError (:func:`gradus.sizes.check_vocab_fits`), then the preset and the
+    explicit fields resolve it. What the trainer and the LR finder train."""
+    check_vocab_fits(cfg.model, vocab_size)
+    return resolve_shape(cfg.model, vocab_size)
+
+
+def build_config_parts(cfg: GradusConfig, shape: ModelShape, rt: Runtime,
+                       prepare: Callable[[GPT], None] | None = None, *, sharded: bool = False) -> TrainingParts:
+    """:func:`build_training_parts` as ``cfg`` says: its AdamW settings, its seed, ``model.init_from`` and
+    ``train.fp8``, on ``rt``'s device and precision (``sharded``: FSDP2 will shard the model). The trainer
+    (:func:`gradus.train.run.build_run`, with FSDP's ``prepare``) and the LR finder (one fresh model per probed
+    length) build through here, so they train the same model."""
+    return build_training_parts(shape, cfg.optim, rt.device, rt.precision, cfg.train.seed, cfg.model.init_from,
+                                prepare=prepare, fp8=cfg.train.fp8, sharded=sharded)
 
 
 def load_tokenizer_on_ranks(data_cfg: Any, run: RunDir, rt: Runtime, log: Callable[[str], None]) -> Any:

@@ -53,6 +53,14 @@ class Due:
         return not lagged or self.sync(signalled)
 
 
+def crossed_multiple(tokens: int, step_tokens: int, every: int) -> bool:
+    """Whether the step just counted (``tokens`` so far, ``step_tokens`` of them in this step) crossed a multiple
+    of ``every`` tokens: the token count before the step and after it lie in different multiples. A step of any
+    size crosses at most once per multiple reached, so a cadence by tokens holds over batch changes, and a resumed
+    run crosses at the same steps as an uninterrupted one."""
+    return tokens // every > (tokens - step_tokens) // every
+
+
 def evaluation_due(train: TrainConfig, step: int, tokens: int, step_tokens: int) -> bool:
     """Whether the step just counted (``step``, ``tokens`` so far, ``step_tokens`` of them in this step) ends
     with an evaluation on the cadence: every ``train.eval_every_tokens`` tokens when that is set (the count
@@ -60,7 +68,7 @@ def evaluation_due(train: TrainConfig, step: int, tokens: int, step_tokens: int)
     evaluates at the same points as an uninterrupted one."""
     every = train.eval_every_tokens
     if every:
-        return tokens // every > (tokens - step_tokens) // every
+        return crossed_multiple(tokens, step_tokens, every)
     return step % train.eval_every == 0
 
 

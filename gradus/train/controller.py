@@ -45,6 +45,7 @@ from gradus.curriculum.adaptive import (
     next_longer,
     stable_phase,
 )
+from gradus.train.cadence import crossed_multiple
 
 
 @dataclass(frozen=True)
@@ -93,8 +94,7 @@ class AdaptiveController:
         """Whether the step just counted (``tokens`` so far, ``step_tokens`` of them in it) is a check: a batch
         check on the cadence, or the end of a verification window. The trainer reads the step's figures at
         once there (a sync point)."""
-        every = self.check_every
-        if self.batch_cfg.enabled and tokens // every > (tokens - step_tokens) // every:
+        if self.batch_cfg.enabled and crossed_multiple(tokens, step_tokens, self.check_every):
             return True
         return self.pending is not None and self.pending["branch"] is not None and tokens >= self.pending["until"]
 
@@ -116,8 +116,8 @@ class AdaptiveController:
             self._conclude(step, tokens, state)
         if val_loss is not None and self.length_cfg.enabled:
             self._length_rule(step, tokens, state, val_loss)
-        every = self.check_every
-        if self.batch_cfg.enabled and self.pending is None and tokens // every > (tokens - state.tokens_per_step) // every:
+        if (self.batch_cfg.enabled and self.pending is None
+                and crossed_multiple(tokens, state.tokens_per_step, self.check_every)):
             return self._batch_rule(step, tokens, state, b_simple, samples)
         return None
 

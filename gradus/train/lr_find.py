@@ -1,6 +1,7 @@
 """The learning-rate range test, once per sequence length (``gradus lr-find``).
 
-For each probed length: a fresh model (the same seed every time, so the lengths are comparable), the
+For each probed length: a fresh model (the same seed every time, so the lengths are comparable; built as
+the trainer builds it, ``model.init_from``'s weights included), the
 batch of the curriculum stage with that length, data drawn through the real :class:`DataPipeline`,
 AdamW built as the trainer builds it, the stage's gradient clip, and a learning rate raised
 exponentially from ``min_lr`` to ``max_lr`` over ``K`` steps. What the loss does along the way says
@@ -190,9 +191,9 @@ def run_lr_find(
     ``run_dir`` receives a tokenizer the config trains (as a run directory would). ``log`` gets one
     line per length as it finishes. ``stop_on_divergence=False`` runs every step (for studies)."""
     from gradus.data import load_tokenizer
-    from gradus.sizes import resolve_shape
-    from gradus.train.run_dir import RunDir
+    from gradus.train.build import model_shape
     from gradus.train.runtime import setup_runtime
+    from gradus.train.storage.run_dir import RunDir
 
     check_sweep(min_lr, max_lr, steps)
     if int(os.environ.get("WORLD_SIZE", "1")) > 1:
@@ -204,7 +205,7 @@ def run_lr_find(
     rt = setup_runtime(cfg.train)
     tokenizer = load_tokenizer(cfg.data, run_dir=run_dir, log=log,  # says so before training a BPE
                                run_config=RunDir.of(run_dir).config if run_dir is not None else None)
-    shape = resolve_shape(cfg.model, tokenizer.vocab_size)
+    shape = model_shape(cfg, tokenizer.vocab_size)  # as the trainer resolves it (a too small vocab refused)
 
     curves = []
     for probe in probes:
@@ -224,12 +225,13 @@ def _sweep(cfg: GradusConfig, plan: Schedule, tokenizer, shape, rt, probe: Probe
     import torch
 
     from gradus.data import DataPipeline
-    from gradus.train.build import build_training_parts
+    from gradus.train.build import build_config_parts
     from gradus.train.step import optimizer_step
 
     t0 = time.perf_counter()
-    # The same seed for every length: the same initial weights and the same stream of documents.
-    parts = build_training_parts(shape, cfg.optim, rt.device, rt.precision, cfg.train.seed)
+    # The same seed for every length: the same initial weights and the same stream of documents. Built as the
+    # trainer builds its model (the config's AdamW, seed and model.init_from).
+    parts = build_config_parts(cfg, shape, rt)
     parts.model.train()
     micro = _sweep_micro_batch(cfg, shape, rt, probe)
     base = _sweep_state(plan, probe)

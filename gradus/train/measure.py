@@ -1,7 +1,10 @@
-"""Measure training throughput of one stage shape: real forward + backward + AdamW steps of :class:`GPT`.
+"""Measure training throughput of one stage shape: the trainer's own optimizer step on a fresh :class:`GPT`.
 
-Used by ``gradus plan --measure``. torch is imported inside the function, so importing this module (and
-listing commands) stays cheap.
+Used by ``gradus plan --measure``. The model, AdamW and scaler come from the trainer's builder
+(:func:`gradus.train.build.build_training_parts`) and each step is the trainer's
+(:func:`gradus.train.step.optimizer_step`: the batch copied from the host, forward under the precision's
+autocast, backward, unscale, clip, AdamW), so the figure is what a run of that shape steps at. torch is
+imported inside the function, so importing this module (and listing commands) stays cheap.
 """
 
 from __future__ import annotations
@@ -34,9 +37,10 @@ def measure_stage_throughput(
     checkpointing_every_k: int = 1,
 ) -> dict[str, Any]:
     """Time ``steps`` training steps (after ``warmup`` untimed ones) of a fresh GPT at one micro-batch of
-    ``micro_batch`` × ``seq_len`` random tokens: forward, loss, backward, gradient clip and an AdamW step.
-    The model, AdamW (``optim``, default: the config defaults) and scaler are built as the trainer builds
-    them (:func:`gradus.train.build.build_training_parts`, seeded with ``seed``).
+    ``micro_batch`` × ``seq_len`` random tokens: the trainer's step (:func:`gradus.train.step.optimizer_step`:
+    forward, loss, backward, gradient clip at 1 and an AdamW step at ``optim.base_lr``). The model, AdamW
+    (``optim``, default: the config defaults) and scaler are built as the trainer builds them
+    (:func:`gradus.train.build.build_training_parts`, seeded with ``seed``).
 
     Returns ``tokens_per_sec`` (micro_batch·seq_len / median step time), ``step_time_s`` (that median)
     and ``peak_memory_bytes``: on CUDA the allocator's peak (weights, optimizer state, activations); on CPU
@@ -49,6 +53,8 @@ def measure_stage_throughput(
 
     from gradus.config import OptimConfig
     from gradus.train.build import build_training_parts
+    from gradus.train.runtime import Runtime
+    from gradus.train.step import optimizer_step
 
     if precision not in _PRECISIONS:
         raise ValueError(f"precision {precision!r}: expected one of {', '.join(_PRECISIONS)}")
@@ -56,7 +62,8 @@ def measure_stage_throughput(
         raise ValueError("steps ≥ 1, warmup ≥ 0 and micro_batch ≥ 1 are required")
     dev = torch.device(device)
     cuda = dev.type == "cuda"
-    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision)
+    rt = Runtime(device=dev, precision=precision)  # one process: autocast as the precision says
+    optim = optim or OptimConfig()
 
     def run() -> tuple[list[float], int | None]:
         # Everything the steps allocate lives in this frame and is freed when it returns.
@@ -68,27 +75,17 @@ def measure_stage_throughput(
             def prepare(model) -> None:
                 apply_activation_checkpointing(model, activation_checkpointing, checkpointing_every_k)
 
-        parts = build_training_parts(shape, optim or OptimConfig(), dev, precision, seed, prepare=prepare)
-        model, opt, scaler = parts.model, parts.optimizer, parts.scaler
-        model.train()
-        tokens = torch.randint(0, shape.vocab_size, (micro_batch, seq_len + 1), generator=generator).to(dev)
+        parts = build_training_parts(shape, optim, dev, precision, seed, prepare=prepare)
+        parts.model.train()
+        # On the host, as the data pipeline hands a batch to the trainer (pinned on CUDA, as it pins them).
+        tokens = torch.randint(0, shape.vocab_size, (micro_batch, seq_len + 1), generator=generator)
         inputs, labels = tokens[:, :-1], tokens[:, 1:]
+        if cuda:
+            inputs, labels = inputs.pin_memory(), labels.pin_memory()
 
         def step() -> None:
-            with torch.autocast(dev.type, dtype=dtype or torch.float32, enabled=dtype is not None):
-                _, loss = model(inputs, labels)
-            assert loss is not None
-            if scaler is None:
-                loss.backward()
-                torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-                opt.step()
-            else:  # fp16: the loss scaled up, the gradients back down before clipping
-                scaler.scale(loss).backward()
-                scaler.unscale_(opt)
-                torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-                scaler.step(opt)
-                scaler.update()
-            opt.zero_grad(set_to_none=True)
+            optimizer_step(parts.model, parts.model, parts.optimizer, parts.scaler, inputs, labels, lr=optim.base_lr,
+                           clip=1.0, micro=micro_batch, rt=rt)
 
         for _ in range(warmup):
             step()

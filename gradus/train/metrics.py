@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from gradus.train.run_dir import RunDir
+from gradus.train.storage.run_dir import RunDir
 
 if TYPE_CHECKING:
     from gradus.curriculum import Schedule, StagePlan, StageState

@@ -25,9 +25,9 @@ Two parts, kept apart so the math can be tested on floats:
   estimate is noisy and often near zero (pitfall 1). It is a Stateful part (plain floats and ints), so a
   resumed run continues the same averages bit for bit; :meth:`GradientNoiseScale.reset` restarts them at a
   stage change (the per-token covariance depends on the sequence length).
-* the torch side, used by :func:`gradus.train.step.optimizer_step` when asked (``measure_noise=True``):
-  :class:`MicroBatchNorms` (per-parameter hooks that take each micro-batch's gradient squared norm as it
-  arrives) and :func:`noise_sample`, which undoes the accumulation weights, the loss multiplier and the
+* the torch side, used by :func:`gradus.train.step.optimizer_step` when handed the hooks (``noise_hooks``):
+  :class:`MicroBatchNorms` (per-parameter hooks, registered once and armed during a measured step, that take
+  each micro-batch's gradient squared norm as it arrives) and :func:`noise_sample`, which undoes the accumulation weights, the loss multiplier and the
   GradScaler's scale, averages all micro-batches (not only the first: pitfall 2) and, under DDP, all ranks
   with one all-reduce of a 3-vector. Nothing in it reads the device: the result is a :class:`NoiseSample`
   still on the device, read when the step's other figures are (``train.host_sync: lagged`` keeps its
@@ -36,11 +36,12 @@ Two parts, kept apart so the math can be tested on floats:
 How a training loop uses it (names as in :mod:`gradus.train.trainer`)::
 
     gns = GradientNoiseScale(beta)                      # once; a Stateful part: parts["gns"] = gns
+    hooks = MicroBatchNorms(model.parameters())         # once (RunParts.gns_hooks); registered at the first use
     # each step, before it runs (``rows``: this rank's rows, ``micro``: the stage's micro-batch):
     gns.enter_stage(state.stage_index)                  # the averages restart at a stage change
     reason = unmeasured_reason(ceil(rows / micro), rt.world_size, is_sharded(model))
     if reason and state.stage_index not in said: ...    # say it once (per stage whose shape cannot measure)
-    out, sample = optimizer_step(..., measure_noise=True)   # sample None exactly when reason is not None
+    out, sample = optimizer_step(..., noise_hooks=hooks)    # sample None exactly when reason is not None
     # when that step's figures are read (at once, or one step late under host_sync: lagged), in step order:
     gns.update(sample.read() if sample is not None else None)
     # in the step record:
@@ -227,25 +228,60 @@ class MicroBatchNorms:
     it is fresh. Under DDP the hook runs before DDP's reducer (a post-accumulation hook), so it sees the
     local gradient. The hooks return None: the gradients, and so the step, are untouched.
 
-    Each hook queues one norm reduction on the device (no host sync); :meth:`end_micro_batch` adds them up.
-    The hooks live outside the compiled forward (torch.compile's backward hands each parameter's gradient to
-    autograd's accumulation, where they run), so compiled graphs are neither changed nor rebuilt."""
+    Built once per run (:func:`gradus.train.run.build_run`, ``RunParts.gns_hooks``); the hooks are registered
+    at the first measured step (:meth:`start`, so the start-up compilation and probes run without them) and
+    stay for the run, armed only between :meth:`start` and :meth:`stop`: a step that does not measure pays one
+    Python call per parameter and nothing else. :meth:`close` removes them. While armed, each hook queues one
+    norm reduction on the device (no host sync); :meth:`end_micro_batch` adds them up. The hooks live outside
+    the compiled forward (torch.compile's backward hands each parameter's gradient to autograd's
+    accumulation, where they run), so compiled graphs are neither changed nor rebuilt."""
 
     def __init__(self, params) -> None:
+        self._params = [p for p in params if p.requires_grad]
+        self._device = self._params[0].device if self._params else torch.device("cpu")
+        self._handles: list[Any] = []
+        self._armed = False
         self._norms: list[torch.Tensor] = []
         self.per_micro: list[torch.Tensor] = []
-        """Each micro-batch's raw squared norm (the scaled, weighted loss's gradient), as 0-d float32 tensors."""
+        """This step's raw squared norm of each micro-batch (the scaled, weighted loss's gradient), as 0-d
+        float32 tensors."""
         self.weights: list[float] = []
-        """Each micro-batch's accumulation weight (its share of the step's label tokens on this rank)."""
+        """This step's accumulation weight of each micro-batch (its share of the step's label tokens on this rank)."""
         self.tokens: list[int] = []
-        """Each micro-batch's label-token count."""
-        params = [p for p in params if p.requires_grad]
-        self._device = params[0].device if params else torch.device("cpu")
-        self._handles = [p.register_hook(self._hook) for p in params]
+        """This step's label-token count of each micro-batch."""
+
+    @property
+    def registered(self) -> bool:
+        """Whether the hooks are on the parameters (from :meth:`register` or the first :meth:`start` until
+        :meth:`close`)."""
+        return bool(self._handles)
+
+    @property
+    def armed(self) -> bool:
+        """Whether the hooks record (between :meth:`start` and :meth:`stop`)."""
+        return self._armed
+
+    def register(self) -> None:
+        """Put the hooks on the parameters, disarmed (once: a second call does nothing)."""
+        if not self._handles:
+            self._handles = [p.register_hook(self._hook) for p in self._params]
+
+    def start(self) -> None:
+        """Begin measuring a step: register the hooks if they are not yet, forget the last step's figures, arm."""
+        self.register()
+        self._norms, self.per_micro, self.weights, self.tokens = [], [], [], []
+        self._armed = True
+
+    def stop(self) -> None:
+        """End the step's measurement (also when it failed): the hooks stay, and record nothing until :meth:`start`.
+        The step's figures (:attr:`per_micro`, :attr:`weights`, :attr:`tokens`) stay readable."""
+        self._armed = False
+        self._norms = []
 
     def _hook(self, grad: torch.Tensor) -> None:
         """One parameter's micro-batch gradient: queue its norm (float32, without a squared copy of it)."""
-        self._norms.append(torch.linalg.vector_norm(grad, dtype=torch.float32))
+        if self._armed:
+            self._norms.append(torch.linalg.vector_norm(grad, dtype=torch.float32))
 
     def end_micro_batch(self, weight: float, tokens: int) -> None:
         """Close a micro-batch (after its backward returned, so every hook has run): its squared norm, with
@@ -260,6 +296,7 @@ class MicroBatchNorms:
 
     def close(self) -> None:
         """Remove the hooks (the module is left as it was)."""
+        self.stop()
         for h in self._handles:
             h.remove()
         self._handles = []

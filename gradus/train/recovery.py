@@ -5,8 +5,8 @@
 * :func:`diverged_error`: the one-line :class:`~gradus.errors.DivergedError` (exit code 3).
 * :func:`no_checkpoint_error`: when a rollback finds nothing to go back to (the rollback itself is the
   trainer's: :meth:`gradus.train.trainer.Trainer._rollback`).
-* :func:`result_status`, :func:`record_result`, :func:`record_failure`: the run's outcome in its status file
-  (:meth:`gradus.train.run_dir.RunDir.write_status`): ``finished``, ``stopped`` (by a signal or
+* :func:`record_result`, :func:`record_failure`: the run's outcome in its status file
+  (:meth:`gradus.train.storage.run_dir.RunDir.write_status`): ``finished``, ``stopped`` (by a signal or
   ``--stop-at-step``; resumable), ``diverged`` or ``failed``, with the step and the exit code; and
   :func:`exit_code`, read back from it.
 """
@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from gradus.errors import DivergedError, GradusError
-from gradus.train.run_dir import RunDir
+from gradus.train.storage.run_dir import RunDir
 
 if TYPE_CHECKING:
     from gradus.train.run import RunParts

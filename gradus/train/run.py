@@ -20,19 +20,20 @@ from typing import TYPE_CHECKING, Any
 from gradus.config import GradusConfig, dump_yaml
 from gradus.curriculum import Schedule, StageState, resolve_schedule, state_at
 from gradus.curriculum.adaptive import envelope
-from gradus.train import checkpoint, lag, parallel, runtime
-from gradus.train.build import build_training_parts, load_tokenizer_on_ranks, wrap_for_training
+from gradus.train import lag, parallel, runtime
+from gradus.train.build import build_config_parts, load_tokenizer_on_ranks, model_shape, wrap_for_training
 from gradus.train.controller import AdaptiveController
 from gradus.train.ema import WeightEMA
 from gradus.train.evaluate import Validation
 from gradus.train.guard import LossGuard
 from gradus.train.metrics import Console
 from gradus.train.micro_batch import check_batches_divide, plan_micro_batches, probe_micro_batch
-from gradus.train.noise_scale import GradientNoiseScale
+from gradus.train.noise_scale import GradientNoiseScale, MicroBatchNorms
 from gradus.train.passkey import PasskeyProbe
-from gradus.train.run_dir import RunDir
-from gradus.train.sharded_checkpoint import open_checkpoints
 from gradus.train.stateful import PerRank, Progress, RngState, Stateful
+from gradus.train.storage import checkpoint
+from gradus.train.storage.run_dir import RunDir
+from gradus.train.storage.sharded_checkpoint import open_checkpoints
 from gradus.train.trackers import Tracked, open_metrics
 from gradus.train.warmup import CompileWarmup, compile_warmup
 
@@ -42,8 +43,8 @@ if TYPE_CHECKING:
     from gradus.data import DataPipeline, Tokenizer
     from gradus.model.gpt import GPT
     from gradus.sizes import ModelShape
-    from gradus.train.checkpoint import CheckpointManager
     from gradus.train.runtime import Runtime
+    from gradus.train.storage.checkpoint import CheckpointManager
 
 
 class Held:
@@ -81,7 +82,7 @@ class RunParts:
     """Every part of one training run, built by :func:`build_run` (fields in the order they are built)."""
 
     run: RunDir
-    """The run directory (:mod:`gradus.train.run_dir`)."""
+    """The run directory (:mod:`gradus.train.storage.run_dir`)."""
     rt: Runtime
     """Device, precision, process group, RNG."""
     schedule: Schedule
@@ -110,6 +111,10 @@ class RunParts:
     """The weights' moving average (``train.ema``), else None."""
     gns: GradientNoiseScale | None
     """The gradient noise scale's averages (``train.noise_scale``), else None."""
+    gns_hooks: MicroBatchNorms | None
+    """The per-parameter hooks that measure the noise scale inside a step (built with :attr:`gns`, registered at
+    the first measured step and kept for the run, armed per step by :func:`gradus.train.step.optimizer_step`),
+    else None."""
     stateful: dict[str, Stateful]
     """Everything a checkpoint carries besides the weights and the optimizer, in restoring order (the
     names of ``state.pt``: ARCHITECTURE.md, "Stateful parts")."""
@@ -168,8 +173,6 @@ def build_run(cfg: GradusConfig, run_dir: RunDir | str | Path, rt: Runtime, *, h
     this module was written built in: every RNG draw, and so every figure, is as it was."""
     # Heavy imports here so `gradus schedule`/`plan` never pay for them.
     from gradus.data import DataPipeline
-    from gradus.model import resolve_shape
-    from gradus.sizes import check_vocab_fits
 
     run = RunDir.of(run_dir)
     schedule = resolve_schedule(cfg)
@@ -185,13 +188,11 @@ def build_run(cfg: GradusConfig, run_dir: RunDir | str | Path, rt: Runtime, *, h
     ckpt = open_checkpoints(run.checkpoints, cfg.train, rt)  # sharded under FSDP
     runtime.seed_everything(cfg.train.seed)
     tokenizer = load_tokenizer_on_ranks(cfg.data, run, rt, console.print)
-    check_vocab_fits(cfg.model, tokenizer.vocab_size)
-    shape = resolve_shape(cfg.model, tokenizer.vocab_size)
+    shape = model_shape(cfg, tokenizer.vocab_size)
 
     # Seeded again inside: the model's init does not depend on what the tokenizer consumed.
-    built = build_training_parts(shape, cfg.optim, rt.device, rt.precision, cfg.train.seed, cfg.model.init_from,
-                                 prepare=lambda m: parallel.prepare_model(m, cfg.train, rt),
-                                 fp8=cfg.train.fp8, sharded=parallel.shards(rt, cfg.train.parallel))
+    built = build_config_parts(cfg, shape, rt, prepare=lambda m: parallel.prepare_model(m, cfg.train, rt),
+                               sharded=parallel.shards(rt, cfg.train.parallel))
     data = DataPipeline(cfg.data, tokenizer, schedule, seed=cfg.train.seed, rank=rt.rank, world_size=rt.world_size)
     held.add(data.close, quiet=True)
     guard, progress = LossGuard(cfg.train.guard), Progress()
@@ -207,6 +208,9 @@ def build_run(cfg: GradusConfig, run_dir: RunDir | str | Path, rt: Runtime, *, h
     gns = GradientNoiseScale(cfg.train.noise_scale.beta) if cfg.train.noise_scale.enabled else None
     if gns is not None:  # draws no random numbers: the runs before it repeat bit for bit
         stateful["gns"] = gns
+    gns_hooks = MicroBatchNorms(built.model.parameters()) if gns is not None else None  # (registered at first use)
+    if gns_hooks is not None:
+        held.add(gns_hooks.close, quiet=True)
     controller = None
     if cfg.curriculum.adaptive is not None:  # plain data, no random numbers: the runs before it repeat bit for bit
         reference = cfg.train.eval_reference_seq_len or max(s.seq_len for s in schedule.stages)
@@ -252,7 +256,7 @@ def build_run(cfg: GradusConfig, run_dir: RunDir | str | Path, rt: Runtime, *, h
     peak, peak_source = runtime.peak_flops(rt.device, cfg.logging.peak_flops, rt.precision)
     return RunParts(run=run, rt=rt, schedule=schedule, console=console, ckpt=ckpt, tokenizer=tokenizer, shape=shape,
                     model=built.model, optimizer=built.optimizer, scaler=built.scaler, data=data, guard=guard,
-                    progress=progress, ema=ema, gns=gns, stateful=stateful, lagged=lagged, compat=compat, resumed_from=latest,
+                    progress=progress, ema=ema, gns=gns, gns_hooks=gns_hooks, stateful=stateful, lagged=lagged, compat=compat, resumed_from=latest,
                     metrics=metrics, net=net, compiled=compiled, micro_batches=micro_batches, micro_by_shape=micro_by_shape, warmup=warmup,
                     validation=validation, probe=probe, peak=peak, peak_source=peak_source,
                     controller=controller)

@@ -4,7 +4,7 @@ Every part a checkpoint saves besides the weights and the optimizer has ``state_
 picklable data) and ``load_state_dict(state)`` (put it back): the progress counters below, the RNG
 states (:class:`RngState`), the loss guard, the gradient scaler and the data pipeline. The trainer keeps
 them in one ``{name: part}`` mapping; saving, resuming and rolling back are one loop over it
-(:func:`gradus.train.checkpoint.parts_state`, :func:`gradus.train.checkpoint.load_parts`).
+(:func:`gradus.train.storage.checkpoint.parts_state`, :func:`gradus.train.storage.checkpoint.load_parts`).
 """
 
 from __future__ import annotations

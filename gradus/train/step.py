@@ -47,7 +47,7 @@ def optimizer_step(
     rt: Runtime,
     loss_multiplier: float = 1.0,
     lagged: bool = False,
-    measure_noise: bool = False,
+    noise_hooks: MicroBatchNorms | None = None,
 ) -> tuple[float, float, bool] | DeviceValues | tuple[tuple[float, float, bool] | DeviceValues, NoiseSample | None]:
     """Forward/backward over micro-batches of ``micro`` rows, clip to ``clip``, and (unless the loss or
     gradient is not finite) an AdamW step at ``lr``. ``net`` is what runs (DDP and/or compiled),
@@ -61,12 +61,14 @@ def optimizer_step(
     ``lagged`` (:mod:`gradus.train.lag`): nothing waits for the device; a non-finite step is skipped by the
     fused AdamW on the device and the three figures come back as :class:`DeviceValues` to read later.
 
-    ``measure_noise`` (:mod:`gradus.train.noise_scale`): also take every micro-batch's gradient squared norm
-    (per-parameter hooks, outside the compiled forward) and return ``(figures, sample)``, where ``figures`` is
-    what the call returns without it and ``sample`` a :class:`NoiseSample` left on the device (no host sync:
-    read it when the figures are read), or None where a step cannot measure it (one micro-batch on one
-    process, or FSDP: :func:`~gradus.train.noise_scale.unmeasured_reason`). Off (the default) nothing
-    differs; on, the loss, norm and weights are still bit-identical (the hooks only read the gradients).
+    ``noise_hooks`` (:mod:`gradus.train.noise_scale`): the run's :class:`MicroBatchNorms` on ``model``'s
+    parameters (built once, registered at their first use), armed for this step to take every micro-batch's
+    gradient squared norm (outside the compiled forward); the call then returns ``(figures, sample)``, where
+    ``figures`` is what the call returns without them and ``sample`` a :class:`NoiseSample` left on the device
+    (no host sync: read it when the figures are read), or None where a step cannot measure it (one micro-batch
+    on one process, or FSDP: :func:`~gradus.train.noise_scale.unmeasured_reason`; the hooks stay disarmed).
+    Without them (the default) nothing differs; with them, the loss, norm and weights are still bit-identical
+    (the hooks only read the gradients).
     """
     for group in optimizer.param_groups:
         group["lr"] = lr
@@ -74,8 +76,9 @@ def optimizer_step(
     starts = list(range(0, inputs.shape[0], micro))
     loss_sum = torch.zeros((), device=rt.device)
     norms = None
-    if measure_noise and unmeasured_reason(len(starts), rt.world_size, is_sharded(model)) is None:
-        norms = MicroBatchNorms(model.parameters())  # hooks: removed below whatever happens
+    if noise_hooks is not None and unmeasured_reason(len(starts), rt.world_size, is_sharded(model)) is None:
+        norms = noise_hooks
+        norms.start()  # armed for this step: disarmed below whatever happens
     try:
         for j, s in enumerate(starts):
             # Contiguous: the packer's rows are views of (seq_len + 1)-wide windows, and a compiled graph is
@@ -98,14 +101,14 @@ def optimizer_step(
                 norms.end_micro_batch(weight, valid)  # backward has returned: all its hooks have run
     finally:
         if norms is not None:
-            norms.close()
+            norms.stop()
     if scaler is not None:
         scaler.unscale_(optimizer)
     norm = torch.nn.utils.clip_grad_norm_(model.parameters(), clip)
     # The sample is built from the norm before clipping and before the optimizer step (queued, not read).
     sample = noise_sample(norms, norm, loss_scale(scaler), loss_multiplier, rt) if norms is not None else None
     out = _finish(optimizer, scaler, loss_sum, norm, rt, lagged)
-    return (out, sample) if measure_noise else out
+    return (out, sample) if noise_hooks is not None else out
 
 
 def _finish(optimizer, scaler, loss_sum: torch.Tensor, norm: torch.Tensor, rt: Runtime,

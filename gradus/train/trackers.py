@@ -16,7 +16,7 @@ from typing import Any
 from gradus.config import GradusConfig, WandbConfig
 from gradus.errors import ConfigError
 from gradus.train.metrics import MetricsWriter
-from gradus.train.run_dir import WANDB_ID, RunDir
+from gradus.train.storage.run_dir import WANDB_ID, RunDir
 
 WANDB_ID_FILE = WANDB_ID
 """The W&B run id's file name in the run directory (:attr:`RunDir.wandb_id`)."""

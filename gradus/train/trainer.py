@@ -25,17 +25,18 @@ from gradus.config import GradusConfig, dump_yaml
 from gradus.curriculum import StageState, stage_of_step, state_at
 from gradus.curriculum.adaptive import envelope_lines
 from gradus.errors import GradusError
-from gradus.train import checkpoint, early_stop, faults, lag, metrics, parallel, recovery, runtime
+from gradus.train import early_stop, faults, lag, metrics, parallel, recovery, runtime
 from gradus.train.cadence import Due, due_after
 from gradus.train.controller import Branch
 from gradus.train.evaluate import side_evaluations
 from gradus.train.lag import StepDone
 from gradus.train.metrics import Console, RunResult, StepReport, Window
-from gradus.train.noise_scale import unmeasured_reason
+from gradus.train.noise_scale import NoiseSample, unmeasured_reason
 from gradus.train.run import Held, RunParts, build_run
-from gradus.train.run_dir import RunDir
 from gradus.train.signals import StopRequest
 from gradus.train.step import batch_tensors, optimizer_step
+from gradus.train.storage import checkpoint
+from gradus.train.storage.run_dir import RunDir
 from gradus.train.warmup import report_warmup
 
 if TYPE_CHECKING:
@@ -54,7 +55,7 @@ class Trainer:
                  on_step: Callable[[StepReport], None] | None = None):
         self.cfg = cfg
         self.run_dir = Path(run_dir)
-        self.run = RunDir(self.run_dir)  # every path in it (gradus.train.run_dir)
+        self.run = RunDir(self.run_dir)  # every path in it (gradus.train.storage.run_dir)
         self.resume, self.allow_config_change = resume, allow_config_change
         self.quiet, self.on_step = quiet, on_step
         self.stop = StopRequest()  # a signal (or code setting stop.reason) ends the run after the current step
@@ -66,7 +67,6 @@ class Trainer:
         self._aside_seconds = 0.0  # evaluation and checkpoint time since the last StepReport
         self._saved_at_step: int | None = None
         self._gns_said = False  # whether the run has said it cannot measure the noise scale
-        self._noise = None  # the last step's noise-scale sample (gradus.train.noise_scale.NoiseSample) or None
 
     # =================================================================================== set-up
     def setup(self) -> None:
@@ -147,8 +147,8 @@ class Trainer:
         while True:
             t0 = time.perf_counter()
             batch = p.data.next_batch(state)
-            values = self._train_step(state, batch)
-            done = StepDone(state, pr.step + 1, pr.tokens + state.tokens_per_step, t0, values, self._noise)
+            values, noise = self._train_step(state, batch)
+            done = StepDone(state, pr.step + 1, pr.tokens + state.tokens_per_step, t0, values, noise)
             pr.step, pr.tokens = done.step, done.tokens
             self.console.advance(state.tokens_per_step)
             nxt = state_at(p.current_schedule, pr.step, pr.tokens)
@@ -289,7 +289,7 @@ class Trainer:
         try:
             while tokens < branch.until:
                 st = state_at(branch.schedule, step, tokens)
-                out = self._train_step(st, p.data.next_batch(st))
+                out, _ = self._train_step(st, p.data.next_batch(st))  # (the branch's noise samples are not kept)
                 loss = (out.read() if isinstance(out, lag.DeviceValues) else out)[0]
                 step, tokens = step + 1, tokens + st.tokens_per_step
                 p.progress.step, p.progress.tokens = step, tokens  # (the EMA's step count)
@@ -299,7 +299,6 @@ class Trainer:
             p.optimizer.load_state_dict(saved[1])
             checkpoint.load_parts(p.stateful, saved[2], self.run_dir)
             p.data.follow(p.current_schedule)
-            self._noise = None
         p.progress.train_seconds += time.perf_counter() - t0
         p.controller.branch_done(losses)
         if rt.is_main:
@@ -313,9 +312,10 @@ class Trainer:
         if self.rt.is_main:
             self.parts.metrics.write({"event": "adaptive", **record})
 
-    def _train_step(self, state: StageState, batch) -> tuple[float, float, bool] | lag.DeviceValues:
-        """:func:`optimizer_step` at the stage's LR × the guard's factor: (loss, grad_norm, applied), on the device
-        when lagged; the step's noise-scale sample (or None) is left in :attr:`_noise` for the loop."""
+    def _train_step(self, state: StageState, batch) -> tuple[tuple[float, float, bool] | lag.DeviceValues,
+                                                             NoiseSample | None]:
+        """:func:`optimizer_step` at the stage's LR × the guard's factor: ((loss, grad_norm, applied), on the device
+        when lagged; the step's noise-scale sample, or None where the run or the step does not measure it)."""
         rt, p = self.rt, self.parts
         if state.rope_scaling != p.model.shape.rope_scaling:
             # A long-context stage interpolates positions (RoPE scaling) from its first step on.
@@ -325,12 +325,12 @@ class Trainer:
         out = optimizer_step(p.net, p.model, p.optimizer, p.scaler, inputs, labels, lr=lr,
                              clip=state.grad_clip, micro=p.micro_batch(state), rt=rt,
                              loss_multiplier=faults.active().loss_multiplier(state.step), lagged=p.lagged,
-                             measure_noise=p.gns is not None)
-        out, self._noise = out if p.gns is not None else (out, None)
+                             noise_hooks=p.gns_hooks)
+        out, sample = out if p.gns_hooks is not None else (out, None)
         # After each applied step (the one about to be counted); lagged, after every step (a skipped one changed nothing).
         if p.ema is not None and (p.lagged or out[2]):
             p.ema.maybe_update(p.progress.step + 1, p.model)
-        return out
+        return out, sample
 
     # ============================================================================ loop helpers
     def _stage_banner(self, state: StageState) -> None:

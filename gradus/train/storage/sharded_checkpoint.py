@@ -2,7 +2,7 @@
 
 Under FSDP2 no rank holds the whole model, so the weights and AdamW's moments are saved with
 ``torch.distributed.checkpoint`` (DCP) into ``shards/`` (one ``__<rank>_0.distcp`` file per rank and a
-``.metadata`` index). The rest of the folder is as :mod:`gradus.train.checkpoint` writes it: ``state.pt``
+``.metadata`` index). The rest of the folder is as :mod:`gradus.train.storage.checkpoint` writes it: ``state.pt``
 (the ``{name: part}`` Stateful payload, the data pipeline's state per rank), ``config.yaml`` and ``meta.json``
 (with ``"format": "sharded"``), all written by rank 0. The save is atomic like today's: everything goes into
 a hidden ``.tmp-step_*`` folder, renamed into place once every rank's shard is on disk.
@@ -27,12 +27,12 @@ from typing import Any
 import torch
 
 from gradus.errors import CheckpointError, first_line
-from gradus.files import make_readable
+from gradus.files import fsync_dir, make_readable
 from gradus.train import faults
-from gradus.train.checkpoint import CheckpointManager, _fsync_dir
 from gradus.train.fp8 import plain_tensors
-from gradus.train.run_dir import MODEL, SHARDS, TMP_PREFIX, CheckpointFiles, step_name
 from gradus.train.runtime import Runtime
+from gradus.train.storage.checkpoint import CheckpointManager
+from gradus.train.storage.run_dir import MODEL, SHARDS, TMP_PREFIX, CheckpointFiles, step_name
 
 FORMAT = "sharded"
 """``meta.json``'s ``format`` for a sharded checkpoint (a whole-model one has none)."""
@@ -61,7 +61,7 @@ def _fsync_files(path: Path) -> None:
         for name in files:
             with open(Path(root) / name, "rb") as fh:
                 os.fsync(fh.fileno())
-        _fsync_dir(Path(root))
+        fsync_dir(Path(root))
 
 
 class ShardedCheckpointManager(CheckpointManager):
@@ -140,7 +140,7 @@ class ShardedCheckpointManager(CheckpointManager):
         if final.exists():  # re-saving the same step (after a rollback): replace it
             shutil.rmtree(final)
         os.replace(tmp, final)
-        _fsync_dir(self.dir)
+        fsync_dir(self.dir)
 
     def load(self, path: Path, *, model: torch.nn.Module,
              optimizer: torch.optim.Optimizer | None) -> tuple[dict[str, Any], dict[str, Any]]:

@@ -5,7 +5,7 @@ A checkpoint is a folder ``checkpoints/step_00001234/`` holding
 stopping: whatever the caller passes), ``config.yaml`` and ``meta.json`` (step, tokens, losses, stage,
 tokenizer identity). It is written to a hidden temporary folder and renamed into place, so a crash or a
 full disk mid-write never leaves a broken latest checkpoint. ``best/`` holds a copy of the best one. The
-names are :mod:`gradus.train.run_dir`'s (:class:`~gradus.train.run_dir.CheckpointFiles`), as is the run
+names are :mod:`gradus.train.storage.run_dir`'s (:class:`~gradus.train.storage.run_dir.CheckpointFiles`), as is the run
 directory's lock and the cleaning of what killed saves leave.
 
 ``state.pt`` maps each Stateful part's name to its ``state_dict()`` (:func:`parts_state`); resuming and
@@ -30,9 +30,9 @@ import torch
 from safetensors.torch import load_model, save_model
 
 from gradus.errors import CheckpointError, ConfigError, first_line
-from gradus.files import make_readable
+from gradus.files import fsync_dir, make_readable
 from gradus.train import faults
-from gradus.train.run_dir import (
+from gradus.train.storage.run_dir import (
     BEST,
     CHECKPOINT_FILES,
     EMA,
@@ -51,24 +51,11 @@ if TYPE_CHECKING:
 
 
 
-def _fsync_dir(path: Path) -> None:
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
 def _fsync_tree(path: Path) -> None:
     for f in path.iterdir():
         with open(f, "rb") as fh:
             os.fsync(fh.fileno())
-    _fsync_dir(path)
+    fsync_dir(path)
 
 
 def _disk_full(directory: Path) -> bool:
@@ -183,7 +170,7 @@ class CheckpointManager:
             if final.exists():  # re-saving the same step (e.g. after a rollback): replace it
                 shutil.rmtree(final)
             os.replace(tmp, final)
-            _fsync_dir(self.dir)
+            fsync_dir(self.dir)
         except Exception as exc:  # noqa: BLE001 - torch.save raises RuntimeError, safetensors SafetensorError
             shutil.rmtree(tmp, ignore_errors=True)
             prev = self.latest()
@@ -271,7 +258,7 @@ class CheckpointManager:
         one-line CheckpointError naming the file; nothing on disk is changed."""
         path = Path(path)
         meta = self.read_meta(path)
-        if meta.get("format") == "sharded":  # gradus.train.sharded_checkpoint
+        if meta.get("format") == "sharded":  # gradus.train.storage.sharded_checkpoint
             raise CheckpointError(f"{path} is sharded (written with train.parallel=fsdp over {meta.get('shards')} "
                                   f"processes); resume it with parallel: fsdp under torchrun, or start a new --out")
         missing = [f for f in CHECKPOINT_FILES if not (path / f).is_file()]

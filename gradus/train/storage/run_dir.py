@@ -297,7 +297,7 @@ def prepare_run_dir(run_dir: Path, flag: str = "--out") -> RunLock:
 def clean_leftovers(directory: Path) -> list[str]:
     """Remove what killed saves and prunes left in a checkpoints folder (``.tmp-*`` partial saves, each a
     full-size copy; ``.trash-*`` half-deleted old checkpoints) and put back a ``best/`` lost between the two
-    renames of :meth:`~gradus.train.checkpoint.CheckpointManager.mark_best`. Called at start-up, before
+    renames of :meth:`~gradus.train.storage.checkpoint.CheckpointManager.mark_best`. Called at start-up, before
     anything lists checkpoints. Returns the names removed or restored."""
     if not directory.is_dir():
         return []
