@@ -305,3 +305,29 @@ def test_the_prefetcher_asks_the_schedule_what_each_step_needs(offline_data: Pat
     assert [b.stage_index for b in got] == [0, 0, 0, 1, 1, 1, 1, 2]
     stage1 = {n: sum(b.tokens_by_source[n] for b in got[3:7]) for n in ("plays", "gsm8k", "code")}
     assert stage1["code"] == 0 and stage1["gsm8k"] > 0.75 * sum(stage1.values())  # the rest: plays left in the packer
+
+
+def test_a_pool_whose_teardown_hangs_does_not_hang_close(monkeypatch):
+    """PoolEncoder.close gives Pool.terminate (which joins the pool's own threads, seen once to wait for ever)
+    a bounded time on a daemon thread, then returns."""
+    import threading
+    import time
+
+    from gradus.data import workers
+
+    release = threading.Event()
+
+    class StuckPool:
+        def terminate(self):
+            release.wait()  # as the pool's task thread did: never returns on its own
+
+        def join(self):
+            pass
+
+    monkeypatch.setattr(workers, "TERMINATE_TIMEOUT", 0.2)
+    encoder = workers.PoolEncoder.__new__(workers.PoolEncoder)
+    encoder.pool = StuckPool()
+    t0 = time.monotonic()
+    encoder.close()
+    assert time.monotonic() - t0 < 5
+    release.set()

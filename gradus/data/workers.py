@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import multiprocessing as mp
 import os
+import threading
 from collections.abc import Sequence
 
 import numpy as np
@@ -123,6 +124,10 @@ class _PoolHandle:
         return split_chunk(flat, lengths)
 
 
+TERMINATE_TIMEOUT = 10.0
+"""Seconds :meth:`PoolEncoder.close` waits for the pool's teardown before leaving it to its daemon threads."""
+
+
 class PoolEncoder:
     """Tokenises in ``workers`` spawned processes (spawn, not fork: the trainer has threads)."""
 
@@ -141,6 +146,17 @@ class PoolEncoder:
         return _PoolHandle(self.pool.apply_async(_work, (list(texts), list(eos), chat)))
 
     def close(self) -> None:
-        """Stop the worker processes."""
+        """Stop the worker processes, waiting at most :data:`TERMINATE_TIMEOUT` seconds.
+
+        Why not ``Pool.terminate()`` on this thread: it kills the workers, then joins the pool's own task
+        thread, and that join was seen to wait for ever (2026-12-06, once in three runs of the suite:
+        both workers had exited and the task thread stayed blocked on the task queue's lock). The workers
+        are what the pipeline needs gone, and they are killed before that join; the pool's threads are
+        daemon threads, so a stuck one ends with the process instead of hanging it."""
+        stopper = threading.Thread(target=self._terminate, name="gradus-pool-terminate", daemon=True)
+        stopper.start()
+        stopper.join(TERMINATE_TIMEOUT)
+
+    def _terminate(self) -> None:
         self.pool.terminate()
         self.pool.join()
