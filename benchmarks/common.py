@@ -107,3 +107,16 @@ def git_revision() -> str | None:
         return (rev + ("+dirty" if dirty else "")) or None
     except (OSError, subprocess.SubprocessError):
         return None
+
+
+def cuda_missing(script: str, device: str) -> bool:
+    """True, having said so in one line on stderr, when ``--device cuda`` was asked for and no CUDA device is
+    visible (the GPU scripts then exit 2; ``--device cpu --smoke`` is their dry run)."""
+    import sys
+
+    import torch
+
+    if device != "cuda" or torch.cuda.is_available():
+        return False
+    print(f"{script}: error: --device cuda but no CUDA device is visible; use --device cpu --smoke", file=sys.stderr)
+    return True

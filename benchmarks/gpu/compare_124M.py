@@ -62,7 +62,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from common import REPO, RESULTS, git_revision, machine_info, read_result, write_result  # noqa: E402
+from common import REPO, RESULTS, cuda_missing, git_revision, machine_info, read_result, write_result  # noqa: E402
 
 GPU_RESULTS = RESULTS / "gpu"
 PRESET_T = 524_288
@@ -287,9 +287,7 @@ def main(argv: list[str] | None = None) -> int:
     started = time.monotonic()
     import torch
 
-    if args.device == "cuda" and not torch.cuda.is_available():
-        print("compare_124M.py: error: --device cuda but no CUDA device is visible; use --device cpu --smoke",
-              file=sys.stderr)
+    if cuda_missing("compare_124M.py", args.device):
         return 2
     from gradus.config import from_dict
     from gradus.errors import GradusError

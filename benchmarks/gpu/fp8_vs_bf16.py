@@ -39,7 +39,7 @@ import tempfile
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from common import REPO, RESULTS, git_revision, machine_info, read_result, write_result  # noqa: E402
+from common import REPO, RESULTS, cuda_missing, git_revision, machine_info, read_result, write_result  # noqa: E402
 
 GPU_RESULTS = RESULTS / "gpu"
 ARMS = ("bf16", "fp8")
@@ -145,9 +145,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(sys.argv[1:] if argv is None else argv)
     import torch
 
-    if args.device == "cuda" and not torch.cuda.is_available():
-        print("fp8_vs_bf16.py: error: --device cuda but no CUDA device is visible; use --device cpu --smoke",
-              file=sys.stderr)
+    if cuda_missing("fp8_vs_bf16.py", args.device):
         return 2
     report = read_result(args.out, "fp8_vs_bf16.py") if args.out.is_file() else {}
     arms = {k: v for k, v in report.get("arms", {}).items() if v.get("settings") == settings(args)}

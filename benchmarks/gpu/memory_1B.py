@@ -30,7 +30,7 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from common import RESULTS, git_revision, machine_info, read_result, write_result  # noqa: E402
+from common import RESULTS, cuda_missing, git_revision, machine_info, read_result, write_result  # noqa: E402
 
 GPU_RESULTS = RESULTS / "gpu"
 DEVICE_MEMORY = 80 * 2**30
@@ -86,9 +86,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(sys.argv[1:] if argv is None else argv)
     import torch
 
-    if args.device == "cuda" and not torch.cuda.is_available():
-        print("memory_1B.py: error: --device cuda but no CUDA device is visible; use --device cpu --smoke",
-              file=sys.stderr)
+    if cuda_missing("memory_1B.py", args.device):
         return 2
     from gradus.commands.plan import guess_vocab_size
     from gradus.plan.timeline import build_timeline
