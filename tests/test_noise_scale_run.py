@@ -53,7 +53,7 @@ def test_one_micro_batch_says_once_that_it_cannot_measure(tmp_path, tokenizer_js
     train(cfg, tmp_path / "run")
     out = capsys.readouterr().out
     notes = [ln for ln in out.splitlines() if "gradient noise scale not measured" in ln]
-    assert len(notes) == 1 and "train.micro_batch_size below 16 gives several" in notes[0], notes
+    assert len(notes) == 1 and "train.noise_scale.micro_batches: 2 splits each step in two" in notes[0], notes
     records = read_metrics(tmp_path / "run" / "metrics.jsonl")
     assert [r["stage"] for r in records if r.get("event") == "gns/unmeasured"] == [0]
     assert not any("gns/b_simple" in r for r in records)
@@ -77,3 +77,32 @@ def test_what_resolving_the_config_adjusted_is_said_once_at_the_start(tmp_path, 
     rounded = [ln for ln in out if ln.startswith("note: curriculum.stages[0]: tokens_per_batch=250")]
     mixed = [ln for ln in out if ln.startswith("note: curriculum.stages[1].mix sums to 2")]
     assert len(rounded) == 1 and "rounded to batch" in rounded[0] and len(mixed) == 1, out
+
+
+def test_noise_scale_micro_batches_split_every_stage_in_two(tmp_path, tokenizer_json, offline_data):
+    """train.noise_scale.micro_batches: 2 measures every stage without a row count per stage: each step runs as
+    two micro-batches of half its rows (16, 8 and 4 rows: 8, 4 and 2), and every step logs gns/..."""
+    cfg = _cfg(tokenizer_json, offline_data, micro_batch_size=None, noise_scale={"micro_batches": 2})
+    train(cfg, tmp_path / "run", quiet=True)
+    records = read_metrics(tmp_path / "run" / "metrics.jsonl")
+    steps = [r for r in records if "loss" in r and "step" in r]
+    assert {(r["curriculum/current_batch_size"], r["curriculum/micro_batch_size"]) for r in steps} == {(16, 8), (8, 4), (4, 2)}
+    assert all(r.get("gns/b_simple") is not None for r in steps)
+    assert not any(r.get("event") == "gns/unmeasured" for r in records)
+
+
+def test_the_requested_split_takes_a_divisor_and_only_on_one_process():
+    from gradus.config.schema_run import TrainConfig
+    from gradus.train.micro_batch import configured_micro_batch, noise_splits
+
+    assert configured_micro_batch(16, None, 2) == 8
+    assert configured_micro_batch(16, 4, 2) == 4  # micro_batch_size smaller still wins
+    assert configured_micro_batch(12, None, 5) == 2  # the largest divisor of 12 giving 5+ micro-batches
+    assert configured_micro_batch(6, None, 4) == 1
+    assert configured_micro_batch(1, None, 2) == 1  # one row: nothing to split
+    assert configured_micro_batch(16, None) == 16
+    train_cfg = TrainConfig(noise_scale={"micro_batches": 2})
+    assert noise_splits(train_cfg, 1) == 2
+    assert noise_splits(train_cfg, 2) == 1  # under DDP/FSDP the ranks are the two batch sizes
+    assert noise_splits(TrainConfig(noise_scale={"micro_batches": 2, "enabled": False}), 1) == 1
+    assert noise_splits(TrainConfig(), 1) == 1

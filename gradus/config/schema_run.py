@@ -74,6 +74,13 @@ class NoiseScaleConfig(Strict):
                           "gns/b_simple_over_batch); the step's results are bit-identical either way.")
     beta: float = Field(0.99, ge=0, lt=1, description="Decay of the two moving averages (|G|² and tr Σ, averaged "
                         "apart, then divided); 0.99 ≈ the last 100 steps. They restart at every stage change.")
+    micro_batches: int | None = Field(
+        None, ge=2, description="On one process, split each step into at least this many micro-batches (where its "
+        "batch has as many rows), so that the noise scale is measured at every stage without choosing "
+        "train.micro_batch_size per stage: 2 costs the least (on a CPU a 2-row micro-batch of short sequences "
+        "costs up to 1.7× per token of the whole batch at once). None: the split follows train.micro_batch_size "
+        "alone. Under DDP/FSDP the ranks give the two batch sizes and this is not applied."
+    )
 
 
 class Fp8Config(Strict):

@@ -273,17 +273,19 @@ def micro_batches_used(runs: Iterable[RunRecord]) -> dict[tuple[int, int], int]:
 
 
 def planned_micro_batch(raw: dict, seq_len: int, tokens_per_step: int) -> int:
-    """The micro-batch the trainer starts a shape from (``train.micro_batch_size`` or the whole batch; on
-    CPU, the largest that fits the host's memory, :func:`gradus.train.micro_batch.host_micro_batch`). On a
+    """The micro-batch the trainer starts a shape from (``train.micro_batch_size``, ``train.noise_scale``'s
+    micro-batches, or the whole batch; on CPU, the largest that fits the host's memory,
+    :func:`gradus.train.micro_batch.host_micro_batch`). On a
     GPU the trainer may halve it further on out-of-memory; runs that trained say what they used instead."""
     from gradus.config import from_dict
     from gradus.data import load_tokenizer
     from gradus.model import resolve_shape
-    from gradus.train.micro_batch import configured_micro_batch, host_micro_batch
+    from gradus.train.micro_batch import configured_micro_batch, host_micro_batch, noise_splits
     from gradus.train.runtime import host_memory_budget
 
     cfg = from_dict(copy.deepcopy(raw), origin="calibration")
-    micro = configured_micro_batch(tokens_per_step // seq_len, cfg.train.micro_batch_size)
+    micro = configured_micro_batch(tokens_per_step // seq_len, cfg.train.micro_batch_size,
+                                   noise_splits(cfg.train, 1))
     if str(cfg.train.device).startswith("cuda"):
         return micro
     shape = resolve_shape(cfg.model, load_tokenizer(cfg.data).vocab_size)

@@ -174,8 +174,9 @@ class Arm:
     """Settings -> the ``curriculum`` section (stages and schedule); the LR grid sets ``optim.base_lr``."""
     baseline: bool = False
     train: tuple[tuple[str, object], ...] = ()
-    """Fields the arm adds to the run's ``train`` section (an adaptive arm's micro-batches, so that one process
-    measures the gradient noise scale)."""
+    """Fields the arm adds to the run's ``train`` section (an adaptive arm's two micro-batches per step, so that
+    one process measures the gradient noise scale: 2-row micro-batches, which the arm used before 2026-12-06,
+    cost up to 1.7× per token at the short lengths on a CPU)."""
 
     @property
     def adaptive(self) -> bool:
@@ -355,7 +356,7 @@ ARMS: dict[str, Arm] = {a.name: a for a in [
         "--anchor-budget (the final length takes the rest)", LR_A, _ramp_absolute("A", (4, 4, 2, 1, 1))),
     Arm("seqwarm-long-ramp-adaptive-wsd", "A", "seqwarm-long-ramp-wsd's table as the fallback, adaptive: tokens/step "
         "× 2 on the noise scale (verified by a branch), the next length early on the loss rate", LR_A,
-        _ramp_adaptive("A", (4, 4, 2, 1, 1)), train=(("micro_batch_size", 2),)),
+        _ramp_adaptive("A", (4, 4, 2, 1, 1)), train=(("noise_scale", {"micro_batches": 2}),)),
     Arm("seqwarm-long-ramp-sqrt-wsd", "A", "seqwarm-long-ramp-wsd with each stage's peak × sqrt(its tokens per "
         "step / the last's)", LR_A, _ramp("A", (4, 4, 2, 1, 1), 0.5)),
     Arm("seqwarm-textbook", "A", "final/8 → final (32→256 at 256) over 10/15/20/55%, global cosine", LR_A, _textbook("A")),

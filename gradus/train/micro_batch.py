@@ -14,6 +14,7 @@ from collections.abc import Callable, Iterable, Mapping
 
 import torch
 
+from gradus.config import TrainConfig
 from gradus.errors import GradusError
 from gradus.plan.memory import estimate_memory, largest_fitting_micro_batch
 from gradus.sizes import ModelShape
@@ -30,9 +31,21 @@ def check_batches_divide(stages: Iterable, rt: Runtime) -> None:
         "choose a batch (or tokens_per_batch) divisible by the number of processes"))
 
 
-def configured_micro_batch(local: int, configured: int | None) -> int:
-    """The micro-batch to start from: the local batch, or ``train.micro_batch_size`` when that is smaller."""
-    return min(local, configured) if configured else local
+def configured_micro_batch(local: int, configured: int | None, splits: int = 1) -> int:
+    """The micro-batch to start from: the local batch, or ``train.micro_batch_size`` when that is smaller, and
+    at most the largest divisor of ``local`` that gives ``splits`` micro-batches (:func:`noise_splits`) where
+    ``local`` has that many rows. A divisor, so that accumulation needs no ragged last micro-batch."""
+    micro = min(local, configured) if configured else local
+    if splits > 1 and local >= splits:
+        micro = min(micro, max(d for d in range(1, local // splits + 1) if local % d == 0))
+    return micro
+
+
+def noise_splits(train: TrainConfig, world_size: int) -> int:
+    """The micro-batches per step the noise scale asks for (``train.noise_scale.micro_batches``): on one process
+    only, where the micro-batches are its two batch sizes; 1 (no request) otherwise."""
+    ns = train.noise_scale
+    return int(ns.micro_batches) if ns.enabled and ns.micro_batches and world_size == 1 else 1
 
 
 def adamw_state_bytes(optimizer: torch.optim.Optimizer) -> int:
@@ -119,18 +132,19 @@ def probe_micro_batch(net: Callable, optimizer: torch.optim.Optimizer, rt: Runti
 
 def plan_micro_batches(stages: Iterable, shape: ModelShape, rt: Runtime, configured: int | None,
                        probe: Callable[[int, int], int | None],
-                       layout: Mapping[str, int] | None = None) -> dict[int, int]:
+                       layout: Mapping[str, int] | None = None, splits: int = 1) -> dict[int, int]:
     """Micro-batch per stage index. On CUDA each stage's shape is run once by ``probe(seq_len, micro)``
     (:func:`probe_micro_batch` on the run's module), so no stage change can run out of memory later; this
     also compiles every stage's graph before the clock starts. Under DDP every rank takes the smallest
-    micro-batch any rank found (different accumulation counts would hang the gradient all-reduce). On CPU
+    micro-batch any rank found (different accumulation counts would hang the gradient all-reduce). ``splits``:
+    the micro-batches per step the noise scale asks for (:func:`noise_splits`). On CPU
     the largest divisor of the local batch whose estimated memory fits in the host's
     (:func:`host_micro_batch`, with FSDP sharding and activation checkpointing as ``layout`` says): the whole batch for any model and shape a CPU trains at a useful speed.
     A stage that does not fit even at micro-batch 1 is a one-line GradusError."""
     chosen: dict[int, int] = {}
     budget = host_memory_budget() if rt.device.type == "cpu" else None
     for s in stages:
-        micro = configured_micro_batch(s.batch_size // rt.world_size, configured)
+        micro = configured_micro_batch(s.batch_size // rt.world_size, configured, splits)
         if rt.device.type == "cpu" and s.steps > 0:
             micro = rt.min_over_ranks(host_micro_batch(shape, s.seq_len, micro, rt.precision, budget, layout) or 0)
             if micro == 0:

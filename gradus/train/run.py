@@ -27,7 +27,7 @@ from gradus.train.ema import WeightEMA
 from gradus.train.evaluate import Validation
 from gradus.train.guard import LossGuard
 from gradus.train.metrics import Console
-from gradus.train.micro_batch import check_batches_divide, plan_micro_batches, probe_micro_batch
+from gradus.train.micro_batch import check_batches_divide, noise_splits, plan_micro_batches, probe_micro_batch
 from gradus.train.noise_scale import GradientNoiseScale, MicroBatchNorms
 from gradus.train.passkey import PasskeyProbe
 from gradus.train.stateful import PerRank, Progress, RngState, Stateful
@@ -244,7 +244,8 @@ def build_run(cfg: GradusConfig, run_dir: RunDir | str | Path, rt: Runtime, *, h
     micro_of = plan_micro_batches(
         shapes, shape, rt, cfg.train.micro_batch_size,
         lambda seq_len, micro: probe_micro_batch(net, built.optimizer, rt, shape.vocab_size, seq_len, micro),
-        layout=parallel.memory_layout(cfg.train, shape.n_layers, rt.world_size))  # FSDP shards, recompute
+        layout=parallel.memory_layout(cfg.train, shape.n_layers, rt.world_size),  # FSDP shards, recompute
+        splits=noise_splits(cfg.train, rt.world_size))
     # Every training shape compiled now, not at its stage's first step (see gradus.train.warmup).
     micro_by_shape = {(s.seq_len, s.batch_size): micro_of[s.index] for s in shapes}
     micro_batches = {s.index: micro_by_shape[(s.seq_len, s.batch_size)] for s in schedule.stages}

@@ -351,8 +351,10 @@ class Trainer:
         reason = unmeasured_reason(-(-rows // micro), self.rt.world_size, parallel.is_sharded(p.model))
         if reason is not None:
             self._gns_said = True
+            fix = ("train.noise_scale.micro_batches: 2 splits each step in two" if rows >= 2 else
+                   "one row cannot be split: a larger batch or 2+ processes measure it")
             self.console.print(f"note: {reason}; stage {state.stage_index} runs {rows} rows per step in micro-batches "
-                               f"of {micro} (train.micro_batch_size below {rows} gives several)")
+                               f"of {micro} ({fix})")
             if self.rt.is_main:
                 p.metrics.write({"event": "gns/unmeasured", "step": p.progress.step, "stage": state.stage_index,
                                  "reason": reason})
