@@ -5,7 +5,7 @@ Layer 0: imports nothing from gradus but ``units`` and ``errors``. Three jobs, e
 - :mod:`gradus.config.schema` (:class:`GradusConfig`, composed of the sections and fields of
   :mod:`~gradus.config.schema_data`, :mod:`~gradus.config.schema_curriculum` and
   :mod:`~gradus.config.schema_run`: types, bounds, descriptions), over :mod:`gradus.config.fields` (the
-  strict base, count types, the model presets), with :mod:`gradus.config.rules` (the rules across
+  strict base, count types, the model presets), with :mod:`gradus.config.cross_section` (the rules across
   sections, which its validator runs);
 - :mod:`gradus.config.checks`: every problem as one line (all reported at once);
 - :mod:`gradus.config.io`: YAML with line numbers, ``--set`` overrides, dump.

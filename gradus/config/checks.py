@@ -3,7 +3,7 @@
 The rules live with the schema (:mod:`gradus.config.schema`): each field's type and bounds, each section's
 validators, the fields of one stage that exclude or need each other
 (:func:`~gradus.config.schema_curriculum.stage_problems`) and the rules across sections
-(:func:`~gradus.config.rules.cross_check`). pydantic skips a model's own validator once one of its fields
+(:func:`~gradus.config.cross_section.cross_check`). pydantic skips a model's own validator once one of its fields
 fails, so :func:`validate` runs those two again on the raw mapping and reports them with the field errors.
 Each problem is one line ``<field.path>=<value>: <what is wrong>; <how to fix it>``;
 :mod:`gradus.config.io` puts the file and line in front.
@@ -20,7 +20,7 @@ from typing import Any
 from pydantic import ValidationError
 
 from gradus.config.messages import field_path, format_validation_error, under_path  # noqa: F401 (re-exported)
-from gradus.config.rules import cross_check, field_value  # noqa: F401 (re-exported)
+from gradus.config.cross_section import cross_check, field_value  # noqa: F401 (re-exported)
 from gradus.config.schema import GradusConfig
 from gradus.config.schema_curriculum import stage_problems
 

@@ -8,7 +8,7 @@ by ``gradus schedule`` and in error messages). The sections live in :mod:`gradus
 
 Rules on one field or one section are pydantic types and validators beside the fields (those between the
 fields of one stage are :func:`gradus.config.schema_curriculum.stage_problems`); rules that relate several
-sections are :mod:`gradus.config.rules`, which :class:`GradusConfig`'s validator runs. The dependency goes
+sections are :mod:`gradus.config.cross_section`, which :class:`GradusConfig`'s validator runs. The dependency goes
 one way: the sections, then the rules, then this module; none of them imports :mod:`gradus.config.checks`
 (which reports every problem of a config at once).
 """
@@ -18,7 +18,7 @@ from __future__ import annotations
 from pydantic import Field, model_validator
 
 from gradus.config.fields import Strict
-from gradus.config.rules import cross_check
+from gradus.config.cross_section import cross_check
 from gradus.config.schema_curriculum import (
     AdaptiveBatchConfig,
     AdaptiveConfig,
