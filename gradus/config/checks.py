@@ -19,8 +19,8 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from gradus.config.messages import field_path, format_validation_error, under_path  # noqa: F401 (re-exported)
 from gradus.config.cross_section import cross_check, field_value  # noqa: F401 (re-exported)
+from gradus.config.messages import field_path, format_validation_error, under_path  # noqa: F401 (re-exported)
 from gradus.config.schema import GradusConfig
 from gradus.config.schema_curriculum import stage_problems
 

@@ -17,8 +17,8 @@ from __future__ import annotations
 
 from pydantic import Field, model_validator
 
-from gradus.config.fields import Strict
 from gradus.config.cross_section import cross_check
+from gradus.config.fields import Strict
 from gradus.config.schema_curriculum import (
     AdaptiveBatchConfig,
     AdaptiveConfig,
