@@ -10,7 +10,9 @@ layers (config, units, errors, curriculum, presets, sizes, plan) never import to
 data/model/train/cli; `gradus.data` never imports `gradus.model` or `gradus.train`;
 the checkpoint code never imports the trainer; only `gradus/cli.py` reads `sys.argv`. No module-level import
 circle anywhere in gradus: a module never imports (directly or through others) one that imports it back when
-it loads; an import inside the function that needs it is how a circle is broken.
+it loads; an import inside the function that needs it is how a circle is broken. Inside gradus/config not even
+that: its modules depend one way, imports inside functions included (the schema and its rules never reach
+back to gradus.config.checks, which reads them).
 """
 
 from __future__ import annotations
@@ -323,3 +325,28 @@ def test_no_module_level_import_circle():
     found = [c for c in circles(graph) if frozenset(c) not in KNOWN_CIRCLES]
     assert not found, "module-level import circles (move the shared piece into a module both can import, or " \
         "import inside the function that needs it):\n" + "\n".join(" -> ".join(c) for c in found)
+
+
+def config_graph() -> dict[str, set[str]]:
+    """Every module of gradus/config and those of them it imports anywhere, inside functions too."""
+    paths = [p for p in FILES if part_of(module_name(p)) == "config"]
+    names = {module_name(p) for p in paths}
+    return {module_name(p): {m for _, m in imports(p) if m in names and m != module_name(p)} for p in paths}
+
+
+def test_config_modules_depend_one_way_even_inside_functions():
+    """checks reads the schema and its rules; neither they nor anything they import reaches back to checks,
+    not even by an import at call time (which the module-level circle test does not see). The whole package
+    has no circle either way."""
+    graph = config_graph()
+    assert graph["gradus.config.checks"] >= {"gradus.config.schema", "gradus.config.cross_section"}  # really read
+    below: set[str] = set()  # what checks imports, directly or through others
+    ahead = list(graph["gradus.config.checks"])
+    while ahead:
+        module = ahead.pop()
+        if module not in below:
+            below.add(module)
+            ahead += graph[module]
+    bad = [f"{m} imports gradus.config.checks" for m in sorted(below) if "gradus.config.checks" in graph[m]]
+    bad += [" -> ".join(c) for c in circles(graph)]
+    assert not bad, "gradus/config must depend one way (move what both need below both):\n" + "\n".join(bad)

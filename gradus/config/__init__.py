@@ -2,9 +2,12 @@
 
 Layer 0: imports nothing from gradus but ``units`` and ``errors``. Three jobs, each in its own modules:
 
-- :mod:`gradus.config.schema` and :mod:`gradus.config.schema_run` (the sections and fields: types, bounds,
-  descriptions), over :mod:`gradus.config.fields` (the strict base, count types, the model presets);
-- :mod:`gradus.config.checks`: rules across fields, and every problem as one line (all reported at once);
+- :mod:`gradus.config.schema` (:class:`GradusConfig`, composed of the sections and fields of
+  :mod:`~gradus.config.schema_data`, :mod:`~gradus.config.schema_curriculum` and
+  :mod:`~gradus.config.schema_run`: types, bounds, descriptions), over :mod:`gradus.config.fields` (the
+  strict base, count types, the model presets), with :mod:`gradus.config.cross_section` (the rules across
+  sections, which its validator runs);
+- :mod:`gradus.config.checks`: every problem as one line (all reported at once);
 - :mod:`gradus.config.io`: YAML with line numbers, ``--set`` overrides, dump.
 
 Callers import from here (``from gradus.config import GradusConfig, load_config``).

@@ -49,7 +49,7 @@ SIZE_PRESETS: dict[str, dict[str, int]] = {
     "1B": {"n_layers": 16, "d_model": 2048, "n_heads": 32, "n_kv_heads": 8, "ffn_hidden": 8192},
 }
 """Model size presets by name: the :class:`ModelConfig` shape fields each one sets. The one list of presets:
-the config checks ``model.preset`` against it (:func:`gradus.config.checks.cross_check`) and
+the config checks ``model.preset`` against it (:func:`gradus.config.cross_section.cross_check`) and
 :func:`gradus.sizes.resolve_shape` fills shapes from it.
 Names are approximate parameter counts at the GPT-2 vocabulary (50,257); ``vocab_size``, ``max_seq_len``
 and the RoPE/dropout settings come from the config."""

@@ -17,7 +17,7 @@ from pydantic_core import PydanticUndefined
 
 HEADER = """# Configuration reference
 
-Generated from the schema's field descriptions (`gradus/config/schema.py`, `schema_run.py`) by
+Generated from the schema's field descriptions (`gradus/config/schema*.py`) by
 `python -m gradus.config.reference > docs/config.md`; a test keeps it current. A config is YAML; every key
 below is optional unless its default says *required*. Counts of tokens accept `10M`, `2k`, `1.5B`.
 """
