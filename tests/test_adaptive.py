@@ -394,8 +394,9 @@ def test_a_proposal_outside_the_stable_phase_is_recorded_once_as_skipped():
         (8, "512 tokens per step would pass max_tokens_per_step 256")]
 
 
-def _length_driver(threshold=0.5, patience=2):
-    return Driver(_cfg(length={"threshold": threshold, "patience": patience}))
+def _length_driver(threshold=0.5, patience=2, window=2, z=0.0):
+    # window 2, z 0: the gain between the last two evaluations, taken as it is (the rule's simplest form)
+    return Driver(_cfg(length={"threshold": threshold, "patience": patience, "window": window, "z": z}))
 
 
 def test_the_length_rule_switches_after_patience_evaluations_below_the_threshold():
@@ -438,7 +439,7 @@ def test_the_length_rule_does_not_fire_at_the_tables_own_boundary():
 def _midway():
     """A controller with an accepted length decision and a batch proposal under verification, its branch run and
     three main-run steps of its window observed."""
-    cfg = _cfg(batch={"patience": 1, "min_samples": 1}, length={"threshold": 0.5, "patience": 1})
+    cfg = _cfg(batch={"patience": 1, "min_samples": 1}, length={"threshold": 0.5, "patience": 1, "window": 2, "z": 0.0})
     d = Driver(cfg)
     evals = {512: 5.0, 1024: 4.0, 2048: 3.9}  # first gain 1.0, then 0.1: below half of it, switch at 2,048
     for step in range(1, 9):
@@ -494,7 +495,7 @@ def test_publish_is_called_with_the_records_at_every_change():
 
 
 def test_a_length_decision_never_lands_inside_a_pending_verification_window():
-    cfg = _cfg(batch={"patience": 1, "min_samples": 1}, length={"threshold": 0.5, "patience": 1})
+    cfg = _cfg(batch={"patience": 1, "min_samples": 1}, length={"threshold": 0.5, "patience": 1, "window": 2, "z": 0.0})
     d = Driver(cfg)
     for step in range(1, 8):
         assert d.run(val={512: 5.0, 1024: 4.0}.get(step * 256)) is None  # first gain 1.0 per doubling
@@ -619,3 +620,51 @@ def test_gradus_train_refuses_a_bad_adaptive_config_in_one_line(tmp_path):
     assert lines[0].startswith("gradus: error: ") and "curriculum.schedule=global" in lines[0]
     assert "set schedule: wsd" in lines[0] and "Traceback" not in proc.stderr + proc.stdout
     assert not out.exists()
+
+
+def test_gain_per_doubling_is_the_fitted_slope_and_its_standard_error():
+    from gradus.train.controller import gain_per_doubling
+
+    gain, se = gain_per_doubling([[512, 5.0], [1024, 4.0]])  # two points: the old two-point gain, no noise
+    assert (gain, se) == (1.0, 0.0)
+    gain, se = gain_per_doubling([[1024, 4.0], [2048, 3.5], [4096, 3.0], [8192, 2.5]])  # on a line
+    assert gain == pytest.approx(0.5) and se == pytest.approx(0.0, abs=1e-12)
+    # x = 0, 1, 2, 3 (log2 of compute / 1024), y = 4.0, 3.4, 3.1, 2.5: slope -0.48, residuals .03 -.09 .09 -.03,
+    # Σ(x - 1.5)² = 5, two degrees of freedom
+    gain, se = gain_per_doubling([[1024, 4.0], [2048, 3.4], [4096, 3.1], [8192, 2.5]])
+    assert gain == pytest.approx(0.48)
+    assert se == pytest.approx(math.sqrt((0.03**2 + 0.09**2 + 0.09**2 + 0.03**2) / 2 / 5))
+    assert gain_per_doubling([[1024, 4.0], [1024, 3.9]]) is None  # compute did not increase
+    assert gain_per_doubling([[0, 4.0], [1024, 3.9]]) is None
+
+
+# (tokens, validation loss) of one stage: a steady fall of 0.25 per doubling with one evaluation that went up
+# (the noise that made two-point gains switch in the 1.3M-token benchmark runs: decisions with negative ratios).
+NOISY = {512: 5.0, 1024: 4.75, 2048: 4.5, 2560: 4.42, 3072: 4.5, 3584: 4.31, 4096: 4.26, 4608: 4.21}
+
+
+def test_one_evaluation_that_went_up_switches_a_two_point_rule():
+    d = _length_driver(window=2, z=0.0, patience=1)
+    for step in range(1, 21):
+        d.run(val=NOISY.get(step * 256))
+    assert d.c.edits == [Edit("length", 3072)]  # on the bump: a negative gain
+    assert d.c.records[0]["signal"]["ratio"] < 0
+
+
+def test_the_fitted_rule_is_not_moved_by_one_noisy_evaluation_but_follows_a_real_plateau():
+    steady = _length_driver(window=4, z=2.0, patience=1)
+    for step in range(1, 21):
+        steady.run(val=NOISY.get(step * 256))
+    assert steady.c.edits == [] and steady.c.records == []
+    # A real plateau: the stage gains 0.5 per doubling at first, then nothing, with small noise.
+    plateau = {512: 5.0, 1024: 4.5, 2048: 4.0, 4096: 3.5, 4608: 3.49, 5120: 3.5, 5632: 3.49, 6144: 3.49,
+               6656: 3.48, 7168: 3.49}
+    d = _length_driver(window=4, z=2.0)
+    for step in range(1, 33):
+        d.run(val=plateau.get(step * 256))
+    [record] = d.c.records
+    assert record["kind"] == "length" and record["verdict"] == "accepted"
+    assert d.c.edits == [Edit("length", 6144)]  # two fitted gains below (5,632 and 6,144), before s16's end at 10,240
+    sig = record["signal"]
+    assert sig["window"] == 4 and sig["first_gain"] == pytest.approx(0.5)
+    assert sig["ratio_upper"] < 0.5 and sig["ratio_upper"] >= sig["ratio"]

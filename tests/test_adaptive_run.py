@@ -31,7 +31,8 @@ TARGET = 64 * TPS  # stages of 32 + 16 + 16 steps at 256 tokens per step
 def _raw(offline_data, tokenizer_json) -> dict:
     """s16 (32 steps) / s32 / s64 (16 each) at 256 tokens per step, wsd with a 4-step warmup and a 13-step
     cooldown. The batch rule fires at once (rho tiny) and may double once (to 512, the bound); the length rule
-    evaluates every 2 steps and fires when the gain per compute doubling drops below 0.9 of the stage's first.
+    evaluates every 2 steps and fires when the gain per compute doubling between two evaluations (window 2, no
+    noise margin) drops below 0.9 of the stage's first.
     Micro-batches of 4 rows give the noise scale two or more per step in s16 and s32."""
     stages = [dict(s, tokens=n * TPS) for s, n in zip(TINY_STAGES, (32, 16, 16), strict=True)]
     d = tiny_config(offline_data, tokenizer_json, stages=stages)
@@ -39,7 +40,7 @@ def _raw(offline_data, tokenizer_json) -> dict:
         "check_every_tokens": 512,
         "batch": {"rho": 0.01, "patience": 2, "min_samples": 2, "max_tokens_per_step": 2 * TPS,
                   "verify": {"fraction": 0.05}},
-        "length": {"threshold": 0.9, "patience": 1}})
+        "length": {"threshold": 0.9, "patience": 1, "window": 2, "z": 0.0}})
     d["train"].update(eval_every=2, checkpoint_every=100, early_stopping_patience=None, micro_batch_size=4)
     d["logging"]["log_every"] = 1
     return d
@@ -215,7 +216,7 @@ def test_gradus_schedule_prints_an_adaptive_configs_envelope(tmp_path, raw):
                  "verified by a branch of 0.05 of the run, accepted within 2 standard errors",
                  "6 shapes prepared at start-up"):
         assert part in batch, (part, batch)
-    for part in ("length: ladder 16 → 32 → 64", "below 0.9 of the stage's first for 1 evaluations in a row",
+    for part in ("length: ladder 16 → 32 → 64", "(fitted over 2 evaluations) stays below 0.9 of the stage's first for 1 evaluations in a row",
                  "never later than the table, never shorter"):
         assert part in length, (part, length)
 

@@ -217,7 +217,10 @@ class AdaptiveBatchConfig(Strict):
     enabled: bool = Field(True, description="Let the run double its tokens per step.")
     rho: Annotated[float, AfterValidator(_positive)] = Field(
         2.0, description="Propose a doubling when B_simple > rho × tokens per step (Merrill et al.: 2); each "
-        "rejected verification doubles it for the rest of the run."
+        "rejected verification doubles it for the rest of the run. It prices steps against tokens: by McCandlish et "
+        "al.'s trade-off (tokens needed ∝ 1 + batch / B_noise) the doubled batch needs at most 1 + 2/rho times the "
+        "fewest tokens, so 2 accepts up to 2× the tokens for fewer steps (what a GPU whose step costs little more "
+        "at twice the batch wants), 8 at most 1.25× (where a token costs the same at any batch, as on a CPU)."
     )
     patience: int = Field(3, ge=1, description="Consecutive checks above the threshold before a proposal.")
     alpha: Annotated[float, AfterValidator(_unit_interval)] = Field(
@@ -236,10 +239,14 @@ class AdaptiveBatchConfig(Strict):
 class AdaptiveLengthConfig(Strict):
     """Switch to the next stage's (longer) sequence length before its planned boundary when the validation
     loss at the reference length gains, per doubling of compute, less than ``threshold`` × what the current
-    length gained in its first measured interval, for ``patience`` consecutive evaluations. Compute is counted
-    in reference-length token equivalents (each token weighted by the model's FLOPs per token at its length),
-    a deterministic stand-in for calibrated seconds, so a resumed run decides exactly alike. The stages' own
-    boundaries are the fallback: a switch is never later than the table and never to a shorter length."""
+    length gained in its first ``window`` evaluations, beyond the gain's own noise (``z`` standard errors), for
+    ``patience`` consecutive evaluations. The gain is the slope of a least-squares line through the last
+    ``window`` evaluations against log2(compute), and its standard error comes from their scatter about it: a
+    single noisy evaluation neither makes nor breaks a switch (with two-point gains, runs switched on
+    evaluations that went *up*, and ended worse than the table). Compute is counted in reference-length token
+    equivalents (each token weighted by the model's FLOPs per token at its length), a deterministic stand-in
+    for calibrated seconds, so a resumed run decides exactly alike. The stages' own boundaries are the
+    fallback: a switch is never later than the table and never to a shorter length."""
 
     enabled: bool = Field(True, description="Let the run move a length switch earlier than the table.")
     threshold: float = Field(
@@ -247,6 +254,14 @@ class AdaptiveLengthConfig(Strict):
         "stage's first."
     )
     patience: int = Field(2, ge=1, description="Consecutive evaluations below the threshold before a switch.")
+    window: int = Field(
+        4, ge=2, description="Evaluations each gain is fitted over (the stage's first gain too); 2: the gain "
+        "between the last two, with no noise estimate."
+    )
+    z: float = Field(
+        2.0, ge=0, description="An evaluation counts as below only when the gain plus z standard errors is "
+        "below the threshold (0: the gain itself)."
+    )
 
 
 class AdaptiveConfig(Strict):

@@ -260,8 +260,10 @@ def envelope_lines(cfg: GradusConfig, schedule: Schedule) -> list[str]:
             f"between {_count(start)} and {_count(end)} tokens (the stable phase); {verify}; "
             f"{len(shapes)} shapes prepared at start-up")
     if a.length.enabled:
+        noise = f" by {a.length.z:g} standard errors" if a.length.z else ""
         lines.append(
             f"  length: ladder {ladder}; the next length begins early when the validation loss gained per "
-            f"compute doubling falls below {a.length.threshold:g} of the stage's first for {a.length.patience} "
-            f"evaluations in a row; never later than the table, never shorter")
+            f"compute doubling (fitted over {a.length.window} evaluations) stays below {a.length.threshold:g} of the "
+            f"stage's first{noise} for {a.length.patience} evaluations in a row; never later than the table, never "
+            f"shorter")
     return lines

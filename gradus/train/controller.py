@@ -12,9 +12,10 @@ Two rules, both from ``curriculum.adaptive`` (``../shared/research/adaptive-stag
   ``z`` standard errors of the main run's, and then takes effect where the main run is. A rejection doubles
   the threshold from then on (the run calibrates the noise scale against its own probe).
 * **length**: at every evaluation, the reference-length validation loss gained per doubling of compute
-  (reference-token equivalents, :func:`gradus.curriculum.adaptive.compute_at`) is compared with what the
-  current length gained in its first measured interval; after ``patience`` evaluations below ``threshold``
-  of it, the next (longer) stage begins now instead of at the table's boundary.
+  (reference-token equivalents, :func:`gradus.curriculum.adaptive.compute_at`), fitted over the last
+  ``window`` evaluations (:func:`gain_per_doubling`), is compared with what the current length gained in its
+  first window; after ``patience`` evaluations whose gain, plus ``z`` standard errors, stays below
+  ``threshold`` of it, the next (longer) stage begins now instead of at the table's boundary.
 
 An accepted decision is an :class:`~gradus.curriculum.adaptive.Edit`; the run's schedule is
 :func:`~gradus.curriculum.adaptive.adapted_schedule` (config, edits), a pure function, so the checkpoint
@@ -29,6 +30,7 @@ Torch-free on purpose: the trainer runs the branch and hands the controller plai
 
 from __future__ import annotations
 
+import itertools
 import json
 import math
 from collections.abc import Callable
@@ -212,22 +214,25 @@ class AdaptiveController:
         compute = compute_at(self.schedule, tokens, self.cost)
         points = track["points"]
         points.append([compute, val_loss])
-        if len(points) < 2 or points[-2][0] <= 0 or compute <= points[-2][0]:
+        fitted = gain_per_doubling(points[-cfg.window:]) if len(points) >= cfg.window else None
+        if fitted is None:
             return
-        gain = (points[-2][1] - val_loss) / math.log2(compute / points[-2][0])  # loss gained per compute doubling
+        gain, se = fitted
         if track["first_gain"] is None:
             if gain > 0:
                 track["first_gain"] = gain
             return
         ratio = gain / track["first_gain"]
-        track["below"] = track["below"] + 1 if ratio < cfg.threshold else 0
+        upper = (gain + cfg.z * se) / track["first_gain"]  # the gain's ratio, given the benefit of its noise
+        track["below"] = track["below"] + 1 if upper < cfg.threshold else 0
         nxt = next_longer(self.schedule, state.stage_index)
         if track["below"] < cfg.patience or nxt is None or tokens >= self.schedule.stages[state.stage_index].end_tokens:
             return
         if self.pending is not None:  # a batch verification runs on this stage's data: the switch waits for its end
             return
-        signal = {"gain_per_doubling": gain, "first_gain": track["first_gain"], "ratio": ratio,
-                  "threshold": cfg.threshold, "evaluations": track["below"], "val_loss": val_loss}
+        signal = {"gain_per_doubling": gain, "gain_se": se, "first_gain": track["first_gain"], "ratio": ratio,
+                  "ratio_upper": upper, "threshold": cfg.threshold, "evaluations": track["below"],
+                  "window": cfg.window, "val_loss": val_loss}
         proposal = {"seq_len": nxt.seq_len, "planned_at_tokens": nxt.start_tokens}
         self._accept(step, tokens, Edit("length", tokens), signal, proposal, verdict="accepted")
 
@@ -292,6 +297,23 @@ class AdaptiveController:
         self._fresh()
         if self.publish is not None:
             self.publish(self.records)
+
+
+def gain_per_doubling(points: list[list[float]]) -> tuple[float, float] | None:
+    """(gain, standard error) of validation loss per doubling of compute over ``points`` ([compute, loss], in
+    order): minus the slope of the least-squares line of loss against log2(compute), and the slope's standard
+    error from the residuals (0 for two points, which fit exactly). None when compute does not increase."""
+    if points[0][0] <= 0 or any(b[0] <= a[0] for a, b in itertools.pairwise(points)):
+        return None
+    xs = [math.log2(c) for c, _ in points]
+    ys = [v for _, v in points]
+    mx, my = _mean(xs), _mean(ys)
+    sxx = sum((x - mx) ** 2 for x in xs)
+    slope = sum((x - mx) * (y - my) for x, y in zip(xs, ys, strict=True)) / sxx
+    if len(points) <= 2:
+        return -slope, 0.0
+    residual = sum((y - my - slope * (x - mx)) ** 2 for x, y in zip(xs, ys, strict=True))
+    return -slope, math.sqrt(residual / (len(points) - 2) / sxx)
 
 
 def _mean(values: list[float]) -> float:

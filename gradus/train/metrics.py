@@ -273,8 +273,10 @@ def decision_line(record: dict[str, Any]) -> str:
                 f"(B_simple {sig.get('b_simple', math.nan):,.0f} > {sig.get('rho', math.nan):g} × batch for "
                 f"{sig.get('checks', 0)} checks)")
     else:
+        ratio = sig.get("ratio", math.nan)
         what = (f"length → {(record.get('proposal') or {}).get('seq_len')} (gain per compute doubling "
-                f"{sig.get('ratio', math.nan):.2f} of the stage's first for {sig.get('evaluations', 0)} evaluations)")
+                f"{ratio:.2f} of the stage's first, at most {sig.get('ratio_upper', ratio):.2f} within its noise, "
+                f"for {sig.get('evaluations', 0)} evaluations)")
     tail = f": {verdict}"
     comparison = record.get("comparison") or {}
     if "branch_loss" in comparison:
