@@ -386,7 +386,10 @@ def gloo_threads():
     return sorted(n for n in names if "gloo" in n)
 
 train(load_config(sys.argv[1]), sys.argv[2], quiet=True)
-print(json.dumps({"rank": int(os.environ["RANK"]), "gloo_threads": gloo_threads()}), flush=True)
+# One write of the whole line: under PYTHONUNBUFFERED, print() writes the text and its newline apart, and the
+# two ranks' lines on the shared pipe came out as "{...}{...}\\n\\n".
+sys.stdout.write(json.dumps({"rank": int(os.environ["RANK"]), "gloo_threads": gloo_threads()}) + "\\n")
+sys.stdout.flush()
 """  # and the interpreter finalises as usual: no os._exit
 
 
