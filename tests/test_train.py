@@ -341,36 +341,6 @@ def test_demo_runs_offline_through_four_stages(tmp_path, capsys):
         assert f"gradus {command} {tmp_path} " in out
 
 
-def torchrun_train(cfg_path: Path, run: Path, *extra: str) -> None:
-    """``gradus train`` in two gloo processes through torchrun (a free port: --standalone)."""
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-           "-m", "gradus.cli", "train", str(cfg_path), "--out", str(run), "--quiet", *extra]
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-
-
-def test_two_processes_keep_identical_weights_and_resume_exactly(tmp_path, tokenizer_json, offline_data):
-    raw = raw_config(tokenizer_json, offline_data)
-    raw["curriculum"]["stages"] = raw["curriculum"]["stages"][:2]
-    cfg_path = tmp_path / "c.yaml"
-    cfg_path.write_text(json.dumps(raw))
-    run = tmp_path / "run"
-    torchrun_train(cfg_path, run)
-    (event,) = [r for r in read_metrics(run / "metrics.jsonl") if r.get("event") == "dist/weights_checksum"]
-    assert event["in_sync"] is True and len(event["checksums"]) == 2
-    steps = [r for r in read_metrics(run / "metrics.jsonl") if "loss" in r and "event" not in r]
-    assert steps[-1]["step"] == 11 and steps[-1]["tokens"] == 11 * 256
-    # Stopped inside stage 1 and resumed: every rank continues its own shard (each rank's data state is
-    # saved), so the run ends with the uninterrupted run's weights, bit for bit.
-    resumed = tmp_path / "resumed"
-    torchrun_train(cfg_path, resumed, "--stop-at-step", "8")
-    state = torch.load(sorted((resumed / "checkpoints").glob("step_*"))[-1] / "state.pt", weights_only=False)
-    assert isinstance(state["data"], list) and [d["fingerprint"]["rank"] for d in state["data"]] == [0, 1]
-    torchrun_train(cfg_path, resumed)
-    a, b = weights(run), weights(resumed)
-    assert all(torch.equal(a[k], b[k]) for k in a)
-
-
 _LEAVES_NO_GLOO_THREAD = """
 import json, os, sys
 from gradus.config import load_config
