@@ -5,6 +5,8 @@ benchmarks/gpu/fp8_vs_bf16.py measures it, never a unit test."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import torch
 from builders import tiny_config
@@ -90,16 +92,35 @@ def test_float8_all_gather_only_under_fsdp_and_only_tensorwise():
 
 
 # ------------------------------------------------------------------------------------------ training
+@pytest.fixture(scope="module")
+def whole_runs(tmp_path_factory, tokenizer_json, offline_data) -> dict[str, tuple[Path, list]]:
+    """The 16-step run in fp32 and in fp8 (tensorwise), uninterrupted: each precision's run directory and step
+    reports, trained once for the loss comparisons and the exact resume below."""
+    from gradus.train import faults
+
+    root = tmp_path_factory.mktemp("fp8-whole")
+    out = {}
+    with pytest.MonkeyPatch.context() as mp:  # (as no_faults, which is set up after a module's fixtures)
+        mp.delenv(faults.ENV, raising=False)
+        faults.reset()
+        for precision in ("fp32", "fp8"):
+            seen = []
+            train(_cfg(tokenizer_json, offline_data, precision), root / precision, quiet=True, on_step=seen.append)
+            out[precision] = (root / precision, seen)
+    return out
+
+
 @needs_torchao
 @pytest.mark.parametrize("recipe", ["tensorwise", "rowwise"])
-def test_a_few_emulated_fp8_steps_lower_the_loss_like_fp32(recipe, tmp_path, tokenizer_json, offline_data):
-    reports = {}
-    for precision in ("fp32", "fp8"):
+def test_a_few_emulated_fp8_steps_lower_the_loss_like_fp32(recipe, whole_runs, tmp_path, tokenizer_json,
+                                                          offline_data):
+    fp32 = [r.loss for r in whole_runs["fp32"][1]]  # (the recipe is an fp8 setting: fp32 trains the same run)
+    if recipe == "tensorwise":  # the default recipe: the module's fp8 run
+        ours = [r.loss for r in whole_runs["fp8"][1]]
+    else:
         seen = []
-        train(_cfg(tokenizer_json, offline_data, precision, recipe), tmp_path / precision, quiet=True,
-              on_step=seen.append)
-        reports[precision] = [r.loss for r in seen]
-    fp32, ours = reports["fp32"], reports["fp8"]
+        train(_cfg(tokenizer_json, offline_data, "fp8", recipe), tmp_path / "fp8", quiet=True, on_step=seen.append)
+        ours = [r.loss for r in seen]
     assert len(ours) == 16
     assert sum(ours[-4:]) / 4 < sum(ours[:4]) / 4 - 0.3  # it learns
     # and like fp32: the same data and init, float8 rounding only (a loss within 2% at every step)
@@ -108,10 +129,9 @@ def test_a_few_emulated_fp8_steps_lower_the_loss_like_fp32(recipe, tmp_path, tok
 
 
 @needs_torchao
-def test_an_fp8_run_resumes_exactly(tmp_path, tokenizer_json, offline_data):
-    whole, split = tmp_path / "whole", tmp_path / "split"
-    uninterrupted, resumed = [], []
-    train(_cfg(tokenizer_json, offline_data), whole, quiet=True, on_step=uninterrupted.append)
+def test_an_fp8_run_resumes_exactly(whole_runs, tmp_path, tokenizer_json, offline_data):
+    (whole, uninterrupted), split = whole_runs["fp8"], tmp_path / "split"
+    resumed = []
     assert train(_cfg(tokenizer_json, offline_data), split, quiet=True, stop_at_step=7).step == 7
     train(_cfg(tokenizer_json, offline_data), split, quiet=True, on_step=resumed.append)
     assert [r.step for r in resumed] == list(range(8, 17))
