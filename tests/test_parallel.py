@@ -1,5 +1,5 @@
-"""DDP and FSDP2, activation checkpointing, sharded checkpoints and exact resumes (CPU, gloo, two processes
-through torchrun).
+"""DDP and FSDP2 (also in fp8 with float8 all-gather), activation checkpointing, sharded checkpoints and exact
+resumes (CPU, gloo, two processes through torchrun).
 
 The tiny curriculum here runs 22 steps over three stages (two stage changes). FSDP and DDP differ only in
 how gradients are reduced (reduce-scatter of each parameter's shard against an all-reduce of buckets), so
@@ -25,6 +25,7 @@ from safetensors.torch import load_file
 from gradus.cli import main
 from gradus.config import from_dict
 from gradus.plan.memory import checkpointed_blocks
+from gradus.train.fp8 import torchao_available
 from gradus.train.metrics import losses_by_step, read_metrics
 from gradus.train.storage.sharded_checkpoint import consolidate, is_sharded_checkpoint
 from gradus.train.trainer import train
@@ -45,6 +46,15 @@ def raw_config(tok: str, data: Path, **train) -> dict:
     cfg = tiny_config(data, tok, stages=STAGES)
     cfg["train"].update({"eval_every": 5, "checkpoint_every": 4, "early_stopping_patience": None, **train})
     cfg["logging"]["log_every"] = 1
+    return cfg
+
+
+def fp8_config(tok: str, data: Path) -> dict:
+    """The tiny model on the shared tiny curriculum (16 steps) in fp8 through torchao's emulation under FSDP:
+    tensorwise scaling, so the weights are all-gathered in float8; a checkpoint every 8 steps."""
+    cfg = tiny_config(data, tok)
+    cfg["train"].update({"precision": "fp8", "fp8": {"emulate": True}, "parallel": "fsdp", "eval_every": 100,
+                         "checkpoint_every": 8, "early_stopping_patience": None, "eval_at_stage_change": False})
     return cfg
 
 
@@ -106,7 +116,10 @@ def runs(tmp_path_factory, tokenizer_json, offline_data) -> dict[str, Path]:
     lagged["optim"]["fused"], lagged["logging"]["log_every"] = "on", 7
     configs["fsdp_lagged"] = write_config(root / "fsdp_lagged.json", lagged)
     stopped = {"ddp_stopped": ("ddp", DDP_STOP), "fsdp_stopped": ("fsdp", FSDP_STOP)}
-    plan = [(str(configs[name]), str(root / name), None) for name in configs]
+    if torchao_available():  # last: nothing else in the launch trains after torchao is imported
+        configs["fsdp_fp8"] = write_config(root / "fsdp_fp8.json", fp8_config(tokenizer_json, offline_data))
+        stopped["fsdp_fp8_stopped"] = ("fsdp_fp8", 8)
+    plan = [(str(configs[name]), str(root / name), None) for name in configs if name != "fsdp_fp8"]
     plan += [(str(configs[of]), str(root / name), stop) for name, (of, stop) in stopped.items()]
     (root / "plan.json").write_text(json.dumps(plan))
     (root / "train_all.py").write_text(_TRAIN_IN_ONE_LAUNCH)
@@ -114,8 +127,8 @@ def runs(tmp_path_factory, tokenizer_json, offline_data) -> dict[str, Path]:
            str(root / "train_all.py"), str(root / "plan.json")]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    out = {name: root / name for name in [*configs, *stopped]}
-    out["config"], out["ddp_config"] = configs["fsdp"], configs["ddp"]
+    out = {name: root / name for name in [*configs, *stopped] if name != "fsdp_fp8"}
+    out["config"], out["ddp_config"], out["fp8_config"] = configs["fsdp"], configs["ddp"], configs.get("fsdp_fp8")
     return out
 
 
@@ -218,6 +231,28 @@ def test_killed_after_a_sharded_checkpoint_resumes_exactly(runs, tmp_path):
     a = load_file(str(consolidate(last_checkpoint(runs["fsdp"]))))
     b = load_file(str(consolidate(last_checkpoint(run))))
     assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+@pytest.mark.skipif(not torchao_available(),
+                    reason="torchao is not installed (pip install 'gradus-lm[fp8]'): fp8 untested")
+def test_fsdp_with_float8_all_gather_writes_plain_shards_that_export_and_a_bf16_run_read(runs, tmp_path):
+    """train.precision fp8 (tests/test_fp8.py) under FSDP2 with float8 all-gather (tensorwise), stopped at step 8:
+    the weights are torchao wrappers while training, but the shards hold plain tensors, so export and a bf16
+    resume read them."""
+    from gradus.export.hf import load_hf_weights
+
+    run = continue_stopped(runs, "fsdp_fp8_stopped", tmp_path / "run")
+    shards = sorted((run / "checkpoints" / "step_00000008" / "shards").glob("*.distcp"))
+    assert len(shards) == 2 and not any(b"torchao" in f.read_bytes() for f in shards)
+    assert main(["export", str(run), "--hf", str(tmp_path / "hf")]) == 0
+    exported = load_hf_weights(tmp_path / "hf")
+    assert all(type(p.data) is torch.Tensor and p.dtype == torch.float32 for p in exported.parameters())
+
+    raw = json.loads(runs["fp8_config"].read_text())
+    torchrun_train(write_config(tmp_path / "bf16.json", {**raw, "train": {**raw["train"], "precision": "bf16"}}), run)
+    records = read_metrics(run / "metrics.jsonl")
+    assert [r["step"] for r in records if r.get("event") == "resume"] == [8]
+    assert max(r["step"] for r in records if "loss" in r and "step" in r) == 16
 
 
 def test_another_world_size_is_refused_unless_allowed(runs, tmp_path, capsys):
