@@ -104,13 +104,27 @@ def test_a_template_joins_record_fields_and_plain_text_configs_stay_as_they_were
     assert cfg.data.sources[0].template == "{question}\n{answer}"
 
 
-def test_smoke_mode_writes_the_required_json(tmp_path, offline_data):
-    cmd = [sys.executable, str(SCRIPT), "--smoke", "--data", str(offline_data / "wikitext-2"), "--out", str(tmp_path),
-           "--work", str(tmp_path / "work")]
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=900, cwd=REPO)  # each run is a gradus train process: ~5 s start-up idle, ~30 s on a loaded box
+@pytest.fixture(scope="module")
+def smoke(tmp_path_factory, offline_data) -> tuple[Path, str]:
+    """One ``--smoke`` run of the script for the tests below: the baseline and the lr-find arm, each arm's LR grid
+    at seed 0 and the best LR at seed 1. The folder (the JSON, the plot, the work folder) and the stdout.
+    Each run is a gradus train process, ~5 s of start-up against ~1 s of training, so one invocation serves
+    both tests, and its curriculum arm is seqwarm-lrfind alone: the textbook arm of --smoke's default pair
+    (QUICK_ARMS) with each stage's LR scaled by lr-find, so it runs the textbook arm's stages and the lr-find
+    sweep besides (every arm's config is checked in test_every_arm_builds_a_valid_config)."""
+    out = tmp_path_factory.mktemp("curriculum_speedup")
+    cmd = [sys.executable, str(SCRIPT), "--smoke", "--arms", "baseline,seqwarm-lrfind", "--data",
+           str(offline_data / "wikitext-2"), "--out", str(out), "--work", str(out / "work")]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=900, cwd=REPO)  # ~25 s idle, ~60 s on a loaded box
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
-    assert "target: val loss" in proc.stdout and "best arm:" in proc.stdout
-    report = json.loads((tmp_path / "curriculum_speedup.json").read_text())
+    return out, proc.stdout
+
+
+def test_smoke_mode_writes_the_required_json(smoke):
+    folder, stdout = smoke
+    assert "target: val loss" in stdout and "best arm:" in stdout
+    report = json.loads((folder / "curriculum_speedup.json").read_text())
+    assert [a["name"] for a in report["arms"]] == ["seqwarm-lrfind"]
     for key in ("baseline", "arms", "best_arm", "best_speedup_wallclock", "best_speedup_tokens", "target",
                 "machine", "command", "date", "calibration"):
         assert key in report, key
@@ -144,23 +158,20 @@ def test_smoke_mode_writes_the_required_json(tmp_path, offline_data):
     if best["tokens_to_target"] is not None and report["target_shift"] > 0:
         low, high = report["best_speedup_tokens_band"]
         assert high >= best["speedup_tokens"] - 1e-9 and (low is None or low <= best["speedup_tokens"] + 1e-9)
-        assert f"{best['name']} band: ×" in proc.stdout
+        assert f"{best['name']} band: ×" in stdout
     pytest.importorskip("matplotlib")
-    assert (tmp_path / "curriculum_speedup.png").stat().st_size > 10_000
+    assert (folder / "curriculum_speedup.png").stat().st_size > 10_000
 
 
-def test_lr_find_arm_takes_its_stage_ratios_from_gradus_lr_find(tmp_path, offline_data):
-    cmd = [sys.executable, str(SCRIPT), "--smoke", "--arms", "baseline,seqwarm-lrfind", "--data",
-           str(offline_data / "wikitext-2"), "--out", str(tmp_path), "--work", str(tmp_path / "work"), "--no-plot"]
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=900, cwd=REPO)  # each run is a gradus train process
-    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
-    report = json.loads((tmp_path / "curriculum_speedup.json").read_text())
+def test_lr_find_arm_takes_its_stage_ratios_from_gradus_lr_find(smoke):
+    folder, _ = smoke
+    report = json.loads((folder / "curriculum_speedup.json").read_text())
     found = dict(report["settings"]["lr_find"])
     final = report["settings"]["final_len"]
     assert sorted(found) == [final // 8, final // 4, final // 2, final]
     assert all(_real(v) and 1e-6 < v < 1 for v in found.values())  # inside the sweep
     # The sweep's report is cached beside the runs, as gradus lr-find writes it.
-    cached = list((tmp_path / "work").glob("lr_find-*.json"))
+    cached = list((folder / "work").glob("lr_find-*.json"))
     assert len(cached) == 1 and len(json.loads(cached[0].read_text())["report"]["lengths"]) == 4
     arm = next(a for a in report["arms"] if a["name"] == "seqwarm-lrfind")
     for stage in arm["stages"]:

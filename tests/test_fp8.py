@@ -1,9 +1,12 @@
 """``train.precision: fp8`` (issue 32 §1) on CPU, through torchao's float8 emulation: which layers convert, that
 training lowers the loss, exact resume, checkpoints a bf16 run and ``gradus export`` read, and the one-line
-refusals where FP8 cannot run. The speed (FP8 ≥ 1.3× bf16 tokens/s at 270M) is a GPU figure:
+refusals where FP8 cannot run. Under FSDP with float8 all-gather: tests/test_parallel.py (its two-process runs
+share one launch there). The speed (FP8 ≥ 1.3× bf16 tokens/s at 270M) is a GPU figure:
 benchmarks/gpu/fp8_vs_bf16.py measures it, never a unit test."""
 
 from __future__ import annotations
+
+from pathlib import Path
 
 import pytest
 import torch
@@ -90,16 +93,35 @@ def test_float8_all_gather_only_under_fsdp_and_only_tensorwise():
 
 
 # ------------------------------------------------------------------------------------------ training
+@pytest.fixture(scope="module")
+def whole_runs(tmp_path_factory, tokenizer_json, offline_data) -> dict[str, tuple[Path, list]]:
+    """The 16-step run in fp32 and in fp8 (tensorwise), uninterrupted: each precision's run directory and step
+    reports, trained once for the loss comparisons and the exact resume below."""
+    from gradus.train import faults
+
+    root = tmp_path_factory.mktemp("fp8-whole")
+    out = {}
+    with pytest.MonkeyPatch.context() as mp:  # (as no_faults, which is set up after a module's fixtures)
+        mp.delenv(faults.ENV, raising=False)
+        faults.reset()
+        for precision in ("fp32", "fp8"):
+            seen = []
+            train(_cfg(tokenizer_json, offline_data, precision), root / precision, quiet=True, on_step=seen.append)
+            out[precision] = (root / precision, seen)
+    return out
+
+
 @needs_torchao
 @pytest.mark.parametrize("recipe", ["tensorwise", "rowwise"])
-def test_a_few_emulated_fp8_steps_lower_the_loss_like_fp32(recipe, tmp_path, tokenizer_json, offline_data):
-    reports = {}
-    for precision in ("fp32", "fp8"):
+def test_a_few_emulated_fp8_steps_lower_the_loss_like_fp32(recipe, whole_runs, tmp_path, tokenizer_json,
+                                                          offline_data):
+    fp32 = [r.loss for r in whole_runs["fp32"][1]]  # (the recipe is an fp8 setting: fp32 trains the same run)
+    if recipe == "tensorwise":  # the default recipe: the module's fp8 run
+        ours = [r.loss for r in whole_runs["fp8"][1]]
+    else:
         seen = []
-        train(_cfg(tokenizer_json, offline_data, precision, recipe), tmp_path / precision, quiet=True,
-              on_step=seen.append)
-        reports[precision] = [r.loss for r in seen]
-    fp32, ours = reports["fp32"], reports["fp8"]
+        train(_cfg(tokenizer_json, offline_data, "fp8", recipe), tmp_path / "fp8", quiet=True, on_step=seen.append)
+        ours = [r.loss for r in seen]
     assert len(ours) == 16
     assert sum(ours[-4:]) / 4 < sum(ours[:4]) / 4 - 0.3  # it learns
     # and like fp32: the same data and init, float8 rounding only (a loss within 2% at every step)
@@ -108,10 +130,9 @@ def test_a_few_emulated_fp8_steps_lower_the_loss_like_fp32(recipe, tmp_path, tok
 
 
 @needs_torchao
-def test_an_fp8_run_resumes_exactly(tmp_path, tokenizer_json, offline_data):
-    whole, split = tmp_path / "whole", tmp_path / "split"
-    uninterrupted, resumed = [], []
-    train(_cfg(tokenizer_json, offline_data), whole, quiet=True, on_step=uninterrupted.append)
+def test_an_fp8_run_resumes_exactly(whole_runs, tmp_path, tokenizer_json, offline_data):
+    (whole, uninterrupted), split = whole_runs["fp8"], tmp_path / "split"
+    resumed = []
     assert train(_cfg(tokenizer_json, offline_data), split, quiet=True, stop_at_step=7).step == 7
     train(_cfg(tokenizer_json, offline_data), split, quiet=True, on_step=resumed.append)
     assert [r.step for r in resumed] == list(range(8, 17))
@@ -144,43 +165,6 @@ def test_a_bf16_run_resumes_an_fp8_checkpoint_and_export_reads_it(tmp_path, toke
     assert result.step == 16
     resumed = [r for r in read_metrics(run / "metrics.jsonl") if r.get("event") == "resume"]
     assert [r["step"] for r in resumed] == [8]
-
-
-@needs_torchao
-def test_fsdp_with_float8_all_gather_writes_plain_shards_that_export_and_a_bf16_run_read(
-        tmp_path, tokenizer_json, offline_data, capsys):
-    """Two gloo processes under torchrun, FSDP2 with float8 all-gather (tensorwise): the weights are torchao
-    wrappers while training, but the shards hold plain tensors, so export and a bf16 resume read them."""
-    import json
-    import os
-    import subprocess
-    import sys
-
-    raw = tiny_config(offline_data, tokenizer_json)
-    raw["train"].update({"precision": "fp8", "fp8": {"emulate": True}, "parallel": "fsdp", "eval_every": 100,
-                         "checkpoint_every": 8, "early_stopping_patience": None, "eval_at_stage_change": False})
-    config, run = tmp_path / "fsdp.json", tmp_path / "run"
-
-    def torchrun(cfg: dict, *extra: str) -> None:
-        config.write_text(json.dumps(cfg))
-        proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-                               "-m", "gradus.cli", "train", str(config), "--out", str(run), "--quiet", *extra],
-                              capture_output=True, text=True, timeout=300, env={**os.environ})
-        assert proc.returncode == 0, proc.stderr[-3000:]
-
-    torchrun(raw, "--stop-at-step", "8")
-    shards = sorted((run / "checkpoints" / "step_00000008" / "shards").glob("*.distcp"))
-    assert len(shards) == 2 and not any(b"torchao" in f.read_bytes() for f in shards)
-    assert main(["export", str(run), "--hf", str(tmp_path / "hf")]) == 0
-    from gradus.export.hf import load_hf_weights
-
-    exported = load_hf_weights(tmp_path / "hf")
-    assert all(type(p.data) is torch.Tensor and p.dtype == torch.float32 for p in exported.parameters())
-
-    torchrun({**raw, "train": {**raw["train"], "precision": "bf16"}})
-    records = read_metrics(run / "metrics.jsonl")
-    assert [r["step"] for r in records if r.get("event") == "resume"] == [8]
-    assert max(r["step"] for r in records if "loss" in r and "step" in r) == 16
 
 
 # ------------------------------------------------------------------------------------------ refusals

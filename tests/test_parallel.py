@@ -1,4 +1,5 @@
-"""FSDP2, activation checkpointing and sharded checkpoints (CPU, gloo, two processes through torchrun).
+"""DDP and FSDP2 (also in fp8 with float8 all-gather), activation checkpointing, sharded checkpoints and exact
+resumes (CPU, gloo, two processes through torchrun).
 
 The tiny curriculum here runs 22 steps over three stages (two stage changes). FSDP and DDP differ only in
 how gradients are reduced (reduce-scatter of each parameter's shard against an all-reduce of buckets), so
@@ -24,6 +25,7 @@ from safetensors.torch import load_file
 from gradus.cli import main
 from gradus.config import from_dict
 from gradus.plan.memory import checkpointed_blocks
+from gradus.train.fp8 import torchao_available
 from gradus.train.metrics import losses_by_step, read_metrics
 from gradus.train.storage.sharded_checkpoint import consolidate, is_sharded_checkpoint
 from gradus.train.trainer import train
@@ -35,6 +37,8 @@ STAGES = [  # 8 + 7 + 7 = 22 steps of 256 tokens; local batches 8, 4 and 2 rows 
     {"name": "s64", "tokens": 7 * 256, "seq_len": 64, "tokens_per_batch": 256, "mix": {"wiki": 0.3, "math": 0.7}},
 ]
 STEPS = 22
+DDP_STOP = 12  # inside the second stage (steps 9 to 15)
+FSDP_STOP = 9
 
 
 def raw_config(tok: str, data: Path, **train) -> dict:
@@ -42,6 +46,15 @@ def raw_config(tok: str, data: Path, **train) -> dict:
     cfg = tiny_config(data, tok, stages=STAGES)
     cfg["train"].update({"eval_every": 5, "checkpoint_every": 4, "early_stopping_patience": None, **train})
     cfg["logging"]["log_every"] = 1
+    return cfg
+
+
+def fp8_config(tok: str, data: Path) -> dict:
+    """The tiny model on the shared tiny curriculum (16 steps) in fp8 through torchao's emulation under FSDP:
+    tensorwise scaling, so the weights are all-gathered in float8; a checkpoint every 8 steps."""
+    cfg = tiny_config(data, tok)
+    cfg["train"].update({"precision": "fp8", "fp8": {"emulate": True}, "parallel": "fsdp", "eval_every": 100,
+                         "checkpoint_every": 8, "early_stopping_patience": None, "eval_at_stage_change": False})
     return cfg
 
 
@@ -69,24 +82,77 @@ def last_checkpoint(run: Path) -> Path:
     return sorted((run / "checkpoints").glob("step_*"))[-1]
 
 
+_TRAIN_IN_ONE_LAUNCH = """
+import json, os, sys
+import torch.distributed as dist
+from gradus.config import load_config
+from gradus.train.trainer import train
+
+# Every run on the one process group torchrun set up for this launch: train() joins it when none exists and
+# leaves it at its end, and gloo cannot join twice over torchrun's store (its old keys answer the new
+# connections), so the group is left once, when every run is done.
+leave, dist.destroy_process_group = dist.destroy_process_group, lambda *args, **kwargs: None
+for config, run, stop in json.loads(open(sys.argv[1]).read()):
+    train(load_config(config), run, quiet=True, stop_at_step=stop)
+dist.barrier()
+leave()
+os._exit(0)  # as gradus.cli.entry leaves a joined process: no interpreter finalisation
+"""
+
+
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory, tokenizer_json, offline_data) -> dict[str, Path]:
-    """The same curriculum under DDP, FSDP, and FSDP with every block's activations recomputed."""
+    """The same curriculum under DDP, FSDP, FSDP with every block's activations recomputed and FSDP with lagged
+    reads, each to its end, and DDP and FSDP stopped inside a stage (for the resume tests to continue). All in
+    one torchrun launch of two processes: a launch costs ~10 s of start-up on a busy 2-core box, the 22 steps
+    under a second. The resumes, kills and refusals below run ``gradus train`` in their own launches."""
     root = tmp_path_factory.mktemp("parallel")
-    out = {}
-    for name, train_cfg in {"ddp": {}, "fsdp": {"parallel": "fsdp"},
-                            "fsdp_ac": {"parallel": "fsdp", "activation_checkpointing": "full"}}.items():
-        cfg = write_config(root / f"{name}.json", raw_config(tokenizer_json, offline_data, **train_cfg))
-        out[name] = root / name
-        torchrun_train(cfg, out[name])
-    out["config"] = root / "fsdp.json"
+    configs = {name: write_config(root / f"{name}.json", raw_config(tokenizer_json, offline_data, **train_cfg))
+               for name, train_cfg in {"ddp": {}, "fsdp": {"parallel": "fsdp"},
+                                       "fsdp_ac": {"parallel": "fsdp", "activation_checkpointing": "full"}}.items()}
     # FSDP with the figures read one step late between sync points (logged every 7th step only), the fused
     # AdamW skipping on the device: every rank must take the same sync points, or a collective would hang.
     lagged = raw_config(tokenizer_json, offline_data, parallel="fsdp", host_sync="lagged")
     lagged["optim"]["fused"], lagged["logging"]["log_every"] = "on", 7
-    out["fsdp_lagged"] = root / "fsdp_lagged"
-    torchrun_train(write_config(root / "fsdp_lagged.json", lagged), out["fsdp_lagged"])
+    configs["fsdp_lagged"] = write_config(root / "fsdp_lagged.json", lagged)
+    stopped = {"ddp_stopped": ("ddp", DDP_STOP), "fsdp_stopped": ("fsdp", FSDP_STOP)}
+    if torchao_available():  # last: nothing else in the launch trains after torchao is imported
+        configs["fsdp_fp8"] = write_config(root / "fsdp_fp8.json", fp8_config(tokenizer_json, offline_data))
+        stopped["fsdp_fp8_stopped"] = ("fsdp_fp8", 8)
+    plan = [(str(configs[name]), str(root / name), None) for name in configs if name != "fsdp_fp8"]
+    plan += [(str(configs[of]), str(root / name), stop) for name, (of, stop) in stopped.items()]
+    (root / "plan.json").write_text(json.dumps(plan))
+    (root / "train_all.py").write_text(_TRAIN_IN_ONE_LAUNCH)
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+           str(root / "train_all.py"), str(root / "plan.json")]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    out = {name: root / name for name in [*configs, *stopped] if name != "fsdp_fp8"}
+    out["config"], out["ddp_config"], out["fp8_config"] = configs["fsdp"], configs["ddp"], configs.get("fsdp_fp8")
     return out
+
+
+def continue_stopped(runs: dict[str, Path], name: str, to: Path) -> Path:
+    """A fresh copy of the fixture's run ``name``, stopped with a checkpoint inside a stage, to resume."""
+    shutil.copytree(runs[name], to)
+    return to
+
+
+def test_two_processes_keep_identical_weights_and_resume_exactly(runs, tmp_path):
+    run = runs["ddp"]
+    (event,) = [r for r in read_metrics(run / "metrics.jsonl") if r.get("event") == "dist/weights_checksum"]
+    assert event["in_sync"] is True and len(event["checksums"]) == 2
+    steps = [r for r in read_metrics(run / "metrics.jsonl") if "loss" in r and "event" not in r]
+    assert steps[-1]["step"] == STEPS and steps[-1]["tokens"] == STEPS * 256
+    # Stopped inside stage 1 and resumed: every rank continues its own shard (each rank's data state is
+    # saved), so the run ends with the uninterrupted run's weights, bit for bit.
+    resumed = continue_stopped(runs, "ddp_stopped", tmp_path / "resumed")
+    assert last_checkpoint(resumed).name == f"step_{DDP_STOP:08d}"
+    state = torch.load(last_checkpoint(resumed) / "state.pt", weights_only=False)
+    assert isinstance(state["data"], list) and [d["fingerprint"]["rank"] for d in state["data"]] == [0, 1]
+    torchrun_train(runs["ddp_config"], resumed)
+    a, b = (load_file(str(last_checkpoint(r) / "model.safetensors")) for r in (run, resumed))
+    assert all(torch.equal(a[k], b[k]) for k in a)
 
 
 def test_fsdp_gives_ddps_losses_across_stage_changes(runs):
@@ -152,8 +218,7 @@ def test_fsdp_checkpoints_are_sharded_and_export_as_one_model(runs, offline_data
 
 
 def test_killed_after_a_sharded_checkpoint_resumes_exactly(runs, tmp_path):
-    run = tmp_path / "run"
-    torchrun_train(runs["config"], run, "--stop-at-step", "9")
+    run = continue_stopped(runs, "fsdp_stopped", tmp_path / "run")  # stopped at step 9 (FSDP_STOP)
     # Killed (SIGKILL, every rank) with its shards half-way to disk: the partial save is never listed.
     killed = torchrun_train(runs["config"], run, env={"GRADUS_FAULTS": "kill@after_model"}, ok=False)
     assert killed.returncode != 0
@@ -162,10 +227,32 @@ def test_killed_after_a_sharded_checkpoint_resumes_exactly(runs, tmp_path):
     torchrun_train(runs["config"], run)
     assert not any(p.name.startswith(".tmp-") for p in (run / "checkpoints").iterdir())
     uninterrupted, resumed = step_losses(runs["fsdp"]), step_losses(run)
-    assert all(resumed[s] == uninterrupted[s] for s in range(10, STEPS + 1))
+    assert all(resumed[s] == uninterrupted[s] for s in range(FSDP_STOP + 1, STEPS + 1))
     a = load_file(str(consolidate(last_checkpoint(runs["fsdp"]))))
     b = load_file(str(consolidate(last_checkpoint(run))))
     assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+@pytest.mark.skipif(not torchao_available(),
+                    reason="torchao is not installed (pip install 'gradus-lm[fp8]'): fp8 untested")
+def test_fsdp_with_float8_all_gather_writes_plain_shards_that_export_and_a_bf16_run_read(runs, tmp_path):
+    """train.precision fp8 (tests/test_fp8.py) under FSDP2 with float8 all-gather (tensorwise), stopped at step 8:
+    the weights are torchao wrappers while training, but the shards hold plain tensors, so export and a bf16
+    resume read them."""
+    from gradus.export.hf import load_hf_weights
+
+    run = continue_stopped(runs, "fsdp_fp8_stopped", tmp_path / "run")
+    shards = sorted((run / "checkpoints" / "step_00000008" / "shards").glob("*.distcp"))
+    assert len(shards) == 2 and not any(b"torchao" in f.read_bytes() for f in shards)
+    assert main(["export", str(run), "--hf", str(tmp_path / "hf")]) == 0
+    exported = load_hf_weights(tmp_path / "hf")
+    assert all(type(p.data) is torch.Tensor and p.dtype == torch.float32 for p in exported.parameters())
+
+    raw = json.loads(runs["fp8_config"].read_text())
+    torchrun_train(write_config(tmp_path / "bf16.json", {**raw, "train": {**raw["train"], "precision": "bf16"}}), run)
+    records = read_metrics(run / "metrics.jsonl")
+    assert [r["step"] for r in records if r.get("event") == "resume"] == [8]
+    assert max(r["step"] for r in records if "loss" in r and "step" in r) == 16
 
 
 def test_another_world_size_is_refused_unless_allowed(runs, tmp_path, capsys):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 
+import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
@@ -57,8 +58,15 @@ def _min_worker(rank: int, world: int, init: str, values: list[int], out: str) -
     os._exit(0)  # skip interpreter shutdown: see test_train._exit_spawned_worker
 
 
-def test_min_over_ranks_agrees_on_the_smallest(tmp_path):
+def test_min_over_ranks_alone_is_the_value_itself():
     assert Runtime(device=torch.device("cpu"), precision="fp32").min_over_ranks(48) == 48
+
+
+# Two spawned gloo processes (~5 s of start-up for one all-reduce). The default run covers the same call on two
+# real ranks in tests/test_train.py::test_probe_out_of_memory_on_one_rank_keeps_the_ranks_in_step (the probe's
+# 16 and 4 rows become 4 on both ranks through min_over_ranks).
+@pytest.mark.slow
+def test_min_over_ranks_agrees_on_the_smallest(tmp_path):
     init = f"file://{tmp_path / 'store'}"
     out = str(tmp_path / "agreed")
     mp.spawn(_min_worker, args=(2, init, [64, 0], out), nprocs=2, join=True)

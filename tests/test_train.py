@@ -341,36 +341,6 @@ def test_demo_runs_offline_through_four_stages(tmp_path, capsys):
         assert f"gradus {command} {tmp_path} " in out
 
 
-def torchrun_train(cfg_path: Path, run: Path, *extra: str) -> None:
-    """``gradus train`` in two gloo processes through torchrun (a free port: --standalone)."""
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-           "-m", "gradus.cli", "train", str(cfg_path), "--out", str(run), "--quiet", *extra]
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-
-
-def test_two_processes_keep_identical_weights_and_resume_exactly(tmp_path, tokenizer_json, offline_data):
-    raw = raw_config(tokenizer_json, offline_data)
-    raw["curriculum"]["stages"] = raw["curriculum"]["stages"][:2]
-    cfg_path = tmp_path / "c.yaml"
-    cfg_path.write_text(json.dumps(raw))
-    run = tmp_path / "run"
-    torchrun_train(cfg_path, run)
-    (event,) = [r for r in read_metrics(run / "metrics.jsonl") if r.get("event") == "dist/weights_checksum"]
-    assert event["in_sync"] is True and len(event["checksums"]) == 2
-    steps = [r for r in read_metrics(run / "metrics.jsonl") if "loss" in r and "event" not in r]
-    assert steps[-1]["step"] == 11 and steps[-1]["tokens"] == 11 * 256
-    # Stopped inside stage 1 and resumed: every rank continues its own shard (each rank's data state is
-    # saved), so the run ends with the uninterrupted run's weights, bit for bit.
-    resumed = tmp_path / "resumed"
-    torchrun_train(cfg_path, resumed, "--stop-at-step", "8")
-    state = torch.load(sorted((resumed / "checkpoints").glob("step_*"))[-1] / "state.pt", weights_only=False)
-    assert isinstance(state["data"], list) and [d["fingerprint"]["rank"] for d in state["data"]] == [0, 1]
-    torchrun_train(cfg_path, resumed)
-    a, b = weights(run), weights(resumed)
-    assert all(torch.equal(a[k], b[k]) for k in a)
-
-
 _LEAVES_NO_GLOO_THREAD = """
 import json, os, sys
 from gradus.config import load_config
@@ -386,7 +356,10 @@ def gloo_threads():
     return sorted(n for n in names if "gloo" in n)
 
 train(load_config(sys.argv[1]), sys.argv[2], quiet=True)
-print(json.dumps({"rank": int(os.environ["RANK"]), "gloo_threads": gloo_threads()}), flush=True)
+# One write of the whole line: under PYTHONUNBUFFERED, print() writes the text and its newline apart, and the
+# two ranks' lines on the shared pipe came out as "{...}{...}\\n\\n".
+sys.stdout.write(json.dumps({"rank": int(os.environ["RANK"]), "gloo_threads": gloo_threads()}) + "\\n")
+sys.stdout.flush()
 """  # and the interpreter finalises as usual: no os._exit
 
 
@@ -486,52 +459,6 @@ def test_cuda_probe_halves_on_oom_and_holds_adamw_moments_aside(tmp_path, tokeni
         trainer.close()
 
 
-def _exit_spawned_worker() -> None:
-    """End a spawned DDP test worker here, skipping interpreter shutdown: with gloo, a process whose group is
-    already destroyed sometimes aborts during finalisation ("terminate called without an active exception",
-    after all its work and results are done), which mp.spawn reports as a failure. The cause and the same
-    exit for torchrun-started runs are in :func:`gradus.cli.entry`."""
-    import os
-
-    os._exit(0)
-
-
-def _signalled_rank_worker(rank: int, raw: dict, run: str, init: str) -> None:
-    import datetime
-    import os
-
-    import torch.distributed as dist
-
-    os.environ.update({"RANK": str(rank), "LOCAL_RANK": str(rank), "WORLD_SIZE": "2"})
-    # A short timeout: ranks that disagree fail the test within a minute instead of hanging it.
-    dist.init_process_group("gloo", init_method=init, rank=rank, world_size=2,
-                            timeout=datetime.timedelta(seconds=60))
-    real = trainer_mod.Trainer._train_step
-
-    def step(self, state, batch):
-        out = real(self, state, batch)
-        if rank == 1 and state.step == 2:
-            self.stop.reason = "stopped by SIGTERM; checkpoint saved"  # the signal reached rank 1 only
-        return out
-
-    trainer_mod.Trainer._train_step = step
-    result = train(from_dict(raw), run, quiet=True)
-    Path(run, f"result.{rank}").write_text(json.dumps([result.step, result.reason]))
-    _exit_spawned_worker()
-
-
-def test_a_signal_on_one_rank_stops_every_rank_at_the_same_step(tmp_path, tokenizer_json, offline_data):
-    import torch.multiprocessing as mp
-
-    raw = raw_config(tokenizer_json, offline_data, checkpoint_every=None)
-    mp.spawn(_signalled_rank_worker, args=(raw, str(tmp_path), f"file://{tmp_path / 'rendezvous'}"), nprocs=2,
-             join=True)
-    results = [json.loads((tmp_path / f"result.{r}").read_text()) for r in range(2)]
-    assert [r[0] for r in results] == [3, 3]
-    assert results[1][1].startswith("stopped by SIGTERM") and results[0][1].startswith("stopped: another rank")
-    assert json.loads((tmp_path / "checkpoints" / "step_00000003" / "meta.json").read_text())["step"] == 3
-
-
 def test_cpu_micro_batch_follows_the_hosts_free_memory(tmp_path, tokenizer_json, offline_data, monkeypatch, full_run):
     # A host with room for the model and 3 rows of the longest stage: that stage accumulates over smaller
     # micro-batches, and the run matches the whole-batch one up to float rounding.
@@ -564,15 +491,49 @@ def test_a_stage_that_cannot_fit_the_hosts_memory_is_a_one_line_error(tmp_path, 
     assert err.count("\n") == 1 and "Traceback" not in err
 
 
-def _disagreeing_eval_worker(rank: int, raw: dict, run: str, init: str) -> None:
+# ------------------------------------------------------------------------- two spawned ranks, one spawn
+def _exit_spawned_worker() -> None:
+    """End a spawned DDP test worker here, skipping interpreter shutdown: with gloo, a process whose group is
+    already destroyed sometimes aborts during finalisation ("terminate called without an active exception",
+    after all its work and results are done), which mp.spawn reports as a failure. The cause and the same
+    exit for torchrun-started runs are in :func:`gradus.cli.entry`."""
+    import os
+
+    os._exit(0)
+
+
+def _join(rank: int, init: str, seconds: int) -> None:
     import datetime
     import os
 
     import torch.distributed as dist
 
     os.environ.update({"RANK": str(rank), "LOCAL_RANK": str(rank), "WORLD_SIZE": "2"})
+    # A short timeout: ranks that disagree fail the test within a minute instead of hanging it.
     dist.init_process_group("gloo", init_method=init, rank=rank, world_size=2,
-                            timeout=datetime.timedelta(seconds=60))
+                            timeout=datetime.timedelta(seconds=seconds))
+
+
+def _signalled_rank_case(rank: int, raw: dict, run: str, init: str) -> None:
+    _join(rank, init, 60)
+    real = trainer_mod.Trainer._train_step
+
+    def step(self, state, batch):
+        out = real(self, state, batch)
+        if rank == 1 and state.step == 2:
+            self.stop.reason = "stopped by SIGTERM; checkpoint saved"  # the signal reached rank 1 only
+        return out
+
+    trainer_mod.Trainer._train_step = step
+    try:
+        result = train(from_dict(raw), run, quiet=True)
+    finally:
+        trainer_mod.Trainer._train_step = real
+    Path(run, f"result.{rank}").write_text(json.dumps([result.step, result.reason]))
+
+
+def _disagreeing_eval_case(rank: int, raw: dict, run: str, init: str) -> None:
+    _join(rank, init, 60)
     # Rank 1's evaluations come out a hair different (as GPU kernels may): at step 10 it alone would see an
     # improvement, save a checkpoint (an all-gather) and wait there for rank 0.
     reference = iter([[5.0, 5.0], [5.0, 4.99999]])  # the evaluations at steps 5 and 10, per rank
@@ -582,38 +543,22 @@ def _disagreeing_eval_worker(rank: int, raw: dict, run: str, init: str) -> None:
         loss = next(reference)[rank] if at_reference else 6.0
         return {"loss": loss, "ppl": math.exp(loss), "accuracy": 0.1, "tokens": 10}
 
-    evaluate_mod.evaluate = fake
-    result = train(from_dict(raw), run, quiet=True)
+    real, evaluate_mod.evaluate = evaluate_mod.evaluate, fake
+    try:
+        result = train(from_dict(raw), run, quiet=True)
+    finally:
+        evaluate_mod.evaluate = real
     Path(run, f"result.{rank}").write_text(json.dumps([result.step, result.best_val_loss]))
-    _exit_spawned_worker()
 
 
-def test_ranks_decide_on_the_mean_validation_loss(tmp_path, tokenizer_json, offline_data):
-    import torch.multiprocessing as mp
-
-    raw = raw_config(tokenizer_json, offline_data, checkpoint_every=None, eval_at_stage_change=False,
-                     eval_every=5, eval_reference_seq_len=16)
-    raw["curriculum"]["stages"] = raw["curriculum"]["stages"][:2]  # 11 steps: evaluations at 5 and 10
-    mp.spawn(_disagreeing_eval_worker, args=(raw, str(tmp_path), f"file://{tmp_path / 'rendezvous'}"), nprocs=2,
-             join=True)
-    results = [json.loads((tmp_path / f"result.{r}").read_text()) for r in range(2)]
-    assert results[0] == results[1] and results[0][0] == 11
-    assert results[0][1] == pytest.approx(4.999995)  # the mean improved: both saved the best together
-    assert json.loads((tmp_path / "checkpoints" / "best" / "meta.json").read_text())["step"] == 10
-
-
-def _probe_oom_on_one_rank_worker(rank: int, raw: dict, run: str, init: str) -> None:
-    import datetime
-    import os
-
-    import torch.distributed as dist
-
-    os.environ.update({"RANK": str(rank), "LOCAL_RANK": str(rank), "WORLD_SIZE": "2"})
-    dist.init_process_group("gloo", init_method=init, rank=rank, world_size=2, timeout=datetime.timedelta(seconds=30))
+def _probe_oom_on_one_rank_case(rank: int, raw: dict, run: str, init: str) -> None:
+    _join(rank, init, 30)
+    stubbed = ("synchronize", "empty_cache", "reset_peak_memory_stats")
+    real_cuda = {name: getattr(torch.cuda, name) for name in stubbed}
     trainer = trainer_mod.Trainer(from_dict(raw), Path(run) / f"r{rank}", resume=False, quiet=True)
     try:
         trainer.setup()
-        for name in ("synchronize", "empty_cache", "reset_peak_memory_stats"):
+        for name in stubbed:
             setattr(torch.cuda, name, lambda *a, **k: None)
         real_forward = trainer.parts.model.forward
 
@@ -629,19 +574,81 @@ def _probe_oom_on_one_rank_worker(rank: int, raw: dict, run: str, init: str) -> 
         Path(run, f"result.{rank}").write_text(json.dumps([found, agreed]))
     finally:
         trainer.close()
+        for name, fn in real_cuda.items():
+            setattr(torch.cuda, name, fn)
+
+
+_TWO_RANK_CASES = {"signal": _signalled_rank_case, "mean_eval": _disagreeing_eval_case,
+                   "probe_oom": _probe_oom_on_one_rank_case}
+
+
+def _two_rank_cases_worker(rank: int, configs: dict[str, dict], root: str) -> None:
+    """Each case of :data:`_TWO_RANK_CASES` in turn on this rank, each in a process group of its own (its own
+    rendezvous file) and its own folder; a case that fails leaves its traceback there, and the next one runs."""
+    import traceback
+
+    import torch.distributed as dist
+
+    for name, raw in configs.items():
+        run = Path(root, name)
+        try:
+            _TWO_RANK_CASES[name](rank, raw, str(run), f"file://{run / 'rendezvous'}")
+        except BaseException:  # noqa: BLE001 - reported by the case's test
+            Path(run, f"error.{rank}").write_text(traceback.format_exc())
+        finally:
+            if dist.is_initialized():  # (left by a case that failed)
+                dist.destroy_process_group()
     _exit_spawned_worker()
 
 
-def test_probe_out_of_memory_on_one_rank_keeps_the_ranks_in_step(tmp_path, tokenizer_json, offline_data):
+@pytest.fixture(scope="module")
+def two_rank_cases(tmp_path_factory, tokenizer_json, offline_data) -> Path:
+    """The cases below on two gloo ranks, in one mp.spawn: each spawned process imports torch and this module
+    (~4 s on a busy 2-core box) against a second or two per case. A folder per case, with each rank's result."""
+    mean_eval = raw_config(tokenizer_json, offline_data, checkpoint_every=None, eval_at_stage_change=False,
+                           eval_every=5, eval_reference_seq_len=16)
+    mean_eval["curriculum"]["stages"] = mean_eval["curriculum"]["stages"][:2]  # 11 steps: evaluations at 5 and 10
+    configs = {"signal": raw_config(tokenizer_json, offline_data, checkpoint_every=None), "mean_eval": mean_eval,
+               "probe_oom": raw_config(tokenizer_json, offline_data)}
+    root = tmp_path_factory.mktemp("two-ranks")
+    for name in configs:
+        (root / name).mkdir()
+    import torch.multiprocessing as mp
+
+    mp.spawn(_two_rank_cases_worker, args=(configs, str(root)), nprocs=2, join=True)
+    return root
+
+
+def _results(two_rank_cases: Path, case: str) -> list:
+    """Each rank's result of ``case``, or the test's failure with the traceback of each rank that failed."""
+    folder = two_rank_cases / case
+    errors = [f"{case}, rank {e.suffix[1:]}:\n{e.read_text()}" for e in sorted(folder.glob("error.*"))]
+    if errors:  # every rank's: the first to fail is not always rank 0
+        pytest.fail("\n".join(errors), pytrace=False)
+    return [json.loads((folder / f"result.{r}").read_text()) for r in range(2)]
+
+
+def test_a_signal_on_one_rank_stops_every_rank_at_the_same_step(two_rank_cases):
+    results = _results(two_rank_cases, "signal")
+    assert [r[0] for r in results] == [3, 3]
+    assert results[1][1].startswith("stopped by SIGTERM") and results[0][1].startswith("stopped: another rank")
+    meta = two_rank_cases / "signal" / "checkpoints" / "step_00000003" / "meta.json"
+    assert json.loads(meta.read_text())["step"] == 3
+
+
+def test_ranks_decide_on_the_mean_validation_loss(two_rank_cases):
+    results = _results(two_rank_cases, "mean_eval")
+    assert results[0] == results[1] and results[0][0] == 11
+    assert results[0][1] == pytest.approx(4.999995)  # the mean improved: both saved the best together
+    meta = two_rank_cases / "mean_eval" / "checkpoints" / "best" / "meta.json"
+    assert json.loads(meta.read_text())["step"] == 10
+
+
+def test_probe_out_of_memory_on_one_rank_keeps_the_ranks_in_step(two_rank_cases):
     # The CUDA probe's logic (its CUDA calls stubbed) inside real DDP on gloo: rank 1 runs out of memory
     # at 16 and 8 rows, rank 0 does not. With DDP's per-forward buffer broadcast on, rank 1 broadcast again
     # on every retry and the ranks hung; now both agree on 4.
-    import torch.multiprocessing as mp
-
-    raw = raw_config(tokenizer_json, offline_data)
-    mp.spawn(_probe_oom_on_one_rank_worker, args=(raw, str(tmp_path), f"file://{tmp_path / 'rendezvous'}"),
-             nprocs=2, join=True)
-    assert [json.loads((tmp_path / f"result.{r}").read_text()) for r in range(2)] == [[16, 4], [4, 4]]
+    assert _results(two_rank_cases, "probe_oom") == [[16, 4], [4, 4]]
 
 
 def test_the_same_command_continues_a_stopped_run(tmp_path, tokenizer_json, offline_data, monkeypatch, capsys):
