@@ -44,11 +44,12 @@ def tiny_config(shared: Path, tokenizer: str | None = None, stages: list[dict] |
     }
 
 
-def load_benchmark(name: str) -> ModuleType:
-    """``benchmarks/<name>.py`` as a module (the folder is not a package), registered in ``sys.modules`` under
-    ``name``: dataclasses look their module up by name, and a script that imports a sibling (``import
-    curriculum_speedup``) then gets the same module. Each script puts its own folder on ``sys.path``."""
-    spec = importlib.util.spec_from_file_location(name, BENCHMARKS / f"{name}.py")
+def load_benchmark(name: str, folder: str = "") -> ModuleType:
+    """``benchmarks/<name>.py`` (``benchmarks/<folder>/<name>.py``) as a module (the folder is not a package),
+    registered in ``sys.modules`` under ``name``: dataclasses look their module up by name, and a script that
+    imports a sibling (``import curriculum_speedup``) then gets the same module. Each script puts its own folder
+    (the GPU scripts: benchmarks/, for ``common``) on ``sys.path``."""
+    spec = importlib.util.spec_from_file_location(name, BENCHMARKS / folder / f"{name}.py")
     assert spec is not None and spec.loader is not None
     module = importlib.util.module_from_spec(spec)
     sys.modules[name] = module
