@@ -27,7 +27,7 @@ from typing import Annotated, Any
 
 from pydantic import BaseModel, TypeAdapter, ValidationError
 
-from gradus.config.fields import MODEL_PRESETS, SIZE_PRESETS
+from gradus.config.fields import MODEL_PRESETS, SIZE_PRESETS, given
 from gradus.config.schema_curriculum import (
     AdaptiveBatchConfig,
     AdaptiveConfig,
@@ -60,10 +60,6 @@ def field_value(cls: type[BaseModel], section: Mapping, name: str) -> Any:
         return _adapter(cls, name).validate_python(section[name])
     except ValidationError:
         return None
-
-
-def _given(d: Mapping, key: str) -> bool:
-    return d.get(key) is not None
 
 
 def _section(data: Mapping, key: str) -> Mapping:
@@ -210,8 +206,8 @@ def _stage_kind_problems(stages: list[Mapping], data: Mapping) -> list[str]:
 def _stage_order_problems(stages: list[Mapping], cur: Mapping, train: Mapping) -> list[str]:
     """Stages all start at a step (0 first, increasing) or all last a token budget, and the run has an end."""
     problems: list[str] = []
-    step_based = [_given(st, "step") for st in stages]
-    token_based = [_given(st, "tokens") for st in stages]
+    step_based = [given(st, "step") for st in stages]
+    token_based = [given(st, "tokens") for st in stages]
     # Whether a stopping rule is given at all; a given but invalid one is the schema's to report.
     has_end = cur.get("target_tokens") is not None or train.get("max_steps") is not None
     if any(step_based) and any(token_based):
@@ -286,7 +282,7 @@ def _batch_ramp_problems(stages: list[Mapping], cur: Mapping) -> list[str]:
     ramp = ramp_raw if isinstance(ramp_raw, Mapping) else None
     for i, st in enumerate(stages):
         seq_len, tpb = field_value(StageConfig, st, "seq_len"), field_value(StageConfig, st, "tokens_per_batch")
-        if seq_len is None or tpb is None or _given(st, "batch_size"):
+        if seq_len is None or tpb is None or given(st, "batch_size"):
             continue
         where = f"curriculum.stages[{i}].tokens_per_batch={st.get('tokens_per_batch')}"
         if tpb < seq_len:
@@ -311,7 +307,7 @@ def _batch_ramp_problems(stages: list[Mapping], cur: Mapping) -> list[str]:
             f"curriculum.batch_ramp.reference_stage={reference}: there are only {len(stages)} stages; "
             f"give an index from 0 to {len(stages) - 1}"
         )
-    if _given(ramp, "reference_stage") and _given(ramp, "reference_tokens"):
+    if given(ramp, "reference_stage") and given(ramp, "reference_tokens"):
         problems.append(
             "curriculum.batch_ramp: both reference_stage and reference_tokens are given; keep one"
         )
@@ -349,7 +345,7 @@ def _adaptive_problems(stages: list[Mapping], cur: Mapping, train: Mapping) -> l
     elif batch_on and mode is not None and mode != "wsd":
         problems.append(f"curriculum.schedule={mode}: curriculum.adaptive.batch grows the batch only in a stable "
                         "phase, which only wsd has; set schedule: wsd or adaptive.batch.enabled: false")
-    steps = [i for i, st in enumerate(stages) if _given(st, "step")]
+    steps = [i for i, st in enumerate(stages) if given(st, "step")]
     if steps:
         problems.append(f"curriculum.stages[{steps[0]}].step: an adaptive curriculum needs token budgets; write each "
                         "stage's tokens: instead of step:")

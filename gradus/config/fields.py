@@ -6,11 +6,17 @@ Layer 0: imports nothing from gradus but ``units``.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Annotated, Any
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict
 
 from gradus.units import parse_count
+
+
+def given(section: Mapping, key: str) -> bool:
+    """Whether a raw config ``section`` sets ``key`` (present and not null): what the rules between fields ask."""
+    return section.get(key) is not None
 
 
 def _count(value: Any) -> int:

@@ -22,14 +22,10 @@ from pydantic import (
     model_validator,
 )
 
-from gradus.config.fields import StepCount, Strict, TokenCount
+from gradus.config.fields import StepCount, Strict, TokenCount, given
 
 
 # ------------------------------------------------------------------------------------ one stage
-def _given(d: Mapping, key: str) -> bool:
-    return d.get(key) is not None
-
-
 def stage_problems(stage: Mapping) -> list[str]:
     """Fields of one stage that exclude or need each other, on its raw mapping or a stage's ``model_dump()``.
 
@@ -39,7 +35,7 @@ def stage_problems(stage: Mapping) -> list[str]:
     path in front.
     """
     problems: list[str] = []
-    has_batch, has_tpb = _given(stage, "batch_size"), _given(stage, "tokens_per_batch")
+    has_batch, has_tpb = given(stage, "batch_size"), given(stage, "tokens_per_batch")
     if has_batch and has_tpb:
         problems.append(
             f"both batch_size={stage['batch_size']} and tokens_per_batch={stage['tokens_per_batch']} are given; "
@@ -49,23 +45,23 @@ def stage_problems(stage: Mapping) -> list[str]:
         problems.append(
             "neither batch_size nor tokens_per_batch is given; add one, e.g. batch_size: 32 or tokens_per_batch: 32768"
         )
-    if _given(stage, "step") and _given(stage, "tokens"):
+    if given(stage, "step") and given(stage, "tokens"):
         problems.append(
             f"both step={stage['step']} and tokens={stage['tokens']} are given; a stage starts at a step or lasts "
             "a token budget, keep one"
         )
     lr_keys = ("peak_lr", "lr_multiplier", "lr_scale", "lr_rule")
-    lr_forms = [k for k in lr_keys if _given(stage, k)]
+    lr_forms = [k for k in lr_keys if given(stage, k)]
     if len(lr_forms) > 1:
         problems.append(
             f"{' and '.join(lr_forms)} are given; the peak LR comes from one of peak_lr, lr_multiplier "
             "(alias lr_scale) or lr_rule, keep one"
         )
-    if _given(stage, "warmup_steps") and _given(stage, "warmup_tokens"):
+    if given(stage, "warmup_steps") and given(stage, "warmup_tokens"):
         problems.append("both warmup_steps and warmup_tokens are given; keep one")
-    if _given(stage, "warmup_cap") and not _given(stage, "warmup_tokens"):
+    if given(stage, "warmup_cap") and not given(stage, "warmup_tokens"):
         problems.append(f".warmup_cap={stage['warmup_cap']}: only bounds a warmup_tokens warmup; add warmup_tokens or drop it")
-    if _given(stage, "grad_clip") and _given(stage, "clip_rule"):
+    if given(stage, "grad_clip") and given(stage, "clip_rule"):
         problems.append(f"both grad_clip={stage['grad_clip']} and clip_rule={stage['clip_rule']} are given; keep one")
     return problems
 
