@@ -389,8 +389,8 @@ def _adaptive_problems(stages: list[Mapping], cur: Mapping, train: Mapping) -> l
     budgets = [field_value(StageConfig, st, "tokens") for st in stages]
     run = target if target is not None else (sum(budgets) if budgets and None not in budgets else None)
     if check is not None and run is not None and check >= run:
-        given = (f"target_tokens={cur.get('target_tokens')}" if target is not None
-                 else f"the stages' budgets ({run:,} tokens)")
+        budget = (f"target_tokens={cur.get('target_tokens')}" if target is not None
+                  else f"the stages' budgets ({run:,} tokens)")
         problems.append(f"curriculum.adaptive.check_every_tokens={raw.get('check_every_tokens')} is not below "
-                        f"{given}; check several times a run (default: 1/64 of it)")
+                        f"{budget}; check several times a run (default: 1/64 of it)")
     return problems
