@@ -212,11 +212,12 @@ class AdaptiveBatchConfig(Strict):
 
     enabled: bool = Field(True, description="Let the run double its tokens per step.")
     rho: Annotated[float, AfterValidator(_positive)] = Field(
-        2.0, description="Propose a doubling when B_simple > rho × tokens per step (Merrill et al.: 2); each "
-        "rejected verification doubles it for the rest of the run. It prices steps against tokens: by McCandlish et "
-        "al.'s trade-off (tokens needed ∝ 1 + batch / B_noise) the doubled batch needs at most 1 + 2/rho times the "
-        "fewest tokens, so 2 accepts up to 2× the tokens for fewer steps (what a GPU whose step costs little more "
-        "at twice the batch wants), 8 at most 1.25× (where a token costs the same at any batch, as on a CPU)."
+        8.0, description="Propose a doubling when B_simple > rho × tokens per step; each rejected verification "
+        "doubles it for the rest of the run. It prices steps against tokens: by McCandlish et al.'s trade-off "
+        "(tokens needed ∝ 1 + batch / B_noise) the doubled batch needs at most 1 + 2/rho times the fewest tokens. "
+        "8 (the default) spends at most 1.25× the tokens, for one device whose time follows its tokens (a GPU "
+        "already busy at the current batch, a CPU); 2 (Merrill et al.'s OLMo rule) accepts up to 2× the tokens "
+        "for fewer steps, where a step costs little more at twice the batch (many data-parallel devices)."
     )
     patience: int = Field(3, ge=1, description="Consecutive checks above the threshold before a proposal.")
     alpha: Annotated[float, AfterValidator(_unit_interval)] = Field(
