@@ -152,3 +152,27 @@ def test_the_windows_method_is_the_old_estimate_and_leaves_the_stages_as_they_we
     assert cal.to_json() == {"method": "windows", "seconds_per_token": {"32x2": 1 / 300.0, "64x1": 1 / 80.0},
                              "windows": {"32x2": 3, "64x1": 2}, "percentile": 0.9}
     assert calibrated_seconds(stages["a"], cal.cost, 640) == pytest.approx(640 / 300.0)
+
+
+def test_a_run_that_measures_the_noise_scale_every_k_steps_is_priced_at_its_mix_of_micro_batches(
+        offline_data, tmp_path, monkeypatch):
+    """train.noise_scale.every: 4 with micro_batches: 2 runs one step in 4 in two micro-batches and the others
+    whole: a shape's calibrated cost is 1/4 of the split step's plus 3/4 of the whole one's, each timed."""
+    raw = tiny_config(offline_data)
+    raw["train"]["noise_scale"] = {"micro_batches": 2, "every": 4}
+    raw = to_dict(from_dict(raw))
+    stages = [{"seq_len": 16, "tokens_per_step": 64, "start_tokens": 0, "end_tokens": 640}]
+    arm = ArmShapes("a", raw, stages, [])
+    assert calibration.arm_mix(arm) == {(16, 64): [(ShapeSpec(16, 64, 2), 0.25), (ShapeSpec(16, 64, 4), 0.75)]}
+    timed: list = []
+
+    def fake(cfg, specs, **kw):
+        timed.extend(specs)
+        return {s: [0.2 if s.micro_batch == 2 else 0.1] for s in specs}
+
+    monkeypatch.setattr(calibration, "measure_step_seconds", fake)
+    cal = calibrate_arms("measured", [arm], out=tmp_path, log=lambda line: None)
+    assert sorted(timed) == [ShapeSpec(16, 64, 2), ShapeSpec(16, 64, 4)]
+    assert cal.cost == {(16, 64): pytest.approx((0.25 * 0.2 + 0.75 * 0.1) / 64)}
+    raw["train"]["noise_scale"]["every"] = 1  # every step measured: the split step alone
+    assert calibration.arm_mix(ArmShapes("b", raw, stages, [])) == {(16, 64): [(ShapeSpec(16, 64, 2), 1.0)]}

@@ -36,6 +36,9 @@ def test_training_shapes_lists_each_micro_batch_shape_once_with_ragged_tails():
         (0, 6, 16, 1.0), (0, 4, 16, 1.0), (1, 6, 32, 1.0), (1, 2, 32, 1.0), (3, 4, 64, 2.0)]
     # Under two ranks each rank's local batch is half: 8 rows at micro 6 -> 6, 2.
     assert training_shapes(stages[:1], {0: 6}, world_size=2) == [(0, 6, 16, 1.0), (0, 2, 16, 1.0)]
+    # train.noise_scale.every: the unsplit micro-batches of the steps that do not measure are warmed too.
+    assert training_shapes(stages[:2], {0: 8, 1: 4}, world_size=1, also={0: 16, 1: 8}) == [
+        (0, 8, 16, 1.0), (0, 16, 16, 1.0), (1, 4, 32, 1.0), (1, 8, 32, 1.0)]
 
 
 def test_warmup_leaves_weights_grads_optimizer_rope_and_rng_as_they_were():
@@ -56,12 +59,12 @@ def test_warmup_leaves_weights_grads_optimizer_rope_and_rng_as_they_were():
     assert torch.equal(torch.get_rng_state(), rng)
 
 
-def _run(tmp_path, offline_data, compile_mode: str) -> list[dict]:
+def _run(tmp_path, offline_data, compile_mode: str, **train_fields) -> list[dict]:
     raw = tiny_config(offline_data)
     raw["model"] = dict(SMALL_MODEL)
-    raw["train"].update({"compile": compile_mode, "eval_every": 5})
+    raw["train"].update({"compile": compile_mode, "eval_every": 5, **train_fields})
     raw["logging"]["log_every"] = 1
-    out = tmp_path / compile_mode
+    out = tmp_path / f"{compile_mode}{'-' if train_fields else ''}{'-'.join(train_fields)}"
     result = train(from_dict(raw), out, quiet=True)
     assert result.step == 16
     return list(read_metrics(out / "metrics.jsonl"))
@@ -84,3 +87,14 @@ def test_compiled_curriculum_never_recompiles_after_warmup(tmp_path, offline_dat
     assert all("compile/recompiles" not in r for r in eager)
     # Inductor fuses and reorders float sums, so the numbers may differ in the last bits, not more.
     assert compiled_losses == pytest.approx([r["loss"] for r in eager], rel=1e-4)
+
+
+def test_a_run_measuring_the_noise_scale_every_other_step_warms_both_micro_batches(tmp_path, offline_data):
+    """train.noise_scale.every: 2 with micro_batches: 2 alternates split and whole steps: both micro-batch
+    shapes of every stage are compiled at start-up, and no step builds a graph."""
+    records = _run(tmp_path, offline_data, "on", noise_scale={"micro_batches": 2, "every": 2})
+    warm = [(r["curriculum/stage"], r["seq_len"], r["rows"]) for r in records if r.get("event") == "compile/warmup"]
+    assert warm == [(0, 16, 8), (0, 16, 16), (1, 32, 4), (1, 32, 8), (2, 64, 2), (2, 64, 4)]
+    steps = [r for r in records if "event" not in r and "loss" in r]
+    assert [r["curriculum/micro_batch_size"] for r in steps[:4]] == [8, 16, 8, 16]
+    assert [r["compile/recompiles"] for r in steps] == [0] * 16

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import math
 
+import torch
 from builders import tiny_config
 
 from gradus.config import from_dict
@@ -106,3 +107,35 @@ def test_the_requested_split_takes_a_divisor_and_only_on_one_process():
     assert noise_splits(train_cfg, 2) == 1  # under DDP/FSDP the ranks are the two batch sizes
     assert noise_splits(TrainConfig(noise_scale={"micro_batches": 2, "enabled": False}), 1) == 1
     assert noise_splits(TrainConfig(), 1) == 1
+
+
+def _every_cfg(tokenizer_json, offline_data, every):
+    return _cfg(tokenizer_json, offline_data, micro_batch_size=None, noise_scale={"micro_batches": 2, "every": every})
+
+
+def test_every_k_measures_one_step_in_k_and_runs_the_others_unsplit(tmp_path, tokenizer_json, offline_data):
+    """train.noise_scale.every: 3 measures the steps whose index is a multiple of 3, in two micro-batches; the
+    others run their whole batch at once and are no sample (gns/samples counts only the measured ones, from
+    each stage's start: stages of steps 0-5, 6-10 and 11-15)."""
+    train(_every_cfg(tokenizer_json, offline_data, 3), tmp_path / "run", quiet=True)
+    steps = {r["step"]: r for r in read_metrics(tmp_path / "run" / "metrics.jsonl") if "loss" in r and "step" in r}
+    assert sorted(steps) == list(range(1, 17))
+    for n, r in steps.items():  # record n is the step with index n - 1
+        rows, micro = r["curriculum/current_batch_size"], r["curriculum/micro_batch_size"]
+        assert micro == (rows // 2 if (n - 1) % 3 == 0 else rows), (n, rows, micro)
+    assert [steps[n].get("gns/samples") for n in range(1, 17)] == [1, 1, 1, 2, 2, 2, 1, 1, 1, 2, 2,
+                                                                    None, 1, 1, 1, 2]
+    state = torch.load(sorted((tmp_path / "run" / "checkpoints").glob("*/state.pt"))[-1], weights_only=False)
+    assert state["gns"]["skipped"] == 0  # a step that does not measure is not a failed sample
+
+
+def test_every_k_resumes_exactly_from_a_step_it_does_not_measure(tmp_path, tokenizer_json, offline_data):
+    whole, split = tmp_path / "whole", tmp_path / "split"
+    train(_every_cfg(tokenizer_json, offline_data, 3), whole, quiet=True)
+    assert train(_every_cfg(tokenizer_json, offline_data, 3), split, quiet=True, stop_at_step=8).step == 8
+    train(_every_cfg(tokenizer_json, offline_data, 3), split, quiet=True)
+
+    def losses(run):
+        return {r["step"]: r["loss"] for r in read_metrics(run / "metrics.jsonl") if "loss" in r and "step" in r}
+
+    assert _gns(split) == _gns(whole) and losses(split) == losses(whole)

@@ -224,7 +224,8 @@ class AdaptiveBatchConfig(Strict):
         0.5, description="LR × 2^alpha when the batch doubles (0.5: the square-root rule, for AdamW)."
     )
     min_samples: int = Field(
-        20, ge=1, description="Steps of noise-scale samples since the last change before a check counts."
+        20, ge=1, description="Noise-scale samples (measured steps: all, or one in train.noise_scale.every) since "
+        "the last change before a check counts."
     )
     max_tokens_per_step: TokenCount | None = Field(
         None, gt=0, description="Largest tokens per step a doubling may reach (the stages' own are the smallest: "

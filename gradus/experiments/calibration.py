@@ -179,9 +179,10 @@ def calibrate_arms(method: str, arms: Sequence[ArmShapes], *, out: Path | None, 
             log(f"calibration: {busy}; delete {out / CACHE if out is not None else 'the cached measurement'} "
                 "and rerun on a quieter machine for figures to rely on")
         step_seconds = entry["step_seconds"]
-        for arm in members:
-            per_arm[arm.name] = {s.key: statistics.median(step_seconds[_spec_label(s)]) / s.tokens_per_step
-                                 for s in arm_specs(arm)}
+        for arm in members:  # each shape's seconds per token, over the micro-batches its steps ran at
+            per_arm[arm.name] = {key: sum(w * statistics.median(step_seconds[_spec_label(s)]) / s.tokens_per_step
+                                          for s, w in mix)
+                                 for key, mix in arm_mix(arm).items()}
         measurements.append({"id": digest, "date": entry["date"], "seconds": entry["seconds"],
                              "load_average": entry["load_average"], "arms": [a.name for a in members],
                              "setup": setup, "step_seconds": step_seconds})
@@ -243,21 +244,49 @@ def measurement_setup(raw: dict, threads: int) -> dict:
 
 
 def arm_specs(arm: ArmShapes) -> set[ShapeSpec]:
+    """Every (shape, micro-batch) an arm trains at: the specs of :func:`arm_mix`."""
+    return {spec for mix in arm_mix(arm).values() for spec, _ in mix}
+
+
+def arm_mix(arm: ArmShapes) -> dict[tuple[int, int], list[tuple[ShapeSpec, float]]]:
     """Every shape an arm trains (its table's and any its runs logged, e.g. an adaptive run's doubled
-    batches), with the micro-batch its runs used there (:func:`micro_batches_used`; a shape no run recorded
-    gets the one the trainer would plan, :func:`planned_micro_batch`)."""
+    batches) -> the micro-batches its steps run at there, each with its share of the steps. One, the
+    micro-batch its runs used (:func:`micro_batches_seen`; a shape no run recorded gets the one the trainer
+    would plan, :func:`planned_micro_batch`); with ``train.noise_scale.every`` = k and its ``micro_batches``,
+    the split one on 1 step in k (those that measure) and the unsplit one on the others, so the calibrated
+    clock charges the measurement what it costs."""
     shapes = {(st["seq_len"], st["tokens_per_step"]) for st in arm.stages}
     shapes |= {(L, tps) for r in arm.runs for L, tps, _ in r.windows}
-    used = micro_batches_used(arm.runs)
-    return {ShapeSpec(L, tps, used.get((L, tps)) or planned_micro_batch(arm.config, L, tps)) for L, tps in shapes}
+    seen = micro_batches_seen(arm.runs)
+    every, splits = _noise_every(arm.config)
+    out: dict[tuple[int, int], list[tuple[ShapeSpec, float]]] = {}
+    for L, tps in shapes:
+        got = seen.get((L, tps), set())
+        split = min(got) if got else planned_micro_batch(arm.config, L, tps)
+        mix = [(ShapeSpec(L, tps, split), 1.0)]
+        if every > 1 and splits > 1:
+            plain = max(got) if len(got) > 1 else planned_micro_batch(arm.config, L, tps, split=False)
+            if plain != split:
+                mix = [(ShapeSpec(L, tps, split), 1.0 / every), (ShapeSpec(L, tps, plain), 1.0 - 1.0 / every)]
+        out[(L, tps)] = mix
+    return out
 
 
-def micro_batches_used(runs: Iterable[RunRecord]) -> dict[tuple[int, int], int]:
-    """(seq_len, tokens per step) -> the micro-batch the runs' step records name (the smallest, should two
-    runs differ), read from each run directory's metrics.jsonl."""
+def _noise_every(raw: dict) -> tuple[int, int]:
+    """(``train.noise_scale.every``, the micro-batches its split asks for on one process) of a run config."""
+    from gradus.config import from_dict
+    from gradus.train.micro_batch import noise_splits
+
+    cfg = from_dict(copy.deepcopy(raw), origin="calibration")
+    return (cfg.train.noise_scale.every if cfg.train.noise_scale.enabled else 1), noise_splits(cfg.train, 1)
+
+
+def micro_batches_seen(runs: Iterable[RunRecord]) -> dict[tuple[int, int], set[int]]:
+    """(seq_len, tokens per step) -> every micro-batch the runs' step records name, read from each run
+    directory's metrics.jsonl."""
     from gradus.train.storage.run_dir import RunDir
 
-    out: dict[tuple[int, int], int] = {}
+    out: dict[tuple[int, int], set[int]] = {}
     for run in runs:
         if not run.run_dir:
             continue
@@ -267,15 +296,14 @@ def micro_batches_used(runs: Iterable[RunRecord]) -> dict[tuple[int, int], int]:
         for r in read_records(path):
             if "curriculum/micro_batch_size" in r and "event" not in r:
                 key = (int(r["curriculum/current_seq_len"]), int(r["curriculum/tokens_per_step"]))
-                micro = int(r["curriculum/micro_batch_size"])
-                out[key] = min(out.get(key, micro), micro)
+                out.setdefault(key, set()).add(int(r["curriculum/micro_batch_size"]))
     return out
 
 
-def planned_micro_batch(raw: dict, seq_len: int, tokens_per_step: int) -> int:
+def planned_micro_batch(raw: dict, seq_len: int, tokens_per_step: int, *, split: bool = True) -> int:
     """The micro-batch the trainer starts a shape from (``train.micro_batch_size``, ``train.noise_scale``'s
-    micro-batches, or the whole batch; on CPU, the largest that fits the host's memory,
-    :func:`gradus.train.micro_batch.host_micro_batch`). On a
+    micro-batches unless ``split`` is False, or the whole batch; on CPU, the largest that fits the host's
+    memory, :func:`gradus.train.micro_batch.host_micro_batch`). On a
     GPU the trainer may halve it further on out-of-memory; runs that trained say what they used instead."""
     from gradus.config import from_dict
     from gradus.data import load_tokenizer
@@ -285,7 +313,7 @@ def planned_micro_batch(raw: dict, seq_len: int, tokens_per_step: int) -> int:
 
     cfg = from_dict(copy.deepcopy(raw), origin="calibration")
     micro = configured_micro_batch(tokens_per_step // seq_len, cfg.train.micro_batch_size,
-                                   noise_splits(cfg.train, 1))
+                                   noise_splits(cfg.train, 1) if split else 1)
     if str(cfg.train.device).startswith("cuda"):
         return micro
     shape = resolve_shape(cfg.model, load_tokenizer(cfg.data).vocab_size)

@@ -358,7 +358,7 @@ ARMS: dict[str, Arm] = {a.name: a for a in [
         "--anchor-budget (the final length takes the rest)", LR_A, _ramp_absolute("A", (4, 4, 2, 1, 1))),
     Arm("seqwarm-long-ramp-adaptive-wsd", "A", "seqwarm-long-ramp-wsd's table as the fallback, adaptive: tokens/step "
         "× 2 on the noise scale (verified by a branch), the next length early on the loss rate", LR_A,
-        _ramp_adaptive("A", (4, 4, 2, 1, 1)), train=(("noise_scale", {"micro_batches": 2}),)),
+        _ramp_adaptive("A", (4, 4, 2, 1, 1)), train=(("noise_scale", {"micro_batches": 2, "every": 2}),)),
     Arm("seqwarm-long-ramp-sqrt-wsd", "A", "seqwarm-long-ramp-wsd with each stage's peak × sqrt(its tokens per "
         "step / the last's)", LR_A, _ramp("A", (4, 4, 2, 1, 1), 0.5)),
     Arm("seqwarm-textbook", "A", "final/8 → final (32→256 at 256) over 10/15/20/55%, global cosine", LR_A, _textbook("A")),

@@ -35,14 +35,16 @@ Two parts, kept apart so the math can be tested on floats:
 
 How a training loop uses it (names as in :mod:`gradus.train.trainer`)::
 
-    gns = GradientNoiseScale(beta)                      # once; a Stateful part: parts["gns"] = gns
+    gns = GradientNoiseScale(beta, every)               # once; a Stateful part: parts["gns"] = gns
     hooks = MicroBatchNorms(model.parameters())         # once (RunParts.gns_hooks); registered at the first use
     # each step, before it runs (``rows``: this rank's rows, ``micro``: the stage's micro-batch):
     gns.enter_stage(state.stage_index)                  # the averages restart at a stage change
     reason = unmeasured_reason(ceil(rows / micro), rt.world_size, is_sharded(model))
     if reason and state.stage_index not in said: ...    # say it once (per stage whose shape cannot measure)
+    # only on the steps it measures (train.noise_scale.every), the hooks armed and the split micro-batch:
     out, sample = optimizer_step(..., noise_hooks=hooks)    # sample None exactly when reason is not None
-    # when that step's figures are read (at once, or one step late under host_sync: lagged), in step order:
+    # when that step's figures are read (at once, or one step late under host_sync: lagged), in step order,
+    # for the measured steps only (the others are not samples, not even skipped ones):
     gns.update(sample.read() if sample is not None else None)
     # in the step record:
     record.update(gns.metrics(state.tokens_per_step))  # gns/b_simple, gns/grad_sq, gns/trace_cov, ...
@@ -106,13 +108,22 @@ class GradientNoiseScale:
     A Stateful part: :meth:`state_dict` is plain floats and ints, so a resumed run continues the same EMAs bit
     for bit. β comes from the config and is not overwritten by a checkpoint."""
 
-    def __init__(self, beta: float = DEFAULT_BETA) -> None:
+    def __init__(self, beta: float = DEFAULT_BETA, every: int = 1) -> None:
         if not 0.0 <= beta < 1.0:
             raise ValueError(f"gradient noise scale: beta must be in [0, 1), got {beta}")
+        if every < 1:
+            raise ValueError(f"gradient noise scale: every must be at least 1, got {every}")
         self.beta = beta
+        self.every = every
+        """Measure on the steps whose index is a multiple of this (``train.noise_scale.every``): :meth:`measures`."""
         self.stage: int | None = None
         """The stage the averages belong to (:meth:`enter_stage`), None before the first."""
         self.reset()
+
+    def measures(self, step: int) -> bool:
+        """Whether the step with index ``step`` (0-based, the count of steps before it) is measured. A function
+        of the index alone, so a resumed run, a rollback and every rank agree on it."""
+        return step % self.every == 0
 
     def enter_stage(self, stage_index: int) -> bool:
         """Call before each step with its stage: the averages restart when the stage changes (True then).

@@ -133,8 +133,9 @@ class RunParts:
     micro_batches: dict[int, int]
     """The micro-batch each stage of the configured table runs at, by stage index."""
     micro_by_shape: dict[tuple[int, int], int]
-    """The micro-batch of every shape the run can reach, by (seq_len, batch): an adaptive run's decisions
-    make stages the table does not have (:func:`gradus.curriculum.adaptive.envelope`)."""
+    """The micro-batch of every shape the run can reach, by (seq_len, batch), on the steps that measure the
+    noise scale (every step, unless ``train.noise_scale.every``): an adaptive run's decisions make stages the
+    table does not have (:func:`gradus.curriculum.adaptive.envelope`)."""
     warmup: CompileWarmup | None
     """The start-up compilation of every training shape (compiled runs), else None."""
     validation: Validation
@@ -148,6 +149,9 @@ class RunParts:
     controller: AdaptiveController | None = None
     """The adaptive controller (``curriculum.adaptive``), else None: the part that changes the run's course
     from what it observes (:mod:`gradus.train.controller`)."""
+    unsplit_by_shape: dict[tuple[int, int], int] | None = None
+    """With ``train.noise_scale.every`` > 1 and its ``micro_batches``: the micro-batch of every shape on the
+    steps that do not measure (planned without the noise scale's split), else None (as :attr:`micro_by_shape`)."""
 
     @property
     def current_schedule(self) -> Schedule:
@@ -155,9 +159,17 @@ class RunParts:
         (:func:`gradus.curriculum.adaptive.adapted_schedule`), else :attr:`schedule`."""
         return self.controller.schedule if self.controller is not None else self.schedule
 
+    def measures_noise(self, state: StageState) -> bool:
+        """Whether the step whose curriculum state is ``state`` takes a noise-scale sample (hooks armed)."""
+        return self.gns is not None and self.gns.measures(state.step)
+
     def micro_batch(self, state: StageState) -> int:
-        """The micro-batch of the step whose curriculum state is ``state``."""
-        return self.micro_by_shape[(state.seq_len, state.batch_size)]
+        """The micro-batch of the step whose curriculum state is ``state``: split for the noise scale on the
+        steps that measure it, unsplit on the others when ``train.noise_scale.every`` skips them."""
+        key = (state.seq_len, state.batch_size)
+        if self.unsplit_by_shape is not None and not self.measures_noise(state):
+            return self.unsplit_by_shape[key]
+        return self.micro_by_shape[key]
 
     def restore(self, path: Path) -> None:
         """Load a checkpoint into the model, the optimizer and every Stateful part: resume and rollback."""
@@ -205,7 +217,8 @@ def build_run(cfg: GradusConfig, run_dir: RunDir | str | Path, rt: Runtime, *, h
     ema = WeightEMA(built.model, cfg.train.ema) if cfg.train.ema is not None else None
     if ema is not None:  # after the model's parts: restored with them
         stateful["ema"] = ema
-    gns = GradientNoiseScale(cfg.train.noise_scale.beta) if cfg.train.noise_scale.enabled else None
+    gns = (GradientNoiseScale(cfg.train.noise_scale.beta, cfg.train.noise_scale.every)
+           if cfg.train.noise_scale.enabled else None)
     if gns is not None:  # draws no random numbers: the runs before it repeat bit for bit
         stateful["gns"] = gns
     gns_hooks = MicroBatchNorms(built.model.parameters()) if gns is not None else None  # (registered at first use)
@@ -241,15 +254,25 @@ def build_run(cfg: GradusConfig, run_dir: RunDir | str | Path, rt: Runtime, *, h
         metrics.write({"event": "resume", "step": progress.step, "checkpoint": latest.name})
 
     net, compiled = wrap_for_training(built.model, rt, cfg.train.compile)
-    micro_of = plan_micro_batches(
-        shapes, shape, rt, cfg.train.micro_batch_size,
-        lambda seq_len, micro: probe_micro_batch(net, built.optimizer, rt, shape.vocab_size, seq_len, micro),
-        layout=parallel.memory_layout(cfg.train, shape.n_layers, rt.world_size),  # FSDP shards, recompute
-        splits=noise_splits(cfg.train, rt.world_size))
-    # Every training shape compiled now, not at its stage's first step (see gradus.train.warmup).
+
+    def plan(splits: int) -> dict[int, int]:
+        return plan_micro_batches(
+            shapes, shape, rt, cfg.train.micro_batch_size,
+            lambda seq_len, micro: probe_micro_batch(net, built.optimizer, rt, shape.vocab_size, seq_len, micro),
+            layout=parallel.memory_layout(cfg.train, shape.n_layers, rt.world_size),  # FSDP shards, recompute
+            splits=splits)
+
+    splits = noise_splits(cfg.train, rt.world_size)
+    micro_of = plan(splits)
+    # With train.noise_scale.every, the steps that do not measure run unsplit: a second plan, None if the same.
+    unsplit_of = plan(1) if splits > 1 and gns is not None and gns.every > 1 else None
     micro_by_shape = {(s.seq_len, s.batch_size): micro_of[s.index] for s in shapes}
+    unsplit_by_shape = (None if unsplit_of is None else
+                        {(s.seq_len, s.batch_size): unsplit_of[s.index] for s in shapes})
     micro_batches = {s.index: micro_by_shape[(s.seq_len, s.batch_size)] for s in schedule.stages}
-    warmup = (compile_warmup(net, built.model, built.optimizer, rt, shapes, micro_of) if compiled else None)
+    # Every training shape compiled now, not at its stage's first step (see gradus.train.warmup).
+    warmup = (compile_warmup(net, built.model, built.optimizer, rt, shapes, micro_of, also=unsplit_of)
+              if compiled else None)
     # Evaluated at a fixed length (configured, else the longest stage's), in batches known to fit.
     validation = Validation(data, cfg.data.validation.tokens, micro_batches[max(micro_batches)],
                             cfg.train.eval_reference_seq_len or max(s.seq_len for s in schedule.stages))
@@ -258,6 +281,7 @@ def build_run(cfg: GradusConfig, run_dir: RunDir | str | Path, rt: Runtime, *, h
     return RunParts(run=run, rt=rt, schedule=schedule, console=console, ckpt=ckpt, tokenizer=tokenizer, shape=shape,
                     model=built.model, optimizer=built.optimizer, scaler=built.scaler, data=data, guard=guard,
                     progress=progress, ema=ema, gns=gns, gns_hooks=gns_hooks, stateful=stateful, lagged=lagged, compat=compat, resumed_from=latest,
-                    metrics=metrics, net=net, compiled=compiled, micro_batches=micro_batches, micro_by_shape=micro_by_shape, warmup=warmup,
+                    metrics=metrics, net=net, compiled=compiled, micro_batches=micro_batches, micro_by_shape=micro_by_shape,
+                    unsplit_by_shape=unsplit_by_shape, warmup=warmup,
                     validation=validation, probe=probe, peak=peak, peak_source=peak_source,
                     controller=controller)

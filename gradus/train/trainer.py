@@ -185,7 +185,8 @@ class Trainer:
             loss, grad_norm, _ = d.resolve()
             if gns is not None:  # in step order, each step once, with the stage it ran in (a stage's last
                 gns.enter_stage(d.state.stage_index)  # step is never a lagged one, so stages never mix)
-                gns.update(d.noise.read() if d.noise is not None else None)
+                if gns.measures(d.state.step):  # a step train.noise_scale.every skips is no sample at all
+                    gns.update(d.noise.read() if d.noise is not None else None)
             if self.parts.controller is not None:  # the main side of a verification window
                 self.parts.controller.observe_step(d.tokens, loss)
             event = self.parts.guard.observe(d.step - 1, loss, grad_norm)
@@ -322,11 +323,12 @@ class Trainer:
             p.model.set_rope_scaling(state.rope_scaling)
         lr = state.lr * p.guard.lr_factor(state.step)
         inputs, labels = batch_tensors(batch, state.batch_size // rt.world_size, state.seq_len, state.stage_index, rt)
+        hooks = p.gns_hooks if p.measures_noise(state) else None  # (train.noise_scale.every skips the others)
         out = optimizer_step(p.net, p.model, p.optimizer, p.scaler, inputs, labels, lr=lr,
                              clip=state.grad_clip, micro=p.micro_batch(state), rt=rt,
                              loss_multiplier=faults.active().loss_multiplier(state.step), lagged=p.lagged,
-                             noise_hooks=p.gns_hooks)
-        out, sample = out if p.gns_hooks is not None else (out, None)
+                             noise_hooks=hooks)
+        out, sample = out if hooks is not None else (out, None)
         # After each applied step (the one about to be counted); lagged, after every step (a skipped one changed nothing).
         if p.ema is not None and (p.lagged or out[2]):
             p.ema.maybe_update(p.progress.step + 1, p.model)
@@ -347,7 +349,7 @@ class Trainer:
         if p.gns is None or self._gns_said:
             return
         rows = state.batch_size // self.rt.world_size
-        micro = p.micro_batch(state)
+        micro = p.micro_by_shape[(state.seq_len, state.batch_size)]  # (that of the steps that measure)
         reason = unmeasured_reason(-(-rows // micro), self.rt.world_size, parallel.is_sharded(p.model))
         if reason is not None:
             self._gns_said = True

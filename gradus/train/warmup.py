@@ -65,17 +65,20 @@ class CompileWarmup:
         return now - self.graphs_after if now >= 0 and self.graphs_after >= 0 else -1
 
 
-def training_shapes(stages, micro_batches: dict[int, int], world_size: int) -> list[tuple[int, int, int, float]]:
+def training_shapes(stages, micro_batches: dict[int, int], world_size: int,
+                    also: dict[int, int] | None = None) -> list[tuple[int, int, int, float]]:
     """(stage index, rows, seq_len, rope_scaling) of every distinct micro-batch shape the run trains at,
-    in stage order: each stage's micro-batch and, when the micro-batch does not divide the local batch,
-    its ragged last micro-batch. Stages with no steps train at nothing."""
+    in stage order: each stage's micro-batch (and its micro-batch in ``also``: the unsplit one of the steps
+    that do not measure the noise scale) and, when a micro-batch does not divide the local batch, its ragged
+    last micro-batch. Stages with no steps train at nothing."""
     seen: set[tuple[int, int, float]] = set()
     out = []
     for s in stages:
         if s.steps <= 0:
             continue
-        local, micro = s.batch_size // world_size, micro_batches[s.index]
-        for rows in (micro, local % micro):
+        local = s.batch_size // world_size
+        micros = [micro_batches[s.index]] + ([also[s.index]] if also is not None else [])
+        for rows in [r for m in micros for r in (m, local % m)]:
             key = (rows, s.seq_len, s.rope_scaling)
             if rows > 0 and key not in seen:
                 seen.add(key)
@@ -84,8 +87,9 @@ def training_shapes(stages, micro_batches: dict[int, int], world_size: int) -> l
 
 
 def compile_warmup(net, model: torch.nn.Module, optimizer: torch.optim.Optimizer, rt: Runtime, stages,
-                   micro_batches: dict[int, int]) -> CompileWarmup:
-    """Run one forward + backward of ``net`` at every training shape (:func:`training_shapes`), each under
+                   micro_batches: dict[int, int], also: dict[int, int] | None = None) -> CompileWarmup:
+    """Run one forward + backward of ``net`` at every training shape (:func:`training_shapes`, ``also``
+    included), each under
     its stage's RoPE scaling, so torch.compile builds every graph now; then restore the gradients, the
     RoPE scaling and the RNG states. The optimizer never steps, so the weights and AdamW's moments are
     untouched. Under DDP the backward runs under ``no_sync``: no gradient all-reduce to pair up."""
@@ -94,7 +98,7 @@ def compile_warmup(net, model: torch.nn.Module, optimizer: torch.optim.Optimizer
     saved_grads = {p: p.grad for p in model.parameters()}  # None before the first step
     result = CompileWarmup()
     try:
-        for stage, rows, seq_len, rope in training_shapes(stages, micro_batches, rt.world_size):
+        for stage, rows, seq_len, rope in training_shapes(stages, micro_batches, rt.world_size, also):
             if rope != model.shape.rope_scaling:
                 model.set_rope_scaling(rope)
             t0 = time.perf_counter()
