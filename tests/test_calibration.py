@@ -174,5 +174,13 @@ def test_a_run_that_measures_the_noise_scale_every_k_steps_is_priced_at_its_mix_
     cal = calibrate_arms("measured", [arm], out=tmp_path, log=lambda line: None)
     assert sorted(timed) == [ShapeSpec(16, 64, 2), ShapeSpec(16, 64, 4)]
     assert cal.cost == {(16, 64): pytest.approx((0.25 * 0.2 + 0.75 * 0.1) / 64)}
+    # A run that logged only its unmeasured steps (log_every even, every 2) names one micro-batch: still the mix.
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    (run_dir / "metrics.jsonl").write_text("".join(
+        json.dumps({"step": n, "loss": 5.0, "curriculum/current_seq_len": 16, "curriculum/tokens_per_step": 64,
+                    "curriculum/micro_batch_size": 4}) + "\n" for n in (2, 4, 6)))
+    logged = ArmShapes("a", raw, stages, [RunRecord("a", 1e-3, 0, run_dir=str(run_dir))])
+    assert calibration.arm_mix(logged) == calibration.arm_mix(arm)
     raw["train"]["noise_scale"]["every"] = 1  # every step measured: the split step alone
     assert calibration.arm_mix(ArmShapes("b", raw, stages, [])) == {(16, 64): [(ShapeSpec(16, 64, 2), 1.0)]}

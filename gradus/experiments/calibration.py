@@ -262,12 +262,18 @@ def arm_mix(arm: ArmShapes) -> dict[tuple[int, int], list[tuple[ShapeSpec, float
     out: dict[tuple[int, int], list[tuple[ShapeSpec, float]]] = {}
     for L, tps in shapes:
         got = seen.get((L, tps), set())
-        split = min(got) if got else planned_micro_batch(arm.config, L, tps)
-        mix = [(ShapeSpec(L, tps, split), 1.0)]
         if every > 1 and splits > 1:
-            plain = max(got) if len(got) > 1 else planned_micro_batch(arm.config, L, tps, split=False)
-            if plain != split:
-                mix = [(ShapeSpec(L, tps, split), 1.0 / every), (ShapeSpec(L, tps, plain), 1.0 - 1.0 / every)]
+            # Both micro-batches from the records only when they name two: a run logs every log_every-th step,
+            # which may be only ever measured steps or only ever unmeasured ones (log_every even, every 2).
+            if len(got) > 1:
+                split, plain = min(got), max(got)
+            else:
+                split = planned_micro_batch(arm.config, L, tps)
+                plain = planned_micro_batch(arm.config, L, tps, split=False)
+            mix = ([(ShapeSpec(L, tps, split), 1.0 / every), (ShapeSpec(L, tps, plain), 1.0 - 1.0 / every)]
+                   if plain != split else [(ShapeSpec(L, tps, split), 1.0)])
+        else:
+            mix = [(ShapeSpec(L, tps, min(got) if got else planned_micro_batch(arm.config, L, tps)), 1.0)]
         out[(L, tps)] = mix
     return out
 
