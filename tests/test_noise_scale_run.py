@@ -113,11 +113,13 @@ def _every_cfg(tokenizer_json, offline_data, every):
     return _cfg(tokenizer_json, offline_data, micro_batch_size=None, noise_scale={"micro_batches": 2, "every": every})
 
 
-def test_every_k_measures_one_step_in_k_and_runs_the_others_unsplit(tmp_path, tokenizer_json, offline_data):
+def test_every_k_measures_one_step_in_k_and_runs_the_others_unsplit(tmp_path, tokenizer_json, offline_data, capsys):
     """train.noise_scale.every: 3 measures the steps whose index is a multiple of 3, in two micro-batches; the
     others run their whole batch at once and are no sample (gns/samples counts only the measured ones, from
-    each stage's start: stages of steps 0-5, 6-10 and 11-15)."""
-    train(_every_cfg(tokenizer_json, offline_data, 3), tmp_path / "run", quiet=True)
+    each stage's start: stages of steps 0-5, 6-10 and 11-15). The start-up line says both micro-batches."""
+    train(_every_cfg(tokenizer_json, offline_data, 3), tmp_path / "run")
+    line = next(ln for ln in capsys.readouterr().out.splitlines() if ln.startswith("micro-batches per stage"))
+    assert "split for the noise scale on 1 step in 3" in line and "×16→8×2 (else 16×1)" in line, line
     steps = {r["step"]: r for r in read_metrics(tmp_path / "run" / "metrics.jsonl") if "loss" in r and "step" in r}
     assert sorted(steps) == list(range(1, 17))
     for n, r in steps.items():  # record n is the step with index n - 1

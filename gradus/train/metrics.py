@@ -290,19 +290,27 @@ def decision_line(record: dict[str, Any]) -> str:
 
 
 def run_summary(shape: ModelShape, rt: Runtime, compiled: bool, schedule: Schedule,
-                micro_batches: dict[int, int]) -> list[str]:
+                micro_batches: dict[int, int], unsplit: dict[int, int] | None = None,
+                every: int = 1) -> list[str]:
     """The console lines that describe a run before it trains: the model, where it runs, each stage's
-    micro-batch and accumulation, and the curriculum's length."""
+    micro-batch and accumulation (with ``unsplit``, the micro-batches of the steps that do not measure the
+    noise scale, one in ``every`` measuring), and the curriculum's length."""
     parts = []
     for s in schedule.stages:
         local, micro = s.batch_size // rt.world_size, micro_batches[s.index]
-        parts.append(f"{s.seq_len}×{local}→{micro}×{math.ceil(local / micro)}")
+        part = f"{s.seq_len}×{local}→{micro}×{math.ceil(local / micro)}"
+        if unsplit is not None and unsplit[s.index] != micro:
+            part += f" (else {unsplit[s.index]}×{math.ceil(local / unsplit[s.index])})"
+        parts.append(part)
     target = schedule.target_tokens
+    head = "micro-batches per stage (seq_len×local batch→micro×accumulation"
+    if unsplit is not None:
+        head += f"; split for the noise scale on 1 step in {every}, else as in brackets"
     return [
         f"model: {shape.params_total / 1e6:.2f}M parameters ({shape.params_non_embedding / 1e6:.2f}M non-embedding), "
         f"{shape.n_layers} layers × {shape.d_model} wide, vocab {shape.vocab_size}; "
         f"device {rt.device}, {rt.precision}, world size {rt.world_size}" + (", torch.compile" if compiled else ""),
-        "micro-batches per stage (seq_len×local batch→micro×accumulation): " + ", ".join(parts),
+        f"{head}): " + ", ".join(parts),
         f"curriculum: {len(schedule.stages)} stages, {schedule.total_steps:,} steps, "
         f"{schedule.total_tokens:,} tokens" + (f" (target {target:,})" if target else ""),
     ]

@@ -149,6 +149,8 @@ class RunParts:
     controller: AdaptiveController | None = None
     """The adaptive controller (``curriculum.adaptive``), else None: the part that changes the run's course
     from what it observes (:mod:`gradus.train.controller`)."""
+    unsplit_batches: dict[int, int] | None = None
+    """Like :attr:`unsplit_by_shape`, by stage index of the configured table (as :attr:`micro_batches`)."""
     unsplit_by_shape: dict[tuple[int, int], int] | None = None
     """With ``train.noise_scale.every`` > 1 and its ``micro_batches``: the micro-batch of every shape on the
     steps that do not measure (planned without the noise scale's split), else None (as :attr:`micro_by_shape`)."""
@@ -270,6 +272,8 @@ def build_run(cfg: GradusConfig, run_dir: RunDir | str | Path, rt: Runtime, *, h
     unsplit_by_shape = (None if unsplit_of is None else
                         {(s.seq_len, s.batch_size): unsplit_of[s.index] for s in shapes})
     micro_batches = {s.index: micro_by_shape[(s.seq_len, s.batch_size)] for s in schedule.stages}
+    unsplit_batches = (None if unsplit_by_shape is None else
+                       {s.index: unsplit_by_shape[(s.seq_len, s.batch_size)] for s in schedule.stages})
     # Every training shape compiled now, not at its stage's first step (see gradus.train.warmup).
     warmup = (compile_warmup(net, built.model, built.optimizer, rt, shapes, micro_of, also=unsplit_of)
               if compiled else None)
@@ -282,6 +286,6 @@ def build_run(cfg: GradusConfig, run_dir: RunDir | str | Path, rt: Runtime, *, h
                     model=built.model, optimizer=built.optimizer, scaler=built.scaler, data=data, guard=guard,
                     progress=progress, ema=ema, gns=gns, gns_hooks=gns_hooks, stateful=stateful, lagged=lagged, compat=compat, resumed_from=latest,
                     metrics=metrics, net=net, compiled=compiled, micro_batches=micro_batches, micro_by_shape=micro_by_shape,
-                    unsplit_by_shape=unsplit_by_shape, warmup=warmup,
+                    unsplit_by_shape=unsplit_by_shape, unsplit_batches=unsplit_batches, warmup=warmup,
                     validation=validation, probe=probe, peak=peak, peak_source=peak_source,
                     controller=controller)

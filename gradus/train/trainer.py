@@ -90,7 +90,8 @@ class Trainer:
         # What resolving the config adjusted (a batch rounded to batch_multiple, a mix normalised) is said once
         # here, as gradus schedule says it, rather than silently (issue 31).
         for line in [*p.metrics.notes, *(f"note: {w}" for w in p.schedule.warnings),
-                     *metrics.run_summary(p.shape, p.rt, p.compiled, p.schedule, p.micro_batches),
+                     *metrics.run_summary(p.shape, p.rt, p.compiled, p.schedule, p.micro_batches, p.unsplit_batches,
+                                          p.gns.every if p.gns is not None else 1),
                      *parallel.parallel_notes(self.cfg.train, p.rt, p.shape.n_layers)]:
             self.console.print(line)
         if p.rt.precision == "fp8":
