@@ -432,6 +432,7 @@ def test_the_length_rule_does_not_fire_at_the_tables_own_boundary():
     for step in range(1, 41):
         d.run(val=evals.get(step * 256))
     assert d.c.length["seq_len"] == 16 and d.c.length["below"] == 2  # the rule's condition holds there
+    assert d.c.closest["length"] == pytest.approx((0.1 / math.log2(10240 / 2048)) / 0.5)  # the lowest ratio / 0.5
     assert d.c.edits == [] and d.c.records == [] and d.published == []
     assert _cells(d.c.schedule) == _cells(d.base)
 
@@ -668,3 +669,25 @@ def test_the_fitted_rule_is_not_moved_by_one_noisy_evaluation_but_follows_a_real
     sig = record["signal"]
     assert sig["window"] == 4 and sig["first_gain"] == pytest.approx(0.5)
     assert sig["ratio_upper"] < 0.5 and sig["ratio_upper"] >= sig["ratio"]
+
+
+def test_the_end_of_run_line_says_how_close_each_rule_came_when_nothing_was_decided():
+    """An adaptive run that followed its table says why: the highest noise scale over the batch threshold at a
+    counted check, the lowest length gain ratio over its threshold; after decisions, their counts."""
+    cfg = _cfg(batch={"patience": 3, "min_samples": 1, "verify": {"enabled": False}})
+    d = Driver(cfg)
+    assert d.c.summary() == ("adaptive: no decision, the run followed its table: the batch rule never counted a check "
+                             "(too few noise-scale samples per stage); the length rule never had a stage's first gain "
+                             "to compare with")
+    threshold = 0.01 * 256
+    for b in (0.5 * threshold, 0.75 * threshold, 0.25 * threshold):  # checks on even steps, below the threshold
+        d.run(b_simple=b)
+        d.run(b_simple=b)
+    assert d.c.records == [] and d.c.closest["batch"] == pytest.approx(0.75)
+    assert "the noise scale peaked at 0.75× its threshold (rho × tokens per step) at a check" in d.c.summary()
+    again = Driver(cfg)
+    again.c.load_state_dict(d.c.state_dict())  # carried by the checkpoint
+    assert again.c.summary() == d.c.summary()
+    rejected = _verification([3.0, 3.0, 3.05, 3.07], MAIN)
+    assert rejected.c.summary() == ("adaptive: 0 decision(s) (0 batch, 0 length), 1 proposal(s) rejected by their "
+                                    "branch, 2,048 branch tokens; decisions.jsonl has each")

@@ -90,6 +90,9 @@ class AdaptiveController:
         self.length: dict[str, Any] = {"seq_len": None, "points": [], "first_gain": None, "below": 0}
         self.pending: dict[str, Any] | None = None  # a batch proposal under verification
         self.branch_tokens = 0  # tokens trained in branches (thrown away), for the record
+        # The closest each rule came to deciding, for the end-of-run line (:meth:`summary`): the highest noise
+        # scale over the threshold at a counted batch check, the lowest length gain ratio (with its noise).
+        self.closest: dict[str, float | None] = {"batch": None, "length": None}
 
     # ------------------------------------------------------------------------------------------- when
     def due(self, tokens: int, step_tokens: int) -> bool:
@@ -130,6 +133,7 @@ class AdaptiveController:
         if b_simple is None or not math.isfinite(b_simple) or samples < cfg.min_samples:
             return None  # too few samples since the last change: the check does not count either way
         rho = cfg.rho * self.rho_scale
+        self._closest("batch", b_simple / (rho * tps), max)
         self.batch_checks = self.batch_checks + 1 if b_simple > rho * tps else 0
         if self.batch_checks < cfg.patience:
             return None
@@ -224,6 +228,7 @@ class AdaptiveController:
             return
         ratio = gain / track["first_gain"]
         upper = (gain + cfg.z * se) / track["first_gain"]  # the gain's ratio, given the benefit of its noise
+        self._closest("length", upper / cfg.threshold, min)
         track["below"] = track["below"] + 1 if upper < cfg.threshold else 0
         nxt = next_longer(self.schedule, state.stage_index)
         if track["below"] < cfg.patience or nxt is None or tokens >= self.schedule.stages[state.stage_index].end_tokens:
@@ -258,6 +263,32 @@ class AdaptiveController:
         if self.publish is not None:
             self.publish(self.records)
 
+    def _closest(self, rule: str, value: float, better: Callable[[float, float], float]) -> None:
+        if math.isfinite(value):
+            held = self.closest[rule]
+            self.closest[rule] = value if held is None else better(held, value)
+
+    def summary(self) -> str:
+        """One line for the end of a run: the decisions made, or, when none, how close each rule came (a user
+        whose adaptive run followed the table should see why, not nothing)."""
+        made = [r for r in self.records if r.get("edit")]
+        rejected = sum(1 for r in self.records if r["verdict"] == "rejected")
+        if made or rejected:
+            kinds = {k: sum(1 for r in made if r["kind"] == k) for k in ("batch", "length")}
+            return (f"adaptive: {len(made)} decision(s) ({kinds['batch']} batch, {kinds['length']} length), "
+                    f"{rejected} proposal(s) rejected by their branch, {self.branch_tokens:,} branch tokens; "
+                    "decisions.jsonl has each")
+        parts = []
+        if self.batch_cfg.enabled:
+            peak = self.closest["batch"]
+            parts.append("the batch rule never counted a check (too few noise-scale samples per stage)" if peak is None
+                         else f"the noise scale peaked at {peak:.2f}× its threshold (rho × tokens per step) at a check")
+        if self.length_cfg.enabled:
+            low = self.closest["length"]
+            parts.append("the length rule never had a stage's first gain to compare with" if low is None else
+                         f"the length gain stayed at or above {low:.2f}× its threshold (with its noise)")
+        return "adaptive: no decision, the run followed its table: " + "; ".join(parts or ["both rules off"])
+
     @property
     def latest(self) -> dict | None:
         """The newest decision record, or None."""
@@ -273,7 +304,8 @@ class AdaptiveController:
         return json.loads(json.dumps({
             "edits": [e.to_json() for e in self.edits], "records": self.records, "batch_checks": self.batch_checks,
             "last_skip": self.last_skip, "rho_scale": self.rho_scale,
-            "length": self.length, "pending": self.pending, "branch_tokens": self.branch_tokens}))
+            "length": self.length, "pending": self.pending, "branch_tokens": self.branch_tokens,
+            "closest": self.closest}))
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Back to :meth:`state_dict`: the schedule is rebuilt from the edits, decisions.jsonl rewritten."""
@@ -286,6 +318,7 @@ class AdaptiveController:
         self.length = dict(state["length"])
         self.pending = state["pending"]
         self.branch_tokens = int(state["branch_tokens"])
+        self.closest = dict(state.get("closest") or {"batch": None, "length": None})  # (older checkpoints: none)
         self.schedule = adapted_schedule(self.cfg, self.edits, self.base)
         if self.publish is not None:
             self.publish(self.records)

@@ -132,6 +132,8 @@ class Trainer:
             self.console.close()
         recovery.check_ranks_in_sync(rt, p.model, p.metrics.write, pr.step)
         result = self._result(reason, self.last_val)
+        if p.controller is not None:
+            self.console.print(p.controller.summary())
         self.console.print(
             f"finished: {reason}; step {pr.step:,}, {pr.tokens:,} tokens, {pr.train_seconds:.1f}s training"
             + (f", best val loss {pr.best_val_loss:.4f}" if pr.best_val_loss is not None else "")
