@@ -367,6 +367,8 @@ def test_a_branch_worse_than_the_margin_is_rejected_and_rho_doubles():
     assert record["comparison"]["rho_from_now"] == 0.02 and c.rho_scale == 2.0
     assert state_at(c.schedule, 16, 4096).tokens_per_step == 256
     assert c.metrics() == {"adaptive/edits": 0, "adaptive/branch_tokens": 2048}
+    # The threshold a step's record carries for the report: rho, doubled by the rejection, × its tokens per step.
+    assert c.metrics(256)["adaptive/batch_threshold"] == pytest.approx(0.02 * 256)
     # The next check compares with the doubled threshold: 0.02 × 256 = 5.12
     assert d.run(b_simple=5.0) is None and d.run(b_simple=5.0) is None and c.batch_checks == 0
 

@@ -126,6 +126,11 @@ def test_an_adaptive_run_decides_logs_and_accounts_for_its_branches(adaptive_run
     assert all(b["branch_steps"] * 2 * TPS == b["until_tokens"] - b["tokens"] for b in branches)
     assert records[-1]["adaptive/branch_tokens"] == spent
     assert records[-1]["adaptive/edits"] == len(batch) + len(length)
+    # Each step's threshold for the report: rho (doubled by each rejection so far) × its tokens per step.
+    rhos = [decisions[0]["signal"]["rho"] * 2 ** k for k in range(len(verified) + 1)]
+    for r in records:
+        ratio = r["adaptive/batch_threshold"] / r["curriculum/tokens_per_step"]
+        assert any(ratio == pytest.approx(rho) for rho in rhos), (r["step"], ratio, rhos)
     for r in records:  # and as they happen: a step's record is written before its decisions, so a branch counts
         assert r["adaptive/branch_tokens"] == sum(b["until_tokens"] - b["tokens"] for b in branches  # from the next
                                                   if b["step"] < r["step"]), r["step"]

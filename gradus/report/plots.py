@@ -197,6 +197,10 @@ def noise_scale_chart(h: History, out: Path) -> Path:
     ax.plot(xs, ys, "o-", color="#6a1b9a", lw=1.6, ms=3, label="gradient noise scale B_simple (tokens, smoothed)")
     if bx:
         ax.plot(bx, by, color="#ef6c00", lw=1.8, drawstyle="steps-post", label="tokens per step")
+    tx, ty = h.series("adaptive/batch_threshold", "tokens")
+    if tx:  # an adaptive run: where the noise scale must stay (patience checks) for a doubling to be proposed
+        ax.plot(tx, ty, color="#ef6c00", lw=1.2, ls="--", drawstyle="steps-post",
+                label="adaptive batch threshold (rho × tokens per step)")
     ax.set_yscale("log")
     _mark_decisions(ax, h, "tokens")
     ax.set_ylabel("tokens")

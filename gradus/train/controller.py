@@ -294,9 +294,14 @@ class AdaptiveController:
         """The newest decision record, or None."""
         return self.records[-1] if self.records else None
 
-    def metrics(self) -> dict[str, float]:
-        """``adaptive/...`` figures of a step record: decisions accepted so far and branch tokens."""
-        return {"adaptive/edits": len(self.edits), "adaptive/branch_tokens": self.branch_tokens}
+    def metrics(self, tokens_per_step: int | None = None) -> dict[str, float]:
+        """``adaptive/...`` figures of a step record: decisions accepted so far and branch tokens and, given the
+        step's tokens per step, the noise scale the batch rule asks for there (rho, doubled by each rejection,
+        × tokens per step: ``gradus report`` draws it beside the noise scale)."""
+        out = {"adaptive/edits": len(self.edits), "adaptive/branch_tokens": self.branch_tokens}
+        if tokens_per_step and self.batch_cfg.enabled:
+            out["adaptive/batch_threshold"] = self.batch_cfg.rho * self.rho_scale * tokens_per_step
+        return out
 
     # ------------------------------------------------------------------------------------------- state
     def state_dict(self) -> dict[str, Any]:

@@ -379,7 +379,7 @@ class Trainer:
         if p.gns is not None:
             record.update(p.gns.metrics(state.tokens_per_step))
         if p.controller is not None:
-            record.update(p.controller.metrics())
+            record.update(p.controller.metrics(state.tokens_per_step))
         p.metrics.write(record)
         self.console.print(metrics.progress_line(record, state.num_stages, p.schedule.target_tokens,
                                                  self.console.timing(pr.tokens)))
