@@ -17,8 +17,9 @@ import yaml
 from builders import TINY_STAGES, tiny_config
 
 from gradus.config import from_dict, load_config
-from gradus.curriculum import resolve_schedule
+from gradus.curriculum import resolve_schedule, state_at
 from gradus.curriculum.adaptive import accepted_edits, adapted_schedule, envelope, stable_phase
+from gradus.errors import GradusError
 from gradus.train.metrics import read_metrics
 from gradus.train.storage.run_dir import RunDir
 from gradus.train.trainer import train
@@ -32,7 +33,8 @@ def _raw(offline_data, tokenizer_json) -> dict:
     """s16 (32 steps) / s32 / s64 (16 each) at 256 tokens per step, wsd with a 4-step warmup and a 13-step
     cooldown. The batch rule fires at once (rho tiny) and may double once (to 512, the bound); the length rule
     evaluates every 2 steps and fires when the gain per compute doubling between two evaluations (window 2, no
-    noise margin) drops below 0.9 of the stage's first.
+    noise margin) drops below 0.95 of the stage's first (0.95: so that one decision lands on an evaluation that
+    improved the best loss, which the resume-at-a-decision test needs).
     Micro-batches of 4 rows give the noise scale two or more per step in s16 and s32."""
     stages = [dict(s, tokens=n * TPS) for s, n in zip(TINY_STAGES, (32, 16, 16), strict=True)]
     d = tiny_config(offline_data, tokenizer_json, stages=stages)
@@ -40,7 +42,7 @@ def _raw(offline_data, tokenizer_json) -> dict:
         "check_every_tokens": 512,
         "batch": {"rho": 0.01, "patience": 2, "min_samples": 2, "max_tokens_per_step": 2 * TPS,
                   "verify": {"fraction": 0.05}},
-        "length": {"threshold": 0.9, "patience": 1, "window": 2, "z": 0.0}})
+        "length": {"threshold": 0.95, "patience": 1, "window": 2, "z": 0.0}})
     d["train"].update(eval_every=2, checkpoint_every=100, early_stopping_patience=None, micro_batch_size=4)
     d["logging"]["log_every"] = 1
     return d
@@ -221,7 +223,7 @@ def test_gradus_schedule_prints_an_adaptive_configs_envelope(tmp_path, raw):
                  "verified by a branch of 0.05 of the run, accepted within 2 standard errors",
                  "6 shapes prepared at start-up"):
         assert part in batch, (part, batch)
-    for part in ("length: ladder 16 → 32 → 64", "(fitted over 2 evaluations) stays below 0.9 of the stage's first for 1 evaluations in a row",
+    for part in ("length: ladder 16 → 32 → 64", "(fitted over 2 evaluations) stays below 0.95 of the stage's first for 1 evaluations in a row",
                  "never later than the table, never shorter"):
         assert part in length, (part, length)
 
@@ -235,3 +237,33 @@ def test_write_without_from_run_is_a_one_line_error(tmp_path, raw):
     lines = [ln for ln in proc.stderr.splitlines() if ln.strip()]
     assert lines == ["gradus: error: --write needs --from-run RUN: it writes the table an adaptive run followed"]
     assert "Traceback" not in proc.stderr and not out.exists()
+
+
+def test_a_branch_step_trains_the_main_runs_next_batches_joined(raw):
+    """The verification branch's doubled step is the main run's next two batches, rows in order: the branch and
+    the main run compare losses on the same documents (with lanes, a doubled batch drawn on its own opens new
+    lanes and shares about a quarter of its text with the main run's window)."""
+    import numpy as np
+
+    from gradus.data import DataPipeline, load_tokenizer
+    from gradus.train.trainer import branch_batch
+
+    cfg = from_dict(raw)
+    schedule = resolve_schedule(cfg)
+    tok = load_tokenizer(cfg.data)
+
+    def pipe():
+        return DataPipeline(cfg.data, tok, schedule, seed=cfg.train.seed, prefetch=0)
+
+    main, branch = pipe(), pipe()
+    for step in range(5):  # both at step 5 (1,280 tokens)
+        for p in (main, branch):
+            p.next_batch(state_at(schedule, step, step * TPS))
+    first = main.next_batch(state_at(schedule, 5, 5 * TPS))
+    second = main.next_batch(state_at(schedule, 6, 6 * TPS))
+    joined, after = branch_batch(branch, schedule, 5, 5 * TPS, 2 * TPS)
+    assert after == 7 and joined.rows == first.rows + second.rows
+    assert np.array_equal(joined.inputs, np.concatenate([first.inputs, second.inputs]))
+    assert np.array_equal(joined.labels, np.concatenate([first.labels, second.labels]))
+    with pytest.raises(GradusError, match="not a whole number of the main run's steps"):
+        branch_batch(branch, schedule, 7, 7 * TPS, TPS + TPS // 2)

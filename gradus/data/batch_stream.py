@@ -65,6 +65,21 @@ class Batch:
         return int(self.inputs.size)
 
 
+def concat_batches(batches: list[Batch]) -> Batch:
+    """Consecutive batches of one stage as one batch of all their rows, in order (the step and stage of the
+    first): what a step at k × the batch trains when it must see exactly the documents of k steps, as an
+    adaptive run's verification branch does (:meth:`gradus.train.trainer.Trainer._run_branch`)."""
+    first = batches[0]
+    if any(b.seq_len != first.seq_len or b.stage_index != first.stage_index for b in batches):
+        raise ValueError("concat_batches: batches of one stage and one length only")
+    by_source: dict[str, int] = {}
+    for b in batches:
+        for name, n in b.tokens_by_source.items():
+            by_source[name] = by_source.get(name, 0) + n
+    return Batch(np.concatenate([b.inputs for b in batches]), np.concatenate([b.labels for b in batches]),
+                 by_source, first.step, first.stage_index, first.source)
+
+
 @dataclass(frozen=True)
 class BatchSpec:
     """What a batch must look like: decided by the curriculum state alone."""

@@ -7,8 +7,8 @@ Two rules, both from ``curriculum.adaptive`` (``../shared/research/adaptive-stag
   checks in a row above it, tokens per step × 2 is proposed, only in the wsd schedule's stable phase and up
   to ``max_tokens_per_step``. With ``verify`` the proposal is tested first (Merrill et al. 2025's branch):
   the trainer snapshots every part, trains a branch of ``fraction`` × the target tokens at the proposed
-  batch, restores everything, and the main run trains the same tokens (the same documents) at the current
-  batch; the proposal is accepted when the branch's mean loss over the second half of the window is within
+  batch (each branch step is the main run's next two batches joined), restores everything, and the main run
+  trains the same tokens (the same documents, in the same order) at the current batch; the proposal is accepted when the branch's mean loss over the second half of the window is within
   ``z`` standard errors of the main run's, and then takes effect where the main run is. A rejection doubles
   the threshold from then on (the run calibrates the noise scale against its own probe).
 * **length**: at every evaluation, the reference-length validation loss gained per doubling of compute

@@ -282,18 +282,25 @@ class Trainer:
     def _run_branch(self, branch: Branch) -> None:
         """Train the proposal's branch from here to ``branch.until`` tokens, then put every part back as it
         was (weights, AdamW, every Stateful part: data position, RNG, counters, noise scale, controller), so
-        the main run goes on as if the branch had not run; its time is counted as training time."""
+        the main run goes on as if the branch had not run; its time is counted as training time.
+
+        Each branch step trains the main run's next batches joined (:func:`branch_batch`: two of them for a
+        doubled batch), so the branch and the main run see the same documents in the same order and the
+        controller compares their losses on equal data. Drawing the branch's own batches instead would not:
+        with ``data.packing.lanes`` a doubled batch opens new lanes, and a 26k-token window then shared a
+        quarter of its text with the main run's."""
         p, rt = self.parts, self.rt
         t0 = time.perf_counter()
         saved = ({k: v.detach().clone() for k, v in p.model.state_dict().items()},
                  copy.deepcopy(p.optimizer.state_dict()), copy.deepcopy(checkpoint.parts_state(p.stateful, rt.world_size)))
         losses: list[tuple[int, float]] = []
         step, tokens = p.progress.step, p.progress.tokens
-        p.data.follow(branch.schedule)
+        main_step = step  # the main run's step counter over the same tokens (its batches are the branch's data)
         try:
             while tokens < branch.until:
                 st = state_at(branch.schedule, step, tokens)
-                out, _ = self._train_step(st, p.data.next_batch(st))  # (the branch's noise samples are not kept)
+                batch, main_step = branch_batch(p.data, p.current_schedule, main_step, tokens, st.tokens_per_step)
+                out, _ = self._train_step(st, batch)  # (the branch's noise samples are not kept)
                 loss = (out.read() if isinstance(out, lag.DeviceValues) else out)[0]
                 step, tokens = step + 1, tokens + st.tokens_per_step
                 p.progress.step, p.progress.tokens = step, tokens  # (the EMA's step count)
@@ -492,3 +499,21 @@ def train(cfg: GradusConfig, run_dir: str | Path, *, resume: bool = True, allow_
             recovery.remove_failed_start(trainer.run, trainer.rt)
     recovery.record_result(trainer.run, result, status)
     return result
+
+
+def branch_batch(data, schedule, step: int, tokens: int, branch_tokens: int) -> tuple[Any, int]:
+    """The batch of a verification branch's step that trains ``branch_tokens`` from ``tokens`` on: the main
+    run's batches from its ``step`` (at ``tokens``) on ``schedule``, joined until they hold that many tokens
+    (two for a doubled batch); and the main run's step counter after them."""
+    from gradus.data.batch_stream import concat_batches
+
+    batches, covered = [], 0
+    while covered < branch_tokens:
+        st = state_at(schedule, step, tokens + covered)
+        batches.append(data.next_batch(st))
+        covered += st.tokens_per_step
+        step += 1
+    if covered != branch_tokens:
+        raise GradusError(f"a verification branch step of {branch_tokens:,} tokens is not a whole number of the "
+                          f"main run's steps at {tokens:,} tokens")
+    return concat_batches(batches), step
