@@ -149,8 +149,6 @@ class RunParts:
     controller: AdaptiveController | None = None
     """The adaptive controller (``curriculum.adaptive``), else None: the part that changes the run's course
     from what it observes (:mod:`gradus.train.controller`)."""
-    unsplit_batches: dict[int, int] | None = None
-    """Like :attr:`unsplit_by_shape`, by stage index of the configured table (as :attr:`micro_batches`)."""
     unsplit_by_shape: dict[tuple[int, int], int] | None = None
     """With ``train.noise_scale.every`` > 1 and its ``micro_batches``: the micro-batch of every shape on the
     steps that do not measure (planned without the noise scale's split), else None (as :attr:`micro_by_shape`)."""
@@ -160,6 +158,13 @@ class RunParts:
         """The schedule the run follows now: with an adaptive controller, the table its decisions made
         (:func:`gradus.curriculum.adaptive.adapted_schedule`), else :attr:`schedule`."""
         return self.controller.schedule if self.controller is not None else self.schedule
+
+    @property
+    def unsplit_batches(self) -> dict[int, int] | None:
+        """:attr:`unsplit_by_shape` by stage index of the configured table (as :attr:`micro_batches`), or None."""
+        if self.unsplit_by_shape is None:
+            return None
+        return {s.index: self.unsplit_by_shape[(s.seq_len, s.batch_size)] for s in self.schedule.stages}
 
     def measures_noise(self, state: StageState) -> bool:
         """Whether the step whose curriculum state is ``state`` takes a noise-scale sample (hooks armed)."""
@@ -272,8 +277,6 @@ def build_run(cfg: GradusConfig, run_dir: RunDir | str | Path, rt: Runtime, *, h
     unsplit_by_shape = (None if unsplit_of is None else
                         {(s.seq_len, s.batch_size): unsplit_of[s.index] for s in shapes})
     micro_batches = {s.index: micro_by_shape[(s.seq_len, s.batch_size)] for s in schedule.stages}
-    unsplit_batches = (None if unsplit_by_shape is None else
-                       {s.index: unsplit_by_shape[(s.seq_len, s.batch_size)] for s in schedule.stages})
     # Every training shape compiled now, not at its stage's first step (see gradus.train.warmup).
     warmup = (compile_warmup(net, built.model, built.optimizer, rt, shapes, micro_of, also=unsplit_of)
               if compiled else None)
@@ -286,6 +289,6 @@ def build_run(cfg: GradusConfig, run_dir: RunDir | str | Path, rt: Runtime, *, h
                     model=built.model, optimizer=built.optimizer, scaler=built.scaler, data=data, guard=guard,
                     progress=progress, ema=ema, gns=gns, gns_hooks=gns_hooks, stateful=stateful, lagged=lagged, compat=compat, resumed_from=latest,
                     metrics=metrics, net=net, compiled=compiled, micro_batches=micro_batches, micro_by_shape=micro_by_shape,
-                    unsplit_by_shape=unsplit_by_shape, unsplit_batches=unsplit_batches, warmup=warmup,
+                    unsplit_by_shape=unsplit_by_shape, warmup=warmup,
                     validation=validation, probe=probe, peak=peak, peak_source=peak_source,
                     controller=controller)
