@@ -4,13 +4,16 @@ back instead of timing again, and the measured costs order the shapes as the mod
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
+import time
 
 import pytest
 from builders import tiny_config
 
+import gradus.train.step as step_module
 from gradus.cli import main
 from gradus.config import from_dict, to_dict
 from gradus.errors import ConfigError
@@ -18,11 +21,14 @@ from gradus.experiments import calibration
 from gradus.experiments.analysis import RunRecord, calibrate, calibrated_seconds
 from gradus.experiments.calibration import (
     CACHE,
+    STATISTIC,
     ArmShapes,
     ShapeSpec,
     busy_note,
     calibrate_arms,
     measure_step_seconds,
+    time_budget,
+    trimmed_mean,
 )
 from gradus.experiments.compare import compare_arms, run_compare
 from gradus.experiments.sweep import prepare, tasks_for
@@ -184,3 +190,65 @@ def test_a_run_that_measures_the_noise_scale_every_k_steps_is_priced_at_its_mix_
     assert calibration.arm_mix(logged) == calibration.arm_mix(arm)
     raw["train"]["noise_scale"]["every"] = 1  # every step measured: the split step alone
     assert calibration.arm_mix(ArmShapes("b", raw, stages, [])) == {(16, 64): [(ShapeSpec(16, 64, 2), 1.0)]}
+
+
+def test_a_shape_costs_its_trimmed_mean_and_a_measurement_spends_five_percent_of_the_training_time():
+    """The statistic drops a fifth of the rounds at each end (a stalled round does not move it) and keeps at
+    least one; the budget is 5% of the runs' training seconds, at most 90 s."""
+    assert trimmed_mean([1.0, 2.0, 3.0, 4.0, 100.0]) == pytest.approx(3.0)
+    assert trimmed_mean([7.0]) == 7.0 and trimmed_mean([1.0, 3.0]) == 2.0
+    assert trimmed_mean([float(x) for x in range(10)]) == pytest.approx(4.5)  # 0, 1, 8, 9 dropped
+    runs = [RunRecord("a", 1e-3, 0, train_seconds=60.0), RunRecord("b", 1e-3, 0, train_seconds=40.0)]
+    assert time_budget(runs) == pytest.approx(5.0)
+    assert time_budget([RunRecord("a", 1e-3, 0, train_seconds=36_000.0)]) == 90.0
+    assert time_budget([]) == 0.0
+
+
+def test_rounds_go_on_while_the_budget_lasts_and_a_fast_shape_runs_several_steps_back_to_back(
+        offline_data, monkeypatch):
+    """A shape ten times faster than the slowest runs 8 (the cap) back-to-back steps per round, timed together
+    and reported per step; the rounds go past the minimum until the timed seconds reach the budget, and stop at
+    max_rounds."""
+
+    calls: dict[int, int] = {}
+
+    def fake_step(net, model, optimizer, scaler, inputs, labels, **kw):
+        calls[inputs.shape[1]] = calls.get(inputs.shape[1], 0) + 1
+        time.sleep(0.02 if inputs.shape[1] == 64 else 0.002)
+
+    monkeypatch.setattr(step_module, "optimizer_step", fake_step)
+    raw = to_dict(from_dict(tiny_config(offline_data)))
+    fast, slow = ShapeSpec(16, 64, 4), ShapeSpec(64, 64, 1)
+    times = measure_step_seconds(raw, [fast, slow], threads=1, warmup=2, rounds=2, seconds=0.0)
+    assert [len(times[fast]), len(times[slow])] == [2, 2]
+    assert calls == {16: 2 + 2 * 8, 64: 2 + 2 * 1}  # warm-up steps, then 8 and 1 per round
+    assert all(0.0015 < t < 0.01 for t in times[fast]) and all(0.015 < t < 0.06 for t in times[slow])
+    budgeted = measure_step_seconds(raw, [fast, slow], threads=1, warmup=1, rounds=2, seconds=0.3, max_rounds=50)
+    n = len(budgeted[slow])
+    # each round times about 0.036 s: the budget of 0.3 s ends it after 8-9 rounds (fewer on a slow box)
+    assert 4 <= n < 50 and len(budgeted[fast]) == n
+    capped = measure_step_seconds(raw, [fast, slow], threads=1, warmup=1, rounds=2, seconds=100.0, max_rounds=3)
+    assert len(capped[slow]) == 3
+    with pytest.raises(ValueError, match="rounds"):
+        measure_step_seconds(raw, [fast], threads=1, rounds=5, max_rounds=4)
+
+
+def test_a_measurement_of_another_method_is_not_read_back(offline_data, tmp_path, monkeypatch):
+    """The cache key names the statistic: an entry written by the first method (seven single-step rounds, the
+    median) for the same shapes is measured again, not priced with."""
+    raw = to_dict(from_dict(tiny_config(offline_data)))
+    stages = [{"seq_len": 16, "tokens_per_step": 64, "start_tokens": 0, "end_tokens": 640}]
+    arm = ArmShapes("a", raw, stages, [])
+    monkeypatch.setattr(calibration, "measure_step_seconds", lambda cfg, specs, **kw: {s: [0.1] for s in specs})
+    calibrate_arms("measured", [arm], out=tmp_path, log=lambda line: None)
+    cache = json.loads((tmp_path / CACHE).read_text())["measurements"]
+    (entry,) = cache.values()
+    assert entry["key"]["statistic"] == STATISTIC
+    old_key = {k: v for k, v in entry["key"].items() if k != "statistic"} | {"rounds": 7}
+    old = {hashlib.sha256(json.dumps(old_key, sort_keys=True).encode()).hexdigest()[:16]:
+           {**entry, "key": old_key, "step_seconds": {k: [9.9] for k in entry["step_seconds"]}}}
+    (tmp_path / CACHE).write_text(json.dumps({"measurements": old}))
+    lines: list[str] = []
+    cal = calibrate_arms("measured", [arm], out=tmp_path, log=lines.append)
+    assert cal.cost == {(16, 64): pytest.approx(0.1 / 64)}
+    assert any(line.startswith("calibration: timing the optimizer step") for line in lines)

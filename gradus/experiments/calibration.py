@@ -7,12 +7,19 @@ Two methods:
   process builds each arm's model and AdamW through the trainer's own builder
   (:func:`gradus.train.build.build_training_parts`) and times the trainer's own optimizer step
   (:func:`gradus.train.step.optimizer_step`: forward and backward over the micro-batches the runs used,
-  clip, AdamW) at every shape the arms train, a few warm-up steps each, then ``rounds`` rounds of one step
-  per shape in a rotating order, so that the machine's load falls on every shape alike; each shape's
-  seconds per token is its median step over the rounds / its tokens per step. Nothing of a run's history
-  (a resume, a neighbour that finished early, a cold data pipeline) enters it, and it is cached in the
-  experiment's folder (:data:`CACHE`), keyed by the shapes, the model and the device, so a rerun or a
-  resumed experiment reads the same figures back instead of measuring again.
+  clip, AdamW) at every shape the arms train: a few warm-up steps each, then rounds in a rotating order, so
+  that the machine's load falls on every shape alike. In a round each shape runs a few steps back to back,
+  as training does, timed together (about as long as the slowest shape's one step, so a 30 ms shape is not
+  timed on 30 ms alone); the rounds go on while the measurement has spent less than its time budget
+  (:func:`time_budget`: 5% of the experiment's training time, at most :data:`MAX_SECONDS`), from
+  :data:`MIN_ROUNDS` to :data:`MAX_ROUNDS`. Each shape's seconds per token is the trimmed mean
+  (:data:`TRIM` off each end) of its rounds / its tokens per step. Seven single steps per shape, the first
+  method, moved a shape's figure by up to 25% between quiet measurements of the same runs on a shared box
+  (BENCHMARKS.md, "Calibrated seconds: stability"); the budget and the back-to-back steps are what brought
+  the spread within the issue's 5%. Nothing of a run's history (a resume, a neighbour that finished early, a
+  cold data pipeline) enters it, and it is cached in the experiment's folder (:data:`CACHE`), keyed by the
+  shapes, the model, the device and :data:`STATISTIC`, so a rerun or a resumed experiment reads the same
+  figures back instead of measuring again.
 * ``windows`` (the old estimate, kept for the benchmark series recorded with it): the inverse of the
   90th-percentile throughput of each shape's logging windows over every run
   (:func:`gradus.experiments.analysis.calibrate`). It depends on the runs' history: a 100k-token demo compare
@@ -42,10 +49,23 @@ METHODS = ("measured", "windows")
 """The ways calibrated seconds can be obtained (see the module docstring)."""
 CACHE = "calibration.json"
 """The file, in an experiment's folder, that keeps measured calibrations by key."""
-WARMUP_STEPS = 2
+WARMUP_STEPS = 3
 """Untimed steps per shape before the rounds (allocations, kernels, torch.compile's graphs)."""
-ROUNDS = 7
-"""Timed rounds of one step per shape; each shape's cost is its median over them."""
+MIN_ROUNDS = 7
+"""Timed rounds every measurement makes, whatever its time budget."""
+MAX_ROUNDS = 200
+"""Timed rounds no measurement exceeds, whatever its time budget."""
+MAX_SECONDS = 90.0
+"""The most a measurement spends timing steps (its budget is otherwise 5% of the runs' training time)."""
+BUDGET_SHARE = 0.05
+"""The share of the experiment's training seconds a measurement may spend timing steps."""
+MAX_REPEATS = 8
+"""The most steps of one shape timed back to back in a round."""
+TRIM = 0.2
+"""The share of rounds dropped at each end before a shape's mean (a trimmed mean: as steady as the mean
+over the rounds, without letting one stalled round move it)."""
+STATISTIC = "trimmed mean (0.2 each end) of time-budgeted rounds of back-to-back steps, v2"
+"""Names the measurement method in the cache key: a measurement of another method is not read back."""
 
 
 def shape_label(seq_len: int, tokens_per_step: int) -> str:
@@ -132,12 +152,13 @@ def windows_calibration(runs: Iterable[RunRecord]) -> Calibration:
 
 
 def calibrate_arms(method: str, arms: Sequence[ArmShapes], *, out: Path | None, threads: int = 1,
-                   log: Callable[[str], None] = print, rounds: int = ROUNDS,
+                   log: Callable[[str], None] = print, seconds: float | None = None,
                    warmup: int = WARMUP_STEPS) -> Calibration:
     """The calibration of an experiment's arms by ``method``. ``measured`` reads ``out/calibration.json``
-    back when it holds a measurement of the same shapes, model and device, else measures (one model per
-    distinct model setup, its shapes interleaved) and adds it there; ``threads``: the torch threads each
-    run had on CPU (``train.threads`` of the config wins, as in the run)."""
+    back when it holds a measurement of the same shapes, model, device and method, else measures (one model
+    per distinct model setup, its shapes interleaved) and adds it there; ``threads``: the torch threads each
+    run had on CPU (``train.threads`` of the config wins, as in the run); ``seconds``: the measurement's time
+    budget (default :func:`time_budget` of the arms' runs)."""
     check_method(method)
     runs = [r for a in arms for r in a.runs]
     if method == "windows":
@@ -152,11 +173,12 @@ def calibrate_arms(method: str, arms: Sequence[ArmShapes], *, out: Path | None, 
         groups[key][1].append(arm)
         groups[key][2].update(specs)
     cache = read_cache(out / CACHE) if out is not None else {}
+    budget = time_budget(runs) if seconds is None else seconds
     per_arm: dict[str, dict[tuple[int, int], float]] = {}
     measurements = []
     for setup, members, specs in groups.values():
         entry_key = {**setup, "shapes": [list(asdict(s).values()) for s in sorted(specs)],
-                     "warmup": warmup, "rounds": rounds}
+                     "warmup": warmup, "statistic": STATISTIC}
         digest = hashlib.sha256(json.dumps(entry_key, sort_keys=True).encode()).hexdigest()[:16]
         entry = cache.get(digest)
         labels = ", ".join(f"{shape_label(s.seq_len, s.tokens_per_step)} (micro {s.micro_batch})" for s in sorted(specs))
@@ -164,10 +186,12 @@ def calibrate_arms(method: str, arms: Sequence[ArmShapes], *, out: Path | None, 
             log(f"calibration: read back from {out / CACHE} (measured {entry['date']}): {labels}")
         else:
             log(f"calibration: timing the optimizer step at {labels}: {warmup} warm-up step(s) each, then "
-                f"{rounds} interleaved rounds (each shape's median)")
+                f"interleaved rounds for up to {budget:.0f} s ({MIN_ROUNDS} to {MAX_ROUNDS}; each shape's "
+                f"trimmed mean)")
             cfg = members[0].config
             t0 = time.perf_counter()
-            times = measure_step_seconds(cfg, sorted(specs), threads=setup["threads"], warmup=warmup, rounds=rounds)
+            times = measure_step_seconds(cfg, sorted(specs), threads=setup["threads"], warmup=warmup,
+                                         seconds=budget)
             entry = {"key": entry_key, "date": dt.datetime.now().astimezone().isoformat(timespec="seconds"),
                      "seconds": time.perf_counter() - t0, "load_average": _load(),
                      "step_seconds": {_spec_label(s): ts for s, ts in times.items()}}
@@ -180,7 +204,7 @@ def calibrate_arms(method: str, arms: Sequence[ArmShapes], *, out: Path | None, 
                 "and rerun on a quieter machine for figures to rely on")
         step_seconds = entry["step_seconds"]
         for arm in members:  # each shape's seconds per token, over the micro-batches its steps ran at
-            per_arm[arm.name] = {key: sum(w * statistics.median(step_seconds[_spec_label(s)]) / s.tokens_per_step
+            per_arm[arm.name] = {key: sum(w * trimmed_mean(step_seconds[_spec_label(s)]) / s.tokens_per_step
                                           for s, w in mix)
                                  for key, mix in arm_mix(arm).items()}
         measurements.append({"id": digest, "date": entry["date"], "seconds": entry["seconds"],
@@ -191,20 +215,34 @@ def calibrate_arms(method: str, arms: Sequence[ArmShapes], *, out: Path | None, 
         for shape, rate in per_arm[arm.name].items():
             cost.setdefault(shape, rate)
     return Calibration("measured", cost, per_arm, detail={
-        "statistic": f"median of {rounds} interleaved rounds after {warmup} warm-up step(s) per shape",
+        "statistic": f"{STATISTIC}, after {warmup} warm-up step(s) per shape",
         "cache": str(out / CACHE) if out is not None else None, "measurements": measurements})
 
 
 def busy_note(load_average: float | None, threads: int | None) -> str | None:
     """Why a measurement may not be the machine's own cost, or None: while it ran, the 1-minute load average
     exceeded the CPUs minus the measuring process's threads, i.e. other work competed for its cores. Each
-    shape's median step then carries their noise (on the 2-core box at load 12.8 the same step ranged from
+    shape's rounds then carry their noise (on the 2-core box at load 12.8 the same step ranged from
     0.04 to 1.04 s over seven rounds), and calibrated figures move with it."""
     cpus = os.cpu_count() or 1
     if load_average is None or load_average <= cpus:
         return None
     return (f"measured at load {load_average:.1f} on {cpus} CPU(s) (other processes shared the cores "
             f"the measurement's {threads or 1} thread(s) ran on)")
+
+
+def time_budget(runs: Iterable[RunRecord]) -> float:
+    """Seconds a measurement may spend timing steps: :data:`BUDGET_SHARE` of the runs' training seconds, at
+    most :data:`MAX_SECONDS` (a demo compare's two-minute runs get a few seconds, i.e. :data:`MIN_ROUNDS`
+    rounds; a benchmark point's hours get the whole budget)."""
+    return min(MAX_SECONDS, BUDGET_SHARE * sum(r.train_seconds for r in runs))
+
+
+def trimmed_mean(values: Sequence[float], trim: float = TRIM) -> float:
+    """The mean of ``values`` without the ``trim`` share of them at each end (at least one value kept)."""
+    ordered = sorted(values)
+    cut = min(int(len(ordered) * trim), (len(ordered) - 1) // 2)
+    return statistics.fmean(ordered[cut:len(ordered) - cut])
 
 
 def _spec_label(spec: ShapeSpec) -> str:
@@ -328,12 +366,15 @@ def planned_micro_batch(raw: dict, seq_len: int, tokens_per_step: int, *, split:
 
 
 def measure_step_seconds(raw: dict, specs: Sequence[ShapeSpec], *, threads: int | None, warmup: int = WARMUP_STEPS,
-                         rounds: int = ROUNDS) -> dict[ShapeSpec, list[float]]:
-    """Seconds of each of ``rounds`` optimizer steps per shape, in this process: the model and AdamW of the
-    run config ``raw`` built by the trainer's builder, the trainer's step function at each shape's
-    micro-batch on random tokens (LR 0, so every round steps the same weights), ``warmup`` untimed steps per
-    shape first, then rounds of one step per shape, the order rotated each round. ``threads``: torch's
-    intra-op threads meanwhile (restored after)."""
+                         rounds: int = MIN_ROUNDS, seconds: float = 0.0,
+                         max_rounds: int = MAX_ROUNDS) -> dict[ShapeSpec, list[float]]:
+    """Seconds per optimizer step of each shape, one figure per round, in this process: the model and AdamW
+    of the run config ``raw`` built by the trainer's builder, the trainer's step function at each shape's
+    micro-batch on random tokens (LR 0, so every round steps the same weights). ``warmup`` untimed steps per
+    shape first; then rounds, the shapes' order rotated each round, in which each shape runs a few steps back
+    to back (about the slowest shape's warm-up step over its own, at most :data:`MAX_REPEATS`) timed together:
+    at least ``rounds`` rounds, and more while the timed seconds are below ``seconds``, at most
+    ``max_rounds``. ``threads``: torch's intra-op threads meanwhile (restored after)."""
     import torch
 
     from gradus.config import from_dict
@@ -344,8 +385,8 @@ def measure_step_seconds(raw: dict, specs: Sequence[ShapeSpec], *, threads: int 
     from gradus.train.runtime import set_threads, setup_runtime
     from gradus.train.step import optimizer_step
 
-    if rounds < 1 or warmup < 0 or not specs:
-        raise ValueError("rounds ≥ 1, warmup ≥ 0 and at least one shape are required")
+    if rounds < 1 or warmup < 0 or max_rounds < rounds or not specs:
+        raise ValueError("1 ≤ rounds ≤ max_rounds, warmup ≥ 0 and at least one shape are required")
     cfg = from_dict(copy.deepcopy(raw), origin="calibration")
     shape = resolve_shape(cfg.model, load_tokenizer(cfg.data).vocab_size)
     rt = setup_runtime(cfg.train)
@@ -362,25 +403,34 @@ def measure_step_seconds(raw: dict, specs: Sequence[ShapeSpec], *, threads: int 
         # The run's noise-scale hooks, built once as build_run builds them (registered at the first step).
         hooks = MicroBatchNorms(parts.model.parameters()) if cfg.train.noise_scale.enabled else None
 
-        def step(s: ShapeSpec) -> float:
+        def steps(s: ShapeSpec, n: int = 1) -> float:
+            """Seconds of ``n`` back-to-back steps at ``s``."""
             inputs, labels = batches[s]
             if rt.device.type == "cuda":
                 torch.cuda.synchronize(rt.device)
             t0 = time.perf_counter()
-            optimizer_step(net, parts.model, parts.optimizer, parts.scaler, inputs, labels, lr=0.0, clip=1.0,
-                           micro=s.micro_batch, rt=rt, noise_hooks=hooks)
+            for _ in range(n):
+                optimizer_step(net, parts.model, parts.optimizer, parts.scaler, inputs, labels, lr=0.0, clip=1.0,
+                               micro=s.micro_batch, rt=rt, noise_hooks=hooks)
             if rt.device.type == "cuda":
                 torch.cuda.synchronize(rt.device)
             return time.perf_counter() - t0
 
-        for s in specs:
-            for _ in range(warmup):
-                step(s)
+        last = {s: min(steps(s) for _ in range(warmup)) if warmup else 0.0 for s in specs}
+        slowest = max(last.values())
+        # A fast shape's step is a few tens of ms on a CPU, where the box's own jitter is ±30% per step;
+        # timing several together makes each shape's figure span about as long as the slowest shape's.
+        repeats = {s: min(MAX_REPEATS, max(1, round(slowest / last[s]))) if last[s] > 0 else 1 for s in specs}
         times: dict[ShapeSpec, list[float]] = {s: [] for s in specs}
-        for r in range(rounds):
+        timed = 0.0
+        r = 0
+        while r < rounds or (timed < seconds and r < max_rounds):
             for i in range(len(specs)):
                 s = specs[(r + i) % len(specs)]
-                times[s].append(step(s))
+                took = steps(s, repeats[s])
+                timed += took
+                times[s].append(took / repeats[s])
+            r += 1
         return times
     finally:
         set_threads(before)
