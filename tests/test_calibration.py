@@ -26,9 +26,9 @@ from gradus.experiments.calibration import (
     ShapeSpec,
     busy_note,
     calibrate_arms,
+    low_quantile,
     measure_step_seconds,
     time_budget,
-    trimmed_mean,
 )
 from gradus.experiments.compare import compare_arms, run_compare
 from gradus.experiments.sweep import prepare, tasks_for
@@ -125,7 +125,7 @@ def test_a_measurement_taken_on_a_busy_machine_says_so_and_how_to_redo_it(offlin
     stages = [{"seq_len": 16, "tokens_per_step": 64, "start_tokens": 0, "end_tokens": 640}]
     arm = ArmShapes("a", raw, stages, [])
     monkeypatch.setattr(calibration, "measure_step_seconds",
-                        lambda cfg, specs, **kw: {s: [0.1, 0.2, 0.3] for s in specs})
+                        lambda cfg, specs, **kw: {s: [0.1, 0.2, 0.3, 0.4, 0.5] for s in specs})
     cpus = os.cpu_count() or 1
     for load, out in ((cpus + 3.0, tmp_path / "busy"), (cpus - 0.5, tmp_path / "quiet")):
         monkeypatch.setattr(calibration, "_load", lambda load=load: load)
@@ -192,12 +192,13 @@ def test_a_run_that_measures_the_noise_scale_every_k_steps_is_priced_at_its_mix_
     assert calibration.arm_mix(ArmShapes("b", raw, stages, [])) == {(16, 64): [(ShapeSpec(16, 64, 2), 1.0)]}
 
 
-def test_a_shape_costs_its_trimmed_mean_and_a_measurement_spends_five_percent_of_the_training_time():
-    """The statistic drops a fifth of the rounds at each end (a stalled round does not move it) and keeps at
-    least one; the budget is 5% of the runs' training seconds, at most 90 s."""
-    assert trimmed_mean([1.0, 2.0, 3.0, 4.0, 100.0]) == pytest.approx(3.0)
-    assert trimmed_mean([7.0]) == 7.0 and trimmed_mean([1.0, 3.0]) == 2.0
-    assert trimmed_mean([float(x) for x in range(10)]) == pytest.approx(4.5)  # 0, 1, 8, 9 dropped
+def test_a_shape_costs_its_lower_quartile_and_a_measurement_spends_five_percent_of_the_training_time():
+    """The statistic is the rounds' lower quartile, interpolated (a stalled round does not move it, nor does
+    one lucky one); the budget is 5% of the runs' training seconds, at most 90 s."""
+    assert low_quantile([5.0, 1.0, 100.0, 3.0, 2.0]) == pytest.approx(2.0)
+    assert low_quantile([7.0]) == 7.0 and low_quantile([1.0, 3.0]) == pytest.approx(1.5)
+    assert low_quantile([float(x) for x in range(10)]) == pytest.approx(2.25)
+    assert low_quantile([1.0, 2.0, 3.0, 4.0, 1000.0]) == low_quantile([1.0, 2.0, 3.0, 4.0, 5.0])
     runs = [RunRecord("a", 1e-3, 0, train_seconds=60.0), RunRecord("b", 1e-3, 0, train_seconds=40.0)]
     assert time_budget(runs) == pytest.approx(5.0)
     assert time_budget([RunRecord("a", 1e-3, 0, train_seconds=36_000.0)]) == 90.0

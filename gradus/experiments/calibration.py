@@ -12,11 +12,13 @@ Two methods:
   as training does, timed together (about as long as the slowest shape's one step, so a 30 ms shape is not
   timed on 30 ms alone); the rounds go on while the measurement has spent less than its time budget
   (:func:`time_budget`: 5% of the experiment's training time, at most :data:`MAX_SECONDS`), from
-  :data:`MIN_ROUNDS` to :data:`MAX_ROUNDS`. Each shape's seconds per token is the trimmed mean
-  (:data:`TRIM` off each end) of its rounds / its tokens per step. Seven single steps per shape, the first
-  method, moved a shape's figure by up to 25% between quiet measurements of the same runs on a shared box
-  (BENCHMARKS.md, "Calibrated seconds: stability"); the budget and the back-to-back steps are what brought
-  the spread within the issue's 5%. Nothing of a run's history (a resume, a neighbour that finished early, a
+  :data:`MIN_ROUNDS` to :data:`MAX_ROUNDS`. Each shape's seconds per token is the lower quartile
+  (:data:`QUANTILE`) of its rounds / its tokens per step. Seven single steps per shape and their median, the
+  first method, moved a shape's figure by up to 25% between quiet measurements of the same runs on a shared
+  box; the budget, the back-to-back steps and the quartile brought six measurements of the same shapes within
+  3.7% (BENCHMARKS.md, "Calibrated seconds: stability"). The quartile, not the median or a mean: the box
+  slows in spells of minutes that do not slow every shape alike (short shapes 18%, long ones 8%), and the
+  lower quartile follows the undisturbed cost, while the minimum is one lucky step. Nothing of a run's history (a resume, a neighbour that finished early, a
   cold data pipeline) enters it, and it is cached in the experiment's folder (:data:`CACHE`), keyed by the
   shapes, the model, the device and :data:`STATISTIC`, so a rerun or a resumed experiment reads the same
   figures back instead of measuring again.
@@ -36,7 +38,6 @@ import gc
 import hashlib
 import json
 import os
-import statistics
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass, field
@@ -61,10 +62,9 @@ BUDGET_SHARE = 0.05
 """The share of the experiment's training seconds a measurement may spend timing steps."""
 MAX_REPEATS = 8
 """The most steps of one shape timed back to back in a round."""
-TRIM = 0.2
-"""The share of rounds dropped at each end before a shape's mean (a trimmed mean: as steady as the mean
-over the rounds, without letting one stalled round move it)."""
-STATISTIC = "trimmed mean (0.2 each end) of time-budgeted rounds of back-to-back steps, v2"
+QUANTILE = 0.25
+"""Which quantile of a shape's rounds prices it: the lower quartile (see the module docstring)."""
+STATISTIC = "lower quartile of time-budgeted rounds of back-to-back steps, v2"
 """Names the measurement method in the cache key: a measurement of another method is not read back."""
 
 
@@ -187,7 +187,7 @@ def calibrate_arms(method: str, arms: Sequence[ArmShapes], *, out: Path | None, 
         else:
             log(f"calibration: timing the optimizer step at {labels}: {warmup} warm-up step(s) each, then "
                 f"interleaved rounds for up to {budget:.0f} s ({MIN_ROUNDS} to {MAX_ROUNDS}; each shape's "
-                f"trimmed mean)")
+                f"lower quartile)")
             cfg = members[0].config
             t0 = time.perf_counter()
             times = measure_step_seconds(cfg, sorted(specs), threads=setup["threads"], warmup=warmup,
@@ -204,7 +204,7 @@ def calibrate_arms(method: str, arms: Sequence[ArmShapes], *, out: Path | None, 
                 "and rerun on a quieter machine for figures to rely on")
         step_seconds = entry["step_seconds"]
         for arm in members:  # each shape's seconds per token, over the micro-batches its steps ran at
-            per_arm[arm.name] = {key: sum(w * trimmed_mean(step_seconds[_spec_label(s)]) / s.tokens_per_step
+            per_arm[arm.name] = {key: sum(w * low_quantile(step_seconds[_spec_label(s)]) / s.tokens_per_step
                                           for s, w in mix)
                                  for key, mix in arm_mix(arm).items()}
         measurements.append({"id": digest, "date": entry["date"], "seconds": entry["seconds"],
@@ -238,11 +238,14 @@ def time_budget(runs: Iterable[RunRecord]) -> float:
     return min(MAX_SECONDS, BUDGET_SHARE * sum(r.train_seconds for r in runs))
 
 
-def trimmed_mean(values: Sequence[float], trim: float = TRIM) -> float:
-    """The mean of ``values`` without the ``trim`` share of them at each end (at least one value kept)."""
+def low_quantile(values: Sequence[float], q: float = QUANTILE) -> float:
+    """The ``q`` quantile of ``values``, interpolated linearly between the two nearest of them (the
+    definition of numpy's default; ``statistics.quantiles`` needs two values and excludes the ends)."""
     ordered = sorted(values)
-    cut = min(int(len(ordered) * trim), (len(ordered) - 1) // 2)
-    return statistics.fmean(ordered[cut:len(ordered) - cut])
+    at = (len(ordered) - 1) * q
+    low = int(at)
+    high = min(low + 1, len(ordered) - 1)
+    return ordered[low] + (ordered[high] - ordered[low]) * (at - low)
 
 
 def _spec_label(spec: ShapeSpec) -> str:
