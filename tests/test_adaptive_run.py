@@ -246,7 +246,7 @@ def test_a_branch_step_trains_the_main_runs_next_batches_joined(raw):
     import numpy as np
 
     from gradus.data import DataPipeline, load_tokenizer
-    from gradus.train.trainer import branch_batch
+    from gradus.data.pipeline import branch_batch
 
     cfg = from_dict(raw)
     schedule = resolve_schedule(cfg)

@@ -13,7 +13,8 @@ from builders import tiny_config
 
 from gradus.config import from_dict
 from gradus.curriculum import resolve_schedule, state_at
-from gradus.train.metrics import clock, console_line, elapsed_eta, read_metrics, stage_banner, warmup_text
+from gradus.train.console import clock, console_line, elapsed_eta, stage_banner, warmup_text
+from gradus.train.metrics import read_metrics
 from gradus.train.trainer import train
 
 

@@ -13,7 +13,8 @@ from builders import tiny_config
 
 from gradus.config import from_dict
 from gradus.errors import ConfigError
-from gradus.train.metrics import progress_line, read_metrics
+from gradus.train.console import progress_line
+from gradus.train.metrics import read_metrics
 from gradus.train.trackers import WANDB_ID_FILE, open_metrics, wandb_scalars
 from gradus.train.trainer import train
 

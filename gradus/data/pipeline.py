@@ -30,7 +30,7 @@ import numpy as np
 
 from gradus.config import DataConfig
 from gradus.curriculum import state_at, tokens_at_step
-from gradus.data.batch_stream import STATE_VERSION, Batch, BatchSpec, BatchStream, no_pause
+from gradus.data.batch_stream import STATE_VERSION, Batch, BatchSpec, BatchStream, concat_batches, no_pause
 from gradus.data.chat import chat_loss_rows
 from gradus.data.validation import heldout_records, heldout_tokens, windows
 from gradus.errors import DataError
@@ -392,3 +392,19 @@ class DataPipeline:
             self.close()
         except Exception:  # noqa: BLE001 - never raise from a finaliser
             pass
+
+
+def branch_batch(data, schedule, step: int, tokens: int, branch_tokens: int) -> tuple[Any, int]:
+    """The batch of a verification branch's step that trains ``branch_tokens`` from ``tokens`` on: the main
+    run's batches from its ``step`` (at ``tokens``) on ``schedule``, joined until they hold that many tokens
+    (two for a doubled batch); and the main run's step counter after them."""
+    batches, covered = [], 0
+    while covered < branch_tokens:
+        st = state_at(schedule, step, tokens + covered)
+        batches.append(data.next_batch(st))
+        covered += st.tokens_per_step
+        step += 1
+    if covered != branch_tokens:
+        raise DataError(f"a verification branch step of {branch_tokens:,} tokens is not a whole number of the "
+                        f"main run's steps at {tokens:,} tokens")
+    return concat_batches(batches), step

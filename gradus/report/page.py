@@ -178,7 +178,7 @@ at the stage's own sequence length and at the fixed reference length.</p>
 def _event_text(e: dict[str, Any]) -> str:
     """One event of the page's list: an adaptive decision as the console said it, others by kind."""
     if e.get("event") == "adaptive":
-        from gradus.train.metrics import decision_line  # torch-free: the console's own wording
+        from gradus.train.console import decision_line  # torch-free: the console's own wording
 
         return decision_line(e)
     return (f"step {e.get('step', '?')}: {e.get('event')}"

@@ -228,6 +228,14 @@ def unmeasured_reason(micro_batches: int, world_size: int, sharded: bool = False
     return None
 
 
+def unmeasured_note(reason: str, rows: int, micro: int, stage_index: int) -> str:
+    """The console note of a stage whose steps (``rows`` per rank in micro-batches of ``micro``) cannot measure
+    the noise scale: the :func:`unmeasured_reason` and the fix."""
+    fix = ("train.noise_scale.micro_batches: 2 splits each step in two" if rows >= 2 else
+           "one row cannot be split: a larger batch or 2+ processes measure it")
+    return f"note: {reason}; stage {stage_index} runs {rows} rows per step in micro-batches of {micro} ({fix})"
+
+
 class MicroBatchNorms:
     """Each micro-batch's gradient squared norm, taken by per-parameter hooks as the gradient arrives.
 

@@ -22,11 +22,11 @@ from gradus.curriculum import Schedule, StageState, resolve_schedule, state_at
 from gradus.curriculum.adaptive import envelope
 from gradus.train import lag, parallel, runtime
 from gradus.train.build import build_config_parts, load_tokenizer_on_ranks, model_shape, wrap_for_training
+from gradus.train.console import Console
 from gradus.train.controller import AdaptiveController
 from gradus.train.ema import WeightEMA
 from gradus.train.evaluate import Validation
 from gradus.train.guard import LossGuard
-from gradus.train.metrics import Console
 from gradus.train.micro_batch import check_batches_divide, noise_splits, plan_micro_batches, probe_micro_batch
 from gradus.train.noise_scale import GradientNoiseScale, MicroBatchNorms
 from gradus.train.passkey import PasskeyProbe

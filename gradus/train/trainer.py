@@ -24,14 +24,16 @@ from typing import TYPE_CHECKING, Any
 from gradus.config import GradusConfig, dump_yaml
 from gradus.curriculum import StageState, stage_of_step, state_at
 from gradus.curriculum.adaptive import envelope_lines
+from gradus.data import pipeline
 from gradus.errors import GradusError
-from gradus.train import early_stop, faults, lag, metrics, parallel, recovery, runtime
+from gradus.train import console, early_stop, faults, lag, metrics, parallel, recovery, runtime
 from gradus.train.cadence import Due, due_after
+from gradus.train.console import Console
 from gradus.train.controller import Branch
 from gradus.train.evaluate import side_evaluations
 from gradus.train.lag import StepDone
-from gradus.train.metrics import Console, RunResult, StepReport, Window
-from gradus.train.noise_scale import NoiseSample, unmeasured_reason
+from gradus.train.metrics import RunResult, StepReport, Window
+from gradus.train.noise_scale import NoiseSample, unmeasured_note, unmeasured_reason
 from gradus.train.run import Held, RunParts, build_run
 from gradus.train.signals import StopRequest
 from gradus.train.step import batch_tensors, optimizer_step
@@ -90,7 +92,7 @@ class Trainer:
         # What resolving the config adjusted (a batch rounded to batch_multiple, a mix normalised) is said once
         # here, as gradus schedule says it, rather than silently (issue 31).
         for line in [*p.metrics.notes, *(f"note: {w}" for w in p.schedule.warnings),
-                     *metrics.run_summary(p.shape, p.rt, p.compiled, p.schedule, p.micro_batches, p.unsplit_batches,
+                     *console.run_summary(p.shape, p.rt, p.compiled, p.schedule, p.micro_batches, p.unsplit_batches,
                                           p.gns.every if p.gns is not None else 1),
                      *parallel.parallel_notes(self.cfg.train, p.rt, p.shape.n_layers)]:
             self.console.print(line)
@@ -284,7 +286,7 @@ class Trainer:
         was (weights, AdamW, every Stateful part: data position, RNG, counters, noise scale, controller), so
         the main run goes on as if the branch had not run; its time is counted as training time.
 
-        Each branch step trains the main run's next batches joined (:func:`branch_batch`: two of them for a
+        Each branch step trains the main run's next batches joined (:func:`gradus.data.pipeline.branch_batch`: two of them for a
         doubled batch), so the branch and the main run see the same documents in the same order and the
         controller compares their losses on equal data. Drawing the branch's own batches instead would not:
         with ``data.packing.lanes`` a doubled batch opens new lanes, and a 26k-token window then shared a
@@ -299,7 +301,7 @@ class Trainer:
         try:
             while tokens < branch.until:
                 st = state_at(branch.schedule, step, tokens)
-                batch, main_step = branch_batch(p.data, p.current_schedule, main_step, tokens, st.tokens_per_step)
+                batch, main_step = pipeline.branch_batch(p.data, p.current_schedule, main_step, tokens, st.tokens_per_step)
                 out, _ = self._train_step(st, batch)  # (the branch's noise samples are not kept)
                 loss = (out.read() if isinstance(out, lag.DeviceValues) else out)[0]
                 step, tokens = step + 1, tokens + st.tokens_per_step
@@ -319,7 +321,7 @@ class Trainer:
 
     def _say_decision(self, record: dict) -> None:
         """A decision's console line and its event in metrics.jsonl (the report marks it where it happened)."""
-        self.console.print(metrics.decision_line(record))
+        self.console.print(console.decision_line(record))
         if self.rt.is_main:
             self.parts.metrics.write({"event": "adaptive", **record})
 
@@ -348,7 +350,7 @@ class Trainer:
     def _stage_banner(self, state: StageState) -> None:
         schedule = self.parts.current_schedule
         stage = schedule.stages[state.stage_index]
-        self.console.print(metrics.stage_banner(state, stage, len(schedule.stages), schedule))
+        self.console.print(console.stage_banner(state, stage, len(schedule.stages), schedule))
         if self.rt.is_main:
             self.parts.metrics.write(metrics.stage_record(state, stage))
         self._say_unmeasured_noise(state)
@@ -363,10 +365,7 @@ class Trainer:
         reason = unmeasured_reason(-(-rows // micro), self.rt.world_size, parallel.is_sharded(p.model))
         if reason is not None:
             self._gns_said = True
-            fix = ("train.noise_scale.micro_batches: 2 splits each step in two" if rows >= 2 else
-                   "one row cannot be split: a larger batch or 2+ processes measure it")
-            self.console.print(f"note: {reason}; stage {state.stage_index} runs {rows} rows per step in micro-batches "
-                               f"of {micro} ({fix})")
+            self.console.print(unmeasured_note(reason, rows, micro, state.stage_index))
             if self.rt.is_main:
                 p.metrics.write({"event": "gns/unmeasured", "step": p.progress.step, "stage": state.stage_index,
                                  "reason": reason})
@@ -388,7 +387,7 @@ class Trainer:
         if p.controller is not None:
             record.update(p.controller.metrics(state.tokens_per_step))
         p.metrics.write(record)
-        self.console.print(metrics.progress_line(record, state.num_stages, p.schedule.target_tokens,
+        self.console.print(console.progress_line(record, state.num_stages, p.schedule.target_tokens,
                                                  self.console.timing(pr.tokens)))
         return record
 
@@ -450,7 +449,7 @@ class Trainer:
                 meta = checkpoint.checkpoint_meta(pr, state.stage_index, p.compat, p.tokenizer.identity(), p.shape)
                 path = p.ckpt.save(pr.step, model=p.model, optimizer=p.optimizer, state=payload, meta=meta,
                                    config_yaml=dump_yaml(self.cfg), ema=p.ema and p.ema.model)
-                self.console.print(metrics.checkpoint_line(path, pr.step, pr.tokens, time.perf_counter() - t0))
+                self.console.print(console.checkpoint_line(path, pr.step, pr.tokens, time.perf_counter() - t0))
             rt.barrier()
         self._saved_at_step = pr.step
         return path
@@ -499,21 +498,3 @@ def train(cfg: GradusConfig, run_dir: str | Path, *, resume: bool = True, allow_
             recovery.remove_failed_start(trainer.run, trainer.rt)
     recovery.record_result(trainer.run, result, status)
     return result
-
-
-def branch_batch(data, schedule, step: int, tokens: int, branch_tokens: int) -> tuple[Any, int]:
-    """The batch of a verification branch's step that trains ``branch_tokens`` from ``tokens`` on: the main
-    run's batches from its ``step`` (at ``tokens``) on ``schedule``, joined until they hold that many tokens
-    (two for a doubled batch); and the main run's step counter after them."""
-    from gradus.data.batch_stream import concat_batches
-
-    batches, covered = [], 0
-    while covered < branch_tokens:
-        st = state_at(schedule, step, tokens + covered)
-        batches.append(data.next_batch(st))
-        covered += st.tokens_per_step
-        step += 1
-    if covered != branch_tokens:
-        raise GradusError(f"a verification branch step of {branch_tokens:,} tokens is not a whole number of the "
-                          f"main run's steps at {tokens:,} tokens")
-    return concat_batches(batches), step
