@@ -452,7 +452,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                                       + ("token, read as the 90th-percentile throughput of the shape's logging "
                                          "windows over all runs: the wall-clock at one steady load, independent of "
                                          "when each run happened to run" if args.calibration == "windows" else
-                                         "token, measured after the runs: the lower quartile of time-budgeted interleaved "
+                                         "token, measured after the runs: the lower decile of time-budgeted interleaved "
                                          "rounds of its optimizer step (gradus.experiments.calibration), independent of the "
                                          "runs' history and of when each run happened to run"),
                 "band": "the best arm's speedups if its median curve sat target_shift higher / lower (its first "

@@ -12,15 +12,17 @@ Two methods:
   as training does, timed together (about as long as the slowest shape's one step, so a 30 ms shape is not
   timed on 30 ms alone); the rounds go on while the measurement has spent less than its time budget
   (:func:`time_budget`: 5% of the experiment's training time, at most :data:`MAX_SECONDS`), from
-  :data:`MIN_ROUNDS` to :data:`MAX_ROUNDS`. Each shape's seconds per token is the lower quartile
+  :data:`MIN_ROUNDS` to :data:`MAX_ROUNDS`. Each shape's seconds per token is the lower decile
   (:data:`QUANTILE`) of its rounds / its tokens per step. Seven single steps per shape and their median, the
   first method, moved a shape's figure by up to 25% between quiet measurements of the same runs on a shared
-  box; the budget, the back-to-back steps and the quartile brought six measurements of the same shapes within
-  3.7% (BENCHMARKS.md, "Calibrated seconds: stability"). The quartile, not the median or a mean: the box
-  slows in spells of minutes that do not slow every shape alike (short shapes 18%, long ones 8%), and the
-  lower quartile follows the undisturbed cost, while the minimum is one lucky step. Nothing of a run's history (a resume, a neighbour that finished early, a
+  box; with the budget, the back-to-back steps and the decile, six measurements of the same shapes over 40
+  minutes priced the same runs within 3.0% (BENCHMARKS.md, "Calibrated seconds: stability"). A low quantile,
+  not the median or a mean, because interference only ever slows a step, and the box slows in spells of
+  minutes that do not slow every shape alike (short shapes 18%, long ones 8%): the same six measurements
+  spread 8.6% by the median and 7.5% by the quartile. As ``timeit`` takes the best of its repeats, each an
+  average of loops; the decile rather than the minimum, so that one lucky round does not decide. Nothing of a run's history (a resume, a neighbour that finished early, a
   cold data pipeline) enters it, and it is cached in the experiment's folder (:data:`CACHE`), keyed by the
-  shapes, the model, the device and :data:`STATISTIC`, so a rerun or a resumed experiment reads the same
+  shapes, the model, the device and :data:`MEASUREMENT`, so a rerun or a resumed experiment reads the same
   figures back instead of measuring again.
 * ``windows`` (the old estimate, kept for the benchmark series recorded with it): the inverse of the
   90th-percentile throughput of each shape's logging windows over every run
@@ -62,10 +64,12 @@ BUDGET_SHARE = 0.05
 """The share of the experiment's training seconds a measurement may spend timing steps."""
 MAX_REPEATS = 8
 """The most steps of one shape timed back to back in a round."""
-QUANTILE = 0.25
-"""Which quantile of a shape's rounds prices it: the lower quartile (see the module docstring)."""
-STATISTIC = "lower quartile of time-budgeted rounds of back-to-back steps, v2"
-"""Names the measurement method in the cache key: a measurement of another method is not read back."""
+QUANTILE = 0.1
+"""Which quantile of a shape's rounds prices it: the lower decile (see the module docstring)."""
+MEASUREMENT = "time-budgeted interleaved rounds of back-to-back steps, v2"
+"""Names how the rounds are timed, in the cache key: a measurement taken another way (the first method's seven
+single steps) is not read back. The statistic (:data:`QUANTILE`) is applied to the cached rounds when they are
+priced, so it is not part of the key."""
 
 
 def shape_label(seq_len: int, tokens_per_step: int) -> str:
@@ -178,7 +182,7 @@ def calibrate_arms(method: str, arms: Sequence[ArmShapes], *, out: Path | None, 
     measurements = []
     for setup, members, specs in groups.values():
         entry_key = {**setup, "shapes": [list(asdict(s).values()) for s in sorted(specs)],
-                     "warmup": warmup, "statistic": STATISTIC}
+                     "warmup": warmup, "measurement": MEASUREMENT}
         digest = hashlib.sha256(json.dumps(entry_key, sort_keys=True).encode()).hexdigest()[:16]
         entry = cache.get(digest)
         labels = ", ".join(f"{shape_label(s.seq_len, s.tokens_per_step)} (micro {s.micro_batch})" for s in sorted(specs))
@@ -187,7 +191,7 @@ def calibrate_arms(method: str, arms: Sequence[ArmShapes], *, out: Path | None, 
         else:
             log(f"calibration: timing the optimizer step at {labels}: {warmup} warm-up step(s) each, then "
                 f"interleaved rounds for up to {budget:.0f} s ({MIN_ROUNDS} to {MAX_ROUNDS}; each shape's "
-                f"lower quartile)")
+                f"lower decile)")
             cfg = members[0].config
             t0 = time.perf_counter()
             times = measure_step_seconds(cfg, sorted(specs), threads=setup["threads"], warmup=warmup,
@@ -215,7 +219,7 @@ def calibrate_arms(method: str, arms: Sequence[ArmShapes], *, out: Path | None, 
         for shape, rate in per_arm[arm.name].items():
             cost.setdefault(shape, rate)
     return Calibration("measured", cost, per_arm, detail={
-        "statistic": f"{STATISTIC}, after {warmup} warm-up step(s) per shape",
+        "statistic": f"quantile {QUANTILE:g} of {MEASUREMENT}, after {warmup} warm-up step(s) per shape",
         "cache": str(out / CACHE) if out is not None else None, "measurements": measurements})
 
 

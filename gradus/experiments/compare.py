@@ -43,8 +43,8 @@ from gradus.experiments.tuning import LRTuner, default_grid, finalists_text, tun
 from gradus.units import format_count
 
 CALIBRATION_TEXT = {
-    "measured": "each shape's optimizer step timed after the runs, the shapes interleaved, its median × tokens: "
-                "the same whatever the runs' history or load",
+    "measured": "each shape's optimizer step timed after the runs, the shapes interleaved, its lower decile × "
+                "tokens: the same whatever the runs' history or load",
     "windows": "each shape's best-case seconds per token in the runs' logging windows × tokens",
 }
 """How the table's footnote says the calibrated seconds were priced, by method."""
