@@ -396,9 +396,10 @@ def test_a_proposal_outside_the_stable_phase_is_recorded_once_as_skipped():
         (8, "512 tokens per step would pass max_tokens_per_step 256")]
 
 
-def _length_driver(threshold=0.5, patience=2, window=2, z=0.0):
+def _length_driver(threshold=0.5, patience=2, window=2, z=0.0, interval="t"):
     # window 2, z 0: the gain between the last two evaluations, taken as it is (the rule's simplest form)
-    return Driver(_cfg(length={"threshold": threshold, "patience": patience, "window": window, "z": z}))
+    return Driver(_cfg(length={"threshold": threshold, "patience": patience, "window": window, "z": z,
+                               "interval": interval}))
 
 
 def test_the_length_rule_switches_after_patience_evaluations_below_the_threshold():
@@ -693,3 +694,38 @@ def test_the_end_of_run_line_says_how_close_each_rule_came_when_nothing_was_deci
     rejected = _verification([3.0, 3.0, 3.05, 3.07], MAIN)
     assert rejected.c.summary() == ("adaptive: 0 decision(s) (0 batch, 0 length), 1 proposal(s) rejected by their "
                                     "branch, 2,048 branch tokens; decisions.jsonl has each")
+
+
+def test_student_t_quantiles_match_the_table_and_the_length_rule_widens_z_for_a_four_point_fit():
+    """t(0.975) for 1, 2, 5 and 30 degrees of freedom as printed in every table; z 2 over a 4-evaluation fit (2
+    degrees of freedom) is 4.53 standard errors, over 6 evaluations 2.87; interval normal keeps z."""
+    from gradus.curriculum.adaptive import length_critical_value, student_t_quantile
+
+    for dof, value in ((1, 12.7062), (2, 4.3027), (5, 2.5706), (30, 2.0423)):
+        assert student_t_quantile(0.975, dof) == pytest.approx(value, abs=2e-4)
+    assert length_critical_value(2.0, 4, "t") == pytest.approx(4.5265, abs=2e-4)  # (2p-1)/sqrt(2p(1-p)), p = 0.97725
+    assert length_critical_value(2.0, 6, "t") == pytest.approx(2.8693, abs=2e-4)
+    assert length_critical_value(2.0, 4, "normal") == 2.0 and length_critical_value(2.0, 2, "t") == 2.0
+    assert length_critical_value(0.0, 4, "t") == 0.0
+    with pytest.raises(ValueError):
+        student_t_quantile(0.4, 2)
+
+
+def test_a_gain_that_fell_within_its_noise_switches_under_the_normal_interval_but_not_under_t():
+    """A stage that gained 0.5 per doubling, then about a quarter of that with ±0.03 of noise: the fitted gain's
+    ratio is 0.23 and its normal upper bound (z 2 standard errors from a 4-point fit) 0.41, below 0.5, so the
+    rule of the 1.3M benchmark runs switched; Student's t for the fit's 2 degrees of freedom widens it past
+    0.5 and the stage goes on to its table boundary."""
+    evals = {512: 5.0, 1024: 4.5, 2048: 4.0, 4096: 3.5,
+             4608: 3.45, 5120: 3.44, 5632: 3.40, 6144: 3.41, 6656: 3.36, 7168: 3.37}
+    runs = {}
+    for interval in ("normal", "t"):
+        d = _length_driver(window=4, z=2.0, patience=1, interval=interval)
+        for step in range(1, 33):
+            d.run(val=evals.get(step * 256))
+        runs[interval] = d.c
+    assert runs["normal"].edits == [Edit("length", 6144)]
+    sig = runs["normal"].records[0]["signal"]
+    assert sig["ratio"] == pytest.approx(0.2336, abs=1e-3) and sig["ratio_upper"] == pytest.approx(0.4150, abs=1e-3)
+    assert sig["critical_value"] == 2.0
+    assert runs["t"].edits == [] and runs["t"].records == []

@@ -260,6 +260,13 @@ class AdaptiveLengthConfig(Strict):
         2.0, ge=0, description="An evaluation counts as below only when the gain plus z standard errors is "
         "below the threshold (0: the gain itself)."
     )
+    interval: Literal["t", "normal"] = Field(
+        "t", description="How z becomes the gain's upper bound. t: z is read as a confidence (that of z under "
+        "the normal curve) and the bound uses Student's t for the window's window - 2 degrees of freedom, "
+        "because a standard error fitted from 4 evaluations is itself uncertain (z 2 becomes 4.5 standard "
+        "errors at window 4); normal: z standard errors as given (the rule before 2026-12-06, whose 1.3M-token "
+        "benchmark runs switched on falls that were noise)."
+    )
 
 
 class AdaptiveConfig(Strict):

@@ -23,6 +23,8 @@ Layer 1: no torch, no I/O.
 from __future__ import annotations
 
 import dataclasses
+import math
+import statistics
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
@@ -31,6 +33,42 @@ from gradus.curriculum.resolve import resolve_schedule
 from gradus.curriculum.schedule import Schedule, StagePlan
 from gradus.curriculum.state import tokens_at_step
 from gradus.units import format_count as _count
+
+
+def student_t_quantile(p: float, dof: int) -> float:
+    """The ``p`` quantile (0.5 < p < 1) of Student's t with ``dof`` ≥ 1 degrees of freedom: the CDF by
+    Simpson's rule over the density (smooth, one-dimensional: 400 panels give 5 digits), inverted by bisection.
+    Written here rather than taken from scipy, which the project does not depend on, for the one use below."""
+    if not 0.5 < p < 1 or dof < 1:
+        raise ValueError("student_t_quantile needs 0.5 < p < 1 and dof ≥ 1")
+    log_norm = math.lgamma((dof + 1) / 2) - math.lgamma(dof / 2) - 0.5 * math.log(dof * math.pi)
+
+    def density(t: float) -> float:
+        return math.exp(log_norm - (dof + 1) / 2 * math.log1p(t * t / dof))
+
+    def cdf(x: float, panels: int = 400) -> float:
+        h = x / panels
+        inner = sum((4 if i % 2 else 2) * density(i * h) for i in range(1, panels))
+        return 0.5 + h / 3 * (density(0.0) + inner + density(x))
+
+    low, high = 0.0, 1.0
+    while cdf(high) < p:
+        low, high = high, 2 * high
+    for _ in range(60):
+        mid = (low + high) / 2
+        low, high = (mid, high) if cdf(mid) < p else (low, mid)
+    return (low + high) / 2
+
+
+def length_critical_value(z: float, window: int, interval: str) -> float:
+    """How many standard errors the length rule adds to a gain fitted over ``window`` evaluations
+    (``curriculum.adaptive.length``): ``z`` itself when ``interval`` is ``normal`` or the fit has no residual
+    degrees of freedom, else the Student's t quantile, for window − 2 degrees of freedom, of the confidence
+    that z has under the normal curve."""
+    if interval == "normal" or z <= 0 or window <= 2:
+        return z
+    return student_t_quantile(statistics.NormalDist().cdf(z), window - 2)
+
 
 KINDS = ("batch", "length")
 """What an edit changes: the tokens per step, or the sequence length (the next stage begins)."""
@@ -260,7 +298,10 @@ def envelope_lines(cfg: GradusConfig, schedule: Schedule) -> list[str]:
             f"between {_count(start)} and {_count(end)} tokens (the stable phase); {verify}; "
             f"{len(shapes)} shapes prepared at start-up")
     if a.length.enabled:
-        noise = f" by {a.length.z:g} standard errors" if a.length.z else ""
+        crit = length_critical_value(a.length.z, a.length.window, a.length.interval)
+        noise = f" by {crit:.3g} standard errors" if a.length.z else ""
+        if a.length.z and crit != a.length.z:
+            noise += f" (z {a.length.z:g} for the fit's {a.length.window - 2} degrees of freedom)"
         lines.append(
             f"  length: ladder {ladder}; the next length begins early when the validation loss gained per "
             f"compute doubling (fitted over {a.length.window} evaluations) stays below {a.length.threshold:g} of the "

@@ -43,6 +43,7 @@ from gradus.curriculum.adaptive import (
     Edit,
     adapted_schedule,
     compute_at,
+    length_critical_value,
     max_tokens_per_step,
     next_longer,
     stable_phase,
@@ -72,6 +73,7 @@ class AdaptiveController:
         assert adaptive is not None, "AdaptiveController needs curriculum.adaptive"
         self.cfg, self.base, self.cost, self.publish = cfg, base, cost, publish
         self.batch_cfg, self.length_cfg = adaptive.batch, adaptive.length
+        self.length_crit = length_critical_value(self.length_cfg.z, self.length_cfg.window, self.length_cfg.interval)
         target = base.target_tokens or base.total_tokens
         self.check_every = int(adaptive.check_every_tokens or max(1, target // 64))
         self.max_tokens_per_step = max_tokens_per_step(cfg, base)
@@ -227,7 +229,7 @@ class AdaptiveController:
                 track["first_gain"] = gain
             return
         ratio = gain / track["first_gain"]
-        upper = (gain + cfg.z * se) / track["first_gain"]  # the gain's ratio, given the benefit of its noise
+        upper = (gain + self.length_crit * se) / track["first_gain"]  # the gain's ratio, given the benefit of its noise
         self._closest("length", upper / cfg.threshold, min)
         track["below"] = track["below"] + 1 if upper < cfg.threshold else 0
         nxt = next_longer(self.schedule, state.stage_index)
@@ -237,7 +239,7 @@ class AdaptiveController:
             return
         signal = {"gain_per_doubling": gain, "gain_se": se, "first_gain": track["first_gain"], "ratio": ratio,
                   "ratio_upper": upper, "threshold": cfg.threshold, "evaluations": track["below"],
-                  "window": cfg.window, "val_loss": val_loss}
+                  "window": cfg.window, "critical_value": self.length_crit, "val_loss": val_loss}
         proposal = {"seq_len": nxt.seq_len, "planned_at_tokens": nxt.start_tokens}
         self._accept(step, tokens, Edit("length", tokens), signal, proposal, verdict="accepted")
 
