@@ -314,8 +314,10 @@ def _ramp_absolute(regime: str, divisors: Sequence[int]) -> Callable[[Settings],
 ADAPTIVE = {"batch": {"rho": 8.0, "patience": 3, "alpha": 0.5, "verify": {"fraction": 0.02, "z": 2.0}},
             "length": {"threshold": 0.5, "patience": 2, "window": 4, "z": 2.0, "interval": "t"}}
 """The one adaptive configuration the benchmark runs at every budget and corpus (issue 30 §3): the defaults,
-written out, so that a run made under other defaults (the two-point length rule and rho 2 before 2026-12-06,
-the normal interval before the fourth session of that day) is never read back as this one's."""
+written out, so that a run made under other defaults (the two-point length rule and rho 2 before 2026-12-06)
+is never read back as this one's. A field added later at its default reads the same in an older run's config
+(``runner.same_config``), so the runs made before ``interval`` existed (the normal band) were moved aside by
+hand when it came, as for any change of behaviour without a change of config."""
 
 
 def _ramp_adaptive(regime: str, divisors: Sequence[int]) -> Callable[[Settings], dict]:
