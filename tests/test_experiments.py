@@ -432,6 +432,33 @@ def test_an_interrupted_sweep_resumes_and_reads_finished_arms_back(offline_data,
     assert records[0].final_val_loss != records[1].final_val_loss  # the LR did change the run
 
 
+def test_a_run_stopped_by_a_signal_is_resumed_by_the_next_invocation_not_read_back_as_finished(
+        offline_data, tmp_path, monkeypatch):
+    """Ctrl-C reaches every process of the terminal's group: a run may stop (checkpoint saved, exit 0) before
+    the experiment sees the signal. It used to be recorded as finished with no final loss, and every rerun
+    read it back so instead of resuming it. Now the experiment stops as on Ctrl-C, and the rerun resumes the
+    run to the end, ending where an uninterrupted run ends."""
+    from gradus.train import faults
+
+    tasks = _two_lr_tasks(offline_data, tmp_path / "stopped")
+    monkeypatch.setenv(faults.ENV, "sigint@6")
+    lines: list[str] = []
+    with pytest.raises(KeyboardInterrupt):
+        Runner(jobs=1, folder=tmp_path / "stopped", log=lines.append).run(tasks)
+    first = tasks[0].run_dir
+    assert not (first / "result.json").exists()
+    assert json.loads((first / "status.json").read_text())["status"] == "stopped"
+    assert any("stopped before the end of its budget (checkpoint saved); rerun the same command to resume" in line
+               for line in lines)
+    monkeypatch.delenv(faults.ENV)
+    resumed = Runner(jobs=1, folder=tmp_path / "stopped").run(tasks)
+    events = [json.loads(line) for line in (first / "metrics.jsonl").read_text().splitlines()]
+    assert any(e.get("event") == "resume" for e in events)
+    assert not resumed[0].reused and math.isfinite(resumed[0].final_val_loss)
+    plain = Runner(jobs=1, folder=tmp_path / "plain").run(_two_lr_tasks(offline_data, tmp_path / "plain")[:1])
+    assert resumed[0].final_val_loss == plain[0].final_val_loss
+
+
 def test_sweep_report_picks_the_lowest_final_loss_and_measures_to_the_worst_arms_final(demo):
     from gradus.experiments.sweep import sweep_report, sweep_table
 

@@ -89,6 +89,13 @@ def finished_record(task: Task) -> RunRecord | None:
     return record
 
 
+def stopped_early(run_dir: Path) -> bool:
+    """Whether the ``gradus train`` of ``run_dir`` ended because a signal stopped it (its status says
+    ``stopped``: checkpoint saved, resumable), not because it finished: it exits 0 either way."""
+    status = RunDir(run_dir).read_status()
+    return bool(status) and status.get("status") == "stopped"
+
+
 def cuda_devices(config: dict) -> list[int]:
     """GPU indices to spread runs over: every visible GPU when the config trains on ``auto``/``cuda``."""
     device = str((config.get("train") or {}).get("device", "auto"))
@@ -187,7 +194,7 @@ class Runner:
             record.diverged = f"gradus train exited {code}: {_last_line(task.run_dir / 'train.log')}"
         metrics = RunDir(task.run_dir).metrics
         record_from_metrics(record, read_records(metrics) if metrics.is_file() else [], task.budget)
-        if code == 0:
+        if code == 0 and not stopped_early(task.run_dir):  # a stopped run is resumed by the next invocation
             (task.run_dir / RESULT).write_text(json.dumps({"record": record.to_json(), "config": task.config_text}),
                                                encoding="utf-8")
         return record
@@ -228,6 +235,13 @@ class Runner:
                     if code == 2:
                         raise GradusError(f"arm {task.arm!r} (run {task.run_dir}): "
                                           f"{_last_line(task.run_dir / 'train.log')}")
+                    if code == 0 and stopped_early(task.run_dir):
+                        # A signal reached the run (Ctrl-C reaches every process of the terminal's group, and
+                        # a run may see it before this one does): not a result, an interruption of the whole
+                        # experiment, which the next invocation resumes from the run's checkpoint.
+                        self.log(f"  {task.arm} lr {task.lr:g} seed {task.seed}: stopped before the end of its "
+                                 "budget (checkpoint saved); rerun the same command to resume")
+                        raise KeyboardInterrupt
                     done(self._finish(task, code, started, load_before))
                 time.sleep(0.1)
         except BaseException:

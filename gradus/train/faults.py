@@ -7,6 +7,8 @@ Syntax: comma-separated ``KIND@WHERE[xFACTOR][#TIMES]``:
 * ``nan@5``, ``inf@7``: the loss of step 5 (7) is NaN (Inf) every time that step runs (a batch that is
   bad at any LR); ``nan@5#1`` only the first time.
 * ``spike@9x100``: the loss of step 9 is multiplied by 100 (its gradients too).
+* ``sigint@6``: the process sends itself SIGINT as step 6 runs, as Ctrl-C would (the run stops after it,
+  checkpointed and resumable).
 * ``save_fail@after_model``: the save raises ``OSError(ENOSPC)`` at that point (``before_model``,
   ``after_model``, ``after_optimizer``, ``after_state``, ``before_rename``); ``save_error@POINT`` raises a
   RuntimeError, as ``torch.save`` does on a full disk; ``kill@POINT`` sends the process SIGKILL there.
@@ -26,7 +28,7 @@ from dataclasses import dataclass, field
 from gradus.errors import ConfigError
 
 ENV = "GRADUS_FAULTS"
-LOSS_KINDS = {"nan": math.nan, "inf": math.inf, "spike": None}
+LOSS_KINDS = {"nan": math.nan, "inf": math.inf, "spike": None, "sigint": 1.0}
 SAVE_KINDS = ("save_fail", "save_error", "kill")
 SAVE_POINTS = ("before_model", "after_model", "after_optimizer", "after_state", "before_rename")
 _ITEM = re.compile(r"^(?P<kind>[a-z_]+)@(?P<where>\d+|[a-z_]+)(?:x(?P<factor>[0-9.eE+-]+))?(?:#(?P<times>\d+))?$")
@@ -59,10 +61,13 @@ class Faults:
     by_point: dict[str, Fault] = field(default_factory=dict)
 
     def loss_multiplier(self, step: int) -> float:
-        """What the loss of ``step`` is multiplied by: 1, NaN, Inf or a spike factor."""
+        """What the loss of ``step`` is multiplied by: 1, NaN, Inf or a spike factor (a ``sigint`` fault
+        sends the signal here and leaves the loss alone)."""
         fault = self.by_step.get(step)
         if fault is None or not fault.fire():
             return 1.0
+        if fault.kind == "sigint":
+            os.kill(os.getpid(), signal.SIGINT)
         value = LOSS_KINDS[fault.kind]
         return fault.factor if value is None else value
 
