@@ -194,7 +194,7 @@ class Runner:
             record.diverged = f"gradus train exited {code}: {_last_line(task.run_dir / 'train.log')}"
         metrics = RunDir(task.run_dir).metrics
         record_from_metrics(record, read_records(metrics) if metrics.is_file() else [], task.budget)
-        if code == 0 and not stopped_early(task.run_dir):  # a stopped run is resumed by the next invocation
+        if code == 0:  # (a run a signal stopped never gets here: run() stops the experiment first)
             (task.run_dir / RESULT).write_text(json.dumps({"record": record.to_json(), "config": task.config_text}),
                                                encoding="utf-8")
         return record

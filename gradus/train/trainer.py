@@ -311,7 +311,6 @@ class Trainer:
             p.model.load_state_dict(saved[0])
             p.optimizer.load_state_dict(saved[1])
             checkpoint.load_parts(p.stateful, saved[2], self.run_dir)
-            p.data.follow(p.current_schedule)
         p.progress.train_seconds += time.perf_counter() - t0
         p.controller.branch_done(losses)
         if rt.is_main:
