@@ -356,7 +356,7 @@ def test_a_branch_no_worse_than_the_main_run_within_the_margin_is_accepted():
     assert record["branch_tokens_total"] == 2048
 
 
-def test_a_branch_worse_than_the_margin_is_rejected_and_rho_doubles():
+def test_a_branch_worse_than_the_margin_is_rejected_and_rho_rises_to_twice_the_rejected_reading():
     d = _verification([3.0, 3.0, 3.05, 3.07], MAIN)  # mean 3.06 > 3.01 + 0.0231
     c = d.c
     assert c.edits == [] and c.pending is None
@@ -364,13 +364,16 @@ def test_a_branch_worse_than_the_margin_is_rejected_and_rho_doubles():
     assert record["verdict"] == "rejected" and "edit" not in record
     assert record["comparison"]["branch_loss"] == pytest.approx(3.06)
     assert record["comparison"]["margin"] == pytest.approx(2 * SE)
-    assert record["comparison"]["rho_from_now"] == 0.02 and c.rho_scale == 2.0
+    # The proposal read B_simple 10 at 256 tokens per step (0.039 batches, rho 0.01): the threshold becomes
+    # twice that reading, 0.078, not merely twice rho (0.02).
+    assert record["comparison"]["rho_from_now"] == pytest.approx(2 * 10 / 256) and c.rho_scale == pytest.approx(7.8125)
     assert state_at(c.schedule, 16, 4096).tokens_per_step == 256
     assert c.metrics() == {"adaptive/edits": 0, "adaptive/branch_tokens": 2048}
-    # The threshold a step's record carries for the report: rho, doubled by the rejection, × its tokens per step.
-    assert c.metrics(256)["adaptive/batch_threshold"] == pytest.approx(0.02 * 256)
-    # The next check compares with the doubled threshold: 0.02 × 256 = 5.12
-    assert d.run(b_simple=5.0) is None and d.run(b_simple=5.0) is None and c.batch_checks == 0
+    # The threshold a step's record carries for the report: rho as raised by the rejection, × its tokens per step.
+    assert c.metrics(256)["adaptive/batch_threshold"] == pytest.approx(20.0)
+    # The next checks compare with it: 19.9 does not count (doubling rho would have counted it), 20.1 does.
+    assert d.run(b_simple=19.9) is None and d.run(b_simple=19.9) is None and c.batch_checks == 0
+    assert any(isinstance(d.run(b_simple=20.1), Branch) for _ in range(2))  # patience 1: the next proposal
 
 
 def test_a_proposal_outside_the_stable_phase_is_recorded_once_as_skipped():

@@ -31,7 +31,8 @@ TARGET = 64 * TPS  # stages of 32 + 16 + 16 steps at 256 tokens per step
 
 def _raw(offline_data, tokenizer_json) -> dict:
     """s16 (32 steps) / s32 / s64 (16 each) at 256 tokens per step, wsd with a 4-step warmup and a 13-step
-    cooldown. The batch rule fires at once (rho tiny) and may double once (to 512, the bound); the length rule
+    cooldown. The batch rule fires at once (rho tiny) and may double once (to 512, the bound), its branch accepted
+    within a wide margin (z 50: a rejection raises rho past any later reading, test_adaptive.py); the length rule
     evaluates every 2 steps and fires when the gain per compute doubling between two evaluations (window 2, no
     noise margin) drops below 0.95 of the stage's first (0.95: so that one decision lands on an evaluation that
     improved the best loss, which the resume-at-a-decision test needs).
@@ -41,7 +42,7 @@ def _raw(offline_data, tokenizer_json) -> dict:
     d["curriculum"].update(schedule="wsd", global_warmup_fraction=0.05, cooldown_fraction=0.2, adaptive={
         "check_every_tokens": 512,
         "batch": {"rho": 0.01, "patience": 2, "min_samples": 2, "max_tokens_per_step": 2 * TPS,
-                  "verify": {"fraction": 0.05}},
+                  "verify": {"fraction": 0.05, "z": 50.0}},
         "length": {"threshold": 0.95, "patience": 1, "window": 2, "z": 0.0}})
     d["train"].update(eval_every=2, checkpoint_every=100, early_stopping_patience=None, micro_batch_size=4)
     d["logging"]["log_every"] = 1
@@ -128,8 +129,9 @@ def test_an_adaptive_run_decides_logs_and_accounts_for_its_branches(adaptive_run
     assert all(b["branch_steps"] * 2 * TPS == b["until_tokens"] - b["tokens"] for b in branches)
     assert records[-1]["adaptive/branch_tokens"] == spent
     assert records[-1]["adaptive/edits"] == len(batch) + len(length)
-    # Each step's threshold for the report: rho (doubled by each rejection so far) × its tokens per step.
-    rhos = [decisions[0]["signal"]["rho"] * 2 ** k for k in range(len(verified) + 1)]
+    # Each step's threshold for the report: rho (as raised by each rejection so far) × its tokens per step.
+    rhos = [decisions[0]["signal"]["rho"]] + [d["comparison"]["rho_from_now"] for d in verified
+                                              if d["verdict"] == "rejected"]
     for r in records:
         ratio = r["adaptive/batch_threshold"] / r["curriculum/tokens_per_step"]
         assert any(ratio == pytest.approx(rho) for rho in rhos), (r["step"], ratio, rhos)
@@ -220,7 +222,7 @@ def test_gradus_schedule_prints_an_adaptive_configs_envelope(tmp_path, raw):
     assert len(shapes) == 6  # each length at 256 and 512 tokens per step
     for part in ("batch: tokens/step × 2 when B_simple > 0.01 × tokens/step for 2 checks in a row", "LR × 2^0.5",
                  "up to 512 tokens/step", f"between {format_count(first)} and {format_count(last)} tokens",
-                 "verified by a branch of 0.05 of the run, accepted within 2 standard errors",
+                 "verified by a branch of 0.05 of the run, accepted within 50 standard errors",
                  "6 shapes prepared at start-up"):
         assert part in batch, (part, batch)
     for part in ("length: ladder 16 → 32 → 64", "(fitted over 2 evaluations) stays below 0.95 of the stage's first for 1 evaluations in a row",

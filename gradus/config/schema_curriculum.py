@@ -213,7 +213,8 @@ class AdaptiveBatchConfig(Strict):
     enabled: bool = Field(True, description="Let the run double its tokens per step.")
     rho: Annotated[float, AfterValidator(_positive)] = Field(
         8.0, description="Propose a doubling when B_simple > rho × tokens per step; each rejected verification "
-        "doubles it for the rest of the run. It prices steps against tokens: by McCandlish et al.'s trade-off "
+        "raises it for the rest of the run to twice B_simple / tokens per step at the rejected proposal (the run's own "
+        "calibration of the noise scale). It prices steps against tokens: by McCandlish et al.'s trade-off "
         "(tokens needed ∝ 1 + batch / B_noise) the doubled batch needs at most 1 + 2/rho times the fewest tokens. "
         "8 (the default) spends at most 1.25× the tokens, for one device whose time follows its tokens (a GPU "
         "already busy at the current batch, a CPU); 2 (Merrill et al.'s OLMo rule) accepts up to 2× the tokens "

@@ -9,8 +9,9 @@ Two rules, both from ``curriculum.adaptive`` (``../shared/research/adaptive-stag
   the trainer snapshots every part, trains a branch of ``fraction`` × the target tokens at the proposed
   batch (each branch step is the main run's next two batches joined), restores everything, and the main run
   trains the same tokens (the same documents, in the same order) at the current batch; the proposal is accepted when the branch's mean loss over the second half of the window is within
-  ``z`` standard errors of the main run's, and then takes effect where the main run is. A rejection doubles
-  the threshold from then on (the run calibrates the noise scale against its own probe).
+  ``z`` standard errors of the main run's, and then takes effect where the main run is. A rejection raises
+  the threshold to twice what the noise scale read at the rejected proposal, in batches (the run calibrates
+  the noise scale against its own probe).
 * **length**: at every evaluation, the reference-length validation loss gained per doubling of compute
   (reference-token equivalents, :func:`gradus.curriculum.adaptive.compute_at`), fitted over the last
   ``window`` evaluations (:func:`gain_per_doubling`), is compared with what the current length gained in its
@@ -85,9 +86,9 @@ class AdaptiveController:
     def _fresh(self) -> None:
         self.batch_checks = 0  # consecutive batch checks above the threshold
         self.last_skip: str | None = None  # why the last proposal was skipped (recorded once per reason)
-        # Each rejected verification doubles the threshold from then on: the noise scale proposed a batch the run
+        # Each rejected verification raises the threshold from then on: the noise scale proposed a batch the run
         # itself measured as worse, so it is calibrated against that probe (adaptive-stages.md, pitfall 6) and
-        # the next branch is paid for only when the noise scale has grown past it.
+        # the next branch is paid for only when the noise scale reads twice what it read there (see _conclude).
         self.rho_scale = 1.0
         self.length: dict[str, Any] = {"seq_len": None, "points": [], "first_gain": None, "below": 0}
         self.pending: dict[str, Any] | None = None  # a batch proposal under verification
@@ -207,7 +208,12 @@ class AdaptiveController:
         if verdict == "accepted":
             self._accept(step, tokens, edit, p["signal"], p["proposal"], verdict, comparison, proposed_at=p["step"])
         else:
-            self.rho_scale *= 2.0
+            # The probe said B_simple = `read` × the batch does not pay here. Merely doubling rho let the next
+            # proposal come at the same reading once the table had doubled the batch (the 1.3M benchmark: two
+            # branches at 18× the batch, both behind by 0.09–0.12), so the next branch waits for twice that
+            # reading (above the threshold that fired, so at least twice that threshold).
+            read = p["signal"]["b_simple"] / p["signal"]["tokens_per_step"]
+            self.rho_scale = 2.0 * read / self.batch_cfg.rho
             comparison["rho_from_now"] = self.batch_cfg.rho * self.rho_scale
             self._record(step, tokens, "batch", p["signal"], p["proposal"], verdict, comparison=comparison,
                          proposed_at=p["step"])
@@ -298,7 +304,7 @@ class AdaptiveController:
 
     def metrics(self, tokens_per_step: int | None = None) -> dict[str, float]:
         """``adaptive/...`` figures of a step record: decisions accepted so far and branch tokens and, given the
-        step's tokens per step, the noise scale the batch rule asks for there (rho, doubled by each rejection,
+        step's tokens per step, the noise scale the batch rule asks for there (rho, raised by each rejection,
         × tokens per step: ``gradus report`` draws it beside the noise scale)."""
         out = {"adaptive/edits": len(self.edits), "adaptive/branch_tokens": self.branch_tokens}
         if tokens_per_step and self.batch_cfg.enabled:
