@@ -86,8 +86,18 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--work", type=Path, required=True, help="folder for the runs (one sub-folder per budget)")
     p.add_argument("--jobs", type=int, default=2, help="runs at a time (default 2)")
     p.add_argument("--out", type=Path, default=RESULTS, help="folder for the JSON and PNG")
+    p.add_argument("--calibration", choices=("windows", "measured"), default="windows",
+                   help="as curriculum_speedup.py's --calibration (default windows). A point whose result file was "
+                        "priced by the other method is priced again: its runs are read back, only the calibration "
+                        "is measured (this is not counted by --points)")
     p.add_argument("--smoke", action="store_true", help="seconds: curriculum_speedup's toy settings (for tests)")
     return p.parse_args(argv)
+
+
+def priced_by(report: dict) -> str:
+    """The calibration method a point's curriculum_speedup report was priced by (reports from before the
+    measured method carry no ``method``: they were priced from the runs' windows)."""
+    return (report.get("calibration") or {}).get("method", "windows")
 
 
 def corpus_name(args: argparse.Namespace) -> str:
@@ -110,7 +120,7 @@ def point_args(args: argparse.Namespace, budget: int, seeds: str, arms: str, gri
             str(args.finalists), "--max-extensions", str(args.max_extensions), "--arms", arms,
             "--data", str(args.data), "--work", str(args.work / f"b{budget}"), "--reuse", "--jobs", str(args.jobs),
             "--checkpoint-every-tokens", str(max(args.tokens_per_step, budget // 8)),
-            "--out", str(args.out / "trend"), "--tag", tag]
+            "--out", str(args.out / "trend"), "--tag", tag, "--calibration", args.calibration]
     if args.template:
         argv += ["--template", args.template]
     if args.model:
@@ -299,8 +309,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.absolute_arm and i > 0:
             arms += ",seqwarm-long-ramp-abs-wsd"
         seeds = args.seeds if i in (0, len(budgets) - 1) else (args.mid_seeds or args.seeds)
-        if not path.is_file():
-            if args.points is not None and computed >= args.points:
+        reprice = path.is_file() and priced_by(read_result(path, "speedup_vs_budget")) != args.calibration
+        if not path.is_file() or reprice:
+            if not reprice and args.points is not None and computed >= args.points:
                 print(f"speedup_vs_budget: {budget:,} tokens not run yet (--points {args.points}); run again to go on")
                 break
             args.work.mkdir(parents=True, exist_ok=True)
@@ -314,7 +325,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             code = curriculum_speedup.main(argv_point)
             if code != 0:
                 raise SystemExit(f"speedup_vs_budget: the point at {budget:,} tokens failed (exit {code})")
-            computed += 1
+            computed += not reprice
         report = read_result(path, "speedup_vs_budget")
         report["_path"] = str(path.relative_to(args.out.parent) if path.is_relative_to(args.out.parent) else path)
         reports.append(report)

@@ -123,6 +123,38 @@ def test_the_benchmark_builds_its_summary_from_result_files_without_training(tmp
 
 
 
+def test_a_point_priced_by_the_windows_is_priced_again_when_the_series_asks_for_the_measured_calibration(
+        tmp_path, monkeypatch):
+    """``--calibration measured`` re-runs each point whose file was priced from the windows (its runs are read
+    back; here the fake writes the re-priced file), whatever ``--points`` says, and reads a point already
+    priced that way back untouched."""
+    bench = load_benchmark("speedup_vs_budget")
+    results = REPO / "benchmarks" / "results"
+    trend_dir = tmp_path / "trend"
+    trend_dir.mkdir()
+    old = trend_dir / "curriculum_speedup_wikitext-2-b524288.json"
+    shutil.copy(results / "curriculum_speedup_1024-finalists2.json", old)
+    measured = json.loads((results / "curriculum_speedup_1024-budget1m-finalists2.json").read_text())
+    measured["calibration"] = {**measured["calibration"], "method": "measured"}
+    (trend_dir / "curriculum_speedup_wikitext-2-b1048576.json").write_text(json.dumps(measured))
+    assert bench.priced_by(json.loads(old.read_text())) == "windows"
+    calls = []
+
+    def reprice(argv):
+        calls.append(argv)
+        report = json.loads(old.read_text())
+        report["calibration"] = {**report["calibration"], "method": "measured"}
+        old.write_text(json.dumps(report))
+        return 0
+
+    monkeypatch.setattr(bench.curriculum_speedup, "main", reprice)
+    argv = ["--budgets", "524288,1048576", "--work", str(tmp_path / "work"), "--out", str(tmp_path), "--points", "0"]
+    assert bench.main([*argv, "--calibration", "measured"]) == 0
+    assert len(calls) == 1 and calls[0][calls[0].index("--budget") + 1] == "524288"
+    assert calls[0][calls[0].index("--calibration") + 1] == "measured" and "--reuse" in calls[0]
+    assert bench.main([*argv, "--calibration", "measured"]) == 0 and len(calls) == 1  # both measured now
+
+
 def test_the_absolute_ramp_keeps_its_short_stages_at_the_anchor_budget_and_gives_the_rest_to_the_final_length():
     from gradus.experiments.speedup_arms import ARMS, Settings
 
