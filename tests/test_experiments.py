@@ -29,6 +29,7 @@ from gradus.experiments.analysis import (
     shifted_speedups,
     steps_to,
     to_target,
+    token_lead,
     verdict,
 )
 from gradus.experiments.arms import ablation_arms, arm_config, check_arm_count, vary_arms
@@ -202,6 +203,17 @@ def test_steps_axis_counts_each_stage_at_its_own_tokens_per_step():
              "stages": stages_c, "train_seconds_calibrated": 400.0}
     add_speedups(never, base, cost)  # ends at 5.0, which the reference reached at 200 tokens = 10 of its steps
     assert never["speedup_steps"] == pytest.approx(10 / 35)
+
+
+def test_the_token_lead_reads_the_reference_tokens_to_each_loss_of_the_curve():
+    reference = {"tokens": [100, 200, 300, 400], "seconds": [1, 2, 3, 4], "val_loss": [5.0, 4.0, 3.0, 2.5]}
+    curve = {"tokens": [100, 200, 300], "seconds": [1, 2, 3], "val_loss": [4.0, 3.5, 2.0]}
+    lead = token_lead(curve, reference)
+    # 4.0: the reference is there at 200 tokens (2x); 3.5: halfway from 200 to 300 (250 / 200); 2.0: never.
+    assert lead == [(100, 2.0), (200, pytest.approx(1.25)), (300, None)]
+    behind = token_lead({"tokens": [200], "seconds": [2], "val_loss": [5.0]}, reference)
+    assert behind == [(200, 0.5)]  # the reference was at this loss after half the tokens
+    assert token_lead({"tokens": [100], "seconds": [1], "val_loss": [None]}, reference) == [(100, None)]
 
 
 def test_the_band_is_narrow_for_a_steep_crossing_and_wide_where_the_curve_runs_flat_at_the_target():

@@ -168,3 +168,28 @@ def test_the_absolute_ramp_keeps_its_short_stages_at_the_anchor_budget_and_gives
     assert stages[-1]["seq_len"] == 1024 and sum(st["tokens"] for st in stages) == 4 * 327680
     # The fraction ramp's short stages grow with the budget instead.
     assert sum(st["tokens"] for st in ramp.build(four_times)["stages"][:-1]) == 4 * sum(t for _, t, _ in short)
+
+
+def test_the_lead_by_stage_reads_the_series_point_files(tmp_path):
+    """benchmarks/lead_by_stage.py on the tiny series' two committed points: the ramp's lead over its target
+    baseline at each stage's last evaluation, the JSON and the PNG."""
+    bench = load_benchmark("lead_by_stage")
+    trend = REPO / "benchmarks" / "results" / "trend"
+    out = tmp_path / "lead.json"
+    assert bench.main([str(trend / "curriculum_speedup_tiny-b1310720.json"),
+                       str(trend / "curriculum_speedup_tiny-b327680.json"), "--out", str(out)]) == 0
+    small, large = json.loads(out.read_text())["points"]  # sorted by budget
+    assert (small["budget_tokens"], large["budget_tokens"]) == (327680, 1310720)
+    assert large["arm"] == "seqwarm-long-ramp-wsd" and large["baseline"] == "baseline-wsd-half-batch"
+    assert [s["stage"] for s in large["stages"]][:4] == ["s64", "s128", "s256", "s512"]
+    # Past the crossing the ramp is below anything the baseline reached: no lead is read there.
+    assert large["lead"][-1]["lead"] is None and all(q["lead"] > 1 for q in large["lead"][:8])
+    last = [q for q in large["lead"] if q["lead"] is not None][-1]
+    assert last["lead"] == pytest.approx(large["speedup_tokens"], rel=0.05)  # it ends near the crossing's reading
+    assert out.with_suffix(".png").is_file()
+    assert bench.main([str(trend / "curriculum_speedup_tiny-b1310720.json"), "--baseline", "baseline-wsd",
+                       "--out", str(out)]) == 0
+    [full] = json.loads(out.read_text())["points"]
+    assert full["baseline"] == "baseline-wsd" and full["lead"][0]["lead"] > large["lead"][0]["lead"]
+    with pytest.raises(SystemExit, match="no arm 'nope'"):
+        bench.main([str(trend / "curriculum_speedup_tiny-b327680.json"), "--arm", "nope", "--out", str(out)])

@@ -462,3 +462,18 @@ def verdict(seeds: Sequence[SeedComparison]) -> str:
     if missed:
         text += f"; in the other {len(missed)} it ended {statistics.median(s.final_gap for s in missed):.3f} above it"
     return text
+
+
+def token_lead(curve: dict, reference: dict) -> list[tuple[int, float | None]]:
+    """At each evaluation of ``curve`` (a record's JSON curve), how many times fewer tokens it needed than
+    ``reference`` to reach the loss it has there: the reference's tokens to that loss (first crossing,
+    :func:`curve_to_target`) over the curve's own tokens. None where the reference never reaches that loss in
+    its run (the lead is then larger than the reference's whole budget says).
+
+    Read along a run, it shows where a curriculum builds its lead over a baseline and where the baseline wins
+    it back: the trend benchmark's question of which stage stops paying as the budget grows (issue 29 §2)."""
+    out: list[tuple[int, float | None]] = []
+    for tokens, loss in zip(curve["tokens"], clean(curve["val_loss"]), strict=True):
+        needed, _ = curve_to_target(reference, loss) if math.isfinite(loss) else (None, None)
+        out.append((int(tokens), None if needed is None or tokens <= 0 else needed / tokens))
+    return out
