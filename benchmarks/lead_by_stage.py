@@ -70,7 +70,7 @@ def lead_of(report: dict, arm_name: str | None = None, baseline: str | None = No
 def table(points: Sequence[dict]) -> str:
     """Markdown: the lead at each stage's last evaluation, one row per budget."""
     names = [s["stage"] for s in points[0]["stages"]]
-    lines = ["| budget | arm / baseline | " + " | ".join(f"end of {n}" for n in names) + " | ×tokens (crossing) |",
+    lines = ["| budget | arm / baseline | " + " | ".join(f"end of {n}" for n in names) + " | ×tokens to the target (first crossing) |",
              "|---|---|" + "---:|" * (len(names) + 1)]
     for p in points:
         by = {s["stage"]: s["lead"] for s in p["stages"]}
