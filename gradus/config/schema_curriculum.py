@@ -196,13 +196,19 @@ class VerifyConfig(Strict):
     train ``fraction`` of the run's tokens at the proposed batch, put everything back, train the same tokens
     at the current batch, and accept when the branch's mean training loss over the second half of those
     tokens (the same documents in both) is no worse than the main run's by more than ``z`` standard errors
-    measured from the two windows' own step-to-step scatter. The branch's tokens are counted and reported."""
+    measured from the two windows' own step-to-step scatter (by default not worse at all). The branch's tokens are counted and reported."""
 
     enabled: bool = Field(True, description="Verify each batch proposal with a branch before accepting it.")
     fraction: float = Field(
         0.02, gt=0, lt=0.5, description="Tokens of each branch as a share of the run's target tokens (1–3% is usual)."
     )
-    z: float = Field(2.0, ge=0, description="Noise margin in standard errors of the paired loss difference.")
+    z: float = Field(
+        0.0, ge=0, description="Noise margin in standard errors of the paired loss difference: the branch may be "
+        "this much behind and still be accepted. 0 (the default) accepts only a branch at least as good per token, "
+        "for one device whose time follows its tokens (a doubling within the noise costs tokens in expectation, "
+        "1 + batch / B_noise); 2 gives a doubling the benefit of the doubt, for many data-parallel devices where "
+        "the steps it saves are the time (with rho 2)."
+    )
 
 
 class AdaptiveBatchConfig(Strict):

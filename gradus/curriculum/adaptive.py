@@ -290,9 +290,11 @@ def envelope_lines(cfg: GradusConfig, schedule: Schedule) -> list[str]:
     if a.batch.enabled:
         start, end = stable_phase(schedule)
         shapes = envelope(cfg, schedule)
-        verify = (f"each proposal verified by a branch of {a.batch.verify.fraction:g} of the run, accepted within "
-                  f"{a.batch.verify.z:g} standard errors (a rejection raises rho to twice the noise scale's reading "
-                  f"there)" if a.batch.verify.enabled else "accepted without a branch")
+        within = (f"within {a.batch.verify.z:g} standard errors of the main run" if a.batch.verify.z
+                  else "when no worse than the main run")
+        verify = (f"each proposal verified by a branch of {a.batch.verify.fraction:g} of the run, accepted {within} "
+                  f"(a rejection raises rho to twice the noise scale's reading there)" if a.batch.verify.enabled
+                  else "accepted without a branch")
         lines.append(
             f"  batch: tokens/step × 2 when B_simple > {a.batch.rho:g} × tokens/step for {a.batch.patience} checks "
             f"in a row, LR × 2^{a.batch.alpha:g}, up to {max_tokens_per_step(cfg, schedule):,} tokens/step, only "

@@ -311,7 +311,7 @@ def _ramp_absolute(regime: str, divisors: Sequence[int]) -> Callable[[Settings],
     return build
 
 
-ADAPTIVE = {"batch": {"rho": 8.0, "patience": 3, "alpha": 0.5, "verify": {"fraction": 0.02, "z": 2.0}},
+ADAPTIVE = {"batch": {"rho": 8.0, "patience": 3, "alpha": 0.5, "verify": {"fraction": 0.02, "z": 0.0}},
             "length": {"threshold": 0.5, "patience": 2, "window": 4, "z": 2.0, "interval": "t"}}
 """The one adaptive configuration the benchmark runs at every budget and corpus (issue 30 §3): the defaults,
 written out, so that a run made under other defaults (the two-point length rule and rho 2 before 2026-12-06)
