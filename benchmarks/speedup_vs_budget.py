@@ -309,8 +309,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.absolute_arm and i > 0:
             arms += ",seqwarm-long-ramp-abs-wsd"
         seeds = args.seeds if i in (0, len(budgets) - 1) else (args.mid_seeds or args.seeds)
-        reprice = path.is_file() and priced_by(read_result(path, "speedup_vs_budget")) != args.calibration
-        if not path.is_file() or reprice:
+        existing = read_result(path, "speedup_vs_budget") if path.is_file() else None
+        reprice = existing is not None and priced_by(existing) != args.calibration
+        if existing is None or reprice:
             if not reprice and args.points is not None and computed >= args.points:
                 print(f"speedup_vs_budget: {budget:,} tokens not run yet (--points {args.points}); run again to go on")
                 break
@@ -326,7 +327,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             if code != 0:
                 raise SystemExit(f"speedup_vs_budget: the point at {budget:,} tokens failed (exit {code})")
             computed += not reprice
-        report = read_result(path, "speedup_vs_budget")
+            existing = read_result(path, "speedup_vs_budget")
+        report = existing
         report["_path"] = str(path.relative_to(args.out.parent) if path.is_relative_to(args.out.parent) else path)
         reports.append(report)
         grids = {n: a["lr"] for n, a in arms_of(report).items() if a.get("lr")}

@@ -473,7 +473,9 @@ def token_lead(curve: dict, reference: dict) -> list[tuple[int, float | None]]:
     Read along a run, it shows where a curriculum builds its lead over a baseline and where the baseline wins
     it back: the trend benchmark's question of which stage stops paying as the budget grows (issue 29 §2)."""
     out: list[tuple[int, float | None]] = []
+    ref_losses = clean(reference["val_loss"])
     for tokens, loss in zip(curve["tokens"], clean(curve["val_loss"]), strict=True):
-        needed, _ = curve_to_target(reference, loss) if math.isfinite(loss) else (None, None)
+        needed, _ = (to_target(reference["tokens"], reference["seconds"], ref_losses, loss) if math.isfinite(loss)
+                     else (None, None))
         out.append((int(tokens), None if needed is None or tokens <= 0 else needed / tokens))
     return out
