@@ -16,10 +16,6 @@ step (the hooks are registered once per run, not per step), and times that same 
 the update, each call timed). Those figures are what the measurement costs; the paired one checks that
 nothing else changed, within what the machine's noise can resolve.
 
-A shape of one micro-batch (``:1``) is measured from its two halves in the backward pass
-(:mod:`gradus.train.noise_halves`), and a third arm, ``split``, times it split into two micro-batches (what
-``train.noise_scale.micro_batches: 2`` does where the halves do not apply), paired with "off" alike.
-
 Example (the figures in BENCHMARKS.md)::
 
     python benchmarks/noise_scale_overhead.py --model-preset small --shapes 1024x2:2,64x32:4 --pairs 12
@@ -83,7 +79,6 @@ def time_shape(args, seq: int, rows: int, k: int, device) -> dict:
     from gradus.config.fields import SIZE_PRESETS
     from gradus.model import GPT
     from gradus.sizes import ModelShape
-    from gradus.train.noise_halves import BackwardHalves
     from gradus.train.noise_scale import GradientNoiseScale, MicroBatchNorms
     from gradus.train.runtime import Runtime
     from gradus.train.step import optimizer_step
@@ -98,30 +93,22 @@ def time_shape(args, seq: int, rows: int, k: int, device) -> dict:
     labels = torch.randint(0, args.vocab, (rows, seq), generator=gen)
     gns = GradientNoiseScale()
     added = instrument_added_work()
-    # A run builds them once and keeps them registered. One micro-batch (k = 1): measured from its two halves
-    # in the backward pass (gradus.train.noise_halves), and a third arm splits it into two micro-batches as
-    # train.noise_scale.micro_batches: 2 did before (its hooks apart, registered only for its own steps).
-    halves = BackwardHalves.for_model(model) if k == 1 else None
-    hooks = MicroBatchNorms(model.parameters(), halves)
-    split_hooks = MicroBatchNorms(model.parameters()) if k == 1 else None
-    arms = ("off", "on", "split") if k == 1 else ("off", "on")
+    hooks = MicroBatchNorms(model.parameters())  # a run builds them once and keeps them registered
 
-    def step(arm: str) -> tuple[float, float]:
+    def step(measure: bool) -> tuple[float, float]:
         """One step: (wall seconds, this thread's CPU seconds). With one torch thread on CPU the whole step
         runs on this thread, and its CPU time does not count the time the scheduler gave other processes.
         Off is a run with the measurement disabled (no hooks on the parameters); on, one that keeps them
-        registered (put back before the clock starts, as a run registers them once); split, one micro-batch
-        measured as two."""
-        for h, mine in ((hooks, "on"), (split_hooks, "split")):
-            if h is not None:
-                h.register() if arm == mine else h.close()
+        registered (put back before the clock starts, as a run registers them once)."""
+        if measure:
+            hooks.register()
+        else:
+            hooks.close()
         _sync(device)
         t0, c0 = time.perf_counter(), time.thread_time()
-        noise = {"off": None, "on": hooks, "split": split_hooks}[arm]
-        micro = rows // 2 if arm == "split" else rows // k
-        out = optimizer_step(model, model, optimizer, None, inputs, labels, lr=1e-4, clip=1.0, micro=micro,
-                             rt=rt, noise_hooks=noise)
-        if noise is not None:
+        out = optimizer_step(model, model, optimizer, None, inputs, labels, lr=1e-4, clip=1.0, micro=rows // k,
+                             rt=rt, noise_hooks=hooks if measure else None)
+        if measure:
             _, sample = out
             t1 = time.perf_counter()
             gns.update(sample.read())  # what the trainer adds when it reads the step's figures
@@ -130,22 +117,21 @@ def time_shape(args, seq: int, rows: int, k: int, device) -> dict:
         return time.perf_counter() - t0, time.thread_time() - c0
 
     for _ in range(args.warmup):
-        for arm in arms:
-            step(arm)
-    wall: dict[str, list[float]] = {a: [] for a in arms}
-    cpu: dict[str, list[float]] = {a: [] for a in arms}
-    in_step = []
+        step(False)
+        step(True)
+    off, on, cpu_off, cpu_on, in_step = [], [], [], [], []
     for i in range(args.pairs):
-        order = arms[i % len(arms):] + arms[:i % len(arms)]  # each arm first in turn
-        order = order if i % 2 == 0 else order[::-1]
-        for arm in order:
+        order = (False, True) if i % 2 == 0 else (True, False)
+        t = {}
+        for m in order:
             added.clear()
-            w, c = step(arm)
-            wall[arm].append(w)
-            cpu[arm].append(c)
-            if arm == "on":
+            t[m] = step(m)
+            if m:
                 in_step.append(sum(added))
-    off, on, cpu_off, cpu_on = wall["off"], wall["on"], cpu["off"], cpu["on"]
+        off.append(t[False][0])
+        on.append(t[True][0])
+        cpu_off.append(t[False][1])
+        cpu_on.append(t[True][1])
     diffs = [b - a for a, b in zip(off, on, strict=True)]
     ratios = sorted(b / a for a, b in zip(off, on, strict=True))
     median_off = statistics.median(off)
@@ -160,9 +146,6 @@ def time_shape(args, seq: int, rows: int, k: int, device) -> dict:
         per_micro = []
         for _ in range(k):
             norms = [torch.linalg.vector_norm(g, dtype=torch.float32) for g in grads]
-            per_micro.append(torch.stack(norms).square().sum())
-        if k == 1:  # the halves: |A| and |G - A| read per parameter (A stands in as the gradient itself)
-            norms = [torch.linalg.vector_norm(g - g, dtype=torch.float32) for g in grads]
             per_micro.append(torch.stack(norms).square().sum())
         micro = torch.stack(per_micro).double() * (1.0 / 0.25)
         torch.stack([micro.mean(), micro.sum(), micro.max(), micro.min()]).tolist()
@@ -184,17 +167,8 @@ def time_shape(args, seq: int, rows: int, k: int, device) -> dict:
            "in_step_added_s": statistics.median(in_step),
            "in_step_overhead_pct": 100 * statistics.median(in_step) / median_off,
            "steps_off_s": off, "steps_on_s": on, "cpu_off_s": cpu_off, "cpu_on_s": cpu_on,
-           "method": "halves in the backward pass" if k == 1 else "micro-batches",
            # (random tokens: no signal, so often inf; None in the JSON, which has no infinity)
            "b_simple_tokens": gns.b_simple if math.isfinite(gns.b_simple) else None}
-    if k == 1:  # what the split into two micro-batches (the method before the halves) costs, paired alike
-        split_diffs = [b - a for a, b in zip(off, wall["split"], strict=True)]
-        cpu_split = [b - a for a, b in zip(cpu_off, cpu["split"], strict=True)]
-        row.update({"median_step_split_s": statistics.median(wall["split"]),
-                    "split_paired_overhead_pct": 100 * statistics.median(split_diffs) / median_off,
-                    "split_paired_overhead_pct_90ci": [100 * x / median_off for x in bootstrap_median(split_diffs)],
-                    "split_cpu_paired_overhead_pct": 100 * statistics.median(cpu_split) / statistics.median(cpu_off),
-                    "steps_split_s": wall["split"], "cpu_split_s": cpu["split"]})
     return row
 
 
@@ -253,12 +227,6 @@ def main(argv: list[str] | None = None) -> int:
               f"{row['independent_overhead_pct']:+.2f}%; direct cost {row['direct_added_s'] * 1e3:.2f} ms = "
               f"{row['direct_overhead_pct']:.2f}%; in the steps {row['in_step_added_s'] * 1e3:.2f} ms = "
               f"{row['in_step_overhead_pct']:.2f}%", flush=True)
-        if k == 1:
-            print(f"  (one micro-batch, measured from its halves; split into two micro-batches instead: step "
-                  f"{row['median_step_split_s'] * 1e3:.0f} ms, paired {row['split_paired_overhead_pct']:+.2f}% "
-                  f"(90% CI {row['split_paired_overhead_pct_90ci'][0]:+.2f}…"
-                  f"{row['split_paired_overhead_pct_90ci'][1]:+.2f}), CPU time "
-                  f"{row['split_cpu_paired_overhead_pct']:+.2f}%)", flush=True)
     report = {"model_preset": args.model_preset, "vocab": args.vocab, "threads": args.threads,
               "pairs": args.pairs, "device": args.device, "target_pct": 1.0, "shapes": rows,
               "machine": machine_info(device), "git": git_revision(),

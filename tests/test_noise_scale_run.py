@@ -49,30 +49,8 @@ def test_a_resumed_run_continues_the_same_averages(tmp_path, tokenizer_json, off
     assert _gns(split) == _gns(whole)  # exact: the averages are in the checkpoint
 
 
-def test_one_micro_batch_is_measured_from_its_halves_and_resumes_exactly(tmp_path, tokenizer_json, offline_data,
-                                                                         capsys):
-    """Every stage in one micro-batch on one process (halves_in_backward, the default): every step logs gns/...
-    from the two halves of its rows, nothing is split or said, and a resumed run continues the same figures."""
-    whole, split = tmp_path / "whole", tmp_path / "split"
-    train(_cfg(tokenizer_json, offline_data, micro_batch_size=64), whole)
-    out = capsys.readouterr().out
-    assert "noise scale not measured" not in out and "split for the noise scale" not in out
-    records = read_metrics(whole / "metrics.jsonl")
-    steps = [r for r in records if "loss" in r and "step" in r]
-    assert len(steps) == 16
-    assert all(r["curriculum/micro_batch_size"] == r["curriculum/current_batch_size"] for r in steps)
-    assert [r["gns/samples"] for r in steps] == [1, 2, 3, 4, 5, 6, 1, 2, 3, 4, 5, 1, 2, 3, 4, 5]
-    assert all(r["gns/b_simple"] > 0 for r in steps)
-    assert train(_cfg(tokenizer_json, offline_data, micro_batch_size=64), split, quiet=True, stop_at_step=8).step == 8
-    train(_cfg(tokenizer_json, offline_data, micro_batch_size=64), split, quiet=True)
-    assert _gns(split) == _gns(whole)
-    assert [r["loss"] for r in read_metrics(split / "metrics.jsonl") if "loss" in r and "step" in r] == [
-        r["loss"] for r in steps]
-
-
 def test_one_micro_batch_says_once_that_it_cannot_measure(tmp_path, tokenizer_json, offline_data, capsys):
-    # every stage in one micro-batch, and no halves (as under train.compile or FP8)
-    cfg = _cfg(tokenizer_json, offline_data, micro_batch_size=64, noise_scale={"halves_in_backward": False})
+    cfg = _cfg(tokenizer_json, offline_data, micro_batch_size=64)  # every stage in one micro-batch
     train(cfg, tmp_path / "run")
     out = capsys.readouterr().out
     notes = [ln for ln in out.splitlines() if "gradient noise scale not measured" in ln]
@@ -105,8 +83,7 @@ def test_what_resolving_the_config_adjusted_is_said_once_at_the_start(tmp_path, 
 def test_noise_scale_micro_batches_split_every_stage_in_two(tmp_path, tokenizer_json, offline_data):
     """train.noise_scale.micro_batches: 2 measures every stage without a row count per stage: each step runs as
     two micro-batches of half its rows (16, 8 and 4 rows: 8, 4 and 2), and every step logs gns/..."""
-    cfg = _cfg(tokenizer_json, offline_data, micro_batch_size=None,
-               noise_scale={"micro_batches": 2, "halves_in_backward": False})
+    cfg = _cfg(tokenizer_json, offline_data, micro_batch_size=None, noise_scale={"micro_batches": 2})
     train(cfg, tmp_path / "run", quiet=True)
     records = read_metrics(tmp_path / "run" / "metrics.jsonl")
     steps = [r for r in records if "loss" in r and "step" in r]
@@ -130,12 +107,10 @@ def test_the_requested_split_takes_a_divisor_and_only_on_one_process():
     assert noise_splits(train_cfg, 2) == 1  # under DDP/FSDP the ranks are the two batch sizes
     assert noise_splits(TrainConfig(noise_scale={"micro_batches": 2, "enabled": False}), 1) == 1
     assert noise_splits(TrainConfig(), 1) == 1
-    assert noise_splits(train_cfg, 1, halves=True) == 1  # the halves in the backward pass need no split
 
 
 def _every_cfg(tokenizer_json, offline_data, every):
-    return _cfg(tokenizer_json, offline_data, micro_batch_size=None,
-                noise_scale={"micro_batches": 2, "every": every, "halves_in_backward": False})
+    return _cfg(tokenizer_json, offline_data, micro_batch_size=None, noise_scale={"micro_batches": 2, "every": every})
 
 
 def test_every_k_measures_one_step_in_k_and_runs_the_others_unsplit(tmp_path, tokenizer_json, offline_data, capsys):

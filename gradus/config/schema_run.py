@@ -66,30 +66,20 @@ class EmaConfig(Strict):
 
 class NoiseScaleConfig(Strict):
     """The gradient noise scale B_simple = tr(Σ)/|G|² (McCandlish et al. 2018), measured every step from the
-    micro-batches' (or, in one micro-batch, its two halves') and the whole step's gradients
-    (gradus.train.noise_scale) and logged as gns/...: the critical batch in tokens, the signal a larger batch
-    should follow. Needs 2+ rows per step, or 2+ micro-batches under train.compile or FP8, or 2+ processes; a
-    run that cannot measure it says so once."""
+    micro-batches' and the whole step's gradients (gradus.train.noise_scale) and logged as gns/...: the
+    critical batch in tokens, the signal a larger batch should follow. Needs 2+ micro-batches per step or 2+
+    processes; a run that cannot measure it says so once."""
 
     enabled: bool = Field(True, description="Measure and log it (gns/b_simple, gns/grad_sq, gns/trace_cov, "
                           "gns/b_simple_over_batch); the step's results are bit-identical either way.")
     beta: float = Field(0.99, ge=0, lt=1, description="Decay of the two moving averages (|G|² and tr Σ, averaged "
                         "apart, then divided); 0.99 ≈ the last 100 steps. They restart at every stage change.")
-    halves_in_backward: bool = Field(
-        True, description="On one process, measure a step of one micro-batch (2+ rows) from its two halves, taken "
-        "inside its one backward pass: each weight's gradient computed as the sum of the first half of the rows' "
-        "and the rest's (the same FLOPs, no extra micro-batch), so every single-process run measures the noise "
-        "scale at the cost of reading its gradients. Eager mode only: under train.compile or FP8, micro_batches "
-        "applies instead. The measured step's gradient is the usual one up to float rounding (the additions are "
-        "ordered differently). False: only micro-batches or processes give the two batch sizes."
-    )
     micro_batches: int | None = Field(
-        None, ge=2, description="On one process where halves_in_backward does not apply (off, train.compile or "
-        "FP8), split each step into at least this many micro-batches (where its batch has as many rows), so that "
-        "the noise scale is measured at every stage without choosing train.micro_batch_size per stage: 2 costs "
-        "the least (on a CPU a 2-row micro-batch of short sequences costs up to 1.7× per token of the whole "
-        "batch at once). None: the split follows train.micro_batch_size alone. Under DDP/FSDP the ranks give the "
-        "two batch sizes and this is not applied."
+        None, ge=2, description="On one process, split each step into at least this many micro-batches (where its "
+        "batch has as many rows), so that the noise scale is measured at every stage without choosing "
+        "train.micro_batch_size per stage: 2 costs the least (on a CPU a 2-row micro-batch of short sequences "
+        "costs up to 1.7× per token of the whole batch at once). None: the split follows train.micro_batch_size "
+        "alone. Under DDP/FSDP the ranks give the two batch sizes and this is not applied."
     )
     every: int = Field(
         1, ge=1, description="Measure on every k-th step only (the steps whose index is a multiple of k). The "

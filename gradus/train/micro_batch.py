@@ -41,24 +41,11 @@ def configured_micro_batch(local: int, configured: int | None, splits: int = 1) 
     return micro
 
 
-def noise_splits(train: TrainConfig, world_size: int, halves: bool = False) -> int:
+def noise_splits(train: TrainConfig, world_size: int) -> int:
     """The micro-batches per step the noise scale asks for (``train.noise_scale.micro_batches``): on one process
-    only, where the micro-batches are its two batch sizes, and only without ``halves`` (the run takes a step's
-    two halves in its backward pass: :func:`noise_halves`); 1 (no request) otherwise."""
+    only, where the micro-batches are its two batch sizes; 1 (no request) otherwise."""
     ns = train.noise_scale
-    return int(ns.micro_batches) if ns.enabled and ns.micro_batches and world_size == 1 and not halves else 1
-
-
-def noise_halves(train: TrainConfig, model: torch.nn.Module, rt: Runtime, compiled: bool):
-    """The model's :class:`~gradus.train.noise_halves.BackwardHalves` where a step of one micro-batch is to be
-    measured from its halves (``train.noise_scale.halves_in_backward``, one process, eager mode, a model whose
-    every parameter it covers: FP8's float8 layers are not), else None."""
-    from gradus.train.noise_halves import BackwardHalves
-
-    ns = train.noise_scale
-    if not (ns.enabled and ns.halves_in_backward) or rt.world_size != 1 or compiled:
-        return None
-    return BackwardHalves.for_model(model)
+    return int(ns.micro_batches) if ns.enabled and ns.micro_batches and world_size == 1 else 1
 
 
 def adamw_state_bytes(optimizer: torch.optim.Optimizer) -> int:

@@ -36,14 +36,12 @@ Two parts, kept apart so the math can be tested on floats:
 How a training loop uses it (names as in :mod:`gradus.train.trainer`)::
 
     gns = GradientNoiseScale(beta, every)               # once; a Stateful part: parts["gns"] = gns
-    hooks = MicroBatchNorms(model.parameters(), halves)  # once (RunParts.gns_hooks); registered at the first use;
-                                                        # halves: BackwardHalves.for_model(model) in eager mode
+    hooks = MicroBatchNorms(model.parameters())         # once (RunParts.gns_hooks); registered at the first use
     # each step, before it runs (``rows``: this rank's rows, ``micro``: the stage's micro-batch):
     gns.enter_stage(state.stage_index)                  # the averages restart at a stage change
-    reason = unmeasured_reason(ceil(rows / micro), rt.world_size, is_sharded(model), hooks.halves is not None, rows)
+    reason = unmeasured_reason(ceil(rows / micro), rt.world_size, is_sharded(model))
     if reason and state.stage_index not in said: ...    # say it once (per stage whose shape cannot measure)
-    # only on the steps it measures (train.noise_scale.every), the hooks armed, and the split micro-batch or,
-    # for one micro-batch on one process, its two halves in the backward pass (gradus.train.noise_halves):
+    # only on the steps it measures (train.noise_scale.every), the hooks armed and the split micro-batch:
     out, sample = optimizer_step(..., noise_hooks=hooks)    # sample None exactly when reason is not None
     # when that step's figures are read (at once, or one step late under host_sync: lagged), in step order,
     # for the measured steps only (the others are not samples, not even skipped ones):
@@ -54,15 +52,11 @@ How a training loop uses it (names as in :mod:`gradus.train.trainer`)::
 
 from __future__ import annotations
 
-import functools
 import math
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
-
-if TYPE_CHECKING:
-    from gradus.train.noise_halves import BackwardHalves
 
 DEFAULT_BETA = 0.99
 """The EMAs' decay: an effective window of about 100 steps (the research note's 0.99–0.995)."""
@@ -222,39 +216,22 @@ class GradientNoiseScale:
 
 
 # ============================================================================================ measurement
-def unmeasured_reason(micro_batches: int, world_size: int, sharded: bool = False, halves: bool = False,
-                      rows: int = 0) -> str | None:
+def unmeasured_reason(micro_batches: int, world_size: int, sharded: bool = False) -> str | None:
     """Why a step of ``micro_batches`` micro-batches per rank on ``world_size`` ranks gives no noise-scale
-    sample, or None when it does. With ``halves`` (the model's :class:`~gradus.train.noise_halves.BackwardHalves`
-    is at hand), one micro-batch of ``rows`` ≥ 2 rows on one process is measured from its two halves. A run
-    says it once (per stage whose shape changes the answer)."""
+    sample, or None when it does. A run says it once (per stage whose shape changes the answer)."""
     if sharded:
         return ("gradient noise scale not measured under FSDP: each micro-batch's gradient is reduce-scattered "
                 "before a rank sees it (not implemented yet)")
     if micro_batches * world_size < 2:
-        if halves and rows >= 2:
-            return None
-        if halves:
-            return ("gradient noise scale not measured: a step of one row on one process has no smaller batch "
-                    "to compare with (needs 2+ rows per step or 2+ processes)")
         return ("gradient noise scale not measured: one micro-batch on one process has no smaller batch to "
                 "compare with (needs 2+ micro-batches per step or 2+ processes)")
     return None
 
 
-def halve_at(micro_batches: int, world_size: int, rows: int, hooks: MicroBatchNorms) -> int | None:
-    """Where a measured step splits its one micro-batch (the rows of its first half), or None when it needs no
-    split (2+ micro-batches or 2+ processes give the two batch sizes) or has no halves to take."""
-    if micro_batches * world_size >= 2 or hooks.halves is None or rows < 2:
-        return None
-    return rows // 2
-
-
 def unmeasured_note(reason: str, rows: int, micro: int, stage_index: int) -> str:
     """The console note of a stage whose steps (``rows`` per rank in micro-batches of ``micro``) cannot measure
     the noise scale: the :func:`unmeasured_reason` and the fix."""
-    fix = ("train.noise_scale.micro_batches: 2 splits each step in two; in eager mode without FP8, "
-           "train.noise_scale.halves_in_backward measures it with no split" if rows >= 2 else
+    fix = ("train.noise_scale.micro_batches: 2 splits each step in two" if rows >= 2 else
            "one row cannot be split: a larger batch or 2+ processes measure it")
     return f"note: {reason}; stage {stage_index} runs {rows} rows per step in micro-batches of {micro} ({fix})"
 
@@ -278,17 +255,12 @@ class MicroBatchNorms:
     the compiled forward (torch.compile's backward hands each parameter's gradient to autograd's
     accumulation, where they run), so compiled graphs are neither changed nor rebuilt."""
 
-    def __init__(self, params, halves: BackwardHalves | None = None) -> None:
+    def __init__(self, params) -> None:
         self._params = [p for p in params if p.requires_grad]
         self._device = self._params[0].device if self._params else torch.device("cpu")
         self._handles: list[Any] = []
         self._armed = False
         self._norms: list[torch.Tensor] = []
-        self._norms_b: list[torch.Tensor] = []
-        self.halves = halves
-        """The model's :class:`~gradus.train.noise_halves.BackwardHalves`, or None: a step of one micro-batch
-        on one process is then measured from its two halves (:meth:`start` with ``halve_at``)."""
-        self._halving = False
         self.per_micro: list[torch.Tensor] = []
         """This step's raw squared norm of each micro-batch (the scaled, weighted loss's gradient), as 0-d
         float32 tensors."""
@@ -311,73 +283,35 @@ class MicroBatchNorms:
     def register(self) -> None:
         """Put the hooks on the parameters, disarmed (once: a second call does nothing)."""
         if not self._handles:
-            # Bound to the parameter (not only its gradient): the halves are looked up by parameter.
-            self._handles = [p.register_hook(functools.partial(self._hook, p)) for p in self._params]
+            self._handles = [p.register_hook(self._hook) for p in self._params]
 
-    def start(self, halve_at: int | None = None) -> None:
-        """Begin measuring a step: register the hooks if they are not yet, forget the last step's figures, arm.
-        ``halve_at`` (a step of one micro-batch on one process, with :attr:`halves`): measure that micro-batch
-        as two, its first ``halve_at`` rows and the rest, from one backward pass."""
+    def start(self) -> None:
+        """Begin measuring a step: register the hooks if they are not yet, forget the last step's figures, arm."""
         self.register()
-        self._norms, self._norms_b, self.per_micro, self.weights, self.tokens = [], [], [], [], []
-        self._halving = halve_at is not None
-        if self._halving:
-            if self.halves is None:
-                raise ValueError("MicroBatchNorms.start(halve_at=...) needs the model's BackwardHalves")
-            self.halves.arm(halve_at)
+        self._norms, self.per_micro, self.weights, self.tokens = [], [], [], []
         self._armed = True
 
     def stop(self) -> None:
-        """End the step's measurement (also when it failed): the hooks stay, and record nothing until :meth:`start`;
-        the model's own forwards are back. The step's figures (:attr:`per_micro`, :attr:`weights`,
-        :attr:`tokens`) stay readable."""
+        """End the step's measurement (also when it failed): the hooks stay, and record nothing until :meth:`start`.
+        The step's figures (:attr:`per_micro`, :attr:`weights`, :attr:`tokens`) stay readable."""
         self._armed = False
-        self._norms, self._norms_b = [], []
-        if self._halving and self.halves is not None:
-            self.halves.disarm()
-        self._halving = False
+        self._norms = []
 
-    def _hook(self, param: torch.Tensor, grad: torch.Tensor) -> None:
-        """One parameter's micro-batch gradient: queue its norm (float32, without a squared copy of it); when
-        halving, the norms of its half A and of the rest (G − A)."""
-        if not self._armed:
-            return
-        if not self._halving:
+    def _hook(self, grad: torch.Tensor) -> None:
+        """One parameter's micro-batch gradient: queue its norm (float32, without a squared copy of it)."""
+        if self._armed:
             self._norms.append(torch.linalg.vector_norm(grad, dtype=torch.float32))
-            return
-        a = self.halves.take(param) if self.halves is not None else None
-        if a is None:  # reached outside a covered module: no half to read, so no usable sample
-            self._norms.append(grad.new_full((), math.nan, dtype=torch.float32))
-            self._norms_b.append(grad.new_full((), math.nan, dtype=torch.float32))
-            return
-        self._norms.append(torch.linalg.vector_norm(a, dtype=torch.float32))
-        self._norms_b.append(torch.linalg.vector_norm(grad - a, dtype=torch.float32))
 
-    def end_micro_batch(self, weight: float, tokens: int, first_tokens: int | None = None) -> None:
+    def end_micro_batch(self, weight: float, tokens: int) -> None:
         """Close a micro-batch (after its backward returned, so every hook has run): its squared norm, with
-        the accumulation ``weight`` its loss was multiplied by and its label-token count. When halving,
-        ``first_tokens`` (the label tokens of its first half) closes it as two: each half's squared norm, with
-        its share of the weight (its tokens / the micro-batch's: the loss is a mean over all of them) and its
-        tokens."""
-        if not self._halving:
-            self.weights.append(weight)
-            self.tokens.append(tokens)
-            self.per_micro.append(self._sum_sq(self._norms))
-        else:
-            if first_tokens is None:
-                raise ValueError("MicroBatchNorms.end_micro_batch: a halved micro-batch needs first_tokens")
-            for part_tokens, norms in ((first_tokens, self._norms), (tokens - first_tokens, self._norms_b)):
-                self.weights.append(weight * part_tokens / tokens if tokens > 0 else 0.0)
-                self.tokens.append(part_tokens)
-                self.per_micro.append(self._sum_sq(norms))
-        self._norms, self._norms_b = [], []
-
-    def _sum_sq(self, norms: list[torch.Tensor]) -> torch.Tensor:
-        """The squared norm of the whole gradient from its parameters' norms (a zero where no parameter
-        received a gradient, not in a real model: it keeps the indices aligned)."""
-        if norms:
-            return torch.stack(norms).square().sum()
-        return torch.zeros((), dtype=torch.float32, device=self._device)
+        the accumulation ``weight`` its loss was multiplied by and its label-token count."""
+        self.weights.append(weight)
+        self.tokens.append(tokens)
+        if self._norms:
+            self.per_micro.append(torch.stack(self._norms).square().sum())
+        else:  # no parameter received a gradient (not in a real model): a zero norm keeps the indices aligned
+            self.per_micro.append(torch.zeros((), dtype=torch.float32, device=self._device))
+        self._norms = []
 
     def close(self) -> None:
         """Remove the hooks (the module is left as it was)."""

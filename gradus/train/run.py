@@ -27,13 +27,7 @@ from gradus.train.controller import AdaptiveController
 from gradus.train.ema import WeightEMA
 from gradus.train.evaluate import Validation
 from gradus.train.guard import LossGuard
-from gradus.train.micro_batch import (
-    check_batches_divide,
-    noise_halves,
-    noise_splits,
-    plan_micro_batches,
-    probe_micro_batch,
-)
+from gradus.train.micro_batch import check_batches_divide, noise_splits, plan_micro_batches, probe_micro_batch
 from gradus.train.noise_scale import GradientNoiseScale, MicroBatchNorms
 from gradus.train.passkey import PasskeyProbe
 from gradus.train.stateful import PerRank, Progress, RngState, Stateful
@@ -234,6 +228,9 @@ def build_run(cfg: GradusConfig, run_dir: RunDir | str | Path, rt: Runtime, *, h
            if cfg.train.noise_scale.enabled else None)
     if gns is not None:  # draws no random numbers: the runs before it repeat bit for bit
         stateful["gns"] = gns
+    gns_hooks = MicroBatchNorms(built.model.parameters()) if gns is not None else None  # (registered at first use)
+    if gns_hooks is not None:
+        held.add(gns_hooks.close, quiet=True)
     controller = None
     if cfg.curriculum.adaptive is not None:  # plain data, no random numbers: the runs before it repeat bit for bit
         reference = cfg.train.eval_reference_seq_len or max(s.seq_len for s in schedule.stages)
@@ -264,11 +261,6 @@ def build_run(cfg: GradusConfig, run_dir: RunDir | str | Path, rt: Runtime, *, h
         metrics.write({"event": "resume", "step": progress.step, "checkpoint": latest.name})
 
     net, compiled = wrap_for_training(built.model, rt, cfg.train.compile)
-    gns_hooks = None
-    if gns is not None:  # the hooks are registered at their first use; the halves swap forwards only then
-        halves = noise_halves(cfg.train, built.model, rt, compiled)
-        gns_hooks = MicroBatchNorms(built.model.parameters(), halves)
-        held.add(gns_hooks.close, quiet=True)
 
     def plan(splits: int) -> dict[int, int]:
         return plan_micro_batches(
@@ -277,7 +269,7 @@ def build_run(cfg: GradusConfig, run_dir: RunDir | str | Path, rt: Runtime, *, h
             layout=parallel.memory_layout(cfg.train, shape.n_layers, rt.world_size),  # FSDP shards, recompute
             splits=splits)
 
-    splits = noise_splits(cfg.train, rt.world_size, halves=gns_hooks is not None and gns_hooks.halves is not None)
+    splits = noise_splits(cfg.train, rt.world_size)
     micro_of = plan(splits)
     # With train.noise_scale.every, the steps that do not measure run unsplit: a second plan, None if the same.
     unsplit_of = plan(1) if splits > 1 and gns is not None and gns.every > 1 else None

@@ -13,14 +13,7 @@ import torch
 
 from gradus.errors import GradusError
 from gradus.train.lag import DeviceValues, skip_on_device
-from gradus.train.noise_scale import (
-    MicroBatchNorms,
-    NoiseSample,
-    halve_at,
-    loss_scale,
-    noise_sample,
-    unmeasured_reason,
-)
+from gradus.train.noise_scale import MicroBatchNorms, NoiseSample, loss_scale, noise_sample, unmeasured_reason
 from gradus.train.parallel import deferred_grad_sync, is_sharded
 from gradus.train.runtime import Runtime
 
@@ -83,13 +76,9 @@ def optimizer_step(
     starts = list(range(0, inputs.shape[0], micro))
     loss_sum = torch.zeros((), device=rt.device)
     norms = None
-    halve = None
-    if noise_hooks is not None and unmeasured_reason(len(starts), rt.world_size, is_sharded(model),
-                                                     noise_hooks.halves is not None, inputs.shape[0]) is None:
+    if noise_hooks is not None and unmeasured_reason(len(starts), rt.world_size, is_sharded(model)) is None:
         norms = noise_hooks
-        # One micro-batch on one process: its two halves, from the one backward pass (gradus.train.noise_halves).
-        halve = halve_at(len(starts), rt.world_size, inputs.shape[0], norms)
-        norms.start(halve)  # armed for this step: disarmed below whatever happens
+        norms.start()  # armed for this step: disarmed below whatever happens
     try:
         for j, s in enumerate(starts):
             # Contiguous: the packer's rows are views of (seq_len + 1)-wide windows, and a compiled graph is
@@ -108,9 +97,8 @@ def optimizer_step(
                 scaled = loss * weight
                 (scaler.scale(scaled) if scaler is not None else scaled).backward()
             loss_sum += loss.detach().float() * weight
-            if norms is not None:  # backward has returned: all its hooks have run
-                first = None if halve is None else int((labels[s : s + halve] != -100).sum())
-                norms.end_micro_batch(weight, valid, first)
+            if norms is not None:
+                norms.end_micro_batch(weight, valid)  # backward has returned: all its hooks have run
     finally:
         if norms is not None:
             norms.stop()

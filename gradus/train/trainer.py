@@ -361,8 +361,7 @@ class Trainer:
             return
         rows = state.batch_size // self.rt.world_size
         micro = p.micro_by_shape[(state.seq_len, state.batch_size)]  # (that of the steps that measure)
-        halves = p.gns_hooks is not None and p.gns_hooks.halves is not None
-        reason = unmeasured_reason(-(-rows // micro), self.rt.world_size, parallel.is_sharded(p.model), halves, rows)
+        reason = unmeasured_reason(-(-rows // micro), self.rt.world_size, parallel.is_sharded(p.model))
         if reason is not None:
             self._gns_said = True
             self.console.print(unmeasured_note(reason, rows, micro, state.stage_index))
