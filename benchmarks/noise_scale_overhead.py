@@ -16,6 +16,10 @@ step (the hooks are registered once per run, not per step), and times that same 
 the update, each call timed). Those figures are what the measurement costs; the paired one checks that
 nothing else changed, within what the machine's noise can resolve.
 
+A shape of one micro-batch (``:1``) has no smaller batch to measure against on one process: its "on" arm
+splits it into two micro-batches (what ``train.noise_scale.micro_batches: 2`` does), so its figure is the
+split's cost, the price a single-process run pays for the noise scale.
+
 Example (the figures in BENCHMARKS.md)::
 
     python benchmarks/noise_scale_overhead.py --model-preset small --shapes 1024x2:2,64x32:4 --pairs 12
@@ -106,7 +110,10 @@ def time_shape(args, seq: int, rows: int, k: int, device) -> dict:
             hooks.close()
         _sync(device)
         t0, c0 = time.perf_counter(), time.thread_time()
-        out = optimizer_step(model, model, optimizer, None, inputs, labels, lr=1e-4, clip=1.0, micro=rows // k,
+        # One micro-batch (k = 1) cannot be measured as it is: "on" splits it in two, as a run with
+        # train.noise_scale.micro_batches: 2 does on one process, so the figure is what that split costs.
+        micro = rows // 2 if measure and k == 1 else rows // k
+        out = optimizer_step(model, model, optimizer, None, inputs, labels, lr=1e-4, clip=1.0, micro=micro,
                              rt=rt, noise_hooks=hooks if measure else None)
         if measure:
             _, sample = out
@@ -144,7 +151,7 @@ def time_shape(args, seq: int, rows: int, k: int, device) -> dict:
         _sync(device)
         t0 = time.perf_counter()
         per_micro = []
-        for _ in range(k):
+        for _ in range(max(k, 2)):
             norms = [torch.linalg.vector_norm(g, dtype=torch.float32) for g in grads]
             per_micro.append(torch.stack(norms).square().sum())
         micro = torch.stack(per_micro).double() * (1.0 / 0.25)
@@ -167,6 +174,7 @@ def time_shape(args, seq: int, rows: int, k: int, device) -> dict:
            "in_step_added_s": statistics.median(in_step),
            "in_step_overhead_pct": 100 * statistics.median(in_step) / median_off,
            "steps_off_s": off, "steps_on_s": on, "cpu_off_s": cpu_off, "cpu_on_s": cpu_on,
+           "measured_as": f"{max(k, 2)} micro-batches of {rows // max(k, 2)} rows" + (" (split)" if k == 1 else ""),
            # (random tokens: no signal, so often inf; None in the JSON, which has no infinity)
            "b_simple_tokens": gns.b_simple if math.isfinite(gns.b_simple) else None}
     return row
