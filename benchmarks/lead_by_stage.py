@@ -86,6 +86,7 @@ def plot(points: Sequence[dict], path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    baselines = {p["baseline"] for p in points}
     fig, ax = plt.subplots(figsize=(8, 5))
     for p in points:
         xs = [q["fraction"] for q in p["lead"] if q["lead"] is not None]
@@ -93,6 +94,8 @@ def plot(points: Sequence[dict], path: Path) -> None:
         label = f"{p['budget_tokens']:,} tokens"
         if p.get("tokens_per_param"):
             label += f" ({p['tokens_per_param']:.1f} tokens/param)"
+        if len(baselines) > 1:  # each budget's own tuned baseline: name it on its line
+            label += f" vs {p['baseline']}"
         line, = ax.plot(xs, ys, marker="o", label=label)
         for st in p["stages"][:-1]:
             ax.axvline(st["end_tokens"] / p["budget_tokens"], color=line.get_color(), lw=0.6, ls=":")
@@ -101,7 +104,8 @@ def plot(points: Sequence[dict], path: Path) -> None:
     ax.set_xlabel("fraction of the run's tokens (dotted: the curriculum's stage switches)")
     ax.set_ylabel("token lead: baseline tokens to the same loss / curriculum tokens")
     first = points[0]
-    ax.set_title(f"gradus: where the lead is built — {first['arm']} against {first['baseline']}", fontsize=10)
+    against = first["baseline"] if len(baselines) == 1 else "each budget's tuned baseline"
+    ax.set_title(f"gradus: where the lead is built — {first['arm']} against {against}", fontsize=10)
     ax.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=100)
