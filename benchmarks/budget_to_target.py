@@ -22,7 +22,6 @@ and ran the same seeds. Output: a table on stdout and ``benchmarks/results/budge
 from __future__ import annotations
 
 import argparse
-import math
 import statistics
 import sys
 from collections.abc import Sequence
@@ -31,24 +30,10 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import RESULTS, is_baseline, read_result, write_result  # noqa: E402 (the benchmarks folder is not a package)
 
+from gradus.experiments.trend import budget_to_target  # noqa: E402  (shared with gradus compare --budgets)
+
 # Settings that may differ between the inputs: the budget, and the lr-find sweep (only its own arm uses it).
 VARYING = {"budget", "lr_find", "lr_find_steps"}
-
-
-def budget_to_target(points: Sequence[tuple[int, float]], target: float) -> tuple[float | None, str]:
-    """The budget at which the final loss first reaches ``target`` on (budget, final loss) points, linearly
-    interpolated in log(budget); with how it was found: ``interpolated``, ``at most`` (already reached at
-    the smallest budget: that budget is an upper bound) or ``not reached`` (None)."""
-    pts = sorted((b, loss) for b, loss in points if loss is not None and math.isfinite(loss))
-    if not pts:
-        return None, "not reached"
-    if pts[0][1] <= target:
-        return float(pts[0][0]), "at most"
-    for (b0, l0), (b1, l1) in zip(pts, pts[1:], strict=False):
-        if l1 <= target:
-            frac = (l0 - target) / (l0 - l1)
-            return math.exp(math.log(b0) + frac * (math.log(b1) - math.log(b0))), "interpolated"
-    return None, "not reached"
 
 
 def load(paths: Sequence[Path]) -> list[dict]:

@@ -44,10 +44,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import curriculum_speedup  # noqa: E402 (benchmarks is not a package)
-from budget_to_target import budget_to_target  # noqa: E402
 from common import RESULTS, machine, read_result, save_plot, write_result  # noqa: E402
 
-from gradus.experiments.trend import TrendPoint, fit_trend, forecast  # noqa: E402
+from gradus.experiments.trend import TrendPoint, annealed_speedup, fit_trend, forecast  # noqa: E402
 
 DEFAULT_ARMS = ("baseline,baseline-wsd,baseline-wsd-half-batch,baseline-linear,seqwarm-long-wsd,"
                 "seqwarm-long-ramp-wsd")
@@ -167,11 +166,8 @@ def point(report: dict, earlier: list[dict]) -> dict:
     if rec is not None:
         pts = [(r["settings"]["budget"], arms_of(r)[best]["final_val_loss"])
                for r in [*earlier, report] if best in arms_of(r)]
-        at, how = budget_to_target(pts, report["target"])
-        if at and at >= budget:  # reached only at this budget itself (or "at most" the smallest): no reading
-            at, how = None, "only at this budget" if how == "interpolated" else "no smaller budget run"
-        if at:
-            annealed = budget / at
+        annealed, how = annealed_speedup(budget, report["target"], pts)
+        if annealed:
             base = report["baseline"]
             if rec.get("train_seconds_calibrated") and base.get("train_seconds_calibrated"):
                 # Each arm's whole-run calibrated seconds per token at this budget x the budget it needs.

@@ -11,7 +11,7 @@ from builders import tiny_config
 
 from gradus.cli import main
 from gradus.config import from_dict
-from gradus.experiments.compare_budgets import run_compare_budgets
+from gradus.experiments.compare_budgets import add_annealed, budgets_table, run_compare_budgets
 from gradus.experiments.trend import TrendPoint, fit_trend, forecast
 
 
@@ -48,6 +48,10 @@ def test_each_budget_runs_complete_in_its_own_folder_and_the_trend_is_fitted_on_
         assert (out / "compare.png").stat().st_size > 10_000
     else:  # the toy curriculum reached no target at one budget: said, not fitted
         assert written["trend"] is None and "no trend" in written["note"]
+    # Every point carries its annealed reading (None at the smallest budget: nothing below it to read from).
+    assert all("speedup_tokens_annealed" in p and "annealed_kind" in p for p in written["budgets"])
+    assert written["budgets"][0]["speedup_tokens_annealed"] is None
+    assert "trend_annealed" in written and "forecast_annealed" in written
     # Run again: every run is read back, nothing trains.
     again: list[str] = []
     run_compare_budgets(cfg, budgets=[2048, 4096], forecast_tokens=None, out=out, seeds=[0], plot=False,
@@ -110,3 +114,48 @@ def test_plan_refuses_a_file_that_is_not_a_budgets_compare(content, message, tmp
     assert main(["plan", "--preset", "demo", "--forecast-from", str(path)]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and f"--forecast-from {path}: {message}" in err[0], err
+
+
+def _point(budget, target, final, base_s, cur_s, shift=0.02):
+    return {"budget_tokens": budget, "target": target, "final_val_loss": {"curriculum": final, "baseline": target},
+            "train_seconds_calibrated": {"curriculum": cur_s, "baseline": base_s}, "target_shift": shift,
+            "speedup_wallclock": None, "band": None, "speedup_tokens": None, "reached": True}
+
+
+def test_the_annealed_reading_is_the_budget_whose_complete_curriculum_run_ends_at_the_target():
+    """At 4M the baseline's 3.5 is where the curriculum ends at 2M (3.5), so ×2 in tokens; priced by whole runs
+    whose calibrated seconds per token are 1.5× the curriculum's, ×3 calibrated."""
+    points = [_point(1_000_000, 4.2, 3.9, 150.0, 100.0), _point(2_000_000, 3.8, 3.5, 300.0, 200.0),
+              _point(4_000_000, 3.5, 3.3, 600.0, 400.0)]
+    add_annealed(points)
+    first, mid, last = points
+    assert first["speedup_tokens_annealed"] is None and first["annealed_kind"] == "no smaller budget run"
+    assert last["speedup_tokens_annealed"] == pytest.approx(2.0) and last["annealed_kind"] == "interpolated"
+    assert last["speedup_wallclock_annealed"] == pytest.approx(3.0)
+    # 3.8 lies a quarter of the way from 3.9 (1M) to 3.5 (2M), so at 1M × 2^0.25: ×2^0.75 at 2M.
+    assert mid["speedup_tokens_annealed"] == pytest.approx(2 ** 0.75)
+    # The band: the target half the baseline's seed spread higher (an easier target: sooner) and lower.
+    low, high = last["band_annealed"]
+    assert low < last["speedup_wallclock_annealed"] < high
+    text = budgets_table(points, None, None)
+    assert "annealed reading" in text and "4M tokens: ×3.00, ×2.00 tokens" in text
+
+
+def test_a_smallest_budget_already_at_the_target_gives_a_lower_bound():
+    points = [_point(1_000_000, 4.2, 3.4, 150.0, 100.0), _point(2_000_000, 3.8, 3.3, 300.0, 200.0)]
+    add_annealed(points)
+    assert points[1]["annealed_kind"] == "at most" and points[1]["speedup_tokens_annealed"] == pytest.approx(2.0)
+    assert "2M tokens: at least ×3.00" in budgets_table(points, None, None)
+
+
+def test_plan_prints_the_annealed_forecast_next_to_the_first_crossing_one(tmp_path, capsys):
+    path = tmp_path / "compare.json"
+    crossing = fit_trend([TrendPoint(b, s, (s - 0.1, s + 0.1)) for b, s in [(250_000, 2.3), (1_000_000, 1.9)]])
+    annealed = fit_trend([TrendPoint(b, s, (s - 0.1, s + 0.1)) for b, s in [(500_000, 1.8), (1_000_000, 1.8)]])
+    path.write_text(json.dumps({"budgets": [], "trend": crossing.to_json(), "trend_annealed": annealed.to_json()}))
+    assert main(["plan", "--params", "1B", "--forecast-from", str(path), "--json"]) == 0
+    plan = json.loads(capsys.readouterr().out)
+    assert plan["forecast_annealed"]["speedup"] == pytest.approx(forecast(annealed, plan["tokens"]).speedup)
+    assert main(["plan", "--preset", "demo", "--forecast-from", str(path)]) == 0
+    out = capsys.readouterr().out
+    assert "first crossing: at" in out and "curriculum forecast, annealed runs" in out

@@ -193,3 +193,16 @@ def test_the_lead_by_stage_reads_the_series_point_files(tmp_path):
     assert full["baseline"] == "baseline-wsd" and full["lead"][0]["lead"] > large["lead"][0]["lead"]
     with pytest.raises(SystemExit, match="no arm 'nope'"):
         bench.main([str(trend / "curriculum_speedup_tiny-b327680.json"), "--arm", "nope", "--out", str(out)])
+
+
+def test_the_annealed_speedup_reads_only_the_budgets_below():
+    from gradus.experiments.trend import annealed_speedup
+
+    finals = [(1_000_000, 4.0), (2_000_000, 3.6), (4_000_000, 3.3)]
+    assert annealed_speedup(4_000_000, 3.6, finals) == (pytest.approx(2.0), "interpolated")
+    assert annealed_speedup(4_000_000, 3.8, finals)[0] == pytest.approx(4_000_000 / 2 ** 0.5 / 1_000_000)
+    # Reached only at the budget itself, or not at all, or below everything run: no reading.
+    assert annealed_speedup(4_000_000, 3.2, finals) == (None, "not reached")
+    assert annealed_speedup(2_000_000, 3.6, finals) == (None, "only at this budget")
+    assert annealed_speedup(1_000_000, 4.2, finals) == (None, "no smaller budget run")
+    assert annealed_speedup(4_000_000, 4.1, finals) == (pytest.approx(4.0), "at most")  # at least ×4

@@ -162,13 +162,12 @@ def _worksheet(args: argparse.Namespace) -> int:
             path.write_text(plan_config_yaml(plan, command=command), encoding="utf-8")
         except OSError as err:
             raise ConfigError(f"--write {path}: cannot write the config ({err.strerror}); choose another path") from None
-    fc = _forecast(args, plan.tokens)
+    fc, fc_annealed = _forecast(args, plan.tokens)
     if args.json:
-        print(json.dumps({**plan.to_json(), **({"forecast": fc.to_json()} if fc else {})}, indent=2))
+        print(json.dumps({**plan.to_json(), **_forecast_json(fc, fc_annealed)}, indent=2))
     else:
         print(render_plan(plan))
-        if fc is not None:
-            print(f"curriculum forecast (from {args.forecast_from}): {fc.sentence}")
+        _print_forecast(args, fc, fc_annealed)
     if args.write:
         print(f"wrote {args.write}: stages A–C; check it with `gradus schedule {args.write}`",
               file=sys.stderr if args.json else sys.stdout)
@@ -269,23 +268,39 @@ def _timeline(args: argparse.Namespace) -> int:
         measure_label=label, dataset_tokens=dataset_tokens, device_memory=device_memory,
         precision=precision, micro_batch=micro_batch,
     )
-    fc = _forecast(args, timeline.total_tokens)
+    fc, fc_annealed = _forecast(args, timeline.total_tokens)
     if args.json:
-        print(json.dumps({**timeline.to_json(), **({"forecast": fc.to_json()} if fc else {})}, indent=2))
+        print(json.dumps({**timeline.to_json(), **_forecast_json(fc, fc_annealed)}, indent=2))
     else:
         print(render_timeline(timeline))
-        if fc is not None:
-            print(f"curriculum forecast (from {args.forecast_from}): {fc.sentence}")
+        _print_forecast(args, fc, fc_annealed)
     return 0
 
 
-def _forecast(args: argparse.Namespace, tokens: float) -> Any:
-    """The curriculum's forecast speedup at ``tokens`` from ``--forecast-from`` (None without it)."""
+def _forecast(args: argparse.Namespace, tokens: float) -> tuple[Any, Any]:
+    """The curriculum's forecast speedups at ``tokens`` from ``--forecast-from``: the first-crossing one and the
+    annealed reading's (None where the comparison has none); (None, None) without the flag."""
     if not args.forecast_from:
-        return None
+        return None, None
     from gradus.experiments.trend import forecast_from_file
 
-    return forecast_from_file(args.forecast_from, tokens)
+    return forecast_from_file(args.forecast_from, tokens), forecast_from_file(args.forecast_from, tokens, annealed=True)
+
+
+def _forecast_json(fc: Any, fc_annealed: Any) -> dict:
+    """The forecasts' JSON keys (none without ``--forecast-from``)."""
+    out = {"forecast": fc.to_json()} if fc is not None else {}
+    if fc_annealed is not None:
+        out["forecast_annealed"] = fc_annealed.to_json()
+    return out
+
+
+def _print_forecast(args: argparse.Namespace, fc: Any, fc_annealed: Any) -> None:
+    """The forecast lines under the plan or the timeline."""
+    if fc is not None:
+        print(f"curriculum forecast (from {args.forecast_from}), first crossing: {fc.sentence}")
+    if fc_annealed is not None:
+        print(f"curriculum forecast, annealed runs (the budget a complete curriculum run needs): {fc_annealed.sentence}")
 
 
 def _measure_device(name: str) -> str:

@@ -19,7 +19,7 @@ from gradus.errors import ConfigError
 from gradus.experiments.budget import EVAL_POINTS
 from gradus.experiments.common import prepare
 from gradus.experiments.compare import compare_arms, run_compare
-from gradus.experiments.trend import Forecast, TrendPoint, fit_trend, forecast
+from gradus.experiments.trend import Forecast, TrendPoint, annealed_speedup, fit_trend, forecast
 from gradus.units import format_count, parse_count
 
 
@@ -87,11 +87,37 @@ def budget_point(report: dict, requested: int) -> dict:
         "lr": {"curriculum": cur["lr"], "baseline": report["baseline"]["lr"]},
         "seeds": report["seeds"],
         "verdict": report["verdict"],
+        # For the annealed reading (add_annealed): the whole runs' calibrated seconds and the band's target shift.
+        "train_seconds_calibrated": {"curriculum": cur.get("train_seconds_calibrated"),
+                                     "baseline": report["baseline"].get("train_seconds_calibrated")},
+        "target_shift": cur.get("target_shift"),
     }
 
 
-def budgets_table(points: Sequence[dict], trend: dict | None, fc: Forecast | None) -> str:
-    """The lines printed after the last budget."""
+def add_annealed(points: Sequence[dict]) -> None:
+    """Give every budget point its annealed reading (:func:`~gradus.experiments.trend.annealed_speedup`): the
+    budget at which the curriculum's complete run ends at this budget's target, from its final losses at the
+    budgets below. ``speedup_tokens_annealed`` is this budget over that one; ``speedup_wallclock_annealed``
+    prices both whole runs by the calibration (the baseline's calibrated seconds per token over the
+    curriculum's); the bands read the same with the target half the baseline's seed spread higher / lower."""
+    finals = [(p["budget_tokens"], p["final_val_loss"]["curriculum"]) for p in points]
+    for p in points:
+        secs = p.get("train_seconds_calibrated") or {}
+        ratio = (secs["baseline"] / secs["curriculum"] if secs.get("baseline") and secs.get("curriculum")
+                 else None)
+        tokens, how = annealed_speedup(p["budget_tokens"], p["target"], finals)
+        shift = p.get("target_shift") or 0.0
+        ends = [annealed_speedup(p["budget_tokens"], p["target"] + d, finals)[0] for d in (-shift, shift)]
+        p["speedup_tokens_annealed"] = tokens
+        p["annealed_kind"] = how
+        p["speedup_wallclock_annealed"] = tokens * ratio if tokens and ratio else None
+        p["band_annealed"] = ([e * ratio if e else None for e in ends] if tokens and ratio and shift else None)
+
+
+def budgets_table(points: Sequence[dict], trend: dict | None, fc: Forecast | None,
+                  trend_annealed: dict | None = None, fc_annealed: Forecast | None = None) -> str:
+    """The lines printed after the last budget: the first-crossing speedups and, where a smaller budget gives
+    it, the annealed reading, each with its trend and forecast."""
     lines = ["speedup of the curriculum by budget (calibrated wall-clock, its band; tokens):"]
     for p in points:
         band = p["band"]
@@ -101,16 +127,27 @@ def budgets_table(points: Sequence[dict], trend: dict | None, fc: Forecast | Non
         tok = f"×{p['speedup_tokens']:.2f}" if p["speedup_tokens"] else "—"
         lines.append(f"  {format_count(p['budget_tokens']):>8} tokens: {cal}{band_s}, {tok} tokens"
                      + ("" if p["reached"] else " (target not reached: below 1 is a slowdown)"))
-    if trend is not None:
-        lines.append(f"trend: {trend['slope']:+.2f}× per doubling of the budget (95%: "
-                     f"{trend['slope_per_doubling_95'][0]:+.2f} to {trend['slope_per_doubling_95'][1]:+.2f})")
-    if fc is not None:
-        lines.append(f"forecast: {fc.sentence}")
+    annealed = [p for p in points if p.get("speedup_tokens_annealed")]
+    if annealed:
+        lines.append("annealed reading (the budget at which the curriculum's complete run ends at the target; "
+                     "calibrated, tokens):")
+        for p in annealed:
+            cal = f"×{p['speedup_wallclock_annealed']:.2f}" if p.get("speedup_wallclock_annealed") else "—"
+            least = " at least" if p["annealed_kind"] == "at most" else ""
+            lines.append(f"  {format_count(p['budget_tokens']):>8} tokens:{least} {cal}, "
+                         f"×{p['speedup_tokens_annealed']:.2f} tokens")
+    for name, tr, f in (("trend", trend, fc), ("trend, annealed", trend_annealed, fc_annealed)):
+        if tr is not None:
+            lines.append(f"{name}: {tr['slope']:+.2f}× per doubling of the budget (95%: "
+                         f"{tr['slope_per_doubling_95'][0]:+.2f} to {tr['slope_per_doubling_95'][1]:+.2f})")
+        if f is not None:
+            lines.append(f"forecast{name[len('trend'):]}: {f.sentence}")
     return "\n".join(lines)
 
 
-def plot_budgets(points: Sequence[dict], trend: dict | None, fc: Forecast | None, path: Path, title: str) -> None:
-    """Speedup against budget (log x) with bands, the fitted line and the forecast."""
+def plot_budgets(points: Sequence[dict], trend: dict | None, fc: Forecast | None, path: Path, title: str,
+                 fc_annealed: Forecast | None = None) -> None:
+    """Speedup against budget (log x) with bands, the fitted line and the forecasts."""
     import math
 
     import matplotlib
@@ -119,8 +156,10 @@ def plot_budgets(points: Sequence[dict], trend: dict | None, fc: Forecast | None
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(8, 5))
-    for key, band_key, label, color in (("speedup_wallclock", "band", "calibrated wall-clock", "C0"),
-                                        ("speedup_tokens", "band_tokens", "tokens", "C1")):
+    for key, band_key, label, color in (("speedup_wallclock", "band", "calibrated wall-clock (first crossing)", "C0"),
+                                        ("speedup_tokens", "band_tokens", "tokens (first crossing)", "C1"),
+                                        ("speedup_wallclock_annealed", "band_annealed",
+                                         "calibrated, annealed runs", "C2")):
         pts = [p for p in points if p.get(key)]
         xs, ys = [p["budget_tokens"] for p in pts], [p[key] for p in pts]
         # Error bars from the band's ends (an end the curve never reaches, or one on the wrong side, draws none).
@@ -128,16 +167,19 @@ def plot_budgets(points: Sequence[dict], trend: dict | None, fc: Forecast | None
               for p, y in zip(pts, ys, strict=True)]
         hi = [max(0.0, (p[band_key][1] if p.get(band_key) and p[band_key][1] else y) - y)
               for p, y in zip(pts, ys, strict=True)]
-        ax.errorbar(xs, ys, yerr=[lo, hi], fmt="o-", color=color, capsize=4, label=label)
+        if pts:
+            ax.errorbar(xs, ys, yerr=[lo, hi], fmt="o-", color=color, capsize=4, label=label)
     if trend is not None:
         end = fc.budget_tokens if fc is not None else trend["budget_max"]
         xs = [trend["budget_min"] * (end / trend["budget_min"]) ** (i / 40) for i in range(41)]
         ax.plot(xs, [trend["intercept"] + trend["slope"] * math.log2(x) for x in xs], "--", color="C0", alpha=0.6,
                 label=f"trend: {trend['slope']:+.2f}× per doubling")
-    if fc is not None:
-        ax.errorbar([fc.budget_tokens], [fc.speedup], yerr=[[max(0.0, fc.speedup - fc.low)],
-                                                             [max(0.0, fc.high - fc.speedup)]],
-                    fmt="s", color="C3", capsize=5, label=f"forecast at {format_count(fc.budget_tokens)} (95%)")
+    for f, color, what in ((fc, "C3", "first crossing"), (fc_annealed, "C2", "annealed")):
+        if f is not None:
+            ax.errorbar([f.budget_tokens], [f.speedup], yerr=[[max(0.0, f.speedup - f.low)],
+                                                              [max(0.0, f.high - f.speedup)]],
+                        fmt="s", color=color, capsize=5,
+                        label=f"forecast at {format_count(f.budget_tokens)}, {what} (95%)")
     ax.axhline(1.0, color="grey", lw=0.8)
     ax.set_xscale("log")
     ax.set_xlabel("tokens per run")
@@ -172,28 +214,42 @@ def run_compare_budgets(cfg: GradusConfig, *, budgets: Sequence[int], forecast_t
               for p in points if p["speedup_wallclock"]]
     trend = fit_trend(usable) if len({p.budget_tokens for p in usable}) >= 2 else None
     fc = forecast(trend, forecast_tokens) if trend is not None and forecast_tokens else None
+    add_annealed(points)
+    # A lower bound ("at least") is not a value to fit a line through.
+    usable_annealed = [TrendPoint(p["budget_tokens"], p["speedup_wallclock_annealed"],
+                                  tuple(p["band_annealed"]) if p.get("band_annealed") else None)
+                       for p in points if p.get("speedup_wallclock_annealed") and p["annealed_kind"] == "interpolated"]
+    trend_annealed = (fit_trend(usable_annealed) if len({p.budget_tokens for p in usable_annealed}) >= 2 else None)
+    fc_annealed = (forecast(trend_annealed, forecast_tokens) if trend_annealed is not None and forecast_tokens
+                   else None)
     summary = {
         "command": "compare --budgets",
         "out": str(out),
         "budgets": points,
         "trend": trend.to_json() if trend is not None else None,
         "forecast": fc.to_json() if fc is not None else None,
+        "trend_annealed": trend_annealed.to_json() if trend_annealed is not None else None,
+        "forecast_annealed": fc_annealed.to_json() if fc_annealed is not None else None,
         "method": "each budget a complete gradus compare in budget-<tokens>/ (every arm annealed to that budget"
                   + (", LRs tuned there" if tune_lr else "") + "); the trend is a weighted straight line of the "
                   "calibrated speedup against log2(budget), weights from the bands, its uncertainty scaled by "
-                  "the scatter; the forecast's interval covers the fit's own uncertainty only",
+                  "the scatter; the forecast's interval covers the fit's own uncertainty only. The annealed "
+                  "reading (speedup_*_annealed, trend_annealed, forecast_annealed) is each budget over the budget "
+                  "at which the curriculum's complete run ends at that budget's target, interpolated in "
+                  "log(budget) between the budgets below it: the first crossing compares the curriculum "
+                  "mid-schedule with the baseline's annealed end, and understates more as runs grow",
     }
     if trend is None:
         summary["note"] = "fewer than two budgets gave a speedup (the curriculum reached no target): no trend"
     out.mkdir(parents=True, exist_ok=True)
     (out / "compare.json").write_text(json.dumps(summary, indent=1) + "\n", encoding="utf-8")
     log("")
-    log(budgets_table(points, summary["trend"], fc))
+    log(budgets_table(points, summary["trend"], fc, summary["trend_annealed"], fc_annealed))
     log(f"wrote {out / 'compare.json'}")
     if plot:
         try:
             plot_budgets(points, summary["trend"], fc, out / "compare.png",
-                         f"gradus compare — the curriculum's speedup by budget ({origin})")
+                         f"gradus compare — the curriculum's speedup by budget ({origin})", fc_annealed)
             log(f"wrote {out / 'compare.png'}")
         except ImportError:
             log("matplotlib is not installed: no PNG (pip install matplotlib)")
