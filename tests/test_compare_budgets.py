@@ -146,6 +146,9 @@ def test_a_smallest_budget_already_at_the_target_gives_a_lower_bound():
     add_annealed(points)
     assert points[1]["annealed_kind"] == "at most" and points[1]["speedup_tokens_annealed"] == pytest.approx(2.0)
     assert "2M tokens: at least ×3.00" in budgets_table(points, None, None)
+    behind = [_point(1_000_000, 4.2, 4.4, 150.0, 100.0), _point(2_000_000, 3.8, 4.0, 300.0, 200.0)]
+    add_annealed(behind)
+    assert "annealed reading: none" in budgets_table(behind, None, None)
 
 
 def test_plan_prints_the_annealed_forecast_next_to_the_first_crossing_one(tmp_path, capsys):

@@ -136,6 +136,9 @@ def budgets_table(points: Sequence[dict], trend: dict | None, fc: Forecast | Non
             least = " at least" if p["annealed_kind"] == "at most" else ""
             lines.append(f"  {format_count(p['budget_tokens']):>8} tokens:{least} {cal}, "
                          f"×{p['speedup_tokens_annealed']:.2f} tokens")
+    elif len(points) >= 2:
+        lines.append("annealed reading: none (no complete curriculum run ended at a larger budget's target, so "
+                     "no budget's target is reached with fewer tokens)")
     for name, tr, f in (("trend", trend, fc), ("trend, annealed", trend_annealed, fc_annealed)):
         if tr is not None:
             lines.append(f"{name}: {tr['slope']:+.2f}× per doubling of the budget (95%: "
