@@ -17,6 +17,7 @@ from gradus.train.noise_scale import (
     GradientNoiseScale,
     GradientSample,
     MicroBatchNorms,
+    ShardedMicroBatchNorms,
     two_batch_estimates,
     unmeasured_reason,
 )
@@ -366,7 +367,8 @@ def test_one_micro_batch_on_one_process_cannot_measure_and_says_why():
     assert sample is None and len(out) == 3
     assert "one micro-batch on one process" in unmeasured_reason(1, 1)
     assert unmeasured_reason(2, 1) is None and unmeasured_reason(1, 2) is None
-    assert "FSDP" in unmeasured_reason(4, 2, sharded=True)
+    assert "FSDP with one micro-batch per step" in unmeasured_reason(1, 2, sharded=True)
+    assert unmeasured_reason(2, 2, sharded=True) is None  # one micro-batch over every rank is the small batch
 
 
 def test_the_loss_scale_and_the_loss_multiplier_are_undone():
@@ -465,3 +467,79 @@ def test_under_ddp_the_small_batches_are_every_ranks_micro_batches_and_the_big_o
     assert got[0]["values"] == got[1]["values"]
     assert got[0]["values"] == pytest.approx(want, rel=1e-5)
     assert got[0]["grad_norm"] ** 2 == pytest.approx(big_sq, rel=1e-5)
+
+
+# ============================================================================ under FSDP2 (two gloo processes)
+def _fsdp_worker(rank: int, world: int, init: str, out: str) -> None:
+    import os
+
+    import torch.distributed as dist
+
+    from gradus.train.parallel import shard_model
+
+    dist.init_process_group("gloo", init_method=init, rank=rank, world_size=world)
+    try:
+        torch.set_num_threads(1)
+        rt = Runtime(device=torch.device("cpu"), precision="fp32", rank=rank, world_size=world)
+        inputs, labels = _batch(rows=8)
+        model, _ = _parts()
+        shard_model(model, rt)
+        opt = torch.optim.AdamW(model.parameters(), lr=1e-2)
+        mine = slice(4 * rank, 4 * rank + 4)  # each rank its 4 rows, in 2 micro-batches of 2
+        (_, grad_norm, _), sample = optimizer_step(model, model, opt, None, inputs[mine], labels[mine], lr=1e-2,
+                                                   clip=1.0, micro=2, rt=rt,
+                                                   noise_hooks=ShardedMicroBatchNorms(model.parameters()))
+        with open(f"{out}.{rank}", "w") as f:
+            json.dump({"values": sample.values.tolist(), "micro": sample.micro.tolist(), "grad_norm": grad_norm}, f)
+    finally:
+        dist.destroy_process_group()
+    os._exit(0)  # skip interpreter shutdown: see test_train._exit_spawned_worker
+
+
+def _mean_loss_grad(model, inputs, labels) -> torch.Tensor:
+    m = copy.deepcopy(model)
+    _, loss = m(inputs, labels)
+    loss.backward()
+    return torch.cat([p.grad.double().flatten() for p in m.parameters()])
+
+
+def test_under_fsdp_the_small_batch_is_one_micro_batch_over_every_rank():
+    """Two ranks × two micro-batches under FSDP2, rows masked unevenly (the weights differ by rank): micro-batch j's
+    gradient over both ranks, undone of its weights, and its effective size, from the sharded gradients alone;
+    the big batch is the ranks' averaged gradient, as under DDP."""
+    import tempfile
+
+    import torch.multiprocessing as mp
+
+    with tempfile.TemporaryDirectory() as tmp:
+        out = f"{tmp}/sample"
+        mp.spawn(_fsdp_worker, args=(2, f"file://{tmp}/store", out), nprocs=2, join=True)
+        got = [json.loads(open(f"{out}.{r}").read()) for r in range(2)]
+    inputs, labels = _batch(rows=8)
+    model, _ = _parts()
+    world = 2
+    g = {}  # (rank, micro-batch) -> mean-loss gradient, its label tokens, its weight on its rank
+    for r in range(world):
+        rows = range(4 * r, 4 * r + 4)
+        total = int((labels[4 * r : 4 * r + 4] != -100).sum())
+        for j, s0 in enumerate(rows[::2]):
+            x, y = inputs[s0 : s0 + 2], labels[s0 : s0 + 2]
+            t = int((y != -100).sum())
+            g[r, j] = (_mean_loss_grad(model, x, y), t, t / total)
+    inv_small, micro = [], []
+    for j in range(2):
+        xs = [g[r, j][2] / world for r in range(world)]
+        a = sum(xs)
+        d = sum(xr * g[r, j][0] for r, xr in enumerate(xs))
+        micro.append(float((d**2).sum()) / a**2)
+        inv_small.append(sum(xr**2 / g[r, j][1] for r, xr in enumerate(xs)) / a**2)
+    assert len({round(g[r, j][2], 6) for r in range(world) for j in range(2)}) > 2  # uneven weights: a real test
+    rank_grads = [sum(g[r, j][2] * g[r, j][0] for j in range(2)) for r in range(world)]
+    big = float((((rank_grads[0] + rank_grads[1]) / world) ** 2).sum())
+    rank_tokens = [g[r, 0][1] + g[r, 1][1] for r in range(world)]
+    want = [statistics.fmean(micro), statistics.fmean(inv_small), big,
+            statistics.fmean(1 / t for t in rank_tokens) / world]
+    assert got[0]["values"] == got[1]["values"]
+    assert got[0]["micro"] == pytest.approx(micro, rel=1e-5)
+    assert got[0]["values"] == pytest.approx(want, rel=1e-5)
+    assert got[0]["grad_norm"] ** 2 == pytest.approx(big, rel=1e-5)

@@ -109,7 +109,8 @@ def runs(tmp_path_factory, tokenizer_json, offline_data) -> dict[str, Path]:
     root = tmp_path_factory.mktemp("parallel")
     configs = {name: write_config(root / f"{name}.json", raw_config(tokenizer_json, offline_data, **train_cfg))
                for name, train_cfg in {"ddp": {}, "fsdp": {"parallel": "fsdp"},
-                                       "fsdp_ac": {"parallel": "fsdp", "activation_checkpointing": "full"}}.items()}
+                                       "fsdp_ac": {"parallel": "fsdp", "activation_checkpointing": "full"},
+                                       "fsdp_gns": {"parallel": "fsdp", "noise_scale": {"micro_batches": 2}}}.items()}
     # FSDP with the figures read one step late between sync points (logged every 7th step only), the fused
     # AdamW skipping on the device: every rank must take the same sync points, or a collective would hang.
     lagged = raw_config(tokenizer_json, offline_data, parallel="fsdp", host_sync="lagged")
@@ -163,6 +164,18 @@ def test_fsdp_gives_ddps_losses_across_stage_changes(runs):
     assert [stages[s] for s in (8, 9, 15, 16, 22)] == [0, 1, 1, 2, 2]
     assert max(abs(ddp[s] - fsdp[s]) for s in ddp) < LOSS_TOL
     assert fsdp[STEPS] < fsdp[1] - 0.3  # it learned
+
+
+def test_fsdp_measures_the_noise_scale_from_two_micro_batches(runs):
+    """Under FSDP each step split in two micro-batches gives the noise scale (each micro-batch over both ranks
+    from the sharded gradients) at every step, and the losses stay FSDP's."""
+    records = read_metrics(runs["fsdp_gns"] / "metrics.jsonl")
+    steps = [r for r in records if "loss" in r and "step" in r]
+    assert len(steps) == STEPS and all(r["gns/b_simple"] > 0 for r in steps)
+    assert all(r["curriculum/micro_batch_size"] * 2 == r["curriculum/current_batch_size"] // 2 for r in steps)
+    assert not any(r.get("event") == "gns/unmeasured" for r in records)
+    plain, measured = step_losses(runs["fsdp"]), step_losses(runs["fsdp_gns"])
+    assert max(abs(plain[s] - measured[s]) for s in plain) < LOSS_TOL
 
 
 def test_fsdp_with_lagged_reads_gives_the_same_losses(runs):

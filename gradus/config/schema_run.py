@@ -67,8 +67,9 @@ class EmaConfig(Strict):
 class NoiseScaleConfig(Strict):
     """The gradient noise scale B_simple = tr(Σ)/|G|² (McCandlish et al. 2018), measured every step from the
     micro-batches' and the whole step's gradients (gradus.train.noise_scale) and logged as gns/...: the
-    critical batch in tokens, the signal a larger batch should follow. Needs 2+ micro-batches per step or 2+
-    processes; a run that cannot measure it says so once."""
+    critical batch in tokens, the signal a larger batch should follow. Needs 2+ micro-batches per step, or 2+
+    processes under DDP (under FSDP, 2+ micro-batches: the small batch is one micro-batch over every rank); a
+    run that cannot measure it says so once."""
 
     enabled: bool = Field(True, description="Measure and log it (gns/b_simple, gns/grad_sq, gns/trace_cov, "
                           "gns/b_simple_over_batch); the step's results are bit-identical either way.")
@@ -79,7 +80,8 @@ class NoiseScaleConfig(Strict):
         "batch has as many rows), so that the noise scale is measured at every stage without choosing "
         "train.micro_batch_size per stage: 2 costs the least (on a CPU a 2-row micro-batch of short sequences "
         "costs up to 1.7× per token of the whole batch at once). None: the split follows train.micro_batch_size "
-        "alone. Under DDP/FSDP the ranks give the two batch sizes and this is not applied."
+        "alone. Under DDP the ranks give the two batch sizes and this is not applied; under FSDP it is (a rank "
+        "holds only its shard of the ranks' average, so the small batch is one micro-batch over every rank)."
     )
     every: int = Field(
         1, ge=1, description="Measure on every k-th step only (the steps whose index is a multiple of k). The "

@@ -41,11 +41,12 @@ def configured_micro_batch(local: int, configured: int | None, splits: int = 1) 
     return micro
 
 
-def noise_splits(train: TrainConfig, world_size: int) -> int:
+def noise_splits(train: TrainConfig, world_size: int, sharded: bool = False) -> int:
     """The micro-batches per step the noise scale asks for (``train.noise_scale.micro_batches``): on one process
-    only, where the micro-batches are its two batch sizes; 1 (no request) otherwise."""
+    or under FSDP (``sharded``), where the micro-batches are its two batch sizes; 1 (no request) under DDP,
+    where the ranks are."""
     ns = train.noise_scale
-    return int(ns.micro_batches) if ns.enabled and ns.micro_batches and world_size == 1 else 1
+    return int(ns.micro_batches) if ns.enabled and ns.micro_batches and (world_size == 1 or sharded) else 1
 
 
 def adamw_state_bytes(optimizer: torch.optim.Optimizer) -> int:

@@ -31,7 +31,8 @@ Two parts, kept apart so the math can be tested on floats:
   GradScaler's scale, averages all micro-batches (not only the first: pitfall 2) and, under DDP, all ranks
   with one all-reduce of a 3-vector. Nothing in it reads the device: the result is a :class:`NoiseSample`
   still on the device, read when the step's other figures are (``train.host_sync: lagged`` keeps its
-  one-step-late reads).
+  one-step-late reads). Under FSDP2 no hook sees a rank's own gradient: :class:`ShardedMicroBatchNorms` reads
+  each micro-batch's gradient over every rank from the sharded ``.grad`` by differencing instead.
 
 How a training loop uses it (names as in :mod:`gradus.train.trainer`)::
 
@@ -218,10 +219,15 @@ class GradientNoiseScale:
 # ============================================================================================ measurement
 def unmeasured_reason(micro_batches: int, world_size: int, sharded: bool = False) -> str | None:
     """Why a step of ``micro_batches`` micro-batches per rank on ``world_size`` ranks gives no noise-scale
-    sample, or None when it does. A run says it once (per stage whose shape changes the answer)."""
+    sample, or None when it does. A run says it once (per stage whose shape changes the answer). Under FSDP a
+    rank never holds its own gradient, only its shard of every rank's average, so the small batch is one
+    micro-batch over every rank (:class:`ShardedMicroBatchNorms`): it needs 2+ micro-batches per step."""
     if sharded:
-        return ("gradient noise scale not measured under FSDP: each micro-batch's gradient is reduce-scattered "
-                "before a rank sees it (not implemented yet)")
+        if micro_batches < 2:
+            return ("gradient noise scale not measured under FSDP with one micro-batch per step: a rank only holds "
+                    "its shard of the ranks' averaged gradient, so the smaller batch is one micro-batch over every "
+                    "rank (needs 2+ micro-batches per step)")
+        return None
     if micro_batches * world_size < 2:
         return ("gradient noise scale not measured: one micro-batch on one process has no smaller batch to "
                 "compare with (needs 2+ micro-batches per step or 2+ processes)")
@@ -302,9 +308,10 @@ class MicroBatchNorms:
         if self._armed:
             self._norms.append(torch.linalg.vector_norm(grad, dtype=torch.float32))
 
-    def end_micro_batch(self, weight: float, tokens: int) -> None:
+    def end_micro_batch(self, weight: float, tokens: int, last: bool = False) -> None:
         """Close a micro-batch (after its backward returned, so every hook has run): its squared norm, with
-        the accumulation ``weight`` its loss was multiplied by and its label-token count."""
+        the accumulation ``weight`` its loss was multiplied by and its label-token count (``last``: whether it
+        is the step's last micro-batch, which :class:`ShardedMicroBatchNorms` uses)."""
         self.weights.append(weight)
         self.tokens.append(tokens)
         if self._norms:
@@ -319,6 +326,132 @@ class MicroBatchNorms:
         for h in self._handles:
             h.remove()
         self._handles = []
+
+    def sample(self, grad_norm: torch.Tensor, scale: torch.Tensor | None, loss_multiplier: float,
+               rt) -> NoiseSample:
+        """The step's :class:`NoiseSample` (:func:`noise_sample`)."""
+        return noise_sample(self, grad_norm, scale, loss_multiplier, rt)
+
+
+class ShardedMicroBatchNorms:
+    """Under FSDP2: each micro-batch's gradient over every rank, read from the sharded gradients by differencing.
+
+    Why not hooks: FSDP2 reduce-scatters each parameter's gradient as soon as the backward pass has it and adds
+    the result into the sharded parameter's ``.grad`` itself, so no hook sees a rank's own gradient, and the
+    local-against-global comparison DDP gives for free does not exist. What a rank does hold, after micro-batch
+    j's backward, is its shard of the running sum of the ranks' averaged micro-batch gradients. The difference
+    from the sum after micro-batch j − 1 is its shard of micro-batch j *over every rank*: the small batch (one
+    micro-batch on each of the W ranks), against the big one (the whole step). Each rank keeps a copy of its
+    shard of the sum between micro-batches (1/W of the gradients, never the whole model), takes the squared
+    norm of its shard of each difference, and one all-reduce of a short vector per step (those norms with
+    the micro-batches' weights and token counts) makes them global. (nanoGNS's DDP communication hook, the
+    research note's source, has no FSDP2 counterpart: FSDP2 offers no communication hook.)
+
+    The same interface as :class:`MicroBatchNorms` for :func:`gradus.train.step.optimizer_step`: armed between
+    :meth:`start` and :meth:`stop`, one :meth:`end_micro_batch` per micro-batch, then :meth:`sample`."""
+
+    def __init__(self, params) -> None:
+        self._params = [p for p in params if p.requires_grad]
+        self._device = self._params[0].device if self._params else torch.device("cpu")
+        self._armed = False
+        self._prev: list[torch.Tensor | None] | None = None
+        self.per_micro: list[torch.Tensor] = []
+        """This step's squared norm of this rank's shard of each micro-batch's summed gradient (raw: weights,
+        the 1/W average, the loss multiplier and the loss scale still in it), 0-d float32 tensors."""
+        self.weights: list[float] = []
+        """This rank's accumulation weight of each micro-batch (its share of the rank's label tokens)."""
+        self.tokens: list[int] = []
+        """This rank's label-token count of each micro-batch."""
+
+    registered = True
+    """Nothing to register (the interface of :class:`MicroBatchNorms`)."""
+
+    @property
+    def armed(self) -> bool:
+        """Whether :meth:`end_micro_batch` records (between :meth:`start` and :meth:`stop`)."""
+        return self._armed
+
+    def register(self) -> None:
+        """Nothing to register: the gradients are read where FSDP2 leaves them."""
+
+    def start(self) -> None:
+        """Begin measuring a step (its gradients start from none: the optimizer step zeroes them)."""
+        self.per_micro, self.weights, self.tokens, self._prev = [], [], [], None
+        self._armed = True
+
+    def stop(self) -> None:
+        """End the step's measurement (also when it failed); drops the copy of the shard."""
+        self._armed = False
+        self._prev = None
+
+    def close(self) -> None:
+        """Nothing to remove (the interface of :class:`MicroBatchNorms`)."""
+        self.stop()
+
+    def end_micro_batch(self, weight: float, tokens: int, last: bool = False) -> None:
+        """Close a micro-batch (its backward has returned and FSDP2 has reduce-scattered its gradients): the
+        squared norm of this rank's shard of its difference, its weight and tokens; the sum so far is copied
+        for the next one unless this is the step's ``last``."""
+        if not self._armed:
+            return
+        now = [_local_grad(p) for p in self._params]
+        prev = self._prev or [None] * len(now)
+        parts = [torch.linalg.vector_norm(g if q is None else g - q, dtype=torch.float32)
+                 for g, q in zip(now, prev, strict=True) if g is not None]
+        self.per_micro.append(torch.stack(parts).square().sum() if parts else
+                              torch.zeros((), dtype=torch.float32, device=self._device))
+        self.weights.append(weight)
+        self.tokens.append(tokens)
+        self._prev = None if last else [None if g is None else g.detach().clone() for g in now]
+
+    def sample(self, grad_norm: torch.Tensor, scale: torch.Tensor | None, loss_multiplier: float,
+               rt) -> NoiseSample:
+        """The step's :class:`NoiseSample`, every figure global (one all-reduce of 3k + 1 numbers).
+
+        With x_r = w_jr / W (rank r's weight of micro-batch j over the ranks' average), micro-batch j's summed
+        gradient is D_j = Σ_r x_r·g_jr (times the loss multiplier m and scale s), so E|D_j|² = a²|G|² +
+        Σ_r x_r² tr(Σ)/T_jr with a = Σ_r x_r. S_j = |D_j|² / (a·m·s)² is then an unbiased reading at batch
+        B_j = a² / Σ_r (x_r²/T_jr) tokens (every rank's micro-batch j: W·T_j when they are alike). The big
+        batch is the whole step's gradient, as under DDP. Micro-batches with no label tokens anywhere (a = 0)
+        are left out."""
+        import torch.distributed as dist
+
+        world = rt.world_size
+        dtype = torch.float32 if grad_norm.device.type == "mps" else torch.float64
+        k = len(self.per_micro)
+        sq = torch.stack(self.per_micro).to(dtype)
+        new = sq.new_full
+        x = [w / world for w in self.weights]
+        x2t = [(xi * xi / t) if t > 0 else 0.0 for xi, t in zip(x, self.tokens, strict=True)]
+        rank_tokens = sum(self.tokens)
+        host = [*x, *x2t, 1.0 / rank_tokens if rank_tokens > 0 else math.nan]
+        # Host numbers enter by fill kernels, not a copy (a copy from the host would sync on CUDA).
+        vec = torch.cat([sq, torch.stack([new((), v) for v in host])])
+        if rt.distributed:
+            dist.all_reduce(vec)  # sums: the norms over the shards, the weights and counts over the ranks
+        sq, a, b, inv_rank = vec[:k], vec[k:2 * k], vec[2 * k:3 * k], vec[3 * k]
+        m = loss_multiplier if math.isfinite(loss_multiplier) and loss_multiplier != 0 else math.nan
+        used = a > 0
+        safe_a = torch.where(used, a, torch.ones_like(a))
+        micro = torch.where(used, sq / (m * safe_a) ** 2, torch.zeros_like(sq))
+        if scale is not None:
+            micro = micro / scale.to(dtype).square()
+        n_used = used.to(dtype).sum()
+        small = micro.sum() / n_used
+        inv_small = torch.where(used, b / safe_a**2, torch.zeros_like(b)).sum() / n_used
+        inv_big = inv_rank / world / world  # the mean over ranks of 1/T_r, over W (as noise_sample's)
+        if hasattr(grad_norm, "full_tensor"):  # the norm of sharded gradients is a DTensor
+            grad_norm = grad_norm.full_tensor()
+        big = grad_norm.detach().to(dtype).square() / m**2
+        return NoiseSample(values=torch.stack([small, inv_small, big, inv_big]), micro=micro)
+
+
+def _local_grad(p: torch.Tensor) -> torch.Tensor | None:
+    """A parameter's gradient as this rank holds it: the local shard of a DTensor (FSDP2), else itself."""
+    g = p.grad
+    if g is None:
+        return None
+    return g.to_local() if hasattr(g, "to_local") else g
 
 
 @dataclass

@@ -28,7 +28,7 @@ from gradus.train.ema import WeightEMA
 from gradus.train.evaluate import Validation
 from gradus.train.guard import LossGuard
 from gradus.train.micro_batch import check_batches_divide, noise_splits, plan_micro_batches, probe_micro_batch
-from gradus.train.noise_scale import GradientNoiseScale, MicroBatchNorms
+from gradus.train.noise_scale import GradientNoiseScale, MicroBatchNorms, ShardedMicroBatchNorms
 from gradus.train.passkey import PasskeyProbe
 from gradus.train.stateful import PerRank, Progress, RngState, Stateful
 from gradus.train.storage import checkpoint
@@ -111,10 +111,10 @@ class RunParts:
     """The weights' moving average (``train.ema``), else None."""
     gns: GradientNoiseScale | None
     """The gradient noise scale's averages (``train.noise_scale``), else None."""
-    gns_hooks: MicroBatchNorms | None
+    gns_hooks: MicroBatchNorms | ShardedMicroBatchNorms | None
     """The per-parameter hooks that measure the noise scale inside a step (built with :attr:`gns`, registered at
-    the first measured step and kept for the run, armed per step by :func:`gradus.train.step.optimizer_step`),
-    else None."""
+    the first measured step and kept for the run, armed per step by :func:`gradus.train.step.optimizer_step`;
+    under FSDP2 the reader of the sharded gradients instead), else None."""
     stateful: dict[str, Stateful]
     """Everything a checkpoint carries besides the weights and the optimizer, in restoring order (the
     names of ``state.pt``: ARCHITECTURE.md, "Stateful parts")."""
@@ -228,7 +228,10 @@ def build_run(cfg: GradusConfig, run_dir: RunDir | str | Path, rt: Runtime, *, h
            if cfg.train.noise_scale.enabled else None)
     if gns is not None:  # draws no random numbers: the runs before it repeat bit for bit
         stateful["gns"] = gns
-    gns_hooks = MicroBatchNorms(built.model.parameters()) if gns is not None else None  # (registered at first use)
+    gns_hooks: MicroBatchNorms | ShardedMicroBatchNorms | None = None
+    if gns is not None:  # hooks registered at their first use; under FSDP2 the sharded gradients are read instead
+        kind = ShardedMicroBatchNorms if parallel.is_sharded(built.model) else MicroBatchNorms
+        gns_hooks = kind(built.model.parameters())
     if gns_hooks is not None:
         held.add(gns_hooks.close, quiet=True)
     controller = None
@@ -269,7 +272,7 @@ def build_run(cfg: GradusConfig, run_dir: RunDir | str | Path, rt: Runtime, *, h
             layout=parallel.memory_layout(cfg.train, shape.n_layers, rt.world_size),  # FSDP shards, recompute
             splits=splits)
 
-    splits = noise_splits(cfg.train, rt.world_size)
+    splits = noise_splits(cfg.train, rt.world_size, parallel.is_sharded(built.model))
     micro_of = plan(splits)
     # With train.noise_scale.every, the steps that do not measure run unsplit: a second plan, None if the same.
     unsplit_of = plan(1) if splits > 1 and gns is not None and gns.every > 1 else None

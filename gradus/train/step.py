@@ -13,7 +13,13 @@ import torch
 
 from gradus.errors import GradusError
 from gradus.train.lag import DeviceValues, skip_on_device
-from gradus.train.noise_scale import MicroBatchNorms, NoiseSample, loss_scale, noise_sample, unmeasured_reason
+from gradus.train.noise_scale import (
+    MicroBatchNorms,
+    NoiseSample,
+    ShardedMicroBatchNorms,
+    loss_scale,
+    unmeasured_reason,
+)
 from gradus.train.parallel import deferred_grad_sync, is_sharded
 from gradus.train.runtime import Runtime
 
@@ -47,7 +53,7 @@ def optimizer_step(
     rt: Runtime,
     loss_multiplier: float = 1.0,
     lagged: bool = False,
-    noise_hooks: MicroBatchNorms | None = None,
+    noise_hooks: MicroBatchNorms | ShardedMicroBatchNorms | None = None,
 ) -> tuple[float, float, bool] | DeviceValues | tuple[tuple[float, float, bool] | DeviceValues, NoiseSample | None]:
     """Forward/backward over micro-batches of ``micro`` rows, clip to ``clip``, and (unless the loss or
     gradient is not finite) an AdamW step at ``lr``. ``net`` is what runs (DDP and/or compiled),
@@ -98,7 +104,7 @@ def optimizer_step(
                 (scaler.scale(scaled) if scaler is not None else scaled).backward()
             loss_sum += loss.detach().float() * weight
             if norms is not None:
-                norms.end_micro_batch(weight, valid)  # backward has returned: all its hooks have run
+                norms.end_micro_batch(weight, valid, last)  # backward has returned: all its hooks have run
     finally:
         if norms is not None:
             norms.stop()
@@ -106,7 +112,7 @@ def optimizer_step(
         scaler.unscale_(optimizer)
     norm = torch.nn.utils.clip_grad_norm_(model.parameters(), clip)
     # The sample is built from the norm before clipping and before the optimizer step (queued, not read).
-    sample = noise_sample(norms, norm, loss_scale(scaler), loss_multiplier, rt) if norms is not None else None
+    sample = norms.sample(norm, loss_scale(scaler), loss_multiplier, rt) if norms is not None else None
     out = _finish(optimizer, scaler, loss_sum, norm, rt, lagged)
     return (out, sample) if noise_hooks is not None else out
 
