@@ -51,6 +51,9 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--direct-repeats", type=int, default=20, help="repeats of the direct timing (default: 20)")
     p.add_argument("--threads", type=int, default=1, help="torch threads (default: 1)")
     p.add_argument("--device", default="cpu", help="cpu or cuda (default: cpu)")
+    p.add_argument("--fsdp", action="store_true",
+                   help="under torchrun: shard the model with FSDP2 over the processes (ROWS per process) and time "
+                        "the measurement from the sharded gradients")
     p.add_argument("--out", type=Path, default=RESULTS / "noise_scale_overhead.json", help="result JSON")
     return p.parse_args(argv)
 
@@ -83,21 +86,27 @@ def time_shape(args, seq: int, rows: int, k: int, device) -> dict:
     from gradus.config.fields import SIZE_PRESETS
     from gradus.model import GPT
     from gradus.sizes import ModelShape
-    from gradus.train.noise_scale import GradientNoiseScale, MicroBatchNorms
+    from gradus.train.noise_scale import GradientNoiseScale, MicroBatchNorms, ShardedMicroBatchNorms
     from gradus.train.runtime import Runtime
     from gradus.train.step import optimizer_step
 
     torch.manual_seed(0)
     shape = ModelShape(**SIZE_PRESETS[args.model_preset], vocab_size=args.vocab, max_seq_len=seq)
     model = GPT(shape).to(device)
+    rank, world = _rank_world()
+    rt = Runtime(device=device, precision="fp32", rank=rank, world_size=world)
+    if args.fsdp:
+        from gradus.train.parallel import shard_model
+
+        shard_model(model, rt)  # every block and the root, as a run under parallel: fsdp
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
-    rt = Runtime(device=device, precision="fp32")
-    gen = torch.Generator().manual_seed(1)
+    gen = torch.Generator().manual_seed(1 + rank)  # (under FSDP each rank its own rows)
     inputs = torch.randint(0, args.vocab, (rows, seq), generator=gen)
     labels = torch.randint(0, args.vocab, (rows, seq), generator=gen)
     gns = GradientNoiseScale()
     added = instrument_added_work()
-    hooks = MicroBatchNorms(model.parameters())  # a run builds them once and keeps them registered
+    # A run builds them once and keeps them registered; under FSDP2 the sharded gradients are read instead.
+    hooks = ShardedMicroBatchNorms(model.parameters()) if args.fsdp else MicroBatchNorms(model.parameters())
 
     def step(measure: bool) -> tuple[float, float]:
         """One step: (wall seconds, this thread's CPU seconds). With one torch thread on CPU the whole step
@@ -144,15 +153,20 @@ def time_shape(args, seq: int, rows: int, k: int, device) -> dict:
     median_off = statistics.median(off)
     cpu_diffs = [b - a for a, b in zip(cpu_off, cpu_on, strict=True)]
 
-    # The added work alone: K micro-batches of per-parameter norms (the hooks) and the sample's arithmetic.
-    grads = [torch.randn_like(p) for p in model.parameters()]
+    # The added work alone: K micro-batches of per-parameter norms (the hooks) and the sample's arithmetic;
+    # under FSDP, per micro-batch a copy of this rank's shard, a difference and its norm.
+    grads = [torch.randn_like(p.to_local() if hasattr(p, "to_local") else p) for p in model.parameters()]
     direct = []
     for _ in range(args.direct_repeats):
         _sync(device)
         t0 = time.perf_counter()
         per_micro = []
         for _ in range(max(k, 2)):
-            norms = [torch.linalg.vector_norm(g, dtype=torch.float32) for g in grads]
+            if args.fsdp:
+                copies = [g.clone() for g in grads]
+                norms = [torch.linalg.vector_norm(g - c, dtype=torch.float32) for g, c in zip(grads, copies, strict=True)]
+            else:
+                norms = [torch.linalg.vector_norm(g, dtype=torch.float32) for g in grads]
             per_micro.append(torch.stack(norms).square().sum())
         micro = torch.stack(per_micro).double() * (1.0 / 0.25)
         torch.stack([micro.mean(), micro.sum(), micro.max(), micro.min()]).tolist()
@@ -180,6 +194,10 @@ def time_shape(args, seq: int, rows: int, k: int, device) -> dict:
     return row
 
 
+_SPENT: list[float] = []
+"""Seconds of each call of the measurement's own code (:func:`instrument_added_work`)."""
+
+
 def instrument_added_work() -> list[float]:
     """Time the measurement's own code inside real steps: every call of the hooks, of
     :class:`~gradus.train.noise_scale.MicroBatchNorms`' methods and of ``noise_sample`` appends its seconds to
@@ -187,9 +205,8 @@ def instrument_added_work() -> list[float]:
     measurement adds there, free of the other arm's noise (not counted: autograd's own cost of calling a
     Python hook, a few microseconds per parameter and micro-batch)."""
     import gradus.train.noise_scale as ns
-    import gradus.train.step as step_module
 
-    spent: list[float] = []
+    spent = _SPENT  # one list for every shape: the methods are wrapped once, their time goes here
 
     def timed(fn):
         def wrapper(*args, **kwargs):
@@ -200,9 +217,13 @@ def instrument_added_work() -> list[float]:
                 spent.append(time.perf_counter() - t0)
         return wrapper
 
-    for name in ("start", "_hook", "end_micro_batch", "stop"):
-        setattr(ns.MicroBatchNorms, name, timed(getattr(ns.MicroBatchNorms, name)))
-    step_module.noise_sample = timed(step_module.noise_sample)
+    for cls, names in ((ns.MicroBatchNorms, ("start", "_hook", "end_micro_batch", "stop", "sample")),
+                       (ns.ShardedMicroBatchNorms, ("start", "end_micro_batch", "stop", "sample"))):
+        for name in names:
+            if not hasattr(getattr(cls, name), "_timed"):  # (once, however many shapes are timed)
+                wrapped = timed(getattr(cls, name))
+                wrapped._timed = True
+                setattr(cls, name, wrapped)
     return spent
 
 
@@ -216,18 +237,39 @@ def bootstrap_median(values: list[float], draws: int = 2000, seed: int = 0) -> l
     return [medians[int(0.05 * draws)], medians[int(0.95 * draws) - 1]]
 
 
+def _rank_world() -> tuple[int, int]:
+    """This process's rank and the number of processes (0, 1 unless a process group is up)."""
+    import torch.distributed as dist
+
+    return (dist.get_rank(), dist.get_world_size()) if dist.is_initialized() else (0, 1)
+
+
 def main(argv: list[str] | None = None) -> int:
-    """Time every shape, print the table, and write the result JSON."""
+    """Time every shape, print the table, and write the result JSON (under --fsdp: rank 0 writes)."""
     import torch
 
     args = parse_args(sys.argv[1:] if argv is None else argv)
     torch.set_num_threads(args.threads)
     device = torch.device(args.device)
+    if args.fsdp:
+        import os
+
+        import torch.distributed as dist
+
+        if int(os.environ.get("WORLD_SIZE", "1")) < 2:
+            raise SystemExit("noise_scale_overhead: --fsdp needs 2+ processes: run it under torchrun "
+                             "--nproc_per_node 2 (or more)")
+        if device.type == "cuda":
+            device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+            torch.cuda.set_device(device)
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    rank, world = _rank_world()
+    say = print if rank == 0 else (lambda *a, **k: None)
     rows = []
     for seq, n, k in parse_shapes(args.shapes):
         row = time_shape(args, seq, n, k, device)
         rows.append(row)
-        print(f"{seq}x{n} in {k} micro-batches: step {row['median_step_off_s'] * 1e3:.0f} ms off, "
+        say(f"{seq}x{n} in {k} micro-batches: step {row['median_step_off_s'] * 1e3:.0f} ms off, "
               f"{row['median_step_on_s'] * 1e3:.0f} ms on; paired overhead {row['paired_overhead_pct']:+.2f}% "
               f"(90% CI {row['paired_overhead_pct_90ci'][0]:+.2f}…{row['paired_overhead_pct_90ci'][1]:+.2f}), "
               f"CPU time {row['cpu_paired_overhead_pct']:+.2f}% (90% CI {row['cpu_paired_overhead_pct_90ci'][0]:+.2f}…"
@@ -235,8 +277,15 @@ def main(argv: list[str] | None = None) -> int:
               f"{row['independent_overhead_pct']:+.2f}%; direct cost {row['direct_added_s'] * 1e3:.2f} ms = "
               f"{row['direct_overhead_pct']:.2f}%; in the steps {row['in_step_added_s'] * 1e3:.2f} ms = "
               f"{row['in_step_overhead_pct']:.2f}%", flush=True)
+    if args.fsdp:
+        import torch.distributed as dist
+
+        dist.destroy_process_group()
+        if rank != 0:
+            return 0
     report = {"model_preset": args.model_preset, "vocab": args.vocab, "threads": args.threads,
               "pairs": args.pairs, "device": args.device, "target_pct": 1.0, "shapes": rows,
+              "parallel": f"FSDP2 over {world} processes (rows per process)" if args.fsdp else "one process",
               "machine": machine_info(device), "git": git_revision(),
               "command": "python benchmarks/noise_scale_overhead.py " + " ".join(sys.argv[1:] if argv is None else argv)}
     print(f"wrote {write_result(args.out, report)}")
