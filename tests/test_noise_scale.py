@@ -417,10 +417,14 @@ def test_no_graph_is_built_after_the_first_compiled_step():
 
 
 # ============================================================================ under DDP (two gloo processes)
-def _ddp_worker(rank: int, world: int, init: str, out: str) -> None:
+def _worker(rank: int, world: int, init: str, out: str, fsdp: bool = False) -> None:
+    """One rank of a two-rank step on its 4 rows in 2 micro-batches of 2: DDP with the hooks, or (``fsdp``)
+    FSDP2 with the sharded gradients read; writes the sample's figures to ``out.RANK``."""
     import os
 
     import torch.distributed as dist
+
+    from gradus.train.parallel import shard_model
 
     dist.init_process_group("gloo", init_method=init, rank=rank, world_size=world)
     try:
@@ -428,11 +432,15 @@ def _ddp_worker(rank: int, world: int, init: str, out: str) -> None:
         rt = Runtime(device=torch.device("cpu"), precision="fp32", rank=rank, world_size=world)
         inputs, labels = _batch(rows=8)
         model, opt = _parts()
-        net = torch.nn.parallel.DistributedDataParallel(model)
-        mine = slice(4 * rank, 4 * rank + 4)  # each rank its 4 rows, in 2 micro-batches of 2
+        if fsdp:
+            shard_model(model, rt)
+            net, opt = model, torch.optim.AdamW(model.parameters(), lr=1e-2)  # (over the sharded parameters)
+            hooks = ShardedMicroBatchNorms(model.parameters())
+        else:
+            net, hooks = torch.nn.parallel.DistributedDataParallel(model), MicroBatchNorms(model.parameters())
+        mine = slice(4 * rank, 4 * rank + 4)
         (_, grad_norm, _), sample = optimizer_step(net, model, opt, None, inputs[mine], labels[mine], lr=1e-2,
-                                                   clip=1.0, micro=2, rt=rt,
-                                                   noise_hooks=MicroBatchNorms(model.parameters()))
+                                                   clip=1.0, micro=2, rt=rt, noise_hooks=hooks)
         with open(f"{out}.{rank}", "w") as f:
             json.dump({"values": sample.values.tolist(), "micro": sample.micro.tolist(), "grad_norm": grad_norm}, f)
     finally:
@@ -446,7 +454,7 @@ def test_under_ddp_the_small_batches_are_every_ranks_micro_batches_and_the_big_o
     import torch.multiprocessing as mp
 
     out = str(tmp_path / "sample")
-    mp.spawn(_ddp_worker, args=(2, f"file://{tmp_path / 'store'}", out), nprocs=2, join=True)
+    mp.spawn(_worker, args=(2, f"file://{tmp_path / 'store'}", out), nprocs=2, join=True)
     got = [json.loads(open(f"{out}.{r}").read()) for r in range(2)]
     inputs, labels = _batch(rows=8)
     model, _ = _parts()
@@ -470,32 +478,6 @@ def test_under_ddp_the_small_batches_are_every_ranks_micro_batches_and_the_big_o
 
 
 # ============================================================================ under FSDP2 (two gloo processes)
-def _fsdp_worker(rank: int, world: int, init: str, out: str) -> None:
-    import os
-
-    import torch.distributed as dist
-
-    from gradus.train.parallel import shard_model
-
-    dist.init_process_group("gloo", init_method=init, rank=rank, world_size=world)
-    try:
-        torch.set_num_threads(1)
-        rt = Runtime(device=torch.device("cpu"), precision="fp32", rank=rank, world_size=world)
-        inputs, labels = _batch(rows=8)
-        model, _ = _parts()
-        shard_model(model, rt)
-        opt = torch.optim.AdamW(model.parameters(), lr=1e-2)
-        mine = slice(4 * rank, 4 * rank + 4)  # each rank its 4 rows, in 2 micro-batches of 2
-        (_, grad_norm, _), sample = optimizer_step(model, model, opt, None, inputs[mine], labels[mine], lr=1e-2,
-                                                   clip=1.0, micro=2, rt=rt,
-                                                   noise_hooks=ShardedMicroBatchNorms(model.parameters()))
-        with open(f"{out}.{rank}", "w") as f:
-            json.dump({"values": sample.values.tolist(), "micro": sample.micro.tolist(), "grad_norm": grad_norm}, f)
-    finally:
-        dist.destroy_process_group()
-    os._exit(0)  # skip interpreter shutdown: see test_train._exit_spawned_worker
-
-
 def _mean_loss_grad(model, inputs, labels) -> torch.Tensor:
     m = copy.deepcopy(model)
     _, loss = m(inputs, labels)
@@ -503,18 +485,15 @@ def _mean_loss_grad(model, inputs, labels) -> torch.Tensor:
     return torch.cat([p.grad.double().flatten() for p in m.parameters()])
 
 
-def test_under_fsdp_the_small_batch_is_one_micro_batch_over_every_rank():
+def test_under_fsdp_the_small_batch_is_one_micro_batch_over_every_rank(tmp_path):
     """Two ranks × two micro-batches under FSDP2, rows masked unevenly (the weights differ by rank): micro-batch j's
     gradient over both ranks, undone of its weights, and its effective size, from the sharded gradients alone;
     the big batch is the ranks' averaged gradient, as under DDP."""
-    import tempfile
-
     import torch.multiprocessing as mp
 
-    with tempfile.TemporaryDirectory() as tmp:
-        out = f"{tmp}/sample"
-        mp.spawn(_fsdp_worker, args=(2, f"file://{tmp}/store", out), nprocs=2, join=True)
-        got = [json.loads(open(f"{out}.{r}").read()) for r in range(2)]
+    out = str(tmp_path / "sample")
+    mp.spawn(_worker, args=(2, f"file://{tmp_path / 'store'}", out, True), nprocs=2, join=True)
+    got = [json.loads(open(f"{out}.{r}").read()) for r in range(2)]
     inputs, labels = _batch(rows=8)
     model, _ = _parts()
     world = 2
