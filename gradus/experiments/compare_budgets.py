@@ -149,8 +149,10 @@ def budgets_table(points: Sequence[dict], trend: dict | None, fc: Forecast | Non
 
 
 def plot_budgets(points: Sequence[dict], trend: dict | None, fc: Forecast | None, path: Path, title: str,
-                 fc_annealed: Forecast | None = None) -> None:
-    """Speedup against budget (log x) with bands, the fitted line and the forecasts."""
+                 fc_annealed: Forecast | None = None, trend_annealed: dict | None = None) -> None:
+    """Speedup against budget (log x) with bands, the fitted lines and the forecasts. The y axis stops a little
+    above the highest point measured or forecast, so a forecast's wide interval (three budgets read two
+    doublings on) does not flatten the measured points; its whisker then runs off the top."""
     import math
 
     import matplotlib
@@ -159,6 +161,7 @@ def plot_budgets(points: Sequence[dict], trend: dict | None, fc: Forecast | None
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(8, 5))
+    highest = 1.0
     for key, band_key, label, color in (("speedup_wallclock", "band", "calibrated wall-clock (first crossing)", "C0"),
                                         ("speedup_tokens", "band_tokens", "tokens (first crossing)", "C1"),
                                         ("speedup_wallclock_annealed", "band_annealed",
@@ -172,18 +175,22 @@ def plot_budgets(points: Sequence[dict], trend: dict | None, fc: Forecast | None
               for p, y in zip(pts, ys, strict=True)]
         if pts:
             ax.errorbar(xs, ys, yerr=[lo, hi], fmt="o-", color=color, capsize=4, label=label)
-    if trend is not None:
-        end = fc.budget_tokens if fc is not None else trend["budget_max"]
-        xs = [trend["budget_min"] * (end / trend["budget_min"]) ** (i / 40) for i in range(41)]
-        ax.plot(xs, [trend["intercept"] + trend["slope"] * math.log2(x) for x in xs], "--", color="C0", alpha=0.6,
-                label=f"trend: {trend['slope']:+.2f}× per doubling")
+            highest = max(highest, *(y + h for y, h in zip(ys, hi, strict=True)))
+    for tr, f, color, what in ((trend, fc, "C0", "trend"), (trend_annealed, fc_annealed, "C2", "annealed trend")):
+        if tr is not None:
+            end = f.budget_tokens if f is not None else tr["budget_max"]
+            xs = [tr["budget_min"] * (end / tr["budget_min"]) ** (i / 40) for i in range(41)]
+            ax.plot(xs, [tr["intercept"] + tr["slope"] * math.log2(x) for x in xs], "--", color=color, alpha=0.6,
+                    label=f"{what}: {tr['slope']:+.2f}× per doubling")
     for f, color, what in ((fc, "C3", "first crossing"), (fc_annealed, "C2", "annealed")):
         if f is not None:
+            highest = max(highest, f.speedup)
             ax.errorbar([f.budget_tokens], [f.speedup], yerr=[[max(0.0, f.speedup - f.low)],
                                                               [max(0.0, f.high - f.speedup)]],
                         fmt="s", color=color, capsize=5,
                         label=f"forecast at {format_count(f.budget_tokens)}, {what} (95%)")
     ax.axhline(1.0, color="grey", lw=0.8)
+    ax.set_ylim(0.0, 1.3 * highest)
     ax.set_xscale("log")
     ax.set_xlabel("tokens per run")
     ax.set_ylabel("speedup to the baseline's final loss")
@@ -252,7 +259,8 @@ def run_compare_budgets(cfg: GradusConfig, *, budgets: Sequence[int], forecast_t
     if plot:
         try:
             plot_budgets(points, summary["trend"], fc, out / "compare.png",
-                         f"gradus compare — the curriculum's speedup by budget ({origin})", fc_annealed)
+                         f"gradus compare — the curriculum's speedup by budget ({origin})", fc_annealed,
+                         summary["trend_annealed"])
             log(f"wrote {out / 'compare.png'}")
         except ImportError:
             log("matplotlib is not installed: no PNG (pip install matplotlib)")
