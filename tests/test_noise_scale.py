@@ -485,6 +485,19 @@ def _mean_loss_grad(model, inputs, labels) -> torch.Tensor:
     return torch.cat([p.grad.double().flatten() for p in m.parameters()])
 
 
+def test_the_micro_batch_probe_holds_the_sharded_readers_copy_aside():
+    """Under FSDP the reader keeps a copy of the rank's gradient shards between micro-batches: the probe that
+    picks the micro-batch on a GPU reserves that many bytes (the shards' size), the hooks reserve nothing."""
+    from gradus.train.micro_batch import adamw_state_bytes, noise_copy_bytes
+
+    model, opt = _parts()
+    params = sum(p.numel() * p.element_size() for p in model.parameters())
+    assert noise_copy_bytes(ShardedMicroBatchNorms(model.parameters()), opt) == params
+    assert adamw_state_bytes(opt) == 2 * params
+    assert noise_copy_bytes(MicroBatchNorms(model.parameters()), opt) == 0
+    assert noise_copy_bytes(None, opt) == 0
+
+
 def test_under_fsdp_the_small_batch_is_one_micro_batch_over_every_rank(tmp_path):
     """Two ranks × two micro-batches under FSDP2, rows masked unevenly (the weights differ by rank): micro-batch j's
     gradient over both ranks, undone of its weights, and its effective size, from the sharded gradients alone;

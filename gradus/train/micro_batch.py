@@ -65,6 +65,16 @@ def adamw_state_bytes(optimizer: torch.optim.Optimizer) -> int:
     return total
 
 
+def noise_copy_bytes(hooks: object, optimizer: torch.optim.Optimizer) -> int:
+    """Bytes the noise scale's measurement holds during a step beyond what the probe's forward + backward
+    shows: under FSDP2 (:class:`~gradus.train.noise_scale.ShardedMicroBatchNorms`) a copy of this rank's
+    gradient shards between micro-batches, as large as the shards of the parameters; 0 for the hooks, which
+    keep one number per parameter."""
+    from gradus.train.noise_scale import ShardedMicroBatchNorms
+
+    return adamw_state_bytes(optimizer) // 2 if isinstance(hooks, ShardedMicroBatchNorms) else 0
+
+
 def halve_until_fits(micro: int, fits: Callable[[int], bool]) -> int | None:
     """Halve ``micro`` until ``fits(micro)`` (one forward + backward at that micro-batch did not run out of
     memory); the micro-batch found, or None when not even 1 fits. Halving keeps the micro-batch a divisor
@@ -91,15 +101,16 @@ def host_micro_batch(shape: ModelShape, seq_len: int, micro: int, precision: str
 
 
 def probe_micro_batch(net: Callable, optimizer: torch.optim.Optimizer, rt: Runtime, vocab_size: int, seq_len: int,
-                      micro: int) -> int | None:
+                      micro: int, extra_reserve_bytes: int = 0) -> int | None:
     """The largest micro-batch ≤ ``micro`` (halving) whose forward + backward of ``net`` fits on this GPU,
     with AdamW's moments held aside when they do not exist yet (a fresh run: they appear at the first
     step; under FSDP only this rank's shard of them); None when not even 1 fits. Under DDP it runs under
     ``no_sync``: a rank that runs out of memory must not leave the others waiting in a gradient all-reduce.
     Under FSDP the forward itself gathers weights from every rank, so the ranks (same GPUs, same shapes)
-    run out of memory together or not at all. The RNG states are left as they were."""
+    run out of memory together or not at all. ``extra_reserve_bytes`` are held aside too (the noise scale's
+    copy of the gradient shards under FSDP: :func:`noise_copy_bytes`). The RNG states are left as they were."""
     saved_rng = rng_state()
-    reserve_bytes = 0 if optimizer.state else adamw_state_bytes(optimizer)
+    reserve_bytes = (0 if optimizer.state else adamw_state_bytes(optimizer)) + extra_reserve_bytes
 
     def fits(m: int) -> bool:
         reserve = x = y = loss = None

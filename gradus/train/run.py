@@ -27,7 +27,13 @@ from gradus.train.controller import AdaptiveController
 from gradus.train.ema import WeightEMA
 from gradus.train.evaluate import Validation
 from gradus.train.guard import LossGuard
-from gradus.train.micro_batch import check_batches_divide, noise_splits, plan_micro_batches, probe_micro_batch
+from gradus.train.micro_batch import (
+    check_batches_divide,
+    noise_copy_bytes,
+    noise_splits,
+    plan_micro_batches,
+    probe_micro_batch,
+)
 from gradus.train.noise_scale import GradientNoiseScale, MicroBatchNorms, ShardedMicroBatchNorms
 from gradus.train.passkey import PasskeyProbe
 from gradus.train.stateful import PerRank, Progress, RngState, Stateful
@@ -268,7 +274,8 @@ def build_run(cfg: GradusConfig, run_dir: RunDir | str | Path, rt: Runtime, *, h
     def plan(splits: int) -> dict[int, int]:
         return plan_micro_batches(
             shapes, shape, rt, cfg.train.micro_batch_size,
-            lambda seq_len, micro: probe_micro_batch(net, built.optimizer, rt, shape.vocab_size, seq_len, micro),
+            lambda seq_len, micro: probe_micro_batch(net, built.optimizer, rt, shape.vocab_size, seq_len, micro,
+                                                     noise_copy_bytes(gns_hooks, built.optimizer)),
             layout=parallel.memory_layout(cfg.train, shape.n_layers, rt.world_size),  # FSDP shards, recompute
             splits=splits)
 
