@@ -58,6 +58,19 @@ def fp8_config(tok: str, data: Path) -> dict:
     return cfg
 
 
+def adaptive_config(tok: str, data: Path) -> dict:
+    """The curriculum under FSDP with the adaptive batch rule firing at once (rho tiny) and its branch accepted
+    (z 50), up to twice the tokens per step; micro-batches of 2 rows give the noise scale 2+ per step."""
+    cfg = raw_config(tok, data, parallel="fsdp", micro_batch_size=2)
+    # A first stage long enough for a verification window (at least 4 doubled steps) inside it.
+    cfg["curriculum"]["stages"] = [dict(s, tokens=n * 256) for s, n in zip(STAGES, (24, 8, 8), strict=True)]
+    cfg["curriculum"].update(schedule="wsd", global_warmup_fraction=0.05, cooldown_fraction=0.2, adaptive={
+        "check_every_tokens": 512,
+        "batch": {"rho": 0.01, "patience": 2, "min_samples": 2, "max_tokens_per_step": 512,
+                  "verify": {"fraction": 0.05, "z": 50.0}}})
+    return cfg
+
+
 def write_config(path: Path, raw: dict) -> Path:
     path.write_text(json.dumps(raw))
     return path
@@ -116,6 +129,7 @@ def runs(tmp_path_factory, tokenizer_json, offline_data) -> dict[str, Path]:
     lagged = raw_config(tokenizer_json, offline_data, parallel="fsdp", host_sync="lagged")
     lagged["optim"]["fused"], lagged["logging"]["log_every"] = "on", 7
     configs["fsdp_lagged"] = write_config(root / "fsdp_lagged.json", lagged)
+    configs["fsdp_adaptive"] = write_config(root / "fsdp_adaptive.json", adaptive_config(tokenizer_json, offline_data))
     stopped = {"ddp_stopped": ("ddp", DDP_STOP), "fsdp_stopped": ("fsdp", FSDP_STOP)}
     if torchao_available():  # last: nothing else in the launch trains after torchao is imported
         configs["fsdp_fp8"] = write_config(root / "fsdp_fp8.json", fp8_config(tokenizer_json, offline_data))
@@ -176,6 +190,20 @@ def test_fsdp_measures_the_noise_scale_from_two_micro_batches(runs):
     assert not any(r.get("event") == "gns/unmeasured" for r in records)
     plain, measured = step_losses(runs["fsdp"]), step_losses(runs["fsdp_gns"])
     assert max(abs(plain[s] - measured[s]) for s in plain) < LOSS_TOL
+
+
+def test_an_adaptive_run_under_fsdp_verifies_a_doubling_on_a_branch_and_finishes(runs):
+    """The noise scale from the sharded gradients drives the batch rule under FSDP: a proposal, its branch
+    trained and every sharded part put back, the doubling accepted, and the run to its target."""
+    run = runs["fsdp_adaptive"]
+    decisions = [json.loads(line) for line in (run / "decisions.jsonl").read_text().splitlines()]
+    verdicts = [d["verdict"] for d in decisions if d["kind"] == "batch"]
+    assert "accepted" in verdicts, decisions
+    records = read_metrics(run / "metrics.jsonl")
+    assert any(r.get("event") == "adaptive/branch" and r["branch_steps"] > 0 for r in records)
+    steps = [r for r in records if "loss" in r and "step" in r]
+    assert max(r["curriculum/tokens_per_step"] for r in steps) == 512
+    assert steps[-1]["tokens"] == 40 * 256
 
 
 def test_fsdp_with_lagged_reads_gives_the_same_losses(runs):
