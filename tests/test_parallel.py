@@ -39,6 +39,7 @@ STAGES = [  # 8 + 7 + 7 = 22 steps of 256 tokens; local batches 8, 4 and 2 rows 
 STEPS = 22
 DDP_STOP = 12  # inside the second stage (steps 9 to 15)
 FSDP_STOP = 9
+ADAPTIVE_STOP = 8  # the adaptive FSDP run: inside its first verification window (proposed at step 4, decided at 12)
 
 
 def raw_config(tok: str, data: Path, **train) -> dict:
@@ -130,7 +131,8 @@ def runs(tmp_path_factory, tokenizer_json, offline_data) -> dict[str, Path]:
     lagged["optim"]["fused"], lagged["logging"]["log_every"] = "on", 7
     configs["fsdp_lagged"] = write_config(root / "fsdp_lagged.json", lagged)
     configs["fsdp_adaptive"] = write_config(root / "fsdp_adaptive.json", adaptive_config(tokenizer_json, offline_data))
-    stopped = {"ddp_stopped": ("ddp", DDP_STOP), "fsdp_stopped": ("fsdp", FSDP_STOP)}
+    stopped = {"ddp_stopped": ("ddp", DDP_STOP), "fsdp_stopped": ("fsdp", FSDP_STOP),
+               "fsdp_adaptive_stopped": ("fsdp_adaptive", ADAPTIVE_STOP)}
     if torchao_available():  # last: nothing else in the launch trains after torchao is imported
         configs["fsdp_fp8"] = write_config(root / "fsdp_fp8.json", fp8_config(tokenizer_json, offline_data))
         stopped["fsdp_fp8_stopped"] = ("fsdp_fp8", 8)
@@ -144,6 +146,7 @@ def runs(tmp_path_factory, tokenizer_json, offline_data) -> dict[str, Path]:
     assert proc.returncode == 0, proc.stderr[-3000:]
     out = {name: root / name for name in [*configs, *stopped] if name != "fsdp_fp8"}
     out["config"], out["ddp_config"], out["fp8_config"] = configs["fsdp"], configs["ddp"], configs.get("fsdp_fp8")
+    out["adaptive_config"] = configs["fsdp_adaptive"]
     return out
 
 
@@ -204,6 +207,15 @@ def test_an_adaptive_run_under_fsdp_verifies_a_doubling_on_a_branch_and_finishes
     steps = [r for r in records if "loss" in r and "step" in r]
     assert max(r["curriculum/tokens_per_step"] for r in steps) == 512
     assert steps[-1]["tokens"] == 40 * 256
+
+
+def test_an_adaptive_run_under_fsdp_stopped_inside_a_verification_resumes_to_the_same_decisions(runs, tmp_path):
+    run = continue_stopped(runs, "fsdp_adaptive_stopped", tmp_path / "run")
+    torchrun_train(runs["adaptive_config"], run)
+    uninterrupted, resumed = step_losses(runs["fsdp_adaptive"]), step_losses(run)
+    assert sorted(resumed) == sorted(uninterrupted)
+    assert all(resumed[s] == uninterrupted[s] for s in uninterrupted if s > ADAPTIVE_STOP)
+    assert (run / "decisions.jsonl").read_text() == (runs["fsdp_adaptive"] / "decisions.jsonl").read_text()
 
 
 def test_fsdp_with_lagged_reads_gives_the_same_losses(runs):
