@@ -68,11 +68,12 @@ def optimizer_step(
     fused AdamW on the device and the three figures come back as :class:`DeviceValues` to read later.
 
     ``noise_hooks`` (:mod:`gradus.train.noise_scale`): the run's :class:`MicroBatchNorms` on ``model``'s
-    parameters (built once, registered at their first use), armed for this step to take every micro-batch's
-    gradient squared norm (outside the compiled forward); the call then returns ``(figures, sample)``, where
+    parameters (built once, registered at their first use; under FSDP2 a :class:`ShardedMicroBatchNorms`, which
+    reads the sharded gradients instead), armed for this step to take every micro-batch's gradient squared
+    norm (outside the compiled forward); the call then returns ``(figures, sample)``, where
     ``figures`` is what the call returns without them and ``sample`` a :class:`NoiseSample` left on the device
     (no host sync: read it when the figures are read), or None where a step cannot measure it (one micro-batch
-    on one process, or FSDP: :func:`~gradus.train.noise_scale.unmeasured_reason`; the hooks stay disarmed).
+    per rank, under FSDP too: :func:`~gradus.train.noise_scale.unmeasured_reason`; the hooks stay disarmed).
     Without them (the default) nothing differs; with them, the loss, norm and weights are still bit-identical
     (the hooks only read the gradients).
     """
