@@ -72,8 +72,8 @@ def optimizer_step(
     reads the sharded gradients instead), armed for this step to take every micro-batch's gradient squared
     norm (outside the compiled forward); the call then returns ``(figures, sample)``, where
     ``figures`` is what the call returns without them and ``sample`` a :class:`NoiseSample` left on the device
-    (no host sync: read it when the figures are read), or None where a step cannot measure it (one micro-batch
-    per rank, under FSDP too: :func:`~gradus.train.noise_scale.unmeasured_reason`; the hooks stay disarmed).
+    (no host sync: read it when the figures are read), or None where a step cannot measure it (one micro-batch on
+    one process, or one per rank under FSDP: :func:`~gradus.train.noise_scale.unmeasured_reason`; the hooks stay disarmed).
     Without them (the default) nothing differs; with them, the loss, norm and weights are still bit-identical
     (the hooks only read the gradients).
     """
