@@ -282,9 +282,9 @@ def _forecast(args: argparse.Namespace, tokens: float) -> tuple[Any, Any]:
     annealed reading's (None where the comparison has none); (None, None) without the flag."""
     if not args.forecast_from:
         return None, None
-    from gradus.experiments.trend import forecast_from_file
+    from gradus.experiments.trend import forecasts_from_file
 
-    return forecast_from_file(args.forecast_from, tokens), forecast_from_file(args.forecast_from, tokens, annealed=True)
+    return forecasts_from_file(args.forecast_from, tokens)
 
 
 def _forecast_json(fc: Any, fc_annealed: Any) -> dict:

@@ -94,6 +94,15 @@ def budget_point(report: dict, requested: int) -> dict:
     }
 
 
+def trend_of(points: Sequence[dict], key: str, band_key: str, forecast_tokens: int | None):
+    """The weighted trend of the points' ``key`` speedups (bands from ``band_key``) and its forecast at
+    ``forecast_tokens``: (Trend or None with fewer than two budgets, Forecast or None)."""
+    usable = [TrendPoint(p["budget_tokens"], p[key], tuple(p[band_key]) if p.get(band_key) else None)
+              for p in points if p.get(key)]
+    trend = fit_trend(usable) if len({p.budget_tokens for p in usable}) >= 2 else None
+    return trend, (forecast(trend, forecast_tokens) if trend is not None and forecast_tokens else None)
+
+
 def add_annealed(points: Sequence[dict]) -> None:
     """Give every budget point its annealed reading (:func:`~gradus.experiments.trend.annealed_speedup`): the
     budget at which the curriculum's complete run ends at this budget's target, from its final losses at the
@@ -220,18 +229,11 @@ def run_compare_budgets(cfg: GradusConfig, *, budgets: Sequence[int], forecast_t
                              threads=threads, plot=plot, origin=origin, eval_points=eval_points,
                              calibration=calibration, calibration_dir=out, log=log)
         points.append(budget_point(report, b))
-    usable = [TrendPoint(p["budget_tokens"], p["speedup_wallclock"], tuple(p["band"]) if p["band"] else None)
-              for p in points if p["speedup_wallclock"]]
-    trend = fit_trend(usable) if len({p.budget_tokens for p in usable}) >= 2 else None
-    fc = forecast(trend, forecast_tokens) if trend is not None and forecast_tokens else None
+    trend, fc = trend_of(points, "speedup_wallclock", "band", forecast_tokens)
     add_annealed(points)
     # A lower bound ("at least") is not a value to fit a line through.
-    usable_annealed = [TrendPoint(p["budget_tokens"], p["speedup_wallclock_annealed"],
-                                  tuple(p["band_annealed"]) if p.get("band_annealed") else None)
-                       for p in points if p.get("speedup_wallclock_annealed") and p["annealed_kind"] == "interpolated"]
-    trend_annealed = (fit_trend(usable_annealed) if len({p.budget_tokens for p in usable_annealed}) >= 2 else None)
-    fc_annealed = (forecast(trend_annealed, forecast_tokens) if trend_annealed is not None and forecast_tokens
-                   else None)
+    trend_annealed, fc_annealed = trend_of([p for p in points if p["annealed_kind"] == "interpolated"],
+                                           "speedup_wallclock_annealed", "band_annealed", forecast_tokens)
     summary = {
         "command": "compare --budgets",
         "out": str(out),

@@ -102,11 +102,11 @@ def trend_from_json(data: dict) -> Trend:
                  cov=tuple(float(x) for x in data["cov"]), crit=float(data.get("crit", 1.96)))
 
 
-def forecast_from_file(path: str | Path, budget: float, annealed: bool = False) -> Forecast | None:
-    """The forecast at ``budget`` tokens from a ``gradus compare --budgets`` result (its ``compare.json``): a
-    ConfigError naming the file and the fix when it is not one, or holds no trend. ``annealed``: from its
-    annealed reading's trend instead (``trend_annealed``), None where the comparison has none (fewer than two
-    budgets with a smaller budget below them, or a file written before it existed)."""
+def forecasts_from_file(path: str | Path, budget: float) -> tuple[Forecast, Forecast | None]:
+    """The forecasts at ``budget`` tokens from a ``gradus compare --budgets`` result (its ``compare.json``, read
+    once): the first crossing's, and the annealed reading's (``trend_annealed``; None where the comparison has
+    none: fewer than two budgets with a smaller budget below them, or a file written before it existed). A
+    ConfigError naming the file and the fix when it is not such a result, or holds no trend."""
     from gradus.errors import ConfigError
 
     try:
@@ -120,19 +120,15 @@ def forecast_from_file(path: str | Path, budget: float, annealed: bool = False) 
     if not isinstance(data, dict) or "budgets" not in data:
         raise ConfigError(f"--forecast-from {path}: not the result of `gradus compare --budgets` (no budgets); run "
                           "that on your data first")
-    if annealed:
-        try:
-            return forecast(trend_from_json(data["trend_annealed"]), budget) if data.get("trend_annealed") else None
-        except (KeyError, TypeError, ValueError):
-            raise ConfigError(f"--forecast-from {path}: its annealed trend is incomplete; rerun `gradus compare "
-                              "--budgets`") from None
     if not data.get("trend"):
         raise ConfigError(f"--forecast-from {path}: that comparison has no trend (fewer than two budgets gave a "
                           "speedup); rerun it with budgets where the curriculum reaches the target")
     try:
-        return forecast(trend_from_json(data["trend"]), budget)
+        first = forecast(trend_from_json(data["trend"]), budget)
+        annealed = forecast(trend_from_json(data["trend_annealed"]), budget) if data.get("trend_annealed") else None
     except (KeyError, TypeError, ValueError):
         raise ConfigError(f"--forecast-from {path}: its trend is incomplete; rerun `gradus compare --budgets`") from None
+    return first, annealed
 
 
 def budget_to_target(points: Sequence[tuple[float, float | None]], target: float) -> tuple[float | None, str]:

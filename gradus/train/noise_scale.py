@@ -314,10 +314,7 @@ class MicroBatchNorms:
         is the step's last micro-batch, which :class:`ShardedMicroBatchNorms` uses)."""
         self.weights.append(weight)
         self.tokens.append(tokens)
-        if self._norms:
-            self.per_micro.append(torch.stack(self._norms).square().sum())
-        else:  # no parameter received a gradient (not in a real model): a zero norm keeps the indices aligned
-            self.per_micro.append(torch.zeros((), dtype=torch.float32, device=self._device))
+        self.per_micro.append(_total_sq(self._norms, self._device))
         self._norms = []
 
     def close(self) -> None:
@@ -398,8 +395,7 @@ class ShardedMicroBatchNorms:
         prev = self._prev or [None] * len(now)
         parts = [torch.linalg.vector_norm(g if q is None else g - q, dtype=torch.float32)
                  for g, q in zip(now, prev, strict=True) if g is not None]
-        self.per_micro.append(torch.stack(parts).square().sum() if parts else
-                              torch.zeros((), dtype=torch.float32, device=self._device))
+        self.per_micro.append(_total_sq(parts, self._device))
         self.weights.append(weight)
         self.tokens.append(tokens)
         self._prev = None if last else [None if g is None else g.detach().clone() for g in now]
@@ -430,7 +426,7 @@ class ShardedMicroBatchNorms:
         if rt.distributed:
             dist.all_reduce(vec)  # sums: the norms over the shards, the weights and counts over the ranks
         sq, a, b, inv_rank = vec[:k], vec[k:2 * k], vec[2 * k:3 * k], vec[3 * k]
-        m = loss_multiplier if math.isfinite(loss_multiplier) and loss_multiplier != 0 else math.nan
+        m = _undoable(loss_multiplier)
         used = a > 0
         safe_a = torch.where(used, a, torch.ones_like(a))
         micro = torch.where(used, sq / (m * safe_a) ** 2, torch.zeros_like(sq))
@@ -440,10 +436,22 @@ class ShardedMicroBatchNorms:
         small = micro.sum() / n_used
         inv_small = torch.where(used, b / safe_a**2, torch.zeros_like(b)).sum() / n_used
         inv_big = inv_rank / world / world  # the mean over ranks of 1/T_r, over W (as noise_sample's)
-        if hasattr(grad_norm, "full_tensor"):  # the norm of sharded gradients is a DTensor
-            grad_norm = grad_norm.full_tensor()
         big = grad_norm.detach().to(dtype).square() / m**2
         return NoiseSample(values=torch.stack([small, inv_small, big, inv_big]), micro=micro)
+
+
+def _total_sq(norms: list[torch.Tensor], device: torch.device) -> torch.Tensor:
+    """The squared norm of a whole gradient from its parameters' norms; a zero where no parameter received a
+    gradient (not in a real model: it keeps the micro-batches' indices aligned)."""
+    if norms:
+        return torch.stack(norms).square().sum()
+    return torch.zeros((), dtype=torch.float32, device=device)
+
+
+def _undoable(loss_multiplier: float) -> float:
+    """The loss multiplier a sample divides out, NaN where it cannot be (under fault injection NaN, Inf or 0:
+    the sample is then not finite and the estimator skips it)."""
+    return loss_multiplier if math.isfinite(loss_multiplier) and loss_multiplier != 0 else math.nan
 
 
 def _local_grad(p: torch.Tensor) -> torch.Tensor | None:
@@ -486,9 +494,7 @@ def noise_sample(norms: MicroBatchNorms, grad_norm: torch.Tensor, scale: torch.T
     device (the host-known numbers enter by a fill kernel, not a copy)."""
     weights, tokens = norms.weights, norms.tokens
     dtype = torch.float32 if grad_norm.device.type == "mps" else torch.float64
-    # (Under fault injection the multiplier may be NaN, Inf or 0: the factor is then NaN, and the estimator
-    # skips the sample as not finite.)
-    m = loss_multiplier if math.isfinite(loss_multiplier) and loss_multiplier != 0 else math.nan
+    m = _undoable(loss_multiplier)
     micro = torch.stack([sq.to(dtype) * (1.0 / (m * w) ** 2 if w > 0 else 0.0)
                          for sq, w in zip(norms.per_micro, weights, strict=True)])
     if scale is not None:

@@ -112,6 +112,8 @@ def optimizer_step(
     if scaler is not None:
         scaler.unscale_(optimizer)
     norm = torch.nn.utils.clip_grad_norm_(model.parameters(), clip)
+    if hasattr(norm, "full_tensor"):  # FSDP: the norm of sharded gradients is a DTensor; one collective, here
+        norm = norm.full_tensor()
     # The sample is built from the norm before clipping and before the optimizer step (queued, not read).
     sample = norms.sample(norm, loss_scale(scaler), loss_multiplier, rt) if norms is not None else None
     out = _finish(optimizer, scaler, loss_sum, norm, rt, lagged)
@@ -144,8 +146,6 @@ def _step_on_device(optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScal
                     norm: torch.Tensor, rt: Runtime) -> DeviceValues:
     """The end of a lagged step: the optimizer step decided on the device (the fp16 scaler's own found_inf,
     else :func:`skip_on_device`), the figures left there."""
-    if hasattr(norm, "full_tensor"):  # FSDP: the norm of sharded gradients is a DTensor
-        norm = norm.full_tensor()
     loss = rt.mean_tensor(loss_sum)
     if scaler is not None:
         scaler.step(optimizer)  # the fused AdamW takes the scaler's found_inf: no host sync either
