@@ -310,6 +310,10 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--threads", type=int, default=1, help="torch threads per run (default 1)")
     p.add_argument("--reuse", action="store_true", help="with --work: read back finished runs whose config is "
                    "identical instead of training them again (their seconds are from then)")
+    p.add_argument("--archive", type=Path, help="with --reuse: keep every finished run's record (one small JSON per "
+                   "run) in this folder as well, and read runs back from it when --work lost them (a new machine): "
+                   "commit it (benchmarks/results/runs/TAG) and a point continues in a later session. The runs' "
+                   "configs name --work and --data, so give the same paths there")
     p.add_argument("--anchor-budget", type=int, help="the -abs arms keep the short stages' tokens they have at this "
                    "budget (default: the run's budget)")
     p.add_argument("--checkpoint-every-tokens", type=int, help="tokens between each run's checkpoints, so a run "
@@ -392,7 +396,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             log(f"  arm {arm.name} (regime {arm.regime}, {s.tps(arm.regime):,} tokens/step, grid "
                 f"{', '.join(f'{x:g}' for x in arm.lr_grid)}): {arm.description}")
         tuned = execute(s, arms, args.data, tokenizer, work, jobs=args.jobs, threads=args.threads,
-                        reuse=args.reuse, log=log)
+                        reuse=args.reuse, log=log, archive=args.archive if args.reuse else None)
         all_runs = [r for t in tuned.values() for r in t.all_runs]
         # An adaptive arm's table is the one its chosen run followed (its decisions; other seeds may differ a little).
         stages = {name: stage_plan_of_run(t.runs[0].run_dir) if ARMS[name].adaptive and t.runs

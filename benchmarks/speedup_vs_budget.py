@@ -84,6 +84,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--points", type=int, help="compute at most this many new points in this invocation")
     p.add_argument("--work", type=Path, required=True, help="folder for the runs (one sub-folder per budget)")
     p.add_argument("--jobs", type=int, default=2, help="runs at a time (default 2)")
+    p.add_argument("--archive", type=Path, help="keep every finished run's record in ARCHIVE/<point's tag>/ as well "
+                   "(curriculum_speedup.py's --archive): with it committed, a point that does not finish within one "
+                   "machine's life continues on the next")
     p.add_argument("--out", type=Path, default=RESULTS, help="folder for the JSON and PNG")
     p.add_argument("--calibration", choices=("windows", "measured"), default="windows",
                    help="as curriculum_speedup.py's --calibration (default windows). A point whose result file was "
@@ -120,6 +123,8 @@ def point_args(args: argparse.Namespace, budget: int, seeds: str, arms: str, gri
             "--data", str(args.data), "--work", str(args.work / f"b{budget}"), "--reuse", "--jobs", str(args.jobs),
             "--checkpoint-every-tokens", str(max(args.tokens_per_step, budget // 8)),
             "--out", str(args.out / "trend"), "--tag", tag, "--calibration", args.calibration]
+    if args.archive:
+        argv += ["--archive", str(args.archive / tag)]
     if args.template:
         argv += ["--template", args.template]
     if args.model:

@@ -523,3 +523,62 @@ def test_a_run_of_another_config_is_kept_beside_never_deleted(offline_data, tmp_
     (task.run_dir / "arm.yaml").write_text(older, encoding="utf-8")
     again = runner.prepare_dir(task)
     assert again == moved.with_name(f"{moved.name}-2") and moved.is_dir()
+
+
+# --------------------------------------------------------------------------------------------- archive
+def test_an_archive_keeps_finished_runs_when_their_folder_is_lost(offline_data, tmp_path):
+    """A benchmark point can outlast a machine (a session's work folder is gone with it): with an archive,
+    every finished run's record is kept there too, and a new invocation on an empty work folder reads each run
+    back from it, without training, with the same curve, final loss and micro-batches as the original."""
+    from gradus.experiments.runner import archive_path
+
+    tasks = _two_lr_tasks(offline_data, tmp_path / "work")
+    archive = tmp_path / "archive"
+    first = Runner(jobs=1, folder=tmp_path / "work", archive=archive).run(tasks)
+    assert all(archive_path(archive, t).is_file() for t in tasks)
+    assert all(r.micro_batches for r in first)  # the shapes the calibration prices, kept in the record
+    (archive / "stray.json").write_text("not a run\n", encoding="utf-8")  # other files there are ignored
+
+    import shutil
+
+    shutil.rmtree(tmp_path / "work")  # a new machine
+    again = Runner(jobs=1, folder=tmp_path / "work", archive=archive).run(_two_lr_tasks(offline_data, tmp_path / "work"))
+    assert [r.reused for r in again] == [True, True]
+    for old, new in zip(first, again, strict=True):
+        assert (new.tokens, new.val_loss, new.final_val_loss, new.micro_batches, new.windows) == (
+            old.tokens, old.val_loss, old.final_val_loss, old.micro_batches, old.windows)
+        assert new.run_dir == old.run_dir
+    for t in tasks:
+        assert (t.run_dir / "result.json").is_file() and not (t.run_dir / "metrics.jsonl").exists()
+        assert (t.run_dir / "config.yaml").read_text(encoding="utf-8") == t.config_text
+
+
+def test_an_archived_run_is_restored_only_for_the_same_config_and_tokenizer_file(offline_data, tmp_path):
+    from gradus.experiments.analysis import RunRecord
+    from gradus.experiments.runner import archive_run, finished_record, restore_run
+    from gradus.train.storage.run_dir import RunDir
+
+    bpe = tmp_path / "bpe.json"
+    bpe.write_text('{"a BPE": 1}', encoding="utf-8")
+    raw = to_dict(from_dict(tiny_config(offline_data)))
+    raw["data"]["tokenizer"].update(name_or_path=str(bpe), train_vocab_size=None)
+    task = Task("a", 3e-3, 0, raw, tmp_path / "work" / "runs" / "a" / "lr0.003-seed0")
+    task.run_dir.mkdir(parents=True)
+    decisions = [{"step": 40, "verdict": "rejected", "proposal": {"tokens_per_step": 4096}}]
+    RunDir(task.run_dir).write_decisions(decisions)
+    record = RunRecord("a", 3e-3, 0, tokens=[100, 200], seconds=[1.0, 2.0], val_loss=[5.0, 4.5],
+                       final_val_loss=4.5, micro_batches=[(64, 2048, 16)], run_dir=str(task.run_dir))
+    archive = tmp_path / "archive"
+    archive_run(archive, task, record)
+
+    import shutil
+
+    shutil.rmtree(tmp_path / "work")
+    bpe.write_text('{"another BPE": 2}', encoding="utf-8")  # trained again, differently
+    assert not restore_run(archive, task) and finished_record(task, archive) is None
+    bpe.write_text('{"a BPE": 1}', encoding="utf-8")
+    other = Task("a", 6e-3, 0, {**raw, "optim": {**raw["optim"], "base_lr": 6e-3}}, task.run_dir)
+    assert not restore_run(archive, other)  # another config at the same place
+    got = finished_record(task, archive)
+    assert got is not None and got.reused and got.final_val_loss == 4.5 and got.micro_batches == [(64, 2048, 16)]
+    assert RunDir(task.run_dir).read_decisions() == decisions  # an adaptive run's table is read from them

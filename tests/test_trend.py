@@ -155,6 +155,19 @@ def test_a_point_priced_by_the_windows_is_priced_again_when_the_series_asks_for_
     assert bench.main([*argv, "--calibration", "measured"]) == 0 and len(calls) == 1  # both measured now
 
 
+def test_the_series_gives_each_point_its_own_archive_folder(tmp_path, monkeypatch):
+    """``--archive DIR``: each point keeps its runs' records in DIR/<its tag>, so a point that a session's end
+    cut off continues from the committed records on a new machine."""
+    bench = load_benchmark("speedup_vs_budget")
+    calls = []
+    monkeypatch.setattr(bench.curriculum_speedup, "main", lambda argv: calls.append(argv) or 1)
+    with pytest.raises(SystemExit, match="failed"):
+        bench.main(["--budgets", "524288,1048576", "--work", str(tmp_path / "work"), "--out", str(tmp_path),
+                    "--archive", str(tmp_path / "runs"), "--model", "tiny", "--series", "tiny"])
+    argv = calls[0]
+    assert argv[argv.index("--archive") + 1] == str(tmp_path / "runs" / "tiny-b524288")
+
+
 def test_the_absolute_ramp_keeps_its_short_stages_at_the_anchor_budget_and_gives_the_rest_to_the_final_length():
     from gradus.experiments.speedup_arms import ARMS, Settings
 

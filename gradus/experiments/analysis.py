@@ -60,6 +60,10 @@ class RunRecord:
     branch_tokens: int = 0
     """An adaptive run's tokens trained in verification branches and thrown away (``adaptive/branch_tokens``):
     counted in :attr:`tokens`, since the run paid for them."""
+    micro_batches: list[tuple[int, int, int]] = field(default_factory=list)
+    """(seq_len, tokens per step, micro-batch rows) of every shape the run's step records name, sorted: what the
+    measured calibration prices each shape at (kept in the record, so a run read back without its
+    metrics.jsonl, from an archive, is priced the same)."""
 
     @property
     def tokens_per_sec(self) -> float:
@@ -75,6 +79,7 @@ class RunRecord:
         out["windows"] = [list(w) for w in self.windows]
         if not self.branch_tokens:  # only adaptive runs have branches: the other records keep their shape
             del out["branch_tokens"]
+        out["micro_batches"] = [list(m) for m in self.micro_batches]
         return out
 
     @classmethod
@@ -85,6 +90,7 @@ class RunRecord:
             data[key] = math.inf if data.get(key) is None else data[key]
         data["val_loss"] = [math.inf if x is None else x for x in data["val_loss"]]
         data["windows"] = [tuple(w) for w in data.get("windows", [])]
+        data["micro_batches"] = [tuple(m) for m in data.get("micro_batches", [])]
         known = set(cls.__dataclass_fields__)
         return cls(**{k: v for k, v in data.items() if k in known})
 
@@ -128,6 +134,9 @@ def record_from_metrics(run: RunRecord, records: Sequence[dict], budget: int) ->
         run.seconds.append(float(r["time/train_seconds"]))
         run.val_loss.append(math.inf if loss is None or not math.isfinite(loss) else float(loss))
     run.windows = stage_windows(records)
+    run.micro_batches = sorted({(int(r["curriculum/current_seq_len"]), int(r["curriculum/tokens_per_step"]),
+                                 int(r["curriculum/micro_batch_size"]))
+                                for r in records if "curriculum/micro_batch_size" in r and "event" not in r})
     if run.seconds:
         run.train_seconds = max(run.train_seconds, run.seconds[-1])
         run.tokens_trained = max(run.tokens_trained, run.tokens[-1])

@@ -333,12 +333,17 @@ def _noise_every(raw: dict) -> tuple[int, int]:
 
 
 def micro_batches_seen(runs: Iterable[RunRecord]) -> dict[tuple[int, int], set[int]]:
-    """(seq_len, tokens per step) -> every micro-batch the runs' step records name, read from each run
-    directory's metrics.jsonl."""
+    """(seq_len, tokens per step) -> every micro-batch the runs' step records name: the record's own list
+    (:attr:`RunRecord.micro_batches`), else read from its run directory's metrics.jsonl (a record written
+    before the list was kept)."""
     from gradus.train.storage.run_dir import RunDir
 
     out: dict[tuple[int, int], set[int]] = {}
     for run in runs:
+        if run.micro_batches:
+            for L, tps, micro in run.micro_batches:
+                out.setdefault((L, tps), set()).add(micro)
+            continue
         if not run.run_dir:
             continue
         path = RunDir(Path(run.run_dir)).metrics

@@ -8,6 +8,11 @@ is identical instead of training it again, and an unfinished one continues from 
 is ``gradus train --out DIR``'s own resume), so an interrupted sweep resumes where it stopped. A run of
 another config found where a task's run goes (a compare rerun with another budget) is moved beside it,
 never deleted (:meth:`Runner.prepare_dir`).
+
+With an ``archive`` folder, every finished run's record (its ``result.json``, the decisions an adaptive run
+made, a hash of the tokenizer file it read) is also written there, one small JSON per run, and a run whose
+folder lost them (a new machine, a work folder cleared) is read back from it and its folder refilled: how a
+benchmark whose runs outlast one machine's life keeps them, in the repository (:func:`archive_path`).
 """
 
 from __future__ import annotations
@@ -73,9 +78,73 @@ def same_config(saved_text: str, task: Task) -> bool:
         return False
 
 
-def finished_record(task: Task) -> RunRecord | None:
-    """The record of a run already finished with the same config, else None."""
+def archive_path(archive: Path, task: Task) -> Path:
+    """Where ``archive`` keeps the record of ``task``'s run: ``<arm folder>/<run folder>.json``, the last two
+    parts of its run directory (``runs/<arm>/lr<LR>-seed<S>`` in a benchmark's work folder)."""
+    return archive / task.run_dir.parent.name / f"{task.run_dir.name}.json"
+
+
+def tokenizer_file_hash(config: dict) -> str | None:
+    """sha256 of the tokenizer file a run config names (``data.tokenizer.name_or_path``), None when it names
+    no local file (a hub name). An archived run is read back only where the file is the same: a BPE trained
+    again on a new machine must be identical for the old runs to count beside new ones."""
+    name = ((config.get("data") or {}).get("tokenizer") or {}).get("name_or_path")
+    path = Path(str(name)) if name else None
+    if path is None or not path.is_file():
+        return None
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def archive_run(archive: Path, task: Task, record: RunRecord) -> Path:
+    """Write a finished run's record into ``archive`` (see :func:`restore_run`); returns the file."""
+    path = archive_path(archive, task)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    data = {"record": record.to_json(), "config": task.config_text,
+            "decisions": RunDir(task.run_dir).read_decisions(), "tokenizer_sha256": tokenizer_file_hash(task.config)}
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(data, indent=1) + "\n", encoding="utf-8")
+    os.replace(tmp, path)
+    return path
+
+
+def restore_run(archive: Path, task: Task) -> bool:
+    """Refill ``task.run_dir`` from ``archive`` when its folder lacks a finished result: ``result.json``,
+    ``arm.yaml`` and ``config.yaml`` (the config it ran) and ``decisions.jsonl``, so everything that reads a
+    finished run's folder (the calibration, an adaptive run's stage table) finds it. Only a run of the same
+    config and the same tokenizer file, into a folder that holds no run of another config. Returns whether
+    it restored."""
+    path = archive_path(archive, task)
+    if (task.run_dir / RESULT).is_file() or not path.is_file():
+        return False
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+    if not isinstance(data.get("config"), str) or not same_config(data["config"], task):
+        return False
+    if data.get("tokenizer_sha256") != tokenizer_file_hash(task.config):
+        return False
+    arm_yaml = task.run_dir / "arm.yaml"
+    if arm_yaml.is_file() and not same_config(arm_yaml.read_text(encoding="utf-8"), task):
+        return False
+    task.run_dir.mkdir(parents=True, exist_ok=True)
+    run = RunDir(task.run_dir)
+    for name in ("arm.yaml", "config.yaml"):
+        (task.run_dir / name).write_text(task.config_text, encoding="utf-8")
+    if data.get("decisions"):
+        run.write_decisions(data["decisions"])
+    record = dict(data["record"], run_dir=str(task.run_dir))
+    (task.run_dir / RESULT).write_text(json.dumps({"record": record, "config": task.config_text}),
+                                       encoding="utf-8")
+    return True
+
+
+def finished_record(task: Task, archive: Path | None = None) -> RunRecord | None:
+    """The record of a run already finished with the same config, else None; with ``archive``, a run whose
+    folder lost it is restored from there first (:func:`restore_run`)."""
     saved = task.run_dir / RESULT
+    if archive is not None:
+        restore_run(archive, task)
     if not saved.is_file():
         return None
     try:
@@ -128,7 +197,7 @@ class Runner:
 
     def __init__(self, jobs: int = 1, threads: int = 1, devices: list[int] | None = None,
                  log: Callable[[str], None] = print, reuse: bool = True, folder: Path | None = None,
-                 folder_flag: str = "--out"):
+                 folder_flag: str = "--out", archive: Path | None = None):
         self.folder, self.folder_flag = folder, folder_flag
         """The folder that holds every run directory, locked while :meth:`run` runs (``folder_flag`` names
         its option in the message): a second invocation on it would otherwise restart, or delete when its
@@ -140,6 +209,9 @@ class Runner:
         self.log = log
         self.reuse = reuse
         """Read finished runs back and continue unfinished ones; False trains every run from scratch."""
+        self.archive = archive
+        """A folder that keeps every finished run's record beyond its run directory (:func:`archive_run`), or
+        None."""
 
     def prepare_dir(self, task: Task) -> Path | None:
         """Make ``task.run_dir`` ready for the task's run; returns where an earlier run of *another* config was
@@ -197,6 +269,8 @@ class Runner:
         if code == 0:  # (a run a signal stopped never gets here: run() stops the experiment first)
             (task.run_dir / RESULT).write_text(json.dumps({"record": record.to_json(), "config": task.config_text}),
                                                encoding="utf-8")
+            if self.archive is not None:
+                archive_run(self.archive, task, record)
         return record
 
     def run(self, tasks: Iterable[Task], on_done: Callable[[RunRecord], Iterable[Task]] | None = None
@@ -219,8 +293,10 @@ class Runner:
             while queue or running:
                 while queue and len(running) < self.jobs:
                     task = queue.pop(0)
-                    old = finished_record(task) if self.reuse else None
+                    old = finished_record(task, self.archive) if self.reuse else None
                     if old is not None:
+                        if self.archive is not None and not archive_path(self.archive, task).is_file():
+                            archive_run(self.archive, task, old)  # finished before the archive was asked for
                         done(old)
                         continue
                     slot = next(i for i in range(self.jobs) if i not in running)

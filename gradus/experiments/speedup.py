@@ -106,9 +106,11 @@ Run = RunRecord
 
 
 def execute(s: Settings, arms: Sequence[Arm], data: Path, tokenizer: Path, work: Path, *, jobs: int, threads: int,
-            reuse: bool, log: Callable[[str], None]) -> dict[str, Tuned]:
+            reuse: bool, log: Callable[[str], None], archive: Path | None = None) -> dict[str, Tuned]:
     """Tune every arm, ``jobs`` runs at a time, each run a ``gradus train`` process with ``threads`` torch
-    threads in ``work/runs/<arm>/lr<LR>-seed<S>`` (gradus.experiments.runner)."""
+    threads in ``work/runs/<arm>/lr<LR>-seed<S>`` (gradus.experiments.runner); with ``archive``, every finished
+    run's record is kept there too and read back from there when ``work`` lost it (:func:`~gradus.experiments.
+    runner.archive_run`)."""
 
     def maker(arm: Arm) -> Callable[[float, int], Task]:
         def make(lr: float, seed: int) -> Task:
@@ -117,7 +119,8 @@ def execute(s: Settings, arms: Sequence[Arm], data: Path, tokenizer: Path, work:
         return make
 
     tuners = {a.name: LRTuner(a.name, a.lr_grid, s.seeds, s.max_extensions, maker(a), s.finalists) for a in arms}
-    runner = Runner(jobs=jobs, threads=threads, log=log, reuse=reuse, folder=work, folder_flag="--work")
+    runner = Runner(jobs=jobs, threads=threads, log=log, reuse=reuse, folder=work, folder_flag="--work",
+                    archive=archive)
 
     def finished(run: Run) -> None:
         log(describe(run))
