@@ -17,12 +17,17 @@ against log2(budget) (:mod:`gradus.experiments.trend`), with its uncertainty.
 Resumable: every run checkpoints every ``budget / 8`` tokens, finished runs are read back (``--reuse``), and a
 point whose result file exists is read back without touching its runs. So an interrupted benchmark (a session's
 end) continues where it stopped when the same command runs again; ``--points`` limits how many new points one
-invocation computes, so each can be sized to finish within a session.
+invocation computes, so each can be sized to finish within a session. A session's machine takes its work folder
+with it: ``--archive benchmarks/results/runs`` keeps every finished run's record in the repository as well
+(``runs/<point's tag>/<arm>/lr<LR>-seed<S>.json``, ~5 KB each), so a point that a session's end cut off goes
+on in the next session from the committed records, with the same ``--work`` and ``--data`` paths (the runs'
+configs name them).
 
 Usage::
 
     # WikiText-2, the `small` model, 0.25M -> 4M tokens (issue 29's budget series)
-    python benchmarks/speedup_vs_budget.py --budgets 262144,524288,1048576,2097152,4194304 --work /work/bench/trend
+    python benchmarks/speedup_vs_budget.py --budgets 262144,524288,1048576,2097152,4194304 --work /work/bench/trend \\
+        --archive benchmarks/results/runs
     # tokens per parameter up to compute-optimal: the `tiny` model (4 x 64) with a 1,024-token BPE, 266,816
     # parameters (embeddings included), 1.2 -> 20.6 tokens per parameter
     python benchmarks/speedup_vs_budget.py --model tiny --vocab-size 1024 --series tiny \\
