@@ -56,11 +56,17 @@ def arm_figures(arm: dict) -> dict:
             "lr": arm.get("lr")}
 
 
-def decisions_of(arm: dict) -> list[dict]:
-    """What each of the arm's chosen runs decided: per seed, its decision records in short form."""
+def decisions_of(arm: dict, earlier: dict[str, list[dict]] | None = None) -> list[dict]:
+    """What each of the arm's chosen runs decided: per seed, its decision records in short form. A run whose
+    directory is gone (a work folder lives as long as its machine) keeps the decisions an earlier summary
+    recorded for it (``earlier``: run directory -> decisions), rather than reading as a run that decided
+    nothing."""
     out = []
     for seed in arm.get("per_seed", []):
         run = seed.get("run_dir")
+        if run and not Path(run).is_dir() and earlier and run in earlier:
+            out.append({"seed": seed.get("seed"), "run_dir": run, "decisions": earlier[run]})
+            continue
         records = RunDir(Path(run)).read_decisions() if run else []
         out.append({"seed": seed.get("seed"), "run_dir": run, "decisions": [
             {k: r.get(k) for k in ("step", "tokens", "kind", "verdict", "proposal", "reason", "comparison")
@@ -68,8 +74,19 @@ def decisions_of(arm: dict) -> list[dict]:
     return out
 
 
-def point(result: dict) -> dict | None:
-    """One (corpus, budget) point of the summary, or None when the adaptive arm is not in the result."""
+def earlier_decisions(path: Path) -> dict[str, list[dict]]:
+    """Run directory -> decisions, from a summary this script wrote before (empty when there is none)."""
+    try:
+        summary = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+    return {s["run_dir"]: s["decisions"] for q in summary.get("points", []) for s in q.get("decisions", [])
+            if s.get("run_dir")}
+
+
+def point(result: dict, earlier: dict[str, list[dict]] | None = None) -> dict | None:
+    """One (corpus, budget) point of the summary, or None when the adaptive arm is not in the result
+    (``earlier``: as :func:`decisions_of`'s)."""
     arms = {a["name"]: a for a in result["arms"]}
     adaptive = arms.get(ADAPTIVE_ARM)
     if adaptive is None:
@@ -83,7 +100,7 @@ def point(result: dict) -> dict | None:
            "model": result["settings"]["model"], "baseline": result.get("baseline"),
            "adaptive": {"arm": ADAPTIVE_ARM, **arm_figures(adaptive)},
            "best_fixed": {"arm": best["name"], **arm_figures(best)} if best else None,
-           "decisions": decisions_of(adaptive)}
+           "decisions": decisions_of(adaptive, earlier)}
     out["adaptive_at_least_best_fixed"] = _at_least(out["adaptive"], out["best_fixed"])
     return out
 
@@ -126,9 +143,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--out", type=Path, default=RESULTS, help="where adaptive_vs_fixed.json goes")
     args = p.parse_args(argv)
     points, notes = [], []
+    earlier = earlier_decisions(args.out / "adaptive_vs_fixed.json")
     for path in args.results:
         result = json.loads(path.read_text(encoding="utf-8"))
-        got = point(result)
+        got = point(result, earlier)
         if got is None:
             notes.append(f"{path}: no {ADAPTIVE_ARM} arm; left out")
             continue

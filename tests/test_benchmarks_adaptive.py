@@ -55,3 +55,20 @@ def test_a_result_without_the_adaptive_arm_is_left_out_with_a_note(tmp_path):
     assert avf.main([str(path), "--out", str(tmp_path)]) == 0
     out = json.loads((tmp_path / "adaptive_vs_fixed.json").read_text())
     assert out["points"] == [] and "no seqwarm-long-ramp-adaptive-wsd arm" in out["notes"][0]
+
+
+def test_a_run_whose_folder_is_gone_keeps_the_decisions_the_last_summary_recorded(tmp_path):
+    """A work folder lives as long as its machine: summarising again after it is gone must not turn an earlier
+    point's decisions into none (its result file still names the run directories)."""
+    run = tmp_path / "run"
+    run.mkdir()
+    decision = {"step": 9, "tokens": 4096, "kind": "batch", "verdict": "rejected", "proposal": {"tokens_per_step": 1024}}
+    (run / "decisions.jsonl").write_text(json.dumps(decision) + "\n")
+    path = tmp_path / "r.json"
+    path.write_text(json.dumps(_result(1_048_576, (2.3, [2.0, 2.6]), 2.5, str(run))))
+    assert avf.main([str(path), "--out", str(tmp_path)]) == 0
+    (run / "decisions.jsonl").unlink()
+    run.rmdir()  # the machine is gone
+    assert avf.main([str(path), "--out", str(tmp_path)]) == 0
+    out = json.loads((tmp_path / "adaptive_vs_fixed.json").read_text())
+    assert out["points"][0]["decisions"][0]["decisions"] == [decision]
