@@ -129,8 +129,8 @@ def restore_run(archive: Path, task: Task) -> bool:
         return False
     task.run_dir.mkdir(parents=True, exist_ok=True)
     run = RunDir(task.run_dir)
-    for name in ("arm.yaml", "config.yaml"):
-        (task.run_dir / name).write_text(task.config_text, encoding="utf-8")
+    for path in (task.run_dir / "arm.yaml", run.config):
+        path.write_text(task.config_text, encoding="utf-8")
     if data.get("decisions"):
         run.write_decisions(data["decisions"])
     record = dict(data["record"], run_dir=str(task.run_dir))
