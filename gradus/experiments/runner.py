@@ -78,6 +78,25 @@ def same_config(saved_text: str, task: Task) -> bool:
         return False
 
 
+def _saved_for(path: Path, task: Task) -> dict | None:
+    """A saved run's JSON (a ``result.json`` or an archived record) when it exists, reads, and holds the
+    task's config; else None."""
+    if not path.is_file():
+        return None
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    if not isinstance(data.get("config"), str) or not same_config(data["config"], task):
+        return None
+    return data
+
+
+def _write_result(task: Task, record: dict) -> None:
+    """Write a finished run's ``result.json``: its record and the config it ran."""
+    (task.run_dir / RESULT).write_text(json.dumps({"record": record, "config": task.config_text}), encoding="utf-8")
+
+
 def archive_path(archive: Path, task: Task) -> Path:
     """Where ``archive`` keeps the record of ``task``'s run: ``<arm folder>/<run folder>.json``, the last two
     parts of its run directory (``runs/<arm>/lr<LR>-seed<S>`` in a benchmark's work folder)."""
@@ -113,16 +132,10 @@ def restore_run(archive: Path, task: Task) -> bool:
     finished run's folder (the calibration, an adaptive run's stage table) finds it. Only a run of the same
     config and the same tokenizer file, into a folder that holds no run of another config. Returns whether
     it restored."""
-    path = archive_path(archive, task)
-    if (task.run_dir / RESULT).is_file() or not path.is_file():
+    if (task.run_dir / RESULT).is_file():
         return False
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return False
-    if not isinstance(data.get("config"), str) or not same_config(data["config"], task):
-        return False
-    if data.get("tokenizer_sha256") != tokenizer_file_hash(task.config):
+    data = _saved_for(archive_path(archive, task), task)
+    if data is None or data.get("tokenizer_sha256") != tokenizer_file_hash(task.config):
         return False
     arm_yaml = task.run_dir / "arm.yaml"
     if arm_yaml.is_file() and not same_config(arm_yaml.read_text(encoding="utf-8"), task):
@@ -133,25 +146,17 @@ def restore_run(archive: Path, task: Task) -> bool:
         path.write_text(task.config_text, encoding="utf-8")
     if data.get("decisions"):
         run.write_decisions(data["decisions"])
-    record = dict(data["record"], run_dir=str(task.run_dir))
-    (task.run_dir / RESULT).write_text(json.dumps({"record": record, "config": task.config_text}),
-                                       encoding="utf-8")
+    _write_result(task, dict(data["record"], run_dir=str(task.run_dir)))
     return True
 
 
 def finished_record(task: Task, archive: Path | None = None) -> RunRecord | None:
     """The record of a run already finished with the same config, else None; with ``archive``, a run whose
     folder lost it is restored from there first (:func:`restore_run`)."""
-    saved = task.run_dir / RESULT
     if archive is not None:
         restore_run(archive, task)
-    if not saved.is_file():
-        return None
-    try:
-        data = json.loads(saved.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return None
-    if not isinstance(data.get("config"), str) or not same_config(data["config"], task):
+    data = _saved_for(task.run_dir / RESULT, task)
+    if data is None:
         return None
     record = RunRecord.from_json(data["record"])
     record.reused = True
@@ -267,8 +272,7 @@ class Runner:
         metrics = RunDir(task.run_dir).metrics
         record_from_metrics(record, read_records(metrics) if metrics.is_file() else [], task.budget)
         if code == 0:  # (a run a signal stopped never gets here: run() stops the experiment first)
-            (task.run_dir / RESULT).write_text(json.dumps({"record": record.to_json(), "config": task.config_text}),
-                                               encoding="utf-8")
+            _write_result(task, record.to_json())
             if self.archive is not None:
                 archive_run(self.archive, task, record)
         return record
