@@ -525,6 +525,42 @@ def test_a_run_of_another_config_is_kept_beside_never_deleted(offline_data, tmp_
     assert again == moved.with_name(f"{moved.name}-2") and moved.is_dir()
 
 
+def test_a_summary_of_other_runs_is_kept_beside_and_the_same_runs_rewrite_it(tmp_path):
+    """compare.json (and its PNG) of a comparison at another budget or setting was overwritten by the rerun on
+    the same --out, although its runs were kept (issue 31): it is kept beside them now, under its runs' key; a
+    summary of the same runs again (a rerun, a resume, a re-pricing) replaces it in place."""
+    from gradus.experiments.common import runs_key, summaries_key, write_summary
+
+    runs = []
+    for name, text in (("baseline/seed0", "budget: 100000\n"), ("curriculum/seed0", "budget: 100000\n")):
+        (tmp_path / "arms" / name).mkdir(parents=True)
+        (tmp_path / "arms" / name / "arm.yaml").write_text(text, encoding="utf-8")
+        runs.append(tmp_path / "arms" / name)
+    first = runs_key(runs)
+    assert first == runs_key(list(reversed(runs)))  # the order runs finished in does not matter
+    said = []
+    write_summary(tmp_path, "compare", {"budget": 100000}, first, said.append)
+    (tmp_path / "compare.png").write_bytes(b"png of 100k")
+    write_summary(tmp_path, "compare", {"budget": 100000, "calibration": "again"}, first, said.append)
+    assert said == [] and json.loads((tmp_path / "compare.json").read_text())["calibration"] == "again"
+
+    (runs[0] / "arm.yaml").write_text("budget: 200000\n", encoding="utf-8")  # the rerun with another budget
+    second = runs_key(runs)
+    assert second != first
+    report = {"budget": 200000}
+    write_summary(tmp_path, "compare", report, second, said.append)
+    kept = tmp_path / f"compare@{first}.json"
+    assert json.loads(kept.read_text()) == {"budget": 100000, "calibration": "again", "runs_key": first}
+    assert kept.with_suffix(".png").read_bytes() == b"png of 100k" and not (tmp_path / "compare.png").exists()
+    assert report["runs_key"] == second and json.loads((tmp_path / "compare.json").read_text())["budget"] == 200000
+    assert said == [f"{tmp_path / 'compare.json'} held the summary of other runs: kept as {kept}"]
+    # A summary written before summaries had keys is kept too (under its content's hash), never lost.
+    (tmp_path / "compare.json").write_text('{"budget": 50000}\n', encoding="utf-8")
+    write_summary(tmp_path, "compare", {"budget": 200000}, second, said.append)
+    assert len(list(tmp_path.glob("compare@*.json"))) == 2
+    assert summaries_key([first, second]) != summaries_key([second, first])
+
+
 # --------------------------------------------------------------------------------------------- archive
 def test_an_archive_keeps_finished_runs_when_their_folder_is_lost(offline_data, tmp_path):
     """A benchmark point can outlast a machine (a session's work folder is gone with it): with an archive,

@@ -11,6 +11,7 @@ another's module for its plumbing.
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
 import json
 import math
 import os
@@ -143,6 +144,55 @@ def describe_run(run: RunRecord) -> str:
     reused = " (read back)" if run.reused else ""
     return (f"  {run.arm:<24} lr {run.lr:<8g} seed {run.seed}: final val loss {final}, {run.train_seconds:.0f}s "
             f"training ({run.tokens_per_sec:,.0f} tok/s){extra}{reused}")
+
+
+def runs_key(run_dirs: Sequence[str | Path]) -> str:
+    """Which runs a summary was made from: a short hash of each run's folder name and config (``arm.yaml``),
+    so a summary written again from the same runs (a rerun, a resumed or re-priced comparison) has the same
+    key and one made from other runs (another budget, seeds or setting) has another."""
+    digest = hashlib.sha256()
+    for run_dir in sorted({str(d) for d in run_dirs}):
+        path = Path(run_dir)
+        arm_yaml = path / "arm.yaml"
+        digest.update(path.name.encode("utf-8") + b"\0")
+        digest.update(arm_yaml.read_bytes() if arm_yaml.is_file() else b"")
+        digest.update(b"\0")
+    return digest.hexdigest()[:8]
+
+
+def summaries_key(keys: Sequence[str]) -> str:
+    """The key of a summary of summaries (``gradus compare --budgets``): a short hash of their keys, in order."""
+    return hashlib.sha256("\0".join(keys).encode("utf-8")).hexdigest()[:8]
+
+
+def write_summary(out: Path, name: str, report: dict, key: str, log: Callable[[str], None]) -> Path:
+    """Write ``out/<name>.json`` (``report``, given ``runs_key`` = ``key``), keeping an earlier summary of other
+    runs: a rerun on the same ``--out`` with another budget or setting keeps the earlier runs beside
+    (:meth:`Runner.prepare_dir`), and their summary (the JSON and its PNG) is kept beside them the same way,
+    as ``<name>@<its key>.json`` / ``.png``, so nothing a user saw is lost. Returns the path written."""
+    path = out / f"{name}.json"
+    out.mkdir(parents=True, exist_ok=True)
+    if path.is_file():
+        try:
+            earlier = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            earlier = None
+        earlier_key = earlier.get("runs_key") if isinstance(earlier, dict) else None
+        if earlier_key != key:
+            tag = earlier_key or hashlib.sha256(path.read_bytes()).hexdigest()[:8]
+            kept = out / f"{name}@{tag}.json"
+            n = 1
+            while kept.exists():
+                n += 1
+                kept = out / f"{name}@{tag}-{n}.json"
+            os.replace(path, kept)
+            png = out / f"{name}.png"
+            if png.is_file():
+                os.replace(png, kept.with_suffix(".png"))
+            log(f"{path} held the summary of other runs: kept as {kept}")
+    report["runs_key"] = key
+    path.write_text(json.dumps(report, indent=1) + "\n", encoding="utf-8")
+    return path
 
 
 def machine() -> dict:

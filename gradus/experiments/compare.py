@@ -5,7 +5,6 @@ way; the speedup in tokens and wall-clock to the baseline's final loss, over see
 from __future__ import annotations
 
 import copy
-import json
 import math
 import statistics
 from collections.abc import Callable, Sequence
@@ -35,16 +34,19 @@ from gradus.experiments.common import (
     or_dash,
     prepare,
     prepare_tokenizers,
+    runs_key,
     stage_plan,
     tasks_for,
     write_plot,
+    write_summary,
 )
 from gradus.experiments.tuning import LRTuner, default_grid, finalists_text, tune_all
 from gradus.units import format_count
 
 CALIBRATION_TEXT = {
     "measured": "each shape's optimizer step timed after the runs, the shapes interleaved, its lower decile × "
-                "tokens: the same whatever the runs' history or load",
+                "tokens: the same whatever the runs' history; the ratios hold under load, the seconds follow the "
+                "machine's speed when it was timed",
     "windows": "each shape's best-case seconds per token in the runs' logging windows × tokens",
 }
 """How the table's footnote says the calibrated seconds were priced, by method."""
@@ -247,8 +249,7 @@ def run_compare(cfg: GradusConfig, *, baseline: str = "auto", budget: int | None
         "calibration": cal.to_json(),
         "execution": {"jobs": runner.jobs, "threads_per_run": threads, "gpus": runner.devices},
     }
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "compare.json").write_text(json.dumps(report, indent=1) + "\n", encoding="utf-8")
+    write_summary(out, "compare", report, runs_key([r.run_dir for r in all_records]), log)
     log("")
     log(compare_table(report))
     log(f"wrote {out / 'compare.json'}")

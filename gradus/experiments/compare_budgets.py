@@ -10,14 +10,13 @@ is a weighted straight line of the calibrated speedup against log2(budget) (:mod
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from gradus.config import GradusConfig
 from gradus.errors import ConfigError
 from gradus.experiments.budget import EVAL_POINTS
-from gradus.experiments.common import prepare
+from gradus.experiments.common import prepare, summaries_key, write_summary
 from gradus.experiments.compare import compare_arms, run_compare
 from gradus.experiments.trend import Forecast, TrendPoint, annealed_speedup, fit_trend, forecast
 from gradus.units import format_count, parse_count
@@ -221,7 +220,7 @@ def run_compare_budgets(cfg: GradusConfig, *, budgets: Sequence[int], forecast_t
     shapes are the same), so the trend compares speedups priced alike."""
     check_budgets(cfg, budgets, baseline=baseline, half_batch_baseline=half_batch_baseline, seeds=seeds,
                   origin=origin, eval_points=eval_points)
-    points = []
+    points, reports = [], []
     for b in budgets:
         log(f"compare --budgets: {format_count(b)} tokens")
         report = run_compare(cfg, baseline=baseline, budget=b, seeds=seeds, out=out / f"budget-{b}", tune_lr=tune_lr,
@@ -229,6 +228,7 @@ def run_compare_budgets(cfg: GradusConfig, *, budgets: Sequence[int], forecast_t
                              threads=threads, plot=plot, origin=origin, eval_points=eval_points,
                              calibration=calibration, calibration_dir=out, log=log)
         points.append(budget_point(report, b))
+        reports.append(report)
     trend, fc = trend_of(points, "speedup_wallclock", "band", forecast_tokens)
     add_annealed(points)
     # A lower bound ("at least") is not a value to fit a line through.
@@ -253,8 +253,8 @@ def run_compare_budgets(cfg: GradusConfig, *, budgets: Sequence[int], forecast_t
     }
     if trend is None:
         summary["note"] = "fewer than two budgets gave a speedup (the curriculum reached no target): no trend"
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "compare.json").write_text(json.dumps(summary, indent=1) + "\n", encoding="utf-8")
+    # The budgets' own summaries name their runs: the same budgets over the same runs give the same key.
+    write_summary(out, "compare", summary, summaries_key([r["runs_key"] for r in reports]), log)
     log("")
     log(budgets_table(points, summary["trend"], fc, summary["trend_annealed"], fc_annealed))
     log(f"wrote {out / 'compare.json'}")

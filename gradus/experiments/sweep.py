@@ -4,7 +4,6 @@ arms' configs, running them, stage plans, machine description) are :mod:`~gradus
 
 from __future__ import annotations
 
-import json
 import math
 import statistics
 from collections.abc import Callable, Sequence
@@ -31,9 +30,11 @@ from gradus.experiments.common import (
     or_dash,
     prepare,
     prepare_tokenizers,
+    runs_key,
     stage_plan,
     tasks_for,
     write_plot,
+    write_summary,
 )
 from gradus.units import format_count
 
@@ -101,8 +102,7 @@ def run_sweep(cfg: GradusConfig, *, varies: Sequence[str], ablation: str | None,
     report = sweep_report(prepared, records, target, cal)
     report.update({"date": started, "machine": machine(), "out": str(out),
                    "execution": {"jobs": runner.jobs, "threads_per_run": threads, "gpus": runner.devices}})
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "sweep.json").write_text(json.dumps(report, indent=1) + "\n", encoding="utf-8")
+    write_summary(out, "sweep", report, runs_key([r.run_dir for r in records]), log)
     log("")
     log(sweep_table(report))
     log(f"wrote {out / 'sweep.json'}")
