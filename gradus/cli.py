@@ -38,6 +38,10 @@ SILENT_EXIT_DELAY_S = 3.0
 """How long a process whose error another process reports waits before exiting (see :func:`main`)."""
 
 
+RESUMED_BY_RERUN = frozenset({"train", "compare", "sweep"})
+"""Commands that continue where they stopped when run again (checkpoints, finished runs read back)."""
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The full parser, every subcommand included."""
     parser = argparse.ArgumentParser(prog="gradus", description="Curriculum pretraining for GPT-style models.")
@@ -64,7 +68,10 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help()
         return 2
     module = importlib.import_module(f"gradus.commands.{args._module}")
-    previous = _sigterm_interrupts()
+    # The commands whose work a rerun continues say so when stopped (issue 31: an interrupted compare printed
+    # only "interrupted"); the others have nothing to continue.
+    hint = "; to continue, run the same command again" if args.command in RESUMED_BY_RERUN else ""
+    previous = _sigterm_interrupts(hint)
     try:
         code = int(module.run(args) or 0)
         sys.stdout.flush()  # a reader gone (`gradus schedule | head`) shows here, in the handler below
@@ -87,27 +94,27 @@ def main(argv: list[str] | None = None) -> int:
             time.sleep(SILENT_EXIT_DELAY_S)
         return err.exit_code
     except KeyboardInterrupt:
-        print("gradus: interrupted", file=sys.stderr)
+        print(f"gradus: interrupted{hint}", file=sys.stderr)
         return 130
     finally:
         if previous is not None:
             signal.signal(signal.SIGTERM, previous)
 
 
-def _sigterm_interrupts():
+def _sigterm_interrupts(hint: str = ""):
     """Make SIGTERM stop a command with one line and exit 130 (as Ctrl-C) instead of killing it silently (rc
     -15), in its set-up or any command without a handler of its own (the training loop and the experiment
     runner install theirs, which checkpoint and stop runs cleanly); returns the previous handler (None off the
     main thread). The process leaves at once rather than raising where the signal landed: an exception thrown
     into arbitrary set-up code (a tokenizer training in native threads, a data thread starting) could leave the
     process waiting on a thread instead of exiting (seen once in a loaded CI run). The lock on a run directory
-    is a file lock, released by the kernel with the process."""
+    is a file lock, released by the kernel with the process. ``hint`` ends the line (how to continue)."""
     def handler(signum, frame):
         try:
             sys.stdout.flush()
         except Exception:  # noqa: BLE001 - leaving anyway
             pass
-        os.write(2, b"gradus: interrupted by SIGTERM\n")
+        os.write(2, f"gradus: interrupted by SIGTERM{hint}\n".encode())
         os._exit(130)
 
     try:

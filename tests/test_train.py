@@ -316,7 +316,7 @@ def test_sigterm_during_set_up_is_said_and_exits_as_ctrl_c(tmp_path):
     proc.send_signal(signal.SIGTERM)
     out, err = proc.communicate(timeout=120)
     assert proc.returncode == 130, (out, err)
-    assert err.strip().splitlines()[-1] == "gradus: interrupted by SIGTERM"
+    assert err.strip().splitlines()[-1] == "gradus: interrupted by SIGTERM; to continue, run the same command again"
     assert "Traceback" not in err
 
 
@@ -680,23 +680,27 @@ def test_the_same_command_continues_a_stopped_run(tmp_path, tokenizer_json, offl
     ("empty", "data.tokenizer.name_or_path='{tmp}/tok.json': an empty file; give a tokenizer.json"),
     ("not-json", "data.tokenizer.name_or_path='{tmp}/tok.json': not a tokenizer file (expected ident at line 1 "
                  "column 2); give a tokenizer.json"),
+    ("other-json", "data.tokenizer.name_or_path='{tmp}/tok.json': JSON, but not a tokenizer file (no \"model\" in "
+                   "it); give a tokenizer.json"),
 ])
 def test_a_failed_start_is_one_line_and_leaves_nothing_behind(case, message, tmp_path, tokenizer_json, offline_data,
                                                               capsys):
+    """Nothing behind: not the run directory, nor the folders made above it (a first run's ./runs)."""
     from gradus.cli import main
 
     raw = raw_config(tokenizer_json, offline_data)
     if case == "glob":
         raw["data"]["sources"][0]["path"] = str(tmp_path / "nothing" / "*.jsonl")
     else:
-        (tmp_path / "tok.json").write_text("" if case == "empty" else "not json")
+        text = {"empty": "", "not-json": "not json", "other-json": '{"a": 1}'}[case]
+        (tmp_path / "tok.json").write_text(text)
         raw["data"]["tokenizer"] = {"name_or_path": str(tmp_path / "tok.json")}
     cfg = tmp_path / "c.yaml"
     cfg.write_text(json.dumps(raw))
-    assert main(["train", str(cfg), "--out", str(tmp_path / "run")]) == 2
+    assert main(["train", str(cfg), "--out", str(tmp_path / "runs" / "mine" / "run")]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and message.format(tmp=tmp_path) in err[0], err
-    assert not (tmp_path / "run").exists()
+    assert not (tmp_path / "runs").exists()
 
 
 def test_a_start_refused_because_the_folder_is_busy_removes_nothing(tmp_path, tokenizer_json, offline_data, capsys):

@@ -183,10 +183,24 @@ def _tokenizer_file(path: Path):
     try:
         return HFTokenizer.from_file(str(path))
     except Exception as exc:  # noqa: BLE001 - tokenizers raises a bare Exception for every parse error
-        what = "an empty file" if path.stat().st_size == 0 else f"not a tokenizer file ({str(exc).splitlines()[0]})"
+        what = "an empty file" if path.stat().st_size == 0 else _not_a_tokenizer(path, exc)
         raise DataError(f"data.tokenizer.name_or_path={str(path)!r}: {what}; give a tokenizer.json written by the "
                         "Hugging Face tokenizers library (a run directory's tokenizer.json, or gradus tokenizer "
                         "train's), or a folder with vocab.json and merges.txt") from None
+
+
+def _not_a_tokenizer(path: Path, exc: Exception) -> str:
+    """Why ``path`` is not a tokenizer file: not JSON (the parser's place), or JSON without a tokenizer's
+    ``model`` (the library's message there is a parse detail about the first key, which misleads)."""
+    import json
+
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError):
+        return f"not a tokenizer file ({str(exc).splitlines()[0]})"
+    if not isinstance(data, dict) or "model" not in data:
+        return "JSON, but not a tokenizer file (no \"model\" in it)"
+    return f"not a tokenizer file ({str(exc).splitlines()[0]})"
 
 
 def _byte_level_pair(path: Path):

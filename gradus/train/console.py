@@ -142,7 +142,8 @@ def run_summary(shape: ModelShape, rt: Runtime, compiled: bool, schedule: Schedu
         f"{shape.n_layers} layers × {shape.d_model} wide, vocab {shape.vocab_size}; "
         f"device {rt.device}, {rt.precision}, world size {rt.world_size}" + (", torch.compile" if compiled else ""),
         f"{head}): " + ", ".join(parts),
-        f"curriculum: {len(schedule.stages)} stages, {schedule.total_steps:,} steps, "
+        f"curriculum: {len(schedule.stages)} stage{'s' if len(schedule.stages) != 1 else ''}, "
+        f"{schedule.total_steps:,} steps, "
         f"{schedule.total_tokens:,} tokens" + (f" (target {target:,})" if target else ""),
     ]
 

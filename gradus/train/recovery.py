@@ -14,6 +14,7 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -127,9 +128,10 @@ def record_failure(run: RunDir, rt: Any, progress: Any, exc: BaseException) -> N
     run.write_status(outcome, progress.step, reason, code)
 
 
-def remove_failed_start(run: RunDir, rt: Any) -> None:
+def remove_failed_start(run: RunDir, rt: Any, parents: Sequence[Path] = ()) -> None:
     """Remove a run directory that this process created and whose set-up was refused for bad input, so a failed
-    start leaves nothing behind (rank 0; never raises). Only called when the folder did not exist before."""
+    start leaves nothing behind (rank 0; never raises). Only called when the folder did not exist before.
+    ``parents``: the folders above it that were made with it (nearest first), removed while empty."""
     import shutil
 
     if rt is not None and not rt.is_main:
@@ -137,3 +139,8 @@ def remove_failed_start(run: RunDir, rt: Any) -> None:
     if run.has_checkpoints():  # never the case in set-up; checked so that nothing trained is ever removed
         return
     shutil.rmtree(run.path, ignore_errors=True)
+    for folder in parents:
+        try:
+            folder.rmdir()  # only an empty folder: anything another run put there stays
+        except OSError:
+            break

@@ -63,6 +63,9 @@ class Held:
         self.created_folder = False
         """Whether this process created the run directory and took its lock (rank 0): only then may a start
         refused for bad input remove it."""
+        self.created_parents: list[Path] = []
+        """The folders above the run directory that did not exist before it was made (nearest first): a start
+        refused for bad input removes them too, when empty, so it leaves no empty ``runs/`` behind."""
         self.reporting: Progress | None = None
         """The run's counters once its metrics writer is open; None before (a refused set-up keeps the
         run directory's status as it was)."""
@@ -206,6 +209,8 @@ def build_run(cfg: GradusConfig, run_dir: RunDir | str | Path, rt: Runtime, *, h
     check_batches_divide(shapes, rt)  # before the run directory is touched
     if rt.is_main:
         created = not run.path.exists()
+        # The folders above it that prepare() makes too (./runs on a first run): a refused start removes them.
+        held.created_parents = [d for d in run.path.absolute().parents if not d.exists()] if created else []
         held.add(run.prepare().release)
         held.created_folder = created  # this process made the folder and holds its lock (a failed start may remove it)
     rt.barrier()

@@ -136,8 +136,10 @@ class Trainer:
         result = self._result(reason, self.last_val)
         if p.controller is not None:
             self.console.print(p.controller.summary())
+        # A stop (a signal, --stop-at-step) is not an end: it says "stopped ...", and the next line how to go on.
+        label = reason if str(reason).startswith("stopped") else f"finished: {reason}"
         self.console.print(
-            f"finished: {reason}; step {pr.step:,}, {pr.tokens:,} tokens, {pr.train_seconds:.1f}s training"
+            f"{label}; step {pr.step:,}, {pr.tokens:,} tokens, {pr.train_seconds:.1f}s training"
             + (f", best val loss {pr.best_val_loss:.4f}" if pr.best_val_loss is not None else "")
         )
         self.console.print(f"run directory: {self.run_dir}")
@@ -386,7 +388,9 @@ class Trainer:
         if p.controller is not None:
             record.update(p.controller.metrics(state.tokens_per_step))
         p.metrics.write(record)
-        self.console.print(console.progress_line(record, state.num_stages, p.schedule.target_tokens,
+        # The run's end: its target, or sooner where train.max_steps cuts the schedule (as the ETA counts).
+        ends = [t for t in (p.schedule.target_tokens, p.current_schedule.total_tokens) if t]
+        self.console.print(console.progress_line(record, state.num_stages, min(ends) if ends else None,
                                                  self.console.timing(pr.tokens)))
         return record
 
@@ -494,6 +498,6 @@ def train(cfg: GradusConfig, run_dir: str | Path, *, resume: bool = True, allow_
         if not started and trainer.held.created_folder and failed is not None and issubclass(failed, GradusError):
             # A start refused for bad input (a glob that matches nothing, a tokenizer file that is not one, a
             # missing wandb) leaves nothing behind: the folder it created holds only what set-up began.
-            recovery.remove_failed_start(trainer.run, trainer.rt)
+            recovery.remove_failed_start(trainer.run, trainer.rt, trainer.held.created_parents)
     recovery.record_result(trainer.run, result, status)
     return result
