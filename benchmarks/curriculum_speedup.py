@@ -170,7 +170,7 @@ def table(report: dict) -> str:
             f"{num(rec['speedup_tokens'], '.2f'):>5} {num(rec['speedup_wallclock'], '.2f'):>5} "
             f"{num(rec['speedup_wallclock_calibrated'], '.2f'):>5} {rec['tokens_per_sec_median']:>6,.0f}")
     lines.append("×tok, ×wall, ×cal: speedups to the target against the regime-A baseline in tokens, measured "
-                 "training seconds, and calibrated seconds (per-shape cost × tokens; independent of load)")
+                 "training seconds, and calibrated seconds (per-shape cost × tokens: the ratios hold under load)")
     lines.append("* target not reached: the speedups are then the baseline's cost to reach this arm's final loss "
                  "divided by this arm's whole run (below 1: a slowdown)")
     for rec in [report["baseline"], *report["arms"]]:
