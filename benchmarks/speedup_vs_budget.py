@@ -280,9 +280,10 @@ def plot(summary: dict, path: Path) -> None:
     ax.set_xscale("log")
     from matplotlib.ticker import FuncFormatter
 
-    plain = FuncFormatter(lambda v, _: f"{v:g}")  # 1.2, 5, 20: not 2×10^0
-    ax.xaxis.set_major_formatter(plain)
-    ax.xaxis.set_minor_formatter(plain)
+    ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))  # 0.1, 1, 10: not 10^0
+    # Minor ticks labelled at 2× and 5× a decade only: every one of them ran together below 1 (0.50.60.70.8).
+    ax.xaxis.set_minor_formatter(FuncFormatter(
+        lambda v, _: f"{v:g}" if v > 0 and round(v / 10 ** math.floor(math.log10(v)), 6) in (2, 5) else ""))
     ax.set_xlabel(f"tokens per parameter ({summary['model_params']:,} parameters, embeddings included)")
     ax.set_ylabel("speedup to the tuned baseline's final loss")
     ax.set_title(f"gradus: curriculum speedup against budget — {summary['corpus']}, {summary['model']}, "
