@@ -516,6 +516,10 @@ if __name__ == "__main__":
 
     try:
         sys.exit(main())
+    except KeyboardInterrupt:  # Ctrl-C or SIGTERM: the runs checkpointed (or finished and are kept)
+        print("curriculum_speedup: stopped; run the same command again to continue (finished runs are read back)",
+              file=sys.stderr)
+        sys.exit(130)
     except GradusError as exc:  # the package's one-line errors (a failed tokenizer, lr-find without a suggestion)
         print(f"curriculum_speedup: {exc}", file=sys.stderr)
         sys.exit(2)

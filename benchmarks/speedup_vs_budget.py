@@ -393,6 +393,10 @@ if __name__ == "__main__":
 
     try:
         sys.exit(main())
+    except KeyboardInterrupt:  # Ctrl-C or SIGTERM: the runs checkpointed (or finished and are kept)
+        print("speedup_vs_budget: stopped; run the same command again to continue (finished runs are read back)",
+              file=sys.stderr)
+        sys.exit(130)
     except GradusError as exc:
         print(f"speedup_vs_budget: {exc}", file=sys.stderr)
         sys.exit(2)
