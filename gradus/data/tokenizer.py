@@ -197,8 +197,8 @@ def _not_a_tokenizer(path: Path, exc: Exception) -> str:
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, ValueError):
-        return f"not a tokenizer file ({str(exc).splitlines()[0]})"
-    if not isinstance(data, dict) or "model" not in data:
+        data = None  # not JSON: the parser's place says where
+    if data is not None and (not isinstance(data, dict) or "model" not in data):
         return "JSON, but not a tokenizer file (no \"model\" in it)"
     return f"not a tokenizer file ({str(exc).splitlines()[0]})"
 

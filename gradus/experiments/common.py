@@ -27,7 +27,7 @@ from gradus.errors import ConfigError
 from gradus.experiments.analysis import RunRecord
 from gradus.experiments.arms import Arm, arm_config, check_arm_count
 from gradus.experiments.budget import EVAL_POINTS, reference_seq_len, same_evaluation, scale_to_budget
-from gradus.experiments.runner import Runner, Task, cuda_devices
+from gradus.experiments.runner import Runner, Task, beside, cuda_devices
 
 
 @dataclass
@@ -179,12 +179,7 @@ def write_summary(out: Path, name: str, report: dict, key: str, log: Callable[[s
             earlier = None
         earlier_key = earlier.get("runs_key") if isinstance(earlier, dict) else None
         if earlier_key != key:
-            tag = earlier_key or hashlib.sha256(path.read_bytes()).hexdigest()[:8]
-            kept = out / f"{name}@{tag}.json"
-            n = 1
-            while kept.exists():
-                n += 1
-                kept = out / f"{name}@{tag}-{n}.json"
+            kept = beside(path, earlier_key or hashlib.sha256(path.read_bytes()).hexdigest()[:8])
             os.replace(path, kept)
             png = out / f"{name}.png"
             if png.is_file():

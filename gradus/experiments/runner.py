@@ -38,6 +38,18 @@ RESULT = "result.json"
 """The file a finished run's record is kept in, beside its metrics."""
 
 
+def beside(path: Path, key: str) -> Path:
+    """A free name next to ``path`` for what it held under ``key``: ``<stem>@<key><suffix>``, or ``@<key>-2``,
+    ``-3``... when that is taken (an earlier run or summary of a configuration is never overwritten). A folder
+    keeps its whole name as the stem (a run folder ``lr0.002-seed0`` has no suffix)."""
+    stem, suffix = (path.stem, path.suffix) if path.is_file() else (path.name, "")
+    n, candidate = 1, path.with_name(f"{stem}@{key}{suffix}")
+    while candidate.exists():
+        n += 1
+        candidate = path.with_name(f"{stem}@{key}-{n}{suffix}")
+    return candidate
+
+
 @dataclass
 class Task:
     """One training run to do."""
@@ -229,12 +241,7 @@ class Runner:
         if not self.reuse:
             shutil.rmtree(task.run_dir, ignore_errors=True)
         elif arm_yaml.is_file() and not same_config(saved := arm_yaml.read_text(encoding="utf-8"), task):
-            key = hashlib.sha256(saved.encode("utf-8")).hexdigest()[:8]
-            moved = task.run_dir.with_name(f"{task.run_dir.name}@{key}")
-            n = 1
-            while moved.exists():
-                n += 1
-                moved = task.run_dir.with_name(f"{task.run_dir.name}@{key}-{n}")
+            moved = beside(task.run_dir, hashlib.sha256(saved.encode("utf-8")).hexdigest()[:8])
             os.replace(task.run_dir, moved)
         task.run_dir.mkdir(parents=True, exist_ok=True)
         (task.run_dir / RESULT).unlink(missing_ok=True)
