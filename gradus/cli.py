@@ -59,20 +59,25 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``gradus`` console script; returns the exit code."""
     argv = sys.argv[1:] if argv is None else argv
-    parser = build_parser()
-    if not argv:  # `gradus` alone shows what it can do; `gradus train` is the demo
-        parser.print_help()
-        return 0
-    args = parser.parse_args(argv)
-    if args.command is None:
-        parser.print_help()
-        return 2
-    module = importlib.import_module(f"gradus.commands.{args._module}")
     # The commands whose work a rerun continues say so when stopped (issue 31: an interrupted compare printed
-    # only "interrupted"); the others have nothing to continue.
-    hint = "; to continue, run the same command again" if args.command in RESUMED_BY_RERUN else ""
+    # only "interrupted"); the others have nothing to continue. The handler goes in before anything else: the
+    # parser imports every command (about a second on a loaded machine), and a SIGTERM in that second used to
+    # end the process silently (rc 143). The command is the first word that is not an option (the global
+    # options, --debug and --version, take no value).
+    command = next((a for a in argv if not a.startswith("-")), None)
+    hint = "; to continue, run the same command again" if command in RESUMED_BY_RERUN else ""
     previous = _sigterm_interrupts(hint)
+    args = None
     try:
+        parser = build_parser()
+        if not argv:  # `gradus` alone shows what it can do; `gradus train` is the demo
+            parser.print_help()
+            return 0
+        args = parser.parse_args(argv)
+        if args.command is None:
+            parser.print_help()
+            return 2
+        module = importlib.import_module(f"gradus.commands.{args._module}")
         code = int(module.run(args) or 0)
         sys.stdout.flush()  # a reader gone (`gradus schedule | head`) shows here, in the handler below
         return code

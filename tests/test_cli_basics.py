@@ -80,3 +80,25 @@ def test_an_unexpected_failure_in_a_joined_process_also_skips_finalisation():
     assert proc.returncode == 1, proc.stderr[-2000:]
     assert proc.stdout == "the run's last line\n"
     assert "RuntimeError: boom" in proc.stderr and "finalised" not in proc.stderr
+
+
+def test_sigterm_is_caught_before_the_parser_imports_the_commands(monkeypatch):
+    """The parser imports every command (about a second on a loaded machine); a SIGTERM in that second used to
+    end the process silently (rc 143). The handler is in place before it, and put back afterwards."""
+    import signal
+
+    import gradus.cli as cli
+
+    seen = {}
+    real = cli.build_parser
+
+    def build_parser():
+        seen["handler"] = signal.getsignal(signal.SIGTERM)
+        return real()
+
+    monkeypatch.setattr(cli, "build_parser", build_parser)
+    before = signal.getsignal(signal.SIGTERM)
+    assert cli.main(["--debug"]) == 2  # no command: help, exit 2
+    assert seen["handler"] not in (signal.SIG_DFL, signal.SIG_IGN, None, before)
+    assert seen["handler"].__qualname__.startswith("_sigterm_interrupts")
+    assert signal.getsignal(signal.SIGTERM) is before
