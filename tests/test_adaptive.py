@@ -259,14 +259,17 @@ class Driver:
         self.base = resolve_schedule(cfg)
         self.c = AdaptiveController(cfg, self.base, cost, publish=lambda r: self.published.append(json.loads(json.dumps(r))))
         self.step, self.tokens = step, tokens
+        self.held_out: list[list[float]] | None = None  # the main run's held-out rows at a window's end
 
     def run(self, b_simple=None, samples=100, val=None, loss=None):
-        """One step: returns what after_step returned."""
+        """One step: returns what after_step returned. Where the step ends a verification window, the main run's
+        held-out rows (:attr:`held_out`) go with it, as the trainer evaluates them there."""
         state = state_at(self.c.schedule, self.step, self.tokens)
         self.step, self.tokens = self.step + 1, self.tokens + state.tokens_per_step
         if loss is not None:
             self.c.observe_step(self.tokens, loss)
-        return self.c.after_step(self.step, self.tokens, state, b_simple, samples, val)
+        held_out = self.held_out if self.c.concluding(self.tokens) else None
+        return self.c.after_step(self.step, self.tokens, state, b_simple, samples, val, held_out=held_out)
 
     def to(self, step, **signals):
         """Steps until ``step`` steps are done; no step may return a branch."""
@@ -320,50 +323,69 @@ def test_a_verified_proposal_returns_a_branch_of_whole_doubled_steps(fraction, s
     assert d.c.due(branch.until, 256) and not d.c.due(branch.until - 256, 256)
 
 
-def _verification(branch_losses, main_losses):
+def _verification(branch_losses, main_losses, branch_rows=None, main_rows=None):
     """A proposal at step 8 (2,048 tokens) verified over 2,048 tokens: the branch's 4 steps of 512 and the main
-    run's 8 steps of 256; returns the driver after the window's last step."""
+    run's 8 steps of 256, and each side's held-out rows at the window's end ([loss sum, tokens] each; None for
+    the branch: as a checkpoint from before that comparison carries). Returns the driver after the window's
+    last step."""
     cfg = _cfg(batch={"patience": 1, "min_samples": 1, "verify": {"fraction": 0.05, "z": 2.0}})
     d = Driver(cfg, step=7, tokens=7 * 256)
     branch = d.run(b_simple=10.0)
     assert branch is not None and branch.until == 4096
-    d.c.branch_done([(2048 + 512 * (i + 1), v) for i, v in enumerate(branch_losses)])
+    d.c.branch_done([(2048 + 512 * (i + 1), v) for i, v in enumerate(branch_losses)], branch_rows,
+                    None if branch_rows is None else 16)
+    d.held_out = main_rows
     d.c.observe_step(2048, 99.0)  # before the window (the proposal's own step): not the main side
     for i, loss in enumerate(main_losses):
+        assert d.c.concluding(d.tokens + 256) == (i == len(main_losses) - 1)
         got = d.run(b_simple=None, loss=loss)
         assert got is None and (d.c.pending is None) == (i == len(main_losses) - 1)
     d.c.observe_step(4352, 99.0)  # after it: ignored
     return d
 
 
+# The main run's training losses in the window: 3.01 on average over its second half.
 MAIN = [9.0, 1.0, 9.0, 1.0, 3.00, 3.02, 3.00, 3.02]  # the first half (wild) does not count
-SE = math.sqrt(statistics.variance([3.01, 3.03]) / 2 + statistics.variance(MAIN[4:]) / 4)
+# Held-out rows of 16 tokens: the main run's mean loss 3.0 (row means 2.9, 3.1, 3.0, 3.0).
+MAIN_ROWS = [[2.9 * 16, 16], [3.1 * 16, 16], [3.0 * 16, 16], [3.0 * 16, 16]]
 
 
-def test_a_branch_no_worse_than_the_main_run_within_the_margin_is_accepted():
-    d = _verification([7.0, 0.5, 3.01, 3.03], MAIN)  # mean 3.02 ≤ 3.01 + 2 × se (0.0231)
+def _held(means):
+    return [[m * 16, 16] for m in means]
+
+
+def test_a_branch_no_worse_than_the_main_run_on_the_held_out_rows_is_accepted():
+    # Its training loss over the window is behind (3.10 against 3.01: the main run's smaller batch has just
+    # stepped on the text before what it predicts); on held-out rows it is level (2.91, 3.09, 3.02, 2.98).
+    d = _verification([7.0, 0.5, 3.10, 3.10], MAIN, _held([2.91, 3.09, 3.02, 2.98]), MAIN_ROWS)
     c = d.c
     assert c.edits == [Edit("batch", 4096, 2)]  # from where the main run is, at the window's end
     [record] = c.records
     assert record["verdict"] == "accepted" and record["step"] == 16 and record["proposed_at_step"] == 8
     comparison = record["comparison"]
     assert comparison["branch_tokens"] == 2048
-    assert comparison["branch_loss"] == pytest.approx(3.02) and comparison["main_loss"] == pytest.approx(3.01)
-    assert comparison["margin"] == pytest.approx(2 * SE) and 0.01 < 2 * SE < 0.03
+    assert comparison["held_out_rows"] == 4 and comparison["held_out_seq_len"] == 16
+    assert comparison["branch_loss"] == pytest.approx(3.0) and comparison["main_loss"] == pytest.approx(3.0)
+    se = math.sqrt(statistics.variance([0.01, -0.01, 0.02, -0.02]) / 4)
+    assert comparison["margin"] == pytest.approx(2 * se)
+    # The training-loss comparison, kept for the record.
+    assert comparison["joined_branch_loss"] == pytest.approx(3.10)
+    assert comparison["every_main_loss"] == pytest.approx(3.01)
     assert state_at(c.schedule, 16, 4096).tokens_per_step == 512
     assert state_at(c.schedule, 15, 3840).tokens_per_step == 256
     assert c.metrics() == {"adaptive/edits": 1, "adaptive/branch_tokens": 2048}
     assert record["branch_tokens_total"] == 2048
 
 
-def test_a_branch_worse_than_the_margin_is_rejected_and_rho_rises_to_twice_the_rejected_reading():
-    d = _verification([3.0, 3.0, 3.05, 3.07], MAIN)  # mean 3.06 > 3.01 + 0.0231
+def test_a_branch_behind_on_the_held_out_rows_beyond_the_margin_is_rejected_and_rho_rises():
+    # Ahead in training loss, 0.05 behind on every held-out row (a margin of 0: no scatter in the difference).
+    d = _verification([3.0, 3.0, 2.9, 2.9], MAIN, _held([2.95, 3.15, 3.05, 3.05]), MAIN_ROWS)
     c = d.c
     assert c.edits == [] and c.pending is None
     [record] = c.records
     assert record["verdict"] == "rejected" and "edit" not in record
-    assert record["comparison"]["branch_loss"] == pytest.approx(3.06)
-    assert record["comparison"]["margin"] == pytest.approx(2 * SE)
+    assert record["comparison"]["branch_loss"] == pytest.approx(3.05)
+    assert record["comparison"]["margin"] == pytest.approx(0.0, abs=1e-9)
     # The proposal read B_simple 10 at 256 tokens per step (0.039 batches, rho 0.01): the threshold becomes
     # twice that reading, 0.078, not merely twice rho (0.02).
     assert record["comparison"]["rho_from_now"] == pytest.approx(2 * 10 / 256) and c.rho_scale == pytest.approx(7.8125)
@@ -374,6 +396,27 @@ def test_a_branch_worse_than_the_margin_is_rejected_and_rho_rises_to_twice_the_r
     # The next checks compare with it: 19.9 does not count (doubling rho would have counted it), 20.1 does.
     assert d.run(b_simple=19.9) is None and d.run(b_simple=19.9) is None and c.batch_checks == 0
     assert any(isinstance(d.run(b_simple=20.1), Branch) for _ in range(2))  # patience 1: the next proposal
+
+
+def test_the_held_out_margin_is_z_standard_errors_of_the_row_by_row_difference():
+    # 0.02 behind on average, the rows' differences scattered (+0.12, -0.08, +0.06, -0.02): se 0.0442, margin 0.088.
+    d = _verification([3.0] * 4, MAIN, _held([3.02, 3.02, 3.06, 2.98]), MAIN_ROWS)
+    [record] = d.c.records
+    se = math.sqrt(statistics.variance([0.12, -0.08, 0.06, -0.02]) / 4)
+    assert record["comparison"]["margin"] == pytest.approx(2 * se)
+    assert record["verdict"] == "accepted"
+
+
+SE = math.sqrt(statistics.variance([3.01, 3.03]) / 2 + statistics.variance(MAIN[4:]) / 4)
+
+
+@pytest.mark.parametrize("joined, verdict", [([7.0, 0.5, 3.01, 3.03], "accepted"), ([3.0, 3.0, 3.05, 3.07], "rejected")])
+def test_a_pending_branch_from_an_older_checkpoint_is_judged_on_its_training_losses(joined, verdict):
+    d = _verification(joined, MAIN, None, MAIN_ROWS)  # mean 3.02 ≤ 3.01 + 2 × se (0.0231); 3.06 above it
+    [record] = d.c.records
+    assert record["verdict"] == verdict
+    assert record["comparison"]["main_loss"] == pytest.approx(3.01)
+    assert record["comparison"]["margin"] == pytest.approx(2 * SE) and "held_out_rows" not in record["comparison"]
 
 
 def test_a_proposal_outside_the_stable_phase_is_recorded_once_as_skipped():
@@ -455,7 +498,8 @@ def _midway():
     d.to(11)
     branch = d.run(b_simple=10.0)  # step 12, 3,072 tokens, in s32 (2,048..20,480)
     assert branch is not None and branch.until == 3072 + 2048
-    d.c.branch_done([(3072 + 512 * i, 4.0 - 0.01 * i) for i in range(1, 5)])
+    d.c.branch_done([(3072 + 512 * i, 4.0 - 0.01 * i) for i in range(1, 5)], _held([3.9, 4.0]), 32)
+    d.held_out = _held([3.95, 4.0])
     for loss in (4.1, 4.05, 4.0):
         assert d.run(loss=loss) is None
     return d, cfg
@@ -472,12 +516,13 @@ def test_state_dict_restores_schedule_records_and_a_pending_verification():
     fresh.load_state_dict(state)
     assert published == [c.records]  # decisions.jsonl rewritten on restore
     assert fresh.edits == c.edits and fresh.records == c.records and fresh.pending == c.pending
-    assert fresh.pending["branch"] and len(fresh.pending["main"]) == 3
+    assert fresh.pending["branch"] and fresh.pending["held_out"] and len(fresh.pending["main"]) == 3
     assert _cells(fresh.schedule) == _cells(c.schedule)
     assert fresh.state_dict() == state
     # Both go on alike: the window ends at step 20 (5,120 tokens).
     twin = Driver(cfg, step=d.step, tokens=d.tokens)
     twin.c = fresh
+    twin.held_out = d.held_out
     for loss in (3.95, 3.9, 3.9, 3.85, 3.8):
         assert d.run(loss=loss) is None and twin.run(loss=loss) is None
     assert c.pending is None and fresh.pending is None
@@ -732,3 +777,14 @@ def test_a_gain_that_fell_within_its_noise_switches_under_the_normal_interval_bu
     assert sig["ratio"] == pytest.approx(0.2336, abs=1e-3) and sig["ratio_upper"] == pytest.approx(0.4150, abs=1e-3)
     assert sig["critical_value"] == 2.0
     assert runs["t"].edits == [] and runs["t"].records == []
+
+
+def test_the_decision_line_names_the_held_out_comparison():
+    from gradus.train.console import decision_line
+
+    d = _verification([7.0, 0.5, 3.10, 3.10], MAIN, _held([2.91, 3.09, 3.02, 2.98]), MAIN_ROWS)
+    line = decision_line(d.c.records[0])
+    assert line.startswith("adaptive: step 16 (4,096 tokens): batch 256 → 512 tokens/step")
+    assert ": accepted (held-out loss at 16 3.0000 vs main 3.0000 ± 0.0183, 2,048 branch tokens); LR × 1.41" in line
+    old = _verification([7.0, 0.5, 3.01, 3.03], MAIN, None, MAIN_ROWS)
+    assert "(branch loss 3.0200 vs main 3.0100 ± 0.0231, 2,048 branch tokens)" in decision_line(old.c.records[0])

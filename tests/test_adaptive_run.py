@@ -128,6 +128,20 @@ def test_an_adaptive_run_decides_logs_and_accounts_for_its_branches(adaptive_run
     assert spent == sum(b["until_tokens"] - b["tokens"] for b in branches) > 0
     assert all(b["branch_steps"] * 2 * TPS == b["until_tokens"] - b["tokens"] for b in branches)
     assert records[-1]["adaptive/branch_tokens"] == spent
+    # Each verdict compares held-out losses at the window's end: where that step was evaluated too, the main side is
+    # the evaluation's loss at the stage's length.
+    evals = {r["step"]: r for r in read_metrics(adaptive_run / "metrics.jsonl") if "val/loss" in r}
+    compared = 0
+    for d in verified:
+        cmp = d["comparison"]
+        assert cmp["held_out_rows"] >= 2 and cmp["held_out_seq_len"] == steps[d["step"]]["curriculum/current_seq_len"]
+        assert cmp["branch_loss"] <= cmp["main_loss"] + cmp["margin"] if d["verdict"] == "accepted" else True
+        if d["step"] in evals:
+            e = evals[d["step"]]
+            own = e.get("val/stage_loss", e["val/loss"]) if e.get("val/stage_seq_len") else e["val/loss"]
+            assert cmp["main_loss"] == pytest.approx(own, abs=1e-6)
+            compared += 1
+    assert compared >= 1, [d["step"] for d in verified]
     assert records[-1]["adaptive/edits"] == len(batch) + len(length)
     # Each step's threshold for the report: rho (as raised by each rejection so far) × its tokens per step.
     rhos = [decisions[0]["signal"]["rho"]] + [d["comparison"]["rho_from_now"] for d in verified

@@ -192,18 +192,22 @@ def _positive(value: float) -> float:
 
 
 class VerifyConfig(Strict):
-    """The branch test of a batch proposal (Merrill et al. 2025): from a snapshot of every part of the run,
-    train ``fraction`` of the run's tokens at the proposed batch, put everything back, train the same tokens
-    at the current batch, and accept when the branch's mean training loss over the second half of those
-    tokens (the same documents in both) is no worse than the main run's by more than ``z`` standard errors
-    measured from the two windows' own step-to-step scatter (by default not worse at all). The branch's tokens are counted and reported."""
+    """The branch test of a batch proposal (after Merrill et al. 2025): from a snapshot of every part of the
+    run, train ``fraction`` of the run's tokens at the proposed batch (the main run's next batches, joined),
+    evaluate the branch's model on the held-out rows at the stage's length, put everything back, train the
+    same tokens at the current batch, evaluate the main run's model on the same rows, and accept when the
+    branch's held-out loss is no higher than the main run's by more than ``z`` standard errors of the
+    row-by-row difference (by default not higher at all). Held-out, not training loss: with
+    ``data.packing.lanes`` the smaller batch has always just stepped on the text before what it predicts,
+    which lowers its training loss but not its held-out loss (and made every doubling look 0.04–0.18 worse).
+    The branch's tokens are counted and reported; the two evaluations are timed as evaluation."""
 
     enabled: bool = Field(True, description="Verify each batch proposal with a branch before accepting it.")
     fraction: float = Field(
         0.02, gt=0, lt=0.5, description="Tokens of each branch as a share of the run's target tokens (1–3% is usual)."
     )
     z: float = Field(
-        0.0, ge=0, description="Noise margin in standard errors of the paired loss difference: the branch may be "
+        0.0, ge=0, description="Noise margin in standard errors of the row-by-row held-out loss difference: the branch may be "
         "this much behind and still be accepted. 0 (the default) accepts only a branch at least as good per token, "
         "for one device whose time follows its tokens (a doubling within the noise costs tokens in expectation, "
         "1 + batch / B_noise); 2 gives a doubling the benefit of the doubt, for many data-parallel devices where "

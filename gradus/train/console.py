@@ -111,7 +111,9 @@ def decision_line(record: dict[str, Any]) -> str:
     tail = f": {verdict}"
     comparison = record.get("comparison") or {}
     if "branch_loss" in comparison:
-        tail += (f" (branch loss {comparison['branch_loss']:.4f} vs main {comparison['main_loss']:.4f} "
+        which = (f"held-out loss at {comparison['held_out_seq_len']}" if comparison.get("held_out_seq_len")
+                 else "branch loss")
+        tail += (f" ({which} {comparison['branch_loss']:.4f} vs main {comparison['main_loss']:.4f} "
                  f"± {comparison['margin']:.4f}, {comparison['branch_tokens']:,} branch tokens)")
     if record.get("reason"):
         tail += f" ({record['reason']})"

@@ -8,8 +8,10 @@ Two rules, both from ``curriculum.adaptive`` (``../shared/research/adaptive-stag
   to ``max_tokens_per_step``. With ``verify`` the proposal is tested first (Merrill et al. 2025's branch):
   the trainer snapshots every part, trains a branch of ``fraction`` × the target tokens at the proposed
   batch (each branch step is the main run's next two batches joined), restores everything, and the main run
-  trains the same tokens (the same documents, in the same order) at the current batch; the proposal is accepted when the branch's mean loss over the second half of the window is within
-  ``z`` standard errors of the main run's, and then takes effect where the main run is. A rejection raises
+  trains the same tokens (the same documents, in the same order) at the current batch; the proposal is
+  accepted when, at the window's end, the branch's model is no worse than the main run's on the same held-out
+  rows (within ``z`` standard errors of the row-by-row difference; :meth:`AdaptiveController._conclude` says
+  why not the training loss), and then takes effect where the main run is. A rejection raises
   the threshold to twice what the noise scale read at the rejected proposal, in batches (the run calibrates
   the noise scale against its own probe).
 * **length**: at every evaluation, the reference-length validation loss gained per doubling of compute
@@ -114,14 +116,21 @@ class AdaptiveController:
         if p is not None and p["branch"] is not None and p["start"] < tokens <= p["until"]:
             p["main"].append([tokens, loss])
 
+    def concluding(self, tokens: int) -> bool:
+        """Whether the step that brought the counter to ``tokens`` ends a verification window: the trainer then
+        evaluates the main run on the held-out rows for :meth:`after_step`'s ``held_out``."""
+        p = self.pending
+        return p is not None and p["branch"] is not None and tokens >= p["until"]
+
     def after_step(self, step: int, tokens: int, state: StageState, b_simple: float | None, samples: int,
-                   val_loss: float | None) -> Branch | None:
+                   val_loss: float | None, held_out: list[list[float]] | None = None) -> Branch | None:
         """Decide after the step just counted (``step`` steps, ``tokens`` tokens done; ``state``: the step's
-        curriculum state), given the smoothed noise scale in tokens and its sample count, and the reference
-        validation loss when this step was evaluated. Returns a :class:`Branch` for the trainer to run when a
-        proposal needs verifying; :attr:`schedule` holds any change."""
-        if self.pending is not None and self.pending["branch"] is not None and tokens >= self.pending["until"]:
-            self._conclude(step, tokens, state)
+        curriculum state), given the smoothed noise scale in tokens and its sample count, the reference
+        validation loss when this step was evaluated, and, where :meth:`concluding`, the main run's held-out rows
+        ([loss sum, tokens] each). Returns a :class:`Branch` for the trainer to run when a proposal needs
+        verifying; :attr:`schedule` holds any change."""
+        if self.concluding(tokens):
+            self._conclude(step, tokens, state, held_out)
         if val_loss is not None and self.length_cfg.enabled:
             self._length_rule(step, tokens, state, val_loss)
         if (self.batch_cfg.enabled and self.pending is None
@@ -179,24 +188,54 @@ class AdaptiveController:
             return "the verification window would cross the stage's end"
         return None
 
-    def branch_done(self, losses: list[tuple[int, float]]) -> None:
-        """The branch's (tokens after each step, loss), once the trainer has run it and put every part back."""
+    def branch_done(self, losses: list[tuple[int, float]], held_out: list[list[float]] | None = None,
+                    seq_len: int | None = None) -> None:
+        """The branch's (tokens after each step, loss), and its held-out rows ([loss sum, tokens] each, at
+        ``seq_len``) at the window's end, once the trainer has run it and put every part back."""
         assert self.pending is not None
         self.pending["branch"] = [[int(t), float(v)] for t, v in losses]
+        self.pending["held_out"] = None if held_out is None else [[float(v), int(n)] for v, n in held_out]
+        self.pending["held_out_seq_len"] = seq_len
         if losses:
             self.branch_tokens += int(losses[-1][0]) - int(self.pending["start"])
 
-    def _conclude(self, step: int, tokens: int, state: StageState) -> None:
+    def _conclude(self, step: int, tokens: int, state: StageState, held_out: list[list[float]] | None) -> None:
+        """The verdict on the pending proposal, at the end of its window (``held_out``: the main run's rows).
+
+        Compared: the loss of the branch's model and of the main run's, both at the window's end (equal
+        tokens), on the same held-out rows at the stage's length; accepted when the branch's is no higher by
+        more than ``z`` standard errors of the row-by-row difference. Not the training loss over the window
+        (Merrill et al.'s comparison, the rule before 2026-12-07): with ``data.packing.lanes`` each row of a
+        batch continues its document in the next, so the run at the smaller batch has always just taken a step
+        on the text before what it predicts, a step of its own where the branch shares one between two
+        batches. That adaptation to the documents in hand lowers the training loss but not the held-out loss
+        (dynamic evaluation): on code at 1M tokens five doublings read 0.04–0.18 behind in training loss on the
+        same batches while their held-out loss was 0.03 ahead to 0.03 behind (BENCHMARKS.md, issue 30), and runs
+        that accepted them ended within the seeds' spread with 27% fewer steps. The training-loss comparison
+        stays in the record (``joined_branch_loss``, ``every_main_loss``). A pending branch from a checkpoint
+        written before (no held-out rows) is judged as it was then."""
         p = self.pending
         assert p is not None
         half = p["start"] + (p["until"] - p["start"]) / 2
-        branch = [v for t, v in p["branch"] if t > half]
-        main = [v for t, v in p["main"] if t > half]
         verdict = "rejected"
         comparison: dict[str, Any] = {"branch_tokens": p["until"] - p["start"]}
-        if len(branch) >= 2 and len(main) >= 2:
-            mb, mm = _mean(branch), _mean(main)
-            se = math.sqrt(_var(branch) / len(branch) + _var(main) / len(main))
+        joined = [v for t, v in p["branch"] if t > half]
+        every = [v for t, v in p["main"] if t > half]
+        if p.get("held_out") is not None and held_out is not None:
+            pairs = [(bs / bn, ms / mn) for (bs, bn), (ms, mn) in zip(p["held_out"], held_out, strict=True)
+                     if bn > 0 and mn > 0]
+            mb = sum(v for v, _ in p["held_out"]) / max(1, sum(n for _, n in p["held_out"]))
+            mm = sum(v for v, _ in held_out) / max(1, sum(n for _, n in held_out))
+            diffs = [b - m for b, m in pairs]
+            margin = self.batch_cfg.verify.z * math.sqrt(_var(diffs) / len(diffs)) if len(diffs) >= 2 else 0.0
+            comparison.update(branch_loss=mb, main_loss=mm, margin=margin, held_out_rows=len(pairs),
+                              held_out_seq_len=p.get("held_out_seq_len"))
+            verdict = "accepted" if mb <= mm + margin else "rejected"
+            if joined and every:  # for the record: the biased comparison (above)
+                comparison.update(joined_branch_loss=_mean(joined), every_main_loss=_mean(every))
+        elif len(joined) >= 2 and len(every) >= 2:
+            mb, mm = _mean(joined), _mean(every)
+            se = math.sqrt(_var(joined) / len(joined) + _var(every) / len(every))
             margin = self.batch_cfg.verify.z * se
             comparison.update(branch_loss=mb, main_loss=mm, margin=margin)
             verdict = "accepted" if mb <= mm + margin else "rejected"

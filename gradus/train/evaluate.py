@@ -96,6 +96,27 @@ class Validation:
             return ref, None
         return ref, evaluate(model, self.batches(seq_len), device, autocast)
 
+    def row_losses(self, model: torch.nn.Module, seq_len: int, device: torch.device, autocast) -> list[list[float]]:
+        """[loss sum, label tokens] of each held-out row at ``seq_len``, in order: the rows two models are
+        compared on, row by row (an adaptive run's verification)."""
+        was_training = model.training
+        model.eval()
+        rows: list[list[float]] = []
+        try:
+            with torch.no_grad():
+                for b in self.batches(seq_len):
+                    inputs = torch.from_numpy(b.inputs).to(device)
+                    labels = torch.from_numpy(b.labels).to(device)
+                    with autocast():
+                        logits, _ = model(inputs)
+                    losses = torch.nn.functional.cross_entropy(
+                        logits.float().transpose(1, 2), labels, ignore_index=-100, reduction="none")
+                    sums, counts = losses.sum(dim=1), (labels != -100).sum(dim=1)
+                    rows.extend([float(v), int(n)] for v, n in zip(sums.tolist(), counts.tolist(), strict=True))
+        finally:
+            model.train(was_training)
+        return rows
+
     def reference(self, model: torch.nn.Module, device: torch.device, autocast) -> dict[str, float]:
         """:func:`evaluate`'s figures at the reference length only (the EMA weights' evaluation)."""
         return evaluate(model, self.batches(self.reference_seq_len), device, autocast)

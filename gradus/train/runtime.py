@@ -112,6 +112,12 @@ class Runtime:
         dist.all_reduce(t)
         return t / self.world_size
 
+    def mean_floats(self, values: list[float]) -> list[float]:
+        """Element-wise mean of a list of floats over ranks (in float64; one collective); itself when alone."""
+        if not self.distributed or not values:
+            return list(values)
+        return self.mean_tensor(torch.tensor(values, dtype=torch.float64, device=self.device)).tolist()
+
     def mean(self, value: float) -> float:
         """Mean of a float over ranks (in float64)."""
         if not self.distributed:

@@ -272,8 +272,11 @@ class Trainer:
         # Every rank decides alike: the noise scale is all-reduced, the evaluation averaged over ranks.
         val = self.rt.mean(self.last_val["val/loss"]) if due.evaluate_now and "val/loss" in self.last_val else None
         gns = p.gns
+        # At a verification window's end the main run is evaluated on the held-out rows the branch was (the
+        # verdict compares the two there: AdaptiveController._conclude).
+        held_out = self._held_out_rows(state.seq_len) if c.concluding(p.progress.tokens) else None
         branch = c.after_step(p.progress.step, p.progress.tokens, state, None if gns is None else gns.b_simple,
-                              0 if gns is None else gns.count, val)
+                              0 if gns is None else gns.count, val, held_out=held_out)
         if branch is not None:
             self._run_branch(branch)
         for record in c.records[seen:]:
@@ -309,16 +312,27 @@ class Trainer:
                 step, tokens = step + 1, tokens + st.tokens_per_step
                 p.progress.step, p.progress.tokens = step, tokens  # (the EMA's step count)
                 losses.append((tokens, loss))
+            held_out = self._held_out_rows(st.seq_len)  # the branch's model, at the window's end
         finally:
             p.model.load_state_dict(saved[0])
             p.optimizer.load_state_dict(saved[1])
             checkpoint.load_parts(p.stateful, saved[2], self.run_dir)
         p.progress.train_seconds += time.perf_counter() - t0
-        p.controller.branch_done(losses)
+        p.controller.branch_done(losses, held_out, st.seq_len)
         if rt.is_main:
             p.metrics.write({"event": "adaptive/branch", "step": p.progress.step, "tokens": p.progress.tokens,
                              "branch_steps": len(losses), "until_tokens": branch.until,
                              "seconds": time.perf_counter() - t0})
+
+    def _held_out_rows(self, seq_len: int) -> list[list[float]]:
+        """The model's loss on each held-out row at ``seq_len`` ([loss sum, tokens] per row): one side of a
+        verification's verdict. Every rank evaluates the same rows; their sums are averaged over the ranks
+        (float64) so that every rank decides alike. Timed as evaluation."""
+        with self._aside():
+            p, rt = self.parts, self.rt
+            rows = p.validation.row_losses(p.model, seq_len, rt.device, rt.autocast)
+            sums = rt.mean_floats([v for v, _ in rows])
+            return [[v, n] for v, (_, n) in zip(sums, rows, strict=True)]
 
     def _say_decision(self, record: dict) -> None:
         """A decision's console line and its event in metrics.jsonl (the report marks it where it happened)."""
