@@ -788,3 +788,10 @@ def test_the_decision_line_names_the_held_out_comparison():
     assert ": accepted (held-out loss at 16 3.0000 vs main 3.0000 ± 0.0183, 2,048 branch tokens); LR × 1.41" in line
     old = _verification([7.0, 0.5, 3.01, 3.03], MAIN, None, MAIN_ROWS)
     assert "(branch loss 3.0200 vs main 3.0100 ± 0.0231, 2,048 branch tokens)" in decision_line(old.c.records[0])
+
+
+def test_a_verification_without_held_out_rows_is_rejected_with_the_fix():
+    d = _verification([3.0] * 4, MAIN, [], [])
+    [record] = d.c.records
+    assert record["verdict"] == "rejected" and "branch_loss" not in record["comparison"]
+    assert record["reason"].startswith("no held-out rows to compare on: hold out documents (data.validation)")

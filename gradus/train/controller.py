@@ -217,11 +217,14 @@ class AdaptiveController:
         p = self.pending
         assert p is not None
         half = p["start"] + (p["until"] - p["start"]) / 2
-        verdict = "rejected"
+        verdict, reason = "rejected", None
         comparison: dict[str, Any] = {"branch_tokens": p["until"] - p["start"]}
         joined = [v for t, v in p["branch"] if t > half]
         every = [v for t, v in p["main"] if t > half]
-        if p.get("held_out") is not None and held_out is not None:
+        if p.get("held_out") is not None and held_out is not None and not (p["held_out"] and held_out):
+            reason = ("no held-out rows to compare on: hold out documents (data.validation) or set "
+                      "curriculum.adaptive.batch.verify.enabled: false")
+        elif p.get("held_out") is not None and held_out is not None:
             pairs = [(bs / bn, ms / mn) for (bs, bn), (ms, mn) in zip(p["held_out"], held_out, strict=True)
                      if bn > 0 and mn > 0]
             mb = sum(v for v, _ in p["held_out"]) / max(1, sum(n for _, n in p["held_out"]))
@@ -255,7 +258,7 @@ class AdaptiveController:
             self.rho_scale = 2.0 * read / self.batch_cfg.rho
             comparison["rho_from_now"] = self.batch_cfg.rho * self.rho_scale
             self._record(step, tokens, "batch", p["signal"], p["proposal"], verdict, comparison=comparison,
-                         proposed_at=p["step"])
+                         proposed_at=p["step"], reason=reason)
 
     # ------------------------------------------------------------------------------------------ length
     def _length_rule(self, step: int, tokens: int, state: StageState, val_loss: float) -> None:

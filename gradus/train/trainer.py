@@ -312,12 +312,13 @@ class Trainer:
                 step, tokens = step + 1, tokens + st.tokens_per_step
                 p.progress.step, p.progress.tokens = step, tokens  # (the EMA's step count)
                 losses.append((tokens, loss))
+            trained = time.perf_counter() - t0  # (the evaluation below is timed as evaluation)
             held_out = self._held_out_rows(st.seq_len)  # the branch's model, at the window's end
         finally:
             p.model.load_state_dict(saved[0])
             p.optimizer.load_state_dict(saved[1])
             checkpoint.load_parts(p.stateful, saved[2], self.run_dir)
-        p.progress.train_seconds += time.perf_counter() - t0
+        p.progress.train_seconds += trained
         p.controller.branch_done(losses, held_out, st.seq_len)
         if rt.is_main:
             p.metrics.write({"event": "adaptive/branch", "step": p.progress.step, "tokens": p.progress.tokens,
