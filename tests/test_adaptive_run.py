@@ -236,7 +236,8 @@ def test_gradus_schedule_prints_an_adaptive_configs_envelope(tmp_path, raw):
     assert len(shapes) == 6  # each length at 256 and 512 tokens per step
     for part in ("batch: tokens/step × 2 when B_simple > 0.01 × tokens/step for 2 checks in a row", "LR × 2^0.5",
                  "up to 512 tokens/step", f"between {format_count(first)} and {format_count(last)} tokens",
-                 "verified by a branch of 0.05 of the run, accepted within 50 standard errors of the main run",
+                 "verified by a branch of 0.05 of the run, accepted within 50 standard errors of the main run on held-out "
+                 "rows at the window's end",
                  "a rejection raises rho to twice the noise scale's reading there",
                  "6 shapes prepared at start-up"):
         assert part in batch, (part, batch)

@@ -291,7 +291,7 @@ def envelope_lines(cfg: GradusConfig, schedule: Schedule) -> list[str]:
         start, end = stable_phase(schedule)
         shapes = envelope(cfg, schedule)
         within = (f"within {a.batch.verify.z:g} standard errors of the main run" if a.batch.verify.z
-                  else "when no worse than the main run")
+                  else "when no worse than the main run") + " on held-out rows at the window's end"
         verify = (f"each proposal verified by a branch of {a.batch.verify.fraction:g} of the run, accepted {within} "
                   f"(a rejection raises rho to twice the noise scale's reading there)" if a.batch.verify.enabled
                   else "accepted without a branch")
