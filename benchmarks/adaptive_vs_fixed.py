@@ -102,7 +102,19 @@ def point(result: dict, earlier: dict[str, list[dict]] | None = None) -> dict | 
            "best_fixed": {"arm": best["name"], **arm_figures(best)} if best else None,
            "decisions": decisions_of(adaptive, earlier)}
     out["adaptive_at_least_best_fixed"] = _at_least(out["adaptive"], out["best_fixed"])
+    out["verdict"] = verdict_of(out["decisions"])
     return out
+
+
+def verdict_of(decisions: list[dict]) -> str | None:
+    """How the point's verification branches were judged, from their comparisons: ``held-out`` (the branch's and
+    the main run's models on the same held-out rows, since 2026-12-07), ``training loss`` (their training losses
+    over the window, before), or None where no branch was judged. Points measured before and after the change
+    stay in one summary, so each says which rule made its decisions."""
+    kinds = {"held-out" if "held_out_rows" in d["comparison"] else "training loss"
+             for s in decisions for d in s["decisions"]
+             if d.get("kind") == "batch" and "branch_loss" in (d.get("comparison") or {})}
+    return " and ".join(sorted(kinds)) or None
 
 
 def _at_least(adaptive: dict, fixed: dict | None) -> bool | None:
@@ -162,7 +174,7 @@ def main(argv: Sequence[str] | None = None) -> int:
               f"over {len(q['decisions'])} runs; best fixed {f.get('arm')} x{f.get('speedup_wallclock') or 0:.2f} "
               f"calibrated (band {f.get('band')}), x{f.get('speedup_tokens') or 0:.2f} tokens, "
               f"x{f.get('speedup_steps') or 0:.2f} steps; at least the best "
-              f"fixed within the band: {q['adaptive_at_least_best_fixed']}")
+              f"fixed within the band: {q['adaptive_at_least_best_fixed']}; branches judged on: {q['verdict']}")
     for note in notes:
         print(f"note: {note}")
     summary = {"benchmark": "adaptive_vs_fixed", "machine": machine(), "points": points, "goal": goal(points),

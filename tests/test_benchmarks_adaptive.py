@@ -72,3 +72,22 @@ def test_a_run_whose_folder_is_gone_keeps_the_decisions_the_last_summary_recorde
     assert avf.main([str(path), "--out", str(tmp_path)]) == 0
     out = json.loads((tmp_path / "adaptive_vs_fixed.json").read_text())
     assert out["points"][0]["decisions"][0]["decisions"] == [decision]
+
+
+def test_each_point_says_how_its_branches_were_judged(tmp_path):
+    held = {"step": 9, "tokens": 4096, "kind": "batch", "verdict": "accepted",
+            "comparison": {"branch_loss": 4.0, "main_loss": 4.1, "margin": 0.0, "held_out_rows": 16}}
+    old = {"step": 9, "tokens": 4096, "kind": "batch", "verdict": "rejected",
+           "comparison": {"branch_loss": 4.2, "main_loss": 4.1, "margin": 0.0}}
+    skipped = {"step": 3, "tokens": 1024, "kind": "batch", "verdict": "skipped", "reason": "outside"}
+    files = []
+    for budget, records in ((524_288, [held, skipped]), (1_048_576, [old]), (2_097_152, [skipped])):
+        run = tmp_path / f"run{budget}"
+        run.mkdir()
+        (run / "decisions.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+        path = tmp_path / f"r{budget}.json"
+        path.write_text(json.dumps(_result(budget, (2.3, [2.0, 2.6]), 2.5, str(run))))
+        files.append(str(path))
+    assert avf.main([*files, "--out", str(tmp_path)]) == 0
+    out = json.loads((tmp_path / "adaptive_vs_fixed.json").read_text())
+    assert [p["verdict"] for p in out["points"]] == ["held-out", "training loss", None]
