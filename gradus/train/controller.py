@@ -252,8 +252,8 @@ class AdaptiveController:
         else:
             # The probe said B_simple = `read` × the batch does not pay here. Merely doubling rho let the next
             # proposal come at the same reading once the table had doubled the batch (the 1.3M benchmark: two
-            # branches at 18× the batch, both behind by 0.09–0.12), so the next branch waits for twice that
-            # reading (above the threshold that fired, so at least twice that threshold).
+            # branches at 18× the batch, both behind, though by the training-loss verdict of the time), so the
+            # next branch waits for twice that reading (above the threshold that fired, so at least twice it).
             read = p["signal"]["b_simple"] / p["signal"]["tokens_per_step"]
             self.rho_scale = 2.0 * read / self.batch_cfg.rho
             comparison["rho_from_now"] = self.batch_cfg.rho * self.rho_scale
