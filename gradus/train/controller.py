@@ -209,9 +209,9 @@ class AdaptiveController:
         batch continues its document in the next, so the run at the smaller batch has always just taken a step
         on the text before what it predicts, a step of its own where the branch shares one between two
         batches. That adaptation to the documents in hand lowers the training loss but not the held-out loss
-        (dynamic evaluation): on code at 1M tokens five doublings read 0.04–0.18 behind in training loss on the
-        same batches while their held-out loss was 0.03 ahead to 0.03 behind (BENCHMARKS.md, issue 30), and runs
-        that accepted them ended within the seeds' spread with 27% fewer steps. The training-loss comparison
+        (dynamic evaluation): on code at 1M tokens five doublings read 0.04–0.20 behind in training loss on the
+        same batches while their held-out loss was 0.035 ahead to 0.026 behind (BENCHMARKS.md, issue 30), and runs
+        that accepted them ended within 0.02 of the runs that did not, in 5–20% fewer steps. The training-loss comparison
         stays in the record (``joined_branch_loss``, ``every_main_loss``). A pending branch from a checkpoint
         written before (no held-out rows) is judged as it was then."""
         p = self.pending
