@@ -202,6 +202,9 @@ def test_an_adaptive_run_under_fsdp_verifies_a_doubling_on_a_branch_and_finishes
     decisions = [json.loads(line) for line in (run / "decisions.jsonl").read_text().splitlines()]
     verdicts = [d["verdict"] for d in decisions if d["kind"] == "batch"]
     assert "accepted" in verdicts, decisions
+    # judged on held-out rows, every rank's sums averaged (the same verdict on both)
+    judged = [d["comparison"] for d in decisions if d["kind"] == "batch" and d["verdict"] != "skipped"]
+    assert judged and all(c["held_out_rows"] >= 2 and c["branch_loss"] > 0 for c in judged), judged
     records = read_metrics(run / "metrics.jsonl")
     assert any(r.get("event") == "adaptive/branch" and r["branch_steps"] > 0 for r in records)
     steps = [r for r in records if "loss" in r and "step" in r]
