@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 
 import torch
 
@@ -18,42 +18,51 @@ def evaluate(model: torch.nn.Module, batches: Iterable, device: torch.device, au
     When the batches name their source (``batch.source``, as the held-out batches do), ``"sources"`` maps
     each source to the same figures over its own batches, so interference after a domain-infusion or
     long-context stage shows per source; the mixed figures are the token-weighted whole, as before."""
-    was_training = model.training
-    model.eval()
     total_loss = 0.0
     total_correct = 0
     total_tokens = 0
     by_source: dict[str, list[float]] = {}  # name -> [loss sum, correct, tokens]
-    try:
-        for b in batches:
-            inputs = torch.from_numpy(b.inputs).to(device)
-            labels = torch.from_numpy(b.labels).to(device)
-            with autocast():
-                logits, _ = model(inputs)
-            logits = logits.float()
-            mask = labels != -100
-            n = int(mask.sum())
-            if n == 0:
-                continue
-            loss = torch.nn.functional.cross_entropy(
-                logits.reshape(-1, logits.size(-1)), labels.reshape(-1), ignore_index=-100, reduction="sum"
-            )
-            correct = int(((logits.argmax(-1) == labels) & mask).sum())
-            total_loss += float(loss)
-            total_correct += correct
-            total_tokens += n
-            source = getattr(b, "source", None)
-            if source:
-                acc = by_source.setdefault(source, [0.0, 0, 0])
-                acc[0] += float(loss)
-                acc[1] += correct
-                acc[2] += n
-    finally:
-        model.train(was_training)
+    for b, logits, labels in _eval_logits(model, batches, device, autocast):
+        mask = labels != -100
+        n = int(mask.sum())
+        if n == 0:
+            continue
+        loss = torch.nn.functional.cross_entropy(
+            logits.reshape(-1, logits.size(-1)), labels.reshape(-1), ignore_index=-100, reduction="sum"
+        )
+        correct = int(((logits.argmax(-1) == labels) & mask).sum())
+        total_loss += float(loss)
+        total_correct += correct
+        total_tokens += n
+        source = getattr(b, "source", None)
+        if source:
+            acc = by_source.setdefault(source, [0.0, 0, 0])
+            acc[0] += float(loss)
+            acc[1] += correct
+            acc[2] += n
     out = _figures(total_loss, total_correct, total_tokens)
     if by_source:
         out["sources"] = {name: _figures(*acc) for name, acc in by_source.items()}  # type: ignore[assignment]
     return out
+
+
+def _eval_logits(model: torch.nn.Module, batches: Iterable, device: torch.device,
+                 autocast) -> Iterator[tuple[object, torch.Tensor, torch.Tensor]]:
+    """(batch, fp32 logits, labels on ``device``) for each of ``batches``, the model in eval mode without
+    gradients; its previous mode is put back afterwards (also when the caller stops early): the forward pass
+    every evaluation shares."""
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            for b in batches:
+                inputs = torch.from_numpy(b.inputs).to(device)
+                labels = torch.from_numpy(b.labels).to(device)
+                with autocast():
+                    logits, _ = model(inputs)
+                yield b, logits.float(), labels
+    finally:
+        model.train(was_training)
 
 
 def _figures(loss_sum: float, correct: int, tokens: int) -> dict[str, float]:
@@ -99,22 +108,12 @@ class Validation:
     def row_losses(self, model: torch.nn.Module, seq_len: int, device: torch.device, autocast) -> list[list[float]]:
         """[loss sum, label tokens] of each held-out row at ``seq_len``, in order: the rows two models are
         compared on, row by row (an adaptive run's verification)."""
-        was_training = model.training
-        model.eval()
         rows: list[list[float]] = []
-        try:
-            with torch.no_grad():
-                for b in self.batches(seq_len):
-                    inputs = torch.from_numpy(b.inputs).to(device)
-                    labels = torch.from_numpy(b.labels).to(device)
-                    with autocast():
-                        logits, _ = model(inputs)
-                    losses = torch.nn.functional.cross_entropy(
-                        logits.float().transpose(1, 2), labels, ignore_index=-100, reduction="none")
-                    sums, counts = losses.sum(dim=1), (labels != -100).sum(dim=1)
-                    rows.extend([float(v), int(n)] for v, n in zip(sums.tolist(), counts.tolist(), strict=True))
-        finally:
-            model.train(was_training)
+        for _, logits, labels in _eval_logits(model, self.batches(seq_len), device, autocast):
+            losses = torch.nn.functional.cross_entropy(logits.transpose(1, 2), labels, ignore_index=-100,
+                                                       reduction="none")
+            sums, counts = losses.sum(dim=1), (labels != -100).sum(dim=1)
+            rows.extend([float(v), int(n)] for v, n in zip(sums.tolist(), counts.tolist(), strict=True))
         return rows
 
     def reference(self, model: torch.nn.Module, device: torch.device, autocast) -> dict[str, float]:
