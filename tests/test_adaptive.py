@@ -24,8 +24,10 @@ from gradus.curriculum.adaptive import (
     Edit,
     accepted_edits,
     adapted_schedule,
+    batch_rule_on,
     compute_at,
     envelope,
+    envelope_lines,
     max_tokens_per_step,
     next_longer,
     stable_phase,
@@ -43,11 +45,12 @@ SQRT2 = 2 ** 0.5
 
 def _raw(stages=None, **adaptive) -> dict:
     """The tiny config as raw data: stages s16/s32/s64 of 40 steps of 256 tokens each (30,720 tokens), wsd with a
-    5% warmup (6 steps) and a 20% cooldown (24 steps), and an adaptive section (``adaptive`` merged into it)."""
+    5% warmup (6 steps) and a 20% cooldown (24 steps), and an adaptive section (``adaptive`` merged into it)
+    whose batch rule runs on one process (``enabled: true``; its default, auto, would not)."""
     stages = stages or [dict(s, tokens=40 * 256) for s in TINY_STAGES]
     d = tiny_config(UNREAD, str(UNREAD / "tokenizer.json"), stages=stages)
     section = {"check_every_tokens": 512,
-               "batch": {"rho": 0.01, "patience": 2, "min_samples": 2, "max_tokens_per_step": 1024,
+               "batch": {"enabled": True, "rho": 0.01, "patience": 2, "min_samples": 2, "max_tokens_per_step": 1024,
                          "verify": {"fraction": 0.05}},
                "length": {"threshold": 0.9, "patience": 1}}
     for key, value in adaptive.items():
@@ -254,10 +257,11 @@ class Driver:
     """Steps a controller through a run as the trainer does, with the signals the test gives: the noise scale and
     its sample count at each step, a validation loss where the test evaluates, the main-run losses in a window."""
 
-    def __init__(self, cfg, cost=lambda seq_len: 1.0, step: int = 0, tokens: int = 0):
+    def __init__(self, cfg, cost=lambda seq_len: 1.0, step: int = 0, tokens: int = 0, world_size: int = 1):
         self.published: list[list[dict]] = []
         self.base = resolve_schedule(cfg)
-        self.c = AdaptiveController(cfg, self.base, cost, publish=lambda r: self.published.append(json.loads(json.dumps(r))))
+        self.c = AdaptiveController(cfg, self.base, cost, publish=lambda r: self.published.append(json.loads(json.dumps(r))),
+                                    world_size=world_size)
         self.step, self.tokens = step, tokens
         self.held_out: list[list[float]] | None = None  # the main run's held-out rows at a window's end
 
@@ -275,6 +279,31 @@ class Driver:
         """Steps until ``step`` steps are done; no step may return a branch."""
         while self.step < step:
             assert self.run(**signals) is None
+
+
+def test_by_default_the_batch_rule_runs_over_two_or_more_processes_and_not_on_one():
+    raw = _raw(batch={"verify": {"enabled": False}})
+    del raw["curriculum"]["adaptive"]["batch"]["enabled"]
+    cfg = from_dict(raw)
+    assert cfg.curriculum.adaptive.batch.enabled == "auto"
+    assert (batch_rule_on(cfg, 1), batch_rule_on(cfg, 2), batch_rule_on(cfg, None)) == (False, True, None)
+    base = resolve_schedule(cfg)
+    # One process prepares only the table's shapes; two prepare the doublings too, as gradus schedule does.
+    assert [(s.seq_len, s.batch_size) for s in envelope(cfg, base, 1)] == [(s.seq_len, s.batch_size) for s in base.stages]
+    assert len(envelope(cfg, base, 2)) == len(envelope(cfg, base)) > len(base.stages)
+    one, two, unknown = (envelope_lines(cfg, base, w) for w in (1, 2, None))
+    assert any("batch: off on one process (enabled: auto)" in line and "enabled: true" in line for line in one)
+    assert not any("B_simple" in line for line in one)
+    assert any("B_simple" in line for line in two) and not any("off on one process" in line for line in two)
+    assert any("auto: in a run over two or more data-parallel processes, not on one" in line for line in unknown)
+    # With the noise scale far above every threshold, one process never checks; two double at the first chance.
+    alone, pair = Driver(cfg, world_size=1), Driver(cfg, world_size=2)
+    for d in (alone, pair):
+        d.to(40, b_simple=1e9, samples=100)
+    assert alone.c.records == [] and alone.c.edits == [] and alone.c.batch_checks == 0
+    # (after the warmup's 6 steps, 2 checks of patience, every 512 tokens; then up to the bound, 1,024 tokens/step)
+    assert pair.c.edits == [Edit("batch", 8 * 256, 2), Edit("batch", 8 * 256 + 2 * 512, 2)]
+    assert "adaptive/batch_threshold" not in alone.c.metrics(256) and "adaptive/batch_threshold" in pair.c.metrics(256)
 
 
 def test_the_batch_rule_needs_patience_checks_in_a_row_with_enough_samples():

@@ -41,7 +41,7 @@ def _raw(offline_data, tokenizer_json) -> dict:
     d = tiny_config(offline_data, tokenizer_json, stages=stages)
     d["curriculum"].update(schedule="wsd", global_warmup_fraction=0.05, cooldown_fraction=0.2, adaptive={
         "check_every_tokens": 512,
-        "batch": {"rho": 0.01, "patience": 2, "min_samples": 2, "max_tokens_per_step": 2 * TPS,
+        "batch": {"enabled": True, "rho": 0.01, "patience": 2, "min_samples": 2, "max_tokens_per_step": 2 * TPS,
                   "verify": {"fraction": 0.05, "z": 50.0}},
         "length": {"threshold": 0.95, "patience": 1, "window": 2, "z": 0.0}})
     d["train"].update(eval_every=2, checkpoint_every=100, early_stopping_patience=None, micro_batch_size=4)

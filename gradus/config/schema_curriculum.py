@@ -220,7 +220,12 @@ class AdaptiveBatchConfig(Strict):
     × the current tokens per step for ``patience`` consecutive checks; the LR × 2^alpha on acceptance. Only
     in the wsd schedule's stable phase (after the warmup, before the cooldown), within the bounds."""
 
-    enabled: bool = Field(True, description="Let the run double its tokens per step.")
+    enabled: bool | Literal["auto"] = Field(
+        "auto", description="Let the run double its tokens per step. auto (the default): in a run over two or more "
+        "data-parallel processes, not on one process, where a doubled batch saves optimizer steps but not tokens "
+        "and the device's time follows its tokens, so each verification branch (2% of the run) would be paid for "
+        "nothing (measured: BENCHMARKS.md, issue 30); true probes on one process too."
+    )
     rho: Annotated[float, AfterValidator(_positive)] = Field(
         8.0, description="Propose a doubling when B_simple > rho × tokens per step; each rejected verification "
         "raises it for the rest of the run to twice B_simple / tokens per step at the rejected proposal (the run's own "

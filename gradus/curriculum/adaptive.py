@@ -221,6 +221,20 @@ def accepted_edits(records: Iterable[dict]) -> list[Edit]:
     return [Edit.from_json(r["edit"]) for r in records if r.get("edit")]
 
 
+def batch_rule_on(cfg: GradusConfig, world_size: int | None) -> bool | None:
+    """Whether the batch rule runs in a run over ``world_size`` data-parallel processes:
+    ``adaptive.batch.enabled`` when it is true or false; for ``auto``, on with two processes or more and off on
+    one (one device's time follows its tokens, and a doubled batch saves steps, not tokens), or None when the
+    processes are not known (``gradus schedule``: it depends on how the run is launched)."""
+    adaptive = cfg.curriculum.adaptive
+    if adaptive is None:
+        return False
+    enabled = adaptive.batch.enabled
+    if enabled != "auto":
+        return bool(enabled)
+    return None if world_size is None else world_size > 1
+
+
 def max_tokens_per_step(cfg: GradusConfig, base: Schedule) -> int:
     """The batch rule's upper bound: ``adaptive.batch.max_tokens_per_step``, else 8× the first stage's."""
     adaptive = cfg.curriculum.adaptive
@@ -228,15 +242,15 @@ def max_tokens_per_step(cfg: GradusConfig, base: Schedule) -> int:
     return int(given) if given is not None else 8 * base.stages[0].tokens_per_step
 
 
-def envelope(cfg: GradusConfig, base: Schedule) -> list[StagePlan]:
-    """Every stage shape an adaptive run can reach, as stage plans with their own indices: what set-up fits
-    micro-batches to and compiles before the first step, so a decision never meets an unprepared shape.
+def envelope(cfg: GradusConfig, base: Schedule, world_size: int | None = None) -> list[StagePlan]:
+    """Every stage shape an adaptive run over ``world_size`` processes can reach (any number when None), as
+    stage plans with their own indices: what set-up fits micro-batches to and compiles before the first step,
+    so a decision never meets an unprepared shape.
 
     A batch decision doubles the tokens per step of the stage running then, and every later stage runs at
     least that many (:func:`apply_edits`): stage s can run at max(its own, t_j × 2^k) for any stage j up to s and
     any doubling that stays within the bound."""
-    adaptive = cfg.curriculum.adaptive
-    grow = adaptive is not None and adaptive.batch.enabled
+    grow = batch_rule_on(cfg, world_size) is not False
     bound = max_tokens_per_step(cfg, base)
     out: list[StagePlan] = []
     seen: set[tuple[int, int]] = set()
@@ -277,9 +291,10 @@ def next_longer(schedule: Schedule, stage_index: int) -> StagePlan | None:
     return after if after.seq_len > here.seq_len and after.steps else None
 
 
-def envelope_lines(cfg: GradusConfig, schedule: Schedule) -> list[str]:
+def envelope_lines(cfg: GradusConfig, schedule: Schedule, world_size: int | None = None) -> list[str]:
     """An adaptive config's envelope below its table: the ladder, the bounds and the rules (the table above is
-    the fallback a run follows when no signal fires)."""
+    the fallback a run follows when no signal fires), for a run over ``world_size`` processes (None: not known,
+    as in ``gradus schedule``; ``batch.enabled: auto`` is then said as such)."""
     a = cfg.curriculum.adaptive
     if a is None:
         return []
@@ -287,9 +302,14 @@ def envelope_lines(cfg: GradusConfig, schedule: Schedule) -> list[str]:
     target = schedule.target_tokens or schedule.total_tokens
     lines = ["", f"adaptive: the stage table is the fallback; the run may change it from its own signals "
                  f"(checks every {_count(a.check_every_tokens or max(1, target // 64))} tokens)"]
-    if a.batch.enabled:
+    batch_on = batch_rule_on(cfg, world_size)
+    if batch_on is False and a.batch.enabled == "auto":
+        lines.append("  batch: off on one process (enabled: auto): a doubled batch saves optimizer steps, not "
+                     "tokens, and one device's time follows its tokens; set curriculum.adaptive.batch.enabled: "
+                     "true to probe anyway")
+    if batch_on is not False:
         start, end = stable_phase(schedule)
-        shapes = envelope(cfg, schedule)
+        shapes = envelope(cfg, schedule, world_size)
         within = (f"within {a.batch.verify.z:g} standard errors of the main run" if a.batch.verify.z
                   else "when no worse than the main run") + " on held-out rows at the window's end"
         verify = (f"each proposal verified by a branch of {a.batch.verify.fraction:g} of the run, accepted {within} "
@@ -299,7 +319,8 @@ def envelope_lines(cfg: GradusConfig, schedule: Schedule) -> list[str]:
             f"  batch: tokens/step × 2 when B_simple > {a.batch.rho:g} × tokens/step for {a.batch.patience} checks "
             f"in a row, LR × 2^{a.batch.alpha:g}, up to {max_tokens_per_step(cfg, schedule):,} tokens/step, only "
             f"between {_count(start)} and {_count(end)} tokens (the stable phase); {verify}; "
-            f"{len(shapes)} shapes prepared at start-up")
+            f"{len(shapes)} shapes prepared at start-up"
+            + ("; auto: in a run over two or more data-parallel processes, not on one" if batch_on is None else ""))
     if a.length.enabled:
         crit = length_critical_value(a.length.z, a.length.window, a.length.interval)
         noise = f" by {crit:.3g} standard errors" if a.length.z else ""

@@ -45,6 +45,7 @@ from gradus.curriculum import Schedule, StageState
 from gradus.curriculum.adaptive import (
     Edit,
     adapted_schedule,
+    batch_rule_on,
     compute_at,
     length_critical_value,
     max_tokens_per_step,
@@ -71,11 +72,12 @@ class AdaptiveController:
     they change, including on restore."""
 
     def __init__(self, cfg: GradusConfig, base: Schedule, cost: Callable[[int], float],
-                 publish: Callable[[list[dict]], None] | None = None):
+                 publish: Callable[[list[dict]], None] | None = None, world_size: int = 1):
         adaptive = cfg.curriculum.adaptive
         assert adaptive is not None, "AdaptiveController needs curriculum.adaptive"
         self.cfg, self.base, self.cost, self.publish = cfg, base, cost, publish
         self.batch_cfg, self.length_cfg = adaptive.batch, adaptive.length
+        self.batch_on = bool(batch_rule_on(cfg, world_size))  # (auto: on over two processes or more)
         self.length_crit = length_critical_value(self.length_cfg.z, self.length_cfg.window, self.length_cfg.interval)
         target = base.target_tokens or base.total_tokens
         self.check_every = int(adaptive.check_every_tokens or max(1, target // 64))
@@ -104,7 +106,7 @@ class AdaptiveController:
         """Whether the step just counted (``tokens`` so far, ``step_tokens`` of them in it) is a check: a batch
         check on the cadence, or the end of a verification window. The trainer reads the step's figures at
         once there (a sync point)."""
-        if self.batch_cfg.enabled and crossed_multiple(tokens, step_tokens, self.check_every):
+        if self.batch_on and crossed_multiple(tokens, step_tokens, self.check_every):
             return True
         return self.pending is not None and self.pending["branch"] is not None and tokens >= self.pending["until"]
 
@@ -133,7 +135,7 @@ class AdaptiveController:
             self._conclude(step, tokens, state, held_out)
         if val_loss is not None and self.length_cfg.enabled:
             self._length_rule(step, tokens, state, val_loss)
-        if (self.batch_cfg.enabled and self.pending is None
+        if (self.batch_on and self.pending is None
                 and crossed_multiple(tokens, state.tokens_per_step, self.check_every)):
             return self._batch_rule(step, tokens, state, b_simple, samples)
         return None
@@ -329,7 +331,7 @@ class AdaptiveController:
                     f"{rejected} proposal(s) rejected by their branch, {self.branch_tokens:,} branch tokens; "
                     "decisions.jsonl has each")
         parts = []
-        if self.batch_cfg.enabled:
+        if self.batch_on:
             peak = self.closest["batch"]
             parts.append("the batch rule never counted a check (too few noise-scale samples per stage)" if peak is None
                          else f"the noise scale peaked at {peak:.2f}× its threshold (rho × tokens per step) at a check")
@@ -349,7 +351,7 @@ class AdaptiveController:
         step's tokens per step, the noise scale the batch rule asks for there (rho, raised by each rejection,
         × tokens per step: ``gradus report`` draws it beside the noise scale)."""
         out = {"adaptive/edits": len(self.edits), "adaptive/branch_tokens": self.branch_tokens}
-        if tokens_per_step and self.batch_cfg.enabled:
+        if tokens_per_step and self.batch_on:
             out["adaptive/batch_threshold"] = self.batch_cfg.rho * self.rho_scale * tokens_per_step
         return out
 

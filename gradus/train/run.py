@@ -205,7 +205,7 @@ def build_run(cfg: GradusConfig, run_dir: RunDir | str | Path, rt: Runtime, *, h
     run = RunDir.of(run_dir)
     schedule = resolve_schedule(cfg)
     # Every shape the run can reach: the table's, and an adaptive run's doublings (prepared at start-up).
-    shapes = envelope(cfg, schedule) if cfg.curriculum.adaptive is not None else list(schedule.stages)
+    shapes = envelope(cfg, schedule, rt.world_size) if cfg.curriculum.adaptive is not None else list(schedule.stages)
     check_batches_divide(shapes, rt)  # before the run directory is touched
     if rt.is_main:
         created = not run.path.exists()
@@ -250,7 +250,7 @@ def build_run(cfg: GradusConfig, run_dir: RunDir | str | Path, rt: Runtime, *, h
         reference = cfg.train.eval_reference_seq_len or max(s.seq_len for s in schedule.stages)
         controller = AdaptiveController(
             cfg, schedule, cost=lambda seq_len: shape.flops_per_token(seq_len) / shape.flops_per_token(reference),
-            publish=run.write_decisions if rt.is_main else None)
+            publish=run.write_decisions if rt.is_main else None, world_size=rt.world_size)
         stateful["adaptive"] = controller
     lagged = lag.lagged_mode(cfg.train.host_sync, rt.device, built.optimizer)  # read figures a step late
     compat = checkpoint.compat_signature(schedule, rt.world_size, tokenizer.identity())

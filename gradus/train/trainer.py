@@ -101,7 +101,7 @@ class Trainer:
 
             self.console.print(fp8_note(p.model, self.cfg.train.fp8.recipe, self.cfg.train.fp8.emulate))
         if p.controller is not None:  # the envelope, as gradus schedule shows it, and what a resumed run decided
-            for line in envelope_lines(self.cfg, p.schedule)[1:]:
+            for line in envelope_lines(self.cfg, p.schedule, p.rt.world_size)[1:]:
                 self.console.print(line)
             made = [r for r in p.controller.records if r.get("edit")]
             if made:
