@@ -30,6 +30,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+import yaml  # noqa: E402
 from common import RESULTS, machine, write_result  # noqa: E402
 
 from gradus.experiments.speedup_arms import ARMS, TARGET_BASELINES  # noqa: E402
@@ -103,7 +104,24 @@ def point(result: dict, earlier: dict[str, list[dict]] | None = None) -> dict | 
            "decisions": decisions_of(adaptive, earlier)}
     out["adaptive_at_least_best_fixed"] = _at_least(out["adaptive"], out["best_fixed"])
     out["verdict"] = verdict_of(out["decisions"])
+    out["batch_rule"] = batch_rule_of(adaptive, out["decisions"])
     return out
+
+
+def batch_rule_of(arm: dict, decisions: list[dict]) -> str | None:
+    """Whether the arm's runs had the batch rule: ``off`` (``enabled: auto``, which on one process, as every
+    benchmark run is, leaves it off, the arm's config since 2026-12-07; or ``false``), ``on`` (``true``, or batch
+    decisions in the record: the arm before), or None where neither the run's config nor its decisions say.
+    Points of both configs stay in one summary, so each says which it ran."""
+    for seed in arm.get("per_seed", []):
+        path = RunDir(Path(seed["run_dir"])).config if seed.get("run_dir") else None
+        if path is not None and path.is_file():
+            raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+            enabled = (((raw.get("curriculum") or {}).get("adaptive") or {}).get("batch") or {}).get("enabled", True)
+            return "on" if enabled is True else "off"
+    if any(d.get("kind") == "batch" for s in decisions for d in s["decisions"]):
+        return "on"
+    return None
 
 
 def verdict_of(decisions: list[dict]) -> str | None:
@@ -174,13 +192,19 @@ def main(argv: Sequence[str] | None = None) -> int:
               f"over {len(q['decisions'])} runs; best fixed {f.get('arm')} x{f.get('speedup_wallclock') or 0:.2f} "
               f"calibrated (band {f.get('band')}), x{f.get('speedup_tokens') or 0:.2f} tokens, "
               f"x{f.get('speedup_steps') or 0:.2f} steps; at least the best "
-              f"fixed within the band: {q['adaptive_at_least_best_fixed']}; branches judged on: {q['verdict']}")
+              f"fixed within the band: {q['adaptive_at_least_best_fixed']}; batch rule {q['batch_rule']}, "
+              f"branches judged on: {q['verdict']}")
     for note in notes:
         print(f"note: {note}")
+    # The goal for each config the points ran (the batch rule on, before 2026-12-07; off on one process, since).
+    by_rule = {rule: goal([q for q in points if str(q["batch_rule"]) == rule])
+               for rule in dict.fromkeys(str(q["batch_rule"]) for q in points)}
     summary = {"benchmark": "adaptive_vs_fixed", "machine": machine(), "points": points, "goal": goal(points),
-               "notes": notes}
+               "goal_by_batch_rule": by_rule, "notes": notes}
     path = write_result(args.out / "adaptive_vs_fixed.json", summary)
     print(f"goal: {summary['goal']}")
+    for rule, figures in by_rule.items():
+        print(f"goal, points with the batch rule {rule}: {figures}")
     print(f"wrote {path}")
     return 0
 

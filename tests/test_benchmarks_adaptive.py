@@ -6,6 +6,8 @@ import json
 
 from builders import load_benchmark
 
+from gradus.train.storage.run_dir import RunDir
+
 avf = load_benchmark("adaptive_vs_fixed")
 
 
@@ -91,3 +93,29 @@ def test_each_point_says_how_its_branches_were_judged(tmp_path):
     assert avf.main([*files, "--out", str(tmp_path)]) == 0
     out = json.loads((tmp_path / "adaptive_vs_fixed.json").read_text())
     assert [p["verdict"] for p in out["points"]] == ["held-out", "training loss", None]
+
+
+def test_each_point_says_whether_its_runs_had_the_batch_rule_and_the_goal_is_checked_per_config(tmp_path):
+    """The arm's config changed on 2026-12-07 (the batch rule auto, off on one process): a point says which it
+    ran, from the run's config.yaml (or, its folder gone, from batch decisions), and the goal is also checked
+    over each config's points alone."""
+    length = {"step": 20, "tokens": 8192, "kind": "length", "verdict": "accepted"}
+    batch = {"step": 9, "tokens": 4096, "kind": "batch", "verdict": "rejected"}
+    cases = ((524_288, "auto", [length], (2.6, [2.4, 2.7])), (1_048_576, True, [length], (2.0, [1.9, 2.1])),
+             (2_097_152, None, [batch], (2.1, [2.0, 2.2])))
+    files = []
+    for budget, enabled, records, adaptive in cases:
+        run = tmp_path / f"run{budget}"
+        run.mkdir()
+        (run / "decisions.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+        if enabled is not None:
+            RunDir(run).config.write_text(json.dumps({"curriculum": {"adaptive": {"batch": {"enabled": enabled}}}}))
+        path = tmp_path / f"r{budget}.json"
+        path.write_text(json.dumps(_result(budget, adaptive, 2.5, str(run))))
+        files.append(str(path))
+    assert avf.main([*files, "--out", str(tmp_path)]) == 0
+    out = json.loads((tmp_path / "adaptive_vs_fixed.json").read_text())
+    assert [p["batch_rule"] for p in out["points"]] == ["off", "on", "on"]
+    assert out["goal"]["adaptive_at_least_best_fixed_everywhere"] is False
+    assert out["goal_by_batch_rule"]["off"]["adaptive_at_least_best_fixed_everywhere"] is True  # 2.7 >= 2.5
+    assert out["goal_by_batch_rule"]["on"]["adaptive_at_least_best_fixed_everywhere"] is False  # 2.1, 2.2 < 2.5
