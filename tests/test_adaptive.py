@@ -618,6 +618,12 @@ BAD = {
                   ["curriculum.schedule=per_stage:", "set curriculum.schedule: wsd"]),
     "global": (lambda r: r["curriculum"].update(schedule="global"),
                ["curriculum.schedule=global:", "curriculum.adaptive.batch", "set schedule: wsd or adaptive.batch.enabled: false"]),
+    # auto may run the batch rule (under torchrun), so the config must allow it wherever it is launched
+    "global_auto": (lambda r: (r["curriculum"].update(schedule="global"),
+                               r["curriculum"]["adaptive"]["batch"].update(enabled="auto")),
+                    ["curriculum.schedule=global:", "set schedule: wsd or adaptive.batch.enabled: false"]),
+    "enabled_word": (lambda r: r["curriculum"]["adaptive"]["batch"].update(enabled="sometimes"),
+                     ["curriculum.adaptive.batch.enabled", "sometimes"]),
     "step": (_stages_by_step, ["curriculum.stages[0].step:", "write each stage's tokens: instead of step:"]),
     "shortens": (_shortening, ["curriculum.stages[2].seq_len=32 is shorter than stage 1's 64", "order the stages by length"]),
     "batch_ramp": (lambda r: r["curriculum"].update(batch_ramp={"direction": "grow"}),

@@ -16,6 +16,7 @@ from typing import Annotated, Any, Literal
 from pydantic import (
     AfterValidator,
     AliasChoices,
+    BeforeValidator,
     Field,
     ModelWrapValidatorHandler,
     field_validator,
@@ -185,6 +186,13 @@ def _unit_interval(value: float) -> float:
     return value
 
 
+def _bool_or_auto(value: Any) -> Any:
+    # One line for a wrong value: the union's own errors would be two, one per member.
+    if isinstance(value, bool) or value == "auto":
+        return value
+    raise ValueError("must be true, false or auto (auto: on in a run over two or more data-parallel processes)")
+
+
 def _positive(value: float) -> float:
     if not value > 0.0:  # written so that NaN fails too
         raise ValueError("must be above 0 (e.g. 2: propose a larger batch when the noise scale is twice the batch)")
@@ -220,7 +228,7 @@ class AdaptiveBatchConfig(Strict):
     × the current tokens per step for ``patience`` consecutive checks; the LR × 2^alpha on acceptance. Only
     in the wsd schedule's stable phase (after the warmup, before the cooldown), within the bounds."""
 
-    enabled: bool | Literal["auto"] = Field(
+    enabled: Annotated[bool | Literal["auto"], BeforeValidator(_bool_or_auto)] = Field(
         "auto", description="Let the run double its tokens per step. auto (the default): in a run over two or more "
         "data-parallel processes, not on one process, where a doubled batch saves optimizer steps but not tokens "
         "and the device's time follows its tokens, so each verification branch (2% of the run) would be paid for "
