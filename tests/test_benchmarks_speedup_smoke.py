@@ -176,3 +176,26 @@ def test_lr_find_arm_takes_its_stage_ratios_from_gradus_lr_find(smoke):
     arm = next(a for a in report["arms"] if a["name"] == "seqwarm-lrfind")
     for stage in arm["stages"]:
         assert stage["peak_lr_per_unit_base"] == pytest.approx(round(found[stage["seq_len"]] / found[final], 4))
+
+
+def test_an_adaptive_arms_crossing_is_read_at_the_points_every_arm_has():
+    """The adaptive arm evaluates 4x as often; a noisy curve read at more points crosses a target sooner, so its
+    record keeps only the shared evaluations: here the dip at 3,000 tokens, between shared points, is not a
+    crossing."""
+    from gradus.experiments.analysis import RunRecord
+    from gradus.experiments.tuning import Tuned
+
+    tokens = [1000 * (i + 1) for i in range(8)]
+    losses = [5.0, 4.8, 3.9, 4.6, 4.4, 4.3, 4.1, 3.95]  # every 4th: 4.6 at 4,000, 3.95 at 8,000
+    run = RunRecord("a", 1e-3, 0, tokens=tokens, seconds=[float(t) / 1000 for t in tokens], val_loss=losses,
+                    final_val_loss=3.95, best_val_loss=3.9, tokens_trained=8000, train_seconds=8.0)
+    thinned = speedup.shared_points(run)
+    assert thinned.tokens == [4000, 8000] and thinned.val_loss == [4.6, 3.95] and thinned.seconds == [4.0, 8.0]
+    stages = [{"stage": "s", "seq_len": 8, "batch_size": 1, "tokens_per_step": 8, "start_tokens": 0,
+               "end_tokens": 8000, "peak_lr_per_unit_base": 1.0}]
+    tuned = Tuned("x", {1e-3: run}, 1e-3, [run], True)
+    adaptive = speedup.summarise(tuned, speedup_arms.ARMS["seqwarm-long-ramp-adaptive-wsd"], 4.0, stages, {(8, 1): 1e-3})
+    fixed = speedup.summarise(tuned, speedup_arms.ARMS["seqwarm-long-ramp-wsd"], 4.0, stages, {(8, 1): 1e-3})
+    assert fixed["tokens_to_target"] == pytest.approx(2000 + 0.8 / 0.9 * 1000)  # the dip, between 4.8 and 3.9
+    assert adaptive["tokens_to_target"] == pytest.approx(4000 + 0.6 / 0.65 * 4000)  # between 4.6 and 3.95
+    assert adaptive["curve"]["tokens"] == [4000, 8000] and adaptive["final_val_loss"] == 3.95
