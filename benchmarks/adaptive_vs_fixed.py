@@ -30,9 +30,10 @@ from collections.abc import Sequence
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-import yaml  # noqa: E402
 from common import RESULTS, machine, write_result  # noqa: E402
 
+from gradus.config import load_config  # noqa: E402
+from gradus.curriculum.adaptive import batch_rule_on  # noqa: E402
 from gradus.experiments.speedup_arms import ARMS, TARGET_BASELINES  # noqa: E402
 from gradus.train.storage.run_dir import RunDir  # noqa: E402
 
@@ -109,16 +110,14 @@ def point(result: dict, earlier: dict[str, list[dict]] | None = None) -> dict | 
 
 
 def batch_rule_of(arm: dict, decisions: list[dict]) -> str | None:
-    """Whether the arm's runs had the batch rule: ``off`` (``enabled: auto``, which on one process, as every
-    benchmark run is, leaves it off, the arm's config since 2026-12-07; or ``false``), ``on`` (``true``, or batch
-    decisions in the record: the arm before), or None where neither the run's config nor its decisions say.
-    Points of both configs stay in one summary, so each says which it ran."""
+    """Whether the arm's runs had the batch rule: ``on`` or ``off`` as gradus settles it for the run's config on
+    one process, as every benchmark run is (``enabled: auto``, the arm's config since 2026-12-07, is off there),
+    else ``on`` where the record holds batch decisions (the arm before), or None where neither the run's config
+    nor its decisions say. Points of both configs stay in one summary, so each says which it ran."""
     for seed in arm.get("per_seed", []):
         path = RunDir(Path(seed["run_dir"])).config if seed.get("run_dir") else None
         if path is not None and path.is_file():
-            raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-            enabled = (((raw.get("curriculum") or {}).get("adaptive") or {}).get("batch") or {}).get("enabled", True)
-            return "on" if enabled is True else "off"
+            return "on" if batch_rule_on(load_config(path), world_size=1) else "off"
     if any(d.get("kind") == "batch" for s in decisions for d in s["decisions"]):
         return "on"
     return None

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import json
 
+import yaml
 from builders import load_benchmark
 
+from gradus.presets import preset_path
 from gradus.train.storage.run_dir import RunDir
 
 avf = load_benchmark("adaptive_vs_fixed")
@@ -108,8 +110,10 @@ def test_each_point_says_whether_its_runs_had_the_batch_rule_and_the_goal_is_che
         run = tmp_path / f"run{budget}"
         run.mkdir()
         (run / "decisions.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
-        if enabled is not None:
-            RunDir(run).config.write_text(json.dumps({"curriculum": {"adaptive": {"batch": {"enabled": enabled}}}}))
+        if enabled is not None:  # a whole valid config: the benchmark settles the rule as gradus does
+            config = yaml.safe_load(preset_path("demo-adaptive").read_text(encoding="utf-8"))
+            config["curriculum"]["adaptive"]["batch"]["enabled"] = enabled
+            RunDir(run).config.write_text(yaml.safe_dump(config))
         path = tmp_path / f"r{budget}.json"
         path.write_text(json.dumps(_result(budget, adaptive, 2.5, str(run))))
         files.append(str(path))
