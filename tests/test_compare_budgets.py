@@ -37,6 +37,10 @@ def test_each_budget_runs_complete_in_its_own_folder_and_the_trend_is_fitted_on_
         assert 0.8 * p["budget_requested"] <= run_cfg["curriculum"]["target_tokens"] <= p["budget_requested"]
     written = json.loads((out / "compare.json").read_text())
     assert written["budgets"] == summary["budgets"]
+    # One seed gives no band: said before the runs, at each budget and in the file, never a band of zero width.
+    assert lines[0].startswith("compare --budgets: one seed per budget: no band")
+    assert "(one seed: no band)" in "\n".join(lines) and "(band " not in "\n".join(lines)
+    assert "one seed per budget" in written["note"]
     usable = [TrendPoint(p["budget_tokens"], p["speedup_wallclock"], tuple(p["band"]) if p["band"] else None)
               for p in summary["budgets"] if p["speedup_wallclock"]]
     if len(usable) == 2:
@@ -139,6 +143,18 @@ def test_the_annealed_reading_is_the_budget_whose_complete_curriculum_run_ends_a
     assert low < last["speedup_wallclock_annealed"] < high
     text = budgets_table(points, None, None)
     assert "annealed reading" in text and "4M tokens: ×3.00, ×2.00 tokens" in text
+
+
+def test_bands_are_printed_with_two_seeds_and_one_seed_is_said_to_leave_out_seed_noise():
+    two = [dict(_point(b, 4.0, 3.8, 150.0, 100.0), speedup_wallclock=s, band=[s - 0.2, s + 0.3], seeds=[0, 1])
+           for b, s in ((1_000_000, 2.0), (2_000_000, 1.8))]
+    trend = fit_trend([TrendPoint(p["budget_tokens"], p["speedup_wallclock"], tuple(p["band"])) for p in two])
+    text = budgets_table(two, trend.to_json(), None)
+    assert "1M tokens: ×2.00 (band 1.80–2.30)" in text and "one seed" not in text
+    one = [dict(p, seeds=[0]) for p in two]
+    text = budgets_table(one, trend.to_json(), None)
+    assert "1M tokens: ×2.00 (one seed: no band)" in text
+    assert "note: one seed per budget: no band, so the trend counts each speedup as exact to within 2%" in text
 
 
 def test_a_smallest_budget_already_at_the_target_gives_a_lower_bound():

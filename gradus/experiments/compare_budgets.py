@@ -18,7 +18,14 @@ from gradus.errors import ConfigError
 from gradus.experiments.budget import EVAL_POINTS
 from gradus.experiments.common import prepare, summaries_key, write_summary
 from gradus.experiments.compare import compare_arms, run_compare
-from gradus.experiments.trend import Forecast, TrendPoint, annealed_speedup, fit_trend, forecast
+from gradus.experiments.trend import (
+    MIN_SIGMA_RATIO,
+    Forecast,
+    TrendPoint,
+    annealed_speedup,
+    fit_trend,
+    forecast,
+)
 from gradus.units import format_count, parse_count
 
 
@@ -122,14 +129,25 @@ def add_annealed(points: Sequence[dict]) -> None:
         p["band_annealed"] = ([e * ratio if e else None for e in ends] if tokens and ratio and shift else None)
 
 
+def one_seed_note(seeds: Sequence[int]) -> str | None:
+    """What a single seed leaves out of the figures (None with two or more): the band is half the baseline's seed
+    spread, so one seed gives none, and the trend then weighs each budget as exact to within its floor."""
+    if len(seeds) >= 2:
+        return None
+    return (f"one seed per budget: no band, so the trend counts each speedup as exact to within "
+            f"{MIN_SIGMA_RATIO:.0%} and its intervals leave out seed-to-seed noise (the same config's final loss "
+            "can differ by 0.1–0.4 between seeds on small runs); give --seeds 0,1,2 for bands")
+
+
 def budgets_table(points: Sequence[dict], trend: dict | None, fc: Forecast | None,
                   trend_annealed: dict | None = None, fc_annealed: Forecast | None = None) -> str:
     """The lines printed after the last budget: the first-crossing speedups and, where a smaller budget gives
-    it, the annealed reading, each with its trend and forecast."""
+    it, the annealed reading, each with its trend and forecast, and what one seed leaves out."""
     lines = ["speedup of the curriculum by budget (calibrated wall-clock, its band; tokens):"]
     for p in points:
         band = p["band"]
-        band_s = (f" (band {band[0]:.2f}–{band[1]:.2f})" if band and None not in band else
+        band_s = (" (one seed: no band)" if len(p.get("seeds") or ()) < 2 else
+                  f" (band {band[0]:.2f}–{band[1]:.2f})" if band and None not in band else
                   f" (band never–{band[1]:.2f})" if band and band[1] else "")
         cal = f"×{p['speedup_wallclock']:.2f}" if p["speedup_wallclock"] else "—"
         tok = f"×{p['speedup_tokens']:.2f}" if p["speedup_tokens"] else "—"
@@ -153,6 +171,9 @@ def budgets_table(points: Sequence[dict], trend: dict | None, fc: Forecast | Non
                          f"{tr['slope_per_doubling_95'][0]:+.2f} to {tr['slope_per_doubling_95'][1]:+.2f})")
         if f is not None:
             lines.append(f"forecast{name[len('trend'):]}: {f.sentence}")
+    note = one_seed_note(min((p.get("seeds") or () for p in points), key=len, default=()))
+    if note and (trend is not None or trend_annealed is not None):
+        lines.append(f"note: {note}")
     return "\n".join(lines)
 
 
@@ -220,6 +241,8 @@ def run_compare_budgets(cfg: GradusConfig, *, budgets: Sequence[int], forecast_t
     shapes are the same), so the trend compares speedups priced alike."""
     check_budgets(cfg, budgets, baseline=baseline, half_batch_baseline=half_batch_baseline, seeds=seeds,
                   origin=origin, eval_points=eval_points)
+    if note := one_seed_note(seeds):  # said before the runs, while a second seed is still cheap to add
+        log(f"compare --budgets: {note}")
     points, reports = [], []
     for b in budgets:
         log(f"compare --budgets: {format_count(b)} tokens")
@@ -251,8 +274,11 @@ def run_compare_budgets(cfg: GradusConfig, *, budgets: Sequence[int], forecast_t
                   "log(budget) between the budgets below it: the first crossing compares the curriculum "
                   "mid-schedule with the baseline's annealed end, and understates more as runs grow",
     }
-    if trend is None:
-        summary["note"] = "fewer than two budgets gave a speedup (the curriculum reached no target): no trend"
+    notes = [] if trend is not None else ["fewer than two budgets gave a speedup (the curriculum reached no target): "
+                                          "no trend"]
+    notes += [n for n in [one_seed_note(seeds)] if n]
+    if notes:
+        summary["note"] = "; ".join(notes)
     # The budgets' own summaries name their runs: the same budgets over the same runs give the same key.
     write_summary(out, "compare", summary, summaries_key([r["runs_key"] for r in reports]), log)
     log("")
