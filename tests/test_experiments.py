@@ -618,3 +618,20 @@ def test_an_archived_run_is_restored_only_for_the_same_config_and_tokenizer_file
     got = finished_record(task, archive)
     assert got is not None and got.reused and got.final_val_loss == 4.5 and got.micro_batches == [(64, 2048, 16)]
     assert RunDir(task.run_dir).read_decisions() == decisions  # an adaptive run's table is read from them
+
+
+def test_the_arms_tokenizer_is_trained_once_before_they_start_and_said_only_then(offline_data, tmp_path, monkeypatch):
+    """A trained BPE is announced when it is trained; later comparisons (another budget) read its cache quietly."""
+    from types import SimpleNamespace
+
+    from gradus.experiments.common import prepare_tokenizers
+
+    monkeypatch.setenv("GRADUS_CACHE_DIR", str(tmp_path / "cache"))
+    raw = tiny_config(offline_data)
+    prepared = SimpleNamespace(configs={"baseline": raw, "curriculum": json.loads(json.dumps(raw))})
+    first: list[str] = []
+    prepare_tokenizers(prepared, first.append)
+    assert len(first) == 1 and first[0].startswith("tokenizer: training a byte-level BPE of 512 tokens")
+    again: list[str] = []
+    prepare_tokenizers(prepared, again.append)
+    assert again == []

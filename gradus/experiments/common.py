@@ -94,11 +94,8 @@ def prepare_tokenizers(prepared: Prepared, log: Callable[[str], None]) -> None:
         if key in seen:
             continue
         seen.add(key)
-        cfg = from_dict(raw)
-        if cfg.data.tokenizer.train_vocab_size:
-            log(f"preparing the BPE tokenizer ({cfg.data.tokenizer.train_vocab_size:,} tokens; cached after the "
-                "first time)")
-        load_tokenizer(cfg.data)
+        # load_tokenizer says so in one line when it trains a BPE (once: later calls read its cache, quietly).
+        load_tokenizer(from_dict(raw).data, log=log)
 
 
 def tasks_for(prepared: Prepared, out: Path, name: str, lr: float | None = None) -> list[Task]:
