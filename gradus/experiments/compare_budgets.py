@@ -217,7 +217,8 @@ def plot_budgets(points: Sequence[dict], trend: dict | None, fc: Forecast | None
             ax.errorbar([f.budget_tokens], [f.speedup], yerr=[[max(0.0, f.speedup - f.low)],
                                                               [max(0.0, f.high - f.speedup)]],
                         fmt="s", color=color, capsize=5,
-                        label=f"forecast at {format_count(f.budget_tokens)}, {what} (95%)")
+                        label=f"forecast at {format_count(f.budget_tokens)}, {what}: {f.speedup:.2f}× "
+                              f"(95%: {f.low:.2f}–{f.high:.2f}×)")
     ax.axhline(1.0, color="grey", lw=0.8)
     ax.set_ylim(0.0, 1.3 * highest)
     ax.set_xscale("log")
