@@ -178,3 +178,14 @@ def test_plan_prints_the_annealed_forecast_next_to_the_first_crossing_one(tmp_pa
     assert main(["plan", "--preset", "demo", "--forecast-from", str(path)]) == 0
     out = capsys.readouterr().out
     assert "first crossing: at" in out and "curriculum forecast, annealed runs" in out
+
+
+def test_plan_carries_the_one_seed_caveat_with_each_forecast(tmp_path, capsys):
+    """A forecast from budgets of one seed each says so wherever it is printed: its interval leaves out seed noise."""
+    trend = fit_trend([TrendPoint(b, s) for b, s in [(250_000, 2.3), (1_000_000, 1.9)]])
+    path = tmp_path / "compare.json"
+    for seeds, said in (([0], True), ([0, 1], False)):
+        path.write_text(json.dumps({"budgets": [{"seeds": seeds}, {"seeds": seeds}], "trend": trend.to_json()}))
+        assert main(["plan", "--params", "1B", "--forecast-from", str(path), "--json"]) == 0
+        plan = json.loads(capsys.readouterr().out)
+        assert ("one seed per budget: no band" in plan["forecast"]["sentence"]) is said

@@ -19,12 +19,12 @@ from gradus.experiments.budget import EVAL_POINTS
 from gradus.experiments.common import prepare, summaries_key, write_summary
 from gradus.experiments.compare import compare_arms, run_compare
 from gradus.experiments.trend import (
-    MIN_SIGMA_RATIO,
     Forecast,
     TrendPoint,
     annealed_speedup,
     fit_trend,
     forecast,
+    one_seed_note,
 )
 from gradus.units import format_count, parse_count
 
@@ -127,16 +127,6 @@ def add_annealed(points: Sequence[dict]) -> None:
         p["annealed_kind"] = how
         p["speedup_wallclock_annealed"] = tokens * ratio if tokens and ratio else None
         p["band_annealed"] = ([e * ratio if e else None for e in ends] if tokens and ratio and shift else None)
-
-
-def one_seed_note(seeds: Sequence[int]) -> str | None:
-    """What a single seed leaves out of the figures (None with two or more): the band is half the baseline's seed
-    spread, so one seed gives none, and the trend then weighs each budget as exact to within its floor."""
-    if len(seeds) >= 2:
-        return None
-    return (f"one seed per budget: no band, so the trend counts each speedup as exact to within "
-            f"{MIN_SIGMA_RATIO:.0%} and its intervals leave out seed-to-seed noise (the same config's final loss "
-            "can differ by 0.1–0.4 between seeds on small runs); give --seeds 0,1,2 for bands")
 
 
 def budgets_table(points: Sequence[dict], trend: dict | None, fc: Forecast | None,

@@ -14,7 +14,7 @@ from __future__ import annotations
 import json
 import math
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 T975 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306, 9: 2.262, 10: 2.228,
@@ -33,6 +33,16 @@ def critical_value(dof: int | None, scaled: bool) -> float:
 MIN_SIGMA_RATIO = 0.02
 """A point's uncertainty is at least this share of its speedup: a zero-width band (two curves that fall steeply
 through the target) is not infinitely precise."""
+
+
+def one_seed_note(seeds: Sequence[int]) -> str | None:
+    """What a single seed leaves out of the figures (None with two or more): the band is half the baseline's seed
+    spread, so one seed gives none, and the trend then weighs each budget as exact to within its floor."""
+    if len(seeds) >= 2:
+        return None
+    return (f"one seed per budget: no band, so the trend counts each speedup as exact to within "
+            f"{MIN_SIGMA_RATIO:.0%} and its intervals leave out seed-to-seed noise (the same config's final loss "
+            "can differ by 0.1–0.4 between seeds on small runs); give --seeds 0,1,2 for bands")
 
 
 @dataclass(frozen=True)
@@ -126,8 +136,11 @@ def forecasts_from_file(path: str | Path, budget: float) -> tuple[Forecast, Fore
     try:
         first = forecast(trend_from_json(data["trend"]), budget)
         annealed = forecast(trend_from_json(data["trend_annealed"]), budget) if data.get("trend_annealed") else None
-    except (KeyError, TypeError, ValueError):
+        note = one_seed_note(min((p.get("seeds") or () for p in data["budgets"]), key=len, default=(0, 1)))
+    except (KeyError, TypeError, ValueError, AttributeError):
         raise ConfigError(f"--forecast-from {path}: its trend is incomplete; rerun `gradus compare --budgets`") from None
+    if note:  # the caveat travels with each sentence, into the plan's lines and its JSON
+        first, annealed = (replace(f, sentence=f"{f.sentence}; {note}") if f else None for f in (first, annealed))
     return first, annealed
 
 
