@@ -34,7 +34,10 @@ Usage::
         --budgets 327680,1310720,5505024 --work /work/bench/trend-tiny
 
 Outputs: ``benchmarks/results/speedup_vs_budget[_CORPUS][_SERIES].json`` and ``.png``; each point's own
-``curriculum_speedup`` JSON and PNG under ``benchmarks/results/trend/``.
+``curriculum_speedup`` JSON and PNG under ``benchmarks/results/trend/``. With ``--adaptive``, each finished
+point also runs the adaptive arm in its own work folder, every other run read back (a work folder takes one
+process at a time, so this is how the adaptive comparison of issue 30 shares the series' runs):
+``benchmarks/results/adaptive/curriculum_speedup_<tag>.json``, read by ``benchmarks/adaptive_vs_fixed.py``.
 """
 
 from __future__ import annotations
@@ -52,6 +55,9 @@ import curriculum_speedup  # noqa: E402 (benchmarks is not a package)
 from common import RESULTS, machine, read_result, save_plot, write_result  # noqa: E402
 
 from gradus.experiments.trend import TrendPoint, annealed_speedup, fit_trend, forecast  # noqa: E402
+
+ADAPTIVE_ARM = "seqwarm-long-ramp-adaptive-wsd"
+"""The adaptive arm ``--adaptive`` adds (adaptive_vs_fixed.py reads the same name)."""
 
 DEFAULT_ARMS = ("baseline,baseline-wsd,baseline-wsd-half-batch,baseline-linear,seqwarm-long-wsd,"
                 "seqwarm-long-ramp-wsd")
@@ -97,6 +103,11 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
                    help="as curriculum_speedup.py's --calibration (default windows). A point whose result file was "
                         "priced by the other method is priced again: its runs are read back, only the calibration "
                         "is measured (this is not counted by --points)")
+    p.add_argument("--adaptive", action="store_true",
+                   help=f"after each point, the adaptive arm ({ADAPTIVE_ARM}: the ramp's table with gradus's "
+                        "adaptive defaults) in the point's own work folder, every other arm read back: "
+                        "OUT/adaptive/curriculum_speedup_<tag>.json, for adaptive_vs_fixed.py (issue 30 §3); "
+                        "run for every point whose file exists and its own does not (not counted by --points)")
     p.add_argument("--smoke", action="store_true", help="seconds: curriculum_speedup's toy settings (for tests)")
     return p.parse_args(argv)
 
@@ -145,6 +156,18 @@ def point_args(args: argparse.Namespace, budget: int, seeds: str, arms: str, gri
             grids = {**grids, "seqwarm-long-ramp-abs-wsd": grids["seqwarm-long-ramp-wsd"]}
     for arm, lr in sorted(grids.items()):
         argv += ["--lr-grid", f"{arm}={lr / 2:g},{lr:g},{lr * 2:g}"]
+    return argv
+
+
+def adaptive_args(args: argparse.Namespace, budget: int, seeds: str, arms: str, grids: dict[str, float],
+                  tag: str) -> list[str]:
+    """curriculum_speedup.py's command line for a point's adaptive run: the point's own (same arms, the same grids
+    it was tuned on, so every fixed run is read back) with the adaptive arm added, its grid seeded like the
+    others (from its best at the previous budget, else the ramp's), written under ``OUT/adaptive``."""
+    if ADAPTIVE_ARM not in grids and "seqwarm-long-ramp-wsd" in grids:
+        grids = {**grids, ADAPTIVE_ARM: grids["seqwarm-long-ramp-wsd"]}
+    argv = point_args(args, budget, seeds, f"{arms},{ADAPTIVE_ARM}", grids, tag)
+    argv[argv.index("--out") + 1] = str(args.out / "adaptive")
     return argv
 
 
@@ -307,6 +330,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     name = stem(args)
     reports: list[dict] = []
     grids: dict[str, float] = {}
+    adaptive_grids: dict[str, float] = {}  # the adaptive arm's best at the previous budget (--adaptive)
     computed = 0
     for i, budget in enumerate(budgets):
         tag = f"{name.removeprefix('speedup_vs_budget').lstrip('_') or 'wikitext-2'}-b{budget}"
@@ -316,6 +340,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.absolute_arm and i > 0:
             arms += ",seqwarm-long-ramp-abs-wsd"
         seeds = args.seeds if i in (0, len(budgets) - 1) else (args.mid_seeds or args.seeds)
+        # The grids this point is tuned on (each arm's best at the previous budget), kept for its adaptive run.
+        point_grids = {a: lr for a, lr in grids.items() if a in arms.split(",") or a == "seqwarm-long-ramp-wsd"}
         existing = read_result(path, "speedup_vs_budget") if path.is_file() else None
         reprice = existing is not None and priced_by(existing) != args.calibration
         if existing is None or reprice:
@@ -325,9 +351,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             args.work.mkdir(parents=True, exist_ok=True)
             share_tokenizer(args, budget)
             args.anchor_budget = budgets[0]
-            argv_point = point_args(args, budget, seeds, arms, {a: lr for a, lr in grids.items()
-                                                                if a in arms.split(",") or a == "seqwarm-long-ramp-wsd"},
-                                    tag)
+            argv_point = point_args(args, budget, seeds, arms, point_grids, tag)
             print(f"speedup_vs_budget: {budget:,} tokens: python benchmarks/curriculum_speedup.py {' '.join(argv_point)}",
                   flush=True)
             code = curriculum_speedup.main(argv_point)
@@ -335,6 +359,17 @@ def main(argv: Sequence[str] | None = None) -> int:
                 raise SystemExit(f"speedup_vs_budget: the point at {budget:,} tokens failed (exit {code})")
             computed += not reprice
             existing = read_result(path, "speedup_vs_budget")
+        adaptive_path = args.out / "adaptive" / f"curriculum_speedup_{tag}.json"
+        if args.adaptive and not adaptive_path.is_file():
+            argv_adaptive = adaptive_args(args, budget, seeds, arms, {**point_grids, **adaptive_grids}, tag)
+            print(f"speedup_vs_budget: {budget:,} tokens, the adaptive arm: python benchmarks/curriculum_speedup.py "
+                  f"{' '.join(argv_adaptive)}", flush=True)
+            code = curriculum_speedup.main(argv_adaptive)
+            if code != 0:
+                raise SystemExit(f"speedup_vs_budget: the adaptive arm at {budget:,} tokens failed (exit {code})")
+        if adaptive_path.is_file():
+            adaptive_grids = {n: a["lr"] for n, a in arms_of(read_result(adaptive_path, "speedup_vs_budget")).items()
+                              if n == ADAPTIVE_ARM and a.get("lr")}
         report = existing
         report["_path"] = str(path.relative_to(args.out.parent) if path.is_relative_to(args.out.parent) else path)
         reports.append(report)

@@ -155,6 +155,47 @@ def test_a_point_priced_by_the_windows_is_priced_again_when_the_series_asks_for_
     assert bench.main([*argv, "--calibration", "measured"]) == 0 and len(calls) == 1  # both measured now
 
 
+def test_the_adaptive_arm_runs_in_each_finished_points_folder_on_the_grids_that_point_was_tuned_on(
+        tmp_path, monkeypatch):
+    """``--adaptive``: for every point whose file exists, the point's own command with the adaptive arm added,
+    the fixed arms on the very grids the point was tuned on (so their runs are read back), the adaptive arm's grid
+    seeded from its best at the previous budget, the result under OUT/adaptive; a point that has one is skipped."""
+    bench = load_benchmark("speedup_vs_budget")
+    results = REPO / "benchmarks" / "results"
+    trend_dir = tmp_path / "trend"
+    trend_dir.mkdir()
+    first = json.loads((results / "curriculum_speedup_1024-finalists2.json").read_text())
+    for name, budget in (("curriculum_speedup_1024-finalists2.json", 524288),
+                         ("curriculum_speedup_1024-budget1m-finalists2.json", 1048576)):
+        shutil.copy(results / name, trend_dir / f"curriculum_speedup_wikitext-2-b{budget}.json")
+    calls = []
+
+    def adaptive_point(argv):
+        calls.append(argv)
+        out = Path(argv[argv.index("--out") + 1])
+        out.mkdir(parents=True, exist_ok=True)
+        report = dict(first, arms=[*first["arms"], {"name": bench.ADAPTIVE_ARM, "lr": 0.003}])
+        (out / f"curriculum_speedup_{argv[argv.index('--tag') + 1]}.json").write_text(json.dumps(report))
+        return 0
+
+    monkeypatch.setattr(bench.curriculum_speedup, "main", adaptive_point)
+    argv = ["--budgets", "524288,1048576", "--work", str(tmp_path / "work"), "--out", str(tmp_path), "--adaptive",
+            "--arms", "baseline-wsd,seqwarm-long-ramp-wsd"]
+    assert bench.main(argv) == 0
+    assert len(calls) == 2
+    for call, budget in zip(calls, (524288, 1048576), strict=True):
+        assert call[call.index("--budget") + 1] == str(budget)
+        assert call[call.index("--arms") + 1] == f"baseline-wsd,seqwarm-long-ramp-wsd,{bench.ADAPTIVE_ARM}"
+        assert call[call.index("--out") + 1] == str(tmp_path / "adaptive") and "--reuse" in call
+    assert "--lr-grid" not in calls[0]  # the first point's grids were the arms' defaults
+    grids = dict(g.split("=") for g in (calls[1][i + 1] for i, a in enumerate(calls[1]) if a == "--lr-grid"))
+    best = {a["name"]: a["lr"] for a in [first["baseline"], *first["arms"]]}
+    lr = best["seqwarm-long-ramp-wsd"]
+    assert grids["seqwarm-long-ramp-wsd"] == f"{lr / 2:g},{lr:g},{lr * 2:g}"  # as the point itself was tuned
+    assert grids[bench.ADAPTIVE_ARM] == "0.0015,0.003,0.006"  # from its own best at the previous budget
+    assert bench.main(argv) == 0 and len(calls) == 2  # both points have their adaptive file: nothing runs
+
+
 def test_the_series_gives_each_point_its_own_archive_folder(tmp_path, monkeypatch):
     """``--archive DIR``: each point keeps its runs' records in DIR/<its tag>, so a point that a session's end
     cut off continues from the committed records on a new machine."""
