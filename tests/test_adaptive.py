@@ -774,6 +774,11 @@ def test_the_end_of_run_line_says_how_close_each_rule_came_when_nothing_was_deci
     again = Driver(cfg)
     again.c.load_state_dict(d.c.state_dict())  # carried by the checkpoint
     assert again.c.summary() == d.c.summary()
+    d.c.closest["length"] = 1.3
+    assert "the length gain stayed above its threshold (at least 1.30× it, with its noise)" in d.c.summary()
+    d.c.closest["length"] = 0.43  # below the threshold, but not for `patience` evaluations where it could switch
+    assert (f"the length gain fell to 0.43× its threshold (with its noise), but not for {cfg.curriculum.adaptive.length.patience} "
+            "evaluations in a row where a longer length was left to begin") in d.c.summary()
     rejected = _verification([3.0, 3.0, 3.05, 3.07], MAIN)
     assert rejected.c.summary() == ("adaptive: 0 decision(s) (0 batch, 0 length), 1 proposal(s) rejected by their "
                                     "branch, 2,048 branch tokens; decisions.jsonl has each")

@@ -337,8 +337,12 @@ class AdaptiveController:
                          else f"the noise scale peaked at {peak:.2f}× its threshold (rho × tokens per step) at a check")
         if self.length_cfg.enabled:
             low = self.closest["length"]
+            # The lowest ratio can come from the last stage, where no longer length is left to begin.
             parts.append("the length rule never had a stage's first gain to compare with" if low is None else
-                         f"the length gain stayed at or above {low:.2f}× its threshold (with its noise)")
+                         f"the length gain stayed above its threshold (at least {low:.2f}× it, with its noise)"
+                         if low >= 1 else
+                         f"the length gain fell to {low:.2f}× its threshold (with its noise), but not for "
+                         f"{self.length_cfg.patience} evaluations in a row where a longer length was left to begin")
         return "adaptive: no decision, the run followed its table: " + "; ".join(parts or ["both rules off"])
 
     @property
