@@ -22,6 +22,7 @@ from gradus.experiments.trend import (
     Forecast,
     TrendPoint,
     annealed_speedup,
+    budgets_seed_note,
     fit_trend,
     forecast,
     one_seed_note,
@@ -161,7 +162,7 @@ def budgets_table(points: Sequence[dict], trend: dict | None, fc: Forecast | Non
                          f"{tr['slope_per_doubling_95'][0]:+.2f} to {tr['slope_per_doubling_95'][1]:+.2f})")
         if f is not None:
             lines.append(f"forecast{name[len('trend'):]}: {f.sentence}")
-    note = one_seed_note(min((p.get("seeds") or () for p in points), key=len, default=()))
+    note = budgets_seed_note(points)
     if note and (trend is not None or trend_annealed is not None):
         lines.append(f"note: {note}")
     return "\n".join(lines)
@@ -232,8 +233,9 @@ def run_compare_budgets(cfg: GradusConfig, *, budgets: Sequence[int], forecast_t
     shapes are the same), so the trend compares speedups priced alike."""
     check_budgets(cfg, budgets, baseline=baseline, half_batch_baseline=half_batch_baseline, seeds=seeds,
                   origin=origin, eval_points=eval_points)
-    if note := one_seed_note(seeds):  # said before the runs, while a second seed is still cheap to add
-        log(f"compare --budgets: {note}")
+    seeds_note = one_seed_note(seeds)
+    if seeds_note:  # said before the runs, while a second seed is still cheap to add
+        log(f"compare --budgets: {seeds_note}")
     points, reports = [], []
     for b in budgets:
         log(f"compare --budgets: {format_count(b)} tokens")
@@ -267,7 +269,7 @@ def run_compare_budgets(cfg: GradusConfig, *, budgets: Sequence[int], forecast_t
     }
     notes = [] if trend is not None else ["fewer than two budgets gave a speedup (the curriculum reached no target): "
                                           "no trend"]
-    notes += [n for n in [one_seed_note(seeds)] if n]
+    notes += [seeds_note] if seeds_note else []
     if notes:
         summary["note"] = "; ".join(notes)
     # The budgets' own summaries name their runs: the same budgets over the same runs give the same key.

@@ -45,6 +45,11 @@ def one_seed_note(seeds: Sequence[int]) -> str | None:
             "can differ by 0.1–0.4 between seeds on small runs); give --seeds 0,1,2 for bands")
 
 
+def budgets_seed_note(points: Sequence[dict]) -> str | None:
+    """:func:`one_seed_note` for budget points (each with its ``seeds``): said when any budget has one seed."""
+    return one_seed_note(min((p.get("seeds") or () for p in points), key=len)) if points else None
+
+
 @dataclass(frozen=True)
 class TrendPoint:
     """One budget's speedup and its band."""
@@ -136,7 +141,7 @@ def forecasts_from_file(path: str | Path, budget: float) -> tuple[Forecast, Fore
     try:
         first = forecast(trend_from_json(data["trend"]), budget)
         annealed = forecast(trend_from_json(data["trend_annealed"]), budget) if data.get("trend_annealed") else None
-        note = one_seed_note(min((p.get("seeds") or () for p in data["budgets"]), key=len, default=(0, 1)))
+        note = budgets_seed_note(data["budgets"])
     except (KeyError, TypeError, ValueError, AttributeError):
         raise ConfigError(f"--forecast-from {path}: its trend is incomplete; rerun `gradus compare --budgets`") from None
     if note:  # the caveat travels with each sentence, into the plan's lines and its JSON
