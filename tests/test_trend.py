@@ -224,6 +224,28 @@ def test_the_absolute_ramp_keeps_its_short_stages_at_the_anchor_budget_and_gives
     assert sum(st["tokens"] for st in ramp.build(four_times)["stages"][:-1]) == 4 * sum(t for _, t, _ in short)
 
 
+def test_the_stage_table_ablations_move_only_the_stages_they_name():
+    """Issue 29 §2's ablations of the ramp at 1M: the final length from 45% of the run (`-early`), and the
+    128 stage's tokens given to the 64 stage (`no128`); every stage switch lands where it says, on whole steps."""
+    from gradus.experiments.speedup_arms import ARMS, Settings
+
+    s = Settings(final_len=1024, budget=1048576)
+
+    def starts(name):
+        stages, seen, out = ARMS[name].build(s)["stages"], 0, {}
+        for st in stages:
+            out[st["seq_len"]] = (round(seen / s.budget, 2), st["tokens_per_batch"])  # whole steps: ±0.5%
+            seen += st["tokens"]
+        assert seen == s.budget
+        return out
+
+    ramp, early, no128 = starts("seqwarm-long-ramp-wsd"), starts("seqwarm-long-ramp-early-wsd"), starts(
+        "seqwarm-ramp-no128-wsd")
+    assert ramp == {64: (0.0, 512), 128: (0.1, 512), 256: (0.2, 1024), 512: (0.35, 2048), 1024: (0.55, 2048)}
+    assert early == {**ramp, 512: (0.3, 2048), 1024: (0.45, 2048)}
+    assert no128 == {k: v for k, v in ramp.items() if k != 128}
+
+
 def test_the_lead_by_stage_reads_the_series_point_files(tmp_path):
     """benchmarks/lead_by_stage.py on the tiny series' two committed points: the ramp's lead over its target
     baseline at each stage's last evaluation, the JSON and the PNG."""

@@ -287,13 +287,19 @@ def _ladder(regime: str, divisors: Sequence[int], fractions: Sequence[float],
     return build
 
 
-def _ramp(regime: str, divisors: Sequence[int], alpha: float) -> Callable[[Settings], dict]:
+RAMP_LENGTHS = (16, 8, 4, 2, 1)
+"""The ramp's ladder: final_len // each (64 → 1,024 at final length 1,024)."""
+RAMP_FRACTIONS = (0.10, 0.10, 0.15, 0.20, 0.45)
+"""The ramp's share of the run's tokens per stage (seqwarm-long-wsd's)."""
+
+
+def _ramp(regime: str, divisors: Sequence[int], alpha: float, lengths: Sequence[int] = RAMP_LENGTHS,
+          fractions: Sequence[float] = RAMP_FRACTIONS) -> Callable[[Settings], dict]:
     # seqwarm-long-wsd's ladder and token budgets with a batch ramp (small steps early: the critical batch
     # starts small and grows with the tokens seen), each stage's peak × (its tokens per step / the last
-    # stage's)^alpha under the one WSD schedule.
+    # stage's)^alpha under the one WSD schedule. lengths/fractions: the ablations of issue 29 §2.
     def build(s: Settings) -> dict:
-        stages = ramp_stages(s, regime, [s.final_len // d for d in (16, 8, 4, 2, 1)], [0.10, 0.10, 0.15, 0.20, 0.45],
-                             divisors)
+        stages = ramp_stages(s, regime, [s.final_len // d for d in lengths], fractions, divisors)
         return {**wsd_schedule(s, stages), "batch_ramp": {"direction": "grow", "alpha": alpha}}
     return build
 
@@ -302,10 +308,10 @@ def _ramp_absolute(regime: str, divisors: Sequence[int]) -> Callable[[Settings],
     # _ramp's stages, but the four short stages take the tokens they take at s.anchor_budget (their fractions
     # of it) whatever the budget; the final length gets the rest. At the anchor budget it is the ramp itself.
     def build(s: Settings) -> dict:
-        fractions = [0.10, 0.10, 0.15, 0.20, 0.45]
+        fractions = RAMP_FRACTIONS
         anchor = min(s.anchor_budget or s.budget, s.budget)
         short = [f * anchor / s.budget for f in fractions[:-1]]
-        stages = ramp_stages(s, regime, [s.final_len // d for d in (16, 8, 4, 2, 1)], [*short, 1 - sum(short)],
+        stages = ramp_stages(s, regime, [s.final_len // d for d in RAMP_LENGTHS], [*short, 1 - sum(short)],
                              divisors)
         return {**wsd_schedule(s, stages), "batch_ramp": {"direction": "grow", "alpha": 0.0}}
     return build
@@ -365,6 +371,11 @@ ARMS: dict[str, Arm] = {a.name: a for a in [
     Arm("seqwarm-long-ramp-adaptive-wsd", "A", "seqwarm-long-ramp-wsd's table as the fallback, adaptive at gradus's "
         "defaults: the next length early on the loss rate (the batch rule, auto, is off on one process)", LR_A,
         _ramp_adaptive("A", (4, 4, 2, 1, 1))),
+    Arm("seqwarm-long-ramp-early-wsd", "A", "seqwarm-long-ramp-wsd with the final length from 45% of the run: "
+        "10/10/10/15/55%", LR_A, _ramp("A", (4, 4, 2, 1, 1), 0.0, fractions=(0.10, 0.10, 0.10, 0.15, 0.55))),
+    Arm("seqwarm-ramp-no128-wsd", "A", "seqwarm-long-ramp-wsd without the final/8 stage: final/16, /4, /2, final "
+        "over 20/15/20/45% at 1/4, 1/2, 1, 1 × the tokens per step", LR_A,
+        _ramp("A", (4, 2, 1, 1), 0.0, lengths=(16, 4, 2, 1), fractions=(0.20, 0.15, 0.20, 0.45))),
     Arm("seqwarm-long-ramp-sqrt-wsd", "A", "seqwarm-long-ramp-wsd with each stage's peak × sqrt(its tokens per "
         "step / the last's)", LR_A, _ramp("A", (4, 4, 2, 1, 1), 0.5)),
     Arm("seqwarm-textbook", "A", "final/8 → final (32→256 at 256) over 10/15/20/55%, global cosine", LR_A, _textbook("A")),
