@@ -120,3 +120,22 @@ def cuda_missing(script: str, device: str) -> bool:
         return False
     print(f"{script}: error: --device cuda but no CUDA device is visible; use --device cpu --smoke", file=sys.stderr)
     return True
+
+
+def run_resumable(main: Callable[[], int], script: str) -> None:
+    """Run a resumable benchmark's ``main`` and exit: 130 with the line that says how to continue when it is
+    stopped (Ctrl-C, or SIGTERM turned into KeyboardInterrupt: its runs checkpointed, or finished and are
+    kept), 2 with the package's one-line error (a failed tokenizer, lr-find without a suggestion)."""
+    import sys
+
+    from gradus.errors import GradusError
+
+    try:
+        sys.exit(main())
+    except KeyboardInterrupt:
+        print(f"{script}: stopped; run the same command again to continue (finished runs are read back)",
+              file=sys.stderr)
+        sys.exit(130)
+    except GradusError as exc:
+        print(f"{script}: {exc}", file=sys.stderr)
+        sys.exit(2)

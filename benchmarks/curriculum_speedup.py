@@ -80,7 +80,16 @@ os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import REPO, RESULTS, calibration_cost, is_baseline, machine, save_plot, write_result  # noqa: E402 (benchmarks is not a package)
+from common import (  # noqa: E402 (benchmarks is not a package)
+    REPO,
+    RESULTS,
+    calibration_cost,
+    is_baseline,
+    machine,
+    run_resumable,
+    save_plot,
+    write_result,
+)
 
 from gradus.config import to_dict  # noqa: E402
 from gradus.experiments.analysis import (  # noqa: E402,F401 (to_target, calibrated_seconds ... re-exported)
@@ -512,14 +521,4 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    from gradus.errors import GradusError
-
-    try:
-        sys.exit(main())
-    except KeyboardInterrupt:  # Ctrl-C or SIGTERM: the runs checkpointed (or finished and are kept)
-        print("curriculum_speedup: stopped; run the same command again to continue (finished runs are read back)",
-              file=sys.stderr)
-        sys.exit(130)
-    except GradusError as exc:  # the package's one-line errors (a failed tokenizer, lr-find without a suggestion)
-        print(f"curriculum_speedup: {exc}", file=sys.stderr)
-        sys.exit(2)
+    run_resumable(main, "curriculum_speedup")

@@ -52,7 +52,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import curriculum_speedup  # noqa: E402 (benchmarks is not a package)
-from common import RESULTS, machine, read_result, save_plot, write_result  # noqa: E402
+from common import RESULTS, machine, read_result, run_resumable, save_plot, write_result  # noqa: E402
 
 from gradus.experiments.trend import TrendPoint, annealed_speedup, fit_trend, forecast  # noqa: E402
 
@@ -424,14 +424,4 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    from gradus.errors import GradusError
-
-    try:
-        sys.exit(main())
-    except KeyboardInterrupt:  # Ctrl-C or SIGTERM: the runs checkpointed (or finished and are kept)
-        print("speedup_vs_budget: stopped; run the same command again to continue (finished runs are read back)",
-              file=sys.stderr)
-        sys.exit(130)
-    except GradusError as exc:
-        print(f"speedup_vs_budget: {exc}", file=sys.stderr)
-        sys.exit(2)
+    run_resumable(main, "speedup_vs_budget")
