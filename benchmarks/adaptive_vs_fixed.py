@@ -165,6 +165,11 @@ def goal(points: list[dict]) -> dict:
             "budgets_missing": [g for g in GOAL_BUDGETS if not near(g)]}
 
 
+def band_text(band: list[float] | None) -> str:
+    """A band as the console shows it: "1.71–1.79" (or "none")."""
+    return f"{band[0]:.2f}–{band[1]:.2f}" if band else "none"
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -186,10 +191,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         a, f = q["adaptive"], q["best_fixed"] or {}
         made = sum(1 for s in q["decisions"] for d in s["decisions"] if d.get("verdict") == "accepted")
         print(f"{q['corpus']} {q['budget_tokens']:,} tokens ({q['model']}): adaptive x{a['speedup_wallclock'] or 0:.2f} "
-              f"calibrated (band {a['band']}), x{a['speedup_tokens'] or 0:.2f} tokens, "
+              f"calibrated (band {band_text(a['band'])}), x{a['speedup_tokens'] or 0:.2f} tokens, "
               f"x{a['speedup_steps'] or 0:.2f} steps, {made} accepted decisions "
               f"over {len(q['decisions'])} runs; best fixed {f.get('arm')} x{f.get('speedup_wallclock') or 0:.2f} "
-              f"calibrated (band {f.get('band')}), x{f.get('speedup_tokens') or 0:.2f} tokens, "
+              f"calibrated (band {band_text(f.get('band'))}), x{f.get('speedup_tokens') or 0:.2f} tokens, "
               f"x{f.get('speedup_steps') or 0:.2f} steps; at least the best "
               f"fixed within the band: {q['adaptive_at_least_best_fixed']}; batch rule {q['batch_rule']}, "
               f"branches judged on: {q['verdict']}")
