@@ -115,6 +115,22 @@ def test_budget_keeps_stage_shares_in_whole_steps_and_the_baseline_is_one_final_
     assert st["mix"]["prose"] == pytest.approx((0.7 * 5 + 0.6 * 7 + 0.5 * 10 + 0.4 * 27) / 49, abs=1e-4)
 
 
+def test_a_curriculum_and_its_baseline_train_the_same_tokens_at_any_budget():
+    """Each stage's rounding is carried into the next: at 150k, demo-ramp's stages rounded one by one gave 36
+    steps of 4,096 tokens against its baseline's 37 (147,456 against 151,552 tokens)."""
+    raw = to_dict(load_preset("demo-ramp"))
+    for budget in (100_000, 150_000, 400_000, 1_000_000):
+        cur = scale_to_budget(raw, budget)
+        base = scale_to_budget(compare_baseline(raw), budget)
+        total = cur["curriculum"]["target_tokens"]
+        assert total == base["curriculum"]["target_tokens"] == round(budget / 4096) * 4096
+        ends, share = 0, 0.0
+        for st, frac in zip(cur["curriculum"]["stages"], [0.10, 0.10, 0.15, 0.20, 0.45], strict=True):
+            ends, share = ends + st["tokens"], share + frac
+            assert st["tokens"] % 4096 == 0  # switches on the baseline's steps
+            assert abs(ends - budget * share) <= 2048 + 1e-6  # every switch within half a step of its share
+
+
 def test_a_batch_ramp_is_evaluated_at_its_baselines_token_counts():
     """ramp-1024 at a compare budget: its own 52M-token cadence gives way to the shared one, and its
     evaluation points (a batch ramp: more, smaller steps early) are the baseline's in tokens."""
