@@ -703,6 +703,23 @@ def test_a_failed_start_is_one_line_and_leaves_nothing_behind(case, message, tmp
     assert not (tmp_path / "runs").exists()
 
 
+def test_ctrl_c_during_set_up_leaves_nothing_behind(tmp_path, tokenizer_json, offline_data, monkeypatch, capsys):
+    """Ctrl-C before the first step (at W&B's login prompt, or while a tokenizer loads): nothing was trained, so
+    the folder this start made goes as a refused start's does, and the same command starts afresh."""
+    import gradus.train.run as run_module
+    from gradus.cli import main
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(run_module, "load_tokenizer_on_ranks", interrupted)
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(json.dumps(raw_config(tokenizer_json, offline_data)))
+    assert main(["train", str(cfg), "--out", str(tmp_path / "runs" / "mine" / "run")]) == 130
+    assert "interrupted" in capsys.readouterr().err
+    assert not (tmp_path / "runs").exists()
+
+
 def test_a_start_refused_because_the_folder_is_busy_removes_nothing(tmp_path, tokenizer_json, offline_data, capsys):
     """Two starts on one new --out: the second is refused (the folder is locked) and must not remove the folder
     the first created and is training in (only a folder this process created and locked is removed)."""

@@ -510,9 +510,11 @@ def train(cfg: GradusConfig, run_dir: str | Path, *, resume: bool = True, allow_
     finally:
         trainer.close(clean=result is not None or agreed)
         failed = sys.exc_info()[0]
-        if not started and trainer.held.created_folder and failed is not None and issubclass(failed, GradusError):
+        if (not started and trainer.held.created_folder and failed is not None
+                and issubclass(failed, GradusError | KeyboardInterrupt)):
             # A start refused for bad input (a glob that matches nothing, a tokenizer file that is not one, a
-            # missing wandb) leaves nothing behind: the folder it created holds only what set-up began.
+            # missing wandb), or stopped by Ctrl-C before its first step (at W&B's login prompt), leaves nothing
+            # behind: the folder it created holds only what set-up began, and nothing was trained.
             recovery.remove_failed_start(trainer.run, trainer.rt, trainer.held.created_parents)
     recovery.record_result(trainer.run, result, status)
     return result
