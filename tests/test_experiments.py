@@ -525,12 +525,14 @@ def test_a_run_of_another_config_is_kept_beside_never_deleted(offline_data, tmp_
     task.run_dir.mkdir(parents=True)
     older = "an earlier config (another budget)\n"
     (task.run_dir / "arm.yaml").write_text(older, encoding="utf-8")
-    (task.run_dir / "result.json").write_text('{"record": {}, "config": "an earlier config"}', encoding="utf-8")
+    (task.run_dir / "result.json").write_text(json.dumps({"record": {"run_dir": str(task.run_dir)},
+                                                          "config": "an earlier config"}), encoding="utf-8")
     (task.run_dir / "metrics.jsonl").write_text('{"step": 1}\n', encoding="utf-8")
     runner = Runner(jobs=1)
     moved = runner.prepare_dir(task)
     assert moved == task.run_dir.with_name(f"{task.run_dir.name}@{hashlib.sha256(older.encode()).hexdigest()[:8]}")
     assert (moved / "result.json").is_file() and (moved / "metrics.jsonl").read_text() == '{"step": 1}\n'
+    assert json.loads((moved / "result.json").read_text())["record"]["run_dir"] == str(moved)  # where it is now
     assert (task.run_dir / "arm.yaml").read_text(encoding="utf-8") == task.config_text
     assert not (task.run_dir / "result.json").exists()
     # The same config again: nothing moves (its run is read back or continued); a third config moves aside too,

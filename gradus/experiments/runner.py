@@ -208,6 +208,17 @@ def _last_line(path: Path) -> str:
     return (errors or lines or [""])[-1][:300]
 
 
+def _repoint_result(moved: Path) -> None:
+    """A kept run's ``result.json`` names the folder it now lives in (its record was written where it ran)."""
+    path = moved / RESULT
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+        data["record"]["run_dir"] = str(moved)
+    except (OSError, ValueError, KeyError, TypeError):  # no finished result there (a stopped run): nothing to say
+        return
+    path.write_text(json.dumps(data), encoding="utf-8")
+
+
 class Runner:
     """Runs tasks ``jobs`` at a time in ``gradus train`` processes; new tasks may be queued as runs finish
     (the LR tuning does that)."""
@@ -243,6 +254,7 @@ class Runner:
         elif arm_yaml.is_file() and not same_config(saved := arm_yaml.read_text(encoding="utf-8"), task):
             moved = beside(task.run_dir, hashlib.sha256(saved.encode("utf-8")).hexdigest()[:8])
             os.replace(task.run_dir, moved)
+            _repoint_result(moved)
         task.run_dir.mkdir(parents=True, exist_ok=True)
         (task.run_dir / RESULT).unlink(missing_ok=True)
         arm_yaml.write_text(task.config_text, encoding="utf-8")
