@@ -479,7 +479,10 @@ def test_a_run_stopped_by_a_signal_is_resumed_by_the_next_invocation_not_read_ba
     assert any("stopped before the end of its budget (checkpoint saved); rerun the same command to resume" in line
                for line in lines)
     monkeypatch.delenv(faults.ENV)
-    resumed = Runner(jobs=1, folder=tmp_path / "stopped").run(tasks)
+    lines.clear()
+    resumed = Runner(jobs=1, folder=tmp_path / "stopped", log=lines.append).run(tasks)
+    assert any(line.startswith(f"  {tasks[0].arm} lr {tasks[0].lr:g} seed 0: continuing from its last checkpoint")
+               for line in lines), lines  # not announced as "training", as if from scratch
     events = [json.loads(line) for line in (first / "metrics.jsonl").read_text().splitlines()]
     assert any(e.get("event") == "resume" for e in events)
     assert not resumed[0].reused and math.isfinite(resumed[0].final_val_loss)

@@ -264,6 +264,9 @@ class Runner:
         moved = self.prepare_dir(task)
         if moved is not None:
             self.log(f"  {task.run_dir} held a run of another configuration: kept as {moved}")
+        # A run a stop left checkpointed continues from there (gradus train resumes its --out): say so.
+        verb = "continuing from its last checkpoint" if RunDir(task.run_dir).has_checkpoints() else "training"
+        self.log(f"  {task.arm} lr {task.lr:g} seed {task.seed}: {verb} (console: {task.run_dir / 'train.log'})")
         arm_yaml = task.run_dir / "arm.yaml"
         env = dict(os.environ)
         env.setdefault("TOKENIZERS_PARALLELISM", "false")
@@ -324,8 +327,6 @@ class Runner:
                         continue
                     slot = next(i for i in range(self.jobs) if i not in running)
                     running[slot] = (self._start(task, slot), task, time.perf_counter(), _load())
-                    self.log(f"  {task.arm} lr {task.lr:g} seed {task.seed}: training (console: "
-                             f"{task.run_dir / 'train.log'})")
                 for slot, (proc, task, started, load_before) in list(running.items()):
                     code = proc.poll()
                     if code is None:
