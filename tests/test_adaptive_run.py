@@ -246,15 +246,32 @@ def test_gradus_schedule_prints_an_adaptive_configs_envelope(tmp_path, raw):
         assert part in length, (part, length)
 
 
-def test_write_without_from_run_is_a_one_line_error(tmp_path, raw):
+def test_write_with_a_config_writes_it_resolved_and_never_overwrites(tmp_path, raw):
+    """``gradus schedule CONFIG --write FILE``: the resolved config (every field), which loads back as the same
+    config; an existing FILE is refused in one line and left as it was."""
+    from gradus.config import load_config
+
     config = tmp_path / "adaptive.yaml"
     config.write_text(yaml.safe_dump(raw), encoding="utf-8")
-    out = tmp_path / "fixed.yaml"
+    out = tmp_path / "mine.yaml"
+    proc = _gradus("schedule", str(config), "--write", str(out), "--set", "optim.base_lr=0.002", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert f"wrote {out}: edit it" in proc.stdout
+    assert load_config(out) == load_config(config, ["optim.base_lr=0.002"])
+    out.write_text("mine\n", encoding="utf-8")
     proc = _gradus("schedule", str(config), "--write", str(out), cwd=tmp_path)
-    assert proc.returncode == 2
     lines = [ln for ln in proc.stderr.splitlines() if ln.strip()]
-    assert lines == ["gradus: error: --write needs --from-run RUN: it writes the table an adaptive run followed"]
-    assert "Traceback" not in proc.stderr and not out.exists()
+    assert proc.returncode == 2 and len(lines) == 1 and "the file exists" in lines[0], proc.stderr
+    assert out.read_text(encoding="utf-8") == "mine\n"
+
+
+def test_write_with_a_preset_copies_it_with_its_comments(tmp_path):
+    from gradus.presets import preset_path
+
+    out = tmp_path / "ramp.yaml"
+    proc = _gradus("schedule", "--preset", "demo-ramp", "--write", str(out), cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert out.read_text(encoding="utf-8") == preset_path("demo-ramp").read_text(encoding="utf-8")
 
 
 def test_a_branch_step_trains_the_main_runs_next_batches_joined(raw):

@@ -18,7 +18,7 @@ from gradus.curriculum.rules import SEQ_BATCH_RULE, seq_batch_factors
 from gradus.errors import ConfigError
 from gradus.plan.cost import check_mfu, stage_costs
 from gradus.plan.hardware import GPUSpec, format_flops, gpu_spec, parse_float
-from gradus.presets import list_presets, preset_description
+from gradus.presets import list_presets, preset_description, preset_path
 from gradus.sizes import ModelShape, resolve_shape
 from gradus.train.storage.run_dir import RunDir
 from gradus.units import format_count, format_duration, format_lr, parse_count, parse_rate
@@ -52,7 +52,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--write", metavar="FILE",
-        help="with --from-run: write that table as a fixed config (adaptive removed), to train or reuse at scale",
+        help="write the config as YAML to FILE, a start for your own: a preset as shipped (with its comments), "
+             "a config with --set applied; with --from-run, the table that run followed as a fixed config "
+             "(adaptive removed), to train or reuse at scale",
     )
 
 
@@ -83,13 +85,28 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
+def _write_start(args: argparse.Namespace, cfg: GradusConfig) -> None:
+    """``--write FILE`` with a preset or config: a starting point for a config of one's own. A preset as
+    shipped is copied with its comments (they say where each figure comes from); with ``--set`` overrides,
+    or from a config file, the resolved config is written whole (every field, defaults included). An
+    existing file is never overwritten."""
+    out = Path(args.write)
+    if out.exists():
+        raise ConfigError(f"--write {out}: the file exists; give a new path (nothing is overwritten)")
+    if args.preset and not getattr(args, "overrides", None):
+        out.write_text(preset_path(args.preset).read_text(encoding="utf-8"), encoding="utf-8")
+    else:
+        out.write_text(dump_yaml(cfg), encoding="utf-8")
+    print(f"wrote {out}: edit it (docs/config.md explains every field), then gradus train --config {out}")
+
+
 def _config(args: argparse.Namespace) -> tuple[GradusConfig, str]:
     """The config to show and its title: the one the arguments name, or (``--from-run``) the fixed table an
     adaptive run's decisions made of its config, written to ``--write`` when given."""
     if args.from_run is None:
-        if args.write:
-            raise ConfigError("--write needs --from-run RUN: it writes the table an adaptive run followed")
         cfg = load_from_args(args)
+        if args.write:
+            _write_start(args, cfg)
         return cfg, cfg.name or (f"preset {args.preset}" if args.preset else str(config_source(args)))
     if args.preset or args.config or args.config_flag:
         raise ConfigError("give either a config (or --preset) or --from-run RUN, not both")
