@@ -158,6 +158,36 @@ class NoLoginWandb(FakeWandb):
         raise RuntimeError("api_key not configured (no-tty). call wandb.login(key=[your_api_key])\nmore lines")
 
 
+class NoKeyWandb(FakeWandb):
+    """A wandb whose ``login`` can be asked without a prompt (``prompt=False``) and has no key."""
+
+    def __init__(self):
+        super().__init__()
+        self.asked = []
+
+    def login(self, key=None, relogin=None, host=None, force=None, timeout=None, verify=False, prompt=True):
+        self.asked.append(prompt)
+        return False
+
+
+def test_wandb_online_without_a_key_is_refused_before_it_can_prompt(tmp_path, offline_data, monkeypatch, capsys):
+    """At a terminal, wandb.init asks for a key (a Ctrl-C there stopped the start half-made); gradus asks wandb
+    without a prompt first and refuses in one line, before init, leaving no run folder."""
+    import json
+
+    from gradus.cli import main
+
+    fake = NoKeyWandb()
+    monkeypatch.setitem(sys.modules, "wandb", fake)
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(json.dumps(_cfg(offline_data, project="curric", mode="online")))
+    assert main(["train", str(cfg), "--out", str(tmp_path / "run")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "mode online needs a W&B login and none is configured" in err[0], err
+    assert fake.asked == [False] and fake.inits == []
+    assert not (tmp_path / "run").exists()
+
+
 def test_wandb_online_without_a_login_is_one_line_and_leaves_no_run_folder(tmp_path, offline_data, monkeypatch,
                                                                         capsys):
     """It used to be a 37-line traceback and exit 1 (issue 31); now one line, exit 2, and the run folder the

@@ -30,6 +30,25 @@ def tensorboard_note(writer: MetricsWriter, wanted: bool) -> str | None:
             "`pip install tensorboard` for TensorBoard logs, or set logging.tensorboard: false to silence this")
 
 
+def _check_login(wandb: Any, cfg: WandbConfig) -> None:
+    """In mode online, a missing API key is a one-line ConfigError before the run starts. ``wandb.init`` would
+    otherwise ask for one at a terminal (a Ctrl-C there stopped the start) or spend a minute and a half on
+    network retries. Only wandb versions whose ``login`` takes ``prompt`` can be asked without prompting;
+    with older ones, ``init``'s own failure is reported as before."""
+    import inspect
+
+    if cfg.mode != "online":
+        return
+    try:
+        can_ask = "prompt" in inspect.signature(wandb.login).parameters
+    except (AttributeError, TypeError, ValueError):
+        return
+    if can_ask and not wandb.login(prompt=False):
+        raise ConfigError("logging.wandb: mode online needs a W&B login and none is configured; log in first "
+                          "(`wandb login`, or set WANDB_API_KEY), or use logging.wandb.mode: offline and "
+                          "`wandb sync` later")
+
+
 def wandb_run(cfg: WandbConfig, full: GradusConfig, run_dir: Path) -> Any:
     """Start (or, for a resumed run, continue) the W&B run ``cfg`` describes; None in ``disabled`` mode.
     A missing ``wandb`` package is a one-line :class:`~gradus.errors.ConfigError`."""
@@ -40,6 +59,7 @@ def wandb_run(cfg: WandbConfig, full: GradusConfig, run_dir: Path) -> Any:
     except ImportError:
         raise ConfigError(f"logging.wandb (mode {cfg.mode}) needs the wandb package: `pip install wandb`, "
                           "or remove logging.wandb / set logging.wandb.mode: disabled") from None
+    _check_login(wandb, cfg)
     id_file = RunDir.of(run_dir).wandb_id
     run_id = id_file.read_text(encoding="utf-8").strip() if id_file.is_file() else None
     if not run_id:
