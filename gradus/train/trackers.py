@@ -30,6 +30,11 @@ def tensorboard_note(writer: MetricsWriter, wanted: bool) -> str | None:
             "`pip install tensorboard` for TensorBoard logs, or set logging.tensorboard: false to silence this")
 
 
+LOGIN_HINT = ("log in first (`wandb login`, or set WANDB_API_KEY), or use logging.wandb.mode: offline and "
+              "`wandb sync` later")
+"""What to do when W&B in mode online has no login (said whether gradus or wandb found it out)."""
+
+
 def _check_login(wandb: Any, cfg: WandbConfig) -> None:
     """In mode online, a missing API key is a one-line ConfigError before the run starts. ``wandb.init`` would
     otherwise ask for one at a terminal (a Ctrl-C there stopped the start) or spend a minute and a half on
@@ -44,9 +49,7 @@ def _check_login(wandb: Any, cfg: WandbConfig) -> None:
     except (AttributeError, TypeError, ValueError):
         return
     if can_ask and not wandb.login(prompt=False):
-        raise ConfigError("logging.wandb: mode online needs a W&B login and none is configured; log in first "
-                          "(`wandb login`, or set WANDB_API_KEY), or use logging.wandb.mode: offline and "
-                          "`wandb sync` later")
+        raise ConfigError(f"logging.wandb: mode online needs a W&B login and none is configured; {LOGIN_HINT}")
 
 
 def wandb_run(cfg: WandbConfig, full: GradusConfig, run_dir: Path) -> Any:
@@ -71,8 +74,7 @@ def wandb_run(cfg: WandbConfig, full: GradusConfig, run_dir: Path) -> Any:
                           resume="allow", config=full.model_dump(mode="json"))
     except Exception as exc:  # noqa: BLE001 - wandb raises its own errors (no login, no network) as tracebacks
         why = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        hint = ("log in first (`wandb login`, or set WANDB_API_KEY), or use logging.wandb.mode: offline and "
-                "`wandb sync` later" if cfg.mode == "online" else "check logging.wandb, or set mode: disabled")
+        hint = LOGIN_HINT if cfg.mode == "online" else "check logging.wandb, or set mode: disabled"
         raise ConfigError(f"logging.wandb: W&B could not start in mode {cfg.mode} ({why}); {hint}") from None
 
 
