@@ -288,9 +288,11 @@ def _ladder(regime: str, divisors: Sequence[int], fractions: Sequence[float],
 
 
 RAMP_LENGTHS = (16, 8, 4, 2, 1)
-"""The ramp's ladder: final_len // each (64 → 1,024 at final length 1,024)."""
+"""The long ladder of seqwarm-long(-wsd) and the ramp: final_len // each (64 → 1,024 at final length 1,024)."""
 RAMP_FRACTIONS = (0.10, 0.10, 0.15, 0.20, 0.45)
-"""The ramp's share of the run's tokens per stage (seqwarm-long-wsd's)."""
+"""The long ladder's share of the run's tokens per stage."""
+RAMP_BATCH = (4, 4, 2, 1, 1)
+"""The ramp's batch: stage i runs at tokens_per_step // each (1/4, 1/4, 1/2, 1, 1 × the baseline's)."""
 
 
 def _ramp(regime: str, divisors: Sequence[int], alpha: float, lengths: Sequence[int] = RAMP_LENGTHS,
@@ -361,23 +363,23 @@ ARMS: dict[str, Arm] = {a.name: a for a in [
     Arm("seqwarm-textbook-wsd", "A", "final/8 → final over 10/15/20/55%, WSD (1-sqrt cooldown to 0, last 20%)",
         LR_A, _ladder("A", [8, 4, 2, 1], [0.10, 0.15, 0.20, 0.55], wsd_schedule)),
     Arm("seqwarm-long-wsd", "A", "final/16 → final over 10/10/15/20/45%, WSD (1-sqrt cooldown to 0, last 20%)",
-        LR_A, _ladder("A", [16, 8, 4, 2, 1], [0.10, 0.10, 0.15, 0.20, 0.45], wsd_schedule)),
+        LR_A, _ladder("A", RAMP_LENGTHS, RAMP_FRACTIONS, wsd_schedule)),
     Arm("baseline-wsd-half-batch", "A", "baseline-wsd at half the tokens per step (twice the steps)", LR_A,
         _baseline_batch("A", 2), baseline=True),
     Arm("seqwarm-long-ramp-wsd", "A", "seqwarm-long-wsd with a batch ramp: 1/4, 1/4, 1/2, 1, 1 × the tokens per "
-        "step, one LR", LR_A, _ramp("A", (4, 4, 2, 1, 1), 0.0)),
+        "step, one LR", LR_A, _ramp("A", RAMP_BATCH, 0.0)),
     Arm("seqwarm-long-ramp-abs-wsd", "A", "seqwarm-long-ramp-wsd with the short stages' tokens fixed at their size at "
-        "--anchor-budget (the final length takes the rest)", LR_A, _ramp_absolute("A", (4, 4, 2, 1, 1))),
+        "--anchor-budget (the final length takes the rest)", LR_A, _ramp_absolute("A", RAMP_BATCH)),
     Arm("seqwarm-long-ramp-adaptive-wsd", "A", "seqwarm-long-ramp-wsd's table as the fallback, adaptive at gradus's "
         "defaults: the next length early on the loss rate (the batch rule, auto, is off on one process)", LR_A,
-        _ramp_adaptive("A", (4, 4, 2, 1, 1))),
+        _ramp_adaptive("A", RAMP_BATCH)),
     Arm("seqwarm-long-ramp-early-wsd", "A", "seqwarm-long-ramp-wsd with the final length from 45% of the run: "
-        "10/10/10/15/55%", LR_A, _ramp("A", (4, 4, 2, 1, 1), 0.0, fractions=(0.10, 0.10, 0.10, 0.15, 0.55))),
+        "10/10/10/15/55%", LR_A, _ramp("A", RAMP_BATCH, 0.0, fractions=(0.10, 0.10, 0.10, 0.15, 0.55))),
     Arm("seqwarm-ramp-no128-wsd", "A", "seqwarm-long-ramp-wsd without the final/8 stage: final/16, /4, /2, final "
         "over 20/15/20/45% at 1/4, 1/2, 1, 1 × the tokens per step", LR_A,
         _ramp("A", (4, 2, 1, 1), 0.0, lengths=(16, 4, 2, 1), fractions=(0.20, 0.15, 0.20, 0.45))),
     Arm("seqwarm-long-ramp-sqrt-wsd", "A", "seqwarm-long-ramp-wsd with each stage's peak × sqrt(its tokens per "
-        "step / the last's)", LR_A, _ramp("A", (4, 4, 2, 1, 1), 0.5)),
+        "step / the last's)", LR_A, _ramp("A", RAMP_BATCH, 0.5)),
     Arm("seqwarm-textbook", "A", "final/8 → final (32→256 at 256) over 10/15/20/55%, global cosine", LR_A, _textbook("A")),
     Arm("seqwarm-short", "A", "final/4 → final (64→256 at 256) over 10/15/75%, global cosine", LR_A, _short_warmup("A")),
     Arm("seqwarm-lrfind", "A", "32→256 textbook, each stage's peak × (lr-find at its length / lr-find at 256)",
@@ -385,7 +387,7 @@ ARMS: dict[str, Arm] = {a.name: a for a in [
     Arm("seqwarm-half", "A", "32→64→128→256 over 15/20/25/40%, global cosine", LR_A,
         _ladder("A", [8, 4, 2, 1], [0.15, 0.20, 0.25, 0.40])),
     Arm("seqwarm-long", "A", "final/16 → final (16→256 at 256) over 10/10/15/20/45%, global cosine", LR_A,
-        _ladder("A", [16, 8, 4, 2, 1], [0.10, 0.10, 0.15, 0.20, 0.45])),
+        _ladder("A", RAMP_LENGTHS, RAMP_FRACTIONS)),
     Arm("presets-rules", "A", "16→256 in 5 stages (aggressive's shape), per-stage LR 16×→1× base, by_length clip",
         (5e-4, 1e-3, 2e-3), _presets_rules("A")),
     Arm("seqwarm-boost", "A", "32→256 textbook, short stages at 2/1.6/1.25× the peak, global cosine", LR_A,
