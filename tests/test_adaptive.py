@@ -215,6 +215,23 @@ def test_the_envelope_lists_every_reachable_shape_once():
     assert [(s.seq_len, s.batch_size) for s in envelope(off, base)] == [(16, 16), (32, 16), (64, 4)]
 
 
+def test_a_doubled_batch_is_rounded_to_the_stages_batch_multiple_in_the_table_and_the_envelope():
+    # s16 at 16 × 16 = 256 tokens per step, then s48 at 16 × 48 = 768: two doublings in s16 leave a floor of 1,024
+    # tokens per step, 21.3 rows of 48; the table rounds a derived batch to its multiple of 8, so the run does too.
+    stages = [dict(TINY_STAGES[0], tokens=40 * 256),
+              dict(TINY_STAGES[1], seq_len=48, tokens=40 * 768, tokens_per_batch=768)]
+    cfg = _cfg(stages, batch={"max_tokens_per_step": 1024, "verify": {"enabled": False}})
+    base = resolve_schedule(cfg)
+    shapes = [(s.seq_len, s.batch_size) for s in envelope(cfg, base)]
+    assert all(b % 8 == 0 for length, b in shapes if length == 48), shapes
+    edited = adapted_schedule(cfg, [Edit("batch", 8 * 256, 2), Edit("batch", 12 * 256, 2)], base)
+    assert [(s.seq_len, s.batch_size) for s in edited.stages] == [(16, 16), (16, 32), (16, 64), (48, 24)]
+    assert all((s.seq_len, s.batch_size) in shapes for s in edited.stages)
+    # Its LR follows the batch it runs at (24 rows of 48 against the table's 16): × 1.5^alpha, named so.
+    assert edited.stages[-1].name.endswith("×1.5")
+    assert edited.stages[-1].peak_lr == pytest.approx(base.stages[1].peak_lr * 1.5 ** 0.5)
+
+
 def test_compute_at_weights_each_stages_tokens_by_its_cost():
     cfg = _cfg()
     base = resolve_schedule(cfg)
@@ -448,6 +465,54 @@ def test_a_pending_branch_from_an_older_checkpoint_is_judged_on_its_training_los
     assert record["comparison"]["margin"] == pytest.approx(2 * SE) and "held_out_rows" not in record["comparison"]
 
 
+@pytest.mark.parametrize("verify", [False, True])
+def test_no_doubling_is_decided_at_a_stages_last_token(verify):
+    # s16 runs 40 steps of 256 tokens to 10,240, then s32 and s64 at 512 tokens per step, the bound 512: a
+    # doubling decided at s16's end would land on s32 (at 1,024 tokens per step, past the bound and outside the
+    # shapes prepared). Without verification the check at 10,240 is skipped; with it, a window that would end
+    # there (proposed at 8,192: four doubled steps of 512) is not proposed.
+    stages = [dict(TINY_STAGES[0], tokens=40 * 256),
+              dict(TINY_STAGES[1], tokens=20 * 512, tokens_per_batch=512),
+              dict(TINY_STAGES[2], tokens=20 * 512, tokens_per_batch=512)]
+    cfg = _cfg(stages, batch={"patience": 1, "min_samples": 1, "max_tokens_per_step": 512,
+                              "verify": {"enabled": verify, "fraction": 0.05}})
+    d = Driver(cfg, step=39 if not verify else 31, tokens=(39 if not verify else 31) * 256)
+    assert d.run(b_simple=1e9) is None
+    assert d.c.edits == []
+    [record] = d.c.records
+    assert record["verdict"] == "skipped" and record["tokens"] == (10240 if not verify else 8192)
+    assert record["reason"] == ("the stage ends here, and a doubling would apply to the next one" if not verify
+                                else "the verification window would not end before the stage does")
+    shapes = {(s.seq_len, s.batch_size) for s in envelope(cfg, d.base, 1)}
+    while d.step < 60:
+        d.run(b_simple=1e9)
+        assert state_at(d.c.schedule, d.step, d.tokens).tokens_per_step <= 512
+        assert {(s.seq_len, s.batch_size) for s in d.c.schedule.stages} <= shapes
+    # A batch edit written at a stage's first token (by hand, or an older run) doubles the stage that ran up to it.
+    edited = adapted_schedule(cfg, [Edit("batch", 10240, 2)], d.base)
+    assert [(s.seq_len, s.tokens_per_step) for s in edited.stages] == [(16, 256), (32, 512), (64, 512)]
+
+
+def test_a_verdict_leaves_the_batch_check_of_its_step_to_the_next_one():
+    # The window ends at 4,096 tokens, a multiple of check_every (512): the step that reaches the verdict must not
+    # also check on the table before it, which recorded a false skip and counted a stale reading toward the next
+    # proposal (patience 2: after an accepted doubling the next needs two fresh checks).
+    cfg = _cfg(batch={"patience": 2, "min_samples": 1, "verify": {"fraction": 0.05, "z": 2.0}})
+    d = Driver(cfg, step=5, tokens=5 * 256)
+    assert d.run(b_simple=10.0) is None                  # step 6 at 1,536 tokens: the first check above rho × 256
+    assert d.run(b_simple=10.0) is None                  # step 7: no check (every 512 tokens)
+    branch = d.run(b_simple=10.0)                         # step 8 at 2,048 tokens: the second in a row
+    assert isinstance(branch, Branch) and branch.until == 4096
+    d.c.branch_done([(2048 + 512 * (i + 1), 3.0) for i in range(4)], MAIN_ROWS, 16)
+    d.held_out = MAIN_ROWS
+    for loss in MAIN:
+        d.run(b_simple=10.0, loss=loss)
+    assert d.tokens == 4096
+    assert [r["verdict"] for r in d.c.records] == ["accepted"]
+    assert d.c.batch_checks == 0
+    assert d.run(b_simple=10.0) is None  # 4,608: one fresh check, not yet two
+
+
 def test_a_proposal_outside_the_stable_phase_is_recorded_once_as_skipped():
     cfg = _cfg(batch={"patience": 1, "min_samples": 1})
     d = Driver(cfg)
@@ -648,6 +713,13 @@ BAD = {
                                    r["curriculum"]["adaptive"]["batch"].update(verify={"fraction": 0.45})),
                         ["curriculum.adaptive.batch.verify.fraction=0.45:", "stable phase (45% of the run",
                          "lower it"]),
+    # the cooldown written in tokens: 25,000 of the 30,720 leave a stable phase of 14% of the run
+    "verify_fraction_tokens": (lambda r: (r["curriculum"].update(cooldown_tokens=25000),
+                                          r["curriculum"]["adaptive"]["batch"].update(verify={"fraction": 0.3})),
+                               ["curriculum.adaptive.batch.verify.fraction=0.3:", "stable phase (14% of the run"]),
+    "noise_scale_off": (lambda r: r["train"].update(noise_scale={"enabled": False}),
+                        ["train.noise_scale.enabled=false:", "set train.noise_scale.enabled: true or "
+                         "adaptive.batch.enabled: false"]),
     "check_every": (lambda r: (r["curriculum"].update(target_tokens=30720),
                                r["curriculum"]["adaptive"].update(check_every_tokens=30720)),
                     ["curriculum.adaptive.check_every_tokens=30720 is not below target_tokens=30720",
@@ -676,6 +748,12 @@ def test_the_same_configs_fixed_are_valid():
     raw = _raw()
     raw["curriculum"]["adaptive"]["batch"]["verify"] = {"fraction": 0.44}
     raw["curriculum"].update(cooldown_fraction=0.5)
+    assert validate(raw)[1] == []
+    raw = _raw(batch={"verify": {"fraction": 0.1}})
+    raw["curriculum"]["cooldown_tokens"] = 25000
+    assert validate(raw)[1] == []
+    raw = _raw(batch={"enabled": "auto"})  # auto runs the batch rule only where the launch gives it processes
+    raw["train"]["noise_scale"] = {"enabled": False}
     assert validate(raw)[1] == []
 
 

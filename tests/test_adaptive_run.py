@@ -302,3 +302,26 @@ def test_a_branch_step_trains_the_main_runs_next_batches_joined(raw):
     assert np.array_equal(joined.labels, np.concatenate([first.labels, second.labels]))
     with pytest.raises(GradusError, match="not a whole number of the main run's steps"):
         branch_batch(branch, schedule, 7, 7 * TPS, TPS + TPS // 2)
+
+
+def test_a_batch_check_at_a_stages_last_step_is_skipped_and_the_run_ends(tmp_path, offline_data, tokenizer_json):
+    # s16 at 256 tokens per step to 4,096, then s32 and s64 at 512, the bound 512; a check every 4,096 tokens falls
+    # on s16's last step with the noise scale far above rho. Doubled there, the run went on in s32 at 1,024 tokens
+    # per step, a shape nothing had prepared, and stopped on a KeyError: it now skips that check and runs through.
+    stages = [dict(TINY_STAGES[0], tokens=16 * 256),
+              dict(TINY_STAGES[1], tokens=8 * 512, tokens_per_batch=512),
+              dict(TINY_STAGES[2], tokens=8 * 512, tokens_per_batch=512)]
+    d = tiny_config(offline_data, tokenizer_json, stages=stages)
+    d["curriculum"].update(schedule="wsd", global_warmup_fraction=0.05, cooldown_fraction=0.2, adaptive={
+        "check_every_tokens": 4096,
+        "batch": {"enabled": True, "rho": 1e-6, "patience": 1, "min_samples": 1, "max_tokens_per_step": 512,
+                  "verify": {"enabled": False}},
+        "length": {"enabled": False}})
+    d["train"].update(eval_every=100, checkpoint_every=100, early_stopping_patience=None, micro_batch_size=4)
+    result = train(from_dict(d), tmp_path / "run", quiet=True)
+    records = RunDir(tmp_path / "run").read_decisions()
+    assert [(r["verdict"], r["tokens"], r["reason"]) for r in records] == [
+        ("skipped", 4096, "the stage ends here, and a doubling would apply to the next one"),
+        ("skipped", 8192, "1,024 tokens per step would pass max_tokens_per_step 512")]
+    assert (result.tokens, result.step) == (12_288, 32) and result.reason.startswith("reached")
+

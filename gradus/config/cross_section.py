@@ -37,7 +37,7 @@ from gradus.config.schema_curriculum import (
     VerifyConfig,
 )
 from gradus.config.schema_data import ModelConfig, SourceConfig
-from gradus.config.schema_run import TrainConfig
+from gradus.config.schema_run import NoiseScaleConfig, TrainConfig
 
 
 # ------------------------------------------------------------------------------- reading raw values
@@ -329,6 +329,15 @@ def _batch_ramp_problems(stages: list[Mapping], cur: Mapping) -> list[str]:
 
 
 # ----------------------------------------------------------------------------------- adaptive stages
+def _share(cur: Mapping, tokens_field: str, fraction_field: str, run: int | None) -> float:
+    """A phase of the LR curve (the warmup, the cooldown) as a share of the run: its tokens over the run's where
+    they are given and the run's tokens are known, else its fraction."""
+    tokens = field_value(CurriculumConfig, cur, tokens_field)
+    if tokens is not None and run:
+        return min(1.0, tokens / run)
+    return field_value(CurriculumConfig, cur, fraction_field) or 0.0
+
+
 def _adaptive_problems(stages: list[Mapping], cur: Mapping, train: Mapping) -> list[str]:
     """What an adaptive curriculum cannot run with (issue 30's bad input), one line each, before anything trains."""
     raw = cur.get("adaptive")
@@ -339,6 +348,9 @@ def _adaptive_problems(stages: list[Mapping], cur: Mapping, train: Mapping) -> l
     batch_raw = raw.get("batch")
     batch = batch_raw if isinstance(batch_raw, Mapping) else {}
     batch_on = field_value(AdaptiveBatchConfig, batch, "enabled") is not False
+    target = field_value(CurriculumConfig, cur, "target_tokens")
+    budgets = [field_value(StageConfig, st, "tokens") for st in stages]
+    run = target if target is not None else (sum(budgets) if budgets and None not in budgets else None)
     if mode == "per_stage":
         problems.append("curriculum.schedule=per_stage: an adaptive curriculum moves stage boundaries, which would "
                         "cut a stage's own decay short; set curriculum.schedule: wsd (one LR curve over the run)")
@@ -363,6 +375,12 @@ def _adaptive_problems(stages: list[Mapping], cur: Mapping, train: Mapping) -> l
         if train.get("max_steps") is not None:
             problems.append(f"train.max_steps={train.get('max_steps')}: a batch decision changes how many steps the "
                             "run has; stop by curriculum.target_tokens or set adaptive.batch.enabled: false")
+        noise = train.get("noise_scale")
+        if (field_value(AdaptiveBatchConfig, batch, "enabled") is True and isinstance(noise, Mapping)
+                and field_value(NoiseScaleConfig, noise, "enabled") is False):
+            problems.append("train.noise_scale.enabled=false: curriculum.adaptive.batch decides from the gradient "
+                            "noise scale, which the run would not measure; set train.noise_scale.enabled: true or "
+                            "adaptive.batch.enabled: false")
         rule = [i for i, st in enumerate(stages) if st.get("lr_rule") == "seq_batch"]
         if rule:
             problems.append(f"curriculum.stages[{rule[0]}].lr_rule=seq_batch scales the LR with the batch, as "
@@ -377,17 +395,14 @@ def _adaptive_problems(stages: list[Mapping], cur: Mapping, train: Mapping) -> l
         verify = verify_raw if isinstance(verify_raw, Mapping) else {}
         fraction = field_value(VerifyConfig, verify, "fraction")
         enabled = field_value(VerifyConfig, verify, "enabled") is not False
-        warm = field_value(CurriculumConfig, cur, "global_warmup_fraction") or 0.0
-        cool = field_value(CurriculumConfig, cur, "cooldown_fraction") or 0.0
+        warm = _share(cur, "global_warmup_tokens", "global_warmup_fraction", run)
+        cool = _share(cur, "cooldown_tokens", "cooldown_fraction", run)
         stable = 1.0 - warm - cool
         if enabled and fraction is not None and fraction >= stable:
             problems.append(f"curriculum.adaptive.batch.verify.fraction={verify.get('fraction')}: a branch that long "
                             f"does not fit in the stable phase ({stable:.0%} of the run, between the warmup and the "
                             f"cooldown); lower it (1–3% is usual)")
     check = field_value(AdaptiveConfig, raw, "check_every_tokens")
-    target = field_value(CurriculumConfig, cur, "target_tokens")
-    budgets = [field_value(StageConfig, st, "tokens") for st in stages]
-    run = target if target is not None else (sum(budgets) if budgets and None not in budgets else None)
     if check is not None and run is not None and check >= run:
         budget = (f"target_tokens={cur.get('target_tokens')}" if target is not None
                   else f"the stages' budgets ({run:,} tokens)")

@@ -30,6 +30,7 @@ from dataclasses import dataclass
 
 from gradus.config import GradusConfig
 from gradus.curriculum.resolve import resolve_schedule
+from gradus.curriculum.rules import derive_batch
 from gradus.curriculum.schedule import Schedule, StagePlan
 from gradus.curriculum.state import tokens_at_step
 from gradus.units import format_count as _count
@@ -108,6 +109,8 @@ class _Row:
     tps: int  # the table's tokens per step for this stage
     seq_len: int
     peak: float  # the table's resolved peak LR
+    table_batch: int  # the table's sequences per step
+    multiple: int  # the stage's batch_multiple: a doubled batch is rounded to it, as the table's own are
     run_tps: int = 0  # the tokens per step it runs at: max(the table's, the run's after its batch decisions)
     split: bool = False  # the tail of a stage split by a batch edit: no warmup of its own
 
@@ -117,7 +120,17 @@ class _Row:
     @property
     def batch(self) -> int:
         """Sequences per step at :attr:`run_tps`."""
-        return max(1, self.run_tps // self.seq_len)
+        return grown_batch(self.table_batch, self.tps, self.run_tps, self.seq_len, self.multiple)
+
+
+def grown_batch(batch: int, tps: int, floor: int, seq_len: int, multiple: int) -> int:
+    """The sequences per step of a stage whose table gives ``batch`` (``tps`` tokens per step) once the run takes
+    at least ``floor`` tokens per step: the table's own where it is not fewer, else ``floor`` in sequences rounded
+    as the table rounds a derived batch (the nearest multiple of ``batch_multiple``; below it, the nearest whole
+    number), so a batch that an earlier, shorter stage doubled stays a batch the table could have written."""
+    if floor <= tps:
+        return batch
+    return derive_batch(floor, seq_len, multiple)
 
 
 def token_curve(base: Schedule) -> tuple[int | None, int | None]:
@@ -141,7 +154,8 @@ def stable_phase(schedule: Schedule) -> tuple[int, int]:
 
 
 def _rows(cfg: GradusConfig, base: Schedule) -> list[_Row]:
-    return [_Row(i, s.name, int(st.tokens or 0), s.tokens_per_step, s.seq_len, s.peak_lr)
+    return [_Row(i, s.name, int(st.tokens or 0), s.tokens_per_step, s.seq_len, s.peak_lr, s.batch_size,
+                 st.batch_multiple)
             for i, (st, s) in enumerate(zip(cfg.curriculum.stages, base.stages, strict=True))]
 
 
@@ -168,7 +182,10 @@ def apply_edits(cfg: GradusConfig, base: Schedule, edits: Iterable[Edit]) -> lis
         if edit.kind == "batch":
             if edit.factor < 2:
                 raise ValueError(f"a batch edit multiplies the tokens per step by 2 or more, not {edit.factor}")
-            floor = row.run_tps * edit.factor  # from T on the run never takes fewer tokens per step
+            # The stage that ran up to T is the one measured and doubled; at a stage's first token (a batch
+            # decision the controller refuses at a stage's end) it is the stage before, not the one starting.
+            measured = rows[i - 1] if cut == 0 and i > 0 else row
+            floor = measured.batch * measured.seq_len * edit.factor  # from T on, never fewer tokens per step
             if cut > 0:  # split the stage at T: its head keeps the old batch
                 tail = dataclasses.replace(row, budget=max(1, row.budget - cut), split=True)
                 row.budget = cut
@@ -245,25 +262,32 @@ def max_tokens_per_step(cfg: GradusConfig, base: Schedule) -> int:
 def envelope(cfg: GradusConfig, base: Schedule, world_size: int | None = None) -> list[StagePlan]:
     """Every stage shape an adaptive run over ``world_size`` processes can reach (any number when None), as
     stage plans with their own indices: what set-up fits micro-batches to and compiles before the first step,
-    so a decision never meets an unprepared shape.
+    so a decision never meets an unprepared shape. ``base``: the config's own table (``resolve_schedule(cfg)``),
+    stage for stage.
 
-    A batch decision doubles the tokens per step of the stage running then, and every later stage runs at
-    least that many (:func:`apply_edits`): stage s can run at max(its own, t_j × 2^k) for any stage j up to s and
-    any doubling that stays within the bound."""
+    A batch decision doubles the tokens per step the stage running then takes, and from there every stage
+    runs at least that many (:func:`apply_edits`, rounded to its batch multiple by :func:`grown_batch`): the
+    floors a run can reach are closed under "double what some stage runs at a floor", within the bound."""
     grow = batch_rule_on(cfg, world_size) is not False
     bound = max_tokens_per_step(cfg, base)
     out: list[StagePlan] = []
     seen: set[tuple[int, int]] = set()
+    floors: set[int] = set()  # tokens-per-step floors that decisions up to this stage can leave behind
     for k, s in enumerate(base.stages):
-        floors = {s.tokens_per_step}
+        multiple = cfg.curriculum.stages[k].batch_multiple
+
+        def batch_at(floor: int, s: StagePlan = s, multiple: int = multiple) -> int:
+            return grown_batch(s.batch_size, s.tokens_per_step, floor, s.seq_len, multiple)
+
         if grow:
-            for earlier in base.stages[:k + 1]:
-                t = earlier.tokens_per_step * 2
-                while t <= bound:
-                    floors.add(t)
-                    t *= 2
-        for floor in sorted(floors):
-            batch = max(1, max(s.tokens_per_step, floor) // s.seq_len)
+            todo = [s.tokens_per_step, *floors]
+            while todo:  # a doubling here, at any floor reached, and again from the batch that gives
+                doubled = 2 * batch_at(todo.pop()) * s.seq_len
+                if doubled <= bound and doubled not in floors:
+                    floors.add(doubled)
+                    todo.append(doubled)
+        for floor in sorted({s.tokens_per_step, *floors}):
+            batch = batch_at(floor)
             if (s.seq_len, batch) not in seen:
                 seen.add((s.seq_len, batch))
                 out.append(dataclasses.replace(s, index=len(out), batch_size=batch, tokens_per_step=batch * s.seq_len))

@@ -131,11 +131,16 @@ class AdaptiveController:
         validation loss when this step was evaluated, and, where :meth:`concluding`, the main run's held-out rows
         ([loss sum, tokens] each). Returns a :class:`Branch` for the trainer to run when a proposal needs
         verifying; :attr:`schedule` holds any change."""
-        if self.concluding(tokens):
+        concluded = self.concluding(tokens)
+        if concluded:
             self._conclude(step, tokens, state, held_out)
+        edits = len(self.edits)
         if val_loss is not None and self.length_cfg.enabled:
             self._length_rule(step, tokens, state, val_loss)
-        if (self.batch_on and self.pending is None
+        # A step that reached a verdict or switched the length leaves the batch check to the next one: ``state`` and
+        # the noise scale still describe the table before it, so a check here would count a stale reading towards
+        # the next proposal (or record a skip for a window that no longer applies).
+        if (self.batch_on and self.pending is None and not concluded and len(self.edits) == edits
                 and crossed_multiple(tokens, state.tokens_per_step, self.check_every)):
             return self._batch_rule(step, tokens, state, b_simple, samples)
         return None
@@ -186,8 +191,11 @@ class AdaptiveController:
         start, end = stable_phase(self.schedule)
         if tokens < start or tokens + window > end:
             return "outside the stable phase: a batch grows only between the warmup and the cooldown"
-        if tokens + window > self.schedule.stages[state.stage_index].end_tokens:
-            return "the verification window would cross the stage's end"
+        # A doubling takes effect at the token counter it is decided at; at the stage's last token that is the next
+        # stage, which the noise scale was not measured on: the window must end inside the stage.
+        if tokens + window >= self.schedule.stages[state.stage_index].end_tokens:
+            return ("the verification window would not end before the stage does" if window
+                    else "the stage ends here, and a doubling would apply to the next one")
         return None
 
     def branch_done(self, losses: list[tuple[int, float]], held_out: list[list[float]] | None = None,
