@@ -325,3 +325,21 @@ def test_a_batch_check_at_a_stages_last_step_is_skipped_and_the_run_ends(tmp_pat
         ("skipped", 8192, "1,024 tokens per step would pass max_tokens_per_step 512")]
     assert (result.tokens, result.step) == (12_288, 32) and result.reason.startswith("reached")
 
+
+def test_a_branch_snapshot_copies_plain_tensors_to_the_host_and_keeps_subclasses_where_they_are():
+    import torch
+
+    from gradus.train.trainer import _host_copy
+
+    class Wrapped(torch.Tensor):  # stands for a DTensor shard or a float8 weight wrapper
+        pass
+
+    weight, shard = torch.ones(3), torch.zeros(2).as_subclass(Wrapped)
+    state = {"state": {0: {"step": torch.tensor(5.0), "exp_avg": weight}}, "param_groups": [{"lr": 1e-3, "params": [0]}],
+             "shard": shard}
+    copied = _host_copy(state)
+    weight.add_(1)
+    shard.add_(1)
+    assert copied["state"][0]["exp_avg"].tolist() == [1.0, 1.0, 1.0] and copied["state"][0]["exp_avg"].device.type == "cpu"
+    assert type(copied["shard"]) is Wrapped and copied["shard"].tolist() == [0.0, 0.0]
+    assert copied["param_groups"] == [{"lr": 1e-3, "params": [0]}] and copied["state"][0]["step"].item() == 5.0

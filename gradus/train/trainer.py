@@ -298,8 +298,8 @@ class Trainer:
         quarter of its text with the main run's."""
         p, rt = self.parts, self.rt
         t0 = time.perf_counter()
-        saved = ({k: v.detach().clone() for k, v in p.model.state_dict().items()},
-                 copy.deepcopy(p.optimizer.state_dict()), copy.deepcopy(checkpoint.parts_state(p.stateful, rt.world_size)))
+        saved = (_host_copy(p.model.state_dict()), _host_copy(p.optimizer.state_dict()),
+                 copy.deepcopy(checkpoint.parts_state(p.stateful, rt.world_size)))
         losses: list[tuple[int, float]] = []
         step, tokens = p.progress.step, p.progress.tokens
         main_step = step  # the main run's step counter over the same tokens (its batches are the branch's data)
@@ -488,6 +488,23 @@ class Trainer:
                 gc.collect()  # the model, DDP and the optimizer's cycles, so nothing references the group
             runtime.teardown_runtime(self.rt, clean)
             runtime.set_threads(self._threads_before)  # a library call should not leave the process changed
+
+
+def _host_copy(state: Any) -> Any:
+    """A copy of a (nested) state whose plain tensors are on the host: a verification branch's snapshot of the
+    weights and the AdamW moments (12 bytes a parameter in fp32) kept off the accelerator, whose memory the
+    micro-batch probe planned without it; ``load_state_dict`` puts each back on its parameter's device.
+    Tensor subclasses (FSDP's DTensor shards, float8 weight wrappers) are cloned where they are: a shard is
+    1/N of the model, and moving them is not something their owners support."""
+    import torch
+
+    if isinstance(state, torch.Tensor):
+        return state.detach().to("cpu", copy=True) if type(state) is torch.Tensor else state.detach().clone()
+    if isinstance(state, dict):
+        return {k: _host_copy(v) for k, v in state.items()}
+    if isinstance(state, list | tuple):
+        return type(state)(_host_copy(v) for v in state)
+    return copy.deepcopy(state)
 
 
 def train(cfg: GradusConfig, run_dir: str | Path, *, resume: bool = True, allow_config_change: bool = False,
