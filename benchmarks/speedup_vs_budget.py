@@ -54,7 +54,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import curriculum_speedup  # noqa: E402 (benchmarks is not a package)
 from common import RESULTS, machine, read_result, run_resumable, save_plot, write_result  # noqa: E402
 
-from gradus.experiments.trend import TrendPoint, annealed_speedup, fit_trend, forecast  # noqa: E402
+from gradus.experiments.trend import annealed_speedup, fit_trend, forecast, trend_points  # noqa: E402
 
 ADAPTIVE_ARM = "seqwarm-long-ramp-adaptive-wsd"
 """The adaptive arm ``--adaptive`` adds (adaptive_vs_fixed.py reads the same name)."""
@@ -230,8 +230,10 @@ def point(report: dict, earlier: list[dict]) -> dict:
 
 def trend_of(points: list[dict], key: str, band_key: str | None) -> dict | None:
     """The fitted trend of one speedup column (None with fewer than two points)."""
-    pts = [TrendPoint(p["budget_tokens"], p[key], tuple(p[band_key]) if band_key and p.get(band_key) else None)
-           for p in points if p.get(key)]
+    # A lower bound (the smallest budget already reached the target) is not a value to fit a line through, as in
+    # gradus compare --budgets.
+    pts = trend_points([p for p in points if not p.get("annealed_lower_bound") or key != "speedup_tokens_annealed"],
+                       key, band_key)
     if len({p.budget_tokens for p in pts}) < 2:
         return None
     trend = fit_trend(pts)

@@ -55,8 +55,10 @@ def parse_rate(value: int | float | str, what: str = "rate") -> float:
 
 
 def format_count(n: float, digits: int = 3) -> str:
-    """Short human form: 32768 -> '32.8K', 1_000_000_000 -> '1B', 999 -> '999'."""
-    n = float(n)
+    """Short human form: 32768 -> '32.8K', 1_000_000_000 -> '1B', 999 -> '999', 999_936 -> '1M'."""
+    # Rounded to its significant digits first, so a count just under a unit's 1,000 is said in the next unit
+    # ('1M', not '1e+03K': a budget trained in whole steps lands just under the one asked for).
+    n = float(f"{float(n):.{digits}g}")
     for suffix, scale in (("T", 1e12), ("B", 1e9), ("M", 1e6), ("K", 1e3)):
         if abs(n) >= scale:
             text = f"{n / scale:.{digits}g}"

@@ -48,7 +48,7 @@ def test_each_budget_runs_complete_in_its_own_folder_and_the_trend_is_fitted_on_
         assert written["trend"]["slope"] == pytest.approx(expected.slope)
         assert written["forecast"]["speedup"] == pytest.approx(forecast(expected, 65536).speedup)
         assert "4.0 doublings beyond the largest budget measured" in written["forecast"]["sentence"]
-        assert "\nforecast: at 65.5k tokens the trend of 2 budgets gives" in "\n".join(lines)
+        assert "\nforecast: at 65.5K tokens the trend of 2 budgets gives" in "\n".join(lines)
         assert (out / "compare.png").stat().st_size > 10_000
     else:  # the toy curriculum reached no target at one budget: said, not fitted
         assert written["trend"] is None and "no trend" in written["note"]
@@ -164,7 +164,10 @@ def test_a_smallest_budget_already_at_the_target_gives_a_lower_bound():
     assert "2M tokens: at least ×3.00" in budgets_table(points, None, None)
     behind = [_point(1_000_000, 4.2, 4.4, 150.0, 100.0), _point(2_000_000, 3.8, 4.0, 300.0, 200.0)]
     add_annealed(behind)
-    assert "annealed reading: none" in budgets_table(behind, None, None)
+    text = budgets_table(behind, None, None)
+    assert "annealed reading: none" in text
+    # No trend is said on the screen, not only in compare.json's note.
+    assert "trend: none (fewer than two budgets gave a speedup" in text and "so no forecast" in text
 
 
 def test_plan_prints_the_annealed_forecast_next_to_the_first_crossing_one(tmp_path, capsys):

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 from builders import load_benchmark
 
-from gradus.experiments.trend import TrendPoint, fit_trend, forecast
+from gradus.experiments.trend import TrendPoint, fit_trend, forecast, trend_points
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -58,6 +58,63 @@ def test_few_points_whose_scatter_scaled_the_errors_get_students_t():
     assert two.crit == 1.96 and "no check of the scatter" in forecast(two, 2 ** 21).sentence
 
 
+def test_a_slowdown_measured_over_seeds_is_the_least_certain_point_not_the_most():
+    # 1.8, 1.7, 1.6 with bands of ±0.3, then a budget where the curriculum never reached the target (0.9×, no band
+    # can be read, two seeds): as the one-seed floor (±0.018) it weighed 280× the others and the line ran through it.
+    points = [{"budget_tokens": 2 ** e, "speedup_wallclock": v, "band": [v - 0.3, v + 0.3], "seeds": [0, 1]}
+              for e, v in ((18, 1.8), (19, 1.7), (20, 1.6))]
+    points.append({"budget_tokens": 2 ** 21, "speedup_wallclock": 0.9, "band": None, "seeds": [0, 1]})
+    pts = trend_points(points, "speedup_wallclock", "band")
+    assert pts[-1].band == (None, None) and pts[-1].sigma == pytest.approx(0.45)
+    t = fit_trend(pts)
+    assert pts[-1].sigma > pts[0].sigma
+    # The line no longer runs through the slowdown (it gave 1.97 / 1.61 / 1.26 / 0.90 at the four budgets).
+    assert t.at(2 ** 21) > 1.1 and t.at(2 ** 18) < 1.95
+    # One seed has no band to read: the floor, and the caveat that says so (budgets_seed_note).
+    one = trend_points([dict(points[-1], seeds=[0])], "speedup_wallclock", "band")
+    assert one[0].band is None and one[0].sigma == pytest.approx(0.018)
+
+
+def test_the_interval_does_not_jump_as_the_scatter_crosses_its_bands():
+    # Three budgets whose scatter about the line is just below / just above what their bands say: nearly equal
+    # data, nearly equal intervals (1.96 below and t = 12.7 above made them 6× apart).
+    def fit(middle):
+        return fit_trend([TrendPoint(2 ** 18, 2.0, (1.9, 2.1)), TrendPoint(2 ** 19, middle, (middle - 0.1, middle + 0.1)),
+                          TrendPoint(2 ** 20, 2.0, (1.9, 2.1))])
+    below, above = fit(2.0 + 0.1 * math.sqrt(1.5) * 0.999), fit(2.0 + 0.1 * math.sqrt(1.5) * 1.001)
+    assert below.chi2_reduced < 1 < above.chi2_reduced
+    wb, wa = (forecast(t, 2 ** 22).high - forecast(t, 2 ** 22).low for t in (below, above))
+    assert wa / wb == pytest.approx(1.0, abs=0.01)
+
+
+def test_a_forecast_inside_the_data_is_for_a_measurement_there_not_only_the_line():
+    # Five budgets on a line with bands of ±0.3: a new budget's speedup scatters like theirs, so the interval at a
+    # measured budget is at least as wide as t × a point's own sigma (the line alone gave ±0.26).
+    pts = [TrendPoint(2 ** e, 2.0 + 0.01 * (e - 18) * (-1) ** e, (1.7 + 0.01 * (e - 18) * (-1) ** e,
+                                                                 2.3 + 0.01 * (e - 18) * (-1) ** e))
+           for e in range(18, 23)]
+    t = fit_trend(pts)
+    f = forecast(t, 2 ** 20)
+    assert f.high - f.speedup >= t.crit * 0.3
+    assert "inside the budgets measured" in f.sentence
+
+
+def test_a_line_read_below_zero_says_it_does_not_hold_and_a_straddling_interval_says_both():
+    falling = [TrendPoint(2 ** e, 3.0 - 0.4 * (e - 18), (2.9 - 0.4 * (e - 18), 3.1 - 0.4 * (e - 18)))
+               for e in (18, 19, 20, 21)]
+    f = forecast(fit_trend(falling), 2 ** 27)
+    assert "the line falls below 0× here" in f.sentence and "does not hold this far" in f.sentence
+    wide = fit_trend([TrendPoint(2 ** 18, 1.3, (1.0, 1.6)), TrendPoint(2 ** 19, 1.1, (0.8, 1.4)),
+                      TrendPoint(2 ** 20, 1.0, (0.7, 1.3))])
+    g = forecast(wide, 2 ** 21)
+    assert g.speedup < 1 < g.high and "a slowdown or a gain" in g.sentence
+    assert "no gain expected" not in g.sentence
+    slower = fit_trend([TrendPoint(2 ** e, 1.0 - 0.05 * (e - 17), (0.99 - 0.05 * (e - 17), 1.01 - 0.05 * (e - 17)))
+                        for e in range(18, 23)])
+    h = forecast(slower, 2 ** 20)
+    assert h.high < 1 and "no gain expected (0.85×" in h.sentence
+
+
 def test_two_points_at_one_budget_are_no_trend():
     with pytest.raises(ValueError, match="two or more different budgets"):
         fit_trend([TrendPoint(1e6, 2.0), TrendPoint(1e6, 2.1)])
@@ -74,9 +131,10 @@ def test_a_forecast_beyond_the_data_says_how_far_and_widens():
     assert far.speedup == pytest.approx(1.5)
     assert far.doublings_beyond == pytest.approx(4.0)
     assert "4.0 doublings beyond the largest budget measured (1.05M)" in far.sentence
-    assert far.high - far.low > 3 * (inside.high - inside.low)
-    gone = forecast(t, 2 ** 30)
-    assert gone.speedup < 1 and gone.sentence.startswith("at 1.07B tokens the trend of 3 budgets gives no gain expected")
+    assert far.high - far.speedup > 3 * (inside.high - inside.speedup)
+    gone = forecast(t, 2 ** 31)
+    assert gone.speedup == 0 and gone.sentence.startswith("at 2.15B tokens the trend of 3 budgets gives no gain: the "
+                                                          "line falls below 0× here")
 
 
 def _point_file(src: Path, budget: int, dest: Path) -> None:
@@ -282,3 +340,13 @@ def test_the_annealed_speedup_reads_only_the_budgets_below():
     assert annealed_speedup(2_000_000, 3.6, finals) == (None, "only at this budget")
     assert annealed_speedup(1_000_000, 4.2, finals) == (None, "no smaller budget run")
     assert annealed_speedup(4_000_000, 4.1, finals) == (pytest.approx(4.0), "at most")  # at least ×4
+
+
+def test_the_benchmarks_annealed_trend_leaves_out_lower_bounds_as_gradus_compare_does():
+    bench = load_benchmark("speedup_vs_budget")
+    points = [{"budget_tokens": 2 ** e, "speedup_tokens_annealed": v, "annealed_lower_bound": lower, "seeds": [0, 1]}
+              for e, v, lower in ((18, 2.5, True), (19, 1.6, False), (20, 1.7, False))]
+    trend = bench.trend_of(points, "speedup_tokens_annealed", None)
+    assert trend["points"] == 2 and trend["budget_min"] == 2 ** 19
+    points[0]["annealed_lower_bound"] = False
+    assert bench.trend_of(points, "speedup_tokens_annealed", None)["points"] == 3

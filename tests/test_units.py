@@ -55,6 +55,8 @@ def test_format_count():
     assert format_count(3_276_800_000) == "3.28B"
     assert format_count(999) == "999"
     assert format_count(0) == "0"
+    # Just under a unit's thousand (a budget trained in whole steps): the next unit, never '1e+03K'.
+    assert format_count(999_936) == "1M" and format_count(999_817_216) == "1B" and format_count(999.96) == "1K"
 
 
 def test_format_lr_as_the_plans_write_it():

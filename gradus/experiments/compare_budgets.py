@@ -20,12 +20,12 @@ from gradus.experiments.common import prepare, summaries_key, write_summary
 from gradus.experiments.compare import compare_arms, run_compare
 from gradus.experiments.trend import (
     Forecast,
-    TrendPoint,
     annealed_speedup,
     budgets_seed_note,
     fit_trend,
     forecast,
     one_seed_note,
+    trend_points,
 )
 from gradus.units import format_count, parse_count
 
@@ -104,8 +104,7 @@ def budget_point(report: dict, requested: int) -> dict:
 def trend_of(points: Sequence[dict], key: str, band_key: str, forecast_tokens: int | None):
     """The weighted trend of the points' ``key`` speedups (bands from ``band_key``) and its forecast at
     ``forecast_tokens``: (Trend or None with fewer than two budgets, Forecast or None)."""
-    usable = [TrendPoint(p["budget_tokens"], p[key], tuple(p[band_key]) if p.get(band_key) else None)
-              for p in points if p.get(key)]
+    usable = trend_points(points, key, band_key)
     trend = fit_trend(usable) if len({p.budget_tokens for p in usable}) >= 2 else None
     return trend, (forecast(trend, forecast_tokens) if trend is not None and forecast_tokens else None)
 
@@ -156,6 +155,9 @@ def budgets_table(points: Sequence[dict], trend: dict | None, fc: Forecast | Non
     elif len(points) >= 2:
         lines.append("annealed reading: none (no complete curriculum run ended at a larger budget's target, so "
                      "no budget's target is reached with fewer tokens)")
+    if trend is None and len(points) >= 2:
+        lines.append("trend: none (fewer than two budgets gave a speedup: the curriculum reached the target at one "
+                     "budget or none), so no forecast")
     for name, tr, f in (("trend", trend, fc), ("trend, annealed", trend_annealed, fc_annealed)):
         if tr is not None:
             lines.append(f"{name}: {tr['slope']:+.2f}× per doubling of the budget (95%: "
@@ -198,8 +200,10 @@ def plot_budgets(points: Sequence[dict], trend: dict | None, fc: Forecast | None
             highest = max(highest, *(y + h for y, h in zip(ys, hi, strict=True)))
     for tr, f, color, what in ((trend, fc, "C0", "trend"), (trend_annealed, fc_annealed, "C2", "annealed trend")):
         if tr is not None:
-            end = f.budget_tokens if f is not None else tr["budget_max"]
-            xs = [tr["budget_min"] * (end / tr["budget_min"]) ** (i / 40) for i in range(41)]
+            # Over the budgets measured and out to the forecast, on whichever side of them it lies.
+            start = min(tr["budget_min"], f.budget_tokens) if f is not None else tr["budget_min"]
+            end = max(tr["budget_max"], f.budget_tokens) if f is not None else tr["budget_max"]
+            xs = [start * (end / start) ** (i / 40) for i in range(41)]
             ax.plot(xs, [tr["intercept"] + tr["slope"] * math.log2(x) for x in xs], "--", color=color, alpha=0.6,
                     label=f"{what}: {tr['slope']:+.2f}× per doubling")
     for f, color, what in ((fc, "C3", "first crossing"), (fc_annealed, "C2", "annealed")):
@@ -261,7 +265,8 @@ def run_compare_budgets(cfg: GradusConfig, *, budgets: Sequence[int], forecast_t
         "method": "each budget a complete gradus compare in budget-<tokens>/ (every arm annealed to that budget"
                   + (", LRs tuned there" if tune_lr else "") + "); the trend is a weighted straight line of the "
                   "calibrated speedup against log2(budget), weights from the bands, its uncertainty scaled by "
-                  "the scatter; the forecast's interval covers the fit's own uncertainty only. The annealed "
+                  "the scatter; the forecast's 95% interval is for a measurement at that budget (the line's uncertainty and a "
+                  "budget's own scatter about it), not for a bend in the line beyond the budgets measured. The annealed "
                   "reading (speedup_*_annealed, trend_annealed, forecast_annealed) is each budget over the budget "
                   "at which the curriculum's complete run ends at that budget's target, interpolated in "
                   "log(budget) between the budgets below it: the first crossing compares the curriculum "

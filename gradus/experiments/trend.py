@@ -17,15 +17,19 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
+from gradus.units import format_count
+
 T975 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306, 9: 2.262, 10: 2.228,
         12: 2.179, 15: 2.131, 20: 2.086, 30: 2.042}
 """Student's t, two-sided 95%, by degrees of freedom (a table: no scipy for one number)."""
 
 
-def critical_value(dof: int | None, scaled: bool) -> float:
-    """The 95% multiplier of a standard error: Student's t at ``dof`` when the errors were scaled by the scatter
-    the points themselves show (estimated from few points, so wider), else the normal 1.96 (the bands' own)."""
-    if not scaled or not dof:
+def critical_value(dof: int | None) -> float:
+    """The 95% multiplier of a standard error: Student's t at the fit's ``dof`` whenever it has one, else the
+    normal 1.96 (two points: the bands alone). Always t, not only when the scatter scaled the errors: the bands
+    come from two or three seeds, rough standard deviations themselves, and a multiplier that jumped from 1.96
+    to t as the reduced chi-square crossed 1 made nearly equal data give intervals 6× apart."""
+    if not dof:
         return 1.96
     return T975[max(k for k in T975 if k <= dof)] if dof < 60 else 1.96
 
@@ -48,6 +52,25 @@ def one_seed_note(seeds: Sequence[int]) -> str | None:
 def budgets_seed_note(points: Sequence[dict]) -> str | None:
     """:func:`one_seed_note` for budget points (each with its ``seeds``): said when any budget has one seed."""
     return one_seed_note(min((p.get("seeds") or () for p in points), key=len)) if points else None
+
+
+def trend_points(points: Sequence[dict], key: str, band_key: str | None) -> list[TrendPoint]:
+    """The budget points (dicts with ``budget_tokens``, ``key``, ``band_key`` and ``seeds``) that have a ``key``
+    speedup, as :class:`TrendPoint`: the one reading of a budget series for ``gradus compare --budgets`` and
+    the benchmark alike. A point measured over two or more seeds whose column has bands but which has none (the
+    curriculum never reached the target: a slowdown whose band cannot be read) is the least certain point, not
+    the most: it counts as a band with both ends missing (half its value), never as the one-seed floor."""
+    out = []
+    for p in points:
+        if not p.get(key):
+            continue
+        band = p.get(band_key) if band_key else None
+        if band:
+            band = tuple(band)
+        elif band_key and len(p.get("seeds") or ()) >= 2:
+            band = (None, None)
+        out.append(TrendPoint(p["budget_tokens"], p[key], band or None))
+    return out
 
 
 @dataclass(frozen=True)
@@ -88,7 +111,10 @@ class Trend:
     cov: tuple[float, float, float]
     """Variance of the intercept, covariance, variance of the slope (x = log2 budget)."""
     crit: float = 1.96
-    """The 95% multiplier: Student's t at the fit's degrees of freedom when the scatter scaled the errors."""
+    """The 95% multiplier: Student's t at the fit's degrees of freedom (1.96 with two points)."""
+    point_var: float = 0.0
+    """A budget's own variance about the line: the points' mean sigma², scaled like the covariance. What a
+    forecast adds to the line's for one new budget's measurement (0 in files written before it)."""
 
     def at(self, budget: float) -> float:
         """The fitted speedup at ``budget`` tokens."""
@@ -114,7 +140,8 @@ def trend_from_json(data: dict) -> Trend:
     return Trend(slope=float(data["slope"]), slope_se=float(data["slope_se"]), intercept=float(data["intercept"]),
                  points=int(data["points"]), chi2_reduced=data["chi2_reduced"],
                  budget_min=float(data["budget_min"]), budget_max=float(data["budget_max"]),
-                 cov=tuple(float(x) for x in data["cov"]), crit=float(data.get("crit", 1.96)))
+                 cov=tuple(float(x) for x in data["cov"]), crit=float(data.get("crit", 1.96)),
+                 point_var=float(data.get("point_var", 0.0)))
 
 
 def forecasts_from_file(path: str | Path, budget: float) -> tuple[Forecast, Forecast | None]:
@@ -209,7 +236,7 @@ def fit_trend(points: Sequence[TrendPoint]) -> Trend:
     return Trend(slope=slope, slope_se=math.sqrt(var_b), intercept=intercept, points=len(pts),
                  chi2_reduced=chi2_reduced, budget_min=min(p.budget_tokens for p in pts),
                  budget_max=max(p.budget_tokens for p in pts), cov=(var_a, cov_ab, var_b),
-                 crit=critical_value(dof, scale > 1.0))
+                 crit=critical_value(dof), point_var=sum(p.sigma ** 2 for p in pts) / len(pts) * scale)
 
 
 @dataclass(frozen=True)
@@ -230,33 +257,35 @@ class Forecast:
 
 
 def forecast(trend: Trend, budget: float) -> Forecast:
-    """The speedup the trend gives at ``budget`` tokens, with ±1.96 standard errors of the line (clipped at 0),
-    and a sentence saying how far the reading goes beyond the budgets measured (under 1×: "no gain expected")."""
-    se = trend.se_at(budget)
+    """The speedup the trend gives at ``budget`` tokens with a 95% interval for a measurement there (the line's
+    standard error and a budget's own scatter about it, :attr:`Trend.point_var`; clipped at 0), and a sentence
+    saying how far the reading goes beyond the budgets measured and what the interval does not cover."""
+    line = trend.at(budget)
+    se = math.sqrt(trend.se_at(budget) ** 2 + trend.point_var)
     # A speedup is a ratio of costs: never below 0, however far the line is read.
-    mid = max(0.0, trend.at(budget))
-    low, high = max(0.0, trend.at(budget) - trend.crit * se), max(0.0, trend.at(budget) + trend.crit * se)
+    mid, low, high = max(0.0, line), max(0.0, line - trend.crit * se), max(0.0, line + trend.crit * se)
     beyond = math.log2(budget / trend.budget_max)
     if beyond <= 0 and budget >= trend.budget_min:
         reach = "inside the budgets measured"
     elif beyond > 0:
-        reach = (f"{beyond:.1f} doublings beyond the largest budget measured ({_tokens(trend.budget_max)}); a straight "
-                 "line in log(budget) is an assumption there, and the interval only covers the fit's own uncertainty")
+        reach = (f"{beyond:.1f} doublings beyond the largest budget measured ({format_count(trend.budget_max)}); a "
+                 "straight line in log(budget) is an assumption there, and the interval does not cover a bend in it")
     else:
-        reach = f"below the smallest budget measured ({_tokens(trend.budget_min)})"
-    gain = (f"{mid:.2f}× (95% interval {low:.2f}–{high:.2f}×)" if mid >= 1 else
-            f"no gain expected ({mid:.2f}×, 95% interval {low:.2f}–{high:.2f}×)")
+        reach = f"below the smallest budget measured ({format_count(trend.budget_min)})"
+    interval = f"95% interval {low:.2f}–{high:.2f}×"
+    if line <= 0:
+        gain = (f"no gain: the line falls below 0× here ({interval}), so a straight line does not hold this far; "
+                "read the budgets measured instead")
+    elif high < 1:
+        gain = f"no gain expected ({mid:.2f}×, {interval})"
+    elif mid < 1:
+        gain = f"{mid:.2f}×, a slowdown or a gain ({interval})"
+    elif low < 1:
+        gain = f"{mid:.2f}×, a gain or a slowdown ({interval})"
+    else:
+        gain = f"{mid:.2f}× ({interval})"
     check = ("; with two budgets the interval rests on their bands alone (no check of the scatter: measure a "
              "third)" if trend.points == 2 else "")
-    sentence = (f"at {_tokens(budget)} tokens the trend of {trend.points} budgets gives {gain}, "
+    sentence = (f"at {format_count(budget)} tokens the trend of {trend.points} budgets gives {gain}, "
                 f"{trend.slope:+.2f}× per doubling of the budget; {reach}{check}")
     return Forecast(budget_tokens=budget, speedup=mid, low=low, high=high, doublings_beyond=beyond, sentence=sentence)
-
-
-def _tokens(n: float) -> str:
-    """A token count as people write it: 524k, 1.05M, 2.1B."""
-    for div, unit in ((1e9, "B"), (1e6, "M"), (1e3, "k")):
-        if n >= div:
-            v = n / div
-            return f"{v:.3g}{unit}"
-    return f"{n:.0f}"
