@@ -274,8 +274,8 @@ def forecast(trend: Trend, budget: float) -> Forecast:
         reach = f"below the smallest budget measured ({format_count(trend.budget_min)})"
     interval = f"95% interval {low:.2f}–{high:.2f}×"
     if line <= 0:
-        gain = (f"no gain: the line falls below 0× here ({interval}), so a straight line does not hold this far; "
-                "read the budgets measured instead")
+        gain = f"no gain: the line falls below 0× here ({interval})"
+        reach += "; the line does not hold this far (a speedup is never below 0): read the budgets measured instead"
     elif high < 1:
         gain = f"no gain expected ({mid:.2f}×, {interval})"
     elif mid < 1:
