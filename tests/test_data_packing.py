@@ -10,7 +10,7 @@ import pytest
 from gradus.config import from_dict
 from gradus.curriculum import resolve_schedule, state_at
 from gradus.data import DataPipeline, load_tokenizer, local_files
-from gradus.data.packing import IGNORE
+from gradus.data.packing import IGNORE, DocumentPacker
 from gradus.data.sources import open_reader
 
 
@@ -218,3 +218,76 @@ def test_lanes_deal_a_huge_document_in_chunks(offline_data: Path, tok, tmp_path:
     # Nothing lost or repeated: what the batches hold plus what waits in the lanes is whole passes.
     drawn = sum(b.num_tokens for b in batches) + pending
     assert drawn % len(whole) == 0 and drawn > len(whole)
+
+
+@pytest.mark.parametrize("remainder", ["pad", "drop"])
+def test_document_mode_with_overlap_trains_each_label_of_a_tail_once(remainder: str):
+    # Windows of 64 every 32 tokens: a document's tail starts 32 tokens into the last window, so 33 of its tokens
+    # were labels already; the tail row (pad) trains only the rest, and drop counts only those as dropped.
+    docs = [np.arange(1000, 1065), np.arange(2000, 2100), np.arange(3000, 3200)]
+    docs += [np.arange(10_000 * k, 10_000 * k + 100) for k in range(1, 20)]
+    it = iter([(d, 0, True) for d in docs])
+    packer = DocumentPacker(1, np.int64, pad_id=0, remainder=remainder)
+    _, labels, counts = packer.batch(12, 64, 32, lambda: next(it))
+    seen: set[int] = set()
+    for row in labels:
+        row_labels = {int(v) for v in row if v != IGNORE}
+        assert not row_labels <= seen, "a row whose every label an earlier row trained"
+        seen |= row_labels
+    if remainder == "pad":
+        assert {2097, 2098, 2099, 3193, 3199} <= seen and packer.dropped == 0
+        tail = next(row for row in labels if row[0] == IGNORE and 2099 in row)
+        assert [int(v) for v in tail if v != IGNORE] == [2097, 2098, 2099]  # 2064..2096 as context only
+    else:
+        # 2097..2099, 3193..3199 and the first 100-token filler's last 3; the 65-token document: none
+        assert 2097 not in seen and packer.dropped == 3 + 7 + 3
+    assert int(counts.sum()) == sum(int((row != IGNORE).sum()) for row in labels)
+
+
+def test_a_stride_above_a_stages_length_is_refused(offline_data: Path):
+    with pytest.raises(Exception, match=r"data.packing.stride=32 is above curriculum.stages\[0\].seq_len=16"):
+        make(offline_data, [{"step": 0, "seq_len": 16, "batch_size": 4}, {"step": 3, "seq_len": 64, "batch_size": 4}],
+             6, packing={"lanes": 1, "stride": 32})
+
+
+@pytest.mark.parametrize("mode", ["concat", "document"])
+def test_a_document_in_pieces_stops_at_a_switch_to_a_stage_without_its_source(
+        offline_data: Path, tok, tmp_path: Path, monkeypatch, mode: str):
+    # A book read in 4 KB pieces, then a stage that gives it weight 0: it used to go on filling that stage to its
+    # end (every batch the book's); at most what was already drawn of it may follow.
+    monkeypatch.setattr(local_files, "PIECE_BYTES", 4096)
+    (tmp_path / "book.txt").write_text(("word " * 3000 + "\n") * 10)
+    srcs = [{"name": "book", "path": str(tmp_path / "book.txt"), "text_unit": "file"},
+            {"name": "gsm8k", "path": str(offline_data / "gsm8k" / "test.jsonl"), "template": "{question}\n{answer}"}]
+    stages = [{"step": 0, "seq_len": 32, "batch_size": 4, "mix": {"book": 1, "gsm8k": 0}},
+              {"step": 2, "seq_len": 32, "batch_size": 4, "mix": {"book": 0, "gsm8k": 1}}]
+    cfg, cur = make(offline_data, stages, 40, sources=srcs, packing={"lanes": 1, "mode": mode, "remainder": "pad"})
+    with DataPipeline(cfg.data, tok, cur, prefetch=0) as pipe:
+        batches = drive(pipe, cur, 40)
+    book = [b.tokens_by_source["book"] for b in batches[2:]]
+    assert sum(book) <= 2 * 4096 and book[-30:] == [0] * 30
+
+
+def test_a_switch_to_sft_in_the_middle_of_a_document_in_pieces(offline_data: Path, tok, tmp_path: Path, monkeypatch):
+    # The last pretraining batch ends inside a book read in pieces; the sft stage that follows gives it weight 0
+    # and used to be handed the book's next piece ("a stage with kind: sft got a text document").
+    import json
+    import random
+
+    monkeypatch.setattr(local_files, "PIECE_BYTES", 4096)
+    (tmp_path / "book.txt").write_text(("word " * 3000 + "\n") * 10)
+    rng = random.Random(0)
+    with (tmp_path / "chat.jsonl").open("w") as f:
+        for _ in range(300):
+            a, b = rng.randint(1, 50), rng.randint(1, 50)
+            f.write(json.dumps({"messages": [{"role": "user", "content": f"What is {a} plus {b}?"},
+                                             {"role": "assistant", "content": f"{a + b}."}]}) + "\n")
+    srcs = [{"name": "book", "path": str(tmp_path / "book.txt"), "text_unit": "file"},
+            {"name": "chat", "path": str(tmp_path / "chat.jsonl"), "kind": "chat"}]
+    stages = [{"step": 0, "seq_len": 32, "batch_size": 4, "mix": {"book": 1, "chat": 0}},
+              {"step": 2, "kind": "sft", "seq_len": 64, "batch_size": 4, "mix": {"book": 0, "chat": 1}}]
+    cfg, cur = make(offline_data, stages, 4, sources=srcs, packing={"lanes": 1})
+    with DataPipeline(cfg.data, tok, cur, prefetch=0) as pipe:
+        batches = drive(pipe, cur, 4)
+    assert [b.tokens_by_source["book"] > 0 for b in batches] == [True, True, False, False]
+    assert all(b.tokens_by_source["chat"] > 0 for b in batches[2:])

@@ -36,7 +36,7 @@ from gradus.config.schema_curriculum import (
     StageConfig,
     VerifyConfig,
 )
-from gradus.config.schema_data import ModelConfig, SourceConfig
+from gradus.config.schema_data import ModelConfig, PackingConfig, SourceConfig
 from gradus.config.schema_run import NoiseScaleConfig, TrainConfig
 
 
@@ -85,6 +85,7 @@ def cross_check(cfg: BaseModel | Mapping) -> list[str]:
     problems += _stage_order_problems(stages, cur, train)
     problems += _batch_ramp_problems(stages, cur)
     problems += _adaptive_problems(stages, cur, train)
+    problems += _stride_problems(stages, _section(data, "data"))
     ref = field_value(TrainConfig, train, "eval_reference_seq_len")
     if ref is not None and max_len is not None and max_len < ref:
         problems.append(
@@ -167,6 +168,22 @@ def _stage_fit_problems(stages: list[Mapping], max_len: int | None, names: list[
                     fix = f"did you mean {hint[0]!r}?" if hint else f"known sources: {', '.join(sorted(names))}"
                     problems.append(f"{where}.mix.{source}: unknown source {source!r}; {fix}")
     return problems
+
+
+def _stride_problems(stages: list[Mapping], data: Mapping) -> list[str]:
+    """``data.packing.stride`` against the shortest stage: a stride above a stage's seq_len starts its windows
+    past the last one's end, so the tokens between are never trained on nor counted."""
+    packing = data.get("packing")
+    stride = field_value(PackingConfig, packing, "stride") if isinstance(packing, Mapping) else None
+    if stride is None:
+        return []
+    for i, st in enumerate(stages):
+        seq_len = field_value(StageConfig, st, "seq_len")
+        if seq_len is not None and seq_len < stride:
+            return [f"data.packing.stride={stride} is above curriculum.stages[{i}].seq_len={seq_len}: its windows "
+                    f"would skip {stride - seq_len} tokens in every {stride}; use a stride of at most {seq_len}, or "
+                    "packing.stride_fraction (a share of each stage's length)"]
+    return []
 
 
 def _stage_kind_problems(stages: list[Mapping], data: Mapping) -> list[str]:

@@ -128,6 +128,14 @@ class BatchStream:
         """The next batch of shape ``spec``."""
         packer = self.records if spec.kind == "sft" else self.packer
         if spec.stage_index != self.mixer.stage:
+            sticky = self.mixer.sticky
+            if sticky is not None and (spec.kind == "sft" or not dict(spec.mix).get(sticky, 0) > 0):
+                # A document streamed in pieces stops at a switch to a stage that gives its source no weight
+                # (or reads chat records): finished, the rest of a book would fill the new stage with a source
+                # it excludes, millions of tokens, and an sft stage would refuse it. The packer closes it
+                # there; the rest stays in the source's feed, read on if a later stage weighs the source again.
+                self.mixer.sticky = None
+                self.packer.end_document()
             pending = packer.pending()
             self.mixer.begin_stage(spec.stage_index, {n: int(pending[i]) for i, n in enumerate(self.names)})
         weights = dict(spec.mix)

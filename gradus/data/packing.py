@@ -107,6 +107,10 @@ class ConcatPacker:
         """Tokens per source index drawn but not yet in a window."""
         return self._pending.copy()
 
+    def end_document(self) -> None:
+        """The document being pulled in pieces stops here (its source left the mix): nothing to do, since a
+        lane is a stream and the next document follows it as a chunked one does (one cut context)."""
+
     def _fill(self, lane: int, need: int, pull: Pull) -> tuple[np.ndarray, np.ndarray]:
         """Lane ``lane``'s tokens and sources, topped up to at least ``need`` tokens."""
         parts, srcs = [self.tokens[lane]], [self.src[lane]]
@@ -187,17 +191,29 @@ class DocumentPacker:
         self.src = 0
         self.complete = True
         self.dropped = 0
+        # How many leading tokens of ``cur`` a window has already had as labels: 1 for a fresh document (its
+        # first token is never a label), seq_len + 1 - stride after a window (all of them with an overlapping
+        # stride), so a tail row trains only labels no window gave.
+        self.covered = 1
 
     def state_dict(self) -> dict:
-        """The current document's remaining tokens, its source, whether it is complete, tokens dropped."""
-        return {"cur": self.cur, "src": self.src, "complete": self.complete, "dropped": self.dropped}
+        """The current document's remaining tokens, its source, whether it is complete, tokens dropped, and how
+        many of its leading tokens were already labels."""
+        return {"cur": self.cur, "src": self.src, "complete": self.complete, "dropped": self.dropped,
+                "covered": self.covered}
 
     def load_state_dict(self, state: dict) -> None:
-        """Back to a saved state."""
+        """Back to a saved state (one saved before ``covered`` existed: 1, what the packer assumed then)."""
         self.cur = None if state["cur"] is None else np.asarray(state["cur"])
         self.src = state["src"]
         self.complete = state["complete"]
         self.dropped = state["dropped"]
+        self.covered = int(state.get("covered", 1))
+
+    def end_document(self) -> None:
+        """The document being pulled in pieces stops here (its source left the mix): what was pulled of it is
+        a complete document, its tail padded or dropped as any other."""
+        self.complete = True
 
     def pending(self) -> np.ndarray:
         """Tokens per source index drawn but not yet in a window (the current document's rest)."""
@@ -216,6 +232,7 @@ class DocumentPacker:
         while r < rows:
             if self.cur is None:
                 self.cur, self.src, self.complete = pull()
+                self.covered = 1
                 continue
             n = len(self.cur)
             if n >= span:
@@ -225,6 +242,7 @@ class DocumentPacker:
                 counts[self.src] += seq_len
                 r += 1
                 self.cur = self.cur[stride:]  # a view: no copying per window
+                self.covered = max(1, span - stride)
                 if len(self.cur) == 0 and self.complete:
                     self.cur = None
                 continue
@@ -233,15 +251,17 @@ class DocumentPacker:
                 more, _, self.complete = pull()
                 self.cur = np.concatenate([self.cur, more])
                 continue
-            # A complete document's tail, shorter than a window. Its first token was already the last
-            # label of the previous window (or it is the whole document), so n-1 inputs remain.
-            if self.remainder == "pad" and n >= 2:
+            # A complete document's tail, shorter than a window. Its first ``covered`` tokens were already labels
+            # of the previous window (its last one at stride = seq_len; more with an overlapping stride) or it is
+            # the whole document: the row gives them as context only, and trains the n - covered labels left.
+            new = n - self.covered
+            if self.remainder == "pad" and n >= 2 and new > 0:
                 inputs[r, : n - 1] = self.cur[:-1]
-                labels[r, : n - 1] = self.cur[1:]
-                counts[self.src] += n - 1
+                labels[r, self.covered - 1 : n - 1] = self.cur[self.covered :]
+                counts[self.src] += new
                 r += 1
             else:
-                self.dropped += max(0, n - 1)
+                self.dropped += max(0, new)
             self.cur = None
         return inputs, labels, counts
 
