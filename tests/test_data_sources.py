@@ -361,3 +361,14 @@ def test_a_source_too_small_for_held_out_documents_says_so_with_the_fix(tmp_path
     assert ("source small: no held-out documents, so it is left out of validation: none of the documents read hash "
             "below data.validation.fraction=0.005 (a small source); raise the fraction (e.g. 0.05) or give the "
             "source a validation_split") in caplog.text
+
+
+def test_a_validation_split_inside_the_training_folder_is_held_out_not_trained_on(offline_data: Path):
+    folder = offline_data / "wikitext-2"
+    src = SourceConfig(name="wiki", path=str(folder), validation_split=str(folder / "valid.jsonl"))
+    train = {p.text for p in open_reader(src, role="train").scan(None) if not p.end_of_pass}
+    held = [p.text for p in open_reader(src, role="validation").scan(None) if not p.end_of_pass]
+    assert held and train and not any(t in train for t in held)
+    only = SourceConfig(name="wiki", path=str(folder / "valid.jsonl"), validation_split=str(folder / "valid.jsonl"))
+    with pytest.raises(DataError, match="names only its validation_split's files"):
+        open_reader(only, role="train")

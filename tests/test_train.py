@@ -183,6 +183,34 @@ def test_config_change_on_resume_is_refused(tmp_path, tokenizer_json, offline_da
     assert main(["train", str(path), "--out", str(tmp_path), "--quiet", "--allow-config-change"]) == 0
 
 
+def test_a_data_change_that_moves_the_saved_positions_is_refused_on_resume(tmp_path, tokenizer_json, offline_data,
+                                                                           capsys):
+    # Another held-out fraction trains on documents the run held out (and evaluates on ones it trained); another
+    # template reads every saved position as other text. The files' paths may move.
+    cfg = raw_config(tokenizer_json, offline_data)
+    train(from_dict(cfg), tmp_path, quiet=True, stop_at_step=2)
+    fraction = from_dict(cfg).data.validation.fraction
+    cfg["data"]["validation"] = {**cfg["data"].get("validation", {}), "fraction": 0.2}
+    path = tmp_path / "changed.yaml"
+    path.write_text(json.dumps(cfg))
+    assert main(["train", str(path), "--out", str(tmp_path), "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert f"data.validation.fraction {fraction} → 0.2 (held-out documents would be trained on" in err
+    assert "Traceback" not in err and err.count("\n") == 1
+
+
+def test_a_checkpoint_written_before_the_data_signature_resumes_as_before():
+    from gradus.train.storage.checkpoint import describe_incompatibility
+
+    sig = {"world_size": 1, "tokenizer_sha256": "x", "target_tokens": None, "stages": []}
+    data = {"sources": {"wiki": {"template": None}}, "validation_fraction": 0.005,
+            "packing": {"stride": None, "stride_fraction": None, "remainder": "drop"}}
+    assert describe_incompatibility(sig, {**sig, "data": data}) == []
+    changed = {**data, "sources": {"wiki": {"template": "{text}"}}}
+    assert describe_incompatibility({**sig, "data": data}, {**sig, "data": changed}) == [
+        "data.sources[wiki].template None → '{text}'"]
+
+
 def test_a_stage_that_changed_kind_is_a_change_unless_the_checkpoint_predates_kinds():
     from gradus.train.storage.checkpoint import describe_incompatibility
 

@@ -74,6 +74,15 @@ class FileReader(Reader):
         super().__init__(cfg, shard, role, holdout)
         self.pattern = path or cfg.path or ""
         self.files = expand_paths(self.pattern, cfg.name)
+        if path is None and cfg.validation_split:
+            # A validation split inside the training folder or glob (``path: wikitext-2/`` with
+            # ``validation_split: wikitext-2/valid.jsonl``) is held out, not trained on as well.
+            held = {f.resolve() for f in expand_paths(cfg.validation_split, cfg.name)}
+            kept = [f for f in self.files if f.resolve() not in held]
+            if not kept:
+                raise DataError(f"source {cfg.name!r}: path {self.pattern!r} names only its validation_split's "
+                                "files; point path at the training files")
+            self.files = kept
         self.formats = [detect_format(f, cfg.format) for f in self.files]
 
     def describe(self) -> str:

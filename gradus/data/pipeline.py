@@ -394,6 +394,45 @@ class DataPipeline:
             pass
 
 
+RESUME_SOURCE_FIELDS = ("dataset", "dataset_config", "split", "format", "builtin", "text_unit", "text_field",
+                        "template", "kind", "messages_field", "prompt_template", "response_template", "chat_template")
+"""A source's settings that decide which documents it yields and how they read: a saved position in it means
+something else once one changes. Its ``path`` is not among them: moving the files (another machine) is fine."""
+
+
+def resume_signature(cfg: DataConfig) -> dict:
+    """The data settings a checkpoint's positions rest on (the checkpoint's compat signature, refused on a
+    resume when they change): each source's :data:`RESUME_SOURCE_FIELDS` and whether it names a validation
+    split, the held-out fraction (another fraction trains on documents that were held out, and evaluates on
+    ones already trained), and how windows are cut (stride, remainder)."""
+    return {
+        "sources": {s.name: {**{k: getattr(s, k) for k in RESUME_SOURCE_FIELDS},
+                             "validation_split": s.validation_split is not None} for s in cfg.sources},
+        "validation_fraction": cfg.validation.fraction,
+        "packing": {"stride": cfg.packing.stride, "stride_fraction": cfg.packing.stride_fraction,
+                    "remainder": cfg.packing.remainder},
+    }
+
+
+def describe_data_change(saved: dict, now: dict) -> list[str]:
+    """What differs between two :func:`resume_signature` values, one phrase each, with the config field."""
+    problems = []
+    if saved.get("validation_fraction") != now["validation_fraction"]:
+        problems.append(f"data.validation.fraction {saved.get('validation_fraction')} → {now['validation_fraction']} "
+                        "(held-out documents would be trained on, or trained ones evaluated)")
+    for key, value in now["packing"].items():
+        if saved.get("packing", {}).get(key) != value:
+            problems.append(f"data.packing.{key} {saved.get('packing', {}).get(key)} → {value}")
+    old_sources = saved.get("sources", {})
+    for name, fields in now["sources"].items():
+        if name not in old_sources:
+            continue  # a source added or removed is the data fingerprint's to refuse (its names)
+        for key, value in fields.items():
+            if old_sources[name].get(key) != value:
+                problems.append(f"data.sources[{name}].{key} {old_sources[name].get(key)!r} → {value!r}")
+    return problems
+
+
 def branch_batch(data, schedule, step: int, tokens: int, branch_tokens: int) -> tuple[Any, int]:
     """The batch of a verification branch's step that trains ``branch_tokens`` from ``tokens`` on: the main
     run's batches from its ``step`` (at ``tokens``) on ``schedule``, joined until they hold that many tokens

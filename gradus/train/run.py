@@ -201,6 +201,7 @@ def build_run(cfg: GradusConfig, run_dir: RunDir | str | Path, rt: Runtime, *, h
     this module was written built in: every RNG draw, and so every figure, is as it was."""
     # Heavy imports here so `gradus schedule`/`plan` never pay for them.
     from gradus.data import DataPipeline
+    from gradus.data.pipeline import resume_signature
 
     run = RunDir.of(run_dir)
     schedule = resolve_schedule(cfg)
@@ -253,7 +254,7 @@ def build_run(cfg: GradusConfig, run_dir: RunDir | str | Path, rt: Runtime, *, h
             publish=run.write_decisions if rt.is_main else None, world_size=rt.world_size)
         stateful["adaptive"] = controller
     lagged = lag.lagged_mode(cfg.train.host_sync, rt.device, built.optimizer)  # read figures a step late
-    compat = checkpoint.compat_signature(schedule, rt.world_size, tokenizer.identity())
+    compat = checkpoint.compat_signature(schedule, rt.world_size, tokenizer.identity(), resume_signature(cfg.data))
 
     latest = ckpt.latest() if resume else None
     if latest is not None:

@@ -362,9 +362,11 @@ def load_parts(parts: Mapping[str, Stateful], state: Mapping[str, Any], path: Pa
 
 
 # ------------------------------------------------------------------------------- compatibility
-def compat_signature(schedule: Schedule, world_size: int, tokenizer_identity: dict) -> dict:
-    """What must not change between a checkpoint and the config resuming it."""
+def compat_signature(schedule: Schedule, world_size: int, tokenizer_identity: dict, data: dict | None = None) -> dict:
+    """What must not change between a checkpoint and the config resuming it (``data``: the data settings its
+    positions rest on, :func:`gradus.data.pipeline.resume_signature`)."""
     return {
+        "data": data,
         "stages": [
             {"seq_len": s.seq_len, "batch_size": s.batch_size, "start_step": s.start_step, "end_step": s.end_step,
              "kind": s.kind}
@@ -394,6 +396,10 @@ def describe_incompatibility(saved: dict, now: dict) -> list[str]:
         problems.append("the tokenizer differs from the one the checkpoint was trained with")
     if saved.get("target_tokens") != now["target_tokens"]:
         problems.append(f"curriculum.target_tokens {saved.get('target_tokens')} → {now['target_tokens']}")
+    if saved.get("data") is not None and now.get("data") is not None:  # (checkpoints before 2026-12-07 have none)
+        from gradus.data.pipeline import describe_data_change
+
+        problems += describe_data_change(saved["data"], now["data"])
     old, new = saved.get("stages", []), now["stages"]
     if len(old) != len(new):
         problems.append(f"the curriculum has {len(new)} stages, the checkpoint {len(old)}")
