@@ -263,7 +263,10 @@ def test_warmup_and_cooldown_in_tokens_count_the_steps_that_start_below():
     assert schedule.cooldown_steps == 2
     raw["curriculum"].update(global_warmup_tokens=2561, cooldown_tokens=5121)
     schedule = resolve_schedule(from_dict(raw))
-    assert (schedule.global_warmup_steps, schedule.cooldown_steps) == (11, 10)  # 7,680 - 5,121 = 2,559: 10 steps start below it
+    # 7,680 - 5,121 = 2,559: 10 steps start below it, but the warmup's 11 steps reach into them, and the cooldown
+    # starts once the warmup ends (the schedule says so, and warns): 9.
+    assert (schedule.global_warmup_steps, schedule.cooldown_steps) == (11, 9)
+    assert any("warmup (11 steps) and cooldown (10 steps) overlap" in w for w in schedule.warnings)
     raw["curriculum"].update(global_warmup_tokens=1, cooldown_tokens=1)
     schedule = resolve_schedule(from_dict(raw))
     assert (schedule.global_warmup_steps, schedule.cooldown_steps) == (1, 1)

@@ -409,3 +409,60 @@ def test_state_carries_what_the_trainer_needs():
     assert state.peak_lr == pytest.approx(4.2e-3)
     assert (state.stage_start_step, state.stage_end_step) == (2000, 4000)
     assert state.mix == {"wiki": 1.0} and not state.done
+
+
+# ------------------------------------------------------------------------- warmups and their reports
+@pytest.mark.parametrize("mode", ["global", "wsd", "linear"])
+@pytest.mark.parametrize("field,value", [("warmup_steps", 200), ("warmup_tokens", "50k")])
+def test_stage_zeros_own_warmup_under_one_curve_is_refused_not_ignored(mode, field, value):
+    # The run's one warmup is the curve's: a warmup written on stage 0 was dropped without a word (the LR at its
+    # peak from step 0 with global_warmup_fraction 0). A later stage's warmup re-warms and stays allowed.
+    from gradus.config.checks import validate
+
+    raw = {"model": {"preset": "tiny", "max_seq_len": 256}, "data": {"sources": [{"name": "a", "builtin": "arithmetic"}]},
+           "curriculum": {"schedule": mode, "target_tokens": 256_000,
+                          "stages": [{"tokens": 128_000, "seq_len": 64, "batch_size": 4, field: value},
+                                     {"tokens": 128_000, "seq_len": 128, "batch_size": 2, "warmup_steps": 10}]}}
+    _, problems = validate(raw)
+    assert len(problems) == 1 and problems[0].startswith(f"curriculum.stages[0].{field}={value}: under schedule {mode}")
+    assert "move it to curriculum.global_warmup_tokens" in problems[0]
+    del raw["curriculum"]["stages"][0][field]
+    assert validate(raw)[1] == []
+    raw["curriculum"]["schedule"] = "per_stage"
+    raw["curriculum"]["stages"][0][field] = value
+    assert validate(raw)[1] == []
+
+
+def test_warmup_progress_follows_the_global_warmup_into_later_stages():
+    # streaming-1b's 308-step global warmup runs into stage 1 (step 200 is ~65% of the way): the metric said 1.0.
+    cur = resolve_schedule(load_preset("streaming-1b"))
+    warm = cur.global_warmup_steps
+    assert cur.stages[1].start_step < warm - 1
+    step = cur.stages[1].start_step
+    state = state_at(cur, step, tokens_at_step(cur, step))
+    assert state.stage_index == 1 and state.warmup_progress == pytest.approx((step + 1) / warm)
+    after = state_at(cur, warm, tokens_at_step(cur, warm))
+    assert after.warmup_progress == 1.0
+
+
+def test_per_stage_takes_its_default_first_warmup_from_global_warmup_tokens():
+    cur = make([{"step": 0, "seq_len": 64, "batch_size": 4}], target=256_000, curriculum={"global_warmup_tokens": 25_600})
+    assert cur.stages[0].warmup_steps == 100 and "global_warmup_tokens" in cur.stages[0].warmup_note
+
+
+def test_a_wsd_cooldown_that_overlaps_the_warmup_is_reported_where_it_starts():
+    cur = make([{"step": 0, "seq_len": 64, "batch_size": 4}], target=25_600, schedule="wsd",
+               curriculum={"global_warmup_fraction": 0.5, "cooldown_fraction": 0.6})
+    assert cur.total_steps == 100 and cur.global_warmup_steps == 50 and cur.cooldown_steps == 50
+    assert cur.to_json()["cooldown_start_step"] == 50
+    assert any("overlap" in w and "peaks at step 50" in w for w in cur.warnings)
+    assert max(range(100), key=lambda s: lr_at(cur, s)) == 49  # the curve itself is as it was
+
+
+def test_a_stage_whose_budget_falls_inside_the_last_step_of_the_one_before_says_so():
+    cur = make([{"tokens": 10_000, "seq_len": 64, "tokens_per_batch": 8192},
+                {"tokens": 4_000, "seq_len": 128, "tokens_per_batch": 8192},
+                {"tokens": 100_000, "seq_len": 256, "tokens_per_batch": 8192}], schedule="wsd")
+    [warning] = [w for w in cur.warnings if "never runs" in w]
+    assert "its budget lies inside stage 0's last step (ending at 16,384 tokens)" in warning
+    assert "target_tokens or max_steps" not in warning

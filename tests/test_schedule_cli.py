@@ -415,3 +415,14 @@ def test_a_local_tokenizer_file_gives_its_own_vocabulary_everywhere_in_one_sched
     assert code == 0 and report["model"]["shape"]["vocab_size"] == 512
     assert report["model"]["vocab_from"] == tokenizer_json
     assert (report["cost"]["vocab_size"], report["cost"]["vocab_source"]) == (512, tokenizer_json)
+
+
+def test_the_header_says_where_a_warmup_in_tokens_comes_from(capsys, tmp_path):
+    # It printed "(0.02 of the run)", the unused default fraction, for a warmup given in tokens (10% of the run).
+    path = tmp_path / "c.yaml"
+    path.write_text(yaml.safe_dump({
+        "model": {"preset": "tiny", "max_seq_len": 256}, "data": {"sources": [{"name": "a", "builtin": "arithmetic"}]},
+        "curriculum": {"schedule": "global", "global_warmup_tokens": 25_600, "target_tokens": 256_000,
+                       "stages": [{"seq_len": 64, "batch_size": 4, "tokens": 256_000}]}}))
+    code, out, _ = run_cli(capsys, str(path))
+    assert code == 0 and "warmup 100 steps (its first 25.6K tokens)" in out and "0.02 of the run" not in out

@@ -281,24 +281,29 @@ def format_table(cfg: GradusConfig, cur: Schedule, report: dict, title: str = ""
         f"(stops at {' or '.join(stops) or 'the end of the last stage'})"
     )
     model = cfg.model.preset or "custom"
+    # Where the warmup comes from: its tokens when given (the fraction is then not used), else the fraction.
+    warm_from = (f"its first {format_count(c.global_warmup_tokens)} tokens" if c.global_warmup_tokens is not None
+                 else f"{c.global_warmup_fraction:g} of the run")
     if c.schedule == "global":
         sched = (
             f"one global schedule: warmup {cur.global_warmup_steps:,} steps "
-            f"({c.global_warmup_fraction:g} of the run), {c.decay} to {c.min_lr_ratio:g}× each stage's peak"
+            f"({warm_from}), {c.decay} to {c.min_lr_ratio:g}× each stage's peak"
         )
     elif c.schedule == "wsd":
         floor = "zero" if cur.floor_ratio == 0 else f"{cur.floor_ratio:g}× each stage's peak"
+        # The cooldown never starts before the warmup has ended (global_factor): say where it really does.
+        stable_end = max(cur.global_warmup_steps, cur.total_steps - cur.cooldown_steps)
         sched = (
-            f"one global warmup-stable-decay: warmup {cur.global_warmup_steps:,} steps, stable to step "
-            f"{cur.total_steps - cur.cooldown_steps:,}, {c.cooldown_shape} cooldown over the last "
-            f"{cur.cooldown_steps:,} steps ("
+            f"one global warmup-stable-decay: warmup {cur.global_warmup_steps:,} steps ({warm_from}), stable to "
+            f"step {stable_end:,}, {c.cooldown_shape} cooldown over the last "
+            f"{cur.total_steps - stable_end:,} steps ("
             + (f"its last {format_count(c.cooldown_tokens)} tokens" if c.cooldown_tokens else f"{c.cooldown_fraction:g} of the run")
             + f") to {floor}"
         )
     elif c.schedule == "linear":
         sched = (
             f"one global schedule: warmup {cur.global_warmup_steps:,} steps "
-            f"({c.global_warmup_fraction:g} of the run), then linear decay to zero (D2Z)"
+            f"({warm_from}), then linear decay to zero (D2Z)"
         )
     else:
         sched = f"per stage: warmup, then {_stage_decays(cur)}"

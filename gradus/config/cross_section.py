@@ -86,6 +86,7 @@ def cross_check(cfg: BaseModel | Mapping) -> list[str]:
     problems += _batch_ramp_problems(stages, cur)
     problems += _adaptive_problems(stages, cur, train)
     problems += _stride_problems(stages, _section(data, "data"))
+    problems += _first_warmup_problems(stages, cur)
     ref = field_value(TrainConfig, train, "eval_reference_seq_len")
     if ref is not None and max_len is not None and max_len < ref:
         problems.append(
@@ -168,6 +169,24 @@ def _stage_fit_problems(stages: list[Mapping], max_len: int | None, names: list[
                     fix = f"did you mean {hint[0]!r}?" if hint else f"known sources: {', '.join(sorted(names))}"
                     problems.append(f"{where}.mix.{source}: unknown source {source!r}; {fix}")
     return problems
+
+
+def _first_warmup_problems(stages: list[Mapping], cur: Mapping) -> list[str]:
+    """Stage 0's own warmup under a schedule of one curve (wsd, global, linear): that curve's warmup is the
+    run's (global_warmup_fraction / global_warmup_tokens), so a warmup written on stage 0 would be ignored
+    (a later stage's re-warms from the LR the previous one ended at, and is kept)."""
+    mode = field_value(CurriculumConfig, cur, "schedule")
+    if not stages or mode in (None, "per_stage"):
+        return []
+    for key in ("warmup_steps", "warmup_tokens"):
+        value = field_value(StageConfig, stages[0], key)
+        if value:
+            fix = ("curriculum.global_warmup_tokens" if key == "warmup_tokens" else
+                   "curriculum.global_warmup_tokens or global_warmup_fraction")
+            return [f"curriculum.stages[0].{key}={stages[0].get(key)}: under schedule {mode} the run warms up once, "
+                    f"over curriculum.global_warmup_fraction or global_warmup_tokens, and stage 0 has no warmup of "
+                    f"its own; move it to {fix}, or use schedule: per_stage"]
+    return []
 
 
 def _stride_problems(stages: list[Mapping], data: Mapping) -> list[str]:

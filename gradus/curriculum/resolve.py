@@ -66,12 +66,20 @@ def resolve_schedule(cfg: GradusConfig) -> Schedule:
             batch_lr_factor=batch_lr_factor, kind=st.kind,
         ))
     _check(cfg, plans, warnings)
+    warm = _global_warmup_steps(cfg, total_steps, bounds)
+    curve = _curve(cfg, total_steps, bounds)
+    if curve.get("cooldown_steps", 0) > total_steps - warm:
+        # The cooldown starts once the warmup has ended (state.global_factor): the table says where it does.
+        warnings.append(f"the wsd warmup ({warm:,} steps) and cooldown ({curve['cooldown_steps']:,} steps) overlap "
+                        f"in a run of {total_steps:,} steps: the LR peaks at step {warm:,} and cools down over the "
+                        f"last {max(0, total_steps - warm):,}; shorten one of them")
+        curve["cooldown_steps"] = max(0, total_steps - warm)
     schedule = Schedule(
         stages=tuple(plans), target_tokens=target, total_steps=total_steps, total_tokens=bounds[-1][3],
         max_steps=cfg.train.max_steps, mode=cur.schedule, decay=cur.decay, min_lr_ratio=cur.min_lr_ratio,
-        global_warmup_steps=_global_warmup_steps(cfg, total_steps, bounds), base_lr=cfg.optim.base_lr,
+        global_warmup_steps=warm, base_lr=cfg.optim.base_lr,
         max_seq_len=cfg.model.max_seq_len, sources=tuple(sources), token_based=token_based,
-        warnings=tuple(warnings), batch_ramp=ramp, **_curve(cfg, total_steps, bounds),
+        warnings=tuple(warnings), batch_ramp=ramp, **curve,
     )
     return dataclasses.replace(schedule, end_lrs=_end_lrs(schedule))
 
@@ -262,8 +270,11 @@ def _warmup(cfg: GradusConfig, i: int, st: StageConfig, tps: int, total_steps: i
             return st.warmup_cap, f"warmup_tokens {format_count(st.warmup_tokens)} capped at {st.warmup_cap}"
         return steps, f"warmup_tokens {format_count(st.warmup_tokens)} / {tps}"
     if i == 0 and cfg.curriculum.schedule == "per_stage":
-        # An AdamW run started at its peak LR without warmup tends to diverge: default to the
-        # global warmup fraction of the whole run.
+        # An AdamW run started at its peak LR without warmup tends to diverge: default to the run's global
+        # warmup, in tokens where given (at stage 0's tokens per step), else its fraction of the whole run.
+        if cfg.curriculum.global_warmup_tokens is not None:
+            tokens = cfg.curriculum.global_warmup_tokens
+            return max(1, math.ceil(tokens / tps)), f"default global_warmup_tokens {format_count(tokens)} / {tps}"
         fraction = cfg.curriculum.global_warmup_fraction
         return max(1, round(fraction * total_steps)), f"default {fraction:g} of all steps"
     return 0, "none"
@@ -295,11 +306,16 @@ def _check(cfg: GradusConfig, plans: list[StagePlan], warnings: list[str]) -> No
             f"batch_ramp.alpha={ramp.alpha:g} and lr_rule seq_batch both scale the LR with the batch "
             f"(seq_batch's {seq_batch_words()[1]}); consider alpha: 0 or lr_multiplier"
         )
-    for s in plans:
+    for k, s in enumerate(plans):
         if s.steps == 0:
-            warnings.append(
-                f"stage {s.index} ({s.name}) never runs: training stops before it starts "
-                f"(target_tokens or max_steps)"
-            )
+            # A token budget that lies wholly inside the previous stage's last step (the switch happens at the first
+            # step that starts at or past a threshold), not a stop rule, when the next stage does run.
+            later = next((p for p in plans[k + 1:] if p.steps), None)
+            overshot = (k > 0 and s.token_threshold is not None and later is not None
+                        and plans[k - 1].end_tokens >= (later.token_threshold or 0))
+            why = (f"its budget lies inside stage {k - 1}'s last step (ending at {plans[k - 1].end_tokens:,} tokens); "
+                   f"give it more than one step of {plans[k - 1].tokens_per_step:,} tokens, or drop it"
+                   if overshot else "training stops before it starts (target_tokens or max_steps)")
+            warnings.append(f"stage {s.index} ({s.name}) never runs: {why}")
         elif s.warmup_steps > s.steps:
             warnings.append(f"stage {s.index} ({s.name}): warmup {s.warmup_steps} > its {s.steps} steps")

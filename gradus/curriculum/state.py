@@ -178,8 +178,10 @@ def state_at(schedule: Schedule, step: int, tokens: int) -> StageState:
     s = schedule.stages[k]
     done_reason = _done_reason(schedule, step, tokens)
     i = step - s.start_step
-    if k == 0 and schedule.is_global and schedule.global_warmup_steps:
-        warmup_progress = min(1.0, (step + 1) / schedule.global_warmup_steps)
+    if schedule.is_global and step < schedule.global_warmup_steps:  # the run's one warmup, in whichever stage
+        warmup_progress = (step + 1) / schedule.global_warmup_steps
+    elif k == 0 and schedule.is_global:
+        warmup_progress = 1.0
     else:
         warmup_progress = 1.0 if s.warmup_steps == 0 else min(1.0, max(0, i + 1) / s.warmup_steps)
     return StageState(
