@@ -192,3 +192,65 @@ def test_an_error_every_rank_raised_together_leaves_the_process_group_together(m
         with pytest.raises(type(error)):
             trainer_module.train(None, tmp_path)
         assert seen.pop() is clean
+
+
+# ------------------------------------------------------------------ uneven label counts over ranks
+SHAPE = ModelShape(n_layers=2, d_model=32, n_heads=4, vocab_size=97, max_seq_len=16)
+
+
+def _uneven_batch(rows: int = 8, length: int = 16) -> tuple[torch.Tensor, torch.Tensor]:
+    g = torch.Generator().manual_seed(0)
+    x = torch.randint(0, 97, (rows, length), generator=g)
+    y = torch.randint(0, 97, (rows, length), generator=g)
+    for r in range(rows):  # row r keeps r + 1 labels, as document packing's padding or sft records leave them
+        y[r, r + 1:] = -100
+    return x, y
+
+
+def _step_grads(net, model, opt, rt, x, y, **kw) -> tuple[float, dict[str, torch.Tensor]]:
+    from gradus.train.step import optimizer_step
+
+    captured: dict[str, torch.Tensor] = {}
+    real = opt.step
+
+    def spy(*a, **k):
+        captured.update({n: p.grad.clone() for n, p in model.named_parameters()})
+        return real(*a, **k)
+
+    opt.step = spy
+    loss, _, _ = optimizer_step(net, model, opt, None, x, y, lr=1e-3, clip=1e9, micro=4, rt=rt, **kw)
+    return loss, captured
+
+
+def _uneven_worker(rank: int, world: int, init: str, out: str) -> None:
+    dist.init_process_group("gloo", init_method=init, rank=rank, world_size=world)
+    try:
+        torch.set_num_threads(1)
+        torch.manual_seed(0)
+        model = GPT(SHAPE)
+        opt = build_optimizer(model, OptimConfig(), torch.device("cpu"))
+        rt = Runtime(device=torch.device("cpu"), precision="fp32", rank=rank, world_size=world)
+        x, y = _uneven_batch()
+        mine = slice(4 * rank, 4 * rank + 4)  # rank 0 holds 1 + 2 + 3 + 4 = 10 labels, rank 1 5 + … + 8 = 26
+        loss, grads = _step_grads(torch.nn.parallel.DistributedDataParallel(model), model, opt, rt, x[mine], y[mine],
+                                  uneven_tokens=True)
+        if rank == 0:
+            torch.save({"grads": grads, "loss": loss}, out)
+    finally:
+        dist.destroy_process_group()
+    os._exit(0)  # skip interpreter shutdown: see test_train._exit_spawned_worker
+
+
+def test_under_ddp_a_step_with_uneven_label_counts_is_the_mean_over_every_real_token(tmp_path):
+    # DDP averages the ranks' gradients with equal weights: each rank's own token mean gave the mean of the two
+    # means (a gradient 0.87 off, relative, here). Weighted by the tokens over both ranks, it is one process's step.
+    out = str(tmp_path / "ddp.pt")
+    mp.spawn(_uneven_worker, args=(2, f"file://{tmp_path / 'store'}", out), nprocs=2, join=True)
+    ddp = torch.load(out)
+    torch.manual_seed(0)
+    model = GPT(SHAPE)
+    opt = build_optimizer(model, OptimConfig(), torch.device("cpu"))
+    loss, grads = _step_grads(model, model, opt, Runtime(device=torch.device("cpu"), precision="fp32"), *_uneven_batch())
+    assert ddp["loss"] == pytest.approx(loss, abs=1e-5)
+    for name, g in grads.items():
+        assert torch.allclose(ddp["grads"][name], g, rtol=1e-4, atol=1e-6), name

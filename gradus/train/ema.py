@@ -35,13 +35,19 @@ class WeightEMA:
             p.requires_grad_(False)
 
     @torch.no_grad()
-    def maybe_update(self, step: int, model: torch.nn.Module) -> bool:
-        """Fold ``model``'s weights into the average when ``step`` (steps done) is a multiple of ``every``."""
+    def maybe_update(self, step: int, model: torch.nn.Module, applied: torch.Tensor | None = None) -> bool:
+        """Fold ``model``'s weights into the average when ``step`` (steps done) is a multiple of ``every``.
+        ``applied``: the step's on-device flag where the host has not read it yet (``train.host_sync: lagged``):
+        a skipped step (not applied) folds with weight 0, so the average moves only after real updates in
+        either mode, without a sync. (``updates`` then counts it: a count of folds, not of moves.)"""
         if step % self.every != 0:
             return False
         shadow = list(self.model.parameters())
         live = [p.detach().float() for p in model.parameters()]
-        torch._foreach_lerp_(shadow, live, 1.0 - self.decay)
+        weight: float | torch.Tensor = 1.0 - self.decay
+        if applied is not None:
+            weight = applied.to(shadow[0].device, torch.float32) * (1.0 - self.decay)
+        torch._foreach_lerp_(shadow, live, weight)
         self.updates += 1
         return True
 

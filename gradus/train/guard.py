@@ -54,8 +54,8 @@ class LossGuard:
         permanent factor left by rollbacks."""
         factor = self.rollback_factor
         if self.spike_step is not None:
-            since = step - self.spike_step
-            if since < self.cfg.recover_steps:
+            since = step - self.spike_step  # negative for the spike's own step: it ran before the back-off
+            if 0 <= since < self.cfg.recover_steps:
                 back = self.cfg.lr_backoff
                 factor *= back + (1.0 - back) * since / self.cfg.recover_steps
         return factor

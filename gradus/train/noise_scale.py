@@ -514,7 +514,8 @@ def noise_sample(norms: MicroBatchNorms, grad_norm: torch.Tensor, scale: torch.T
         dist.all_reduce(local)
         local = local / rt.world_size
     # DDP averages the ranks' gradients with equal weights: Var = tr(Σ)·(1/W²)·Σ_r 1/T_r, so 1/B_big is the
-    # mean over ranks of 1/T_r divided by W (alone: 1/T).
+    # mean over ranks of 1/T_r divided by W (alone: 1/T). (A step weighted by tokens over the ranks,
+    # optimizer_step's uneven_tokens, has 1/ΣT_r: this reading is then exact only where the ranks' counts agree.)
     inv_big = local[2] / rt.world_size
     big = grad_norm.detach().to(dtype).square() / m**2
     return NoiseSample(values=torch.stack([local[0], local[1], big, inv_big]), micro=micro)

@@ -54,6 +54,7 @@ def optimizer_step(
     loss_multiplier: float = 1.0,
     lagged: bool = False,
     noise_hooks: MicroBatchNorms | ShardedMicroBatchNorms | None = None,
+    uneven_tokens: bool = False,
 ) -> tuple[float, float, bool] | DeviceValues | tuple[tuple[float, float, bool] | DeviceValues, NoiseSample | None]:
     """Forward/backward over micro-batches of ``micro`` rows, clip to ``clip``, and (unless the loss or
     gradient is not finite) an AdamW step at ``lr``. ``net`` is what runs (DDP and/or compiled),
@@ -63,6 +64,12 @@ def optimizer_step(
     gradient as one pass over the whole batch whatever the masking; under DDP only the last micro-batch
     synchronises gradients (under FSDP every one reduce-scatters its shard: :func:`deferred_grad_sync`). ``loss_multiplier`` (1 but under fault injection, :mod:`gradus.train.faults`)
     scales the loss and so its gradients: NaN/Inf/×k losses then take the real path.
+
+    ``uneven_tokens``: the ranks' batches may hold different numbers of label tokens (document packing's
+    padding, sft records). DDP and FSDP average the ranks' gradients, so each micro-batch is then weighted by
+    its tokens over the step's total on every rank, times the world size (one scalar all-reduce read on the
+    host: a sync, paid only there): the step's gradient is the mean over all its real tokens, not the mean of
+    the ranks' means. Concat pretraining has the same count on every rank and pays nothing.
 
     ``lagged`` (:mod:`gradus.train.lag`): nothing waits for the device; a non-finite step is skipped by the
     fused AdamW on the device and the three figures come back as :class:`DeviceValues` to read later.
@@ -79,7 +86,11 @@ def optimizer_step(
     """
     for group in optimizer.param_groups:
         group["lr"] = lr
-    valid_total = max(1, int((labels != -100).sum()))
+    local_total = int((labels != -100).sum())
+    valid_total = max(1, local_total)
+    # Under DDP/FSDP with uneven label counts: the step's real tokens over every rank, and × W (see the docstring).
+    global_share = (rt.world_size / max(1.0, round(rt.mean(float(local_total)) * rt.world_size))
+                    if uneven_tokens and rt.distributed else None)
     starts = list(range(0, inputs.shape[0], micro))
     loss_sum = torch.zeros((), device=rt.device)
     norms = None
@@ -93,7 +104,7 @@ def optimizer_step(
             x = inputs[s : s + micro].to(rt.device, non_blocking=True).contiguous()
             y = labels[s : s + micro].to(rt.device, non_blocking=True).contiguous()
             valid = int((labels[s : s + micro] != -100).sum())
-            weight = valid / valid_total
+            weight = valid / valid_total if global_share is None else valid * global_share
             last = j == len(starts) - 1
             sync = contextlib.nullcontext() if last else deferred_grad_sync(net, rt)
             with sync:

@@ -248,7 +248,7 @@ class Trainer:
         if decided:
             nxt = state_at(self.parts.current_schedule, pr.step, pr.tokens)
         if due.evaluate_now:
-            stop = self._early_stop_check(self.last_val)
+            stop = self._early_stop_check(self.last_val, state)
             if stop is not None:
                 self._save_checkpoint(state)
                 return stop, nxt
@@ -355,11 +355,13 @@ class Trainer:
         out = optimizer_step(p.net, p.model, p.optimizer, p.scaler, inputs, labels, lr=lr,
                              clip=state.grad_clip, micro=p.micro_batch(state), rt=rt,
                              loss_multiplier=faults.active().loss_multiplier(state.step), lagged=p.lagged,
-                             noise_hooks=hooks)
+                             noise_hooks=hooks,
+                             uneven_tokens=state.kind == "sft" or self.cfg.data.packing.mode == "document")
         out, sample = out if hooks is not None else (out, None)
-        # After each applied step (the one about to be counted); lagged, after every step (a skipped one changed nothing).
+        # After each applied step (the one about to be counted); lagged, after every step, weighted by its on-device
+        # "applied" flag (a skipped step folds with weight 0: the same average as every_step, without a sync).
         if p.ema is not None and (p.lagged or out[2]):
-            p.ema.maybe_update(p.progress.step + 1, p.model)
+            p.ema.maybe_update(p.progress.step + 1, p.model, out.applied if p.lagged else None)
         return out, sample
 
     # ============================================================================ loop helpers
@@ -435,8 +437,10 @@ class Trainer:
             self.console.print(text)
         return {k: v for k, v in record.items() if isinstance(v, float)}
 
-    def _early_stop_check(self, val: dict[str, float]) -> str | None:
-        """Track the best followed loss (saving the best); the reason to stop (:mod:`.early_stop`), or None."""
+    def _early_stop_check(self, val: dict[str, float], state: StageState) -> str | None:
+        """Track the best followed loss (saving the best); the reason to stop (:mod:`.early_stop`), or None.
+        ``state``: the step just run, whose stage the checkpoint names (at a stage's end, not the next one's:
+        loading reads its RoPE scaling from it)."""
         pr, t = self.parts.progress, self.cfg.train
         # Every rank evaluates the same held-out windows, but GPU kernels need not give bit-identical
         # losses on every rank; decide on the mean, so no rank saves the "best" checkpoint (a collective)
@@ -444,7 +448,7 @@ class Trainer:
         loss = self.rt.mean(early_stop.followed_loss(val, t.early_stopping_metric))
         improved, reason = early_stop.observe_config(pr, loss, t)
         if improved and t.save_best:
-            path = self._save_checkpoint(state_at(self.parts.current_schedule, pr.step, pr.tokens))
+            path = self._save_checkpoint(state)
             if self.rt.is_main and path is not None:
                 self.parts.ckpt.mark_best(path)
         return reason
