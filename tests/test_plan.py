@@ -89,6 +89,17 @@ def test_hardware_budget():
     assert plan.flops_budget == pytest.approx(c)
     assert plan.params == pytest.approx(math.sqrt(c / 120))
     assert plan.wallclock_hours == pytest.approx(14 * 24)
+    # Each stage is timed as the trainer and `gradus plan --config` time it (the head and attention included),
+    # so the stages take longer than κ·N·D says; the worksheet says by how much.
+    per_token = {s.seq_len: plan.shape.flops_per_token(s.seq_len) for s in plan.stages}
+    for s in plan.stages:
+        assert s.hours == pytest.approx(s.tokens * per_token[s.seq_len] / hw.flops_per_second / 3600)
+    total = sum(s.hours for s in plan.stages)
+    assert total > 1.02 * plan.wallclock_hours
+    assert any(w.startswith("stages A–D take ") and f"{total / plan.wallclock_hours - 1:.0%} over the 14d 00h" in w
+               for w in plan.warnings)
+    from gradus.plan.worksheet_text import plan_config_yaml
+    assert "schedule: per_stage: each warms up and decays on its own" in plan_config_yaml(plan)
 
 
 def test_peak_lr_grid_and_its_ends():

@@ -33,7 +33,7 @@ from gradus.plan.scaling import (
 from gradus.plan.stages import STAGE_TEMPLATES, PlanStage, fill_stages, written_config
 from gradus.plan.switches import choose_switches
 from gradus.sizes import ModelShape, shape_for_params
-from gradus.units import format_count
+from gradus.units import format_count, format_duration
 
 BATCH_MULTIPLE = 8
 """``batch_multiple`` of the stages the worksheet writes (the schema's default): derived batches are multiples of it."""
@@ -217,8 +217,20 @@ def make_plan(inp: PlanInputs) -> Plan:
     warmup = max(1, math.ceil(inp.warmup_fraction * cur.total_steps))  # as the schedule's global warmup
     stages = fill_stages(cur, warmup, lengths, stage_tokens, tps, peak)
     if hw is not None:
-        per_token = inp.kappa * n / hw.flops_per_second / 3600.0
-        stages = [_with_hours(s, s.tokens * per_token) for s in stages]
+        # Timed at the FLOPs a token costs the trainer at the stage's length (the head and attention included,
+        # ModelShape.flops_per_token: what its MFU counts and `gradus plan --config` times), not κ·N: the
+        # model and tokens are sized by κ·N·D, as the lesson does, and the difference is said when it matters.
+        stages = [_with_hours(s, s.tokens * shape.flops_per_token(s.seq_len) / hw.flops_per_second / 3600.0)
+                  for s in stages]
+        total = sum(s.hours or 0.0 for s in stages)
+        budget_hours = inp.kappa * n * d / hw.flops_per_second / 3600.0
+        if total > 1.02 * budget_hours:
+            warnings.append(
+                f"stages A–D take {format_duration(total * 3600)} at the trainer's FLOPs count "
+                f"({shape.flops_per_token(lengths['base']):.2g} a token at {lengths['base']}, the head and attention "
+                f"included, against κ·N = {inp.kappa * n:.2g}), {total / budget_hours - 1:.0%} over the "
+                f"{format_duration(budget_hours * 3600)} that κ·N·D gives (N and D are sized by κ·N·D, as the lesson "
+                f"does): to fit the budget, plan for {1 - budget_hours / total:.0%} less time")
     if budget is not None and inp.kappa * n * d > budget * (1 + 1e-6):
         raise AssertionError("plan exceeds its budget")  # the rules above never allow it
     return Plan(

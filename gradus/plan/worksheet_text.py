@@ -65,7 +65,8 @@ def render_plan(plan: Plan) -> str:
     hours = plan.wallclock_hours
     if hours is not None:
         add(f"  wall-clock              {hours:,.1f} h = {format_duration(hours * 3600)} "
-            f"at {format_flops(inp.hardware.flops_per_second if inp.hardware else 0)} FLOP/s")
+            f"at {format_flops(inp.hardware.flops_per_second if inp.hardware else 0)} FLOP/s (κ·N·D; each stage "
+            f"below at the trainer's FLOPs per token)")
     add("")
     add("  stage                        tokens  share  seq_len  batch      steps  LR start → end         notes")
     for st in plan.stages:
@@ -97,7 +98,8 @@ def plan_config_yaml(plan: Plan, command: str = "gradus plan") -> str:
         f"# N = {format_count(plan.params)} non-embedding parameters, D = {format_count(plan.tokens)} tokens, "
         f"κ·N·D = {format_flops(plan.train_flops)} FLOPs; peak LR {plan.peak_lr:.2e}, "
         f"{plan.tokens_per_step:,} tokens per step.",
-        "# Stages A–C as a sequence-length curriculum, one warmup + cosine over the run.",
+        f"# Stages A–C as a sequence-length curriculum under schedule: per_stage: each warms up and decays on "
+        f"its own (B re-warms to {plan.stages[1].peak_lr:.2e}, C to {c.peak_lr:.1e}).",
         f"# Stage C trains with RoPE position interpolation ×{c.rope_scaling:g} (its rope_scaling).",
         f"# Stage D ({plan.stages[3].title}, {format_count(plan.stages[3].tokens)} tokens at "
         f"{plan.stages[3].peak_lr:.1e}) is a separate run on instruction data.",
