@@ -766,3 +766,19 @@ def test_a_start_refused_because_the_folder_is_busy_removes_nothing(tmp_path, to
         assert (run / "config.yaml").read_text() == "the first start's config\n"
     finally:
         held.release()
+
+
+def test_evaluation_rows_are_the_longest_stages_not_the_last_ones(tmp_path, tokenizer_json, offline_data):
+    # Evaluation runs at the longest length; a last stage at a shorter length (an sft tail) fits more rows, and
+    # its micro-batch sized the evaluation batches: 16 rows of 64 where the 64-token stage's step holds 4.
+    raw = raw_config(tokenizer_json, offline_data)
+    stages = raw["curriculum"]["stages"]
+    raw["curriculum"]["stages"] = [stages[0], stages[2], dict(stages[0], name="tail")]
+    trainer = trainer_mod.Trainer(from_dict(raw), tmp_path, resume=False, quiet=True)
+    try:
+        trainer.setup()
+        schedule = trainer.parts.schedule
+        assert [s.seq_len for s in schedule.stages] == [16, 64, 16] and schedule.stages[1].batch_size == 4
+        assert trainer.parts.validation.reference_seq_len == 64 and trainer.parts.validation.max_rows == 4
+    finally:
+        trainer.close()

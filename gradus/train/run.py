@@ -296,9 +296,13 @@ def build_run(cfg: GradusConfig, run_dir: RunDir | str | Path, rt: Runtime, *, h
     # Every training shape compiled now, not at its stage's first step (see gradus.train.warmup).
     warmup = (compile_warmup(net, built.model, built.optimizer, rt, shapes, micro_of, also=unsplit_of)
               if compiled else None)
-    # Evaluated at a fixed length (configured, else the longest stage's), in batches known to fit.
-    validation = Validation(data, cfg.data.validation.tokens, micro_batches[max(micro_batches)],
-                            cfg.train.eval_reference_seq_len or max(s.seq_len for s in schedule.stages))
+    # Evaluated at a fixed length (configured, else the longest stage's), in batches known to fit: the rows the
+    # longest stage's micro-batch holds, in tokens at the reference length (not the last stage's: an sft tail
+    # at a shorter length fits more rows than the longest length does).
+    reference = cfg.train.eval_reference_seq_len or max(s.seq_len for s in schedule.stages)
+    longest = max(schedule.stages, key=lambda s: (s.seq_len, s.index))
+    eval_rows = max(1, micro_batches[longest.index] * longest.seq_len // reference)
+    validation = Validation(data, cfg.data.validation.tokens, eval_rows, reference)
     probe = PasskeyProbe(cfg.train.passkey, tokenizer) if cfg.train.passkey is not None else None
     peak, peak_source = runtime.peak_flops(rt.device, cfg.logging.peak_flops, rt.precision)
     return RunParts(run=run, rt=rt, schedule=schedule, console=console, ckpt=ckpt, tokenizer=tokenizer, shape=shape,
