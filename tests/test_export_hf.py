@@ -101,3 +101,51 @@ def test_tokenizer_round_trips_through_transformers(tmp_path, tok):
         assert t.encode(text) == tok.encode(text)
         assert t.decode(t.encode(text)) == text
         assert t.eos_token == "<|endoftext|>" and t.eos_token_id == tok.eos_id
+
+
+def test_a_tokenizer_that_adds_bos_exports_without_it(tmp_path):
+    # A Llama-style tokenizer (post-processor "<s> $A"): transformers applied it on every tokenizer(text), so the
+    # exported model saw a BOS it never trained with. The export writes a post-processor that adds nothing.
+    from tokenizers import Tokenizer as HFTokenizer
+    from tokenizers import decoders, models, pre_tokenizers, processors, trainers
+
+    from gradus.data.tokenizer import Tokenizer
+
+    backend = HFTokenizer(models.BPE())
+    backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    backend.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=320, min_frequency=1, special_tokens=["<s>", "</s>"],
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
+    backend.train_from_iterator([TEXT] * 4, trainer)
+    backend.post_processor = processors.TemplateProcessing(single="<s> $A", special_tokens=[("<s>", 0)])
+    tok = Tokenizer(HFTokenizer.from_str(backend.to_str()), eos_id=1, kind="file", name_or_path="llama-like")
+    export_hf(tiny_model(tok), tok, tmp_path / "hf")
+    hf_tok = transformers.AutoTokenizer.from_pretrained(tmp_path / "hf")
+    text = "The quick brown fox"
+    assert hf_tok(text)["input_ids"] == tok.encode(text) and tok.encode(text)[0] != 0
+
+
+def test_the_export_serves_the_chat_template_stage_d_rendered_with(tmp_path):
+    # The chat source asks for the built-in template while the tokenizer carries its own: stage D trained on the
+    # built-in one, and the export wrote the tokenizer's.
+    from gradus.data.chat import BUILTIN_CHAT_JINJA
+
+    tok = tiny_tokenizer()
+    tokdir = tmp_path / "tok"
+    tok.save(tokdir)
+    own = "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
+    (tokdir / "tokenizer_config.json").write_text(json.dumps({"chat_template": own}))
+    cfg = run_config()
+    cfg["data"]["tokenizer"] = {"name_or_path": str(tokdir)}
+    (tmp_path / "chat.jsonl").write_text(json.dumps({"messages": [{"role": "user", "content": "hi"},
+                                                                  {"role": "assistant", "content": "yo"}]}) + "\n")
+    cfg["data"]["sources"].append({"name": "chat", "path": str(tmp_path / "chat.jsonl"), "kind": "chat",
+                                   "chat_template": "builtin"})
+    for st in cfg["curriculum"]["stages"]:
+        st["mix"] = {"prose": 1, "math": 1, "chat": 0}
+    cfg["curriculum"]["stages"].append({"name": "sft", "kind": "sft", "tokens": 1024, "seq_len": 32,
+                                        "tokens_per_batch": 256, "mix": {"chat": 1.0}})
+    run = write_run(tmp_path / "run", tiny_model(tok), tok, stage=2, config=cfg)
+    assert main(["export", str(run), "--hf", str(tmp_path / "hf")]) == 0
+    written = json.loads((tmp_path / "hf" / "tokenizer_config.json").read_text())["chat_template"]
+    assert written == BUILTIN_CHAT_JINJA

@@ -81,3 +81,10 @@ def test_a_stage_end_checkpoint_names_the_stage_it_was_trained_in(tmp_path, toke
               for ck in (run / "checkpoints").glob("step_*")}
     assert stages["step_00000006"] == 0 and stages["step_00000011"] == 1
     assert load_model(run / "checkpoints" / "step_00000011").model.shape.rope_scaling == 1.0
+    # The factor each checkpoint was trained at is recorded, so it holds when the config cannot be planned any more
+    # (written by another gradus): loading used to fall back to 1.0 for weights trained at 4.0.
+    last = max((run / "checkpoints").glob("step_*"))
+    assert json.loads((last / "meta.json").read_text())["rope_scaling"] == 4.0
+    for config in (last / "config.yaml", run / "config.yaml"):
+        config.write_text(config.read_text() + "\nfuture_section: {x: 1}\n")
+    assert load_model(last).model.shape.rope_scaling == 4.0

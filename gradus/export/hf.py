@@ -53,6 +53,38 @@ def llama_state_dict(model) -> dict[str, Any]:
     return out
 
 
+ADDING_PROCESSORS = ("TemplateProcessing", "BertProcessing", "RobertaProcessing")
+"""Post-processors that put special tokens around every encoding (a Llama-style ``<s> $A``)."""
+
+
+def without_added_specials(tokenizer_json: str) -> str:
+    """``tokenizer.json`` with any post-processor that adds special tokens replaced by one that adds none.
+
+    gradus encodes without special tokens (documents end with EOS, nothing before them), and transformers
+    applies the file's post-processor on every ``tokenizer(text)``, whatever ``add_bos_token`` says: a
+    tokenizer that brought a BOS template would otherwise prefix every prompt with a token the model never saw.
+    Processors that add nothing (GPT-2's ByteLevel offsets) are kept."""
+    data = json.loads(tokenizer_json)
+    plain = {"type": "TemplateProcessing", "single": [{"Sequence": {"id": "A", "type_id": 0}}],
+             "pair": [{"Sequence": {"id": "A", "type_id": 0}}, {"Sequence": {"id": "B", "type_id": 1}}],
+             "special_tokens": {}}
+
+    def fixed(pp):
+        if not isinstance(pp, dict):
+            return pp
+        if pp.get("type") in ADDING_PROCESSORS:
+            return plain
+        if pp.get("type") == "Sequence":
+            return {**pp, "processors": [fixed(q) for q in pp.get("processors", [])]}
+        return pp
+
+    pp = data.get("post_processor")
+    if fixed(pp) == pp:  # (the file as it was, byte for byte)
+        return tokenizer_json
+    data["post_processor"] = fixed(pp)
+    return json.dumps(data, ensure_ascii=False)
+
+
 def export_hf(
     model,
     tokenizer,
@@ -89,7 +121,7 @@ def export_hf(
         "generation_config.json": json.dumps({
             "bos_token_id": tokenizer.eos_id, "eos_token_id": tokenizer.eos_id, "do_sample": False,
         }, indent=2) + "\n",
-        "tokenizer.json": tokenizer.to_json(),
+        "tokenizer.json": without_added_specials(tokenizer.to_json()),
         "tokenizer_config.json": json.dumps({
             "tokenizer_class": "PreTrainedTokenizerFast",
             "bos_token": eos, "eos_token": eos, "unk_token": eos, "pad_token": eos,

@@ -183,7 +183,10 @@ def _shape_of(weights: Path, meta: dict, cfg, tokenizer):
             shape = resolve_shape(cfg.model, tokenizer.vocab_size)
         else:
             raise CheckpointError(f"{weights.parent}: no model shape (neither in meta.json nor a config.yaml)") from None
-    scaling = _stage_rope_scaling(meta, cfg)
+    # The factor the checkpoint records it was trained at; a checkpoint written before it did: its stage's, from
+    # the run's config (None when that cannot be planned: the stored shape's then).
+    recorded = meta.get("rope_scaling")
+    scaling = float(recorded) if isinstance(recorded, int | float) else _stage_rope_scaling(meta, cfg)
     if scaling is not None and scaling != shape.rope_scaling:
         shape = shape.with_(rope_scaling=scaling)
     return shape
@@ -232,6 +235,11 @@ def load_run_tokenizer(ckpt: Path, meta: dict, cfg):
             from gradus.data.chat import find_chat_template
 
             tok.chat_template = find_chat_template(cfg.data.tokenizer.name_or_path)
+    chats = [s for s in cfg.data.sources if s.kind == "chat"] if cfg is not None else []
+    if chats and all(s.chat_template == "builtin" for s in chats):
+        # Its chat records were rendered with the built-in template whatever the tokenizer carries: serve that one
+        # (the export writes the built-in template where the tokenizer has none).
+        tok.chat_template = None
     if ident.get("sha256") and ident["sha256"] != tok.identity()["sha256"]:
         raise CheckpointError(
             f"{found or 'the configured tokenizer'} is not the tokenizer {ckpt} was trained with "

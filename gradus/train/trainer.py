@@ -468,7 +468,9 @@ class Trainer:
             payload = checkpoint.parts_state(p.stateful, rt.world_size)  # every rank: RNG states are gathered
             path = None
             if rt.is_main or p.ckpt.collective:  # sharded (FSDP): every rank writes its shard
-                meta = checkpoint.checkpoint_meta(pr, state.stage_index, p.compat, p.tokenizer.identity(), p.shape)
+                # The model's shape as it trains now (its RoPE factor is the stage's), not the one it was built with.
+                meta = checkpoint.checkpoint_meta(pr, state.stage_index, p.compat, p.tokenizer.identity(),
+                                                  getattr(p.model, "shape", p.shape))
                 path = p.ckpt.save(pr.step, model=p.model, optimizer=p.optimizer, state=payload, meta=meta,
                                    config_yaml=dump_yaml(self.cfg), ema=p.ema and p.ema.model)
                 self.console.print(console.checkpoint_line(path, pr.step, pr.tokens, time.perf_counter() - t0))

@@ -87,6 +87,9 @@ def checkpoint_meta(progress: Progress, stage_index: int, compat: dict, tokenize
         "compat": compat,
         "tokenizer": tokenizer_identity,
         "model_shape": shape.__dict__ if hasattr(shape, "__dict__") else str(shape),
+        # The RoPE interpolation factor the weights were trained at when saved (the stage's, set on the model at its
+        # start): what loading, export and generation use, without re-planning the run's config.
+        "rope_scaling": getattr(shape, "rope_scaling", None),
     }
     return json.loads(json.dumps(meta, default=str))
 
