@@ -10,7 +10,7 @@ import json
 import math
 import statistics
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 CALIBRATION_PERCENTILE = 0.9
@@ -406,13 +406,20 @@ class SeedComparison:
     target: float | None
     """The baseline's final loss at this seed."""
     tokens_fraction: float | None
-    """The curriculum's tokens to the target / the baseline's whole run (None: not reached)."""
+    """The curriculum's tokens to the target / the baseline's to it (its first crossing; None: not reached)."""
     speedup_tokens: float | None
     """1 / tokens_fraction."""
     speedup_calibrated: float | None
-    """The baseline's calibrated seconds for its whole run / the curriculum's to the target."""
+    """The baseline's calibrated seconds to the target / the curriculum's."""
     final_gap: float | None
     """The curriculum's final loss minus the baseline's (negative: the curriculum ended lower)."""
+
+
+def at_tokens(run: RunRecord, tokens: set[float]) -> RunRecord:
+    """``run``'s curve at the evaluations whose token counts are in ``tokens``, and its last one."""
+    keep = [i for i, t in enumerate(run.tokens) if t in tokens or i == len(run.tokens) - 1]
+    return replace(run, tokens=[run.tokens[i] for i in keep], seconds=[run.seconds[i] for i in keep],
+                   val_loss=[run.val_loss[i] for i in keep])
 
 
 def compare_seeds(base_runs: Sequence[RunRecord], cur_runs: Sequence[RunRecord], base_stages: list[dict],
@@ -429,7 +436,9 @@ def compare_seeds(base_runs: Sequence[RunRecord], cur_runs: Sequence[RunRecord],
             out.append(SeedComparison(b.seed, None, None, None, None, None))
             continue
         tok, _ = to_target(c.tokens, c.seconds, c.val_loss, target)
-        base_tokens = b.tokens[-1]
+        # The baseline's cost to its own final loss, read as the median curve's figures read it (its first
+        # crossing: its whole run unless an earlier evaluation already touched that loss).
+        base_tokens = to_target(b.tokens, b.seconds, b.val_loss, target)[0] or b.tokens[-1]
         cal_c = calibrated_seconds(cur_stages, cost, tok) if tok else None
         cal_b = calibrated_seconds(base_stages, cost, base_tokens)
         gap = c.final_val_loss - target if math.isfinite(c.final_val_loss) else None

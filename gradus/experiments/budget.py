@@ -7,6 +7,7 @@ Pure Python (no torch): runs on the raw config mapping before anything trains.
 from __future__ import annotations
 
 import copy
+import math
 from collections.abc import Sequence
 
 from gradus.config import from_dict
@@ -61,7 +62,10 @@ def scale_to_budget(raw: dict, budget: int | None, origin: str = "config") -> di
     for raw_stage, quantum, share in zip(stages, quanta, shares, strict=True):
         raw_stage.pop("step", None)
         seen += share
-        raw_stage["tokens"] = max(1, round((budget * seen / total - done) / quantum)) * quantum
+        # Half up, not Python's round (half to even): rounding x - k must give round(x) - k for the whole steps k
+        # already done, or a budget of an odd number of half-steps gave the curriculum a step more or less than its
+        # one-stage baseline.
+        raw_stage["tokens"] = max(1, math.floor((budget * seen / total - done) / quantum + 0.5)) * quantum
         done += raw_stage["tokens"]
     data["curriculum"]["target_tokens"] = sum(st["tokens"] for st in stages)
     data.setdefault("train", {})["max_steps"] = None

@@ -15,6 +15,7 @@ from gradus.config import GradusConfig, load_config, to_dict
 from gradus.errors import ConfigError
 from gradus.experiments.analysis import (
     add_speedups,
+    at_tokens,
     band_text,
     compare_seeds,
     seed_shift,
@@ -126,7 +127,10 @@ def compare_table(report: dict) -> str:
     sp = report["speedup_over_seeds"]
     if n > 1 and sp["tokens"]["n"]:
         t, c = sp["tokens"], sp["calibrated"]
-        lines.append(f"per seed (each against its own seed's baseline): ×{t['median']:.2f} tokens (range "
+        paired = len(report.get("per_seed") or []) or t["n"]
+        # Seeds whose curriculum never reached its baseline's final loss have no figure: say how many count.
+        which = "" if t["n"] == paired else f"; {t['n']} of {paired} seeds reached it, the others left out"
+        lines.append(f"per seed (each against its own seed's baseline{which}): ×{t['median']:.2f} tokens (range "
                      f"{t['min']:.2f}–{t['max']:.2f})" + (f", ×{c['median']:.2f} calibrated (range {c['min']:.2f}–"
                                                           f"{c['max']:.2f})" if c["n"] else ""))
     if band := band_text(report["curriculum"]):
@@ -203,6 +207,11 @@ def run_compare(cfg: GradusConfig, *, baseline: str = "auto", budget: int | None
     if not math.isfinite(target):
         raise ConfigError("the baseline diverged (no final loss in most seeds); nothing to compare against: lower "
                           "optim.base_lr or use --tune-lr")
+    # Every arm read at the baseline's evaluation points (and its own last): the shared cadence gives each the
+    # same token counts, but a curriculum is also evaluated at its stage switches, and a first crossing read at
+    # more points comes earlier on a noisy curve.
+    shared = {t for r in runs[chosen] for t in r.tokens}
+    runs = {n: rs if n == chosen else [at_tokens(r, shared) for r in rs] for n, rs in runs.items()}
     # Priced after the runs (they do not compete with it), the same way whatever their history.
     stages = {n: stage_plan(prepared.configs[n]) for n in runs}
     cal = calibrate_arms(calibration, [ArmShapes(n, prepared.configs[n], stages[n],
