@@ -90,6 +90,8 @@ def test_float8_all_gather_only_under_fsdp_and_only_tensorwise():
     assert not fp8.float8_config("tensorwise", emulate=False, all_gather=False).enable_fsdp_float8_all_gather
     assert not fp8.float8_config("rowwise", emulate=False, all_gather=True).enable_fsdp_float8_all_gather
     assert fp8.float8_config("rowwise", emulate=True, all_gather=False).emulate
+    # A micro-batch's tokens (the grad-weight GEMM's inner dim) need not be a multiple of 16: torchao pads them.
+    assert all(fp8.float8_config(r, emulate=False, all_gather=False).pad_inner_dim for r in ("tensorwise", "rowwise"))
 
 
 # ------------------------------------------------------------------------------------------ training

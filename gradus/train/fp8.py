@@ -103,7 +103,10 @@ def float8_config(recipe: str, emulate: bool, all_gather: bool) -> Any:
     with _quiet_torchao_import():
         from torchao.float8 import Float8LinearConfig
     base = Float8LinearConfig.from_recipe_name(recipe)
-    return dataclasses.replace(base, emulate=emulate,
+    # pad_inner_dim: the grad-weight matmul sums over a micro-batch's tokens (rows × length), which the FP8 GEMM
+    # needs in multiples of 16 and nothing in a stage table guarantees (a 100-token stage at 2 rows is 200):
+    # torchao pads it where needed rather than the backward stopping on the GPU. (Not yet run on a GPU here.)
+    return dataclasses.replace(base, emulate=emulate, pad_inner_dim=True,
                                enable_fsdp_float8_all_gather=all_gather and recipe == "tensorwise")
 
 
