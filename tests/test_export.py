@@ -117,6 +117,20 @@ def test_export_of_something_that_is_not_a_run(tmp_path, capsys):
     assert not (tmp_path / "out").exists()
 
 
+@pytest.mark.parametrize("where", ["the run", "its parent", "another run"])
+def test_force_never_replaces_a_folder_that_holds_a_run(tmp_path, tok, capsys, where):
+    # `export run --hf run --force` deleted the run it exported, checkpoints and metrics with it (exit 0).
+    run = write_run(tmp_path / "runs" / "run", tiny_model(tok), tok)
+    other = write_run(tmp_path / "other" / "r", tiny_model(tok), tok)
+    out = {"the run": run, "its parent": tmp_path / "runs", "another run": tmp_path / "other"}[where]
+    before = sorted(str(p) for p in tmp_path.rglob("*"))
+    assert main(["export", str(run), "--hf", str(out), "--force"]) == 2
+    line = _one_error_line(capsys)
+    assert line.startswith(f"gradus: error: --hf {out}: holds ") and "which --force would delete" in line
+    assert ("the run exported from" in line) == (where != "another run") and other.is_dir()
+    assert sorted(str(p) for p in tmp_path.rglob("*")) == before
+
+
 def test_export_to_a_non_empty_directory_needs_force(tmp_path, tok, capsys):
     run = write_run(tmp_path / "run", tiny_model(tok), tok)
     out = tmp_path / "out"

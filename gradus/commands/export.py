@@ -33,7 +33,7 @@ def run(args: argparse.Namespace) -> int:
 
     if not args.hf:
         raise ConfigError("gradus export: give the output with --hf DIR (the only format so far)")
-    check_destination(Path(args.hf), args.force)  # before the (slow) load: nothing is read or written
+    check_destination(Path(args.hf), args.force, args.run)  # before the (slow) load: nothing is read or written
     fields = None
     if not is_hf_dir(Path(args.run)):
         # The stored shape first: a field Llama cannot express is reported as that, not as a load error.
