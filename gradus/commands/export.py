@@ -7,6 +7,7 @@ tokenizer files) that ``AutoModelForCausalLM.from_pretrained(DIR)`` loads; see :
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
 from gradus.errors import ConfigError
 
@@ -23,9 +24,26 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--force", action="store_true", help="replace a non-empty --hf directory")
 
 
+def refuse_replacing_a_run(out: Path, source: Path) -> None:
+    """``--force`` replaces ``out`` whole: refuse when it is or holds the run or checkpoint exported from, or any
+    training run (a run folder, a checkpoint), a few levels down, since that would delete checkpoints and
+    metrics, not an earlier export."""
+    from gradus.train.storage.run_dir import CheckpointFiles, RunDir
+
+    if not out.is_dir():
+        return
+    target, src = out.resolve(), source.resolve()
+    inside = src == target or target in src.parents
+    holds = any(d.is_dir() and (RunDir.of(d).checkpoints.is_dir() or RunDir.of(d).status.is_file()
+                                or CheckpointFiles(d).state.is_file())
+                for d in [out, *out.glob("*"), *out.glob("*/*")])
+    if inside or holds:
+        raise ConfigError(f"--hf {out}: holds {'the run exported from' if inside else 'a training run'}, which "
+                          "--force would delete; export to another directory")
+
+
 def run(args: argparse.Namespace) -> int:
     """Load the checkpoint, check that Llama can express it, write the directory."""
-    from pathlib import Path
 
     from gradus.export.hf import check_destination, export_hf
     from gradus.export.llama import export_problems
@@ -33,7 +51,9 @@ def run(args: argparse.Namespace) -> int:
 
     if not args.hf:
         raise ConfigError("gradus export: give the output with --hf DIR (the only format so far)")
-    check_destination(Path(args.hf), args.force, args.run)  # before the (slow) load: nothing is read or written
+    check_destination(Path(args.hf), args.force)  # before the (slow) load: nothing is read or written
+    if args.force:
+        refuse_replacing_a_run(Path(args.hf), Path(args.run))
     fields = None
     if not is_hf_dir(Path(args.run)):
         # The stored shape first: a field Llama cannot express is reported as that, not as a load error.

@@ -415,11 +415,15 @@ class SeedComparison:
     """The curriculum's final loss minus the baseline's (negative: the curriculum ended lower)."""
 
 
-def at_tokens(run: RunRecord, tokens: set[float]) -> RunRecord:
-    """``run``'s curve at the evaluations whose token counts are in ``tokens``, and its last one."""
-    keep = [i for i, t in enumerate(run.tokens) if t in tokens or i == len(run.tokens) - 1]
+def at_evaluations(run: RunRecord, keep: Sequence[int]) -> RunRecord:
+    """``run``'s curve at the evaluations of indices ``keep`` only."""
     return replace(run, tokens=[run.tokens[i] for i in keep], seconds=[run.seconds[i] for i in keep],
                    val_loss=[run.val_loss[i] for i in keep])
+
+
+def at_tokens(run: RunRecord, tokens: set[float]) -> RunRecord:
+    """``run``'s curve at the evaluations whose token counts are in ``tokens``, and its last one."""
+    return at_evaluations(run, [i for i, t in enumerate(run.tokens) if t in tokens or i == len(run.tokens) - 1])
 
 
 def compare_seeds(base_runs: Sequence[RunRecord], cur_runs: Sequence[RunRecord], base_stages: list[dict],

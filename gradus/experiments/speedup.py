@@ -19,6 +19,7 @@ from gradus.config import to_dict
 from gradus.errors import GradusError
 from gradus.experiments.analysis import (
     RunRecord,
+    at_evaluations,
     summarise_runs,
 )
 from gradus.experiments.common import describe_run as describe
@@ -167,9 +168,7 @@ def shared_points(run: RunRecord) -> RunRecord:
     included). Read at all of its own, the first crossing of a noisy curve comes earlier the denser the points:
     the same training read at 64 points instead of 16 crossed a target 4% sooner (WikiText-2 2M, 2026-12-07), a
     gain the arm did not make."""
-    keep = [i for i in range(len(run.tokens)) if (i + 1) % ADAPTIVE_EVALS == 0]
-    return replace(run, tokens=[run.tokens[i] for i in keep], seconds=[run.seconds[i] for i in keep],
-                   val_loss=[run.val_loss[i] for i in keep])
+    return at_evaluations(run, [i for i in range(len(run.tokens)) if (i + 1) % ADAPTIVE_EVALS == 0])
 
 
 def summarise(t: Tuned, arm: Arm, target: float, stages: list[dict], cost: dict[tuple[int, int], float]) -> dict:

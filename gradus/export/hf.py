@@ -32,32 +32,12 @@ DTYPES = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16"}
 """``--dtype`` choices and the torch dtype names written to config.json."""
 
 
-def check_destination(out: Path, force: bool, source: str | Path | None = None) -> None:
-    """Refuse an existing non-empty ``out`` unless ``force`` (then it is replaced at the end), and, even with
-    ``force``, an ``out`` that is or holds the run or checkpoint exported from (``source``) or any training run:
-    replacing it would delete the run, checkpoints and metrics, not an earlier export."""
+def check_destination(out: Path, force: bool) -> None:
+    """Refuse an existing non-empty ``out`` unless ``force`` (then it is replaced at the end)."""
     if out.exists() and not out.is_dir():
         raise ConfigError(f"--hf {out}: exists and is not a directory; choose another path")
     if out.is_dir() and any(out.iterdir()) and not force:
         raise ConfigError(f"--hf {out}: directory exists and is not empty; pass --force to replace it or choose another")
-    if out.is_dir() and force:
-        target = out.resolve()
-        inside = source is not None and (Path(source).resolve() == target or target in Path(source).resolve().parents)
-        if inside or _holds_a_run(out):
-            raise ConfigError(f"--hf {out}: holds {'the run exported from' if inside else 'a training run'}, which "
-                              "--force would delete; export to another directory")
-
-
-def _holds_a_run(folder: Path) -> bool:
-    """Whether ``folder`` or a folder below it is a training run or a checkpoint (its files, or a checkpoints
-    folder), looked for a few levels down (an export is two files deep at most)."""
-    from gradus.train.storage.run_dir import CheckpointFiles, RunDir
-
-    for d in [folder, *folder.glob("*"), *folder.glob("*/*")]:
-        run = RunDir.of(d)
-        if d.is_dir() and (run.checkpoints.is_dir() or run.status.is_file() or CheckpointFiles(d).state.is_file()):
-            return True
-    return False
 
 
 def llama_state_dict(model) -> dict[str, Any]:
