@@ -24,6 +24,7 @@ from gradus.commands.common import add_config_arguments, config_source, load_fro
 from gradus.config import apply_overrides, load_config, read_yaml
 from gradus.curriculum import Schedule, resolve_schedule
 from gradus.errors import ConfigError, GradusError
+from gradus.files import check_new_file, write_new_file
 from gradus.units import format_lr
 
 RUNS_DIR = Path("runs")
@@ -63,6 +64,8 @@ def run(args: argparse.Namespace) -> int:
     min_lr = _number(args.min_lr, "--min-lr", float)
     max_lr = _number(args.max_lr, "--max-lr", float)
     check_sweep(min_lr, max_lr, steps)
+    if args.write:
+        check_new_file(args.write, "--write")  # before the probes, not after them
     seq_lens = parse_seq_lens(args.seq_lens) if args.seq_lens is not None else None
     cfg = load_from_args(args)
     schedule = resolve_schedule(cfg)
@@ -221,10 +224,7 @@ def _write_config(args: argparse.Namespace, schedule: Schedule, suggestions: dic
     if kept:
         header.append(f"# Not probed, LR unchanged: {', '.join(kept)}")
     text = "\n".join(header) + "\n" + yaml.safe_dump(data, sort_keys=False, allow_unicode=True)
-    try:
-        path.write_text(text, encoding="utf-8")
-    except OSError as err:
-        raise ConfigError(f"--write {path}: cannot write the config ({err.strerror}); choose another path") from None
+    write_new_file(path, text, "--write")
     resolve_schedule(load_config(path))  # what gradus train will do with it: fail here, not there
     summary = ", ".join(f"{c.name} {format_lr(c.new_lr)}" for c in changes if c.new_lr is not None) or "no stage"
     unprobed = [{"name": c.name, "seq_len": c.seq_len} for c in changes if c.new_lr is None]

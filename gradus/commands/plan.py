@@ -24,6 +24,7 @@ from typing import Any
 
 from gradus.commands.common import add_config_arguments, config_source, load_from_args
 from gradus.errors import ConfigError
+from gradus.files import check_new_file, write_new_file
 
 WORKSHEET_FLAGS = ("flops", "days", "params", "tokens", "write", "ratio", "kappa", "seq_len", "long_seq_len",
                    "tokens_per_step", "warmup", "min_lr_ratio")
@@ -154,14 +155,11 @@ def _worksheet(args: argparse.Namespace) -> int:
     hardware = _hardware(args, need_days=True)
     if hardware is not None:
         fields["hardware"] = hardware
+    if args.write:
+        check_new_file(args.write, "--write")
     plan = make_plan(PlanInputs(**fields))
     if args.write:
-        path = Path(args.write)
-        command = _command_line(args)
-        try:
-            path.write_text(plan_config_yaml(plan, command=command), encoding="utf-8")
-        except OSError as err:
-            raise ConfigError(f"--write {path}: cannot write the config ({err.strerror}); choose another path") from None
+        write_new_file(args.write, plan_config_yaml(plan, command=_command_line(args)), "--write")
     fc, fc_annealed = _forecast(args, plan.tokens)
     if args.json:
         print(json.dumps({**plan.to_json(), **_forecast_json(fc, fc_annealed)}, indent=2))

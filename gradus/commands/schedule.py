@@ -16,6 +16,7 @@ from gradus.curriculum import Schedule, StagePlan, resolve_schedule
 from gradus.curriculum.adaptive import accepted_edits, edited_config, envelope_lines
 from gradus.curriculum.rules import SEQ_BATCH_RULE, seq_batch_factors
 from gradus.errors import ConfigError
+from gradus.files import check_new_file, write_new_file
 from gradus.plan.cost import check_mfu, stage_costs
 from gradus.plan.hardware import GPUSpec, format_flops, gpu_spec, parse_float
 from gradus.presets import list_presets, preset_description, preset_path
@@ -91,12 +92,10 @@ def _write_start(args: argparse.Namespace, cfg: GradusConfig) -> None:
     or from a config file, the resolved config is written whole (every field, defaults included). An
     existing file is never overwritten."""
     out = Path(args.write)
-    if out.exists():
-        raise ConfigError(f"--write {out}: the file exists; give a new path (nothing is overwritten)")
     if args.preset and not getattr(args, "overrides", None):
-        out.write_text(preset_path(args.preset).read_text(encoding="utf-8"), encoding="utf-8")
+        write_new_file(out, preset_path(args.preset).read_text(encoding="utf-8"), "--write")
     else:
-        out.write_text(dump_yaml(cfg), encoding="utf-8")
+        write_new_file(out, dump_yaml(cfg), "--write")
     print(f"wrote {out}: edit it (docs/config.md explains every field), then gradus train --config {out}")
 
 
@@ -110,6 +109,8 @@ def _config(args: argparse.Namespace) -> tuple[GradusConfig, str]:
         return cfg, cfg.name or (f"preset {args.preset}" if args.preset else str(config_source(args)))
     if args.preset or args.config or args.config_flag:
         raise ConfigError("give either a config (or --preset) or --from-run RUN, not both")
+    if args.write:
+        check_new_file(args.write, "--write")
     run = RunDir(Path(args.from_run))
     if not run.config.is_file():
         raise ConfigError(f"--from-run {args.from_run}: no {run.config.name} there; give a gradus run directory")
@@ -120,7 +121,7 @@ def _config(args: argparse.Namespace) -> tuple[GradusConfig, str]:
         cfg = edited_config(cfg, edits)
     title = f"{args.from_run} as run ({len(edits)} of its {len(records)} decisions applied)"
     if args.write:
-        Path(args.write).write_text(dump_yaml(cfg), encoding="utf-8")
+        write_new_file(args.write, dump_yaml(cfg), "--write")
         print(f"wrote {args.write}: the table {args.from_run} followed, as a fixed config "
               f"(train it with: gradus train --config {args.write})")
     return cfg, title

@@ -10,9 +10,11 @@ from __future__ import annotations
 import argparse
 import json
 import time
+from pathlib import Path
 
 from gradus.commands.common import add_config_arguments, load_from_args
 from gradus.errors import ConfigError
+from gradus.files import check_new_file
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -28,6 +30,21 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     train.add_argument("--json", action="store_true", help="print the result as JSON")
 
 
+MAX_VOCAB = 1 << 20
+"""The largest ``--vocab-size`` accepted: far above any vocabulary in use (Gemma's 256k), well below what the
+BPE trainer's own memory can hold (it aborts the process, with no Python error, at 10^9)."""
+
+
+def _output_folder(value: str) -> Path:
+    """``--out DIR`` checked before training: a folder (or a new name) without a tokenizer.json in it, so a
+    finished tokenizer is never replaced and a file given as DIR fails now, not after the training."""
+    out = Path(value)
+    if out.exists() and not out.is_dir():
+        raise ConfigError(f"--out {out}: that is a file; give a folder to write tokenizer.json into")
+    check_new_file(out / "tokenizer.json", "--out")
+    return out
+
+
 def run(args: argparse.Namespace) -> int:
     """Train and save the tokenizer; print where it went and its identity."""
     if getattr(args, "action", None) != "train":
@@ -35,6 +52,10 @@ def run(args: argparse.Namespace) -> int:
                           "--vocab-size 4096 --out tok/")
     if args.vocab_size <= 256:
         raise ConfigError(f"--vocab-size={args.vocab_size}: must be above 256 (the byte alphabet)")
+    if args.vocab_size > MAX_VOCAB:
+        raise ConfigError(f"--vocab-size={args.vocab_size}: at most {MAX_VOCAB:,} (the largest vocabularies in use "
+                          "are ~256k); give a smaller size")
+    out = _output_folder(args.out)
     if args.max_documents is not None and args.max_documents < 1:
         raise ConfigError(f"--max-documents={args.max_documents}: must be at least 1")
     from gradus.data.tokenizer import train_tokenizer
@@ -42,7 +63,7 @@ def run(args: argparse.Namespace) -> int:
     cfg = load_from_args(args)
     t0 = time.perf_counter()
     tok = train_tokenizer(cfg.data, args.vocab_size, args.max_documents)
-    path = tok.save(args.out)
+    path = tok.save(out)
     seconds = time.perf_counter() - t0
     result = {"path": str(path), "seconds": round(seconds, 2), **tok.identity()}
     if args.json:

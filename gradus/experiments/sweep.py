@@ -36,6 +36,7 @@ from gradus.experiments.common import (
     write_plot,
     write_summary,
 )
+from gradus.files import check_new_file, write_new_file
 from gradus.units import format_count
 
 
@@ -85,6 +86,8 @@ def run_sweep(cfg: GradusConfig, *, varies: Sequence[str], ablation: str | None,
     prepared = prepare(base, arms, budget, seeds, origin, eval_points)
     if write is not None and write.suffix not in (".yaml", ".yml"):
         raise ConfigError(f"--write {write}: give a .yaml file name for the winner's config")
+    if write is not None:
+        check_new_file(write, "--write")  # before the runs, not after them
     runner = make_runner(prepared, jobs, threads, log, out)
     log(f"sweep: {len(arms)} arms × {len(prepared.seeds)} seed(s) of {format_count(prepared.budget)} tokens each, "
         f"evaluated every ~{format_count(prepared.budget // eval_points)} tokens at length {prepared.reference_len}; "
@@ -114,8 +117,7 @@ def run_sweep(cfg: GradusConfig, *, varies: Sequence[str], ablation: str | None,
                    ylabel=f"validation loss at length {prepared.reference_len}")
     if write is not None:
         winner = next(a for a in arms if a.name == report["winner"])
-        write.parent.mkdir(parents=True, exist_ok=True)
-        write.write_text(dump_yaml(from_dict(arm_config(base, winner, origin))), encoding="utf-8")
+        write_new_file(write, dump_yaml(from_dict(arm_config(base, winner, origin))), "--write")
         log(f"wrote {write}: your config with {winner.name} ({winner.description or 'as configured'})")
     return report
 
