@@ -90,3 +90,10 @@ def test_write_new_file_refuses_a_file_that_appeared_after_the_check(tmp_path):
     with pytest.raises(ConfigError, match="the file exists"):
         write_new_file(path, "mine\n", "--write")
     assert path.read_text(encoding="utf-8") == "someone else's\n"
+
+
+def test_lr_find_out_that_is_a_file_is_bad_input(capsys, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "x.txt").write_text("x", encoding="utf-8")
+    code, _, err = _run(capsys, "lr-find", "--preset", "demo", "--out", "x.txt")
+    _one_line_refusal(code, err, "--out x.txt: cannot create the folder")

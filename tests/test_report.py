@@ -179,3 +179,13 @@ def test_a_finished_train_says_what_to_do_next(tmp_path):
     assert lines[0].endswith(f"; gradus report {tmp_path / 'other'} writes it")
     assert not (tmp_path / "other").exists()
     assert finished_lines(tmp_path / "run", report=False)[0].startswith(f"report: gradus report {tmp_path / 'run'} ")
+
+
+def test_report_out_that_is_a_file_is_one_line_and_the_file_is_kept(tmp_path, capsys):
+    _write_metrics(tmp_path / "run")
+    a_file = tmp_path / "notes.txt"
+    a_file.write_text("mine\n", encoding="utf-8")
+    assert main(["report", str(tmp_path / "run"), "--out", str(a_file)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and f"--out {a_file}: cannot make the folder" in err[0], err
+    assert a_file.read_text(encoding="utf-8") == "mine\n"

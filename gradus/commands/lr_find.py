@@ -23,7 +23,7 @@ import yaml
 from gradus.commands.common import add_config_arguments, config_source, load_from_args
 from gradus.config import apply_overrides, load_config, read_yaml
 from gradus.curriculum import Schedule, resolve_schedule
-from gradus.errors import ConfigError, GradusError
+from gradus.errors import ConfigError
 from gradus.files import check_new_file, write_new_file
 from gradus.units import format_lr
 
@@ -79,7 +79,7 @@ def run(args: argparse.Namespace) -> int:
     try:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as err:
-        raise GradusError(f"--out {out}: cannot create the folder ({err.strerror}); choose another") from None
+        raise ConfigError(f"--out {out}: cannot create the folder ({err.strerror}); choose another") from None
 
     def progress(line: str) -> None:
         print(f"lr-find: {line}", file=sys.stderr, flush=True)

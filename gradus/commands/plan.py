@@ -302,11 +302,8 @@ def _print_forecast(args: argparse.Namespace, fc: Any, fc_annealed: Any) -> None
 
 
 def _measure_device(name: str) -> str:
-    """Resolve ``auto`` to cuda when available, else cpu (imports torch: only for --measure)."""
-    import torch
+    """Resolve ``auto`` to cuda when available, else cpu, and refuse a device that is not here (imports torch:
+    only for --measure)."""
+    from gradus.model.device import pick_device
 
-    if name == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise ConfigError(f"--device {name}: CUDA is not available here; use --device cpu")
-    return name
+    return str(pick_device(name, "--device", "--device cpu"))

@@ -106,6 +106,9 @@ def resolve_checkpoint(path: str | Path, which: str | None = None) -> Path:
 # -------------------------------------------------------------------------------------- loading
 def load_model(path: str | Path, which: str | None = None, *, ema: bool = False, device: str = "cpu") -> LoadedModel:
     """Load a run, a checkpoint or an exported Hugging Face directory (see the module docstring)."""
+    from gradus.model.device import pick_device
+
+    device = str(pick_device(device, "--device", "--device cpu"))  # before reading gigabytes of weights
     p = Path(path)
     if is_hf_dir(p) and not is_checkpoint(p):
         if ema:

@@ -13,6 +13,7 @@ import shutil
 from pathlib import Path
 from typing import Any
 
+from gradus.errors import ConfigError
 from gradus.report import plots
 from gradus.report.history import History, read_history, smooth, stage_summary
 from gradus.train.storage.run_dir import RunDir
@@ -192,7 +193,11 @@ def write_report(run_dir: str | Path, out: str | Path | None = None, weight: flo
     plots.pyplot()  # matplotlib missing: one line saying how to get it, before any folder exists
     target = Path(out) if out else Path(run_dir) / "report"
     created = not target.exists()
-    target.mkdir(parents=True, exist_ok=True)
+    try:
+        target.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        where = f"--out {target}" if out else str(target)
+        raise ConfigError(f"{where}: cannot make the folder ({err.strerror}); give a folder to write into") from None
     try:
         pngs = write_pngs(h, target, weight)
         page = target / "report.html"

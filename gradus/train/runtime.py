@@ -22,6 +22,7 @@ import torch.distributed as dist
 
 from gradus.config import TrainConfig
 from gradus.errors import ConfigError
+from gradus.model.device import pick_device
 from gradus.plan.hardware import gpu_for_device
 from gradus.train.resident_memory import resident_bytes
 
@@ -141,18 +142,9 @@ def setup_runtime(cfg: TrainConfig) -> Runtime:
     world = int(os.environ.get("WORLD_SIZE", "1"))
     rank = int(os.environ.get("RANK", "0"))
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
-    want = cfg.device
-    if want == "auto":
-        want = "cuda" if torch.cuda.is_available() else "cpu"
-    if want.startswith("cuda") and not torch.cuda.is_available():
-        raise ConfigError(f"train.device={cfg.device!r} but no CUDA device is visible; use --set train.device=cpu")
-    if want == "cuda":
-        device = torch.device("cuda", local_rank)
-    else:
-        try:
-            device = torch.device(want)
-        except RuntimeError:
-            raise ConfigError(f"train.device={cfg.device!r} is not a device; use auto, cpu, cuda or cuda:N") from None
+    device = pick_device(cfg.device, "train.device", "--set train.device=cpu")
+    if device.type == "cuda" and device.index is None:
+        device = torch.device("cuda", local_rank)  # each rank of a launch its own GPU
     if device.type == "cuda":
         torch.cuda.set_device(device)
     precision = cfg.precision
