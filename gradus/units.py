@@ -9,8 +9,16 @@ import math
 import re
 from decimal import Decimal, InvalidOperation
 
+MAX_COUNT = 10**15
+"""The largest count accepted (tokens, steps, documents): 1,000T, some 30× the largest training runs' token
+counts; a bigger one is a typo (``1e30``) that would otherwise plan a schedule of 10^26 steps."""
+
 _SUFFIX = {"": 1, "K": 10**3, "M": 10**6, "B": 10**9, "G": 10**9, "T": 10**12}
 _PATTERN = re.compile(r"^\s*([0-9][0-9_]*(?:\.[0-9_]+)?(?:[eE][+-]?[0-9]+)?)\s*([kKmMbBgGtT]?)\s*$")
+
+
+class CountTooLarge(ValueError):
+    """A count above :data:`MAX_COUNT`: a number, but not a real run's."""
 
 
 def parse_count(value: int | float | str, what: str = "token count") -> int:
@@ -18,6 +26,14 @@ def parse_count(value: int | float | str, what: str = "token count") -> int:
 
     Raises ValueError with a message that says which forms are accepted.
     """
+    count = _whole(value, what)
+    if abs(count) > MAX_COUNT:
+        raise CountTooLarge(f"{what} must be at most 1,000T (10^15), got {value!r}")
+    return count
+
+
+def _whole(value: int | float | str, what: str) -> int:
+    """:func:`parse_count` before its bound."""
     if isinstance(value, bool):
         raise ValueError(f"{what} must be a number such as 10M, 1.5B or 32_768, got {value!r}")
     if isinstance(value, int):

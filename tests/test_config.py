@@ -257,6 +257,8 @@ def test_unknown_nested_key_did_you_mean_includes_aliases():
         ({"seq_len": 64, "batch_size": 8, "peak_lr": 0}, "stages[0].peak_lr=0: must be greater than 0"),
         ({"seq_len": 64, "batch_size": 8, "lr_scale": -2}, "stages[0].lr_scale=-2: must be greater than 0"),
         ({"seq_len": 64, "batch_size": 8, "tokens_per_batch": "ten"}, "tokens_per_batch='ten': token count must be"),
+        ({"seq_len": 64, "batch_size": 8, "peak_lr": 1e30}, "stages[0].peak_lr=1e+30: must be less than or equal to 10"),
+        ({"seq_len": 64, "batch_size": 8, "tokens": "1e30"}, "tokens='1e30': token count must be at most 1,000T"),
     ],
 )
 def test_stage_problems(stage, fragment):
@@ -424,3 +426,10 @@ def test_bare_on_off_in_yaml_mean_the_words_for_switches():
     assert OptimConfig(fused=False).fused == "off"
     with pytest.raises(ValueError):
         TrainConfig(compile="maybe")
+
+
+def test_a_base_lr_or_target_beyond_any_run_is_refused():
+    problems = problems_of(config(optim={"base_lr": 1e30}, curriculum={"target_tokens": "1e30",
+                                                                      "stages": [{"seq_len": 64, "batch_size": 8}]}))
+    assert any("optim.base_lr=1e+30: must be less than or equal to 10" in p for p in problems), problems
+    assert any("target_tokens='1e30': token count must be at most 1,000T" in p for p in problems), problems

@@ -702,3 +702,21 @@ def test_a_curriculum_is_read_at_its_baselines_evaluation_points():
     assert to_target(run.tokens, run.seconds, run.val_loss, 4.0)[0] == pytest.approx(245.45, abs=0.01)
     assert to_target(shared.tokens, shared.seconds, shared.val_loss, 4.0)[0] == pytest.approx(283.33, abs=0.01)
     assert at_tokens(run, {100}).tokens == [100, 400]  # its own last point always
+
+
+@pytest.mark.parametrize(("argv", "needle"), [
+    (["compare", "--preset", "demo", "--seeds", ""], "--seeds '': give one or more integers"),
+    (["sweep", "--preset", "demo", "--vary", "optim.base_lr=1x,2x", "--target", "nan"], "--target nan: give a loss"),
+    (["sweep", "--preset", "demo", "--vary", "optim.base_lr=1x,2x", "--target", "-1"], "--target -1.0: give a loss"),
+    (["sweep", "--preset", "demo", "--vary", "optim.base_lr=1x,2x", "--budget", "1e30"],
+     "--budget 1e30: token count must be at most 1,000T"),
+    (["compare", "--preset", "demo", "--budgets", "1M,1e30"], "--budgets 1M,1e30: token count must be at most"),
+])
+def test_experiment_flags_that_mean_nothing_are_refused_before_any_run(capsys, tmp_path, monkeypatch, argv, needle):
+    """An empty --seeds ran seed 0, a NaN or negative --target measured nothing, a 1e30 budget planned 10^26
+    steps: each is one line, exit 2, and no run folder."""
+    monkeypatch.chdir(tmp_path)
+    assert main([*argv, "--out", str(tmp_path / "out")]) == 2
+    err = [ln for ln in capsys.readouterr().err.splitlines() if ln.strip()]
+    assert len(err) == 1 and needle in err[0], err
+    assert not (tmp_path / "out").exists()

@@ -324,3 +324,18 @@ def test_plan_measure_times_every_stage(tmp_path, capsys):
     for row in data["stages"]:
         assert row["micro_batch"] == 4 and row["tokens_per_sec"] > 0 and row["measured_step_time_s"] > 0
         assert row["seconds"] == pytest.approx(row["tokens"] / row["tokens_per_sec"])
+
+
+@pytest.mark.parametrize(("argv", "needle"), [
+    (["--flops", "1e60"], "--flops: a budget of 1e+60 FLOPs is beyond any training run"),
+    (["--gpus", "1000000", "--gpu", "h100", "--days", "10000"], "--gpus × --days: a budget of"),
+    (["--params", "1.5e12"], "--params 1.5e+12: the planner takes models up to 1e+12"),
+    (["--tokens", "1e20"], "--tokens 1e+20: the planner takes up to 1e+15 tokens"),
+    (["--flops", "5e26"], "the budget gives N = 2.04e+12 parameters, beyond the 1e+12 (1T)"),
+])
+def test_budgets_beyond_any_run_are_refused_in_one_line(capsys, argv, needle):
+    """1e60 FLOPs planned a 50K-parameter model with a warning, and 10^6 GPUs for 10^4 days wrote a config
+    its own schema refused: each is one line now."""
+    assert main(["plan", *argv]) == 2
+    err = [ln for ln in capsys.readouterr().err.splitlines() if ln.strip()]
+    assert len(err) == 1 and needle in err[0], err

@@ -71,3 +71,12 @@ def test_format_duration():
     assert format_duration(3720) == "1h 02m"
     assert format_duration(2 * 86400 + 4 * 3600) == "2d 04h"
     assert format_duration(float("inf")) == "inf"
+
+
+@pytest.mark.parametrize("value", ["1e30", "1001T", 10**16, 2e15])
+def test_a_count_beyond_any_run_is_refused(value):
+    from gradus.units import CountTooLarge
+
+    with pytest.raises(CountTooLarge, match="at most 1,000T"):
+        parse_count(value)
+    assert parse_count("1000T") == 10**15  # the bound itself is a count

@@ -4,11 +4,12 @@
 from __future__ import annotations
 
 import argparse
+import math
 from pathlib import Path
 
 from gradus.commands.common import add_config_arguments, load_from_args
 from gradus.errors import ConfigError
-from gradus.units import parse_count
+from gradus.units import CountTooLarge, parse_count
 
 
 def add_experiment_arguments(parser: argparse.ArgumentParser) -> None:
@@ -37,6 +38,8 @@ def parse_budget(text: str | None) -> int | None:
         return None
     try:
         budget = parse_count(text)
+    except CountTooLarge as err:
+        raise ConfigError(f"--budget {text}: {err}") from None
     except (ValueError, TypeError):
         raise ConfigError(f"--budget {text}: not a token count; write e.g. 200k, 1.5M or 250000") from None
     if budget <= 0:
@@ -45,11 +48,14 @@ def parse_budget(text: str | None) -> int | None:
 
 
 def check_counts(args: argparse.Namespace) -> None:
-    """``--jobs`` and ``--threads`` are positive."""
+    """``--jobs`` and ``--threads`` are positive, and a ``--target`` loss is a positive finite number."""
     for flag in ("jobs", "threads"):
         value = getattr(args, flag)
         if value is not None and value < 1:
             raise ConfigError(f"--{flag} {value}: give 1 or more")
+    target = getattr(args, "target", None)
+    if target is not None and not (math.isfinite(target) and target > 0):
+        raise ConfigError(f"--target {target}: give a loss above 0 (a cross-entropy in nats), e.g. --target 4.5")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

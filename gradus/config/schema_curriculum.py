@@ -98,7 +98,7 @@ class StageConfig(Strict):
         None, gt=0, description="Tokens per step; batch = this / seq_len rounded to batch_multiple."
     )
     batch_multiple: int = Field(8, gt=0, description="Derived batch sizes are rounded to a multiple of this.")
-    peak_lr: float | None = Field(None, gt=0, description="Peak learning rate of the stage.")
+    peak_lr: float | None = Field(None, gt=0, le=10, description="Peak learning rate of the stage (at most 10).")
     lr_multiplier: float | None = Field(
         None,
         gt=0,

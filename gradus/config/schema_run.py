@@ -25,7 +25,7 @@ Switch = Annotated[Literal["auto", "on", "off"], BeforeValidator(_switch)]
 class OptimConfig(Strict):
     """AdamW."""
 
-    base_lr: float = Field(6e-4, gt=0, description="Base LR that lr_multiplier and lr_rule scale.")
+    base_lr: float = Field(6e-4, gt=0, le=10, description="Base LR that lr_multiplier and lr_rule scale (at most 10).")
     beta1: float = Field(0.9, ge=0, lt=1, description="AdamW β1.")
     beta2: float = Field(0.95, ge=0, lt=1, description="AdamW β2.")
     eps: float = Field(1e-8, gt=0, description="AdamW ε.")

@@ -50,8 +50,10 @@ class Prepared:
 
 def parse_seeds(text: str | None) -> list[int]:
     """``0,1`` -> [0, 1]."""
-    if not text:
+    if text is None:
         return [0]
+    if not text.strip():
+        raise ConfigError(f"--seeds {text!r}: give one or more integers, e.g. --seeds 0,1 (or leave --seeds out for 0)")
     try:
         seeds = [int(x) for x in text.split(",") if x.strip()]
     except ValueError:

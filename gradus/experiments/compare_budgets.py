@@ -27,7 +27,7 @@ from gradus.experiments.trend import (
     one_seed_note,
     trend_points,
 )
-from gradus.units import format_count, parse_count
+from gradus.units import CountTooLarge, format_count, parse_count
 
 
 def parse_budgets(text: str) -> list[int]:
@@ -36,6 +36,8 @@ def parse_budgets(text: str) -> list[int]:
     for item in text.split(","):
         try:
             value = parse_count(item.strip())
+        except CountTooLarge as err:
+            raise ConfigError(f"--budgets {text}: {err}") from None
         except (ValueError, TypeError):
             raise ConfigError(f"--budgets {text}: {item.strip()!r} is not a token count; write e.g. "
                               "--budgets 250k,500k,1M") from None
@@ -56,6 +58,8 @@ def parse_forecast(text: str | None) -> int | None:
         return None
     try:
         value = parse_count(text)
+    except CountTooLarge as err:
+        raise ConfigError(f"--forecast {text}: {err}") from None
     except (ValueError, TypeError):
         raise ConfigError(f"--forecast {text}: not a token count; write the planned run's tokens, e.g. 2B or "
                           "5.4M") from None

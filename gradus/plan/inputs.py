@@ -27,6 +27,15 @@ WARMUP_RANGE = (0.01, 0.02)
 """Warmup as a fraction of all steps."""
 MIN_LR_RANGE = (0.10, 0.20)
 """Cosine floor as a fraction of the peak LR."""
+MAX_FLOPS = 1e29
+"""The largest compute budget planned (``--flops``, or the hardware's over ``--days``): some 200× the largest
+training runs (~5e26), and at any ratio the planned tokens stay within :data:`MAX_TOKENS`; far above it the
+shape search's arithmetic means nothing (1e60 planned a 50K model)."""
+MAX_PARAMS = 1e12
+"""The largest model planned (``--params``, or the one a budget gives): 1T non-embedding parameters, about the
+largest dense models trained and within the shapes :func:`gradus.sizes.shape_for_params` searches (to ~1.6T)."""
+MAX_TOKENS = 1e15
+"""The largest data budget planned (``--tokens``): 1,000T, gradus's bound on every token count."""
 
 
 @dataclass(frozen=True)
@@ -113,5 +122,14 @@ def check_inputs(inp: PlanInputs) -> None:
     if inp.hardware is not None and inp.hardware.days is not None and inp.flops is not None:
         problems.append("--flops and --days both set the budget; give one of them (--gpu/--gpus/--mfu with "
                         "--flops only set the wall-clock)")
+    budget = inp.flops if inp.flops is not None else (inp.hardware.budget if inp.hardware is not None else None)
+    if budget is not None and budget > MAX_FLOPS:
+        flag = "--flops" if inp.flops is not None else "--gpus × --days"
+        problems.append(f"{flag}: a budget of {budget:.3g} FLOPs is beyond any training run; the planner takes up "
+                        f"to {MAX_FLOPS:.0e} (the largest runs so far used ~5e26)")
+    if inp.params is not None and inp.params > MAX_PARAMS:
+        problems.append(f"--params {inp.params:.3g}: the planner takes models up to {MAX_PARAMS:.0e} parameters")
+    if inp.tokens is not None and inp.tokens > MAX_TOKENS:
+        problems.append(f"--tokens {inp.tokens:.3g}: the planner takes up to {MAX_TOKENS:.0e} tokens (1,000T)")
     if problems:
         raise ConfigError(*problems)

@@ -21,7 +21,7 @@ from gradus.config import from_dict
 from gradus.curriculum import resolve_schedule
 from gradus.errors import ConfigError
 from gradus.plan.hardware import format_flops
-from gradus.plan.inputs import PlanInputs, check_inputs
+from gradus.plan.inputs import MAX_PARAMS, MAX_TOKENS, PlanInputs, check_inputs
 from gradus.plan.scaling import (
     LADDER,
     TOKENS_PER_STEP_RANGE,
@@ -163,6 +163,12 @@ def make_plan(inp: PlanInputs) -> Plan:
             "no budget: give --flops C, or --gpus K --gpu NAME --days T [--mfu U], or --params N, or --tokens D"
         )
     regime, n, d, explanation, warnings = choose_n_and_d(inp, budget)
+    if n > MAX_PARAMS:
+        raise ConfigError(f"the budget gives N = {n:.3g} parameters, beyond the {MAX_PARAMS:.0e} (1T) gradus plans; "
+                          "give a smaller budget, or --params to fix the model size")
+    if d > MAX_TOKENS:
+        raise ConfigError(f"the budget gives D = {d:.3g} tokens (N = {format_count(n)}), beyond the {MAX_TOKENS:.0e} "
+                          "tokens gradus plans and trains; give a smaller budget or a larger --params")
 
     base = inp.seq_len
     long = inp.long_seq_len or 4 * base
