@@ -141,3 +141,38 @@ def test_eval_reads_inline_and_builtin_specs_and_refuses_empty_sources(run, tmp_
     assert main(["eval", str(run), "--data", str(empty)]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "has no documents; nothing to evaluate" in err[0]
+
+
+def _one_line(capsys) -> str:
+    err = [ln for ln in capsys.readouterr().err.splitlines() if ln.strip()]
+    assert len(err) == 1, err
+    return err[0]
+
+
+def test_eval_refuses_fewer_tokens_than_one_window(run, capsys):
+    """``--tokens`` is "at most": fewer than one window was scored as a whole window (256 for --tokens 100)."""
+    assert main(["eval", str(run), "--data", "builtin:arithmetic", "--seq-len", "32", "--tokens", "20"]) == 2
+    assert "--tokens 20: less than one window of 32 (--seq-len)" in _one_line(capsys)
+    assert main(["eval", str(run), "--data", "builtin:arithmetic", "--seq-len", "32", "--tokens", "32", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["tokens"] == 32
+
+
+def test_a_run_without_a_checkpoint_is_called_that_not_a_stranger(tmp_path, tok, capsys):
+    young = tmp_path / "young"
+    write_run(young, tiny_model(tok, seed=11), tok, steps=())
+    assert main(["generate", str(young), "--prompt", "hi"]) == 2
+    assert "the run has no checkpoint yet (it stopped before its first save)" in _one_line(capsys)
+    (tmp_path / "other").mkdir()
+    assert main(["generate", str(tmp_path / "other"), "--prompt", "hi"]) == 2
+    assert "not a gradus run or checkpoint" in _one_line(capsys)
+
+
+def test_checkpoint_choice_on_an_exported_model_is_refused(run, tmp_path, capsys):
+    """An exported folder holds one set of weights: ``--checkpoint`` was silently ignored there."""
+    hf = tmp_path / "hf"
+    assert main(["export", str(run), "--hf", str(hf)]) == 0
+    capsys.readouterr()
+    assert main(["generate", str(hf), "--checkpoint", "best", "--prompt", "hi"]) == 2
+    assert f"--checkpoint best: {hf} is an exported model" in _one_line(capsys)
+    assert main(["export", str(hf), "--checkpoint", "5", "--hf", str(tmp_path / "hf2")]) == 2
+    assert "--checkpoint 5:" in _one_line(capsys)

@@ -52,7 +52,11 @@ def run(args: argparse.Namespace) -> int:
     loaded = load_model(args.run, args.checkpoint, ema=args.ema, device=args.device)
     src = source_from_spec(args.data, loaded.config)
     seq_len = args.seq_len or default_seq_len(loaded)
-    tokens, docs = source_tokens(src, loaded.tokenizer, max(args.tokens, seq_len))
+    if args.tokens < seq_len:  # "at most N tokens" cannot hold one window: say so rather than score more
+        where = "--seq-len" if args.seq_len else "the run's evaluation length"
+        raise ConfigError(f"--tokens {args.tokens}: less than one window of {seq_len} ({where}); give --tokens "
+                          f"{seq_len} or more, or --seq-len {args.tokens} or less")
+    tokens, docs = source_tokens(src, loaded.tokenizer, args.tokens)
     result = score(loaded.model, tokens, seq_len, args.batch_size)
     context = loaded.model.shape.max_seq_len
     report = {"model": str(loaded.source), "step": loaded.meta.get("step"), "data": args.data,

@@ -80,7 +80,11 @@ def resolve_checkpoint(path: str | Path, which: str | None = None) -> Path:
         if which not in (None, "latest"):
             raise ConfigError(f"--checkpoint {which}: {p} is already one checkpoint; give the run directory instead")
         return p
-    ckpts = RunDir(p).checkpoints
+    run = RunDir(p)
+    ckpts = run.checkpoints
+    if not ckpts.is_dir() and (run.config.is_file() or run.metrics.is_file()):
+        raise ConfigError(f"{p}: the run has no checkpoint yet (it stopped before its first save); train it further "
+                          "(gradus train --out with the same config) or give another run")
     if not ckpts.is_dir():
         raise ConfigError(
             f"{p}: not a gradus run or checkpoint (no checkpoints/ folder, no meta.json + model.safetensors); "
@@ -113,6 +117,9 @@ def load_model(path: str | Path, which: str | None = None, *, ema: bool = False,
     if is_hf_dir(p) and not is_checkpoint(p):
         if ema:
             raise ConfigError(f"--ema: {p} is an exported model; it holds one set of weights")
+        if which is not None:
+            raise ConfigError(f"--checkpoint {which}: {p} is an exported model, one set of weights; drop --checkpoint "
+                              "(or give the run it was exported from)")
         from gradus.export.hf import load_hf
 
         model, tokenizer = load_hf(p, device=device)
