@@ -372,3 +372,22 @@ def test_a_validation_split_inside_the_training_folder_is_held_out_not_trained_o
     only = SourceConfig(name="wiki", path=str(folder / "valid.jsonl"), validation_split=str(folder / "valid.jsonl"))
     with pytest.raises(DataError, match="names only its validation_split's files"):
         open_reader(only, role="train")
+
+
+@pytest.mark.parametrize("unit", ["file", "line", "paragraph"])
+@pytest.mark.parametrize("gz", [False, True])
+def test_a_binary_file_among_text_files_is_refused_by_name(tmp_path: Path, unit: str, gz: bool):
+    """An executable or an image in a text folder decoded to replacement characters and trained; a NUL in the
+    first 8 KB names it as binary. Text with invalid UTF-8 but no NUL still reads (repaired and counted)."""
+    (tmp_path / "a.txt").write_text("plain text\n\nmore text\n", encoding="utf-8")
+    blob = b"\x7fELF\x02\x01\x01\x00" + bytes(range(256)) * 8
+    name = "b.bin.txt.gz" if gz else "b.txt"
+    (tmp_path / name).write_bytes(gzip.compress(blob) if gz else blob)
+    (tmp_path / "c.txt").write_bytes(b"latin-1 caf\xe9\n")
+    reader = open_reader(SourceConfig(name="mixed", path=str(tmp_path / "*.txt*"), text_unit=unit))
+    with pytest.raises(DataError, match=rf"{name}: a binary file \(NUL bytes in its first 8 KB\), not text, in "
+                                        r"source 'mixed'; remove it"):
+        docs_of(reader)
+    (tmp_path / name).unlink()
+    texts = docs_of(open_reader(SourceConfig(name="mixed", path=str(tmp_path / "*.txt*"), text_unit=unit)))
+    assert any("caf\ufffd" in t for t in texts)

@@ -60,6 +60,10 @@ def detect_format(path: Path, configured: str) -> str:
     return "text"
 
 
+BINARY_SNIFF_BYTES = 8192
+"""How much of a text file is read to tell it from a binary one (a NUL byte there)."""
+
+
 def _open_binary(path: Path):
     return gzip.open(path, "rb") if path.name.lower().endswith(".gz") else open(path, "rb")  # noqa: SIM115
 
@@ -100,6 +104,8 @@ class FileReader(Reader):
             if fmt == "parquet":
                 it = self._parquet(fi, start, record)
             elif fmt == "text":
+                if start == 0:
+                    self._refuse_binary(fi)
                 unit = self.cfg.text_unit
                 if unit == "file":
                     it = self._text_file(fi, start, record)
@@ -117,6 +123,19 @@ class FileReader(Reader):
                     f"{self.files[fi]}: cannot read ({type(exc).__name__}: {exc}) in source {self.name!r}; the file "
                     f"is corrupt or truncated: re-create it or remove it from the source"
                 ) from None
+
+    def _refuse_binary(self, fi: int) -> None:
+        """A text file whose first 8 KB hold a NUL byte is a binary (an executable, an image, a model file):
+        the heuristic git and grep use. Decoded, it would train on replacement characters; refuse it instead."""
+        path = self.files[fi]
+        try:
+            with _open_binary(path) as f:
+                head = f.read(BINARY_SNIFF_BYTES)
+        except (OSError, EOFError, zlib.error):
+            return  # reading it properly reports that, with the file named
+        if b"\x00" in head:
+            raise DataError(f"{path}: a binary file (NUL bytes in its first {BINARY_SNIFF_BYTES >> 10} KB), not text, "
+                            f"in source {self.name!r}; remove it from the source's path or glob (UTF-16 text: convert it to UTF-8)")
 
     # JSON lines (or a JSON array) -----------------------------------------------------------------
     def _json(self, fi: int, offset: int, line_no: int, record: int, element: int) -> Iterator[RawRecord]:
