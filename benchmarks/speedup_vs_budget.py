@@ -85,6 +85,10 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--large-arms", default=DECIDING_ARMS,
                    help=f"arms at budgets from --large-from on (default {DECIDING_ARMS})")
     p.add_argument("--large-from", type=int, help="the first budget that runs --large-arms only (default: none)")
+    p.add_argument("--arms-at", action="append", default=[], metavar="BUDGET=ARMS",
+                   help="the arms of one budget, overriding --arms/--large-arms there (repeatable), e.g. "
+                        "4194304=baseline-wsd,seqwarm-long-ramp-wsd,baseline where a point would not fit otherwise; "
+                        "the summary names it")
     p.add_argument("--absolute-arm", action="store_true",
                    help="also run seqwarm-long-ramp-abs-wsd at every budget after the first: the ramp with its short "
                         "stages kept at their size at the first budget (absolute tokens, not fractions of the run)")
@@ -319,6 +323,22 @@ def plot(summary: dict, path: Path) -> None:
     plt.close(fig)
 
 
+def parse_arms_at(items: list[str]) -> dict[int, str]:
+    """``--arms-at 4194304=baseline-wsd,seqwarm-long-ramp-wsd`` -> {4194304: "baseline-wsd,seqwarm-long-ramp-wsd"}."""
+    out: dict[int, str] = {}
+    for item in items:
+        budget, sep, arms = item.partition("=")
+        try:
+            key = int(float(budget))
+        except ValueError:
+            key = 0
+        if not sep or key <= 0 or not arms.strip(","):
+            raise SystemExit(f"speedup_vs_budget: --arms-at {item!r}: give BUDGET=ARM,ARM (e.g. 4194304=baseline-wsd,"
+                             "seqwarm-long-ramp-wsd)")
+        out[key] = arms.strip(",")
+    return out
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     try:
@@ -330,6 +350,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.smoke:
         args.tokens_per_step, args.final_len = 512, 64
     name = stem(args)
+    arms_at = parse_arms_at(args.arms_at)
     reports: list[dict] = []
     grids: dict[str, float] = {}
     adaptive_grids: dict[str, float] = {}  # the adaptive arm's best at the previous budget (--adaptive)
@@ -338,7 +359,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         tag = f"{name.removeprefix('speedup_vs_budget').lstrip('_') or 'wikitext-2'}-b{budget}"
         path = args.out / "trend" / f"curriculum_speedup_{tag}.json"
         large = args.large_from is not None and budget >= args.large_from
-        arms = args.large_arms if large else args.arms
+        arms = arms_at.get(budget) or (args.large_arms if large else args.arms)
         if args.absolute_arm and i > 0:
             arms += ",seqwarm-long-ramp-abs-wsd"
         seeds = args.seeds if i in (0, len(budgets) - 1) else (args.mid_seeds or args.seeds)
@@ -414,7 +435,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                      "(at least 2% of the point), covariance scaled by the reduced chi-square when above 1 "
                      "(gradus.experiments.trend)",
             "arms": f"{args.arms} at every budget" + (f"; from {args.large_from:,} tokens only {args.large_arms}"
-                                                      if args.large_from else ""),
+                                                      if args.large_from else "")
+                    + "".join(f"; at {b:,} tokens only {a}" for b, a in sorted(arms_at.items())),
         },
     }
     json_path = write_result(args.out / f"{name}.json", summary)

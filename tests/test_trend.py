@@ -350,3 +350,31 @@ def test_the_benchmarks_annealed_trend_leaves_out_lower_bounds_as_gradus_compare
     assert trend["points"] == 2 and trend["budget_min"] == 2 ** 19
     points[0]["annealed_lower_bound"] = False
     assert bench.trend_of(points, "speedup_tokens_annealed", None)["points"] == 3
+
+
+def test_arms_at_one_budget_override_the_series_arms_there_and_the_summary_says_so(tmp_path, monkeypatch):
+    """``--arms-at BUDGET=ARMS``: a budget too large for every arm runs only the named ones (the point's command
+    gets them), the other budgets keep theirs, and the summary's method names the narrowing."""
+    bench = load_benchmark("speedup_vs_budget")
+    results = REPO / "benchmarks" / "results"
+    trend_dir = tmp_path / "trend"
+    trend_dir.mkdir()
+    shutil.copy(results / "curriculum_speedup_1024-finalists2.json",
+                trend_dir / "curriculum_speedup_wikitext-2-b524288.json")
+    calls = []
+
+    def point(argv):
+        calls.append(argv)
+        shutil.copy(results / "curriculum_speedup_1024-budget1m-finalists2.json",
+                    trend_dir / "curriculum_speedup_wikitext-2-b1048576.json")
+        return 0
+
+    monkeypatch.setattr(bench.curriculum_speedup, "main", point)
+    argv = ["--budgets", "524288,1048576", "--work", str(tmp_path / "work"), "--out", str(tmp_path),
+            "--arms-at", "1048576=baseline-wsd,seqwarm-long-ramp-wsd"]
+    assert bench.main(argv) == 0
+    assert len(calls) == 1 and calls[0][calls[0].index("--arms") + 1] == "baseline-wsd,seqwarm-long-ramp-wsd"
+    summary = json.loads((tmp_path / "speedup_vs_budget.json").read_text())
+    assert summary["method"]["arms"].endswith("; at 1,048,576 tokens only baseline-wsd,seqwarm-long-ramp-wsd")
+    with pytest.raises(SystemExit, match="--arms-at 'x': give BUDGET=ARM,ARM"):
+        bench.parse_arms_at(["x"])
