@@ -331,3 +331,23 @@ def test_a_pool_whose_teardown_hangs_does_not_hang_close(monkeypatch):
     encoder.close()
     assert time.monotonic() - t0 < 5
     release.set()
+
+
+def test_a_pipeline_dropped_without_close_stops_its_thread(offline_data: Path, tok):
+    """The data thread held the pipeline (a bound method as its target), so a pipeline dropped without
+    close() was never collected and its thread polled a full queue for the life of the process."""
+    import gc
+    import threading
+
+    cfg, cur = make(offline_data, prefetch_batches=2)
+    sts = states(cur, 4)
+    pipe = DataPipeline(cfg.data, tok, cur, seed=7)
+    run(pipe, sts[:2])
+    pipe.settle()
+    thread = pipe._thread
+    assert thread is not None and thread.is_alive() and pipe._queue.full()
+    del pipe
+    gc.collect()
+    thread.join(timeout=5)
+    assert not thread.is_alive()
+    assert not [t for t in threading.enumerate() if t is thread]

@@ -23,6 +23,7 @@ import logging
 import queue
 import threading
 import time
+import weakref
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
@@ -208,36 +209,14 @@ class DataPipeline:
     def _start(self, spec: BatchSpec, next_step: int) -> None:
         self._queue = queue.Queue(maxsize=max(1, self.prefetch))
         self._stop_event = threading.Event()
+        # The thread holds the pipeline only by a weak reference, and not while it waits on a full queue: a
+        # pipeline dropped without close() is then collected, and its finaliser stops the thread (a bound
+        # method as the target kept both alive for the life of the process).
         self._thread = threading.Thread(
-            target=self._produce, args=(spec, next_step, self._queue, self._stop_event),
+            target=_produce, args=(weakref.ref(self), spec, next_step, self._queue, self._stop_event),
             name="gradus-data", daemon=True,
         )
         self._thread.start()
-
-    def _produce(self, spec: BatchSpec, step: int, q: queue.Queue, stop: threading.Event) -> None:
-        def put(item: Any) -> None:
-            while not stop.is_set():
-                try:
-                    q.put(item, timeout=0.1)
-                    return
-                except queue.Full:
-                    continue
-            raise _Stop
-
-        self._stream.set_pause(_Courtesy(lambda: q.qsize() > 0))
-        try:
-            while not stop.is_set():
-                batch = self._stream.make(spec)
-                put((spec, batch, self._stream.state_dict()))
-                spec = self._predict(step, spec)
-                step += 1
-        except _Stop:
-            return
-        except BaseException as exc:  # noqa: BLE001 - handed to the consumer, raised there
-            try:
-                put(("error", exc, None))
-            except _Stop:
-                return
 
     def _get(self) -> tuple[Any, Batch, dict]:
         assert self._queue is not None and self._thread is not None
@@ -261,6 +240,8 @@ class DataPipeline:
             return
         assert self._stop_event is not None and self._queue is not None
         self._stop_event.set()
+        if threading.current_thread() is self._thread:
+            return  # the finaliser ran in the producer itself (it dropped the last reference): it ends on the event
         while self._thread.is_alive():
             try:
                 self._queue.get(timeout=0.05)
@@ -392,6 +373,47 @@ class DataPipeline:
             self.close()
         except Exception:  # noqa: BLE001 - never raise from a finaliser
             pass
+
+
+def _produce(ref: weakref.ReferenceType[DataPipeline], spec: BatchSpec, step: int, q: queue.Queue,
+             stop: threading.Event) -> None:
+    """The data thread: make each step's batch ahead and queue it with the stream's state after it; an error
+    is queued for the consumer to raise. Ends on ``stop`` or once the pipeline is gone."""
+    def put(item: Any) -> None:
+        while not stop.is_set():
+            try:
+                q.put(item, timeout=0.1)
+                return
+            except queue.Full:
+                continue
+        raise _Stop
+
+    pipe = ref()
+    if pipe is None:
+        return
+    pipe._stream.set_pause(_Courtesy(lambda: q.qsize() > 0))
+    del pipe
+    try:
+        while not stop.is_set():
+            pipe = ref()
+            if pipe is None:
+                return
+            item = (spec, pipe._stream.make(spec), pipe._stream.state_dict())
+            del pipe  # not held while waiting for room in the queue
+            put(item)
+            pipe = ref()
+            if pipe is None:
+                return
+            spec = pipe._predict(step, spec)
+            del pipe
+            step += 1
+    except _Stop:
+        return
+    except BaseException as exc:  # noqa: BLE001 - handed to the consumer, raised there
+        try:
+            put(("error", exc, None))
+        except _Stop:
+            return
 
 
 RESUME_SOURCE_FIELDS = ("dataset", "dataset_config", "split", "format", "builtin", "text_unit", "text_field",
