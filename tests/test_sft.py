@@ -363,3 +363,31 @@ def test_worker_processes_tokenise_chat_records_alike(tmp_path, tok_path, chat_f
     for a, b in zip(*got, strict=True):
         assert np.array_equal(a.inputs, b.inputs) and np.array_equal(a.labels, b.labels)
     assert int((got[1][3].labels != -100).sum()) > 8 * 15  # 8 records of ~19 trained tokens each
+
+
+def test_a_template_that_opens_with_bos_renders_as_the_exported_model_renders_it(tmp_path):
+    """Llama-style templates open with ``{{ bos_token }}``: training rendered it empty while the export declares
+    the end token as bos_token, so transformers put a token at every chat's start the model never trained on."""
+    transformers = pytest.importorskip("transformers")
+    from gradus.data import load_tokenizer
+    from gradus.data.chat import EOS_MARK, TRAIN_OFF, TRAIN_ON
+    from gradus.data.tokenizer import Tokenizer
+    from gradus.export.hf import export_hf
+
+    template = "{{ bos_token }}" + CHATML
+    backend = tiny_tokenizer().backend
+    folder = tmp_path / "tok"
+    Tokenizer(backend, eos_id=backend.token_to_id("<|endoftext|>"), kind="file", name_or_path="x").save(folder)
+    (folder / "tokenizer_config.json").write_text(json.dumps({"chat_template": template}))
+    raw = sft_config(folder, tmp_path / "c.jsonl", tmp_path / "t.jsonl")
+    cfg = from_dict(raw)
+    loaded = load_tokenizer(cfg.data)
+    assert loaded.chat_template == template
+    messages = [{"role": "user", "content": "Add 2 and 3."}, {"role": "assistant", "content": "5"}]
+    marked = ChatRenderer(cfg.data.sources[1], loaded.chat_template, loaded.eos_token).render({"messages": messages},
+                                                                                              "x")
+    trained_text = marked.replace(TRAIN_ON, "").replace(TRAIN_OFF, "").replace(EOS_MARK, "<|endoftext|>")
+    assert trained_text.startswith("<|endoftext|><|im_start|>user\n")
+    export_hf(tiny_model(loaded), loaded, tmp_path / "hf")
+    hf_tok = transformers.AutoTokenizer.from_pretrained(str(tmp_path / "hf"))
+    assert hf_tok.apply_chat_template(messages, tokenize=False) == trained_text

@@ -224,7 +224,11 @@ class ChatRenderer:
     def __init__(self, cfg, hf_template: str | None = None, eos_token: str = "<|endoftext|>"):
         self.cfg = cfg
         use_hf = hf_template is not None and cfg.chat_template == "auto"
-        self.hf = HFChatTemplate(hf_template, eos_token) if use_hf else None  # type: ignore[arg-type]
+        # A template's {{ bos_token }} is the end token's text: gradus models have no BOS, and the export declares
+        # the end token as bos_token, so apply_chat_template on the exported model renders what was trained
+        # (an empty BOS here and "<|endoftext|>" there put a token at every chat's start it never saw).
+        self.hf = (HFChatTemplate(hf_template, eos_token, bos_token=eos_token)  # type: ignore[arg-type]
+                   if use_hf else None)
 
     def render(self, record: dict, where: str) -> str:
         """One record as marked text: trained spans between :data:`TRAIN_ON` and :data:`TRAIN_OFF`."""
