@@ -51,7 +51,7 @@ def check_new_file(value: str | Path, flag: str) -> Path:
     a file. A missing folder is fine (:func:`write_new_file` creates it)."""
     path = Path(value)
     if path.is_dir():
-        raise ConfigError(f"{flag} {path}: that is a folder; give a file name, e.g. {path / 'config.yaml'}")
+        raise ConfigError(f"{flag} {path}: that is a folder; give a file name, e.g. {path / 'mine.yaml'}")
     if path.exists():
         raise ConfigError(f"{flag} {path}: the file exists; give a new path or remove it first "
                           "(nothing is overwritten)")

@@ -176,3 +176,19 @@ def test_checkpoint_choice_on_an_exported_model_is_refused(run, tmp_path, capsys
     assert f"--checkpoint best: {hf} is an exported model" in _one_line(capsys)
     assert main(["export", str(hf), "--checkpoint", "5", "--hf", str(tmp_path / "hf2")]) == 2
     assert "--checkpoint 5:" in _one_line(capsys)
+
+
+def test_a_runs_chat_template_is_kept_with_its_tokenizer(tmp_path, capsys):
+    """The template a run's chat records were rendered with is saved beside its tokenizer.json, so loading or
+    exporting the run later (another machine, a cleared Hub cache) serves that template, not another."""
+    tok = tiny_tokenizer()
+    tok.chat_template = "{% for m in messages %}[{{ m['role'] }}] {{ m['content'] }}{{ eos_token }}{% endfor %}"
+    run = write_run(tmp_path / "run", tiny_model(tok, seed=11), tok)  # the config names another tokenizer folder
+    from gradus.inference.load import load_model
+
+    assert load_model(run).tokenizer.chat_template == tok.chat_template
+    assert main(["export", str(run), "--hf", str(tmp_path / "hf")]) == 0
+    assert json.loads((tmp_path / "hf" / "tokenizer_config.json").read_text())["chat_template"] == tok.chat_template
+    plain = tiny_tokenizer()
+    bare = write_run(tmp_path / "bare", tiny_model(plain, seed=11), plain)
+    assert not (bare / "tokenizer_config.json").exists()  # no template, no file

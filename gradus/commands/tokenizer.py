@@ -38,10 +38,12 @@ BPE trainer's own memory can hold (it aborts the process, with no Python error, 
 def _output_folder(value: str) -> Path:
     """``--out DIR`` checked before training: a folder (or a new name) without a tokenizer.json in it, so a
     finished tokenizer is never replaced and a file given as DIR fails now, not after the training."""
+    from gradus.data.tokenizer import TOKENIZER_FILE  # here: the parser imports this module for every command
+
     out = Path(value)
     if out.exists() and not out.is_dir():
         raise ConfigError(f"--out {out}: that is a file; give a folder to write tokenizer.json into")
-    check_new_file(out / "tokenizer.json", "--out")
+    check_new_file(out / TOKENIZER_FILE, "--out")
     return out
 
 

@@ -188,6 +188,11 @@ class HFChatTemplate:
         return [(t, trained) for t, trained in segs if t]
 
 
+TOKENIZER_CONFIG = "tokenizer_config.json"
+"""The Hugging Face tokenizer folder's settings file: where a tokenizer's ``chat_template`` is read from, and
+where :meth:`gradus.data.Tokenizer.save` records the one a run's chat records were rendered with."""
+
+
 def find_chat_template(name_or_path: str | None) -> str | None:
     """The ``chat_template`` of the tokenizer's ``tokenizer_config.json`` (beside a tokenizer.json file, in
     a tokenizer folder), or None when there is none. A Hub tokenizer's config is read from the local cache
@@ -196,12 +201,12 @@ def find_chat_template(name_or_path: str | None) -> str | None:
         return None
     path = Path(name_or_path).expanduser()
     folder = path if path.is_dir() else path.parent if path.is_file() else None
-    config = folder / "tokenizer_config.json" if folder is not None else None
+    config = folder / TOKENIZER_CONFIG if folder is not None else None
     if config is None:
         try:
             from huggingface_hub import try_to_load_from_cache
 
-            cached = try_to_load_from_cache(name_or_path, "tokenizer_config.json")
+            cached = try_to_load_from_cache(name_or_path, TOKENIZER_CONFIG)
             config = Path(cached) if isinstance(cached, str) else None
         except Exception:  # noqa: BLE001 - no cache, no hub library: the built-in template serves
             config = None

@@ -29,7 +29,7 @@ from pathlib import Path
 import numpy as np
 
 from gradus.config import DataConfig
-from gradus.data.chat import find_chat_template, strip_marks
+from gradus.data.chat import TOKENIZER_CONFIG, find_chat_template, strip_marks
 from gradus.errors import DataError, first_line
 from gradus.files import make_readable
 
@@ -38,6 +38,8 @@ log = logging.getLogger("gradus.data")
 DEFAULT_EOS = "<|endoftext|>"
 _EOS_CANDIDATES = ("<|endoftext|>", "</s>", "<eos>", "<|end_of_text|>", "<|eot_id|>", "[SEP]", "<|im_end|>")
 IDENTITY_FILE = "tokenizer_identity.json"
+TOKENIZER_FILE = "tokenizer.json"
+"""The file :meth:`Tokenizer.save` writes the tokenizer itself into, in any folder."""
 
 
 class Tokenizer:
@@ -107,12 +109,19 @@ class Tokenizer:
         }
 
     def save(self, directory: str | Path) -> Path:
-        """Write ``tokenizer.json`` and ``tokenizer_identity.json`` into ``directory``; returns the json path."""
+        """Write ``tokenizer.json`` and ``tokenizer_identity.json`` into ``directory`` and, when the tokenizer
+        carries a chat template, ``tokenizer_config.json`` holding it; returns the json path.
+
+        The template is kept with the tokenizer because it is read from where the tokenizer came from (a
+        folder, the Hub's cache): an export or a load on another machine, or after the cache was cleared or
+        the Hub's copy changed, would otherwise serve another template than the run's chat records had."""
         d = Path(directory)
         d.mkdir(parents=True, exist_ok=True)
-        path = d / "tokenizer.json"
+        path = d / TOKENIZER_FILE
         _atomic_write(path, self._json)
         _atomic_write(d / IDENTITY_FILE, json.dumps(self.identity(), indent=2) + "\n")
+        if self.chat_template:
+            _atomic_write(d / TOKENIZER_CONFIG, json.dumps({"chat_template": self.chat_template}, indent=2) + "\n")
         return path
 
     def __repr__(self) -> str:

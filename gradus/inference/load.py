@@ -241,9 +241,12 @@ def load_run_tokenizer(ckpt: Path, meta: dict, cfg):
             eos = find_eos_id(backend, cfg.data.tokenizer.eos_token if cfg else None, str(found))
         tok = Tokenizer(backend, eos_id=int(eos), kind=ident.get("kind", "file"),
                         name_or_path=ident.get("name_or_path", str(found)))
-        if cfg is not None:  # the chat template the run's chat sources rendered with, if its tokenizer had one
-            from gradus.data.chat import find_chat_template
+        # The chat template the run's chat sources rendered with: recorded beside its tokenizer.json (since
+        # 0.3), else (an older run) read again from where its tokenizer came from.
+        from gradus.data.chat import find_chat_template
 
+        tok.chat_template = find_chat_template(str(found))
+        if tok.chat_template is None and cfg is not None:
             tok.chat_template = find_chat_template(cfg.data.tokenizer.name_or_path)
     chats = [s for s in cfg.data.sources if s.kind == "chat"] if cfg is not None else []
     if chats and all(s.chat_template == "builtin" for s in chats):

@@ -4,6 +4,7 @@ A run directory (``gradus train --out DIR``) holds::
 
     config.yaml        the config the run started with (a resume reads it back)
     tokenizer.json     the run's tokenizer (a trained BPE, or the one it was given), with tokenizer_identity.json
+                       and, when it carries a chat template, tokenizer_config.json holding that template
     metrics.jsonl      one JSON record per line: steps, evaluations, stage changes, guard events
     tensorboard/       the same scalars for TensorBoard (when installed)
     decisions.jsonl    an adaptive run's stage decisions, accepted and rejected (curriculum.adaptive)
