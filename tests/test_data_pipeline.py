@@ -351,3 +351,30 @@ def test_a_pipeline_dropped_without_close_stops_its_thread(offline_data: Path, t
     thread.join(timeout=5)
     assert not thread.is_alive()
     assert not [t for t in threading.enumerate() if t is thread]
+
+
+def test_an_error_making_a_mispredicted_batch_is_not_raised_for_the_batch_asked_for(offline_data: Path, tok):
+    """The thread makes the batches its schedule predicts. When one of those fails but the trainer asks for
+    another (an adaptive decision moved the switch, or a resume), the error was raised anyway and stopped
+    the run; now the failed prediction is rewound like any other, and only an error in a batch that is
+    asked for is raised."""
+    longer = [dict(STAGES[0]), {**STAGES[1], "step": 12}, {**STAGES[2], "step": 16}]
+    cfg, cur = make(offline_data, prefetch_batches=3)
+    _, moved = make(offline_data, stages=longer, prefetch_batches=3)
+    wanted = states(moved, 8)  # stage 0 for steps 0..7 where `cur` switches at step 6
+    with DataPipeline(cfg.data, tok, moved, seed=7, prefetch=0) as plain:
+        ref, _ = run(plain, wanted)
+    with DataPipeline(cfg.data, tok, cur, seed=7) as pipe:
+        real = pipe._stream.make
+
+        def fails_in_stage_1(spec):
+            if spec.stage_index == 1:
+                raise DataError("stage 1's source is unreachable")
+            return real(spec)
+
+        pipe._stream.make = fails_in_stage_1
+        got, _ = run(pipe, wanted)
+        assert pipe.metrics()["data/rewinds"] >= 1
+        with pytest.raises(DataError, match="stage 1's source is unreachable"):
+            pipe.next_batch(states(cur, 7)[6])  # asked for: raised
+    assert all(same(a, b) for a, b in zip(got, ref, strict=True))

@@ -163,7 +163,7 @@ class DataPipeline:
         else:
             if self._thread is None:
                 self._start(spec, state.step + 1)
-            got_spec, batch, snap = self._get()
+            got_spec, batch, snap = self._get(spec)
             if got_spec != spec:
                 # The prediction was wrong (resume at another step, or an unusual caller): rewind to the
                 # last batch returned and make the one asked for.
@@ -171,7 +171,7 @@ class DataPipeline:
                 self._halt()
                 self._stream.load_state_dict(self._committed)
                 self._start(spec, state.step + 1)
-                got_spec, batch, snap = self._get()
+                got_spec, batch, snap = self._get(spec)
             self._committed = snap
         end = time.perf_counter()
         self._wait += end - start
@@ -218,7 +218,10 @@ class DataPipeline:
         )
         self._thread.start()
 
-    def _get(self) -> tuple[Any, Batch, dict]:
+    def _get(self, wanted: BatchSpec) -> tuple[Any, Batch, dict]:
+        """The next prepared (spec, batch, stream state). An error the thread met is raised here, unless it came
+        from making a batch of another spec than ``wanted``: that batch was a wrong prediction (a resume, an
+        adaptive decision), so the caller rewinds as for any misprediction and makes the one asked for."""
         assert self._queue is not None and self._thread is not None
         while True:
             try:
@@ -229,6 +232,9 @@ class DataPipeline:
                     self._thread = None
                     raise DataError("the data thread stopped unexpectedly") from None
         if item[0] == "error":
+            made_for = item[2]
+            if made_for is not None and made_for != wanted:
+                return made_for, None, None  # type: ignore[return-value]
             self._halt()
             self._dirty = True
             raise item[1]
@@ -393,12 +399,15 @@ def _produce(ref: weakref.ReferenceType[DataPipeline], spec: BatchSpec, step: in
         return
     pipe._stream.set_pause(_Courtesy(lambda: q.qsize() > 0))
     del pipe
+    making: BatchSpec | None = None  # the spec of the batch being made: an error there names it
     try:
         while not stop.is_set():
             pipe = ref()
             if pipe is None:
                 return
+            making = spec
             item = (spec, pipe._stream.make(spec), pipe._stream.state_dict())
+            making = None
             del pipe  # not held while waiting for room in the queue
             put(item)
             pipe = ref()
@@ -411,7 +420,7 @@ def _produce(ref: weakref.ReferenceType[DataPipeline], spec: BatchSpec, step: in
         return
     except BaseException as exc:  # noqa: BLE001 - handed to the consumer, raised there
         try:
-            put(("error", exc, None))
+            put(("error", exc, making))
         except _Stop:
             return
 
