@@ -417,7 +417,7 @@ def test_no_graph_is_built_after_the_first_compiled_step():
 
 
 # ============================================================================ under DDP (two gloo processes)
-def _worker(rank: int, world: int, init: str, out: str, fsdp: bool = False) -> None:
+def _worker(rank: int, world: int, init: str, out: str, fsdp: bool = False, uneven: bool = False) -> None:
     """One rank of a two-rank step on its 4 rows in 2 micro-batches of 2: DDP with the hooks, or (``fsdp``)
     FSDP2 with the sharded gradients read; writes the sample's figures to ``out.RANK``."""
     import os
@@ -440,7 +440,7 @@ def _worker(rank: int, world: int, init: str, out: str, fsdp: bool = False) -> N
             net, hooks = torch.nn.parallel.DistributedDataParallel(model), MicroBatchNorms(model.parameters())
         mine = slice(4 * rank, 4 * rank + 4)
         (_, grad_norm, _), sample = optimizer_step(net, model, opt, None, inputs[mine], labels[mine], lr=1e-2,
-                                                   clip=1.0, micro=2, rt=rt, noise_hooks=hooks)
+                                                   clip=1.0, micro=2, rt=rt, noise_hooks=hooks, uneven_tokens=uneven)
         with open(f"{out}.{rank}", "w") as f:
             json.dump({"values": sample.values.tolist(), "micro": sample.micro.tolist(), "grad_norm": grad_norm}, f)
     finally:
@@ -475,6 +475,29 @@ def test_under_ddp_the_small_batches_are_every_ranks_micro_batches_and_the_big_o
     assert got[0]["values"] == got[1]["values"]
     assert got[0]["values"] == pytest.approx(want, rel=1e-5)
     assert got[0]["grad_norm"] ** 2 == pytest.approx(big_sq, rel=1e-5)
+
+
+
+@pytest.mark.parametrize("fsdp", [False, True], ids=["ddp", "fsdp"])
+def test_a_token_weighted_step_reads_its_big_batch_as_every_real_token(tmp_path, fsdp):
+    """With uneven label counts over the ranks (document packing, sft) the step is the mean over all ΣT_r real
+    tokens (optimizer_step's uneven_tokens), so the big batch is ΣT_r tokens; it was read as the equal-weight
+    average's (the mean of 1/T_r over W), off wherever the counts differ."""
+    import torch.multiprocessing as mp
+
+    out = str(tmp_path / "sample")
+    mp.spawn(_worker, args=(2, f"file://{tmp_path / 'store'}", out, fsdp, True), nprocs=2, join=True)
+    got = [json.loads(open(f"{out}.{r}").read()) for r in range(2)]
+    inputs, labels = _batch(rows=8)
+    model, _ = _parts()
+    rank_tokens = [int((labels[4 * r : 4 * r + 4] != -100).sum()) for r in range(2)]
+    assert rank_tokens[0] != rank_tokens[1]  # uneven: a real test
+    grads = [_mean_loss_grad(model, inputs[4 * r : 4 * r + 4], labels[4 * r : 4 * r + 4]) for r in range(2)]
+    weighted = (rank_tokens[0] * grads[0] + rank_tokens[1] * grads[1]) / sum(rank_tokens)
+    big_sq = float((weighted**2).sum())
+    assert got[0]["values"][2] == pytest.approx(big_sq, rel=1e-5)
+    assert got[0]["values"][3] == pytest.approx(1 / sum(rank_tokens), rel=1e-9)
+    assert got[1]["values"][2:] == pytest.approx(got[0]["values"][2:], rel=1e-9)
 
 
 # ============================================================================ under FSDP2 (two gloo processes)

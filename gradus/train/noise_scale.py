@@ -325,9 +325,9 @@ class MicroBatchNorms:
         self._handles = []
 
     def sample(self, grad_norm: torch.Tensor, scale: torch.Tensor | None, loss_multiplier: float,
-               rt) -> NoiseSample:
+               rt, token_weighted: bool = False) -> NoiseSample:
         """The step's :class:`NoiseSample` (:func:`noise_sample`)."""
-        return noise_sample(self, grad_norm, scale, loss_multiplier, rt)
+        return noise_sample(self, grad_norm, scale, loss_multiplier, rt, token_weighted)
 
 
 class ShardedMicroBatchNorms:
@@ -401,15 +401,15 @@ class ShardedMicroBatchNorms:
         self._prev = None if last else [None if g is None else g.detach().clone() for g in now]
 
     def sample(self, grad_norm: torch.Tensor, scale: torch.Tensor | None, loss_multiplier: float,
-               rt) -> NoiseSample:
-        """The step's :class:`NoiseSample`, every figure global (one all-reduce of 3k + 1 numbers).
+               rt, token_weighted: bool = False) -> NoiseSample:
+        """The step's :class:`NoiseSample`, every figure global (one all-reduce of 3k + 2 numbers).
 
         With x_r = w_jr / W (rank r's weight of micro-batch j over the ranks' average), micro-batch j's summed
         gradient is D_j = Σ_r x_r·g_jr (times the loss multiplier m and scale s), so E|D_j|² = a²|G|² +
         Σ_r x_r² tr(Σ)/T_jr with a = Σ_r x_r. S_j = |D_j|² / (a·m·s)² is then an unbiased reading at batch
         B_j = a² / Σ_r (x_r²/T_jr) tokens (every rank's micro-batch j: W·T_j when they are alike). The big
-        batch is the whole step's gradient, as under DDP. Micro-batches with no label tokens anywhere (a = 0)
-        are left out."""
+        batch is the whole step's gradient, as under DDP (``token_weighted``: 1/ΣT_r, as there). Micro-batches
+        with no label tokens anywhere (a = 0) are left out."""
         import torch.distributed as dist
 
         world = rt.world_size
@@ -420,12 +420,12 @@ class ShardedMicroBatchNorms:
         x = [w / world for w in self.weights]
         x2t = [(xi * xi / t) if t > 0 else 0.0 for xi, t in zip(x, self.tokens, strict=True)]
         rank_tokens = sum(self.tokens)
-        host = [*x, *x2t, 1.0 / rank_tokens if rank_tokens > 0 else math.nan]
+        host = [*x, *x2t, 1.0 / rank_tokens if rank_tokens > 0 else math.nan, float(rank_tokens)]
         # Host numbers enter by fill kernels, not a copy (a copy from the host would sync on CUDA).
         vec = torch.cat([sq, torch.stack([new((), v) for v in host])])
         if rt.distributed:
             dist.all_reduce(vec)  # sums: the norms over the shards, the weights and counts over the ranks
-        sq, a, b, inv_rank = vec[:k], vec[k:2 * k], vec[2 * k:3 * k], vec[3 * k]
+        sq, a, b, inv_rank, all_tokens = vec[:k], vec[k:2 * k], vec[2 * k:3 * k], vec[3 * k], vec[3 * k + 1]
         m = _undoable(loss_multiplier)
         used = a > 0
         safe_a = torch.where(used, a, torch.ones_like(a))
@@ -435,7 +435,8 @@ class ShardedMicroBatchNorms:
         n_used = used.to(dtype).sum()
         small = micro.sum() / n_used
         inv_small = torch.where(used, b / safe_a**2, torch.zeros_like(b)).sum() / n_used
-        inv_big = inv_rank / world / world  # the mean over ranks of 1/T_r, over W (as noise_sample's)
+        # The mean over ranks of 1/T_r, over W; a token-weighted step's gradient is the mean over ΣT_r tokens.
+        inv_big = 1.0 / all_tokens if token_weighted else inv_rank / world / world
         big = grad_norm.detach().to(dtype).square() / m**2
         return NoiseSample(values=torch.stack([small, inv_small, big, inv_big]), micro=micro)
 
@@ -481,7 +482,7 @@ class NoiseSample:
 
 
 def noise_sample(norms: MicroBatchNorms, grad_norm: torch.Tensor, scale: torch.Tensor | None,
-                 loss_multiplier: float, rt) -> NoiseSample:
+                 loss_multiplier: float, rt, token_weighted: bool = False) -> NoiseSample:
     """Turn a step's raw micro-batch norms and its total gradient norm into a :class:`NoiseSample`.
 
     ``norms`` holds each micro-batch's squared norm, accumulation weight (its share of the label tokens) and
@@ -506,17 +507,18 @@ def noise_sample(norms: MicroBatchNorms, grad_norm: torch.Tensor, scale: torch.T
     small = micro.sum() * (1.0 / len(used)) if used else micro.new_full((), math.nan)
     inv_small = sum(1.0 / tokens[j] for j in used) / len(used) if used else math.nan
     inv_total = 1.0 / local_tokens if local_tokens > 0 else math.nan
-    local = torch.stack([small, small.new_full((), inv_small), small.new_full((), inv_total)])
+    local = torch.stack([small, small.new_full((), inv_small), small.new_full((), inv_total),
+                         small.new_full((), float(local_tokens))])
     if rt.distributed:
-        # The one collective the measurement adds: a 3-element all-reduce, queued like the loss's mean.
+        # The one collective the measurement adds: a 4-element all-reduce, queued like the loss's mean.
         import torch.distributed as dist
 
         dist.all_reduce(local)
         local = local / rt.world_size
     # DDP averages the ranks' gradients with equal weights: Var = tr(Σ)·(1/W²)·Σ_r 1/T_r, so 1/B_big is the
-    # mean over ranks of 1/T_r divided by W (alone: 1/T). (A step weighted by tokens over the ranks,
-    # optimizer_step's uneven_tokens, has 1/ΣT_r: this reading is then exact only where the ranks' counts agree.)
-    inv_big = local[2] / rt.world_size
+    # mean over ranks of 1/T_r divided by W (alone: 1/T). A step weighted by tokens over the ranks
+    # (optimizer_step's uneven_tokens, ``token_weighted``) is the mean over all ΣT_r tokens: 1/ΣT_r.
+    inv_big = 1.0 / (local[3] * rt.world_size) if token_weighted else local[2] / rt.world_size
     big = grad_norm.detach().to(dtype).square() / m**2
     return NoiseSample(values=torch.stack([local[0], local[1], big, inv_big]), micro=micro)
 

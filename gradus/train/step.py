@@ -126,7 +126,8 @@ def optimizer_step(
     if hasattr(norm, "full_tensor"):  # FSDP: the norm of sharded gradients is a DTensor; one collective, here
         norm = norm.full_tensor()
     # The sample is built from the norm before clipping and before the optimizer step (queued, not read).
-    sample = norms.sample(norm, loss_scale(scaler), loss_multiplier, rt) if norms is not None else None
+    sample = (norms.sample(norm, loss_scale(scaler), loss_multiplier, rt, token_weighted=global_share is not None)
+              if norms is not None else None)
     out = _finish(optimizer, scaler, loss_sum, norm, rt, lagged)
     return (out, sample) if noise_hooks is not None else out
 
