@@ -143,18 +143,21 @@ def _point_file(src: Path, budget: int, dest: Path) -> None:
     dest.write_text(json.dumps(report))
 
 
+def _points_of_record(out: Path, *budgets: int) -> None:
+    """The 0.5M and 1M WikiText-2 point files of record as OUT/trend's points at those budgets (0.5M's file
+    for 524,288, 1M's for 1,048,576): a series whose points exist, so nothing trains."""
+    files = {524288: "curriculum_speedup_1024-finalists2.json", 1048576: "curriculum_speedup_1024-budget1m-finalists2.json"}
+    trend_dir = out / "trend"
+    trend_dir.mkdir(exist_ok=True)
+    for budget in budgets:
+        shutil.copy(REPO / "benchmarks" / "results" / files[budget], trend_dir / f"curriculum_speedup_wikitext-2-b{budget}.json")
+
+
 def test_the_benchmark_builds_its_summary_from_result_files_without_training(tmp_path, monkeypatch):
     """Both points' files exist, so nothing trains: the summary, trend, table and plot come from them (the
     0.5M and 1M WikiText-2 files of record stand in for two budgets of one series)."""
     bench = load_benchmark("speedup_vs_budget")
-
-    results = REPO / "benchmarks" / "results"
-    trend_dir = tmp_path / "trend"
-    trend_dir.mkdir()
-    shutil.copy(results / "curriculum_speedup_1024-finalists2.json",
-                trend_dir / "curriculum_speedup_wikitext-2-b524288.json")
-    shutil.copy(results / "curriculum_speedup_1024-budget1m-finalists2.json",
-                trend_dir / "curriculum_speedup_wikitext-2-b1048576.json")
+    _points_of_record(tmp_path, 524288, 1048576)
 
     def no_training(argv):
         raise AssertionError(f"a point was trained: {argv}")
@@ -356,17 +359,12 @@ def test_arms_at_one_budget_override_the_series_arms_there_and_the_summary_says_
     """``--arms-at BUDGET=ARMS``: a budget too large for every arm runs only the named ones (the point's command
     gets them), the other budgets keep theirs, and the summary's method names the narrowing."""
     bench = load_benchmark("speedup_vs_budget")
-    results = REPO / "benchmarks" / "results"
-    trend_dir = tmp_path / "trend"
-    trend_dir.mkdir()
-    shutil.copy(results / "curriculum_speedup_1024-finalists2.json",
-                trend_dir / "curriculum_speedup_wikitext-2-b524288.json")
+    _points_of_record(tmp_path, 524288)
     calls = []
 
     def point(argv):
         calls.append(argv)
-        shutil.copy(results / "curriculum_speedup_1024-budget1m-finalists2.json",
-                    trend_dir / "curriculum_speedup_wikitext-2-b1048576.json")
+        _points_of_record(tmp_path, 1048576)
         return 0
 
     monkeypatch.setattr(bench.curriculum_speedup, "main", point)
