@@ -112,6 +112,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
                         "adaptive defaults) in the point's own work folder, every other arm read back: "
                         "OUT/adaptive/curriculum_speedup_<tag>.json, for adaptive_vs_fixed.py (issue 30 §3); "
                         "run for every point whose file exists and its own does not (not counted by --points)")
+    p.add_argument("--adaptive-at", metavar="BUDGET,...", type=lambda t: {int(float(b)) for b in t.split(",") if b},
+                   help="with --adaptive: only these budgets' points (e.g. 2097152), the others' left as they are")
     p.add_argument("--smoke", action="store_true", help="seconds: curriculum_speedup's toy settings (for tests)")
     return p.parse_args(argv)
 
@@ -383,7 +385,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             computed += not reprice
             existing = read_result(path, "speedup_vs_budget")
         adaptive_path = args.out / "adaptive" / f"curriculum_speedup_{tag}.json"
-        if args.adaptive and not adaptive_path.is_file():
+        if args.adaptive and (not args.adaptive_at or budget in args.adaptive_at) and not adaptive_path.is_file():
             argv_adaptive = adaptive_args(args, budget, seeds, arms, {**point_grids, **adaptive_grids}, tag)
             print(f"speedup_vs_budget: {budget:,} tokens, the adaptive arm: python benchmarks/curriculum_speedup.py "
                   f"{' '.join(argv_adaptive)}", flush=True)

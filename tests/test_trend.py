@@ -376,3 +376,23 @@ def test_arms_at_one_budget_override_the_series_arms_there_and_the_summary_says_
     assert summary["method"]["arms"].endswith("; at 1,048,576 tokens only baseline-wsd,seqwarm-long-ramp-wsd")
     with pytest.raises(SystemExit, match="--arms-at 'x': give BUDGET=ARM,ARM"):
         bench.parse_arms_at(["x"])
+
+
+def test_adaptive_at_runs_the_adaptive_arm_at_the_named_budgets_only(tmp_path, monkeypatch):
+    """``--adaptive --adaptive-at 1048576``: the adaptive arm joins that point alone (the one a session has time
+    for); the other point is left as it is."""
+    bench = load_benchmark("speedup_vs_budget")
+    _points_of_record(tmp_path, 524288, 1048576)
+    calls = []
+
+    def adaptive_point(argv):
+        calls.append(argv)
+        return 1  # the arm's runs are not what this test is about: stop after the command is known
+
+    monkeypatch.setattr(bench.curriculum_speedup, "main", adaptive_point)
+    argv = ["--budgets", "524288,1048576", "--work", str(tmp_path / "work"), "--out", str(tmp_path), "--adaptive",
+            "--adaptive-at", "1048576", "--arms", "baseline-wsd,seqwarm-long-ramp-wsd"]
+    with pytest.raises(SystemExit, match="the adaptive arm at 1,048,576 tokens failed"):
+        bench.main(argv)
+    assert len(calls) == 1 and calls[0][calls[0].index("--budget") + 1] == "1048576"
+    assert f"seqwarm-long-ramp-wsd,{bench.ADAPTIVE_ARM}" in calls[0][calls[0].index("--arms") + 1]
