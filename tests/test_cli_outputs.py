@@ -97,3 +97,13 @@ def test_lr_find_out_that_is_a_file_is_bad_input(capsys, tmp_path, monkeypatch):
     (tmp_path / "x.txt").write_text("x", encoding="utf-8")
     code, _, err = _run(capsys, "lr-find", "--preset", "demo", "--out", "x.txt")
     _one_line_refusal(code, err, "--out x.txt: cannot create the folder")
+
+
+def test_train_names_a_bad_preset_override_by_the_preset_not_its_file(capsys, tmp_path):
+    """``gradus train --preset demo --set ...`` said ``/…/site-packages/gradus/presets/demo.yaml (--set)``, a
+    path the user never gave; ``schedule`` and every other command say ``preset demo``."""
+    code, _, err = _run(capsys, "train", "--preset", "demo", "--set", "train.max_steps=-1", "--out", str(tmp_path / "r"))
+    _one_line_refusal(code, err, "preset demo (--set): train.max_steps=-1: must be greater than 0")
+    code, _, err = _run(capsys, "train", "--set", "train.max_steps=-1", "--out", str(tmp_path / "r"))  # the default
+    _one_line_refusal(code, err, "preset demo (--set): train.max_steps=-1")
+    assert not (tmp_path / "r").exists()

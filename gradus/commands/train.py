@@ -14,7 +14,7 @@ import sys
 import time
 from pathlib import Path
 
-from gradus.commands.common import add_config_arguments, config_source
+from gradus.commands.common import add_config_arguments, load_from_args
 from gradus.config import load_config
 from gradus.errors import ConfigError
 from gradus.train.storage.run_dir import RunDir
@@ -67,8 +67,7 @@ def run(args: argparse.Namespace) -> int:
             raise ConfigError(f"{saved} is missing; give the run's config with --config FILE")
         cfg = load_config(saved, args.overrides)
     else:
-        source = config_source(args, default_preset=DEFAULT_PRESET)
-        cfg = load_config(source, args.overrides)
+        cfg = load_from_args(args, default_preset=DEFAULT_PRESET)  # a preset's problems name it, not its file
     if out is None:
         name = cfg.name or args.preset or (Path(explicit).stem if explicit else DEFAULT_PRESET)
         out = _stopped_run(name, cfg)
