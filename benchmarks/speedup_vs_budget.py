@@ -353,6 +353,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         args.tokens_per_step, args.final_len = 512, 64
     name = stem(args)
     arms_at = parse_arms_at(args.arms_at)
+    for flag, named in (("--arms-at", set(arms_at)), ("--adaptive-at", args.adaptive_at or set())):
+        if named - set(budgets):
+            raise SystemExit(f"speedup_vs_budget: {flag} {', '.join(f'{b:,}' for b in sorted(named - set(budgets)))}: "
+                             f"not among --budgets ({args.budgets}); give the budget as written there")
+    if args.adaptive_at and not args.adaptive:
+        raise SystemExit("speedup_vs_budget: --adaptive-at names the points of --adaptive; add --adaptive")
     reports: list[dict] = []
     grids: dict[str, float] = {}
     adaptive_grids: dict[str, float] = {}  # the adaptive arm's best at the previous budget (--adaptive)

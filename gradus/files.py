@@ -50,16 +50,19 @@ def check_new_file(value: str | Path, flag: str) -> Path:
     one-line :class:`~gradus.errors.ConfigError` naming the flag and the fix, as is a folder part that is
     a file. A missing folder is fine (:func:`write_new_file` creates it)."""
     path = Path(value)
-    if path.is_dir():
-        raise ConfigError(f"{flag} {path}: that is a folder; give a file name, e.g. {path / 'mine.yaml'}")
-    if path.exists():
-        raise ConfigError(f"{flag} {path}: the file exists; give a new path or remove it first "
-                          "(nothing is overwritten)")
-    for parent in path.parents:
-        if parent.exists():
-            if not parent.is_dir():
-                raise ConfigError(f"{flag} {path}: {parent} is a file, not a folder; choose another path")
-            break
+    try:
+        if path.is_dir():
+            raise ConfigError(f"{flag} {path}: that is a folder; give a file name, e.g. {path / 'mine.yaml'}")
+        if path.exists():
+            raise ConfigError(f"{flag} {path}: the file exists; give a new path or remove it first "
+                              "(nothing is overwritten)")
+        for parent in path.parents:
+            if parent.exists():
+                if not parent.is_dir():
+                    raise ConfigError(f"{flag} {path}: {parent} is a file, not a folder; choose another path")
+                break
+    except OSError as err:  # a folder on the way that this user may not read
+        raise ConfigError(f"{flag} {path}: cannot check it ({err.strerror}); choose another path") from None
     return path
 
 

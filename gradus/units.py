@@ -21,13 +21,15 @@ class CountTooLarge(ValueError):
     """A count above :data:`MAX_COUNT`: a number, but not a real run's."""
 
 
-def parse_count(value: int | float | str, what: str = "token count") -> int:
+def parse_count(value: int | float | str, what: str = "token count", *, bounded: bool = True) -> int:
     """Parse a count such as ``10M``, ``1.5B``, ``32_768``, ``2e9`` or ``32k`` into an int.
 
-    Raises ValueError with a message that says which forms are accepted.
+    Raises ValueError with a message that says which forms are accepted; above :data:`MAX_COUNT`,
+    :class:`CountTooLarge` (``bounded=False``: no bound, for quantities that are not counts of tokens,
+    steps or documents, such as FLOPs written ``2000T``).
     """
     count = _whole(value, what)
-    if abs(count) > MAX_COUNT:
+    if bounded and abs(count) > MAX_COUNT:
         raise CountTooLarge(f"{what} must be at most 1,000T (10^15), got {value!r}")
     return count
 

@@ -107,3 +107,52 @@ def test_train_names_a_bad_preset_override_by_the_preset_not_its_file(capsys, tm
     code, _, err = _run(capsys, "train", "--set", "train.max_steps=-1", "--out", str(tmp_path / "r"))  # the default
     _one_line_refusal(code, err, "preset demo (--set): train.max_steps=-1")
     assert not (tmp_path / "r").exists()
+
+
+def test_a_folder_that_cannot_be_checked_is_one_line(tmp_path, monkeypatch):
+    """A folder on the way that this user may not read made ``is_dir`` raise PermissionError: a traceback."""
+    from pathlib import Path
+
+    real = Path.is_dir
+
+    def unreadable(self):
+        if self == tmp_path / "locked" / "p.yaml":
+            raise PermissionError(13, "Permission denied")
+        return real(self)
+
+    monkeypatch.setattr(Path, "is_dir", unreadable)
+    with pytest.raises(ConfigError, match=r"--write .*p.yaml: cannot check it \(Permission denied\); choose another"):
+        check_new_file(tmp_path / "locked" / "p.yaml", "--write")
+
+
+def test_plan_checks_its_forecast_before_writing(capsys, tmp_path):
+    """A bad --forecast-from left the written config behind, and the corrected rerun then met 'the file exists'."""
+    out = tmp_path / "p.yaml"
+    code, _, err = _run(capsys, "plan", "--flops", "1e20", "--write", str(out), "--forecast-from",
+                        str(tmp_path / "nope.json"))
+    _one_line_refusal(code, err, "--forecast-from")
+    assert not out.exists()
+    code, _, err = _run(capsys, "plan", "--flops", "1e20", "--write", str(out))
+    assert code == 0 and out.is_file(), err
+
+
+def test_lr_find_removes_a_written_config_that_would_not_train(capsys, tmp_path, monkeypatch):
+    import gradus.commands.lr_find as lr_find
+
+    monkeypatch.chdir(tmp_path)
+
+    def refuse(path, *a, **k):
+        raise ConfigError(f"{path}: stands in for a config that does not schedule")
+
+    monkeypatch.setattr(lr_find, "load_config", refuse)
+    out = tmp_path / "lr.yaml"
+    code, _, err = _run(capsys, "lr-find", "--preset", "demo", "--steps", "8", "--seq-lens", "32", "--write", str(out))
+    assert code == 2 and "stands in for a config that does not schedule" in err, err
+    assert not out.exists()  # the next --write is not blocked by it
+
+
+def test_flops_with_a_suffix_are_not_held_to_the_token_bound():
+    from gradus.plan.hardware import parse_float
+
+    assert parse_float("2000T", "--flops") == 2e15
+    assert parse_float("5000000T", "--flops") == 5e18  # a count of FLOPs, above 10^15: not a token count

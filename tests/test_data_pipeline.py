@@ -378,3 +378,27 @@ def test_an_error_making_a_mispredicted_batch_is_not_raised_for_the_batch_asked_
         with pytest.raises(DataError, match="stage 1's source is unreachable"):
             pipe.next_batch(states(cur, 7)[6])  # asked for: raised
     assert all(same(a, b) for a, b in zip(got, ref, strict=True))
+
+
+def test_a_dropped_pipeline_whose_thread_failed_also_stops_it(offline_data: Path, tok):
+    """The thread that met an error held the pipeline while it waited to hand the error over a full queue."""
+    import gc
+
+    cfg, cur = make(offline_data, prefetch_batches=2)
+    pipe = DataPipeline(cfg.data, tok, cur, seed=7)
+    real = pipe._stream.make
+
+    def fails_in_stage_1(spec):
+        if spec.stage_index == 1:
+            raise DataError("stage 1's source is unreachable")
+        return real(spec)
+
+    pipe._stream.make = fails_in_stage_1
+    run(pipe, states(cur, 4))
+    time.sleep(1.0)  # the thread reaches stage 1 and waits with its error on a full queue
+    thread = pipe._thread
+    assert thread is not None and thread.is_alive()
+    del pipe, real, fails_in_stage_1
+    gc.collect()
+    thread.join(timeout=5)
+    assert not thread.is_alive()

@@ -192,3 +192,12 @@ def test_a_runs_chat_template_is_kept_with_its_tokenizer(tmp_path, capsys):
     plain = tiny_tokenizer()
     bare = write_run(tmp_path / "bare", tiny_model(plain, seed=11), plain)
     assert not (bare / "tokenizer_config.json").exists()  # no template, no file
+
+
+def test_eval_without_tokens_scores_at_least_one_window(run, capsys, monkeypatch):
+    """The default budget (65,536 tokens) below the window (a long-context model) refused a plain ``eval``."""
+    import gradus.commands.eval as eval_command
+
+    monkeypatch.setattr(eval_command, "DEFAULT_TOKENS", 16)
+    assert main(["eval", str(run), "--data", "builtin:arithmetic", "--seq-len", "32", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["tokens"] == 32

@@ -396,3 +396,16 @@ def test_adaptive_at_runs_the_adaptive_arm_at_the_named_budgets_only(tmp_path, m
         bench.main(argv)
     assert len(calls) == 1 and calls[0][calls[0].index("--budget") + 1] == "1048576"
     assert f"seqwarm-long-ramp-wsd,{bench.ADAPTIVE_ARM}" in calls[0][calls[0].index("--arms") + 1]
+
+
+@pytest.mark.parametrize(("extra", "needle"), [
+    (["--arms-at", "4e6=baseline-wsd"], "--arms-at 4,000,000: not among --budgets"),
+    (["--adaptive", "--adaptive-at", "2097152"], "--adaptive-at 2,097,152: not among --budgets"),
+    (["--adaptive-at", "1048576"], "--adaptive-at names the points of --adaptive; add --adaptive"),
+])
+def test_a_budget_flag_that_names_no_budget_of_the_series_is_refused(tmp_path, extra, needle):
+    """A budget in --arms-at or --adaptive-at that the series does not run was ignored, while the summary's
+    method still named it."""
+    bench = load_benchmark("speedup_vs_budget")
+    with pytest.raises(SystemExit, match=needle):
+        bench.main(["--budgets", "524288,1048576", "--work", str(tmp_path / "work"), "--out", str(tmp_path), *extra])

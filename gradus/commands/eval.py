@@ -10,6 +10,9 @@ import argparse
 import json
 import math
 
+DEFAULT_TOKENS = 65536
+"""Tokens scored without ``--tokens`` (one window when the window is longer)."""
+
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Arguments of ``gradus eval``."""
@@ -19,7 +22,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "a file/folder/glob, or a YAML mapping of source fields")
     parser.add_argument("--seq-len", type=int, metavar="N",
                         help="window length (default: the run's evaluation length, else the model's context)")
-    parser.add_argument("--tokens", type=int, default=65536, metavar="N", help="tokens scored at most (default 65536)")
+    parser.add_argument("--tokens", type=int, metavar="N",
+                        help=f"tokens scored at most (default {DEFAULT_TOKENS}, or one window where that is longer)")
     parser.add_argument("--batch-size", type=int, default=8, metavar="B", help="windows per forward pass (default 8)")
     parser.add_argument("--checkpoint", metavar="WHICH", help="latest (default), best, or a step number")
     parser.add_argument("--ema", action="store_true", help="use the checkpoint's averaged (EMA) weights")
@@ -52,11 +56,13 @@ def run(args: argparse.Namespace) -> int:
     loaded = load_model(args.run, args.checkpoint, ema=args.ema, device=args.device)
     src = source_from_spec(args.data, loaded.config)
     seq_len = args.seq_len or default_seq_len(loaded)
-    if args.tokens < seq_len:  # "at most N tokens" cannot hold one window: say so rather than score more
-        where = "--seq-len" if args.seq_len else "the run's evaluation length"
+    if args.tokens is not None and args.tokens < seq_len:  # "at most N" cannot hold one window: say so
+        where = ("--seq-len" if args.seq_len else "the run's evaluation length" if loaded.config is not None
+                 else "the model's context")
         raise ConfigError(f"--tokens {args.tokens}: less than one window of {seq_len} ({where}); give --tokens "
                           f"{seq_len} or more, or --seq-len {args.tokens} or less")
-    tokens, docs = source_tokens(src, loaded.tokenizer, args.tokens)
+    budget = args.tokens if args.tokens is not None else max(DEFAULT_TOKENS, seq_len)
+    tokens, docs = source_tokens(src, loaded.tokenizer, budget)
     result = score(loaded.model, tokens, seq_len, args.batch_size)
     context = loaded.model.shape.max_seq_len
     report = {"model": str(loaded.source), "step": loaded.meta.get("step"), "data": args.data,

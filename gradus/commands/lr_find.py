@@ -225,7 +225,11 @@ def _write_config(args: argparse.Namespace, schedule: Schedule, suggestions: dic
         header.append(f"# Not probed, LR unchanged: {', '.join(kept)}")
     text = "\n".join(header) + "\n" + yaml.safe_dump(data, sort_keys=False, allow_unicode=True)
     write_new_file(path, text, "--write")
-    resolve_schedule(load_config(path))  # what gradus train will do with it: fail here, not there
+    try:
+        resolve_schedule(load_config(path))  # what gradus train will do with it: fail here, not there
+    except BaseException:
+        path.unlink(missing_ok=True)  # a config that would not train is not left to block the next --write
+        raise
     summary = ", ".join(f"{c.name} {format_lr(c.new_lr)}" for c in changes if c.new_lr is not None) or "no stage"
     unprobed = [{"name": c.name, "seq_len": c.seq_len} for c in changes if c.new_lr is None]
     return {"path": str(path), "summary": summary, "unprobed": unprobed,

@@ -158,9 +158,9 @@ def _worksheet(args: argparse.Namespace) -> int:
     if args.write:
         check_new_file(args.write, "--write")
     plan = make_plan(PlanInputs(**fields))
+    fc, fc_annealed = _forecast(args, plan.tokens)  # a bad --forecast-from fails before anything is written
     if args.write:
         write_new_file(args.write, plan_config_yaml(plan, command=_command_line(args)), "--write")
-    fc, fc_annealed = _forecast(args, plan.tokens)
     if args.json:
         print(json.dumps({**plan.to_json(), **_forecast_json(fc, fc_annealed)}, indent=2))
     else:

@@ -41,7 +41,11 @@ def _output_folder(value: str) -> Path:
     from gradus.data.tokenizer import TOKENIZER_FILE  # here: the parser imports this module for every command
 
     out = Path(value)
-    if out.exists() and not out.is_dir():
+    try:
+        is_file = out.is_file()
+    except OSError:
+        is_file = False  # a folder on the way this user may not read: check_new_file names it
+    if is_file:
         raise ConfigError(f"--out {out}: that is a file; give a folder to write tokenizer.json into")
     check_new_file(out / TOKENIZER_FILE, "--out")
     return out

@@ -419,6 +419,7 @@ def _produce(ref: weakref.ReferenceType[DataPipeline], spec: BatchSpec, step: in
     except _Stop:
         return
     except BaseException as exc:  # noqa: BLE001 - handed to the consumer, raised there
+        pipe = None  # not held while waiting to hand the error over (the pipeline may be dropped meanwhile)
         try:
             put(("error", exc, making))
         except _Stop:

@@ -78,7 +78,7 @@ def parse_float(text: str | float, flag: str, *, positive: bool = True) -> float
             value = float(text.replace("_", ""))
         except ValueError:
             try:
-                value = float(parse_count(text))
+                value = float(parse_count(text, bounded=False))  # FLOPs have their own bound
             except ValueError:
                 raise ConfigError(f"{flag} {text!r}: not a number; write e.g. 2e22, 1.5e9 or 20B") from None
     if not math.isfinite(value) or (positive and value <= 0):
