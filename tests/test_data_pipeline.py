@@ -353,6 +353,19 @@ def test_a_pipeline_dropped_without_close_stops_its_thread(offline_data: Path, t
     assert not [t for t in threading.enumerate() if t is thread]
 
 
+def _fail_in_stage_1(pipe: DataPipeline) -> None:
+    """Make ``pipe``'s stream fail on every stage-1 batch (a source that became unreachable there). The
+    replacement holds the stream's bound method, not the pipeline, so a dropped pipeline can still go."""
+    real = pipe._stream.make
+
+    def fails_in_stage_1(spec):
+        if spec.stage_index == 1:
+            raise DataError("stage 1's source is unreachable")
+        return real(spec)
+
+    pipe._stream.make = fails_in_stage_1
+
+
 def test_an_error_making_a_mispredicted_batch_is_not_raised_for_the_batch_asked_for(offline_data: Path, tok):
     """The thread makes the batches its schedule predicts. When one of those fails but the trainer asks for
     another (an adaptive decision moved the switch, or a resume), the error was raised anyway and stopped
@@ -365,14 +378,7 @@ def test_an_error_making_a_mispredicted_batch_is_not_raised_for_the_batch_asked_
     with DataPipeline(cfg.data, tok, moved, seed=7, prefetch=0) as plain:
         ref, _ = run(plain, wanted)
     with DataPipeline(cfg.data, tok, cur, seed=7) as pipe:
-        real = pipe._stream.make
-
-        def fails_in_stage_1(spec):
-            if spec.stage_index == 1:
-                raise DataError("stage 1's source is unreachable")
-            return real(spec)
-
-        pipe._stream.make = fails_in_stage_1
+        _fail_in_stage_1(pipe)
         got, _ = run(pipe, wanted)
         assert pipe.metrics()["data/rewinds"] >= 1
         with pytest.raises(DataError, match="stage 1's source is unreachable"):
@@ -386,19 +392,12 @@ def test_a_dropped_pipeline_whose_thread_failed_also_stops_it(offline_data: Path
 
     cfg, cur = make(offline_data, prefetch_batches=2)
     pipe = DataPipeline(cfg.data, tok, cur, seed=7)
-    real = pipe._stream.make
-
-    def fails_in_stage_1(spec):
-        if spec.stage_index == 1:
-            raise DataError("stage 1's source is unreachable")
-        return real(spec)
-
-    pipe._stream.make = fails_in_stage_1
+    _fail_in_stage_1(pipe)
     run(pipe, states(cur, 4))
     time.sleep(1.0)  # the thread reaches stage 1 and waits with its error on a full queue
     thread = pipe._thread
     assert thread is not None and thread.is_alive()
-    del pipe, real, fails_in_stage_1
+    del pipe
     gc.collect()
     thread.join(timeout=5)
     assert not thread.is_alive()
