@@ -104,8 +104,6 @@ class FileReader(Reader):
             if fmt == "parquet":
                 it = self._parquet(fi, start, record)
             elif fmt == "text":
-                if start == 0:
-                    self._refuse_binary(fi)
                 unit = self.cfg.text_unit
                 if unit == "file":
                     it = self._text_file(fi, start, record)
@@ -124,16 +122,12 @@ class FileReader(Reader):
                     f"is corrupt or truncated: re-create it or remove it from the source"
                 ) from None
 
-    def _refuse_binary(self, fi: int) -> None:
+    def _refuse_binary(self, f, fi: int) -> None:
         """A text file whose first 8 KB hold a NUL byte is a binary (an executable, an image, a model file):
-        the heuristic git and grep use. Decoded, it would train on replacement characters; refuse it instead."""
+        the heuristic git and grep use. Decoded, it would train on replacement characters; refuse it instead.
+        Read from the reader's own open file ``f`` at its start (the caller seeks on), as ``_json`` sniffs."""
         path = self.files[fi]
-        try:
-            with _open_binary(path) as f:
-                head = f.read(BINARY_SNIFF_BYTES)
-        except (OSError, EOFError, zlib.error):
-            return  # reading it properly reports that, with the file named
-        if b"\x00" in head:
+        if b"\x00" in f.read(BINARY_SNIFF_BYTES):
             raise DataError(f"{path}: a binary file (NUL bytes in its first {BINARY_SNIFF_BYTES >> 10} KB), not text, "
                             f"in source {self.name!r}; remove it from the source's path or glob (UTF-16 text: convert it to UTF-8)")
 
@@ -221,6 +215,8 @@ class FileReader(Reader):
     def _lines(self, fi: int, offset: int, line_no: int, record: int, unit: str) -> Iterator[RawRecord]:
         path = self.files[fi]
         with _open_binary(path) as f:
+            if offset == 0:
+                self._refuse_binary(f, fi)
             f.seek(offset)
             block: list[bytes] = []
             block_line = line_no + 1
@@ -256,6 +252,8 @@ class FileReader(Reader):
         # without being loaded whole and tokenises as it would in one go.
         path = self.files[fi]
         with _open_binary(path) as f:
+            if offset == 0:
+                self._refuse_binary(f, fi)
             f.seek(offset)
             first = offset == 0
             while True:

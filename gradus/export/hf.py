@@ -24,7 +24,7 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-from gradus.data.chat import BUILTIN_CHAT_JINJA
+from gradus.data.chat import BUILTIN_CHAT_JINJA, TOKENIZER_CONFIG
 from gradus.errors import CheckpointError, ConfigError
 from gradus.export.llama import export_problems, gpt_name, llama_config, llama_name, shape_from_llama_config
 
@@ -122,7 +122,7 @@ def export_hf(
             "bos_token_id": tokenizer.eos_id, "eos_token_id": tokenizer.eos_id, "do_sample": False,
         }, indent=2) + "\n",
         "tokenizer.json": without_added_specials(tokenizer.to_json()),
-        "tokenizer_config.json": json.dumps({
+        TOKENIZER_CONFIG: json.dumps({
             "tokenizer_class": "PreTrainedTokenizerFast",
             "bos_token": eos, "eos_token": eos, "unk_token": eos, "pad_token": eos,
             "model_max_length": shape.max_seq_len,
